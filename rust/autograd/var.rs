@@ -1,0 +1,139 @@
+//! `Var`: a tensor in the autograd graph.
+
+use super::grad_mode::is_grad_enabled;
+use crate::error::{Result, TfmError};
+use crate::tensor::{shape_str, Tensor};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// The backward of one op: given the gradient of its output, the gradients of its inputs (in
+/// the order of `Node::inputs`; `None` for an input that needs none). What the forward saved
+/// for this lives in the implementing struct.
+pub trait Backward: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn backward(&self, grad_output: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>>;
+}
+
+pub struct Node {
+    pub op: Box<dyn Backward>,
+    pub inputs: Vec<Var>,
+}
+
+pub(super) struct VarInner {
+    /// Behind a lock because optimizers update parameters in place.
+    pub(super) value: RwLock<Tensor>,
+    pub(super) requires_grad: bool,
+    pub(super) grad: Mutex<Option<Tensor>>,
+    /// `None` for leaves and, after a backward without `retain_graph`, for freed interior nodes.
+    pub(super) node: Mutex<Option<Node>>,
+    pub(super) is_leaf: bool,
+    pub(super) op_name: Option<&'static str>,
+}
+
+#[derive(Clone)]
+pub struct Var(pub(super) Arc<VarInner>);
+
+impl Var {
+    /// A leaf: a value the graph starts from (an input or a parameter).
+    pub fn leaf(value: Tensor, requires_grad: bool) -> Var {
+        Var(Arc::new(VarInner {
+            value: RwLock::new(value),
+            requires_grad,
+            grad: Mutex::new(None),
+            node: Mutex::new(None),
+            is_leaf: true,
+            op_name: None,
+        }))
+    }
+
+    /// A constant: a leaf that needs no gradient.
+    pub fn constant(value: Tensor) -> Var {
+        Var::leaf(value, false)
+    }
+
+    /// The result of an op. It joins the graph only when gradients are being recorded and some
+    /// input needs a gradient; otherwise `op` (and what it saved) is dropped at once.
+    pub fn from_op(value: Tensor, inputs: Vec<Var>, op: impl Backward + 'static) -> Var {
+        let record = is_grad_enabled() && inputs.iter().any(|v| v.requires_grad());
+        if !record {
+            return Var::constant(value);
+        }
+        let op_name = op.name();
+        Var(Arc::new(VarInner {
+            value: RwLock::new(value),
+            requires_grad: true,
+            grad: Mutex::new(None),
+            node: Mutex::new(Some(Node { op: Box::new(op), inputs })),
+            is_leaf: false,
+            op_name: Some(op_name),
+        }))
+    }
+
+    /// The current value (cheap: the storage is shared).
+    pub fn value(&self) -> Tensor {
+        self.0.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn shape(&self) -> Vec<usize> {
+        self.0.value.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec()
+    }
+
+    /// Replaces the value of a leaf in place (optimizer steps, `load_state_dict`).
+    pub fn set_value(&self, value: Tensor) -> Result<()> {
+        let mut slot = self.0.value.write().unwrap_or_else(|e| e.into_inner());
+        if slot.shape() != value.shape() {
+            return Err(TfmError::shape(
+                "set_value",
+                format!("cannot replace a value of shape {} by one of shape {}", shape_str(slot.shape()), shape_str(value.shape())),
+            ));
+        }
+        *slot = value;
+        Ok(())
+    }
+
+    /// Runs `f` on the value's storage in place (copy-on-write if it is shared).
+    pub fn update_value<R>(&self, f: impl FnOnce(&mut Tensor) -> R) -> R {
+        let mut slot = self.0.value.write().unwrap_or_else(|e| e.into_inner());
+        f(&mut slot)
+    }
+
+    pub fn requires_grad(&self) -> bool {
+        self.0.requires_grad
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        self.0.is_leaf
+    }
+
+    /// Name of the op that produced this value, if it is in the graph.
+    pub fn grad_fn_name(&self) -> Option<&'static str> {
+        self.0.op_name
+    }
+
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_grad(&self, grad: Option<Tensor>) -> Result<()> {
+        if let Some(g) = &grad {
+            let shape = self.shape();
+            if g.shape() != shape.as_slice() {
+                return Err(TfmError::shape(
+                    "grad",
+                    format!("assigned grad of shape {} to a tensor of shape {}", shape_str(g.shape()), shape_str(&shape)),
+                ));
+            }
+        }
+        *self.0.grad.lock().unwrap_or_else(|e| e.into_inner()) = grad;
+        Ok(())
+    }
+
+    /// A new leaf sharing this value, outside the graph (`Tensor.detach()`).
+    pub fn detach(&self) -> Var {
+        Var::constant(self.value())
+    }
+
+    /// Identity of the underlying node, for graph traversal.
+    pub(super) fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}

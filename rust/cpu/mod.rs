@@ -1,0 +1,9 @@
+//! CPU machinery: instruction-set detection (once, overridable), the packed SIMD GEMM, and the
+//! thread pool every op runs in.
+
+pub mod features;
+pub mod gemm;
+pub mod pool;
+
+pub use features::{active_isa, set_isa, Isa};
+pub use gemm::{gemm, Activation, Epilogue, MatRef};

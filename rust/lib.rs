@@ -1,0 +1,26 @@
+//! tfm_rs: the Transformer of "Attention Is All You Need" on a Rust core.
+//!
+//! - [`tensor`]: contiguous f32 storage with a shape.
+//! - [`cpu`]: instruction-set detection, the packed SIMD GEMM, the thread pool.
+//! - [`ops`]: one file per op, each a forward/backward pair with its reference and tests.
+//! - [`autograd`]: `Var`, the graph, and the backward pass.
+//! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python.
+//!
+//! ```ignore
+//! use tfm_rs::{autograd::{backward, Var}, ops, tensor::Tensor};
+//! let x = Var::leaf(Tensor::new(vec![1.0, -2.0, 3.0], &[3]).unwrap(), true);
+//! let y = ops::reduce::sum(&ops::elementwise::mul(&x, &x).unwrap(), &[], false).unwrap();
+//! backward(&y, None, false).unwrap();
+//! assert_eq!(x.grad().unwrap().data(), &[2.0, -4.0, 6.0]);
+//! ```ignore
+
+pub mod autograd;
+pub mod cpu;
+pub mod error;
+pub mod ops;
+pub mod tensor;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{ErrorKind, Result, TfmError};

@@ -1,0 +1,90 @@
+//! Dense, contiguous, row-major f32 storage with a shape. Nothing else: no autograd (see
+//! `autograd`), no math (see `ops`). Storage is shared copy-on-write through an `Arc`, so
+//! reshapes and saved-for-backward copies are free.
+
+mod shape;
+
+pub use shape::{broadcast_shapes, contiguous_strides, normalize_dim, numel, shape_str};
+
+use crate::error::{Result, TfmError};
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: Arc<Vec<f32>>,
+}
+
+impl Tensor {
+    /// A tensor owning `data`, which must hold exactly `shape.iter().product()` values.
+    pub fn new(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
+        let n = numel(shape);
+        if n != data.len() {
+            return Err(TfmError::shape(
+                "tensor",
+                format!("{} values cannot fill shape {}", data.len(), shape_str(shape)),
+            ));
+        }
+        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data) })
+    }
+
+    pub fn zeros(shape: &[usize]) -> Self {
+        Self::full(shape, 0.0)
+    }
+
+    pub fn full(shape: &[usize], value: f32) -> Self {
+        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)]) }
+    }
+
+    pub fn scalar(value: f32) -> Self {
+        Tensor { shape: vec![], data: Arc::new(vec![value]) }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn ndim(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// Mutable access; copies the storage first if another tensor shares it.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        Arc::make_mut(&mut self.data).as_mut_slice()
+    }
+
+    pub fn into_vec(self) -> Vec<f32> {
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+    }
+
+    /// The same storage under another shape with as many elements.
+    pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.numel() {
+            return Err(TfmError::shape(
+                "reshape",
+                format!("cannot reshape {} into {}", shape_str(&self.shape), shape_str(shape)),
+            ));
+        }
+        Ok(Tensor { shape: shape.to_vec(), data: Arc::clone(&self.data) })
+    }
+
+    /// Whether both tensors share one storage (used by tests and copy-on-write checks).
+    pub fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.data, &other.data)
+    }
+
+    /// Size of the last dimension and the number of rows before it (1 for a scalar).
+    pub fn rows_cols(&self) -> (usize, usize) {
+        let cols = self.shape.last().copied().unwrap_or(1);
+        let rows = if cols == 0 { numel(&self.shape[..self.ndim().saturating_sub(1)]) } else { self.numel() / cols };
+        (rows, cols)
+    }
+}
