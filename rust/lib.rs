@@ -3,21 +3,23 @@
 //! - [`tensor`]: contiguous f32 storage with a shape.
 //! - [`cpu`]: instruction-set detection, the packed SIMD GEMM, the thread pool.
 //! - [`ops`]: one file per op, each a forward/backward pair with its reference and tests.
+//! - [`random`]: counter-based random numbers (dropout masks independent of thread count).
 //! - [`autograd`]: `Var`, the graph, and the backward pass.
 //! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python.
 //!
-//! ```ignore
+//! ```
 //! use tfm_rs::{autograd::{backward, Var}, ops, tensor::Tensor};
 //! let x = Var::leaf(Tensor::new(vec![1.0, -2.0, 3.0], &[3]).unwrap(), true);
 //! let y = ops::reduce::sum(&ops::elementwise::mul(&x, &x).unwrap(), &[], false).unwrap();
 //! backward(&y, None, false).unwrap();
 //! assert_eq!(x.grad().unwrap().data(), &[2.0, -4.0, 6.0]);
-//! ```ignore
+//! ```
 
 pub mod autograd;
 pub mod cpu;
 pub mod error;
 pub mod ops;
+pub mod random;
 pub mod tensor;
 
 #[cfg(feature = "python")]

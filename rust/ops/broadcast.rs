@@ -1,0 +1,137 @@
+//! NumPy-style broadcasting, shared by the elementwise ops and the reductions: mapping a
+//! function over two broadcast operands, expanding a tensor to a larger shape, and its adjoint,
+//! summing a gradient back down to an operand's shape.
+
+use crate::error::Result;
+use crate::tensor::{broadcast_shapes, contiguous_strides, numel, Tensor};
+use rayon::prelude::*;
+
+/// Outputs at least this large are split across threads.
+const PAR_MIN: usize = 1 << 15;
+
+/// Strides (in elements) for reading a tensor of `shape` as if it had `out_shape`: 0 along
+/// dimensions that broadcast.
+fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let strides = contiguous_strides(shape);
+    let offset = out_shape.len() - shape.len();
+    (0..out_shape.len())
+        .map(|i| if i < offset || shape[i - offset] == 1 { 0 } else { strides[i - offset] })
+        .collect()
+}
+
+/// Offset into a broadcast operand of the first element of output row `row` (a row is the last
+/// dimension of the output).
+fn row_offset(row: usize, out_shape: &[usize], strides: &[usize]) -> usize {
+    let mut rem = row;
+    let mut off = 0;
+    for d in (0..out_shape.len().saturating_sub(1)).rev() {
+        off += (rem % out_shape[d]) * strides[d];
+        rem /= out_shape[d];
+    }
+    off
+}
+
+/// `f(a, b)` elementwise over the broadcast shape of `a` and `b`.
+pub fn map2(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+    let out_shape = broadcast_shapes(op, a.shape(), b.shape())?;
+    let n = numel(&out_shape);
+    let mut out = vec![0.0f32; n];
+    let (ad, bd) = (a.data(), b.data());
+    if a.shape() == b.shape() {
+        let body = |(o, (&x, &y)): (&mut f32, (&f32, &f32))| *o = f(x, y);
+        if n >= PAR_MIN {
+            out.par_iter_mut().zip(ad.par_iter().zip(bd.par_iter())).for_each(body);
+        } else {
+            out.iter_mut().zip(ad.iter().zip(bd.iter())).for_each(body);
+        }
+        return Tensor::new(out, &out_shape);
+    }
+    let inner = out_shape.last().copied().unwrap_or(1).max(1);
+    let sa = broadcast_strides(a.shape(), &out_shape);
+    let sb = broadcast_strides(b.shape(), &out_shape);
+    let (sa_in, sb_in) = (sa.last().copied().unwrap_or(0), sb.last().copied().unwrap_or(0));
+    let body = |(row, o): (usize, &mut [f32])| {
+        let (oa, ob) = (row_offset(row, &out_shape, &sa), row_offset(row, &out_shape, &sb));
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = f(ad[oa + j * sa_in], bd[ob + j * sb_in]);
+        }
+    };
+    if n >= PAR_MIN {
+        out.par_chunks_mut(inner).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(body);
+    }
+    Tensor::new(out, &out_shape)
+}
+
+/// `f(x)` elementwise.
+pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
+    let mut out = vec![0.0f32; x.numel()];
+    if out.len() >= PAR_MIN {
+        out.par_iter_mut().zip(x.data().par_iter()).for_each(|(o, &v)| *o = f(v));
+    } else {
+        out.iter_mut().zip(x.data()).for_each(|(o, &v)| *o = f(v));
+    }
+    Tensor::new(out, x.shape()).expect("same number of elements")
+}
+
+/// `x` repeated along broadcast dimensions to `shape` (which `x` must broadcast to).
+pub fn broadcast_to(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    if x.shape() == shape {
+        return Ok(x.clone());
+    }
+    map2(op, x, &Tensor::zeros(shape), |v, _| v)
+}
+
+/// The adjoint of broadcasting: sums `g` (of a broadcast shape) down to `shape`, over the
+/// dimensions that were added or expanded from size 1.
+pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
+    if g.shape() == shape {
+        return g.clone();
+    }
+    let out_shape = g.shape().to_vec();
+    let mut out = vec![0.0f32; numel(shape)];
+    if out.is_empty() || g.numel() == 0 {
+        return Tensor::new(out, shape).expect("sized to shape");
+    }
+    let inner = out_shape.last().copied().unwrap_or(1);
+    let strides = broadcast_strides(shape, &out_shape);
+    let s_in = strides.last().copied().unwrap_or(0);
+    // Target rows are visited in order and repeatedly; accumulate in f64 so long reductions
+    // (a bias gradient over batch × time) keep f32 accuracy.
+    let mut acc = vec![0.0f64; out.len()];
+    for (row, gr) in g.data().chunks(inner).enumerate() {
+        let off = row_offset(row, &out_shape, &strides);
+        for (j, &v) in gr.iter().enumerate() {
+            acc[off + j * s_in] += v as f64;
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a as f32;
+    }
+    Tensor::new(out, shape).expect("sized to shape")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map2_broadcasts_rows_and_columns() {
+        let a = Tensor::new(vec![1.0, 2.0, 3.0], &[3, 1]).unwrap();
+        let b = Tensor::new(vec![10.0, 20.0], &[2]).unwrap();
+        let c = map2("add", &a, &b, |x, y| x + y).unwrap();
+        assert_eq!(c.shape(), &[3, 2]);
+        assert_eq!(c.data(), &[11.0, 21.0, 12.0, 22.0, 13.0, 23.0]);
+    }
+
+    #[test]
+    fn sum_to_is_the_adjoint_of_broadcast_to() {
+        let g = Tensor::new((0..12).map(|v| v as f32).collect(), &[2, 3, 2]).unwrap();
+        let s = sum_to(&g, &[3, 1]);
+        assert_eq!(s.data(), &[0.0 + 1.0 + 6.0 + 7.0, 2.0 + 3.0 + 8.0 + 9.0, 4.0 + 5.0 + 10.0 + 11.0]);
+        let e = broadcast_to("t", &s, &[2, 3, 2]).unwrap();
+        assert_eq!(e.shape(), &[2, 3, 2]);
+        assert_eq!(e.data()[1], s.data()[0]);
+    }
+}
