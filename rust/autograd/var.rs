@@ -3,6 +3,7 @@
 use super::grad_mode::is_grad_enabled;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The backward of one op: given the gradient of its output, the gradients of its inputs (in
@@ -21,7 +22,7 @@ pub struct Node {
 pub(super) struct VarInner {
     /// Behind a lock because optimizers update parameters in place.
     pub(super) value: RwLock<Tensor>,
-    pub(super) requires_grad: bool,
+    pub(super) requires_grad: AtomicBool,
     pub(super) grad: Mutex<Option<Tensor>>,
     /// `None` for leaves and, after a backward without `retain_graph`, for freed interior nodes.
     pub(super) node: Mutex<Option<Node>>,
@@ -37,7 +38,7 @@ impl Var {
     pub fn leaf(value: Tensor, requires_grad: bool) -> Var {
         Var(Arc::new(VarInner {
             value: RwLock::new(value),
-            requires_grad,
+            requires_grad: AtomicBool::new(requires_grad),
             grad: Mutex::new(None),
             node: Mutex::new(None),
             is_leaf: true,
@@ -60,7 +61,7 @@ impl Var {
         let op_name = op.name();
         Var(Arc::new(VarInner {
             value: RwLock::new(value),
-            requires_grad: true,
+            requires_grad: AtomicBool::new(true),
             grad: Mutex::new(None),
             node: Mutex::new(Some(Node { op: Box::new(op), inputs })),
             is_leaf: false,
@@ -97,7 +98,19 @@ impl Var {
     }
 
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Turns gradient tracking on or off for a leaf (`Tensor.requires_grad_()`).
+    pub fn set_requires_grad(&self, requires_grad: bool) -> Result<()> {
+        if !self.is_leaf() {
+            return Err(TfmError::autograd(
+                "requires_grad_",
+                "requires_grad can only be changed on leaf tensors; use detach() to get a leaf",
+            ));
+        }
+        self.0.requires_grad.store(requires_grad, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn is_leaf(&self) -> bool {

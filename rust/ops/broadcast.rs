@@ -64,6 +64,42 @@ pub fn map2(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f3
     Tensor::new(out, &out_shape)
 }
 
+/// Reads `out_shape` elements from `src`, element `idx` at `offset + Σ idx[d]·strides[d]`:
+/// a permuted, sliced or broadcast view made contiguous.
+pub fn gather_strided(src: &[f32], offset: usize, out_shape: &[usize], strides: &[usize]) -> Vec<f32> {
+    let n = numel(out_shape);
+    let mut out = vec![0.0f32; n];
+    let inner = out_shape.last().copied().unwrap_or(1).max(1);
+    let s_in = strides.last().copied().unwrap_or(0);
+    let body = |(row, o): (usize, &mut [f32])| {
+        let base = offset + row_offset(row, out_shape, strides);
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = src[base + j * s_in];
+        }
+    };
+    if n >= PAR_MIN {
+        out.par_chunks_mut(inner).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(body);
+    }
+    out
+}
+
+/// The adjoint of `gather_strided` for views that read each source element at most once
+/// (permutes and slices): writes `g` back into a zero tensor of `src_len` elements.
+pub fn scatter_strided(g: &[f32], src_len: usize, offset: usize, view_shape: &[usize], strides: &[usize]) -> Vec<f32> {
+    let mut out = vec![0.0f32; src_len];
+    let inner = view_shape.last().copied().unwrap_or(1).max(1);
+    let s_in = strides.last().copied().unwrap_or(0);
+    for (row, gr) in g.chunks(inner).enumerate() {
+        let base = offset + row_offset(row, view_shape, strides);
+        for (j, &v) in gr.iter().enumerate() {
+            out[base + j * s_in] = v;
+        }
+    }
+    out
+}
+
 /// `f(x)` elementwise.
 pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let mut out = vec![0.0f32; x.numel()];

@@ -6,4 +6,7 @@
 pub mod activation;
 pub mod broadcast;
 pub mod elementwise;
+pub mod linear;
+pub mod matmul;
 pub mod reduce;
+pub mod shape;
