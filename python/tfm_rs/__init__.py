@@ -1,0 +1,55 @@
+"""tfm_rs: the Transformer of "Attention Is All You Need" on a Rust core.
+
+Tensors record operations for autograd; the kernels (packed SIMD GEMM, fused attention,
+softmax, LayerNorm, …) run in Rust without the GIL. Names and semantics follow PyTorch.
+"""
+
+from tfm_rs._core import (
+    AutogradError,
+    DTypeError,
+    IndexOutOfRangeError,
+    InternalError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeError,
+    Tensor,
+    TfmError,
+    __version__,
+    cat,
+    cpu_features,
+    from_numpy,
+    get_num_threads,
+    is_grad_enabled,
+    manual_seed,
+    set_isa,
+    set_num_threads,
+    tensor,
+)
+from tfm_rs import functional
+from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
+
+__all__ = [
+    "AutogradError",
+    "DTypeError",
+    "IndexOutOfRangeError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NonFiniteError",
+    "ShapeError",
+    "Tensor",
+    "TfmError",
+    "__version__",
+    "cat",
+    "cpu_features",
+    "enable_grad",
+    "from_numpy",
+    "functional",
+    "get_num_threads",
+    "is_grad_enabled",
+    "manual_seed",
+    "no_grad",
+    "set_grad_enabled",
+    "set_isa",
+    "set_num_threads",
+    "tensor",
+]
