@@ -48,6 +48,13 @@ pub fn tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tens
         }
         return Err(TfmError::dtype(op, format!("expected a floating-point array, got dtype {name}; convert it explicitly, e.g. arr.astype(np.float32)")).into());
     }
+    if obj.hasattr("dtype")? || obj.hasattr("__array__")? {
+        // NumPy scalars and other array-likes: let NumPy say what they are.
+        let arr = numpy(py)?.call_method1("asarray", (obj,))?;
+        if arr.cast::<PyUntypedArray>().is_ok() {
+            return tensor_from_py(&arr, op);
+        }
+    }
     if obj.is_instance_of::<PyBool>() {
         return Err(TfmError::dtype(op, "expected a number or an array, got a bool").into());
     }
