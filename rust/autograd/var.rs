@@ -145,6 +145,11 @@ impl Var {
         Var::constant(self.value())
     }
 
+    /// Whether both handles refer to the same variable.
+    pub fn same_as(&self, other: &Var) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Identity of the underlying node, for graph traversal.
     pub(super) fn id(&self) -> usize {
         Arc::as_ptr(&self.0) as usize
