@@ -205,3 +205,30 @@ def test_threads_and_features():
 def test_awkward_sizes_elementwise(n):
     a, b = randn((n, n), 1), randn((n,), 2)
     check_op(lambda a, b: a * b + a, lambda a, b: a * b + a, [a, b], fd=n < 20)
+
+
+def test_long_ops_release_the_gil():
+    import threading
+
+    a = tfm_rs.tensor(randn((512, 512)))
+    done = threading.Event()
+
+    def work():
+        for _ in range(20):
+            a @ a
+        done.set()
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    ticks = 0
+    while not done.is_set():
+        ticks += 1  # runs only while the worker is inside Rust with the GIL released
+        done.wait(0.0005)
+    worker.join()
+    assert ticks > 5
+
+
+def test_repr_looks_like_pytorch():
+    t = tfm_rs.tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    assert repr(t) == "tensor([1., 2.], requires_grad=True)"
+    assert "grad_fn=<mul>" in repr(t * 2)

@@ -176,7 +176,9 @@ impl PyTensor {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let arr = self.numpy(py)?;
-        let body: String = py.import("numpy")?.call_method1("array2string", (arr,))?.extract()?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("separator", ", ")?;
+        let body: String = py.import("numpy")?.getattr("array2string")?.call((arr,), Some(&kwargs))?.extract()?;
         let body = body.replace('\n', "\n       ");
         let suffix = match (self.var.grad_fn_name(), self.var.requires_grad()) {
             (Some(name), _) => format!(", grad_fn=<{name}>"),
