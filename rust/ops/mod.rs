@@ -6,5 +6,6 @@
 pub mod activation;
 pub mod broadcast;
 pub mod elementwise;
+pub mod layer_norm;
 pub mod reduce;
 pub mod softmax;
