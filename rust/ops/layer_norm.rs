@@ -110,9 +110,9 @@ pub fn layer_norm_backward_input(
         let (g, s) = (&g[r * d..][..d], &s[r * d..][..d]);
         let ghat = |j: usize| g[j] as f64 * weight.map_or(1.0, |w| w[j] as f64);
         let (mut sum_g, mut sum_gs) = (0.0f64, 0.0f64);
-        for j in 0..d {
+        for (j, &v) in s.iter().enumerate() {
             sum_g += ghat(j);
-            sum_gs += ghat(j) * (s[j] as f64 - mean) * rstd;
+            sum_gs += ghat(j) * (v as f64 - mean) * rstd;
         }
         let (mean_g, mean_gs) = (sum_g / d as f64, sum_gs / d as f64);
         for (j, o) in out.iter_mut().enumerate() {
