@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod broadcast;
+pub mod dropout;
 pub mod elementwise;
 pub mod layer_norm;
 pub mod reduce;
