@@ -7,6 +7,7 @@ pub mod activation;
 pub mod broadcast;
 pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
 pub mod layer_norm;
 pub mod reduce;
 pub mod softmax;
