@@ -5,6 +5,7 @@
 
 pub mod activation;
 pub mod broadcast;
+pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
