@@ -34,8 +34,18 @@ pub struct AdamConfig {
 impl AdamConfig {
     /// The same range checks as PyTorch's constructor.
     fn validate(&self) -> Result<()> {
-        ensure_value!(self.lr >= 0.0, OP, "invalid learning rate: {}", self.lr);
-        ensure_value!(self.eps >= 0.0, OP, "invalid epsilon value: {}", self.eps);
+        ensure_value!(
+            (0.0..).contains(&self.lr),
+            OP,
+            "invalid learning rate: {}",
+            self.lr
+        );
+        ensure_value!(
+            (0.0..).contains(&self.eps),
+            OP,
+            "invalid epsilon value: {}",
+            self.eps
+        );
         ensure_value!(
             (0.0..1.0).contains(&self.beta1),
             OP,
@@ -49,7 +59,7 @@ impl AdamConfig {
             self.beta2
         );
         ensure_value!(
-            self.weight_decay >= 0.0,
+            (0.0..).contains(&self.weight_decay),
             OP,
             "invalid weight_decay value: {}",
             self.weight_decay
@@ -162,8 +172,8 @@ mod tests {
 
     impl Reference {
         fn step(&mut self, grad: &[f64], t: u64, c: &AdamConfig) {
-            for i in 0..self.theta.len() {
-                let mut g = if c.maximize { -grad[i] } else { grad[i] };
+            for (i, &gi) in grad.iter().enumerate() {
+                let mut g = if c.maximize { -gi } else { gi };
                 if c.decoupled {
                     self.theta[i] -= c.lr * c.weight_decay * self.theta[i];
                 } else {

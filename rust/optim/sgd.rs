@@ -32,15 +32,20 @@ pub struct SgdConfig {
 impl SgdConfig {
     /// The same checks as PyTorch's constructor.
     fn validate(&self) -> Result<()> {
-        ensure_value!(self.lr >= 0.0, OP, "invalid learning rate: {}", self.lr);
         ensure_value!(
-            self.momentum >= 0.0,
+            (0.0..).contains(&self.lr),
+            OP,
+            "invalid learning rate: {}",
+            self.lr
+        );
+        ensure_value!(
+            (0.0..).contains(&self.momentum),
             OP,
             "invalid momentum value: {}",
             self.momentum
         );
         ensure_value!(
-            self.weight_decay >= 0.0,
+            (0.0..).contains(&self.weight_decay),
             OP,
             "invalid weight_decay value: {}",
             self.weight_decay
