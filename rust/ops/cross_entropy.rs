@@ -12,7 +12,7 @@
 //! recomputes `softmax = exp(logits − lse)`, one exp per element, rather than keeping an
 //! `(N, C)` softmax alive between forward and backward.
 
-use super::softmax::{exp_sum, for_each_row, row_max, rows_mut};
+use super::softmax::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
@@ -82,7 +82,7 @@ fn row_loss(x: &[f32], t: i64, cfg: LossConfig) -> RowLoss {
         loss += (1.0 - eps) * (lse - x[t as usize] as f64);
     }
     if eps > 0.0 {
-        let mean_x = x.iter().map(|&v| v as f64).sum::<f64>() / x.len() as f64;
+        let mean_x = blocked_sum(x, |v| v) / x.len() as f64;
         loss += eps * (lse - mean_x);
     }
     RowLoss { loss, lse }
@@ -139,11 +139,13 @@ pub fn cross_entropy_backward(
             return;
         }
         let (x, wi) = (&logits[i * c..][..c], w[i]);
+        // lse as an f32 pair: logits near lse (the ones with probability mass) subtract its
+        // high part exactly, so their difference keeps f32 precision even at ~1e4, where a
+        // plain f32 lse would keep only three decimals.
+        let hi = lse[i] as f32;
+        let lo = (lse[i] - hi as f64) as f32;
         for (d, &v) in d.iter_mut().zip(x) {
-            // Subtract in f64: lse and the logit can both be ~1e4, where f32 would keep only
-            // three decimals of their difference.
-            let p = ((v as f64 - lse[i]) as f32).exp();
-            *d = wi * (p - smooth);
+            *d = wi * (exp_fast((v - hi) - lo) - smooth);
         }
         d[t as usize] -= wi * (1.0 - eps);
     });
