@@ -48,8 +48,8 @@ pub(crate) fn for_each_row<T: Send>(
     }
 }
 
-/// Independent accumulators in the row reductions below: written as explicit lanes, the loops
-/// compile to SIMD code, which a single sequential float accumulator forbids.
+/// Independent accumulators in the row reductions below: a single float accumulator makes each
+/// step wait for the previous one (and forbids SIMD sums); explicit lanes do not.
 const LANES: usize = 8;
 
 /// The largest entry of `z`: NaN if any entry is NaN (so NaN inputs give NaN rows, as in
