@@ -19,6 +19,7 @@ pub mod autograd;
 pub mod cpu;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod random;
 pub mod tensor;
 

@@ -4,9 +4,15 @@
 //! and its tests.
 
 pub mod activation;
+pub mod attention_weights;
 pub mod broadcast;
+pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
+pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
+pub mod softmax;

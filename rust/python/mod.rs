@@ -4,6 +4,7 @@
 mod convert;
 mod errors;
 mod functional;
+mod optim;
 mod runtime;
 mod tensor;
 
@@ -16,5 +17,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     runtime::register(m)?;
     tensor::register(m)?;
     functional::register(m)?;
+    optim::register(m)?;
     Ok(())
 }
