@@ -43,7 +43,7 @@ class ReversalModel:
             return tfm_rs.tensor(np.zeros(n, np.float32), requires_grad=True)
 
         self.d_model, self.nhead = d_model, nhead
-        self.embedding = param(vocab, d_model, scale=1.0)
+        self.embedding = param(vocab, d_model)
         self.pe = sinusoidal_positions(seq_len, d_model)
         self.layers = [
             dict(in_w=param(3 * d_model, d_model), in_b=zeros(3 * d_model), out_w=param(d_model, d_model),

@@ -63,7 +63,10 @@ impl Var {
             value: RwLock::new(value),
             requires_grad: AtomicBool::new(true),
             grad: Mutex::new(None),
-            node: Mutex::new(Some(Node { op: Box::new(op), inputs })),
+            node: Mutex::new(Some(Node {
+                op: Box::new(op),
+                inputs,
+            })),
             is_leaf: false,
             op_name: Some(op_name),
         }))
@@ -71,11 +74,20 @@ impl Var {
 
     /// The current value (cheap: the storage is shared).
     pub fn value(&self) -> Tensor {
-        self.0.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn shape(&self) -> Vec<usize> {
-        self.0.value.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec()
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .shape()
+            .to_vec()
     }
 
     /// Replaces the value of a leaf in place (optimizer steps, `load_state_dict`).
@@ -84,7 +96,11 @@ impl Var {
         if slot.shape() != value.shape() {
             return Err(TfmError::shape(
                 "set_value",
-                format!("cannot replace a value of shape {} by one of shape {}", shape_str(slot.shape()), shape_str(value.shape())),
+                format!(
+                    "cannot replace a value of shape {} by one of shape {}",
+                    shape_str(slot.shape()),
+                    shape_str(value.shape())
+                ),
             ));
         }
         *slot = value;
@@ -123,7 +139,11 @@ impl Var {
     }
 
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .grad
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_grad(&self, grad: Option<Tensor>) -> Result<()> {
@@ -132,7 +152,11 @@ impl Var {
             if g.shape() != shape.as_slice() {
                 return Err(TfmError::shape(
                     "grad",
-                    format!("assigned grad of shape {} to a tensor of shape {}", shape_str(g.shape()), shape_str(&shape)),
+                    format!(
+                        "assigned grad of shape {} to a tensor of shape {}",
+                        shape_str(g.shape()),
+                        shape_str(&shape)
+                    ),
                 ));
             }
         }

@@ -144,7 +144,7 @@ pub fn gelu(x: &Var, approximate_tanh: bool) -> Result<Var> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     const KINDS: [ActivationKind; 3] = [
         ActivationKind::Relu,

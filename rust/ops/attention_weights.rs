@@ -29,18 +29,34 @@ fn check(q: &[usize], k: &[usize], v: &[usize]) -> Result<()> {
 
 /// 0 where query `i` may see key `j` (j ≤ i), −∞ elsewhere: (L, S).
 fn causal_mask(l: usize, s: usize) -> Tensor {
-    let data = (0..l).flat_map(|i| (0..s).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY })).collect();
+    let data = (0..l)
+        .flat_map(|i| (0..s).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
     Tensor::new(data, &[l, s]).expect("sized to (l, s)")
 }
 
-pub fn attention_with_weights(q: &Var, k: &Var, v: &Var, attn_mask: Option<&Tensor>, dropout_p: f32, is_causal: bool, scale: Option<f32>) -> Result<(Var, Var)> {
+pub fn attention_with_weights(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    attn_mask: Option<&Tensor>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> Result<(Var, Var)> {
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
     check(&qs, &ks, &vs)?;
     if is_causal && attn_mask.is_some() {
-        return Err(TfmError::value(OP, "give either attn_mask or is_causal=True, not both (as in PyTorch)"));
+        return Err(TfmError::value(
+            OP,
+            "give either attn_mask or is_causal=True, not both (as in PyTorch)",
+        ));
     }
     if !(0.0..1.0).contains(&dropout_p) {
-        return Err(TfmError::value(OP, format!("dropout_p must be in [0, 1), got {dropout_p}")));
+        return Err(TfmError::value(
+            OP,
+            format!("dropout_p must be in [0, 1), got {dropout_p}"),
+        ));
     }
     let (l, s, e) = (qs[qs.len() - 2], ks[ks.len() - 2], qs[qs.len() - 1]);
     let scale = scale.unwrap_or(1.0 / (e as f32).sqrt());

@@ -12,7 +12,7 @@
 //! recomputes `softmax = exp(logits − lse)`, one exp per element, rather than keeping an
 //! `(N, C)` softmax alive between forward and backward.
 
-use super::softmax::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut};
+use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
@@ -246,7 +246,7 @@ pub fn cross_entropy(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     const IGNORE: i64 = -100;
 

@@ -7,7 +7,7 @@
 //! count nor on scheduling, and the backward regenerates it from the seed: nothing else is
 //! saved, and no mask is stored.
 
-use super::softmax::{for_each_row, rows_mut};
+use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::Result;
@@ -80,7 +80,7 @@ pub fn dropout(x: &Var, p: f32, training: bool) -> Result<Var> {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     /// f64 reference: the mask and scale written out per element.
     fn reference(x: &[f64], seed: u64, p: f32) -> Vec<f64> {

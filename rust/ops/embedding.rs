@@ -6,7 +6,7 @@
 //! gradient row is summed by one task in a fixed order: deterministic, whatever the thread
 //! count. The `padding_idx` row gets no gradient, as in PyTorch.
 
-use super::softmax::{for_each_row, rows_mut};
+use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::ensure_shape;
 use crate::error::{Result, TfmError};
@@ -161,7 +161,7 @@ pub fn embedding(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     /// f64 reference: a plain gather.
     fn reference(ids: &[i64], w: &[f64], d: usize) -> Vec<f64> {

@@ -6,7 +6,7 @@
 //! in f64 (two passes over a row that is already in cache) so that rows with a large mean
 //! relative to their spread keep full f32 accuracy.
 
-use super::softmax::{for_each_row, rows_mut};
+use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
@@ -293,7 +293,7 @@ pub fn add_layer_norm(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     const EPS: f32 = 1e-5;
 

@@ -35,8 +35,20 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
     let (rows, inp, out) = check(x, w, b)?;
     let mut y = vec![0.0f32; rows * out];
     if rows * out > 0 {
-        let epi = Epilogue { bias: b.map(|b| b.data()), ..Default::default() };
-        gemm(1.0, MatRef::row_major(x.data(), rows, inp), MatRef::row_major(w.data(), out, inp).t(), 0.0, &mut y, out, &epi, true);
+        let epi = Epilogue {
+            bias: b.map(|b| b.data()),
+            ..Default::default()
+        };
+        gemm(
+            1.0,
+            MatRef::row_major(x.data(), rows, inp),
+            MatRef::row_major(w.data(), out, inp).t(),
+            0.0,
+            &mut y,
+            out,
+            &epi,
+            true,
+        );
     }
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("checked ndim ≥ 1") = out;
@@ -54,12 +66,34 @@ pub fn linear_backward(g: &Tensor, x: &Tensor, w: &Tensor) -> Result<(Tensor, Te
     let mut dw = vec![0.0f32; out * inp];
     let mut db = vec![0.0f32; out];
     if rows > 0 {
-        gemm(1.0, gm, MatRef::row_major(w.data(), out, inp), 0.0, &mut dx, inp, &epi, true);
+        gemm(
+            1.0,
+            gm,
+            MatRef::row_major(w.data(), out, inp),
+            0.0,
+            &mut dx,
+            inp,
+            &epi,
+            true,
+        );
         gemm(1.0, gm.t(), xm, 0.0, &mut dw, inp, &epi, true);
         let ones = vec![1.0f32; rows];
-        gemm(1.0, MatRef::row_major(&ones, 1, rows), gm, 0.0, &mut db, out, &epi, true);
+        gemm(
+            1.0,
+            MatRef::row_major(&ones, 1, rows),
+            gm,
+            0.0,
+            &mut db,
+            out,
+            &epi,
+            true,
+        );
     }
-    Ok((Tensor::new(dx, x.shape())?, Tensor::new(dw, w.shape())?, Tensor::new(db, &[out])?))
+    Ok((
+        Tensor::new(dx, x.shape())?,
+        Tensor::new(dw, w.shape())?,
+        Tensor::new(db, &[out])?,
+    ))
 }
 
 struct LinearBackward {
@@ -74,7 +108,10 @@ impl Backward for LinearBackward {
     }
     fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let (dx, dw, db) = linear_backward(g, &self.x, &self.w)?;
-        let mut grads = vec![inputs[0].requires_grad().then_some(dx), inputs[1].requires_grad().then_some(dw)];
+        let mut grads = vec![
+            inputs[0].requires_grad().then_some(dx),
+            inputs[1].requires_grad().then_some(dw),
+        ];
         if self.has_bias {
             grads.push(Some(db));
         }
@@ -87,5 +124,13 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     let y = linear_forward(&xv, &wv, bv.as_ref())?;
     let mut inputs = vec![x.clone(), w.clone()];
     inputs.extend(b.cloned());
-    Ok(Var::from_op(y, inputs, LinearBackward { x: xv, w: wv, has_bias: b.is_some() }))
+    Ok(Var::from_op(
+        y,
+        inputs,
+        LinearBackward {
+            x: xv,
+            w: wv,
+            has_bias: b.is_some(),
+        },
+    ))
 }

@@ -34,8 +34,16 @@ impl Operand<'_> {
             }
         }
         let size = self.rows * self.cols;
-        let m = MatRef::row_major(&self.data[index * size..(index + 1) * size], self.rows, self.cols);
-        if self.trans { m.t() } else { m }
+        let m = MatRef::row_major(
+            &self.data[index * size..(index + 1) * size],
+            self.rows,
+            self.cols,
+        );
+        if self.trans {
+            m.t()
+        } else {
+            m
+        }
     }
 }
 
@@ -47,7 +55,16 @@ fn batched_product(out_batch: &[usize], a: &Operand, b: &Operand, m: usize, n: u
         return out;
     }
     let one = |(i, c): (usize, &mut [f32])| {
-        gemm(1.0, a.matrix(i, out_batch), b.matrix(i, out_batch), 0.0, c, n, &Epilogue::default(), count == 1);
+        gemm(
+            1.0,
+            a.matrix(i, out_batch),
+            b.matrix(i, out_batch),
+            0.0,
+            c,
+            n,
+            &Epilogue::default(),
+            count == 1,
+        );
     };
     if count > 1 {
         out.par_chunks_mut(m * n).enumerate().for_each(one);
@@ -70,12 +87,34 @@ struct Plan {
 
 fn plan(a: &[usize], b: &[usize]) -> Result<Plan> {
     if a.is_empty() || b.is_empty() {
-        return Err(TfmError::shape("matmul", format!("both operands need at least one dimension, got {} and {}", shape_str(a), shape_str(b))));
+        return Err(TfmError::shape(
+            "matmul",
+            format!(
+                "both operands need at least one dimension, got {} and {}",
+                shape_str(a),
+                shape_str(b)
+            ),
+        ));
     }
-    let (m, k) = if a.len() == 1 { (1, a[0]) } else { (a[a.len() - 2], a[a.len() - 1]) };
-    let (k2, n) = if b.len() == 1 { (b[0], 1) } else { (b[b.len() - 2], b[b.len() - 1]) };
+    let (m, k) = if a.len() == 1 {
+        (1, a[0])
+    } else {
+        (a[a.len() - 2], a[a.len() - 1])
+    };
+    let (k2, n) = if b.len() == 1 {
+        (b[0], 1)
+    } else {
+        (b[b.len() - 2], b[b.len() - 1])
+    };
     if k != k2 {
-        return Err(TfmError::shape("matmul", format!("shapes {} and {} cannot be multiplied ({k} ≠ {k2})", shape_str(a), shape_str(b))));
+        return Err(TfmError::shape(
+            "matmul",
+            format!(
+                "shapes {} and {} cannot be multiplied ({k} ≠ {k2})",
+                shape_str(a),
+                shape_str(b)
+            ),
+        ));
     }
     let a_batch = a[..a.len().saturating_sub(2)].to_vec();
     let b_batch = b[..b.len().saturating_sub(2)].to_vec();
@@ -87,7 +126,15 @@ fn plan(a: &[usize], b: &[usize]) -> Result<Plan> {
     if b.len() > 1 {
         out_shape.push(n);
     }
-    Ok(Plan { a_batch, b_batch, out_batch, m, k, n, out_shape })
+    Ok(Plan {
+        a_batch,
+        b_batch,
+        out_batch,
+        m,
+        k,
+        n,
+        out_shape,
+    })
 }
 
 struct MatmulBackward {
@@ -102,17 +149,43 @@ impl Backward for MatmulBackward {
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let p = plan(self.a.shape(), self.b.shape())?;
         let (m, k, n) = (p.m, p.k, p.n);
-        let go = Operand { data: g.data(), batch_shape: &p.out_batch, rows: m, cols: n, trans: false };
+        let go = Operand {
+            data: g.data(),
+            batch_shape: &p.out_batch,
+            rows: m,
+            cols: n,
+            trans: false,
+        };
         // dA (out_batch, m, k) = G · Bᵀ, then summed over the batch dims A was broadcast along.
-        let bt = Operand { data: self.b.data(), batch_shape: &p.b_batch, rows: k, cols: n, trans: true };
+        let bt = Operand {
+            data: self.b.data(),
+            batch_shape: &p.b_batch,
+            rows: k,
+            cols: n,
+            trans: true,
+        };
         let ga = batched_product(&p.out_batch, &go, &bt, m, k);
         let ga_shape: Vec<usize> = p.out_batch.iter().copied().chain([m, k]).collect();
-        let ga = sum_to(&Tensor::new(ga, &ga_shape)?, &[&p.a_batch[..], &[m, k]].concat()).reshape(self.a.shape())?;
+        let ga = sum_to(
+            &Tensor::new(ga, &ga_shape)?,
+            &[&p.a_batch[..], &[m, k]].concat(),
+        )
+        .reshape(self.a.shape())?;
         // dB (out_batch, k, n) = Aᵀ · G.
-        let at = Operand { data: self.a.data(), batch_shape: &p.a_batch, rows: m, cols: k, trans: true };
+        let at = Operand {
+            data: self.a.data(),
+            batch_shape: &p.a_batch,
+            rows: m,
+            cols: k,
+            trans: true,
+        };
         let gb = batched_product(&p.out_batch, &at, &go, k, n);
         let gb_shape: Vec<usize> = p.out_batch.iter().copied().chain([k, n]).collect();
-        let gb = sum_to(&Tensor::new(gb, &gb_shape)?, &[&p.b_batch[..], &[k, n]].concat()).reshape(self.b.shape())?;
+        let gb = sum_to(
+            &Tensor::new(gb, &gb_shape)?,
+            &[&p.b_batch[..], &[k, n]].concat(),
+        )
+        .reshape(self.b.shape())?;
         Ok(vec![Some(ga), Some(gb)])
     }
 }
@@ -127,12 +200,33 @@ pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let mut out = vec![0.0f32; rows * n];
         if rows * n > 0 {
             let bm = MatRef::row_major(b.data(), k, n);
-            gemm(1.0, MatRef::row_major(a.data(), rows, k), bm, 0.0, &mut out, n, &Epilogue::default(), true);
+            gemm(
+                1.0,
+                MatRef::row_major(a.data(), rows, k),
+                bm,
+                0.0,
+                &mut out,
+                n,
+                &Epilogue::default(),
+                true,
+            );
         }
         out
     } else {
-        let ao = Operand { data: a.data(), batch_shape: &p.a_batch, rows: m, cols: k, trans: false };
-        let bo = Operand { data: b.data(), batch_shape: &p.b_batch, rows: k, cols: n, trans: false };
+        let ao = Operand {
+            data: a.data(),
+            batch_shape: &p.a_batch,
+            rows: m,
+            cols: k,
+            trans: false,
+        };
+        let bo = Operand {
+            data: b.data(),
+            batch_shape: &p.b_batch,
+            rows: k,
+            cols: n,
+            trans: false,
+        };
         batched_product(&p.out_batch, &ao, &bo, m, n)
     };
     Tensor::new(out, &p.out_shape)
@@ -141,5 +235,9 @@ pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
     let (av, bv) = (a.value(), b.value());
     let out = matmul_forward(&av, &bv)?;
-    Ok(Var::from_op(out, vec![a.clone(), b.clone()], MatmulBackward { a: av, b: bv }))
+    Ok(Var::from_op(
+        out,
+        vec![a.clone(), b.clone()],
+        MatmulBackward { a: av, b: bv },
+    ))
 }

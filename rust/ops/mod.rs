@@ -14,5 +14,8 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod reduce;
+pub mod rows;
 pub mod shape;
 pub mod softmax;
+#[cfg(test)]
+pub(crate) mod test_support;

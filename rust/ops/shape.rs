@@ -9,20 +9,38 @@ use crate::tensor::{contiguous_strides, normalize_dim, numel, shape_str, Tensor}
 
 /// Resolves one `-1` in a requested shape against `n` elements.
 pub fn infer_shape(op: &'static str, requested: &[isize], n: usize) -> Result<Vec<usize>> {
-    let unknown: Vec<usize> = requested.iter().enumerate().filter(|(_, &d)| d == -1).map(|(i, _)| i).collect();
+    let unknown: Vec<usize> = requested
+        .iter()
+        .enumerate()
+        .filter(|(_, &d)| d == -1)
+        .map(|(i, _)| i)
+        .collect();
     if unknown.len() > 1 || requested.iter().any(|&d| d < -1) {
-        return Err(TfmError::shape(op, format!("invalid shape {requested:?}: sizes must be ≥ 0, with at most one -1")));
+        return Err(TfmError::shape(
+            op,
+            format!("invalid shape {requested:?}: sizes must be ≥ 0, with at most one -1"),
+        ));
     }
-    let known: usize = requested.iter().filter(|&&d| d != -1).map(|&d| d as usize).product();
+    let known: usize = requested
+        .iter()
+        .filter(|&&d| d != -1)
+        .map(|&d| d as usize)
+        .product();
     let mut shape: Vec<usize> = requested.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = unknown.first() {
         if known == 0 || n % known != 0 {
-            return Err(TfmError::shape(op, format!("shape {requested:?} is invalid for {n} elements")));
+            return Err(TfmError::shape(
+                op,
+                format!("shape {requested:?} is invalid for {n} elements"),
+            ));
         }
         shape[i] = n / known;
     }
     if numel(&shape) != n {
-        return Err(TfmError::shape(op, format!("shape {requested:?} is invalid for {n} elements")));
+        return Err(TfmError::shape(
+            op,
+            format!("shape {requested:?} is invalid for {n} elements"),
+        ));
     }
     Ok(shape)
 }
@@ -45,7 +63,13 @@ pub fn reshape(x: &Var, shape: &[isize]) -> Result<Var> {
     let xv = x.value();
     let shape = infer_shape("reshape", shape, xv.numel())?;
     let out = xv.reshape(&shape)?;
-    Ok(Var::from_op(out, vec![x.clone()], ReshapeBackward { input_shape: xv.shape().to_vec() }))
+    Ok(Var::from_op(
+        out,
+        vec![x.clone()],
+        ReshapeBackward {
+            input_shape: xv.shape().to_vec(),
+        },
+    ))
 }
 
 /// Output dimension `i` is input dimension `perm[i]`.
@@ -53,7 +77,11 @@ fn permute_forward(x: &Tensor, perm: &[usize]) -> Tensor {
     let strides = contiguous_strides(x.shape());
     let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let view_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
-    Tensor::new(gather_strided(x.data(), 0, &out_shape, &view_strides), &out_shape).expect("same size")
+    Tensor::new(
+        gather_strided(x.data(), 0, &out_shape, &view_strides),
+        &out_shape,
+    )
+    .expect("same size")
 }
 
 struct PermuteBackward {
@@ -74,7 +102,14 @@ pub fn permute(x: &Var, dims: &[isize]) -> Result<Var> {
     let xv = x.value();
     let nd = xv.ndim();
     if dims.len() != nd {
-        return Err(TfmError::shape("permute", format!("{} dims given for a tensor of shape {}", dims.len(), shape_str(xv.shape()))));
+        return Err(TfmError::shape(
+            "permute",
+            format!(
+                "{} dims given for a tensor of shape {}",
+                dims.len(),
+                shape_str(xv.shape())
+            ),
+        ));
     }
     let mut perm = Vec::with_capacity(nd);
     for &d in dims {
@@ -83,21 +118,34 @@ pub fn permute(x: &Var, dims: &[isize]) -> Result<Var> {
     let mut inverse = vec![usize::MAX; nd];
     for (i, &p) in perm.iter().enumerate() {
         if inverse[p] != usize::MAX {
-            return Err(TfmError::value("permute", format!("dims {dims:?} repeat dimension {p}")));
+            return Err(TfmError::value(
+                "permute",
+                format!("dims {dims:?} repeat dimension {p}"),
+            ));
         }
         inverse[p] = i;
     }
     if perm.iter().enumerate().all(|(i, &p)| i == p) {
-        return reshape(x, &xv.shape().iter().map(|&d| d as isize).collect::<Vec<_>>());
+        return reshape(
+            x,
+            &xv.shape().iter().map(|&d| d as isize).collect::<Vec<_>>(),
+        );
     }
     let out = permute_forward(&xv, &perm);
-    Ok(Var::from_op(out, vec![x.clone()], PermuteBackward { inverse }))
+    Ok(Var::from_op(
+        out,
+        vec![x.clone()],
+        PermuteBackward { inverse },
+    ))
 }
 
 /// Swaps two dimensions.
 pub fn transpose(x: &Var, dim0: isize, dim1: isize) -> Result<Var> {
     let nd = x.shape().len();
-    let (a, b) = (normalize_dim("transpose", dim0, nd)?, normalize_dim("transpose", dim1, nd)?);
+    let (a, b) = (
+        normalize_dim("transpose", dim0, nd)?,
+        normalize_dim("transpose", dim1, nd)?,
+    );
     let mut perm: Vec<isize> = (0..nd as isize).collect();
     perm.swap(a, b);
     permute(x, &perm)
@@ -114,7 +162,13 @@ impl Backward for SliceBackward {
         "slice"
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let gx = scatter_strided(g.data(), numel(&self.input_shape), self.offset, g.shape(), &self.view_strides);
+        let gx = scatter_strided(
+            g.data(),
+            numel(&self.input_shape),
+            self.offset,
+            g.shape(),
+            &self.view_strides,
+        );
         Ok(vec![Some(Tensor::new(gx, &self.input_shape)?)])
     }
 }
@@ -126,17 +180,35 @@ pub fn slice(x: &Var, dim: isize, start: usize, stop: usize, step: usize) -> Res
     let d = normalize_dim("slice", dim, xv.ndim())?;
     let size = xv.shape()[d];
     if step == 0 || start > size || stop > size {
-        return Err(TfmError::index("slice", format!("slice {start}:{stop}:{step} is invalid for dimension {d} of size {size}")));
+        return Err(TfmError::index(
+            "slice",
+            format!("slice {start}:{stop}:{step} is invalid for dimension {d} of size {size}"),
+        ));
     }
-    let len = if stop > start { (stop - start).div_ceil(step) } else { 0 };
+    let len = if stop > start {
+        (stop - start).div_ceil(step)
+    } else {
+        0
+    };
     let strides = contiguous_strides(xv.shape());
     let mut out_shape = xv.shape().to_vec();
     out_shape[d] = len;
     let mut view_strides = strides.clone();
     view_strides[d] *= step;
     let offset = if len == 0 { 0 } else { start * strides[d] };
-    let out = Tensor::new(gather_strided(xv.data(), offset, &out_shape, &view_strides), &out_shape)?;
-    Ok(Var::from_op(out, vec![x.clone()], SliceBackward { input_shape: xv.shape().to_vec(), offset, view_strides }))
+    let out = Tensor::new(
+        gather_strided(xv.data(), offset, &out_shape, &view_strides),
+        &out_shape,
+    )?;
+    Ok(Var::from_op(
+        out,
+        vec![x.clone()],
+        SliceBackward {
+            input_shape: xv.shape().to_vec(),
+            offset,
+            view_strides,
+        },
+    ))
 }
 
 struct CatBackward {
@@ -176,16 +248,27 @@ fn outer_inner(shape: &[usize], dim: usize) -> (usize, usize) {
 /// Concatenates along `dim`; all other dimensions must agree.
 pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
     if xs.is_empty() {
-        return Err(TfmError::value("cat", "expected a non-empty list of tensors"));
+        return Err(TfmError::value(
+            "cat",
+            "expected a non-empty list of tensors",
+        ));
     }
     let values: Vec<Tensor> = xs.iter().map(Var::value).collect();
     let nd = values[0].ndim();
     let d = normalize_dim("cat", dim, nd)?;
     for v in &values {
-        let agree = v.ndim() == nd && v.shape().iter().zip(values[0].shape()).enumerate().all(|(i, (a, b))| i == d || a == b);
+        let agree = v.ndim() == nd
+            && v.shape()
+                .iter()
+                .zip(values[0].shape())
+                .enumerate()
+                .all(|(i, (a, b))| i == d || a == b);
         if !agree {
             let shapes: Vec<String> = values.iter().map(|v| shape_str(v.shape())).collect();
-            return Err(TfmError::shape("cat", format!("shapes {} differ outside dimension {d}", shapes.join(", "))));
+            return Err(TfmError::shape(
+                "cat",
+                format!("shapes {} differ outside dimension {d}", shapes.join(", ")),
+            ));
         }
     }
     let sizes: Vec<usize> = values.iter().map(|v| v.shape()[d]).collect();
@@ -199,5 +282,9 @@ pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
         }
     }
     let out = Tensor::new(out, &out_shape)?;
-    Ok(Var::from_op(out, xs.to_vec(), CatBackward { dim: d, sizes }))
+    Ok(Var::from_op(
+        out,
+        xs.to_vec(),
+        CatBackward { dim: d, sizes },
+    ))
 }

@@ -3,137 +3,12 @@
 //! Forward: `x (…, C)`, `mask` broadcastable to `x`'s shape → `y (…, C)`; both save only their
 //! output `y`. A row whose every entry is −inf after masking has no distribution: softmax gives
 //! zeros there and log-softmax −inf, never NaN, and both pass back a zero gradient.
-//!
-//! This file also holds the row-parallel helpers that the other row-wise ops (layer norm, cross
-//! entropy, embedding, dropout, the optimizers) share, and the shared test support.
 
+use super::broadcast::{broadcast_strides, row_offset};
+use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
-use crate::tensor::{broadcast_shapes, contiguous_strides, shape_str, Tensor};
-use rayon::prelude::*;
-
-/// Work at least this large (in elements) is split across threads; below it, thread hand-off
-/// costs more than it saves.
-pub(crate) const PAR_MIN: usize = 1 << 15;
-
-/// Splits `data` into `rows` rows of `cols` values. Unlike `chunks_mut`, this also works for
-/// `cols == 0` (every row is then empty), so ops need no special case for a zero-width axis.
-pub(crate) fn rows_mut(data: &mut [f32], rows: usize, cols: usize) -> Vec<&mut [f32]> {
-    if cols == 0 {
-        (0..rows).map(|_| <&mut [f32]>::default()).collect()
-    } else {
-        data.chunks_mut(cols).collect()
-    }
-}
-
-/// Runs `f(i, item)` for every item, each costing about `cost` elements of work, across the
-/// current rayon pool when the total reaches [`PAR_MIN`]. Items are disjoint (rows or chunks of
-/// the outputs, zipped with per-row side outputs), and each is handled by exactly one call in a
-/// fixed order within it, so results never depend on the thread count.
-pub(crate) fn for_each_row<T: Send>(
-    items: Vec<T>,
-    cost: usize,
-    f: impl Fn(usize, T) + Sync + Send,
-) {
-    if items.len().saturating_mul(cost) >= PAR_MIN {
-        items
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(i, item)| f(i, item));
-    } else {
-        items
-            .into_iter()
-            .enumerate()
-            .for_each(|(i, item)| f(i, item));
-    }
-}
-
-/// Independent accumulators in the row reductions below: a single float accumulator makes each
-/// step wait for the previous one (and forbids SIMD sums); explicit lanes do not.
-const LANES: usize = 8;
-
-/// The largest entry of `z`: NaN if any entry is NaN (so NaN inputs give NaN rows, as in
-/// PyTorch), −inf for an empty or all −inf row.
-pub(crate) fn row_max(z: &[f32]) -> f32 {
-    let pick = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = z.chunks_exact(LANES);
-    for c in &mut chunks {
-        for k in 0..LANES {
-            lanes[k] = pick(lanes[k], c[k]);
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| pick(m, v))
-}
-
-/// `Σ f(z_j)`: blocks of 256 values are mapped into a buffer (a plain loop, which compiles to
-/// SIMD code even for a branchy `f`) and summed in f32 lanes, and the block totals in f64, so
-/// the rounding error stays at one block's (32 terms per lane) even for 32k-wide rows.
-pub(crate) fn blocked_sum(z: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    const BLOCK: usize = 32 * LANES;
-    let mut buf = [0.0f32; BLOCK];
-    z.chunks(BLOCK)
-        .map(|block| {
-            let buf = &mut buf[..block.len()];
-            buf.iter_mut().zip(block).for_each(|(b, &v)| *b = f(v));
-            let mut lanes = [0.0f32; LANES];
-            let mut chunks = buf.chunks_exact(LANES);
-            for c in &mut chunks {
-                for k in 0..LANES {
-                    lanes[k] += c[k];
-                }
-            }
-            let rest: f32 = chunks.remainder().iter().sum();
-            lanes.iter().map(|&v| v as f64).sum::<f64>() + rest as f64
-        })
-        .sum()
-}
-
-/// `Σ exp(z_j − m)` for `m ≥ max(z)`.
-pub(crate) fn exp_sum(z: &[f32], m: f32) -> f64 {
-    blocked_sum(z, |v| exp_fast(v - m))
-}
-
-/// `eˣ` to about 1 ulp (Cephes' `expf` polynomial), in branch-free arithmetic that compiles to
-/// SIMD code in the row loops, unlike the libm call behind `f32::exp`: softmax and cross
-/// entropy over 32k-wide vocabularies spend most of their time here. Results below f32's
-/// normal range flush to 0 (so −inf gives 0); NaN gives NaN.
-#[inline(always)]
-pub(crate) fn exp_fast(x: f32) -> f32 {
-    const LO: f32 = -87.336_55; // ln of the smallest normal f32
-    const HI: f32 = 88.722_84; // ln of the largest f32
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    // ln 2 split in two so that n·LN2_HI is exact.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(LO, HI);
-    let t = xc * LOG2E + ROUND;
-    let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
-    let nf = t - ROUND;
-    let r = xc - nf * LN2_HI - nf * LN2_LO;
-    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
-        + 0.166_666_65)
-        * r
-        + 0.5;
-    let er = p * r * r + r + 1.0;
-    // 2ⁿ in two factors: n reaches 128 at the top of the range, beyond one factor's exponent.
-    let half = n >> 1;
-    let pow2 = |k: i32| f32::from_bits(((k + 127) << 23) as u32);
-    let y = er * pow2(half) * pow2(n - half);
-    if x < LO {
-        0.0
-    } else if x > HI {
-        f32::INFINITY
-    } else {
-        y
-    }
-}
+use crate::tensor::{broadcast_shapes, shape_str, Tensor};
 
 /// Reads a mask broadcast to a larger shape one row (last axis) at a time, without expanding
 /// it: row `r` of the broadcast mask starts at `offset(r)` and steps by `inner_stride`.
@@ -158,17 +33,7 @@ impl<'a> BroadcastRows<'a> {
                 ),
             ));
         }
-        let own = contiguous_strides(mask.shape());
-        let lead = shape.len() - mask.ndim();
-        let strides: Vec<usize> = (0..shape.len())
-            .map(|d| {
-                if d < lead || mask.shape()[d - lead] == 1 {
-                    0
-                } else {
-                    own[d - lead]
-                }
-            })
-            .collect();
+        let strides = broadcast_strides(mask.shape(), shape);
         let inner_stride = strides.last().copied().unwrap_or(0);
         Ok(BroadcastRows {
             data: mask.data(),
@@ -179,12 +44,7 @@ impl<'a> BroadcastRows<'a> {
     }
 
     fn offset(&self, row: usize) -> usize {
-        let (mut rem, mut off) = (row, 0);
-        for d in (0..self.shape.len().saturating_sub(1)).rev() {
-            off += (rem % self.shape[d]) * self.strides[d];
-            rem /= self.shape[d];
-        }
-        off
+        row_offset(row, &self.shape, &self.strides)
     }
 }
 
@@ -317,82 +177,11 @@ pub fn log_softmax(x: &Var, mask: Option<&Tensor>) -> Result<Var> {
     softmax_var("log_softmax", x, mask, true)
 }
 
-/// Test helpers shared by the op and optimizer tests: deterministic data, tolerance checks,
-/// finite differences, and running a backward with a given output gradient.
-#[cfg(test)]
-pub(crate) mod test_support {
-    use crate::autograd::{backward, Var};
-    use crate::tensor::Tensor;
-
-    /// `n` values uniform in `[lo, hi)`, a pure function of `seed` (tests stay reproducible).
-    pub fn rand_vec(seed: u64, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n as u64)
-            .map(|i| lo + (hi - lo) * crate::random::uniform(seed, i))
-            .collect()
-    }
-
-    pub fn to_f64(v: &[f32]) -> Vec<f64> {
-        v.iter().map(|&x| x as f64).collect()
-    }
-
-    /// Asserts `|got − want| ≤ atol + rtol·|want|` elementwise; equal infinities pass.
-    pub fn assert_close(what: &str, got: &[f32], want: &[f64], rtol: f64, atol: f64) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let g = g as f64;
-            let ok = g == w || (g - w).abs() <= atol + rtol * w.abs();
-            assert!(ok, "{what}: element {i}: got {g}, want {w}");
-        }
-    }
-
-    /// Central differences `(f(x + h·e_i) − f(x − h·e_i)) / 2h` of an f64 scalar function.
-    pub fn finite_diff(x: &[f64], h: f64, f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-        let mut p = x.to_vec();
-        (0..x.len())
-            .map(|i| {
-                p[i] = x[i] + h;
-                let up = f(&p);
-                p[i] = x[i] - h;
-                let down = f(&p);
-                p[i] = x[i];
-                (up - down) / (2.0 * h)
-            })
-            .collect()
-    }
-
-    /// `Σ w ∘ y`: the scalar whose gradient a backward seeded with `w` computes.
-    pub fn dot(w: &[f64], y: &[f64]) -> f64 {
-        w.iter().zip(y).map(|(a, b)| a * b).sum()
-    }
-
-    pub fn leaf(data: Vec<f32>, shape: &[usize]) -> Var {
-        Var::leaf(Tensor::new(data, shape).unwrap(), true)
-    }
-
-    /// Runs backward from `y` seeded with `w` (of `y`'s shape) and returns each leaf's gradient.
-    pub fn grads(y: &Var, w: &[f32], leaves: &[&Var]) -> Vec<Vec<f32>> {
-        backward(y, Some(Tensor::new(w.to_vec(), &y.shape()).unwrap()), false).unwrap();
-        leaves
-            .iter()
-            .map(|v| v.grad().expect("leaf got a gradient").data().to_vec())
-            .collect()
-    }
-
-    /// Runs `f` in a pool of `threads` threads (to check results do not depend on the count).
-    pub fn with_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(f)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::test_support::*;
     use super::*;
     use crate::error::ErrorKind;
+    use crate::ops::test_support::*;
 
     /// f64 reference: (log-)softmax of `x + mask` row by row; −inf-only rows as documented.
     fn reference(x: &[f64], mask: &[f64], cols: usize, log: bool) -> Vec<f64> {

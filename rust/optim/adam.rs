@@ -14,7 +14,7 @@
 use super::{check_len, optional_chunks, CHUNK};
 use crate::ensure_value;
 use crate::error::Result;
-use crate::ops::softmax::for_each_row;
+use crate::ops::rows::for_each_row;
 
 const OP: &str = "adam";
 
@@ -159,7 +159,7 @@ pub fn adam_step(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     /// The f64 reference, written from the pseudo-code of PyTorch's Adam and AdamW docs (with
     /// AMSGrad over the raw second moment, as the implementation does).

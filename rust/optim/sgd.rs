@@ -15,7 +15,7 @@
 use super::{check_len, optional_chunks, CHUNK};
 use crate::ensure_value;
 use crate::error::Result;
-use crate::ops::softmax::for_each_row;
+use crate::ops::rows::for_each_row;
 
 const OP: &str = "sgd";
 
@@ -119,7 +119,7 @@ pub fn sgd_step(
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
-    use crate::ops::softmax::test_support::*;
+    use crate::ops::test_support::*;
 
     /// The f64 reference from the pseudo-code of PyTorch's SGD docs, with `maximize` applied to
     /// the gradient first as the implementation does.

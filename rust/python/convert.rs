@@ -18,11 +18,16 @@ fn numpy(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
 /// The array's dtype kind character ('f', 'i', 'u', 'b', …) and name.
 fn dtype_of(arr: &Bound<'_, PyUntypedArray>) -> PyResult<(char, String)> {
     let dtype = arr.getattr("dtype")?;
-    Ok((dtype.getattr("kind")?.extract()?, dtype.getattr("name")?.extract()?))
+    Ok((
+        dtype.getattr("kind")?.extract()?,
+        dtype.getattr("name")?.extract()?,
+    ))
 }
 
 fn copy_f32(arr: &Bound<'_, PyArrayDyn<f32>>) -> PyResult<Tensor> {
-    let ro = arr.try_readonly().map_err(|e| TfmError::value("tensor", e.to_string()))?;
+    let ro = arr
+        .try_readonly()
+        .map_err(|e| TfmError::value("tensor", e.to_string()))?;
     let view = ro.as_array();
     let data = match view.as_slice() {
         Some(s) => s.to_vec(),
@@ -62,13 +67,22 @@ pub fn tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tens
         return Ok(Tensor::scalar(obj.extract::<f64>()? as f32));
     }
     if obj.is_instance_of::<pyo3::types::PyList>() || obj.is_instance_of::<pyo3::types::PyTuple>() {
-        let arr = numpy(py)?.call_method1("asarray", (obj, "float32")).map_err(|e| {
-            TfmError::dtype(op, format!("cannot make a float32 tensor from this list: {e}"))
-        })?;
+        let arr = numpy(py)?
+            .call_method1("asarray", (obj, "float32"))
+            .map_err(|e| {
+                TfmError::dtype(
+                    op,
+                    format!("cannot make a float32 tensor from this list: {e}"),
+                )
+            })?;
         return copy_f32(arr.cast::<PyArrayDyn<f32>>()?);
     }
     let type_name = obj.get_type().name()?;
-    Err(TfmError::dtype(op, format!("expected a Tensor, a NumPy array or a number, got {type_name}")).into())
+    Err(TfmError::dtype(
+        op,
+        format!("expected a Tensor, a NumPy array or a number, got {type_name}"),
+    )
+    .into())
 }
 
 /// The autograd variable behind a Tensor, or a constant for any other array-like.
@@ -83,20 +97,32 @@ pub fn var_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Var> {
 pub fn ids_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<(Vec<i64>, Vec<usize>)> {
     if let Ok(t) = obj.cast::<PyTensor>() {
         let shape = t.borrow().var.shape();
-        return Err(TfmError::dtype(op, format!("ids must be an integer array, got a float32 Tensor of shape {shape:?}")).into());
+        return Err(TfmError::dtype(
+            op,
+            format!("ids must be an integer array, got a float32 Tensor of shape {shape:?}"),
+        )
+        .into());
     }
     let py = obj.py();
     let arr = match obj.cast::<PyUntypedArray>() {
         Ok(a) => a.clone(),
-        Err(_) => numpy(py)?.call_method1("asarray", (obj,))?.cast_into::<PyUntypedArray>()?,
+        Err(_) => numpy(py)?
+            .call_method1("asarray", (obj,))?
+            .cast_into::<PyUntypedArray>()?,
     };
     let (kind, name) = dtype_of(&arr)?;
     if kind != 'i' && kind != 'u' {
         return Err(TfmError::dtype(op, format!("ids must be integers, got dtype {name}")).into());
     }
-    let arr = if name == "int64" { arr.into_any() } else { arr.call_method1("astype", ("int64",))? };
+    let arr = if name == "int64" {
+        arr.into_any()
+    } else {
+        arr.call_method1("astype", ("int64",))?
+    };
     let arr = arr.cast::<PyArrayDyn<i64>>()?;
-    let ro = arr.try_readonly().map_err(|e| TfmError::value(op, e.to_string()))?;
+    let ro = arr
+        .try_readonly()
+        .map_err(|e| TfmError::value(op, e.to_string()))?;
     let view = ro.as_array();
     Ok((view.iter().copied().collect(), view.shape().to_vec()))
 }
@@ -107,7 +133,8 @@ pub fn mask_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor
     if let Ok(arr) = obj.cast::<PyUntypedArray>() {
         let (kind, _) = dtype_of(arr)?;
         if kind == 'b' {
-            let additive = numpy(obj.py())?.call_method1("where", (arr, 0.0f32, f32::NEG_INFINITY))?;
+            let additive =
+                numpy(obj.py())?.call_method1("where", (arr, 0.0f32, f32::NEG_INFINITY))?;
             return tensor_from_py(&additive, op);
         }
     }

@@ -27,7 +27,8 @@ pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyR
     let result = py.detach(move || {
         let inside = pool::install(move || {
             let _mode = GradMode::set(grad);
-            catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| Err(TfmError::internal("tfm_rs", panic_message(p))))
+            catch_unwind(AssertUnwindSafe(f))
+                .unwrap_or_else(|p| Err(TfmError::internal("tfm_rs", panic_message(p))))
         });
         inside.and_then(|r| r)
     });
@@ -68,7 +69,11 @@ fn py_is_grad_enabled() -> bool {
 fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("isa", cpu::active_isa().name())?;
-    let supported: Vec<&str> = Isa::ALL.iter().filter(|i| i.is_supported()).map(|i| i.name()).collect();
+    let supported: Vec<&str> = Isa::ALL
+        .iter()
+        .filter(|i| i.is_supported())
+        .map(|i| i.name())
+        .collect();
     d.set_item("supported", supported)?;
     d.set_item("arch", std::env::consts::ARCH)?;
     d.set_item("num_threads", pool::num_threads())?;

@@ -44,10 +44,18 @@ fn shape_args(args: &Bound<'_, PyTuple>) -> PyResult<Vec<isize>> {
     args.extract::<Vec<isize>>()
 }
 
-fn binary(py: Python<'_>, op: BinaryOp, a: Var, other: &Bound<'_, PyAny>, reflected: bool) -> PyResult<PyTensor> {
+fn binary(
+    py: Python<'_>,
+    op: BinaryOp,
+    a: Var,
+    other: &Bound<'_, PyAny>,
+    reflected: bool,
+) -> PyResult<PyTensor> {
     let b = var_from_py(other, "tensor arithmetic")?;
     let (lhs, rhs) = if reflected { (b, a) } else { (a, b) };
-    Ok(PyTensor::wrap(run(py, || elementwise::binary(op, &lhs, &rhs))?))
+    Ok(PyTensor::wrap(run(py, || {
+        elementwise::binary(op, &lhs, &rhs)
+    })?))
 }
 
 #[pymethods]
@@ -57,7 +65,10 @@ impl PyTensor {
     #[new]
     #[pyo3(signature = (data, requires_grad = false))]
     fn new(data: &Bound<'_, PyAny>, requires_grad: bool) -> PyResult<Self> {
-        Ok(PyTensor::wrap(Var::leaf(tensor_from_py(data, "Tensor")?, requires_grad)))
+        Ok(PyTensor::wrap(Var::leaf(
+            tensor_from_py(data, "Tensor")?,
+            requires_grad,
+        )))
     }
 
     #[getter]
@@ -81,7 +92,9 @@ impl PyTensor {
         let shape = self.var.shape();
         match dim {
             None => Ok(PyTuple::new(py, shape)?.into_any()),
-            Some(d) => Ok(shape[normalize_dim("size", d, shape.len())?].into_pyobject(py)?.into_any()),
+            Some(d) => Ok(shape[normalize_dim("size", d, shape.len())?]
+                .into_pyobject(py)?
+                .into_any()),
         }
     }
 
@@ -96,7 +109,9 @@ impl PyTensor {
     fn __len__(&self) -> PyResult<usize> {
         match self.var.shape().first() {
             Some(&n) => Ok(n),
-            None => Err(pyo3::exceptions::PyTypeError::new_err("len() of a 0-d tensor")),
+            None => Err(pyo3::exceptions::PyTypeError::new_err(
+                "len() of a 0-d tensor",
+            )),
         }
     }
 
@@ -148,7 +163,12 @@ impl PyTensor {
         tensor_to_numpy(py, self.var.value())
     }
 
-    fn __array__<'py>(&self, py: Python<'py>, dtype: Option<&Bound<'py, PyAny>>, copy: Option<bool>) -> PyResult<Bound<'py, PyAny>> {
+    fn __array__<'py>(
+        &self,
+        py: Python<'py>,
+        dtype: Option<&Bound<'py, PyAny>>,
+        copy: Option<bool>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let _ = copy;
         let arr = self.numpy(py)?;
         match dtype {
@@ -165,7 +185,14 @@ impl PyTensor {
     fn item(&self) -> PyResult<f32> {
         let v = self.var.value();
         if v.numel() != 1 {
-            return Err(crate::error::TfmError::value("item", format!("only one-element tensors can be converted to a number, got shape {:?}", v.shape())).into());
+            return Err(crate::error::TfmError::value(
+                "item",
+                format!(
+                    "only one-element tensors can be converted to a number, got shape {:?}",
+                    v.shape()
+                ),
+            )
+            .into());
         }
         Ok(v.data()[0])
     }
@@ -178,7 +205,11 @@ impl PyTensor {
         let arr = self.numpy(py)?;
         let kwargs = pyo3::types::PyDict::new(py);
         kwargs.set_item("separator", ", ")?;
-        let body: String = py.import("numpy")?.getattr("array2string")?.call((arr,), Some(&kwargs))?.extract()?;
+        let body: String = py
+            .import("numpy")?
+            .getattr("array2string")?
+            .call((arr,), Some(&kwargs))?
+            .extract()?;
         let body = body.replace('\n', "\n       ");
         let suffix = match (self.var.grad_fn_name(), self.var.requires_grad()) {
             (Some(name), _) => format!(", grad_fn=<{name}>"),
@@ -191,7 +222,12 @@ impl PyTensor {
     /// Computes gradients of this tensor with respect to the graph's leaves (see PyTorch's
     /// `Tensor.backward`). `gradient` is required for non-scalar tensors.
     #[pyo3(signature = (gradient = None, retain_graph = false))]
-    fn backward(&self, py: Python<'_>, gradient: Option<&Bound<'_, PyAny>>, retain_graph: bool) -> PyResult<()> {
+    fn backward(
+        &self,
+        py: Python<'_>,
+        gradient: Option<&Bound<'_, PyAny>>,
+        retain_graph: bool,
+    ) -> PyResult<()> {
         let g = match gradient {
             Some(g) if !g.is_none() => Some(tensor_from_py(g, "backward")?),
             _ => None,
@@ -247,7 +283,12 @@ impl PyTensor {
     fn __neg__(&self, py: Python<'_>) -> PyResult<PyTensor> {
         self.unary(py, UnaryOp::Neg)
     }
-    fn __pow__(&self, py: Python<'_>, exponent: f32, modulo: Option<&Bound<'_, PyAny>>) -> PyResult<PyTensor> {
+    fn __pow__(
+        &self,
+        py: Python<'_>,
+        exponent: f32,
+        modulo: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<PyTensor> {
         let _ = modulo;
         self.unary(py, UnaryOp::Pow(exponent))
     }
@@ -266,7 +307,12 @@ impl PyTensor {
 
     /// Sum over `dim` (an int, a sequence, or None for all dimensions).
     #[pyo3(signature = (dim = None, keepdim = false))]
-    fn sum(&self, py: Python<'_>, dim: Option<&Bound<'_, PyAny>>, keepdim: bool) -> PyResult<PyTensor> {
+    fn sum(
+        &self,
+        py: Python<'_>,
+        dim: Option<&Bound<'_, PyAny>>,
+        keepdim: bool,
+    ) -> PyResult<PyTensor> {
         let dims = dims_arg(dim)?;
         let x = self.var.clone();
         Ok(PyTensor::wrap(run(py, || reduce::sum(&x, &dims, keepdim))?))
@@ -274,10 +320,17 @@ impl PyTensor {
 
     /// Mean over `dim` (an int, a sequence, or None for all dimensions).
     #[pyo3(signature = (dim = None, keepdim = false))]
-    fn mean(&self, py: Python<'_>, dim: Option<&Bound<'_, PyAny>>, keepdim: bool) -> PyResult<PyTensor> {
+    fn mean(
+        &self,
+        py: Python<'_>,
+        dim: Option<&Bound<'_, PyAny>>,
+        keepdim: bool,
+    ) -> PyResult<PyTensor> {
         let dims = dims_arg(dim)?;
         let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, || reduce::mean(&x, &dims, keepdim))?))
+        Ok(PyTensor::wrap(run(py, || {
+            reduce::mean(&x, &dims, keepdim)
+        })?))
     }
 
     #[pyo3(signature = (*shape))]
@@ -299,7 +352,9 @@ impl PyTensor {
 
     fn transpose(&self, py: Python<'_>, dim0: isize, dim1: isize) -> PyResult<PyTensor> {
         let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, || shape::transpose(&x, dim0, dim1))?))
+        Ok(PyTensor::wrap(run(py, || {
+            shape::transpose(&x, dim0, dim1)
+        })?))
     }
 
     /// The transpose of a 2-D tensor (`x.t()`); 0-D and 1-D tensors are returned as is.
@@ -307,7 +362,13 @@ impl PyTensor {
         match self.var.shape().len() {
             0 | 1 => Ok(PyTensor::wrap(self.var.clone())),
             2 => self.transpose(py, 0, 1),
-            n => Err(crate::error::TfmError::shape("t", format!("t() expects a tensor with ≤ 2 dimensions, got {n}; use transpose(dim0, dim1)")).into()),
+            n => Err(crate::error::TfmError::shape(
+                "t",
+                format!(
+                    "t() expects a tensor with ≤ 2 dimensions, got {n}; use transpose(dim0, dim1)"
+                ),
+            )
+            .into()),
         }
     }
 
@@ -345,7 +406,12 @@ impl PyTensor {
                 (0..old.len()).map(|i| i != d || old[i] != 1).collect()
             }
         };
-        let shape: Vec<isize> = old.iter().zip(keep).filter(|(_, k)| *k).map(|(&s, _)| s as isize).collect();
+        let shape: Vec<isize> = old
+            .iter()
+            .zip(keep)
+            .filter(|(_, k)| *k)
+            .map(|(&s, _)| s as isize)
+            .collect();
         let x = self.var.clone();
         Ok(PyTensor::wrap(run(py, || shape::reshape(&x, &shape))?))
     }
@@ -357,9 +423,16 @@ impl PyTensor {
             Err(_) => vec![key.clone()],
         };
         let in_shape = self.var.shape();
-        let consumed = items.iter().filter(|i| !i.is_instance_of::<PyNone>() && !i.is_instance_of::<PyEllipsis>()).count();
+        let consumed = items
+            .iter()
+            .filter(|i| !i.is_instance_of::<PyNone>() && !i.is_instance_of::<PyEllipsis>())
+            .count();
         if consumed > in_shape.len() {
-            return Err(crate::error::TfmError::index("getitem", format!("too many indices ({consumed}) for a tensor of shape {in_shape:?}")).into());
+            return Err(crate::error::TfmError::index(
+                "getitem",
+                format!("too many indices ({consumed}) for a tensor of shape {in_shape:?}"),
+            )
+            .into());
         }
         // (dim, start, stop, step) slices to apply, then the final shape.
         let mut slices = Vec::new();
@@ -375,11 +448,19 @@ impl PyTensor {
             } else if let Ok(s) = item.cast::<PySlice>() {
                 let idx = s.indices(in_shape[d] as isize)?;
                 if idx.step <= 0 {
-                    return Err(crate::error::TfmError::value("getitem", "slice steps must be positive").into());
+                    return Err(crate::error::TfmError::value(
+                        "getitem",
+                        "slice steps must be positive",
+                    )
+                    .into());
                 }
                 let (len, step) = (idx.slicelength, idx.step as usize);
                 let start = if len == 0 { 0 } else { idx.start as usize };
-                let stop = if len == 0 { 0 } else { start + (len - 1) * step + 1 };
+                let stop = if len == 0 {
+                    0
+                } else {
+                    start + (len - 1) * step + 1
+                };
                 slices.push((d, start, stop, step));
                 out_shape.push(idx.slicelength as isize);
                 d += 1;
@@ -388,13 +469,21 @@ impl PyTensor {
                 let size = in_shape[d] as isize;
                 let j = if i < 0 { i + size } else { i };
                 if j < 0 || j >= size {
-                    return Err(crate::error::TfmError::index("getitem", format!("index {i} is out of range for dimension {d} of size {size}")).into());
+                    return Err(crate::error::TfmError::index(
+                        "getitem",
+                        format!("index {i} is out of range for dimension {d} of size {size}"),
+                    )
+                    .into());
                 }
                 slices.push((d, j as usize, j as usize + 1, 1));
                 d += 1;
             } else {
                 let type_name = item.get_type().name()?;
-                return Err(crate::error::TfmError::dtype("getitem", format!("unsupported index of type {type_name}: use ints, slices, None or ...")).into());
+                return Err(crate::error::TfmError::dtype(
+                    "getitem",
+                    format!("unsupported index of type {type_name}: use ints, slices, None or ..."),
+                )
+                .into());
             }
         }
         out_shape.extend(in_shape[d..].iter().map(|&s| s as isize));
@@ -434,7 +523,10 @@ fn from_numpy(array: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
 #[pyfunction]
 #[pyo3(signature = (tensors, dim = 0))]
 fn cat(py: Python<'_>, tensors: Vec<Bound<'_, PyAny>>, dim: isize) -> PyResult<PyTensor> {
-    let vars = tensors.iter().map(|t| var_from_py(t, "cat")).collect::<PyResult<Vec<_>>>()?;
+    let vars = tensors
+        .iter()
+        .map(|t| var_from_py(t, "cat"))
+        .collect::<PyResult<Vec<_>>>()?;
     Ok(PyTensor::wrap(run(py, || shape::cat(&vars, dim))?))
 }
 
