@@ -187,7 +187,7 @@ def test_cross_entropy_nan_logits():
         F.cross_entropy(x, [0, 1, 2], reduction="none")
 
 
-def test_nan_in_float_masks():
+def test_nan_in_softmax_float_masks():
     x = randn((3, 4))
     mask = np.zeros((3, 4), np.float32)
     mask[2, 1] = np.nan
@@ -195,6 +195,11 @@ def test_nan_in_float_masks():
         F.softmax(x, -1, mask=mask)
     with pytest.raises(tfm_rs.NonFiniteError, match="softmax"):
         F.log_softmax(x, -1, mask=mask)
+
+
+def test_nan_in_attention_float_masks():
+    mask = np.zeros((3, 4), np.float32)
+    mask[2, 1] = np.nan
     q = randn((1, 1, 3, 2))
     with pytest.raises(tfm_rs.NonFiniteError, match="attention"):
         F.scaled_dot_product_attention(q, randn((1, 1, 4, 2)), randn((1, 1, 4, 2)), attn_mask=mask)
@@ -206,8 +211,14 @@ def test_nan_in_float_masks():
 def test_dropout_p_outside_unit_interval(p):
     with pytest.raises(tfm_rs.InvalidArgumentError, match="dropout"):
         F.dropout(randn((4,)), p)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, float("nan")])
+def test_attention_dropout_p_outside_unit_interval(p):
     with pytest.raises(tfm_rs.InvalidArgumentError, match="dropout"):
         F.scaled_dot_product_attention(randn((2, 3)), randn((4, 3)), randn((4, 3)), dropout_p=p)
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="dropout"):
+        F.attention_with_weights(randn((2, 3)), randn((4, 3)), randn((4, 3)), dropout_p=p)
 
 
 def test_gelu_bogus_approximation():

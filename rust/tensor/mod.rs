@@ -104,11 +104,7 @@ impl Tensor {
     /// Size of the last dimension and the number of rows before it (1 for a scalar).
     pub fn rows_cols(&self) -> (usize, usize) {
         let cols = self.shape.last().copied().unwrap_or(1);
-        let rows = if cols == 0 {
-            numel(&self.shape[..self.ndim().saturating_sub(1)])
-        } else {
-            self.numel() / cols
-        };
+        let rows = numel(&self.shape[..self.ndim().saturating_sub(1)]);
         (rows, cols)
     }
 }
