@@ -96,11 +96,6 @@ impl Tensor {
         })
     }
 
-    /// Whether both tensors share one storage (used by tests and copy-on-write checks).
-    pub fn shares_storage(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.data, &other.data)
-    }
-
     /// Size of the last dimension and the number of rows before it (1 for a scalar).
     pub fn rows_cols(&self) -> (usize, usize) {
         let cols = self.shape.last().copied().unwrap_or(1);
