@@ -19,7 +19,8 @@ pub(super) trait MicroKernel {
     const MR: usize;
     /// Columns of the `C` tile (vector loads from packed `B`).
     const NR: usize;
-    /// Depth of one packed slice: the `KC×NR` panel of `B` should sit in L1.
+    /// Most depth of one packed slice (each slice re-reads C, so deeper is cheaper as long as
+    /// the `MC×KC` block of `A` fits in L2).
     const KC: usize;
     /// Upper bound on the rows of a packed `A` block (`MC×KC` should sit in L2).
     const MC: usize;
@@ -85,15 +86,17 @@ pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: b
         1
     };
     let c_ptr = CPtr(c.as_mut_ptr());
-    let kc_max = K::KC.min(k);
+    // Equal k-slices (e.g. k = 600 → 2×300, not 512 + 88): every slice but the first re-reads
+    // and re-writes C, so a thin tail slice costs almost as much C traffic as a full one.
+    let kc_max = k.div_ceil(k.div_ceil(K::KC));
     let mut b_buf = Buffer::take(&PACK_B, kc_max * n.min(K::NC).div_ceil(K::NR) * K::NR);
     let a_t = p.a.t();
 
     for jc in (0..n).step_by(K::NC) {
         let nc = K::NC.min(n - jc);
         let panels = nc.div_ceil(K::NR);
-        for pc in (0..k).step_by(K::KC) {
-            let kc = K::KC.min(k - pc);
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
             let b_pack = &mut b_buf.slice()[..panels * K::NR * kc];
             let pack_b = |(t, dst): (usize, &mut [f32])| {
                 let j0 = jc + t * K::NR;

@@ -14,7 +14,7 @@ const NR: usize = 16;
 impl MicroKernel for Avx2 {
     const MR: usize = MR;
     const NR: usize = NR;
-    const KC: usize = 256;
+    const KC: usize = 512;
     const MC: usize = 6 * 24;
     const NC: usize = 4096;
 

@@ -17,7 +17,7 @@ const NR: usize = 32;
 impl MicroKernel for Avx512 {
     const MR: usize = MR;
     const NR: usize = NR;
-    const KC: usize = 256;
+    const KC: usize = 512;
     const MC: usize = 14 * 24;
     const NC: usize = 4096;
 
@@ -49,23 +49,31 @@ unsafe fn tile(
     // SAFETY (whole body): the caller guarantees k*MR floats at `a`, k*NR at `b`, and the MR×NR
     // tile at `c` with stride `ldc`.
     unsafe {
-        for r in 0..MR {
-            // The tile's rows are scattered at stride ldc: start pulling them in now so the
-            // final read-modify-write does not stall.
+        let (mut a, mut b) = (a, b);
+        macro_rules! step {
+            () => {
+                let b0 = _mm512_loadu_ps(b);
+                let b1 = _mm512_loadu_ps(b.add(16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r));
+                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR);
+            };
+        }
+        // The tile's rows of C are scattered at stride ldc and needed only at the end: prefetch
+        // one row per step at the start instead of all 28 lines at once, which would fill the
+        // line-fill buffers and stall the A/B loads behind them.
+        let head = k.min(MR);
+        for r in 0..head {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16) as *const i8);
+            step!();
         }
-        let (mut a, mut b) = (a, b);
-        for _ in 0..k {
-            let b0 = _mm512_loadu_ps(b);
-            let b1 = _mm512_loadu_ps(b.add(16));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(r));
-                acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-            }
-            a = a.add(MR);
-            b = b.add(NR);
+        for _ in head..k {
+            step!();
         }
         let alpha = _mm512_set1_ps(alpha);
         if beta == 0.0 {

@@ -50,6 +50,27 @@ enum Layout {
     Tt,
 }
 
+impl Layout {
+    /// `A` (m×k) and `B` (k×n) over buffers of `m·k` and `k·n` elements, stored as the layout says.
+    fn views<'a>(
+        self,
+        a: &'a [f32],
+        b: &'a [f32],
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> (MatRef<'a>, MatRef<'a>) {
+        let (an, at) = (MatRef::row_major(a, m, k), MatRef::row_major(a, k, m).t());
+        let (bn, bt) = (MatRef::row_major(b, k, n), MatRef::row_major(b, n, k).t());
+        match self {
+            Layout::Nn => (an, bn),
+            Layout::Nt => (an, bt),
+            Layout::Tn => (at, bn),
+            Layout::Tt => (at, bt),
+        }
+    }
+}
+
 const LAYOUTS: [Layout; 4] = [Layout::Nn, Layout::Nt, Layout::Tn, Layout::Tt];
 
 /// One test case; runs `isa` against the reference and checks every element.
@@ -88,24 +109,7 @@ impl Case {
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (m * 131 + n * 17 + k) as u64);
         let a_data = rng.vec(m * k);
         let b_data = rng.vec(k * n);
-        let (a, b) = match self.layout {
-            Layout::Nn => (
-                MatRef::row_major(&a_data, m, k),
-                MatRef::row_major(&b_data, k, n),
-            ),
-            Layout::Nt => (
-                MatRef::row_major(&a_data, m, k),
-                MatRef::row_major(&b_data, n, k).t(),
-            ),
-            Layout::Tn => (
-                MatRef::row_major(&a_data, k, m).t(),
-                MatRef::row_major(&b_data, k, n),
-            ),
-            Layout::Tt => (
-                MatRef::row_major(&a_data, k, m).t(),
-                MatRef::row_major(&b_data, n, k).t(),
-            ),
-        };
+        let (a, b) = self.layout.views(&a_data, &b_data, m, n, k);
         let bias_data = rng.vec(n);
         let ep = Epilogue {
             bias: self.bias.then_some(&bias_data[..]),
@@ -329,14 +333,24 @@ fn gemm_rejects_short_view() {
     );
 }
 
-/// Throughput harness: `TFM_GEMM_SIZES="1024,2048x512x2048" cargo test --release gemm_timing
-/// -- --ignored --nocapture`. Prints the best GFLOP/s of several runs per ISA, 1 and all threads.
+/// Throughput harness: `TFM_GEMM_SIZES="1024,2048x512x2048:nt" cargo test --release gemm_timing
+/// -- --ignored --nocapture` (sizes `N` or `MxKxN`, optional layout `:nn|:nt|:tn|:tt`;
+/// `TFM_GEMM_ISA=avx512` runs one path). Prints the best GFLOP/s of several runs per ISA, on 1
+/// thread and on the rayon pool.
 #[test]
 #[ignore]
 fn gemm_timing() {
     let sizes = std::env::var("TFM_GEMM_SIZES").unwrap_or_else(|_| "256,512,1024,2048".into());
     let isa_filter = std::env::var("TFM_GEMM_ISA").ok();
     for spec in sizes.split(',') {
+        let (spec, layout) = spec.split_once(':').unwrap_or((spec, "nn"));
+        let layout = match layout {
+            "nn" => Layout::Nn,
+            "nt" => Layout::Nt,
+            "tn" => Layout::Tn,
+            "tt" => Layout::Tt,
+            other => panic!("unknown layout {other}"),
+        };
         let dims: Vec<usize> = spec
             .split('x')
             .map(|d| d.trim().parse().expect("size"))
@@ -349,6 +363,7 @@ fn gemm_timing() {
         let mut rng = Rng(1);
         let a = rng.vec(m * k);
         let b = rng.vec(k * n);
+        let (a, b) = layout.views(&a, &b, m, n, k);
         let mut c = vec![0.0; m * n];
         for isa in isas() {
             if isa_filter.as_deref().is_some_and(|f| f != isa.name()) {
@@ -358,13 +373,15 @@ fn gemm_timing() {
                 let flops = 2.0 * (m * n * k) as f64;
                 let reps = ((2e10 / flops) as usize).clamp(3, 200);
                 let mut best = f64::INFINITY;
+                let mut best_cpu = f64::INFINITY;
                 for _ in 0..reps {
                     let t = std::time::Instant::now();
+                    let cpu0 = thread_cpu_seconds();
                     gemm_with_isa(
                         isa,
                         1.0,
-                        MatRef::row_major(&a, m, k),
-                        MatRef::row_major(&b, k, n),
+                        a,
+                        b,
                         0.0,
                         &mut c,
                         n,
@@ -372,18 +389,47 @@ fn gemm_timing() {
                         parallel,
                     );
                     best = best.min(t.elapsed().as_secs_f64());
+                    best_cpu = best_cpu.min(thread_cpu_seconds() - cpu0);
                 }
                 let threads = if parallel {
                     rayon::current_num_threads()
                 } else {
                     1
                 };
+                // On one thread, on-CPU time discounts preemption by other processes.
+                let cpu = if parallel {
+                    String::new()
+                } else {
+                    format!(" ({:.1} on-CPU)", flops / best_cpu / 1e9)
+                };
                 println!(
-                    "{} {m}x{k}x{n} threads={threads}: {:.1} GFLOP/s",
+                    "{} {m}x{k}x{n}:{layout:?} threads={threads}: {:.1} GFLOP/s{cpu}",
                     isa.name(),
                     flops / best / 1e9
                 );
             }
         }
     }
+}
+
+/// This thread's CPU time, from `clock_gettime(CLOCK_THREAD_CPUTIME_ID)` (0 off Linux).
+fn thread_cpu_seconds() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct Timespec {
+            sec: i64,
+            nsec: i64,
+        }
+        extern "C" {
+            fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+        }
+        const CLOCK_THREAD_CPUTIME_ID: i32 = 3;
+        let mut ts = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: `ts` is a valid timespec (64-bit Linux layout) for the call to fill.
+        if unsafe { clock_gettime(CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            return ts.sec as f64 + ts.nsec as f64 * 1e-9;
+        }
+    }
+    0.0
 }
