@@ -9,7 +9,10 @@
 mod driver;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
+// AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since Rust 1.89, above
+// the crate's declared rust-version (1.85): this module needs that bump in Cargo.toml.
 #[cfg(target_arch = "x86_64")]
+#[clippy::msrv = "1.89"]
 mod kernel_avx512;
 mod kernel_generic;
 mod pack;

@@ -138,7 +138,7 @@ impl Case {
         let mut want = c0.clone();
         gemm_reference(self.alpha, a, b, self.beta, &mut want, ldc, &ep);
         for i in 0..m {
-            for j in 0..n {
+            for (j, bias_j) in bias_data.iter().enumerate() {
                 let idx = i * ldc + j;
                 let mag: f32 = (0..k).map(|p| (a.at(i, p) * b.at(p, j)).abs()).sum();
                 let old = if self.beta == 0.0 {
@@ -147,7 +147,7 @@ impl Case {
                     (self.beta * c0[idx]).abs()
                 };
                 let scale =
-                    self.alpha.abs() * mag + old + if self.bias { bias_data[j].abs() } else { 0.0 };
+                    self.alpha.abs() * mag + old + if self.bias { bias_j.abs() } else { 0.0 };
                 let (g, w) = (got[idx], want[idx]);
                 assert!(
                     (g - w).abs() <= 1e-5 * scale + 1e-6,
