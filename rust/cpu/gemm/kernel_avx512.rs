@@ -13,6 +13,8 @@ pub(super) struct Avx512;
 
 const MR: usize = 14;
 const NR: usize = 32;
+/// How many k-steps ahead to prefetch packed B (measured: 16 ≥ 8 > none).
+const B_PREFETCH_STEPS: usize = 16;
 
 impl MicroKernel for Avx512 {
     const MR: usize = MR;
@@ -52,6 +54,10 @@ unsafe fn tile(
         let (mut a, mut b) = (a, b);
         macro_rules! step {
             () => {
+                // The KC×32 B panel (64 KiB at KC = 512) outgrows L1 and streams from L2;
+                // the hardware prefetcher alone leaves ~7% on the table at 2048³.
+                _mm_prefetch::<_MM_HINT_T0>(b.add(NR * B_PREFETCH_STEPS) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(b.add(NR * B_PREFETCH_STEPS + 16) as *const i8);
                 let b0 = _mm512_loadu_ps(b);
                 let b1 = _mm512_loadu_ps(b.add(16));
                 for (r, acc) in acc.iter_mut().enumerate() {
