@@ -56,7 +56,7 @@ pub(super) struct Problem<'a> {
 
 /// Below this many multiply-adds a call stays on one thread: a rayon fork/join costs a few
 /// microseconds, which is what a 64³ product takes on one core.
-const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
+pub(super) const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
 
 /// The largest `MR×NR` of any kernel (edge tiles go through a stack buffer this big).
 const MAX_TILE: usize = 14 * 32;
@@ -64,7 +64,7 @@ const MAX_TILE: usize = 14 * 32;
 /// `C`'s base pointer, sent to the worker threads. Each work item writes a disjoint set of
 /// tiles, so the threads never touch the same element.
 #[derive(Clone, Copy)]
-struct CPtr(*mut f32);
+pub(super) struct CPtr(pub(super) *mut f32);
 // SAFETY: see above — disjoint writes only, and `run` outlives every worker (rayon joins).
 unsafe impl Send for CPtr {}
 unsafe impl Sync for CPtr {}
@@ -261,7 +261,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
 }
 
 /// Bias and activation on a run of one output row starting at column `j`.
-fn apply_epilogue(ep: &Epilogue, row: &mut [f32], j: usize) {
+pub(super) fn apply_epilogue(ep: &Epilogue, row: &mut [f32], j: usize) {
     if let Some(bias) = ep.bias {
         for (v, b) in row.iter_mut().zip(&bias[j..]) {
             *v += b;

@@ -7,6 +7,7 @@
 //! instruction set; each `kernel_*.rs` only supplies a micro-kernel and its block sizes.
 
 mod driver;
+mod gemv;
 #[cfg(target_arch = "x86_64")]
 mod kernel_avx2;
 // AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since Rust 1.89, above
@@ -188,6 +189,11 @@ pub fn gemm_with_isa(
         ldc,
         epilogue: *epilogue,
     };
+    if gemv::applies(&problem) {
+        // SAFETY: checked by `applies`; the views and `c` were validated above.
+        unsafe { gemv::run(&problem, c, parallel) };
+        return;
+    }
     match isa {
         // SAFETY (both arms): `is_supported` was asserted above, so the CPU has the features the
         // kernel was compiled for; the views and `c` were validated above.
