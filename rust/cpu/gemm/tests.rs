@@ -277,6 +277,46 @@ fn gemm_epilogues() {
 }
 
 #[test]
+fn gemm_general_strides() {
+    // Views contiguous along neither axis (every 2nd element), so packing takes its
+    // general strided path, and the matrix-vector path must hand such views to it.
+    for isa in isas() {
+        for (m, n, k) in [(37, 45, 70), (1, 45, 70), (37, 1, 70)] {
+            let mut rng = Rng(11);
+            let a_data = rng.vec(m * k * 2);
+            let b_data = rng.vec(k * n * 2);
+            let a = MatRef {
+                data: &a_data,
+                rows: m,
+                cols: k,
+                rs: 2 * k,
+                cs: 2,
+            };
+            let b = MatRef {
+                data: &b_data,
+                rows: k,
+                cols: n,
+                rs: 2,
+                cs: 2 * k,
+            };
+            let mut got = vec![0.0; m * n];
+            let mut want = vec![0.0; m * n];
+            let ep = Epilogue::default();
+            gemm_with_isa(isa, 1.0, a, b, 0.0, &mut got, n, &ep, true);
+            gemm_reference(1.0, a, b, 0.0, &mut want, n, &ep);
+            for (g, w) in got.iter().zip(&want) {
+                // Inputs lie in [-1, 1), so Σ|a·b| ≤ k bounds the tolerance scale.
+                assert!(
+                    (g - w).abs() <= 1e-5 * k as f32,
+                    "{}: {m}x{n}x{k}: {g} vs {w}",
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn gemm_big_parallel_matches_serial() {
     // 2-thread splitting of both row blocks and column panels must give bit-identical results.
     for isa in isas() {
