@@ -16,7 +16,7 @@ impl MicroKernel for Avx2 {
     const NR: usize = NR;
     const KC: usize = 512;
     const MC: usize = 6 * 24;
-    const NC: usize = 4096;
+    const NC: usize = 2048;
 
     unsafe fn tile(
         k: usize,

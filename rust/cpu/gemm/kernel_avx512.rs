@@ -21,7 +21,7 @@ impl MicroKernel for Avx512 {
     const NR: usize = NR;
     const KC: usize = 512;
     const MC: usize = 14 * 24;
-    const NC: usize = 4096;
+    const NC: usize = 2048;
 
     unsafe fn tile(
         k: usize,

@@ -14,7 +14,7 @@ impl MicroKernel for Generic {
     const NR: usize = NR;
     const KC: usize = 256;
     const MC: usize = 4 * 32;
-    const NC: usize = 4096;
+    const NC: usize = 2048;
 
     unsafe fn tile(
         k: usize,
