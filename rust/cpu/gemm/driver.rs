@@ -3,8 +3,12 @@
 //! Loop nest (BLIS): `jc` over `NC`-wide column blocks → `pc` over `KC`-deep slices (pack the
 //! `KC×NC` block of `B` once, shared by all threads) → `ic` over `MC`-tall row blocks (each work
 //! item packs its own `MC×KC` block of `A`) → `jr` over `NR`-wide panels → `ir` over `MR`-tall
-//! panels → the micro-kernel. The `B` micro-panel (`KC×NR`) stays in L1 across the `ir` loop, the
-//! `A` block in L2.
+//! panels → the micro-kernel. The `B` micro-panel (`KC×NR`) is reused across the `ir` loop from
+//! L1/L2, the `A` block from L2. `KC` is large (512) because every k-slice after the first
+//! re-reads and re-writes `C`; measured on Sapphire Rapids, 512 beat 256 by ~10% at 2048³.
+//!
+//! Threads (`parallel`): the `B` block is packed cooperatively, then the `(ic, jr-run)` work
+//! items are shared out with rayon, each packing its own `A` block into a thread-local buffer.
 
 use super::pack::pack_panel;
 use super::reference::apply_activation;
@@ -236,7 +240,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
                 let mut tmp = [0.0f32; MAX_TILE];
                 debug_assert!(mr * nr <= MAX_TILE);
-                for r in 0..rows {
+                for r in (0..rows).filter(|_| s.beta != 0.0) {
                     // SAFETY: row i+r < m and columns j..j+cols < n lie inside C.
                     let src = unsafe { std::slice::from_raw_parts(ct.add(r * ldc), cols) };
                     tmp[r * nr..][..cols].copy_from_slice(src);
