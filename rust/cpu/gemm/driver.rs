@@ -10,7 +10,7 @@
 //! Threads (`parallel`): the `B` block is packed cooperatively, then the `(ic, jr-run)` work
 //! items are shared out with rayon, each packing its own `A` block into a thread-local buffer.
 
-use super::pack::pack_panel;
+use super::pack::pack;
 use super::reference::apply_activation;
 use super::{Epilogue, MatRef};
 use rayon::prelude::*;
@@ -102,18 +102,19 @@ pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: b
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
             let b_pack = &mut b_buf.slice()[..panels * K::NR * kc];
-            let pack_b = |(t, dst): (usize, &mut [f32])| {
-                let j0 = jc + t * K::NR;
-                pack_panel(&p.b, pc, kc, j0, K::NR.min(jc + nc - j0), K::NR, dst);
+            // With threads, each packs a contiguous run of panels (whole-row reads, see pack.rs).
+            let group = panels.div_ceil(threads) * K::NR;
+            let pack_b = |(g, dst): (usize, &mut [f32])| {
+                let j0 = jc + g * group;
+                pack(&p.b, pc, kc, j0, group.min(jc + nc - j0), K::NR, dst);
             };
             if threads > 1 {
                 b_pack
-                    .par_chunks_mut(K::NR * kc)
+                    .par_chunks_mut(group * kc)
                     .enumerate()
-                    .with_min_len(4)
                     .for_each(pack_b);
             } else {
-                b_pack.chunks_mut(K::NR * kc).enumerate().for_each(pack_b);
+                pack_b((0, b_pack));
             }
             let b_pack = &*b_pack;
 
@@ -129,10 +130,7 @@ pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: b
                 let (ic, mc, jr) = plan.item(item, m, panels);
                 let mut a_buf = Buffer::take(&PACK_A, mc.div_ceil(K::MR) * K::MR * kc);
                 let a_pack = a_buf.slice();
-                for (t, dst) in a_pack.chunks_exact_mut(K::MR * kc).enumerate() {
-                    let i0 = ic + t * K::MR;
-                    pack_panel(&a_t, pc, kc, i0, K::MR.min(ic + mc - i0), K::MR, dst);
-                }
+                pack(&a_t, pc, kc, ic, mc, K::MR, a_pack);
                 // SAFETY: this item owns rows ic..ic+mc × panels `jr` of the column block.
                 unsafe { macro_kernel::<K>(p, &step, a_pack, b_pack, ic, mc, jr, c_ptr) };
             };
