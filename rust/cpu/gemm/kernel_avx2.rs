@@ -16,7 +16,7 @@ impl MicroKernel for Avx2 {
     const NR: usize = NR;
     const KC: usize = 512;
     const MC: usize = 6 * 24;
-    const NC: usize = 2048;
+    const NC: usize = 1024;
 
     unsafe fn tile(
         k: usize,

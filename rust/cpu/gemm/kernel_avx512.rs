@@ -21,7 +21,7 @@ impl MicroKernel for Avx512 {
     const NR: usize = NR;
     const KC: usize = 512;
     const MC: usize = 14 * 24;
-    const NC: usize = 2048;
+    const NC: usize = 1024;
 
     unsafe fn tile(
         k: usize,

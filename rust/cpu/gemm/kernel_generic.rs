@@ -14,7 +14,7 @@ impl MicroKernel for Generic {
     const NR: usize = NR;
     const KC: usize = 256;
     const MC: usize = 4 * 32;
-    const NC: usize = 2048;
+    const NC: usize = 1024;
 
     unsafe fn tile(
         k: usize,
