@@ -4,7 +4,10 @@
 //! The fast path is BLIS-style: `B` is packed into `KC×NR` column panels, `A` into `MR×KC` row
 //! panels (both zero-padded to full tiles), and a register-blocked micro-kernel computes one
 //! `MR×NR` tile of `C` per call. `driver.rs` holds the blocking and threading, shared by every
-//! instruction set; each `kernel_*.rs` only supplies a micro-kernel and its block sizes.
+//! instruction set; each `kernel_*.rs` only supplies a micro-kernel and its block sizes:
+//! AVX-512 14×32, AVX2+FMA 6×16, portable 4×16. Matrix–vector shapes (`m == 1` or `n == 1`)
+//! skip packing (`gemv.rs`). `tests.rs` checks every path the CPU supports against
+//! `gemm_reference`, and holds an ignored timing harness (`gemm_timing`).
 
 mod driver;
 mod gemv;
