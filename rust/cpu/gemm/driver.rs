@@ -3,8 +3,9 @@
 //! Loop nest (BLIS-like): `jc` over `NC`-wide column blocks → `pc` over `KC`-deep slices (pack
 //! the `KC×NC` block of `B` once, shared by all threads) → `ic` over `MC`-tall row blocks (each
 //! work item packs its own `MC×KC` block of `A`) → `ir` over `MR`-tall panels → `jr` over
-//! `NR`-wide panels → the micro-kernel. The `A` micro-panel (`MR×KC`) stays in L1 across the `jr`
-//! loop while the `B` block (`KC×NC`, 2 MiB for AVX-512) streams from L2. `KC` is large (512)
+//! `NR`-wide panels → the micro-kernel (or `jr` outside `ir`, per kernel: `A_PANEL_IN_L1`). For
+//! AVX-512 the `A` micro-panel (`MR×KC`) stays in L1 across the `jr` loop while the `B` block
+//! (`KC×NC`, 2 MiB) streams from L2. `KC` is large (512)
 //! because every k-slice after the first re-reads and re-writes `C`; on Sapphire Rapids 512
 //! beat 256 and 384 by ~10% at 2048³.
 //!
@@ -31,6 +32,10 @@ pub(super) trait MicroKernel {
     const MC: usize;
     /// Columns of a packed `B` block (`KC×NC`, shared by the threads, read from each core's L2).
     const NC: usize;
+    /// Loop order of the macro-kernel. `true`: `ir` outside `jr`, so the `A` micro-panel stays
+    /// in L1 while `B` panels stream from L2. `false`: `jr` outside `ir`, the `B` micro-panel
+    /// stays in L1 and `A` streams. Whichever panel is smaller and fits L1 should stay.
+    const A_PANEL_IN_L1: bool;
 
     /// `c[i*ldc + j] ← α·Σ_p a[p*MR + i]·b[p*NR + j] + β·c[i*ldc + j]` for `i < MR`, `j < NR`;
     /// with `β == 0` the old `c` is not read.
@@ -222,46 +227,49 @@ unsafe fn macro_kernel<K: MicroKernel>(
     c: CPtr,
 ) {
     let (mr, nr, kc, ldc) = (K::MR, K::NR, s.kc, p.ldc);
-    // ir outside jr: the A micro-panel (MR×KC, 28 KiB for AVX-512) stays in L1 while the B
-    // panels stream past from L2; measured 3-6% faster than jr outside ir, whose 64 KiB B panel
-    // at KC = 512 does not fit L1 anyway.
-    for ip in 0..mc.div_ceil(mr) {
-        let i = ic + ip * mr;
-        let rows = mr.min(ic + mc - i);
+    let tile = |ip: usize, jp: usize| {
+        let (i, j) = (ic + ip * mr, s.jc + jp * nr);
+        let (rows, cols) = (mr.min(ic + mc - i), nr.min(s.jc + s.nc - j));
         let a = a_pack[ip * mr * kc..][..mr * kc].as_ptr();
-        for jp in jr.clone() {
-            let j = s.jc + jp * nr;
-            let cols = nr.min(s.jc + s.nc - j);
-            let b = b_pack[jp * nr * kc..][..nr * kc].as_ptr();
-            // SAFETY: (i, j) is inside the m×n matrix validated by `gemm`.
-            let ct = unsafe { c.0.add(i * ldc + j) };
-            if rows == mr && cols == nr {
-                // SAFETY: a full tile lies inside C; a/b hold kc*MR / kc*NR packed floats.
-                unsafe { K::tile(kc, a, b, ct, ldc, p.alpha, s.beta) };
-            } else {
-                // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
-                let mut tmp = [0.0f32; MAX_TILE];
-                debug_assert!(mr * nr <= MAX_TILE);
-                for r in (0..rows).filter(|_| s.beta != 0.0) {
-                    // SAFETY: row i+r < m and columns j..j+cols < n lie inside C.
-                    let src = unsafe { std::slice::from_raw_parts(ct.add(r * ldc), cols) };
-                    tmp[r * nr..][..cols].copy_from_slice(src);
-                }
-                // SAFETY: tmp holds MR×NR floats at stride NR.
-                unsafe { K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta) };
-                for r in 0..rows {
-                    // SAFETY: as above.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
-                    dst.copy_from_slice(&tmp[r * nr..][..cols]);
-                }
+        let b = b_pack[jp * nr * kc..][..nr * kc].as_ptr();
+        // SAFETY: (i, j) is inside the m×n matrix validated by `gemm`.
+        let ct = unsafe { c.0.add(i * ldc + j) };
+        if rows == mr && cols == nr {
+            // SAFETY: a full tile lies inside C; a/b hold kc*MR / kc*NR packed floats.
+            unsafe { K::tile(kc, a, b, ct, ldc, p.alpha, s.beta) };
+        } else {
+            // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
+            let mut tmp = [0.0f32; MAX_TILE];
+            debug_assert!(mr * nr <= MAX_TILE);
+            for r in (0..rows).filter(|_| s.beta != 0.0) {
+                // SAFETY: row i+r < m and columns j..j+cols < n lie inside C.
+                let src = unsafe { std::slice::from_raw_parts(ct.add(r * ldc), cols) };
+                tmp[r * nr..][..cols].copy_from_slice(src);
             }
-            if s.last && !p.epilogue.is_noop() {
-                for r in 0..rows {
-                    // SAFETY: as above; this item owns the tile.
-                    let row = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
-                    apply_epilogue(&p.epilogue, row, j);
-                }
+            // SAFETY: tmp holds MR×NR floats at stride NR.
+            unsafe { K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta) };
+            for r in 0..rows {
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
+                dst.copy_from_slice(&tmp[r * nr..][..cols]);
             }
+        }
+        if s.last && !p.epilogue.is_noop() {
+            for r in 0..rows {
+                // SAFETY: as above; this item owns the tile.
+                let row = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
+                apply_epilogue(&p.epilogue, row, j);
+            }
+        }
+    };
+    let row_panels = 0..mc.div_ceil(mr);
+    if K::A_PANEL_IN_L1 {
+        for ip in row_panels {
+            jr.clone().for_each(|jp| tile(ip, jp));
+        }
+    } else {
+        for jp in jr {
+            row_panels.clone().for_each(|ip| tile(ip, jp));
         }
     }
 }
