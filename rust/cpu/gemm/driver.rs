@@ -162,6 +162,9 @@ struct Step {
     nc: usize,
 }
 
+/// Target work items per thread in a parallel step (each costs one `A` block pack).
+const ITEMS_PER_THREAD: usize = 4;
+
 /// How one `(jc, pc)` step is cut into work items: `n_ic` row blocks of `mc` rows, each split
 /// into `n_jr` runs of `NR`-panels. Items are a multiple of the thread count where possible, so
 /// with 2 threads both finish together.
@@ -177,7 +180,12 @@ impl Plan {
         let row_panels = m.div_ceil(K::MR);
         let mut n_ic = m.div_ceil(K::MC);
         if threads > 1 {
-            n_ic = n_ic.next_multiple_of(threads).min(row_panels);
+            // Several items per thread, so that when a core is briefly taken by another process
+            // the other threads pick up its share (rayon steals whole items).
+            n_ic = n_ic
+                .max(ITEMS_PER_THREAD * threads)
+                .next_multiple_of(threads)
+                .min(row_panels);
         }
         let mc = m.div_ceil(n_ic).next_multiple_of(K::MR);
         let n_ic = m.div_ceil(mc);
