@@ -29,7 +29,8 @@ pub(super) trait MicroKernel {
     const KC: usize;
     /// Upper bound on the rows of a packed `A` block: the unit of work shared among threads.
     const MC: usize;
-    /// Columns of a packed `B` block (`KC×NC`, shared by the threads, read from each core's L2).
+    /// Columns of a packed `B` block (`KC×NC`, shared by the threads). Each `jc` block repacks
+    /// all of `A`, so wider is cheaper as long as the block streams well from L2/L3.
     const NC: usize;
 
     /// `c[i*ldc + j] ← α·Σ_p a[p*MR + i]·b[p*NR + j] + β·c[i*ldc + j]` for `i < MR`, `j < NR`;
