@@ -60,9 +60,10 @@ pub(super) struct Problem<'a> {
     pub epilogue: Epilogue<'a>,
 }
 
-/// Below this many multiply-adds a call stays on one thread: a rayon fork/join costs a few
-/// microseconds, which is what a 64³ product takes on one core.
-pub(super) const PARALLEL_MIN_MACS: usize = 96 * 96 * 96;
+/// Below this many multiply-adds a call stays on one thread: the two fork/joins of a parallel
+/// step cost more than the second core saves. Measured (AVX-512, 2 threads vs 1): 96³ 66 vs
+/// 106 GFLOP/s, 128³ 94 vs 115, 160³ 150 vs 131, 192³ 169 vs 134.
+pub(super) const PARALLEL_MIN_MACS: usize = 144 * 144 * 144;
 
 /// How much of L1 (48 KiB on Sapphire Rapids, 32 KiB on most others) a micro-panel kept there
 /// may take; the rest holds the streamed panel and C. Measured: with the B panel in L1 when it
