@@ -190,14 +190,16 @@ fn gemm_sizes_and_layouts() {
 
 #[test]
 fn gemm_larger_than_one_block() {
-    // Crosses KC (256) and several MC/NR boundaries, with edges that are not tile multiples.
+    // Crosses KC (512 on the SIMD paths: k = 600 runs as two slices of 300), MC, NR and NC (1024
+    // or 2048) boundaries, with edges that are not tile multiples, plus matrix-vector shapes big
+    // enough to run in parallel.
     for isa in isas() {
         for layout in LAYOUTS {
             for parallel in [false, true] {
                 Case {
                     layout,
                     parallel,
-                    ..Case::new(127, 301, 259)
+                    ..Case::new(127, 301, 600)
                 }
                 .check(isa);
             }
@@ -205,8 +207,11 @@ fn gemm_larger_than_one_block() {
         for (m, n, k) in [
             (1000, 77, 300),
             (33, 1030, 520),
+            (40, 2100, 64),
             (1, 1000, 1000),
             (1000, 1, 600),
+            (1, 3000, 1500),
+            (2500, 1, 1500),
         ] {
             Case {
                 parallel: true,
