@@ -345,6 +345,35 @@ fn gemm_big_parallel_matches_serial() {
 }
 
 #[test]
+fn gemm_nested_in_parallel_loop() {
+    // Callers run gemm inside their own rayon loops (per batch or attention block), with either
+    // flag. Work stealing may then start one gemm on a thread that is inside another one; the
+    // thread-local packing buffers must cope, and every result must match a lone call.
+    use rayon::prelude::*;
+    let (m, n, k) = (300, 200, 600);
+    let mut rng = Rng(3);
+    let (a, b) = (rng.vec(m * k), rng.vec(k * n));
+    let (av, bv) = (MatRef::row_major(&a, m, k), MatRef::row_major(&b, k, n));
+    let ep = Epilogue::default();
+    let mut want = vec![0.0; m * n];
+    gemm(1.0, av, bv, 0.0, &mut want, n, &ep, false);
+    for parallel in [false, true] {
+        let outs: Vec<Vec<f32>> = (0..8)
+            .into_par_iter()
+            .map(|_| {
+                let mut c = vec![0.0; m * n];
+                gemm(1.0, av, bv, 0.0, &mut c, n, &ep, parallel);
+                c
+            })
+            .collect();
+        assert!(
+            outs.iter().all(|c| *c == want),
+            "nested gemm (parallel={parallel}) differs"
+        );
+    }
+}
+
+#[test]
 #[should_panic(expected = "does not fit")]
 fn gemm_rejects_short_c() {
     let a = vec![0.0; 6];
