@@ -3,8 +3,8 @@
 //! Loop nest (BLIS-like): `jc` over `NC`-wide column blocks → `pc` over `KC`-deep slices (pack
 //! the `KC×NC` block of `B` once, shared by all threads) → `ic` over `MC`-tall row blocks (each
 //! work item packs its own `MC×KC` block of `A`) → `ir` over `MR`-tall panels → `jr` over
-//! `NR`-wide panels → the micro-kernel, or `jr` outside `ir`: whichever micro-panel fits L1 stays
-//! there (`L1_PANEL_BYTES`) while the other streams from L2. `KC` is large (512)
+//! `NR`-wide panels → the micro-kernel, or `jr` outside `ir` for small `C` blocks (see
+//! `L1_PANEL_BYTES`). `KC` is large (512)
 //! because every k-slice after the first re-reads and re-writes `C`; on Sapphire Rapids 512
 //! beat 256 and 384 by ~10% at 2048³.
 //!
@@ -65,12 +65,17 @@ pub(super) struct Problem<'a> {
 /// 106 GFLOP/s, 128³ 94 vs 115, 160³ 150 vs 131, 192³ 169 vs 134.
 pub(super) const PARALLEL_MIN_MACS: usize = 144 * 144 * 144;
 
-/// How much of L1 (48 KiB on Sapphire Rapids, 32 KiB on most others) a micro-panel kept there
-/// may take; the rest holds the streamed panel and C. Measured: with the B panel in L1 when it
-/// fits and the A panel otherwise, AVX-512 runs 182 GFLOP/s at 256³ (kc 256, B in L1; 141 with A
-/// in L1) and 3-6% faster at 2048³ (kc 512, A in L1); AVX2 (B panel 32 KiB at kc 512) ~10%
-/// faster with B in L1.
+/// Macro-kernel loop order. Keeping the `B` micro-panel in L1 (classic BLIS, `jr` outside `ir`)
+/// streams the narrower `A` panels from L2, but walks `C` tile by tile *down* the rows, each tile
+/// on new pages; keeping the `A` micro-panel in L1 (`ir` outside `jr`) walks `C` along its rows,
+/// which the prefetchers follow. So `B` stays in L1 only when its panel fits in
+/// `L1_PANEL_BYTES` (of 48 KiB L1d on Sapphire Rapids, 32 KiB on most others) and the item's `C`
+/// block fits in `L2_C_BYTES` (half a 2 MiB L2). Measured on AVX-512 (GFLOP/s, B-in-L1 vs
+/// A-in-L1): 2048×256×2048 156-165 vs 164-167; kc = 512 (64 KiB B panel) A-in-L1 3-6% faster at
+/// 1024-2048³; 256³ no difference beyond noise. AVX2 (6×16, 32 KiB B panel at kc 512): 1024³
+/// 88 vs 75 with B in L1.
 const L1_PANEL_BYTES: usize = 32 * 1024;
+const L2_C_BYTES: usize = 1024 * 1024;
 
 /// The largest `MR×NR` of any kernel (edge tiles go through a stack buffer this big).
 const MAX_TILE: usize = 14 * 32;
@@ -183,11 +188,10 @@ impl Plan {
         let mut n_ic = m.div_ceil(K::MC);
         if threads > 1 {
             // Several items per thread, so that when a core is briefly taken by another process
-            // the other threads pick up its share (rayon steals whole items).
-            n_ic = n_ic
-                .max(ITEMS_PER_THREAD * threads)
-                .next_multiple_of(threads)
-                .min(row_panels);
+            // the other threads pick up its share (rayon steals whole items); but not below
+            // MC/2 rows each, as every item packs its own A block.
+            let wanted = (ITEMS_PER_THREAD * threads).min(m / (K::MC / 2));
+            n_ic = n_ic.max(wanted).next_multiple_of(threads).min(row_panels);
         }
         let mc = m.div_ceil(n_ic).next_multiple_of(K::MR);
         let n_ic = m.div_ceil(mc);
@@ -275,14 +279,15 @@ unsafe fn macro_kernel<K: MicroKernel>(
         }
     };
     let row_panels = 0..mc.div_ceil(mr);
-    if kc * nr * std::mem::size_of::<f32>() <= L1_PANEL_BYTES {
-        // The B micro-panel fits L1: keep it there across the ir loop, stream A (classic BLIS).
+    let f32s = std::mem::size_of::<f32>();
+    let c_block = mc * jr.len() * nr * f32s;
+    if kc * nr * f32s <= L1_PANEL_BYTES && c_block <= L2_C_BYTES {
+        // Keep the B micro-panel in L1 across the ir loop and stream A (see `L1_PANEL_BYTES`).
         for jp in jr {
             row_panels.clone().for_each(|ip| tile(ip, jp));
         }
     } else {
-        // It does not (AVX-512 at kc = 512: 64 KiB): keep the smaller A micro-panel (28 KiB) in
-        // L1 instead and stream B from L2.
+        // Keep the A micro-panel in L1 and walk C along its rows.
         for ip in row_panels {
             jr.clone().for_each(|jp| tile(ip, jp));
         }

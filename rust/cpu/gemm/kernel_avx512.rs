@@ -1,10 +1,10 @@
 //! AVX-512 micro-kernel: a 14×32 tile of row-major `C`, two zmm per row.
 //!
 //! Each step `p` loads one 32-wide row of the packed `B` panel (2 zmm) and broadcasts the 14
-//! `A` values (folded into the FMAs as `{1to16}` memory operands), for 28 independent FMAs. That
-//! keeps 28 accumulators + 2 `B` registers of the 32 zmm, and 28 FMAs per 16 loads stays within
-//! the load ports while both FMA ports are busy. (BLIS's Skylake-X/Zen 4 32×12 column-major
-//! kernel is the same shape transposed.)
+//! `A` values (`vbroadcastss` from memory: a load-port µop, no shuffle port), for 28 independent
+//! FMAs. That keeps 28 accumulators + 2 `B` registers + 1 broadcast of the 32 zmm, and 16 loads
+//! per 28 FMAs stays within the load ports while both FMA ports are busy. (BLIS's Skylake-X /
+//! Zen 4 32×12 column-major kernel is the same shape transposed.)
 
 use super::driver::MicroKernel;
 use std::arch::x86_64::*;
