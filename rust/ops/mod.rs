@@ -4,6 +4,7 @@
 //! and its tests.
 
 pub mod activation;
+pub mod attention;
 pub mod broadcast;
 pub mod elementwise;
 pub mod reduce;

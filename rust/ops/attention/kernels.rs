@@ -1,0 +1,381 @@
+//! The inner kernels of the fused attention, written once over a small SIMD trait and compiled
+//! per instruction set: a register-blocked block product `C (+)= A·B` and the row operations of
+//! the softmax (max, exp-and-sum).
+//!
+//! Why not `cpu::gemm` on the blocks: the blocks are tiny (64×64×64), shaped alike every call
+//! and already laid out by the caller, so a general GEMM's packing and dispatch would cost about
+//! as much as the product; one fixed micro-kernel over pre-packed panels has none of that.
+//!
+//! Instantiation follows the `pulp` pattern: a kernel body is a generic `#[inline(always)]`
+//! function over `S: Simd`; [`dispatch`] calls it from a `#[target_feature]` trampoline, so the
+//! body and every helper inlined into it (the auto-vectorized row loops included) are compiled
+//! for that instruction set, chosen at run time from `cpu::active_isa()`.
+
+use crate::cpu::Isa;
+
+/// Rows of a micro-tile. Every row count passed to [`block_matmul`] is a multiple of it.
+pub(super) const MR: usize = 4;
+/// Column padding: every column count passed to [`block_matmul`] is a multiple of it (the
+/// widest vector, so it serves every instruction set).
+pub(super) const LANES: usize = 16;
+
+/// One SIMD register type and the handful of operations the block product needs.
+///
+/// # Safety
+/// Implementations may use instructions the host lacks; their methods must be reached only
+/// through [`dispatch`], which checks the instruction set first.
+pub(super) unsafe trait Simd: Copy {
+    /// f32 lanes per register; divides [`LANES`].
+    const W: usize;
+    /// Registers per micro-tile row (2 or 4): the tile is `MR × NV·W` accumulators.
+    const NV: usize;
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a·b + c`.
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+}
+
+/// Portable fallback: eight lanes in an array, which the compiler maps onto SSE registers.
+#[derive(Clone, Copy)]
+pub(super) struct Generic;
+
+unsafe impl Simd for Generic {
+    const W: usize = 8;
+    const NV: usize = 2;
+    type V = [f32; 8];
+    #[inline(always)]
+    unsafe fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> [f32; 8] {
+        [x; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> [f32; 8] {
+        p.cast::<[f32; 8]>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [f32; 8]) {
+        p.cast::<[f32; 8]>().write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Simd;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(in super::super) struct Avx2;
+
+    unsafe impl Simd for Avx2 {
+        const W: usize = 8;
+        // 4×16 tile: 8 accumulators + 2 loads + 1 broadcast of the 16 ymm registers.
+        const NV: usize = 2;
+        type V = __m256;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            _mm256_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(in super::super) struct Avx512;
+
+    unsafe impl Simd for Avx512 {
+        const W: usize = 16;
+        // 4×64 tile: 16 accumulators, 4 loads and 4 broadcasts per 16 FMAs, so the two FMA
+        // ports, not the load ports, are the limit.
+        const NV: usize = 4;
+        type V = __m512;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            _mm512_set1_ps(x)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+    }
+}
+
+/// A kernel body to run under the instruction set [`dispatch`] picks.
+pub(super) trait Kernel {
+    type Output;
+    /// Implementations must be `#[inline(always)]` so that the body is compiled inside the
+    /// trampoline, with its target features.
+    fn run<S: Simd>(self) -> Self::Output;
+}
+
+/// Runs `kernel` with the SIMD type of `isa` (which the caller got from `active_isa()`, so the
+/// host supports it).
+pub(super) fn dispatch<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<K: Kernel>(kernel: K) -> K::Output {
+            kernel.run::<x86::Avx512>()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<K: Kernel>(kernel: K) -> K::Output {
+            kernel.run::<x86::Avx2>()
+        }
+        match isa {
+            // SAFETY: `active_isa` only reports instruction sets the host supports.
+            Isa::Avx512 => return unsafe { avx512(kernel) },
+            Isa::Avx2 => return unsafe { avx2(kernel) },
+            Isa::Generic => {}
+        }
+    }
+    let _ = isa;
+    kernel.run::<Generic>()
+}
+
+/// A read-only operand of [`block_matmul`]: element `(i, p)` is `data[i * rs + p * cs]`.
+#[derive(Clone, Copy)]
+pub(super) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// Rows of a row-major matrix with row stride `ld`, starting at row `row`.
+    pub fn rows(data: &'a [f32], ld: usize, row: usize) -> Self {
+        Operand {
+            data: &data[row * ld..],
+            rs: ld,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major matrix with row stride `ld`.
+    pub fn transposed(data: &'a [f32], ld: usize) -> Self {
+        Operand {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+}
+
+/// `C (m×n, row stride ldc) ← A·B`, or `C += A·B` when `accumulate`; `A` is `m×k` (any
+/// strides), `B` is `k×n` row-major with row stride `ldb`. `m` must be a multiple of [`MR`] and
+/// `n` of [`LANES`]; `k` may be anything (0 gives zeros or leaves C as is).
+///
+/// Panics if a slice is too short for the shapes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block_matmul<S: Simd>(
+    (m, n, k): (usize, usize, usize),
+    a: Operand,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(
+        m % MR == 0 && n % LANES == 0,
+        "block_matmul: m {m} or n {n} not padded"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "block_matmul: C too short");
+    if k > 0 {
+        assert!(
+            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+            "block_matmul: A too short"
+        );
+        assert!((k - 1) * ldb + n <= b.len(), "block_matmul: B too short");
+    }
+    let full = S::NV * S::W;
+    for i in (0..m).step_by(MR) {
+        let a_rows = &a.data[i * a.rs..];
+        let mut j = 0;
+        // SAFETY: the asserts above bound every index the tiles touch: rows < m, columns < n,
+        // depth < k; `dispatch` guarantees the instruction set.
+        unsafe {
+            while j + full <= n {
+                // The arm is fixed per instruction set at compile time; only one survives.
+                match S::NV {
+                    4 => tile::<S, 4>(
+                        k,
+                        a_rows,
+                        a.rs,
+                        a.cs,
+                        &b[j..],
+                        ldb,
+                        &mut c[i * ldc + j..],
+                        ldc,
+                        accumulate,
+                    ),
+                    _ => tile::<S, 2>(
+                        k,
+                        a_rows,
+                        a.rs,
+                        a.cs,
+                        &b[j..],
+                        ldb,
+                        &mut c[i * ldc + j..],
+                        ldc,
+                        accumulate,
+                    ),
+                }
+                j += full;
+            }
+            while j < n {
+                tile::<S, 1>(
+                    k,
+                    a_rows,
+                    a.rs,
+                    a.cs,
+                    &b[j..],
+                    ldb,
+                    &mut c[i * ldc + j..],
+                    ldc,
+                    accumulate,
+                );
+                j += S::W;
+            }
+        }
+    }
+}
+
+/// One `MR × NV·W` tile of [`block_matmul`], accumulated in registers over the whole depth `k`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd, const NV: usize>(
+    k: usize,
+    a: &[f32],
+    ars: usize,
+    acs: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    let mut acc = [[S::zero(); NV]; MR];
+    if accumulate {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = S::load(c.add(r * ldc + v * S::W));
+            }
+        }
+    }
+    for p in 0..k {
+        let bp = b.add(p * ldb);
+        let bv: [S::V; NV] = std::array::from_fn(|v| S::load(bp.add(v * S::W)));
+        let ap = a.add(p * acs);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = S::splat(*ap.add(r * ars));
+            for (x, &bx) in row.iter_mut().zip(&bv) {
+                *x = S::fmadd(av, bx, *x);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, &x) in row.iter().enumerate() {
+            S::store(c.add(r * ldc + v * S::W), x);
+        }
+    }
+}
+
+/// `exp(x)` to about 2 ulp, branch-free so that loops over it vectorize: `2^n · e^r` with
+/// `n = round(x·log₂e)` (by the 1.5·2²³ rounding trick), `r = x − n·ln2` in two parts
+/// (Cody–Waite), `e^r` by Cephes' degree-6 polynomial. Below −87.3 (including −∞) it returns
+/// exactly 0, which masked scores rely on; NaN is not expected (scores are finite or −∞).
+#[inline(always)]
+pub(super) fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    let xc = x.clamp(-87.3, 88.0);
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let p = p * r * r + r + 1.0;
+    // The low mantissa bits of `t` hold n; shifting n + 127 into the exponent field gives 2^n.
+    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// Independent partial results per lane, so that reductions vectorize without reassociating.
+const RL: usize = 16;
+
+/// Maximum of `x` (length a multiple of 16); −∞ for an all −∞ row.
+#[inline(always)]
+pub(super) fn row_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; RL];
+    for chunk in x.chunks_exact(RL) {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    lanes.into_iter().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// `x ← exp(x − m)` in place (length a multiple of 16); returns the sum of the new values.
+#[inline(always)]
+pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+    let mut lanes = [0.0f32; RL];
+    for chunk in x.chunks_exact_mut(RL) {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *v = exp(*v - m);
+            *l += *v;
+        }
+    }
+    lanes.iter().sum()
+}
+
+/// The first multiple of `to` at or above `x`.
+pub(super) fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
