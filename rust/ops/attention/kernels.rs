@@ -38,99 +38,50 @@ pub(super) unsafe trait Simd: Copy {
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
 }
 
-/// Portable fallback: eight lanes in an array, which the compiler maps onto SSE registers.
+/// `W` f32 lanes in an array, with `NV` of them per micro-tile row. No intrinsics: the
+/// compiler maps the arrays onto the registers that the trampoline's target features allow
+/// (xmm pairs, ymm, zmm), which keeps the crate's minimum Rust version (std's AVX-512
+/// intrinsics are newer) at no measured cost. `FMA` selects fused multiply-add, which must
+/// not be asked for without the instruction (it would become a libm call per element).
 #[derive(Clone, Copy)]
-pub(super) struct Generic;
+pub(super) struct Lanes<const W: usize, const NV: usize, const FMA: bool>;
 
-unsafe impl Simd for Generic {
-    const W: usize = 8;
-    const NV: usize = 2;
-    type V = [f32; 8];
-    #[inline(always)]
-    unsafe fn zero() -> [f32; 8] {
-        [0.0; 8]
-    }
-    #[inline(always)]
-    unsafe fn splat(x: f32) -> [f32; 8] {
-        [x; 8]
-    }
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> [f32; 8] {
-        p.cast::<[f32; 8]>().read_unaligned()
-    }
-    #[inline(always)]
-    unsafe fn store(p: *mut f32, v: [f32; 8]) {
-        p.cast::<[f32; 8]>().write_unaligned(v)
-    }
-    #[inline(always)]
-    unsafe fn fmadd(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
-        std::array::from_fn(|i| a[i] * b[i] + c[i])
-    }
-}
-
+/// Portable: two SSE registers' worth per vector, multiply then add.
+type Generic = Lanes<8, 2, false>;
+/// 4×16 tiles: 8 ymm accumulators + 2 loads + 1 broadcast of the 16 registers.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Simd;
-    use std::arch::x86_64::*;
+type Avx2 = Lanes<8, 2, true>;
+/// 4×64 tiles: 16 zmm accumulators; 4 loads and 4 broadcasts per 16 FMAs, so the two FMA
+/// ports, not the load ports, are the limit.
+#[cfg(target_arch = "x86_64")]
+type Avx512 = Lanes<16, 4, true>;
 
-    #[derive(Clone, Copy)]
-    pub(in super::super) struct Avx2;
-
-    unsafe impl Simd for Avx2 {
-        const W: usize = 8;
-        // 4×16 tile: 8 accumulators + 2 loads + 1 broadcast of the 16 ymm registers.
-        const NV: usize = 2;
-        type V = __m256;
-        #[inline(always)]
-        unsafe fn zero() -> __m256 {
-            _mm256_setzero_ps()
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m256 {
-            _mm256_set1_ps(x)
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m256 {
-            _mm256_loadu_ps(p)
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m256) {
-            _mm256_storeu_ps(p, v)
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: __m256, b: __m256, c: __m256) -> __m256 {
-            _mm256_fmadd_ps(a, b, c)
-        }
+unsafe impl<const W: usize, const NV: usize, const FMA: bool> Simd for Lanes<W, NV, FMA> {
+    const W: usize = W;
+    const NV: usize = NV;
+    type V = [f32; W];
+    #[inline(always)]
+    unsafe fn zero() -> [f32; W] {
+        [0.0; W]
     }
-
-    #[derive(Clone, Copy)]
-    pub(in super::super) struct Avx512;
-
-    unsafe impl Simd for Avx512 {
-        const W: usize = 16;
-        // 4×64 tile: 16 accumulators, 4 loads and 4 broadcasts per 16 FMAs, so the two FMA
-        // ports, not the load ports, are the limit.
-        const NV: usize = 4;
-        type V = __m512;
-        #[inline(always)]
-        unsafe fn zero() -> __m512 {
-            _mm512_setzero_ps()
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> __m512 {
-            _mm512_set1_ps(x)
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> __m512 {
-            _mm512_loadu_ps(p)
-        }
-        #[inline(always)]
-        unsafe fn store(p: *mut f32, v: __m512) {
-            _mm512_storeu_ps(p, v)
-        }
-        #[inline(always)]
-        unsafe fn fmadd(a: __m512, b: __m512, c: __m512) -> __m512 {
-            _mm512_fmadd_ps(a, b, c)
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> [f32; W] {
+        [x; W]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> [f32; W] {
+        p.cast::<[f32; W]>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [f32; W]) {
+        p.cast::<[f32; W]>().write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: [f32; W], b: [f32; W], c: [f32; W]) -> [f32; W] {
+        if FMA {
+            std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+        } else {
+            std::array::from_fn(|i| a[i] * b[i] + c[i])
         }
     }
 }
@@ -150,11 +101,11 @@ pub(super) fn dispatch<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
     {
         #[target_feature(enable = "avx512f,avx2,fma")]
         unsafe fn avx512<K: Kernel>(kernel: K) -> K::Output {
-            kernel.run::<x86::Avx512>()
+            kernel.run::<Avx512>()
         }
         #[target_feature(enable = "avx2,fma")]
         unsafe fn avx2<K: Kernel>(kernel: K) -> K::Output {
-            kernel.run::<x86::Avx2>()
+            kernel.run::<Avx2>()
         }
         match isa {
             // SAFETY: `active_isa` only reports instruction sets the host supports.
