@@ -12,7 +12,9 @@
 //! A head runs on one thread, key blocks outermost, so its sums are formed in one fixed order.
 
 use super::forward::{pack_rows, pack_transposed_blocks, BC, BR};
-use super::kernels::{block_matmul, dispatch, exp, round_up, Kernel, Operand, Simd, LANES, MR};
+use super::kernels::{
+    block_matmul, dispatch, exp, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+};
 use super::AttentionConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
@@ -117,32 +119,38 @@ impl Kernel for BackwardTask<'_> {
         let (ep, evp) = (round_up(e, LANES), round_up(ev, LANES));
         let (q_blocks, k_blocks) = (tq.div_ceil(BR), tk.div_ceil(BC));
         let (tqp, tkp) = (q_blocks * BR, k_blocks * BC);
-        // Packed operands, rows padded to whole blocks and columns to LANES, zero-filled.
-        let qs = pack_rows(q, tq, e, tqp, ep, cfg.scale); // (Tqp, Ep): scale·q
-        let kp = pack_rows(k, tk, e, tkp, ep, 1.0); // (Tkp, Ep)
-        let kt = pack_transposed_blocks(k, tk, e); // (k_blocks, E, BC)
-        let vt = pack_transposed_blocks(v, tk, ev); // (k_blocks, Ev, BC)
-        let dop = pack_rows(dout, tq, ev, tqp, evp, 1.0); // (Tqp, Evp)
-                                                          // D_i = rowsum(dO ∘ O), (Tq)
-        let d: Vec<f32> = (0..tq)
-            .map(|i| {
-                dout[i * ev..(i + 1) * ev]
-                    .iter()
-                    .zip(&out[i * ev..(i + 1) * ev])
-                    .map(|(x, y)| x * y)
-                    .sum()
-            })
-            .collect();
-        // Gradient accumulators, padded like the operands.
-        let mut dq_acc = vec![0.0f32; tqp * ep];
-        let mut dk_acc = vec![0.0f32; tkp * ep];
-        let mut dv_acc = vec![0.0f32; tkp * evp];
-        // (BR, BC) blocks: P, dropout's Z (only with dropout), P∘Z, then dP and dS in place.
-        let mut p = vec![0.0f32; BR * BC];
         let dropout = cfg.dropout_p > 0.0;
-        let mut z = vec![0.0f32; if dropout { BR * BC } else { 0 }];
-        let mut pz = vec![0.0f32; if dropout { BR * BC } else { 0 }];
-        let mut ds = vec![0.0f32; BR * BC];
+        let block = BR * BC;
+        let dropout_block = if dropout { block } else { 0 };
+        let lens = [
+            tqp * ep,           // qs (Tqp, Ep): scale·q, rows padded to whole blocks, columns to LANES
+            tkp * ep,           // kp (Tkp, Ep): k
+            k_blocks * e * BC,  // kt (k_blocks, E, BC): kᵀ per key block
+            k_blocks * ev * BC, // vt (k_blocks, Ev, BC): vᵀ per key block
+            tqp * evp,          // dop (Tqp, Evp): dO
+            tq,                 // d (Tq): D_i = rowsum(dO ∘ O)
+            tqp * ep,           // dq_acc (Tqp, Ep): dQ / scale
+            tkp * ep,           // dk_acc (Tkp, Ep)
+            tkp * evp,          // dv_acc (Tkp, Evp)
+            block,              // p (BR, BC): P
+            dropout_block,      // z (BR, BC): dropout's Z
+            dropout_block,      // pz (BR, BC): P∘Z
+            block,              // ds (BR, BC): dP, then dS in place
+        ];
+        let mut scratch = Scratch::zeroed(lens.iter().sum());
+        let [qs, kp, kt, vt, dop, d, dq_acc, dk_acc, dv_acc, p, z, pz, ds] = scratch.carve(lens);
+        pack_rows(qs, q, tq, e, ep, cfg.scale);
+        pack_rows(kp, k, tk, e, ep, 1.0);
+        pack_transposed_blocks(kt, k, tk, e);
+        pack_transposed_blocks(vt, v, tk, ev);
+        pack_rows(dop, dout, tq, ev, evp, 1.0);
+        for (i, di) in d.iter_mut().enumerate() {
+            *di = dout[i * ev..(i + 1) * ev]
+                .iter()
+                .zip(&out[i * ev..(i + 1) * ev])
+                .map(|(x, y)| x * y)
+                .sum();
+        }
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
 
         for kb in 0..k_blocks {
@@ -160,7 +168,7 @@ impl Kernel for BackwardTask<'_> {
                     Operand::rows(&qs, ep, i0),
                     &kt[kb * e * BC..],
                     BC,
-                    &mut p,
+                    p,
                     BC,
                     false,
                 );
@@ -180,7 +188,7 @@ impl Kernel for BackwardTask<'_> {
                         }
                     }
                 }
-                let pz_block = if dropout { &pz } else { &p };
+                let pz_block: &[f32] = if dropout { pz } else { p };
                 // dV_j += (P∘Z)ᵀ dO_i: depth is the block's valid query rows only.
                 block_matmul::<S>(
                     (mc, evp, br),
@@ -197,7 +205,7 @@ impl Kernel for BackwardTask<'_> {
                     Operand::rows(&dop, evp, i0),
                     &vt[kb * ev * BC..],
                     BC,
-                    &mut ds,
+                    ds,
                     BC,
                     false,
                 );

@@ -3,7 +3,8 @@
 //! output; nothing `Tq × Tk` is ever stored.
 
 use super::kernels::{
-    block_matmul, dispatch, exp, exp_sub_sum, round_up, row_max, Kernel, Operand, Simd, LANES, MR,
+    block_matmul, dispatch, exp, exp_sub_sum, round_up, row_max, Kernel, Operand, Scratch, Simd,
+    LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -109,13 +110,20 @@ impl Kernel for ForwardTask<'_> {
         let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
         let (ep, evp) = (round_up(e, LANES), round_up(ev, LANES));
         let k_blocks = tk.div_ceil(BC);
-        // kᵀ per key block, (E, BC) each, so the score product reads B rows contiguously.
-        let kt = pack_transposed_blocks(k, tk, e);
-        // v with rows padded to whole blocks and columns to LANES: (k_blocks·BC, Evp).
-        let vp = pack_rows(v, tk, ev, k_blocks * BC, evp, 1.0);
-        let mut qs = vec![0.0f32; BR * ep]; // (BR, Ep): scale·q for one query block
-        let mut s = vec![0.0f32; BR * BC]; // (BR, BC): scores, then probabilities
-        let mut acc = vec![0.0f32; BR * evp]; // (BR, Evp): unnormalized output
+        let mut scratch = Scratch::zeroed(k_blocks * BC * (e + evp) + BR * (ep + BC + evp));
+        // kt (k_blocks, E, BC): kᵀ per key block, so the score product reads B rows contiguously.
+        // vp (k_blocks·BC, Evp): v padded to whole blocks and LANES columns.
+        // qs (BR, Ep): scale·q for one query block. s (BR, BC): scores, then probabilities.
+        // acc (BR, Evp): the unnormalized output.
+        let [kt, vp, qs, s, acc] = scratch.carve([
+            k_blocks * e * BC,
+            k_blocks * BC * evp,
+            BR * ep,
+            BR * BC,
+            BR * evp,
+        ]);
+        pack_transposed_blocks(kt, k, tk, e);
+        pack_rows(vp, v, tk, ev, evp, 1.0);
         let mut m = [0.0f32; BR]; // running row max
         let mut l = [0.0f32; BR]; // running row sum of exp(s − m)
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
@@ -151,7 +159,7 @@ impl Kernel for ForwardTask<'_> {
                     Operand::rows(&qs, ep, 0),
                     &kt[kb * e * BC..],
                     BC,
-                    &mut s,
+                    s,
                     BC,
                     false,
                 );
@@ -190,7 +198,7 @@ impl Kernel for ForwardTask<'_> {
                     Operand::rows(&s, BC, 0),
                     &vp[j0 * evp..],
                     evp,
-                    &mut acc,
+                    acc,
                     evp,
                     true,
                 );
@@ -212,37 +220,25 @@ impl Kernel for ForwardTask<'_> {
     }
 }
 
-/// `x` (T, C) row-major into `(rows, cols)` with zero padding, each value times `scale`.
-pub(super) fn pack_rows(
-    x: &[f32],
-    t: usize,
-    c: usize,
-    rows: usize,
-    cols: usize,
-    scale: f32,
-) -> Vec<f32> {
-    let mut p = vec![0.0f32; rows * cols];
+/// `x` (T, C) row-major into `dst` (zeroed, rows of `cols` ≥ C), each value times `scale`.
+pub(super) fn pack_rows(dst: &mut [f32], x: &[f32], t: usize, c: usize, cols: usize, scale: f32) {
     for r in 0..t {
-        for (d, &s) in p[r * cols..r * cols + c]
+        for (d, &s) in dst[r * cols..r * cols + c]
             .iter_mut()
             .zip(&x[r * c..(r + 1) * c])
         {
             *d = scale * s;
         }
     }
-    p
 }
 
-/// `x` (T, C) row-major into its transpose cut into blocks of `BC` rows of `x`:
-/// `(ceil(T/BC), C, BC)`, zero past row T. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
-pub(super) fn pack_transposed_blocks(x: &[f32], t: usize, c: usize) -> Vec<f32> {
-    let blocks = t.div_ceil(BC);
-    let mut p = vec![0.0f32; blocks * c * BC];
+/// `x` (T, C) row-major into `dst` (zeroed) as its transpose cut into blocks of `BC` rows of
+/// `x`: `(ceil(T/BC), C, BC)`. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
+pub(super) fn pack_transposed_blocks(dst: &mut [f32], x: &[f32], t: usize, c: usize) {
     for (r, row) in x.chunks_exact(c.max(1)).take(t).enumerate() {
         let (b, j) = (r / BC, r % BC);
         for (d, &val) in row.iter().enumerate() {
-            p[(b * c + d) * BC + j] = val;
+            dst[(b * c + d) * BC + j] = val;
         }
     }
-    p
 }
