@@ -165,7 +165,7 @@ impl Kernel for BackwardTask<'_> {
                 let mr = round_up(br, MR);
                 block_matmul::<S>(
                     (mr, nc, e),
-                    Operand::rows(&qs, ep, i0),
+                    Operand::rows(qs, ep, i0),
                     &kt[kb * e * BC..],
                     BC,
                     p,
@@ -202,7 +202,7 @@ impl Kernel for BackwardTask<'_> {
                 // dP = dO_i V_jᵀ
                 block_matmul::<S>(
                     (mr, nc, ev),
-                    Operand::rows(&dop, evp, i0),
+                    Operand::rows(dop, evp, i0),
                     &vt[kb * ev * BC..],
                     BC,
                     ds,
@@ -229,7 +229,7 @@ impl Kernel for BackwardTask<'_> {
                 // dQ_i += dS K_j (scaled at the end); dK_j += dSᵀ (scale·Q_i).
                 block_matmul::<S>(
                     (mr, ep, bc),
-                    Operand::rows(&ds, BC, 0),
+                    Operand::rows(ds, BC, 0),
                     &kp[j0 * ep..],
                     ep,
                     &mut dq_acc[i0 * ep..],
@@ -238,7 +238,7 @@ impl Kernel for BackwardTask<'_> {
                 );
                 block_matmul::<S>(
                     (mc, ep, br),
-                    Operand::transposed(&ds, BC),
+                    Operand::transposed(ds, BC),
                     &qs[i0 * ep..],
                     ep,
                     &mut dk_acc[j0 * ep..],
@@ -247,9 +247,9 @@ impl Kernel for BackwardTask<'_> {
                 );
             }
         }
-        unpack_rows(dq, &dq_acc, e, ep, cfg.scale);
-        unpack_rows(dk, &dk_acc, e, ep, 1.0);
-        unpack_rows(dv, &dv_acc, ev, evp, 1.0);
+        unpack_rows(dq, dq_acc, e, ep, cfg.scale);
+        unpack_rows(dk, dk_acc, e, ep, 1.0);
+        unpack_rows(dv, dv_acc, ev, evp, 1.0);
     }
 }
 

@@ -156,7 +156,7 @@ impl Kernel for ForwardTask<'_> {
                 let nc = round_up(bc, LANES);
                 block_matmul::<S>(
                     (mr, nc, e),
-                    Operand::rows(&qs, ep, 0),
+                    Operand::rows(qs, ep, 0),
                     &kt[kb * e * BC..],
                     BC,
                     s,
@@ -195,7 +195,7 @@ impl Kernel for ForwardTask<'_> {
                 }
                 block_matmul::<S>(
                     (mr, evp, bc),
-                    Operand::rows(&s, BC, 0),
+                    Operand::rows(s, BC, 0),
                     &vp[j0 * evp..],
                     evp,
                     acc,
