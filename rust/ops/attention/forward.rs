@@ -3,8 +3,8 @@
 //! output; nothing `Tq × Tk` is ever stored.
 
 use super::kernels::{
-    block_matmul, dispatch, exp, exp_sub_sum, round_up, row_max, Kernel, Operand, Scratch, Simd,
-    LANES, MR,
+    block_matmul, dispatch, exp_in_place, exp_sub_sum, round_up, row_max, Kernel, Operand, Scratch,
+    Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -126,6 +126,8 @@ impl Kernel for ForwardTask<'_> {
         pack_rows(vp, v, tk, ev, evp, 1.0);
         let mut m = [0.0f32; BR]; // running row max
         let mut l = [0.0f32; BR]; // running row sum of exp(s − m)
+        let mut m_new = [0.0f32; BR]; // row max after this key block
+        let mut alpha = [0.0f32; BR]; // exp(m − m_new): rescales l and acc
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
 
         for i0 in (0..lse.len()).step_by(BR) {
@@ -163,36 +165,46 @@ impl Kernel for ForwardTask<'_> {
                     BC,
                     false,
                 );
+                // In phases over all rows rather than row by row, so that the rows' dependency
+                // chains (reduce, then exp, then reduce) overlap and the rescale factors take
+                // one vector exp per 16 rows.
                 for r in 0..br {
-                    let i = first + r;
                     let row = &mut s[r * BC..r * BC + nc];
-                    cfg.mask_scores(head, i, j0, bc, row);
-                    let m_new = m[r].max(row_max(row));
-                    if m_new == f32::NEG_INFINITY {
-                        // No key so far for this row: nothing to add (acc and l stay 0).
+                    cfg.mask_scores(head, first + r, j0, bc, row);
+                    m_new[r] = m[r].max(row_max(row));
+                }
+                for r in 0..BR {
+                    // A row with no key so far keeps alpha = 1 (its acc and l are still 0).
+                    alpha[r] = if m_new[r] == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        m[r] - m_new[r]
+                    };
+                }
+                exp_in_place(&mut alpha);
+                for r in 0..br {
+                    let row = &mut s[r * BC..r * BC + nc];
+                    if m_new[r] == f32::NEG_INFINITY {
                         row.fill(0.0);
                         continue;
                     }
-                    let alpha = exp(m[r] - m_new);
-                    l[r] = l[r] * alpha + exp_sub_sum(row, m_new);
-                    m[r] = m_new;
-                    if alpha != 1.0 {
+                    l[r] = l[r] * alpha[r] + exp_sub_sum(row, m_new[r]);
+                    if alpha[r] != 1.0 {
                         acc[r * evp..(r + 1) * evp]
                             .iter_mut()
-                            .for_each(|x| *x *= alpha);
+                            .for_each(|x| *x *= alpha[r]);
                     }
                     if cfg.dropout_p > 0.0 {
                         // The row sum l was taken before dropout: dropout acts on probabilities.
-                        let base = ((head * tq + i) * tk + j0) as u64;
+                        let base = ((head * tq + first + r) * tk + j0) as u64;
                         for (c, p) in row[..bc].iter_mut().enumerate() {
-                            *p = if crate::random::keep(cfg.seed, base + c as u64, cfg.dropout_p) {
-                                *p * keep_scale
-                            } else {
-                                0.0
-                            };
+                            let kept =
+                                crate::random::keep(cfg.seed, base + c as u64, cfg.dropout_p);
+                            *p = if kept { *p * keep_scale } else { 0.0 };
                         }
                     }
                 }
+                m = m_new;
                 block_matmul::<S>(
                     (mr, evp, bc),
                     Operand::rows(s, BC, 0),

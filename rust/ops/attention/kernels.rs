@@ -313,6 +313,14 @@ pub(super) fn row_max(x: &[f32]) -> f32 {
     tree_reduce(lanes, |a, b| if a > b { a } else { b })
 }
 
+/// `x ← exp(x)` in place (length a multiple of 16).
+#[inline(always)]
+pub(super) fn exp_in_place(x: &mut [f32]) {
+    for chunk in x.chunks_exact_mut(RL) {
+        chunk.iter_mut().for_each(|v| *v = exp(*v));
+    }
+}
+
 /// `x ← exp(x − m)` in place (length a multiple of 16); returns the sum of the new values.
 #[inline(always)]
 pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
