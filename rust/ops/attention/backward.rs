@@ -177,7 +177,7 @@ impl Kernel for BackwardTask<'_> {
                     let row = &mut p[r * BC..r * BC + nc];
                     cfg.mask_scores(head, i, j0, bc, row);
                     let l = lse[i];
-                    row.iter_mut().for_each(|s| *s = exp(*s - l));
+                    row.iter_mut().for_each(|s| *s = exp::<S>(*s - l));
                     if dropout {
                         let base = ((head * tq + i) * tk + j0) as u64;
                         for c in 0..nc {

@@ -181,14 +181,14 @@ impl Kernel for ForwardTask<'_> {
                         m[r] - m_new[r]
                     };
                 }
-                exp_in_place(&mut alpha);
+                exp_in_place::<S>(&mut alpha);
                 for r in 0..br {
                     let row = &mut s[r * BC..r * BC + nc];
                     if m_new[r] == f32::NEG_INFINITY {
                         row.fill(0.0);
                         continue;
                     }
-                    l[r] = l[r] * alpha[r] + exp_sub_sum(row, m_new[r]);
+                    l[r] = l[r] * alpha[r] + exp_sub_sum::<S>(row, m_new[r]);
                     if alpha[r] != 1.0 {
                         acc[r * evp..(r + 1) * evp]
                             .iter_mut()

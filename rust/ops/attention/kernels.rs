@@ -36,6 +36,9 @@ pub(super) unsafe trait Simd: Copy {
     unsafe fn store(p: *mut f32, v: Self::V);
     /// `a·b + c`.
     unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a·b + c` on one lane, fused where the instruction set has FMA; in a loop over lanes
+    /// it vectorizes.
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
 }
 
 /// `W` f32 lanes in an array, with `NV` of them per micro-tile row. No intrinsics: the
@@ -47,7 +50,7 @@ pub(super) unsafe trait Simd: Copy {
 pub(super) struct Lanes<const W: usize, const NV: usize, const FMA: bool>;
 
 /// Portable: two SSE registers' worth per vector, multiply then add.
-type Generic = Lanes<8, 2, false>;
+pub(super) type Generic = Lanes<8, 2, false>;
 /// 4×16 tiles: 8 ymm accumulators + 2 loads + 1 broadcast of the 16 registers.
 #[cfg(target_arch = "x86_64")]
 type Avx2 = Lanes<8, 2, true>;
@@ -82,6 +85,14 @@ unsafe impl<const W: usize, const NV: usize, const FMA: bool> Simd for Lanes<W, 
             std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
         } else {
             std::array::from_fn(|i| a[i] * b[i] + c[i])
+        }
+    }
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        if FMA {
+            a.mul_add(b, c)
+        } else {
+            a * b + c
         }
     }
 }
@@ -275,19 +286,19 @@ unsafe fn tile<S: Simd, const NV: usize>(
 /// (Cody–Waite), `e^r` by Cephes' degree-6 polynomial. Below −87.3 (including −∞) it returns
 /// exactly 0, which masked scores rely on; NaN is not expected (scores are finite or −∞).
 #[inline(always)]
-pub(super) fn exp(x: f32) -> f32 {
+pub(super) fn exp<S: Simd>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    let fma = S::mul_add;
     let xc = x.clamp(-87.3, 88.0);
-    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let t = fma(xc, std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
-    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let p = p * r * r + r + 1.0;
+    let r = fma(n, 2.121_944_4e-4, fma(n, -0.693_359_4, xc));
+    let p = fma(1.987_569_1e-4, r, 1.398_199_9e-3);
+    let p = fma(p, r, 8.333_452e-3);
+    let p = fma(p, r, 4.166_579_6e-2);
+    let p = fma(p, r, 1.666_666_5e-1);
+    let p = fma(p, r, 0.5);
+    let p = fma(p, r * r, r + 1.0);
     // The low mantissa bits of `t` hold n; shifting n + 127 into the exponent field gives 2^n.
     let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     let scale = f32::from_bits(((n_int + 127) as u32) << 23);
@@ -315,19 +326,19 @@ pub(super) fn row_max(x: &[f32]) -> f32 {
 
 /// `x ← exp(x)` in place (length a multiple of 16).
 #[inline(always)]
-pub(super) fn exp_in_place(x: &mut [f32]) {
+pub(super) fn exp_in_place<S: Simd>(x: &mut [f32]) {
     for chunk in x.chunks_exact_mut(RL) {
-        chunk.iter_mut().for_each(|v| *v = exp(*v));
+        chunk.iter_mut().for_each(|v| *v = exp::<S>(*v));
     }
 }
 
 /// `x ← exp(x − m)` in place (length a multiple of 16); returns the sum of the new values.
 #[inline(always)]
-pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+pub(super) fn exp_sub_sum<S: Simd>(x: &mut [f32], m: f32) -> f32 {
     let mut lanes = [0.0f32; RL];
     for chunk in x.chunks_exact_mut(RL) {
         for (l, v) in lanes.iter_mut().zip(chunk) {
-            *v = exp(*v - m);
+            *v = exp::<S>(*v - m);
             *l += *v;
         }
     }

@@ -504,16 +504,20 @@ fn zero_sized_dimensions() {
 
 #[test]
 fn fast_exp_is_accurate_and_exactly_zero_when_masked() {
-    for i in -1995..=2000 {
-        let x = i as f32 * 0.0437;
-        let (got, want) = (super::kernels::exp(x), (x as f64).exp());
-        assert!(
-            ((got as f64 - want) / want).abs() < 3e-7,
-            "exp({x}) = {got}, want {want}"
-        );
+    use super::kernels::{exp, Generic, Lanes};
+    // The fused (FMA) and unfused evaluations of the same polynomial.
+    for exp in [exp::<Generic>, exp::<Lanes<16, 4, true>>] {
+        for i in -1995..=2000 {
+            let x = i as f32 * 0.0437;
+            let (got, want) = (exp(x), (x as f64).exp());
+            assert!(
+                ((got as f64 - want) / want).abs() < 3e-7,
+                "exp({x}) = {got}, want {want}"
+            );
+        }
+        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp(-1e4), 0.0);
     }
-    assert_eq!(super::kernels::exp(f32::NEG_INFINITY), 0.0);
-    assert_eq!(super::kernels::exp(-1e4), 0.0);
 }
 
 #[test]
