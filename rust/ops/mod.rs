@@ -4,6 +4,7 @@
 //! and its tests.
 
 pub mod activation;
+pub mod attention;
 pub mod attention_weights;
 pub mod broadcast;
 pub mod cross_entropy;

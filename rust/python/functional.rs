@@ -10,7 +10,9 @@ use crate::autograd::Var;
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::broadcast_to;
 use crate::ops::cross_entropy::{self as cross_entropy_op, Reduction};
-use crate::ops::{activation, attention_weights, dropout as dropout_op, embedding as embedding_op};
+use crate::ops::{
+    activation, attention, attention_weights, dropout as dropout_op, embedding as embedding_op,
+};
 use crate::ops::{
     layer_norm as ln, linear as linear_op, matmul as matmul_op, shape, softmax as softmax_op,
 };
@@ -300,6 +302,39 @@ fn cross_entropy(
 #[pyfunction]
 #[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
 #[allow(clippy::too_many_arguments)]
+fn scaled_dot_product_attention(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    attn_mask: Option<&Bound<'_, PyAny>>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> PyResult<PyTensor> {
+    const OP: &str = "scaled_dot_product_attention";
+    let (q, k, v) = (
+        var_from_py(query, OP)?,
+        var_from_py(key, OP)?,
+        var_from_py(value, OP)?,
+    );
+    let mask = opt_mask(attn_mask, OP)?;
+    wrap(py, || {
+        attention::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            dropout_p,
+            is_causal,
+            scale,
+        )
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
+#[allow(clippy::too_many_arguments)]
 fn attention_with_weights(
     py: Python<'_>,
     query: &Bound<'_, PyAny>,
@@ -343,6 +378,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dropout, m)?)?;
     m.add_function(wrap_pyfunction!(embedding, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(scaled_dot_product_attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention_with_weights, m)?)?;
     Ok(())
 }

@@ -1,0 +1,264 @@
+//! The fused backward (FlashAttention-2): per head, for each key block and each query block that
+//! can see it, recompute `P = exp(scale·q·kᵀ + mask − lse)` from the saved log-sum-exp, then
+//!
+//! ```text
+//! dV_j += (P∘Z)ᵀ dO_i          Z: dropout's keep/(1 − p), or 1
+//! dP    = (dO_i V_jᵀ) ∘ Z
+//! dS    = P ∘ (dP − D_i)       D_i = rowsum(dO ∘ O), equal to rowsum(P ∘ dP)
+//! dQ_i += scale · dS K_j
+//! dK_j += scale · dS^T Q_i
+//! ```
+//!
+//! A head runs on one thread, key blocks outermost, so its sums are formed in one fixed order.
+
+use super::forward::{pack_rows, pack_transposed_blocks, BC, BR};
+use super::kernels::{
+    block_matmul, dispatch, exp, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+};
+use super::AttentionConfig;
+use crate::cpu::active_isa;
+use rayon::prelude::*;
+
+/// The fused attention backward.
+///
+/// - `dq` (BH, Tq, E), `dk` (BH, Tk, E), `dv` (BH, Tk, Ev): written (not accumulated).
+/// - `dout` (BH, Tq, Ev): the gradient of the output.
+/// - `q`, `k`, `v`, `out` (BH, Tq, Ev) and `lse` (BH, Tq): what [`super::attention_forward`]
+///   took and produced, with the same `cfg` (mask, scale, flags, dropout seed).
+///
+/// Runs on the current rayon pool, one task per batch-head; results do not depend on the
+/// thread count. Panics if a slice length does not match `cfg`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    cfg: &AttentionConfig,
+) {
+    let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
+    for (name, len, want) in [
+        ("dq", dq.len(), bh * tq * e),
+        ("dk", dk.len(), bh * tk * e),
+        ("dv", dv.len(), bh * tk * ev),
+        ("dout", dout.len(), bh * tq * ev),
+        ("q", q.len(), bh * tq * e),
+        ("k", k.len(), bh * tk * e),
+        ("v", v.len(), bh * tk * ev),
+        ("out", out.len(), bh * tq * ev),
+        ("lse", lse.len(), bh * tq),
+    ] {
+        assert_eq!(len, want, "attention_backward: {name}");
+    }
+    let isa = active_isa();
+    let mut tasks = Vec::with_capacity(bh);
+    let (mut dq_rest, mut dk_rest, mut dv_rest) = (dq, dk, dv);
+    for head in 0..bh {
+        let (dq, rest) = std::mem::take(&mut dq_rest).split_at_mut(tq * e);
+        dq_rest = rest;
+        let (dk, rest) = std::mem::take(&mut dk_rest).split_at_mut(tk * e);
+        dk_rest = rest;
+        let (dv, rest) = std::mem::take(&mut dv_rest).split_at_mut(tk * ev);
+        dv_rest = rest;
+        tasks.push(BackwardTask {
+            cfg,
+            head,
+            dq,
+            dk,
+            dv,
+            dout: &dout[head * tq * ev..(head + 1) * tq * ev],
+            q: &q[head * tq * e..(head + 1) * tq * e],
+            k: &k[head * tk * e..(head + 1) * tk * e],
+            v: &v[head * tk * ev..(head + 1) * tk * ev],
+            out: &out[head * tq * ev..(head + 1) * tq * ev],
+            lse: &lse[head * tq..(head + 1) * tq],
+        });
+    }
+    tasks.into_par_iter().for_each(|task| dispatch(isa, task));
+}
+
+/// One batch-head of the backward; every slice is that head's.
+struct BackwardTask<'a> {
+    cfg: &'a AttentionConfig<'a>,
+    head: usize,
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+    dout: &'a [f32],
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    out: &'a [f32],
+    lse: &'a [f32],
+}
+
+impl Kernel for BackwardTask<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run<S: Simd>(self) {
+        let BackwardTask {
+            cfg,
+            head,
+            dq,
+            dk,
+            dv,
+            dout,
+            q,
+            k,
+            v,
+            out,
+            lse,
+        } = self;
+        let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
+        let (ep, evp) = (round_up(e, LANES), round_up(ev, LANES));
+        let (q_blocks, k_blocks) = (tq.div_ceil(BR), tk.div_ceil(BC));
+        let (tqp, tkp) = (q_blocks * BR, k_blocks * BC);
+        let dropout = cfg.dropout_p > 0.0;
+        let block = BR * BC;
+        let dropout_block = if dropout { block } else { 0 };
+        let lens = [
+            tqp * ep,           // qs (Tqp, Ep): scale·q, rows padded to whole blocks, columns to LANES
+            tkp * ep,           // kp (Tkp, Ep): k
+            k_blocks * e * BC,  // kt (k_blocks, E, BC): kᵀ per key block
+            k_blocks * ev * BC, // vt (k_blocks, Ev, BC): vᵀ per key block
+            tqp * evp,          // dop (Tqp, Evp): dO
+            tq,                 // d (Tq): D_i = rowsum(dO ∘ O)
+            tqp * ep,           // dq_acc (Tqp, Ep): dQ / scale
+            tkp * ep,           // dk_acc (Tkp, Ep)
+            tkp * evp,          // dv_acc (Tkp, Evp)
+            block,              // p (BR, BC): P
+            dropout_block,      // z (BR, BC): dropout's Z
+            dropout_block,      // pz (BR, BC): P∘Z
+            block,              // ds (BR, BC): dP, then dS in place
+        ];
+        let mut scratch = Scratch::zeroed(lens.iter().sum());
+        let [qs, kp, kt, vt, dop, d, dq_acc, dk_acc, dv_acc, p, z, pz, ds] = scratch.carve(lens);
+        pack_rows(qs, q, tq, e, ep, cfg.scale);
+        pack_rows(kp, k, tk, e, ep, 1.0);
+        pack_transposed_blocks(kt, k, tk, e);
+        pack_transposed_blocks(vt, v, tk, ev);
+        pack_rows(dop, dout, tq, ev, evp, 1.0);
+        for (i, di) in d.iter_mut().enumerate() {
+            *di = dout[i * ev..(i + 1) * ev]
+                .iter()
+                .zip(&out[i * ev..(i + 1) * ev])
+                .map(|(x, y)| x * y)
+                .sum();
+        }
+        let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
+
+        for kb in 0..k_blocks {
+            let j0 = kb * BC;
+            let bc = BC.min(tk - j0);
+            let (nc, mc) = (round_up(bc, LANES), round_up(bc, MR));
+            // Causal: query blocks that end before this key block see none of it.
+            let qb_start = if cfg.is_causal { j0 / BR } else { 0 };
+            for qb in qb_start..q_blocks {
+                let i0 = qb * BR;
+                let br = BR.min(tq - i0);
+                let mr = round_up(br, MR);
+                block_matmul::<S>(
+                    (mr, nc, e),
+                    Operand::rows(qs, ep, i0),
+                    &kt[kb * e * BC..],
+                    BC,
+                    p,
+                    BC,
+                    false,
+                );
+                for r in 0..br {
+                    let i = i0 + r;
+                    let row = &mut p[r * BC..r * BC + nc];
+                    cfg.mask_scores(head, i, j0, bc, row);
+                    let l = lse[i];
+                    row.iter_mut().for_each(|s| *s = exp::<S>(*s - l));
+                    if dropout {
+                        let base = ((head * tq + i) * tk + j0) as u64;
+                        for c in 0..nc {
+                            let kept = c < bc
+                                && crate::random::keep(cfg.seed, base + c as u64, cfg.dropout_p);
+                            z[r * BC + c] = if kept { keep_scale } else { 0.0 };
+                            pz[r * BC + c] = row[c] * z[r * BC + c];
+                        }
+                    }
+                }
+                let pz_block: &[f32] = if dropout { pz } else { p };
+                // dV_j += (P∘Z)ᵀ dO_i: depth is the block's valid query rows only.
+                block_matmul::<S>(
+                    (mc, evp, br),
+                    Operand::transposed(pz_block, BC),
+                    &dop[i0 * evp..],
+                    evp,
+                    &mut dv_acc[j0 * evp..],
+                    evp,
+                    true,
+                );
+                // dP = dO_i V_jᵀ
+                block_matmul::<S>(
+                    (mr, nc, ev),
+                    Operand::rows(dop, evp, i0),
+                    &vt[kb * ev * BC..],
+                    BC,
+                    ds,
+                    BC,
+                    false,
+                );
+                for r in 0..br {
+                    let di = d[i0 + r];
+                    let (p_row, ds_row) = (&p[r * BC..r * BC + nc], &mut ds[r * BC..r * BC + nc]);
+                    if dropout {
+                        let z_row = &z[r * BC..r * BC + nc];
+                        ds_row
+                            .iter_mut()
+                            .zip(p_row)
+                            .zip(z_row)
+                            .for_each(|((g, &p), &z)| *g = p * (*g * z - di));
+                    } else {
+                        ds_row
+                            .iter_mut()
+                            .zip(p_row)
+                            .for_each(|(g, &p)| *g = p * (*g - di));
+                    }
+                }
+                // dQ_i += dS K_j (scaled at the end); dK_j += dSᵀ (scale·Q_i).
+                block_matmul::<S>(
+                    (mr, ep, bc),
+                    Operand::rows(ds, BC, 0),
+                    &kp[j0 * ep..],
+                    ep,
+                    &mut dq_acc[i0 * ep..],
+                    ep,
+                    true,
+                );
+                block_matmul::<S>(
+                    (mc, ep, br),
+                    Operand::transposed(ds, BC),
+                    &qs[i0 * ep..],
+                    ep,
+                    &mut dk_acc[j0 * ep..],
+                    ep,
+                    true,
+                );
+            }
+        }
+        unpack_rows(dq, dq_acc, e, ep, cfg.scale);
+        unpack_rows(dk, dk_acc, e, ep, 1.0);
+        unpack_rows(dv, dv_acc, ev, evp, 1.0);
+    }
+}
+
+/// The first `dst.len() / c` rows of `src` (row stride `ld`), cut to `c` columns, times `scale`.
+fn unpack_rows(dst: &mut [f32], src: &[f32], c: usize, ld: usize, scale: f32) {
+    if c == 0 {
+        return;
+    }
+    for (d, s) in dst.chunks_exact_mut(c.max(1)).zip(src.chunks_exact(ld)) {
+        d.iter_mut().zip(s).for_each(|(d, &s)| *d = scale * s);
+    }
+}

@@ -1,0 +1,408 @@
+//! The inner kernels of the fused attention, written once over a small SIMD trait and compiled
+//! per instruction set: a register-blocked block product `C (+)= A·B` and the row operations of
+//! the softmax (max, exp-and-sum).
+//!
+//! Why not `cpu::gemm` on the blocks: the blocks are tiny (64×64×64), shaped alike every call
+//! and already laid out by the caller, so a general GEMM's packing and dispatch would cost about
+//! as much as the product; one fixed micro-kernel over pre-packed panels has none of that.
+//!
+//! Instantiation follows the `pulp` pattern: a kernel body is a generic `#[inline(always)]`
+//! function over `S: Simd`; [`dispatch`] calls it from a `#[target_feature]` trampoline, so the
+//! body and every helper inlined into it (the auto-vectorized row loops included) are compiled
+//! for that instruction set, chosen at run time from `cpu::active_isa()`.
+
+use crate::cpu::Isa;
+
+/// Rows of a micro-tile. Every row count passed to [`block_matmul`] is a multiple of it.
+pub(super) const MR: usize = 4;
+/// Column padding: every column count passed to [`block_matmul`] is a multiple of it (the
+/// widest vector, so it serves every instruction set).
+pub(super) const LANES: usize = 16;
+
+/// One SIMD register type and the handful of operations the block product needs.
+///
+/// # Safety
+/// Implementations may use instructions the host lacks; their methods must be reached only
+/// through [`dispatch`], which checks the instruction set first.
+pub(super) unsafe trait Simd: Copy {
+    /// f32 lanes per register; divides [`LANES`].
+    const W: usize;
+    /// Registers per micro-tile row (2 or 4): the tile is `MR × NV·W` accumulators.
+    const NV: usize;
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a·b + c`.
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a·b + c` on one lane, fused where the instruction set has FMA; in a loop over lanes
+    /// it vectorizes.
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `W` f32 lanes in an array, with `NV` of them per micro-tile row. No intrinsics: the
+/// compiler maps the arrays onto the registers that the trampoline's target features allow
+/// (xmm pairs, ymm, zmm), which keeps the crate's minimum Rust version (std's AVX-512
+/// intrinsics are newer) at no measured cost. `FMA` selects fused multiply-add, which must
+/// not be asked for without the instruction (it would become a libm call per element).
+#[derive(Clone, Copy)]
+pub(super) struct Lanes<const W: usize, const NV: usize, const FMA: bool>;
+
+/// Portable: two SSE registers' worth per vector, multiply then add.
+pub(super) type Generic = Lanes<8, 2, false>;
+/// 4×16 tiles: 8 ymm accumulators + 2 loads + 1 broadcast of the 16 registers.
+#[cfg(target_arch = "x86_64")]
+type Avx2 = Lanes<8, 2, true>;
+/// 4×64 tiles: 16 zmm accumulators; 4 loads and 4 broadcasts per 16 FMAs, so the two FMA
+/// ports, not the load ports, are the limit.
+#[cfg(target_arch = "x86_64")]
+type Avx512 = Lanes<16, 4, true>;
+
+unsafe impl<const W: usize, const NV: usize, const FMA: bool> Simd for Lanes<W, NV, FMA> {
+    const W: usize = W;
+    const NV: usize = NV;
+    type V = [f32; W];
+    #[inline(always)]
+    unsafe fn zero() -> [f32; W] {
+        [0.0; W]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> [f32; W] {
+        [x; W]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> [f32; W] {
+        p.cast::<[f32; W]>().read_unaligned()
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [f32; W]) {
+        p.cast::<[f32; W]>().write_unaligned(v)
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: [f32; W], b: [f32; W], c: [f32; W]) -> [f32; W] {
+        if FMA {
+            std::array::from_fn(|i| a[i].mul_add(b[i], c[i]))
+        } else {
+            std::array::from_fn(|i| a[i] * b[i] + c[i])
+        }
+    }
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        if FMA {
+            a.mul_add(b, c)
+        } else {
+            a * b + c
+        }
+    }
+}
+
+/// A kernel body to run under the instruction set [`dispatch`] picks.
+pub(super) trait Kernel {
+    type Output;
+    /// Implementations must be `#[inline(always)]` so that the body is compiled inside the
+    /// trampoline, with its target features.
+    fn run<S: Simd>(self) -> Self::Output;
+}
+
+/// Runs `kernel` with the SIMD type of `isa` (which the caller got from `active_isa()`, so the
+/// host supports it).
+pub(super) fn dispatch<K: Kernel>(isa: Isa, kernel: K) -> K::Output {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<K: Kernel>(kernel: K) -> K::Output {
+            kernel.run::<Avx512>()
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<K: Kernel>(kernel: K) -> K::Output {
+            kernel.run::<Avx2>()
+        }
+        match isa {
+            // SAFETY: `active_isa` only reports instruction sets the host supports.
+            Isa::Avx512 => return unsafe { avx512(kernel) },
+            Isa::Avx2 => return unsafe { avx2(kernel) },
+            Isa::Generic => {}
+        }
+    }
+    let _ = isa;
+    kernel.run::<Generic>()
+}
+
+/// A read-only operand of [`block_matmul`]: element `(i, p)` is `data[i * rs + p * cs]`.
+#[derive(Clone, Copy)]
+pub(super) struct Operand<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> Operand<'a> {
+    /// Rows of a row-major matrix with row stride `ld`, starting at row `row`.
+    pub fn rows(data: &'a [f32], ld: usize, row: usize) -> Self {
+        Operand {
+            data: &data[row * ld..],
+            rs: ld,
+            cs: 1,
+        }
+    }
+    /// The transpose of a row-major matrix with row stride `ld`.
+    pub fn transposed(data: &'a [f32], ld: usize) -> Self {
+        Operand {
+            data,
+            rs: 1,
+            cs: ld,
+        }
+    }
+}
+
+/// `C (m×n, row stride ldc) ← A·B`, or `C += A·B` when `accumulate`; `A` is `m×k` (any
+/// strides), `B` is `k×n` row-major with row stride `ldb`. `m` must be a multiple of [`MR`] and
+/// `n` of [`LANES`]; `k` may be anything (0 gives zeros or leaves C as is).
+///
+/// Panics if a slice is too short for the shapes.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn block_matmul<S: Simd>(
+    (m, n, k): (usize, usize, usize),
+    a: Operand,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert!(
+        m % MR == 0 && n % LANES == 0,
+        "block_matmul: m {m} or n {n} not padded"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!((m - 1) * ldc + n <= c.len(), "block_matmul: C too short");
+    if k > 0 {
+        assert!(
+            (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
+            "block_matmul: A too short"
+        );
+        assert!((k - 1) * ldb + n <= b.len(), "block_matmul: B too short");
+    }
+    let full = S::NV * S::W;
+    for i in (0..m).step_by(MR) {
+        let a_rows = &a.data[i * a.rs..];
+        let mut j = 0;
+        // SAFETY: the asserts above bound every index the tiles touch: rows < m, columns < n,
+        // depth < k; `dispatch` guarantees the instruction set.
+        unsafe {
+            while j + full <= n {
+                // The arm is fixed per instruction set at compile time; only one survives.
+                match S::NV {
+                    4 => tile::<S, 4>(
+                        k,
+                        a_rows,
+                        a.rs,
+                        a.cs,
+                        &b[j..],
+                        ldb,
+                        &mut c[i * ldc + j..],
+                        ldc,
+                        accumulate,
+                    ),
+                    _ => tile::<S, 2>(
+                        k,
+                        a_rows,
+                        a.rs,
+                        a.cs,
+                        &b[j..],
+                        ldb,
+                        &mut c[i * ldc + j..],
+                        ldc,
+                        accumulate,
+                    ),
+                }
+                j += full;
+            }
+            while j < n {
+                tile::<S, 1>(
+                    k,
+                    a_rows,
+                    a.rs,
+                    a.cs,
+                    &b[j..],
+                    ldb,
+                    &mut c[i * ldc + j..],
+                    ldc,
+                    accumulate,
+                );
+                j += S::W;
+            }
+        }
+    }
+}
+
+/// One `MR × NV·W` tile of [`block_matmul`], accumulated in registers over the whole depth `k`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<S: Simd, const NV: usize>(
+    k: usize,
+    a: &[f32],
+    ars: usize,
+    acs: usize,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    let mut acc = [[S::zero(); NV]; MR];
+    if accumulate {
+        for (r, row) in acc.iter_mut().enumerate() {
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = S::load(c.add(r * ldc + v * S::W));
+            }
+        }
+    }
+    for p in 0..k {
+        let bp = b.add(p * ldb);
+        let bv: [S::V; NV] = std::array::from_fn(|v| S::load(bp.add(v * S::W)));
+        let ap = a.add(p * acs);
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = S::splat(*ap.add(r * ars));
+            for (x, &bx) in row.iter_mut().zip(&bv) {
+                *x = S::fmadd(av, bx, *x);
+            }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (v, &x) in row.iter().enumerate() {
+            S::store(c.add(r * ldc + v * S::W), x);
+        }
+    }
+}
+
+/// `exp(x)` to about 2 ulp, branch-free so that loops over it vectorize: `2^n · e^r` with
+/// `n = round(x·log₂e)` (by the 1.5·2²³ rounding trick), `r = x − n·ln2` in two parts
+/// (Cody–Waite), `e^r` by Cephes' degree-6 polynomial. Below −87.3 (including −∞) it returns
+/// exactly 0, which masked scores rely on; NaN is not expected (scores are finite or −∞).
+#[inline(always)]
+pub(super) fn exp<S: Simd>(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
+    let fma = S::mul_add;
+    let xc = x.clamp(-87.3, 88.0);
+    let t = fma(xc, std::f32::consts::LOG2_E, MAGIC);
+    let n = t - MAGIC;
+    let r = fma(n, 2.121_944_4e-4, fma(n, -0.693_359_4, xc));
+    let p = fma(1.987_569_1e-4, r, 1.398_199_9e-3);
+    let p = fma(p, r, 8.333_452e-3);
+    let p = fma(p, r, 4.166_579_6e-2);
+    let p = fma(p, r, 1.666_666_5e-1);
+    let p = fma(p, r, 0.5);
+    let p = fma(p, r * r, r + 1.0);
+    // The low mantissa bits of `t` hold n; shifting n + 127 into the exponent field gives 2^n.
+    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// Independent partial results per lane, so that reductions vectorize without reassociating.
+const RL: usize = 16;
+
+/// Maximum of `x` (length a multiple of 16); −∞ for an all −∞ row.
+#[inline(always)]
+pub(super) fn row_max(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; RL];
+    for chunk in x.chunks_exact(RL) {
+        for (l, &v) in lanes.iter_mut().zip(chunk) {
+            *l = if v > *l { v } else { *l };
+        }
+    }
+    tree_reduce(lanes, |a, b| if a > b { a } else { b })
+}
+
+/// `x ← exp(x)` in place (length a multiple of 16).
+#[inline(always)]
+pub(super) fn exp_in_place<S: Simd>(x: &mut [f32]) {
+    for chunk in x.chunks_exact_mut(RL) {
+        chunk.iter_mut().for_each(|v| *v = exp::<S>(*v));
+    }
+}
+
+/// `x ← exp(x − m)` in place (length a multiple of 16); returns the sum of the new values.
+#[inline(always)]
+pub(super) fn exp_sub_sum<S: Simd>(x: &mut [f32], m: f32) -> f32 {
+    let mut lanes = [0.0f32; RL];
+    for chunk in x.chunks_exact_mut(RL) {
+        for (l, v) in lanes.iter_mut().zip(chunk) {
+            *v = exp::<S>(*v - m);
+            *l += *v;
+        }
+    }
+    tree_reduce(lanes, |a, b| a + b)
+}
+
+/// Folds the lanes pairwise, halves at a time: four vector steps instead of fifteen dependent
+/// scalar ones, which would otherwise cost about as much per row as the row's arithmetic.
+#[inline(always)]
+fn tree_reduce(mut lanes: [f32; RL], f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut half = RL / 2;
+    while half > 0 {
+        for i in 0..half {
+            lanes[i] = f(lanes[i], lanes[i + half]);
+        }
+        half /= 2;
+    }
+    lanes[0]
+}
+
+/// A zeroed buffer from this thread's reusable scratch memory. Each task of the forward and
+/// backward takes one for its packed operands and blocks and carves it with [`Scratch::carve`];
+/// reusing the memory spares every task the page faults of fresh allocations (about a tenth of
+/// the time at T = 512). The memory (linear in T) stays with the thread for its next task.
+pub(super) struct Scratch(Vec<f32>);
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Scratch {
+    pub fn zeroed(len: usize) -> Scratch {
+        let mut buf = SCRATCH.with(|s| s.take());
+        buf.clear();
+        buf.resize(len, 0.0);
+        Scratch(buf)
+    }
+
+    /// Consecutive pieces of the given lengths.
+    pub fn carve<const N: usize>(&mut self, lens: [usize; N]) -> [&mut [f32]; N] {
+        let mut rest = self.0.as_mut_slice();
+        lens.map(|n| {
+            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            piece
+        })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.0);
+        SCRATCH.with(|s| {
+            let kept = s.take();
+            s.set(if kept.capacity() > buf.capacity() {
+                kept
+            } else {
+                buf
+            });
+        });
+    }
+}
+
+/// The first multiple of `to` at or above `x`.
+pub(super) fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}

@@ -1,0 +1,362 @@
+//! Fused scaled dot-product attention (FlashAttention-2 on the CPU).
+//!
+//! `out = dropout(softmax(scale · q·kᵀ + mask)) · v`, with shapes
+//! q (…, Tq, E), k (…, Tk, E), v (…, Tk, Ev) → out (…, Tq, Ev), where `…` (any rank, 0 included)
+//! is equal for all three and `scale` defaults to 1/√E.
+//!
+//! The forward never forms the `Tq × Tk` scores of a head: it streams key blocks through an
+//! online softmax and saves only the output and the per-row log-sum-exp. The backward
+//! recomputes the probabilities block by block from q, k and that log-sum-exp. Memory is linear
+//! in T: a few per-thread blocks and packed copies of one head's q, k, v.
+//!
+//! - [`scaled_dot_product_attention`]: the autograd op on `Var`s.
+//! - [`attention_forward`] / [`attention_backward`]: the slice kernels, argument order
+//!   (outputs, saved values, inputs, sizes) as llm.c writes its layers.
+//! - [`attention_forward_reference`] / [`attention_backward_reference`]: the naive f64
+//!   oracle that materializes the scores; used by the tests.
+//!
+//! ```
+//! use tfm_rs::{autograd::{backward, Var}, ops, tensor::Tensor};
+//! let qkv = |n| Var::leaf(Tensor::new((0..n).map(|i| (i as f32 * 0.37).sin()).collect(), &[2, 5, 4]).unwrap(), true);
+//! let (q, k, v) = (qkv(40), qkv(40), qkv(40));
+//! let out = ops::attention::scaled_dot_product_attention(&q, &k, &v, None, 0.0, true, None).unwrap();
+//! assert_eq!(out.shape(), vec![2, 5, 4]);
+//! backward(&ops::reduce::sum(&out, &[], false).unwrap(), None, false).unwrap();
+//! assert_eq!(q.grad().unwrap().shape(), &[2, 5, 4]);
+//! ```
+
+mod backward;
+mod forward;
+mod kernels;
+mod reference;
+#[cfg(test)]
+mod tests;
+
+pub use backward::attention_backward;
+pub use forward::attention_forward;
+pub use reference::{attention_backward_reference, attention_forward_reference};
+
+use crate::autograd::{Backward, Var};
+use crate::error::{Result, TfmError};
+use crate::tensor::{contiguous_strides, shape_str, Tensor};
+
+const OP: &str = "scaled_dot_product_attention";
+
+/// An additive float mask read in place through broadcast strides: the value for query `i`,
+/// key `j` of batch-head `h` is `data[head_offsets[h] + i·row_stride + j·col_stride]` (a stride
+/// is 0 along a broadcast dimension). −∞ masks a score out.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnMask<'a> {
+    pub data: &'a [f32],
+    /// One offset per batch-head, length BH.
+    pub head_offsets: &'a [usize],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// Sizes and options shared by the forward and backward kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionConfig<'a> {
+    /// Batch × heads: the product of the leading dimensions.
+    pub bh: usize,
+    pub tq: usize,
+    pub tk: usize,
+    pub e: usize,
+    pub ev: usize,
+    pub scale: f32,
+    /// Query `i` attends keys `j <= i` (top-left aligned, as PyTorch).
+    pub is_causal: bool,
+    pub mask: Option<AttnMask<'a>>,
+    /// Drop probability in [0, 1) on the attention probabilities.
+    pub dropout_p: f32,
+    /// Keys the dropout decisions: element `(h, i, j)` is kept iff
+    /// `random::keep(seed, (h·Tq + i)·Tk + j, dropout_p)`.
+    pub seed: u64,
+}
+
+impl AttentionConfig<'_> {
+    /// The additive mask value at (head, i, j): the mask's, −∞ above the causal diagonal, else 0.
+    pub fn mask_value(&self, head: usize, i: usize, j: usize) -> f32 {
+        if self.is_causal && j > i {
+            return f32::NEG_INFINITY;
+        }
+        self.mask.map_or(0.0, |m| {
+            m.data[m.head_offsets[head] + i * m.row_stride + j * m.col_stride]
+        })
+    }
+
+    /// Applies the mask to one block row of scores: `row[c]` holds the score of query `i`
+    /// against key `j0 + c`, valid for `c < bc`; the rest of the row (padding) becomes −∞.
+    #[inline(always)]
+    fn mask_scores(&self, head: usize, i: usize, j0: usize, bc: usize, row: &mut [f32]) {
+        if let Some(m) = &self.mask {
+            let base = m.head_offsets[head] + i * m.row_stride + j0 * m.col_stride;
+            if m.col_stride == 1 {
+                row[..bc]
+                    .iter_mut()
+                    .zip(&m.data[base..base + bc])
+                    .for_each(|(s, &x)| *s += x);
+            } else {
+                row[..bc]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(c, s)| *s += m.data[base + c * m.col_stride]);
+            }
+        }
+        let active = if self.is_causal {
+            bc.min((i + 1).saturating_sub(j0))
+        } else {
+            bc
+        };
+        row[active..].fill(f32::NEG_INFINITY);
+    }
+}
+
+/// A mask tensor with the offsets that read it broadcast to (…, Tq, Tk).
+struct MaskLayout {
+    mask: Tensor,
+    head_offsets: Vec<usize>,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl MaskLayout {
+    /// Checks that `mask` broadcasts to `batch + (tq, tk)` and holds no NaN or +∞.
+    fn new(mask: &Tensor, batch: &[usize], tq: usize, tk: usize) -> Result<MaskLayout> {
+        let target: Vec<usize> = batch.iter().copied().chain([tq, tk]).collect();
+        let ms = mask.shape();
+        let offset = target.len().checked_sub(ms.len());
+        let fits =
+            offset.is_some_and(|o| ms.iter().zip(&target[o..]).all(|(&m, &t)| m == t || m == 1));
+        if !fits {
+            return Err(TfmError::shape(
+                OP,
+                format!(
+                    "attn_mask of shape {} cannot be broadcast to (..., Tq, Tk) = {}",
+                    shape_str(ms),
+                    shape_str(&target)
+                ),
+            ));
+        }
+        if let Some(bad) = mask
+            .data()
+            .iter()
+            .find(|x| x.is_nan() || **x == f32::INFINITY)
+        {
+            return Err(TfmError::non_finite(
+                OP,
+                format!("attn_mask holds {bad}; an additive mask takes finite values or -inf (masked out)"),
+            ));
+        }
+        // Strides over the target's dimensions, 0 where the mask is missing or broadcast.
+        let own = contiguous_strides(ms);
+        let o = target.len() - ms.len();
+        let strides: Vec<usize> = (0..target.len())
+            .map(|d| {
+                if d < o || ms[d - o] == 1 {
+                    0
+                } else {
+                    own[d - o]
+                }
+            })
+            .collect();
+        let bh: usize = batch.iter().product();
+        let head_offsets = (0..bh)
+            .map(|h| {
+                let (mut rem, mut off) = (h, 0);
+                for d in (0..batch.len()).rev() {
+                    off += (rem % batch[d]) * strides[d];
+                    rem /= batch[d];
+                }
+                off
+            })
+            .collect();
+        let n = target.len();
+        Ok(MaskLayout {
+            mask: mask.clone(),
+            head_offsets,
+            row_stride: strides[n - 2],
+            col_stride: strides[n - 1],
+        })
+    }
+
+    fn view(&self) -> AttnMask<'_> {
+        AttnMask {
+            data: self.mask.data(),
+            head_offsets: &self.head_offsets,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+}
+
+/// The leading (batch) dimensions and (Tq, Tk, E, Ev), after checking that the shapes fit.
+fn check_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<(Vec<usize>, [usize; 4])> {
+    let fits = q.len() >= 2
+        && k.len() == q.len()
+        && v.len() == q.len()
+        && q[..q.len() - 2] == k[..k.len() - 2]
+        && k[..k.len() - 2] == v[..v.len() - 2]
+        && q[q.len() - 1] == k[k.len() - 1]
+        && k[k.len() - 2] == v[v.len() - 2];
+    if !fits {
+        return Err(TfmError::shape(
+            OP,
+            format!(
+                "expected q (..., Tq, E), k (..., Tk, E), v (..., Tk, Ev) with equal leading dimensions; got q {}, k {}, v {}",
+                shape_str(q),
+                shape_str(k),
+                shape_str(v)
+            ),
+        ));
+    }
+    let n = q.len();
+    Ok((
+        q[..n - 2].to_vec(),
+        [q[n - 2], k[n - 2], q[n - 1], v[n - 1]],
+    ))
+}
+
+/// 1/√E; 1 for E = 0, where every score is an empty sum (0) and any finite scale gives the same.
+fn default_scale(e: usize) -> f32 {
+    if e == 0 {
+        1.0
+    } else {
+        1.0 / (e as f32).sqrt()
+    }
+}
+
+/// `dropout(softmax(scale·q·kᵀ + attn_mask)) · v`, as PyTorch's
+/// `F.scaled_dot_product_attention`.
+///
+/// - q (…, Tq, E), k (…, Tk, E), v (…, Tk, Ev) with equal leading dimensions → (…, Tq, Ev).
+/// - `attn_mask`: additive, broadcastable to (…, Tq, Tk), −∞ to mask out (boolean masks are
+///   converted by the bindings); read in place, never expanded.
+/// - `is_causal`: query i attends keys j ≤ i. Like PyTorch, giving it together with `attn_mask`
+///   is an error (fold the causal mask into `attn_mask` instead).
+/// - `dropout_p` in [0, 1): dropout on the probabilities, kept values scaled by 1/(1 − p).
+/// - `scale`: defaults to 1/√E (1 for E = 0); must be finite.
+///
+/// A query row that no key may attend gives zeros, and zero gradients. Errors: shape (shapes
+/// that do not fit), value (dropout_p, scale, causal with a mask), non-finite (NaN or +∞ in
+/// the mask). Saves q, k, v, the output, the row log-sum-exp, the mask and the dropout seed.
+pub fn scaled_dot_product_attention(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    attn_mask: Option<&Tensor>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> Result<Var> {
+    let (qv, kv, vv) = (q.value(), k.value(), v.value());
+    let (batch, [tq, tk, e, ev]) = check_shapes(qv.shape(), kv.shape(), vv.shape())?;
+    crate::ensure_value!(
+        (0.0..1.0).contains(&dropout_p),
+        OP,
+        "dropout_p must be in [0, 1), got {dropout_p}"
+    );
+    let scale = scale.unwrap_or_else(|| default_scale(e));
+    crate::ensure_value!(scale.is_finite(), OP, "scale must be finite, got {scale}");
+    crate::ensure_value!(
+        !(is_causal && attn_mask.is_some()),
+        OP,
+        "is_causal and attn_mask cannot both be given (as in PyTorch); add the causal mask to attn_mask instead"
+    );
+    let mask = attn_mask
+        .map(|m| MaskLayout::new(m, &batch, tq, tk))
+        .transpose()?;
+    let bh = batch.iter().product();
+    let seed = if dropout_p > 0.0 {
+        crate::random::next_seed()
+    } else {
+        0
+    };
+    let cfg = AttentionConfig {
+        bh,
+        tq,
+        tk,
+        e,
+        ev,
+        scale,
+        is_causal,
+        mask: None,
+        dropout_p,
+        seed,
+    };
+
+    let mut out = vec![0.0f32; bh * tq * ev];
+    let mut lse = vec![0.0f32; bh * tq];
+    attention_forward(
+        &mut out,
+        &mut lse,
+        qv.data(),
+        kv.data(),
+        vv.data(),
+        &AttentionConfig {
+            mask: mask.as_ref().map(MaskLayout::view),
+            ..cfg
+        },
+    );
+    let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
+    let out = Tensor::new(out, &out_shape)?;
+    let saved = SdpaBackward {
+        q: qv,
+        k: kv,
+        v: vv,
+        out: out.clone(),
+        lse,
+        mask,
+        cfg,
+    };
+    Ok(Var::from_op(
+        out,
+        vec![q.clone(), k.clone(), v.clone()],
+        saved,
+    ))
+}
+
+/// What the forward saved: inputs, output, row log-sum-exp (BH, Tq), mask, sizes, flags, seed.
+struct SdpaBackward {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Vec<f32>,
+    mask: Option<MaskLayout>,
+    /// Everything but the mask view, which borrows from `mask`.
+    cfg: AttentionConfig<'static>,
+}
+
+impl Backward for SdpaBackward {
+    fn name(&self) -> &'static str {
+        OP
+    }
+
+    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let cfg = AttentionConfig {
+            mask: self.mask.as_ref().map(MaskLayout::view),
+            ..self.cfg
+        };
+        let mut dq = vec![0.0f32; self.q.numel()];
+        let mut dk = vec![0.0f32; self.k.numel()];
+        let mut dv = vec![0.0f32; self.v.numel()];
+        attention_backward(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            g.data(),
+            self.q.data(),
+            self.k.data(),
+            self.v.data(),
+            self.out.data(),
+            &self.lse,
+            &cfg,
+        );
+        Ok(vec![
+            Some(Tensor::new(dq, self.q.shape())?),
+            Some(Tensor::new(dk, self.k.shape())?),
+            Some(Tensor::new(dv, self.v.shape())?),
+        ])
+    }
+}
