@@ -6,11 +6,11 @@ use super::runtime::run;
 use crate::autograd::{backward, Var};
 use crate::ops::elementwise::{self, BinaryOp, UnaryOp};
 use crate::ops::{matmul, reduce, shape};
-use crate::tensor::normalize_dim;
+use crate::tensor::{normalize_dim, Tensor};
 use pyo3::prelude::*;
 use pyo3::types::{PyEllipsis, PyInt, PyNone, PySlice, PySliceMethods, PyTuple};
 
-#[pyclass(name = "Tensor", module = "tfm_rs", frozen)]
+#[pyclass(name = "Tensor", module = "tfm_rs", frozen, subclass)]
 pub struct PyTensor {
     pub var: Var,
 }
@@ -234,6 +234,21 @@ impl PyTensor {
         };
         let var = self.var.clone();
         run(py, move || backward(&var, g, retain_graph))
+    }
+
+    /// Copies `src`'s values into this tensor in place (shapes must match; `src` broadcasts
+    /// from a scalar). Not recorded in the graph, like PyTorch's `copy_` under `no_grad`.
+    fn copy_<'py>(slf: Bound<'py, Self>, src: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Self>> {
+        let value = tensor_from_py(src, "copy_")?;
+        let var = &slf.get().var;
+        let shape = var.shape();
+        let value = if value.numel() == 1 && shape.iter().product::<usize>() != 1 {
+            Tensor::full(&shape, value.data()[0])
+        } else {
+            value
+        };
+        var.set_value(value)?;
+        Ok(slf)
     }
 
     /// A new leaf with the same values, outside the graph.

@@ -7,8 +7,13 @@ pub fn numel(shape: &[usize]) -> usize {
 }
 
 pub fn shape_str(shape: &[usize]) -> String {
-    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("({})", parts.join(", "))
+    match shape {
+        [d] => format!("({d},)"),
+        _ => {
+            let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", parts.join(", "))
+        }
+    }
 }
 
 /// Row-major strides, in elements.
