@@ -289,17 +289,33 @@ def test_empty_embedding():
     np.testing.assert_array_equal(w.grad.numpy(), np.zeros((5, 3)))
 
 
-def test_empty_attention():
-    q = leaf(np.zeros((0, 2, 3, 4), np.float32))
-    k = leaf(np.zeros((0, 2, 5, 4), np.float32))
-    v = leaf(np.zeros((0, 2, 5, 6), np.float32))
-    y = F.scaled_dot_product_attention(q, k, v)
-    assert y.shape == (0, 2, 3, 6)
+@pytest.mark.parametrize("qs,ks,vs", [
+    ((0, 2, 3, 4), (0, 2, 5, 4), (0, 2, 5, 6)),  # B = 0
+    ((0, 3, 4), (0, 5, 4), (0, 5, 6)),           # B = 0, rank 3
+    ((2, 0, 3, 4), (2, 0, 5, 4), (2, 0, 5, 6)),  # H = 0
+    ((2, 2, 0, 4), (2, 2, 5, 4), (2, 2, 5, 6)),  # no queries
+], ids=["B=0", "B=0-rank3", "H=0", "L=0"])
+@pytest.mark.parametrize("fn", ["scaled_dot_product_attention", "attention_with_weights"])
+def test_empty_attention(fn, qs, ks, vs):
+    q, k, v = (leaf(np.zeros(s, np.float32)) for s in (qs, ks, vs))
+    out_shape = qs[:-1] + vs[-1:]
+    for causal in (False, True):
+        y = getattr(F, fn)(q, k, v, is_causal=causal)
+        if fn == "attention_with_weights":
+            y, w = y
+            assert w.shape == qs[:-1] + ks[-2:-1]
+        assert y.shape == out_shape
     y.sum().backward()
-    assert q.grad.shape == (0, 2, 3, 4) and k.grad.shape == (0, 2, 5, 4) and v.grad.shape == (0, 2, 5, 6)
-    assert F.scaled_dot_product_attention(q, k, v, is_causal=True).shape == (0, 2, 3, 6)
+    assert q.grad.shape == qs and k.grad.shape == ks and v.grad.shape == vs
+
+
+def test_attention_with_no_keys_gives_zeros():
+    # S = 0: every row is "fully masked", so the output is zeros (never NaN).
+    q, k, v = randn((2, 2, 3, 4), 1), np.zeros((2, 2, 0, 4), np.float32), np.zeros((2, 2, 0, 6), np.float32)
+    np.testing.assert_array_equal(F.scaled_dot_product_attention(q, k, v).numpy(), np.zeros((2, 2, 3, 6)))
     out, w = F.attention_with_weights(q, k, v)
-    assert out.shape == (0, 2, 3, 6) and w.shape == (0, 2, 3, 5)
+    np.testing.assert_array_equal(out.numpy(), np.zeros((2, 2, 3, 6)))
+    assert w.shape == (2, 2, 3, 0)
 
 
 def test_empty_cross_entropy():
