@@ -64,6 +64,6 @@ pub fn attention_with_weights(
     let scores = elementwise::mul(&scores, &Var::constant(Tensor::scalar(scale)))?;
     let causal = is_causal.then(|| causal_mask(l, s));
     let weights = softmax::softmax(&scores, causal.as_ref().or(attn_mask))?;
-    let dropped = dropout::dropout(&weights, dropout_p, dropout_p > 0.0)?;
+    let dropped = dropout::dropout(&weights, dropout_p as f64, dropout_p > 0.0)?;
     Ok((matmul::matmul(&dropped, v)?, weights))
 }

@@ -21,14 +21,18 @@ const CHUNK: usize = 1 << 12;
 /// Forward and backward kernel (dropout is linear, so both are the same map):
 /// `out_i = v_i · (keep(seed, i, p) ? 1/(1 − p) : 0)` for `v (n,)` → `(n,)`. Multiplying by 0
 /// rather than writing 0 keeps NaN and ±inf inputs visible as NaN, as PyTorch does.
-pub fn dropout_apply(v: &[f32], seed: u64, p: f32) -> Vec<f32> {
-    let scale = 1.0 / (1.0 - p);
+///
+/// `p` is f64, like the Python float it comes from: the scale `1/(1 − p)` is computed in f64
+/// and rounded once (for p = 0.9, 10.0 rather than f32's 9.999998).
+pub fn dropout_apply(v: &[f32], seed: u64, p: f64) -> Vec<f32> {
+    let scale = (1.0 / (1.0 - p)) as f32;
+    let threshold = p as f32;
     let mut out = vec![0.0f32; v.len()];
     let rows = v.len().div_ceil(CHUNK);
     for_each_row(rows_mut(&mut out, rows, CHUNK), CHUNK, |c, o| {
         let base = c * CHUNK;
         for (j, (o, &x)) in o.iter_mut().zip(&v[base..]).enumerate() {
-            *o = x * if keep(seed, (base + j) as u64, p) {
+            *o = x * if keep(seed, (base + j) as u64, threshold) {
                 scale
             } else {
                 0.0
@@ -40,7 +44,7 @@ pub fn dropout_apply(v: &[f32], seed: u64, p: f32) -> Vec<f32> {
 
 struct DropoutBackward {
     seed: u64,
-    p: f32,
+    p: f64,
 }
 
 impl Backward for DropoutBackward {
@@ -57,7 +61,7 @@ impl Backward for DropoutBackward {
 
 /// Dropout with drop probability `p ∈ [0, 1]` (checked even when not training, as PyTorch
 /// does). Outside training, or with `p == 0`, returns `x` itself; `p == 1` gives zeros.
-pub fn dropout(x: &Var, p: f32, training: bool) -> Result<Var> {
+pub fn dropout(x: &Var, p: f64, training: bool) -> Result<Var> {
     ensure_value!(
         (0.0..=1.0).contains(&p),
         "dropout",
@@ -83,12 +87,12 @@ mod tests {
     use crate::ops::test_support::*;
 
     /// f64 reference: the mask and scale written out per element.
-    fn reference(x: &[f64], seed: u64, p: f32) -> Vec<f64> {
-        let scale = 1.0 / (1.0 - p as f64);
+    fn reference(x: &[f64], seed: u64, p: f64) -> Vec<f64> {
+        let scale = 1.0 / (1.0 - p);
         x.iter()
             .enumerate()
             .map(|(i, &v)| {
-                if keep(seed, i as u64, p) {
+                if keep(seed, i as u64, p as f32) {
                     v * scale
                 } else {
                     0.0
@@ -105,7 +109,7 @@ mod tests {
         for (k, &n) in [1usize, 3, 17, 127, 17 * 127].iter().enumerate() {
             let x = rand_vec(k as u64, n, -2.0, 2.0);
             let x64 = to_f64(&x);
-            for p in [0.1f32, 0.5, 0.9] {
+            for p in [0.1f64, 0.5, 0.9] {
                 let seed = 77 + k as u64;
                 assert_close(
                     "forward",
@@ -131,7 +135,7 @@ mod tests {
         let kept = yv.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
         assert!((kept - 0.7).abs() < 0.06, "kept {kept}");
         let gx = &grads(&y, &vec![1.0; n], &[&x])[0];
-        let scale = 1.0 / 0.7f32;
+        let scale = (1.0 / 0.7f64) as f32;
         for (i, (&y, &g)) in yv.iter().zip(gx).enumerate() {
             assert_eq!(g, if y != 0.0 { scale } else { 0.0 }, "element {i}");
         }
@@ -163,7 +167,7 @@ mod tests {
     #[test]
     fn errors_and_empty_inputs() {
         let x = leaf(vec![1.0], &[1]);
-        for p in [-0.1, 1.1, f32::NAN] {
+        for p in [-0.1, 1.1, f64::NAN] {
             assert_eq!(dropout(&x, p, false).err().unwrap().kind, ErrorKind::Value);
         }
         let e = leaf(vec![], &[0, 5]);

@@ -228,7 +228,7 @@ fn gelu(py: Python<'_>, input: &Bound<'_, PyAny>, approximate_tanh: bool) -> PyR
 }
 
 #[pyfunction]
-fn dropout(py: Python<'_>, input: &Bound<'_, PyAny>, p: f32, training: bool) -> PyResult<PyTensor> {
+fn dropout(py: Python<'_>, input: &Bound<'_, PyAny>, p: f64, training: bool) -> PyResult<PyTensor> {
     let x = var_from_py(input, "dropout")?;
     wrap(py, || dropout_op::dropout(&x, p, training))
 }
