@@ -4,9 +4,8 @@
 //! the `KC×NC` block of `B` once, shared by all threads) → `ic` over `MC`-tall row blocks (each
 //! work item packs its own `MC×KC` block of `A`) → `ir` over `MR`-tall panels → `jr` over
 //! `NR`-wide panels → the micro-kernel, or `jr` outside `ir` for small `C` blocks (see
-//! `L1_PANEL_BYTES`). `KC` is large (512)
-//! because every k-slice after the first re-reads and re-writes `C`; on Sapphire Rapids 512
-//! beat 256 and 384 by ~10% at 2048³.
+//! `L1_PANEL_BYTES`). `KC` is large (512) because every k-slice after the first re-reads and
+//! re-writes `C`; on Sapphire Rapids 512 beat 256 and 384 by ~10% at 2048³.
 //!
 //! Threads (`parallel`): the `B` block is packed cooperatively, then the `(ic, jr-run)` work
 //! items are shared out with rayon, each packing its own `A` block into a thread-local buffer.
@@ -25,7 +24,7 @@ pub(super) trait MicroKernel {
     /// Columns of the `C` tile (vector loads from packed `B`).
     const NR: usize;
     /// Most depth of one packed slice (each slice re-reads C, so deeper is cheaper as long as
-    /// the `MC×KC` block of `A` fits in L2).
+    /// a micro-panel still fits L1).
     const KC: usize;
     /// Upper bound on the rows of a packed `A` block: the unit of work shared among threads.
     const MC: usize;

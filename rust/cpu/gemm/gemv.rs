@@ -18,11 +18,12 @@ const CHUNK: usize = 256;
 const LANES: usize = 16;
 
 /// Whether `gemv` can take this problem: a vector on one side, and a matrix view that is
-/// contiguous along one of its axes (anything else goes through packing).
+/// contiguous along one of its axes (anything else goes through packing). `k == 0` is left to
+/// the driver: empty views are not bounds-checked, so their strides must not be used.
 pub(super) fn applies(p: &Problem) -> bool {
-    let (m, n) = (p.a.rows, p.b.cols);
+    let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
     let mat = if m == 1 { p.b } else { p.a.t() };
-    (m == 1 || n == 1) && (mat.cs == 1 || mat.rs == 1)
+    (m == 1 || n == 1) && k > 0 && (mat.cs == 1 || mat.rs == 1)
 }
 
 /// # Safety

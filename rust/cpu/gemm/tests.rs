@@ -374,6 +374,42 @@ fn gemm_nested_in_parallel_loop() {
 }
 
 #[test]
+fn gemm_empty_k_ignores_strides() {
+    // k == 0 views hold no elements, so their strides are arbitrary and their buffers may be
+    // empty (these strides would send m == 1 / n == 1 down the dot-product path): only C ← act(β·C + bias) may happen, on every path (including matrix–vector).
+    for isa in isas() {
+        for (m, n) in [(1, 5), (4, 1), (3, 6)] {
+            let a = MatRef {
+                data: &[],
+                rows: m,
+                cols: 0,
+                rs: 9,
+                cs: 1,
+            };
+            let b = MatRef {
+                data: &[],
+                rows: 0,
+                cols: n,
+                rs: 1,
+                cs: 5,
+            };
+            let mut c = vec![2.0; m * n];
+            let bias = vec![1.0; n];
+            let ep = Epilogue {
+                bias: Some(&bias),
+                activation: Activation::Relu,
+            };
+            gemm_with_isa(isa, 1.0, a, b, -1.0, &mut c, n, &ep, true);
+            assert!(
+                c.iter().all(|&v| v == 0.0),
+                "{}: {m}x{n}x0 gave {c:?}",
+                isa.name()
+            );
+        }
+    }
+}
+
+#[test]
 #[should_panic(expected = "does not fit")]
 fn gemm_rejects_short_c() {
     let a = vec![0.0; 6];
