@@ -258,7 +258,7 @@ def test_train_eval_apply_requires_grad_zero_grad():
 
 def test_repr_like_torch():
     assert repr(nn.Linear(3, 2)) == "Linear(in_features=3, out_features=2, bias=True)"
-    assert repr(nn.LayerNorm(8)) == "LayerNorm((8,), eps=1e-05, elementwise_affine=True)"
+    assert repr(nn.LayerNorm(8)) == "LayerNorm((8,), eps=1e-05, elementwise_affine=True, bias=True)"
     assert repr(nn.Dropout(0.1)) == "Dropout(p=0.1, inplace=False)"
     assert repr(nn.GELU()) == "GELU(approximate='none')"
     assert repr(nn.Embedding(10, 4, padding_idx=0)) == "Embedding(10, 4, padding_idx=0)"
