@@ -503,26 +503,13 @@ def test_mha_masks(case, need_weights):
     float_mask = rng.standard_normal((L, L)).astype(np.float32)
     float_mask[1, 2] = -np.inf
     kpm = padding_mask([4, 2], L)
-    kw, ref_kw = {}, {}
-    if case == "bool_mask":
-        kw = ref_kw = dict(attn_mask=bool_mask)
-    elif case == "float_mask":
-        kw = ref_kw = dict(attn_mask=float_mask)
-    elif case == "mask3d":
-        kw = ref_kw = dict(attn_mask=rng.standard_normal((n * H, L, L)).astype(np.float32))
-    elif case == "kpm":
-        kw = ref_kw = dict(key_padding_mask=kpm)
-    elif case == "kpm_float":
-        kw = ref_kw = dict(key_padding_mask=np.where(kpm, -np.inf, 0.5).astype(np.float32))
-    elif case == "both":
-        kw = ref_kw = dict(attn_mask=bool_mask, key_padding_mask=kpm)
-    elif case == "bool_and_float":
-        kw = ref_kw = dict(attn_mask=float_mask, key_padding_mask=kpm)
-    elif case == "causal":
-        kw, ref_kw = dict(is_causal=True), dict(is_causal=True)
-    else:
-        kw = dict(is_causal=True, attn_mask=nn.Transformer.generate_square_subsequent_mask(L), key_padding_mask=kpm)
-        ref_kw = dict(is_causal=True, key_padding_mask=kpm)
+    causal = nn.Transformer.generate_square_subsequent_mask(L)
+    kw = {"bool_mask": dict(attn_mask=bool_mask), "float_mask": dict(attn_mask=float_mask),
+          "mask3d": dict(attn_mask=rng.standard_normal((n * H, L, L)).astype(np.float32)),
+          "kpm": dict(key_padding_mask=kpm), "kpm_float": dict(key_padding_mask=np.where(kpm, -np.inf, 0.5).astype(np.float32)),
+          "both": dict(attn_mask=bool_mask, key_padding_mask=kpm), "bool_and_float": dict(attn_mask=float_mask, key_padding_mask=kpm),
+          "causal": dict(is_causal=True), "causal_kpm": dict(is_causal=True, attn_mask=causal, key_padding_mask=kpm)}[case]
+    ref_kw = dict(kw, attn_mask=None) if case == "causal_kpm" else kw  # the hinted mask is the causal one
     t = tfm_rs.tensor(x)
     out, w = m(t, t, t, need_weights=need_weights, average_attn_weights=False, **kw)
     ref_out, ref_w = ref_mha(f64(m.state_dict()), "", x.astype(np.float64), x, x, H, **ref_kw)

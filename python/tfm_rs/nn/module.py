@@ -163,9 +163,10 @@ class Module:
             return memo[id(self)]
         new = type(self).__new__(type(self))
         memo[id(self)] = new
-        for b in self._buffers.values():  # plain Tensors don't deep-copy themselves
-            if b is not None and id(b) not in memo:
-                memo[id(b)] = copy_tensor(b)
+        tensors = list(self._buffers.values()) + list(self.__dict__.values())
+        for t in tensors:  # plain Tensors don't deep-copy themselves
+            if isinstance(t, Tensor) and not isinstance(t, Parameter) and id(t) not in memo:
+                memo[id(t)] = copy_tensor(t)
         for key, value in self.__dict__.items():
             object.__setattr__(new, key, copy.deepcopy(value, memo))
         return new

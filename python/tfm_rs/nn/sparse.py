@@ -24,8 +24,11 @@ class Embedding(Module):
     """
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: Optional[int] = None,
-                 _weight: Optional[Any] = None, _freeze: bool = False) -> None:
+                 max_norm: Optional[float] = None, norm_type: float = 2.0, scale_grad_by_freq: bool = False,
+                 sparse: bool = False, _weight: Optional[Any] = None, _freeze: bool = False) -> None:
         super().__init__()
+        if max_norm is not None or scale_grad_by_freq or sparse:
+            raise InvalidArgumentError("Embedding: max_norm, scale_grad_by_freq and sparse are not supported")
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
         if padding_idx is not None:
             if not -num_embeddings <= padding_idx < num_embeddings:
