@@ -28,7 +28,7 @@ pub fn infer_shape(op: &'static str, requested: &[isize], n: usize) -> Result<Ve
         .product();
     let mut shape: Vec<usize> = requested.iter().map(|&d| d.max(0) as usize).collect();
     if let Some(&i) = unknown.first() {
-        if known == 0 || n % known != 0 {
+        if known == 0 || !n.is_multiple_of(known) {
             return Err(TfmError::shape(
                 op,
                 format!("shape {requested:?} is invalid for {n} elements"),

@@ -192,6 +192,9 @@ pub fn gemm_with_isa(
         ldc,
         epilogue: *epilogue,
     };
+    if parallel && split_rows(isa, alpha, a, b, beta, c, ldc, epilogue) {
+        return;
+    }
     if gemv::applies(&problem) {
         // SAFETY: checked by `applies`; the views and `c` were validated above.
         unsafe { gemv::run(&problem, c, parallel) };
@@ -207,4 +210,53 @@ pub fn gemm_with_isa(
         // SAFETY: the portable kernel needs no CPU feature; the views were validated above.
         _ => unsafe { driver::run::<kernel_generic::Generic>(&problem, c, parallel) },
     }
+}
+
+/// Rows per thread below which splitting `C` into row bands does not pay.
+const BAND_MIN_ROWS: usize = 128;
+
+/// Runs a large product as one serial GEMM per thread on a band of `C`'s rows (and `A`'s), so
+/// the threads never synchronize inside the call; each packs its own copy of `B`, which costs
+/// less than the fork/joins of a shared packing on every k-slice (measured on 2 cores).
+/// Returns false, doing nothing, where the problem is too small or there is one thread.
+#[allow(clippy::too_many_arguments)]
+fn split_rows(
+    isa: Isa,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: &Epilogue,
+) -> bool {
+    use rayon::prelude::*;
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    let threads = rayon::current_num_threads();
+    if threads < 2 || m < threads * BAND_MIN_ROWS || m * n * k < driver::PARALLEL_MIN_MACS {
+        return false;
+    }
+    let band = m.div_ceil(threads);
+    let mut bands = Vec::with_capacity(threads);
+    let mut rest = c;
+    for r0 in (0..m).step_by(band) {
+        let rows = band.min(m - r0);
+        let take = if r0 + rows == m {
+            rest.len()
+        } else {
+            rows * ldc
+        };
+        let (head, tail) = std::mem::take(&mut rest).split_at_mut(take);
+        rest = tail;
+        let a_band = MatRef {
+            data: &a.data[r0 * a.rs..],
+            rows,
+            ..a
+        };
+        bands.push((a_band, head));
+    }
+    bands.into_par_iter().for_each(|(a_band, c_band)| {
+        gemm_with_isa(isa, alpha, a_band, b, beta, c_band, ldc, epilogue, false);
+    });
+    true
 }

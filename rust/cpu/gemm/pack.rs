@@ -41,7 +41,7 @@ pub(super) fn pack(
     if w == 0 || kc == 0 {
         return;
     }
-    if w % width != 0 {
+    if !w.is_multiple_of(width) {
         // Only the last panel's padding lanes need zeroing; zeroing that panel is one memset.
         let last = dst.len() - panel;
         dst[last..].fill(0.0);
