@@ -283,8 +283,9 @@ def test_state_dict_round_trip():
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb
         np.testing.assert_array_equal(va, vb)
-    # Tensors are accepted as values too
+    # Tensors are accepted as values too, NumPy arrays as inputs
     b.load_state_dict({k: tfm_rs.tensor(v) for k, v in a.state_dict().items()})
+    np.testing.assert_array_equal(b(src, tgt).numpy(), ya)
 
 
 def test_load_state_dict_reports_every_problem_together():

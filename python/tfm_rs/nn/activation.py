@@ -22,7 +22,7 @@ from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.nn import init
 from tfm_rs.nn.linear import Linear
 from tfm_rs.nn.module import Module
-from tfm_rs.nn.parameter import Parameter
+from tfm_rs.nn.parameter import Parameter, as_tensor
 
 __all__ = ["GELU", "MultiheadAttention", "ReLU", "merge_masks"]
 
@@ -63,9 +63,7 @@ def _to_numpy(mask: Any) -> np.ndarray:
 
 def _as_tensors(query: Any, key: Any, value: Any) -> Tuple[Tensor, Tensor, Tensor]:
     """NumPy inputs become Tensors, keeping ``query is key is value`` aliasing."""
-    def conv(x: Any) -> Tensor:
-        return x if isinstance(x, Tensor) else Tensor.__new__(Tensor, np.asarray(x, np.float32), False)
-
+    conv = as_tensor
     q = conv(query)
     k = q if key is query else conv(key)
     v = k if value is key else (q if value is query else conv(value))

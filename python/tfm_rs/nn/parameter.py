@@ -48,3 +48,8 @@ def copy_tensor(t: Optional[Tensor]) -> Optional[Tensor]:
     if t is None or isinstance(t, Parameter):
         return None if t is None else Parameter(t.numpy(), t.requires_grad)
     return Tensor.__new__(Tensor, t.numpy().astype(np.float32, copy=True), t.requires_grad)
+
+
+def as_tensor(x: Any) -> Tensor:
+    """``x`` itself if it is a Tensor, else a float32 Tensor copy (NumPy inputs to modules)."""
+    return x if isinstance(x, Tensor) else Tensor.__new__(Tensor, np.asarray(x, dtype=np.float32), False)

@@ -11,7 +11,7 @@ import numpy as np
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.nn import init
 from tfm_rs.nn.module import Module
-from tfm_rs.nn.parameter import Parameter
+from tfm_rs.nn.parameter import Parameter, as_tensor
 
 __all__ = ["LearnedPositionalEmbedding", "SinusoidalPositionalEncoding", "sinusoidal_table"]
 
@@ -53,7 +53,7 @@ class SinusoidalPositionalEncoding(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         t = _check_input(self, x, self.max_len, self.d_model)
-        return x + self.pe[:t]
+        return as_tensor(x) + self.pe[:t]
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}"
@@ -79,7 +79,7 @@ class LearnedPositionalEmbedding(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         t = _check_input(self, x, self.max_len, self.d_model)
-        return x + self.weight[:t]
+        return as_tensor(x) + self.weight[:t]
 
     def extra_repr(self) -> str:
         return f"{self.max_len}, {self.d_model}"
