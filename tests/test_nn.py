@@ -362,8 +362,11 @@ def test_init_is_seeded_and_follows_torch_bounds():
     assert np.abs(lin).max() <= math.sqrt(6 / (16 + 32)) and np.abs(lin).max() > 0.3
     e = nn.Embedding(100, 50, padding_idx=3).weight.numpy()
     assert np.all(e[3] == 0) and abs(e.std() - 1) < 0.05
-    g = nn.init.generator()
-    assert isinstance(g, np.random.Generator)
+    assert isinstance(nn.init.generator(), np.random.Generator)
+    state = nn.init.get_rng_state()
+    w = nn.Linear(3, 3).weight.numpy()
+    nn.init.set_rng_state(state)
+    np.testing.assert_array_equal(nn.Linear(3, 3).weight.numpy(), w)
     x = nn.Parameter(np.zeros((2, 3)))
     assert np.all(nn.init.ones_(x).numpy() == 1) and np.all(nn.init.zeros_(x).numpy() == 0)
     nn.init.normal_(x, 3.0, 0.0)

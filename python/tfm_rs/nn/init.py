@@ -8,6 +8,7 @@ and the dropout masks.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional, Tuple
 
@@ -19,10 +20,12 @@ __all__ = [
     "calculate_gain",
     "constant_",
     "generator",
+    "get_rng_state",
     "kaiming_uniform_",
     "manual_seed",
     "normal_",
     "ones_",
+    "set_rng_state",
     "uniform_",
     "xavier_normal_",
     "xavier_uniform_",
@@ -45,6 +48,16 @@ def manual_seed(seed: int) -> np.random.Generator:
 def generator() -> np.random.Generator:
     """The NumPy generator that initialization draws from."""
     return _generator
+
+
+def get_rng_state() -> dict:
+    """A copy of the initialization generator's state (a dict), for :func:`set_rng_state`."""
+    return copy.deepcopy(_generator.bit_generator.state)
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores a state from :func:`get_rng_state`: the next draws repeat."""
+    _generator.bit_generator.state = copy.deepcopy(state)
 
 
 def _fill(tensor: Tensor, values: np.ndarray) -> Tensor:
