@@ -12,4 +12,8 @@ fi
 "$PY" -m pip install --quiet --disable-pip-version-check "maturin>=1.5,<2" "numpy>=1.22" "$@"
 rm -rf dist
 "$PY" -m maturin build --release --quiet --out dist
-"$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps dist/tfm_rs-*.whl
+WHEEL=$(ls dist/tfm_rs-*.whl)
+# The first install brings the runtime dependencies; the second replaces an installed tfm_rs of
+# the same version with this build.
+"$PY" -m pip install --quiet --disable-pip-version-check "$WHEEL"
+"$PY" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$WHEEL"

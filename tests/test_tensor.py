@@ -232,3 +232,14 @@ def test_repr_looks_like_pytorch():
     t = tfm_rs.tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
     assert repr(t) == "tensor([1., 2.], requires_grad=True)"
     assert "grad_fn=<mul>" in repr(t * 2)
+
+
+def test_rng_state_round_trip_reproduces_dropout():
+    x = tfm_rs.tensor(np.ones(1000, np.float32))
+    tfm_rs.manual_seed(3)
+    state = tfm_rs.get_rng_state()
+    a = tfm_rs.functional.dropout(x, 0.5).numpy()
+    b = tfm_rs.functional.dropout(x, 0.5).numpy()
+    assert not np.array_equal(a, b)
+    tfm_rs.set_rng_state(state)
+    np.testing.assert_array_equal(tfm_rs.functional.dropout(x, 0.5).numpy(), a)

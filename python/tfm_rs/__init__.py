@@ -19,10 +19,12 @@ from tfm_rs._core import (
     cpu_features,
     from_numpy,
     get_num_threads,
+    get_rng_state,
     is_grad_enabled,
     manual_seed,
     set_isa,
     set_num_threads,
+    set_rng_state,
     tensor,
 )
 from tfm_rs import functional
@@ -45,11 +47,13 @@ __all__ = [
     "from_numpy",
     "functional",
     "get_num_threads",
+    "get_rng_state",
     "is_grad_enabled",
     "manual_seed",
     "no_grad",
     "set_grad_enabled",
     "set_isa",
     "set_num_threads",
+    "set_rng_state",
     "tensor",
 ]

@@ -53,6 +53,18 @@ fn manual_seed(seed: u64) {
     random::manual_seed(seed);
 }
 
+/// The state of tfm_rs's random number generator (an int), like `torch.get_rng_state`.
+#[pyfunction]
+fn get_rng_state() -> u64 {
+    random::state()
+}
+
+/// Restores a state returned by `get_rng_state`.
+#[pyfunction]
+fn set_rng_state(state: u64) {
+    random::set_state(state);
+}
+
 /// Turns graph recording on or off for this thread; returns the previous mode.
 #[pyfunction]
 fn set_grad_enabled(enabled: bool) -> bool {
@@ -91,6 +103,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(manual_seed, m)?)?;
+    m.add_function(wrap_pyfunction!(get_rng_state, m)?)?;
+    m.add_function(wrap_pyfunction!(set_rng_state, m)?)?;
     m.add_function(wrap_pyfunction!(set_grad_enabled, m)?)?;
     m.add_function(wrap_pyfunction!(py_is_grad_enabled, m)?)?;
     m.add_function(wrap_pyfunction!(cpu_features, m)?)?;
