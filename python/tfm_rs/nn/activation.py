@@ -63,10 +63,9 @@ def _to_numpy(mask: Any) -> np.ndarray:
 
 def _as_tensors(query: Any, key: Any, value: Any) -> Tuple[Tensor, Tensor, Tensor]:
     """NumPy inputs become Tensors, keeping ``query is key is value`` aliasing."""
-    conv = as_tensor
-    q = conv(query)
-    k = q if key is query else conv(key)
-    v = k if value is key else (q if value is query else conv(value))
+    q = as_tensor(query)
+    k = q if key is query else as_tensor(key)
+    v = k if value is key else (q if value is query else as_tensor(value))
     return q, k, v
 
 
