@@ -377,8 +377,6 @@ def test_init_is_seeded_and_follows_torch_bounds():
     assert np.abs(x.numpy()).max() <= math.sqrt(6 / 5)
 
 
-@pytest.mark.xfail(reason="needs tfm_rs.manual_seed to call tfm_rs.nn.init.manual_seed (wiring in __init__.py)",
-                   strict=False)
 def test_tfm_rs_manual_seed_reseeds_init():
     tfm_rs.manual_seed(11)
     a = nn.Linear(4, 4).weight.numpy()

@@ -243,3 +243,12 @@ def test_rng_state_round_trip_reproduces_dropout():
     assert not np.array_equal(a, b)
     tfm_rs.set_rng_state(state)
     np.testing.assert_array_equal(tfm_rs.functional.dropout(x, 0.5).numpy(), a)
+
+
+def test_numpy_on_the_left_stays_in_the_graph():
+    x = leaf(np.array([1.0, 2.0], np.float32))
+    y = np.array([3.0, 4.0], np.float32) * x + np.float32(1.0)
+    assert isinstance(y, tfm_rs.Tensor) and y.requires_grad
+    y.sum().backward()
+    assert_close(x.grad, [3, 4])
+    assert_close(np.asarray(x), [1, 2])

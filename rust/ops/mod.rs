@@ -5,7 +5,6 @@
 
 pub mod activation;
 pub mod attention;
-pub mod attention_weights;
 pub mod broadcast;
 pub mod cross_entropy;
 pub mod dropout;

@@ -10,9 +10,7 @@ use crate::autograd::Var;
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::broadcast_to;
 use crate::ops::cross_entropy::{self as cross_entropy_op, Reduction};
-use crate::ops::{
-    activation, attention, attention_weights, dropout as dropout_op, embedding as embedding_op,
-};
+use crate::ops::{activation, attention, dropout as dropout_op, embedding as embedding_op};
 use crate::ops::{
     layer_norm as ln, linear as linear_op, matmul as matmul_op, shape, softmax as softmax_op,
 };
@@ -353,15 +351,7 @@ fn attention_with_weights(
     );
     let mask = opt_mask(attn_mask, OP)?;
     let (out, weights) = run(py, || {
-        attention_weights::attention_with_weights(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            dropout_p,
-            is_causal,
-            scale,
-        )
+        attention::attention_with_weights(&q, &k, &v, mask.as_ref(), dropout_p, is_causal, scale)
     })?;
     Ok((PyTensor::wrap(out), PyTensor::wrap(weights)))
 }

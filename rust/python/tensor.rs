@@ -71,6 +71,12 @@ impl PyTensor {
         )))
     }
 
+    /// `None` tells NumPy to leave binary operators to the Tensor, so `ndarray + Tensor` calls
+    /// `Tensor.__radd__` and stays in the graph instead of becoming an ndarray.
+    #[classattr]
+    #[allow(non_upper_case_globals)]
+    const __array_ufunc__: Option<i32> = None;
+
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(py, self.var.shape())
@@ -163,6 +169,7 @@ impl PyTensor {
         tensor_to_numpy(py, self.var.value())
     }
 
+    #[pyo3(signature = (dtype = None, copy = None))]
     fn __array__<'py>(
         &self,
         py: Python<'py>,

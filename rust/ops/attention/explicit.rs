@@ -3,29 +3,13 @@
 //! q (…, L, E), k (…, S, E), v (…, S, Ev) → out (…, L, Ev) and weights (…, L, S), the
 //! probabilities after masking and before dropout. Costs O(L·S) memory per head.
 
-use super::{dropout, elementwise, matmul, shape, softmax};
+use super::{check_arguments, Checked};
 use crate::autograd::Var;
-use crate::error::{Result, TfmError};
-use crate::tensor::{shape_str, Tensor};
+use crate::error::Result;
+use crate::ops::{dropout, elementwise, matmul, shape, softmax};
+use crate::tensor::Tensor;
 
 const OP: &str = "attention_with_weights";
-
-fn check(q: &[usize], k: &[usize], v: &[usize]) -> Result<()> {
-    let ok = q.len() >= 2
-        && q.len() == k.len()
-        && k.len() == v.len()
-        && q[..q.len() - 2] == k[..k.len() - 2]
-        && k[..k.len() - 2] == v[..v.len() - 2]
-        && q[q.len() - 1] == k[k.len() - 1]
-        && k[k.len() - 2] == v[v.len() - 2];
-    if !ok {
-        return Err(TfmError::shape(
-            OP,
-            format!("query {}, key {} and value {} must be (…, L, E), (…, S, E) and (…, S, Ev) with equal leading dimensions", shape_str(q), shape_str(k), shape_str(v)),
-        ));
-    }
-    Ok(())
-}
 
 /// 0 where query `i` may see key `j` (j ≤ i), −∞ elsewhere: (L, S).
 fn causal_mask(l: usize, s: usize) -> Tensor {
@@ -45,21 +29,11 @@ pub fn attention_with_weights(
     scale: Option<f32>,
 ) -> Result<(Var, Var)> {
     let (qs, ks, vs) = (q.shape(), k.shape(), v.shape());
-    check(&qs, &ks, &vs)?;
-    if is_causal && attn_mask.is_some() {
-        return Err(TfmError::value(
-            OP,
-            "give either attn_mask or is_causal=True, not both (as in PyTorch)",
-        ));
-    }
-    if !(0.0..1.0).contains(&dropout_p) {
-        return Err(TfmError::value(
-            OP,
-            format!("dropout_p must be in [0, 1), got {dropout_p}"),
-        ));
-    }
-    let (l, s, e) = (qs[qs.len() - 2], ks[ks.len() - 2], qs[qs.len() - 1]);
-    let scale = scale.unwrap_or(1.0 / (e as f32).sqrt());
+    let Checked {
+        dims: [l, s, _, _],
+        scale,
+        ..
+    } = check_arguments(OP, [&qs, &ks, &vs], attn_mask, dropout_p, is_causal, scale)?;
     let scores = matmul::matmul(q, &shape::transpose(k, -2, -1)?)?;
     let scores = elementwise::mul(&scores, &Var::constant(Tensor::scalar(scale)))?;
     let causal = is_causal.then(|| causal_mask(l, s));
