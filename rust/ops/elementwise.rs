@@ -39,28 +39,48 @@ pub fn binary_forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// Backward kernel: gradients of `a` and `b` given the output gradient `g`.
+/// Backward kernel: gradients of `a` and `b` given the output gradient `g`; each only if
+/// `needs` asks for it (a constant operand, such as a scale factor, needs none).
 pub fn binary_backward(
     op: BinaryOp,
     g: &Tensor,
     a: &Tensor,
     b: &Tensor,
-) -> Result<(Tensor, Tensor)> {
-    let (ga, gb) = match op {
-        BinaryOp::Add => (g.clone(), g.clone()),
-        BinaryOp::Sub => (g.clone(), map1(g, |v| -v)),
-        BinaryOp::Mul => (
-            map2("mul", g, b, |g, y| g * y)?,
-            map2("mul", g, a, |g, x| g * x)?,
-        ),
-        BinaryOp::Div => {
-            let ga = map2("div", g, b, |g, y| g / y)?;
-            // d(a/b)/db = -a/b² = -(g/b)·(a/b), computed from g/b to avoid squaring b.
-            let a_over_b = map2("div", a, b, |x, y| x / y)?;
-            (ga.clone(), map2("div", &ga, &a_over_b, |u, q| -u * q)?)
-        }
+    needs: [bool; 2],
+) -> Result<[Option<Tensor>; 2]> {
+    let ga = || -> Result<Tensor> {
+        Ok(match op {
+            BinaryOp::Add | BinaryOp::Sub => g.clone(),
+            BinaryOp::Mul => map2("mul", g, b, |g, y| g * y)?,
+            BinaryOp::Div => map2("div", g, b, |g, y| g / y)?,
+        })
     };
-    Ok((sum_to(&ga, a.shape()), sum_to(&gb, b.shape())))
+    let gb = || -> Result<Tensor> {
+        Ok(match op {
+            BinaryOp::Add => g.clone(),
+            BinaryOp::Sub => map1(g, |v| -v),
+            BinaryOp::Mul => map2("mul", g, a, |g, x| g * x)?,
+            // d(a/b)/db = -a/b² = -(g/b)·(a/b), computed without squaring b.
+            BinaryOp::Div => {
+                let a_over_b = map2("div", a, b, |x, y| x / y)?;
+                map2(
+                    "div",
+                    &map2("div", g, b, |g, y| g / y)?,
+                    &a_over_b,
+                    |u, q| -u * q,
+                )?
+            }
+        })
+    };
+    let ga = needs[0]
+        .then(ga)
+        .transpose()?
+        .map(|t| sum_to(&t, a.shape()));
+    let gb = needs[1]
+        .then(gb)
+        .transpose()?
+        .map(|t| sum_to(&t, b.shape()));
+    Ok([ga, gb])
 }
 
 struct BinaryBackward {
@@ -73,9 +93,9 @@ impl Backward for BinaryBackward {
     fn name(&self) -> &'static str {
         self.op.name()
     }
-    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let (ga, gb) = binary_backward(self.op, g, &self.a, &self.b)?;
-        Ok(vec![Some(ga), Some(gb)])
+    fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let needs = [inputs[0].requires_grad(), inputs[1].requires_grad()];
+        Ok(binary_backward(self.op, g, &self.a, &self.b, needs)?.into())
     }
 }
 

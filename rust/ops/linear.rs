@@ -55,45 +55,47 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
     Tensor::new(y, &shape)
 }
 
-/// Backward kernel: (dx, dW, db) from the output gradient g (rows, out).
-pub fn linear_backward(g: &Tensor, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+/// Which gradients a backward computes; the others are skipped (each costs a GEMM).
+#[derive(Clone, Copy, Debug)]
+pub struct Needs {
+    pub x: bool,
+    pub w: bool,
+    pub b: bool,
+}
+
+/// Backward kernel: (dx, dW, db) from the output gradient g (rows, out), each `None` unless
+/// `needs` asks for it.
+pub fn linear_backward(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    needs: Needs,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     let (rows, inp) = x.rows_cols();
     let out = w.shape()[0];
-    let epi = Epilogue::default();
     let gm = MatRef::row_major(g.data(), rows, out);
-    let xm = MatRef::row_major(x.data(), rows, inp);
-    let mut dx = vec![0.0f32; rows * inp];
-    let mut dw = vec![0.0f32; out * inp];
-    let mut db = vec![0.0f32; out];
-    if rows > 0 {
-        gemm(
-            1.0,
-            gm,
-            MatRef::row_major(w.data(), out, inp),
-            0.0,
-            &mut dx,
-            inp,
-            &epi,
-            true,
-        );
-        gemm(1.0, gm.t(), xm, 0.0, &mut dw, inp, &epi, true);
-        let ones = vec![1.0f32; rows];
-        gemm(
-            1.0,
-            MatRef::row_major(&ones, 1, rows),
-            gm,
-            0.0,
-            &mut db,
-            out,
-            &epi,
-            true,
-        );
-    }
-    Ok((
-        Tensor::new(dx, x.shape())?,
-        Tensor::new(dw, w.shape())?,
-        Tensor::new(db, &[out])?,
-    ))
+    // C (shape) = A·B through the GEMM, or zeros when there are no rows to sum over.
+    let product = |a: MatRef, b: MatRef, shape: &[usize]| {
+        let mut c = vec![0.0f32; a.rows * b.cols];
+        if rows > 0 {
+            gemm(1.0, a, b, 0.0, &mut c, b.cols, &Epilogue::default(), true);
+        }
+        Tensor::new(c, shape)
+    };
+    let dx = needs
+        .x
+        .then(|| product(gm, MatRef::row_major(w.data(), out, inp), x.shape()))
+        .transpose()?;
+    let dw = needs
+        .w
+        .then(|| product(gm.t(), MatRef::row_major(x.data(), rows, inp), w.shape()))
+        .transpose()?;
+    let ones = vec![1.0f32; if needs.b { rows } else { 0 }];
+    let db = needs
+        .b
+        .then(|| product(MatRef::row_major(&ones, 1, rows), gm, &[out]))
+        .transpose()?;
+    Ok((dx, dw, db))
 }
 
 struct LinearBackward {
@@ -107,13 +109,15 @@ impl Backward for LinearBackward {
         "linear"
     }
     fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let (dx, dw, db) = linear_backward(g, &self.x, &self.w)?;
-        let mut grads = vec![
-            inputs[0].requires_grad().then_some(dx),
-            inputs[1].requires_grad().then_some(dw),
-        ];
+        let needs = Needs {
+            x: inputs[0].requires_grad(),
+            w: inputs[1].requires_grad(),
+            b: self.has_bias && inputs[2].requires_grad(),
+        };
+        let (dx, dw, db) = linear_backward(g, &self.x, &self.w, needs)?;
+        let mut grads = vec![dx, dw];
         if self.has_bias {
-            grads.push(Some(db));
+            grads.push(db);
         }
         Ok(grads)
     }
