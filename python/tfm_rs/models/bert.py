@@ -1,0 +1,149 @@
+"""A BERT-style encoder with a masked-language-model head.
+
+Embeddings: token + learned position + token type, then LayerNorm and dropout; ``num_layers``
+post-LN encoder layers (GELU); MLM head: ``Linear(d, d)`` → GELU → LayerNorm → a projection tied
+to the token embedding plus its own bias.
+
+Shapes: ``forward(input_ids (B, T), token_type_ids (B, T) = 0)`` → MLM logits ``(B, T, V)``;
+``encode`` → hidden states ``(B, T, d_model)``; ``loss(input_ids, labels)`` → scalar mean
+cross-entropy over positions whose label is not ``-100``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+import tfm_rs.functional as F
+from tfm_rs import nn
+from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs.models._common import as_ids, check_config_arch
+
+__all__ = ["BertEncoder", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100
+
+
+class BertEncoder(nn.Module):
+    """Encoder-only Transformer with a tied masked-LM head.
+
+    Args:
+        vocab_size, d_model, nhead, num_layers, dim_feedforward, max_len, dropout: as usual.
+        type_vocab_size: number of token types (segments).
+        pad_id: padding id (its keys are masked; never chosen by :meth:`mask_tokens`).
+        mask_id: the ``[MASK]`` token id (default 4: the first extra special token after
+            pad/bos/eos/unk of :func:`tfm_rs.data.train_tokenizer`).
+        special_ids: ids never masked (default: ``0 … 4``, i.e. pad/bos/eos/unk/mask).
+    """
+
+    arch = "BertEncoder"
+
+    def __init__(self, vocab_size: int, d_model: int = 768, nhead: int = 12, num_layers: int = 12,
+                 dim_feedforward: int = 3072, max_len: int = 512, type_vocab_size: int = 2, pad_id: int = 0,
+                 mask_id: int = 4, dropout: float = 0.1, special_ids: Optional[Sequence[int]] = None,
+                 layer_norm_eps: float = 1e-12) -> None:
+        super().__init__()
+        if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
+            raise InvalidArgumentError(f"BertEncoder: d_model ({d_model}) must be a positive multiple of nhead ({nhead})")
+        for name, v in (("pad_id", pad_id), ("mask_id", mask_id)):
+            if not 0 <= v < vocab_size:
+                raise InvalidArgumentError(f"BertEncoder: {name}={v} outside the vocabulary [0, {vocab_size})")
+        if type_vocab_size < 1:
+            raise InvalidArgumentError(f"BertEncoder: type_vocab_size must be ≥ 1, got {type_vocab_size}")
+        special = sorted({int(pad_id), int(mask_id)} | set(range(min(5, vocab_size)) if special_ids is None
+                                                            else {int(i) for i in special_ids}))
+        self._config: Dict[str, Any] = dict(
+            vocab_size=int(vocab_size), d_model=int(d_model), nhead=int(nhead), num_layers=int(num_layers),
+            dim_feedforward=int(dim_feedforward), max_len=int(max_len), type_vocab_size=int(type_vocab_size),
+            pad_id=int(pad_id), mask_id=int(mask_id), dropout=float(dropout), special_ids=special,
+            layer_norm_eps=float(layer_norm_eps))
+        self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
+        self.type_vocab_size, self.pad_id, self.mask_id = int(type_vocab_size), int(pad_id), int(mask_id)
+        self.special_ids = np.asarray(special, np.int64)
+
+        self.tok_embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.pos_embed = nn.LearnedPositionalEmbedding(max_len, d_model)
+        self.type_embed = nn.Embedding(type_vocab_size, d_model)
+        for w in (self.tok_embed.weight, self.pos_embed.weight, self.type_embed.weight):
+            nn.init.normal_(w, 0.0, 0.02)
+        w = self.tok_embed.weight.numpy()
+        w[pad_id] = 0.0
+        self.tok_embed.weight.copy_(w)
+        self.emb_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.drop = nn.Dropout(dropout)
+        self.layers = nn.ModuleList([
+            nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, "gelu", layer_norm_eps, True, False)
+            for _ in range(num_layers)])
+        self.mlm_dense = nn.Linear(d_model, d_model)
+        self.mlm_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.mlm_decoder = nn.Linear(d_model, vocab_size, bias=True)
+        self.mlm_decoder.weight = self.tok_embed.weight
+        nn.init.zeros_(self.mlm_decoder.bias)
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return {"arch": self.arch, **self._config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "BertEncoder":
+        return cls(**check_config_arch(config, cls.arch))
+
+    def _inputs(self, input_ids: Any, token_type_ids: Any) -> Tuple[np.ndarray, np.ndarray]:
+        ids = as_ids(input_ids, "input_ids", self.vocab_size, self.max_len, "BertEncoder")
+        if token_type_ids is None:
+            types = np.zeros_like(ids)
+        else:
+            types = as_ids(token_type_ids, "token_type_ids", self.type_vocab_size, self.max_len, "BertEncoder")
+            if types.shape != ids.shape:
+                raise ShapeError(f"BertEncoder: token_type_ids {types.shape} and input_ids {ids.shape} differ")
+        if np.all(ids == self.pad_id, axis=1).any():
+            raise InvalidArgumentError("BertEncoder: a row of input_ids is empty (only pad_id)")
+        return ids, types
+
+    def encode(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:
+        """input_ids ``(B, T)`` → hidden states ``(B, T, d_model)``."""
+        ids, types = self._inputs(input_ids, token_type_ids)
+        x = self.pos_embed(self.tok_embed(ids) + self.type_embed(types))
+        x = self.drop(self.emb_norm(x))
+        mask = ids == self.pad_id
+        kpm = mask if mask.any() else None
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=kpm)
+        return x
+
+    def forward(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:
+        """→ masked-LM logits ``(B, T, V)``."""
+        h = self.mlm_norm(F.gelu(self.mlm_dense(self.encode(input_ids, token_type_ids))))
+        return self.mlm_decoder(h)
+
+    def mask_tokens(self, ids: Any, rng: np.random.Generator, mlm_probability: float = 0.15
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+        """BERT's masking: each non-special token is selected with ``mlm_probability``; a selected
+        token becomes ``mask_id`` with probability 0.8, a uniformly random token with 0.1, and
+        stays itself with 0.1. Returns ``(inputs, labels)``: ``labels`` holds the original id at
+        selected positions and ``-100`` elsewhere. ``ids`` is not modified."""
+        if not 0.0 <= mlm_probability <= 1.0:
+            raise InvalidArgumentError(f"mask_tokens: mlm_probability must be in [0, 1], got {mlm_probability}")
+        ids = as_ids(ids, "ids", self.vocab_size, None, "BertEncoder.mask_tokens")
+        selectable = ~np.isin(ids, self.special_ids)
+        selected = (rng.random(ids.shape) < mlm_probability) & selectable
+        labels = np.where(selected, ids, IGNORE_INDEX).astype(np.int64)
+        u = rng.random(ids.shape)
+        to_mask = selected & (u < 0.8)
+        to_random = selected & (u >= 0.8) & (u < 0.9)
+        inputs = ids.copy()
+        inputs[to_mask] = self.mask_id
+        inputs[to_random] = rng.integers(0, self.vocab_size, size=int(to_random.sum()))
+        return inputs, labels
+
+    def loss(self, input_ids: Any, labels: Any, token_type_ids: Any = None) -> Tensor:
+        """Mean cross-entropy of the MLM logits against ``labels (B, T)`` (``-100`` = ignored)."""
+        labels = np.asarray(labels, dtype=np.int64)
+        logits = self.forward(input_ids, token_type_ids)
+        if labels.shape != tuple(logits.shape[:2]):
+            raise ShapeError(f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(logits.shape[:2])}")
+        bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.vocab_size))
+        if bad.any():
+            raise InvalidArgumentError(f"BertEncoder.loss: label {int(labels[bad][0])} is neither -100 nor a token id")
+        return F.cross_entropy(logits.reshape(-1, self.vocab_size), labels.reshape(-1), ignore_index=IGNORE_INDEX)

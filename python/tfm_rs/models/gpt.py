@@ -1,0 +1,111 @@
+"""A decoder-only causal language model (GPT-2's layout): token + learned position embeddings,
+dropout, ``num_layers`` pre-LN self-attention blocks with causal masks, a final LayerNorm and an
+output head tied to the token embedding.
+
+Shapes: ``forward(ids (B, T))`` → logits ``(B, T, V)``; ``loss(ids (B, T))`` → scalar mean
+next-token cross-entropy (predicting ``ids[:, 1:]`` from ``ids[:, :-1]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+import tfm_rs.functional as F
+from tfm_rs import nn
+from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+
+__all__ = ["GPT"]
+
+
+class GPT(nn.Module):
+    """Causal Transformer language model.
+
+    Args:
+        vocab_size: tokens.
+        d_model, nhead, num_layers: width, heads, blocks.
+        dim_feedforward: inner FFN width (default ``4·d_model``).
+        dropout: on embeddings, attention weights and residual branches.
+        max_len: longest sequence (rows of the learned position table).
+        tie_weights: output head shares the token embedding matrix.
+        pad_id: optional padding id: pad keys are masked and pad targets ignored by :meth:`loss`.
+        activation: "gelu" (GPT-2) or "relu".
+
+    Submodules: ``tok_embed``, ``pos_embed`` (:class:`~tfm_rs.nn.LearnedPositionalEmbedding`),
+    ``drop``, ``layers`` (pre-LN :class:`~tfm_rs.nn.TransformerEncoderLayer` s), ``norm``, ``head``.
+    """
+
+    arch = "GPT"
+
+    def __init__(self, vocab_size: int, d_model: int = 768, nhead: int = 12, num_layers: int = 12,
+                 dim_feedforward: Optional[int] = None, dropout: float = 0.1, max_len: int = 1024,
+                 tie_weights: bool = True, pad_id: Optional[int] = None, activation: str = "gelu",
+                 layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        if vocab_size <= 0:
+            raise InvalidArgumentError(f"GPT: vocab_size must be positive, got {vocab_size}")
+        if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
+            raise InvalidArgumentError(f"GPT: d_model ({d_model}) must be a positive multiple of nhead ({nhead})")
+        if num_layers < 1 or max_len < 1:
+            raise InvalidArgumentError(f"GPT: num_layers ({num_layers}) and max_len ({max_len}) must be ≥ 1")
+        if pad_id is not None and not 0 <= pad_id < vocab_size:
+            raise InvalidArgumentError(f"GPT: pad_id={pad_id} outside the vocabulary [0, {vocab_size})")
+        dim_feedforward = 4 * d_model if dim_feedforward is None else int(dim_feedforward)
+        self._config: Dict[str, Any] = dict(
+            vocab_size=int(vocab_size), d_model=int(d_model), nhead=int(nhead), num_layers=int(num_layers),
+            dim_feedforward=dim_feedforward, dropout=float(dropout), max_len=int(max_len),
+            tie_weights=bool(tie_weights), pad_id=None if pad_id is None else int(pad_id),
+            activation=str(activation), layer_norm_eps=float(layer_norm_eps))
+        self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
+        self.pad_id = None if pad_id is None else int(pad_id)
+
+        self.tok_embed = nn.Embedding(vocab_size, d_model)
+        self.pos_embed = nn.LearnedPositionalEmbedding(max_len, d_model)
+        nn.init.normal_(self.tok_embed.weight, 0.0, 0.02)
+        nn.init.normal_(self.pos_embed.weight, 0.0, 0.02)
+        self.drop = nn.Dropout(dropout)
+        self.layers = nn.ModuleList([
+            nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
+                                       True, norm_first=True) for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        if tie_weights:
+            self.head.weight = self.tok_embed.weight
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return {"arch": self.arch, **self._config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "GPT":
+        return cls(**check_config_arch(config, cls.arch))
+
+    def _ids(self, ids: Any) -> np.ndarray:
+        return as_ids(ids, "ids", self.vocab_size, self.max_len, "GPT")
+
+    def forward(self, ids: Any) -> Tensor:
+        """ids ``(B, T)`` → logits ``(B, T, V)``; position ``t`` depends on ``ids[:, :t+1]`` only."""
+        ids = self._ids(ids)
+        x = self.drop(self.pos_embed(self.tok_embed(ids)))
+        kpm = None
+        if self.pad_id is not None:
+            mask = ids == self.pad_id
+            # Right padding is invisible to real tokens under the causal mask (fused kernel).
+            if mask.any() and not right_padded(mask):
+                kpm = mask
+        for layer in self.layers:
+            x = layer(x, src_key_padding_mask=kpm, is_causal=True)
+        return self.head(self.norm(x))
+
+    def loss(self, ids: Any, ignore_pad: bool = True) -> Tensor:
+        """Mean next-token cross-entropy over ``ids (B, T)``, ``T ≥ 2``; targets equal to ``pad_id``
+        are ignored when ``ignore_pad`` (and a ``pad_id`` is set)."""
+        ids = self._ids(ids)
+        if ids.shape[1] < 2:
+            raise ShapeError(f"GPT.loss: sequences need at least 2 tokens to predict a next one, got T={ids.shape[1]}")
+        logits = self.forward(ids[:, :-1])
+        target = ids[:, 1:]
+        ignore = self.pad_id if (ignore_pad and self.pad_id is not None) else -100
+        return F.cross_entropy(logits.reshape(-1, self.vocab_size), target.reshape(-1), ignore_index=ignore)

@@ -1,0 +1,238 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al., 2017).
+
+``Seq2SeqTransformer`` wraps :class:`tfm_rs.nn.Transformer` with what the paper adds around it:
+token embeddings scaled by ``√d_model``, sinusoidal positions, dropout on their sum, and an
+output projection to the target vocabulary (optionally tied to the embeddings, section 3.4).
+Masks are built from the token ids: ``pad_id`` positions of the source are padding for the
+encoder and for cross-attention, and the decoder is causal.
+
+Shapes (``B`` batch, ``S`` source length, ``T`` target length, ``V`` target vocabulary):
+
+* ``forward(src_ids (B, S), tgt_ids (B, T))`` → logits ``(B, T, V)``
+* ``encode(src_ids (B, S))`` → memory ``(B, S, d_model)``
+* ``decode(tgt_ids (B, T), memory (B, S, d_model), src_padding_mask (B, S))`` → logits ``(B, T, V)``
+* ``loss(src_ids, tgt_in, tgt_out)`` → scalar mean cross-entropy over non-pad ``tgt_out`` tokens
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+import tfm_rs.functional as F
+from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs import nn
+from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+
+__all__ = ["Seq2SeqTransformer"]
+
+
+class Seq2SeqTransformer(nn.Module):
+    """Encoder-decoder Transformer for translation-like tasks.
+
+    Args:
+        src_vocab_size, tgt_vocab_size: vocabulary sizes (equal when ``share_embeddings``).
+        d_model, nhead, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout,
+        activation, layer_norm_eps: as :class:`tfm_rs.nn.Transformer`.
+        norm_first: ``False`` = post-LN (the paper); ``True`` = pre-LN, with a final LayerNorm
+            after the encoder and after the decoder.
+        max_len: longest source or target sequence accepted (length of the position table).
+        pad_id, bos_id, eos_id: special token ids (``pad_id`` builds the padding masks).
+        share_embeddings: one matrix for source embedding, target embedding and output
+            projection (joint vocabulary).
+        tie_output: tie the output projection to the target embedding (implied by
+            ``share_embeddings``).
+
+    Submodules: ``src_embed``, ``tgt_embed`` (the same object when shared), ``pos`` (sinusoidal),
+    ``dropout``, ``transformer`` (:class:`tfm_rs.nn.Transformer`), ``generator`` (``Linear`` to
+    ``V``; its ``weight`` is ``tgt_embed.weight`` when tied).
+    """
+
+    arch = "Seq2SeqTransformer"
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, nhead: int = 8,
+                 num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
+                 dropout: float = 0.1, norm_first: bool = False, max_len: int = 1024, pad_id: int = 0,
+                 bos_id: int = 1, eos_id: int = 2, share_embeddings: bool = False, activation: str = "relu",
+                 layer_norm_eps: float = 1e-5, tie_output: Optional[bool] = None) -> None:
+        super().__init__()
+        if src_vocab_size <= 0 or tgt_vocab_size <= 0:
+            raise InvalidArgumentError(f"Seq2SeqTransformer: vocabulary sizes must be positive, got "
+                                       f"{src_vocab_size} and {tgt_vocab_size}")
+        if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
+            raise InvalidArgumentError(f"Seq2SeqTransformer: d_model ({d_model}) must be a positive multiple of "
+                                       f"nhead ({nhead})")
+        if num_encoder_layers < 1 or num_decoder_layers < 1:
+            raise InvalidArgumentError("Seq2SeqTransformer: needs at least one encoder and one decoder layer")
+        if max_len <= 0:
+            raise InvalidArgumentError(f"Seq2SeqTransformer: max_len must be positive, got {max_len}")
+        if share_embeddings and src_vocab_size != tgt_vocab_size:
+            raise InvalidArgumentError(
+                f"Seq2SeqTransformer: share_embeddings needs one joint vocabulary, but src_vocab_size="
+                f"{src_vocab_size} != tgt_vocab_size={tgt_vocab_size}")
+        for name, v in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
+            if not 0 <= v < tgt_vocab_size:
+                raise InvalidArgumentError(f"Seq2SeqTransformer: {name}={v} outside the target vocabulary")
+        if tie_output is None:
+            tie_output = bool(share_embeddings)
+        if share_embeddings and not tie_output:
+            raise InvalidArgumentError("Seq2SeqTransformer: share_embeddings ties the output projection too")
+        self._config: Dict[str, Any] = dict(
+            src_vocab_size=int(src_vocab_size), tgt_vocab_size=int(tgt_vocab_size), d_model=int(d_model),
+            nhead=int(nhead), num_encoder_layers=int(num_encoder_layers),
+            num_decoder_layers=int(num_decoder_layers), dim_feedforward=int(dim_feedforward),
+            dropout=float(dropout), norm_first=bool(norm_first), max_len=int(max_len), pad_id=int(pad_id),
+            bos_id=int(bos_id), eos_id=int(eos_id), share_embeddings=bool(share_embeddings),
+            activation=str(activation), layer_norm_eps=float(layer_norm_eps), tie_output=bool(tie_output))
+        self.d_model, self.max_len = int(d_model), int(max_len)
+        self.src_vocab_size, self.tgt_vocab_size = int(src_vocab_size), int(tgt_vocab_size)
+        self.pad_id, self.bos_id, self.eos_id = int(pad_id), int(bos_id), int(eos_id)
+        self.emb_scale = math.sqrt(d_model)
+
+        # The Transformer core first: its constructor xavier-initializes every matrix it owns.
+        enc_layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+                                               layer_norm_eps, True, norm_first)
+        dec_layer = nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
+                                               layer_norm_eps, True, norm_first)
+        # Post-LN layers already end in a LayerNorm; pre-LN stacks need a final one.
+        enc_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else None
+        dec_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else None
+        self.transformer = nn.Transformer(
+            d_model, nhead, dropout=dropout,
+            custom_encoder=nn.TransformerEncoder(enc_layer, num_encoder_layers, enc_norm),
+            custom_decoder=nn.TransformerDecoder(dec_layer, num_decoder_layers, dec_norm))
+
+        # Embeddings ~ N(0, d_model^-1/2): after the √d_model scale they have unit variance, and a
+        # tied output projection starts with logits of sensible size (fairseq's choice).
+        std = d_model ** -0.5
+        self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id if pad_id < src_vocab_size else None)
+        nn.init.normal_(self.src_embed.weight, 0.0, std)
+        self._zero_pad_row(self.src_embed)
+        if share_embeddings:
+            self.tgt_embed = self.src_embed
+        else:
+            self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=pad_id)
+            nn.init.normal_(self.tgt_embed.weight, 0.0, std)
+            self._zero_pad_row(self.tgt_embed)
+        self.pos = nn.SinusoidalPositionalEncoding(d_model, max_len)
+        self.dropout = nn.Dropout(dropout)
+        self.generator = nn.Linear(d_model, tgt_vocab_size, bias=not tie_output)
+        if tie_output:
+            self.generator.weight = self.tgt_embed.weight
+        else:
+            nn.init.xavier_uniform_(self.generator.weight)
+
+    @staticmethod
+    def _zero_pad_row(emb: nn.Embedding) -> None:
+        if emb.padding_idx is not None:
+            w = emb.weight.numpy()
+            w[emb.padding_idx] = 0.0
+            emb.weight.copy_(w)
+
+    # ------------------------------------------------------------------ configuration
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        """The constructor arguments plus ``"arch"`` (JSON-serializable); see :meth:`from_config`."""
+        return {"arch": self.arch, **self._config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Seq2SeqTransformer":
+        """A fresh model built from :attr:`config` (``"arch"`` must match, if present)."""
+        return cls(**check_config_arch(config, cls.arch))
+
+    def num_parameters(self) -> int:
+        """Distinct trainable values (a tied matrix counts once)."""
+        return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
+
+    # ------------------------------------------------------------------ checks
+
+    def _src(self, src_ids: Any) -> np.ndarray:
+        src = as_ids(src_ids, "src_ids", self.src_vocab_size, self.max_len, type(self).__name__)
+        empty = np.all(src == self.pad_id, axis=1)
+        if empty.any():
+            raise InvalidArgumentError(
+                f"{type(self).__name__}: src_ids row {int(np.flatnonzero(empty)[0])} is empty (only pad_id="
+                f"{self.pad_id}); drop empty sentences before batching")
+        return src
+
+    def _tgt(self, tgt_ids: Any) -> np.ndarray:
+        return as_ids(tgt_ids, "tgt_ids", self.tgt_vocab_size, self.max_len, type(self).__name__)
+
+    # ------------------------------------------------------------------ model
+
+    def _embed(self, emb: nn.Embedding, ids: np.ndarray) -> Tensor:
+        return self.dropout(self.pos(emb(ids) * self.emb_scale))
+
+    def encode(self, src_ids: Any) -> Tensor:
+        """src_ids ``(B, S)`` → memory ``(B, S, d_model)`` (padding positions are computed but never
+        attended to when ``decode`` gets the matching ``src_padding_mask``)."""
+        src = self._src(src_ids)
+        mask = src == self.pad_id
+        return self._encode(src, mask)
+
+    def _encode(self, src: np.ndarray, mask: np.ndarray) -> Tensor:
+        return self.transformer.encoder(self._embed(self.src_embed, src),
+                                        src_key_padding_mask=mask if mask.any() else None)
+
+    def decode_hidden(self, tgt_ids: Any, memory: Tensor, src_padding_mask: Any = None) -> Tensor:
+        """The decoder's output states ``(B, T, d_model)`` before the output projection."""
+        tgt = self._tgt(tgt_ids)
+        if memory.ndim != 3 or memory.shape[0] != tgt.shape[0] or memory.shape[2] != self.d_model:
+            raise ShapeError(f"{type(self).__name__}.decode: memory must be (B={tgt.shape[0]}, S, {self.d_model}), "
+                             f"got {tuple(memory.shape)}")
+        if src_padding_mask is not None:
+            src_padding_mask = np.asarray(src_padding_mask, dtype=bool)
+            if src_padding_mask.shape != tuple(memory.shape[:2]):
+                raise ShapeError(f"{type(self).__name__}.decode: src_padding_mask must be {tuple(memory.shape[:2])}, "
+                                 f"got {src_padding_mask.shape}")
+            if not src_padding_mask.any():
+                src_padding_mask = None
+        return self._decode_hidden(tgt, memory, src_padding_mask)
+
+    def _decode_hidden(self, tgt: np.ndarray, memory: Tensor, src_mask: Optional[np.ndarray]) -> Tensor:
+        tgt_mask = tgt == self.pad_id
+        # Causal attention already hides right padding from every real token, so the fused causal
+        # kernel alone is exact; a pad before a real token needs the explicit padding mask too.
+        tgt_kpm = None if right_padded(tgt_mask) else tgt_mask
+        return self.transformer.decoder(self._embed(self.tgt_embed, tgt), memory, tgt_is_causal=True,
+                                        tgt_key_padding_mask=tgt_kpm, memory_key_padding_mask=src_mask)
+
+    def project(self, hidden: Tensor) -> Tensor:
+        """Decoder states ``(…, d_model)`` → logits ``(…, V)``."""
+        return self.generator(hidden)
+
+    def decode(self, tgt_ids: Any, memory: Tensor, src_padding_mask: Any = None) -> Tensor:
+        """tgt_ids ``(B, T)``, memory ``(B, S, d_model)``, src_padding_mask ``(B, S)`` (True = pad)
+        → logits ``(B, T, V)``; position ``t`` sees ``tgt_ids[:, :t+1]`` only."""
+        return self.project(self.decode_hidden(tgt_ids, memory, src_padding_mask))
+
+    def forward(self, src_ids: Any, tgt_ids: Any) -> Tensor:
+        """src_ids ``(B, S)``, tgt_ids ``(B, T)`` (decoder input, ``[bos] + y``) → logits ``(B, T, V)``."""
+        src, tgt = self._src(src_ids), self._tgt(tgt_ids)
+        if src.shape[0] != tgt.shape[0]:
+            raise ShapeError(f"{type(self).__name__}: src_ids has batch size {src.shape[0]} but tgt_ids has "
+                             f"{tgt.shape[0]}")
+        mask = src == self.pad_id
+        memory = self._encode(src, mask)
+        return self.project(self._decode_hidden(tgt, memory, mask if mask.any() else None))
+
+    def loss(self, src_ids: Any, tgt_in: Any, tgt_out: Any, label_smoothing: float = 0.0,
+             reduction: str = "mean") -> Tensor:
+        """Cross-entropy of predicting ``tgt_out (B, T)`` from ``tgt_in (B, T)``, ignoring ``pad_id``
+        targets: ``"mean"`` over the non-pad tokens (default) or ``"sum"``."""
+        tgt_in_a = self._tgt(tgt_in)
+        tgt_out_a = as_ids(tgt_out, "tgt_out", self.tgt_vocab_size, self.max_len, type(self).__name__)
+        if tgt_out_a.shape != tgt_in_a.shape:
+            raise ShapeError(f"{type(self).__name__}.loss: tgt_in {tgt_in_a.shape} and tgt_out {tgt_out_a.shape} differ")
+        logits = self.forward(src_ids, tgt_in_a)
+        return F.cross_entropy(logits.reshape(-1, self.tgt_vocab_size), tgt_out_a.reshape(-1),
+                               ignore_index=self.pad_id, reduction=reduction, label_smoothing=label_smoothing)
+
+    def extra_repr(self) -> str:
+        c = self._config
+        return (f"d_model={c['d_model']}, nhead={c['nhead']}, layers={c['num_encoder_layers']}+"
+                f"{c['num_decoder_layers']}, ff={c['dim_feedforward']}, norm_first={c['norm_first']}, "
+                f"shared={c['share_embeddings']}")
