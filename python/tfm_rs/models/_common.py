@@ -15,7 +15,10 @@ def as_ids(ids: Any, name: str, vocab_size: int, max_len: Optional[int], owner: 
     integer, every id in ``[0, vocab_size)``, ``T <= max_len``."""
     if isinstance(ids, Tensor):
         ids = ids.numpy()
-    arr = np.asarray(ids)
+    try:
+        arr = np.asarray(ids)
+    except ValueError:  # ragged nested lists
+        arr = np.empty(0, dtype=object)
     if arr.dtype == object:
         raise InvalidArgumentError(f"{owner}: {name} must be a rectangular integer array (pad the sequences), "
                                    "got ragged or non-numeric input")

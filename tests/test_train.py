@@ -1,0 +1,207 @@
+"""Training loop: exact resume, logs, accumulation, greedy decoding, the recipe end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+import tfm_rs
+from tfm_rs.data import collate
+from tfm_rs.checkpoint import IncompatibleCheckpointError, load_checkpoint
+from tfm_rs.models import transformer_tiny
+from tfm_rs.train import Seq2SeqTrainer, TrainConfig, greedy_decode, translate
+
+V = 24
+
+
+def synthetic(n=60, seed=0):
+    """Reverse-copy pairs of varying length (ids 4..V-1)."""
+    rng = np.random.default_rng(seed)
+    src, tgt = [], []
+    for _ in range(n):
+        s = rng.integers(4, V, rng.integers(2, 9)).tolist()
+        src.append(s)
+        tgt.append(s[::-1])
+    return src, tgt
+
+
+def make_trainer(tmp_path=None, seed=0, **cfg):
+    tfm_rs.manual_seed(seed)
+    model = transformer_tiny(V, dropout=0.1, share_embeddings=True)
+    defaults = dict(max_tokens=120, warmup_steps=4, lr=3e-3, accum_steps=2, clip_norm=1.0, seed=3, print_every=0)
+    defaults.update(cfg)
+    return Seq2SeqTrainer(model, synthetic(), TrainConfig(**defaults), out_dir=tmp_path)
+
+
+def test_exact_resume(tmp_path):
+    k, m = 5, 4
+    full = make_trainer()
+    assert len(full.sampler) < 2 * (k + m)  # the run crosses an epoch boundary
+    ref = [r["loss"] for r in full.train(max_steps=k + m, verbose=False)]
+
+    first = make_trainer(tmp_path / "a")
+    part1 = [r["loss"] for r in first.train(max_steps=k, verbose=False)]
+    first.save(tmp_path / "ck")
+    first.close()
+    # A different seed: every generator starts elsewhere and must be restored from the checkpoint.
+    second = make_trainer(tmp_path / "b", seed=123)
+    tfm_rs.manual_seed(999)
+    second.resume(tmp_path / "ck")
+    assert second.step == k
+    part2 = [r["loss"] for r in second.train(max_steps=k + m, verbose=False)]
+    assert part1 + part2 == ref  # bit-identical, not approximately equal
+    np.testing.assert_array_equal(second.model.state_dict()["src_embed.weight"],
+                                  full.model.state_dict()["src_embed.weight"])
+
+
+def test_checkpoint_contents(tmp_path):
+    t = make_trainer(tmp_path)
+    t.train(max_steps=2, verbose=False)
+    t.save()
+    ck = load_checkpoint(tmp_path / "checkpoint")
+    assert ck.config["arch"] == "Seq2SeqTransformer"
+    assert ck.extra["step"] == 2
+    for key in ("sampler", "numpy_rng", "tfm_rng", "init_rng", "train_config"):
+        assert key in ck.extra
+    assert ck.optimizer_state["state"] and ck.scheduler_state["last_epoch"] == 2
+
+
+def test_resume_into_other_architecture_raises(tmp_path):
+    t = make_trainer()
+    t.train(max_steps=1, verbose=False)
+    t.save(tmp_path / "ck")
+    tfm_rs.manual_seed(0)
+    other = Seq2SeqTrainer(transformer_tiny(V, d_model=16, nhead=2, share_embeddings=True), synthetic(),
+                           TrainConfig(max_tokens=120, print_every=0))
+    with pytest.raises(IncompatibleCheckpointError, match="d_model"):
+        other.resume(tmp_path / "ck")
+
+
+def test_jsonl_log_and_schedule(tmp_path):
+    t = make_trainer(tmp_path, accum_steps=1, clip_norm=None, warmup_steps=3, lr=1e-3)
+    recs = t.train(max_steps=5, verbose=False)
+    t.close()
+    lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5]
+    for r in lines:
+        for key in ("loss", "lr", "grad_norm", "tokens", "tok_per_s", "train_time"):
+            assert np.isfinite(r[key])
+    lrs = [r["lr"] for r in recs]
+    np.testing.assert_allclose(lrs, [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3 * np.sqrt(3 / 4), 1e-3 * np.sqrt(3 / 5)])
+    assert t.optimizer.param_groups[0]["betas"] == (0.9, 0.98)
+    assert t.optimizer.param_groups[0]["eps"] == 1e-9
+
+
+def test_accumulation_is_token_mean_over_the_step():
+    # Two micro-batches accumulated = the same examples in one batch (no dropout, same order).
+    tfm_rs.manual_seed(0)
+    a = transformer_tiny(V, share_embeddings=True)
+    tfm_rs.manual_seed(0)
+    b = transformer_tiny(V, share_embeddings=True)
+    src, tgt = synthetic(8)
+    cfg = dict(max_tokens=10_000, print_every=0, label_smoothing=0.1)
+    ta = Seq2SeqTrainer(a, (src, tgt), TrainConfig(accum_steps=1, **cfg))
+    tb = Seq2SeqTrainer(b, (src, tgt), TrainConfig(accum_steps=2, **cfg))
+    batch = ta.next_batch()
+    halves = [batch.indices[:4], batch.indices[4:]]
+    parts = iter(halves)
+
+    def next_half():
+        idx = next(parts)
+        return collate([src[i] for i in idx], [tgt[i] for i in idx], 0, 1, 2, idx)
+
+    tb.next_batch = next_half
+    ta.next_batch = lambda: batch
+    ra, rb = ta.train_step(), tb.train_step()
+    assert abs(ra["loss"] - rb["loss"]) < 1e-5
+    assert abs(ra["grad_norm"] - rb["grad_norm"]) < 1e-4 * ra["grad_norm"]
+
+
+def _reference_greedy(model, src_row, limit):
+    ys = [model.bos_id]
+    with tfm_rs.no_grad():
+        mem = model.encode(np.array([src_row]))
+        for _ in range(limit):
+            nxt = int(model.decode(np.array([ys]), mem).numpy()[0, -1].argmax())
+            ys.append(nxt)
+            if nxt == model.eos_id:
+                break
+    out = ys[1:]
+    return out[: out.index(model.eos_id)] if model.eos_id in out else out
+
+
+def test_greedy_batched_equals_one_at_a_time():
+    tfm_rs.manual_seed(1)
+    m = transformer_tiny(V).eval()
+    src = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    padded = tfm_rs.data.pad_batch(src)
+    out = greedy_decode(m, padded, max_len=12)
+    for row, o in zip(src, out):
+        assert o == _reference_greedy(m, row, 12)
+        assert m.eos_id not in o and m.pad_id not in o
+
+
+def test_greedy_stops_at_eos_and_at_limit():
+    tfm_rs.manual_seed(1)
+    m = transformer_tiny(V, tie_output=False).eval()
+    bias = np.zeros(V, np.float32)
+    bias[m.eos_id] = 1e4
+    m.generator.bias.copy_(bias)
+    assert greedy_decode(m, np.array([[5, 6, 7]])) == [[]]
+    bias[:] = 0
+    bias[7] = 1e4
+    m.generator.bias.copy_(bias)
+    out = greedy_decode(m, np.array([[5, 6, 7, 0], [5, 6, 7, 8]]), max_len_a=1.0, max_len_b=2)
+    assert out == [[7] * 5, [7] * 6]  # 1.0 * S_i + 2 tokens each
+
+
+def test_trainer_learns_and_reports_bleu(tmp_path):
+    from tfm_rs.data import train_tokenizer
+
+    words = ["ein", "hund", "mann", "rot", "blau", "läuft", "sitzt", "auf", "dem", "gras"]
+    rng = np.random.default_rng(0)
+    sents = [" ".join(rng.choice(words, rng.integers(2, 6))) for _ in range(200)]
+    tok = train_tokenizer([], 40, texts=sents, min_frequency=1)
+    ids = tok.encode_batch(sents)
+    tfm_rs.manual_seed(0)
+    model = transformer_tiny(tok.vocab_size, share_embeddings=True)
+    cfg = TrainConfig(max_tokens=400, lr=3e-3, warmup_steps=10, print_every=0, bleu_subset=20)
+    t = Seq2SeqTrainer(model, (ids, ids), cfg, out_dir=tmp_path, valid_data=(ids[:20], ids[:20]),
+                       valid_texts=(sents[:20], sents[:20]), tokenizer=tok)
+    before = t.validation_loss()["loss"]
+    t.train(max_steps=40, verbose=False)
+    v = t.validate()
+    assert v["loss"] < 0.5 * before
+    assert 0.0 <= v["bleu"] <= 100.0
+    assert translate(model, tok, ["", sents[0]])[0] == ""
+    kinds = [json.loads(x)["type"] for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    assert kinds.count("valid") == 1 and kinds.count("train") == 40
+
+
+def test_recipe_end_to_end(tmp_path):
+    from tfm_rs.train.seq2seq import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["a", "b", "c", "d", "e", "f"]
+    for split, n in (("train", 120), ("val", 10), ("test", 10)):
+        src = [" ".join(rng.choice(words, rng.integers(1, 6))) for _ in range(n)]
+        (data / f"{split}.xx").write_text("\n".join(src) + "\n")
+        with gzip.open(data / f"{split}.yy.gz", "wt") as f:
+            f.write("\n".join(s.upper() for s in src) + "\n")
+    res = main(["--data", str(data), "--src", "xx", "--tgt", "yy", "--test-split", "test", "--out",
+                str(tmp_path / "run"), "--preset", "tiny", "--vocab-size", "40", "--minutes", "0", "--max-steps",
+                "3", "--max-tokens", "200", "--warmup", "2", "--valid-every", "2", "--bleu-every", "2",
+                "--save-every", "2", "--print-every", "0"])
+    assert res["steps"] == 3 and 0.0 <= res["bleu"] <= 100.0
+    for name in ("tokenizer.json", "train.jsonl", "results.json", "test.hyp.txt", "checkpoint"):
+        assert (tmp_path / "run" / name).exists()
+    res2 = main(["--data", str(data), "--src", "xx", "--tgt", "yy", "--test-split", "test", "--out",
+                 str(tmp_path / "run"), "--preset", "tiny", "--minutes", "0", "--max-steps", "4", "--max-tokens",
+                 "200", "--warmup", "2", "--valid-every", "0", "--bleu-every", "0", "--save-every", "0",
+                 "--print-every", "0", "--resume"])
+    assert res2["steps"] == 4
