@@ -33,7 +33,11 @@ pub type Result<T> = std::result::Result<T, TfmError>;
 
 impl TfmError {
     pub fn new(kind: ErrorKind, op: &'static str, msg: impl Into<String>) -> Self {
-        TfmError { kind, op, msg: msg.into() }
+        TfmError {
+            kind,
+            op,
+            msg: msg.into(),
+        }
     }
     pub fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::Shape, op, msg)

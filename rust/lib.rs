@@ -5,6 +5,7 @@
 //! - [`ops`]: one file per op, each a forward/backward pair with its reference and tests.
 //! - [`random`]: counter-based random numbers (dropout masks independent of thread count).
 //! - [`autograd`]: `Var`, the graph, and the backward pass.
+//! - [`optim`]: Adam/AdamW and SGD updates, matching `torch.optim` step for step.
 //! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python.
 //!
 //! ```
@@ -19,6 +20,7 @@ pub mod autograd;
 pub mod cpu;
 pub mod error;
 pub mod ops;
+pub mod optim;
 pub mod random;
 pub mod tensor;
 

@@ -12,6 +12,15 @@ pub fn manual_seed(seed: u64) {
     STATE.store(mix(seed ^ 0x9e37_79b9_7f4a_7c15), Ordering::Relaxed);
 }
 
+/// The generator's state, to save in a checkpoint (`set_state` restores it exactly).
+pub fn state() -> u64 {
+    STATE.load(Ordering::Relaxed)
+}
+
+pub fn set_state(state: u64) {
+    STATE.store(state, Ordering::Relaxed);
+}
+
 /// A fresh seed for one random op.
 pub fn next_seed() -> u64 {
     mix(STATE.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed))

@@ -24,7 +24,11 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
             if g.shape() != root_shape.as_slice() {
                 return Err(TfmError::shape(
                     OP,
-                    format!("gradient of shape {} given for a tensor of shape {}", shape_str(g.shape()), shape_str(&root_shape)),
+                    format!(
+                        "gradient of shape {} given for a tensor of shape {}",
+                        shape_str(g.shape()),
+                        shape_str(&root_shape)
+                    ),
                 ));
             }
             g
@@ -45,7 +49,9 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
     let mut grads: HashMap<usize, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
     for var in order {
-        let Some(grad) = grads.remove(&var.id()) else { continue };
+        let Some(grad) = grads.remove(&var.id()) else {
+            continue;
+        };
         if var.is_leaf() {
             accumulate_leaf(&var, grad);
             continue;
@@ -59,7 +65,10 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
         };
         let input_grads = node.op.backward(&grad, &node.inputs)?;
         if input_grads.len() != node.inputs.len() {
-            return Err(TfmError::internal(node.op.name(), "backward returned the wrong number of gradients"));
+            return Err(TfmError::internal(
+                node.op.name(),
+                "backward returned the wrong number of gradients",
+            ));
         }
         for (input, g) in node.inputs.iter().zip(input_grads) {
             let Some(g) = g else { continue };
@@ -70,7 +79,11 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
             if g.shape() != shape.as_slice() {
                 return Err(TfmError::internal(
                     node.op.name(),
-                    format!("backward produced a gradient of shape {} for an input of shape {}", shape_str(g.shape()), shape_str(&shape)),
+                    format!(
+                        "backward produced a gradient of shape {} for an input of shape {}",
+                        shape_str(g.shape()),
+                        shape_str(&shape)
+                    ),
                 ));
             }
             match grads.get_mut(&input.id()) {
@@ -101,8 +114,19 @@ fn topological_order(root: &Var) -> Vec<Var> {
         if !visited.insert(var.id()) {
             continue;
         }
-        let inputs: Vec<Var> = match var.0.node.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(node) => node.inputs.iter().filter(|v| v.requires_grad()).cloned().collect(),
+        let inputs: Vec<Var> = match var
+            .0
+            .node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some(node) => node
+                .inputs
+                .iter()
+                .filter(|v| v.requires_grad())
+                .cloned()
+                .collect(),
             None => Vec::new(),
         };
         stack.push((var, true));

@@ -11,6 +11,11 @@ pub fn is_grad_enabled() -> bool {
     ENABLED.with(|e| e.get())
 }
 
+/// Sets this thread's mode until changed again; returns the previous one.
+pub fn set_grad_enabled(enabled: bool) -> bool {
+    ENABLED.with(|e| e.replace(enabled))
+}
+
 /// Sets the grad mode of this thread until the guard is dropped.
 #[must_use = "the mode reverts when the guard is dropped"]
 pub struct GradMode {

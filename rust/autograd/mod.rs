@@ -8,5 +8,5 @@ mod grad_mode;
 mod var;
 
 pub use engine::backward;
-pub use grad_mode::{is_grad_enabled, GradMode};
+pub use grad_mode::{is_grad_enabled, set_grad_enabled, GradMode};
 pub use var::{Backward, Node, Var};

@@ -3,6 +3,7 @@
 use super::grad_mode::is_grad_enabled;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 /// The backward of one op: given the gradient of its output, the gradients of its inputs (in
@@ -21,7 +22,7 @@ pub struct Node {
 pub(super) struct VarInner {
     /// Behind a lock because optimizers update parameters in place.
     pub(super) value: RwLock<Tensor>,
-    pub(super) requires_grad: bool,
+    pub(super) requires_grad: AtomicBool,
     pub(super) grad: Mutex<Option<Tensor>>,
     /// `None` for leaves and, after a backward without `retain_graph`, for freed interior nodes.
     pub(super) node: Mutex<Option<Node>>,
@@ -37,7 +38,7 @@ impl Var {
     pub fn leaf(value: Tensor, requires_grad: bool) -> Var {
         Var(Arc::new(VarInner {
             value: RwLock::new(value),
-            requires_grad,
+            requires_grad: AtomicBool::new(requires_grad),
             grad: Mutex::new(None),
             node: Mutex::new(None),
             is_leaf: true,
@@ -60,9 +61,12 @@ impl Var {
         let op_name = op.name();
         Var(Arc::new(VarInner {
             value: RwLock::new(value),
-            requires_grad: true,
+            requires_grad: AtomicBool::new(true),
             grad: Mutex::new(None),
-            node: Mutex::new(Some(Node { op: Box::new(op), inputs })),
+            node: Mutex::new(Some(Node {
+                op: Box::new(op),
+                inputs,
+            })),
             is_leaf: false,
             op_name: Some(op_name),
         }))
@@ -70,11 +74,20 @@ impl Var {
 
     /// The current value (cheap: the storage is shared).
     pub fn value(&self) -> Tensor {
-        self.0.value.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn shape(&self) -> Vec<usize> {
-        self.0.value.read().unwrap_or_else(|e| e.into_inner()).shape().to_vec()
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .shape()
+            .to_vec()
     }
 
     /// Replaces the value of a leaf in place (optimizer steps, `load_state_dict`).
@@ -83,7 +96,11 @@ impl Var {
         if slot.shape() != value.shape() {
             return Err(TfmError::shape(
                 "set_value",
-                format!("cannot replace a value of shape {} by one of shape {}", shape_str(slot.shape()), shape_str(value.shape())),
+                format!(
+                    "cannot replace a value of shape {} by one of shape {}",
+                    shape_str(slot.shape()),
+                    shape_str(value.shape())
+                ),
             ));
         }
         *slot = value;
@@ -97,7 +114,19 @@ impl Var {
     }
 
     pub fn requires_grad(&self) -> bool {
-        self.0.requires_grad
+        self.0.requires_grad.load(Ordering::Relaxed)
+    }
+
+    /// Turns gradient tracking on or off for a leaf (`Tensor.requires_grad_()`).
+    pub fn set_requires_grad(&self, requires_grad: bool) -> Result<()> {
+        if !self.is_leaf() {
+            return Err(TfmError::autograd(
+                "requires_grad_",
+                "requires_grad can only be changed on leaf tensors; use detach() to get a leaf",
+            ));
+        }
+        self.0.requires_grad.store(requires_grad, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn is_leaf(&self) -> bool {
@@ -110,7 +139,11 @@ impl Var {
     }
 
     pub fn grad(&self) -> Option<Tensor> {
-        self.0.grad.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .grad
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn set_grad(&self, grad: Option<Tensor>) -> Result<()> {
@@ -119,7 +152,11 @@ impl Var {
             if g.shape() != shape.as_slice() {
                 return Err(TfmError::shape(
                     "grad",
-                    format!("assigned grad of shape {} to a tensor of shape {}", shape_str(g.shape()), shape_str(&shape)),
+                    format!(
+                        "assigned grad of shape {} to a tensor of shape {}",
+                        shape_str(g.shape()),
+                        shape_str(&shape)
+                    ),
                 ));
             }
         }
@@ -130,6 +167,11 @@ impl Var {
     /// A new leaf sharing this value, outside the graph (`Tensor.detach()`).
     pub fn detach(&self) -> Var {
         Var::constant(self.value())
+    }
+
+    /// Whether both handles refer to the same variable.
+    pub fn same_as(&self, other: &Var) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 
     /// Identity of the underlying node, for graph traversal.

@@ -64,7 +64,10 @@ impl Isa {
 static ACTIVE: AtomicU8 = AtomicU8::new(0);
 
 fn best_supported() -> Isa {
-    Isa::ALL.into_iter().find(|isa| isa.is_supported()).unwrap_or(Isa::Generic)
+    Isa::ALL
+        .into_iter()
+        .find(|isa| isa.is_supported())
+        .unwrap_or(Isa::Generic)
 }
 
 /// The path in use: the one forced by `set_isa` or `TFM_RS_ISA`, else the best the CPU supports.

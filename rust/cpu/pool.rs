@@ -9,7 +9,11 @@ fn default_threads() -> usize {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
 }
 
 fn build(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
@@ -48,7 +52,10 @@ pub fn num_threads() -> usize {
 
 pub fn set_num_threads(threads: usize) -> Result<()> {
     if threads == 0 {
-        return Err(TfmError::value("set_num_threads", "the number of threads must be at least 1"));
+        return Err(TfmError::value(
+            "set_num_threads",
+            "the number of threads must be at least 1",
+        ));
     }
     let new = build(threads)?;
     *slot().write().unwrap_or_else(|e| e.into_inner()) = Some(new);

@@ -2,26 +2,30 @@
 //! function over two broadcast operands, expanding a tensor to a larger shape, and its adjoint,
 //! summing a gradient back down to an operand's shape.
 
+use super::rows::PAR_MIN;
 use crate::error::Result;
 use crate::tensor::{broadcast_shapes, contiguous_strides, numel, Tensor};
 use rayon::prelude::*;
 
-/// Outputs at least this large are split across threads.
-const PAR_MIN: usize = 1 << 15;
-
 /// Strides (in elements) for reading a tensor of `shape` as if it had `out_shape`: 0 along
 /// dimensions that broadcast.
-fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+pub(crate) fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
     let strides = contiguous_strides(shape);
     let offset = out_shape.len() - shape.len();
     (0..out_shape.len())
-        .map(|i| if i < offset || shape[i - offset] == 1 { 0 } else { strides[i - offset] })
+        .map(|i| {
+            if i < offset || shape[i - offset] == 1 {
+                0
+            } else {
+                strides[i - offset]
+            }
+        })
         .collect()
 }
 
 /// Offset into a broadcast operand of the first element of output row `row` (a row is the last
 /// dimension of the output).
-fn row_offset(row: usize, out_shape: &[usize], strides: &[usize]) -> usize {
+pub(crate) fn row_offset(row: usize, out_shape: &[usize], strides: &[usize]) -> usize {
     let mut rem = row;
     let mut off = 0;
     for d in (0..out_shape.len().saturating_sub(1)).rev() {
@@ -32,7 +36,12 @@ fn row_offset(row: usize, out_shape: &[usize], strides: &[usize]) -> usize {
 }
 
 /// `f(a, b)` elementwise over the broadcast shape of `a` and `b`.
-pub fn map2(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Tensor> {
+pub fn map2(
+    op: &'static str,
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<Tensor> {
     let out_shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let n = numel(&out_shape);
     let mut out = vec![0.0f32; n];
@@ -40,7 +49,9 @@ pub fn map2(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f3
     if a.shape() == b.shape() {
         let body = |(o, (&x, &y)): (&mut f32, (&f32, &f32))| *o = f(x, y);
         if n >= PAR_MIN {
-            out.par_iter_mut().zip(ad.par_iter().zip(bd.par_iter())).for_each(body);
+            out.par_iter_mut()
+                .zip(ad.par_iter().zip(bd.par_iter()))
+                .for_each(body);
         } else {
             out.iter_mut().zip(ad.iter().zip(bd.iter())).for_each(body);
         }
@@ -49,9 +60,15 @@ pub fn map2(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f3
     let inner = out_shape.last().copied().unwrap_or(1).max(1);
     let sa = broadcast_strides(a.shape(), &out_shape);
     let sb = broadcast_strides(b.shape(), &out_shape);
-    let (sa_in, sb_in) = (sa.last().copied().unwrap_or(0), sb.last().copied().unwrap_or(0));
+    let (sa_in, sb_in) = (
+        sa.last().copied().unwrap_or(0),
+        sb.last().copied().unwrap_or(0),
+    );
     let body = |(row, o): (usize, &mut [f32])| {
-        let (oa, ob) = (row_offset(row, &out_shape, &sa), row_offset(row, &out_shape, &sb));
+        let (oa, ob) = (
+            row_offset(row, &out_shape, &sa),
+            row_offset(row, &out_shape, &sb),
+        );
         for (j, v) in o.iter_mut().enumerate() {
             *v = f(ad[oa + j * sa_in], bd[ob + j * sb_in]);
         }
@@ -64,11 +81,60 @@ pub fn map2(op: &'static str, a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f3
     Tensor::new(out, &out_shape)
 }
 
+/// Reads `out_shape` elements from `src`, element `idx` at `offset + Σ idx[d]·strides[d]`:
+/// a permuted, sliced or broadcast view made contiguous.
+pub fn gather_strided(
+    src: &[f32],
+    offset: usize,
+    out_shape: &[usize],
+    strides: &[usize],
+) -> Vec<f32> {
+    let n = numel(out_shape);
+    let mut out = vec![0.0f32; n];
+    let inner = out_shape.last().copied().unwrap_or(1).max(1);
+    let s_in = strides.last().copied().unwrap_or(0);
+    let body = |(row, o): (usize, &mut [f32])| {
+        let base = offset + row_offset(row, out_shape, strides);
+        for (j, v) in o.iter_mut().enumerate() {
+            *v = src[base + j * s_in];
+        }
+    };
+    if n >= PAR_MIN {
+        out.par_chunks_mut(inner).enumerate().for_each(body);
+    } else {
+        out.chunks_mut(inner).enumerate().for_each(body);
+    }
+    out
+}
+
+/// The adjoint of `gather_strided` for views that read each source element at most once
+/// (permutes and slices): writes `g` back into a zero tensor of `src_len` elements.
+pub fn scatter_strided(
+    g: &[f32],
+    src_len: usize,
+    offset: usize,
+    view_shape: &[usize],
+    strides: &[usize],
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; src_len];
+    let inner = view_shape.last().copied().unwrap_or(1).max(1);
+    let s_in = strides.last().copied().unwrap_or(0);
+    for (row, gr) in g.chunks(inner).enumerate() {
+        let base = offset + row_offset(row, view_shape, strides);
+        for (j, &v) in gr.iter().enumerate() {
+            out[base + j * s_in] = v;
+        }
+    }
+    out
+}
+
 /// `f(x)` elementwise.
 pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let mut out = vec![0.0f32; x.numel()];
     if out.len() >= PAR_MIN {
-        out.par_iter_mut().zip(x.data().par_iter()).for_each(|(o, &v)| *o = f(v));
+        out.par_iter_mut()
+            .zip(x.data().par_iter())
+            .for_each(|(o, &v)| *o = f(v));
     } else {
         out.iter_mut().zip(x.data()).for_each(|(o, &v)| *o = f(v));
     }
@@ -129,7 +195,14 @@ mod tests {
     fn sum_to_is_the_adjoint_of_broadcast_to() {
         let g = Tensor::new((0..12).map(|v| v as f32).collect(), &[2, 3, 2]).unwrap();
         let s = sum_to(&g, &[3, 1]);
-        assert_eq!(s.data(), &[0.0 + 1.0 + 6.0 + 7.0, 2.0 + 3.0 + 8.0 + 9.0, 4.0 + 5.0 + 10.0 + 11.0]);
+        assert_eq!(
+            s.data(),
+            &[
+                0.0 + 1.0 + 6.0 + 7.0,
+                2.0 + 3.0 + 8.0 + 9.0,
+                4.0 + 5.0 + 10.0 + 11.0
+            ]
+        );
         let e = broadcast_to("t", &s, &[2, 3, 2]).unwrap();
         assert_eq!(e.shape(), &[2, 3, 2]);
         assert_eq!(e.data()[1], s.data()[0]);

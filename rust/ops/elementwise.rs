@@ -40,11 +40,19 @@ pub fn binary_forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// Backward kernel: gradients of `a` and `b` given the output gradient `g`.
-pub fn binary_backward(op: BinaryOp, g: &Tensor, a: &Tensor, b: &Tensor) -> Result<(Tensor, Tensor)> {
+pub fn binary_backward(
+    op: BinaryOp,
+    g: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+) -> Result<(Tensor, Tensor)> {
     let (ga, gb) = match op {
         BinaryOp::Add => (g.clone(), g.clone()),
         BinaryOp::Sub => (g.clone(), map1(g, |v| -v)),
-        BinaryOp::Mul => (map2("mul", g, b, |g, y| g * y)?, map2("mul", g, a, |g, x| g * x)?),
+        BinaryOp::Mul => (
+            map2("mul", g, b, |g, y| g * y)?,
+            map2("mul", g, a, |g, x| g * x)?,
+        ),
         BinaryOp::Div => {
             let ga = map2("div", g, b, |g, y| g / y)?;
             // d(a/b)/db = -a/b² = -(g/b)·(a/b), computed from g/b to avoid squaring b.
@@ -74,7 +82,11 @@ impl Backward for BinaryBackward {
 pub fn binary(op: BinaryOp, a: &Var, b: &Var) -> Result<Var> {
     let (av, bv) = (a.value(), b.value());
     let out = binary_forward(op, &av, &bv)?;
-    Ok(Var::from_op(out, vec![a.clone(), b.clone()], BinaryBackward { op, a: av, b: bv }))
+    Ok(Var::from_op(
+        out,
+        vec![a.clone(), b.clone()],
+        BinaryBackward { op, a: av, b: bv },
+    ))
 }
 
 pub fn add(a: &Var, b: &Var) -> Result<Var> {
@@ -154,7 +166,11 @@ impl Backward for UnaryBackward {
 pub fn unary(op: UnaryOp, x: &Var) -> Result<Var> {
     let xv = x.value();
     let y = unary_forward(op, &xv);
-    Ok(Var::from_op(y.clone(), vec![x.clone()], UnaryBackward { op, x: xv, y }))
+    Ok(Var::from_op(
+        y.clone(),
+        vec![x.clone()],
+        UnaryBackward { op, x: xv, y },
+    ))
 }
 
 #[cfg(test)]

@@ -6,5 +6,16 @@
 pub mod activation;
 pub mod attention;
 pub mod broadcast;
+pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
+pub mod embedding;
+pub mod layer_norm;
+pub mod linear;
+pub mod matmul;
 pub mod reduce;
+pub mod rows;
+pub mod shape;
+pub mod softmax;
+#[cfg(test)]
+pub(crate) mod test_support;

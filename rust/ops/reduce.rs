@@ -8,16 +8,30 @@ use crate::error::Result;
 use crate::tensor::{normalize_dim, numel, Tensor};
 
 /// The kept-dimensions shape and the output shape for reducing `shape` over `dims`.
-fn reduced_shapes(op: &'static str, shape: &[usize], dims: &[isize], keepdim: bool) -> Result<(Vec<usize>, Vec<usize>)> {
+fn reduced_shapes(
+    op: &'static str,
+    shape: &[usize],
+    dims: &[isize],
+    keepdim: bool,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let mut reduce = vec![dims.is_empty(); shape.len()];
     for &d in dims {
         reduce[normalize_dim(op, d, shape.len())?] = true;
     }
-    let kept: Vec<usize> = shape.iter().zip(&reduce).map(|(&s, &r)| if r { 1 } else { s }).collect();
+    let kept: Vec<usize> = shape
+        .iter()
+        .zip(&reduce)
+        .map(|(&s, &r)| if r { 1 } else { s })
+        .collect();
     let out = if keepdim {
         kept.clone()
     } else {
-        shape.iter().zip(&reduce).filter(|(_, &r)| !r).map(|(&s, _)| s).collect()
+        shape
+            .iter()
+            .zip(&reduce)
+            .filter(|(_, &r)| !r)
+            .map(|(&s, _)| s)
+            .collect()
     };
     Ok((kept, out))
 }
@@ -30,10 +44,18 @@ struct SumBackward {
 
 impl Backward for SumBackward {
     fn name(&self) -> &'static str {
-        if self.scale == 1.0 { "sum" } else { "mean" }
+        if self.scale == 1.0 {
+            "sum"
+        } else {
+            "mean"
+        }
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let mut gx = broadcast_to(self.name(), &g.reshape(&self.kept_shape)?, &self.input_shape)?;
+        let mut gx = broadcast_to(
+            self.name(),
+            &g.reshape(&self.kept_shape)?,
+            &self.input_shape,
+        )?;
         if self.scale != 1.0 {
             gx.data_mut().iter_mut().for_each(|v| *v *= self.scale);
         }
@@ -44,7 +66,11 @@ impl Backward for SumBackward {
 fn reduce(op: &'static str, x: &Var, dims: &[isize], keepdim: bool, mean: bool) -> Result<Var> {
     let xv = x.value();
     let (kept, out_shape) = reduced_shapes(op, xv.shape(), dims, keepdim)?;
-    let count = if numel(&kept) == 0 { 0 } else { xv.numel() / numel(&kept) };
+    let count = if numel(&kept) == 0 {
+        0
+    } else {
+        xv.numel() / numel(&kept)
+    };
     // The mean of nothing is NaN, as in NumPy and PyTorch.
     let scale = if mean { 1.0 / count as f32 } else { 1.0 };
     let mut out = sum_to(&xv, &kept);
@@ -52,7 +78,15 @@ fn reduce(op: &'static str, x: &Var, dims: &[isize], keepdim: bool, mean: bool) 
         out.data_mut().iter_mut().for_each(|v| *v *= scale);
     }
     let out = out.reshape(&out_shape)?;
-    Ok(Var::from_op(out, vec![x.clone()], SumBackward { input_shape: xv.shape().to_vec(), kept_shape: kept, scale }))
+    Ok(Var::from_op(
+        out,
+        vec![x.clone()],
+        SumBackward {
+            input_shape: xv.shape().to_vec(),
+            kept_shape: kept,
+            scale,
+        },
+    ))
 }
 
 pub fn sum(x: &Var, dims: &[isize], keepdim: bool) -> Result<Var> {

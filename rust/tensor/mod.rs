@@ -22,10 +22,17 @@ impl Tensor {
         if n != data.len() {
             return Err(TfmError::shape(
                 "tensor",
-                format!("{} values cannot fill shape {}", data.len(), shape_str(shape)),
+                format!(
+                    "{} values cannot fill shape {}",
+                    data.len(),
+                    shape_str(shape)
+                ),
             ));
         }
-        Ok(Tensor { shape: shape.to_vec(), data: Arc::new(data) })
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            data: Arc::new(data),
+        })
     }
 
     pub fn zeros(shape: &[usize]) -> Self {
@@ -33,11 +40,17 @@ impl Tensor {
     }
 
     pub fn full(shape: &[usize], value: f32) -> Self {
-        Tensor { shape: shape.to_vec(), data: Arc::new(vec![value; numel(shape)]) }
+        Tensor {
+            shape: shape.to_vec(),
+            data: Arc::new(vec![value; numel(shape)]),
+        }
     }
 
     pub fn scalar(value: f32) -> Self {
-        Tensor { shape: vec![], data: Arc::new(vec![value]) }
+        Tensor {
+            shape: vec![],
+            data: Arc::new(vec![value]),
+        }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -70,21 +83,23 @@ impl Tensor {
         if numel(shape) != self.numel() {
             return Err(TfmError::shape(
                 "reshape",
-                format!("cannot reshape {} into {}", shape_str(&self.shape), shape_str(shape)),
+                format!(
+                    "cannot reshape {} into {}",
+                    shape_str(&self.shape),
+                    shape_str(shape)
+                ),
             ));
         }
-        Ok(Tensor { shape: shape.to_vec(), data: Arc::clone(&self.data) })
-    }
-
-    /// Whether both tensors share one storage (used by tests and copy-on-write checks).
-    pub fn shares_storage(&self, other: &Tensor) -> bool {
-        Arc::ptr_eq(&self.data, &other.data)
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            data: Arc::clone(&self.data),
+        })
     }
 
     /// Size of the last dimension and the number of rows before it (1 for a scalar).
     pub fn rows_cols(&self) -> (usize, usize) {
         let cols = self.shape.last().copied().unwrap_or(1);
-        let rows = if cols == 0 { numel(&self.shape[..self.ndim().saturating_sub(1)]) } else { self.numel() / cols };
+        let rows = numel(&self.shape[..self.ndim().saturating_sub(1)]);
         (rows, cols)
     }
 }

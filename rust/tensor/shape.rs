@@ -7,8 +7,13 @@ pub fn numel(shape: &[usize]) -> usize {
 }
 
 pub fn shape_str(shape: &[usize]) -> String {
-    let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    format!("({})", parts.join(", "))
+    match shape {
+        [d] => format!("({d},)"),
+        _ => {
+            let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", parts.join(", "))
+        }
+    }
 }
 
 /// Row-major strides, in elements.
@@ -25,8 +30,16 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
     let n = a.len().max(b.len());
     let mut out = vec![0; n];
     for i in 0..n {
-        let da = if i + a.len() >= n { a[i + a.len() - n] } else { 1 };
-        let db = if i + b.len() >= n { b[i + b.len() - n] } else { 1 };
+        let da = if i + a.len() >= n {
+            a[i + a.len() - n]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= n {
+            b[i + b.len() - n]
+        } else {
+            1
+        };
         out[i] = match (da, db) {
             (x, y) if x == y => x,
             (1, y) => y,
@@ -34,7 +47,11 @@ pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Ve
             _ => {
                 return Err(TfmError::shape(
                     op,
-                    format!("shapes {} and {} cannot be broadcast together", shape_str(a), shape_str(b)),
+                    format!(
+                        "shapes {} and {} cannot be broadcast together",
+                        shape_str(a),
+                        shape_str(b)
+                    ),
                 ))
             }
         };
@@ -60,7 +77,10 @@ mod tests {
 
     #[test]
     fn broadcasting_follows_numpy() {
-        assert_eq!(broadcast_shapes("t", &[2, 1, 3], &[4, 1]).unwrap(), vec![2, 4, 3]);
+        assert_eq!(
+            broadcast_shapes("t", &[2, 1, 3], &[4, 1]).unwrap(),
+            vec![2, 4, 3]
+        );
         assert_eq!(broadcast_shapes("t", &[], &[5]).unwrap(), vec![5]);
         assert!(broadcast_shapes("t", &[2, 3], &[4]).is_err());
     }

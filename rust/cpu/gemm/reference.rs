@@ -20,7 +20,11 @@ pub fn gemm_reference(
             for p in 0..k {
                 acc += a.at(i, p) as f64 * b.at(p, j) as f64;
             }
-            let old = if beta == 0.0 { 0.0 } else { beta as f64 * c[i * ldc + j] as f64 };
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c[i * ldc + j] as f64
+            };
             let mut v = (alpha as f64 * acc + old) as f32;
             if let Some(bias) = epilogue.bias {
                 v += bias[j];

@@ -42,6 +42,9 @@ pub fn attention_forward(
     assert_eq!(v.len(), bh * tk * ev, "attention_forward: v");
     assert_eq!(out.len(), bh * tq * ev, "attention_forward: out");
     assert_eq!(lse.len(), bh * tq, "attention_forward: lse");
+    if bh == 0 {
+        return;
+    }
     let isa = active_isa();
     // Enough tasks for work stealing to even out causal rows of unequal length.
     let q_blocks = tq.div_ceil(BR);

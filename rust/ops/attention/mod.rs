@@ -12,6 +12,8 @@
 //! - [`scaled_dot_product_attention`]: the autograd op on `Var`s.
 //! - [`attention_forward`] / [`attention_backward`]: the slice kernels, argument order
 //!   (outputs, saved values, inputs, sizes) as llm.c writes its layers.
+//! - [`attention_with_weights`]: the same semantics composed of differentiable ops, returning
+//!   the weights too (T×T memory; for inspection).
 //! - [`attention_forward_reference`] / [`attention_backward_reference`]: the naive f64
 //!   oracle that materializes the scores; used by the tests.
 //!
@@ -26,6 +28,7 @@
 //! ```
 
 mod backward;
+mod explicit;
 mod forward;
 mod kernels;
 mod reference;
@@ -33,6 +36,7 @@ mod reference;
 mod tests;
 
 pub use backward::attention_backward;
+pub use explicit::attention_with_weights;
 pub use forward::attention_forward;
 pub use reference::{attention_backward_reference, attention_forward_reference};
 
@@ -122,7 +126,13 @@ struct MaskLayout {
 
 impl MaskLayout {
     /// Checks that `mask` broadcasts to `batch + (tq, tk)` and holds no NaN or +∞.
-    fn new(mask: &Tensor, batch: &[usize], tq: usize, tk: usize) -> Result<MaskLayout> {
+    fn new(
+        op: &'static str,
+        mask: &Tensor,
+        batch: &[usize],
+        tq: usize,
+        tk: usize,
+    ) -> Result<MaskLayout> {
         let target: Vec<usize> = batch.iter().copied().chain([tq, tk]).collect();
         let ms = mask.shape();
         let offset = target.len().checked_sub(ms.len());
@@ -130,7 +140,7 @@ impl MaskLayout {
             offset.is_some_and(|o| ms.iter().zip(&target[o..]).all(|(&m, &t)| m == t || m == 1));
         if !fits {
             return Err(TfmError::shape(
-                OP,
+                op,
                 format!(
                     "attn_mask of shape {} cannot be broadcast to (..., Tq, Tk) = {}",
                     shape_str(ms),
@@ -144,7 +154,7 @@ impl MaskLayout {
             .find(|x| x.is_nan() || **x == f32::INFINITY)
         {
             return Err(TfmError::non_finite(
-                OP,
+                op,
                 format!("attn_mask holds {bad}; an additive mask takes finite values or -inf (masked out)"),
             ));
         }
@@ -191,7 +201,12 @@ impl MaskLayout {
 }
 
 /// The leading (batch) dimensions and (Tq, Tk, E, Ev), after checking that the shapes fit.
-fn check_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<(Vec<usize>, [usize; 4])> {
+fn check_shapes(
+    op: &'static str,
+    q: &[usize],
+    k: &[usize],
+    v: &[usize],
+) -> Result<(Vec<usize>, [usize; 4])> {
     let fits = q.len() >= 2
         && k.len() == q.len()
         && v.len() == q.len()
@@ -201,7 +216,7 @@ fn check_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<(Vec<usize>, [u
         && k[k.len() - 2] == v[v.len() - 2];
     if !fits {
         return Err(TfmError::shape(
-            OP,
+            op,
             format!(
                 "expected q (..., Tq, E), k (..., Tk, E), v (..., Tk, Ev) with equal leading dimensions; got q {}, k {}, v {}",
                 shape_str(q),
@@ -215,6 +230,49 @@ fn check_shapes(q: &[usize], k: &[usize], v: &[usize]) -> Result<(Vec<usize>, [u
         q[..n - 2].to_vec(),
         [q[n - 2], k[n - 2], q[n - 1], v[n - 1]],
     ))
+}
+
+/// Validated attention arguments: leading dims, (Tq, Tk, E, Ev), the scale, the mask layout.
+struct Checked {
+    batch: Vec<usize>,
+    dims: [usize; 4],
+    scale: f32,
+    mask: Option<MaskLayout>,
+}
+
+/// The argument checks shared by the fused and the explicit attention (`op` names the caller
+/// in errors): shapes, mask broadcast and values, dropout probability, scale.
+fn check_arguments(
+    op: &'static str,
+    [q, k, v]: [&[usize]; 3],
+    attn_mask: Option<&Tensor>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> Result<Checked> {
+    let (batch, dims) = check_shapes(op, q, k, v)?;
+    let [tq, tk, e, _] = dims;
+    crate::ensure_value!(
+        (0.0..1.0).contains(&dropout_p),
+        op,
+        "dropout_p must be in [0, 1), got {dropout_p}"
+    );
+    let scale = scale.unwrap_or_else(|| default_scale(e));
+    crate::ensure_value!(scale.is_finite(), op, "scale must be finite, got {scale}");
+    crate::ensure_value!(
+        !(is_causal && attn_mask.is_some()),
+        op,
+        "is_causal and attn_mask cannot both be given (as in PyTorch); add the causal mask to attn_mask instead"
+    );
+    let mask = attn_mask
+        .map(|m| MaskLayout::new(op, m, &batch, tq, tk))
+        .transpose()?;
+    Ok(Checked {
+        batch,
+        dims,
+        scale,
+        mask,
+    })
 }
 
 /// 1/√E; 1 for E = 0, where every score is an empty sum (0) and any finite scale gives the same.
@@ -250,22 +308,19 @@ pub fn scaled_dot_product_attention(
     scale: Option<f32>,
 ) -> Result<Var> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
-    let (batch, [tq, tk, e, ev]) = check_shapes(qv.shape(), kv.shape(), vv.shape())?;
-    crate::ensure_value!(
-        (0.0..1.0).contains(&dropout_p),
+    let Checked {
+        batch,
+        dims: [tq, tk, e, ev],
+        scale,
+        mask,
+    } = check_arguments(
         OP,
-        "dropout_p must be in [0, 1), got {dropout_p}"
-    );
-    let scale = scale.unwrap_or_else(|| default_scale(e));
-    crate::ensure_value!(scale.is_finite(), OP, "scale must be finite, got {scale}");
-    crate::ensure_value!(
-        !(is_causal && attn_mask.is_some()),
-        OP,
-        "is_causal and attn_mask cannot both be given (as in PyTorch); add the causal mask to attn_mask instead"
-    );
-    let mask = attn_mask
-        .map(|m| MaskLayout::new(m, &batch, tq, tk))
-        .transpose()?;
+        [qv.shape(), kv.shape(), vv.shape()],
+        attn_mask,
+        dropout_p,
+        is_causal,
+        scale,
+    )?;
     let bh = batch.iter().product();
     let seed = if dropout_p > 0.0 {
         crate::random::next_seed()

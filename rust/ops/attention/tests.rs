@@ -109,7 +109,7 @@ impl Case {
         let mask = self
             .mask
             .as_ref()
-            .map(|m| MaskLayout::new(m, &self.batch, self.tq, self.tk).unwrap());
+            .map(|m| MaskLayout::new(OP, m, &self.batch, self.tq, self.tk).unwrap());
         let cfg = AttentionConfig {
             bh: self.batch.iter().product(),
             tq: self.tq,
@@ -371,7 +371,7 @@ fn results_do_not_depend_on_thread_count() {
 fn reference_gradient_matches_finite_differences() {
     let (bh, tq, tk, e, ev) = (2, 3, 4, 3, 2);
     let mask = random_mask(&[tq, tk], 3);
-    let layout = MaskLayout::new(&mask, &[bh], tq, tk).unwrap();
+    let layout = MaskLayout::new(OP, &mask, &[bh], tq, tk).unwrap();
     let cfg = AttentionConfig {
         bh,
         tq,

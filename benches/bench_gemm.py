@@ -1,0 +1,134 @@
+"""SGEMM throughput of tfm_rs vs numpy (and torch, if importable), in GFLOP/s, with ratios.
+
+    python benches/bench_gemm.py                 # 1 thread and all cores
+    python benches/bench_gemm.py --threads 2     # only 2 threads
+    python benches/bench_gemm.py --sizes 1024 2048 --repeats 20
+
+Each thread count runs in a fresh subprocess, because OpenBLAS/MKL read their thread count from
+the environment at import, and tfm_rs reads TFM_RS_NUM_THREADS when its pool is first built.
+Every case reports the best of --repeats calls after a warm-up call, and checks tfm_rs's result
+against numpy's.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+THREAD_VARS = ("TFM_RS_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cases(sizes):
+    """(name, m, k, n, layout): square A·B plus a Transformer FFN shape in three layouts."""
+    out = [(f"{s}^3", s, s, s, "nn") for s in sizes]
+    for layout in ("nn", "nt", "tn"):
+        out.append((f"2048x512x2048 {layout}", 2048, 512, 2048, layout))
+    return out
+
+
+def operands(np, m, k, n, layout, rng):
+    """A (m×k) and B (k×n) as numpy views; transposed layouts are strided views, not copies."""
+    a = rng.standard_normal((k, m) if layout == "tn" else (m, k), dtype=np.float32)
+    b = rng.standard_normal((n, k) if layout == "nt" else (k, n), dtype=np.float32)
+    return (a.T if layout == "tn" else a), (b.T if layout == "nt" else b)
+
+
+def best_seconds(fn, repeats):
+    fn()  # warm-up: thread pools, packing buffers, page faults
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def worker(threads, sizes, repeats):
+    """Runs in the subprocess: measures every library and prints one JSON line."""
+    import numpy as np
+
+    # Each library gets (convert, multiply): operands are converted to its own type once, outside
+    # the timed call, so the timing is the product alone (plus its output allocation).
+    libs = {"numpy": (lambda x: x, lambda a, b: a @ b)}
+    try:
+        import tfm_rs
+
+        if hasattr(tfm_rs, "set_num_threads"):
+            tfm_rs.set_num_threads(threads)
+        libs["tfm_rs"] = (tfm_rs.tensor, tfm_rs.functional.matmul)
+    except ImportError as e:
+        print(f"tfm_rs not importable ({e}); measuring the others only", file=sys.stderr)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+        libs["torch"] = (torch.from_numpy, lambda a, b: a @ b)
+    except ImportError:
+        pass
+
+    rng = np.random.default_rng(0)
+    results = []
+    for name, m, k, n, layout in cases(sizes):
+        a, b = operands(np, m, k, n, layout, rng)
+        row = {"case": name, "gflops": {}}
+        flops = 2.0 * m * n * k
+        for lib, (convert, fn) in libs.items():
+            x, y = convert(a), convert(b)
+            row["gflops"][lib] = flops / best_seconds(lambda: fn(x, y), repeats) / 1e9
+        if "tfm_rs" in libs:
+            convert, fn = libs["tfm_rs"]
+            got = fn(convert(a), convert(b)).numpy()
+            want = a.astype(np.float64) @ b.astype(np.float64)
+            scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+            row["max_rel_err"] = float(np.max(np.abs(got - want) / (scale + 1e-30)))
+        results.append(row)
+    print(json.dumps({"threads": threads, "results": results}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, nargs="*", help="thread counts (default: 1 and all cores)")
+    p.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args.worker, args.sizes, args.repeats)
+        return
+
+    cores = os.cpu_count() or 1
+    thread_counts = args.threads or sorted({1, cores})
+    for threads in thread_counts:
+        env = dict(os.environ, **{v: str(threads) for v in THREAD_VARS})
+        cmd = [sys.executable, __file__, "--worker", str(threads), "--repeats", str(args.repeats)]
+        cmd += ["--sizes", *map(str, args.sizes)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            sys.exit(f"worker for {threads} thread(s) failed:\n{proc.stderr}")
+        sys.stderr.write(proc.stderr)
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        print_table(report)
+
+
+def print_table(report):
+    rows = report["results"]
+    libs = list(rows[0]["gflops"]) if rows else []
+    others = [lib for lib in libs if lib != "tfm_rs"]
+    print(f"\n== {report['threads']} thread(s), GFLOP/s (best of repeats) ==")
+    header = f"{'case':<20}" + "".join(f"{lib:>10}" for lib in libs)
+    if "tfm_rs" in libs:
+        header += "".join(f"{'tfm/' + lib:>12}" for lib in others) + f"{'max rel err':>13}"
+    print(header)
+    for row in rows:
+        g = row["gflops"]
+        line = f"{row['case']:<20}" + "".join(f"{g[lib]:>10.1f}" for lib in libs)
+        if "tfm_rs" in g:
+            line += "".join(f"{g['tfm_rs'] / g[lib]:>11.2f}x" for lib in others)
+            line += f"{row['max_rel_err']:>13.1e}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

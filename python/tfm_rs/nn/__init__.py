@@ -1,0 +1,48 @@
+"""Neural-network layers with ``torch.nn``'s names, arguments, semantics and ``state_dict`` keys.
+
+Modules are thin: each ``forward`` composes :mod:`tfm_rs.functional` ops, whose kernels run in
+Rust. A ``state_dict`` holds float32 NumPy arrays under the keys ``torch.nn`` uses, so weights
+move between the two with ``load_state_dict``.
+"""
+
+from tfm_rs import functional
+from tfm_rs.nn import init
+from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
+from tfm_rs.nn.dropout import Dropout
+from tfm_rs.nn.linear import Identity, Linear
+from tfm_rs.nn.module import Module, ModuleList, Sequential
+from tfm_rs.nn.normalization import LayerNorm
+from tfm_rs.nn.parameter import Parameter
+from tfm_rs.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
+from tfm_rs.nn.sparse import Embedding
+from tfm_rs.nn.transformer import (
+    Transformer,
+    TransformerDecoder,
+    TransformerDecoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayer,
+)
+
+__all__ = [
+    "Dropout",
+    "Embedding",
+    "GELU",
+    "Identity",
+    "LayerNorm",
+    "LearnedPositionalEmbedding",
+    "Linear",
+    "Module",
+    "ModuleList",
+    "MultiheadAttention",
+    "Parameter",
+    "ReLU",
+    "Sequential",
+    "SinusoidalPositionalEncoding",
+    "Transformer",
+    "TransformerDecoder",
+    "TransformerDecoderLayer",
+    "TransformerEncoder",
+    "TransformerEncoderLayer",
+    "functional",
+    "init",
+]

@@ -1,0 +1,357 @@
+//! The blocked GEMM driver, shared by every instruction set through [`MicroKernel`].
+//!
+//! Loop nest (BLIS-like): `jc` over `NC`-wide column blocks → `pc` over `KC`-deep slices (pack
+//! the `KC×NC` block of `B` once, shared by all threads) → `ic` over `MC`-tall row blocks (each
+//! work item packs its own `MC×KC` block of `A`) → `ir` over `MR`-tall panels → `jr` over
+//! `NR`-wide panels → the micro-kernel, or `jr` outside `ir` for small `C` blocks (see
+//! `L1_PANEL_BYTES`). `KC` is large (512) because every k-slice after the first re-reads and
+//! re-writes `C`; on Sapphire Rapids 512 beat 256 and 384 by ~10% at 2048³.
+//!
+//! Threads (`parallel`): the `B` block is packed cooperatively, then the `(ic, jr-run)` work
+//! items are shared out with rayon, each packing its own `A` block into a thread-local buffer.
+
+use super::pack::pack;
+use super::reference::apply_activation;
+use super::{Epilogue, MatRef};
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::thread::LocalKey;
+
+/// A register-blocked micro-kernel plus the cache block sizes tuned for it.
+pub(super) trait MicroKernel {
+    /// Rows of the `C` tile (values broadcast from packed `A`).
+    const MR: usize;
+    /// Columns of the `C` tile (vector loads from packed `B`).
+    const NR: usize;
+    /// Most depth of one packed slice (each slice re-reads C, so deeper is cheaper as long as
+    /// a micro-panel still fits L1).
+    const KC: usize;
+    /// Upper bound on the rows of a packed `A` block: the unit of work shared among threads.
+    const MC: usize;
+    /// Columns of a packed `B` block (`KC×NC`, shared by the threads). Each `jc` block repacks
+    /// all of `A`, so wider is cheaper as long as the block streams well from L2/L3.
+    const NC: usize;
+
+    /// `c[i*ldc + j] ← α·Σ_p a[p*MR + i]·b[p*NR + j] + β·c[i*ldc + j]` for `i < MR`, `j < NR`;
+    /// with `β == 0` the old `c` is not read.
+    ///
+    /// # Safety
+    /// `a` must be readable for `k*MR` floats, `b` for `k*NR`, every `c[i*ldc + j]` above must be
+    /// writable (and readable when `β != 0`), and the CPU must support the kernel's features.
+    unsafe fn tile(
+        k: usize,
+        a: *const f32,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    );
+}
+
+/// Everything about one call except `C` itself.
+pub(super) struct Problem<'a> {
+    pub alpha: f32,
+    pub a: MatRef<'a>,
+    pub b: MatRef<'a>,
+    pub beta: f32,
+    pub ldc: usize,
+    pub epilogue: Epilogue<'a>,
+}
+
+/// Below this many multiply-adds a call stays on one thread: the two fork/joins of a parallel
+/// step cost more than the second core saves. Measured (AVX-512, 2 threads vs 1): 96³ 66 vs
+/// 106 GFLOP/s, 128³ 94 vs 115, 160³ 150 vs 131, 192³ 169 vs 134.
+pub(super) const PARALLEL_MIN_MACS: usize = 144 * 144 * 144;
+
+/// Macro-kernel loop order. Keeping the `B` micro-panel in L1 (classic BLIS, `jr` outside `ir`)
+/// streams the narrower `A` panels from L2, but walks `C` tile by tile *down* the rows, each tile
+/// on new pages; keeping the `A` micro-panel in L1 (`ir` outside `jr`) walks `C` along its rows,
+/// which the prefetchers follow. So `B` stays in L1 only when its panel fits in
+/// `L1_PANEL_BYTES` (of 48 KiB L1d on Sapphire Rapids, 32 KiB on most others) and the item's `C`
+/// block fits in `L2_C_BYTES` (half a 2 MiB L2). Measured on AVX-512 (GFLOP/s, B-in-L1 vs
+/// A-in-L1): 2048×256×2048 156-165 vs 164-167; kc = 512 (64 KiB B panel) A-in-L1 3-6% faster at
+/// 1024-2048³; 256³ no difference beyond noise. AVX2 (6×16, 32 KiB B panel at kc 512): 1024³
+/// 88 vs 75 with B in L1.
+const L1_PANEL_BYTES: usize = 32 * 1024;
+const L2_C_BYTES: usize = 1024 * 1024;
+
+/// The largest `MR×NR` of any kernel (edge tiles go through a stack buffer this big).
+const MAX_TILE: usize = 14 * 32;
+
+/// `C`'s base pointer, sent to the worker threads. Each work item writes a disjoint set of
+/// tiles, so the threads never touch the same element.
+#[derive(Clone, Copy)]
+pub(super) struct CPtr(pub(super) *mut f32);
+// SAFETY: see above — disjoint writes only, and `run` outlives every worker (rayon joins).
+unsafe impl Send for CPtr {}
+unsafe impl Sync for CPtr {}
+
+/// Runs the whole product.
+///
+/// # Safety
+/// `K::tile` must be runnable on this CPU; `p.a`, `p.b` must be validated views with
+/// `a.cols == b.rows`, and `c` must hold the `m×n` matrix at stride `ldc` (all checked by `gemm`).
+pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: bool) {
+    let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
+    if k == 0 {
+        scale_only(p, c, m, n);
+        return;
+    }
+    let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
+        rayon::current_num_threads().max(1)
+    } else {
+        1
+    };
+    let c_ptr = CPtr(c.as_mut_ptr());
+    // Equal k-slices (e.g. k = 600 → 2×300, not 512 + 88): every slice but the first re-reads
+    // and re-writes C, so a thin tail slice costs almost as much C traffic as a full one.
+    let kc_max = k.div_ceil(k.div_ceil(K::KC));
+    let mut b_buf = Buffer::take(&PACK_B, kc_max * n.min(K::NC).div_ceil(K::NR) * K::NR);
+    let a_t = p.a.t();
+
+    for jc in (0..n).step_by(K::NC) {
+        let nc = K::NC.min(n - jc);
+        let panels = nc.div_ceil(K::NR);
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
+            let b_pack = &mut b_buf.slice()[..panels * K::NR * kc];
+            // With threads, each packs a contiguous run of panels (whole-row reads, see pack.rs).
+            let group = panels.div_ceil(threads) * K::NR;
+            let pack_b = |(g, dst): (usize, &mut [f32])| {
+                let j0 = jc + g * group;
+                pack(&p.b, pc, kc, j0, group.min(jc + nc - j0), K::NR, dst);
+            };
+            if threads > 1 {
+                b_pack
+                    .par_chunks_mut(group * kc)
+                    .enumerate()
+                    .for_each(pack_b);
+            } else {
+                pack_b((0, b_pack));
+            }
+            let b_pack = &*b_pack;
+
+            let step = Step {
+                kc,
+                beta: if pc == 0 { p.beta } else { 1.0 },
+                last: pc + kc == k,
+                jc,
+                nc,
+            };
+            let plan = Plan::new::<K>(m, panels, threads);
+            let work = |item: usize| {
+                let (ic, mc, jr) = plan.item(item, m, panels);
+                let mut a_buf = Buffer::take(&PACK_A, mc.div_ceil(K::MR) * K::MR * kc);
+                let a_pack = a_buf.slice();
+                pack(&a_t, pc, kc, ic, mc, K::MR, a_pack);
+                // SAFETY: this item owns rows ic..ic+mc × panels `jr` of the column block.
+                unsafe { macro_kernel::<K>(p, &step, a_pack, b_pack, ic, mc, jr, c_ptr) };
+            };
+            if threads > 1 {
+                (0..plan.items()).into_par_iter().for_each(work);
+            } else {
+                (0..plan.items()).for_each(work);
+            }
+        }
+    }
+}
+
+/// The parts of the loop state the macro-kernel needs for one `(jc, pc)` step.
+struct Step {
+    kc: usize,
+    /// `β` for this k-slice: the caller's on the first slice, 1 afterwards (accumulate).
+    beta: f32,
+    /// Whether this is the final k-slice, after which bias and activation are applied.
+    last: bool,
+    jc: usize,
+    nc: usize,
+}
+
+/// Target work items per thread in a parallel step (each costs one `A` block pack).
+const ITEMS_PER_THREAD: usize = 4;
+
+/// How one `(jc, pc)` step is cut into work items: `n_ic` row blocks of `mc` rows, each split
+/// into `n_jr` runs of `NR`-panels. Items are a multiple of the thread count where possible, so
+/// with 2 threads both finish together.
+struct Plan {
+    mc: usize,
+    n_ic: usize,
+    n_jr: usize,
+    jr_len: usize,
+}
+
+impl Plan {
+    fn new<K: MicroKernel>(m: usize, panels: usize, threads: usize) -> Plan {
+        let row_panels = m.div_ceil(K::MR);
+        let mut n_ic = m.div_ceil(K::MC);
+        if threads > 1 {
+            // Several items per thread, so that when a core is briefly taken by another process
+            // the other threads pick up its share (rayon steals whole items); but not below
+            // MC/2 rows each, as every item packs its own A block.
+            let wanted = (ITEMS_PER_THREAD * threads).min(m / (K::MC / 2));
+            n_ic = n_ic.max(wanted).next_multiple_of(threads).min(row_panels);
+        }
+        let mc = m.div_ceil(n_ic).next_multiple_of(K::MR);
+        let n_ic = m.div_ceil(mc);
+        // Too few row blocks to share evenly (small m): split the column panels too.
+        let n_jr = if n_ic % threads == 0 {
+            1
+        } else {
+            threads.min(panels)
+        };
+        let jr_len = panels.div_ceil(n_jr);
+        Plan {
+            mc,
+            n_ic,
+            n_jr: panels.div_ceil(jr_len),
+            jr_len,
+        }
+    }
+
+    fn items(&self) -> usize {
+        self.n_ic * self.n_jr
+    }
+
+    /// `(first row, rows, panel range)` of item `i`.
+    fn item(&self, i: usize, m: usize, panels: usize) -> (usize, usize, std::ops::Range<usize>) {
+        let (ib, jb) = (i / self.n_jr, i % self.n_jr);
+        let ic = ib * self.mc;
+        let jr0 = jb * self.jr_len;
+        (
+            ic,
+            self.mc.min(m - ic),
+            jr0..(jr0 + self.jr_len).min(panels),
+        )
+    }
+}
+
+/// Runs the micro-kernel over rows `ic..ic+mc` and the `jr` panels of the current column block.
+///
+/// # Safety
+/// No other thread may write these tiles concurrently; `c` is `gemm`'s validated `C`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn macro_kernel<K: MicroKernel>(
+    p: &Problem,
+    s: &Step,
+    a_pack: &[f32],
+    b_pack: &[f32],
+    ic: usize,
+    mc: usize,
+    jr: std::ops::Range<usize>,
+    c: CPtr,
+) {
+    let (mr, nr, kc, ldc) = (K::MR, K::NR, s.kc, p.ldc);
+    let tile = |ip: usize, jp: usize| {
+        let (i, j) = (ic + ip * mr, s.jc + jp * nr);
+        let (rows, cols) = (mr.min(ic + mc - i), nr.min(s.jc + s.nc - j));
+        let a = a_pack[ip * mr * kc..][..mr * kc].as_ptr();
+        let b = b_pack[jp * nr * kc..][..nr * kc].as_ptr();
+        // SAFETY: (i, j) is inside the m×n matrix validated by `gemm`.
+        let ct = unsafe { c.0.add(i * ldc + j) };
+        if rows == mr && cols == nr {
+            // SAFETY: a full tile lies inside C; a/b hold kc*MR / kc*NR packed floats.
+            unsafe { K::tile(kc, a, b, ct, ldc, p.alpha, s.beta) };
+        } else {
+            // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
+            let mut tmp = [0.0f32; MAX_TILE];
+            debug_assert!(mr * nr <= MAX_TILE);
+            for r in (0..rows).filter(|_| s.beta != 0.0) {
+                // SAFETY: row i+r < m and columns j..j+cols < n lie inside C.
+                let src = unsafe { std::slice::from_raw_parts(ct.add(r * ldc), cols) };
+                tmp[r * nr..][..cols].copy_from_slice(src);
+            }
+            // SAFETY: tmp holds MR×NR floats at stride NR.
+            unsafe { K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta) };
+            for r in 0..rows {
+                // SAFETY: as above.
+                let dst = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
+                dst.copy_from_slice(&tmp[r * nr..][..cols]);
+            }
+        }
+        if s.last && !p.epilogue.is_noop() {
+            for r in 0..rows {
+                // SAFETY: as above; this item owns the tile.
+                let row = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
+                apply_epilogue(&p.epilogue, row, j);
+            }
+        }
+    };
+    let row_panels = 0..mc.div_ceil(mr);
+    let f32s = std::mem::size_of::<f32>();
+    let c_block = mc * jr.len() * nr * f32s;
+    if kc * nr * f32s <= L1_PANEL_BYTES && c_block <= L2_C_BYTES {
+        // Keep the B micro-panel in L1 across the ir loop and stream A (see `L1_PANEL_BYTES`).
+        for jp in jr {
+            row_panels.clone().for_each(|ip| tile(ip, jp));
+        }
+    } else {
+        // Keep the A micro-panel in L1 and walk C along its rows.
+        for ip in row_panels {
+            jr.clone().for_each(|jp| tile(ip, jp));
+        }
+    }
+}
+
+/// Bias and activation on a run of one output row starting at column `j`.
+pub(super) fn apply_epilogue(ep: &Epilogue, row: &mut [f32], j: usize) {
+    if let Some(bias) = ep.bias {
+        for (v, b) in row.iter_mut().zip(&bias[j..]) {
+            *v += b;
+        }
+    }
+    if ep.activation != super::Activation::Identity {
+        for v in row.iter_mut() {
+            *v = apply_activation(ep.activation, *v);
+        }
+    }
+}
+
+/// `k == 0`: the product is empty, so `C ← act(β·C + bias)`.
+fn scale_only(p: &Problem, c: &mut [f32], m: usize, n: usize) {
+    for i in 0..m {
+        let row = &mut c[i * p.ldc..][..n];
+        for v in row.iter_mut() {
+            *v = if p.beta == 0.0 { 0.0 } else { p.beta * *v };
+        }
+        apply_epilogue(&p.epilogue, row, 0);
+    }
+}
+
+thread_local! {
+    static PACK_A: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static PACK_B: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// A packing buffer borrowed from a thread-local, so repeated calls do not allocate. It is moved
+/// out of the cell (not borrowed) because rayon may run a nested `gemm` on this thread while we
+/// wait in a join; that call then just finds an empty cell and allocates its own.
+struct Buffer {
+    key: &'static LocalKey<Cell<Vec<f32>>>,
+    vec: Vec<f32>,
+    len: usize,
+}
+
+/// Packed panels start on a cache line so the kernels' vector loads never split one.
+const ALIGN_FLOATS: usize = 64 / std::mem::size_of::<f32>();
+
+impl Buffer {
+    fn take(key: &'static LocalKey<Cell<Vec<f32>>>, len: usize) -> Buffer {
+        let mut vec = key.take();
+        if vec.len() < len + ALIGN_FLOATS {
+            vec.resize(len + ALIGN_FLOATS, 0.0);
+        }
+        Buffer { key, vec, len }
+    }
+
+    fn slice(&mut self) -> &mut [f32] {
+        let off = self.vec.as_ptr().align_offset(64).min(ALIGN_FLOATS);
+        &mut self.vec[off..off + self.len]
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        self.key.set(std::mem::take(&mut self.vec));
+    }
+}

@@ -1,0 +1,470 @@
+//! Layer normalization over the last axis, and the fused residual form `layer_norm(x + residual)`.
+//!
+//! Forward: `x (…, D)` (plus `residual (…, D)`), optional `weight (D,)` and `bias (D,)` →
+//! `y (…, D)`, `y = (s − mean)/√(var + eps) · weight + bias` with `s = x (+ residual)` and the
+//! biased variance, as PyTorch. Saves `s`, the weight, and per row the mean and 1/std, computed
+//! in f64 (two passes over a row that is already in cache) so that rows with a large mean
+//! relative to their spread keep full f32 accuracy.
+
+use super::rows::{for_each_row, rows_mut};
+use crate::autograd::{Backward, Var};
+use crate::error::{Result, TfmError};
+use crate::tensor::{shape_str, Tensor};
+use crate::{ensure_shape, ensure_value};
+use std::sync::Arc;
+
+/// Per-row statistics saved for backward.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowStats {
+    pub mean: f64,
+    pub rstd: f64,
+}
+
+/// Columns per task in the weight/bias gradient reduction: wide enough for contiguous loads,
+/// narrow enough to give every thread work for typical D.
+const COL_BLOCK: usize = 64;
+
+/// Normalizes one row `s` into `y` and returns its statistics.
+fn normalize_row(
+    s: &[f32],
+    y: &mut [f32],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> RowStats {
+    let n = s.len() as f64;
+    let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+    let rstd = 1.0 / (var + eps as f64).sqrt();
+    for (j, (o, &v)) in y.iter_mut().zip(s).enumerate() {
+        let xhat = ((v as f64 - mean) * rstd) as f32;
+        *o = xhat * weight.map_or(1.0, |w| w[j]) + bias.map_or(0.0, |b| b[j]);
+    }
+    RowStats { mean, rstd }
+}
+
+/// The output of [`layer_norm_forward`].
+pub struct LayerNormForward {
+    /// `(rows, D)`.
+    pub y: Vec<f32>,
+    /// `x + residual` `(rows, D)`, only when a residual was given.
+    pub sum: Option<Vec<f32>>,
+    /// `(rows,)`.
+    pub stats: Vec<RowStats>,
+}
+
+/// Forward kernel: `x (rows, D)`, optional `residual (rows, D)` added first (in the same pass
+/// over each row), optional `weight (D,)`, `bias (D,)`.
+pub fn layer_norm_forward(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    rows: usize,
+    d: usize,
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> LayerNormForward {
+    let mut y = vec![0.0f32; rows * d];
+    let mut sum = residual.map(|_| vec![0.0f32; rows * d]);
+    let mut stats = vec![RowStats::default(); rows];
+    let sum_rows: Vec<Option<&mut [f32]>> = match sum.as_mut() {
+        Some(s) => rows_mut(s, rows, d).into_iter().map(Some).collect(),
+        None => (0..rows).map(|_| None).collect(),
+    };
+    let items: Vec<_> = rows_mut(&mut y, rows, d)
+        .into_iter()
+        .zip(sum_rows)
+        .zip(stats.iter_mut())
+        .collect();
+    for_each_row(items, d, |r, ((y, sum), st)| {
+        let x = &x[r * d..][..d];
+        let src: &[f32] = match (sum, residual) {
+            (Some(s), Some(res)) => {
+                s.iter_mut()
+                    .zip(x)
+                    .zip(&res[r * d..][..d])
+                    .for_each(|((s, &a), &b)| *s = a + b);
+                s
+            }
+            _ => x,
+        };
+        *st = normalize_row(src, y, weight, bias, eps);
+    });
+    LayerNormForward { y, sum, stats }
+}
+
+/// Backward kernel for the input: `g (rows, D)`, the saved input `s (rows, D)`, stats and
+/// weight → `ds (rows, D)` = `rstd · (ĝ − mean(ĝ) − ŝ · mean(ĝ ∘ ŝ))` with `ĝ = g ∘ weight` and
+/// `ŝ` the normalized input; both means in f64.
+pub fn layer_norm_backward_input(
+    g: &[f32],
+    s: &[f32],
+    stats: &[RowStats],
+    d: usize,
+    weight: Option<&[f32]>,
+) -> Vec<f32> {
+    let rows = stats.len();
+    let mut ds = vec![0.0f32; rows * d];
+    for_each_row(rows_mut(&mut ds, rows, d), d, |r, out| {
+        let RowStats { mean, rstd } = stats[r];
+        let (g, s) = (&g[r * d..][..d], &s[r * d..][..d]);
+        let ghat = |j: usize| g[j] as f64 * weight.map_or(1.0, |w| w[j] as f64);
+        let (mut sum_g, mut sum_gs) = (0.0f64, 0.0f64);
+        for (j, &v) in s.iter().enumerate() {
+            sum_g += ghat(j);
+            sum_gs += ghat(j) * (v as f64 - mean) * rstd;
+        }
+        let (mean_g, mean_gs) = (sum_g / d as f64, sum_gs / d as f64);
+        for (j, o) in out.iter_mut().enumerate() {
+            let shat = (s[j] as f64 - mean) * rstd;
+            *o = (rstd * (ghat(j) - mean_g - shat * mean_gs)) as f32;
+        }
+    });
+    ds
+}
+
+/// Backward kernel for the parameters: `(dweight, dbias)`, each `(D,)`, with
+/// `dweight = Σ_rows g ∘ ŝ` and `dbias = Σ_rows g`. Threads split the columns, and each column
+/// is summed over the rows in order in f64: deterministic, with no partials to combine.
+pub fn layer_norm_backward_params(
+    g: &[f32],
+    s: &[f32],
+    stats: &[RowStats],
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+    let items: Vec<_> = dw
+        .chunks_mut(COL_BLOCK)
+        .zip(db.chunks_mut(COL_BLOCK))
+        .collect();
+    for_each_row(items, stats.len() * COL_BLOCK, |block, (dw, db)| {
+        let c0 = block * COL_BLOCK;
+        let (mut aw, mut ab) = (vec![0.0f64; dw.len()], vec![0.0f64; db.len()]);
+        for (r, st) in stats.iter().enumerate() {
+            let (g, s) = (&g[r * d + c0..][..dw.len()], &s[r * d + c0..][..dw.len()]);
+            for j in 0..dw.len() {
+                aw[j] += g[j] as f64 * (s[j] as f64 - st.mean) * st.rstd;
+                ab[j] += g[j] as f64;
+            }
+        }
+        dw.iter_mut().zip(aw).for_each(|(o, a)| *o = a as f32);
+        db.iter_mut().zip(ab).for_each(|(o, a)| *o = a as f32);
+    });
+    (dw, db)
+}
+
+struct LayerNormBackward {
+    name: &'static str,
+    /// The normalized input `s = x (+ residual)`.
+    s: Tensor,
+    stats: Arc<Vec<RowStats>>,
+    weight: Option<Tensor>,
+    has_residual: bool,
+    has_bias: bool,
+}
+
+impl Backward for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        // inputs: x, [residual], [weight], [bias]
+        let n_x = 1 + self.has_residual as usize;
+        let d = self.s.shape().last().copied().unwrap_or(1);
+        let need_ds = inputs[..n_x].iter().any(Var::requires_grad);
+        let need_params = inputs[n_x..].iter().any(Var::requires_grad);
+        let mut grads = Vec::with_capacity(inputs.len());
+        let ds = if need_ds {
+            let w = self.weight.as_ref().map(|w| w.data());
+            Some(Tensor::new(
+                layer_norm_backward_input(g.data(), self.s.data(), &self.stats, d, w),
+                self.s.shape(),
+            )?)
+        } else {
+            None
+        };
+        grads.extend(std::iter::repeat_n(ds, n_x));
+        if need_params {
+            let (dw, db) = layer_norm_backward_params(g.data(), self.s.data(), &self.stats, d);
+            if self.weight.is_some() {
+                grads.push(Some(Tensor::new(dw, &[d])?));
+            }
+            if self.has_bias {
+                grads.push(Some(Tensor::new(db, &[d])?));
+            }
+        }
+        grads.resize(inputs.len(), None);
+        Ok(grads)
+    }
+}
+
+fn layer_norm_var(
+    op: &'static str,
+    x: &Var,
+    residual: Option<&Var>,
+    weight: Option<&Var>,
+    bias: Option<&Var>,
+    eps: f32,
+) -> Result<Var> {
+    let xv = x.value();
+    ensure_shape!(
+        xv.ndim() >= 1,
+        op,
+        "the input must have at least one dimension, got a scalar"
+    );
+    ensure_value!(
+        eps.is_finite() && eps >= 0.0,
+        op,
+        "eps must be finite and non-negative, got {eps}"
+    );
+    let (rows, d) = xv.rows_cols();
+    let rv = residual.map(Var::value);
+    if let Some(r) = &rv {
+        ensure_shape!(
+            r.shape() == xv.shape(),
+            op,
+            "the residual's shape {} differs from the input's shape {}",
+            shape_str(r.shape()),
+            shape_str(xv.shape())
+        );
+    }
+    let (wv, bv) = (weight.map(Var::value), bias.map(Var::value));
+    for (name, p) in [("weight", &wv), ("bias", &bv)] {
+        if let Some(p) = p {
+            if p.shape() != [d] {
+                return Err(TfmError::shape(
+                    op,
+                    format!(
+                        "{name} has shape {}, but the input's last dimension needs ({d},)",
+                        shape_str(p.shape())
+                    ),
+                ));
+            }
+        }
+    }
+    let fwd = layer_norm_forward(
+        xv.data(),
+        rv.as_ref().map(Tensor::data),
+        rows,
+        d,
+        wv.as_ref().map(Tensor::data),
+        bv.as_ref().map(Tensor::data),
+        eps,
+    );
+    let y = Tensor::new(fwd.y, xv.shape())?;
+    let s = match fwd.sum {
+        Some(sum) => Tensor::new(sum, xv.shape())?,
+        None => xv,
+    };
+    let inputs: Vec<Var> = [Some(x), residual, weight, bias]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let saved = LayerNormBackward {
+        name: op,
+        s,
+        stats: Arc::new(fwd.stats),
+        weight: wv,
+        has_residual: residual.is_some(),
+        has_bias: bias.is_some(),
+    };
+    Ok(Var::from_op(y, inputs, saved))
+}
+
+/// Layer norm over the last axis of `x (…, D)` with optional `weight (D,)` and `bias (D,)`.
+pub fn layer_norm(x: &Var, weight: Option<&Var>, bias: Option<&Var>, eps: f32) -> Result<Var> {
+    layer_norm_var("layer_norm", x, None, weight, bias, eps)
+}
+
+/// `layer_norm(x + residual)` in one pass per row; `x` and `residual` must have one shape, and
+/// both receive the same gradient.
+pub fn add_layer_norm(
+    x: &Var,
+    residual: &Var,
+    weight: Option<&Var>,
+    bias: Option<&Var>,
+    eps: f32,
+) -> Result<Var> {
+    layer_norm_var("add_layer_norm", x, Some(residual), weight, bias, eps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::ops::test_support::*;
+
+    const EPS: f32 = 1e-5;
+
+    /// f64 reference: layer norm of `x + r` row by row.
+    fn reference(x: &[f64], r: &[f64], w: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+        let mut out = Vec::with_capacity(x.len());
+        for (xr, rr) in x.chunks(d).zip(r.chunks(d)) {
+            let s: Vec<f64> = xr.iter().zip(rr).map(|(a, b)| a + b).collect();
+            let mean = s.iter().sum::<f64>() / d as f64;
+            let var = s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + EPS as f64).sqrt();
+            out.extend(
+                s.iter()
+                    .enumerate()
+                    .map(|(j, v)| (v - mean) * rstd * w[j] + b[j]),
+            );
+        }
+        out
+    }
+
+    /// Forward vs the f64 reference (1e-5 relative); every gradient vs finite differences of it
+    /// (h = 1e-3 on O(1) data; 1e-4 relative + 1e-4 absolute, as the f32 gradients sum O(D)
+    /// terms of size O(1) and the differences carry O(h²) truncation error).
+    fn check(rows: usize, d: usize, fused: bool, seed: u64) {
+        let n = rows * d;
+        let (xd, rd) = (
+            rand_vec(seed, n, -2.0, 2.0),
+            rand_vec(seed + 1, n, -1.0, 1.0),
+        );
+        let (wd, bd) = (
+            rand_vec(seed + 2, d, 0.5, 1.5),
+            rand_vec(seed + 3, d, -0.5, 0.5),
+        );
+        let (x, r) = (leaf(xd.clone(), &[rows, d]), leaf(rd.clone(), &[rows, d]));
+        let (w, b) = (leaf(wd.clone(), &[d]), leaf(bd.clone(), &[d]));
+        let y = if fused {
+            add_layer_norm(&x, &r, Some(&w), Some(&b), EPS)
+        } else {
+            layer_norm(&x, Some(&w), Some(&b), EPS)
+        }
+        .unwrap();
+        let r64 = if fused { to_f64(&rd) } else { vec![0.0; n] };
+        let (x64, w64, b64) = (to_f64(&xd), to_f64(&wd), to_f64(&bd));
+        assert_close(
+            "forward",
+            y.value().data(),
+            &reference(&x64, &r64, &w64, &b64, d),
+            1e-5,
+            1e-5,
+        );
+
+        let g = rand_vec(seed + 4, n, -1.0, 1.0);
+        let g64 = to_f64(&g);
+        let got = grads(&y, &g, &[&x, &w, &b]);
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&g64, &reference(x, &r64, w, b, d));
+        let h = 1e-3;
+        assert_close(
+            "dx",
+            &got[0],
+            &finite_diff(&x64, h, |p| loss(p, &w64, &b64)),
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            "dweight",
+            &got[1],
+            &finite_diff(&w64, h, |p| loss(&x64, p, &b64)),
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            "dbias",
+            &got[2],
+            &finite_diff(&b64, h, |p| loss(&x64, &w64, p)),
+            1e-4,
+            1e-4,
+        );
+        if fused {
+            assert_eq!(
+                r.grad().unwrap().data(),
+                &got[0][..],
+                "residual gets the input's gradient"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_odd_shapes() {
+        let mut seed = 100;
+        for &rows in &[1, 3, 17] {
+            for &d in &[1, 3, 17, 127] {
+                for fused in [false, true] {
+                    check(rows, d, fused, seed);
+                    seed += 5;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn without_affine_parameters() {
+        let xd = rand_vec(1, 3 * 5, -1.0, 1.0);
+        let x = leaf(xd.clone(), &[3, 5]);
+        let y = layer_norm(&x, None, None, EPS).unwrap();
+        let want = reference(&to_f64(&xd), &[0.0; 15], &[1.0; 5], &[0.0; 5], 5);
+        assert_close("forward", y.value().data(), &want, 1e-5, 1e-5);
+        let gx = &grads(&y, &[1.0; 15], &[&x])[0];
+        // y sums to 0 per row whatever x is, so a constant output gradient gives dx = 0.
+        assert_close("dx", gx, &[0.0; 15], 0.0, 1e-5);
+    }
+
+    #[test]
+    fn large_mean_keeps_accuracy() {
+        // f32 single-pass statistics would lose the spread of these rows entirely.
+        let xd: Vec<f32> = (0..64).map(|i| 1e4 + (i % 8) as f32 * 0.01).collect();
+        let y = layer_norm(&leaf(xd.clone(), &[8, 8]), None, None, EPS).unwrap();
+        let want = reference(&to_f64(&xd), &[0.0; 64], &[1.0; 8], &[0.0; 8], 8);
+        assert_close("forward", y.value().data(), &want, 1e-5, 1e-5);
+    }
+
+    #[test]
+    fn parameter_gradients_do_not_depend_on_thread_count() {
+        let (rows, d) = (300, 200);
+        let x = Tensor::new(rand_vec(3, rows * d, -1.0, 1.0), &[rows, d]).unwrap();
+        let run = || {
+            let (xv, w) = (Var::leaf(x.clone(), true), leaf(vec![1.0; d], &[d]));
+            let y = layer_norm(&xv, Some(&w), None, EPS).unwrap();
+            let g = rand_vec(4, rows * d, -1.0, 1.0);
+            grads(&y, &g, &[&xv, &w])
+        };
+        assert_eq!(with_threads(1, run), with_threads(2, run));
+    }
+
+    #[test]
+    fn errors_and_empty_inputs() {
+        let x = leaf(vec![0.0; 6], &[2, 3]);
+        let bad = leaf(vec![1.0; 2], &[2]);
+        assert_eq!(
+            layer_norm(&x, Some(&bad), None, EPS).err().unwrap().kind,
+            ErrorKind::Shape
+        );
+        assert_eq!(
+            layer_norm(&x, None, Some(&bad), EPS).err().unwrap().kind,
+            ErrorKind::Shape
+        );
+        assert_eq!(
+            add_layer_norm(&x, &leaf(vec![0.0; 3], &[3]), None, None, EPS)
+                .err()
+                .unwrap()
+                .kind,
+            ErrorKind::Shape
+        );
+        assert_eq!(
+            layer_norm(&leaf(vec![1.0], &[]), None, None, EPS)
+                .err()
+                .unwrap()
+                .kind,
+            ErrorKind::Shape
+        );
+        assert_eq!(
+            layer_norm(&x, None, None, -1.0).err().unwrap().kind,
+            ErrorKind::Value
+        );
+        for shape in [[0usize, 4], [4, 0]] {
+            let e = leaf(vec![], &shape);
+            let w = leaf(vec![1.0; shape[1]], &[shape[1]]);
+            let y = layer_norm(&e, Some(&w), None, EPS).unwrap();
+            assert_eq!(y.shape(), shape.to_vec());
+            let got = grads(&y, &[], &[&e, &w]);
+            assert!(got[0].is_empty());
+            assert!(got[1].iter().all(|&v| v == 0.0));
+        }
+    }
+}

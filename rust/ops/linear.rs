@@ -1,0 +1,136 @@
+//! `linear(x, W, b) = x·Wᵀ + b` with PyTorch's weight layout: x (…, in), W (out, in), b (out,)
+//! → (…, out). The bias is added in the GEMM's epilogue. Backward saves x and W:
+//! dx = G·W, dW = Gᵀ·x, db = 1ᵀ·G (all three as GEMMs over the flattened rows).
+
+use crate::autograd::{Backward, Var};
+use crate::cpu::gemm::{gemm, Epilogue, MatRef};
+use crate::error::{Result, TfmError};
+use crate::tensor::{shape_str, Tensor};
+
+fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, usize)> {
+    let (rows, inp) = x.rows_cols();
+    let shape_error = || {
+        TfmError::shape(
+            "linear",
+            format!(
+                "input {} does not fit weight {}{} (expected weight (out_features, {inp}) and bias (out_features,))",
+                shape_str(x.shape()),
+                shape_str(w.shape()),
+                b.map(|b| format!(" and bias {}", shape_str(b.shape()))).unwrap_or_default()
+            ),
+        )
+    };
+    if x.ndim() == 0 || w.ndim() != 2 || w.shape()[1] != inp {
+        return Err(shape_error());
+    }
+    let out = w.shape()[0];
+    if b.is_some_and(|b| b.shape() != [out]) {
+        return Err(shape_error());
+    }
+    Ok((rows, inp, out))
+}
+
+/// Forward kernel: y (rows, out) = x (rows, in) · Wᵀ + b.
+pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let (rows, inp, out) = check(x, w, b)?;
+    let mut y = vec![0.0f32; rows * out];
+    if rows * out > 0 {
+        let epi = Epilogue {
+            bias: b.map(|b| b.data()),
+            ..Default::default()
+        };
+        gemm(
+            1.0,
+            MatRef::row_major(x.data(), rows, inp),
+            MatRef::row_major(w.data(), out, inp).t(),
+            0.0,
+            &mut y,
+            out,
+            &epi,
+            true,
+        );
+    }
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("checked ndim ≥ 1") = out;
+    Tensor::new(y, &shape)
+}
+
+/// Backward kernel: (dx, dW, db) from the output gradient g (rows, out).
+pub fn linear_backward(g: &Tensor, x: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (rows, inp) = x.rows_cols();
+    let out = w.shape()[0];
+    let epi = Epilogue::default();
+    let gm = MatRef::row_major(g.data(), rows, out);
+    let xm = MatRef::row_major(x.data(), rows, inp);
+    let mut dx = vec![0.0f32; rows * inp];
+    let mut dw = vec![0.0f32; out * inp];
+    let mut db = vec![0.0f32; out];
+    if rows > 0 {
+        gemm(
+            1.0,
+            gm,
+            MatRef::row_major(w.data(), out, inp),
+            0.0,
+            &mut dx,
+            inp,
+            &epi,
+            true,
+        );
+        gemm(1.0, gm.t(), xm, 0.0, &mut dw, inp, &epi, true);
+        let ones = vec![1.0f32; rows];
+        gemm(
+            1.0,
+            MatRef::row_major(&ones, 1, rows),
+            gm,
+            0.0,
+            &mut db,
+            out,
+            &epi,
+            true,
+        );
+    }
+    Ok((
+        Tensor::new(dx, x.shape())?,
+        Tensor::new(dw, w.shape())?,
+        Tensor::new(db, &[out])?,
+    ))
+}
+
+struct LinearBackward {
+    x: Tensor,
+    w: Tensor,
+    has_bias: bool,
+}
+
+impl Backward for LinearBackward {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let (dx, dw, db) = linear_backward(g, &self.x, &self.w)?;
+        let mut grads = vec![
+            inputs[0].requires_grad().then_some(dx),
+            inputs[1].requires_grad().then_some(dw),
+        ];
+        if self.has_bias {
+            grads.push(Some(db));
+        }
+        Ok(grads)
+    }
+}
+
+pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    let (xv, wv, bv) = (x.value(), w.value(), b.map(Var::value));
+    let y = linear_forward(&xv, &wv, bv.as_ref())?;
+    let mut inputs = vec![x.clone(), w.clone()];
+    inputs.extend(b.cloned());
+    Ok(Var::from_op(
+        y,
+        inputs,
+        LinearBackward {
+            x: xv,
+            w: wv,
+            has_bias: b.is_some(),
+        },
+    ))
+}

@@ -1,0 +1,243 @@
+//! `matmul` with `torch.matmul` semantics: 1-D operands are promoted (and the added dimension
+//! removed), leading batch dimensions broadcast. Forward: `(…, m, k) · (…, k, n) → (…, m, n)`.
+//! Backward: `dA = G·Bᵀ`, `dB = Aᵀ·G`, summed over batch dimensions the operand was broadcast
+//! along. Saves both operands (shared storage, no copy).
+
+use super::broadcast::sum_to;
+use crate::autograd::{Backward, Var};
+use crate::cpu::gemm::{gemm, Epilogue, MatRef};
+use crate::error::{Result, TfmError};
+use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Tensor};
+use rayon::prelude::*;
+
+/// One operand of a batched product: a stack of row-major matrices, read transposed if `trans`,
+/// whose batch dimensions broadcast against the output's.
+struct Operand<'a> {
+    data: &'a [f32],
+    batch_shape: &'a [usize],
+    rows: usize,
+    cols: usize,
+    trans: bool,
+}
+
+impl Operand<'_> {
+    /// Matrix `b` of the output batch (flat index over `out_batch`).
+    fn matrix(&self, b: usize, out_batch: &[usize]) -> MatRef<'_> {
+        let strides = contiguous_strides(self.batch_shape);
+        let offset = out_batch.len() - self.batch_shape.len();
+        let (mut rem, mut index) = (b, 0);
+        for d in (0..out_batch.len()).rev() {
+            let i = rem % out_batch[d];
+            rem /= out_batch[d];
+            if d >= offset && self.batch_shape[d - offset] != 1 {
+                index += i * strides[d - offset];
+            }
+        }
+        let size = self.rows * self.cols;
+        let m = MatRef::row_major(
+            &self.data[index * size..(index + 1) * size],
+            self.rows,
+            self.cols,
+        );
+        if self.trans {
+            m.t()
+        } else {
+            m
+        }
+    }
+}
+
+/// `out[b] = op(A[b]) · op(B[b])` for every `b` in `out_batch`; `m × n` per product.
+fn batched_product(out_batch: &[usize], a: &Operand, b: &Operand, m: usize, n: usize) -> Vec<f32> {
+    let count = numel(out_batch);
+    let mut out = vec![0.0f32; count * m * n];
+    if m * n == 0 {
+        return out;
+    }
+    let one = |(i, c): (usize, &mut [f32])| {
+        gemm(
+            1.0,
+            a.matrix(i, out_batch),
+            b.matrix(i, out_batch),
+            0.0,
+            c,
+            n,
+            &Epilogue::default(),
+            count == 1,
+        );
+    };
+    if count > 1 {
+        out.par_chunks_mut(m * n).enumerate().for_each(one);
+    } else {
+        out.chunks_mut(m * n).enumerate().for_each(one);
+    }
+    out
+}
+
+/// Shapes after 1-D promotion: (batch, m, k) for `a`, (batch, k, n) for `b`.
+struct Plan {
+    a_batch: Vec<usize>,
+    b_batch: Vec<usize>,
+    out_batch: Vec<usize>,
+    m: usize,
+    k: usize,
+    n: usize,
+    out_shape: Vec<usize>,
+}
+
+fn plan(a: &[usize], b: &[usize]) -> Result<Plan> {
+    if a.is_empty() || b.is_empty() {
+        return Err(TfmError::shape(
+            "matmul",
+            format!(
+                "both operands need at least one dimension, got {} and {}",
+                shape_str(a),
+                shape_str(b)
+            ),
+        ));
+    }
+    let (m, k) = if a.len() == 1 {
+        (1, a[0])
+    } else {
+        (a[a.len() - 2], a[a.len() - 1])
+    };
+    let (k2, n) = if b.len() == 1 {
+        (b[0], 1)
+    } else {
+        (b[b.len() - 2], b[b.len() - 1])
+    };
+    if k != k2 {
+        return Err(TfmError::shape(
+            "matmul",
+            format!(
+                "shapes {} and {} cannot be multiplied ({k} ≠ {k2})",
+                shape_str(a),
+                shape_str(b)
+            ),
+        ));
+    }
+    let a_batch = a[..a.len().saturating_sub(2)].to_vec();
+    let b_batch = b[..b.len().saturating_sub(2)].to_vec();
+    let out_batch = broadcast_shapes("matmul", &a_batch, &b_batch)?;
+    let mut out_shape = out_batch.clone();
+    if a.len() > 1 {
+        out_shape.push(m);
+    }
+    if b.len() > 1 {
+        out_shape.push(n);
+    }
+    Ok(Plan {
+        a_batch,
+        b_batch,
+        out_batch,
+        m,
+        k,
+        n,
+        out_shape,
+    })
+}
+
+struct MatmulBackward {
+    a: Tensor,
+    b: Tensor,
+}
+
+impl Backward for MatmulBackward {
+    fn name(&self) -> &'static str {
+        "matmul"
+    }
+    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let p = plan(self.a.shape(), self.b.shape())?;
+        let (m, k, n) = (p.m, p.k, p.n);
+        let go = Operand {
+            data: g.data(),
+            batch_shape: &p.out_batch,
+            rows: m,
+            cols: n,
+            trans: false,
+        };
+        // dA (out_batch, m, k) = G · Bᵀ, then summed over the batch dims A was broadcast along.
+        let bt = Operand {
+            data: self.b.data(),
+            batch_shape: &p.b_batch,
+            rows: k,
+            cols: n,
+            trans: true,
+        };
+        let ga = batched_product(&p.out_batch, &go, &bt, m, k);
+        let ga_shape: Vec<usize> = p.out_batch.iter().copied().chain([m, k]).collect();
+        let ga = sum_to(
+            &Tensor::new(ga, &ga_shape)?,
+            &[&p.a_batch[..], &[m, k]].concat(),
+        )
+        .reshape(self.a.shape())?;
+        // dB (out_batch, k, n) = Aᵀ · G.
+        let at = Operand {
+            data: self.a.data(),
+            batch_shape: &p.a_batch,
+            rows: m,
+            cols: k,
+            trans: true,
+        };
+        let gb = batched_product(&p.out_batch, &at, &go, k, n);
+        let gb_shape: Vec<usize> = p.out_batch.iter().copied().chain([k, n]).collect();
+        let gb = sum_to(
+            &Tensor::new(gb, &gb_shape)?,
+            &[&p.b_batch[..], &[k, n]].concat(),
+        )
+        .reshape(self.b.shape())?;
+        Ok(vec![Some(ga), Some(gb)])
+    }
+}
+
+/// Forward kernel on tensors.
+pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let p = plan(a.shape(), b.shape())?;
+    let (m, k, n) = (p.m, p.k, p.n);
+    let out = if p.b_batch.is_empty() {
+        // (…, m, k) · (k, n): one large product over all rows of A, threaded inside the GEMM.
+        let rows = numel(&p.a_batch) * m;
+        let mut out = vec![0.0f32; rows * n];
+        if rows * n > 0 {
+            let bm = MatRef::row_major(b.data(), k, n);
+            gemm(
+                1.0,
+                MatRef::row_major(a.data(), rows, k),
+                bm,
+                0.0,
+                &mut out,
+                n,
+                &Epilogue::default(),
+                true,
+            );
+        }
+        out
+    } else {
+        let ao = Operand {
+            data: a.data(),
+            batch_shape: &p.a_batch,
+            rows: m,
+            cols: k,
+            trans: false,
+        };
+        let bo = Operand {
+            data: b.data(),
+            batch_shape: &p.b_batch,
+            rows: k,
+            cols: n,
+            trans: false,
+        };
+        batched_product(&p.out_batch, &ao, &bo, m, n)
+    };
+    Tensor::new(out, &p.out_shape)
+}
+
+pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
+    let (av, bv) = (a.value(), b.value());
+    let out = matmul_forward(&av, &bv)?;
+    Ok(Var::from_op(
+        out,
+        vec![a.clone(), b.clone()],
+        MatmulBackward { a: av, b: bv },
+    ))
+}

@@ -1,0 +1,129 @@
+//! Row-wise building blocks shared by the ops that work one row (last axis) at a time —
+//! softmax, LayerNorm, cross-entropy, embedding, dropout, the optimizers: splitting into rows,
+//! running rows in parallel without making results depend on the thread count, and fast,
+//! accurate row reductions.
+
+use rayon::prelude::*;
+
+/// Work at least this large (in elements) is split across threads; below it, thread hand-off
+/// costs more than it saves.
+pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// Splits `data` into `rows` rows of `cols` values. Unlike `chunks_mut`, this also works for
+/// `cols == 0` (every row is then empty), so ops need no special case for a zero-width axis.
+pub(crate) fn rows_mut(data: &mut [f32], rows: usize, cols: usize) -> Vec<&mut [f32]> {
+    if cols == 0 {
+        (0..rows).map(|_| <&mut [f32]>::default()).collect()
+    } else {
+        data.chunks_mut(cols).collect()
+    }
+}
+
+/// Runs `f(i, item)` for every item, each costing about `cost` elements of work, across the
+/// current rayon pool when the total reaches [`PAR_MIN`]. Items are disjoint (rows or chunks of
+/// the outputs, zipped with per-row side outputs), and each is handled by exactly one call in a
+/// fixed order within it, so results never depend on the thread count.
+pub(crate) fn for_each_row<T: Send>(
+    items: Vec<T>,
+    cost: usize,
+    f: impl Fn(usize, T) + Sync + Send,
+) {
+    if items.len().saturating_mul(cost) >= PAR_MIN {
+        items
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(i, item)| f(i, item));
+    } else {
+        items
+            .into_iter()
+            .enumerate()
+            .for_each(|(i, item)| f(i, item));
+    }
+}
+
+/// Independent accumulators in the row reductions below: a single float accumulator makes each
+/// step wait for the previous one (and forbids SIMD sums); explicit lanes do not.
+const LANES: usize = 8;
+
+/// The largest entry of `z`: NaN if any entry is NaN (so NaN inputs give NaN rows, as in
+/// PyTorch), −inf for an empty or all −inf row.
+pub(crate) fn row_max(z: &[f32]) -> f32 {
+    let pick = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = z.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            lanes[k] = pick(lanes[k], c[k]);
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| pick(m, v))
+}
+
+/// `Σ f(z_j)`: blocks of 256 values are mapped into a buffer (a plain loop, which compiles to
+/// SIMD code even for a branchy `f`) and summed in f32 lanes, and the block totals in f64, so
+/// the rounding error stays at one block's (32 terms per lane) even for 32k-wide rows.
+pub(crate) fn blocked_sum(z: &[f32], f: impl Fn(f32) -> f32) -> f64 {
+    const BLOCK: usize = 32 * LANES;
+    let mut buf = [0.0f32; BLOCK];
+    z.chunks(BLOCK)
+        .map(|block| {
+            let buf = &mut buf[..block.len()];
+            buf.iter_mut().zip(block).for_each(|(b, &v)| *b = f(v));
+            let mut lanes = [0.0f32; LANES];
+            let mut chunks = buf.chunks_exact(LANES);
+            for c in &mut chunks {
+                for k in 0..LANES {
+                    lanes[k] += c[k];
+                }
+            }
+            let rest: f32 = chunks.remainder().iter().sum();
+            lanes.iter().map(|&v| v as f64).sum::<f64>() + rest as f64
+        })
+        .sum()
+}
+
+/// `Σ exp(z_j − m)` for `m ≥ max(z)`.
+pub(crate) fn exp_sum(z: &[f32], m: f32) -> f64 {
+    blocked_sum(z, |v| exp_fast(v - m))
+}
+
+/// `eˣ` to about 1 ulp (Cephes' `expf` polynomial), in branch-free arithmetic that compiles to
+/// SIMD code in the row loops, unlike the libm call behind `f32::exp`: softmax and cross
+/// entropy over 32k-wide vocabularies spend most of their time here. Results below f32's
+/// normal range flush to 0 (so −inf gives 0); NaN gives NaN.
+#[inline(always)]
+pub(crate) fn exp_fast(x: f32) -> f32 {
+    const LO: f32 = -87.336_55; // ln of the smallest normal f32
+    const HI: f32 = 88.722_84; // ln of the largest f32
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    // ln 2 split in two so that n·LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(LO, HI);
+    let t = xc * LOG2E + ROUND;
+    let n = t.to_bits() as i32 - ROUND.to_bits() as i32;
+    let nf = t - ROUND;
+    let r = xc - nf * LN2_HI - nf * LN2_LO;
+    let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 0.166_666_65)
+        * r
+        + 0.5;
+    let er = p * r * r + r + 1.0;
+    // 2ⁿ in two factors: n reaches 128 at the top of the range, beyond one factor's exponent.
+    let half = n >> 1;
+    let pow2 = |k: i32| f32::from_bits(((k + 127) << 23) as u32);
+    let y = er * pow2(half) * pow2(n - half);
+    if x < LO {
+        0.0
+    } else if x > HI {
+        f32::INFINITY
+    } else {
+        y
+    }
+}

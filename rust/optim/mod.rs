@@ -1,0 +1,37 @@
+//! Optimizer steps on flat f32 slices, matching `torch.optim` update for update: the bindings
+//! own the parameter groups and state tensors and call one step per parameter.
+//!
+//! Scalars derived from the hyperparameters (bias corrections, step sizes) are computed in f64
+//! and rounded to f32 once, as PyTorch does with its Python-float hyperparameters; the
+//! elementwise updates run in f32 over fixed-size chunks, in parallel for large parameters.
+
+pub mod adam;
+pub mod sgd;
+
+pub use adam::{adam_step, AdamConfig};
+pub use sgd::{sgd_step, SgdConfig};
+
+use crate::error::{Result, TfmError};
+
+/// Elements per parallel task. Updates are elementwise, so the split never changes results.
+const CHUNK: usize = 1 << 14;
+
+/// A shape error unless the state slice `name` has the parameter's length.
+fn check_len(op: &'static str, name: &str, len: usize, param_len: usize) -> Result<()> {
+    if len != param_len {
+        return Err(TfmError::shape(
+            op,
+            format!("{name} has {len} elements but the parameter has {param_len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Splits an optional state buffer like the parameter, into `chunks` pieces (all `None` when
+/// the buffer is absent).
+fn optional_chunks(buf: Option<&mut [f32]>, chunks: usize) -> Vec<Option<&mut [f32]>> {
+    match buf {
+        Some(b) => b.chunks_mut(CHUNK).map(Some).collect(),
+        None => (0..chunks).map(|_| None).collect(),
+    }
+}

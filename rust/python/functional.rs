@@ -1,0 +1,374 @@
+//! Bindings of the ops behind `tfm_rs.functional` (whose Python wrappers give PyTorch's
+//! signatures and docstrings). Each converts arguments, moves PyTorch conventions the core does
+//! not take directly (a softmax `dim`, a class dimension at position 1, multi-dimensional
+//! `normalized_shape`) onto the core's last-axis forms, and calls one op.
+
+use super::convert::{ids_from_py, mask_from_py, var_from_py};
+use super::runtime::run;
+use super::tensor::PyTensor;
+use crate::autograd::Var;
+use crate::error::{Result, TfmError};
+use crate::ops::broadcast::broadcast_to;
+use crate::ops::cross_entropy::{self as cross_entropy_op, Reduction};
+use crate::ops::{activation, attention, dropout as dropout_op, embedding as embedding_op};
+use crate::ops::{
+    layer_norm as ln, linear as linear_op, matmul as matmul_op, shape, softmax as softmax_op,
+};
+use crate::tensor::{normalize_dim, Tensor};
+use pyo3::prelude::*;
+
+fn opt_var(obj: Option<&Bound<'_, PyAny>>, op: &'static str) -> PyResult<Option<Var>> {
+    match obj {
+        Some(o) if !o.is_none() => Ok(Some(var_from_py(o, op)?)),
+        _ => Ok(None),
+    }
+}
+
+fn opt_mask(obj: Option<&Bound<'_, PyAny>>, op: &'static str) -> PyResult<Option<Tensor>> {
+    match obj {
+        Some(o) if !o.is_none() => Ok(Some(mask_from_py(o, op)?)),
+        _ => Ok(None),
+    }
+}
+
+fn wrap(py: Python<'_>, f: impl FnOnce() -> Result<Var> + Send) -> PyResult<PyTensor> {
+    Ok(PyTensor::wrap(run(py, f)?))
+}
+
+#[pyfunction]
+#[pyo3(signature = (input, weight, bias = None))]
+fn linear(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let (x, w, b) = (
+        var_from_py(input, "linear")?,
+        var_from_py(weight, "linear")?,
+        opt_var(bias, "linear")?,
+    );
+    wrap(py, || linear_op::linear(&x, &w, b.as_ref()))
+}
+
+#[pyfunction]
+fn matmul(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    other: &Bound<'_, PyAny>,
+) -> PyResult<PyTensor> {
+    let (a, b) = (var_from_py(input, "matmul")?, var_from_py(other, "matmul")?);
+    wrap(py, || matmul_op::matmul(&a, &b))
+}
+
+/// Runs a last-axis op along `dim` by swapping `dim` with the last axis around it (the mask is
+/// expanded to the input's shape first so that it swaps along).
+fn along_dim(
+    op: &'static str,
+    x: &Var,
+    dim: isize,
+    mask: Option<Tensor>,
+    f: impl Fn(&Var, Option<&Tensor>) -> Result<Var>,
+) -> Result<Var> {
+    let shape = x.shape();
+    let nd = shape.len().max(1);
+    let d = normalize_dim(op, dim, nd)?;
+    if shape.is_empty() || d == nd - 1 {
+        return f(x, mask.as_ref());
+    }
+    let last = nd as isize - 1;
+    let swap = |v: &Var| shape::transpose(v, d as isize, last);
+    let mask = match mask {
+        Some(m) => Some(swap(&Var::constant(broadcast_to(op, &m, &shape)?))?.value()),
+        None => None,
+    };
+    swap(&f(&swap(x)?, mask.as_ref())?)
+}
+
+#[pyfunction]
+#[pyo3(signature = (input, dim = -1, mask = None))]
+fn softmax(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    dim: isize,
+    mask: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let (x, m) = (var_from_py(input, "softmax")?, opt_mask(mask, "softmax")?);
+    wrap(py, || along_dim("softmax", &x, dim, m, softmax_op::softmax))
+}
+
+#[pyfunction]
+#[pyo3(signature = (input, dim = -1, mask = None))]
+fn log_softmax(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    dim: isize,
+    mask: Option<&Bound<'_, PyAny>>,
+) -> PyResult<PyTensor> {
+    let (x, m) = (
+        var_from_py(input, "log_softmax")?,
+        opt_mask(mask, "log_softmax")?,
+    );
+    wrap(py, || {
+        along_dim("log_softmax", &x, dim, m, softmax_op::log_softmax)
+    })
+}
+
+/// Flattens the trailing `normalized_shape` dimensions of x (and of weight/bias) into one, so
+/// the last-axis LayerNorm covers them; returns the reshaped operands.
+fn flatten_normalized(
+    x: &Var,
+    normalized: &[usize],
+    params: [Option<&Var>; 2],
+) -> Result<(Var, [Option<Var>; 2])> {
+    let shape = x.shape();
+    let n = normalized.len();
+    if n == 0 || n > shape.len() || shape[shape.len() - n..] != *normalized {
+        return Err(TfmError::shape("layer_norm", format!("normalized_shape {normalized:?} does not match the trailing dimensions of input {shape:?}")));
+    }
+    let d: usize = normalized.iter().product();
+    let mut flat: Vec<isize> = shape[..shape.len() - n]
+        .iter()
+        .map(|&s| s as isize)
+        .collect();
+    flat.push(d as isize);
+    let reshape_param = |p: Option<&Var>| -> Result<Option<Var>> {
+        match p {
+            Some(p) if p.shape() == normalized => Ok(Some(shape::reshape(p, &[d as isize])?)),
+            Some(p) => Err(TfmError::shape(
+                "layer_norm",
+                format!(
+                    "weight/bias of shape {:?} do not match normalized_shape {normalized:?}",
+                    p.shape()
+                ),
+            )),
+            None => Ok(None),
+        }
+    };
+    Ok((
+        shape::reshape(x, &flat)?,
+        [reshape_param(params[0])?, reshape_param(params[1])?],
+    ))
+}
+
+#[pyfunction]
+#[pyo3(signature = (input, normalized_shape, weight = None, bias = None, eps = 1e-5))]
+fn layer_norm(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'_, PyAny>>,
+    bias: Option<&Bound<'_, PyAny>>,
+    eps: f32,
+) -> PyResult<PyTensor> {
+    let (x, w, b) = (
+        var_from_py(input, "layer_norm")?,
+        opt_var(weight, "layer_norm")?,
+        opt_var(bias, "layer_norm")?,
+    );
+    wrap(py, || {
+        let (xf, [wf, bf]) = flatten_normalized(&x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
+        let y = ln::layer_norm(&xf, wf.as_ref(), bf.as_ref(), eps)?;
+        shape::reshape(
+            &y,
+            &x.shape().iter().map(|&s| s as isize).collect::<Vec<_>>(),
+        )
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (input, residual, normalized_shape, weight = None, bias = None, eps = 1e-5))]
+#[allow(clippy::too_many_arguments)]
+fn add_layer_norm(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    residual: &Bound<'_, PyAny>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'_, PyAny>>,
+    bias: Option<&Bound<'_, PyAny>>,
+    eps: f32,
+) -> PyResult<PyTensor> {
+    let (x, r) = (
+        var_from_py(input, "add_layer_norm")?,
+        var_from_py(residual, "add_layer_norm")?,
+    );
+    let (w, b) = (
+        opt_var(weight, "add_layer_norm")?,
+        opt_var(bias, "add_layer_norm")?,
+    );
+    wrap(py, || {
+        if x.shape() != r.shape() {
+            return Err(TfmError::shape(
+                "add_layer_norm",
+                format!("input {:?} and residual {:?} differ", x.shape(), r.shape()),
+            ));
+        }
+        let (xf, [wf, bf]) = flatten_normalized(&x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
+        let (rf, _) = flatten_normalized(&r, &normalized_shape, [None, None])?;
+        let y = ln::add_layer_norm(&xf, &rf, wf.as_ref(), bf.as_ref(), eps)?;
+        shape::reshape(
+            &y,
+            &x.shape().iter().map(|&s| s as isize).collect::<Vec<_>>(),
+        )
+    })
+}
+
+#[pyfunction]
+fn relu(py: Python<'_>, input: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let x = var_from_py(input, "relu")?;
+    wrap(py, || activation::relu(&x))
+}
+
+#[pyfunction]
+fn gelu(py: Python<'_>, input: &Bound<'_, PyAny>, approximate_tanh: bool) -> PyResult<PyTensor> {
+    let x = var_from_py(input, "gelu")?;
+    wrap(py, || activation::gelu(&x, approximate_tanh))
+}
+
+#[pyfunction]
+fn dropout(py: Python<'_>, input: &Bound<'_, PyAny>, p: f64, training: bool) -> PyResult<PyTensor> {
+    let x = var_from_py(input, "dropout")?;
+    wrap(py, || dropout_op::dropout(&x, p, training))
+}
+
+#[pyfunction]
+#[pyo3(signature = (input, weight, padding_idx = None))]
+fn embedding(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    padding_idx: Option<i64>,
+) -> PyResult<PyTensor> {
+    let (ids, ids_shape) = ids_from_py(input, "embedding")?;
+    let w = var_from_py(weight, "embedding")?;
+    wrap(py, || {
+        embedding_op::embedding(&ids, &ids_shape, &w, padding_idx)
+    })
+}
+
+#[pyfunction]
+fn cross_entropy(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    target: &Bound<'_, PyAny>,
+    ignore_index: i64,
+    reduction: &str,
+    label_smoothing: f32,
+) -> PyResult<PyTensor> {
+    let x = var_from_py(input, "cross_entropy")?;
+    let (t, t_shape) = ids_from_py(target, "cross_entropy")?;
+    let reduction = match reduction {
+        "none" => Reduction::None,
+        "sum" => Reduction::Sum,
+        _ => Reduction::Mean,
+    };
+    wrap(py, || {
+        let shape = x.shape();
+        let expected: Vec<usize> = match shape.len() {
+            0 => {
+                return Err(TfmError::shape(
+                    "cross_entropy",
+                    "input must have a class dimension, got a 0-d tensor",
+                ))
+            }
+            1 => vec![],
+            _ => [&shape[..1], &shape[2..]].concat(),
+        };
+        if t_shape != expected {
+            return Err(TfmError::shape("cross_entropy", format!("target of shape {t_shape:?} does not fit input of shape {shape:?} (expected target shape {expected:?})")));
+        }
+        // (N, C, d1, …) → (N·d1·…, C): move the class dimension last, as the kernel wants.
+        let logits = if shape.len() > 2 {
+            let mut perm: Vec<isize> = (0..shape.len() as isize).filter(|&d| d != 1).collect();
+            perm.push(1);
+            shape::reshape(&shape::permute(&x, &perm)?, &[-1, shape[1] as isize])?
+        } else {
+            x.clone()
+        };
+        let loss =
+            cross_entropy_op::cross_entropy(&logits, &t, ignore_index, label_smoothing, reduction)?;
+        match reduction {
+            Reduction::None => shape::reshape(
+                &loss,
+                &expected.iter().map(|&s| s as isize).collect::<Vec<_>>(),
+            ),
+            _ => Ok(loss),
+        }
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
+#[allow(clippy::too_many_arguments)]
+fn scaled_dot_product_attention(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    attn_mask: Option<&Bound<'_, PyAny>>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> PyResult<PyTensor> {
+    const OP: &str = "scaled_dot_product_attention";
+    let (q, k, v) = (
+        var_from_py(query, OP)?,
+        var_from_py(key, OP)?,
+        var_from_py(value, OP)?,
+    );
+    let mask = opt_mask(attn_mask, OP)?;
+    wrap(py, || {
+        attention::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            dropout_p,
+            is_causal,
+            scale,
+        )
+    })
+}
+
+#[pyfunction]
+#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
+#[allow(clippy::too_many_arguments)]
+fn attention_with_weights(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    attn_mask: Option<&Bound<'_, PyAny>>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> PyResult<(PyTensor, PyTensor)> {
+    const OP: &str = "attention_with_weights";
+    let (q, k, v) = (
+        var_from_py(query, OP)?,
+        var_from_py(key, OP)?,
+        var_from_py(value, OP)?,
+    );
+    let mask = opt_mask(attn_mask, OP)?;
+    let (out, weights) = run(py, || {
+        attention::attention_with_weights(&q, &k, &v, mask.as_ref(), dropout_p, is_causal, scale)
+    })?;
+    Ok((PyTensor::wrap(out), PyTensor::wrap(weights)))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(linear, m)?)?;
+    m.add_function(wrap_pyfunction!(matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(add_layer_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(relu, m)?)?;
+    m.add_function(wrap_pyfunction!(gelu, m)?)?;
+    m.add_function(wrap_pyfunction!(dropout, m)?)?;
+    m.add_function(wrap_pyfunction!(embedding, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(scaled_dot_product_attention, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_with_weights, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! The PyO3 bindings: the only code in the crate that knows about Python. Each file converts
+//! arguments, calls the core through `runtime::run`, and converts results back.
+
+mod convert;
+mod errors;
+mod functional;
+mod optim;
+mod runtime;
+mod tensor;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    errors::register(m)?;
+    runtime::register(m)?;
+    tensor::register(m)?;
+    functional::register(m)?;
+    optim::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Builds and installs tfm_rs, then runs the main job. Usage: bash scripts/demo.sh [demo args…]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+exec "${PYTHON:-python3}" -m tfm_rs.demo "$@"
