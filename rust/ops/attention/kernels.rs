@@ -393,7 +393,7 @@ thread_local! {
 impl Scratch {
     pub fn take(len: usize) -> Scratch {
         let mut buf = SCRATCH.with(|s| s.take());
-        // Only growth is initialized; skipping the rest's memset saves about 2% of a backward.
+        // Only growth is initialized: no memset of the whole buffer per task.
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
