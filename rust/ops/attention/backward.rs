@@ -13,7 +13,7 @@
 
 use super::forward::{pack_rows, pack_transposed_blocks, BC, BR};
 use super::kernels::{
-    block_matmul, dispatch, exp, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+    block_matmul, dispatch, dot, exp, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -137,7 +137,7 @@ impl Kernel for BackwardTask<'_> {
             dropout_block,      // pz (BR, BC): P∘Z
             block,              // ds (BR, BC): dP, then dS in place
         ];
-        let mut scratch = Scratch::zeroed(lens.iter().sum());
+        let mut scratch = Scratch::take(lens.iter().sum());
         let [qs, kp, kt, vt, dop, d, dq_acc, dk_acc, dv_acc, p, z, pz, ds] = scratch.carve(lens);
         pack_rows(qs, q, tq, e, ep, cfg.scale);
         pack_rows(kp, k, tk, e, ep, 1.0);
@@ -145,11 +145,10 @@ impl Kernel for BackwardTask<'_> {
         pack_transposed_blocks(vt, v, tk, ev);
         pack_rows(dop, dout, tq, ev, evp, 1.0);
         for (i, di) in d.iter_mut().enumerate() {
-            *di = dout[i * ev..(i + 1) * ev]
-                .iter()
-                .zip(&out[i * ev..(i + 1) * ev])
-                .map(|(x, y)| x * y)
-                .sum();
+            *di = dot(&dout[i * ev..(i + 1) * ev], &out[i * ev..(i + 1) * ev]);
+        }
+        for acc in [&mut *dq_acc, &mut *dk_acc, &mut *dv_acc] {
+            acc.fill(0.0);
         }
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
 

@@ -113,7 +113,7 @@ impl Kernel for ForwardTask<'_> {
         let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
         let (ep, evp) = (round_up(e, LANES), round_up(ev, LANES));
         let k_blocks = tk.div_ceil(BC);
-        let mut scratch = Scratch::zeroed(k_blocks * BC * (e + evp) + BR * (ep + BC + evp));
+        let mut scratch = Scratch::take(k_blocks * BC * (e + evp) + BR * (ep + BC + evp));
         // kt (k_blocks, E, BC): kᵀ per key block, so the score product reads B rows contiguously.
         // vp (k_blocks·BC, Evp): v padded to whole blocks and LANES columns.
         // qs (BR, Ep): scale·q for one query block. s (BR, BC): scores, then probabilities.
@@ -235,25 +235,31 @@ impl Kernel for ForwardTask<'_> {
     }
 }
 
-/// `x` (T, C) row-major into `dst` (zeroed, rows of `cols` ≥ C), each value times `scale`.
+/// `x` (T, C) row-major into all of `dst`: rows of `cols` ≥ C values, each times `scale`, zero
+/// in the padding columns and in the rows past T.
+#[inline(always)] // into the SIMD trampolines, to be vectorized for their instruction set
 pub(super) fn pack_rows(dst: &mut [f32], x: &[f32], t: usize, c: usize, cols: usize, scale: f32) {
-    for r in 0..t {
-        for (d, &s) in dst[r * cols..r * cols + c]
-            .iter_mut()
-            .zip(&x[r * c..(r + 1) * c])
-        {
-            *d = scale * s;
-        }
+    if cols == 0 {
+        return;
+    }
+    for (r, row) in dst.chunks_exact_mut(cols).enumerate() {
+        let src: &[f32] = if r < t { &x[r * c..(r + 1) * c] } else { &[] };
+        let (valid, pad) = row.split_at_mut(src.len());
+        valid.iter_mut().zip(src).for_each(|(d, &s)| *d = scale * s);
+        pad.fill(0.0);
     }
 }
 
-/// `x` (T, C) row-major into `dst` (zeroed) as its transpose cut into blocks of `BC` rows of
-/// `x`: `(ceil(T/BC), C, BC)`. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
+/// `x` (T, C) row-major into all of `dst` as its transpose cut into blocks of `BC` rows of `x`:
+/// `(ceil(T/BC), C, BC)`, zero past row T. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
+/// Written row by row of `dst`, so the writes are contiguous and the reads strided.
+#[inline(always)]
 pub(super) fn pack_transposed_blocks(dst: &mut [f32], x: &[f32], t: usize, c: usize) {
-    for (r, row) in x.chunks_exact(c.max(1)).take(t).enumerate() {
-        let (b, j) = (r / BC, r % BC);
-        for (d, &val) in row.iter().enumerate() {
-            dst[(b * c + d) * BC + j] = val;
-        }
+    for (bd, row) in dst.chunks_exact_mut(BC).enumerate() {
+        let (b, d) = (bd / c, bd % c);
+        let valid = BC.min(t - b * BC);
+        let src = x[b * BC * c + d..].iter().step_by(c);
+        row[..valid].iter_mut().zip(src).for_each(|(v, &x)| *v = x);
+        row[valid..].fill(0.0);
     }
 }
