@@ -205,3 +205,27 @@ def test_recipe_end_to_end(tmp_path):
                  "200", "--warmup", "2", "--valid-every", "0", "--bleu-every", "0", "--save-every", "0",
                  "--print-every", "0", "--resume"])
     assert res2["steps"] == 4
+
+
+def test_torch_twin_is_the_same_function():
+    """The benchmark's PyTorch model, given our weights, computes the same logits (skips without torch)."""
+    torch = pytest.importorskip("torch")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benches" / "train_multi30k_torch.py"
+    spec = importlib.util.spec_from_file_location("train_multi30k_torch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for kw in ({"share_embeddings": True}, {"norm_first": True, "tie_output": True}):
+        tfm_rs.manual_seed(0)
+        m = transformer_tiny(V, **kw).eval()
+        tm = bench.build_torch_model(m.config)
+        tm.load_state_dict({k: torch.from_numpy(v) for k, v in m.state_dict().items()})
+        tm.eval()
+        src = np.array([[5, 6, 7, 8], [9, 10, 0, 0]])
+        tgt = np.array([[1, 11, 12], [1, 13, 0]])
+        with torch.no_grad():
+            ref = tm(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
+        np.testing.assert_allclose(m(src, tgt).numpy()[0], ref[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(m(src, tgt).numpy()[1, :2], ref[1, :2], rtol=1e-4, atol=1e-5)
