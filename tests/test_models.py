@@ -166,14 +166,19 @@ def test_extra_padding_does_not_change_outputs():
     np.testing.assert_allclose(b[:, :4], a, rtol=1e-4, atol=1e-5)
 
 
-def test_left_padded_target_uses_padding_mask():
+def test_inner_target_padding_is_masked():
+    # A pad *before* a real target token must be hidden from it: changing what the pad row embeds
+    # (normally zero) must not move the logits of the real tokens.
     m = tiny().eval()
-    src, tgt = ids((1, 5)), ids((1, 4), 1)
+    src = ids((1, 5))
+    tgt = np.array([[1, 7, 0, 9, 0]])
     a = m(src, tgt).numpy()
-    tgt_l = np.concatenate([np.zeros((1, 2), np.int64), tgt], 1)
-    b = m(src, tgt_l).numpy()
-    # Left pads are masked as keys; positions differ (shifted), so only check it runs and is finite.
-    assert np.isfinite(b).all() and b.shape == (1, 6, V) and a.shape == (1, 4, V)
+    w = m.tgt_embed.weight.numpy()
+    w[0] = np.random.default_rng(0).standard_normal(w.shape[1]).astype(np.float32)
+    m.tgt_embed.weight.copy_(w)
+    b = m(src, tgt).numpy()
+    np.testing.assert_allclose(b[0, [0, 1, 3]], a[0, [0, 1, 3]], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(b[0, 2], a[0, 2])
 
 
 def test_causal_future_targets_do_not_change_earlier_logits():
@@ -371,3 +376,14 @@ def test_bert_forward_loss_and_tied_head():
         b(x, np.zeros((3, 4), np.int64))
     with pytest.raises(IndexOutOfRangeError):
         b(x, np.full((3, 10), 2))
+
+
+def test_source_padding_content_is_ignored():
+    m = tiny().eval()
+    src = np.array([[5, 6, 0, 7, 0, 0], [8, 9, 10, 11, 12, 13]])  # pads inside and at the end
+    tgt = ids((2, 4), 1)
+    a = m(src, tgt).numpy()
+    w = m.src_embed.weight.numpy()
+    w[0] = 5.0
+    m.src_embed.weight.copy_(w)
+    np.testing.assert_allclose(m(src, tgt).numpy(), a, rtol=1e-5, atol=1e-5)
