@@ -30,7 +30,21 @@ from tfm_rs._core import manual_seed as _core_manual_seed
 from tfm_rs import functional
 from tfm_rs import nn  # after functional, which it builds on
 from tfm_rs import optim
+from tfm_rs import models
 from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
+
+
+# Submodules with heavier third-party imports (tokenizers, safetensors, sacrebleu) load on
+# first use, so `import tfm_rs` stays quick.
+_LAZY = ("checkpoint", "data", "metrics", "train")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"tfm_rs.{name}")
+    raise AttributeError(f"module 'tfm_rs' has no attribute {name!r}")
 
 
 def manual_seed(seed: int) -> None:
@@ -58,6 +72,7 @@ __all__ = [
     "get_rng_state",
     "is_grad_enabled",
     "manual_seed",
+    "models",
     "nn",
     "no_grad",
     "optim",
