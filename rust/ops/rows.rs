@@ -42,11 +42,19 @@ pub(crate) fn for_each_row<T: Send>(
 }
 
 /// Independent accumulators in the row reductions below: a single float accumulator makes each
-/// step wait for the previous one (and forbids SIMD sums); explicit lanes do not.
-const LANES: usize = 8;
+/// step wait for the previous one (and forbids SIMD sums); explicit lanes do not. 16 f32 lanes
+/// fill one AVX-512 register (two AVX2, four SSE ones), and the same lanes on every path keep
+/// results identical across instruction sets.
+pub(crate) const LANES: usize = 16;
+
+/// Values per block of [`blocked_sum`] and of the one-pass cross-entropy row: 16 per lane, small
+/// enough to stay in L1 between a block's passes and to bound f32 rounding in a block's sum.
+pub(crate) const BLOCK: usize = 16 * LANES;
 
 /// The largest entry of `z`: NaN if any entry is NaN (so NaN inputs give NaN rows, as in
-/// PyTorch), −inf for an empty or all −inf row.
+/// PyTorch), −inf for an empty or all −inf row. `#[inline(always)]`, as all the helpers here,
+/// so that a `simd_kernel!` body compiles them with its instruction set.
+#[inline(always)]
 pub(crate) fn row_max(z: &[f32]) -> f32 {
     let pick = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
     let mut lanes = [f32::NEG_INFINITY; LANES];
@@ -63,32 +71,65 @@ pub(crate) fn row_max(z: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| pick(m, v))
 }
 
-/// `Σ f(z_j)`: blocks of 256 values are mapped into a buffer (a plain loop, which compiles to
-/// SIMD code even for a branchy `f`) and summed in f32 lanes, and the block totals in f64, so
-/// the rounding error stays at one block's (32 terms per lane) even for 32k-wide rows.
+/// `Σ z` in f32 lanes, the lane totals added in f64. Meant for short runs (a [`BLOCK`]).
+#[inline(always)]
+pub(crate) fn lane_sum(z: &[f32]) -> f64 {
+    let mut lanes = [0.0f32; LANES];
+    let mut chunks = z.chunks_exact(LANES);
+    for c in &mut chunks {
+        for k in 0..LANES {
+            lanes[k] += c[k];
+        }
+    }
+    let rest: f32 = chunks.remainder().iter().sum();
+    lanes.iter().map(|&v| v as f64).sum::<f64>() + rest as f64
+}
+
+/// `Σ f(z_j)`: blocks of [`BLOCK`] values are mapped into a buffer (a plain loop, which
+/// compiles to SIMD code even for a branchy `f`) and summed in f32 lanes, and the block totals
+/// in f64, so the rounding error stays at one block's (16 terms per lane) even for 32k-wide
+/// rows.
+#[inline(always)]
 pub(crate) fn blocked_sum(z: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    const BLOCK: usize = 32 * LANES;
     let mut buf = [0.0f32; BLOCK];
     z.chunks(BLOCK)
         .map(|block| {
             let buf = &mut buf[..block.len()];
             buf.iter_mut().zip(block).for_each(|(b, &v)| *b = f(v));
-            let mut lanes = [0.0f32; LANES];
-            let mut chunks = buf.chunks_exact(LANES);
-            for c in &mut chunks {
-                for k in 0..LANES {
-                    lanes[k] += c[k];
-                }
-            }
-            let rest: f32 = chunks.remainder().iter().sum();
-            lanes.iter().map(|&v| v as f64).sum::<f64>() + rest as f64
+            lane_sum(buf)
         })
         .sum()
 }
 
 /// `Σ exp(z_j − m)` for `m ≥ max(z)`.
+#[inline(always)]
 pub(crate) fn exp_sum(z: &[f32], m: f32) -> f64 {
     blocked_sum(z, |v| exp_fast(v - m))
+}
+
+/// `[Σ_i f(i)[0], …, Σ_i f(i)[K-1]]` over `i < n`, each sum in 8 independent f64 lanes (one
+/// AVX-512 register): the f64 row statistics of LayerNorm and the softmax backward, vectorized
+/// without giving up f64 accumulation. `f` should index slices of length ≥ `n`.
+#[inline(always)]
+pub(crate) fn sums_f64<const K: usize>(n: usize, f: impl Fn(usize) -> [f64; K]) -> [f64; K] {
+    const L: usize = 8;
+    let mut acc = [[0.0f64; L]; K];
+    for i in (0..n / L * L).step_by(L) {
+        for l in 0..L {
+            let v = f(i + l);
+            for k in 0..K {
+                acc[k][l] += v[k];
+            }
+        }
+    }
+    let mut out = acc.map(|lanes| lanes.iter().sum::<f64>());
+    for i in n / L * L..n {
+        let v = f(i);
+        for k in 0..K {
+            out[k] += v[k];
+        }
+    }
+    out
 }
 
 /// `eˣ` to about 1 ulp (Cephes' `expf` polynomial), in branch-free arithmetic that compiles to
