@@ -176,8 +176,10 @@ simd_kernel! {
                 ab[j] += g[j] as f64;
             }
         }
-        dw.iter_mut().zip(aw).for_each(|(o, a)| *o = *a as f32);
-        db.iter_mut().zip(ab).for_each(|(o, a)| *o = *a as f32);
+        for j in 0..width {
+            dw[j] = aw[j] as f32;
+            db[j] = ab[j] as f32;
+        }
     }
 }
 

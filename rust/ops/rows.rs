@@ -64,14 +64,18 @@ pub(crate) fn row_max(z: &[f32]) -> f32 {
             lanes[k] = pick(lanes[k], c[k]);
         }
     }
-    chunks
-        .remainder()
-        .iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, &v| pick(m, v))
+    let mut m = f32::NEG_INFINITY;
+    for &v in chunks.remainder().iter().chain(&lanes) {
+        m = pick(m, v);
+    }
+    m
 }
 
 /// `Σ z` in f32 lanes, the lane totals added in f64. Meant for short runs (a [`BLOCK`]).
+///
+/// The helpers here use `for` loops, not `fold`/`for_each`/`sum` with closures: those iterator
+/// methods are separate functions that LLVM may decline to inline into a kernel's trampoline,
+/// and would then run at baseline width (profiled: most of the time of a cross-entropy row).
 #[inline(always)]
 pub(crate) fn lane_sum(z: &[f32]) -> f64 {
     let mut lanes = [0.0f32; LANES];
@@ -81,8 +85,11 @@ pub(crate) fn lane_sum(z: &[f32]) -> f64 {
             lanes[k] += c[k];
         }
     }
-    let rest: f32 = chunks.remainder().iter().sum();
-    lanes.iter().map(|&v| v as f64).sum::<f64>() + rest as f64
+    let mut total = 0.0f64;
+    for &v in chunks.remainder().iter().chain(&lanes) {
+        total += v as f64;
+    }
+    total
 }
 
 /// `Σ f(z_j)`: blocks of [`BLOCK`] values are mapped into a buffer (a plain loop, which
@@ -92,13 +99,15 @@ pub(crate) fn lane_sum(z: &[f32]) -> f64 {
 #[inline(always)]
 pub(crate) fn blocked_sum(z: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut buf = [0.0f32; BLOCK];
-    z.chunks(BLOCK)
-        .map(|block| {
-            let buf = &mut buf[..block.len()];
-            buf.iter_mut().zip(block).for_each(|(b, &v)| *b = f(v));
-            lane_sum(buf)
-        })
-        .sum()
+    let mut total = 0.0f64;
+    for block in z.chunks(BLOCK) {
+        let buf = &mut buf[..block.len()];
+        for (b, &v) in buf.iter_mut().zip(block) {
+            *b = f(v);
+        }
+        total += lane_sum(buf);
+    }
+    total
 }
 
 /// `Σ exp(z_j − m)` for `m ≥ max(z)`.
@@ -122,7 +131,12 @@ pub(crate) fn sums_f64<const K: usize>(n: usize, f: impl Fn(usize) -> [f64; K]) 
             }
         }
     }
-    let mut out = acc.map(|lanes| lanes.iter().sum::<f64>());
+    let mut out = [0.0f64; K];
+    for k in 0..K {
+        for l in 0..L {
+            out[k] += acc[k][l];
+        }
+    }
     for i in n / L * L..n {
         let v = f(i);
         for k in 0..K {

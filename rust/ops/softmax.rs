@@ -62,11 +62,17 @@ simd_kernel! {
             // (z − m) first: exact for the entries near the max, which carry the probability
             // mass.
             let ln_s = exp_sum(z, m).ln() as f32;
-            z.iter_mut().for_each(|v| *v = (*v - m) - ln_s);
+            for v in z.iter_mut() {
+                *v = (*v - m) - ln_s;
+            }
         } else {
-            z.iter_mut().for_each(|v| *v = exp_fast(*v - m));
+            for v in z.iter_mut() {
+                *v = exp_fast(*v - m);
+            }
             let inv = (1.0 / blocked_sum(z, |v| v)) as f32;
-            z.iter_mut().for_each(|v| *v *= inv);
+            for v in z.iter_mut() {
+                *v *= inv;
+            }
         }
     }
 }
