@@ -93,7 +93,10 @@ pub(crate) fn for_each_isa(mut f: impl FnMut(Isa) + Send) {
             eprintln!("skipping the {} path: this CPU cannot run it", isa.name());
             continue;
         }
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
         pool.install(|| with_isa(isa, || f(isa)));
     }
 }

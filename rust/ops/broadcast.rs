@@ -71,10 +71,14 @@ pub fn map2(
     let mut out = vec![0.0f32; n];
     let (ad, bd) = (a.data(), b.data());
     if a.shape() == b.shape() {
-        for_each_row(rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK), CHUNK, |c, o| {
-            let (x, y) = (&ad[c * CHUNK..][..o.len()], &bd[c * CHUNK..][..o.len()]);
-            map2_chunk(o, x, y, &f)
-        });
+        for_each_row(
+            rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
+            CHUNK,
+            |c, o| {
+                let (x, y) = (&ad[c * CHUNK..][..o.len()], &bd[c * CHUNK..][..o.len()]);
+                map2_chunk(o, x, y, &f)
+            },
+        );
         return Tensor::new(out, &out_shape);
     }
     let inner = out_shape.last().copied().unwrap_or(1).max(1);
@@ -152,9 +156,11 @@ pub fn scatter_strided(
 pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let n = x.numel();
     let mut out = vec![0.0f32; n];
-    for_each_row(rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK), CHUNK, |c, o| {
-        map1_chunk(o, &x.data()[c * CHUNK..][..o.len()], &f)
-    });
+    for_each_row(
+        rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
+        CHUNK,
+        |c, o| map1_chunk(o, &x.data()[c * CHUNK..][..o.len()], &f),
+    );
     Tensor::new(out, x.shape()).expect("same number of elements")
 }
 

@@ -13,8 +13,8 @@
 //! `(N, C)` softmax alive between forward and backward.
 
 use super::rows::{exp_fast, exp_sum, for_each_row, lane_sum, row_max, rows_mut, BLOCK};
-use crate::cpu::simd::simd_kernel;
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
 use crate::{ensure_shape, ensure_value};

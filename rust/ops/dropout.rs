@@ -9,9 +9,9 @@
 
 use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::ensure_value;
 use crate::error::Result;
-use crate::cpu::simd::simd_kernel;
 use crate::random::{keep_group_bits, keep_threshold, kept, next_seed, KEEP_GROUP};
 use crate::tensor::Tensor;
 

@@ -7,8 +7,8 @@
 //! relative to their spread keep full f32 accuracy.
 
 use super::rows::{for_each_row, rows_mut, sums_f64};
-use crate::cpu::simd::simd_kernel;
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
 use crate::{ensure_shape, ensure_value};

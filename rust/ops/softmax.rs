@@ -6,8 +6,8 @@
 
 use super::broadcast::{broadcast_strides, row_offset};
 use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut, sums_f64};
-use crate::cpu::simd::simd_kernel;
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{broadcast_shapes, shape_str, Tensor};
 
