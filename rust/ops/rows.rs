@@ -123,6 +123,8 @@ pub(crate) fn exp_sum(z: &[f32], m: f32) -> f64 {
 pub(crate) fn sums_f64<const K: usize>(n: usize, f: impl Fn(usize) -> [f64; K]) -> [f64; K] {
     const L: usize = 8;
     let mut acc = [[0.0f64; L]; K];
+    // Index loops: lane `l` of every sum takes element `i + l`, the layout that vectorizes.
+    #[allow(clippy::needless_range_loop)]
     for i in (0..n / L * L).step_by(L) {
         for l in 0..L {
             let v = f(i + l);
@@ -132,9 +134,9 @@ pub(crate) fn sums_f64<const K: usize>(n: usize, f: impl Fn(usize) -> [f64; K]) 
         }
     }
     let mut out = [0.0f64; K];
-    for k in 0..K {
-        for l in 0..L {
-            out[k] += acc[k][l];
+    for (o, lanes) in out.iter_mut().zip(&acc) {
+        for &v in lanes {
+            *o += v;
         }
     }
     for i in n / L * L..n {
