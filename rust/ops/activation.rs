@@ -4,7 +4,8 @@
 //! the exact derivatives (erf form: `Φ(x) + x·φ(x)`).
 
 use super::broadcast::{map1, map2};
-use super::rows::exp_fast;
+use super::rows::{exp_fast, for_each_row, rows_mut};
+use crate::cpu::simd::simd_kernel;
 use crate::autograd::{Backward, Var};
 use crate::error::Result;
 use crate::tensor::Tensor;
@@ -139,11 +140,43 @@ pub fn activation_forward(kind: ActivationKind, x: &Tensor) -> Tensor {
 
 /// Backward kernel: `g` and the saved input `x` (same shape) → `g ∘ act'(x)`.
 pub fn activation_backward(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let name = kind.name();
-    match kind {
-        ActivationKind::Relu => map2(name, g, x, |g, x| g * ActivationKind::Relu.derivative(x)),
-        ActivationKind::Gelu => map2(name, g, x, |g, x| g * gelu_erf_grad(x)),
-        ActivationKind::GeluTanh => map2(name, g, x, |g, x| g * gelu_tanh_grad(x)),
+    if g.shape() != x.shape() {
+        return map2(kind.name(), g, x, |g, x| g * kind.derivative(x));
+    }
+    let (gd, xd, n) = (g.data(), x.data(), x.numel());
+    let mut out = vec![0.0f32; n];
+    for_each_row(rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK), CHUNK, |c, o| {
+        let (g, x) = (&gd[c * CHUNK..][..o.len()], &xd[c * CHUNK..][..o.len()]);
+        grad_chunk(o, g, x, kind)
+    });
+    Tensor::new(out, x.shape())
+}
+
+/// Elements per task of the backward; elementwise, so the split never changes results.
+const CHUNK: usize = 1 << 13;
+
+simd_kernel! {
+    /// `o = g ∘ act'(x)` over equally long slices. Its own kernel rather than a `map2`
+    /// closure: the GELU derivatives are big enough that LLVM kept the closure out of line
+    /// (profiled: scalar code, 15× slower than the forward).
+    fn grad_chunk(o: &mut [f32], g: &[f32], x: &[f32], kind: ActivationKind) {
+        match kind {
+            ActivationKind::Relu => {
+                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                    *o = g * ActivationKind::Relu.derivative(x);
+                }
+            }
+            ActivationKind::Gelu => {
+                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                    *o = g * gelu_erf_grad(x);
+                }
+            }
+            ActivationKind::GeluTanh => {
+                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                    *o = g * gelu_tanh_grad(x);
+                }
+            }
+        }
     }
 }
 
