@@ -102,9 +102,9 @@ def cases(rng):
         x, r, g = rand(rows, d), rand(rows, d), rand(rows, d)
         w, b = rand(d), rand(d)
         out.append((f"add_layer_norm {rows}x{d}", {
-            "tfm_rs": tfm_fb(lambda a, c, wt, bt: F.add_layer_norm(a, c, d, wt, bt), x, r, w, b),
+            "tfm_rs": tfm_fb(lambda a, c, wt, bt, d=d: F.add_layer_norm(a, c, d, wt, bt), x, r, w, b),
             "numpy": lambda x=x, r=r, w=w, b=b, g=g: np_add_layer_norm(x, r, w, b, g),
-            "torch": torch and torch_fb(lambda a, c, wt, bt: TF.layer_norm(a + c, (d,), wt, bt), x, r, w, b),
+            "torch": torch and torch_fb(lambda a, c, wt, bt, d=d: TF.layer_norm(a + c, (d,), wt, bt), x, r, w, b),
         }))
     for n, c in ((1536, 8000), (4096, 32000)):
         x = rand(n, c, scale=3.0)
