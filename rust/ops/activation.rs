@@ -5,8 +5,8 @@
 
 use super::broadcast::{map1, map2};
 use super::rows::{exp_fast, for_each_row, rows_mut};
-use crate::cpu::simd::simd_kernel;
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
@@ -145,10 +145,14 @@ pub fn activation_backward(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Resu
     }
     let (gd, xd, n) = (g.data(), x.data(), x.numel());
     let mut out = vec![0.0f32; n];
-    for_each_row(rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK), CHUNK, |c, o| {
-        let (g, x) = (&gd[c * CHUNK..][..o.len()], &xd[c * CHUNK..][..o.len()]);
-        grad_chunk(o, g, x, kind)
-    });
+    for_each_row(
+        rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
+        CHUNK,
+        |c, o| {
+            let (g, x) = (&gd[c * CHUNK..][..o.len()], &xd[c * CHUNK..][..o.len()]);
+            grad_chunk(o, g, x, kind)
+        },
+    );
     Tensor::new(out, x.shape())
 }
 
