@@ -4,6 +4,7 @@
 pub mod features;
 pub mod gemm;
 pub mod pool;
+pub mod simd;
 
 pub use features::{active_isa, set_isa, Isa};
 pub use gemm::{gemm, Activation, Epilogue, MatRef};

@@ -12,8 +12,9 @@
 //! recomputes `softmax = exp(logits − lse)`, one exp per element, rather than keeping an
 //! `(N, C)` softmax alive between forward and backward.
 
-use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut};
+use super::rows::{exp_fast, exp_sum, for_each_row, lane_sum, row_max, rows_mut, BLOCK};
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
 use crate::{ensure_shape, ensure_value};
@@ -55,37 +56,66 @@ fn check_targets(target: &[i64], c: usize, ignore_index: i64) -> Result<()> {
     }
 }
 
-/// Loss of one row `x (C,)` with target `t`, plus its log-sum-exp. The lse is NaN when the row
-/// holds NaN or +inf, and −inf when every logit is −inf; the caller turns both into errors.
-fn row_loss(x: &[f32], t: i64, cfg: LossConfig) -> RowLoss {
-    let m = row_max(x);
-    if m.is_nan() || m == f32::INFINITY {
-        return RowLoss {
-            loss: 0.0,
-            lse: f64::NAN,
-        };
+simd_kernel! {
+    /// Loss of one row `x (C,)` with target `t`, plus its log-sum-exp, in one pass over the
+    /// row: per [`BLOCK`] (which stays in L1 between its passes) the block max, then
+    /// `Σ exp(x − m)` against the running max `m` (the running sum rescaled by `exp(m_old − m)`
+    /// when the max grows, which happens a handful of times per row) and, with smoothing,
+    /// `Σ x`. The lse is NaN when the row holds NaN or +inf, and −inf when every logit is
+    /// −inf; the caller turns both into errors.
+    fn row_loss(x: &[f32], t: i64, cfg: LossConfig) -> RowLoss {
+        let eps = cfg.label_smoothing as f64;
+        let (mut m, mut sum, mut sum_x) = (f32::NEG_INFINITY, 0.0f64, 0.0f64);
+        for block in x.chunks(BLOCK) {
+            let mb = row_max(block);
+            if mb.is_nan() || mb == f32::INFINITY {
+                return RowLoss { loss: 0.0, lse: f64::NAN };
+            }
+            if mb > m {
+                // exp(−inf) = 0 drops the empty sum of an all −inf prefix.
+                sum *= (m as f64 - mb as f64).exp();
+                m = mb;
+            }
+            if m != f32::NEG_INFINITY {
+                sum += exp_sum(block, m);
+            }
+            if eps > 0.0 {
+                sum_x += lane_sum(block);
+            }
+        }
+        if m == f32::NEG_INFINITY {
+            return RowLoss { loss: 0.0, lse: f64::NEG_INFINITY };
+        }
+        let lse = m as f64 + sum.ln();
+        if t == cfg.ignore_index {
+            return RowLoss { loss: 0.0, lse };
+        }
+        // Each term only when its weight is nonzero: a −inf logit makes its term infinite.
+        let mut loss = 0.0;
+        if eps < 1.0 {
+            loss += (1.0 - eps) * (lse - x[t as usize] as f64);
+        }
+        if eps > 0.0 {
+            loss += eps * (lse - sum_x / x.len() as f64);
+        }
+        RowLoss { loss, lse }
     }
-    if m == f32::NEG_INFINITY {
-        return RowLoss {
-            loss: 0.0,
-            lse: f64::NEG_INFINITY,
-        };
+}
+
+simd_kernel! {
+    /// One row of the backward: `d = w·(exp(x − lse) − smooth)`, then `d[t] −= w·(1 − ε)`;
+    /// each output written once. `lse` comes as an f32 pair `hi + lo`: logits near lse (the
+    /// ones with probability mass) subtract its high part exactly, so their difference keeps
+    /// f32 precision even at ~1e4, where a plain f32 lse would keep only three decimals.
+    fn grad_row(d: &mut [f32], x: &[f32], t: usize, lse: f64, w: f32, eps: f32) {
+        let smooth = eps / x.len() as f32;
+        let hi = lse as f32;
+        let lo = (lse - hi as f64) as f32;
+        for (d, &v) in d.iter_mut().zip(x) {
+            *d = w * (exp_fast((v - hi) - lo) - smooth);
+        }
+        d[t] -= w * (1.0 - eps);
     }
-    let lse = m as f64 + exp_sum(x, m).ln();
-    if t == cfg.ignore_index {
-        return RowLoss { loss: 0.0, lse };
-    }
-    let eps = cfg.label_smoothing as f64;
-    // Each term only when its weight is nonzero: a −inf logit makes its term infinite.
-    let mut loss = 0.0;
-    if eps < 1.0 {
-        loss += (1.0 - eps) * (lse - x[t as usize] as f64);
-    }
-    if eps > 0.0 {
-        let mean_x = blocked_sum(x, |v| v) / x.len() as f64;
-        loss += eps * (lse - mean_x);
-    }
-    RowLoss { loss, lse }
 }
 
 /// Forward kernel: `logits (N, C)`, `target (N,)` (already checked) → per-row loss and lse,
@@ -131,23 +161,12 @@ pub fn cross_entropy_backward(
 ) -> Vec<f32> {
     let n = target.len();
     let mut dx = vec![0.0f32; n * c];
-    let eps = cfg.label_smoothing;
-    let smooth = eps / c as f32;
     for_each_row(rows_mut(&mut dx, n, c), c, |i, d| {
         let t = target[i];
-        if t == cfg.ignore_index {
-            return;
+        if t != cfg.ignore_index {
+            let x = &logits[i * c..][..c];
+            grad_row(d, x, t as usize, lse[i], w[i], cfg.label_smoothing);
         }
-        let (x, wi) = (&logits[i * c..][..c], w[i]);
-        // lse as an f32 pair: logits near lse (the ones with probability mass) subtract its
-        // high part exactly, so their difference keeps f32 precision even at ~1e4, where a
-        // plain f32 lse would keep only three decimals.
-        let hi = lse[i] as f32;
-        let lo = (lse[i] - hi as f64) as f32;
-        for (d, &v) in d.iter_mut().zip(x) {
-            *d = wi * (exp_fast((v - hi) - lo) - smooth);
-        }
-        d[t as usize] -= wi * (1.0 - eps);
     });
     dx
 }

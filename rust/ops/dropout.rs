@@ -9,35 +9,51 @@
 
 use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::ensure_value;
 use crate::error::Result;
-use crate::random::{keep, next_seed};
+use crate::random::{keep_group_bits, keep_threshold, kept, next_seed, KEEP_GROUP};
 use crate::tensor::Tensor;
 
-/// Elements per parallel task; masks are indexed by the absolute element index, so the split
-/// does not affect the result.
+/// Elements per parallel task, a multiple of `KEEP_GROUP`; masks are indexed by the absolute
+/// element index, so the split does not affect the result.
 const CHUNK: usize = 1 << 12;
+
+simd_kernel! {
+    /// Elements `base .. base + o.len()` of [`dropout_apply`] (`base` a multiple of
+    /// `KEEP_GROUP`, `v` and `o` equally long): the chunk's 16-bit draws into a buffer first (a
+    /// plain loop of 64-bit hashes), then the mask applied as one branch-free, vectorized map.
+    fn apply_chunk(o: &mut [f32], v: &[f32], base: usize, seed: u64, threshold: u32, scale: f32) {
+        let mut draws = [0u16; CHUNK];
+        let draws = &mut draws[..o.len().next_multiple_of(KEEP_GROUP)];
+        let g0 = (base / KEEP_GROUP) as u64;
+        for (g, d) in draws.chunks_exact_mut(KEEP_GROUP).enumerate() {
+            let h = keep_group_bits(seed, g0 + g as u64);
+            for (k, d) in d.iter_mut().enumerate() {
+                *d = (h >> (16 * k)) as u16;
+            }
+        }
+        for ((o, &x), &r) in o.iter_mut().zip(v).zip(&*draws) {
+            *o = x * if kept(r as u32, threshold) { scale } else { 0.0 };
+        }
+    }
+}
 
 /// Forward and backward kernel (dropout is linear, so both are the same map):
 /// `out_i = v_i · (keep(seed, i, p) ? 1/(1 − p) : 0)` for `v (n,)` → `(n,)`. Multiplying by 0
 /// rather than writing 0 keeps NaN and ±inf inputs visible as NaN, as PyTorch does.
 ///
 /// `p` is f64, like the Python float it comes from: the scale `1/(1 − p)` is computed in f64
-/// and rounded once (for p = 0.9, 10.0 rather than f32's 9.999998).
+/// and rounded once (for p = 0.9, 10.0 rather than f32's 9.999998). The keep decision uses `p`
+/// on `random::keep`'s 2⁻¹⁶ grid.
 pub fn dropout_apply(v: &[f32], seed: u64, p: f64) -> Vec<f32> {
     let scale = (1.0 / (1.0 - p)) as f32;
-    let threshold = p as f32;
+    let threshold = keep_threshold(p as f32);
     let mut out = vec![0.0f32; v.len()];
     let rows = v.len().div_ceil(CHUNK);
     for_each_row(rows_mut(&mut out, rows, CHUNK), CHUNK, |c, o| {
         let base = c * CHUNK;
-        for (j, (o, &x)) in o.iter_mut().zip(&v[base..]).enumerate() {
-            *o = x * if keep(seed, (base + j) as u64, threshold) {
-                scale
-            } else {
-                0.0
-            };
-        }
+        apply_chunk(o, &v[base..][..o.len()], base, seed, threshold, scale);
     });
     out
 }
@@ -85,6 +101,7 @@ mod tests {
     use super::*;
     use crate::error::ErrorKind;
     use crate::ops::test_support::*;
+    use crate::random::keep;
 
     /// f64 reference: the mask and scale written out per element.
     fn reference(x: &[f64], seed: u64, p: f64) -> Vec<f64> {

@@ -6,8 +6,9 @@
 //! in f64 (two passes over a row that is already in cache) so that rows with a large mean
 //! relative to their spread keep full f32 accuracy.
 
-use super::rows::{for_each_row, rows_mut};
+use super::rows::{for_each_row, rows_mut, sums_f64};
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
 use crate::{ensure_shape, ensure_value};
@@ -24,23 +25,50 @@ pub struct RowStats {
 /// narrow enough to give every thread work for typical D.
 const COL_BLOCK: usize = 64;
 
-/// Normalizes one row `s` into `y` and returns its statistics.
-fn normalize_row(
-    s: &[f32],
-    y: &mut [f32],
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
-    eps: f32,
-) -> RowStats {
-    let n = s.len() as f64;
-    let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-    let rstd = 1.0 / (var + eps as f64).sqrt();
-    for (j, (o, &v)) in y.iter_mut().zip(s).enumerate() {
-        let xhat = ((v as f64 - mean) * rstd) as f32;
-        *o = xhat * weight.map_or(1.0, |w| w[j]) + bias.map_or(0.0, |b| b[j]);
+simd_kernel! {
+    /// Normalizes one row `s (D,)` into `y (D,)` and returns its statistics; with a residual
+    /// `res`, first `s ← x + res` (`s` is then written, `x` read) in the same kernel call.
+    fn normalize_row(
+        x: &[f32],
+        res_s: Option<(&[f32], &mut [f32])>,
+        y: &mut [f32],
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        eps: f32,
+    ) -> RowStats {
+        let d = y.len();
+        let s: &[f32] = match res_s {
+            Some((res, s)) => {
+                for ((s, &a), &b) in s.iter_mut().zip(x).zip(res) {
+                    *s = a + b;
+                }
+                s
+            }
+            None => x,
+        };
+        let s = &s[..d];
+        let n = d as f64;
+        let [sum] = sums_f64(d, |j| [s[j] as f64]);
+        let mean = sum / n;
+        let [sq] = sums_f64(d, |j| [(s[j] as f64 - mean) * (s[j] as f64 - mean)]);
+        let rstd = 1.0 / (sq / n + eps as f64).sqrt();
+        // Separate loops per weight/bias presence, so that each is a plain vectorizable map.
+        let xhat = |v: f32| ((v as f64 - mean) * rstd) as f32;
+        match (weight, bias) {
+            (Some(w), Some(b)) => {
+                let (w, b) = (&w[..d], &b[..d]);
+                for j in 0..d {
+                    y[j] = xhat(s[j]) * w[j] + b[j];
+                }
+            }
+            _ => {
+                for (j, (o, &v)) in y.iter_mut().zip(s).enumerate() {
+                    *o = xhat(v) * weight.map_or(1.0, |w| w[j]) + bias.map_or(0.0, |b| b[j]);
+                }
+            }
+        }
+        RowStats { mean, rstd }
     }
-    RowStats { mean, rstd }
 }
 
 /// The output of [`layer_norm_forward`].
@@ -77,20 +105,35 @@ pub fn layer_norm_forward(
         .zip(stats.iter_mut())
         .collect();
     for_each_row(items, d, |r, ((y, sum), st)| {
-        let x = &x[r * d..][..d];
-        let src: &[f32] = match (sum, residual) {
-            (Some(s), Some(res)) => {
-                s.iter_mut()
-                    .zip(x)
-                    .zip(&res[r * d..][..d])
-                    .for_each(|((s, &a), &b)| *s = a + b);
-                s
-            }
-            _ => x,
-        };
-        *st = normalize_row(src, y, weight, bias, eps);
+        let res_s = residual.zip(sum).map(|(res, s)| (&res[r * d..][..d], s));
+        *st = normalize_row(&x[r * d..][..d], res_s, y, weight, bias, eps);
     });
     LayerNormForward { y, sum, stats }
+}
+
+simd_kernel! {
+    /// One row of [`layer_norm_backward_input`]: `out`, `g`, `s` (and `weight`) of length D.
+    fn input_grad_row(out: &mut [f32], g: &[f32], s: &[f32], st: RowStats, weight: Option<&[f32]>) {
+        let d = out.len();
+        let RowStats { mean, rstd } = st;
+        let (g, s) = (&g[..d], &s[..d]);
+        // A unit weight when absent, so that one loop serves both cases.
+        let ones;
+        let w = match weight {
+            Some(w) => &w[..d],
+            None => {
+                ones = vec![1.0f32; d];
+                &ones[..]
+            }
+        };
+        let ghat = |j: usize| g[j] as f64 * w[j] as f64;
+        let [sum_g, sum_gs] = sums_f64(d, |j| [ghat(j), ghat(j) * ((s[j] as f64 - mean) * rstd)]);
+        let (mean_g, mean_gs) = (sum_g / d as f64, sum_gs / d as f64);
+        for j in 0..d {
+            let shat = (s[j] as f64 - mean) * rstd;
+            out[j] = (rstd * (ghat(j) - mean_g - shat * mean_gs)) as f32;
+        }
+    }
 }
 
 /// Backward kernel for the input: `g (rows, D)`, the saved input `s (rows, D)`, stats and
@@ -106,21 +149,38 @@ pub fn layer_norm_backward_input(
     let rows = stats.len();
     let mut ds = vec![0.0f32; rows * d];
     for_each_row(rows_mut(&mut ds, rows, d), d, |r, out| {
-        let RowStats { mean, rstd } = stats[r];
-        let (g, s) = (&g[r * d..][..d], &s[r * d..][..d]);
-        let ghat = |j: usize| g[j] as f64 * weight.map_or(1.0, |w| w[j] as f64);
-        let (mut sum_g, mut sum_gs) = (0.0f64, 0.0f64);
-        for (j, &v) in s.iter().enumerate() {
-            sum_g += ghat(j);
-            sum_gs += ghat(j) * (v as f64 - mean) * rstd;
-        }
-        let (mean_g, mean_gs) = (sum_g / d as f64, sum_gs / d as f64);
-        for (j, o) in out.iter_mut().enumerate() {
-            let shat = (s[j] as f64 - mean) * rstd;
-            *o = (rstd * (ghat(j) - mean_g - shat * mean_gs)) as f32;
-        }
+        input_grad_row(out, &g[r * d..][..d], &s[r * d..][..d], stats[r], weight)
     });
     ds
+}
+
+simd_kernel! {
+    /// Columns `c0 .. c0 + dw.len()` of [`layer_norm_backward_params`], summed over the rows
+    /// in order.
+    fn param_grad_block(
+        dw: &mut [f32],
+        db: &mut [f32],
+        g: &[f32],
+        s: &[f32],
+        stats: &[RowStats],
+        d: usize,
+        c0: usize,
+    ) {
+        let width = dw.len();
+        let (mut aw, mut ab) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
+        let (aw, ab) = (&mut aw[..width], &mut ab[..width]);
+        for (r, st) in stats.iter().enumerate() {
+            let (g, s) = (&g[r * d + c0..][..width], &s[r * d + c0..][..width]);
+            for j in 0..width {
+                aw[j] += g[j] as f64 * ((s[j] as f64 - st.mean) * st.rstd);
+                ab[j] += g[j] as f64;
+            }
+        }
+        for j in 0..width {
+            dw[j] = aw[j] as f32;
+            db[j] = ab[j] as f32;
+        }
+    }
 }
 
 /// Backward kernel for the parameters: `(dweight, dbias)`, each `(D,)`, with
@@ -138,17 +198,7 @@ pub fn layer_norm_backward_params(
         .zip(db.chunks_mut(COL_BLOCK))
         .collect();
     for_each_row(items, stats.len() * COL_BLOCK, |block, (dw, db)| {
-        let c0 = block * COL_BLOCK;
-        let (mut aw, mut ab) = (vec![0.0f64; dw.len()], vec![0.0f64; db.len()]);
-        for (r, st) in stats.iter().enumerate() {
-            let (g, s) = (&g[r * d + c0..][..dw.len()], &s[r * d + c0..][..dw.len()]);
-            for j in 0..dw.len() {
-                aw[j] += g[j] as f64 * (s[j] as f64 - st.mean) * st.rstd;
-                ab[j] += g[j] as f64;
-            }
-        }
-        dw.iter_mut().zip(aw).for_each(|(o, a)| *o = a as f32);
-        db.iter_mut().zip(ab).for_each(|(o, a)| *o = a as f32);
+        param_grad_block(dw, db, g, s, stats, d, block * COL_BLOCK)
     });
     (dw, db)
 }

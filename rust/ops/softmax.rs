@@ -5,8 +5,9 @@
 //! zeros there and log-softmax −inf, never NaN, and both pass back a zero gradient.
 
 use super::broadcast::{broadcast_strides, row_offset};
-use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut};
+use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut, sums_f64};
 use crate::autograd::{Backward, Var};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{broadcast_shapes, shape_str, Tensor};
 
@@ -48,22 +49,59 @@ impl<'a> BroadcastRows<'a> {
     }
 }
 
-/// Softmax (or log-softmax, with `log`) of row `z` in place. A row with no entry above −inf
-/// becomes all zeros (or all −inf).
-fn softmax_row_in_place(z: &mut [f32], log: bool) {
-    let m = row_max(z);
-    if m == f32::NEG_INFINITY {
-        z.fill(if log { f32::NEG_INFINITY } else { 0.0 });
-        return;
+simd_kernel! {
+    /// Softmax (or log-softmax, with `log`) of row `z` in place. A row with no entry above
+    /// −inf becomes all zeros (or all −inf).
+    fn softmax_row_in_place(z: &mut [f32], log: bool) {
+        let m = row_max(z);
+        if m == f32::NEG_INFINITY {
+            z.fill(if log { f32::NEG_INFINITY } else { 0.0 });
+            return;
+        }
+        if log {
+            // (z − m) first: exact for the entries near the max, which carry the probability
+            // mass.
+            let ln_s = exp_sum(z, m).ln() as f32;
+            for v in z.iter_mut() {
+                *v = (*v - m) - ln_s;
+            }
+        } else {
+            for v in z.iter_mut() {
+                *v = exp_fast(*v - m);
+            }
+            let inv = (1.0 / blocked_sum(z, |v| v)) as f32;
+            for v in z.iter_mut() {
+                *v *= inv;
+            }
+        }
     }
-    if log {
-        // (z − m) first: exact for the entries near the max, which carry the probability mass.
-        let ln_s = exp_sum(z, m).ln() as f32;
-        z.iter_mut().for_each(|v| *v = (*v - m) - ln_s);
-    } else {
-        z.iter_mut().for_each(|v| *v = exp_fast(*v - m));
-        let inv = (1.0 / blocked_sum(z, |v| v)) as f32;
-        z.iter_mut().for_each(|v| *v *= inv);
+}
+
+simd_kernel! {
+    /// One row of the backward: `g`, `y` and `d` of one length. Sums in f64 lanes.
+    fn softmax_grad_row(d: &mut [f32], g: &[f32], y: &[f32], log: bool) {
+        let n = d.len();
+        let (g, y) = (&g[..n], &y[..n]);
+        if log {
+            // Masked entries' outputs are constants, so their `g` does not enter the sum.
+            let [gsum] = sums_f64(n, |j| {
+                [if y[j] == f32::NEG_INFINITY { 0.0 } else { g[j] as f64 }]
+            });
+            let gsum = gsum as f32;
+            for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
+                *d = if y == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    g - exp_fast(y) * gsum
+                };
+            }
+        } else {
+            let [dot] = sums_f64(n, |j| [g[j] as f64 * y[j] as f64]);
+            let dot = dot as f32;
+            for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
+                *d = y * (g - dot);
+            }
+        }
     }
 }
 
@@ -114,28 +152,7 @@ pub fn softmax_backward(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
     let mut dx = vec![0.0f32; y.numel()];
     let (gd, yd) = (g.data(), y.data());
     for_each_row(rows_mut(&mut dx, rows, cols), cols, |r, d| {
-        let (gr, yr) = (&gd[r * cols..][..cols], &yd[r * cols..][..cols]);
-        if log {
-            // Masked entries' outputs are constants, so their `g` does not enter the sum.
-            let unmasked = gr.iter().zip(yr).filter(|(_, &y)| y != f32::NEG_INFINITY);
-            let gsum = unmasked.map(|(&g, _)| g as f64).sum::<f64>() as f32;
-            for ((d, &g), &y) in d.iter_mut().zip(gr).zip(yr) {
-                *d = if y == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    g - exp_fast(y) * gsum
-                };
-            }
-        } else {
-            let dot = gr
-                .iter()
-                .zip(yr)
-                .map(|(&g, &y)| g as f64 * y as f64)
-                .sum::<f64>() as f32;
-            for ((d, &g), &y) in d.iter_mut().zip(gr).zip(yr) {
-                *d = y * (g - dot);
-            }
-        }
+        softmax_grad_row(d, &gd[r * cols..][..cols], &yd[r * cols..][..cols], log)
     });
     Tensor::new(dx, y.shape())
 }

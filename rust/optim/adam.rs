@@ -11,7 +11,7 @@
 //! As in PyTorch's implementation, AMSGrad keeps the maximum of the raw second moment (not of
 //! the bias-corrected one, as its documentation's pseudo-code shows).
 
-use super::{check_len, optional_chunks, CHUNK};
+use super::{check_len, for_each_index, optional_chunks, CHUNK};
 use crate::ensure_value;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
@@ -69,7 +69,7 @@ impl AdamConfig {
 }
 
 /// `torch.lerp(start, end, weight)` for a scalar weight, with PyTorch's two-sided formula.
-#[inline]
+#[inline(always)]
 fn lerp(start: f32, end: f32, weight: f32) -> f32 {
     if weight < 0.5 {
         start + weight * (end - start)
@@ -130,7 +130,8 @@ pub fn adam_step(
         .zip(optional_chunks(max_sq, chunks))
         .collect();
     for_each_row(items, CHUNK, |_, ((((p, g), m), v), mut vmax)| {
-        for j in 0..p.len() {
+        let n = p.len();
+        for_each_index(n, &mut |j| {
             let mut gj = if cfg.maximize { -g[j] } else { g[j] };
             if cfg.weight_decay != 0.0 {
                 if cfg.decoupled {
@@ -150,7 +151,7 @@ pub fn adam_step(
             };
             let denom = second.sqrt() / bias_correction2_sqrt + eps;
             p[j] += (-step_size * m[j]) / denom;
-        }
+        });
     });
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! pseudo-code flips the sign of the final update instead, which differs once weight decay is
 //! on).
 
-use super::{check_len, optional_chunks, CHUNK};
+use super::{check_len, for_each_index, optional_chunks, CHUNK};
 use crate::ensure_value;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
@@ -92,7 +92,8 @@ pub fn sgd_step(
         .zip(optional_chunks(buf, n.div_ceil(CHUNK)))
         .collect();
     for_each_row(items, CHUNK, |_, ((p, g), mut b)| {
-        for j in 0..p.len() {
+        let n = p.len();
+        for_each_index(n, &mut |j| {
             let mut gj = if cfg.maximize { -g[j] } else { g[j] };
             if cfg.weight_decay != 0.0 {
                 gj += wd * p[j];
@@ -110,7 +111,7 @@ pub fn sgd_step(
                 };
             }
             p[j] += -lr * gj;
-        }
+        });
     });
     Ok(())
 }

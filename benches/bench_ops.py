@@ -1,0 +1,162 @@
+"""Row-wise ops of tfm_rs vs numpy and torch (each optional), forward + backward, in ms.
+
+    python benches/bench_ops.py                  # all cases, best of 10
+    python benches/bench_ops.py --repeats 20 --only cross_entropy
+
+Every case runs the op forward and backward through the public API (``tfm_rs.functional``,
+``tfm_rs.tensor(..., requires_grad=True)``, ``.backward()``; torch likewise with autograd;
+numpy with the forward and the analytic gradient written out), interleaving the libraries
+within each round so that load from other processes hits all of them alike, and reports each
+one's best round plus the ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
+library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
+"""
+
+import argparse
+import time
+
+import numpy as np
+
+import tfm_rs
+import tfm_rs.functional as F
+
+try:
+    import torch
+    import torch.nn.functional as TF
+except ImportError:  # torch is optional
+    torch = None
+
+
+def np_log_softmax(x):
+    m = x.max(-1, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def np_softmax(x, g):
+    y = np.exp(np_log_softmax(x))
+    return y * (g - (g * y).sum(-1, keepdims=True))
+
+
+def np_cross_entropy(x, t, eps):
+    lsm = np_log_softmax(x)
+    n, c = x.shape
+    loss = -(1 - eps) * lsm[np.arange(n), t].mean() - eps * lsm.mean()
+    d = np.exp(lsm) - eps / c
+    d[np.arange(n), t] -= 1 - eps
+    return loss, d / n
+
+
+def np_add_layer_norm(x, r, w, b, g):
+    s = x + r
+    mean = s.mean(-1, keepdims=True)
+    rstd = 1 / np.sqrt(s.var(-1, keepdims=True) + 1e-5)
+    xhat = (s - mean) * rstd
+    y = xhat * w + b
+    gh = g * w
+    ds = rstd * (gh - gh.mean(-1, keepdims=True) - xhat * (gh * xhat).mean(-1, keepdims=True))
+    return y, ds, (g * xhat).sum(0), g.sum(0)
+
+
+def np_dropout(x, p, rng):
+    keep = rng.random(x.shape, dtype=np.float32) >= p
+    scale = np.float32(1 / (1 - p))
+    return x * keep * scale, keep * scale
+
+
+def np_gelu(x, g):
+    from math import sqrt
+    try:
+        from scipy.special import erf
+    except ImportError:
+        return None
+    cdf = 0.5 * (1 + erf(x / sqrt(2)))
+    return x * cdf, g * (cdf + x * np.exp(-0.5 * x * x) / sqrt(2 * np.pi))
+
+
+def cases(rng):
+    """(name, {library: zero-argument callable running forward + backward})."""
+    out = []
+
+    def rand(*shape, scale=1.0):
+        return (scale * rng.standard_normal(shape)).astype(np.float32)
+
+    def tfm_fb(fn, *arrays):
+        def run():
+            leaves = [tfm_rs.tensor(a, requires_grad=True) for a in arrays]
+            fn(*leaves).sum().backward()
+        return run
+
+    def torch_fb(fn, *arrays):
+        def run():
+            leaves = [torch.from_numpy(a).requires_grad_() for a in arrays]
+            fn(*leaves).sum().backward()
+        return run
+
+    x, g = rand(4096, 1024, scale=4.0), rand(4096, 1024)
+    out.append(("softmax 4096x1024", {
+        "tfm_rs": tfm_fb(lambda t: F.softmax(t, -1), x),
+        "numpy": lambda: np_softmax(x, g),
+        "torch": torch and torch_fb(lambda t: TF.softmax(t, -1), x),
+    }))
+    for rows, d in ((3072, 256), (4096, 1024)):
+        x, r, g = rand(rows, d), rand(rows, d), rand(rows, d)
+        w, b = rand(d), rand(d)
+        out.append((f"add_layer_norm {rows}x{d}", {
+            "tfm_rs": tfm_fb(lambda a, c, wt, bt, d=d: F.add_layer_norm(a, c, d, wt, bt), x, r, w, b),
+            "numpy": lambda x=x, r=r, w=w, b=b, g=g: np_add_layer_norm(x, r, w, b, g),
+            "torch": torch and torch_fb(lambda a, c, wt, bt, d=d: TF.layer_norm(a + c, (d,), wt, bt), x, r, w, b),
+        }))
+    for n, c in ((1536, 8000), (4096, 32000)):
+        x = rand(n, c, scale=3.0)
+        t = rng.integers(0, c, n)
+        tt = torch and torch.from_numpy(t)
+        out.append((f"cross_entropy {n}x{c}", {
+            "tfm_rs": tfm_fb(lambda a, t=t: F.cross_entropy(a, t, label_smoothing=0.1), x),
+            "numpy": lambda x=x, t=t: np_cross_entropy(x, t, 0.1),
+            "torch": torch and torch_fb(lambda a, tt=tt: TF.cross_entropy(a, tt, label_smoothing=0.1), x),
+        }))
+    for n in (393_216, 4_194_304):
+        x = rand(n)
+        out.append((f"dropout {n}", {
+            "tfm_rs": tfm_fb(lambda a: F.dropout(a, 0.1), x),
+            "numpy": lambda x=x: np_dropout(x, 0.1, rng),
+            "torch": torch and torch_fb(lambda a: TF.dropout(a, 0.1), x),
+        }))
+    x, g = rand(3072, 1024, scale=3.0), rand(3072, 1024)
+    out.append(("gelu 3072x1024", {
+        "tfm_rs": tfm_fb(lambda a: F.gelu(a), x),
+        "numpy": (lambda: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
+        "torch": torch and torch_fb(lambda a: TF.gelu(a), x),
+    }))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=10, help="interleaved rounds per case")
+    ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    args = ap.parse_args()
+    libs = ["tfm_rs", "numpy", "torch"]
+    print(f"tfm_rs ISA {tfm_rs.cpu_features()['isa']}, numpy {np.__version__}, "
+          f"torch {torch.__version__ if torch else 'not installed'}; best of {args.repeats}, ms, fwd+bwd")
+    print(f"{'case':28} " + " ".join(f"{lib:>9}" for lib in libs) + "   numpy/tfm  torch/tfm")
+    for name, fns in cases(np.random.default_rng(0)):
+        if args.only not in name:
+            continue
+        fns = {k: v for k, v in fns.items() if v}
+        best = {k: float("inf") for k in fns}
+        for fn in fns.values():
+            fn()  # warm-up
+        for _ in range(args.repeats):
+            for lib, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                best[lib] = min(best[lib], time.perf_counter() - t0)
+        ms = {k: v * 1e3 for k, v in best.items()}
+        cells = " ".join(f"{ms[lib]:9.2f}" if lib in ms else f"{'-':>9}" for lib in libs)
+        ratios = "  ".join(f"{ms[lib] / ms['tfm_rs']:9.2f}x" if lib in ms else f"{'-':>10}" for lib in libs[1:])
+        print(f"{name:28} {cells}   {ratios}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
