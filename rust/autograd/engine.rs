@@ -152,7 +152,10 @@ fn accumulate_leaf(var: &Var, grad: Tensor) {
 }
 
 fn add_assign(acc: &mut Tensor, g: &Tensor) {
-    for (a, &b) in acc.data_mut().iter_mut().zip(g.data()) {
-        *a += b;
-    }
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    acc.data_mut()
+        .par_chunks_mut(CHUNK)
+        .zip(g.data().par_chunks(CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
 }

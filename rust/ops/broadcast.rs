@@ -4,8 +4,8 @@
 
 use super::rows::{for_each_row, rows_mut, PAR_MIN};
 use crate::cpu::simd::simd_kernel;
-use crate::error::Result;
-use crate::tensor::{broadcast_shapes, contiguous_strides, numel, Tensor};
+use crate::error::{Result, TfmError};
+use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Tensor};
 use rayon::prelude::*;
 
 /// Strides (in elements) for reading a tensor of `shape` as if it had `out_shape`: 0 along
@@ -169,7 +169,18 @@ pub fn broadcast_to(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Ten
     if x.shape() == shape {
         return Ok(x.clone());
     }
-    map2(op, x, &Tensor::zeros(shape), |v, _| v)
+    if broadcast_shapes(op, x.shape(), shape)? != shape {
+        return Err(TfmError::shape(
+            op,
+            format!(
+                "cannot broadcast {} to {}",
+                shape_str(x.shape()),
+                shape_str(shape)
+            ),
+        ));
+    }
+    let strides = broadcast_strides(x.shape(), shape);
+    Tensor::new(gather_strided(x.data(), 0, shape, &strides), shape)
 }
 
 /// The adjoint of broadcasting: sums `g` (of a broadcast shape) down to `shape`, over the
@@ -181,6 +192,17 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
     let out_shape = g.shape().to_vec();
     let mut out = vec![0.0f32; numel(shape)];
     if out.is_empty() || g.numel() == 0 {
+        return Tensor::new(out, shape).expect("sized to shape");
+    }
+    if out.len() == 1 {
+        // A full reduction (`.sum()` of a loss): fixed chunks summed in parallel, partial sums
+        // combined in chunk order, so the result does not depend on the thread count.
+        let partial: Vec<f64> = g
+            .data()
+            .par_chunks(PAR_MIN)
+            .map(|c| c.iter().map(|&v| v as f64).sum::<f64>())
+            .collect();
+        out[0] = partial.iter().sum::<f64>() as f32;
         return Tensor::new(out, shape).expect("sized to shape");
     }
     let inner = out_shape.last().copied().unwrap_or(1);
