@@ -18,7 +18,7 @@ and ``"eins"`` only at the end (``"einhunderteins"``, ``"einundzwanzig"``).
 Vocabularies are small and fixed (pad=0, bos=1, eos=2, unk=3): 15 source symbols, 30–36 target
 pieces. Numbers range over 0 … 999 999. The split is deterministic for a seed: held-out numbers
 (drawn with a uniform number of digits, 2–6) never occur in the training set; 0–19 are always
-training numbers (the lexicon).
+training numbers (the lexicon), and at most a tenth of the numbers of each length is held out.
 """
 
 from __future__ import annotations
@@ -281,7 +281,8 @@ class NumbersTask:
         lang: ``"en"``, ``"fr"`` or ``"de"``.
         num_train: training numbers (0–19 always included; the rest drawn with a uniform number
             of digits 1–6, so small numbers are as present as large ones).
-        num_heldout: held-out numbers (2–6 digits, uniform digit count), never in training.
+        num_heldout: held-out numbers (2–6 digits, uniform digit count but at most a tenth of
+            the numbers of each length), never in training.
         seed: the split's seed (the same seed gives the same split in every language).
 
     Attributes: ``src_vocab``, ``tgt_vocab`` (:class:`Vocab`), ``train_numbers``,
@@ -290,18 +291,28 @@ class NumbersTask:
 
     def __init__(self, lang: str = "en", num_train: int = 20000, num_heldout: int = 1000, seed: int = 0) -> None:
         self.lang = _check_lang(lang)
-        if num_train < 20 or num_heldout < 0:
-            raise ValueError(f"num_train must be ≥ 20 and num_heldout ≥ 0, got {num_train} and {num_heldout}")
+        if num_train < 20 or num_heldout < 0 or num_train + num_heldout > MAX_VALUE // 2:
+            raise ValueError(f"need num_train ≥ 20, num_heldout ≥ 0 and their sum ≤ {MAX_VALUE // 2}, got {num_train} and {num_heldout}")
         self.seed = int(seed)
         self.src_vocab = SOURCE_VOCAB
         self.tgt_vocab = Vocab(_PIECES[lang])
         rng = np.random.default_rng([self.seed, 0x6E756D])
         heldout: set = set()
-        # Capacity per digit count d: 9·10^(d-1) numbers; 2-digit numbers from 20 to 99.
+        # At most a tenth of the numbers of each digit count is held out (8 of 20–99, 90 of
+        # 100–999, …), so the training set still covers short numbers; the rest of the held-out
+        # draws fall on the longer numbers.
+        per_digits = {d: 0 for d in range(2, 7)}
+        if num_heldout > sum((10 ** d - (20 if d == 2 else 10 ** (d - 1))) // 10 for d in per_digits):
+            raise ValueError(f"num_heldout={num_heldout} is too large")
         while len(heldout) < num_heldout:
             d = int(rng.integers(2, 7))
             lo = 20 if d == 2 else 10 ** (d - 1)
-            heldout.add(int(rng.integers(lo, 10 ** d)))
+            if per_digits[d] >= (10 ** d - lo) // 10:
+                continue
+            n = int(rng.integers(lo, 10 ** d))
+            if n not in heldout:
+                heldout.add(n)
+                per_digits[d] += 1
         train: set = set(range(20))
         while len(train) < num_train:
             d = int(rng.integers(1, 7))
