@@ -190,15 +190,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
           flush=True)
 
     progress = _Progress(args.steps, 60.0 * minutes if minutes else None, use_bar=not args.no_bar)
+    # Schedule: linear warmup, then cosine decay to zero at the end of the budget (steps or
+    # minutes, whichever runs out first), set before each step (the trainer's own inverse-sqrt
+    # schedule keeps the learning rate high, and the last weights noisy, on a short budget).
+    peak, warmup = config.lr, config.warmup_steps
     try:
         while not trainer._done():
+            frac = 0.0
+            if args.steps:
+                frac = trainer.step / args.steps
+            if minutes:
+                frac = max(frac, trainer.train_time / (60.0 * minutes))
+            lr = peak * min(1.0, (trainer.step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = max(lr, peak * 1e-3)
             rec = trainer.train_step()
             progress.update(rec, trainer._done())
     finally:
         progress.close()
     train_time = trainer.train_time
-    print(f"trained {trainer.step} steps in {train_time:.1f}s ({trainer.tokens_seen / max(train_time, 1e-9):,.0f} tok/s)",
-          flush=True)
+    rate = trainer.tokens_seen / max(train_time, 1e-9)
+    print(f"trained {trainer.step} steps in {train_time:.1f}s ({rate:,.0f} tok/s)", flush=True)
 
     t0 = time.perf_counter()
     sources = [format_digits(n) for n in task.heldout_numbers]

@@ -292,7 +292,8 @@ class NumbersTask:
     def __init__(self, lang: str = "en", num_train: int = 20000, num_heldout: int = 1000, seed: int = 0) -> None:
         self.lang = _check_lang(lang)
         if num_train < 20 or num_heldout < 0 or num_train + num_heldout > MAX_VALUE // 2:
-            raise ValueError(f"need num_train ≥ 20, num_heldout ≥ 0 and their sum ≤ {MAX_VALUE // 2}, got {num_train} and {num_heldout}")
+            raise ValueError(f"need num_train ≥ 20, num_heldout ≥ 0 and their sum ≤ {MAX_VALUE // 2}, "
+                             f"got {num_train} and {num_heldout}")
         self.seed = int(seed)
         self.src_vocab = SOURCE_VOCAB
         self.tgt_vocab = Vocab(_PIECES[lang])
