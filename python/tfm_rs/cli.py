@@ -126,7 +126,11 @@ class _Progress:
         if use_bar and sys.stderr.isatty():
             try:
                 from tqdm import tqdm
-                self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
+                if total_steps is None and seconds:  # a time budget: the bar fills with training seconds
+                    self.bar = tqdm(total=round(seconds), unit="s", dynamic_ncols=True, leave=True,
+                                    bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]")
+                else:
+                    self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
             except ImportError:
                 pass
         self.last_print = -1.0
@@ -138,9 +142,13 @@ class _Progress:
         sec = sum(r["step_time"] for r in self.window) or 1e-9
         loss = sum(r["loss"] for r in self.window) / len(self.window)
         if self.bar is not None:
-            self.bar.update(1)
+            if self.bar.unit == "s":
+                self.bar.update(min(rec["step_time"], self.bar.total - self.bar.n))
+            else:
+                self.bar.update(1)
             if rec["step"] % 5 == 0 or done:
-                self.bar.set_postfix_str(f"loss {loss:.3f}  lr {rec['lr']:.1e}  {tok / sec:,.0f} tok/s")
+                self.bar.set_postfix_str(f"step {rec['step']}  loss {loss:.3f}  lr {rec['lr']:.1e}  "
+                                         f"{tok / sec:,.0f} tok/s")
                 self.window = []
             return
         # Plain lines: about every 10 s of training, and at the first and last step.
