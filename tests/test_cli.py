@@ -68,10 +68,10 @@ def test_debug_shows_traceback():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lang", ["en", "fr", "de"])
-def test_demo_learns(lang):
-    """The default demo budget reaches a high held-out exact match (a few minutes each)."""
-    r = run("demo", "--lang", lang, timeout=600)
+def test_demo_learns():
+    """A fixed number of steps (not the default time budget, which a slow machine would cut
+    short) reaches a high held-out exact match; about two minutes on 2 cores."""
+    r = run("demo", "--lang", "en", "--steps", "500", timeout=900)
     assert r.returncode == 0, r.stderr
     line = [l for l in r.stdout.splitlines() if l.startswith("held-out exact match:")][0]
     assert float(line.split()[3].rstrip("%")) >= 90.0, line
