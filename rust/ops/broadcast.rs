@@ -68,7 +68,7 @@ pub fn map2(
 ) -> Result<Tensor> {
     let out_shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let n = numel(&out_shape);
-    let mut out = vec![0.0f32; n];
+    let mut out = crate::cpu::alloc::zeros(n);
     let (ad, bd) = (a.data(), b.data());
     if a.shape() == b.shape() {
         for_each_row(
@@ -159,10 +159,11 @@ pub fn gather_strided(
     let (shape, strides) = coalesce(out_shape, strides);
     let inner = *shape.last().expect("coalesce keeps one dimension");
     let s_in = *strides.last().expect("coalesce keeps one dimension");
+    let mut out = crate::cpu::alloc::zeros(n);
     if shape.len() == 1 && s_in == 1 {
-        return src[offset..offset + n].to_vec();
+        out.copy_from_slice(&src[offset..offset + n]);
+        return out;
     }
-    let mut out = vec![0.0f32; n];
     let body = |(row, o): (usize, &mut [f32])| {
         let base = offset + row_offset(row, &shape, &strides);
         if s_in == 1 {
@@ -193,7 +194,7 @@ pub fn scatter_strided(
     view_shape: &[usize],
     strides: &[usize],
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; src_len];
+    let mut out = crate::cpu::alloc::zeros(src_len);
     let n = g.len();
     if n == 0 {
         return out;
@@ -243,7 +244,7 @@ pub fn scatter_strided(
 /// `f(x)` elementwise.
 pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let n = x.numel();
-    let mut out = vec![0.0f32; n];
+    let mut out = crate::cpu::alloc::zeros(n);
     for_each_row(
         rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
         CHUNK,
@@ -278,7 +279,7 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
         return g.clone();
     }
     let out_shape = g.shape().to_vec();
-    let mut out = vec![0.0f32; numel(shape)];
+    let mut out = crate::cpu::alloc::zeros(numel(shape));
     if out.is_empty() || g.numel() == 0 {
         return Tensor::new(out, shape).expect("sized to shape");
     }
