@@ -1,6 +1,7 @@
 //! CPU machinery: instruction-set detection (once, overridable), the packed SIMD GEMM, and the
 //! thread pool every op runs in.
 
+pub mod alloc;
 pub mod features;
 pub mod gemm;
 pub mod pool;

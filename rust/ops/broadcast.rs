@@ -68,7 +68,7 @@ pub fn map2(
 ) -> Result<Tensor> {
     let out_shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let n = numel(&out_shape);
-    let mut out = vec![0.0f32; n];
+    let mut out = crate::cpu::alloc::zeros(n);
     let (ad, bd) = (a.data(), b.data());
     if a.shape() == b.shape() {
         for_each_row(
@@ -105,6 +105,45 @@ pub fn map2(
     Tensor::new(out, &out_shape)
 }
 
+/// Merges adjacent dimensions that are laid out back to back in the source (stride of the
+/// outer equals size × stride of the inner) and drops size-1 dimensions, so that e.g. a slice
+/// along the outermost dimension becomes one contiguous run. Same elements, same order.
+pub(crate) fn coalesce(shape: &[usize], strides: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut cs: Vec<usize> = Vec::with_capacity(shape.len());
+    let mut st: Vec<usize> = Vec::with_capacity(shape.len());
+    for (&n, &s) in shape.iter().zip(strides) {
+        if n == 1 {
+            continue;
+        }
+        match (cs.last_mut(), st.last_mut()) {
+            (Some(pn), Some(ps)) if *ps == n * s => {
+                *pn *= n;
+                *ps = s;
+            }
+            _ => {
+                cs.push(n);
+                st.push(s);
+            }
+        }
+    }
+    if cs.is_empty() {
+        cs.push(1);
+        st.push(1);
+    }
+    (cs, st)
+}
+
+/// Rows per rayon task in the strided copies: about `PAR_MIN / 4` elements each.
+fn rows_per_task(inner: usize) -> usize {
+    (PAR_MIN / 4 / inner.max(1)).max(1)
+}
+
+/// A raw pointer that may cross threads: the strided scatter writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+
 /// Reads `out_shape` elements from `src`, element `idx` at `offset + Σ idx[d]·strides[d]`:
 /// a permuted, sliced or broadcast view made contiguous.
 pub fn gather_strided(
@@ -114,17 +153,32 @@ pub fn gather_strided(
     strides: &[usize],
 ) -> Vec<f32> {
     let n = numel(out_shape);
-    let mut out = vec![0.0f32; n];
-    let inner = out_shape.last().copied().unwrap_or(1).max(1);
-    let s_in = strides.last().copied().unwrap_or(0);
+    if n == 0 {
+        return Vec::new();
+    }
+    let (shape, strides) = coalesce(out_shape, strides);
+    let inner = *shape.last().expect("coalesce keeps one dimension");
+    let s_in = *strides.last().expect("coalesce keeps one dimension");
+    let mut out = crate::cpu::alloc::zeros(n);
+    if shape.len() == 1 && s_in == 1 {
+        out.copy_from_slice(&src[offset..offset + n]);
+        return out;
+    }
     let body = |(row, o): (usize, &mut [f32])| {
-        let base = offset + row_offset(row, out_shape, strides);
-        for (j, v) in o.iter_mut().enumerate() {
-            *v = src[base + j * s_in];
+        let base = offset + row_offset(row, &shape, &strides);
+        if s_in == 1 {
+            o.copy_from_slice(&src[base..base + inner]);
+        } else {
+            for (j, v) in o.iter_mut().enumerate() {
+                *v = src[base + j * s_in];
+            }
         }
     };
     if n >= PAR_MIN {
-        out.par_chunks_mut(inner).enumerate().for_each(body);
+        out.par_chunks_mut(inner)
+            .with_min_len(rows_per_task(inner))
+            .enumerate()
+            .for_each(body);
     } else {
         out.chunks_mut(inner).enumerate().for_each(body);
     }
@@ -140,14 +194,49 @@ pub fn scatter_strided(
     view_shape: &[usize],
     strides: &[usize],
 ) -> Vec<f32> {
-    let mut out = vec![0.0f32; src_len];
-    let inner = view_shape.last().copied().unwrap_or(1).max(1);
-    let s_in = strides.last().copied().unwrap_or(0);
-    for (row, gr) in g.chunks(inner).enumerate() {
-        let base = offset + row_offset(row, view_shape, strides);
-        for (j, &v) in gr.iter().enumerate() {
-            out[base + j * s_in] = v;
+    let mut out = crate::cpu::alloc::zeros(src_len);
+    let n = g.len();
+    if n == 0 {
+        return out;
+    }
+    let (shape, strides) = coalesce(view_shape, strides);
+    let inner = *shape.last().expect("coalesce keeps one dimension");
+    let s_in = *strides.last().expect("coalesce keeps one dimension");
+    if shape.len() == 1 && s_in == 1 {
+        out[offset..offset + n].copy_from_slice(g);
+        return out;
+    }
+    // Every written index is checked against the allocation, so the raw writes stay in bounds.
+    let last = offset
+        + shape
+            .iter()
+            .zip(&strides)
+            .map(|(&d, &s)| (d - 1) * s)
+            .sum::<usize>();
+    assert!(last < src_len, "scatter_strided: view exceeds the source");
+    let dst = SyncPtr(out.as_mut_ptr());
+    let body = |(row, gr): (usize, &[f32])| {
+        let base = offset + row_offset(row, &shape, &strides);
+        let p = dst;
+        // SAFETY: `base + j·s_in ≤ last < src_len`, and the view reads each source element at
+        // most once (permutes and slices), so rows write disjoint elements.
+        unsafe {
+            if s_in == 1 {
+                std::ptr::copy_nonoverlapping(gr.as_ptr(), p.0.add(base), inner);
+            } else {
+                for (j, &v) in gr.iter().enumerate() {
+                    *p.0.add(base + j * s_in) = v;
+                }
+            }
         }
+    };
+    if n >= PAR_MIN {
+        g.par_chunks(inner)
+            .with_min_len(rows_per_task(inner))
+            .enumerate()
+            .for_each(body);
+    } else {
+        g.chunks(inner).enumerate().for_each(body);
     }
     out
 }
@@ -155,7 +244,7 @@ pub fn scatter_strided(
 /// `f(x)` elementwise.
 pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let n = x.numel();
-    let mut out = vec![0.0f32; n];
+    let mut out = crate::cpu::alloc::zeros(n);
     for_each_row(
         rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
         CHUNK,
@@ -190,7 +279,7 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
         return g.clone();
     }
     let out_shape = g.shape().to_vec();
-    let mut out = vec![0.0f32; numel(shape)];
+    let mut out = crate::cpu::alloc::zeros(numel(shape));
     if out.is_empty() || g.numel() == 0 {
         return Tensor::new(out, shape).expect("sized to shape");
     }
@@ -226,6 +315,81 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Element-by-element reference for `gather_strided` / `scatter_strided`.
+    fn naive_offsets(offset: usize, shape: &[usize], strides: &[usize]) -> Vec<usize> {
+        (0..numel(shape))
+            .map(|flat| {
+                let (mut rem, mut off) = (flat, offset);
+                for d in (0..shape.len()).rev() {
+                    off += (rem % shape[d]) * strides[d];
+                    rem /= shape[d];
+                }
+                off
+            })
+            .collect()
+    }
+
+    #[test]
+    fn strided_gather_and_scatter_match_the_naive_walk() {
+        // (source shape, view shape, view strides, offset): permutes (inner contiguous or not),
+        // slices along outer/inner dims with steps, size-1 dims, broadcasts, and sizes past
+        // PAR_MIN so the parallel paths run.
+        type Case = (Vec<usize>, Vec<usize>, Vec<usize>, usize);
+        let cases: Vec<Case> = vec![
+            (vec![2, 3, 4], vec![4, 3, 2], vec![1, 4, 12], 0),
+            (vec![2, 3, 4], vec![3, 2, 4], vec![4, 12, 1], 0),
+            (vec![3, 5, 4], vec![1, 5, 4], vec![20, 4, 1], 40),
+            (vec![3, 5, 4], vec![3, 2, 4], vec![20, 8, 1], 4),
+            (vec![3, 5, 4], vec![3, 5, 2], vec![20, 4, 2], 1),
+            (vec![6], vec![1, 1, 6], vec![6, 6, 1], 0),
+            (vec![1], vec![], vec![], 0),
+            (
+                vec![8, 24, 3, 4, 64],
+                vec![8, 4, 24, 64],
+                vec![18432, 64, 768, 1],
+                256,
+            ),
+            (
+                vec![3, 8, 4, 24, 64],
+                vec![1, 8, 4, 24, 64],
+                vec![73728, 9216, 1536, 64, 1],
+                73728,
+            ),
+            (vec![8, 24, 768], vec![8, 24, 256], vec![18432, 768, 1], 512),
+            (
+                vec![64, 4, 24, 64],
+                vec![64, 24, 4, 64],
+                vec![6144, 64, 1536, 1],
+                0,
+            ),
+            (vec![300, 200], vec![200, 300], vec![1, 200], 0),
+        ];
+        for (src_shape, shape, strides, offset) in cases {
+            let len = numel(&src_shape);
+            let src: Vec<f32> = (0..len).map(|i| i as f32 * 0.5 - 3.0).collect();
+            let offs = naive_offsets(offset, &shape, &strides);
+            let want: Vec<f32> = offs.iter().map(|&o| src[o]).collect();
+            let got = gather_strided(&src, offset, &shape, &strides);
+            assert_eq!(got, want, "gather {shape:?} {strides:?}");
+            let g: Vec<f32> = (0..offs.len()).map(|i| i as f32 + 1.0).collect();
+            let mut want = vec![0.0f32; len];
+            for (&o, &v) in offs.iter().zip(&g) {
+                want[o] = v;
+            }
+            let got = scatter_strided(&g, len, offset, &shape, &strides);
+            assert_eq!(got, want, "scatter {shape:?} {strides:?}");
+        }
+        // Broadcast views (zero strides) through gather.
+        let src = [1.0f32, 2.0, 3.0];
+        let got = gather_strided(&src, 0, &[2, 3, 2], &[0, 1, 0]);
+        assert_eq!(
+            got,
+            vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]
+        );
+        assert_eq!(coalesce(&[4, 1, 3, 2], &[6, 99, 2, 1]), (vec![24], vec![1]));
+        assert_eq!(coalesce(&[2, 3], &[0, 0]), (vec![6], vec![0]));
+    }
 
     #[test]
     fn map2_broadcasts_rows_and_columns() {

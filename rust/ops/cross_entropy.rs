@@ -160,7 +160,7 @@ pub fn cross_entropy_backward(
     cfg: LossConfig,
 ) -> Vec<f32> {
     let n = target.len();
-    let mut dx = vec![0.0f32; n * c];
+    let mut dx = crate::cpu::alloc::zeros(n * c);
     for_each_row(rows_mut(&mut dx, n, c), c, |i, d| {
         let t = target[i];
         if t != cfg.ignore_index {

@@ -63,7 +63,7 @@ fn padding_row(padding_idx: Option<i64>, v: usize) -> Result<Option<usize>> {
 
 /// Forward kernel: `ids (n,)` (valid row indices), `weight (V, D)` → `(n, D)`.
 pub fn embedding_forward(ids: &[usize], weight: &[f32], d: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; ids.len() * d];
+    let mut out = crate::cpu::alloc::zeros(ids.len() * d);
     for_each_row(rows_mut(&mut out, ids.len(), d), d, |i, o| {
         o.copy_from_slice(&weight[ids[i] * d..][..d])
     });
@@ -92,7 +92,7 @@ pub fn embedding_backward(
         order[next[id]] = i;
         next[id] += 1;
     }
-    let mut dw = vec![0.0f32; v * d];
+    let mut dw = crate::cpu::alloc::zeros(v * d);
     // Average work per row: D for zeroing plus D per occurrence.
     let cost = d * (1 + ids.len() / v.max(1));
     for_each_row(rows_mut(&mut dw, v, d), cost, |k, row| {

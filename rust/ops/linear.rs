@@ -33,7 +33,7 @@ fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, us
 /// Forward kernel: y (rows, out) = x (rows, in) · Wᵀ + b.
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (rows, inp, out) = check(x, w, b)?;
-    let mut y = vec![0.0f32; rows * out];
+    let mut y = crate::cpu::alloc::zeros(rows * out);
     if rows * out > 0 {
         let epi = Epilogue {
             bias: b.map(|b| b.data()),
@@ -76,7 +76,7 @@ pub fn linear_backward(
     let gm = MatRef::row_major(g.data(), rows, out);
     // C (shape) = A·B through the GEMM, or zeros when there are no rows to sum over.
     let product = |a: MatRef, b: MatRef, shape: &[usize]| {
-        let mut c = vec![0.0f32; a.rows * b.cols];
+        let mut c = crate::cpu::alloc::zeros(a.rows * b.cols);
         if rows > 0 {
             gemm(1.0, a, b, 0.0, &mut c, b.cols, &Epilogue::default(), true);
         }

@@ -340,7 +340,7 @@ pub fn scaled_dot_product_attention(
         seed,
     };
 
-    let mut out = vec![0.0f32; bh * tq * ev];
+    let mut out = crate::cpu::alloc::zeros(bh * tq * ev);
     let mut lse = vec![0.0f32; bh * tq];
     attention_forward(
         &mut out,
@@ -393,9 +393,9 @@ impl Backward for SdpaBackward {
             mask: self.mask.as_ref().map(MaskLayout::view),
             ..self.cfg
         };
-        let mut dq = vec![0.0f32; self.q.numel()];
-        let mut dk = vec![0.0f32; self.k.numel()];
-        let mut dv = vec![0.0f32; self.v.numel()];
+        let mut dq = crate::cpu::alloc::zeros(self.q.numel());
+        let mut dk = crate::cpu::alloc::zeros(self.k.numel());
+        let mut dv = crate::cpu::alloc::zeros(self.v.numel());
         attention_backward(
             &mut dq,
             &mut dk,
