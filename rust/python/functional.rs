@@ -297,6 +297,20 @@ fn cross_entropy(
     })
 }
 
+/// Query, key and value as variables and the mask as an additive tensor.
+fn attention_inputs(
+    op: &'static str,
+    [query, key, value]: [&Bound<'_, PyAny>; 3],
+    attn_mask: Option<&Bound<'_, PyAny>>,
+) -> PyResult<(Var, Var, Var, Option<Tensor>)> {
+    Ok((
+        var_from_py(query, op)?,
+        var_from_py(key, op)?,
+        var_from_py(value, op)?,
+        opt_mask(attn_mask, op)?,
+    ))
+}
+
 #[pyfunction]
 #[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
 #[allow(clippy::too_many_arguments)]
@@ -310,13 +324,11 @@ fn scaled_dot_product_attention(
     is_causal: bool,
     scale: Option<f32>,
 ) -> PyResult<PyTensor> {
-    const OP: &str = "scaled_dot_product_attention";
-    let (q, k, v) = (
-        var_from_py(query, OP)?,
-        var_from_py(key, OP)?,
-        var_from_py(value, OP)?,
-    );
-    let mask = opt_mask(attn_mask, OP)?;
+    let (q, k, v, mask) = attention_inputs(
+        "scaled_dot_product_attention",
+        [query, key, value],
+        attn_mask,
+    )?;
     wrap(py, || {
         attention::scaled_dot_product_attention(
             &q,
@@ -343,13 +355,8 @@ fn attention_with_weights(
     is_causal: bool,
     scale: Option<f32>,
 ) -> PyResult<(PyTensor, PyTensor)> {
-    const OP: &str = "attention_with_weights";
-    let (q, k, v) = (
-        var_from_py(query, OP)?,
-        var_from_py(key, OP)?,
-        var_from_py(value, OP)?,
-    );
-    let mask = opt_mask(attn_mask, OP)?;
+    let (q, k, v, mask) =
+        attention_inputs("attention_with_weights", [query, key, value], attn_mask)?;
     let (out, weights) = run(py, || {
         attention::attention_with_weights(&q, &k, &v, mask.as_ref(), dropout_p, is_causal, scale)
     })?;

@@ -42,7 +42,8 @@ pub use reference::{attention_backward_reference, attention_forward_reference};
 
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
-use crate::tensor::{contiguous_strides, shape_str, Tensor};
+use crate::ops::broadcast::{broadcast_strides, row_offset};
+use crate::tensor::{shape_str, Tensor};
 
 const OP: &str = "scaled_dot_product_attention";
 
@@ -159,29 +160,13 @@ impl MaskLayout {
             ));
         }
         // Strides over the target's dimensions, 0 where the mask is missing or broadcast.
-        let own = contiguous_strides(ms);
-        let o = target.len() - ms.len();
-        let strides: Vec<usize> = (0..target.len())
-            .map(|d| {
-                if d < o || ms[d - o] == 1 {
-                    0
-                } else {
-                    own[d - o]
-                }
-            })
-            .collect();
+        let strides = broadcast_strides(ms, &target);
+        let n = target.len();
+        // Offset of each batch-head: the row offset over (…, Tq), whose last axis is skipped.
         let bh: usize = batch.iter().product();
         let head_offsets = (0..bh)
-            .map(|h| {
-                let (mut rem, mut off) = (h, 0);
-                for d in (0..batch.len()).rev() {
-                    off += (rem % batch[d]) * strides[d];
-                    rem /= batch[d];
-                }
-                off
-            })
+            .map(|h| row_offset(h, &target[..n - 1], &strides[..n - 1]))
             .collect();
-        let n = target.len();
         Ok(MaskLayout {
             mask: mask.clone(),
             head_offsets,
