@@ -172,7 +172,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tfm_rs import nn
     from tfm_rs.models import Seq2SeqTransformer
     from tfm_rs.tasks.numbers import NumbersTask, format_digits
-    from tfm_rs.train.greedy import translate
     from tfm_rs.train.trainer import Seq2SeqTrainer, TrainConfig
 
     minutes = args.minutes if args.minutes is not None else (None if args.steps is not None else 3.0)
@@ -223,7 +222,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     sources = [format_digits(n) for n in task.heldout_numbers]
     refs = [task.spell(n) for n in task.heldout_numbers]
-    hyps = translate(model, task.tokenizer, sources, batch_size=250, max_len=task.max_target_len() + 2)
+    hyps = model.translate(sources, task.tokenizer, num_beams=1, batch_size=250,
+                           max_new_tokens=min(task.max_target_len() + 2, model.max_len))
     correct = np.array([h == r for h, r in zip(hyps, refs)], dtype=bool)
     eval_time = time.perf_counter() - t0
     if args.samples:

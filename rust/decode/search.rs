@@ -39,6 +39,8 @@ pub struct SearchConfig {
     /// Forbid repeating any n-gram of this size (0 = off).
     pub no_repeat_ngram_size: usize,
     pub eos: Option<u32>,
+    /// Tokens never generated (their probability is 0), such as the padding id.
+    pub suppress: Vec<u32>,
     /// Sampling seed; sequence `i`'s draws depend only on `(seed, i, step)`.
     pub seed: u64,
 }
@@ -56,6 +58,7 @@ impl Default for SearchConfig {
             repetition_penalty: 1.0,
             no_repeat_ngram_size: 0,
             eos: None,
+            suppress: Vec::new(),
             seed: 0,
         }
     }
@@ -104,11 +107,12 @@ impl SearchConfig {
                 self.repetition_penalty
             ));
         }
-        if let Some(e) = self.eos {
-            if e as usize >= vocab {
+        let named = self.eos.iter().map(|&e| ("eos_token_id", e));
+        for (name, t) in named.chain(self.suppress.iter().map(|&t| ("suppress_tokens", t))) {
+            if t as usize >= vocab {
                 return Err(TfmError::index(
                     OP,
-                    format!("eos_token_id {e} is outside the vocabulary [0, {vocab})"),
+                    format!("{name} {t} is outside the vocabulary [0, {vocab})"),
                 ));
             }
         }
@@ -130,10 +134,13 @@ pub struct Hypothesis {
     pub score: f64,
 }
 
-/// Applies the repetition penalty and n-gram blocking for a sequence with `history` (prompt
+/// Suppresses `cfg.suppress`, applies the repetition penalty and n-gram blocking for a sequence with `history` (prompt
 /// and generated tokens), then turns the logits into log-probabilities, in place. A row whose
 /// every token is blocked becomes all −inf.
 pub(super) fn log_probs(z: &mut [f32], history: &[u32], cfg: &SearchConfig) {
+    for &t in &cfg.suppress {
+        z[t as usize] = f32::NEG_INFINITY;
+    }
     if cfg.repetition_penalty != 1.0 {
         let mut seen = vec![false; z.len()];
         for &t in history {

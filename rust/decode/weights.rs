@@ -95,7 +95,7 @@ impl DecoderWeights {
             return Err(bad("the embedding", &self.embed, "(vocab, d_model)".into()));
         }
         let d = self.d_model();
-        if self.nhead == 0 || d % self.nhead != 0 {
+        if self.nhead == 0 || !d.is_multiple_of(self.nhead) {
             return Err(TfmError::value(
                 OP,
                 format!(

@@ -40,7 +40,6 @@ from tfm_rs._core import InvalidArgumentError
 from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, TokenBatchSampler, collate
 from tfm_rs.models import load_model_state
-from tfm_rs.train.greedy import translate
 
 __all__ = ["TrainConfig", "Seq2SeqTrainer"]
 
@@ -275,7 +274,7 @@ class Seq2SeqTrainer:
         if self.tokenizer is None:
             raise InvalidArgumentError("Seq2SeqTrainer: BLEU needs a tokenizer")
         t0 = time.perf_counter()
-        hyps = translate(self.model, self.tokenizer, sources, batch_size=self.config.bleu_batch_size)
+        hyps = self.model.translate(sources, self.tokenizer, num_beams=1, batch_size=self.config.bleu_batch_size)
         score = metrics.bleu(hyps, list(references))
         return {"bleu": score, "decode_time": time.perf_counter() - t0, "hypotheses": hyps}
 
