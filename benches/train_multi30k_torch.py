@@ -92,7 +92,8 @@ def build_torch_model(cfg: dict):
 
 
 def torch_greedy(model, src_rows, batch_size=128, max_len_a=1.5, max_len_b=10):
-    """Batched greedy decoding, the same procedure as tfm_rs.train.greedy (no cache)."""
+    """Batched greedy decoding as nn.Transformer is usually driven: the decoder re-runs over the
+    whole prefix at every step (no cache); a row stops at its first EOS."""
     outs = [None] * len(src_rows)
     order = sorted(range(len(src_rows)), key=lambda i: len(src_rows[i]))
     model.eval()
