@@ -8,7 +8,7 @@ tokenizer on the training text of both languages (or load ``--tokenizer``, or
 ``<out>/tokenizer.json`` when resuming); build the model (``--preset small`` by default, shared
 embeddings); train with :class:`~tfm_rs.train.Seq2SeqTrainer` for ``--minutes`` of training time
 and/or ``--max-steps``; then decode the test set greedily and score it with sacrebleu (cased,
-detokenized). Everything lands in ``--out``: ``tokenizer.json``, ``train.jsonl``, ``checkpoint/``,
+detokenized). Everything lands in ``--out``: ``tokenizer.json``, ``metrics.jsonl``, ``checkpoint/``,
 ``test.hyp.txt`` and ``results.json``. ``--resume`` continues from ``<out>/checkpoint``.
 """
 
