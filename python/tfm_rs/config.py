@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["ConfigError", "Field", "FIELDS", "SECTIONS", "MODEL_PRESETS", "PATH_KEYS", "TASKS", "add_flags", "defaults",
-           "dumps", "flag_values", "load_toml", "model_kwargs", "resolve", "valid_keys"]
+           "dumps", "flag_values", "load_toml", "loads", "model_kwargs", "resolve", "valid_keys"]
 
 TASKS = ("numbers", "parallel", "lm")
 #: Keys naming files: relative to the config file that sets them (``train.out``: to the working
@@ -174,20 +174,33 @@ def defaults() -> Dict[str, Dict[str, Any]]:
     return out
 
 
-def load_toml(path: "str | Path") -> Dict[str, Any]:
-    """Parse a TOML file (``tomllib``; ``tomli`` before Python 3.11)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"no such config file: {path}")
+def _tomllib():
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.9/3.10 only
         import tomli as tomllib
+    return tomllib
+
+
+def loads(text: str, source: str = "config") -> Dict[str, Any]:
+    """Parse TOML text (``tomllib``; ``tomli`` before Python 3.11); ``source`` names it in errors."""
+    tomllib = _tomllib()
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        raise ConfigError(f"{source}: not valid TOML ({e})") from None
+
+
+def load_toml(path: "str | Path") -> Dict[str, Any]:
+    """Parse a TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such config file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason})") from None
+    return loads(text, str(path))
 
 
 def _coerce(f: Field, value: Any, where: str) -> Any:
@@ -239,15 +252,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     for section in SECTIONS:
         group = parser.add_argument_group(f"[{section}] (flags override the config file)")
         for f in (f for f in FIELDS if f.section == section):
-            kw: Dict[str, Any] = {"dest": f"cfg_{f.key}", "default": None, "help": f.help}
+            text = f.help if f.default is None or "default" in f.help else f"{f.help} (default: {f.default})"
+            kw: Dict[str, Any] = {"dest": f"cfg_{f.key}", "default": None, "help": text.replace("%", "%%")}
             if f.type is bool:
                 group.add_argument(f.flag, action=argparse.BooleanOptionalAction, **kw)
                 continue
             if f.choices:
                 kw["choices"] = f.choices
-            kw["metavar"] = f.key.upper() if f.type is str and not f.choices else None
-            if kw["metavar"] is None:
-                del kw["metavar"]
+            else:
+                kw["metavar"] = {int: "N", float: "X"}.get(f.type, f.key.upper())
             group.add_argument(f.flag, type=_flag_type(f), **kw)
 
 
@@ -256,12 +269,12 @@ def _flag_type(f: Field):
         try:
             value = f.type(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{f.flag} must be {'an' if f.type is int else 'a'} "
-                                             f"{f.type.__name__}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be {'an' if f.type is int else 'a'} {f.type.__name__}, "
+                                             f"got {text!r}") from None
         try:
             return _coerce(f, value, "")
-        except ConfigError as e:
-            raise argparse.ArgumentTypeError(str(e).replace(f.name, f.flag, 1)) from None
+        except ConfigError as e:  # "argument --lr: must be positive, got -1.0"
+            raise argparse.ArgumentTypeError(str(e).replace(f"{f.name} ", "", 1)) from None
     parse.__name__ = f.key
     return parse
 

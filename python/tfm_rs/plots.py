@@ -88,7 +88,8 @@ def attention_modules(model: Any) -> Dict[str, Any]:
     return mods
 
 
-def attention_maps(model: Any, src_ids: Sequence[int], tgt_ids: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
+def attention_maps(model: Any, src_ids: Sequence[int],
+                   tgt_ids: Optional[Sequence[int]] = None) -> Dict[str, np.ndarray]:
     """Per-head attention weights of one example: name → ``(H, L, S)``.
 
     Seq2SeqTransformer: ``src_ids`` (no BOS/EOS) and ``tgt_ids``, the decoder input starting with
@@ -215,7 +216,10 @@ def _labels(run: Any, ids: Sequence[int], side: str) -> List[str]:
     return [str(tok.id_to_token(int(i))) for i in ids]
 
 
-def example_attention(run: Any, sentence: Optional[str]) -> Tuple[Dict[str, np.ndarray], Dict[str, Tuple[List[str], List[str]]], str]:
+Labels = Dict[str, Tuple[List[str], List[str]]]
+
+
+def example_attention(run: Any, sentence: Optional[str]) -> Tuple[Dict[str, np.ndarray], Labels, str]:
     """Attention maps of a run's model on ``sentence`` (default: the first validation source or
     a fixed number for the numbers task) with the axis labels; a translation model attends over
     its own greedy translation. Returns ``(maps, labels, description)``."""
@@ -223,7 +227,7 @@ def example_attention(run: Any, sentence: Optional[str]) -> Tuple[Dict[str, np.n
 
     model, tok, task = run.model, run.tokenizer, run.data.task
     if run.kind == "lm":
-        text = sentence or "The"
+        text = sentence or run.data.sample_text or ""
         ids = tok.encode(text)[: model.max_len] or [tok.eos_id]
         labels = _labels(run, ids, "tgt")
         return attention_maps(model, ids), {"self": (labels, labels)}, f"\"{text}\""

@@ -44,9 +44,9 @@ class Data:
 
     ``kind`` is ``"seq2seq"`` (``train``/``valid`` are ``(src_ids, tgt_ids)``) or ``"lm"``
     (``train``/``valid`` are flat id streams). ``valid_texts`` is ``(sources, references)`` for
-    BLEU and samples. ``tokenizer`` has ``encode_batch`` and ``decode`` (a
-    :class:`~tfm_rs.data.Tokenizer`, or the numbers task's adapter); ``task`` is the
-    :class:`~tfm_rs.tasks.numbers.NumbersTask` for the built-in task.
+    BLEU and samples; ``sample_text`` a validation line of a language model. ``tokenizer`` has
+    ``encode_batch`` and ``decode`` (a :class:`~tfm_rs.data.Tokenizer`, or the numbers task's
+    adapter); ``task`` is the :class:`~tfm_rs.tasks.numbers.NumbersTask` for the built-in task.
     """
 
     kind: str
@@ -61,6 +61,7 @@ class Data:
     bos_id: int = 1
     eos_id: int = 2
     info: Dict[str, Any] = field(default_factory=dict)
+    sample_text: Optional[str] = None
 
 
 def _file(cfg: Config, key: str) -> Path:
@@ -164,7 +165,7 @@ def _lm_data(cfg: Config, run_dir: Optional[Path], need_train: bool) -> Data:
     tok = _tokenizer(cfg, run_dir, lines)
     return Data("lm", tok, stream_ids(tok, lines) if need_train else None, stream_ids(tok, valid), None, None,
                 tok.vocab_size, tok.vocab_size, tok.pad_id, tok.bos_id, tok.eos_id,
-                {"train": len(lines), "valid": len(valid)})
+                {"train": len(lines), "valid": len(valid)}, valid[0] if valid else None)
 
 
 def build_model(cfg: Config, data: Data) -> Any:
@@ -362,7 +363,8 @@ def generate_text(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, 
     return tokenizer.decode_until_eos(list(out.sequences[0])[len(start):])
 
 
-def _reference_pairs(run: LoadedRun, src_file: Optional[str], ref_file: Optional[str]) -> Tuple[List[str], List[str], str]:
+def _reference_pairs(run: LoadedRun, src_file: Optional[str],
+                     ref_file: Optional[str]) -> Tuple[List[str], List[str], str]:
     from tfm_rs.data import ParallelCorpus
 
     d = run.config["data"]
@@ -407,7 +409,8 @@ def evaluate_run(run: LoadedRun, src_file: Optional[str] = None, ref_file: Optio
             ids, what = run.data.valid, "validation text"
         block = d["data"]["block_size"] or model.max_len
         wins = windows(ids, block)
-        res: Dict[str, Any] = {"set": what, **evaluate(model, lm_batches(wins, max(1, max_tokens // block)), lm_forward)}
+        scores = evaluate(model, lm_batches(wins, max(1, max_tokens // block)), lm_forward)
+        res: Dict[str, Any] = {"set": what, **scores}
     else:
         srcs, refs, what = _reference_pairs(run, src_file, ref_file)
         srcs, refs = srcs[:limit], refs[:limit]

@@ -309,7 +309,8 @@ class Trainer:
                 if callback is not None:
                     callback(v)
                 if verbose:
-                    print("valid " + "  ".join(f"{k} {v[k]:.3f}" for k in ("loss", "ppl", "bleu") if k in v), flush=True)
+                    print("valid " + "  ".join(f"{k} {v[k]:.3f}" for k in ("loss", "ppl", "bleu") if k in v),
+                          flush=True)
             if c.save_every and self.out_dir is not None and self.step % c.save_every == 0:
                 self.save()
         return records
