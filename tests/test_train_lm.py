@@ -124,3 +124,26 @@ def test_callback_sees_train_and_valid_records():
     assert [(r["type"], r["step"]) for r in seen] == [("train", 1), ("train", 2), ("valid", 2), ("train", 3),
                                                       ("train", 4), ("valid", 4)]
     assert {"loss", "ppl", "accuracy", "elapsed"} <= set(seen[2])
+
+
+def test_run_tokenizer_prefers_given_then_the_runs_own(tmp_path):
+    from tfm_rs.data import run_tokenizer, train_tokenizer
+
+    texts = ["a b c", "b c d", "c d e"] * 5
+    calls = []
+
+    def train():
+        calls.append(1)
+        return train_tokenizer([], 30, texts=iter(texts), min_frequency=1)
+
+    own = tmp_path / "run" / "tokenizer.json"
+    own.parent.mkdir()
+    first = run_tokenizer(own, None, train)
+    assert calls == [1] and own.is_file()
+    again = run_tokenizer(own, None, train)  # a resumed run reads its own
+    assert calls == [1] and again.get_vocab() == first.get_vocab()
+    other = train_tokenizer([], 20, texts=iter(["x y z"] * 5), min_frequency=1)
+    other.save(tmp_path / "given.json")
+    used = run_tokenizer(own, tmp_path / "given.json", train)  # a given file wins, and the run keeps it
+    assert calls == [1] and used.get_vocab() == other.get_vocab()
+    assert run_tokenizer(own, None, train).get_vocab() == other.get_vocab()

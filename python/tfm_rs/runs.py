@@ -82,20 +82,13 @@ def _valid_count(cfg: Config, n: int) -> int:
 
 def _tokenizer(cfg: Config, run_dir: Optional[Path], texts: Sequence[str]) -> Any:
     """The configured tokenizer file, else the run's, else one trained on ``texts`` (saved in the run)."""
-    from tfm_rs.data import Tokenizer, train_tokenizer
+    from tfm_rs.data import run_tokenizer, train_tokenizer
 
     d = cfg["data"]
-    own = run_dir / TOKENIZER_FILE if run_dir is not None else None
-    if d["tokenizer"]:
-        tok = Tokenizer.load(_file(cfg, "tokenizer"))
-    elif own is not None and own.is_file():
-        tok = Tokenizer.load(own)
-    else:
-        tok = train_tokenizer([], d["vocab_size"], kind=d["tokenizer_kind"], lowercase=d["lowercase"],
-                              min_frequency=2, texts=iter(texts))
-    if own is not None and not own.is_file():
-        tok.save(own)
-    return tok
+    return run_tokenizer(run_dir / TOKENIZER_FILE if run_dir is not None else None,
+                         _file(cfg, "tokenizer") if d["tokenizer"] else None,
+                         lambda: train_tokenizer([], d["vocab_size"], kind=d["tokenizer_kind"],
+                                                 lowercase=d["lowercase"], min_frequency=2, texts=iter(texts)))
 
 
 def prepare_data(cfg: Config, run_dir: Optional[Path] = None, need_train: bool = True) -> Data:
