@@ -5,6 +5,7 @@
 //! - [`ops`]: one file per op, each a forward/backward pair with its reference and tests.
 //! - [`random`]: counter-based random numbers (dropout masks independent of thread count).
 //! - [`autograd`]: `Var`, the graph, and the backward pass.
+//! - [`decode`]: greedy, beam and sampling search with a key/value cache.
 //! - [`optim`]: Adam/AdamW and SGD updates, matching `torch.optim` step for step.
 //! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python.
 //!
@@ -18,6 +19,7 @@
 
 pub mod autograd;
 pub mod cpu;
+pub mod decode;
 pub mod error;
 pub mod ops;
 pub mod optim;

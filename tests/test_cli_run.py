@@ -93,6 +93,11 @@ def test_translate_arguments_file_and_stdin(numbers_run, tmp_path, capsys, monke
     expected = runs.translate_sentences(run.model, run.tokenizer, ["3 452", "17", "999 999"], task=run.data.task)
     status, out, _ = cli(capsys, "translate", numbers_run, "3 452", "17", "999 999")
     assert status == 0 and out.splitlines() == expected
+    status, out, _ = cli(capsys, "translate", numbers_run, "3 452", "--batch-size", "2", "17", "999 999")
+    assert status == 0 and out.splitlines() == expected  # sentences on both sides of an option
+    beam = run.model.translate(["3 452", "17"], run.tokenizer, num_beams=3, max_new_tokens=13)  # en: 11 + 2
+    status, out, _ = cli(capsys, "translate", numbers_run, "--beam", "3", "3 452", "17")
+    assert status == 0 and out.splitlines() == beam
     (tmp_path / "in.txt").write_text("3 452\n17\n999 999\n")
     status, out, _ = cli(capsys, "translate", numbers_run, "--input", tmp_path / "in.txt")
     assert status == 0 and out.splitlines() == expected
@@ -191,16 +196,21 @@ def test_language_model_run(tmp_path, capsys):
     assert status == 0 and res["ppl"] > 1.0 and 0.0 <= res["accuracy"] <= 1.0
     status, _, err = cli(capsys, "translate", run, "the dog")
     assert status == 2 and "is a language model; use 'tfm-rs generate'" in err
-    from tfm_rs.models import GPT
-
-    if not hasattr(GPT, "generate"):
-        print("SKIP reason: GPT.generate is not in this tfm_rs yet")
-        return
     status, out, err = cli(capsys, "generate", run, "--prompt", "the dog", "--max-new-tokens", "5", "--seed", "1")
     assert status == 0, err
     assert out.startswith("the dog")
     status, again, _ = cli(capsys, "generate", run, "--prompt", "the dog", "--max-new-tokens", "5", "--seed", "1")
     assert again == out  # seeded sampling is reproducible
+    # Greedy: the command prints what GPT.generate gives, and streaming prints the same text.
+    loaded = runs.load_run(run, need_valid=False)
+    ids = loaded.tokenizer.encode("the dog")
+    gen = loaded.model.generate([ids], max_new_tokens=8, eos_token_id=loaded.tokenizer.eos_id)
+    expected = loaded.tokenizer.decode_until_eos(gen.sequences[0][len(ids):])
+    status, out, _ = cli(capsys, "generate", run, "--prompt", "the dog", "--max-new-tokens", "8", "--greedy")
+    assert status == 0 and out.rstrip("\n") in (f"the dog {expected}", f"the dog{expected}")
+    status, streamed, _ = cli(capsys, "generate", run, "--prompt", "the dog", "--max-new-tokens", "8", "--greedy",
+                              "--stream")
+    assert status == 0 and streamed == out
 
 
 def test_console_round_trip(tmp_path):

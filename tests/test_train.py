@@ -1,4 +1,4 @@
-"""Training loop: exact resume, logs, accumulation, greedy decoding, the recipe end to end."""
+"""Training loop: exact resume, logs, accumulation, the recipe end to end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import tfm_rs
 from tfm_rs.data import collate
 from tfm_rs.checkpoint import IncompatibleCheckpointError, load_checkpoint
 from tfm_rs.models import transformer_tiny
-from tfm_rs.train import Seq2SeqTrainer, TrainConfig, greedy_decode, translate
+from tfm_rs.train import Seq2SeqTrainer, TrainConfig
 
 V = 24
 
@@ -120,44 +120,6 @@ def test_accumulation_is_token_mean_over_the_step():
     assert abs(ra["grad_norm"] - rb["grad_norm"]) < 1e-4 * ra["grad_norm"]
 
 
-def _reference_greedy(model, src_row, limit):
-    ys = [model.bos_id]
-    with tfm_rs.no_grad():
-        mem = model.encode(np.array([src_row]))
-        for _ in range(limit):
-            nxt = int(model.decode(np.array([ys]), mem).numpy()[0, -1].argmax())
-            ys.append(nxt)
-            if nxt == model.eos_id:
-                break
-    out = ys[1:]
-    return out[: out.index(model.eos_id)] if model.eos_id in out else out
-
-
-def test_greedy_batched_equals_one_at_a_time():
-    tfm_rs.manual_seed(1)
-    m = transformer_tiny(V).eval()
-    src = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
-    padded = tfm_rs.data.pad_batch(src)
-    out = greedy_decode(m, padded, max_len=12)
-    for row, o in zip(src, out):
-        assert o == _reference_greedy(m, row, 12)
-        assert m.eos_id not in o and m.pad_id not in o
-
-
-def test_greedy_stops_at_eos_and_at_limit():
-    tfm_rs.manual_seed(1)
-    m = transformer_tiny(V, tie_output=False).eval()
-    bias = np.zeros(V, np.float32)
-    bias[m.eos_id] = 1e4
-    m.generator.bias.copy_(bias)
-    assert greedy_decode(m, np.array([[5, 6, 7]])) == [[]]
-    bias[:] = 0
-    bias[7] = 1e4
-    m.generator.bias.copy_(bias)
-    out = greedy_decode(m, np.array([[5, 6, 7, 0], [5, 6, 7, 8]]), max_len_a=1.0, max_len_b=2)
-    assert out == [[7] * 5, [7] * 6]  # 1.0 * S_i + 2 tokens each
-
-
 def test_trainer_learns_and_reports_bleu(tmp_path):
     from tfm_rs.data import train_tokenizer
 
@@ -176,7 +138,7 @@ def test_trainer_learns_and_reports_bleu(tmp_path):
     v = t.validate()
     assert v["loss"] < 0.5 * before
     assert 0.0 <= v["bleu"] <= 100.0
-    assert translate(model, tok, ["", sents[0]])[0] == ""
+    assert model.translate(["", sents[0]], tok, num_beams=1)[0] == ""
     kinds = [json.loads(x)["type"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("valid") == 1 and kinds.count("train") == 40
 

@@ -5,7 +5,7 @@ with PyTorch's argument names and defaults; prefer it to calling ``_core`` direc
 function releases the GIL while it computes, and every failure is a :class:`TfmError`.
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -204,3 +204,51 @@ def cpu_features() -> Dict[str, Any]:
     kernels use and those the CPU supports."""
 def set_isa(name: str) -> None:
     """Forces a SIMD path (``"avx512"``, ``"avx2"`` or ``"generic"``); raises if the CPU cannot run it."""
+
+# ------------------------------------------------------------------------------ decoding (decode.rs)
+# Used through tfm_rs.decode (Seq2SeqTransformer.generate/translate, GPT.generate/stream).
+
+Hypothesis = Tuple[List[int], float, float]  # (tokens, log_prob, score)
+
+class DecoderWeights:
+    """The weights of a decoder stack, shared (not copied) with the tensors they came from."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        """``spec``: ``nhead``, ``norm_first``, ``activation`` ("relu", "gelu", "gelu_tanh"), ``eps``,
+        ``embed``, ``embed_scale``, ``positions``, ``layers`` (dicts of ``(weight, bias)`` pairs),
+        ``final_norm`` (or None) and ``head``; see ``tfm_rs.decode.weights``."""
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def max_len(self) -> int: ...
+
+class Decoder:
+    """Step-by-step decoding with a key/value cache."""
+
+    def __init__(self, weights: DecoderWeights, rows: int, memory: Optional[Tensor] = None,
+                 memory_key_padding_mask: Optional[npt.ArrayLike] = None,
+                 sources: Optional[Sequence[int]] = None) -> None:
+        """``rows`` empty sequences; with ``memory``, row ``i`` attends to source ``sources[i]``
+        (default ``i``)."""
+    def feed(self, tokens: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """Appends ``tokens[r]`` to each row; the logits after each row's last new token ``(rows, V)``."""
+    def reorder(self, parents: Sequence[int]) -> None:
+        """Row ``i`` becomes a copy of old row ``parents[i]``."""
+    def num_rows(self) -> int: ...
+
+class Search:
+    """A generation that advances one token per :meth:`step` (streaming)."""
+
+    def __init__(self, weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new: Sequence[int],
+                 config: Dict[str, Any], memory: Optional[Tensor] = None,
+                 memory_key_padding_mask: Optional[npt.ArrayLike] = None) -> None: ...
+    def step(self) -> Optional[List[Tuple[int, int, int]]]:
+        """The ``(input, sample, token)`` chosen now (empty for beam search), or None when over."""
+    def finish(self) -> List[List[Hypothesis]]:
+        """The results per input; ends the search."""
+
+def generate(weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new: Sequence[int],
+             config: Dict[str, Any], memory: Optional[Tensor] = None,
+             memory_key_padding_mask: Optional[npt.ArrayLike] = None) -> List[List[Hypothesis]]:
+    """A whole search in Rust (greedy, beam, sampling; ``config`` as ``tfm_rs.decode`` builds it);
+    per input, a list of ``(tokens, log_prob, score)``."""

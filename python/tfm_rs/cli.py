@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input", metavar="FILE", help="translate the lines of FILE (plain or .gz)")
     tr.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
                     help="sentences decoded together (default: 64)")
+    tr.add_argument("--beam", type=_positive(int, "--beam"), default=1,
+                    help="beam size (default: 1, greedy; the paper used 4)")
 
     g = sub.add_parser("generate", help="continue a prompt with a trained GPT run",
                        description="Sample a continuation of --prompt from the language model of RUN_DIR "
@@ -124,10 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
     g.add_argument("--seed", type=_nonnegative_int, default=None, help="sampling seed (default: random)")
     g.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    g.add_argument("--stream", action="store_true", help="print the text as it is generated")
 
     e = sub.add_parser("eval", help="score a trained run (BLEU, perplexity, accuracy)",
-                       description="Translation runs: greedy translations of a test set (--src/--ref, else the "
-                                   "config's test files, else the validation or held-out set) scored with sacrebleu "
+                       description="Translation runs: translations (greedy, or --beam N) of a test set (--src/--ref, "
+                                   "else the config's test files, else the validation or held-out set) scored with "
+                                   "sacrebleu "
                                    "BLEU and exact match, plus teacher-forced perplexity and token accuracy. "
                                    "GPT runs: perplexity and next-token accuracy. Writes RUN_DIR/eval.json.")
     e.add_argument("run_dir", metavar="RUN_DIR")
@@ -135,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ref", metavar="FILE", help="their reference translations")
     e.add_argument("--text", metavar="FILE", help="GPT runs: a text file to score")
     e.add_argument("--limit", type=_positive(int, "--limit"), default=None, help="only the first N examples")
+    e.add_argument("--beam", type=_positive(int, "--beam"), default=1,
+                   help="beam size of the translations (default: 1, greedy)")
 
     b = sub.add_parser("bench", help="quick GEMM, attention and training-step benchmark",
                        description="Time tfm_rs's GEMM, fused attention and one training step against NumPy and "
@@ -328,7 +334,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.run_dir} is a language model; use '{PROG} generate'")
     sentences = _input_lines(args)
     for hyp in runs.translate_sentences(run.model, run.tokenizer, sentences, task=run.data.task,
-                                        batch_size=args.batch_size):
+                                        batch_size=args.batch_size, num_beams=args.beam):
         print(hyp, flush=False)
     sys.stdout.flush()
     return 0
@@ -341,12 +347,25 @@ def cmd_generate(args: argparse.Namespace) -> int:
     run = runs.load_run(args.run_dir, need_valid=False)
     if run.kind != "lm":
         raise UsageError(f"{args.run_dir} is a translation model; use '{PROG} translate'")
-    text = runs.generate_text(run.model, run.tokenizer, args.prompt, args.max_new_tokens,
-                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                              greedy=args.greedy)
-    sep = " " if args.prompt and text and not text[0].isspace() and not args.prompt[-1].isspace() else ""
-    print(f"{args.prompt}{sep}{text}")
+    search = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  greedy=args.greedy)
+    if args.stream:
+        print(args.prompt, end="", flush=True)
+        first = True
+        for piece in runs.stream_text(run.model, run.tokenizer, args.prompt, args.max_new_tokens, **search):
+            print(_joiner(args.prompt, piece) if first else "", piece, sep="", end="", flush=True)
+            first = False
+        print()
+        return 0
+    text = runs.generate_text(run.model, run.tokenizer, args.prompt, args.max_new_tokens, **search)
+    print(f"{args.prompt}{_joiner(args.prompt, text)}{text}")
     return 0
+
+
+def _joiner(prompt: str, text: str) -> str:
+    """A space between the prompt and its continuation when neither side has one (the
+    tokenizer's decode drops the word boundary at the start of the continuation)."""
+    return " " if prompt and text and not text[0].isspace() and not prompt[-1].isspace() else ""
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -358,7 +377,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError("--src/--ref are for translation runs; use --text FILE for a language model")
     if run.kind == "seq2seq" and args.text:
         raise UsageError("--text is for language-model runs; use --src FILE --ref FILE")
-    res = runs.evaluate_run(run, args.src, args.ref, args.text, args.limit)
+    if run.kind == "lm" and args.beam != 1:
+        raise UsageError("--beam is for translation runs")
+    res = runs.evaluate_run(run, args.src, args.ref, args.text, args.limit, num_beams=args.beam)
     if run.kind == "seq2seq":
         print(f"{res['set']}: {res['sentences']} sentences")
         for ex in res["examples"][:3]:
@@ -424,7 +445,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command == "translate" and not any(a.startswith("-") for a in extra):
+            args.sentences += extra  # sentences after an option: tfm-rs translate RUN --beam 4 "a b"
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.version:
             import tfm_rs
             print(f"tfm_rs {tfm_rs.__version__}")

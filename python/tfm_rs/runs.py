@@ -22,14 +22,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import tfm_rs
 from tfm_rs import config as cfg_lib
 from tfm_rs.config import ConfigError
 
 __all__ = ["Data", "LoadedRun", "build_model", "evaluate_run", "generate_text", "load_run", "make_trainer",
-           "prepare_data", "train_run", "translate_sentences"]
+           "prepare_data", "stream_text", "train_run", "translate_sentences"]
 
 Config = Dict[str, Dict[str, Any]]
 CONFIG_FILE = "config.toml"
@@ -328,32 +328,54 @@ def load_run(run_dir: "str | Path", need_valid: bool = True) -> LoadedRun:
 # ------------------------------------------------------------------------------ using a run
 
 def translate_sentences(model: Any, tokenizer: Any, sentences: Sequence[str], task: Any = None,
-                        batch_size: int = 128) -> List[str]:
+                        batch_size: int = 128, num_beams: int = 1) -> List[str]:
     """Translations of ``sentences`` — the one place the command line decodes a Seq2SeqTransformer
-    (greedy, batched). ``task``: the numbers task, whose outputs have a known maximum length."""
-    from tfm_rs.train.greedy import translate
-
+    (``Seq2SeqTransformer.translate``: KV-cache decoding in Rust, greedy by default, beam search
+    with ``num_beams > 1`` and the paper's length penalty). ``task``: the numbers task, whose
+    outputs have a known maximum length."""
     kwargs: Dict[str, Any] = {}
     if task is not None:
-        kwargs["max_len"] = task.max_target_len() + 2
-    return translate(model, tokenizer, list(sentences), batch_size=batch_size, **kwargs)
+        kwargs["max_new_tokens"] = min(task.max_target_len() + 2, model.max_len)
+    return model.translate(list(sentences), tokenizer, num_beams=num_beams, batch_size=batch_size, **kwargs)
+
+
+def _lm_request(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_k: int,
+                top_p: float, seed: Optional[int], greedy: bool) -> Tuple[List[int], Dict[str, Any]]:
+    ids = tokenizer.encode(prompt) if prompt else []
+    start = ids or [tokenizer.eos_id]  # an empty prompt starts a new line
+    room = model.max_len - len(start)
+    if room <= 0:
+        raise ConfigError(f"the prompt has {len(start)} tokens; the model reads at most {model.max_len}")
+    return start, dict(max_new_tokens=min(max_new_tokens, room), do_sample=not greedy, temperature=temperature,
+                       top_k=top_k, top_p=top_p, seed=seed, eos_token_id=tokenizer.eos_id)
 
 
 def generate_text(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None, greedy: bool = False) -> str:
-    """Continue ``prompt`` with a GPT run's model (``GPT.generate``): sampling with
-    ``temperature``/``top_k``/``top_p`` unless ``greedy``; stops at EOS (the end of a line)."""
-    ids = tokenizer.encode(prompt) if prompt else []
-    start = ids or [tokenizer.eos_id]  # an empty prompt starts a new line
-    if not hasattr(model, "generate"):
-        raise RuntimeError("this tfm_rs has no GPT.generate yet (the KV-cache decoding engine is not installed)")
-    room = model.max_len - len(start)
-    if room <= 0:
-        raise ConfigError(f"the prompt has {len(start)} tokens; the model reads at most {model.max_len}")
-    out = model.generate([start], max_new_tokens=min(max_new_tokens, room), do_sample=not greedy,
-                         temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         eos_token_id=tokenizer.eos_id)
+    """Continue ``prompt`` with a GPT run's model (``GPT.generate``, KV-cache decoding in Rust):
+    sampling with ``temperature``/``top_k``/``top_p`` unless ``greedy``; stops at EOS (the end of
+    a line) or after ``max_new_tokens``. Returns the continuation's text."""
+    start, search = _lm_request(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy)
+    out = model.generate([start], **search)
     return tokenizer.decode_until_eos(list(out.sequences[0])[len(start):])
+
+
+def stream_text(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                top_k: int = 0, top_p: float = 1.0, seed: Optional[int] = None,
+                greedy: bool = False) -> Iterator[str]:
+    """:func:`generate_text` piece by piece (``GPT.stream``): yields the text each new token adds
+    (the tokens so far are decoded together, so word boundaries come out as in the whole text)."""
+    start, search = _lm_request(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed, greedy)
+    ids: List[int] = []
+    shown = ""
+    for token in model.stream(start, **search):
+        if token == tokenizer.eos_id:
+            break
+        ids.append(int(token))
+        text = tokenizer.decode(ids)
+        if text.startswith(shown) and len(text) > len(shown):
+            yield text[len(shown):]
+            shown = text
 
 
 def _reference_pairs(run: LoadedRun, src_file: Optional[str],
@@ -380,11 +402,12 @@ def _existing(path: str) -> Path:
 
 
 def evaluate_run(run: LoadedRun, src_file: Optional[str] = None, ref_file: Optional[str] = None,
-                 text_file: Optional[str] = None, limit: Optional[int] = None) -> Dict[str, Any]:
-    """Score a run. Seq2seq: greedy translations of a test set (``src_file``/``ref_file``, else the
+                 text_file: Optional[str] = None, limit: Optional[int] = None, num_beams: int = 1) -> Dict[str, Any]:
+    """Score a run. Seq2seq: translations of a test set (``src_file``/``ref_file``, else the
     configured test set, else the validation/held-out set) → BLEU (sacrebleu) and exact match, plus
     teacher-forced perplexity and token accuracy. LM: perplexity and next-token accuracy on
-    ``text_file`` or the validation text. ``limit``: the first N examples only."""
+    ``text_file`` or the validation text. ``limit``: the first N examples only; ``num_beams``:
+    beam size of the translations (1: greedy)."""
     from tfm_rs import metrics
     from tfm_rs.train.lm import lm_batches, lm_forward, windows
     from tfm_rs.train.trainer import evaluate, seq2seq_batches, seq2seq_forward
@@ -409,14 +432,14 @@ def evaluate_run(run: LoadedRun, src_file: Optional[str] = None, ref_file: Optio
         srcs, refs = srcs[:limit], refs[:limit]
         if not srcs:
             raise ConfigError("nothing to evaluate: the test set is empty")
-        hyps = translate_sentences(model, tok, srcs, task=run.data.task)
+        hyps = translate_sentences(model, tok, srcs, task=run.data.task, num_beams=num_beams)
         if run.data.task is not None:
             src_ids = [run.data.task.encode_source(s) for s in srcs]
             tgt_ids = [run.data.task.encode_target(r) for r in refs]
         else:
             src_ids, tgt_ids = tok.encode_batch(srcs), tok.encode_batch(refs)
         scores = evaluate(model, seq2seq_batches(model, src_ids, tgt_ids, max_tokens), seq2seq_forward)
-        res = {"set": what, "sentences": len(srcs), "bleu": metrics.bleu(hyps, refs),
+        res = {"set": what, "sentences": len(srcs), "beam": num_beams, "bleu": metrics.bleu(hyps, refs),
                "exact_match": sum(h == r for h, r in zip(hyps, refs)) / len(refs), **scores}
         (run.dir / "eval.hyp.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
         res["examples"] = [{"source": s, "hypothesis": h, "reference": r}

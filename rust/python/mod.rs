@@ -2,6 +2,7 @@
 //! arguments, calls the core through `runtime::run`, and converts results back.
 
 mod convert;
+mod decode;
 mod errors;
 mod functional;
 mod optim;
@@ -18,5 +19,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tensor::register(m)?;
     functional::register(m)?;
     optim::register(m)?;
+    decode::register(m)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ Shapes (``B`` batch, ``S`` source length, ``T`` target length, ``V`` target voca
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ import tfm_rs.functional as F
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs import nn
 from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+
+if TYPE_CHECKING:
+    from tfm_rs.decode import GenerationOutput
 
 __all__ = ["Seq2SeqTransformer"]
 
@@ -230,6 +233,23 @@ class Seq2SeqTransformer(nn.Module):
         logits = self.forward(src_ids, tgt_in_a)
         return F.cross_entropy(logits.reshape(-1, self.tgt_vocab_size), tgt_out_a.reshape(-1),
                                ignore_index=self.pad_id, reduction=reduction, label_smoothing=label_smoothing)
+
+    # ------------------------------------------------------------------ decoding
+
+    def generate(self, src_ids: Any, max_new_tokens: Optional[int] = None, max_len_a: float = 1.5,
+                 max_len_b: int = 10, **search: Any) -> "GenerationOutput":
+        """Translations of ``src_ids (B, S)`` with a key/value cache, the loop in Rust: greedy by
+        default, beam search with ``num_beams > 1``, sampling with ``do_sample=True``. See
+        :func:`tfm_rs.decode.generate_seq2seq` for the arguments and the result."""
+        from tfm_rs.decode import generate_seq2seq
+        return generate_seq2seq(self, src_ids, max_new_tokens, max_len_a, max_len_b, **search)
+
+    def translate(self, sentences: Sequence[str], tokenizer: Any, num_beams: int = 4, length_penalty: float = 0.6,
+                  batch_size: int = 64, **generate: Any) -> List[str]:
+        """Text in, text out (beam 4, α = 0.6 by default, as in the paper); see
+        :func:`tfm_rs.decode.translate`."""
+        from tfm_rs.decode import translate
+        return translate(self, sentences, tokenizer, num_beams, length_penalty, batch_size, **generate)
 
     def extra_repr(self) -> str:
         c = self._config

@@ -262,7 +262,7 @@ SOURCE_VOCAB = Vocab(list("0123456789 "))
 
 
 class _SourceTokenizer:
-    """Adapter for :func:`tfm_rs.train.greedy.translate`: digit strings in, target text out."""
+    """Adapter for :meth:`Seq2SeqTransformer.translate`: digit strings in, target text out."""
 
     def __init__(self, task: "NumbersTask") -> None:
         self.task = task

@@ -50,7 +50,6 @@ from tfm_rs._core import InvalidArgumentError, Tensor
 from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, TokenBatchSampler, collate
 from tfm_rs.models import load_model_state
-from tfm_rs.train.greedy import translate
 
 __all__ = ["SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "evaluate", "seq2seq_batches",
            "seq2seq_forward"]
@@ -473,7 +472,7 @@ class Seq2SeqTrainer(Trainer):
         if self.tokenizer is None:
             raise InvalidArgumentError("Seq2SeqTrainer: BLEU needs a tokenizer")
         t0 = time.perf_counter()
-        hyps = translate(self.model, self.tokenizer, sources, batch_size=self.config.bleu_batch_size)
+        hyps = self.model.translate(sources, self.tokenizer, num_beams=1, batch_size=self.config.bleu_batch_size)
         score = metrics.bleu(hyps, list(references))
         return {"bleu": score, "decode_time": time.perf_counter() - t0, "hypotheses": hyps}
 

@@ -1,0 +1,506 @@
+//! Incremental decoding with a key/value cache. Each live sequence (a *row*) keeps, per layer,
+//! the self-attention keys and values of every position it has seen, so a step costs one
+//! position's work instead of re-running the whole prefix. Cross-attention keys and values are
+//! computed once per source sentence ([`Memory`]) and shared by all rows decoding it (beams).
+//!
+//! [`Decoder::feed`] takes any number of new tokens per row: one per row while decoding, a
+//! whole prompt when prefilling. All new positions go through each linear layer as one GEMM;
+//! their keys and values are appended to the cache before attention, and the query at position
+//! `p` attends to cache positions `0..=p`, which is exactly the causal mask of a full forward.
+
+use super::weights::{DecoderWeights, Linear, Norm};
+use crate::cpu::gemm::{gemm, Activation, Epilogue, MatRef};
+use crate::error::{Result, TfmError};
+use crate::ops::activation::ActivationKind;
+use crate::ops::layer_norm::layer_norm_forward;
+use crate::ops::rows::PAR_MIN;
+use rayon::prelude::*;
+use std::sync::Arc;
+
+const OP: &str = "decode";
+
+/// `out (n, rows.len())` = `x (n, in)` · `W[rows]ᵀ` + `b[rows]`, then `act`: a linear layer
+/// restricted to a range of its output features (q alone, or k and v, of a stacked in_proj).
+fn linear_rows(
+    x: &[f32],
+    n: usize,
+    l: &Linear,
+    rows: std::ops::Range<usize>,
+    act: Activation,
+) -> Vec<f32> {
+    let inp = l.weight.shape()[1];
+    let out = rows.len();
+    let mut y = vec![0.0f32; n * out];
+    if n == 0 {
+        return y;
+    }
+    let w = &l.weight.data()[rows.start * inp..rows.end * inp];
+    let bias = l.bias.as_ref().map(|b| &b.data()[rows.clone()]);
+    gemm(
+        1.0,
+        MatRef::row_major(x, n, inp),
+        MatRef::row_major(w, out, inp).t(),
+        0.0,
+        &mut y,
+        out,
+        &Epilogue {
+            bias,
+            activation: act,
+        },
+        true,
+    );
+    y
+}
+
+fn linear(x: &[f32], n: usize, l: &Linear, act: Activation) -> Vec<f32> {
+    linear_rows(x, n, l, 0..l.weight.shape()[0], act)
+}
+
+fn norm(x: &[f32], residual: Option<&[f32]>, n: usize, d: usize, p: &Norm, eps: f32) -> Vec<f32> {
+    let w = p.weight.as_ref().map(|t| t.data());
+    let b = p.bias.as_ref().map(|t| t.data());
+    layer_norm_forward(x, residual, n, d, w, b, eps).y
+}
+
+fn gemm_activation(kind: ActivationKind) -> Activation {
+    match kind {
+        ActivationKind::Relu => Activation::Relu,
+        ActivationKind::Gelu => Activation::Gelu,
+        ActivationKind::GeluTanh => Activation::GeluTanh,
+    }
+}
+
+/// `Σ a[i]·b[i]` in 8 independent lanes (one AVX register; a single accumulator would
+/// serialize the adds).
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// One query row `q (d)` attending, head by head, to `len` keys and values stored as rows of
+/// `d` (head `h` in columns `h·dh..(h+1)·dh`) → `out (d)`. `scores` is scratch space.
+fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    len: usize,
+    nhead: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let d = q.len();
+    let dh = d / nhead;
+    let scale = 1.0 / (dh as f32).sqrt();
+    scores.resize(len, 0.0);
+    out.fill(0.0);
+    for h in 0..nhead {
+        let cols = h * dh..(h + 1) * dh;
+        let qh = &q[cols.clone()];
+        let mut max = f32::NEG_INFINITY;
+        for (j, s) in scores.iter_mut().enumerate() {
+            *s = dot(qh, &keys[j * d..][cols.clone()]) * scale;
+            max = max.max(*s);
+        }
+        let mut total = 0.0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let oh = &mut out[cols.clone()];
+        for (j, &s) in scores.iter().enumerate() {
+            let p = s / total;
+            for (o, &v) in oh.iter_mut().zip(&values[j * d..][cols.clone()]) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
+/// Runs `attend` for every query, in parallel when the work is large enough. `kv(i)` gives
+/// query `i`'s keys, values and their count.
+fn attend_all<'a>(
+    q: &[f32],
+    d: usize,
+    nhead: usize,
+    kv: impl Fn(usize) -> (&'a [f32], &'a [f32], usize) + Sync,
+) -> Vec<f32> {
+    let n = q.len() / d;
+    let mut out = vec![0.0f32; n * d];
+    let work: usize = (0..n).map(|i| kv(i).2).sum::<usize>() * d;
+    let body = |(i, o): (usize, &mut [f32]), scores: &mut Vec<f32>| {
+        let (k, v, len) = kv(i);
+        attend(&q[i * d..][..d], k, v, len, nhead, o, scores);
+    };
+    if work >= PAR_MIN && n > 1 {
+        out.par_chunks_mut(d)
+            .enumerate()
+            .for_each_init(Vec::new, |s, item| body(item, s));
+    } else {
+        let mut scores = Vec::new();
+        out.chunks_mut(d)
+            .enumerate()
+            .for_each(|item| body(item, &mut scores));
+    }
+    out
+}
+
+/// Cross-attention keys and values of one source sentence: per layer, `(k, v)` each `(s, d)`,
+/// for its `s` non-padding positions only (padding is never attended to, so it is dropped).
+#[derive(Clone, Debug)]
+struct SourceKv {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    len: usize,
+}
+
+/// The encoder's output projected to every decoder layer's cross-attention keys and values,
+/// once per source sentence.
+#[derive(Clone, Debug)]
+pub struct Memory {
+    sources: Vec<SourceKv>,
+}
+
+impl Memory {
+    /// `memory (B, S, d)` (the encoder output, flattened) and `key_padding (B, S)` (`true` =
+    /// padding, as in PyTorch) → the per-source keys and values of every layer.
+    pub fn new(
+        w: &DecoderWeights,
+        memory: &[f32],
+        key_padding: &[bool],
+        batch: usize,
+        src_len: usize,
+    ) -> Result<Memory> {
+        let d = w.d_model();
+        if memory.len() != batch * src_len * d || key_padding.len() != batch * src_len {
+            return Err(TfmError::shape(
+                OP,
+                format!(
+                    "memory has {} values and its padding mask {}; expected (B={batch}, S={src_len}, d={d}) and (B, S)",
+                    memory.len(),
+                    key_padding.len()
+                ),
+            ));
+        }
+        if !w.has_cross() {
+            return Err(TfmError::value(
+                OP,
+                "this decoder has no cross-attention, so it takes no memory",
+            ));
+        }
+        if let Some(b) =
+            (0..batch).find(|&b| key_padding[b * src_len..][..src_len].iter().all(|&p| p))
+        {
+            return Err(TfmError::value(
+                OP,
+                format!("source {b} is all padding: there is nothing to attend to"),
+            ));
+        }
+        if memory.iter().any(|v| !v.is_finite()) {
+            return Err(TfmError::non_finite(OP, "the memory holds NaN or infinity"));
+        }
+        let kept: Vec<usize> = (0..batch * src_len).filter(|&i| !key_padding[i]).collect();
+        let mut packed = Vec::with_capacity(kept.len() * d);
+        for &i in &kept {
+            packed.extend_from_slice(&memory[i * d..][..d]);
+        }
+        let lens: Vec<usize> = (0..batch)
+            .map(|b| {
+                key_padding[b * src_len..][..src_len]
+                    .iter()
+                    .filter(|&&p| !p)
+                    .count()
+            })
+            .collect();
+        let mut sources: Vec<SourceKv> = lens
+            .iter()
+            .map(|&len| SourceKv {
+                layers: Vec::new(),
+                len,
+            })
+            .collect();
+        for layer in &w.layers {
+            let (qkv, _) = layer
+                .cross
+                .as_ref()
+                .expect("validated: every layer has cross-attention");
+            let kv = linear_rows(&packed, kept.len(), qkv, d..3 * d, Activation::Identity);
+            let mut row = 0;
+            for src in sources.iter_mut() {
+                let (mut k, mut v) = (
+                    Vec::with_capacity(src.len * d),
+                    Vec::with_capacity(src.len * d),
+                );
+                for r in row..row + src.len {
+                    k.extend_from_slice(&kv[r * 2 * d..][..d]);
+                    v.extend_from_slice(&kv[r * 2 * d + d..][..d]);
+                }
+                row += src.len;
+                src.layers.push((k, v));
+            }
+        }
+        Ok(Memory { sources })
+    }
+
+    pub fn num_sources(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+/// One live sequence: the source it decodes (for cross-attention), and per layer its cached
+/// self-attention keys and values, each `(len, d)`.
+#[derive(Clone, Debug)]
+struct Row {
+    source: usize,
+    len: usize,
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+}
+
+/// The decoder with its cache: rows are created by [`Decoder::new`], advanced by
+/// [`Decoder::feed`], and reordered, duplicated or dropped by [`Decoder::reorder`].
+pub struct Decoder {
+    w: Arc<DecoderWeights>,
+    memory: Option<Arc<Memory>>,
+    rows: Vec<Row>,
+}
+
+impl Decoder {
+    /// A decoder with one empty row per entry of `sources` (the source sentence each row
+    /// decodes; ignored, and may be all zeros, without memory).
+    pub fn new(
+        w: Arc<DecoderWeights>,
+        memory: Option<Arc<Memory>>,
+        sources: &[usize],
+    ) -> Result<Decoder> {
+        match &memory {
+            None if w.has_cross() => {
+                return Err(TfmError::value(
+                    OP,
+                    "this decoder attends to an encoder output: pass its memory",
+                ))
+            }
+            Some(m) => {
+                if let Some(&s) = sources.iter().find(|&&s| s >= m.num_sources()) {
+                    return Err(TfmError::index(
+                        OP,
+                        format!(
+                            "row source {s} is out of range for a memory of {} sources",
+                            m.num_sources()
+                        ),
+                    ));
+                }
+            }
+            None => {}
+        }
+        let layers = w.layers.len();
+        let rows = sources
+            .iter()
+            .map(|&source| Row {
+                source,
+                len: 0,
+                layers: vec![(Vec::new(), Vec::new()); layers],
+            })
+            .collect();
+        Ok(Decoder { w, memory, rows })
+    }
+
+    pub fn weights(&self) -> &Arc<DecoderWeights> {
+        &self.w
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Positions already processed by row `r`.
+    pub fn len(&self, r: usize) -> usize {
+        self.rows[r].len
+    }
+
+    /// Keeps row `parents[i]` as new row `i`: rows may be dropped (finished sequences leave the
+    /// batch), reordered or duplicated (beams that share a prefix).
+    pub fn reorder(&mut self, parents: &[usize]) -> Result<()> {
+        if let Some(&p) = parents.iter().find(|&&p| p >= self.rows.len()) {
+            return Err(TfmError::index(
+                OP,
+                format!("reorder: row {p} does not exist ({} rows)", self.rows.len()),
+            ));
+        }
+        let mut uses = vec![0usize; self.rows.len()];
+        for &p in parents {
+            uses[p] += 1;
+        }
+        let mut old: Vec<Option<Row>> = std::mem::take(&mut self.rows)
+            .into_iter()
+            .map(Some)
+            .collect();
+        self.rows = parents
+            .iter()
+            .map(|&p| {
+                uses[p] -= 1;
+                // The last use takes the row; earlier ones copy it.
+                if uses[p] == 0 {
+                    old[p].take().expect("a row is taken once, at its last use")
+                } else {
+                    old[p].clone().expect("not yet taken")
+                }
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// Appends `tokens[r]` (one or more ids) to each row `r` and returns the logits after each
+    /// row's last new token, `(rows, V)`.
+    pub fn feed(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let w = Arc::clone(&self.w);
+        let (d, nhead, eps) = (w.d_model(), w.nhead, w.eps);
+        if tokens.len() != self.rows.len() {
+            return Err(TfmError::shape(
+                OP,
+                format!(
+                    "feed: {} token lists for {} rows",
+                    tokens.len(),
+                    self.rows.len()
+                ),
+            ));
+        }
+        // (row, position) of every new query, rows in order, positions ascending.
+        let mut queries = Vec::new();
+        for (r, (row, toks)) in self.rows.iter().zip(tokens).enumerate() {
+            if toks.is_empty() {
+                return Err(TfmError::value(OP, format!("feed: row {r} got no tokens")));
+            }
+            if row.len + toks.len() > w.max_len() {
+                return Err(TfmError::value(
+                    OP,
+                    format!(
+                        "row {r} would reach {} positions, more than the model's max_len={}",
+                        row.len + toks.len(),
+                        w.max_len()
+                    ),
+                ));
+            }
+            if let Some(&t) = toks.iter().find(|&&t| t as usize >= w.input_vocab()) {
+                return Err(TfmError::index(
+                    OP,
+                    format!(
+                        "token id {t} (row {r}) is outside the vocabulary [0, {})",
+                        w.input_vocab()
+                    ),
+                ));
+            }
+            queries.extend((0..toks.len()).map(|i| (r, row.len + i)));
+        }
+        let n = queries.len();
+        let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
+        let mut x = vec![0.0f32; n * d];
+        let (embed, pos) = (w.embed.data(), w.positions.data());
+        for (i, (&t, &(_, p))) in flat.iter().zip(&queries).enumerate() {
+            let (e, pe) = (&embed[t as usize * d..][..d], &pos[p * d..][..d]);
+            for ((o, &e), &pe) in x[i * d..][..d].iter_mut().zip(e).zip(pe) {
+                *o = e * w.embed_scale + pe;
+            }
+        }
+        // A sublayer's output joins the stream: post-LN `LN(x + y)`, pre-LN `x + y`.
+        let residual = |x: Vec<f32>, y: Vec<f32>, p: &Norm| -> Vec<f32> {
+            if w.norm_first {
+                let mut x = x;
+                x.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
+                x
+            } else {
+                norm(&x, Some(&y), n, d, p, eps)
+            }
+        };
+        let pre = |x: &[f32], p: &Norm| -> Option<Vec<f32>> {
+            w.norm_first.then(|| norm(x, None, n, d, p, eps))
+        };
+        for (l, layer) in w.layers.iter().enumerate() {
+            let h = pre(&x, &layer.norm_self);
+            let qkv = linear(
+                h.as_deref().unwrap_or(&x),
+                n,
+                &layer.self_in,
+                Activation::Identity,
+            );
+            for (i, &(r, _)) in queries.iter().enumerate() {
+                let (k, v) = &mut self.rows[r].layers[l];
+                k.extend_from_slice(&qkv[i * 3 * d + d..][..d]);
+                v.extend_from_slice(&qkv[i * 3 * d + 2 * d..][..d]);
+            }
+            let q: Vec<f32> = qkv
+                .chunks_exact(3 * d)
+                .flat_map(|c| &c[..d])
+                .copied()
+                .collect();
+            let rows = &self.rows;
+            let att = attend_all(&q, d, nhead, |i| {
+                let (r, p) = queries[i];
+                let (k, v) = &rows[r].layers[l];
+                (k.as_slice(), v.as_slice(), p + 1)
+            });
+            x = residual(
+                x,
+                linear(&att, n, &layer.self_out, Activation::Identity),
+                &layer.norm_self,
+            );
+
+            if let (Some((qkv_w, out_w)), Some(nc)) = (&layer.cross, &layer.norm_cross) {
+                let memory = self
+                    .memory
+                    .as_ref()
+                    .expect("checked in new: cross-attention has memory");
+                let h = pre(&x, nc);
+                let q = linear_rows(
+                    h.as_deref().unwrap_or(&x),
+                    n,
+                    qkv_w,
+                    0..d,
+                    Activation::Identity,
+                );
+                let att = attend_all(&q, d, nhead, |i| {
+                    let src = &memory.sources[rows[queries[i].0].source];
+                    let (k, v) = &src.layers[l];
+                    (k.as_slice(), v.as_slice(), src.len)
+                });
+                x = residual(x, linear(&att, n, out_w, Activation::Identity), nc);
+            }
+
+            let h = pre(&x, &layer.norm_ff);
+            let hidden = linear(
+                h.as_deref().unwrap_or(&x),
+                n,
+                &layer.ff1,
+                gemm_activation(w.activation),
+            );
+            let ff = linear(&hidden, n, &layer.ff2, Activation::Identity);
+            x = residual(x, ff, &layer.norm_ff);
+        }
+        for (row, toks) in self.rows.iter_mut().zip(tokens) {
+            row.len += toks.len();
+        }
+        // Only each row's last position needs logits.
+        let mut last = Vec::with_capacity(self.rows.len() * d);
+        let mut end = 0;
+        for toks in tokens {
+            end += toks.len();
+            last.extend_from_slice(&x[(end - 1) * d..][..d]);
+        }
+        let rows = self.rows.len();
+        let last = match &w.final_norm {
+            Some(p) => norm(&last, None, rows, d, p, eps),
+            None => last,
+        };
+        Ok(linear(&last, rows, &w.head, Activation::Identity))
+    }
+}

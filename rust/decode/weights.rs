@@ -1,0 +1,205 @@
+//! The weights one decoding step reads: a stack of Transformer decoder layers (the
+//! encoder-decoder's decoder, or a GPT's causal blocks) with its embeddings and output head.
+//! Tensors are shared with the model's parameters (`Arc` storage), never copied.
+//!
+//! Layouts are PyTorch's: a `Linear` weight is `(out, in)`; attention projections stack
+//! q, k, v as `in_proj (3d, d)`.
+
+use crate::error::{Result, TfmError};
+use crate::ops::activation::ActivationKind;
+use crate::tensor::{shape_str, Tensor};
+
+const OP: &str = "decode";
+
+/// `y = x·Wᵀ + b` with `W (out, in)`, `b (out,)`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+/// LayerNorm's affine parameters, each `(d,)` when present.
+#[derive(Clone, Debug)]
+pub struct Norm {
+    pub weight: Option<Tensor>,
+    pub bias: Option<Tensor>,
+}
+
+/// One block. `cross` (encoder-decoder attention, q/k/v stacked in `(3d, d)`) and its
+/// `norm_cross` are present together, only in an encoder-decoder's decoder.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub self_in: Linear,
+    pub self_out: Linear,
+    pub cross: Option<(Linear, Linear)>,
+    pub norm_self: Norm,
+    pub norm_cross: Option<Norm>,
+    pub norm_ff: Norm,
+    pub ff1: Linear,
+    pub ff2: Linear,
+}
+
+/// The whole decoder: `x₀ = embed[token]·embed_scale + positions[pos]`, the layers (post-LN
+/// `x = LN(x + f(x))`, or pre-LN `x = x + f(LN(x))`), `final_norm`, then `head` to logits.
+#[derive(Clone, Debug)]
+pub struct DecoderWeights {
+    pub nhead: usize,
+    pub norm_first: bool,
+    pub activation: ActivationKind,
+    pub eps: f32,
+    /// `(V_in, d)`.
+    pub embed: Tensor,
+    pub embed_scale: f32,
+    /// `(max_len, d)`: one row per position.
+    pub positions: Tensor,
+    pub layers: Vec<Layer>,
+    pub final_norm: Option<Norm>,
+    /// `(V, d)` (often the same storage as `embed`).
+    pub head: Linear,
+}
+
+impl DecoderWeights {
+    pub fn d_model(&self) -> usize {
+        self.embed.shape().get(1).copied().unwrap_or(0)
+    }
+
+    /// Rows of the position table: the longest sequence the model can process.
+    pub fn max_len(&self) -> usize {
+        self.positions.shape()[0]
+    }
+
+    /// Input token ids must be below this.
+    pub fn input_vocab(&self) -> usize {
+        self.embed.shape()[0]
+    }
+
+    /// Logits per step.
+    pub fn vocab(&self) -> usize {
+        self.head.weight.shape()[0]
+    }
+
+    pub fn has_cross(&self) -> bool {
+        self.layers.iter().any(|l| l.cross.is_some())
+    }
+
+    /// Checks every shape against `d_model` and each other, so that the decoding kernels may
+    /// index without further checks.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, t: &Tensor, want: String| {
+            TfmError::shape(
+                OP,
+                format!("{what} has shape {}, expected {want}", shape_str(t.shape())),
+            )
+        };
+        if self.embed.ndim() != 2 || self.embed.shape()[0] == 0 || self.embed.shape()[1] == 0 {
+            return Err(bad("the embedding", &self.embed, "(vocab, d_model)".into()));
+        }
+        let d = self.d_model();
+        if self.nhead == 0 || !d.is_multiple_of(self.nhead) {
+            return Err(TfmError::value(
+                OP,
+                format!(
+                    "d_model ({d}) must be a positive multiple of nhead ({})",
+                    self.nhead
+                ),
+            ));
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(TfmError::value(
+                OP,
+                format!("layer_norm_eps must be positive, got {}", self.eps),
+            ));
+        }
+        if self.positions.ndim() != 2
+            || self.positions.shape()[1] != d
+            || self.positions.shape()[0] == 0
+        {
+            return Err(bad(
+                "the position table",
+                &self.positions,
+                format!("(max_len, {d})"),
+            ));
+        }
+        let linear = |what: String, l: &Linear, out: Option<usize>, inp: usize| -> Result<usize> {
+            let s = l.weight.shape();
+            if s.len() != 2 || s[1] != inp || out.is_some_and(|o| o != s[0]) || s[0] == 0 {
+                let want = format!("({}, {inp})", out.map_or("out".into(), |o| o.to_string()));
+                return Err(bad(&format!("{what}.weight"), &l.weight, want));
+            }
+            if let Some(b) = &l.bias {
+                if b.shape() != [s[0]] {
+                    return Err(bad(&format!("{what}.bias"), b, format!("({},)", s[0])));
+                }
+            }
+            Ok(s[0])
+        };
+        let norm = |what: String, n: &Norm| -> Result<()> {
+            for (t, part) in [(&n.weight, "weight"), (&n.bias, "bias")] {
+                if let Some(t) = t {
+                    if t.shape() != [d] {
+                        return Err(bad(&format!("{what}.{part}"), t, format!("({d},)")));
+                    }
+                }
+            }
+            Ok(())
+        };
+        if self.layers.is_empty() {
+            return Err(TfmError::value(OP, "the decoder has no layers"));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            linear(
+                format!("layer {i} self-attention in_proj"),
+                &l.self_in,
+                Some(3 * d),
+                d,
+            )?;
+            linear(
+                format!("layer {i} self-attention out_proj"),
+                &l.self_out,
+                Some(d),
+                d,
+            )?;
+            norm(format!("layer {i} self-attention norm"), &l.norm_self)?;
+            match (&l.cross, &l.norm_cross) {
+                (Some((qkv, out)), Some(n)) => {
+                    linear(
+                        format!("layer {i} cross-attention in_proj"),
+                        qkv,
+                        Some(3 * d),
+                        d,
+                    )?;
+                    linear(
+                        format!("layer {i} cross-attention out_proj"),
+                        out,
+                        Some(d),
+                        d,
+                    )?;
+                    norm(format!("layer {i} cross-attention norm"), n)?;
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(TfmError::value(
+                        OP,
+                        format!("layer {i}: cross-attention and its norm come together"),
+                    ))
+                }
+            }
+            norm(format!("layer {i} feed-forward norm"), &l.norm_ff)?;
+            let ff = linear(format!("layer {i} linear1"), &l.ff1, None, d)?;
+            linear(format!("layer {i} linear2"), &l.ff2, Some(d), ff)?;
+        }
+        if self.layers.iter().any(|l| l.cross.is_some())
+            != self.layers.iter().all(|l| l.cross.is_some())
+        {
+            return Err(TfmError::value(
+                OP,
+                "either every layer has cross-attention or none has",
+            ));
+        }
+        if let Some(n) = &self.final_norm {
+            norm("the final norm".into(), n)?;
+        }
+        linear("the output head".into(), &self.head, None, d)?;
+        Ok(())
+    }
+}
