@@ -178,6 +178,7 @@ def _probability(text: str) -> float:
 # ---------------------------------------------------------------------------------- info
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``tfm-rs info``: version, Python and NumPy, SIMD path, threads, GPU backend."""
     import platform
 
     import numpy as np
