@@ -74,6 +74,8 @@ def test_resume_continues_bit_identically(tmp_path, capsys):
     common = [*TINY, "--schedule", "noam", "--dropout", "0.1"]
     assert cli(capsys, "train", *common, "--max-steps", "8", "--out", tmp_path / "straight")[0] == 0
     assert cli(capsys, "train", *common, "--max-steps", "5", "--out", tmp_path / "split")[0] == 0
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:  # logged after the last save, then interrupted
+        f.write(json.dumps({"type": "train", "step": 6, "loss": 9.0}) + "\n")
     status, out, _ = cli(capsys, "train", "--resume", "--out", tmp_path / "split", "--max-steps", "8")
     assert status == 0 and "resumed at step 5" in out
     straight = [r["loss"] for r in records(tmp_path / "straight")]
@@ -225,3 +227,11 @@ def test_console_round_trip(tmp_path):
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 2
+
+
+def test_a_new_run_replaces_the_log_of_an_unsaved_one(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 1, "loss": 9.0}) + "\n")
+    assert cli(capsys, "train", *TINY, "--max-steps", "2", "--out", run)[0] == 0
+    assert [r["loss"] != 9.0 for r in records(run)] == [True, True]

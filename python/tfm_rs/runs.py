@@ -235,6 +235,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         tfm_rs.set_num_threads(t["threads"])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
+    _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
 
     data = prepare_data(cfg, run_dir)
     model = build_model(cfg, data)
@@ -451,6 +452,22 @@ def evaluate_run(run: LoadedRun, src_file: Optional[str] = None, ref_file: Optio
     with open(run.dir / METRICS_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
     return res
+
+
+def _trim_metrics(run_dir: Path, step: Optional[int]) -> None:
+    """Drop the log records after ``step``: an interrupted run logged steps its checkpoint does
+    not hold, and they are trained again (step 0: a new run replaces an unsaved one's log)."""
+    path = run_dir / METRICS_FILE
+    if not path.is_file() or step is None:
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                keep.append(line)
+        except (ValueError, TypeError, AttributeError):
+            continue
+    path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
 
 
 def _checkpoint_step(run_dir: Path) -> Optional[int]:
