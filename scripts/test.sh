@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
-bash scripts/install.sh "pytest>=7" "hypothesis>=6"
+bash scripts/install.sh "pytest>=7" "hypothesis>=6" "matplotlib>=3.5"
 echo "== cargo test"
 cargo test --release --quiet
 echo "== pytest"

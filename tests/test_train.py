@@ -84,10 +84,10 @@ def test_jsonl_log_and_schedule(tmp_path):
     t = make_trainer(tmp_path, accum_steps=1, clip_norm=None, warmup_steps=3, lr=1e-3)
     recs = t.train(max_steps=5, verbose=False)
     t.close()
-    lines = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5]
     for r in lines:
-        for key in ("loss", "lr", "grad_norm", "tokens", "tok_per_s", "train_time"):
+        for key in ("loss", "lr", "grad_norm", "tokens", "tokens_per_s", "train_time", "elapsed"):
             assert np.isfinite(r[key])
     lrs = [r["lr"] for r in recs]
     np.testing.assert_allclose(lrs, [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3 * np.sqrt(3 / 4), 1e-3 * np.sqrt(3 / 5)])
@@ -139,7 +139,7 @@ def test_trainer_learns_and_reports_bleu(tmp_path):
     assert v["loss"] < 0.5 * before
     assert 0.0 <= v["bleu"] <= 100.0
     assert model.translate(["", sents[0]], tok, num_beams=1)[0] == ""
-    kinds = [json.loads(x)["type"] for x in (tmp_path / "train.jsonl").read_text().splitlines()]
+    kinds = [json.loads(x)["type"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kinds.count("valid") == 1 and kinds.count("train") == 40
 
 
@@ -160,7 +160,7 @@ def test_recipe_end_to_end(tmp_path):
                 "3", "--max-tokens", "200", "--warmup", "2", "--valid-every", "2", "--bleu-every", "2",
                 "--save-every", "2", "--print-every", "0"])
     assert res["steps"] == 3 and 0.0 <= res["bleu"] <= 100.0
-    for name in ("tokenizer.json", "train.jsonl", "results.json", "test.hyp.txt", "checkpoint"):
+    for name in ("tokenizer.json", "metrics.jsonl", "results.json", "test.hyp.txt", "checkpoint"):
         assert (tmp_path / "run" / name).exists()
     res2 = main(["--data", str(data), "--src", "xx", "--tgt", "yy", "--test-split", "test", "--out",
                  str(tmp_path / "run"), "--preset", "tiny", "--minutes", "0", "--max-steps", "4", "--max-tokens",

@@ -2,13 +2,19 @@
 
 Commands:
 
-* ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 * ``tfm-rs demo [--lang en|fr|de] [--minutes N] [--steps N] [--seed S]``: trains a small
   encoder-decoder to write numbers out in words (:mod:`tfm_rs.tasks.numbers`), then prints sample
   translations and the exact-match accuracy on held-out numbers.
+* ``tfm-rs train [--config FILE.toml] [flags]``: trains a run (the numbers task, parallel text
+  files, or a text file for a GPT) into a run directory; ``--resume`` continues it.
+* ``tfm-rs translate RUN_DIR [SENTENCE ...]`` (or ``--input FILE``, or stdin),
+  ``tfm-rs generate RUN_DIR --prompt TEXT``, ``tfm-rs eval RUN_DIR``, ``tfm-rs plot RUN_DIR``:
+  use a trained run.
+* ``tfm-rs bench``: a quick GEMM / attention / training-step benchmark against NumPy and PyTorch.
+* ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 
-User errors (a bad flag value, an unknown language) print one line and exit with status 2; add
-``--debug`` (anywhere on the line) for the traceback.
+User errors (a bad flag value, an unknown config key, a missing file) print one line and exit
+with status 2; add ``--debug`` (anywhere on the line) for the traceback. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -56,10 +62,12 @@ def _nonnegative_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``tfm-rs`` argument parser with every subcommand."""
+    from tfm_rs import config as cfg_lib
     from tfm_rs.tasks.numbers import LANGUAGES
 
     p = _Parser(prog=PROG, description="tfm_rs: a Transformer on a Rust core with SIMD kernels.",
-                epilog="Add --debug anywhere for a full traceback on errors.")
+                epilog="Add --debug anywhere for a full traceback on errors. Documentation: docs/cli.md.")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
@@ -80,12 +88,97 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out numbers to evaluate on (default: 1000)")
     d.add_argument("--samples", type=_nonnegative_int, default=8, help="sample translations to print (default: 8)")
     d.add_argument("--no-bar", action="store_true", help="plain progress lines even on a terminal")
+
+    t = sub.add_parser("train", help="train a model from a TOML config and/or flags",
+                       description="Train a run: the built-in numbers task (default), parallel text files "
+                                   "(--task parallel --src F --tgt F) or a text file for a GPT (--task lm --text F). "
+                                   "Flags override the config file. The run directory (--out) gets config.toml, "
+                                   "metrics.jsonl, checkpoint/ and, for text, tokenizer.json.")
+    t.add_argument("--config", metavar="FILE.toml", help="a configuration file (tables [data] [model] [optim] "
+                                                         "[train]; see docs/cli.md)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its "
+                                                         "config.toml is the base; flags may extend the budget)")
+    t.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    t.add_argument("--no-bar", action="store_true", help="plain progress lines even on a terminal")
+    cfg_lib.add_flags(t)
+
+    tr = sub.add_parser("translate", help="translate sentences with a trained run",
+                        description="Translate sentences given as arguments, read from --input FILE, or from stdin "
+                                    "(one per line), with the model of RUN_DIR; prints one translation per line.")
+    tr.add_argument("run_dir", metavar="RUN_DIR")
+    tr.add_argument("sentences", nargs="*", metavar="SENTENCE")
+    tr.add_argument("--input", metavar="FILE", help="translate the lines of FILE (plain or .gz)")
+    tr.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
+                    help="sentences decoded together (default: 64)")
+    tr.add_argument("--beam", type=_positive(int, "--beam"), default=1,
+                    help="beam size (default: 1, greedy; the paper used 4)")
+
+    g = sub.add_parser("generate", help="continue a prompt with a trained GPT run",
+                       description="Sample a continuation of --prompt from the language model of RUN_DIR "
+                                   "(a run trained with --task lm).")
+    g.add_argument("run_dir", metavar="RUN_DIR")
+    g.add_argument("--prompt", default="", help="the text to continue (default: start a new line)")
+    g.add_argument("--max-new-tokens", type=_positive(int, "--max-new-tokens"), default=50,
+                   help="tokens to generate at most (default: 50)")
+    g.add_argument("--temperature", type=_positive(float, "--temperature"), default=1.0,
+                   help="sampling temperature (default: 1.0)")
+    g.add_argument("--top-k", type=_nonnegative_int, default=0, help="sample among the k likeliest tokens (0: all)")
+    g.add_argument("--top-p", type=_probability, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
+    g.add_argument("--seed", type=_nonnegative_int, default=None, help="sampling seed (default: random)")
+    g.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    g.add_argument("--stream", action="store_true", help="print the text as it is generated")
+
+    e = sub.add_parser("eval", help="score a trained run (BLEU, perplexity, accuracy)",
+                       description="Translation runs: translations (greedy, or --beam N) of a test set (--src/--ref, "
+                                   "else the config's test files, else the validation or held-out set) scored with "
+                                   "sacrebleu "
+                                   "BLEU and exact match, plus teacher-forced perplexity and token accuracy. "
+                                   "GPT runs: perplexity and next-token accuracy. Writes RUN_DIR/eval.json.")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--src", metavar="FILE", help="source sentences of a test set")
+    e.add_argument("--ref", metavar="FILE", help="their reference translations")
+    e.add_argument("--text", metavar="FILE", help="GPT runs: a text file to score")
+    e.add_argument("--limit", type=_positive(int, "--limit"), default=None, help="only the first N examples")
+    e.add_argument("--beam", type=_positive(int, "--beam"), default=1,
+                   help="beam size of the translations (default: 1, greedy)")
+
+    b = sub.add_parser("bench", help="quick GEMM, attention and training-step benchmark",
+                       description="Time tfm_rs's GEMM, fused attention and one training step against NumPy and "
+                                   "PyTorch (when importable). A quick check of this machine; the repository's "
+                                   "benches/ hold the careful measurements.")
+    b.add_argument("cases", nargs="*", metavar="CASE", help="gemm, attention, train_step (default: all)")
+    b.add_argument("--repeat", type=_positive(int, "--repeat"), default=5, help="timed calls per case (default: 5)")
+    b.add_argument("--size", type=_positive(int, "--size"), default=512, help="GEMM size n (default: 512)")
+    b.add_argument("--seq-len", type=_positive(int, "--seq-len"), default=256,
+                   help="attention sequence length (default: 256)")
+    b.add_argument("--threads", type=_positive(int, "--threads"), default=None, help="tfm_rs (and torch) threads")
+
+    pl = sub.add_parser("plot", help="loss/lr curves, attention heatmaps, positional encodings as PNG",
+                        description="Write RUN_DIR/plots/*.png: loss.png and lr.png from metrics.jsonl, "
+                                    "positional_encoding.png, and attention heatmaps per layer and head (encoder "
+                                    "self-, decoder self- and cross-attention) for --sentence. Needs matplotlib "
+                                    "(pip install 'tfm_rs[plot]').")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.add_argument("--sentence", help="the example for the attention maps (default: the first validation "
+                                       "sentence)")
+    pl.add_argument("--out", metavar="DIR", help="where to write the PNG files (default: RUN_DIR/plots)")
     return p
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------------- info
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``tfm-rs info``: version, Python and NumPy, SIMD path, threads, GPU backend."""
     import platform
 
     import numpy as np
@@ -117,73 +210,24 @@ def _gpu_backend() -> str:
 
 # ---------------------------------------------------------------------------------- demo
 
-class _Progress:
-    """tqdm on a terminal when importable, else a plain line every so often."""
-
-    def __init__(self, total_steps: Optional[int], seconds: Optional[float], use_bar: bool) -> None:
-        self.total_steps, self.seconds = total_steps, seconds
-        self.bar = None
-        if use_bar and sys.stderr.isatty():
-            try:
-                from tqdm import tqdm
-                if total_steps is None and seconds:  # a time budget: the bar fills with training seconds
-                    self.bar = tqdm(total=round(seconds), unit="s", dynamic_ncols=True, leave=True,
-                                    bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt}s [{elapsed}<{remaining}{postfix}]")
-                else:
-                    self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, leave=True)
-            except ImportError:
-                pass
-        self.last_print = -1.0
-        self.window: List[dict] = []
-
-    def update(self, rec: dict, done: bool) -> None:
-        self.window.append(rec)
-        tok = sum(r["tokens"] for r in self.window)
-        sec = sum(r["step_time"] for r in self.window) or 1e-9
-        loss = sum(r["loss"] for r in self.window) / len(self.window)
-        if self.bar is not None:
-            if self.bar.unit == "s":
-                self.bar.update(min(rec["step_time"], self.bar.total - self.bar.n))
-            else:
-                self.bar.update(1)
-            if rec["step"] % 5 == 0 or done:
-                self.bar.set_postfix_str(f"step {rec['step']}  loss {loss:.3f}  lr {rec['lr']:.1e}  "
-                                         f"{tok / sec:,.0f} tok/s")
-                self.window = []
-            return
-        # Plain lines: about every 10 s of training, and at the first and last step.
-        t = rec["train_time"]
-        if rec["step"] == 1 or done or t - self.last_print >= 10.0:
-            self.last_print = t
-            of = f"/{self.total_steps}" if self.total_steps else ""
-            print(f"step {rec['step']:5d}{of}  loss {loss:.3f}  lr {rec['lr']:.2e}  {tok / sec:7,.0f} tok/s  "
-                  f"{t:5.1f}s", flush=True)
-            self.window = []
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``tfm-rs demo``: the numbers task with the default configuration, no run directory."""
     import numpy as np
 
     import tfm_rs
-    from tfm_rs import nn
-    from tfm_rs.models import Seq2SeqTransformer
-    from tfm_rs.tasks.numbers import NumbersTask, format_digits
-    from tfm_rs.train.trainer import Seq2SeqTrainer, TrainConfig
+    from tfm_rs import config as cfg_lib
+    from tfm_rs import runs
+    from tfm_rs.progress import Progress
+    from tfm_rs.tasks.numbers import format_digits
 
     minutes = args.minutes if args.minutes is not None else (None if args.steps is not None else 3.0)
     t_start = time.perf_counter()
-    tfm_rs.manual_seed(args.seed)
-    nn.init.manual_seed(args.seed)
-    task = NumbersTask(args.lang, num_train=20000, num_heldout=args.heldout, seed=args.seed)
-    model = Seq2SeqTransformer(len(task.src_vocab), len(task.tgt_vocab), d_model=128, nhead=4, num_encoder_layers=2,
-                               num_decoder_layers=2, dim_feedforward=512, dropout=0.0, max_len=32)
-    config = TrainConfig(max_tokens=2500, lr=2e-3, warmup_steps=150, label_smoothing=0.1, clip_norm=1.0,
-                         seed=args.seed, max_steps=args.steps, max_minutes=minutes, print_every=0)
-    trainer = Seq2SeqTrainer(model, task.train_pairs(), config)
+    cfg = cfg_lib.resolve({"data": {"task": "numbers", "lang": args.lang, "num_heldout": args.heldout},
+                           "train": {"seed": args.seed, "max_steps": args.steps, "minutes": minutes}})
+    data = runs.prepare_data(cfg)
+    task = data.task
+    model = runs.build_model(cfg, data)
+    trainer = runs.make_trainer(cfg, data, model, None)
     feats = tfm_rs.cpu_features()
     budget = " and ".join(s for s in (f"{args.steps} steps" if args.steps else "",
                                        f"{minutes:g} min" if minutes else "") if s)
@@ -196,23 +240,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"model: d_model 128, 4 heads, 2+2 layers, {model.num_parameters():,} parameters; training for {budget}",
           flush=True)
 
-    progress = _Progress(args.steps, 60.0 * minutes if minutes else None, use_bar=not args.no_bar)
-    # Schedule: linear warmup, then cosine decay to zero at the end of the budget (steps or
-    # minutes, whichever runs out first), set before each step (the trainer's own inverse-sqrt
-    # schedule keeps the learning rate high, and the last weights noisy, on a short budget).
-    peak, warmup = config.lr, config.warmup_steps
+    # Schedule: linear warmup, then cosine decay to the end of the budget (steps or minutes,
+    # whichever runs out first): on a short budget the last weights are the least noisy.
+    progress = Progress(args.steps, 60.0 * minutes if minutes else None, use_bar=not args.no_bar)
     try:
-        while not trainer._done():
-            frac = 0.0
-            if args.steps:
-                frac = trainer.step / args.steps
-            if minutes:
-                frac = max(frac, trainer.train_time / (60.0 * minutes))
-            lr = peak * min(1.0, (trainer.step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
-            for group in trainer.optimizer.param_groups:
-                group["lr"] = max(lr, peak * 1e-3)
-            rec = trainer.train_step()
-            progress.update(rec, trainer._done())
+        trainer.train(verbose=False, callback=lambda r: progress(r, done=trainer.done()))
     finally:
         progress.close()
     train_time = trainer.train_time
@@ -220,10 +252,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"trained {trainer.step} steps in {train_time:.1f}s ({rate:,.0f} tok/s)", flush=True)
 
     t0 = time.perf_counter()
-    sources = [format_digits(n) for n in task.heldout_numbers]
-    refs = [task.spell(n) for n in task.heldout_numbers]
-    hyps = model.translate(sources, task.tokenizer, num_beams=1, batch_size=250,
-                           max_new_tokens=min(task.max_target_len() + 2, model.max_len))
+    sources, refs = data.valid_texts
+    hyps = runs.translate_sentences(model, task.tokenizer, sources, task=task, batch_size=250)
     correct = np.array([h == r for h, r in zip(hyps, refs)], dtype=bool)
     eval_time = time.perf_counter() - t0
     if args.samples:
@@ -239,9 +269,174 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- train
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``tfm-rs train``: defaults < the run's saved config (``--resume``) < ``--config`` < flags."""
+    from pathlib import Path
+
+    from tfm_rs import config as cfg_lib
+    from tfm_rs import runs
+
+    flags = cfg_lib.flag_values(args)
+    file_cfg = cfg_lib.load_toml(args.config) if args.config else None
+    base = None
+    if args.resume:
+        out = flags.get("train", {}).get("out") or (file_cfg or {}).get("train", {}).get("out")
+        if not out:
+            raise UsageError("--resume needs the run directory: --out RUN_DIR")
+        saved = Path(out) / runs.CONFIG_FILE
+        if not saved.is_file():
+            raise FileNotFoundError(f"nothing to resume in {out}: no {runs.CONFIG_FILE} there")
+        base = cfg_lib.load_toml(saved)
+        given = {**(file_cfg or {}).get("train", {}), **flags.get("train", {})}
+        if "max_steps" in given or "minutes" in given:  # a new budget replaces the saved one
+            for key in ("max_steps", "minutes"):
+                base.get("train", {}).pop(key, None)
+    cfg = cfg_lib.resolve(base, file_cfg, flags, sources=[str(saved) if base else None, args.config, None],
+                          base_dirs=[None, Path(args.config).parent if args.config else None, None])
+    summary = runs.train_run(cfg, resume=args.resume, quiet=args.quiet, use_bar=not args.no_bar)
+    run_dir = summary["run_dir"]
+    if cfg["data"]["task"] == "lm":
+        print(f"next: {PROG} generate {run_dir} --prompt \"...\"   |   {PROG} eval {run_dir}   |   "
+              f"{PROG} plot {run_dir}")
+    else:
+        example = "\"3 452\"" if cfg["data"]["task"] == "numbers" else "\"a sentence\""
+        print(f"next: {PROG} translate {run_dir} {example}   |   {PROG} eval {run_dir}   |   {PROG} plot {run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------- using a run
+
+def _input_lines(args: argparse.Namespace) -> List[str]:
+    from tfm_rs.data import read_lines
+
+    if args.sentences and args.input:
+        raise UsageError("give sentences as arguments or --input FILE, not both")
+    if args.sentences:
+        return list(args.sentences)
+    if args.input:
+        from pathlib import Path
+
+        if not Path(args.input).is_file():
+            raise FileNotFoundError(f"no such file: {args.input}")
+        return read_lines(args.input)
+    if sys.stdin.isatty():
+        print("reading sentences from stdin, one per line (Ctrl-D to end)", file=sys.stderr)
+    return [line.rstrip("\n").rstrip("\r") for line in sys.stdin]
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    """``tfm-rs translate``: one translation per input line, in order."""
+    from tfm_rs import runs
+
+    run = runs.load_run(args.run_dir, need_valid=False)
+    if run.kind != "seq2seq":
+        raise UsageError(f"{args.run_dir} is a language model; use '{PROG} generate'")
+    sentences = _input_lines(args)
+    for hyp in runs.translate_sentences(run.model, run.tokenizer, sentences, task=run.data.task,
+                                        batch_size=args.batch_size, num_beams=args.beam):
+        print(hyp, flush=False)
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``tfm-rs generate``: a continuation of the prompt, printed after it."""
+    from tfm_rs import runs
+
+    run = runs.load_run(args.run_dir, need_valid=False)
+    if run.kind != "lm":
+        raise UsageError(f"{args.run_dir} is a translation model; use '{PROG} translate'")
+    search = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                  greedy=args.greedy)
+    if args.stream:
+        print(args.prompt, end="", flush=True)
+        first = True
+        for piece in runs.stream_text(run.model, run.tokenizer, args.prompt, args.max_new_tokens, **search):
+            print(_joiner(args.prompt, piece) if first else "", piece, sep="", end="", flush=True)
+            first = False
+        print()
+        return 0
+    text = runs.generate_text(run.model, run.tokenizer, args.prompt, args.max_new_tokens, **search)
+    print(f"{args.prompt}{_joiner(args.prompt, text)}{text}")
+    return 0
+
+
+def _joiner(prompt: str, text: str) -> str:
+    """A space between the prompt and its continuation when neither side has one (the
+    tokenizer's decode drops the word boundary at the start of the continuation)."""
+    return " " if prompt and text and not text[0].isspace() and not prompt[-1].isspace() else ""
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``tfm-rs eval``: scores printed, and saved to RUN_DIR/eval.json."""
+    from tfm_rs import runs
+
+    run = runs.load_run(args.run_dir)
+    if run.kind == "lm" and (args.src or args.ref):
+        raise UsageError("--src/--ref are for translation runs; use --text FILE for a language model")
+    if run.kind == "seq2seq" and args.text:
+        raise UsageError("--text is for language-model runs; use --src FILE --ref FILE")
+    if run.kind == "lm" and args.beam != 1:
+        raise UsageError("--beam is for translation runs")
+    res = runs.evaluate_run(run, args.src, args.ref, args.text, args.limit, num_beams=args.beam)
+    if run.kind == "seq2seq":
+        print(f"{res['set']}: {res['sentences']} sentences")
+        for ex in res["examples"][:3]:
+            print(f"  {ex['source']} -> {ex['hypothesis']}   (reference: {ex['reference']})")
+        print(f"BLEU {res['bleu']:.2f}  exact match {res['exact_match']:.1%}  perplexity {res['ppl']:.3f}  "
+              f"token accuracy {res['accuracy']:.1%}  ({res['seconds']:.1f}s)")
+    else:
+        print(f"{res['set']}: {res['tokens']:,} tokens")
+        print(f"perplexity {res['ppl']:.3f}  next-token accuracy {res['accuracy']:.1%}  ({res['seconds']:.1f}s)")
+    print(f"saved {run.dir / 'eval.json'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``tfm-rs bench``: the in-package quick benchmark."""
+    import tfm_rs
+    from tfm_rs import bench
+
+    if args.threads:
+        tfm_rs.set_num_threads(args.threads)
+    cases = args.cases or list(bench.CASES)
+    bad = [c for c in cases if c not in bench.CASES]
+    if bad:
+        raise UsageError(f"unknown benchmark {bad[0]!r}; one of {', '.join(bench.CASES)}")
+    results = bench.run(cases, repeat=args.repeat, gemm_size=args.size, seq_len=args.seq_len)
+    for line in bench.format_results(results):
+        print(line)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """``tfm-rs plot``: PNG files into RUN_DIR/plots (or --out)."""
+    from tfm_rs import plots
+
+    try:
+        files, example = plots.plot_run(args.run_dir, sentence=args.sentence, out_dir=args.out)
+    except plots.PlotError as e:
+        raise UsageError(str(e)) from None
+    folder = files[0].parent if files else args.out
+    print(f"wrote {len(files)} plots to {folder}: {', '.join(f.name for f in files)}")
+    print(f"attention maps of {example}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------- main
 
-COMMANDS = {"info": cmd_info, "demo": cmd_demo}
+COMMANDS = {"info": cmd_info, "demo": cmd_demo, "train": cmd_train, "translate": cmd_translate,
+            "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (checkpoint mismatches list one difference a line)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -251,7 +446,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command == "translate" and not any(a.startswith("-") for a in extra):
+            args.sentences += extra  # sentences after an option: tfm-rs translate RUN --beam 4 "a b"
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.version:
             import tfm_rs
             print(f"tfm_rs {tfm_rs.__version__}")
@@ -268,15 +467,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OSError, LookupError) as e:
+        # Bad values, a bad config key, a missing or unreadable file, an unknown name.
         if debug:
             raise
-        print(f"{PROG}: error: {e}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as e:
         if debug:
             raise
-        print(f"{PROG}: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{PROG}: error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
+              file=sys.stderr)
         return 1
 
 

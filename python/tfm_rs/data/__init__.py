@@ -23,7 +23,7 @@ from tfm_rs.data.corpus import (
     multi30k_files,
     read_lines,
 )
-from tfm_rs.data.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, build_tokenizer, train_tokenizer
+from tfm_rs.data.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, build_tokenizer, run_tokenizer, train_tokenizer
 
 __all__ = [
     "CorpusError",
@@ -41,6 +41,7 @@ __all__ = [
     "multi30k_files",
     "pad_batch",
     "read_lines",
+    "run_tokenizer",
     "token_batches",
     "train_tokenizer",
 ]

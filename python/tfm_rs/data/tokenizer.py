@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 from tfm_rs import _core
 from tfm_rs.data.corpus import iter_lines
 
-__all__ = ["Tokenizer", "train_tokenizer", "DEFAULT_SPECIAL_TOKENS", "TOKENIZER_KINDS"]
+__all__ = ["Tokenizer", "train_tokenizer", "run_tokenizer", "DEFAULT_SPECIAL_TOKENS", "TOKENIZER_KINDS"]
 
 DEFAULT_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 TOKENIZER_KINDS = ("bpe", "wordpiece", "byte_bpe")
@@ -286,3 +286,20 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
     if got != list(range(len(special_tokens))):
         raise _core.InternalError(f"train_tokenizer: special tokens got ids {got}, expected 0..{len(special_tokens) - 1}")
     return out
+
+
+def run_tokenizer(run_file: Optional[PathLike], given: Optional[PathLike],
+                  train: Callable[[], Tokenizer]) -> Tokenizer:
+    """The tokenizer of a training run: the ``given`` tokenizer.json if there is one, else the run's
+    own ``run_file`` if it exists (a resumed run), else ``train()``. The result is saved as
+    ``run_file`` (when given) unless it was read from there, so the run keeps what it used."""
+    own = Path(run_file) if run_file is not None else None
+    if given is not None:
+        tok = Tokenizer.load(given)
+    elif own is not None and own.is_file():
+        return Tokenizer.load(own)
+    else:
+        tok = train()
+    if own is not None:
+        tok.save(own)
+    return tok

@@ -1,6 +1,8 @@
-"""Training: :class:`Seq2SeqTrainer` (the loop, logs, checkpoints, exact resume) and the
+"""Training: :class:`Trainer` (the loop, logs, checkpoints, exact resume) with
+:class:`Seq2SeqTrainer` (parallel text) and :class:`LMTrainer` (a token stream, GPT), and the
 Multi30k recipe (``python -m tfm_rs.train.seq2seq``). Decoding lives in :mod:`tfm_rs.decode`."""
 
-from tfm_rs.train.trainer import Seq2SeqTrainer, TrainConfig
+from tfm_rs.train.lm import LMTrainer
+from tfm_rs.train.trainer import SCHEDULES, Seq2SeqTrainer, TrainConfig, Trainer
 
-__all__ = ["Seq2SeqTrainer", "TrainConfig"]
+__all__ = ["LMTrainer", "SCHEDULES", "Seq2SeqTrainer", "TrainConfig", "Trainer"]

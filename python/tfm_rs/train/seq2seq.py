@@ -9,7 +9,7 @@ tokenizer on the training text of both languages (or load ``--tokenizer``, or
 embeddings); train with :class:`~tfm_rs.train.Seq2SeqTrainer` for ``--minutes`` of training time
 and/or ``--max-steps``; then translate the test set greedily and with beam search (``--beam``,
 α = 0.6) and score both with sacrebleu (cased, detokenized; ``bleu`` in the results is the beam
-search's). Everything lands in ``--out``: ``tokenizer.json``, ``train.jsonl``, ``checkpoint/``,
+search's). Everything lands in ``--out``: ``tokenizer.json``, ``metrics.jsonl``, ``checkpoint/``,
 ``test.hyp.txt`` and ``results.json``. ``--resume`` continues from ``<out>/checkpoint``.
 """
 
@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence
 
 import tfm_rs
 from tfm_rs import metrics
-from tfm_rs.data import ParallelCorpus, Tokenizer, load_multi30k, multi30k_files, train_tokenizer
+from tfm_rs.data import ParallelCorpus, load_multi30k, multi30k_files, run_tokenizer, train_tokenizer
 from tfm_rs.models import Seq2SeqTransformer, preset_config
 from tfm_rs.train.trainer import Seq2SeqTrainer, TrainConfig
 
@@ -98,14 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     train, val, test, train_files = load_corpora(args.data, args.src, args.tgt, args.test_split)
     tok_path = out / "tokenizer.json"
     t0 = time.perf_counter()
-    if args.tokenizer:
-        tokenizer = Tokenizer.load(args.tokenizer)
-        tokenizer.save(tok_path)
-    elif tok_path.is_file():
-        tokenizer = Tokenizer.load(tok_path)
-    else:
-        tokenizer = train_tokenizer(train_files, args.vocab_size, kind="bpe")
-        tokenizer.save(tok_path)
+    tokenizer = run_tokenizer(tok_path, args.tokenizer,
+                              lambda: train_tokenizer(train_files, args.vocab_size, kind="bpe"))
     src_ids = tokenizer.encode_batch(train.src)
     tgt_ids = tokenizer.encode_batch(train.tgt)
     val_src, val_tgt = tokenizer.encode_batch(val.src), tokenizer.encode_batch(val.tgt)

@@ -1,22 +1,31 @@
-"""A training loop for sequence-to-sequence models on parallel token ids.
+"""Training loops: one shared :class:`Trainer`, specialized by the data it batches.
 
-:class:`Seq2SeqTrainer` owns the optimizer (Adam), the schedule (inverse square root with
-linear warmup), the token-budget batch sampler and the logs. One *step* is one optimizer update:
-``accum_steps`` micro-batches whose summed loss is divided by their total target-token count,
-so the gradient is the token mean over the whole step (not a mean of per-batch means).
+:class:`Trainer` owns the optimizer (Adam), the learning-rate schedule, the logs, validation and
+checkpoints; a subclass says how to draw a batch and how to run the model on it.
+:class:`Seq2SeqTrainer` trains a :class:`~tfm_rs.models.Seq2SeqTransformer` on parallel token
+ids (token-budget batches); :class:`tfm_rs.train.lm.LMTrainer` a
+:class:`~tfm_rs.models.GPT` on a token stream. One *step* is one optimizer update:
+``accum_steps`` micro-batches whose summed loss is divided by their total target-token count, so
+the gradient is the token mean over the whole step (not a mean of per-batch means).
 
-Every step appends a JSON line to ``<out_dir>/train.jsonl``::
+Schedules (``TrainConfig.schedule``): ``"inverse_sqrt"`` (alias ``"noam"``: the paper's eq. 3
+parameterized by its peak ``lr``: linear warmup, then ∝ 1/√step), ``"cosine"`` (linear warmup,
+then a half cosine down to ``min_lr_ratio · lr`` at the end of the budget, ``max_steps`` or
+``max_minutes``, whichever runs out first) and ``"constant"`` (linear warmup, then ``lr``).
+
+Every step appends a JSON line to ``<out_dir>/metrics.jsonl`` (``log_name``)::
 
     {"type": "train", "step", "epoch", "loss", "lr", "grad_norm", "tokens", "tgt_tokens",
-     "tok_per_s", "step_time", "train_time", "wall"}
+     "tokens_per_s", "step_time", "train_time", "elapsed"}
 
 ``loss`` is the label-smoothed token-mean loss that was optimized, ``tokens`` counts real
-(non-pad) source + target tokens, ``tok_per_s`` is ``tokens / step_time``, ``train_time`` sums
-step times (validation and checkpointing excluded), ``wall`` is seconds since the trainer started.
-Validation lines are ``{"type": "valid", "step", "loss", "ppl", "bleu"?, …}`` (``loss`` is the
-plain NLL, no smoothing).
+(non-pad) input + target tokens, ``tokens_per_s`` is ``tokens / step_time``, ``train_time`` sums
+step times (validation and checkpointing excluded), ``elapsed`` is wall-clock seconds since the
+run started (carried across resumes). Validation lines are ``{"type": "valid", "step", "loss",
+"ppl", "accuracy", "bleu"?, …}`` (``loss`` is the plain NLL, no smoothing; ``accuracy`` the
+fraction of target tokens the argmax predicts).
 
-Checkpoints (``save``/``resume``) hold the model, optimizer, scheduler, sampler position, the
+Checkpoints (``save``/``resume``) hold the model, optimizer, scheduler, data position, the
 trainer's NumPy generator, tfm_rs's dropout RNG state, ``nn.init``'s generator and the counters,
 so a resumed run continues with bit-identical losses.
 """
@@ -27,36 +36,44 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 import tfm_rs
+import tfm_rs.functional as F
 from tfm_rs import checkpoint as ckpt_lib
 from tfm_rs import metrics, nn, optim
-from tfm_rs._core import InvalidArgumentError
+from tfm_rs._core import InvalidArgumentError, Tensor
 from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, TokenBatchSampler, collate
 from tfm_rs.models import load_model_state
 
-__all__ = ["TrainConfig", "Seq2SeqTrainer"]
+__all__ = ["SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "evaluate", "seq2seq_batches",
+           "seq2seq_forward"]
+
+SCHEDULES = ("inverse_sqrt", "noam", "cosine", "constant")
+Record = Dict[str, Any]
 
 
 @dataclass
 class TrainConfig:
-    """Hyperparameters of :class:`Seq2SeqTrainer` (defaults: the Multi30k recipe).
+    """Hyperparameters of a :class:`Trainer` (defaults: the Multi30k recipe).
 
     ``max_steps``/``max_minutes``: stop after that many updates / minutes of training time
-    (whichever comes first; ``None`` = no limit). ``valid_every``/``bleu_every``/``save_every``:
-    every that many steps (0 = never). ``clip_norm``: global L2 clipping (``None`` = off; the
-    norm is still measured and logged).
+    (whichever comes first; ``None`` = no limit). ``schedule``: one of :data:`SCHEDULES` (see the
+    module docstring); ``min_lr_ratio``: the cosine schedule's floor as a fraction of ``lr``.
+    ``valid_every``/``bleu_every``/``save_every``: every that many steps (0 = never).
+    ``clip_norm``: global L2 clipping (``None`` = off; the norm is still measured and logged).
     """
 
     max_tokens: int = 3000
     lr: float = 7e-4
     warmup_steps: int = 800
+    schedule: str = "inverse_sqrt"
+    min_lr_ratio: float = 0.0
     betas: Tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
@@ -82,15 +99,288 @@ class TrainConfig:
             raise InvalidArgumentError("TrainConfig: max_tokens, lr and warmup_steps must be positive")
         if self.clip_norm is not None and self.clip_norm <= 0:
             raise InvalidArgumentError(f"TrainConfig: clip_norm must be > 0 or None, got {self.clip_norm}")
+        if self.schedule not in SCHEDULES:
+            raise InvalidArgumentError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, "
+                                       f"got {self.schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise InvalidArgumentError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> Dict[str, Any]:
+        """The fields as plain JSON types."""
         d = asdict(self)
         d["betas"] = list(self.betas)
         return d
 
 
-class Seq2SeqTrainer:
+class Trainer:
+    """The training loop shared by every model: optimizer, schedule, logs, validation,
+    checkpoints with exact resume. Subclasses implement the data side:
+
+    * :meth:`next_batch` → one training batch;
+    * :meth:`forward_batch` ``(batch)`` → ``(logits (N, V), targets (N,), ignore_index)``;
+    * :meth:`count_tokens` ``(batch)`` → ``(target tokens, all real tokens)``;
+    * :meth:`valid_batches` → the validation batches (for :meth:`validation_loss`);
+    * :meth:`data_state` / :meth:`load_data_state`: the data position, for checkpoints.
+
+    Args:
+        model: the model (it must have a JSON ``config`` and a ``state_dict``).
+        config: :class:`TrainConfig`.
+        out_dir: where the JSONL log and checkpoints go (``None``: no files).
+        log_name: the JSONL log's file name inside ``out_dir``.
+    """
+
+    def __init__(self, model: Any, config: Optional[TrainConfig] = None, out_dir: Optional[os.PathLike] = None,
+                 log_name: str = "metrics.jsonl") -> None:
+        self.model = model
+        self.config = config or TrainConfig()
+        c = self.config
+        self.params = list(model.parameters())
+        self.optimizer = optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
+        self.scheduler = _make_scheduler(self.optimizer, c)
+        if c.schedule == "cosine" and c.max_steps is None and c.max_minutes is None:
+            raise InvalidArgumentError("TrainConfig: the cosine schedule needs max_steps or max_minutes (it decays "
+                                       "to the end of the budget)")
+        self.rng = np.random.default_rng(c.seed)
+        self.step = 0
+        self.train_time = 0.0
+        self.tokens_seen = 0
+        self._t_start = time.perf_counter()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self._log_file = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.out_dir / log_name, "a", buffering=1)
+        self.history: List[Record] = []
+
+    # ------------------------------------------------------------------ the data side
+
+    def next_batch(self) -> Any:
+        """One training batch (subclasses)."""
+        raise NotImplementedError
+
+    def forward_batch(self, batch: Any) -> Tuple[Tensor, np.ndarray, int]:
+        """``(logits (N, V), targets (N,), ignore_index)`` of ``batch`` (subclasses)."""
+        raise NotImplementedError
+
+    def count_tokens(self, batch: Any) -> Tuple[int, int]:
+        """``(target tokens, real input + target tokens)`` of ``batch`` (subclasses)."""
+        raise NotImplementedError
+
+    def valid_batches(self) -> Iterable[Any]:
+        """The validation batches, in a fixed order (subclasses; none by default)."""
+        raise InvalidArgumentError(f"{type(self).__name__}: no validation data given")
+
+    def has_valid_data(self) -> bool:
+        """Whether :meth:`valid_batches` has anything to iterate."""
+        return False
+
+    def data_state(self) -> Dict[str, Any]:
+        """The data position (JSON), saved in checkpoints (subclasses)."""
+        raise NotImplementedError
+
+    def load_data_state(self, state: Dict[str, Any]) -> None:
+        """Restore :meth:`data_state` (subclasses)."""
+        raise NotImplementedError
+
+    @property
+    def epoch(self) -> int:
+        """Passes over the training data so far (subclasses that know it)."""
+        return 0
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, record: Record) -> None:
+        """Keep ``record`` in :attr:`history` and append it to the JSONL log."""
+        self.history.append(record)
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        """Close the JSONL log."""
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    @property
+    def elapsed(self) -> float:
+        """Wall-clock seconds since the run started (across resumes)."""
+        return time.perf_counter() - self._t_start
+
+    # ------------------------------------------------------------------ training
+
+    def loss_sum(self, batch: Any, label_smoothing: float = 0.0) -> Tensor:
+        """The summed (not averaged) cross-entropy over the batch's target tokens."""
+        logits, targets, ignore = self.forward_batch(batch)
+        return F.cross_entropy(logits, targets, ignore_index=ignore, reduction="sum", label_smoothing=label_smoothing)
+
+    def current_lr(self) -> float:
+        """The rate the next update will use."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _budget_lr(self) -> float:
+        # The cosine schedule depends on the budget fraction used so far, in steps or in training
+        # time: a closed form of (step, train_time), both checkpointed, so resume is exact.
+        c = self.config
+        frac = 0.0
+        if c.max_steps:
+            frac = self.step / c.max_steps
+        if c.max_minutes:
+            frac = max(frac, self.train_time / (60.0 * c.max_minutes))
+        lr = c.lr * min(1.0, (self.step + 1) / c.warmup_steps) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+        return max(lr, c.lr * c.min_lr_ratio)
+
+    def train_step(self) -> Record:
+        """One optimizer update over ``accum_steps`` micro-batches; returns its metrics record."""
+        c, m = self.config, self.model
+        t0 = time.perf_counter()
+        m.train()
+        if self.scheduler is None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self._budget_lr()
+        batches = [self.next_batch() for _ in range(c.accum_steps)]
+        counts = [self.count_tokens(b) for b in batches]
+        tgt_tokens = sum(n for n, _ in counts)
+        tokens = sum(n for _, n in counts)
+        total = 0.0
+        for b in batches:
+            loss = self.loss_sum(b, c.label_smoothing)
+            (loss * (1.0 / tgt_tokens)).backward()
+            total += float(loss.item())
+        grad_norm = float(nn_clip(self.params, c.clip_norm))
+        lr = self.current_lr()
+        if math.isfinite(grad_norm):
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad()
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.train_time += dt
+        self.tokens_seen += tokens
+        rec = {"type": "train", "step": self.step, "epoch": self.epoch, "loss": total / tgt_tokens,
+               "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tgt_tokens": tgt_tokens,
+               "tokens_per_s": tokens / dt, "step_time": dt, "train_time": self.train_time,
+               "elapsed": self.elapsed}
+        if not math.isfinite(grad_norm):
+            rec["skipped"] = "non-finite gradient norm"
+        if c.log_every and self.step % c.log_every == 0:
+            self.log(rec)
+        return rec
+
+    def done(self) -> bool:
+        """Whether the step or time budget is used up."""
+        c = self.config
+        if c.max_steps is not None and self.step >= c.max_steps:
+            return True
+        return c.max_minutes is not None and self.train_time >= 60.0 * c.max_minutes
+
+
+    def train(self, max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
+              verbose: bool = True, callback: Optional[Callable[[Record], None]] = None) -> List[Record]:
+        """Train until ``max_steps`` total steps or ``max_minutes`` of training time (arguments
+        override the config's). Validates, computes BLEU and saves at the configured intervals;
+        ``callback`` gets every train and validation record as it is made (progress bars).
+        Returns the train records of this call."""
+        c = self.config
+        if max_steps is not None:
+            c.max_steps = max_steps
+        if max_minutes is not None:
+            c.max_minutes = max_minutes
+        records = []
+        window: List[Record] = []
+        while not self.done():
+            rec = self.train_step()
+            records.append(rec)
+            window.append(rec)
+            if callback is not None:
+                callback(rec)
+            if verbose and c.print_every and self.step % c.print_every == 0:
+                tok = sum(r["tokens"] for r in window)
+                sec = sum(r["step_time"] for r in window)
+                print(f"step {self.step:6d}  loss {np.mean([r['loss'] for r in window]):.3f}  lr {rec['lr']:.2e}  "
+                      f"gnorm {rec['grad_norm']:.2f}  {tok / sec:7.0f} tok/s  train {self.train_time / 60:.1f} min",
+                      flush=True)
+                window = []
+            bleu_now = bool(c.bleu_every) and self.step % c.bleu_every == 0
+            if (c.valid_every and self.step % c.valid_every == 0) or bleu_now:
+                v = self.validate(bleu=bleu_now)
+                if callback is not None:
+                    callback(v)
+                if verbose:
+                    print("valid " + "  ".join(f"{k} {v[k]:.3f}" for k in ("loss", "ppl", "bleu") if k in v),
+                          flush=True)
+            if c.save_every and self.out_dir is not None and self.step % c.save_every == 0:
+                self.save()
+        return records
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate_batches(self, batches: Iterable[Any]) -> Dict[str, float]:
+        """:func:`evaluate` with this trainer's model and :meth:`forward_batch`."""
+        return evaluate(self.model, batches, lambda m, b: self.forward_batch(b))
+
+    def validation_loss(self) -> Dict[str, float]:
+        """:meth:`evaluate_batches` over the validation data."""
+        return self.evaluate_batches(self.valid_batches())
+
+    def extra_validation(self, record: Record, bleu: bool) -> None:
+        """Add model-specific scores to a validation record (BLEU for translation)."""
+
+    def validate(self, bleu: bool = True) -> Record:
+        """Validation loss, perplexity and accuracy (if there is validation data) plus
+        :meth:`extra_validation`; logged as a ``"valid"`` record."""
+        t0 = time.perf_counter()
+        rec: Record = {"type": "valid", "step": self.step, "train_time": self.train_time}
+        if self.has_valid_data():
+            rec.update(self.validation_loss())
+        self.extra_validation(rec, bleu)
+        rec["eval_time"] = time.perf_counter() - t0
+        rec["elapsed"] = self.elapsed
+        self.log(rec)
+        return rec
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_extra(self) -> Dict[str, Any]:
+        """Everything but the weights, optimizer and schedule that a resume needs."""
+        return {"step": self.step, "train_time": self.train_time, "tokens_seen": self.tokens_seen,
+                "elapsed": self.elapsed, "sampler": self.data_state(), "numpy_rng": ckpt_lib.rng_state(self.rng),
+                "tfm_rng": int(tfm_rs.get_rng_state()), "init_rng": ckpt_lib.rng_state(nn.init.generator()),
+                "train_config": self.config.to_dict()}
+
+    def save(self, path: Optional[os.PathLike] = None) -> Path:
+        """Checkpoint everything needed for an exact resume (default ``<out_dir>/checkpoint``)."""
+        if path is None:
+            if self.out_dir is None:
+                raise InvalidArgumentError(f"{type(self).__name__}.save: no path and no out_dir")
+            path = self.out_dir / "checkpoint"
+        scheduler_state = self.scheduler.state_dict() if self.scheduler is not None else None
+        return ckpt_lib.save_checkpoint(path, self.model.state_dict(), self.model.config,
+                                        optimizer_state=self.optimizer.state_dict(),
+                                        scheduler_state=scheduler_state, extra=self.state_extra())
+
+    def resume(self, path: os.PathLike) -> None:
+        """Continue from a :meth:`save` checkpoint: weights (the architecture is checked first),
+        optimizer moments, schedule, data position and every RNG."""
+        ck = ckpt_lib.load_checkpoint(path)
+        load_model_state(self.model, ck)
+        if ck.optimizer_state is not None:
+            self.optimizer.load_state_dict(ck.optimizer_state)
+        if ck.scheduler_state is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(ck.scheduler_state)
+        ex = ck.extra
+        self.load_data_state(ex["sampler"])
+        ckpt_lib.set_rng_state(self.rng, ex["numpy_rng"])
+        tfm_rs.set_rng_state(int(ex["tfm_rng"]))
+        nn.init.set_rng_state(ex["init_rng"])
+        self.step = int(ex["step"])
+        self.train_time = float(ex.get("train_time", 0.0))
+        self.tokens_seen = int(ex.get("tokens_seen", 0))
+        self._t_start = time.perf_counter() - float(ex.get("elapsed", 0.0))
+
+
+class Seq2SeqTrainer(Trainer):
     """Trains a :class:`~tfm_rs.models.Seq2SeqTransformer` on ``(src_ids, tgt_ids)`` lists of
     token-id lists (no BOS/EOS; :func:`tfm_rs.data.collate` adds them).
 
@@ -98,20 +388,20 @@ class Seq2SeqTrainer:
         model: the model (its ``pad_id``/``bos_id``/``eos_id``/``max_len`` are used).
         train_data: ``(src_ids, tgt_ids)``.
         config: :class:`TrainConfig`.
-        out_dir: where ``train.jsonl`` and checkpoints go (``None``: no files).
+        out_dir: where the JSONL log and checkpoints go (``None``: no files).
         valid_data: optional ``(src_ids, tgt_ids)`` for the validation loss.
         valid_texts: optional ``(src_sentences, reference_sentences)`` for greedy BLEU (needs
             ``tokenizer``).
         tokenizer: a :class:`tfm_rs.data.Tokenizer` (BLEU decoding).
+        log_name: the JSONL log's file name.
     """
 
     def __init__(self, model: Any, train_data: Tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]],
                  config: Optional[TrainConfig] = None, out_dir: Optional[os.PathLike] = None,
                  valid_data: Optional[Tuple[Sequence[Sequence[int]], Sequence[Sequence[int]]]] = None,
-                 valid_texts: Optional[Tuple[Sequence[str], Sequence[str]]] = None, tokenizer: Any = None) -> None:
-        self.model = model
-        self.config = config or TrainConfig()
-        c = self.config
+                 valid_texts: Optional[Tuple[Sequence[str], Sequence[str]]] = None, tokenizer: Any = None,
+                 log_name: str = "metrics.jsonl") -> None:
+        c = config or TrainConfig()
         self.src_ids, self.tgt_ids = list(train_data[0]), list(train_data[1])
         if len(self.src_ids) != len(self.tgt_ids):
             raise InvalidArgumentError(f"Seq2SeqTrainer: {len(self.src_ids)} source but {len(self.tgt_ids)} "
@@ -126,21 +416,8 @@ class Seq2SeqTrainer:
         self.valid_data = valid_data
         self.valid_texts = valid_texts
         self.tokenizer = tokenizer
-        self.params = list(model.parameters())
-        self.optimizer = optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
-        self.scheduler = optim.lr_scheduler.InverseSqrtLR(self.optimizer, c.warmup_steps, peak_lr=c.lr)
-        self.rng = np.random.default_rng(c.seed)
-        self.step = 0
-        self.train_time = 0.0
-        self.tokens_seen = 0
         self._iter: Optional[Iterator[List[int]]] = None
-        self._t_start = time.perf_counter()
-        self.out_dir = Path(out_dir) if out_dir is not None else None
-        self._log_file = None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._log_file = open(self.out_dir / "train.jsonl", "a", buffering=1)
-        self.history: List[Dict[str, Any]] = []
+        super().__init__(model, c, out_dir, log_name)
 
     # ------------------------------------------------------------------ batches
 
@@ -155,119 +432,40 @@ class Seq2SeqTrainer:
         raise InvalidArgumentError("Seq2SeqTrainer: the sampler yields no batches")
 
     def next_batch(self) -> Seq2SeqBatch:
-        m = self.model
-        idx = self._next_indices()
+        """The next token-budget batch of the training data."""
+        m, idx = self.model, self._next_indices()
         return collate([self.src_ids[i] for i in idx], [self.tgt_ids[i] for i in idx], m.pad_id, m.bos_id,
                        m.eos_id, idx)
 
-    # ------------------------------------------------------------------ logging
+    def forward_batch(self, batch: Seq2SeqBatch) -> Tuple[Tensor, np.ndarray, int]:
+        """:func:`seq2seq_forward` of ``batch``."""
+        return seq2seq_forward(self.model, batch)
 
-    def log(self, record: Dict[str, Any]) -> None:
-        self.history.append(record)
-        if self._log_file is not None:
-            self._log_file.write(json.dumps(record) + "\n")
+    def count_tokens(self, batch: Seq2SeqBatch) -> Tuple[int, int]:
+        """Non-pad target tokens (with EOS), and those plus the non-pad source tokens."""
+        return batch.num_tokens, batch.num_tokens + batch.num_src_tokens
 
-    def close(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
+    def has_valid_data(self) -> bool:
+        return self.valid_data is not None
 
-    # ------------------------------------------------------------------ training
-
-    def train_step(self) -> Dict[str, Any]:
-        """One optimizer update over ``accum_steps`` micro-batches; returns its metrics record."""
-        c, m = self.config, self.model
-        t0 = time.perf_counter()
-        m.train()
-        batches = [self.next_batch() for _ in range(c.accum_steps)]
-        tgt_tokens = sum(b.num_tokens for b in batches)
-        tokens = tgt_tokens + sum(b.num_src_tokens for b in batches)
-        total = 0.0
-        for b in batches:
-            loss = m.loss(b.src, b.tgt_in, b.tgt_out, label_smoothing=c.label_smoothing, reduction="sum")
-            (loss * (1.0 / tgt_tokens)).backward()
-            total += float(loss.item())
-        grad_norm = float(nn_clip(self.params, c.clip_norm))
-        lr = float(self.optimizer.param_groups[0]["lr"])
-        if math.isfinite(grad_norm):
-            self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad()
-        self.step += 1
-        dt = time.perf_counter() - t0
-        self.train_time += dt
-        self.tokens_seen += tokens
-        rec = {"type": "train", "step": self.step, "epoch": self.sampler.epoch, "loss": total / tgt_tokens,
-               "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tgt_tokens": tgt_tokens,
-               "tok_per_s": tokens / dt, "step_time": dt, "train_time": self.train_time,
-               "wall": time.perf_counter() - self._t_start}
-        if not math.isfinite(grad_norm):
-            rec["skipped"] = "non-finite gradient norm"
-        if c.log_every and self.step % c.log_every == 0:
-            self.log(rec)
-        return rec
-
-    def _done(self) -> bool:
-        c = self.config
-        if c.max_steps is not None and self.step >= c.max_steps:
-            return True
-        return c.max_minutes is not None and self.train_time >= 60.0 * c.max_minutes
-
-    def train(self, max_steps: Optional[int] = None, max_minutes: Optional[float] = None,
-              verbose: bool = True) -> List[Dict[str, Any]]:
-        """Train until ``max_steps`` total steps or ``max_minutes`` of training time (arguments
-        override the config's). Validates, computes BLEU and saves at the configured intervals;
-        returns the train records of this call."""
-        c = self.config
-        if max_steps is not None:
-            c.max_steps = max_steps
-        if max_minutes is not None:
-            c.max_minutes = max_minutes
-        records = []
-        window: List[Dict[str, Any]] = []
-        while not self._done():
-            rec = self.train_step()
-            records.append(rec)
-            window.append(rec)
-            if verbose and c.print_every and self.step % c.print_every == 0:
-                tok = sum(r["tokens"] for r in window)
-                sec = sum(r["step_time"] for r in window)
-                print(f"step {self.step:6d}  loss {np.mean([r['loss'] for r in window]):.3f}  lr {rec['lr']:.2e}  "
-                      f"gnorm {rec['grad_norm']:.2f}  {tok / sec:7.0f} tok/s  train {self.train_time / 60:.1f} min",
-                      flush=True)
-                window = []
-            bleu_now = bool(c.bleu_every) and self.step % c.bleu_every == 0
-            if (c.valid_every and self.step % c.valid_every == 0) or bleu_now:
-                v = self.validate(bleu=bleu_now)
-                if verbose:
-                    print("valid " + "  ".join(f"{k} {v[k]:.3f}" for k in ("loss", "ppl", "bleu") if k in v), flush=True)
-            if c.save_every and self.out_dir is not None and self.step % c.save_every == 0:
-                self.save()
-        return records
-
-    # ------------------------------------------------------------------ evaluation
-
-    def validation_loss(self) -> Dict[str, float]:
-        """Token-mean NLL (no label smoothing) and perplexity over ``valid_data``."""
+    def valid_batches(self) -> Iterator[Seq2SeqBatch]:
+        """``valid_data`` in length-bucketed token-budget batches (no shuffling)."""
         if self.valid_data is None:
             raise InvalidArgumentError("Seq2SeqTrainer: no valid_data given")
-        m, c = self.model, self.config
-        src, tgt = self.valid_data
-        sampler = TokenBatchSampler(src, tgt, c.max_tokens, shuffle=False, bucket=True,
-                                    max_len=c.max_len if c.max_len is not None else m.max_len)
-        total, count = 0.0, 0
-        was_training = m.training
-        m.eval()
-        try:
-            with no_grad():
-                for idx in sampler:
-                    b = collate([src[i] for i in idx], [tgt[i] for i in idx], m.pad_id, m.bos_id, m.eos_id, idx)
-                    total += float(m.loss(b.src, b.tgt_in, b.tgt_out, reduction="sum").item())
-                    count += b.num_tokens
-        finally:
-            m.train(was_training)
-        mean = total / max(count, 1)
-        return {"loss": mean, "ppl": metrics.perplexity(mean), "tokens": count}
+        return seq2seq_batches(self.model, *self.valid_data, self.config.max_tokens, self.config.max_len)
+
+    def data_state(self) -> Dict[str, Any]:
+        return self.sampler.state_dict()
+
+    def load_data_state(self, state: Dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state)
+        self._iter = None
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    # ------------------------------------------------------------------ evaluation
 
     def bleu(self, sources: Sequence[str], references: Sequence[str]) -> Dict[str, Any]:
         """Greedy-decode ``sources`` and score them against ``references`` (sacrebleu, cased)."""
@@ -278,59 +476,65 @@ class Seq2SeqTrainer:
         score = metrics.bleu(hyps, list(references))
         return {"bleu": score, "decode_time": time.perf_counter() - t0, "hypotheses": hyps}
 
-    def validate(self, bleu: bool = True) -> Dict[str, Any]:
-        """Validation loss (if ``valid_data``) and greedy BLEU on the first ``bleu_subset``
-        sentences of ``valid_texts`` (if given and ``bleu``); logged as a ``"valid"`` record."""
-        t0 = time.perf_counter()
-        rec: Dict[str, Any] = {"type": "valid", "step": self.step, "train_time": self.train_time}
-        if self.valid_data is not None:
-            rec.update(self.validation_loss())
+    def extra_validation(self, record: Record, bleu: bool) -> None:
+        """Greedy BLEU on the first ``bleu_subset`` sentences of ``valid_texts`` (if given and ``bleu``)."""
         if bleu and self.valid_texts is not None and self.tokenizer is not None:
             n = self.config.bleu_subset
             srcs, refs = self.valid_texts
             out = self.bleu(srcs[:n], refs[:n])
-            rec.update(bleu=out["bleu"], bleu_sentences=len(srcs[:n]))
-        rec["eval_time"] = time.perf_counter() - t0
-        rec["wall"] = time.perf_counter() - self._t_start
-        self.log(rec)
-        return rec
+            record.update(bleu=out["bleu"], bleu_sentences=len(srcs[:n]))
 
-    # ------------------------------------------------------------------ checkpoints
 
-    def state_extra(self) -> Dict[str, Any]:
-        return {"step": self.step, "train_time": self.train_time, "tokens_seen": self.tokens_seen,
-                "sampler": self.sampler.state_dict(), "numpy_rng": ckpt_lib.rng_state(self.rng),
-                "tfm_rng": int(tfm_rs.get_rng_state()), "init_rng": ckpt_lib.rng_state(nn.init.generator()),
-                "train_config": self.config.to_dict()}
+def evaluate(model: Any, batches: Iterable[Any],
+             forward: Callable[[Any, Any], Tuple[Tensor, np.ndarray, int]]) -> Dict[str, float]:
+    """Token-mean NLL (no label smoothing), perplexity and token accuracy of ``model`` over
+    ``batches``; ``forward(model, batch)`` gives ``(logits (N, V), targets (N,), ignore_index)``
+    (:func:`seq2seq_forward`, :func:`tfm_rs.train.lm.lm_forward`). Runs in eval mode without
+    gradients; the model's mode is restored."""
+    total, count, correct = 0.0, 0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for b in batches:
+                logits, targets, ignore = forward(model, b)
+                total += float(F.cross_entropy(logits, targets, ignore_index=ignore, reduction="sum").item())
+                ok, n = metrics.token_accuracy(logits.numpy(), targets, ignore_index=ignore, return_counts=True)
+                correct += ok
+                count += n
+    finally:
+        model.train(was_training)
+    mean = total / max(count, 1)
+    return {"loss": mean, "ppl": metrics.perplexity(mean), "accuracy": correct / max(count, 1), "tokens": count}
 
-    def save(self, path: Optional[os.PathLike] = None) -> Path:
-        """Checkpoint everything needed for an exact resume (default ``<out_dir>/checkpoint``)."""
-        if path is None:
-            if self.out_dir is None:
-                raise InvalidArgumentError("Seq2SeqTrainer.save: no path and no out_dir")
-            path = self.out_dir / "checkpoint"
-        return ckpt_lib.save_checkpoint(path, self.model.state_dict(), self.model.config,
-                                        optimizer_state=self.optimizer.state_dict(),
-                                        scheduler_state=self.scheduler.state_dict(), extra=self.state_extra())
 
-    def resume(self, path: os.PathLike) -> None:
-        """Continue from a :meth:`save` checkpoint: weights (the architecture is checked first),
-        optimizer moments, schedule, data position and every RNG."""
-        ck = ckpt_lib.load_checkpoint(path)
-        load_model_state(self.model, ck)
-        if ck.optimizer_state is not None:
-            self.optimizer.load_state_dict(ck.optimizer_state)
-        if ck.scheduler_state is not None:
-            self.scheduler.load_state_dict(ck.scheduler_state)
-        ex = ck.extra
-        self.sampler.load_state_dict(ex["sampler"])
-        self._iter = None
-        ckpt_lib.set_rng_state(self.rng, ex["numpy_rng"])
-        tfm_rs.set_rng_state(int(ex["tfm_rng"]))
-        nn.init.set_rng_state(ex["init_rng"])
-        self.step = int(ex["step"])
-        self.train_time = float(ex.get("train_time", 0.0))
-        self.tokens_seen = int(ex.get("tokens_seen", 0))
+def seq2seq_forward(model: Any, batch: Seq2SeqBatch) -> Tuple[Tensor, np.ndarray, int]:
+    """Teacher-forced logits ``(B·T, V)`` of ``batch.tgt_out`` given ``batch.src`` and
+    ``batch.tgt_in``, the targets ``(B·T,)`` and the pad id to ignore."""
+    logits = model(batch.src, batch.tgt_in)
+    return logits.reshape(-1, model.tgt_vocab_size), batch.tgt_out.reshape(-1), model.pad_id
+
+
+def seq2seq_batches(model: Any, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
+                    max_tokens: int, max_len: Optional[int] = None) -> Iterator[Seq2SeqBatch]:
+    """``(src_ids, tgt_ids)`` in length-bucketed token-budget batches, in a fixed order (pairs
+    longer than ``max_len``, default ``model.max_len``, or empty are left out)."""
+    sampler = TokenBatchSampler(src_ids, tgt_ids, max_tokens, shuffle=False, bucket=True,
+                                max_len=max_len if max_len is not None else model.max_len)
+    for idx in sampler:
+        yield collate([src_ids[i] for i in idx], [tgt_ids[i] for i in idx], model.pad_id, model.bos_id,
+                      model.eos_id, idx)
+
+
+def _make_scheduler(optimizer: Any, c: TrainConfig) -> Optional[Any]:
+    """The closed-form schedule of ``c.schedule``; ``None`` for the budget cosine, which the
+    trainer sets itself before each step."""
+    if c.schedule in ("inverse_sqrt", "noam"):
+        return optim.lr_scheduler.InverseSqrtLR(optimizer, c.warmup_steps, peak_lr=c.lr)
+    if c.schedule == "constant":
+        warmup = c.warmup_steps
+        return optim.lr_scheduler.LambdaLR(optimizer, lambda e: min(1.0, (e + 1) / warmup))
+    return None
 
 
 def nn_clip(params: Sequence[Any], clip_norm: Optional[float]) -> float:

@@ -1,0 +1,254 @@
+"""Type stubs of ``tfm_rs._core``, the native (Rust, PyO3) module; written from rust/python/*.rs.
+
+The Python layer (``tfm_rs``, ``tfm_rs.functional``, ``tfm_rs.nn``, ``tfm_rs.optim``) wraps these
+with PyTorch's argument names and defaults; prefer it to calling ``_core`` directly. Every native
+function releases the GIL while it computes, and every failure is a :class:`TfmError`.
+"""
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+ArrayLike = Union["Tensor", npt.ArrayLike]
+
+# ------------------------------------------------------------------------------ errors (errors.rs)
+
+class TfmError(Exception):
+    """Base class of every tfm_rs error."""
+
+class ShapeError(TfmError, ValueError):
+    """Shapes that do not fit together."""
+
+class DTypeError(TfmError, TypeError):
+    """An element type the op cannot take."""
+
+class IndexOutOfRangeError(TfmError, IndexError):
+    """An index or token id out of range."""
+
+class InvalidArgumentError(TfmError, ValueError):
+    """An argument outside its domain."""
+
+class NonFiniteError(TfmError, ValueError):
+    """NaN or infinity where a finite number is required."""
+
+class AutogradError(TfmError, RuntimeError):
+    """Misuse of autograd, such as a second backward through a freed graph."""
+
+class InternalError(TfmError, RuntimeError):
+    """A bug inside tfm_rs; please report it."""
+
+# ------------------------------------------------------------------------------ Tensor (tensor.rs)
+
+class Tensor:
+    """A float32 tensor that records the operations on it for autograd (PyTorch's semantics)."""
+
+    def __init__(self, data: npt.ArrayLike, requires_grad: bool = False) -> None:
+        """A float32 tensor from an array-like (float64 is converted; integer arrays are refused)."""
+    @property
+    def shape(self) -> Tuple[int, ...]: ...
+    @property
+    def ndim(self) -> int: ...
+    @property
+    def dtype(self) -> str:
+        """Always ``"float32"``."""
+    @property
+    def T(self) -> Tensor:
+        """All dimensions reversed."""
+    @property
+    def requires_grad(self) -> bool: ...
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None: ...
+    @property
+    def is_leaf(self) -> bool: ...
+    @property
+    def grad_fn(self) -> Optional[str]:
+        """Name of the op that produced this tensor, or None for leaves."""
+    @property
+    def grad(self) -> Optional[Tensor]:
+        """The accumulated gradient, or None."""
+    @grad.setter
+    def grad(self, value: Optional[ArrayLike]) -> None: ...
+    @overload
+    def size(self) -> Tuple[int, ...]: ...
+    @overload
+    def size(self, dim: int) -> int: ...
+    def dim(self) -> int: ...
+    def numel(self) -> int: ...
+    def __len__(self) -> int: ...
+    def requires_grad_(self, requires_grad: bool = True) -> Tensor:
+        """Sets requires_grad in place and returns self (leaves only)."""
+    def numpy(self) -> npt.NDArray[np.float32]:
+        """A copy of the values as a NumPy float32 array."""
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray: ...
+    def tolist(self) -> Any: ...
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python float."""
+    def __float__(self) -> float: ...
+    def backward(self, gradient: Optional[ArrayLike] = None, retain_graph: bool = False) -> None:
+        """Computes gradients with respect to the graph's leaves; ``gradient`` is required for
+        non-scalar tensors."""
+    def copy_(self, src: ArrayLike) -> Tensor:
+        """Copies ``src``'s values in place (not recorded in the graph)."""
+    def detach(self) -> Tensor:
+        """A new leaf with the same values, outside the graph."""
+    def clone(self) -> Tensor:
+        """A copy that is a new leaf (does not require grad)."""
+    def __add__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __radd__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __sub__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __rsub__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __mul__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __rmul__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __truediv__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __rtruediv__(self, other: Union[ArrayLike, float]) -> Tensor: ...
+    def __matmul__(self, other: ArrayLike) -> Tensor: ...
+    def __rmatmul__(self, other: ArrayLike) -> Tensor: ...
+    def __neg__(self) -> Tensor: ...
+    def __pow__(self, exponent: float, modulo: None = None) -> Tensor: ...
+    def exp(self) -> Tensor: ...
+    def log(self) -> Tensor: ...
+    def sqrt(self) -> Tensor: ...
+    def tanh(self) -> Tensor: ...
+    def sum(self, dim: Union[int, Sequence[int], None] = None, keepdim: bool = False) -> Tensor:
+        """Sum over ``dim`` (an int, a sequence, or None for all dimensions)."""
+    def mean(self, dim: Union[int, Sequence[int], None] = None, keepdim: bool = False) -> Tensor:
+        """Mean over ``dim`` (an int, a sequence, or None for all dimensions)."""
+    def reshape(self, *shape: Union[int, Sequence[int]]) -> Tensor: ...
+    def view(self, *shape: Union[int, Sequence[int]]) -> Tensor: ...
+    def flatten(self) -> Tensor: ...
+    def transpose(self, dim0: int, dim1: int) -> Tensor: ...
+    def t(self) -> Tensor:
+        """The transpose of a 2-D tensor; 0-D and 1-D tensors are returned as is."""
+    def permute(self, *dims: Union[int, Sequence[int]]) -> Tensor: ...
+    def unsqueeze(self, dim: int) -> Tensor: ...
+    def squeeze(self, dim: Optional[int] = None) -> Tensor:
+        """Removes size-1 dimensions: all of them, or only ``dim`` if it has size 1."""
+    def __getitem__(self, key: Any) -> Tensor:
+        """Indexing with ints, slices (positive steps), None and ``...``, as in PyTorch."""
+
+def tensor(data: npt.ArrayLike, requires_grad: bool = False) -> Tensor:
+    """A tensor from data (like ``torch.tensor``)."""
+
+def from_numpy(array: npt.ArrayLike) -> Tensor:
+    """A tensor from a NumPy array (copied; float64 is converted to float32)."""
+
+def cat(tensors: Sequence[ArrayLike], dim: int = 0) -> Tensor:
+    """Concatenates tensors along ``dim`` (like ``torch.cat``)."""
+
+# ------------------------------------------------------------------------------ ops (functional.rs)
+# Positional arguments as the bindings take them; tfm_rs.functional has PyTorch's keywords.
+
+def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None) -> Tensor:
+    """``input @ weight.T + bias``."""
+
+def matmul(input: ArrayLike, other: ArrayLike) -> Tensor:
+    """Matrix product with broadcasting of batch dimensions."""
+
+def softmax(input: ArrayLike, dim: int = -1, mask: Optional[ArrayLike] = None) -> Tensor: ...
+def log_softmax(input: ArrayLike, dim: int = -1, mask: Optional[ArrayLike] = None) -> Tensor: ...
+def layer_norm(input: ArrayLike, normalized_shape: Union[int, Sequence[int]], weight: Optional[ArrayLike] = None,
+               bias: Optional[ArrayLike] = None, eps: float = 1e-5) -> Tensor: ...
+def add_layer_norm(input: ArrayLike, residual: ArrayLike, normalized_shape: Union[int, Sequence[int]],
+                   weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
+                   eps: float = 1e-5) -> Tensor:
+    """``layer_norm(input + residual)`` in one fused kernel (the post-LN residual step)."""
+def relu(input: ArrayLike) -> Tensor: ...
+def gelu(input: ArrayLike, approximate_tanh: bool) -> Tensor: ...
+def dropout(input: ArrayLike, p: float, training: bool) -> Tensor: ...
+def embedding(input: npt.ArrayLike, weight: ArrayLike, padding_idx: Optional[int] = None) -> Tensor: ...
+def cross_entropy(input: ArrayLike, target: npt.ArrayLike, ignore_index: int, reduction: str,
+                  label_smoothing: float) -> Tensor:
+    """``reduction`` is ``"none"``, ``"sum"`` or ``"mean"``; class dimension 1 as in PyTorch."""
+def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                                 attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+    """Fused (flash-style) attention ``softmax(QKᵀ·scale + mask)·V``, memory linear in T;
+    ``scale`` defaults to ``1/√d_k``."""
+def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike,
+                           attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
+                           is_causal: bool = False, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
+    """The explicit path: ``(output, weights (…, L, S))``, weights after masking, before dropout."""
+
+# ------------------------------------------------------------------------------ optimizers (optim.rs)
+
+def adam_step(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Optional[Tensor], step: int,
+              lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, decoupled: bool,
+              amsgrad: bool, maximize: bool) -> None:
+    """One Adam/AdamW update of ``param`` and its moment buffers, in place (``tfm_rs.optim.Adam``)."""
+
+def sgd_step(param: Tensor, momentum_buffer: Optional[Tensor], first_step: bool, lr: float, momentum: float,
+             dampening: float, weight_decay: float, nesterov: bool, maximize: bool) -> None:
+    """One SGD update of ``param`` (and its momentum buffer), in place (``tfm_rs.optim.SGD``)."""
+
+# ------------------------------------------------------------------------------ runtime (runtime.rs)
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of threads tfm_rs ops use (like ``torch.set_num_threads``)."""
+def get_num_threads() -> int:
+    """The number of threads tfm_rs ops use."""
+def manual_seed(seed: int) -> None:
+    """Seeds tfm_rs's random number generator (dropout masks); ``tfm_rs.manual_seed`` also seeds
+    ``nn.init``."""
+def get_rng_state() -> int:
+    """The state of tfm_rs's random number generator."""
+def set_rng_state(state: int) -> None:
+    """Restores a state returned by :func:`get_rng_state`."""
+def set_grad_enabled(enabled: bool) -> bool:
+    """Turns graph recording on or off for this thread; returns the previous mode."""
+def is_grad_enabled() -> bool: ...
+def cpu_features() -> Dict[str, Any]:
+    """``{"isa", "supported": [...], "arch", "num_threads", "forced_by_env"}``: the SIMD path the
+    kernels use and those the CPU supports."""
+def set_isa(name: str) -> None:
+    """Forces a SIMD path (``"avx512"``, ``"avx2"`` or ``"generic"``); raises if the CPU cannot run it."""
+
+# ------------------------------------------------------------------------------ decoding (decode.rs)
+# Used through tfm_rs.decode (Seq2SeqTransformer.generate/translate, GPT.generate/stream).
+
+Hypothesis = Tuple[List[int], float, float]  # (tokens, log_prob, score)
+
+class DecoderWeights:
+    """The weights of a decoder stack, shared (not copied) with the tensors they came from."""
+
+    def __init__(self, spec: Dict[str, Any]) -> None:
+        """``spec``: ``nhead``, ``norm_first``, ``activation`` ("relu", "gelu", "gelu_tanh"), ``eps``,
+        ``embed``, ``embed_scale``, ``positions``, ``layers`` (dicts of ``(weight, bias)`` pairs),
+        ``final_norm`` (or None) and ``head``; see ``tfm_rs.decode.weights``."""
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def max_len(self) -> int: ...
+
+class Decoder:
+    """Step-by-step decoding with a key/value cache."""
+
+    def __init__(self, weights: DecoderWeights, rows: int, memory: Optional[Tensor] = None,
+                 memory_key_padding_mask: Optional[npt.ArrayLike] = None,
+                 sources: Optional[Sequence[int]] = None) -> None:
+        """``rows`` empty sequences; with ``memory``, row ``i`` attends to source ``sources[i]``
+        (default ``i``)."""
+    def feed(self, tokens: Sequence[Sequence[int]]) -> npt.NDArray[np.float32]:
+        """Appends ``tokens[r]`` to each row; the logits after each row's last new token ``(rows, V)``."""
+    def reorder(self, parents: Sequence[int]) -> None:
+        """Row ``i`` becomes a copy of old row ``parents[i]``."""
+    def num_rows(self) -> int: ...
+
+class Search:
+    """A generation that advances one token per :meth:`step` (streaming)."""
+
+    def __init__(self, weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new: Sequence[int],
+                 config: Dict[str, Any], memory: Optional[Tensor] = None,
+                 memory_key_padding_mask: Optional[npt.ArrayLike] = None) -> None: ...
+    def step(self) -> Optional[List[Tuple[int, int, int]]]:
+        """The ``(input, sample, token)`` chosen now (empty for beam search), or None when over."""
+    def finish(self) -> List[List[Hypothesis]]:
+        """The results per input; ends the search."""
+
+def generate(weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new: Sequence[int],
+             config: Dict[str, Any], memory: Optional[Tensor] = None,
+             memory_key_padding_mask: Optional[npt.ArrayLike] = None) -> List[List[Hypothesis]]:
+    """A whole search in Rust (greedy, beam, sampling; ``config`` as ``tfm_rs.decode`` builds it);
+    per input, a list of ``(tokens, log_prob, score)``."""
