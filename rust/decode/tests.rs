@@ -557,8 +557,13 @@ fn sampling_is_reproducible_and_follows_top_k() {
         run(&w, prompts.clone(), 7, cfg.clone()),
         "same seed, same samples"
     );
-    // Input 0 alone draws exactly what it drew in the batch.
-    assert_eq!(a[0], run(&w, vec![prompts[0].clone()], 7, cfg.clone())[0]);
+    // Input 0 alone draws exactly what it drew in the batch (the log-probabilities may differ
+    // in the last bits: a batch of 6 rows and one of 3 take different GEMM paths).
+    let alone = run(&w, vec![prompts[0].clone()], 7, cfg.clone());
+    for (x, y) in a[0].iter().zip(&alone[0]) {
+        assert_eq!(x.tokens, y.tokens);
+        assert!((x.log_prob - y.log_prob).abs() < 1e-5);
+    }
     assert_ne!(
         a,
         run(

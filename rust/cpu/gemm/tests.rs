@@ -212,6 +212,8 @@ fn gemm_larger_than_one_block() {
             (1000, 1, 600),
             (1, 3000, 1500),
             (2500, 1, 1500),
+            (3, 3000, 700),
+            (4, 1030, 520),
         ] {
             Case {
                 parallel: true,
@@ -221,6 +223,38 @@ fn gemm_larger_than_one_block() {
             }
             .check(isa);
         }
+    }
+}
+
+#[test]
+fn skinny_rows_do_not_depend_on_their_neighbours() {
+    // A decoding step's row gives the same bits alone or batched with up to SKINNY_ROWS rows
+    // (beam search on one sentence), so a translation does not depend on its beam-mates.
+    let (n, k) = (700, 300);
+    let a: Vec<f32> = (0..4 * k)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+        .collect();
+    let w: Vec<f32> = (0..n * k)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
+        .collect();
+    let run = |rows: usize| {
+        let mut c = vec![0.0f32; rows * n];
+        let b = MatRef::row_major(&w, n, k).t();
+        super::gemm(
+            1.0,
+            MatRef::row_major(&a[..rows * k], rows, k),
+            b,
+            0.0,
+            &mut c,
+            n,
+            &Default::default(),
+            true,
+        );
+        c
+    };
+    let one = run(1);
+    for rows in [2, 3, 4] {
+        assert_eq!(&run(rows)[..n], &one[..], "{rows} rows");
     }
 }
 
