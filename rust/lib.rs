@@ -6,6 +6,7 @@
 //! - [`random`]: counter-based random numbers (dropout masks independent of thread count).
 //! - [`autograd`]: `Var`, the graph, and the backward pass.
 //! - [`optim`]: Adam/AdamW and SGD updates, matching `torch.optim` step for step.
+//! - `gpu` (feature `wgpu`): the same ops as WGSL compute shaders through wgpu.
 //! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python.
 //!
 //! ```
@@ -19,6 +20,8 @@
 pub mod autograd;
 pub mod cpu;
 pub mod error;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 pub mod ops;
 pub mod optim;
 pub mod random;

@@ -1,0 +1,22 @@
+//! The GPU ops, one host file per op with its WGSL beside it; each is tested against the CPU
+//! op of the same name in `crate::ops`. Argument order as the CPU kernels: outputs, saved
+//! values, inputs, sizes.
+
+pub mod activation;
+pub mod gemm;
+pub mod layer_norm;
+pub mod softmax;
+
+use crate::error::{Result, TfmError};
+
+/// A shape error unless buffer `what` holds `want` values.
+pub(crate) fn check_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(TfmError::shape(
+            op,
+            format!("{what} holds {len} values where {want} are needed"),
+        ))
+    }
+}

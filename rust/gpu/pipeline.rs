@@ -1,0 +1,222 @@
+//! Compute pipelines, created once per (shader, entry point) and reused, and [`launch`], the one
+//! call every op's host code makes.
+//!
+//! The binding convention every shader follows: `@group(0) @binding(0)` is a uniform struct of
+//! the kernel's parameters, and bindings 1, 2, … are the storage buffers in the order of the
+//! launch's `args`, `var<storage, read>` for [`Arg::In`] and `var<storage, read_write>` for
+//! [`Arg::Out`]. The bind-group layout is derived from that list, so a shader and its host
+//! agree by construction or fail validation (a `Device` error naming the op).
+//!
+//! Every shader is compiled with `common.wgsl` in front of it (shared constants, the grid
+//! index, workgroup reductions, the counter-based RNG).
+
+use super::buffer::GpuBuffer;
+use super::context::gpu;
+use crate::error::Result;
+use bytemuck::Pod;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use wgpu::util::DeviceExt;
+
+/// Invocations per workgroup of the row and elementwise kernels (`WG` in `common.wgsl`).
+pub const WG: u32 = 256;
+/// The most workgroups one dispatch dimension may have (WebGPU's minimum limit).
+const MAX_GROUPS: u32 = 65_535;
+
+/// A WGSL source file and the name pipelines built from it go by.
+pub struct Shader {
+    pub name: &'static str,
+    pub source: &'static str,
+}
+
+/// Declares a [`Shader`] from a `.wgsl` file beside the current source file.
+macro_rules! shader {
+    ($name:ident, $file:literal) => {
+        const $name: $crate::gpu::pipeline::Shader = $crate::gpu::pipeline::Shader {
+            name: $file,
+            source: include_str!($file),
+        };
+    };
+}
+pub(crate) use shader;
+
+/// A storage buffer bound to a kernel.
+pub enum Arg<'a> {
+    In(&'a GpuBuffer),
+    Out(&'a GpuBuffer),
+}
+
+struct Pipeline {
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+}
+
+/// Pipelines by (shader name, entry point, read-only flags of the storage bindings).
+#[derive(Default)]
+pub struct PipelineCache {
+    modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
+    pipelines: Mutex<HashMap<(&'static str, &'static str, Vec<bool>), Arc<Pipeline>>>,
+}
+
+const COMMON: &str = include_str!("common.wgsl");
+
+fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+impl PipelineCache {
+    fn module(&self, device: &wgpu::Device, shader: &Shader) -> Arc<wgpu::ShaderModule> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let module = modules.entry(shader.name).or_insert_with(|| {
+            let source = format!("{COMMON}\n{}", shader.source);
+            Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(source.into()),
+            }))
+        });
+        Arc::clone(module)
+    }
+
+    fn get(
+        &self,
+        device: &wgpu::Device,
+        shader: &Shader,
+        entry: &'static str,
+        read_only: Vec<bool>,
+    ) -> Arc<Pipeline> {
+        let key = (shader.name, entry, read_only);
+        if let Some(p) = self
+            .pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Arc::clone(p);
+        }
+        let module = self.module(device, shader);
+        let mut entries = vec![wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        }];
+        entries.extend(
+            key.2
+                .iter()
+                .enumerate()
+                .map(|(i, &ro)| storage_entry(i as u32 + 1, ro)),
+        );
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some(entry),
+            entries: &entries,
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(entry),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(entry),
+            layout: Some(&pipeline_layout),
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let p = Arc::new(Pipeline { pipeline, layout });
+        self.pipelines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, Arc::clone(&p));
+        p
+    }
+}
+
+/// Workgroup counts for `n` workgroups along one logical axis, folded into x and y so that
+/// neither passes the dispatch limit; shaders recover the index as `wg.x + wg.y · nwg.x`
+/// (`group_index` in `common.wgsl`) and skip the tail past `n`.
+pub fn grid(n: usize) -> [u32; 3] {
+    let n = n.max(1);
+    let x = n.min(MAX_GROUPS as usize);
+    [x as u32, n.div_ceil(x) as u32, 1]
+}
+
+/// Workgroups for `n` elements at [`WG`] per workgroup.
+pub fn grid_elems(n: usize) -> [u32; 3] {
+    grid(n.div_ceil(WG as usize))
+}
+
+/// Runs entry point `entry` of `shader` once over `groups` workgroups with `params` as the
+/// uniform (binding 0) and `args` as bindings 1…; submits and returns without waiting (the
+/// queue keeps launches in order; downloads wait). Errors of any step are `Device` errors
+/// naming `op`.
+pub fn launch<P: Pod>(
+    op: &'static str,
+    shader: &Shader,
+    entry: &'static str,
+    params: &P,
+    args: &[Arg],
+    groups: [u32; 3],
+) -> Result<()> {
+    let g = gpu()?;
+    if groups.contains(&0) {
+        return Ok(());
+    }
+    g.checked(op, || {
+        let read_only = args.iter().map(|a| matches!(a, Arg::In(_))).collect();
+        let p = g.pipelines.get(&g.device, shader, entry, read_only);
+        // Uniform structs are padded to 16 bytes on the WGSL side.
+        let mut bytes = bytemuck::bytes_of(params).to_vec();
+        bytes.resize(bytes.len().next_multiple_of(16), 0);
+        let uniform = g
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("params"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        entries.extend(args.iter().enumerate().map(|(i, a)| {
+            let (Arg::In(b) | Arg::Out(b)) = a;
+            wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: b.buffer.as_entire_binding(),
+            }
+        }));
+        let bind = g.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(entry),
+            layout: &p.layout,
+            entries: &entries,
+        });
+        let mut enc = g
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(entry) });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(entry),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&p.pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        g.queue.submit([enc.finish()]);
+        Ok(())
+    })
+}
