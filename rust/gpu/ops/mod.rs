@@ -3,6 +3,9 @@
 //! values, inputs, sizes.
 
 pub mod activation;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod embedding;
 pub mod gemm;
 pub mod layer_norm;
 pub mod softmax;
