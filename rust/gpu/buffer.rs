@@ -91,6 +91,29 @@ impl GpuBuffer {
         self.len == 0
     }
 
+    /// Copies all of `src` into the start of this buffer, on the device.
+    pub fn copy_from(&self, src: &GpuBuffer) -> Result<()> {
+        if src.len > self.len {
+            return Err(TfmError::shape(
+                OP,
+                format!(
+                    "cannot copy {} values into a buffer of {}",
+                    src.len, self.len
+                ),
+            ));
+        }
+        if src.len == 0 {
+            return Ok(());
+        }
+        let g = gpu()?;
+        g.checked(OP, || {
+            let mut enc = g.device.create_command_encoder(&Default::default());
+            enc.copy_buffer_to_buffer(&src.buffer, 0, &self.buffer, 0, src.len as u64 * 4);
+            g.queue.submit([enc.finish()]);
+            Ok(())
+        })
+    }
+
     /// Copies the buffer back to the host (waits for the work submitted before).
     pub fn to_vec<T: Pod>(&self) -> Result<Vec<T>> {
         assert_eq!(

@@ -12,7 +12,7 @@
 
 use super::buffer::GpuBuffer;
 use super::context::gpu;
-use crate::error::Result;
+use crate::error::{Result, TfmError};
 use bytemuck::Pod;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,35 +74,30 @@ fn storage_entry(binding: u32, read_only: bool) -> wgpu::BindGroupLayoutEntry {
 }
 
 impl PipelineCache {
-    fn module(&self, device: &wgpu::Device, shader: &Shader) -> Arc<wgpu::ShaderModule> {
-        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        let module = modules.entry(shader.name).or_insert_with(|| {
-            let source = format!("{COMMON}\n{}", shader.source);
-            Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(source.into()),
-            }))
-        });
-        Arc::clone(module)
-    }
-
+    /// The pipeline for `entry` of `shader` with storage bindings of the given read-only flags,
+    /// compiled on first use. A shader or pipeline that fails validation is reported (with
+    /// naga's message) and not cached, so every later call reports the same cause.
     fn get(
         &self,
         device: &wgpu::Device,
         shader: &Shader,
         entry: &'static str,
         read_only: Vec<bool>,
-    ) -> Arc<Pipeline> {
+    ) -> Result<Arc<Pipeline>> {
         let key = (shader.name, entry, read_only);
-        if let Some(p) = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Arc::clone(p);
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pipelines.get(&key) {
+            return Ok(Arc::clone(p));
         }
-        let module = self.module(device, shader);
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let module = match modules.get(shader.name) {
+            Some(m) => Arc::clone(m),
+            None => Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(shader.name),
+                source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{}", shader.source).into()),
+            })),
+        };
         let mut entries = vec![wgpu::BindGroupLayoutEntry {
             binding: 0,
             visibility: wgpu::ShaderStages::COMPUTE,
@@ -136,12 +131,16 @@ impl PipelineCache {
             compilation_options: Default::default(),
             cache: None,
         });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(TfmError::device(
+                "gpu pipeline",
+                format!("{} ({entry}) does not compile: {e}", shader.name),
+            ));
+        }
+        modules.entry(shader.name).or_insert(module);
         let p = Arc::new(Pipeline { pipeline, layout });
-        self.pipelines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, Arc::clone(&p));
-        p
+        pipelines.insert(key, Arc::clone(&p));
+        Ok(p)
     }
 }
 
@@ -177,7 +176,7 @@ pub fn launch<P: Pod>(
     }
     g.checked(op, || {
         let read_only = args.iter().map(|a| matches!(a, Arg::In(_))).collect();
-        let p = g.pipelines.get(&g.device, shader, entry, read_only);
+        let p = g.pipelines.get(&g.device, shader, entry, read_only)?;
         // Uniform structs are padded to 16 bytes on the WGSL side.
         let mut bytes = bytemuck::bytes_of(params).to_vec();
         bytes.resize(bytes.len().next_multiple_of(16), 0);

@@ -3,6 +3,8 @@
 //! values, inputs, sizes.
 
 pub mod activation;
+pub mod adam;
+pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod embedding;
