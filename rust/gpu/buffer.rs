@@ -26,7 +26,7 @@ fn byte_size(g: &Gpu, len: usize) -> Result<u64> {
     let limit = g
         .limits
         .max_buffer_size
-        .min(g.limits.max_storage_buffer_binding_size as u64);
+        .min(g.limits.max_storage_buffer_binding_size);
     if bytes > limit {
         return Err(TfmError::device(
             OP,

@@ -51,11 +51,14 @@ struct Pipeline {
     layout: wgpu::BindGroupLayout,
 }
 
-/// Pipelines by (shader name, entry point, read-only flags of the storage bindings).
+/// (shader name, entry point, read-only flags of the storage bindings).
+type PipelineKey = (&'static str, &'static str, Vec<bool>);
+
+/// Pipelines by [`PipelineKey`], and shader modules by shader name.
 #[derive(Default)]
 pub struct PipelineCache {
     modules: Mutex<HashMap<&'static str, Arc<wgpu::ShaderModule>>>,
-    pipelines: Mutex<HashMap<(&'static str, &'static str, Vec<bool>), Arc<Pipeline>>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
 const COMMON: &str = include_str!("common.wgsl");

@@ -4,6 +4,7 @@
 mod convert;
 mod errors;
 mod functional;
+mod gpu;
 mod optim;
 mod runtime;
 mod tensor;
@@ -18,5 +19,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     tensor::register(m)?;
     functional::register(m)?;
     optim::register(m)?;
+    gpu::register(m)?;
     Ok(())
 }

@@ -36,7 +36,7 @@ pub fn checked_ids(ids: &[i64], v: usize) -> Result<Vec<u32>> {
 pub fn forward(out: &GpuBuffer, ids: &GpuBuffer, weight: &GpuBuffer, d: usize) -> Result<()> {
     let n = ids.len();
     check_len(OP, "out", out.len(), n * d)?;
-    if d == 0 || weight.len() % d != 0 {
+    if d == 0 || !weight.len().is_multiple_of(d) {
         return Err(TfmError::shape(
             OP,
             format!(
@@ -112,7 +112,7 @@ pub fn backward(
 
 /// [`forward`] from and to the host; checks the ids.
 pub fn forward_host(ids: &[i64], weight: &[f32], d: usize) -> Result<Vec<f32>> {
-    let v = if d == 0 { 0 } else { weight.len() / d };
+    let v = weight.len().checked_div(d).unwrap_or(0);
     let ids = checked_ids(ids, v)?;
     let out = GpuBuffer::zeros(ids.len() * d)?;
     forward(&out, &GpuBuffer::from_slice(&ids)?, &upload(weight)?, d)?;

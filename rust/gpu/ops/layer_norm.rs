@@ -141,7 +141,7 @@ pub fn forward_host(
     d: usize,
     eps: f32,
 ) -> Result<LayerNormOutput> {
-    let rows = if d == 0 { 0 } else { x.len() / d };
+    let rows = x.len().checked_div(d).unwrap_or(0);
     let (y, mean, rstd) = (
         GpuBuffer::zeros(x.len())?,
         GpuBuffer::zeros(rows)?,

@@ -69,7 +69,7 @@ pub fn backward(
 
 /// [`forward`] from and to the host.
 pub fn forward_host(x: &[f32], mask: Option<&[f32]>, cols: usize, log: bool) -> Result<Vec<f32>> {
-    let rows = if cols == 0 { 0 } else { x.len() / cols };
+    let rows = x.len().checked_div(cols).unwrap_or(0);
     let y = GpuBuffer::zeros(x.len())?;
     let mask = mask.map(upload).transpose()?;
     forward(&y, &upload(x)?, mask.as_ref(), rows, cols, log)?;
@@ -78,7 +78,7 @@ pub fn forward_host(x: &[f32], mask: Option<&[f32]>, cols: usize, log: bool) -> 
 
 /// [`backward`] from and to the host.
 pub fn backward_host(y: &[f32], g: &[f32], cols: usize, log: bool) -> Result<Vec<f32>> {
-    let rows = if cols == 0 { 0 } else { y.len() / cols };
+    let rows = y.len().checked_div(cols).unwrap_or(0);
     let dx = GpuBuffer::zeros(y.len())?;
     backward(&dx, &upload(y)?, &upload(g)?, rows, cols, log)?;
     download(&dx)
