@@ -5,6 +5,7 @@
 //! - [`buffer`]: [`GpuBuffer`], storage of 4-byte elements with upload and download.
 //! - [`pipeline`]: pipelines compiled once per (shader, entry point) and cached; [`pipeline::launch`],
 //!   the one call an op's host code makes; `common.wgsl`, compiled in front of every shader.
+//! - [`timing`]: kernel timings on device-resident buffers, for the benchmarks.
 //! - [`ops`]: one host file per op with its `.wgsl` beside it. Each op has a buffer-level
 //!   function (device in, device out) and a host convenience wrapper (slices in, `Vec` out),
 //!   and is tested against the CPU op.
@@ -26,6 +27,7 @@ pub mod buffer;
 pub mod context;
 pub mod ops;
 pub mod pipeline;
+pub mod timing;
 
 pub use buffer::GpuBuffer;
 pub use context::{info, is_available, GpuInfo};

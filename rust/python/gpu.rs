@@ -748,8 +748,59 @@ mod ops {
         )
     }
 
+    /// Best seconds of `repeats` GEMMs `(batch, m, k)·(k, n)` (`trans_b`: B stored (n, k)) on
+    /// device-resident buffers, each waited for (benchmarks; no host copies timed).
+    #[pyfunction]
+    #[pyo3(signature = (m, k, n, batch = 1, trans_b = false, repeats = 10))]
+    fn time_matmul(
+        py: Python<'_>,
+        m: usize,
+        k: usize,
+        n: usize,
+        batch: usize,
+        trans_b: bool,
+        repeats: usize,
+    ) -> PyResult<f64> {
+        let s = gpu_ops::gemm::GemmShape {
+            batch,
+            trans_b,
+            ..gpu_ops::gemm::GemmShape::new(m, k, n)
+        };
+        run(py, || crate::gpu::timing::time_gemm(&s, repeats))
+    }
+
+    /// Best seconds of the attention forward (and backward, with `backward=True`) for
+    /// `bh` batch-heads of `t` queries and keys of dimension `e`, on device-resident buffers.
+    #[pyfunction]
+    #[pyo3(signature = (bh, t, e, is_causal = false, backward = false, repeats = 5))]
+    fn time_attention(
+        py: Python<'_>,
+        bh: usize,
+        t: usize,
+        e: usize,
+        is_causal: bool,
+        backward: bool,
+        repeats: usize,
+    ) -> PyResult<f64> {
+        let cfg = AttentionConfig {
+            bh,
+            tq: t,
+            tk: t,
+            e,
+            ev: e,
+            scale: 1.0 / (e as f32).sqrt(),
+            is_causal,
+            mask: None,
+            dropout_p: 0.0,
+            seed: 0,
+        };
+        run(py, || crate::gpu::timing::time_attention(\&cfg, backward, repeats))
+    }
+
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         let sub = PyModule::new(m.py(), "gpu")?;
+        sub.add_function(wrap_pyfunction!(time_matmul, &sub)?)?;
+        sub.add_function(wrap_pyfunction!(time_attention, &sub)?)?;
         sub.add_function(wrap_pyfunction!(matmul, &sub)?)?;
         sub.add_function(wrap_pyfunction!(softmax, &sub)?)?;
         sub.add_function(wrap_pyfunction!(log_softmax, &sub)?)?;
