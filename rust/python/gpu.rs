@@ -794,7 +794,9 @@ mod ops {
             dropout_p: 0.0,
             seed: 0,
         };
-        run(py, || crate::gpu::timing::time_attention(\&cfg, backward, repeats))
+        run(py, || {
+            crate::gpu::timing::time_attention(&cfg, backward, repeats)
+        })
     }
 
     pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
