@@ -4,7 +4,7 @@
 //! `lse (BH, Tq)`; the backward recomputes the probabilities from q, k and lse. Head dims
 //! `E`, `Ev` up to 128. See `attention.wgsl` for the tiling.
 
-use super::check_len;
+use super::check_lens;
 use super::gemm::u32_of;
 use crate::ensure_value;
 use crate::error::Result;
@@ -124,6 +124,28 @@ fn blocks(t: usize, bh: usize) -> [u32; 3] {
     [t.div_ceil(ROWS).max(1) as u32, bh as u32, 1]
 }
 
+/// Checks the forward's buffers against `cfg`'s sizes.
+fn check_io(
+    cfg: &AttentionConfig,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+) -> Result<()> {
+    let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
+    check_lens(
+        OP,
+        &[
+            ("q", q, bh * tq * e),
+            ("k", k, bh * tk * e),
+            ("v", v, bh * tk * ev),
+            ("out", out, bh * tq * ev),
+            ("lse", lse, bh * tq),
+        ],
+    )
+}
+
 /// The forward: writes `out (BH, Tq, Ev)` and `lse (BH, Tq)` from `q (BH, Tq, E)`,
 /// `k (BH, Tk, E)`, `v (BH, Tk, Ev)`.
 pub fn forward(
@@ -134,16 +156,8 @@ pub fn forward(
     v: &GpuBuffer,
     cfg: &AttentionConfig,
 ) -> Result<()> {
-    let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
-    for (what, buf, want) in [
-        ("q", q, bh * tq * e),
-        ("k", k, bh * tk * e),
-        ("v", v, bh * tk * ev),
-        ("out", out, bh * tq * ev),
-        ("lse", lse, bh * tq),
-    ] {
-        check_len(OP, what, buf.len(), want)?;
-    }
+    check_io(cfg, q, k, v, out, lse)?;
+    let (bh, tq) = (cfg.bh, cfg.tq);
     if bh * tq == 0 {
         return Ok(());
     }
@@ -179,20 +193,17 @@ pub fn backward(
     lse: &GpuBuffer,
     cfg: &AttentionConfig,
 ) -> Result<()> {
+    check_io(cfg, q, k, v, out, lse)?;
     let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
-    for (what, buf, want) in [
-        ("dq", dq, bh * tq * e),
-        ("dk", dk, bh * tk * e),
-        ("dv", dv, bh * tk * ev),
-        ("dout", dout, bh * tq * ev),
-        ("q", q, bh * tq * e),
-        ("k", k, bh * tk * e),
-        ("v", v, bh * tk * ev),
-        ("out", out, bh * tq * ev),
-        ("lse", lse, bh * tq),
-    ] {
-        check_len(OP, what, buf.len(), want)?;
-    }
+    check_lens(
+        OP,
+        &[
+            ("dq", dq, bh * tq * e),
+            ("dk", dk, bh * tk * e),
+            ("dv", dv, bh * tk * ev),
+            ("dout", dout, bh * tq * ev),
+        ],
+    )?;
     if bh == 0 {
         return Ok(());
     }

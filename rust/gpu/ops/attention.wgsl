@@ -96,6 +96,31 @@ fn load_tiles(a_is: u32, b_is: u32, h: u32, r0: u32, t: u32, dim_a: u32, dim_b: 
     }
 }
 
+// A private row: element d of row r of head h of x (as tile_value), zeros unless `live`.
+fn load_row(dst: ptr<function, array<f32, MAX_D>>, x_is: u32, h: u32, r: u32, t: u32, dim: u32, live: bool) {
+    for (var d = 0u; d < dim; d++) {
+        (*dst)[d] = select(0.0, tile_value(x_is, h, r, t, dim, d), live);
+    }
+}
+
+// scale · (row · tile_a row c) + mask(h, i, j): the masked, scaled score of query i, key j.
+fn score(row: ptr<function, array<f32, MAX_D>>, c: u32, h: u32, i: u32, j: u32) -> f32 {
+    var s = 0.0;
+    for (var d = 0u; d < p.e; d++) {
+        s += (*row)[d] * tile_a[c * MAX_D + d];
+    }
+    return s * p.scale + mask_value(h, i, j);
+}
+
+// The keys the query block `qb` needs: all of them, or with a causal mask those up to its
+// last query.
+fn key_end(qb: u32) -> u32 {
+    if (p.causal != 0u) {
+        return min(p.tk, qb * BR + BR);
+    }
+    return p.tk;
+}
+
 const Q: u32 = 0u;
 const K: u32 = 1u;
 const V: u32 = 2u;
@@ -109,15 +134,10 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let row = h * p.tq + i;
     var qrow: array<f32, MAX_D>;
     var acc: array<f32, MAX_D>;
-    for (var d = 0u; d < p.e; d++) {
-        qrow[d] = select(0.0, q[row * p.e + d], live);
-    }
+    load_row(&qrow, Q, h, i, p.tq, p.e, live);
     var m = neg_inf();
     var l = 0.0;
-    var kend = p.tk;
-    if (p.causal != 0u) {
-        kend = min(p.tk, wg.x * BR + BR);
-    }
+    let kend = key_end(wg.x);
     for (var j0 = 0u; j0 < kend; j0 += BC) {
         load_tiles(K, V, h, j0, p.tk, p.e, p.ev, lid);
         workgroupBarrier();
@@ -126,11 +146,7 @@ fn forward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             if (j >= p.tk) {
                 break;
             }
-            var s = 0.0;
-            for (var d = 0u; d < p.e; d++) {
-                s += qrow[d] * tile_a[c * MAX_D + d];
-            }
-            s = s * p.scale + mask_value(h, i, j);
+            let s = score(&qrow, c, h, i, j);
             if (is_neg_inf(s)) {
                 continue;
             }
@@ -188,16 +204,9 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
     var qrow: array<f32, MAX_D>;
     var drow: array<f32, MAX_D>;
     var dq: array<f32, MAX_D>;
-    for (var d = 0u; d < p.e; d++) {
-        qrow[d] = select(0.0, q[row * p.e + d], live);
-    }
-    for (var d = 0u; d < p.ev; d++) {
-        drow[d] = select(0.0, dout[row * p.ev + d], live);
-    }
-    var kend = p.tk;
-    if (p.causal != 0u) {
-        kend = min(p.tk, wg.x * BR + BR);
-    }
+    load_row(&qrow, Q, h, i, p.tq, p.e, live);
+    load_row(&drow, DOUT, h, i, p.tq, p.ev, live);
+    let kend = key_end(wg.x);
     for (var j0 = 0u; j0 < kend; j0 += BC) {
         load_tiles(K, V, h, j0, p.tk, p.e, p.ev, lid);
         workgroupBarrier();
@@ -206,11 +215,7 @@ fn backward_dq(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_i
             if (j >= p.tk) {
                 break;
             }
-            var s = 0.0;
-            for (var d = 0u; d < p.e; d++) {
-                s += qrow[d] * tile_a[c * MAX_D + d];
-            }
-            s = s * p.scale + mask_value(h, i, j);
+            let s = score(&qrow, c, h, i, j);
             if (is_neg_inf(s)) {
                 continue;
             }
@@ -244,12 +249,8 @@ fn backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     var vrow: array<f32, MAX_D>;
     var dk: array<f32, MAX_D>;
     var dv: array<f32, MAX_D>;
-    for (var d = 0u; d < p.e; d++) {
-        krow[d] = select(0.0, k[col * p.e + d], live);
-    }
-    for (var d = 0u; d < p.ev; d++) {
-        vrow[d] = select(0.0, v[col * p.ev + d], live);
-    }
+    load_row(&krow, K, h, j, p.tk, p.e, live);
+    load_row(&vrow, V, h, j, p.tk, p.ev, live);
     // With a causal mask, queries before this block's first key see none of its keys.
     var istart = 0u;
     if (p.causal != 0u) {
@@ -267,11 +268,7 @@ fn backward_dkv(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             if (!(lse < 3.4028235e38)) {
                 continue;
             }
-            var s = 0.0;
-            for (var d = 0u; d < p.e; d++) {
-                s += tile_a[c * MAX_D + d] * krow[d];
-            }
-            s = s * p.scale + mask_value(h, i, j);
+            let s = score(&krow, c, h, i, j);
             if (is_neg_inf(s)) {
                 continue;
             }

@@ -4,8 +4,8 @@
 //! share `w (N,)` of the output gradient. Reductions (mean over counted rows, sum) are done
 //! on the host in f64, as the CPU op does, from the `N` per-row losses.
 
-use super::check_len;
 use super::gemm::u32_of;
+use super::{check_len, check_lens};
 use crate::ensure_value;
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::{download, upload, GpuBuffer};
@@ -89,14 +89,15 @@ pub fn backward(
     eps: f32,
 ) -> Result<()> {
     let n = target.len();
-    for (what, buf, want) in [
-        ("logits", logits, n * c),
-        ("dlogits", dlogits, n * c),
-        ("lse", lse, n),
-        ("w", w, n),
-    ] {
-        check_len(OP, what, buf.len(), want)?;
-    }
+    check_lens(
+        OP,
+        &[
+            ("logits", logits, n * c),
+            ("dlogits", dlogits, n * c),
+            ("lse", lse, n),
+            ("w", w, n),
+        ],
+    )?;
     let p = params(n, c, eps)?;
     let args = [
         Arg::In(logits),

@@ -2,8 +2,8 @@
 //! `x (rows, D)`, optional `weight (D,)`, `bias (D,)` → `y (rows, D)`, saving `mean (rows,)`
 //! and `rstd (rows,)`; the backward gives `dx (rows, D)` and `dweight`, `dbias` `(D,)`.
 
-use super::check_len;
 use super::gemm::u32_of;
+use super::{check_len, check_lens};
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
@@ -90,17 +90,18 @@ pub fn backward(
     rows: usize,
     d: usize,
 ) -> Result<()> {
-    for (what, buf, want) in [
-        ("x", x, rows * d),
-        ("g", g, rows * d),
-        ("dx", dx, rows * d),
-        ("mean", mean, rows),
-        ("rstd", rstd, rows),
-        ("dweight", dweight, d),
-        ("dbias", dbias, d),
-    ] {
-        check_len(OP, what, buf.len(), want)?;
-    }
+    check_lens(
+        OP,
+        &[
+            ("x", x, rows * d),
+            ("g", g, rows * d),
+            ("dx", dx, rows * d),
+            ("mean", mean, rows),
+            ("rstd", rstd, rows),
+            ("dweight", dweight, d),
+            ("dbias", dbias, d),
+        ],
+    )?;
     let p = params(rows, d, 0.0, weight, None)?;
     let w = weight.unwrap_or(x);
     let unused = GpuBuffer::zeros(1)?;

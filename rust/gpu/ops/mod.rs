@@ -13,6 +13,7 @@ pub mod layer_norm;
 pub mod softmax;
 
 use crate::error::{Result, TfmError};
+use crate::gpu::buffer::GpuBuffer;
 
 /// A shape error unless buffer `what` holds `want` values.
 pub(crate) fn check_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
@@ -24,4 +25,11 @@ pub(crate) fn check_len(op: &'static str, what: &str, len: usize, want: usize) -
             format!("{what} holds {len} values where {want} are needed"),
         ))
     }
+}
+
+/// [`check_len`] for each `(name, buffer, wanted length)`.
+pub(crate) fn check_lens(op: &'static str, buffers: &[(&str, &GpuBuffer, usize)]) -> Result<()> {
+    buffers
+        .iter()
+        .try_for_each(|&(what, buf, want)| check_len(op, what, buf.len(), want))
 }
