@@ -69,7 +69,7 @@ def _op(name: str) -> Callable[..., Any]:
         raise DeviceError(f"gpu.{name}: tfm_rs was built without its GPU backend (cargo feature 'wgpu')")
 
     unavailable.__name__ = unavailable.__qualname__ = name
-    unavailable.__doc__ = f"Unavailable: tfm_rs was built without its GPU backend (cargo feature 'wgpu')."
+    unavailable.__doc__ = "Unavailable: tfm_rs was built without its GPU backend (cargo feature 'wgpu')."
     return unavailable
 
 
