@@ -222,3 +222,49 @@ pub fn launch<P: Pod>(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::gpu::tests::require_gpu;
+
+    shader!(ACTIVATION, "ops/activation.wgsl");
+
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Params {
+        n: u32,
+        kind: u32,
+    }
+
+    #[test]
+    fn validation_errors_become_device_errors_and_leave_the_device_usable() {
+        if !require_gpu("pipeline errors") {
+            return;
+        }
+        let x = GpuBuffer::from_slice(&[-1.0f32, 2.0]).unwrap();
+        let y = GpuBuffer::zeros(2).unwrap();
+        let p = Params { n: 2, kind: 0 };
+        // The shader's output binding is read_write; binding it read-only fails validation.
+        let bad = [Arg::In(&x), Arg::In(&x), Arg::In(&y)];
+        let err = launch("test", &ACTIVATION, "forward", &p, &bad, [1, 1, 1]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Device, "{err}");
+        // A buffer bound writable twice in one dispatch is a usage conflict.
+        let clash = [Arg::In(&x), Arg::In(&x), Arg::Out(&x)];
+        let err = launch("test", &ACTIVATION, "forward", &p, &clash, [1, 1, 1]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Device, "{err}");
+        let good = [Arg::In(&x), Arg::In(&x), Arg::Out(&y)];
+        launch("test", &ACTIVATION, "forward", &p, &good, [1, 1, 1]).unwrap();
+        assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.0, 2.0]);
+    }
+
+    #[test]
+    fn oversized_buffers_are_device_errors() {
+        if !require_gpu("buffer limits") {
+            return;
+        }
+        let err = GpuBuffer::zeros(usize::MAX / 8).err().unwrap();
+        assert_eq!(err.kind, ErrorKind::Device, "{err}");
+    }
+}
