@@ -7,7 +7,7 @@
 //! [`Arg::Out`]. The bind-group layout is derived from that list, so a shader and its host
 //! agree by construction or fail validation (a `Device` error naming the op).
 //!
-//! Every shader is compiled with `common.wgsl` in front of it (shared constants, the grid
+//! Every shader is compiled with `common.wgsl` (and its variant's constants) in front of it (shared constants, the grid
 //! index, workgroup reductions, the counter-based RNG).
 
 use super::buffer::GpuBuffer;
@@ -23,9 +23,11 @@ pub const WG: u32 = 256;
 /// The most workgroups one dispatch dimension may have (WebGPU's minimum limit).
 const MAX_GROUPS: u32 = 65_535;
 
-/// A WGSL source file and the name pipelines built from it go by.
+/// A WGSL source file and the name pipelines built from it go by; `defines`, compiled in front
+/// of the source, specializes it (constants a variant sets, such as a tile size).
 pub struct Shader {
     pub name: &'static str,
+    pub defines: &'static str,
     pub source: &'static str,
 }
 
@@ -34,6 +36,14 @@ macro_rules! shader {
     ($name:ident, $file:literal) => {
         const $name: $crate::gpu::pipeline::Shader = $crate::gpu::pipeline::Shader {
             name: $file,
+            defines: "",
+            source: include_str!($file),
+        };
+    };
+    ($name:ident, $file:literal, $variant:literal, $defines:literal) => {
+        const $name: $crate::gpu::pipeline::Shader = $crate::gpu::pipeline::Shader {
+            name: concat!($file, " ", $variant),
+            defines: $defines,
             source: include_str!($file),
         };
     };
@@ -98,7 +108,9 @@ impl PipelineCache {
             Some(m) => Arc::clone(m),
             None => Arc::new(device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(format!("{COMMON}\n{}", shader.source).into()),
+                source: wgpu::ShaderSource::Wgsl(
+                    format!("{COMMON}\n{}\n{}", shader.defines, shader.source).into(),
+                ),
             })),
         };
         let mut entries = vec![wgpu::BindGroupLayoutEntry {

@@ -9,12 +9,39 @@ use super::gemm::u32_of;
 use crate::ensure_value;
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
-use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
+use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
 use crate::ops::attention::AttentionConfig;
 use crate::random::keep_threshold;
 
 const OP: &str = "gpu attention";
-shader!(ATTENTION, "attention.wgsl");
+// One variant per head-size class: MAX_D × BC = 2048 floats per tile.
+shader!(
+    ATTENTION_32,
+    "attention.wgsl",
+    "d32",
+    "const MAX_D: u32 = 32u; const BC: u32 = 64u;"
+);
+shader!(
+    ATTENTION_64,
+    "attention.wgsl",
+    "d64",
+    "const MAX_D: u32 = 64u; const BC: u32 = 32u;"
+);
+shader!(
+    ATTENTION_128,
+    "attention.wgsl",
+    "d128",
+    "const MAX_D: u32 = 128u; const BC: u32 = 16u;"
+);
+
+/// The variant for the larger of the head dims (checked against [`MAX_HEAD_DIM`] first).
+fn variant(cfg: &AttentionConfig) -> &'static Shader {
+    match cfg.e.max(cfg.ev) {
+        0..=32 => &ATTENTION_32,
+        33..=64 => &ATTENTION_64,
+        _ => &ATTENTION_128,
+    }
+}
 
 /// The largest head dimension the kernels take (`MAX_D` in the shader).
 pub const MAX_HEAD_DIM: usize = 128;
@@ -175,7 +202,14 @@ pub fn forward(
         Arg::Out(&ga),
         Arg::Out(&gb),
     ];
-    launch(OP, &ATTENTION, "forward", &pr.params, &args, blocks(tq, bh))
+    launch(
+        OP,
+        variant(cfg),
+        "forward",
+        &pr.params,
+        &args,
+        blocks(tq, bh),
+    )
 }
 
 /// The backward: writes `dq`, `dk`, `dv` (shaped as q, k, v) from `dout (BH, Tq, Ev)` and what
@@ -228,7 +262,7 @@ pub fn backward(
     };
     launch(
         OP,
-        &ATTENTION,
+        variant(cfg),
         "backward_delta",
         &pr.params,
         &args(&unused, dq),
@@ -236,7 +270,7 @@ pub fn backward(
     )?;
     launch(
         OP,
-        &ATTENTION,
+        variant(cfg),
         "backward_dq",
         &pr.params,
         &args(dq, &unused),
@@ -244,7 +278,7 @@ pub fn backward(
     )?;
     launch(
         OP,
-        &ATTENTION,
+        variant(cfg),
         "backward_dkv",
         &pr.params,
         &args(dk, dv),

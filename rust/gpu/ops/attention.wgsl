@@ -7,7 +7,10 @@
 // invocation per query row (forward, dq) or key row (dk, dv), 64 rows per workgroup; the other
 // side's rows stream through workgroup memory BC at a time, and the softmax is online
 // (forward) or recomputed from the saved lse (backward), so nothing Tq × Tk is stored.
-// Head dims up to MAX_D; each invocation keeps its rows in private arrays.
+// Head dims up to MAX_D; each invocation keeps its rows in private arrays. MAX_D and BC come
+// from the variant the host picks (attention.rs): the smallest MAX_D of 32, 64, 128 that fits
+// the head, with BC·MAX_D = 2048 (16 KiB of tiles), so that small heads spill fewer registers
+// and stream more rows per tile.
 //
 // The mask is the CPU op's AttnMask: value at (h, i, j) = mask[offsets[h] + i·row_stride +
 // j·col_stride]; causal masks j > i (top-left aligned). Dropout keeps element (h, i, j) iff
@@ -47,11 +50,8 @@ struct Params {
 @group(0) @binding(10) var<storage, read_write> grad_b: array<f32>;
 
 const BR: u32 = 64u;
-const BC: u32 = 16u;
-const MAX_D: u32 = 128u;
-
-var<workgroup> tile_a: array<f32, 2048>;  // BC × MAX_D
-var<workgroup> tile_b: array<f32, 2048>;
+var<workgroup> tile_a: array<f32, BC * MAX_D>;
+var<workgroup> tile_b: array<f32, BC * MAX_D>;
 
 fn mask_value(h: u32, i: u32, j: u32) -> f32 {
     if (p.causal != 0u && j > i) {

@@ -100,6 +100,8 @@ fn attention_matches_cpu_on_awkward_shapes() {
         case(2, 70, 70, 16, 16, true),
         case(2, 5, 19, 3, 7, true),
         case(1, 3, 80, 128, 128, false),
+        case(2, 9, 40, 48, 64, true),
+        case(1, 5, 7, 33, 20, false),
     ]
     .iter()
     .enumerate()
