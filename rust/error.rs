@@ -18,6 +18,10 @@ pub enum ErrorKind {
     /// Misuse of autograd, such as backward through a freed graph (Python: `AutogradError`,
     /// a `RuntimeError`).
     Autograd,
+    /// No GPU to run on (no adapter, or the crate built without the `wgpu` feature), or the
+    /// GPU failed: device creation, a shader or buffer rejected by validation, out of device
+    /// memory, a lost device (Python: `DeviceError`, a `RuntimeError`).
+    Device,
     /// A bug inside tfm_rs, such as a caught panic (Python: `InternalError`, a `RuntimeError`).
     Internal,
 }
@@ -56,6 +60,9 @@ impl TfmError {
     }
     pub fn autograd(op: &'static str, msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::Autograd, op, msg)
+    }
+    pub fn device(op: &'static str, msg: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Device, op, msg)
     }
     pub fn internal(op: &'static str, msg: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, op, msg)

@@ -7,6 +7,7 @@
 //! - [`autograd`]: `Var`, the graph, and the backward pass.
 //! - [`decode`]: greedy, beam and sampling search with a key/value cache.
 //! - [`optim`]: Adam/AdamW and SGD updates, matching `torch.optim` step for step.
+//! - `gpu` (feature `wgpu`): the same ops as WGSL compute shaders through wgpu.
 //! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python.
 //!
 //! ```
@@ -21,6 +22,8 @@ pub mod autograd;
 pub mod cpu;
 pub mod decode;
 pub mod error;
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 pub mod ops;
 pub mod optim;
 pub mod random;

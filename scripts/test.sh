@@ -5,9 +5,29 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# The GPU tests need a Vulkan driver. On a machine without a GPU, Mesa's lavapipe (software
+# Vulkan) is one; install it when no Vulkan driver is registered and apt-get can (CI machines
+# are fresh Debian/Ubuntu with root).
+vulkan_icds() { ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json 2>/dev/null || true; }
+if [ -z "$(vulkan_icds)" ]; then
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        echo "== no Vulkan driver found: installing Mesa's lavapipe (mesa-vulkan-drivers, libvulkan1) for the GPU tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null \
+            || echo "== could not install lavapipe; the GPU tests will skip"
+    else
+        echo "== no Vulkan driver found and no root apt-get to install one: the GPU tests will skip"
+    fi
+fi
+# Where a driver is registered the GPU tests must run, not skip.
+if [ -n "$(vulkan_icds)" ]; then
+    export TFM_RS_REQUIRE_GPU=1
+fi
+
 bash scripts/install.sh "pytest>=7" "hypothesis>=6" "matplotlib>=3.5"
-echo "== cargo test"
-cargo test --release --quiet
+echo "== cargo test (with the GPU backend, feature wgpu)"
+cargo test --release --quiet --features wgpu
+echo "== cargo check (bindings without the GPU backend)"
+cargo check --release --quiet --features python
 echo "== pytest"
 # Run from tests/ so `import tfm_rs` finds the installed package, not the source folder.
 "$PY" -m pytest -q -ra --rootdir=. tests "$@"

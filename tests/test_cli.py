@@ -21,7 +21,11 @@ def test_info():
     assert tfm_rs.__version__ in r.stdout
     assert f"SIMD path: {tfm_rs.cpu_features()['isa']}" in r.stdout
     assert f"threads: {tfm_rs.get_num_threads()}" in r.stdout
-    assert "GPU backend: not built" in r.stdout
+    gpu_line = next(line for line in r.stdout.splitlines() if line.startswith("GPU backend: "))
+    if tfm_rs.gpu_available():
+        assert tfm_rs.gpu_info()["name"] in gpu_line
+    else:
+        assert "not built" in gpu_line or "no device" in gpu_line
 
 
 def test_version_and_help():

@@ -6,6 +6,7 @@ softmax, LayerNorm, …) run in Rust without the GIL. Names and semantics follow
 
 from tfm_rs._core import (
     AutogradError,
+    DeviceError,
     DTypeError,
     IndexOutOfRangeError,
     InternalError,
@@ -20,6 +21,8 @@ from tfm_rs._core import (
     from_numpy,
     get_num_threads,
     get_rng_state,
+    gpu_available,
+    gpu_info,
     is_grad_enabled,
     set_isa,
     set_num_threads,
@@ -31,6 +34,7 @@ from tfm_rs import functional
 from tfm_rs import nn  # after functional, which it builds on
 from tfm_rs import optim
 from tfm_rs import models
+from tfm_rs import gpu
 from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
 
 
@@ -54,6 +58,7 @@ def manual_seed(seed: int) -> None:
 
 __all__ = [
     "AutogradError",
+    "DeviceError",
     "DTypeError",
     "IndexOutOfRangeError",
     "InternalError",
@@ -70,6 +75,9 @@ __all__ = [
     "functional",
     "get_num_threads",
     "get_rng_state",
+    "gpu",
+    "gpu_available",
+    "gpu_info",
     "is_grad_enabled",
     "manual_seed",
     "models",

@@ -199,13 +199,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _gpu_backend() -> str:
     import tfm_rs
 
-    probe = getattr(tfm_rs, "gpu_available", None) or getattr(getattr(tfm_rs, "_core", None), "gpu_available", None)
-    if probe is None:
-        return "not built"
+    probe = getattr(tfm_rs, "gpu_available", None)
+    if probe is None or getattr(tfm_rs._core, "gpu", None) is None:
+        return "not built (tfm_rs was built without the cargo feature 'wgpu')"
     try:
-        return "available" if probe() else "built, no device found"
-    except Exception as e:  # pragma: no cover - depends on a future backend
-        return f"built, unavailable ({e})"
+        if not probe():
+            return f"built (wgpu), no device: {tfm_rs.gpu_info(reason=True)}"
+        info = tfm_rs.gpu_info()
+        return f"wgpu, {info['name']} ({info['backend']}, {info['device_type']})"
+    except Exception as e:  # pragma: no cover - a driver failing in an unforeseen way
+        return f"built (wgpu), unavailable ({type(e).__name__}: {e})"
 
 
 # ---------------------------------------------------------------------------------- demo

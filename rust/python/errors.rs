@@ -57,6 +57,12 @@ fn specs(py: Python<'_>) -> Vec<(&'static str, ErrorKind, Bound<'_, PyType>, &'s
             "Misuse of autograd, such as a second backward through a freed graph.",
         ),
         (
+            "DeviceError",
+            ErrorKind::Device,
+            py.get_type::<PyRuntimeError>(),
+            "No GPU to run on (no adapter, or tfm_rs built without its GPU backend), or the GPU failed.",
+        ),
+        (
             "InternalError",
             ErrorKind::Internal,
             py.get_type::<PyRuntimeError>(),

@@ -5,6 +5,7 @@ mod convert;
 mod decode;
 mod errors;
 mod functional;
+mod gpu;
 mod optim;
 mod runtime;
 mod tensor;
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     functional::register(m)?;
     optim::register(m)?;
     decode::register(m)?;
+    gpu::register(m)?;
     Ok(())
 }

@@ -1,0 +1,128 @@
+"""GPU (wgpu) throughput: GEMM GFLOP/s and attention times, against tfm_rs's CPU path and,
+when PyTorch with CUDA is importable, against PyTorch CUDA in float32 (TF32 off), in one run.
+
+    python benches/bench_gpu.py                      # sizes picked for the adapter found
+    python benches/bench_gpu.py --sizes 1024 4096    # GEMM sizes (cubes)
+    python benches/bench_gpu.py --no-cpu             # skip the CPU path (slow at large sizes)
+
+The tfm_rs GPU figures time the kernels on buffers that stay on the GPU
+(``tfm_rs.gpu.time_matmul`` / ``time_attention``: best of N launches, each waited for), so they
+exclude host↔device copies, like the PyTorch CUDA figures (operands already on the device,
+``torch.cuda.synchronize()`` after each call). On a software adapter (lavapipe, device type
+"cpu") the default sizes are small: its numbers measure Mesa's shader compiler on the CPU, not a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+import tfm_rs
+
+
+def best_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
+    fn()
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def torch_cuda():
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    return torch
+
+
+def fmt(x: Optional[float], spec: str = "9.1f") -> str:
+    return format(x, spec) if x is not None else format("-", ">" + spec.split(".")[0])
+
+
+def bench_gemm(sizes, repeats: int, cpu: bool, torch) -> None:
+    print("\nGEMM C = A·B, float32, GFLOP/s (2·n³ per call)")
+    print(f"{'n':>6} {'wgpu':>9} {'cpu':>9} {'torch':>9} {'wgpu/torch':>10}")
+    for n in sizes:
+        flops = 2.0 * n**3
+        gpu = flops / tfm_rs.gpu.time_matmul(n, n, n, repeats=repeats) / 1e9
+        cpu_g = None
+        if cpu:
+            a = tfm_rs.tensor(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+            cpu_g = flops / best_seconds(lambda: tfm_rs.functional.matmul(a, a), max(1, repeats // 2)) / 1e9
+        th = None
+        if torch is not None:
+            x = torch.randn(n, n, device="cuda")
+            th = flops / best_seconds(lambda: x @ x, repeats, torch.cuda.synchronize) / 1e9
+        ratio = f"{gpu / th:10.2f}" if th else f"{'-':>10}"
+        print(f"{n:>6} {gpu:9.1f} {fmt(cpu_g)} {fmt(th)} {ratio}", flush=True)
+
+
+def bench_attention(cases, repeats: int, cpu: bool, torch) -> None:
+    print("\nattention, float32, ms per call (B·H batch-heads, T queries = keys, head dim E)")
+    print(f"{'B·H':>5} {'T':>6} {'E':>4} {'causal':>6} {'pass':>8} {'wgpu':>9} {'cpu':>9} {'torch':>9}")
+    for bh, t, e, causal in cases:
+        for backward in (False, True):
+            gpu = 1e3 * tfm_rs.gpu.time_attention(bh, t, e, is_causal=causal, backward=backward, repeats=repeats)
+            cpu_ms = None
+            if cpu:
+                rng = np.random.default_rng(0)
+                q, k, v = (tfm_rs.tensor(rng.standard_normal((bh, t, e), dtype=np.float32), requires_grad=backward)
+                           for _ in range(3))
+
+                def run_cpu():
+                    out = tfm_rs.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    if backward:
+                        out.sum().backward()
+
+                cpu_ms = 1e3 * best_seconds(run_cpu, max(1, repeats // 2))
+            th_ms = None
+            if torch is not None:
+                q, k, v = (torch.randn(1, bh, t, e, device="cuda", requires_grad=backward) for _ in range(3))
+
+                def run_torch():
+                    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    if backward:
+                        out.sum().backward()
+
+                th_ms = 1e3 * best_seconds(run_torch, repeats, torch.cuda.synchronize)
+            name = "fwd+bwd" if backward else "fwd"
+            print(f"{bh:>5} {t:>6} {e:>4} {str(causal):>6} {name:>8} {gpu:9.2f} {fmt(cpu_ms, '9.2f')} {fmt(th_ms, '9.2f')}",
+                  flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="*", help="GEMM cube sizes")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--no-cpu", action="store_true", help="skip tfm_rs's CPU path")
+    args = p.parse_args()
+    if not tfm_rs.gpu_available():
+        raise SystemExit(f"no GPU adapter: {tfm_rs.gpu_info(reason=True)}")
+    info = tfm_rs.gpu_info()
+    software = info["device_type"] == "cpu"
+    torch = torch_cuda()
+    print(f"adapter: {info['name']} ({info['backend']}, {info['device_type']}; driver {info['driver']})")
+    print(f"cpu path: {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads; "
+          f"torch CUDA: {torch.cuda.get_device_name() + ' (TF32 off)' if torch else 'not available'}")
+    sizes = args.sizes or ([64, 128, 256, 512] if software else [256, 512, 1024, 2048, 4096])
+    repeats = args.repeats or (3 if software else 20)
+    bench_gemm(sizes, repeats, not args.no_cpu, torch)
+    cases = [(8, 128, 64, False), (8, 128, 64, True)] if software else \
+        [(32, 512, 64, False), (32, 1024, 64, True), (16, 2048, 64, True)]
+    bench_attention(cases, repeats, not args.no_cpu, torch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+//! The GPU ops, one host file per op with its WGSL beside it; each is tested against the CPU
+//! op of the same name in `crate::ops`. Argument order as the CPU kernels: outputs, saved
+//! values, inputs, sizes.
+
+pub mod activation;
+pub mod adam;
+pub mod attention;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod embedding;
+pub mod gemm;
+pub mod layer_norm;
+pub mod softmax;
+
+use crate::error::{Result, TfmError};
+use crate::gpu::buffer::GpuBuffer;
+
+/// A shape error unless buffer `what` holds `want` values.
+pub(crate) fn check_len(op: &'static str, what: &str, len: usize, want: usize) -> Result<()> {
+    if len == want {
+        Ok(())
+    } else {
+        Err(TfmError::shape(
+            op,
+            format!("{what} holds {len} values where {want} are needed"),
+        ))
+    }
+}
+
+/// [`check_len`] for each `(name, buffer, wanted length)`.
+pub(crate) fn check_lens(op: &'static str, buffers: &[(&str, &GpuBuffer, usize)]) -> Result<()> {
+    buffers
+        .iter()
+        .try_for_each(|&(what, buf, want)| check_len(op, what, buf.len(), want))
+}
