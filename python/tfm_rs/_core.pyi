@@ -37,6 +37,9 @@ class NonFiniteError(TfmError, ValueError):
 class AutogradError(TfmError, RuntimeError):
     """Misuse of autograd, such as a second backward through a freed graph."""
 
+class DeviceError(TfmError, RuntimeError):
+    """No GPU adapter, tfm_rs built without its GPU backend, or the GPU failed."""
+
 class InternalError(TfmError, RuntimeError):
     """A bug inside tfm_rs; please report it."""
 
@@ -252,3 +255,15 @@ def generate(weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new:
              memory_key_padding_mask: Optional[npt.ArrayLike] = None) -> List[List[Hypothesis]]:
     """A whole search in Rust (greedy, beam, sampling; ``config`` as ``tfm_rs.decode`` builds it);
     per input, a list of ``(tokens, log_prob, score)``."""
+
+
+# ---------------------------------------------------------------- GPU backend (feature wgpu)
+
+def gpu_available() -> bool:
+    """Whether a GPU adapter and device are available (False without the ``wgpu`` feature)."""
+def gpu_info(reason: bool = False) -> Optional[Union[Dict[str, str], str]]:
+    """The adapter (name, backend, device_type, driver), or None; with ``reason=True`` the
+    reason there is none, as a string."""
+
+gpu: Any
+"""The native GPU ops on NumPy arrays (wrapped by :mod:`tfm_rs.gpu`)."""
