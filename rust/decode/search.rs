@@ -11,6 +11,7 @@
 use super::decoder::{Decoder, Memory};
 use super::weights::DecoderWeights;
 use crate::error::{Result, TfmError};
+use crate::ops::softmax::softmax_row_in_place;
 use crate::random::{mix, uniform};
 use rayon::prelude::*;
 use std::cmp::Ordering;
@@ -166,13 +167,7 @@ pub(super) fn log_probs(z: &mut [f32], history: &[u32], cfg: &SearchConfig) {
             }
         }
     }
-    let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if max == f32::NEG_INFINITY {
-        return;
-    }
-    let total: f64 = z.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    let lse = max + total.ln() as f32;
-    z.iter_mut().for_each(|v| *v -= lse);
+    softmax_row_in_place(z, true);
 }
 
 /// The index of the largest finite entry (the first of equals), if any.

@@ -52,7 +52,7 @@ impl<'a> BroadcastRows<'a> {
 simd_kernel! {
     /// Softmax (or log-softmax, with `log`) of row `z` in place. A row with no entry above
     /// −inf becomes all zeros (or all −inf).
-    fn softmax_row_in_place(z: &mut [f32], log: bool) {
+    pub(crate) fn softmax_row_in_place(z: &mut [f32], log: bool) {
         let m = row_max(z);
         if m == f32::NEG_INFINITY {
             z.fill(if log { f32::NEG_INFINITY } else { 0.0 });
