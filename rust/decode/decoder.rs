@@ -323,11 +323,6 @@ impl Decoder {
         self.rows.len()
     }
 
-    /// Positions already processed by row `r`.
-    pub fn len(&self, r: usize) -> usize {
-        self.rows[r].len
-    }
-
     /// Keeps row `parents[i]` as new row `i`: rows may be dropped (finished sequences leave the
     /// batch), reordered or duplicated (beams that share a prefix).
     pub fn reorder(&mut self, parents: &[usize]) -> Result<()> {

@@ -381,11 +381,6 @@ impl Search {
         })
     }
 
-    /// Rows still being decoded.
-    pub fn num_live(&self) -> usize {
-        self.live.len()
-    }
-
     /// Advances every live sequence by one token. Returns `None` once the search is over;
     /// otherwise the `(input, sample, token)` choices of this step (greedy and sampling; beam
     /// search returns none, since no token is final before the search ends).
