@@ -4,6 +4,7 @@
 //! checked here, the work is one call into `crate::gpu::ops` through `runtime::run`.
 
 use pyo3::prelude::*;
+#[cfg(feature = "wgpu")]
 use pyo3::types::PyDict;
 
 /// Whether a GPU adapter and device are available to tfm_rs (False when built without the
