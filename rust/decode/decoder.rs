@@ -9,7 +9,7 @@
 //! `p` attends to cache positions `0..=p`, which is exactly the causal mask of a full forward.
 
 use super::weights::{DecoderWeights, Linear, Norm};
-use crate::cpu::gemm::{gemm, Activation, Epilogue, MatRef};
+use crate::cpu::gemm::{dot, gemm, Activation, Epilogue, MatRef};
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::layer_norm::layer_norm_forward;
@@ -68,26 +68,6 @@ fn gemm_activation(kind: ActivationKind) -> Activation {
         ActivationKind::Gelu => Activation::Gelu,
         ActivationKind::GeluTanh => Activation::GeluTanh,
     }
-}
-
-/// `Σ a[i]·b[i]` in 8 independent lanes (one AVX register; a single accumulator would
-/// serialize the adds).
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            lanes[k] += x[k] * y[k];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// One query row `q (d)` attending, head by head, to `len` keys and values stored as rows of

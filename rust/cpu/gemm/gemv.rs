@@ -115,7 +115,7 @@ simd_kernel! {
 
 /// `Σ x·y` in [`LANES`] partial sums, so the loop vectorizes without reassociation.
 #[inline(always)]
-fn dot(x: &[f32], y: &[f32]) -> f32 {
+pub(crate) fn dot(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
     let mut tail = 0.0f32;

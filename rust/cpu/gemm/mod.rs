@@ -25,6 +25,7 @@ mod reference;
 mod tests;
 
 use crate::cpu::features::{active_isa, Isa};
+pub(crate) use gemv::dot;
 pub use reference::gemm_reference;
 
 /// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
