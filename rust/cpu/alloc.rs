@@ -1,12 +1,138 @@
-//! Zeroed f32 buffers for large outputs. A fresh multi-megabyte `vec![0.0; n]` is a new mmap
-//! whose 4 KiB pages all fault on first write (the 49 MB logits gradient of a vocabulary-sized
-//! cross-entropy takes ~12 000 faults). On Linux, buffers of at least [`HUGE_MIN`] bytes are
-//! marked `MADV_HUGEPAGE` before they are touched, so where transparent huge pages are enabled
-//! ("madvise" or "always") they fault in 2 MiB at a time. Purely advisory: contents and
-//! behaviour are those of `vec![0.0; n]`.
+//! Op output buffers, recycled.
+//!
+//! A training step allocates the same large activations and gradients every step (the logits
+//! and their gradient alone are ~100 MB at a 3000-token batch and an 8000-word vocabulary). A
+//! fresh buffer that size is a new mmap: every 4 KiB page faults and is zeroed by the kernel on
+//! first write, and a mid-sized one reused by malloc is zeroed again by `calloc`. Together
+//! that was ~8% of a Multi30k training step. So tensors hand their storage back here when they
+//! are dropped ([`recycle`]), and ops take their outputs from here:
+//! - [`output`] when the op writes every element (a GEMM with β = 0, an elementwise map): the
+//!   contents are whatever a previous tensor left (initialized `f32`s, so reading them is
+//!   defined behaviour, merely meaningless);
+//! - [`zeros`] when the op accumulates into its output or leaves parts of it untouched.
+//!
+//! Only buffers of at least [`POOL_MIN`] floats are kept, at most [`POOL_MAX_BYTES`] in all,
+//! oldest dropped first. Their capacities are rounded up to size classes (eight per power of
+//! two, so at most 12.5% unused), because batches of varying length ask for slightly different
+//! sizes each step and a buffer must be at least the size asked for. Fresh large buffers are
+//! advised onto transparent huge pages (Linux), so they fault in 2 MiB at a time.
 
+use std::sync::Mutex;
+
+/// Smallest buffer (in floats) worth keeping: below this malloc reuses memory cheaply itself.
+pub const POOL_MIN: usize = 64 * 1024;
+/// Most bytes the pool holds unless `TFM_RS_POOL_MB` says otherwise (0 turns it off). A
+/// Multi30k training step at 3000 tokens frees ~1.2 GB of activations and gradients; a cap below
+/// that evicts the step's largest buffers (the logits, freed first) before the next step reuses
+/// them.
+pub const POOL_MAX_BYTES: usize = 2 << 30;
 /// Buffers of at least this many bytes get the huge-page advice.
 pub const HUGE_MIN: usize = 16 << 20;
+
+struct Pool {
+    /// Oldest first. Each vector's length equals its capacity.
+    free: Vec<Vec<f32>>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Pool {
+    /// The smallest pooled buffer holding `n` floats, if one is at most twice that.
+    fn take(&mut self, n: usize) -> Option<Vec<f32>> {
+        let (i, _) = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| (n..=2 * n).contains(&v.len()))
+            .min_by_key(|(_, v)| v.len())?;
+        let v = self.free.swap_remove(i);
+        self.bytes -= v.len() * 4;
+        Some(v)
+    }
+
+    /// Keeps `v` (whose length must be its capacity); returns what no longer fits, oldest first.
+    fn put(&mut self, v: Vec<f32>) -> Vec<Vec<f32>> {
+        let bytes = v.len() * 4;
+        if bytes > self.max_bytes {
+            return vec![v];
+        }
+        self.bytes += bytes;
+        self.free.push(v);
+        let mut evicted = Vec::new();
+        while self.bytes > self.max_bytes {
+            let old = self.free.remove(0);
+            self.bytes -= old.len() * 4;
+            evicted.push(old);
+        }
+        evicted
+    }
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    free: Vec::new(),
+    bytes: 0,
+    max_bytes: usize::MAX,
+});
+
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    // The pool holds no invariant a panic could break halfway: use it even if poisoned.
+    let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    if p.max_bytes == usize::MAX {
+        p.max_bytes = std::env::var("TFM_RS_POOL_MB")
+            .ok()
+            .and_then(|mb| mb.trim().parse::<usize>().ok())
+            .map_or(POOL_MAX_BYTES, |mb| mb.saturating_mul(1 << 20));
+    }
+    p
+}
+
+/// A buffer of `n` floats whose contents are unspecified: the caller must write every element
+/// before the buffer is read or becomes a tensor.
+pub fn output(n: usize) -> Vec<f32> {
+    match (n >= POOL_MIN).then(|| pool().take(n)).flatten() {
+        Some(mut v) => {
+            v.truncate(n);
+            v
+        }
+        None => fresh(n),
+    }
+}
+
+/// `n` zeros.
+pub fn zeros(n: usize) -> Vec<f32> {
+    match (n >= POOL_MIN).then(|| pool().take(n)).flatten() {
+        Some(mut v) => {
+            v.truncate(n);
+            v.fill(0.0);
+            v
+        }
+        None => fresh(n),
+    }
+}
+
+/// Gives a tensor's storage back for reuse (or to the allocator if it is small or the pool is
+/// full).
+pub fn recycle(mut v: Vec<f32>) {
+    if v.capacity() < POOL_MIN {
+        return;
+    }
+    // Make the length the capacity so any request up to it can be served by `truncate`; the
+    // extra tail is initialized here, once.
+    v.resize(v.capacity(), 0.0);
+    let evicted = pool().put(v);
+    // Freed outside the lock: returning a large mapping to the kernel takes a while.
+    drop(evicted);
+}
+
+/// Drops every pooled buffer, giving the memory back to the allocator.
+pub fn release() {
+    let free = {
+        let mut p = pool();
+        p.bytes = 0;
+        std::mem::take(&mut p.free)
+    };
+    drop(free);
+}
 
 #[cfg(target_os = "linux")]
 extern "C" {
@@ -16,14 +142,27 @@ extern "C" {
 #[cfg(target_os = "linux")]
 const MADV_HUGEPAGE: i32 = 14;
 
-/// `vec![0.0f32; n]`, advised onto transparent huge pages when large (see the module docs).
-pub fn zeros(n: usize) -> Vec<f32> {
-    let mut v = vec![0.0f32; n];
+/// The capacity allocated for `n` floats: `n` rounded up to the next of eight steps per power
+/// of two, from [`POOL_MIN`] on.
+fn size_class(n: usize) -> usize {
+    if n < POOL_MIN {
+        return n;
+    }
+    let step = (1usize << n.ilog2()) / 8;
+    n.next_multiple_of(step)
+}
+
+/// `n` zeros (fresh pages from `calloc` are zero without a pass over them) in a buffer of
+/// [`size_class`]`(n)`, advised onto transparent huge pages when large.
+fn fresh(n: usize) -> Vec<f32> {
+    let mut v = vec![0.0f32; size_class(n)];
+    v.truncate(n);
     #[cfg(target_os = "linux")]
-    if n * 4 >= HUGE_MIN {
+    if v.capacity() * 4 >= HUGE_MIN {
         const HUGE: usize = 2 << 20;
         let start = v.as_mut_ptr() as usize;
-        let (lo, hi) = (start.next_multiple_of(HUGE), (start + n * 4) / HUGE * HUGE);
+        let end = start + v.capacity() * 4;
+        let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
         if hi > lo {
             // SAFETY: [lo, hi) lies inside `v`'s allocation; MADV_HUGEPAGE only changes how
             // the kernel backs those pages (their contents stay zero), and failure is harmless.
@@ -37,19 +176,71 @@ pub fn zeros(n: usize) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn zeros_are_zero_at_every_size() {
-        for n in [
-            0,
-            1,
-            1000,
-            super::HUGE_MIN / 4 - 1,
-            super::HUGE_MIN / 4 + 12345,
-            3 << 20,
-        ] {
-            let v = super::zeros(n);
-            assert_eq!(v.len(), n);
-            assert!(v.iter().all(|&x| x == 0.0));
+    use super::*;
+
+    fn local(max_bytes: usize) -> Pool {
+        Pool {
+            free: Vec::new(),
+            bytes: 0,
+            max_bytes,
         }
+    }
+
+    #[test]
+    fn zeros_are_zero_at_every_size_even_after_dirty_buffers_were_recycled() {
+        for n in [0, 1, 1000, POOL_MIN, HUGE_MIN / 4 + 12345, 3 << 20] {
+            recycle(vec![f32::NAN; n + n / 3]);
+            let v = zeros(n);
+            assert_eq!(v.len(), n);
+            assert!(v.iter().all(|&x| x == 0.0), "n = {n}");
+            assert_eq!(output(n).len(), n);
+        }
+    }
+
+    #[test]
+    fn size_classes_waste_at_most_an_eighth() {
+        assert_eq!(size_class(POOL_MIN - 1), POOL_MIN - 1);
+        assert_eq!(size_class(POOL_MIN), POOL_MIN);
+        assert_eq!(size_class(POOL_MIN + 1), POOL_MIN + POOL_MIN / 8);
+        for i in 0..1000 {
+            let n = POOL_MIN + (crate::random::mix(i) % (1 << 28)) as usize;
+            let c = size_class(n);
+            assert!(c >= n && c - n <= n / 8, "{n} -> {c}");
+            assert_eq!(size_class(c), c, "a class is its own class");
+        }
+        assert!(fresh(POOL_MIN + 1).capacity() >= size_class(POOL_MIN + 1));
+    }
+
+    #[test]
+    fn take_is_best_fit_within_twice_the_request() {
+        let mut p = local(usize::MAX);
+        let _ = p.put(vec![1.0; 100]);
+        let _ = p.put(vec![2.0; 400]);
+        assert_eq!(p.bytes, 500 * 4);
+        assert!(
+            p.take(199).is_none(),
+            "100 is too small, 400 more than twice 199"
+        );
+        assert_eq!(p.take(100).map(|v| v[0]), Some(1.0));
+        assert_eq!(p.take(300).map(|v| v[0]), Some(2.0));
+        assert_eq!(p.bytes, 0);
+        assert!(p.take(1).is_none());
+    }
+
+    #[test]
+    fn put_stays_under_the_cap_dropping_the_oldest() {
+        let mut p = local(3 * 100 * 4);
+        for i in 0..4 {
+            let evicted = p.put(vec![i as f32; 100]);
+            let expect: &[f32] = if i == 3 { &[0.0] } else { &[] };
+            assert_eq!(evicted.iter().map(|v| v[0]).collect::<Vec<_>>(), expect);
+        }
+        assert_eq!(p.bytes, 3 * 100 * 4);
+        let mut kept: Vec<f32> = std::iter::from_fn(|| p.take(100)).map(|v| v[0]).collect();
+        kept.sort_by(f32::total_cmp);
+        assert_eq!(kept, [1.0, 2.0, 3.0]);
+        // A buffer bigger than the whole cap is not kept at all.
+        assert_eq!(p.put(vec![9.0; 301]).len(), 1);
+        assert_eq!(p.bytes, 0);
     }
 }

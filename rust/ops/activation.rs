@@ -144,7 +144,7 @@ pub fn activation_backward(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Resu
         return map2(kind.name(), g, x, |g, x| g * kind.derivative(x));
     }
     let (gd, xd, n) = (g.data(), x.data(), x.numel());
-    let mut out = crate::cpu::alloc::zeros(n);
+    let mut out = crate::cpu::alloc::output(n);
     for_each_row(
         rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
         CHUNK,

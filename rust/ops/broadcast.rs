@@ -68,7 +68,7 @@ pub fn map2(
 ) -> Result<Tensor> {
     let out_shape = broadcast_shapes(op, a.shape(), b.shape())?;
     let n = numel(&out_shape);
-    let mut out = crate::cpu::alloc::zeros(n);
+    let mut out = crate::cpu::alloc::output(n);
     let (ad, bd) = (a.data(), b.data());
     if a.shape() == b.shape() {
         for_each_row(
@@ -159,7 +159,7 @@ pub fn gather_strided(
     let (shape, strides) = coalesce(out_shape, strides);
     let inner = *shape.last().expect("coalesce keeps one dimension");
     let s_in = *strides.last().expect("coalesce keeps one dimension");
-    let mut out = crate::cpu::alloc::zeros(n);
+    let mut out = crate::cpu::alloc::output(n);
     if shape.len() == 1 && s_in == 1 {
         out.copy_from_slice(&src[offset..offset + n]);
         return out;
@@ -244,7 +244,7 @@ pub fn scatter_strided(
 /// `f(x)` elementwise.
 pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let n = x.numel();
-    let mut out = crate::cpu::alloc::zeros(n);
+    let mut out = crate::cpu::alloc::output(n);
     for_each_row(
         rows_mut(&mut out, n.div_ceil(CHUNK), CHUNK),
         CHUNK,

@@ -160,10 +160,12 @@ pub fn cross_entropy_backward(
     cfg: LossConfig,
 ) -> Vec<f32> {
     let n = target.len();
-    let mut dx = crate::cpu::alloc::zeros(n * c);
+    let mut dx = crate::cpu::alloc::output(n * c);
     for_each_row(rows_mut(&mut dx, n, c), c, |i, d| {
         let t = target[i];
-        if t != cfg.ignore_index {
+        if t == cfg.ignore_index {
+            d.fill(0.0);
+        } else {
             let x = &logits[i * c..][..c];
             grad_row(d, x, t as usize, lse[i], w[i], cfg.label_smoothing);
         }

@@ -49,7 +49,7 @@ simd_kernel! {
 pub fn dropout_apply(v: &[f32], seed: u64, p: f64) -> Vec<f32> {
     let scale = (1.0 / (1.0 - p)) as f32;
     let threshold = keep_threshold(p as f32);
-    let mut out = crate::cpu::alloc::zeros(v.len());
+    let mut out = crate::cpu::alloc::output(v.len());
     let rows = v.len().div_ceil(CHUNK);
     for_each_row(rows_mut(&mut out, rows, CHUNK), CHUNK, |c, o| {
         let base = c * CHUNK;

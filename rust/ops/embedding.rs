@@ -63,7 +63,7 @@ fn padding_row(padding_idx: Option<i64>, v: usize) -> Result<Option<usize>> {
 
 /// Forward kernel: `ids (n,)` (valid row indices), `weight (V, D)` → `(n, D)`.
 pub fn embedding_forward(ids: &[usize], weight: &[f32], d: usize) -> Vec<f32> {
-    let mut out = crate::cpu::alloc::zeros(ids.len() * d);
+    let mut out = crate::cpu::alloc::output(ids.len() * d);
     for_each_row(rows_mut(&mut out, ids.len(), d), d, |i, o| {
         o.copy_from_slice(&weight[ids[i] * d..][..d])
     });

@@ -92,8 +92,8 @@ pub fn layer_norm_forward(
     bias: Option<&[f32]>,
     eps: f32,
 ) -> LayerNormForward {
-    let mut y = crate::cpu::alloc::zeros(rows * d);
-    let mut sum = residual.map(|_| crate::cpu::alloc::zeros(rows * d));
+    let mut y = crate::cpu::alloc::output(rows * d);
+    let mut sum = residual.map(|_| crate::cpu::alloc::output(rows * d));
     let mut stats = vec![RowStats::default(); rows];
     let sum_rows: Vec<Option<&mut [f32]>> = match sum.as_mut() {
         Some(s) => rows_mut(s, rows, d).into_iter().map(Some).collect(),
@@ -147,7 +147,7 @@ pub fn layer_norm_backward_input(
     weight: Option<&[f32]>,
 ) -> Vec<f32> {
     let rows = stats.len();
-    let mut ds = crate::cpu::alloc::zeros(rows * d);
+    let mut ds = crate::cpu::alloc::output(rows * d);
     for_each_row(rows_mut(&mut ds, rows, d), d, |r, out| {
         input_grad_row(out, &g[r * d..][..d], &s[r * d..][..d], stats[r], weight)
     });

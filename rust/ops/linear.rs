@@ -33,7 +33,7 @@ fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, us
 /// Forward kernel: y (rows, out) = x (rows, in) · Wᵀ + b.
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (rows, inp, out) = check(x, w, b)?;
-    let mut y = crate::cpu::alloc::zeros(rows * out);
+    let mut y = crate::cpu::alloc::output(rows * out);
     if rows * out > 0 {
         let epi = Epilogue {
             bias: b.map(|b| b.data()),
@@ -74,12 +74,10 @@ pub fn linear_backward(
     let (rows, inp) = x.rows_cols();
     let out = w.shape()[0];
     let gm = MatRef::row_major(g.data(), rows, out);
-    // C (shape) = A·B through the GEMM, or zeros when there are no rows to sum over.
+    // C (shape) = A·B through the GEMM (which writes zeros when there are no rows to sum over).
     let product = |a: MatRef, b: MatRef, shape: &[usize]| {
-        let mut c = crate::cpu::alloc::zeros(a.rows * b.cols);
-        if rows > 0 {
-            gemm(1.0, a, b, 0.0, &mut c, b.cols, &Epilogue::default(), true);
-        }
+        let mut c = crate::cpu::alloc::output(a.rows * b.cols);
+        gemm(1.0, a, b, 0.0, &mut c, b.cols, &Epilogue::default(), true);
         Tensor::new(c, shape)
     };
     let dx = needs

@@ -50,7 +50,7 @@ impl Operand<'_> {
 /// `out[b] = op(A[b]) · op(B[b])` for every `b` in `out_batch`; `m × n` per product.
 fn batched_product(out_batch: &[usize], a: &Operand, b: &Operand, m: usize, n: usize) -> Vec<f32> {
     let count = numel(out_batch);
-    let mut out = crate::cpu::alloc::zeros(count * m * n);
+    let mut out = crate::cpu::alloc::output(count * m * n);
     if m * n == 0 {
         return out;
     }
@@ -197,7 +197,7 @@ pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let out = if p.b_batch.is_empty() {
         // (…, m, k) · (k, n): one large product over all rows of A, threaded inside the GEMM.
         let rows = numel(&p.a_batch) * m;
-        let mut out = crate::cpu::alloc::zeros(rows * n);
+        let mut out = crate::cpu::alloc::output(rows * n);
         if rows * n > 0 {
             let bm = MatRef::row_major(b.data(), k, n);
             gemm(

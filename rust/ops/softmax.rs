@@ -149,7 +149,7 @@ pub fn softmax_forward(
 /// and fully masked rows get a zero gradient where PyTorch would pass `g` through.
 pub fn softmax_backward(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
     let (rows, cols) = y.rows_cols();
-    let mut dx = crate::cpu::alloc::zeros(y.numel());
+    let mut dx = crate::cpu::alloc::output(y.numel());
     let (gd, yd) = (g.data(), y.data());
     for_each_row(rows_mut(&mut dx, rows, cols), cols, |r, d| {
         softmax_grad_row(d, &gd[r * cols..][..cols], &yd[r * cols..][..cols], log)

@@ -1,6 +1,7 @@
 //! Dense, contiguous, row-major f32 storage with a shape. Nothing else: no autograd (see
 //! `autograd`), no math (see `ops`). Storage is shared copy-on-write through an `Arc`, so
-//! reshapes and saved-for-backward copies are free.
+//! reshapes and saved-for-backward copies are free; when the last tensor sharing it is dropped,
+//! the buffer goes back to `cpu::alloc` for the next op's output.
 
 mod shape;
 
@@ -12,7 +13,17 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Arc<Vec<f32>>,
+    data: Arc<Storage>,
+}
+
+/// A tensor's buffer, recycled on drop.
+#[derive(Clone, Debug)]
+struct Storage(Vec<f32>);
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        crate::cpu::alloc::recycle(std::mem::take(&mut self.0));
+    }
 }
 
 impl Tensor {
@@ -31,7 +42,7 @@ impl Tensor {
         }
         Ok(Tensor {
             shape: shape.to_vec(),
-            data: Arc::new(data),
+            data: Arc::new(Storage(data)),
         })
     }
 
@@ -40,16 +51,18 @@ impl Tensor {
     }
 
     pub fn full(shape: &[usize], value: f32) -> Self {
+        let mut data = crate::cpu::alloc::output(numel(shape));
+        data.fill(value);
         Tensor {
             shape: shape.to_vec(),
-            data: Arc::new(vec![value; numel(shape)]),
+            data: Arc::new(Storage(data)),
         }
     }
 
     pub fn scalar(value: f32) -> Self {
         Tensor {
             shape: vec![],
-            data: Arc::new(vec![value]),
+            data: Arc::new(Storage(vec![value])),
         }
     }
 
@@ -62,20 +75,23 @@ impl Tensor {
     }
 
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.data.0.len()
     }
 
     pub fn data(&self) -> &[f32] {
-        &self.data
+        &self.data.0
     }
 
     /// Mutable access; copies the storage first if another tensor shares it.
     pub fn data_mut(&mut self) -> &mut [f32] {
-        Arc::make_mut(&mut self.data).as_mut_slice()
+        Arc::make_mut(&mut self.data).0.as_mut_slice()
     }
 
     pub fn into_vec(self) -> Vec<f32> {
-        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
+        match Arc::try_unwrap(self.data) {
+            Ok(mut own) => std::mem::take(&mut own.0),
+            Err(shared) => shared.0.clone(),
+        }
     }
 
     /// The same storage under another shape with as many elements.

@@ -325,7 +325,7 @@ pub fn scaled_dot_product_attention(
         seed,
     };
 
-    let mut out = crate::cpu::alloc::zeros(bh * tq * ev);
+    let mut out = crate::cpu::alloc::output(bh * tq * ev);
     let mut lse = vec![0.0f32; bh * tq];
     attention_forward(
         &mut out,
