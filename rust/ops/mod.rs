@@ -22,6 +22,7 @@ macro_rules! on_device {
         }
     };
 }
+#[cfg(feature = "python")]
 pub(crate) use on_device;
 
 pub mod activation;
