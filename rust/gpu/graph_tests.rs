@@ -54,9 +54,13 @@ fn elementwise_reductions_and_shape_ops_match_cpu() {
         return;
     }
     use elementwise::{add, div, mul, sub};
-    check("broadcast add/mul", &[&[3, 17], &[17], &[3, 1]], -2.0, 2.0, |v| {
-        mul(&add(&v[0], &v[1])?, &sub(&v[2], &v[1])?)
-    });
+    check(
+        "broadcast add/mul",
+        &[&[3, 17], &[17], &[3, 1]],
+        -2.0,
+        2.0,
+        |v| mul(&add(&v[0], &v[1])?, &sub(&v[2], &v[1])?),
+    );
     check("div by scalar constant", &[&[127]], 0.5, 2.0, |v| {
         let c = Var::constant(Tensor::scalar(3.0));
         div(&c, &v[0])
@@ -69,15 +73,24 @@ fn elementwise_reductions_and_shape_ops_match_cpu() {
     check("sum/mean over dims", &[&[3, 17, 5]], -1.0, 1.0, |v| {
         let s = reduce::sum(&v[0], &[1], true)?;
         let m = reduce::mean(&v[0], &[0, 2], false)?;
-        add(&reduce::mean(&s, &[], false)?, &reduce::sum(&m, &[], false)?)
+        add(
+            &reduce::mean(&s, &[], false)?,
+            &reduce::sum(&m, &[], false)?,
+        )
     });
-    check("permute/slice/cat/reshape", &[&[3, 17, 5], &[3, 4, 5]], -1.0, 1.0, |v| {
-        let p = shape::permute(&v[0], &[2, 0, 1])?;
-        let s = shape::slice(&p, 2, 1, 17, 3)?;
-        let t = shape::transpose(&s, 0, 1)?;
-        let c = shape::cat(&[shape::slice(&v[0], 1, 3, 5, 1)?, v[1].clone()], 1)?;
-        add(&shape::reshape(&t, &[-1])?, &shape::reshape(&c, &[-1])?)
-    });
+    check(
+        "permute/slice/cat/reshape",
+        &[&[3, 17, 5], &[3, 4, 5]],
+        -1.0,
+        1.0,
+        |v| {
+            let p = shape::permute(&v[0], &[2, 0, 1])?;
+            let s = shape::slice(&p, 2, 1, 17, 3)?;
+            let t = shape::transpose(&s, 0, 1)?;
+            let c = shape::cat(&[shape::slice(&v[0], 1, 3, 5, 1)?, v[1].clone()], 1)?;
+            add(&shape::reshape(&t, &[-1])?, &shape::reshape(&c, &[-1])?)
+        },
+    );
 }
 
 #[test]
@@ -85,9 +98,13 @@ fn layer_ops_match_cpu() {
     if !require_gpu("graph: layers") {
         return;
     }
-    check("linear with bias", &[&[3, 17, 5], &[127, 5], &[127]], -1.0, 1.0, |v| {
-        linear::linear(&v[0], &v[1], Some(&v[2]))
-    });
+    check(
+        "linear with bias",
+        &[&[3, 17, 5], &[127, 5], &[127]],
+        -1.0,
+        1.0,
+        |v| linear::linear(&v[0], &v[1], Some(&v[2])),
+    );
     check("linear, one row", &[&[1, 3], &[1, 3]], -1.0, 1.0, |v| {
         linear::linear(&v[0], &v[1], None)
     });
@@ -101,9 +118,13 @@ fn layer_ops_match_cpu() {
             matmul::matmul(&v[0], &v[1])
         });
     }
-    check("add_layer_norm", &[&[3, 17], &[3, 17], &[17], &[17]], -1.0, 1.0, |v| {
-        layer_norm::add_layer_norm(&v[0], &v[1], Some(&v[2]), Some(&v[3]), 1e-5)
-    });
+    check(
+        "add_layer_norm",
+        &[&[3, 17], &[3, 17], &[17], &[17]],
+        -1.0,
+        1.0,
+        |v| layer_norm::add_layer_norm(&v[0], &v[1], Some(&v[2]), Some(&v[3]), 1e-5),
+    );
     check("layer_norm without params", &[&[127, 3]], 1.0, 3.0, |v| {
         layer_norm::layer_norm(&v[0], None, None, 1e-5)
     });
@@ -118,17 +139,39 @@ fn layer_ops_match_cpu() {
         embedding::embedding(&[0, 16, 3, 3, 1], &[5], &v[0], Some(3))
     });
     for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
-        check(&format!("cross_entropy {reduction:?}"), &[&[5, 17]], -3.0, 3.0, |v| {
-            cross_entropy::cross_entropy(&v[0], &[1, -100, 16, 0, 3], -100, 0.1, reduction)
-        });
+        check(
+            &format!("cross_entropy {reduction:?}"),
+            &[&[5, 17]],
+            -3.0,
+            3.0,
+            |v| cross_entropy::cross_entropy(&v[0], &[1, -100, 16, 0, 3], -100, 0.1, reduction),
+        );
     }
     let pad = Tensor::new(vec![0.0, 0.0, f32::NEG_INFINITY], &[1, 1, 3]).unwrap();
-    check("attention, masked", &[&[2, 17, 8], &[2, 3, 8], &[2, 3, 5]], -1.0, 1.0, |v| {
-        attention::scaled_dot_product_attention(&v[0], &v[1], &v[2], Some(&pad), 0.0, false, None)
-    });
-    check("attention, causal", &[&[3, 17, 4], &[3, 17, 4], &[3, 17, 4]], -1.0, 1.0, |v| {
-        attention::scaled_dot_product_attention(&v[0], &v[1], &v[2], None, 0.0, true, None)
-    });
+    check(
+        "attention, masked",
+        &[&[2, 17, 8], &[2, 3, 8], &[2, 3, 5]],
+        -1.0,
+        1.0,
+        |v| {
+            attention::scaled_dot_product_attention(
+                &v[0],
+                &v[1],
+                &v[2],
+                Some(&pad),
+                0.0,
+                false,
+                None,
+            )
+        },
+    );
+    check(
+        "attention, causal",
+        &[&[3, 17, 4], &[3, 17, 4], &[3, 17, 4]],
+        -1.0,
+        1.0,
+        |v| attention::scaled_dot_product_attention(&v[0], &v[1], &v[2], None, 0.0, true, None),
+    );
 }
 
 #[test]

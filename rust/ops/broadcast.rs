@@ -282,7 +282,12 @@ pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> 
 
 /// The adjoint of [`gather`] for views that read each element at most once: `g` written into
 /// zeros of `src_shape` (see [`scatter_strided`]), on `g`'s device.
-pub fn scatter(g: &Tensor, src_shape: &[usize], offset: usize, strides: &[usize]) -> Result<Tensor> {
+pub fn scatter(
+    g: &Tensor,
+    src_shape: &[usize],
+    offset: usize,
+    strides: &[usize],
+) -> Result<Tensor> {
     on_device!(g.device(),
         gpu: {
             let out = Tensor::gpu_zeros(src_shape)?;

@@ -30,7 +30,10 @@ pub(crate) fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize
     }
     Device::common(
         "linear",
-        [Some(x), Some(w), b].into_iter().flatten().map(Tensor::device),
+        [Some(x), Some(w), b]
+            .into_iter()
+            .flatten()
+            .map(Tensor::device),
     )?;
     Ok((rows, inp, out))
 }

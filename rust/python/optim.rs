@@ -5,8 +5,8 @@ use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::autograd::Var;
 use crate::error::{Result, TfmError};
-use crate::optim::{adam_step as adam_kernel, sgd_step as sgd_kernel, AdamConfig, SgdConfig};
 use crate::ops::on_device;
+use crate::optim::{adam_step as adam_kernel, sgd_step as sgd_kernel, AdamConfig, SgdConfig};
 use crate::tensor::{Device, Tensor};
 use pyo3::prelude::*;
 

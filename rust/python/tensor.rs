@@ -104,7 +104,9 @@ impl PyTensor {
     fn to(&self, py: Python<'_>, device: &str) -> PyResult<PyTensor> {
         let device = Device::parse("to", device)?;
         let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, move || shape::to_device(&x, device))?))
+        Ok(PyTensor::wrap(run(py, move || {
+            shape::to_device(&x, device)
+        })?))
     }
 
     /// `to("cpu")`.

@@ -73,8 +73,14 @@ mod tests {
         assert_eq!(Device::parse("t", "GPU").unwrap(), Device::Gpu);
         assert_eq!(Device::parse("t", "wgpu").unwrap(), Device::Gpu);
         assert_eq!(Device::parse("t", "cpu").unwrap(), Device::Cpu);
-        assert_eq!(Device::parse("t", "cuda").unwrap_err().kind, ErrorKind::Value);
-        assert_eq!(Device::parse("t", "tpu").unwrap_err().kind, ErrorKind::Value);
+        assert_eq!(
+            Device::parse("t", "cuda").unwrap_err().kind,
+            ErrorKind::Value
+        );
+        assert_eq!(
+            Device::parse("t", "tpu").unwrap_err().kind,
+            ErrorKind::Value
+        );
         assert_eq!(Device::common("t", []).unwrap(), Device::Cpu);
         let err = Device::common("linear", [Device::Gpu, Device::Gpu, Device::Cpu]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Device);

@@ -45,6 +45,7 @@ impl std::fmt::Debug for Tensor {
 }
 
 /// The message of the invariant the host accessors rely on.
+#[cfg(feature = "wgpu")]
 const HOST_ONLY: &str =
     "a CPU kernel was handed a GPU tensor (ops must check devices first; please report it)";
 

@@ -6,14 +6,14 @@
 
 use super::check_lens;
 use super::gemm::u32_of;
+use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
-use crate::autograd::{Backward, Var};
 use crate::ops::attention::{AttentionConfig, MaskLayout};
-use crate::tensor::Tensor;
 use crate::random::keep_threshold;
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu attention";
 // One variant per head-size class: MAX_D × BC = 2048 floats per tile.

@@ -7,11 +7,11 @@
 
 use super::gemm::u32_of;
 use super::{check_len, check_lens};
+use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
-use crate::autograd::{Backward, Var};
 use crate::ops::broadcast::{broadcast_to, sum_to};
 use crate::ops::cross_entropy::{LossConfig, Reduction};
 use crate::ops::elementwise::scale;
@@ -182,10 +182,7 @@ pub(crate) fn cross_entropy_var(
         Reduction::None => loss.reshape(&[])?,
         Reduction::Sum => sum_to(&loss, &[])?,
         // An all-ignored mean is 0, as on the CPU (every row's loss is 0).
-        Reduction::Mean => scale(
-            &sum_to(&loss, &[])?,
-            1.0 / counted.max(1) as f32,
-        )?,
+        Reduction::Mean => scale(&sum_to(&loss, &[])?, 1.0 / counted.max(1) as f32)?,
     };
     let saved = CrossEntropyBackward {
         logits: x.clone(),

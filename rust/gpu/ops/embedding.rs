@@ -117,18 +117,31 @@ pub fn forward_tensor(ids: &[usize], weight: &Tensor) -> Result<Tensor> {
     let d = weight.shape()[1];
     let out = Tensor::gpu_zeros(&[ids.len(), d])?;
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
-    forward(out.buffer(OP)?, &GpuBuffer::from_slice(&ids)?, weight.buffer(OP)?, d)?;
+    forward(
+        out.buffer(OP)?,
+        &GpuBuffer::from_slice(&ids)?,
+        weight.buffer(OP)?,
+        d,
+    )?;
     Ok(out)
 }
 
 /// The gradient `(V, D)` of the weight from `g (n, D)` on the GPU for the same `ids`; row
 /// `padding` stays zero.
-pub fn backward_tensor(g: &Tensor, ids: &[usize], v: usize, padding: Option<usize>) -> Result<Tensor> {
+pub fn backward_tensor(
+    g: &Tensor,
+    ids: &[usize],
+    v: usize,
+    padding: Option<usize>,
+) -> Result<Tensor> {
     let d = g.shape().last().copied().unwrap_or(1);
     let dw = Tensor::gpu_zeros(&[v, d])?;
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let (start, order) = group_by_id(&ids, v);
-    let (start, order) = (GpuBuffer::from_slice(&start)?, GpuBuffer::from_slice(&order)?);
+    let (start, order) = (
+        GpuBuffer::from_slice(&start)?,
+        GpuBuffer::from_slice(&order)?,
+    );
     backward(dw.buffer(OP)?, g.buffer(OP)?, &start, &order, d, padding)?;
     Ok(dw)
 }

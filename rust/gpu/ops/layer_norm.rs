@@ -4,9 +4,9 @@
 
 use super::gemm::u32_of;
 use super::{check_len, check_lens};
+use crate::autograd::{Backward, Var};
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
-use crate::autograd::{Backward, Var};
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
 use crate::ops::elementwise::{binary_forward, BinaryOp};
 use crate::tensor::Tensor;

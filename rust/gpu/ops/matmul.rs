@@ -25,7 +25,10 @@ fn operand(
         return Ok((x.reshape(&[rows, cols])?, false));
     }
     let x = x.reshape(&[batch, &[rows, cols]].concat())?;
-    Ok((broadcast_to(OP, &x, &[out_batch, &[rows, cols]].concat())?, true))
+    Ok((
+        broadcast_to(OP, &x, &[out_batch, &[rows, cols]].concat())?,
+        true,
+    ))
 }
 
 /// `a · b` for the plan `p` of their shapes.

@@ -26,7 +26,8 @@ pub fn step(
         grad.shape(),
         param.shape()
     );
-    let add_scaled = |a: &Tensor, b: &Tensor, s: f64| binary(BinaryOp::Add, a, &scale(b, s as f32)?);
+    let add_scaled =
+        |a: &Tensor, b: &Tensor, s: f64| binary(BinaryOp::Add, a, &scale(b, s as f32)?);
     let mut g = if cfg.maximize {
         scale(grad, -1.0)?
     } else {
@@ -38,7 +39,9 @@ pub fn step(
     let mut new_buf = None;
     if cfg.momentum != 0.0 {
         let b = match buf {
-            Some(b) if !first_step => add_scaled(&scale(b, cfg.momentum as f32)?, &g, 1.0 - cfg.dampening)?,
+            Some(b) if !first_step => {
+                add_scaled(&scale(b, cfg.momentum as f32)?, &g, 1.0 - cfg.dampening)?
+            }
             _ => g.clone(),
         };
         g = if cfg.nesterov {

@@ -81,7 +81,14 @@ pub fn forward_tensor(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Te
 pub fn backward_tensor(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
     let (rows, cols) = y.rows_cols();
     let dx = Tensor::gpu_zeros(y.shape())?;
-    backward(dx.buffer(OP)?, y.buffer(OP)?, g.buffer(OP)?, rows, cols, log)?;
+    backward(
+        dx.buffer(OP)?,
+        y.buffer(OP)?,
+        g.buffer(OP)?,
+        rows,
+        cols,
+        log,
+    )?;
     Ok(dx)
 }
 

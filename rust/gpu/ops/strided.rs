@@ -46,7 +46,11 @@ pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> 
         n_red: 0,
     };
     let m = meta(&[shape, strides])?;
-    let args = [Arg::In(&m), Arg::In(x.buffer(OP)?), Arg::Out(out.buffer(OP)?)];
+    let args = [
+        Arg::In(&m),
+        Arg::In(x.buffer(OP)?),
+        Arg::Out(out.buffer(OP)?),
+    ];
     launch(OP, &STRIDED, "gather", &p, &args, grid_elems(n))?;
     Ok(out)
 }
@@ -80,7 +84,13 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         .map(|d| if d < lead { 1 } else { shape[d - lead] })
         .collect();
     let red: Vec<usize> = (0..rank)
-        .map(|d| if kept[d] == g.shape()[d] { 1 } else { g.shape()[d] })
+        .map(|d| {
+            if kept[d] == g.shape()[d] {
+                1
+            } else {
+                g.shape()[d]
+            }
+        })
         .collect();
     let n = numel(shape);
     if n == 0 || g.numel() == 0 {
@@ -93,7 +103,11 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         n_red: u32_of(OP, "the reduced size", numel(&red))?,
     };
     let m = meta(&[&kept, &red, &contiguous_strides(g.shape())])?;
-    let args = [Arg::In(&m), Arg::In(g.buffer(OP)?), Arg::Out(out.buffer(OP)?)];
+    let args = [
+        Arg::In(&m),
+        Arg::In(g.buffer(OP)?),
+        Arg::Out(out.buffer(OP)?),
+    ];
     launch(OP, &STRIDED, "sum_to", &p, &args, grid_elems(n))?;
     Ok(out)
 }
@@ -134,7 +148,8 @@ mod tests {
         }
         // (source length, offset, view shape, view strides): a permute of (3, 17, 5), a
         // strided slice of a (127, 4) row block, a broadcast (for gather only), one element.
-        let views: [(usize, usize, Vec<usize>, Vec<usize>, bool); 4] = [
+        type View = (usize, usize, Vec<usize>, Vec<usize>, bool);
+        let views: [View; 4] = [
             (255, 0, vec![5, 3, 17], vec![1, 85, 5], true),
             (508, 8, vec![41, 4], vec![12, 1], true),
             (17, 0, vec![3, 17], vec![0, 1], false),
@@ -173,7 +188,12 @@ mod tests {
             let want = crate::ops::broadcast::sum_to(&host, &to).unwrap();
             let got = sum_to(&gpu(g, &from), &to).unwrap();
             assert_eq!(got.shape(), want.shape());
-            assert_rel(&format!("{from:?}→{to:?}"), &got.to_vec().unwrap(), want.data(), 1e-5);
+            assert_rel(
+                &format!("{from:?}→{to:?}"),
+                &got.to_vec().unwrap(),
+                want.data(),
+                1e-5,
+            );
         }
     }
 }
