@@ -9,7 +9,6 @@ kernels reproduce the CPU's formulas and dropout masks; only summation orders di
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import pytest
@@ -17,18 +16,14 @@ import pytest
 import tfm_rs
 from tfm_rs import nn, optim
 from tfm_rs.models import GPT, BertEncoder, Seq2SeqTransformer
+from helpers import require_gpu
 
 LOSS_RTOL = 1e-4
 
 
 @pytest.fixture(autouse=True)
 def gpu():
-    if tfm_rs.gpu_available():
-        return
-    reason = f"no GPU adapter: {tfm_rs.gpu_info(reason=True)}"
-    if os.environ.get("TFM_RS_REQUIRE_GPU") == "1":
-        pytest.fail(f"TFM_RS_REQUIRE_GPU=1 but {reason}")
-    pytest.skip(reason)
+    require_gpu()
 
 
 def train(model: nn.Module, device: str, batch, steps: int = 3, sgd: bool = False):
