@@ -7,6 +7,7 @@ Tolerances used across the suite (float32 kernels against float64 references):
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Sequence
 
 import numpy as np
@@ -70,3 +71,16 @@ def check_op(tfm_fn: Callable[..., tfm_rs.Tensor], ref_fn: Callable[..., np.ndar
         for x, t, g in zip(inputs, leaves, numeric_grad(ref_fn, inputs, upstream.astype(np.float64))):
             assert t.grad is not None
             assert_close(t.grad, g, rtol=grad_rtol, atol=grad_atol, what="gradient")
+
+
+def require_gpu() -> None:
+    """Skips the calling test, with the reason, when there is no GPU adapter; fails it instead
+    under TFM_RS_REQUIRE_GPU=1 (set by scripts/test.sh where a Vulkan driver is present)."""
+    import pytest
+
+    if tfm_rs.gpu_available():
+        return
+    reason = f"no GPU adapter: {tfm_rs.gpu_info(reason=True)}"
+    if os.environ.get("TFM_RS_REQUIRE_GPU") == "1":
+        pytest.fail(f"TFM_RS_REQUIRE_GPU=1 but {reason}")
+    pytest.skip(reason)

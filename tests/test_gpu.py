@@ -15,24 +15,15 @@ import pytest
 
 import tfm_rs
 import tfm_rs.functional as F
-from helpers import AWKWARD, randn
+from helpers import AWKWARD, randn, require_gpu
 
 GPU_RTOL, GPU_ATOL = 1e-4, 1e-5
-
-
-def _require_gpu() -> None:
-    if tfm_rs.gpu_available():
-        return
-    reason = f"no GPU adapter: {tfm_rs.gpu_info(reason=True)}"
-    if os.environ.get("TFM_RS_REQUIRE_GPU") == "1":
-        pytest.fail(f"TFM_RS_REQUIRE_GPU=1 but {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
 def gpu(request):
     if "no_gpu_needed" not in request.keywords:
-        _require_gpu()
+        require_gpu()
 
 
 def close(actual, expected, what: str = "", rtol: float = GPU_RTOL) -> None:

@@ -99,6 +99,18 @@ class Tensor:
         """A new leaf with the same values, outside the graph."""
     def clone(self) -> Tensor:
         """A copy that is a new leaf (does not require grad)."""
+    @property
+    def device(self) -> str:
+        """Where the values live: "cpu" or "gpu"."""
+    def to(self, device: str) -> Tensor:
+        """This tensor on `device` ("cpu", or "gpu" / "wgpu"): itself if it is already there,
+        else a copy, which stays in the graph (gradients flow back to this tensor's device), as
+        PyTorch's `Tensor.to`. Moving to the GPU without one is a `DeviceError`."""
+    def cpu(self) -> Tensor:
+        """`to("cpu")`."""
+    def _move_(self, device: str) -> None:
+        """Moves a leaf's value, and its gradient, to `device` in place, keeping its identity (what
+        `Module.to` does to parameters and buffers, like PyTorch's `param.data = …`)."""
     def __add__(self, other: Union[ArrayLike, float]) -> Tensor: ...
     def __radd__(self, other: Union[ArrayLike, float]) -> Tensor: ...
     def __sub__(self, other: Union[ArrayLike, float]) -> Tensor: ...

@@ -4,7 +4,8 @@
 use super::grad_mode::GradMode;
 use super::var::Var;
 use crate::error::{Result, TfmError};
-use crate::tensor::{shape_str, Tensor};
+use crate::ops::elementwise::{binary_forward, BinaryOp};
+use crate::tensor::{shape_str, Device, Tensor};
 use std::collections::{HashMap, HashSet};
 
 /// Computes the gradient of `root` with respect to every leaf that requires one and adds it to
@@ -31,6 +32,7 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
                     ),
                 ));
             }
+            Device::common(OP, [root.device(), g.device()])?;
             g
         }
         None => {
@@ -40,7 +42,7 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
                     format!("grad can be implicitly created only for scalar outputs, but the output has shape {}; pass gradient=", shape_str(&root_shape)),
                 ));
             }
-            Tensor::full(&root_shape, 1.0)
+            Tensor::full_on(&root_shape, 1.0, root.device())?
         }
     };
 
@@ -53,7 +55,7 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
             continue;
         };
         if var.is_leaf() {
-            accumulate_leaf(&var, grad);
+            accumulate_leaf(&var, grad)?;
             continue;
         }
         let mut slot = var.0.node.lock().unwrap_or_else(|e| e.into_inner());
@@ -87,7 +89,7 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
                 ));
             }
             match grads.get_mut(&input.id()) {
-                Some(acc) => add_assign(acc, &g),
+                Some(acc) => add_assign(acc, &g)?,
                 None => {
                     grads.insert(input.id(), g);
                 }
@@ -140,22 +142,30 @@ fn topological_order(root: &Var) -> Vec<Var> {
     post_order
 }
 
-fn accumulate_leaf(var: &Var, grad: Tensor) {
+fn accumulate_leaf(var: &Var, grad: Tensor) -> Result<()> {
     if !var.requires_grad() {
-        return;
+        return Ok(());
     }
     let mut slot = var.0.grad.lock().unwrap_or_else(|e| e.into_inner());
     match slot.as_mut() {
-        Some(acc) => add_assign(acc, &grad),
+        Some(acc) => add_assign(acc, &grad)?,
         None => *slot = Some(grad),
     }
+    Ok(())
 }
 
-fn add_assign(acc: &mut Tensor, g: &Tensor) {
+/// `acc += g`: in place on the host; a new sum on the GPU (or where a `.grad` assigned on
+/// another device meets this backward's gradient, which is then the mixing error).
+fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
     use rayon::prelude::*;
+    if acc.is_gpu() || g.is_gpu() {
+        *acc = binary_forward(BinaryOp::Add, acc, g)?;
+        return Ok(());
+    }
     const CHUNK: usize = 1 << 15;
     acc.data_mut()
         .par_chunks_mut(CHUNK)
         .zip(g.data().par_chunks(CHUNK))
         .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
+    Ok(())
 }

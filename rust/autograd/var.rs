@@ -2,7 +2,7 @@
 
 use super::grad_mode::is_grad_enabled;
 use crate::error::{Result, TfmError};
-use crate::tensor::{shape_str, Tensor};
+use crate::tensor::{shape_str, Device, Tensor};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -90,7 +90,16 @@ impl Var {
             .to_vec()
     }
 
-    /// Replaces the value of a leaf in place (optimizer steps, `load_state_dict`).
+    pub fn device(&self) -> Device {
+        self.0
+            .value
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .device()
+    }
+
+    /// Replaces the value of a leaf in place (optimizer steps, `load_state_dict`, moving a
+    /// parameter between devices).
     pub fn set_value(&self, value: Tensor) -> Result<()> {
         let mut slot = self.0.value.write().unwrap_or_else(|e| e.into_inner());
         if slot.shape() != value.shape() {
@@ -148,6 +157,7 @@ impl Var {
 
     pub fn set_grad(&self, grad: Option<Tensor>) -> Result<()> {
         if let Some(g) = &grad {
+            Device::common("grad", [self.device(), g.device()])?;
             let shape = self.shape();
             if g.shape() != shape.as_slice() {
                 return Err(TfmError::shape(

@@ -30,6 +30,9 @@ pub mod pipeline;
 pub mod timing;
 
 pub use buffer::GpuBuffer;
+
+#[cfg(test)]
+mod graph_tests;
 pub use context::{info, is_available, GpuInfo};
 
 #[cfg(test)]

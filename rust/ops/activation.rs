@@ -140,6 +140,10 @@ pub fn activation_forward(kind: ActivationKind, x: &Tensor) -> Tensor {
 
 /// Backward kernel: `g` and the saved input `x` (same shape) → `g ∘ act'(x)`.
 pub fn activation_backward(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    on_device!(g.device(),
+        gpu: return crate::gpu::ops::activation::backward_tensor(kind, g, x),
+        cpu: (),
+    );
     if g.shape() != x.shape() {
         return map2(kind.name(), g, x, |g, x| g * kind.derivative(x));
     }
@@ -201,7 +205,10 @@ impl Backward for ActivationBackward {
 
 pub fn activation(kind: ActivationKind, x: &Var) -> Result<Var> {
     let xv = x.value();
-    let y = activation_forward(kind, &xv);
+    let y = on_device!(xv.device(),
+        gpu: crate::gpu::ops::activation::forward_tensor(kind, &xv)?,
+        cpu: activation_forward(kind, &xv),
+    );
     Ok(Var::from_op(
         y,
         vec![x.clone()],

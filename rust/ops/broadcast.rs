@@ -268,16 +268,52 @@ pub fn broadcast_to(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Ten
             ),
         ));
     }
-    let strides = broadcast_strides(x.shape(), shape);
-    Tensor::new(gather_strided(x.data(), 0, shape, &strides), shape)
+    gather(x, 0, shape, &broadcast_strides(x.shape(), shape))
+}
+
+/// A contiguous tensor of `shape` read from `x` at `offset + Σ idx[d]·strides[d]` (see
+/// [`gather_strided`]), on `x`'s device.
+pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
+    on_device!(x.device(),
+        gpu: crate::gpu::ops::strided::gather(x, offset, shape, strides),
+        cpu: Tensor::new(gather_strided(x.data(), offset, shape, strides), shape),
+    )
+}
+
+/// The adjoint of [`gather`] for views that read each element at most once: `g` written into
+/// zeros of `src_shape` (see [`scatter_strided`]), on `g`'s device.
+pub fn scatter(
+    g: &Tensor,
+    src_shape: &[usize],
+    offset: usize,
+    strides: &[usize],
+) -> Result<Tensor> {
+    on_device!(g.device(),
+        gpu: {
+            let out = Tensor::gpu_zeros(src_shape)?;
+            crate::gpu::ops::strided::scatter_into(out.buffer("scatter")?, g, offset, strides)?;
+            Ok(out)
+        },
+        cpu: Tensor::new(
+            scatter_strided(g.data(), numel(src_shape), offset, g.shape(), strides),
+            src_shape,
+        ),
+    )
 }
 
 /// The adjoint of broadcasting: sums `g` (of a broadcast shape) down to `shape`, over the
 /// dimensions that were added or expanded from size 1.
-pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
+pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if g.shape() == shape {
-        return g.clone();
+        return Ok(g.clone());
     }
+    on_device!(g.device(),
+        gpu: crate::gpu::ops::strided::sum_to(g, shape),
+        cpu: Ok(sum_to_host(g, shape)),
+    )
+}
+
+fn sum_to_host(g: &Tensor, shape: &[usize]) -> Tensor {
     let out_shape = g.shape().to_vec();
     let mut out = crate::cpu::alloc::zeros(numel(shape));
     if out.is_empty() || g.numel() == 0 {
@@ -403,7 +439,7 @@ mod tests {
     #[test]
     fn sum_to_is_the_adjoint_of_broadcast_to() {
         let g = Tensor::new((0..12).map(|v| v as f32).collect(), &[2, 3, 2]).unwrap();
-        let s = sum_to(&g, &[3, 1]);
+        let s = sum_to(&g, &[3, 1]).unwrap();
         assert_eq!(
             s.data(),
             &[

@@ -236,6 +236,10 @@ pub fn cross_entropy(
         ignore_index,
         label_smoothing,
     };
+    on_device!(x.device(),
+        gpu: return crate::gpu::ops::cross_entropy::cross_entropy_var(logits, &x, target, cfg, reduction),
+        cpu: (),
+    );
     let rows = cross_entropy_forward(x.data(), target, c, cfg)?;
     let counted = target.iter().filter(|&&t| t != ignore_index).count();
     // Sums in row order in f64: deterministic, and accurate over thousands of rows.

@@ -68,11 +68,16 @@ impl Backward for DropoutBackward {
         "dropout"
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(Tensor::new(
-            dropout_apply(g.data(), self.seed, self.p),
-            g.shape(),
-        )?)])
+        Ok(vec![Some(dropout_tensor(g, self.seed, self.p)?)])
     }
+}
+
+/// [`dropout_apply`] on `v`'s device (forward and backward alike).
+fn dropout_tensor(v: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
+    on_device!(v.device(),
+        gpu: crate::gpu::ops::dropout::apply_tensor(v, seed, p),
+        cpu: Tensor::new(dropout_apply(v.data(), seed, p), v.shape()),
+    )
 }
 
 /// Dropout with drop probability `p ∈ [0, 1]` (checked even when not training, as PyTorch
@@ -88,7 +93,7 @@ pub fn dropout(x: &Var, p: f64, training: bool) -> Result<Var> {
     }
     let seed = next_seed();
     let xv = x.value();
-    let y = Tensor::new(dropout_apply(xv.data(), seed, p), xv.shape())?;
+    let y = dropout_tensor(&xv, seed, p)?;
     Ok(Var::from_op(
         y,
         vec![x.clone()],

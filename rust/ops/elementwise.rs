@@ -8,7 +8,7 @@
 use super::broadcast::{map1, map2, sum_to};
 use crate::autograd::{Backward, Var};
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BinaryOp {
@@ -19,7 +19,7 @@ pub enum BinaryOp {
 }
 
 impl BinaryOp {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             BinaryOp::Add => "add",
             BinaryOp::Sub => "sub",
@@ -29,8 +29,16 @@ impl BinaryOp {
     }
 }
 
-/// Forward kernel: `f(a, b)` with broadcasting.
+/// Forward kernel: `f(a, b)` with broadcasting, on the operands' device.
 pub fn binary_forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let device = Device::common(op.name(), [a.device(), b.device()])?;
+    on_device!(device,
+        gpu: crate::gpu::ops::elementwise::binary(op, a, b),
+        cpu: binary_host(op, a, b),
+    )
+}
+
+fn binary_host(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     match op {
         BinaryOp::Add => map2(op.name(), a, b, |x, y| x + y),
         BinaryOp::Sub => map2(op.name(), a, b, |x, y| x - y),
@@ -49,37 +57,33 @@ pub fn binary_backward(
     needs: [bool; 2],
 ) -> Result<[Option<Tensor>; 2]> {
     let ga = || -> Result<Tensor> {
-        Ok(match op {
-            BinaryOp::Add | BinaryOp::Sub => g.clone(),
-            BinaryOp::Mul => map2("mul", g, b, |g, y| g * y)?,
-            BinaryOp::Div => map2("div", g, b, |g, y| g / y)?,
-        })
+        match op {
+            BinaryOp::Add | BinaryOp::Sub => Ok(g.clone()),
+            BinaryOp::Mul => binary_forward(BinaryOp::Mul, g, b),
+            BinaryOp::Div => binary_forward(BinaryOp::Div, g, b),
+        }
     };
     let gb = || -> Result<Tensor> {
-        Ok(match op {
-            BinaryOp::Add => g.clone(),
-            BinaryOp::Sub => map1(g, |v| -v),
-            BinaryOp::Mul => map2("mul", g, a, |g, x| g * x)?,
-            // d(a/b)/db = -a/b² = -(g/b)·(a/b), computed without squaring b.
-            BinaryOp::Div => {
-                let a_over_b = map2("div", a, b, |x, y| x / y)?;
-                map2(
-                    "div",
-                    &map2("div", g, b, |g, y| g / y)?,
-                    &a_over_b,
-                    |u, q| -u * q,
-                )?
-            }
-        })
+        match op {
+            BinaryOp::Add => Ok(g.clone()),
+            BinaryOp::Sub => unary_forward(UnaryOp::Neg, g),
+            BinaryOp::Mul => binary_forward(BinaryOp::Mul, g, a),
+            // d(a/b)/db = -a/b² = (-(g/b))·(a/b), computed without squaring b.
+            BinaryOp::Div => binary_forward(
+                BinaryOp::Mul,
+                &unary_forward(UnaryOp::Neg, &binary_forward(BinaryOp::Div, g, b)?)?,
+                &binary_forward(BinaryOp::Div, a, b)?,
+            ),
+        }
     };
-    let ga = needs[0]
-        .then(ga)
-        .transpose()?
-        .map(|t| sum_to(&t, a.shape()));
-    let gb = needs[1]
-        .then(gb)
-        .transpose()?
-        .map(|t| sum_to(&t, b.shape()));
+    let ga = match needs[0] {
+        true => Some(sum_to(&ga()?, a.shape())?),
+        false => None,
+    };
+    let gb = match needs[1] {
+        true => Some(sum_to(&gb()?, b.shape())?),
+        false => None,
+    };
     Ok([ga, gb])
 }
 
@@ -99,14 +103,27 @@ impl Backward for BinaryBackward {
     }
 }
 
+/// `op(a, b)` in the graph. A 0-d constant (a Python number) on the host meets a GPU operand on
+/// the GPU, as PyTorch lets CPU scalars meet CUDA tensors.
 pub fn binary(op: BinaryOp, a: &Var, b: &Var) -> Result<Var> {
     let (av, bv) = (a.value(), b.value());
+    let (da, db) = (av.device(), bv.device());
+    let (av, bv) = (scalar_to(a, av, db)?, scalar_to(b, bv, da)?);
     let out = binary_forward(op, &av, &bv)?;
     Ok(Var::from_op(
         out,
         vec![a.clone(), b.clone()],
         BinaryBackward { op, a: av, b: bv },
     ))
+}
+
+/// `value` (of constant `var`) moved to `device` if it is a 0-d host constant.
+fn scalar_to(var: &Var, value: Tensor, device: Device) -> Result<Tensor> {
+    if value.ndim() == 0 && !var.requires_grad() && value.device() != device {
+        value.to_device(device)
+    } else {
+        Ok(value)
+    }
 }
 
 pub fn add(a: &Var, b: &Var) -> Result<Var> {
@@ -145,7 +162,15 @@ impl UnaryOp {
     }
 }
 
-pub fn unary_forward(op: UnaryOp, x: &Tensor) -> Tensor {
+/// `op(x)` elementwise, on `x`'s device.
+pub fn unary_forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    on_device!(x.device(),
+        gpu: crate::gpu::ops::elementwise::unary(op, x),
+        cpu: Ok(unary_host(op, x)),
+    )
+}
+
+fn unary_host(op: UnaryOp, x: &Tensor) -> Tensor {
     match op {
         UnaryOp::Neg => map1(x, |v| -v),
         UnaryOp::Exp => map1(x, f32::exp),
@@ -158,6 +183,13 @@ pub fn unary_forward(op: UnaryOp, x: &Tensor) -> Tensor {
 
 /// `x` is the input and `y` the output of the forward.
 pub fn unary_backward(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    on_device!(g.device(),
+        gpu: crate::gpu::ops::elementwise::unary_backward(op, g, x, y),
+        cpu: unary_backward_host(op, g, x, y),
+    )
+}
+
+fn unary_backward_host(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
     match op {
         UnaryOp::Neg => Ok(map1(g, |v| -v)),
         UnaryOp::Exp => map2("exp", g, y, |g, y| g * y),
@@ -185,12 +217,20 @@ impl Backward for UnaryBackward {
 
 pub fn unary(op: UnaryOp, x: &Var) -> Result<Var> {
     let xv = x.value();
-    let y = unary_forward(op, &xv);
+    let y = unary_forward(op, &xv)?;
     Ok(Var::from_op(
         y.clone(),
         vec![x.clone()],
         UnaryBackward { op, x: xv, y },
     ))
+}
+
+/// `x·s` elementwise, on `x`'s device (means, gradient scaling).
+pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+    on_device!(x.device(),
+        gpu: crate::gpu::ops::elementwise::scale(x, s),
+        cpu: Ok(map1(x, |v| v * s)),
+    )
 }
 
 #[cfg(test)]

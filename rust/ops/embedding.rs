@@ -120,8 +120,14 @@ impl Backward for EmbeddingBackward {
         OP
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let dw = embedding_backward(g.data(), &self.ids, self.v, self.d, self.padding);
-        Ok(vec![Some(Tensor::new(dw, &[self.v, self.d])?)])
+        let dw = on_device!(g.device(),
+            gpu: crate::gpu::ops::embedding::backward_tensor(g, &self.ids, self.v, self.padding)?,
+            cpu: Tensor::new(
+                embedding_backward(g.data(), &self.ids, self.v, self.d, self.padding),
+                &[self.v, self.d],
+            )?,
+        );
+        Ok(vec![Some(dw)])
     }
 }
 
@@ -144,7 +150,10 @@ pub fn embedding(
     let rows = row_indices(ids, ids_shape, v)?;
     let padding = padding_row(padding_idx, v)?;
     let out_shape: Vec<usize> = ids_shape.iter().copied().chain([d]).collect();
-    let out = Tensor::new(embedding_forward(&rows, w.data(), d), &out_shape)?;
+    let out = on_device!(w.device(),
+        gpu: crate::gpu::ops::embedding::forward_tensor(&rows, &w)?.reshape(&out_shape)?,
+        cpu: Tensor::new(embedding_forward(&rows, w.data(), d), &out_shape)?,
+    );
     Ok(Var::from_op(
         out,
         vec![weight.clone()],

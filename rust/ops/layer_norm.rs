@@ -10,7 +10,7 @@ use super::rows::{for_each_row, rows_mut, sums_f64};
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
-use crate::tensor::{shape_str, Tensor};
+use crate::tensor::{shape_str, Device, Tensor};
 use crate::{ensure_shape, ensure_value};
 use std::sync::Arc;
 
@@ -292,6 +292,18 @@ fn layer_norm_var(
             }
         }
     }
+    let inputs: Vec<Var> = [Some(x), residual, weight, bias]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    let device = Device::common(op, inputs.iter().map(Var::device))?;
+    on_device!(device,
+        gpu: return crate::gpu::ops::layer_norm::layer_norm_var(
+            op, inputs, &xv, rv.as_ref(), wv.as_ref(), bv.as_ref(), eps,
+        ),
+        cpu: (),
+    );
     let fwd = layer_norm_forward(
         xv.data(),
         rv.as_ref().map(Tensor::data),
@@ -306,11 +318,6 @@ fn layer_norm_var(
         Some(sum) => Tensor::new(sum, xv.shape())?,
         None => xv,
     };
-    let inputs: Vec<Var> = [Some(x), residual, weight, bias]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
     let saved = LayerNormBackward {
         name: op,
         s,

@@ -5,9 +5,10 @@
 use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{gemm, Epilogue, MatRef};
 use crate::error::{Result, TfmError};
-use crate::tensor::{shape_str, Tensor};
+use crate::tensor::{shape_str, Device, Tensor};
 
-fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, usize)> {
+/// `(rows, in, out)` of a product whose operands fit and share a device.
+pub(crate) fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, usize)> {
     let (rows, inp) = x.rows_cols();
     let shape_error = || {
         TfmError::shape(
@@ -27,12 +28,23 @@ fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, us
     if b.is_some_and(|b| b.shape() != [out]) {
         return Err(shape_error());
     }
+    Device::common(
+        "linear",
+        [Some(x), Some(w), b]
+            .into_iter()
+            .flatten()
+            .map(Tensor::device),
+    )?;
     Ok((rows, inp, out))
 }
 
 /// Forward kernel: y (rows, out) = x (rows, in) · Wᵀ + b.
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (rows, inp, out) = check(x, w, b)?;
+    on_device!(x.device(),
+        gpu: return crate::gpu::ops::linear::forward(x, w, b),
+        cpu: (),
+    );
     let mut y = crate::cpu::alloc::output(rows * out);
     if rows * out > 0 {
         let epi = Epilogue {
@@ -71,6 +83,10 @@ pub fn linear_backward(
     w: &Tensor,
     needs: Needs,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    on_device!(g.device(),
+        gpu: return crate::gpu::ops::linear::backward(g, x, w, needs),
+        cpu: (),
+    );
     let (rows, inp) = x.rows_cols();
     let out = w.shape()[0];
     let gm = MatRef::row_major(g.data(), rows, out);

@@ -7,7 +7,7 @@ use super::broadcast::sum_to;
 use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{gemm, Epilogue, MatRef};
 use crate::error::{Result, TfmError};
-use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Tensor};
+use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Device, Tensor};
 use rayon::prelude::*;
 
 /// One operand of a batched product: a stack of row-major matrices, read transposed if `trans`,
@@ -75,17 +75,17 @@ fn batched_product(out_batch: &[usize], a: &Operand, b: &Operand, m: usize, n: u
 }
 
 /// Shapes after 1-D promotion: (batch, m, k) for `a`, (batch, k, n) for `b`.
-struct Plan {
-    a_batch: Vec<usize>,
-    b_batch: Vec<usize>,
-    out_batch: Vec<usize>,
-    m: usize,
-    k: usize,
-    n: usize,
-    out_shape: Vec<usize>,
+pub(crate) struct Plan {
+    pub a_batch: Vec<usize>,
+    pub b_batch: Vec<usize>,
+    pub out_batch: Vec<usize>,
+    pub m: usize,
+    pub k: usize,
+    pub n: usize,
+    pub out_shape: Vec<usize>,
 }
 
-fn plan(a: &[usize], b: &[usize]) -> Result<Plan> {
+pub(crate) fn plan(a: &[usize], b: &[usize]) -> Result<Plan> {
     if a.is_empty() || b.is_empty() {
         return Err(TfmError::shape(
             "matmul",
@@ -148,6 +148,11 @@ impl Backward for MatmulBackward {
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let p = plan(self.a.shape(), self.b.shape())?;
+        on_device!(g.device(),
+            gpu: return crate::gpu::ops::matmul::backward(g, &self.a, &self.b, &p)
+                .map(|(ga, gb)| vec![Some(ga), Some(gb)]),
+            cpu: (),
+        );
         let (m, k, n) = (p.m, p.k, p.n);
         let go = Operand {
             data: g.data(),
@@ -169,7 +174,7 @@ impl Backward for MatmulBackward {
         let ga = sum_to(
             &Tensor::new(ga, &ga_shape)?,
             &[&p.a_batch[..], &[m, k]].concat(),
-        )
+        )?
         .reshape(self.a.shape())?;
         // dB (out_batch, k, n) = Aᵀ · G.
         let at = Operand {
@@ -184,15 +189,20 @@ impl Backward for MatmulBackward {
         let gb = sum_to(
             &Tensor::new(gb, &gb_shape)?,
             &[&p.b_batch[..], &[k, n]].concat(),
-        )
+        )?
         .reshape(self.b.shape())?;
         Ok(vec![Some(ga), Some(gb)])
     }
 }
 
-/// Forward kernel on tensors.
+/// Forward kernel on tensors, on the operands' device.
 pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let p = plan(a.shape(), b.shape())?;
+    let device = Device::common("matmul", [a.device(), b.device()])?;
+    on_device!(device,
+        gpu: return crate::gpu::ops::matmul::forward(a, b, &p),
+        cpu: (),
+    );
     let (m, k, n) = (p.m, p.k, p.n);
     let out = if p.b_batch.is_empty() {
         // (…, m, k) · (k, n): one large product over all rows of A, threaded inside the GEMM.

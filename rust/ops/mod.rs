@@ -2,6 +2,28 @@
 //! shapes in the doc comments), its autograd wiring (a function on `Var`s and a `Backward` impl
 //! holding what the forward saved), a naive reference where the kernel is not itself naive,
 //! and its tests.
+//!
+//! Device dispatch: an op checks that its operands share a device
+//! ([`crate::tensor::Device::common`]) and runs GPU tensors through the kernels of
+//! `crate::gpu::ops` (feature `wgpu`), so that CPU kernels only ever see host tensors. Where an
+//! op's tensor-level kernels dispatch (elementwise, broadcast, reductions, shape ops), its
+//! autograd wiring is shared by both devices; ops whose backward saves device-specific state
+//! (LayerNorm statistics, attention's log-sum-exp) have their GPU wiring beside their GPU
+//! kernels.
+
+/// `$gpu` when `$device` is the GPU (feature `wgpu`), else `$cpu`; without the feature only
+/// `$cpu` is compiled, as no GPU tensor can exist.
+macro_rules! on_device {
+    ($device:expr, gpu: $gpu:expr, cpu: $cpu:expr $(,)?) => {
+        match $device {
+            #[cfg(feature = "wgpu")]
+            $crate::tensor::Device::Gpu => $gpu,
+            _ => $cpu,
+        }
+    };
+}
+#[cfg(feature = "python")]
+pub(crate) use on_device;
 
 pub mod activation;
 pub mod attention;

@@ -3,6 +3,7 @@
 //! broadcasts the gradient back over the reduced dimensions; nothing is saved but the shape.
 
 use super::broadcast::{broadcast_to, sum_to};
+use super::elementwise::scale;
 use crate::autograd::{Backward, Var};
 use crate::error::Result;
 use crate::tensor::{normalize_dim, numel, Tensor};
@@ -51,15 +52,15 @@ impl Backward for SumBackward {
         }
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let mut gx = broadcast_to(
+        let gx = broadcast_to(
             self.name(),
             &g.reshape(&self.kept_shape)?,
             &self.input_shape,
         )?;
-        if self.scale != 1.0 {
-            gx.data_mut().iter_mut().for_each(|v| *v *= self.scale);
+        if self.scale == 1.0 {
+            return Ok(vec![Some(gx)]);
         }
-        Ok(vec![Some(gx)])
+        Ok(vec![Some(scale(&gx, self.scale)?)])
     }
 }
 
@@ -73,9 +74,9 @@ fn reduce(op: &'static str, x: &Var, dims: &[isize], keepdim: bool, mean: bool) 
     };
     // The mean of nothing is NaN, as in NumPy and PyTorch.
     let scale = if mean { 1.0 / count as f32 } else { 1.0 };
-    let mut out = sum_to(&xv, &kept);
+    let mut out = sum_to(&xv, &kept)?;
     if mean {
-        out.data_mut().iter_mut().for_each(|v| *v *= scale);
+        out = self::scale(&out, scale)?;
     }
     let out = out.reshape(&out_shape)?;
     Ok(Var::from_op(

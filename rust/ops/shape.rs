@@ -2,10 +2,10 @@
 //! (start, stop, step along one dimension), and `cat`. Each saves only shapes and offsets; each
 //! backward is the adjoint movement (reshape back, inverse permutation, scatter, split).
 
-use super::broadcast::{gather_strided, scatter_strided};
+use super::broadcast::{gather, scatter};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
-use crate::tensor::{contiguous_strides, normalize_dim, numel, shape_str, Tensor};
+use crate::tensor::{contiguous_strides, normalize_dim, numel, shape_str, Device, Tensor};
 
 /// Resolves one `-1` in a requested shape against `n` elements.
 pub fn infer_shape(op: &'static str, requested: &[isize], n: usize) -> Result<Vec<usize>> {
@@ -73,15 +73,11 @@ pub fn reshape(x: &Var, shape: &[isize]) -> Result<Var> {
 }
 
 /// Output dimension `i` is input dimension `perm[i]`.
-fn permute_forward(x: &Tensor, perm: &[usize]) -> Tensor {
+fn permute_forward(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let strides = contiguous_strides(x.shape());
     let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let view_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();
-    Tensor::new(
-        gather_strided(x.data(), 0, &out_shape, &view_strides),
-        &out_shape,
-    )
-    .expect("same size")
+    gather(x, 0, &out_shape, &view_strides)
 }
 
 struct PermuteBackward {
@@ -93,7 +89,7 @@ impl Backward for PermuteBackward {
         "permute"
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        Ok(vec![Some(permute_forward(g, &self.inverse))])
+        Ok(vec![Some(permute_forward(g, &self.inverse)?)])
     }
 }
 
@@ -131,7 +127,7 @@ pub fn permute(x: &Var, dims: &[isize]) -> Result<Var> {
             &xv.shape().iter().map(|&d| d as isize).collect::<Vec<_>>(),
         );
     }
-    let out = permute_forward(&xv, &perm);
+    let out = permute_forward(&xv, &perm)?;
     Ok(Var::from_op(
         out,
         vec![x.clone()],
@@ -151,6 +147,33 @@ pub fn transpose(x: &Var, dim0: isize, dim1: isize) -> Result<Var> {
     permute(x, &perm)
 }
 
+/// The gradient goes back to the device the value came from.
+struct ToDeviceBackward {
+    from: Device,
+}
+
+impl Backward for ToDeviceBackward {
+    fn name(&self) -> &'static str {
+        "to"
+    }
+    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(g.to_device(self.from)?)])
+    }
+}
+
+/// `x` on `device` (`Tensor.to`): `x` itself if it is there, else a copy in the graph.
+pub fn to_device(x: &Var, device: Device) -> Result<Var> {
+    let xv = x.value();
+    if xv.device() == device {
+        return Ok(x.clone());
+    }
+    Ok(Var::from_op(
+        xv.to_device(device)?,
+        vec![x.clone()],
+        ToDeviceBackward { from: xv.device() },
+    ))
+}
+
 struct SliceBackward {
     input_shape: Vec<usize>,
     offset: usize,
@@ -162,14 +185,8 @@ impl Backward for SliceBackward {
         "slice"
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let gx = scatter_strided(
-            g.data(),
-            numel(&self.input_shape),
-            self.offset,
-            g.shape(),
-            &self.view_strides,
-        );
-        Ok(vec![Some(Tensor::new(gx, &self.input_shape)?)])
+        let gx = scatter(g, &self.input_shape, self.offset, &self.view_strides)?;
+        Ok(vec![Some(gx)])
     }
 }
 
@@ -196,10 +213,7 @@ pub fn slice(x: &Var, dim: isize, start: usize, stop: usize, step: usize) -> Res
     let mut view_strides = strides.clone();
     view_strides[d] *= step;
     let offset = if len == 0 { 0 } else { start * strides[d] };
-    let out = Tensor::new(
-        gather_strided(xv.data(), offset, &out_shape, &view_strides),
-        &out_shape,
-    )?;
+    let out = gather(&xv, offset, &out_shape, &view_strides)?;
     Ok(Var::from_op(
         out,
         vec![x.clone()],
@@ -221,26 +235,20 @@ impl Backward for CatBackward {
         "cat"
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let (outer, inner) = outer_inner(g.shape(), self.dim);
-        let total = g.shape()[self.dim];
+        let (_, inner) = outer_inner(g.shape(), self.dim);
+        let strides = contiguous_strides(g.shape());
         let mut start = 0;
         let mut grads = Vec::with_capacity(self.sizes.len());
         for &size in &self.sizes {
             let mut shape = g.shape().to_vec();
             shape[self.dim] = size;
-            let mut part = Vec::with_capacity(numel(&shape));
-            for o in 0..outer {
-                let base = (o * total + start) * inner;
-                part.extend_from_slice(&g.data()[base..base + size * inner]);
-            }
-            grads.push(Some(Tensor::new(part, &shape)?));
+            grads.push(Some(gather(g, start * inner, &shape, &strides)?));
             start += size;
         }
         Ok(grads)
     }
 }
 
-/// Products of the dimensions before and after `dim`.
 fn outer_inner(shape: &[usize], dim: usize) -> (usize, usize) {
     (numel(&shape[..dim]), numel(&shape[dim + 1..]))
 }
@@ -274,17 +282,25 @@ pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
     let sizes: Vec<usize> = values.iter().map(|v| v.shape()[d]).collect();
     let mut out_shape = values[0].shape().to_vec();
     out_shape[d] = sizes.iter().sum();
-    let (outer, inner) = outer_inner(&out_shape, d);
-    let mut out = Vec::with_capacity(numel(&out_shape));
-    for o in 0..outer {
-        for (v, &size) in values.iter().zip(&sizes) {
-            out.extend_from_slice(&v.data()[o * size * inner..(o + 1) * size * inner]);
-        }
-    }
-    let out = Tensor::new(out, &out_shape)?;
+    let device = Device::common("cat", values.iter().map(Tensor::device))?;
+    let out = on_device!(device,
+        gpu: crate::gpu::ops::strided::cat(&values, &out_shape, d)?,
+        cpu: cat_host(&values, &sizes, &out_shape, d)?,
+    );
     Ok(Var::from_op(
         out,
         xs.to_vec(),
         CatBackward { dim: d, sizes },
     ))
+}
+
+fn cat_host(values: &[Tensor], sizes: &[usize], out_shape: &[usize], d: usize) -> Result<Tensor> {
+    let (outer, inner) = outer_inner(out_shape, d);
+    let mut out = Vec::with_capacity(numel(out_shape));
+    for o in 0..outer {
+        for (v, &size) in values.iter().zip(sizes) {
+            out.extend_from_slice(&v.data()[o * size * inner..(o + 1) * size * inner]);
+        }
+    }
+    Tensor::new(out, out_shape)
 }

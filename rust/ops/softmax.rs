@@ -22,6 +22,13 @@ struct BroadcastRows<'a> {
 }
 
 impl<'a> BroadcastRows<'a> {
+    /// The mask expanded to the input's shape (the GPU kernel reads one value per element).
+    #[cfg(feature = "wgpu")]
+    fn expanded(&self) -> Result<Tensor> {
+        let data = super::broadcast::gather_strided(self.data, 0, &self.shape, &self.strides);
+        Tensor::new(data, &self.shape)
+    }
+
     fn new(op: &'static str, mask: &'a Tensor, shape: &[usize]) -> Result<Self> {
         let joint = broadcast_shapes(op, shape, mask.shape())?;
         if joint != shape {
@@ -106,14 +113,16 @@ simd_kernel! {
 }
 
 /// Forward kernel: `x (…, C)` plus the optional additive `mask` (broadcastable to `x`'s shape;
-/// entries must be finite or −inf) → softmax or log-softmax over the last axis, same shape.
+/// entries must be finite or −inf) → softmax or log-softmax over the last axis, same shape, on
+/// `x`'s device. The mask, like token ids, is an argument read on the host whatever the device.
 pub fn softmax_forward(
     op: &'static str,
     x: &Tensor,
     mask: Option<&Tensor>,
     log: bool,
 ) -> Result<Tensor> {
-    let mask = match mask {
+    let host_mask = mask.map(Tensor::to_host).transpose()?;
+    let mask = match &host_mask {
         Some(m) => {
             if let Some(i) = m
                 .data()
@@ -129,6 +138,14 @@ pub fn softmax_forward(
         }
         None => None,
     };
+    on_device!(x.device(),
+        gpu: return crate::gpu::ops::softmax::forward_tensor(
+            x,
+            mask.as_ref().map(BroadcastRows::expanded).transpose()?.as_ref(),
+            log,
+        ),
+        cpu: (),
+    );
     let (rows, cols) = x.rows_cols();
     let mut out = x.data().to_vec();
     for_each_row(rows_mut(&mut out, rows, cols), cols, |r, z| {
@@ -148,6 +165,10 @@ pub fn softmax_forward(
 /// `y = −inf` (masked out, so constant in `x`) get 0 and are left out of `Σ g`: masked entries
 /// and fully masked rows get a zero gradient where PyTorch would pass `g` through.
 pub fn softmax_backward(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
+    on_device!(g.device(),
+        gpu: return crate::gpu::ops::softmax::backward_tensor(g, y, log),
+        cpu: (),
+    );
     let (rows, cols) = y.rows_cols();
     let mut dx = crate::cpu::alloc::output(y.numel());
     let (gd, yd) = (g.data(), y.data());

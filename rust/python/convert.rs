@@ -141,9 +141,10 @@ pub fn mask_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor
     tensor_from_py(obj, op)
 }
 
-/// A NumPy float32 array holding a copy of `t`.
+/// A NumPy float32 array holding a copy of `t` (downloaded from the GPU if it is there).
 pub fn tensor_to_numpy<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
     let shape = t.shape().to_vec();
-    let flat = numpy::PyArray1::from_vec(py, t.into_vec());
+    let host = py.detach(|| t.to_host())?;
+    let flat = numpy::PyArray1::from_vec(py, host.into_vec());
     Ok(flat.reshape(shape)?.into_any())
 }

@@ -21,11 +21,17 @@ fn item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
         .ok_or_else(|| TfmError::value(OP, format!("decoder spec is missing {key:?}")).into())
 }
 
+/// A weight or the encoder's memory on the host: the decoder runs on the CPU, so the values of
+/// a model moved to the GPU are downloaded here.
+fn host_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    Ok(tensor_from_py(obj, OP)?.to_host()?)
+}
+
 fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
     if obj.is_none() {
         Ok(None)
     } else {
-        Ok(Some(tensor_from_py(obj, OP)?))
+        Ok(Some(host_tensor(obj)?))
     }
 }
 
@@ -33,7 +39,7 @@ fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
 fn linear(obj: &Bound<'_, PyAny>) -> PyResult<decode::Linear> {
     let (w, b): (Bound<PyAny>, Bound<PyAny>) = obj.extract()?;
     Ok(decode::Linear {
-        weight: tensor_from_py(&w, OP)?,
+        weight: host_tensor(&w)?,
         bias: opt_tensor(&b)?,
     })
 }
@@ -107,9 +113,9 @@ impl PyDecoderWeights {
             norm_first: item(spec, "norm_first")?.extract()?,
             activation,
             eps: item(spec, "eps")?.extract()?,
-            embed: tensor_from_py(&item(spec, "embed")?, OP)?,
+            embed: host_tensor(&item(spec, "embed")?)?,
             embed_scale: item(spec, "embed_scale")?.extract()?,
-            positions: tensor_from_py(&item(spec, "positions")?, OP)?,
+            positions: host_tensor(&item(spec, "positions")?)?,
             layers,
             final_norm: optional(item(spec, "final_norm")?, norm)?,
             head: linear(&item(spec, "head")?)?,
@@ -140,7 +146,7 @@ fn memory(
     let Some(memory) = memory.filter(|m| !m.is_none()) else {
         return Ok(None);
     };
-    let mem = tensor_from_py(memory, OP)?;
+    let mem = host_tensor(memory)?;
     let &[b, s, _] = mem.shape() else {
         return Err(TfmError::shape(
             OP,

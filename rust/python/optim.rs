@@ -5,8 +5,9 @@ use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::autograd::Var;
 use crate::error::{Result, TfmError};
+use crate::ops::on_device;
 use crate::optim::{adam_step as adam_kernel, sgd_step as sgd_kernel, AdamConfig, SgdConfig};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 use pyo3::prelude::*;
 
 /// The parameter's gradient; errors if it has none.
@@ -14,6 +15,11 @@ fn grad_of(param: &Var, op: &'static str) -> Result<Tensor> {
     param
         .grad()
         .ok_or_else(|| TfmError::value(op, "the parameter has no gradient"))
+}
+
+/// The device of a parameter, its gradient and its state tensors, which must agree.
+fn device_of(op: &'static str, g: &Tensor, vars: &[&Var]) -> Result<Device> {
+    Device::common(op, vars.iter().map(|v| v.device()).chain([g.device()]))
 }
 
 /// Errors if two state tensors are the same object (they are updated in place together).
@@ -69,6 +75,28 @@ fn adam_step(
         all.extend(vmax.as_ref());
         distinct("adam_step", &all)?;
         let g = grad_of(&p, "adam_step")?;
+        on_device!(device_of("adam_step", &g, &all)?,
+            gpu: return p.update_value(|pv| m.update_value(|mv| v.update_value(|vv| {
+                const OP: &str = "adam_step";
+                let mut xv = vmax.as_ref().map(Var::value);
+                let x = xv.as_mut().map(|x| x.buffer_mut(OP)).transpose()?;
+                crate::gpu::ops::adam::step(
+                    pv.buffer_mut(OP)?,
+                    mv.buffer_mut(OP)?,
+                    vv.buffer_mut(OP)?,
+                    x,
+                    g.buffer(OP)?,
+                    step,
+                    &cfg,
+                )?;
+                // The running maximum was updated in place (copied first if shared).
+                match (&vmax, xv) {
+                    (Some(var), Some(value)) => var.set_value(value),
+                    _ => Ok(()),
+                }
+            }))),
+            cpu: (),
+        );
         p.update_value(|pv| {
             m.update_value(|mv| {
                 v.update_value(|vv| match &vmax {
@@ -127,6 +155,18 @@ fn sgd_step(
         all.extend(buf.as_ref());
         distinct("sgd_step", &all)?;
         let g = grad_of(&p, "sgd_step")?;
+        on_device!(device_of("sgd_step", &g, &all)?,
+            gpu: {
+                let b = buf.as_ref().map(Var::value);
+                let (np, nb) = crate::gpu::ops::sgd::step(&p.value(), &g, b.as_ref(), first_step, &cfg)?;
+                p.set_value(np)?;
+                return match (&buf, nb) {
+                    (Some(var), Some(value)) => var.set_value(value),
+                    _ => Ok(()),
+                };
+            },
+            cpu: (),
+        );
         p.update_value(|pv| match &buf {
             Some(b) => b.update_value(|bv| {
                 sgd_kernel(

@@ -6,7 +6,7 @@ use super::runtime::run;
 use crate::autograd::{backward, Var};
 use crate::ops::elementwise::{self, BinaryOp, UnaryOp};
 use crate::ops::{matmul, reduce, shape};
-use crate::tensor::{normalize_dim, Tensor};
+use crate::tensor::{normalize_dim, Device, Tensor};
 use pyo3::prelude::*;
 use pyo3::types::{PyEllipsis, PyInt, PyNone, PySlice, PySliceMethods, PyTuple};
 
@@ -90,6 +90,46 @@ impl PyTensor {
     #[getter]
     fn dtype(&self) -> &'static str {
         "float32"
+    }
+
+    /// Where the values live: "cpu" or "gpu".
+    #[getter]
+    fn device(&self) -> &'static str {
+        self.var.device().name()
+    }
+
+    /// This tensor on `device` ("cpu", or "gpu" / "wgpu"): itself if it is already there,
+    /// else a copy, which stays in the graph (gradients flow back to this tensor's device), as
+    /// PyTorch's `Tensor.to`. Moving to the GPU without one is a `DeviceError`.
+    fn to(&self, py: Python<'_>, device: &str) -> PyResult<PyTensor> {
+        let device = Device::parse("to", device)?;
+        let x = self.var.clone();
+        Ok(PyTensor::wrap(run(py, move || {
+            shape::to_device(&x, device)
+        })?))
+    }
+
+    /// `to("cpu")`.
+    fn cpu(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        self.to(py, "cpu")
+    }
+
+    /// Moves a leaf's value, and its gradient, to `device` in place, keeping its identity (what
+    /// `Module.to` does to parameters and buffers, like PyTorch's `param.data = …`).
+    fn _move_(&self, py: Python<'_>, device: &str) -> PyResult<()> {
+        let device = Device::parse("to", device)?;
+        let var = self.var.clone();
+        run(py, move || {
+            if !var.is_leaf() {
+                return Err(crate::error::TfmError::autograd(
+                    "to",
+                    "only leaf tensors (parameters, buffers) can be moved in place",
+                ));
+            }
+            let grad = var.grad().map(|g| g.to_device(device)).transpose()?;
+            var.set_value(var.value().to_device(device)?)?;
+            var.set_grad(grad)
+        })
     }
 
     /// size() → shape tuple; size(dim) → that dimension's size.
@@ -190,7 +230,7 @@ impl PyTensor {
 
     /// The value of a one-element tensor as a Python float.
     fn item(&self) -> PyResult<f32> {
-        let v = self.var.value();
+        let v = self.var.value().to_host()?;
         if v.numel() != 1 {
             return Err(crate::error::TfmError::value(
                 "item",
@@ -243,18 +283,19 @@ impl PyTensor {
         run(py, move || backward(&var, g, retain_graph))
     }
 
-    /// Copies `src`'s values into this tensor in place (shapes must match; `src` broadcasts
-    /// from a scalar). Not recorded in the graph, like PyTorch's `copy_` under `no_grad`.
+    /// Copies `src`'s values into this tensor in place, onto this tensor's device (shapes must
+    /// match; `src` broadcasts from a scalar). Not recorded in the graph, like PyTorch's
+    /// `copy_` under `no_grad`.
     fn copy_<'py>(slf: Bound<'py, Self>, src: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Self>> {
         let value = tensor_from_py(src, "copy_")?;
         let var = &slf.get().var;
         let shape = var.shape();
         let value = if value.numel() == 1 && shape.iter().product::<usize>() != 1 {
-            Tensor::full(&shape, value.data()[0])
+            Tensor::full(&shape, value.to_vec()?[0])
         } else {
             value
         };
-        var.set_value(value)?;
+        var.set_value(value.to_device(var.device())?)?;
         Ok(slf)
     }
 

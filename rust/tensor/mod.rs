@@ -1,30 +1,64 @@
 //! Dense, contiguous, row-major f32 storage with a shape. Nothing else: no autograd (see
 //! `autograd`), no math (see `ops`). Storage is shared copy-on-write through an `Arc`, so
-//! reshapes and saved-for-backward copies are free; when the last tensor sharing it is dropped,
-//! the buffer goes back to `cpu::alloc` for the next op's output.
+//! reshapes and saved-for-backward copies are free; when the last tensor sharing host values is
+//! dropped, their buffer goes back to `cpu::alloc` for the next op's output.
+//!
+//! The storage lives on a [`Device`]: host memory, or (feature `wgpu`) a GPU buffer. Ops check
+//! the devices of their operands first and run GPU tensors through `crate::gpu`; the host
+//! accessors ([`Tensor::data`], [`Tensor::data_mut`], [`Tensor::into_vec`]) are for CPU
+//! kernels only. [`Tensor::to_device`] and [`Tensor::to_host`] move values explicitly.
 
+mod device;
 mod shape;
 
+pub use device::Device;
 pub use shape::{broadcast_shapes, contiguous_strides, normalize_dim, numel, shape_str};
 
 use crate::error::{Result, TfmError};
+#[cfg(feature = "wgpu")]
+use crate::gpu::GpuBuffer;
 use std::sync::Arc;
 
-#[derive(Clone, Debug)]
-pub struct Tensor {
-    shape: Vec<usize>,
-    data: Arc<Storage>,
+#[derive(Clone)]
+enum Storage {
+    Host(Arc<HostBuf>),
+    #[cfg(feature = "wgpu")]
+    Gpu(Arc<GpuBuffer>),
 }
 
-/// A tensor's buffer, recycled on drop.
+/// Host values, recycled on drop.
 #[derive(Clone, Debug)]
-struct Storage(Vec<f32>);
+struct HostBuf(Vec<f32>);
 
-impl Drop for Storage {
+impl Drop for HostBuf {
     fn drop(&mut self) {
         crate::cpu::alloc::recycle(std::mem::take(&mut self.0));
     }
 }
+
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut s = f.debug_struct("Tensor");
+        s.field("shape", &self.shape);
+        match &self.storage {
+            Storage::Host(d) => s.field("data", &d.0),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(_) => s.field("device", &"gpu"),
+        };
+        s.finish()
+    }
+}
+
+/// The message of the invariant the host accessors rely on.
+#[cfg(feature = "wgpu")]
+const HOST_ONLY: &str =
+    "a CPU kernel was handed a GPU tensor (ops must check devices first; please report it)";
 
 impl Tensor {
     /// A tensor owning `data`, which must hold exactly `shape.iter().product()` values.
@@ -42,7 +76,7 @@ impl Tensor {
         }
         Ok(Tensor {
             shape: shape.to_vec(),
-            data: Arc::new(Storage(data)),
+            storage: Storage::Host(Arc::new(HostBuf(data))),
         })
     }
 
@@ -55,15 +89,17 @@ impl Tensor {
         data.fill(value);
         Tensor {
             shape: shape.to_vec(),
-            data: Arc::new(Storage(data)),
+            storage: Storage::Host(Arc::new(HostBuf(data))),
         }
     }
 
     pub fn scalar(value: f32) -> Self {
-        Tensor {
-            shape: vec![],
-            data: Arc::new(Storage(vec![value])),
-        }
+        Self::full(&[], value)
+    }
+
+    /// [`Tensor::full`] on `device`.
+    pub fn full_on(shape: &[usize], value: f32, device: Device) -> Result<Self> {
+        Self::full(shape, value).to_device(device)
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -75,22 +111,86 @@ impl Tensor {
     }
 
     pub fn numel(&self) -> usize {
-        self.data.0.len()
+        numel(&self.shape)
     }
 
+    pub fn device(&self) -> Device {
+        match &self.storage {
+            Storage::Host(_) => Device::Cpu,
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(_) => Device::Gpu,
+        }
+    }
+
+    pub fn is_gpu(&self) -> bool {
+        self.device() == Device::Gpu
+    }
+
+    /// The values of a host tensor. Only CPU kernels call this, after the op checked that its
+    /// operands are on the CPU; a GPU tensor here is a bug in tfm_rs (reported as an
+    /// `InternalError` by the bindings, which catch panics).
     pub fn data(&self) -> &[f32] {
-        &self.data.0
+        match &self.storage {
+            Storage::Host(d) => &d.0,
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(_) => panic!("{HOST_ONLY}"),
+        }
     }
 
-    /// Mutable access; copies the storage first if another tensor shares it.
+    /// Mutable access to a host tensor's values; copies the storage first if another tensor
+    /// shares it. CPU kernels only, as [`Tensor::data`].
     pub fn data_mut(&mut self) -> &mut [f32] {
-        Arc::make_mut(&mut self.data).0.as_mut_slice()
+        match &mut self.storage {
+            Storage::Host(d) => Arc::make_mut(d).0.as_mut_slice(),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(_) => panic!("{HOST_ONLY}"),
+        }
     }
 
+    /// The values of a host tensor, moved out. CPU kernels only, as [`Tensor::data`].
     pub fn into_vec(self) -> Vec<f32> {
-        match Arc::try_unwrap(self.data) {
-            Ok(mut own) => std::mem::take(&mut own.0),
-            Err(shared) => shared.0.clone(),
+        match self.storage {
+            Storage::Host(d) => match Arc::try_unwrap(d) {
+                Ok(mut own) => std::mem::take(&mut own.0),
+                Err(shared) => shared.0.clone(),
+            },
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(_) => panic!("{HOST_ONLY}"),
+        }
+    }
+
+    /// The values as a host vector, downloading a GPU tensor.
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::Host(d) => Ok(d.0.to_vec()),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(b) => b.to_vec::<f32>(),
+        }
+    }
+
+    /// This tensor on the host: itself if it is there, else a downloaded copy.
+    pub fn to_host(&self) -> Result<Tensor> {
+        self.to_device(Device::Cpu)
+    }
+
+    /// This tensor on `device`: itself (sharing storage) if it is there, else a copy. Moving to
+    /// the GPU without the `wgpu` feature, or without an adapter, is a `Device` error.
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if self.device() == device {
+            return Ok(self.clone());
+        }
+        match device {
+            Device::Cpu => Tensor::new(self.to_vec()?, &self.shape),
+            #[cfg(feature = "wgpu")]
+            Device::Gpu => Ok(Tensor::from_gpu(
+                GpuBuffer::from_slice(self.data())?,
+                &self.shape,
+            )?),
+            #[cfg(not(feature = "wgpu"))]
+            Device::Gpu => Err(TfmError::device(
+                "to",
+                "tfm_rs was built without the GPU backend (cargo feature \"wgpu\")",
+            )),
         }
     }
 
@@ -108,7 +208,7 @@ impl Tensor {
         }
         Ok(Tensor {
             shape: shape.to_vec(),
-            data: Arc::clone(&self.data),
+            storage: self.storage.clone(),
         })
     }
 
@@ -117,5 +217,59 @@ impl Tensor {
         let cols = self.shape.last().copied().unwrap_or(1);
         let rows = numel(&self.shape[..self.ndim().saturating_sub(1)]);
         (rows, cols)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl Tensor {
+    /// A GPU tensor over `buffer`, which must hold exactly the shape's number of values.
+    pub fn from_gpu(buffer: GpuBuffer, shape: &[usize]) -> Result<Tensor> {
+        if buffer.len() != numel(shape) {
+            return Err(TfmError::shape(
+                "tensor",
+                format!(
+                    "a GPU buffer of {} values cannot fill shape {}",
+                    buffer.len(),
+                    shape_str(shape)
+                ),
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage: Storage::Gpu(Arc::new(buffer)),
+        })
+    }
+
+    /// A GPU tensor of zeros.
+    pub fn gpu_zeros(shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_gpu(GpuBuffer::zeros(numel(shape))?, shape)
+    }
+
+    /// The GPU buffer of a GPU tensor; a `Device` error naming `op` for a host tensor.
+    pub fn buffer(&self, op: &'static str) -> Result<&GpuBuffer> {
+        match &self.storage {
+            Storage::Gpu(b) => Ok(b),
+            Storage::Host(_) => Err(TfmError::device(
+                op,
+                "expected a GPU tensor, got a CPU tensor",
+            )),
+        }
+    }
+
+    /// The GPU buffer for an in-place update: first copied on the device if another tensor
+    /// shares it (copy-on-write, as [`Tensor::data_mut`]).
+    pub fn buffer_mut(&mut self, op: &'static str) -> Result<&GpuBuffer> {
+        let Storage::Gpu(b) = &mut self.storage else {
+            return Err(TfmError::device(
+                op,
+                "expected a GPU tensor, got a CPU tensor",
+            ));
+        };
+        if Arc::get_mut(b).is_none() {
+            let copy = GpuBuffer::zeros(b.len())?;
+            copy.copy_from(b)?;
+            *b = Arc::new(copy);
+        }
+        Ok(b)
     }
 }

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
-from tfm_rs.nn.parameter import Parameter, copy_tensor
+from tfm_rs.nn.parameter import Parameter, copy_tensor, zeros_like
 
 __all__ = ["Module", "ModuleList", "Sequential"]
 
@@ -274,7 +274,20 @@ class Module:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad = np.zeros(p.shape, np.float32)
+                p.grad = zeros_like(p)
+
+    def to(self, device: str) -> "Module":
+        """Moves every parameter and buffer (and any gradient) to ``device`` ("cpu", or "gpu" /
+        "wgpu") in place, keeping their identity, as ``torch.nn.Module.to``; returns ``self``.
+        Inputs then have to be on that device too (token ids and masks are NumPy arrays, read
+        on the host either way)."""
+        for t in itertools.chain(self.parameters(), self.buffers()):
+            t._move_(device)
+        return self
+
+    def cpu(self) -> "Module":
+        """``to("cpu")``."""
+        return self.to("cpu")
 
     # ----------------------------------------------------------------- state
 

@@ -33,6 +33,7 @@ class Parameter(Tensor):
         if id(self) in memo:
             return memo[id(self)]
         copy = type(self)(self.numpy(), self.requires_grad)
+        copy._move_(self.device)
         memo[id(self)] = copy
         return copy
 
@@ -44,10 +45,20 @@ class Parameter(Tensor):
 
 
 def copy_tensor(t: Optional[Tensor]) -> Optional[Tensor]:
-    """A new leaf with ``t``'s values and ``requires_grad`` (deep copies of buffers)."""
-    if t is None or isinstance(t, Parameter):
-        return None if t is None else Parameter(t.numpy(), t.requires_grad)
-    return Tensor.__new__(Tensor, t.numpy().astype(np.float32, copy=True), t.requires_grad)
+    """A new leaf with ``t``'s values, ``requires_grad`` and device (deep copies of buffers)."""
+    if t is None:
+        return None
+    if isinstance(t, Parameter):
+        copy = Parameter(t.numpy(), t.requires_grad)
+    else:
+        copy = Tensor.__new__(Tensor, t.numpy().astype(np.float32, copy=True), t.requires_grad)
+    copy._move_(t.device)
+    return copy
+
+
+def zeros_like(t: Tensor) -> Tensor:
+    """A leaf of zeros with ``t``'s shape, on ``t``'s device (gradients, optimizer state)."""
+    return Tensor.__new__(Tensor, np.zeros(t.shape, np.float32), False).to(t.device)
 
 
 def as_tensor(x: Any) -> Tensor:

@@ -12,6 +12,7 @@ import numpy as np
 
 from tfm_rs import _core
 from tfm_rs._core import Tensor
+from tfm_rs.nn.parameter import zeros_like
 
 ParamsT = Union[Iterable[Tensor], Iterable[Dict[str, Any]]]
 
@@ -54,7 +55,7 @@ class Optimizer:
             if set_to_none or p.grad is None:
                 p.grad = None
             else:
-                p.grad = np.zeros(p.shape, np.float32)
+                p.grad = zeros_like(p)
 
     def state_dict(self) -> Dict[str, Any]:
         """State as in PyTorch: ``state`` keyed by parameter index, ``param_groups`` with indices;
@@ -75,7 +76,8 @@ class Optimizer:
             raise _core.ShapeError("load_state_dict: the saved parameter groups do not match this optimizer's")
         for g, own in zip(groups, self.param_groups):
             own.update({k: v for k, v in g.items() if k != "params"})
-        shapes = {i: p.shape for i, _, p in self._params()}
+        params = {i: p for i, _, p in self._params()}
+        shapes = {i: p.shape for i, p in params.items()}
         self.state = {}
         for key, s in state_dict["state"].items():
             i = int(key)
@@ -86,7 +88,7 @@ class Optimizer:
                 if isinstance(v, np.ndarray):
                     if v.shape != shapes[i]:
                         raise _core.ShapeError(f"load_state_dict: state '{k}' of parameter {i} has shape {v.shape}, expected {shapes[i]}")
-                    v = _core.tensor(v)
+                    v = _core.tensor(v).to(params[i].device)
                 restored[k] = v
             self.state[i] = restored
 
@@ -114,7 +116,7 @@ class SGD(Optimizer):
             buf = state.get("momentum_buffer")
             first = buf is None
             if g["momentum"] != 0 and first:
-                buf = state["momentum_buffer"] = _core.tensor(np.zeros(p.shape, np.float32))
+                buf = state["momentum_buffer"] = zeros_like(p)
             _core.sgd_step(p, buf if g["momentum"] != 0 else None, first, g["lr"], g["momentum"], g["dampening"],
                            g["weight_decay"], g["nesterov"], g["maximize"])
 
@@ -139,10 +141,9 @@ class Adam(Optimizer):
                 continue
             state = self.state.setdefault(i, {})
             if not state:
-                zeros = lambda: _core.tensor(np.zeros(p.shape, np.float32))  # noqa: E731
-                state.update(step=0, exp_avg=zeros(), exp_avg_sq=zeros())
+                state.update(step=0, exp_avg=zeros_like(p), exp_avg_sq=zeros_like(p))
                 if g["amsgrad"]:
-                    state["max_exp_avg_sq"] = zeros()
+                    state["max_exp_avg_sq"] = zeros_like(p)
             state["step"] += 1
             beta1, beta2 = g["betas"]
             _core.adam_step(p, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"), state["step"],

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
 use crate::ops::activation::ActivationKind;
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu activation";
 shader!(ACTIVATION, "activation.wgsl");
@@ -43,6 +44,20 @@ pub fn backward(kind: ActivationKind, dx: &GpuBuffer, g: &GpuBuffer, x: &GpuBuff
     let p = params(kind, x.len())?;
     let args = [Arg::In(x), Arg::In(g), Arg::Out(dx)];
     launch(OP, &ACTIVATION, "backward", &p, &args, grid_elems(x.len()))
+}
+
+/// [`forward`] on a GPU tensor.
+pub fn forward_tensor(kind: ActivationKind, x: &Tensor) -> Result<Tensor> {
+    let y = Tensor::gpu_zeros(x.shape())?;
+    forward(kind, y.buffer(OP)?, x.buffer(OP)?)?;
+    Ok(y)
+}
+
+/// [`backward`] on GPU tensors of one shape.
+pub fn backward_tensor(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let dx = Tensor::gpu_zeros(x.shape())?;
+    backward(kind, dx.buffer(OP)?, g.buffer(OP)?, x.buffer(OP)?)?;
+    Ok(dx)
 }
 
 /// [`forward`] from and to the host.

@@ -6,12 +6,14 @@
 
 use super::check_lens;
 use super::gemm::u32_of;
+use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
-use crate::ops::attention::AttentionConfig;
+use crate::ops::attention::{AttentionConfig, MaskLayout};
 use crate::random::keep_threshold;
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu attention";
 // One variant per head-size class: MAX_D × BC = 2048 floats per tile.
@@ -284,6 +286,82 @@ pub fn backward(
         &args(dk, dv),
         blocks(tk, bh),
     )
+}
+
+/// What the GPU forward saved, as the CPU op: inputs, output, row log-sum-exp, mask, config.
+struct SdpaBackward {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: GpuBuffer,
+    mask: Option<MaskLayout>,
+    /// Everything but the mask view, which borrows from `mask`.
+    cfg: AttentionConfig<'static>,
+}
+
+impl Backward for SdpaBackward {
+    fn name(&self) -> &'static str {
+        "scaled_dot_product_attention"
+    }
+
+    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let cfg = AttentionConfig {
+            mask: self.mask.as_ref().map(MaskLayout::view),
+            ..self.cfg
+        };
+        let [dq, dk, dv] = [&self.q, &self.k, &self.v].map(|t| Tensor::gpu_zeros(t.shape()));
+        let (dq, dk, dv) = (dq?, dk?, dv?);
+        backward(
+            dq.buffer(OP)?,
+            dk.buffer(OP)?,
+            dv.buffer(OP)?,
+            g.buffer(OP)?,
+            self.q.buffer(OP)?,
+            self.k.buffer(OP)?,
+            self.v.buffer(OP)?,
+            self.out.buffer(OP)?,
+            &self.lse,
+            &cfg,
+        )?;
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
+    }
+}
+
+/// The GPU forward of [`crate::ops::attention::scaled_dot_product_attention`], called with its
+/// checked arguments: the graph inputs, their values, the output shape `(…, Tq, Ev)`, the
+/// configuration (its `mask` unset) and the mask layout.
+pub(crate) fn attention_var(
+    inputs: [&Var; 3],
+    [q, k, v]: [Tensor; 3],
+    out_shape: &[usize],
+    cfg: AttentionConfig<'static>,
+    mask: Option<MaskLayout>,
+) -> Result<Var> {
+    let out = Tensor::gpu_zeros(out_shape)?;
+    let lse = GpuBuffer::zeros(cfg.bh * cfg.tq)?;
+    let full = AttentionConfig {
+        mask: mask.as_ref().map(MaskLayout::view),
+        ..cfg
+    };
+    forward(
+        out.buffer(OP)?,
+        &lse,
+        q.buffer(OP)?,
+        k.buffer(OP)?,
+        v.buffer(OP)?,
+        &full,
+    )?;
+    let saved = SdpaBackward {
+        q,
+        k,
+        v,
+        out: out.clone(),
+        lse,
+        mask,
+        cfg,
+    };
+    Ok(Var::from_op(out, inputs.map(Var::clone).to_vec(), saved))
 }
 
 /// [`forward`] from and to the host: `(out, lse)`.

@@ -10,6 +10,7 @@ use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
 use crate::random::keep_threshold;
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu dropout";
 shader!(DROPOUT, "dropout.wgsl");
@@ -47,6 +48,16 @@ pub fn apply(out: &GpuBuffer, v: &GpuBuffer, seed: u64, p: f64) -> Result<()> {
         &[Arg::In(v), Arg::Out(out)],
         grid_elems(v.len()),
     )
+}
+
+/// [`apply`] on a GPU tensor; `p = 1` drops everything (the kernel's scale would be infinite),
+/// as the CPU op.
+pub fn apply_tensor(v: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
+    let out = Tensor::gpu_zeros(v.shape())?;
+    if p < 1.0 {
+        apply(out.buffer(OP)?, v.buffer(OP)?, seed, p)?;
+    }
+    Ok(out)
 }
 
 /// [`apply`] from and to the host.

@@ -8,6 +8,7 @@ use super::gemm::u32_of;
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu embedding";
 shader!(EMBEDDING, "embedding.wgsl");
@@ -108,6 +109,41 @@ pub fn backward(
         ],
         grid_elems(v * d),
     )
+}
+
+/// Rows `ids` (each below V, checked by [`crate::ops::embedding`]) of the GPU tensor
+/// `weight (V, D)`: `(n, D)`.
+pub fn forward_tensor(ids: &[usize], weight: &Tensor) -> Result<Tensor> {
+    let d = weight.shape()[1];
+    let out = Tensor::gpu_zeros(&[ids.len(), d])?;
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    forward(
+        out.buffer(OP)?,
+        &GpuBuffer::from_slice(&ids)?,
+        weight.buffer(OP)?,
+        d,
+    )?;
+    Ok(out)
+}
+
+/// The gradient `(V, D)` of the weight from `g (n, D)` on the GPU for the same `ids`; row
+/// `padding` stays zero.
+pub fn backward_tensor(
+    g: &Tensor,
+    ids: &[usize],
+    v: usize,
+    padding: Option<usize>,
+) -> Result<Tensor> {
+    let d = g.shape().last().copied().unwrap_or(1);
+    let dw = Tensor::gpu_zeros(&[v, d])?;
+    let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+    let (start, order) = group_by_id(&ids, v);
+    let (start, order) = (
+        GpuBuffer::from_slice(&start)?,
+        GpuBuffer::from_slice(&order)?,
+    );
+    backward(dw.buffer(OP)?, g.buffer(OP)?, &start, &order, d, padding)?;
+    Ok(dw)
 }
 
 /// [`forward`] from and to the host; checks the ids.

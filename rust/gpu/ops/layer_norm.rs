@@ -4,9 +4,12 @@
 
 use super::gemm::u32_of;
 use super::{check_len, check_lens};
+use crate::autograd::{Backward, Var};
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
+use crate::ops::elementwise::{binary_forward, BinaryOp};
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu layer_norm";
 shader!(LAYER_NORM, "layer_norm.wgsl");
@@ -125,6 +128,93 @@ pub fn backward(
         Arg::Out(dbias),
     ];
     launch(OP, &LAYER_NORM, "backward_params", &p, &args, grid_elems(d))
+}
+
+/// What the GPU forward saved: the normalized input `s = x (+ residual)`, its row statistics,
+/// the weight.
+struct LayerNormBackward {
+    name: &'static str,
+    s: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    weight: Option<Tensor>,
+    has_residual: bool,
+    has_bias: bool,
+}
+
+impl Backward for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let (rows, d) = self.s.rows_cols();
+        let ds = Tensor::gpu_zeros(self.s.shape())?;
+        let (dw, db) = (Tensor::gpu_zeros(&[d])?, Tensor::gpu_zeros(&[d])?);
+        let w = self.weight.as_ref().map(|w| w.buffer(OP)).transpose()?;
+        backward(
+            ds.buffer(OP)?,
+            dw.buffer(OP)?,
+            db.buffer(OP)?,
+            g.buffer(OP)?,
+            self.s.buffer(OP)?,
+            self.mean.buffer(OP)?,
+            self.rstd.buffer(OP)?,
+            w,
+            rows,
+            d,
+        )?;
+        // inputs: x, [residual], [weight], [bias], as the CPU op.
+        let mut grads = vec![Some(ds); 1 + self.has_residual as usize];
+        if self.weight.is_some() {
+            grads.push(Some(dw));
+        }
+        if self.has_bias {
+            grads.push(Some(db));
+        }
+        grads.resize(inputs.len(), None);
+        Ok(grads)
+    }
+}
+
+/// The GPU forward of [`crate::ops::layer_norm`]'s `layer_norm` and `add_layer_norm`, called
+/// with their checked arguments and graph inputs (x, [residual], [weight], [bias]).
+pub(crate) fn layer_norm_var(
+    name: &'static str,
+    inputs: Vec<Var>,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    weight: Option<&Tensor>,
+    bias: Option<&Tensor>,
+    eps: f32,
+) -> Result<Var> {
+    let s = match residual {
+        Some(r) => binary_forward(BinaryOp::Add, x, r)?,
+        None => x.clone(),
+    };
+    let (rows, d) = s.rows_cols();
+    let y = Tensor::gpu_zeros(s.shape())?;
+    let (mean, rstd) = (Tensor::gpu_zeros(&[rows])?, Tensor::gpu_zeros(&[rows])?);
+    forward(
+        y.buffer(OP)?,
+        mean.buffer(OP)?,
+        rstd.buffer(OP)?,
+        s.buffer(OP)?,
+        weight.map(|w| w.buffer(OP)).transpose()?,
+        bias.map(|b| b.buffer(OP)).transpose()?,
+        rows,
+        d,
+        eps,
+    )?;
+    let saved = LayerNormBackward {
+        name,
+        s,
+        mean,
+        rstd,
+        weight: weight.cloned(),
+        has_residual: residual.is_some(),
+        has_bias: bias.is_some(),
+    };
+    Ok(Var::from_op(y, inputs, saved))
 }
 
 /// What [`forward_host`] returns: `y (rows, D)`, `mean (rows,)`, `rstd (rows,)`.

@@ -1,16 +1,27 @@
 //! The GPU ops, one host file per op with its WGSL beside it; each is tested against the CPU
 //! op of the same name in `crate::ops`. Argument order as the CPU kernels: outputs, saved
 //! values, inputs, sizes.
+//!
+//! Three layers per op, as far as it needs them: buffer-level kernels (device in, device out),
+//! tensor-level functions on GPU [`Tensor`](crate::tensor::Tensor)s that the CPU op dispatches
+//! to when its operands are on the GPU, and — where the backward saves device-specific state
+//! (LayerNorm, cross entropy, attention) — the op's autograd wiring on GPU values. Host
+//! wrappers (slices in, `Vec` out) serve the tests and `tfm_rs.gpu`.
 
 pub mod activation;
 pub mod adam;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;
+pub mod elementwise;
 pub mod embedding;
 pub mod gemm;
 pub mod layer_norm;
+pub mod linear;
+pub mod matmul;
+pub mod sgd;
 pub mod softmax;
+pub mod strided;
 
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::GpuBuffer;

@@ -7,6 +7,7 @@ use super::gemm::u32_of;
 use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid, launch, shader, Arg};
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu softmax";
 shader!(SOFTMAX, "softmax.wgsl");
@@ -65,6 +66,30 @@ pub fn backward(
     let p = params(rows, cols, log, false)?;
     let args = [Arg::In(y), Arg::In(g), Arg::Out(dx)];
     launch(OP, &SOFTMAX, "backward", &p, &args, grid(rows))
+}
+
+/// [`forward`] on a GPU tensor `x (…, C)` with a host mask of `x`'s shape.
+pub fn forward_tensor(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
+    let (rows, cols) = x.rows_cols();
+    let y = Tensor::gpu_zeros(x.shape())?;
+    let mask = mask.map(|m| upload(m.data())).transpose()?;
+    forward(y.buffer(OP)?, x.buffer(OP)?, mask.as_ref(), rows, cols, log)?;
+    Ok(y)
+}
+
+/// [`backward`] on GPU tensors `g`, `y (…, C)`.
+pub fn backward_tensor(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
+    let (rows, cols) = y.rows_cols();
+    let dx = Tensor::gpu_zeros(y.shape())?;
+    backward(
+        dx.buffer(OP)?,
+        y.buffer(OP)?,
+        g.buffer(OP)?,
+        rows,
+        cols,
+        log,
+    )?;
+    Ok(dx)
 }
 
 /// [`forward`] from and to the host.

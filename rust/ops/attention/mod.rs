@@ -43,7 +43,7 @@ pub use reference::{attention_backward_reference, attention_forward_reference};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::{broadcast_strides, row_offset};
-use crate::tensor::{shape_str, Tensor};
+use crate::tensor::{shape_str, Device, Tensor};
 
 const OP: &str = "scaled_dot_product_attention";
 
@@ -117,8 +117,9 @@ impl AttentionConfig<'_> {
     }
 }
 
-/// A mask tensor with the offsets that read it broadcast to (…, Tq, Tk).
-struct MaskLayout {
+/// A mask tensor (on the host, whatever the device of q, k, v) with the offsets that read it
+/// broadcast to (…, Tq, Tk).
+pub(crate) struct MaskLayout {
     mask: Tensor,
     head_offsets: Vec<usize>,
     row_stride: usize,
@@ -134,6 +135,7 @@ impl MaskLayout {
         tq: usize,
         tk: usize,
     ) -> Result<MaskLayout> {
+        let mask = &mask.to_host()?;
         let target: Vec<usize> = batch.iter().copied().chain([tq, tk]).collect();
         let ms = mask.shape();
         let offset = target.len().checked_sub(ms.len());
@@ -175,7 +177,7 @@ impl MaskLayout {
         })
     }
 
-    fn view(&self) -> AttnMask<'_> {
+    pub(crate) fn view(&self) -> AttnMask<'_> {
         AttnMask {
             data: self.mask.data(),
             head_offsets: &self.head_offsets,
@@ -306,6 +308,7 @@ pub fn scaled_dot_product_attention(
         is_causal,
         scale,
     )?;
+    let device = Device::common(OP, [qv.device(), kv.device(), vv.device()])?;
     let bh = batch.iter().product();
     let seed = if dropout_p > 0.0 {
         crate::random::next_seed()
@@ -325,6 +328,13 @@ pub fn scaled_dot_product_attention(
         seed,
     };
 
+    let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
+    on_device!(device,
+        gpu: return crate::gpu::ops::attention::attention_var(
+            [q, k, v], [qv, kv, vv], &out_shape, cfg, mask,
+        ),
+        cpu: (),
+    );
     let mut out = crate::cpu::alloc::output(bh * tq * ev);
     let mut lse = vec![0.0f32; bh * tq];
     attention_forward(
@@ -338,7 +348,6 @@ pub fn scaled_dot_product_attention(
             ..cfg
         },
     );
-    let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
     let out = Tensor::new(out, &out_shape)?;
     let saved = SdpaBackward {
         q: qv,

@@ -1,0 +1,119 @@
+// Elementwise arithmetic, one element per invocation, with the formulas of
+// rust/ops/elementwise.rs: binary ops over broadcast operands, unary maps and their backward.
+
+struct Params {
+    n: u32,
+    // binary: the output's rank; unary: unused.
+    rank: u32,
+    // binary: 0 add, 1 sub, 2 mul, 3 div. unary: 0 neg, 1 exp, 2 log, 3 sqrt, 4 tanh,
+    // 5 pow(x, s), 6 scale (x·s).
+    kind: u32,
+    s: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+// binary: the output shape (rank), then a's and b's broadcast strides (rank each).
+@group(0) @binding(1) var<storage, read> dims: array<u32>;
+// binary: a, b. unary forward: x, x. unary backward: x (the input), y (the output).
+@group(0) @binding(2) var<storage, read> a: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+// unary backward: the output gradient (the others bind a here).
+@group(0) @binding(4) var<storage, read> g: array<f32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+fn index(wg: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
+    return group_index(wg, nwg) * WG + lid;
+}
+
+@compute @workgroup_size(WG)
+fn binary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    var rem = i;
+    var ia = 0u;
+    var ib = 0u;
+    for (var d = p.rank; d > 0u; d = d - 1u) {
+        let size = dims[d - 1u];
+        let c = rem % size;
+        rem = rem / size;
+        ia = ia + c * dims[p.rank + d - 1u];
+        ib = ib + c * dims[2u * p.rank + d - 1u];
+    }
+    let u = a[ia];
+    let v = b[ib];
+    switch p.kind {
+        case 0u: { out[i] = u + v; }
+        case 1u: { out[i] = u - v; }
+        case 2u: { out[i] = u * v; }
+        default: { out[i] = u / v; }
+    }
+}
+
+// tanh without the overflow of (e^2x − 1)/(e^2x + 1) at large |x|.
+fn stable_tanh(x: f32) -> f32 {
+    let e = exp(-2.0 * abs(x));
+    return sign(x) * (1.0 - e) / (1.0 + e);
+}
+
+// x^s as Rust's powf: WGSL's pow is undefined for x < 0, so integral exponents take the sign
+// from the parity.
+fn powf(x: f32, s: f32) -> f32 {
+    if (s == 0.0) {
+        return 1.0;
+    }
+    let m = pow(abs(x), s);
+    if (x >= 0.0) {
+        return m;
+    }
+    if (floor(s) != s) {
+        return f32_from_bits(0x7fc00000u);
+    }
+    let odd = (i32(abs(s)) & 1) == 1;
+    return select(m, -m, odd);
+}
+
+fn unary_f(x: f32) -> f32 {
+    switch p.kind {
+        case 0u: { return -x; }
+        case 1u: { return exp(x); }
+        case 2u: { return log(x); }
+        case 3u: { return sqrt(x); }
+        case 4u: { return stable_tanh(x); }
+        case 5u: { return powf(x, p.s); }
+        default: { return x * p.s; }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn unary(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i < p.n) {
+        out[i] = unary_f(a[i]);
+    }
+}
+
+// out = g · f'(x), from the input x (binding a) and the output y (binding b).
+@compute @workgroup_size(WG)
+fn unary_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = index(wg, nwg, lid);
+    if (i >= p.n) {
+        return;
+    }
+    let x = a[i];
+    let y = b[i];
+    let gi = g[i];
+    switch p.kind {
+        case 0u: { out[i] = -gi; }
+        case 1u: { out[i] = gi * y; }
+        case 2u: { out[i] = gi / x; }
+        case 3u: { out[i] = gi * 0.5 / y; }
+        case 4u: { out[i] = gi * (1.0 - y * y); }
+        case 5u: { out[i] = gi * p.s * powf(x, p.s - 1.0); }
+        default: { out[i] = gi * p.s; }
+    }
+}
