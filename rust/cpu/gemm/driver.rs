@@ -93,6 +93,90 @@ unsafe impl Sync for CPtr {}
 /// `K::tile` must be runnable on this CPU; `p.a`, `p.b` must be validated views with
 /// `a.cols == b.rows`, and `c` must hold the `m×n` matrix at stride `ldc` (all checked by `gemm`).
 pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: bool) {
+    // SAFETY: forwarded.
+    unsafe { run_with::<K>(p, c, parallel, None) }
+}
+
+/// Equal k-slices (e.g. k = 600 → 2×300, not 512 + 88): every slice but the first re-reads and
+/// re-writes C, so a thin tail slice costs almost as much C traffic as a full one.
+fn kc_slice<K: MicroKernel>(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(K::KC))
+}
+
+/// Packs the `B` block `(jc, pc)` (`kc` deep, `nc` wide) into `dst`, each of `threads` packing a
+/// contiguous run of panels (whole-row reads, see pack.rs).
+fn pack_b_block<K: MicroKernel>(
+    b: &MatRef,
+    (jc, nc): (usize, usize),
+    (pc, kc): (usize, usize),
+    dst: &mut [f32],
+    threads: usize,
+) {
+    let group = nc.div_ceil(K::NR).div_ceil(threads) * K::NR;
+    let pack_group = |(g, dst): (usize, &mut [f32])| {
+        let j0 = jc + g * group;
+        pack(b, pc, kc, j0, group.min(jc + nc - j0), K::NR, dst);
+    };
+    if threads > 1 {
+        dst.par_chunks_mut(group * kc)
+            .enumerate()
+            .for_each(pack_group);
+    } else {
+        pack_group((0, dst));
+    }
+}
+
+/// Where block `(jc, pc)` of a whole packed `B` starts: blocks of all of `B`'s columns before
+/// `jc` (`jc·k` floats, as `NC` is a whole number of panels), then this column block's slices
+/// before `pc`.
+fn packed_b_offset<K: MicroKernel>(jc: usize, pc: usize, panels: usize, k: usize) -> usize {
+    const { assert!(K::NC.is_multiple_of(K::NR)) };
+    jc * k + panels * K::NR * pc
+}
+
+/// Runs one band of rows per thread (`bands`: each band's `A` rows and its rows of `C`), all
+/// sharing one copy of `B` packed up front by all the threads together. The bands then never
+/// synchronize; packing `B` once instead of once per band saves a `k×n` copy per extra thread
+/// (at 2048³ on 2 threads, 16 MiB of the 32 MiB each thread streamed before its first FMA).
+///
+/// # Safety
+/// As [`run`], for `p` and for each band's view and `C` rows (the same `ldc`).
+pub(super) unsafe fn run_bands<K: MicroKernel>(p: &Problem, bands: Vec<(MatRef, &mut [f32])>) {
+    let (n, k) = (p.b.cols, p.a.cols);
+    let threads = rayon::current_num_threads().max(1);
+    let kc_max = kc_slice::<K>(k);
+    let blocks = (0..n).step_by(K::NC).flat_map(|jc| {
+        let nc = K::NC.min(n - jc);
+        (0..k)
+            .step_by(kc_max)
+            .map(move |pc| ((jc, nc), (pc, kc_max.min(k - pc))))
+    });
+    let total: usize = blocks
+        .clone()
+        .map(|((_, nc), (_, kc))| nc.div_ceil(K::NR) * K::NR * kc)
+        .sum();
+    let mut b_buf = Buffer::take(&PACK_B, total);
+    let packed = b_buf.slice();
+    for ((jc, nc), (pc, kc)) in blocks {
+        let panels = nc.div_ceil(K::NR);
+        let dst = &mut packed[packed_b_offset::<K>(jc, pc, panels, k)..][..panels * K::NR * kc];
+        pack_b_block::<K>(&p.b, (jc, nc), (pc, kc), dst, threads);
+    }
+    let packed = &*packed;
+    bands.into_par_iter().for_each(|(a, c)| {
+        let band = Problem { a, ..*p };
+        // SAFETY: each band is a validated part of the caller's problem.
+        unsafe { run_with::<K>(&band, c, false, Some(packed)) };
+    });
+}
+
+/// [`run`], taking `B` already packed whole (laid out as [`packed_b_offset`] says) when given.
+unsafe fn run_with<K: MicroKernel>(
+    p: &Problem,
+    c: &mut [f32],
+    parallel: bool,
+    packed_b: Option<&[f32]>,
+) {
     let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
     if k == 0 {
         scale_only(p, c, m, n);
@@ -104,10 +188,13 @@ pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: b
         1
     };
     let c_ptr = CPtr(c.as_mut_ptr());
-    // Equal k-slices (e.g. k = 600 → 2×300, not 512 + 88): every slice but the first re-reads
-    // and re-writes C, so a thin tail slice costs almost as much C traffic as a full one.
-    let kc_max = k.div_ceil(k.div_ceil(K::KC));
-    let mut b_buf = Buffer::take(&PACK_B, kc_max * n.min(K::NC).div_ceil(K::NR) * K::NR);
+    let kc_max = kc_slice::<K>(k);
+    let b_len = if packed_b.is_some() {
+        0
+    } else {
+        kc_max * n.min(K::NC).div_ceil(K::NR) * K::NR
+    };
+    let mut b_buf = Buffer::take(&PACK_B, b_len);
     let a_t = p.a.t();
 
     for jc in (0..n).step_by(K::NC) {
@@ -115,22 +202,15 @@ pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: b
         let panels = nc.div_ceil(K::NR);
         for pc in (0..k).step_by(kc_max) {
             let kc = kc_max.min(k - pc);
-            let b_pack = &mut b_buf.slice()[..panels * K::NR * kc];
-            // With threads, each packs a contiguous run of panels (whole-row reads, see pack.rs).
-            let group = panels.div_ceil(threads) * K::NR;
-            let pack_b = |(g, dst): (usize, &mut [f32])| {
-                let j0 = jc + g * group;
-                pack(&p.b, pc, kc, j0, group.min(jc + nc - j0), K::NR, dst);
+            let len = panels * K::NR * kc;
+            let b_pack: &[f32] = match packed_b {
+                Some(all) => &all[packed_b_offset::<K>(jc, pc, panels, k)..][..len],
+                None => {
+                    let dst = &mut b_buf.slice()[..len];
+                    pack_b_block::<K>(&p.b, (jc, nc), (pc, kc), dst, threads);
+                    dst
+                }
             };
-            if threads > 1 {
-                b_pack
-                    .par_chunks_mut(group * kc)
-                    .enumerate()
-                    .for_each(pack_b);
-            } else {
-                pack_b((0, b_pack));
-            }
-            let b_pack = &*b_pack;
 
             let step = Step {
                 kc,

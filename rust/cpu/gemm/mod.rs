@@ -217,9 +217,9 @@ pub fn gemm_with_isa(
 const BAND_MIN_ROWS: usize = 128;
 
 /// Runs a large product as one serial GEMM per thread on a band of `C`'s rows (and `A`'s), so
-/// the threads never synchronize inside the call; each packs its own copy of `B`, which costs
-/// less than the fork/joins of a shared packing on every k-slice (measured on 2 cores).
-/// Returns false, doing nothing, where the problem is too small or there is one thread.
+/// the threads never synchronize inside the call except once, after packing all of `B` together
+/// (see `driver::run_bands`). Returns false, doing nothing, where the problem is too small, is a
+/// matrix–vector product, or there is one thread.
 #[allow(clippy::too_many_arguments)]
 fn split_rows(
     isa: Isa,
@@ -231,10 +231,21 @@ fn split_rows(
     ldc: usize,
     epilogue: &Epilogue,
 ) -> bool {
-    use rayon::prelude::*;
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let threads = rayon::current_num_threads();
-    if threads < 2 || m < threads * BAND_MIN_ROWS || m * n * k < driver::PARALLEL_MIN_MACS {
+    let problem = driver::Problem {
+        alpha,
+        a,
+        b,
+        beta,
+        ldc,
+        epilogue: *epilogue,
+    };
+    if threads < 2
+        || m < threads * BAND_MIN_ROWS
+        || m * n * k < driver::PARALLEL_MIN_MACS
+        || gemv::applies(&problem)
+    {
         return false;
     }
     let band = m.div_ceil(threads);
@@ -256,8 +267,14 @@ fn split_rows(
         };
         bands.push((a_band, head));
     }
-    bands.into_par_iter().for_each(|(a_band, c_band)| {
-        gemm_with_isa(isa, alpha, a_band, b, beta, c_band, ldc, epilogue, false);
-    });
+    match isa {
+        // SAFETY (every arm): as in `gemm_with_isa`; the bands are disjoint rows of the
+        // validated problem.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { driver::run_bands::<kernel_avx512::Avx512>(&problem, bands) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { driver::run_bands::<kernel_avx2::Avx2>(&problem, bands) },
+        _ => unsafe { driver::run_bands::<kernel_generic::Generic>(&problem, bands) },
+    }
     true
 }
