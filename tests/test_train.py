@@ -158,10 +158,18 @@ def test_recipe_end_to_end(tmp_path):
     res = main(["--data", str(data), "--src", "xx", "--tgt", "yy", "--test-split", "test", "--out",
                 str(tmp_path / "run"), "--preset", "tiny", "--vocab-size", "40", "--minutes", "0", "--max-steps",
                 "3", "--max-tokens", "200", "--warmup", "2", "--valid-every", "2", "--bleu-every", "2",
-                "--save-every", "2", "--print-every", "0"])
+                "--save-every", "2", "--print-every", "0", "--average", "2", "--average-every", "1"])
     assert res["steps"] == 3 and 0.0 <= res["bleu"] <= 100.0
-    for name in ("tokenizer.json", "metrics.jsonl", "results.json", "test.hyp.txt", "checkpoint"):
+    for name in ("tokenizer.json", "metrics.jsonl", "results.json", "test.hyp.txt", "checkpoint", "averaged"):
         assert (tmp_path / "run" / name).exists()
+    # Two snapshots: step 2 (also the previous checkpoint, saved every 2 steps) and the last, step 3.
+    assert res["averaged_snapshots"] == 2 and 0.0 <= res["bleu_greedy_last"] <= 100.0
+    from tfm_rs.checkpoint import load_checkpoint
+    s2, s3 = (load_checkpoint(tmp_path / "run" / d).model_state for d in ("checkpoint.prev", "checkpoint"))
+    avg = load_checkpoint(tmp_path / "run" / "averaged").model_state
+    assert any(not np.array_equal(s2[k], s3[k]) for k in s3)
+    for k in s3:
+        np.testing.assert_allclose(avg[k], (s2[k].astype(np.float64) + s3[k]) / 2, rtol=1e-6, atol=1e-7)
     res2 = main(["--data", str(data), "--src", "xx", "--tgt", "yy", "--test-split", "test", "--out",
                  str(tmp_path / "run"), "--preset", "tiny", "--minutes", "0", "--max-steps", "4", "--max-tokens",
                  "200", "--warmup", "2", "--valid-every", "0", "--bleu-every", "0", "--save-every", "0",
@@ -191,3 +199,31 @@ def test_torch_twin_is_the_same_function():
             ref = tm(torch.from_numpy(src), torch.from_numpy(tgt)).numpy()
         np.testing.assert_allclose(m(src, tgt).numpy()[0], ref[0], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(m(src, tgt).numpy()[1, :2], ref[1, :2], rtol=1e-4, atol=1e-5)
+
+
+def test_weight_averager_and_snapshot_points():
+    from tfm_rs.train.averaging import WeightAverager, snapshot_points
+
+    rng = np.random.default_rng(1)
+    states = [{"a": rng.standard_normal((3, 17)).astype(np.float32), "b": rng.standard_normal(5).astype(np.float32)}
+              for _ in range(4)]
+    avg = WeightAverager()
+    for st in states:
+        avg.add(st)
+    out = avg.average()
+    assert avg.count == 4 and list(out) == ["a", "b"]
+    for k in ("a", "b"):
+        assert out[k].dtype == np.float32
+        np.testing.assert_allclose(out[k], np.mean([st[k].astype(np.float64) for st in states], axis=0),
+                                   rtol=1e-6, atol=1e-7)
+    with pytest.raises(KeyError, match="keys differ"):
+        avg.add({"a": states[0]["a"]})
+    with pytest.raises(ValueError, match="shape"):
+        avg.add({"a": states[0]["a"].T, "b": states[0]["b"]})
+    with pytest.raises(ValueError, match="nothing was added"):
+        WeightAverager().average()
+    assert snapshot_points(20.0, 5, 1.0) == [16.0, 17.0, 18.0, 19.0]
+    assert snapshot_points(3, 5, 1) == [1, 2]  # points before the start are dropped
+    assert snapshot_points(10, 1, 1) == []
+    with pytest.raises(ValueError):
+        snapshot_points(10, 0, 1)

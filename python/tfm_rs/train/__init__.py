@@ -1,8 +1,11 @@
 """Training: :class:`Trainer` (the loop, logs, checkpoints, exact resume) with
 :class:`Seq2SeqTrainer` (parallel text) and :class:`LMTrainer` (a token stream, GPT), and the
-Multi30k recipe (``python -m tfm_rs.train.seq2seq``). Decoding lives in :mod:`tfm_rs.decode`."""
+Multi30k recipe (``python -m tfm_rs.train.seq2seq``), and :class:`WeightAverager` (the paper's
+checkpoint averaging). Decoding lives in :mod:`tfm_rs.decode`."""
 
+from tfm_rs.train.averaging import WeightAverager, snapshot_points
 from tfm_rs.train.lm import LMTrainer
 from tfm_rs.train.trainer import SCHEDULES, Seq2SeqTrainer, TrainConfig, Trainer
 
-__all__ = ["LMTrainer", "SCHEDULES", "Seq2SeqTrainer", "TrainConfig", "Trainer"]
+__all__ = ["LMTrainer", "SCHEDULES", "Seq2SeqTrainer", "TrainConfig", "Trainer", "WeightAverager",
+           "snapshot_points"]

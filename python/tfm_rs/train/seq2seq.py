@@ -7,10 +7,15 @@ Steps: read the corpus (Multi30k from ``shared/data/multi30k``, or any directory
 tokenizer on the training text of both languages (or load ``--tokenizer``, or
 ``<out>/tokenizer.json`` when resuming); build the model (``--preset small`` by default, shared
 embeddings); train with :class:`~tfm_rs.train.Seq2SeqTrainer` for ``--minutes`` of training time
-and/or ``--max-steps``; then translate the test set greedily and with beam search (``--beam``,
-``--length-penalty`` α = 1.0) and score both with sacrebleu (cased, detokenized; ``bleu`` in the results is the beam
-search's). Everything lands in ``--out``: ``tokenizer.json``, ``metrics.jsonl``, ``checkpoint/``,
-``test.hyp.txt`` and ``results.json``. ``--resume`` continues from ``<out>/checkpoint``.
+and/or ``--max-steps``; average the weights of the last ``--average`` snapshots (the paper's
+checkpoint averaging; snapshots every ``--average-every`` minutes, or steps under a step budget,
+up to the end); then translate the test set greedily and with beam search (``--beam``,
+``--length-penalty`` α = 1.0) with the averaged weights and score both with sacrebleu (cased,
+detokenized; ``bleu`` in the results is the beam search's; ``bleu_greedy_last`` is the last
+weights' greedy score). Everything lands in ``--out``: ``tokenizer.json``, ``metrics.jsonl``,
+``checkpoint/`` (the last weights and the state to ``--resume`` from), ``averaged/`` (the
+averaged model), ``test.hyp.txt`` and ``results.json``. Snapshots taken before a ``--resume``
+are not kept, so a resumed run averages only what it saw.
 """
 
 from __future__ import annotations
@@ -26,8 +31,10 @@ from typing import List, Optional, Sequence
 
 import tfm_rs
 from tfm_rs import metrics
+from tfm_rs.checkpoint import save_checkpoint
 from tfm_rs.data import ParallelCorpus, load_multi30k, multi30k_files, run_tokenizer, train_tokenizer
 from tfm_rs.models import Seq2SeqTransformer, preset_config
+from tfm_rs.train.averaging import WeightAverager, snapshot_points
 from tfm_rs.train.trainer import Seq2SeqTrainer, TrainConfig
 
 __all__ = ["main", "parse_args", "load_corpora"]
@@ -84,6 +91,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--length-penalty", type=float, default=1.0,
                    help="GNMT length penalty alpha for the beam search (1.0 suits short-trained models, "
                         "which stop early; the paper's 0.6 favours shorter output)")
+    p.add_argument("--average", type=int, default=5,
+                   help="average the weights of this many snapshots at the end of training (1 = off)")
+    p.add_argument("--average-every", type=float, default=None,
+                   help="minutes (or steps, under a step budget only) between snapshots; default 5%% of the budget")
     p.add_argument("--threads", type=int, default=None, help="tfm_rs worker threads")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
     return p.parse_args(argv)
@@ -129,11 +140,39 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.resume:
         trainer.resume(out / "checkpoint")
         print(f"resumed at step {trainer.step} ({trainer.train_time / 60:.1f} min trained)", flush=True)
-    trainer.train()
+    # Snapshot points in training minutes (time budget) or steps (step budget only).
+    by_time = bool(args.minutes)
+    budget = args.minutes if by_time else args.max_steps
+    points = []
+    if args.average > 1 and budget:
+        points = snapshot_points(budget, args.average, args.average_every or budget / 20)
+    averager = WeightAverager()
+
+    def snapshot(rec: dict) -> None:
+        if rec["type"] != "train":
+            return
+        progress = rec["train_time"] / 60 if by_time else rec["step"]
+        if points and progress >= points[0]:
+            # One snapshot per step, however many points it passed.
+            averager.add(model.state_dict())
+            while points and progress >= points[0]:
+                points.pop(0)
+
+    trainer.train(callback=snapshot)
     trainer.save()
+    n = args.test_limit or len(test)
+    last_greedy = None
+    if averager.count:
+        hyps = model.translate(test.src[:n], tokenizer, num_beams=1, batch_size=cfg.bleu_batch_size)
+        last_greedy = metrics.bleu_score(hyps, test.tgt[:n])
+        averager.add(model.state_dict())
+        model.load_state_dict(averager.average())
+        save_checkpoint(out / "averaged", model.state_dict(), model.config,
+                        extra={"averaged": averager.count, "step": trainer.step}, keep_previous=False)
+        print(f"averaged the weights of {averager.count} snapshots (last weights: greedy test BLEU "
+              f"{last_greedy.score:.2f})", flush=True)
     final_valid = trainer.validate(bleu=False)
 
-    n = args.test_limit or len(test)
     decoded = {}
     for beams in sorted({1, args.beam}):
         t0 = time.perf_counter()
@@ -148,7 +187,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "command": " ".join([sys.executable.split("/")[-1], "-m", "tfm_rs.train.seq2seq", *(argv or sys.argv[1:])]),
         "test_split": args.test_split, "test_sentences": n, "bleu": float(score.score), "bleu_detail": str(score),
         "beam": args.beam, "length_penalty": args.length_penalty, "bleu_greedy": float(decoded[1][2].score),
-        "decode_seconds_greedy": decoded[1][1],
+        "decode_seconds_greedy": decoded[1][1], "averaged_snapshots": averager.count,
+        "bleu_greedy_last": float(last_greedy.score) if last_greedy else None,
         "steps": trainer.step, "train_minutes": trainer.train_time / 60, "tokens_seen": trainer.tokens_seen,
         "tok_per_s_overall": trainer.tokens_seen / max(trainer.train_time, 1e-9),
         "tok_per_s_last100": (sum(r["tokens"] for r in tail) / max(sum(r["step_time"] for r in tail), 1e-9))
