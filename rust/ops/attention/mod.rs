@@ -387,9 +387,9 @@ impl Backward for SdpaBackward {
             mask: self.mask.as_ref().map(MaskLayout::view),
             ..self.cfg
         };
-        let mut dq = crate::cpu::alloc::zeros(self.q.numel());
-        let mut dk = crate::cpu::alloc::zeros(self.k.numel());
-        let mut dv = crate::cpu::alloc::zeros(self.v.numel());
+        let mut dq = crate::cpu::alloc::output(self.q.numel());
+        let mut dk = crate::cpu::alloc::output(self.k.numel());
+        let mut dv = crate::cpu::alloc::output(self.v.numel());
         attention_backward(
             &mut dq,
             &mut dk,
