@@ -75,6 +75,10 @@ pub(super) const PARALLEL_MIN_MACS: usize = 144 * 144 * 144;
 /// 88 vs 75 with B in L1.
 const L1_PANEL_BYTES: usize = 32 * 1024;
 const L2_C_BYTES: usize = 1024 * 1024;
+/// Packed `B` bytes an `A`-in-L1 macro-kernel streams per pass over its row panels: with the
+/// `A` block (`MC×KC`, 688 KiB on AVX-512) it fits a 2 MiB L2, so `B` comes from L3 once per
+/// pass instead of once per `A` micro-panel.
+const L2_B_BYTES: usize = 1024 * 1024;
 
 /// The largest `MR×NR` of any kernel (edge tiles go through a stack buffer this big).
 const MAX_TILE: usize = 14 * 32;
@@ -366,9 +370,14 @@ unsafe fn macro_kernel<K: MicroKernel>(
             row_panels.clone().for_each(|ip| tile(ip, jp));
         }
     } else {
-        // Keep the A micro-panel in L1 and walk C along its rows.
-        for ip in row_panels {
-            jr.clone().for_each(|jp| tile(ip, jp));
+        // Keep the A micro-panel in L1 and walk C along its rows, over runs of B panels that
+        // stay in L2 while every A micro-panel of the block passes them.
+        let run = (L2_B_BYTES / (kc * nr * f32s)).max(1);
+        let (first, end) = (jr.start, jr.end);
+        for j0 in (first..end).step_by(run) {
+            for ip in row_panels.clone() {
+                (j0..(j0 + run).min(end)).for_each(|jp| tile(ip, jp));
+            }
         }
     }
 }
