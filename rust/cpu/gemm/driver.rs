@@ -19,6 +19,8 @@ use std::thread::LocalKey;
 
 /// A register-blocked micro-kernel plus the cache block sizes tuned for it.
 pub(super) trait MicroKernel {
+    /// Whether the kernel runs on AVX-512, so that packing may use it too.
+    const AVX512: bool = false;
     /// Rows of the `C` tile (values broadcast from packed `A`).
     const MR: usize;
     /// Columns of the `C` tile (vector loads from packed `B`).
@@ -119,7 +121,16 @@ fn pack_b_block<K: MicroKernel>(
     let group = nc.div_ceil(K::NR).div_ceil(threads) * K::NR;
     let pack_group = |(g, dst): (usize, &mut [f32])| {
         let j0 = jc + g * group;
-        pack(b, pc, kc, j0, group.min(jc + nc - j0), K::NR, dst);
+        pack(
+            b,
+            pc,
+            kc,
+            j0,
+            group.min(jc + nc - j0),
+            K::NR,
+            dst,
+            K::AVX512,
+        );
     };
     if threads > 1 {
         dst.par_chunks_mut(group * kc)
@@ -228,7 +239,7 @@ unsafe fn run_with<K: MicroKernel>(
                 let (ic, mc, jr) = plan.item(item, m, panels);
                 let mut a_buf = Buffer::take(&PACK_A, mc.div_ceil(K::MR) * K::MR * kc);
                 let a_pack = a_buf.slice();
-                pack(&a_t, pc, kc, ic, mc, K::MR, a_pack);
+                pack(&a_t, pc, kc, ic, mc, K::MR, a_pack, K::AVX512);
                 // SAFETY: this item owns rows ic..ic+mc × panels `jr` of the column block.
                 unsafe { macro_kernel::<K>(p, &step, a_pack, b_pack, ic, mc, jr, c_ptr) };
             };

@@ -17,6 +17,7 @@ const NR: usize = 32;
 const B_PREFETCH_STEPS: usize = 16;
 
 impl MicroKernel for Avx512 {
+    const AVX512: bool = true;
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 512;
@@ -103,4 +104,91 @@ unsafe fn tile(
             }
         }
     }
+}
+
+/// `dst[p*width + j] = col_j[p]` for `p < kc`, `j < wt`, where column `j` starts at `src[j*cs]`:
+/// one panel of `pack`'s `rs == 1` path, 16 columns × 16 depths per register transpose.
+///
+/// # Safety
+/// The CPU must have AVX-512F; `src` must hold `(wt-1)*cs + kc` floats and `dst` `kc*width`,
+/// with `wt <= width`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn transpose_panel(
+    src: &[f32],
+    cs: usize,
+    kc: usize,
+    wt: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    let mask = |n: usize| ((1u32 << n) - 1) as __mmask16;
+    for pb in (0..kc).step_by(16) {
+        let len = 16.min(kc - pb);
+        for j0 in (0..wt).step_by(16) {
+            let gw = 16.min(wt - j0);
+            let mut rows = [_mm512_setzero_ps(); 16];
+            for (j, row) in rows.iter_mut().enumerate().take(gw) {
+                // SAFETY: column j0+j's depths pb..pb+len lie inside `src` (see above); masked
+                // lanes are not read.
+                *row = unsafe {
+                    _mm512_maskz_loadu_ps(mask(len), src.as_ptr().add((j0 + j) * cs + pb))
+                };
+            }
+            let cols = transpose16(rows);
+            for (q, col) in cols.iter().enumerate().take(len) {
+                // SAFETY: row pb+q < kc of `dst`, columns j0..j0+gw <= width; masked lanes are
+                // not written.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        dst.as_mut_ptr().add((pb + q) * width + j0),
+                        mask(gw),
+                        *col,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// The transpose of a 16×16 block held as 16 rows: `out[j]` lane `i` is `rows[i]` lane `j`.
+/// Pairs of rows interleave by 32 then 64 bits within each 128-bit lane, which leaves each
+/// 128-bit lane holding four rows of one column; two 128-bit shuffles gather those.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+    let z = _mm512_setzero_ps();
+    // a[2i], a[2i+1]: rows 2i, 2i+1 interleaved (low / high pairs of each 128-bit lane).
+    let mut a = [z; 16];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_ps(rows[2 * i], rows[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(rows[2 * i], rows[2 * i + 1]);
+    }
+    // b[4k+c], 128-bit lane L: rows 4k..4k+4 of column 4L+c.
+    let (pd, ps) = (_mm512_castps_pd, _mm512_castpd_ps);
+    let mut b = [z; 16];
+    for k in 0..4 {
+        let (x0, x1, x2, x3) = (
+            pd(a[4 * k]),
+            pd(a[4 * k + 1]),
+            pd(a[4 * k + 2]),
+            pd(a[4 * k + 3]),
+        );
+        b[4 * k] = ps(_mm512_unpacklo_pd(x0, x2));
+        b[4 * k + 1] = ps(_mm512_unpackhi_pd(x0, x2));
+        b[4 * k + 2] = ps(_mm512_unpacklo_pd(x1, x3));
+        b[4 * k + 3] = ps(_mm512_unpackhi_pd(x1, x3));
+    }
+    let mut out = [z; 16];
+    for c in 0..4 {
+        // Lanes 0,1 / 2,3 of the blocks for rows 0..8 and 8..16, then every other lane.
+        let lo01 = _mm512_shuffle_f32x4::<0x44>(b[c], b[4 + c]);
+        let hi01 = _mm512_shuffle_f32x4::<0xEE>(b[c], b[4 + c]);
+        let lo23 = _mm512_shuffle_f32x4::<0x44>(b[8 + c], b[12 + c]);
+        let hi23 = _mm512_shuffle_f32x4::<0xEE>(b[8 + c], b[12 + c]);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(lo01, lo23);
+        out[4 + c] = _mm512_shuffle_f32x4::<0xDD>(lo01, lo23);
+        out[8 + c] = _mm512_shuffle_f32x4::<0x88>(hi01, hi23);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(hi01, hi23);
+    }
+    out
 }
