@@ -191,7 +191,11 @@ mod ops {
     ) -> PyResult<Arr<'py>> {
         let x = host_tensor_from_py(x, op)?;
         let mask = match mask {
-            Some(m) if !m.is_none() => Some(broadcast_to(op, &mask_from_py(m, op)?.to_host()?, x.shape())?),
+            Some(m) if !m.is_none() => Some(broadcast_to(
+                op,
+                &mask_from_py(m, op)?.to_host()?,
+                x.shape(),
+            )?),
             _ => None,
         };
         let (_, cols) = rows_cols(op, x.shape())?;
@@ -354,7 +358,10 @@ mod ops {
     /// `act(x)` for `kind` in 'relu', 'gelu' (erf form), 'gelu_tanh'.
     #[pyfunction]
     fn activation<'py>(py: Python<'py>, x: &Arr<'py>, kind: &str) -> PyResult<Arr<'py>> {
-        let (kind, x) = (activation_kind(kind)?, host_tensor_from_py(x, "gpu.activation")?);
+        let (kind, x) = (
+            activation_kind(kind)?,
+            host_tensor_from_py(x, "gpu.activation")?,
+        );
         let y = run(py, || gpu_ops::activation::forward_host(kind, x.data()))?;
         array(py, y, x.shape())
     }
@@ -554,7 +561,9 @@ mod ops {
         ];
         let full: Vec<usize> = batch.iter().copied().chain([dims[0], dims[1]]).collect();
         let mask = match mask {
-            Some(m) if !m.is_none() => Some(broadcast_to(op, &mask_from_py(m, op)?.to_host()?, &full)?),
+            Some(m) if !m.is_none() => {
+                Some(broadcast_to(op, &mask_from_py(m, op)?.to_host()?, &full)?)
+            }
             _ => None,
         };
         let offsets = (0..numel(&batch)).map(|h| h * dims[0] * dims[1]).collect();
