@@ -190,3 +190,8 @@ def test_trainer_moves_the_model_and_adam_state_to_the_gpu():
     state = trainer.optimizer.state[0]
     assert state["exp_avg"].device == "gpu" and state["exp_avg_sq"].device == "gpu"
     assert trainer.validate()["type"] == "valid"
+    # No device in the config: the model stays where it is (here, already on the GPU).
+    Seq2SeqTrainer(model, data, TrainConfig(max_tokens=40, warmup_steps=1))
+    assert all(p.device == "gpu" for p in model.parameters())
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="device must be one of cpu, gpu"):
+        TrainConfig(device="cuda")

@@ -14,7 +14,8 @@ Commands:
 * ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 
 User errors (a bad flag value, an unknown config key, a missing file, ``--device gpu`` without
-a GPU) print one line and exit with status 2; add ``--debug`` (anywhere on the line) for the traceback. See ``docs/cli.md``.
+a GPU) print one line and exit with status 2; add ``--debug`` (anywhere on the line) for the
+traceback. See ``docs/cli.md``.
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ run started (carried across resumes). Validation lines are ``{"type": "valid", "
 "ppl", "accuracy", "bleu"?, …}`` (``loss`` is the plain NLL, no smoothing; ``accuracy`` the
 fraction of target tokens the argmax predicts).
 
-Training runs where ``TrainConfig.device`` says (the model is moved there; batches are NumPy
-token ids either way). Checkpoints hold host copies of the weights and optimizer state, so a run
+Training runs where ``TrainConfig.device`` says (the model is moved there; by default it stays
+where it is; batches are NumPy token ids either way). Checkpoints hold host copies of the weights and optimizer state, so a run
 trained on the GPU loads on the CPU and the other way round, and resumes on either.
 
 Checkpoints (``save``/``resume``) hold the model, optimizer, scheduler, data position, the
@@ -73,7 +73,8 @@ class TrainConfig:
     ``valid_every``/``bleu_every``/``save_every``: every that many steps (0 = never).
     ``clip_norm``: global L2 clipping (``None`` = off; the norm is still measured and logged).
     ``device``: where the model, its gradients and the optimizer state live during training
-    (``"cpu"``, or ``"gpu"``: the wgpu backend; see :func:`tfm_rs.gpu_available`).
+    (``"cpu"``, or ``"gpu"``: the wgpu backend; see :func:`tfm_rs.gpu_available`); ``None``
+    leaves the model where it is.
     """
 
     max_tokens: int = 3000
@@ -98,7 +99,7 @@ class TrainConfig:
     bleu_batch_size: int = 128
     save_every: int = 0
     max_len: Optional[int] = None
-    device: str = "cpu"
+    device: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
@@ -112,7 +113,7 @@ class TrainConfig:
                                        f"got {self.schedule!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InvalidArgumentError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.device not in DEVICES:
+        if self.device is not None and self.device not in DEVICES:
             raise InvalidArgumentError(f"TrainConfig: device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         self.betas = tuple(self.betas)
 
@@ -135,7 +136,7 @@ class Trainer:
 
     Args:
         model: the model (it must have a JSON ``config`` and a ``state_dict``); it is moved to
-            ``config.device`` in place.
+            ``config.device`` in place, if one is given.
         config: :class:`TrainConfig`.
         out_dir: where the JSONL log and checkpoints go (``None``: no files).
         log_name: the JSONL log's file name inside ``out_dir``.
@@ -146,8 +147,9 @@ class Trainer:
         self.model = model
         self.config = config or TrainConfig()
         c = self.config
-        check_device(c.device)
-        model.to(c.device)
+        if c.device is not None:
+            check_device(c.device)
+            model.to(c.device)
         self.params = list(model.parameters())
         self.optimizer = optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
         self.scheduler = _make_scheduler(self.optimizer, c)
