@@ -185,12 +185,25 @@ pub fn forward(
     v: &GpuBuffer,
     cfg: &AttentionConfig,
 ) -> Result<()> {
+    forward_prepared(&prepare(cfg)?, out, lse, q, k, v, cfg)
+}
+
+/// [`forward`] with the parameters and mask already uploaded (the autograd op keeps them for
+/// its backward).
+fn forward_prepared(
+    pr: &Prepared,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    cfg: &AttentionConfig,
+) -> Result<()> {
     check_io(cfg, q, k, v, out, lse)?;
     let (bh, tq) = (cfg.bh, cfg.tq);
     if bh * tq == 0 {
         return Ok(());
     }
-    let pr = prepare(cfg)?;
     let (ga, gb) = (GpuBuffer::zeros(1)?, GpuBuffer::zeros(1)?);
     let args = [
         Arg::In(q),
@@ -229,6 +242,25 @@ pub fn backward(
     lse: &GpuBuffer,
     cfg: &AttentionConfig,
 ) -> Result<()> {
+    let pr = prepare(cfg)?;
+    backward_prepared(&pr, dq, dk, dv, dout, q, k, v, out, lse, cfg)
+}
+
+/// [`backward`] with the forward's uploaded parameters and mask.
+#[allow(clippy::too_many_arguments)]
+fn backward_prepared(
+    pr: &Prepared,
+    dq: &GpuBuffer,
+    dk: &GpuBuffer,
+    dv: &GpuBuffer,
+    dout: &GpuBuffer,
+    q: &GpuBuffer,
+    k: &GpuBuffer,
+    v: &GpuBuffer,
+    out: &GpuBuffer,
+    lse: &GpuBuffer,
+    cfg: &AttentionConfig,
+) -> Result<()> {
     check_io(cfg, q, k, v, out, lse)?;
     let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
     check_lens(
@@ -243,7 +275,6 @@ pub fn backward(
     if bh == 0 {
         return Ok(());
     }
-    let pr = prepare(cfg)?;
     // lse (copied on the device), then delta = rowsum(dout ∘ out) from `backward_delta`.
     let stats = GpuBuffer::zeros(2 * bh * tq)?;
     stats.copy_from(lse)?;
@@ -288,15 +319,16 @@ pub fn backward(
     )
 }
 
-/// What the GPU forward saved, as the CPU op: inputs, output, row log-sum-exp, mask, config.
+/// What the GPU forward saved, as the CPU op: inputs, output, row log-sum-exp, config; and the
+/// uploaded parameters and mask, so the backward does not upload the mask again.
 struct SdpaBackward {
     q: Tensor,
     k: Tensor,
     v: Tensor,
     out: Tensor,
     lse: GpuBuffer,
-    mask: Option<MaskLayout>,
-    /// Everything but the mask view, which borrows from `mask`.
+    prepared: Prepared,
+    /// The sizes, scale and flags; its mask view is unset (the mask is in `prepared`).
     cfg: AttentionConfig<'static>,
 }
 
@@ -306,13 +338,10 @@ impl Backward for SdpaBackward {
     }
 
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let cfg = AttentionConfig {
-            mask: self.mask.as_ref().map(MaskLayout::view),
-            ..self.cfg
-        };
         let [dq, dk, dv] = [&self.q, &self.k, &self.v].map(|t| Tensor::gpu_zeros(t.shape()));
         let (dq, dk, dv) = (dq?, dk?, dv?);
-        backward(
+        backward_prepared(
+            &self.prepared,
             dq.buffer(OP)?,
             dk.buffer(OP)?,
             dv.buffer(OP)?,
@@ -322,7 +351,7 @@ impl Backward for SdpaBackward {
             self.v.buffer(OP)?,
             self.out.buffer(OP)?,
             &self.lse,
-            &cfg,
+            &self.cfg,
         )?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])
     }
@@ -340,17 +369,18 @@ pub(crate) fn attention_var(
 ) -> Result<Var> {
     let out = Tensor::gpu_zeros(out_shape)?;
     let lse = GpuBuffer::zeros(cfg.bh * cfg.tq)?;
-    let full = AttentionConfig {
+    let prepared = prepare(&AttentionConfig {
         mask: mask.as_ref().map(MaskLayout::view),
         ..cfg
-    };
-    forward(
+    })?;
+    forward_prepared(
+        &prepared,
         out.buffer(OP)?,
         &lse,
         q.buffer(OP)?,
         k.buffer(OP)?,
         v.buffer(OP)?,
-        &full,
+        &cfg,
     )?;
     let saved = SdpaBackward {
         q,
@@ -358,7 +388,7 @@ pub(crate) fn attention_var(
         v,
         out: out.clone(),
         lse,
-        mask,
+        prepared,
         cfg,
     };
     Ok(Var::from_op(out, inputs.map(Var::clone).to_vec(), saved))
