@@ -70,13 +70,14 @@ struct Params {
 }
 
 /// The uniform parameters and the mask's data and head offsets, uploaded.
-struct Prepared {
+pub struct Prepared {
     params: Params,
     mask: GpuBuffer,
     offsets: GpuBuffer,
 }
 
-fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
+/// Checks `cfg` against the kernels' limits and uploads its parameters and mask.
+pub fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
     ensure_value!(
         cfg.e <= MAX_HEAD_DIM && cfg.ev <= MAX_HEAD_DIM,
         OP,
@@ -176,21 +177,9 @@ fn check_io(
 }
 
 /// The forward: writes `out (BH, Tq, Ev)` and `lse (BH, Tq)` from `q (BH, Tq, E)`,
-/// `k (BH, Tk, E)`, `v (BH, Tk, Ev)`.
+/// `k (BH, Tk, E)`, `v (BH, Tk, Ev)`, with `cfg`'s parameters and mask uploaded by [`prepare`]
+/// (the autograd op keeps them for its backward).
 pub fn forward(
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    cfg: &AttentionConfig,
-) -> Result<()> {
-    forward_prepared(&prepare(cfg)?, out, lse, q, k, v, cfg)
-}
-
-/// [`forward`] with the parameters and mask already uploaded (the autograd op keeps them for
-/// its backward).
-fn forward_prepared(
     pr: &Prepared,
     out: &GpuBuffer,
     lse: &GpuBuffer,
@@ -228,27 +217,9 @@ fn forward_prepared(
 }
 
 /// The backward: writes `dq`, `dk`, `dv` (shaped as q, k, v) from `dout (BH, Tq, Ev)` and what
-/// the forward took and produced, with the same `cfg`.
+/// the forward took and produced, with the same `cfg` and its [`prepare`]d upload.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    dq: &GpuBuffer,
-    dk: &GpuBuffer,
-    dv: &GpuBuffer,
-    dout: &GpuBuffer,
-    q: &GpuBuffer,
-    k: &GpuBuffer,
-    v: &GpuBuffer,
-    out: &GpuBuffer,
-    lse: &GpuBuffer,
-    cfg: &AttentionConfig,
-) -> Result<()> {
-    let pr = prepare(cfg)?;
-    backward_prepared(&pr, dq, dk, dv, dout, q, k, v, out, lse, cfg)
-}
-
-/// [`backward`] with the forward's uploaded parameters and mask.
-#[allow(clippy::too_many_arguments)]
-fn backward_prepared(
     pr: &Prepared,
     dq: &GpuBuffer,
     dk: &GpuBuffer,
@@ -340,7 +311,7 @@ impl Backward for SdpaBackward {
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let [dq, dk, dv] = [&self.q, &self.k, &self.v].map(|t| Tensor::gpu_zeros(t.shape()));
         let (dq, dk, dv) = (dq?, dk?, dv?);
-        backward_prepared(
+        backward(
             &self.prepared,
             dq.buffer(OP)?,
             dk.buffer(OP)?,
@@ -373,7 +344,7 @@ pub(crate) fn attention_var(
         mask: mask.as_ref().map(MaskLayout::view),
         ..cfg
     })?;
-    forward_prepared(
+    forward(
         &prepared,
         out.buffer(OP)?,
         &lse,
@@ -405,7 +376,15 @@ pub fn forward_host(
         GpuBuffer::zeros(cfg.bh * cfg.tq * cfg.ev)?,
         GpuBuffer::zeros(cfg.bh * cfg.tq)?,
     );
-    forward(&out, &lse, &upload(q)?, &upload(k)?, &upload(v)?, cfg)?;
+    forward(
+        &prepare(cfg)?,
+        &out,
+        &lse,
+        &upload(q)?,
+        &upload(k)?,
+        &upload(v)?,
+        cfg,
+    )?;
     Ok((download(&out)?, download(&lse)?))
 }
 
@@ -424,6 +403,7 @@ pub fn backward_host(
     let dk = GpuBuffer::zeros(k.len())?;
     let dv = GpuBuffer::zeros(v.len())?;
     backward(
+        &prepare(cfg)?,
         &dq,
         &dk,
         &dv,
