@@ -1,5 +1,6 @@
-"""GPU (wgpu) throughput: GEMM GFLOP/s and attention times, against tfm_rs's CPU path and,
-when PyTorch with CUDA is importable, against PyTorch CUDA in float32 (TF32 off), in one run.
+"""GPU (wgpu) throughput: GEMM GFLOP/s, attention times and training steps, against tfm_rs's
+CPU path and, when PyTorch with CUDA is importable, against PyTorch CUDA in float32 (TF32 off),
+in one run.
 
     python benches/bench_gpu.py                      # sizes picked for the adapter found
     python benches/bench_gpu.py --sizes 1024 4096    # GEMM sizes (cubes)
@@ -10,6 +11,11 @@ The tfm_rs GPU figures time the kernels on buffers that stay on the GPU
 exclude host↔device copies, like the PyTorch CUDA figures (operands already on the device,
 ``torch.cuda.synchronize()`` after each call). On a software adapter (lavapipe, device type
 "cpu") the default sizes are small: its numbers measure Mesa's shader compiler on the CPU, not a GPU.
+
+The training steps (a Seq2Seq and a GPT: forward, backward, Adam) time whole steps through the
+Python API, as the trainer runs them: a model moved with ``.to("gpu")``, token ids uploaded each
+step, the loss read back (which waits for the GPU); PyTorch runs ``nn.Transformer`` /
+``nn.TransformerEncoder`` models of the same sizes on CUDA.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from typing import Callable, Optional
 import numpy as np
 
 import tfm_rs
+from tfm_rs.bench import _torch_train_step
+from tfm_rs.models import GPT, Seq2SeqTransformer
+from tfm_rs.optim import Adam
 
 
 def best_seconds(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
@@ -102,6 +111,84 @@ def bench_attention(cases, repeats: int, cpu: bool, torch) -> None:
                   flush=True)
 
 
+def tfm_step(model, batch) -> Callable[[], float]:
+    """One Adam step of ``model`` on ``batch`` (its ``loss`` arguments); returns the loss, whose
+    read-back waits for the device."""
+    opt = Adam(model.parameters(), lr=1e-4)
+
+    def step() -> float:
+        loss = model.loss(*batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.item()
+    return step
+
+
+def torch_gpt_step(torch, vocab: int, d: int, heads: int, layers: int, ids: np.ndarray) -> Callable[[], None]:
+    """A pre-LN causal ``nn.TransformerEncoder`` GPT of the same sizes on CUDA (tied embedding and
+    head): one Adam step."""
+    nn = torch.nn
+    T = ids.shape[1] - 1
+    emb, pos = nn.Embedding(vocab, d, device="cuda"), nn.Embedding(T, d, device="cuda")
+    layer = nn.TransformerEncoderLayer(d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True, device="cuda")
+    core = nn.TransformerEncoder(layer, layers, norm=nn.LayerNorm(d, device="cuda"), enable_nested_tensor=False)
+    head = nn.Linear(d, vocab, device="cuda")
+    head.weight = emb.weight  # tied, as tfm_rs's GPT
+    opt = torch.optim.Adam(nn.ModuleList([emb, pos, core, head]).parameters(), lr=1e-4)
+    x = torch.from_numpy(ids).cuda()
+    mask = nn.Transformer.generate_square_subsequent_mask(T, device="cuda")
+    positions = torch.arange(T, device="cuda")
+
+    def step() -> None:
+        h = core(emb(x[:, :-1]) + pos(positions), mask=mask, is_causal=True)
+        loss = nn.functional.cross_entropy(head(h).reshape(-1, vocab), x[:, 1:].reshape(-1))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return step
+
+
+def bench_train(software: bool, repeats: int, cpu: bool, torch) -> None:
+    print("\ntraining step (forward, backward, Adam), float32, ms per step (tokens/s)")
+    print(f"{'model':<44} {'wgpu':>18} {'cpu':>18} {'torch':>18}")
+    rng = np.random.default_rng(0)
+    if software:
+        V, d, heads, ff, layers, N, S, B, T = 500, 64, 4, 256, 2, 8, 16, 8, 32
+    else:
+        V, d, heads, ff, layers, N, S, B, T = 8000, 512, 8, 2048, 6, 32, 32, 16, 128
+
+    def row(name: str, tokens: int, make_tfm: Callable[[str], Callable[[], object]],
+            make_torch: Optional[Callable[[], Callable[[], None]]]) -> None:
+        def cell(seconds: Optional[float]) -> str:
+            return fmt(None, "18.1f") if seconds is None else f"{1e3 * seconds:8.1f} ({tokens / seconds:7.0f})"
+        gpu = best_seconds(make_tfm("gpu"), repeats)
+        cpu_s = best_seconds(make_tfm("cpu"), repeats) if cpu else None
+        th = best_seconds(make_torch(), repeats, torch.cuda.synchronize) if torch is not None else None
+        print(f"{name:<44} {cell(gpu)} {cell(cpu_s)} {cell(th)}", flush=True)
+
+    src, tgt = rng.integers(4, V, (N, S)), rng.integers(4, V, (N, S + 1))
+    shape = dict(d_model=d, nhead=heads, num_encoder_layers=layers, num_decoder_layers=layers, dim_feedforward=ff,
+                 dropout=0.0, max_len=max(S, T) + 1)
+
+    def seq2seq(device: str) -> Callable[[], float]:
+        tfm_rs.manual_seed(0)
+        return tfm_step(Seq2SeqTransformer(V, V, **shape).to(device), (src, tgt[:, :-1], tgt[:, 1:]))
+
+    row(f"seq2seq d{d} {layers}+{layers}L V{V}, {N}x{S}+{S} tokens", N * 2 * S, seq2seq,
+        (lambda: _torch_train_step(torch, shape, V, src, tgt, device="cuda")) if torch else None)
+    ids = rng.integers(1, V, (B, T + 1))
+
+    def gpt(device: str) -> Callable[[], float]:
+        tfm_rs.manual_seed(0)
+        model = GPT(V, d_model=d, nhead=heads, num_layers=layers, dim_feedforward=ff, dropout=0.0, max_len=T + 1)
+        return tfm_step(model.to(device), (ids,))
+
+    row(f"GPT d{d} {layers}L V{V}, {B}x{T} tokens", B * T, gpt,
+        (lambda: torch_gpt_step(torch, V, d, heads, layers, ids)) if torch else None)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="*", help="GEMM cube sizes")
@@ -122,6 +209,7 @@ def main() -> None:
     cases = [(8, 128, 64, False), (8, 128, 64, True)] if software else \
         [(32, 512, 64, False), (32, 1024, 64, True), (16, 2048, 64, True)]
     bench_attention(cases, repeats, not args.no_cpu, torch)
+    bench_train(software, repeats, not args.no_cpu, torch)
 
 
 if __name__ == "__main__":

@@ -235,3 +235,15 @@ def test_a_new_run_replaces_the_log_of_an_unsaved_one(tmp_path, capsys):
     (run / "metrics.jsonl").write_text(json.dumps({"type": "train", "step": 1, "loss": 9.0}) + "\n")
     assert cli(capsys, "train", *TINY, "--max-steps", "2", "--out", run)[0] == 0
     assert [r["loss"] != 9.0 for r in records(run)] == [True, True]
+
+
+def test_train_on_the_gpu_without_one_is_one_line_and_status_2(tmp_path):
+    """TFM_RS_GPU=0 hides any adapter (and a build without the backend has none): the run stops
+    before it creates its directory, with a DeviceError on one line."""
+    env = {**os.environ, "TFM_RS_GPU": "0"}
+    r = subprocess.run([sys.executable, "-m", "tfm_rs", "train", *TINY, "--max-steps", "1", "--device", "gpu",
+                        "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=120)
+    err = [line for line in r.stderr.splitlines() if line.startswith("tfm-rs:")]
+    assert r.returncode == 2, r.stderr
+    assert len(err) == 1 and "device 'gpu': no GPU is available" in err[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -9,6 +9,7 @@ kernels reproduce the CPU's formulas and dropout masks; only summation orders di
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -136,3 +137,61 @@ def test_generate_on_a_gpu_model_decodes_on_the_cpu():
     want = model.generate([1, 2, 3], max_new_tokens=4).sequences
     got = model.to("gpu").generate([1, 2, 3], max_new_tokens=4).sequences
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+# ---------------------------------------------------------------------------------- tfm-rs train --device gpu
+
+# The numbers task on a tiny model, as tests/test_cli_run.py trains it, with dropout on (the GPU
+# reproduces the CPU's masks) and clipping (the default clip_norm 1.0).
+TINY_RUN = ["--preset", "tiny", "--num-train", "200", "--num-heldout", "20", "--max-tokens", "300", "--warmup", "2",
+            "--lr", "3e-3", "--schedule", "noam", "--dropout", "0.1", "--quiet"]
+
+
+def cli_train(tmp_path, capsys, name, *flags):
+    from tfm_rs.cli import main
+
+    status = main(["train", *TINY_RUN, *map(str, flags), "--out", str(tmp_path / name)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+    return out, [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+
+
+def test_cli_trains_on_the_gpu_with_the_cpu_losses_and_resumes(tmp_path, capsys):
+    _, cpu = cli_train(tmp_path, capsys, "cpu", "--max-steps", "4")
+    out, gpu = cli_train(tmp_path, capsys, "gpu", "--max-steps", "4", "--device", "gpu")
+    assert "GPU " in out and tfm_rs.gpu_info()["name"] in out
+    np.testing.assert_allclose(gpu, cpu, rtol=LOSS_RTOL, err_msg="GPU vs CPU losses of tfm-rs train")
+    assert len(cpu) == 4 and cpu[-1] < cpu[0]
+    # Resume on the GPU: a run stopped after 2 steps and continued to 4 logs the same losses.
+    cli_train(tmp_path, capsys, "split", "--max-steps", "2", "--device", "gpu")
+    out, split = cli_train(tmp_path, capsys, "split", "--resume", "--max-steps", "4")
+    assert "resumed at step 2" in out and "GPU " in out  # the saved config keeps the device
+    np.testing.assert_allclose(split, gpu, rtol=LOSS_RTOL, err_msg="resumed GPU run")
+    # The GPU-trained checkpoint resumes on the CPU, and decodes there.
+    out, on_cpu = cli_train(tmp_path, capsys, "split", "--resume", "--max-steps", "5", "--device", "cpu")
+    assert "resumed at step 4" in out and "SIMD" in out and len(on_cpu) == 5
+    from tfm_rs import runs
+
+    run = runs.load_run(tmp_path / "gpu", need_valid=False)
+    assert all(p.device == "cpu" for p in run.model.parameters())
+    assert len(runs.translate_sentences(run.model, run.tokenizer, ["3 452"], task=run.data.task)) == 1
+
+
+def test_trainer_moves_the_model_and_adam_state_to_the_gpu():
+    from tfm_rs.train import Seq2SeqTrainer, TrainConfig
+
+    model = Seq2SeqTransformer(9, 9, d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1,
+                               dim_feedforward=16, dropout=0.0, max_len=8)
+    data = ([[3, 4, 5], [6, 7]], [[4, 5], [8, 3, 3]])
+    trainer = Seq2SeqTrainer(model, data, TrainConfig(max_tokens=40, warmup_steps=1, device="gpu"))
+    trainer.train(max_steps=1, verbose=False)
+    assert all(p.device == "gpu" for p in model.parameters())
+    state = trainer.optimizer.state[0]
+    assert state["exp_avg"].device == "gpu" and state["exp_avg_sq"].device == "gpu"
+    assert trainer.validate()["type"] == "valid"
+    # No device in the config: the model stays where it is (here, already on the GPU).
+    Seq2SeqTrainer(model, data, TrainConfig(max_tokens=40, warmup_steps=1))
+    assert all(p.device == "gpu" for p in model.parameters())
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="device must be one of cpu, gpu"):
+        TrainConfig(device="cuda")

@@ -146,17 +146,20 @@ def bench_train_step(repeat: int = 5) -> BenchResult:
                        float(N * (2 * S)))
 
 
-def _torch_train_step(torch, shape: Dict[str, int], V: int, src: np.ndarray, tgt: np.ndarray) -> Callable[[], None]:
+def _torch_train_step(torch, shape: Dict[str, int], V: int, src: np.ndarray, tgt: np.ndarray,
+                      device: str = "cpu") -> Callable[[], None]:
+    """PyTorch's ``nn.Transformer`` of the same shape on ``device``: one Adam step (forward,
+    backward, update), returned as a function (also used by ``benches/bench_gpu.py`` on CUDA)."""
     nn = torch.nn
     d = shape["d_model"]
-    emb = nn.Embedding(V, d)
+    emb = nn.Embedding(V, d, device=device)
     core = nn.Transformer(d, shape["nhead"], shape["num_encoder_layers"], shape["num_decoder_layers"],
-                          shape["dim_feedforward"], dropout=0.0, batch_first=True)
-    head = nn.Linear(d, V)
+                          shape["dim_feedforward"], dropout=0.0, batch_first=True, device=device)
+    head = nn.Linear(d, V, device=device)
     params = [*emb.parameters(), *core.parameters(), *head.parameters()]
     opt = torch.optim.Adam(params, lr=1e-4)
-    s, ti, to = (torch.from_numpy(x) for x in (src, tgt[:, :-1], tgt[:, 1:]))
-    mask = nn.Transformer.generate_square_subsequent_mask(ti.shape[1])
+    s, ti, to = (torch.from_numpy(x).to(device) for x in (src, tgt[:, :-1], tgt[:, 1:]))
+    mask = nn.Transformer.generate_square_subsequent_mask(ti.shape[1], device=device)
 
     def step() -> None:
         out = head(core(emb(s), emb(ti), tgt_mask=mask, tgt_is_causal=True))

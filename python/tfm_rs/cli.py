@@ -13,8 +13,9 @@ Commands:
 * ``tfm-rs bench``: a quick GEMM / attention / training-step benchmark against NumPy and PyTorch.
 * ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 
-User errors (a bad flag value, an unknown config key, a missing file) print one line and exit
-with status 2; add ``--debug`` (anywhere on the line) for the traceback. See ``docs/cli.md``.
+User errors (a bad flag value, an unknown config key, a missing file, ``--device gpu`` without
+a GPU) print one line and exit with status 2; add ``--debug`` (anywhere on the line) for the
+traceback. See ``docs/cli.md``.
 """
 
 from __future__ import annotations
@@ -442,6 +443,12 @@ def _one_line(e: BaseException) -> str:
     return lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
 
 
+def _is_device_error(e: BaseException) -> bool:
+    from tfm_rs._core import DeviceError
+
+    return isinstance(e, DeviceError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``tfm-rs``; returns (and, as a console script, exits with) the status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -479,6 +486,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:
         if debug:
             raise
+        if _is_device_error(e):  # --device gpu without a GPU: the user's choice, not a crash
+            print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_USAGE
         print(f"{PROG}: error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ task with the demo's model)::
     [train]
     out = "runs/numbers"
     max_steps = 500
+    device = "cpu"            # or "gpu"
 
 :data:`FIELDS` lists every key with its type, default and help; :func:`resolve` merges defaults,
 a file and flags (flags win) and checks them, raising :class:`ConfigError` with one line that
@@ -154,6 +155,8 @@ FIELDS: List[Field] = [
     _f("train", "save_every", int, 0, "checkpoint every N steps (0: only at the end)"),
     _f("train", "log_every", int, 1, "metrics.jsonl line every N steps", positive=True),
     _f("train", "threads", int, None, "tfm_rs worker threads (default: all cores)", positive=True),
+    _f("train", "device", str, "cpu", "where to train: cpu, or gpu (the wgpu backend: Vulkan, Metal, DX12)",
+       ("cpu", "gpu")),
 ]
 
 _BY_NAME = {f.name: f for f in FIELDS}

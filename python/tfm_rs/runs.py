@@ -188,7 +188,8 @@ def train_config(cfg: Config) -> Any:
                        label_smoothing=o["label_smoothing"], clip_norm=o["clip_norm"] or None,
                        accum_steps=o["accum_steps"], seed=t["seed"], max_steps=t["max_steps"],
                        max_minutes=t["minutes"], log_every=t["log_every"], print_every=0,
-                       valid_every=t["valid_every"], bleu_every=t["bleu_every"], save_every=t["save_every"])
+                       valid_every=t["valid_every"], bleu_every=t["bleu_every"], save_every=t["save_every"],
+                       device=t["device"])
 
 
 def make_trainer(cfg: Config, data: Data, model: Any, run_dir: Optional[Path]) -> Any:
@@ -221,6 +222,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     (or resume it from the run's checkpoint), train with progress, save the checkpoint, validate.
     ``out`` prints the report lines. Returns a summary (steps, times, final validation record)."""
     from tfm_rs.progress import Progress
+    from tfm_rs.train.trainer import check_device
 
     t_start = time.perf_counter()
     t = cfg["train"]
@@ -233,6 +235,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
                           "--out")
     if t["threads"]:
         tfm_rs.set_num_threads(t["threads"])
+    check_device(t["device"])  # before the run directory and the data exist
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
     _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
@@ -251,8 +254,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     budget = " and ".join(s for s in (f"{tc.max_steps} steps" if tc.max_steps else "",
                                        f"{tc.max_minutes:g} min" if tc.max_minutes else "") if s)
     out(f"training for {budget}: {tc.schedule} schedule, lr {tc.lr:g}, warmup {tc.warmup_steps}, "
-        f"{tc.max_tokens} tokens per batch; SIMD {tfm_rs.cpu_features()['isa']}, "
-        f"{tfm_rs.get_num_threads()} threads")
+        f"{tc.max_tokens} tokens per batch; " + _device_line(tc.device))
     progress = Progress(tc.max_steps, 60.0 * tc.max_minutes if tc.max_minutes else None,
                         initial_step=trainer.step, initial_time=trainer.train_time, use_bar=use_bar, quiet=quiet)
     try:
@@ -269,6 +271,13 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         out("validation: " + "  ".join(f"{k} {final[k]:.3f}" for k in ("loss", "ppl", "accuracy") if k in final))
     return {"steps": trainer.step, "train_time": trainer.train_time, "tokens_per_s": rate, "valid": final,
             "run_dir": str(run_dir), "wall": time.perf_counter() - t_start}
+
+
+def _device_line(device: str) -> str:
+    if device == "cpu":
+        return f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+    info = tfm_rs.gpu_info()
+    return f"GPU {info['name']} ({info['backend']}, {info['device_type']})"
 
 
 # ------------------------------------------------------------------------------ loading a run

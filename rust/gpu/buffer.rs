@@ -7,6 +7,8 @@
 use super::context::{gpu, Gpu};
 use crate::error::{Result, TfmError};
 use bytemuck::Pod;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 use wgpu::util::DeviceExt;
 
 const OP: &str = "gpu buffer";
@@ -142,18 +144,23 @@ impl GpuBuffer {
         staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        g.wait(OP)?;
-        match rx.try_recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(TfmError::device(
-                    OP,
-                    format!("mapping for download failed: {e}"),
-                ))
+        // wgpu runs a map callback in whichever thread polls: when threads share the device,
+        // another thread's poll can take ours and run it just after our own poll returned, so
+        // the result may arrive a moment late. Poll and wait again, up to a deadline.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mapped = loop {
+            g.wait(OP)?;
+            match rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(r) => break r,
+                Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                Err(_) => return Err(TfmError::device(OP, "the download did not complete")),
             }
-            Err(_) => {
-                return Err(TfmError::device(OP, "the download did not complete"));
-            }
+        };
+        if let Err(e) = mapped {
+            return Err(TfmError::device(
+                OP,
+                format!("mapping for download failed: {e}"),
+            ));
         }
         let view = staging
             .slice(..)

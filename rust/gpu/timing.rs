@@ -54,9 +54,11 @@ pub fn time_attention(cfg: &AttentionConfig, with_backward: bool, repeats: usize
         GpuBuffer::zeros(bh * tk * ev)?,
     );
     best_seconds(repeats, || {
-        attention::forward(&out, &lse, &q, &k, &v, cfg)?;
+        // Once per forward (+ backward), as the autograd op uploads its parameters.
+        let pr = attention::prepare(cfg)?;
+        attention::forward(&pr, &out, &lse, &q, &k, &v, cfg)?;
         if with_backward {
-            attention::backward(&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse, cfg)?;
+            attention::backward(&pr, &dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse, cfg)?;
         }
         Ok(())
     })

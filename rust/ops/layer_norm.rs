@@ -223,7 +223,6 @@ impl Backward for LayerNormBackward {
         let d = self.s.shape().last().copied().unwrap_or(1);
         let need_ds = inputs[..n_x].iter().any(Var::requires_grad);
         let need_params = inputs[n_x..].iter().any(Var::requires_grad);
-        let mut grads = Vec::with_capacity(inputs.len());
         let ds = if need_ds {
             let w = self.weight.as_ref().map(|w| w.data());
             Some(Tensor::new(
@@ -233,19 +232,41 @@ impl Backward for LayerNormBackward {
         } else {
             None
         };
-        grads.extend(std::iter::repeat_n(ds, n_x));
+        let (mut dweight, mut dbias) = (None, None);
         if need_params {
             let (dw, db) = layer_norm_backward_params(g.data(), self.s.data(), &self.stats, d);
             if self.weight.is_some() {
-                grads.push(Some(Tensor::new(dw, &[d])?));
+                dweight = Some(Tensor::new(dw, &[d])?);
             }
             if self.has_bias {
-                grads.push(Some(Tensor::new(db, &[d])?));
+                dbias = Some(Tensor::new(db, &[d])?);
             }
         }
-        grads.resize(inputs.len(), None);
-        Ok(grads)
+        Ok(grads_by_input(
+            inputs.len(),
+            self.has_residual,
+            ds,
+            dweight,
+            dbias,
+        ))
     }
+}
+
+/// The gradients in the order of the op's inputs, `x, [residual], [weight], [bias]` (the CPU
+/// and GPU backward share it): `ds` for `x` and for the residual (which enters the sum
+/// unchanged), then the parameter gradients that were computed; `None` for the rest.
+pub(crate) fn grads_by_input(
+    n_inputs: usize,
+    has_residual: bool,
+    ds: Option<Tensor>,
+    dweight: Option<Tensor>,
+    dbias: Option<Tensor>,
+) -> Vec<Option<Tensor>> {
+    let mut grads = vec![ds; 1 + has_residual as usize];
+    grads.extend(dweight.map(Some));
+    grads.extend(dbias.map(Some));
+    grads.resize(n_inputs, None);
+    grads
 }
 
 fn layer_norm_var(

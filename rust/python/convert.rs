@@ -127,6 +127,13 @@ pub fn ids_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<(Vec<i6
     Ok((view.iter().copied().collect(), view.shape().to_vec()))
 }
 
+/// [`tensor_from_py`] brought to the host (a GPU tensor's values are downloaded), for bindings
+/// that run host code on their inputs: the NumPy-in, NumPy-out `tfm_rs.gpu` functions and the
+/// decoder.
+pub fn host_tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor> {
+    Ok(tensor_from_py(obj, op)?.to_host()?)
+}
+
 /// An attention or softmax mask as an additive float tensor. Boolean masks follow PyTorch's
 /// `scaled_dot_product_attention`: `True` takes part (adds 0), `False` is masked (adds −∞).
 pub fn mask_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor> {
@@ -144,7 +151,6 @@ pub fn mask_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor
 /// A NumPy float32 array holding a copy of `t` (downloaded from the GPU if it is there).
 pub fn tensor_to_numpy<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
     let shape = t.shape().to_vec();
-    let host = py.detach(|| t.to_host())?;
-    let flat = numpy::PyArray1::from_vec(py, host.into_vec());
+    let flat = numpy::PyArray1::from_vec(py, py.detach(|| t.into_host_vec())?);
     Ok(flat.reshape(shape)?.into_any())
 }

@@ -3,7 +3,7 @@
 //! searches), `Search` (a generation that can be stepped, for streaming) and `generate`
 //! (a whole generation in one call). `tfm_rs.decode` builds the arguments from models.
 
-use super::convert::{tensor_from_py, tensor_to_numpy};
+use super::convert::{host_tensor_from_py, tensor_to_numpy};
 use super::runtime::run;
 use crate::decode::{self, DecoderWeights, Hypothesis, Memory, SearchConfig};
 use crate::error::TfmError;
@@ -24,7 +24,7 @@ fn item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
 /// A weight or the encoder's memory on the host: the decoder runs on the CPU, so the values of
 /// a model moved to the GPU are downloaded here.
 fn host_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
-    Ok(tensor_from_py(obj, OP)?.to_host()?)
+    host_tensor_from_py(obj, OP)
 }
 
 fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {

@@ -60,7 +60,9 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 
 #[cfg(feature = "wgpu")]
 mod ops {
-    use super::super::convert::{ids_from_py, mask_from_py, tensor_from_py, tensor_to_numpy};
+    // Every input goes through `host_tensor_from_py` (or `.to_host()`), so the host accessors below
+    // only ever see host tensors: a GPU `Tensor` passed in is downloaded, not a panic.
+    use super::super::convert::{host_tensor_from_py, ids_from_py, mask_from_py, tensor_to_numpy};
     use super::super::runtime::run;
     use crate::error::{Result, TfmError};
     use crate::gpu::ops as gpu_ops;
@@ -85,7 +87,7 @@ mod ops {
 
     fn opt_tensor(obj: Option<&Arr<'_>>, op: &'static str) -> PyResult<Option<Tensor>> {
         match obj {
-            Some(o) if !o.is_none() => Ok(Some(tensor_from_py(o, op)?)),
+            Some(o) if !o.is_none() => Ok(Some(host_tensor_from_py(o, op)?)),
             _ => Ok(None),
         }
     }
@@ -114,7 +116,7 @@ mod ops {
         trans_b: bool,
     ) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.matmul";
-        let (a, b) = (tensor_from_py(a, OP)?, tensor_from_py(b, OP)?);
+        let (a, b) = (host_tensor_from_py(a, OP)?, host_tensor_from_py(b, OP)?);
         let (sa, sb) = (a.shape(), b.shape());
         if sa.len() < 2 || sb.len() < 2 {
             return Err(TfmError::shape(
@@ -187,9 +189,13 @@ mod ops {
         mask: Option<&Arr<'py>>,
         log: bool,
     ) -> PyResult<Arr<'py>> {
-        let x = tensor_from_py(x, op)?;
+        let x = host_tensor_from_py(x, op)?;
         let mask = match mask {
-            Some(m) if !m.is_none() => Some(broadcast_to(op, &mask_from_py(m, op)?, x.shape())?),
+            Some(m) if !m.is_none() => Some(broadcast_to(
+                op,
+                &mask_from_py(m, op)?.to_host()?,
+                x.shape(),
+            )?),
             _ => None,
         };
         let (_, cols) = rows_cols(op, x.shape())?;
@@ -227,7 +233,7 @@ mod ops {
         log: bool,
     ) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.softmax_backward";
-        let (g, y) = (tensor_from_py(grad, OP)?, tensor_from_py(y, OP)?);
+        let (g, y) = (host_tensor_from_py(grad, OP)?, host_tensor_from_py(y, OP)?);
         if g.shape() != y.shape() {
             return Err(TfmError::shape(
                 OP,
@@ -258,7 +264,7 @@ mod ops {
     ) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.layer_norm";
         let (x, w, b) = (
-            tensor_from_py(x, OP)?,
+            host_tensor_from_py(x, OP)?,
             opt_tensor(weight, OP)?,
             opt_tensor(bias, OP)?,
         );
@@ -297,10 +303,10 @@ mod ops {
     ) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.layer_norm_backward";
         let (g, x, mean, rstd, w) = (
-            tensor_from_py(grad, OP)?,
-            tensor_from_py(x, OP)?,
-            tensor_from_py(mean, OP)?,
-            tensor_from_py(rstd, OP)?,
+            host_tensor_from_py(grad, OP)?,
+            host_tensor_from_py(x, OP)?,
+            host_tensor_from_py(mean, OP)?,
+            host_tensor_from_py(rstd, OP)?,
             opt_tensor(weight, OP)?,
         );
         let (rows, d) = rows_cols(OP, x.shape())?;
@@ -352,7 +358,10 @@ mod ops {
     /// `act(x)` for `kind` in 'relu', 'gelu' (erf form), 'gelu_tanh'.
     #[pyfunction]
     fn activation<'py>(py: Python<'py>, x: &Arr<'py>, kind: &str) -> PyResult<Arr<'py>> {
-        let (kind, x) = (activation_kind(kind)?, tensor_from_py(x, "gpu.activation")?);
+        let (kind, x) = (
+            activation_kind(kind)?,
+            host_tensor_from_py(x, "gpu.activation")?,
+        );
         let y = run(py, || gpu_ops::activation::forward_host(kind, x.data()))?;
         array(py, y, x.shape())
     }
@@ -368,8 +377,8 @@ mod ops {
         const OP: &str = "gpu.activation_backward";
         let (kind, g, x) = (
             activation_kind(kind)?,
-            tensor_from_py(grad, OP)?,
-            tensor_from_py(x, OP)?,
+            host_tensor_from_py(grad, OP)?,
+            host_tensor_from_py(x, OP)?,
         );
         let dx = run(py, || {
             gpu_ops::activation::backward_host(kind, g.data(), x.data())
@@ -381,7 +390,7 @@ mod ops {
     /// the CPU's for that seed); also its own backward (apply it to the gradient).
     #[pyfunction]
     fn dropout<'py>(py: Python<'py>, x: &Arr<'py>, p: f64, seed: u64) -> PyResult<Arr<'py>> {
-        let x = tensor_from_py(x, "gpu.dropout")?;
+        let x = host_tensor_from_py(x, "gpu.dropout")?;
         let y = run(py, || gpu_ops::dropout::apply_host(x.data(), seed, p))?;
         array(py, y, x.shape())
     }
@@ -390,7 +399,7 @@ mod ops {
     #[pyfunction]
     fn embedding<'py>(py: Python<'py>, ids: &Arr<'py>, weight: &Arr<'py>) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.embedding";
-        let ((ids, ids_shape), w) = (ids_from_py(ids, OP)?, tensor_from_py(weight, OP)?);
+        let ((ids, ids_shape), w) = (ids_from_py(ids, OP)?, host_tensor_from_py(weight, OP)?);
         if w.ndim() != 2 {
             return Err(TfmError::shape(
                 OP,
@@ -418,7 +427,7 @@ mod ops {
         padding_idx: Option<usize>,
     ) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.embedding_backward";
-        let ((ids, _), g) = (ids_from_py(ids, OP)?, tensor_from_py(grad, OP)?);
+        let ((ids, _), g) = (ids_from_py(ids, OP)?, host_tensor_from_py(grad, OP)?);
         let d = if ids.is_empty() {
             g.shape().last().copied().unwrap_or(0)
         } else {
@@ -455,7 +464,7 @@ mod ops {
         with_grad: bool,
     ) -> PyResult<Arr<'py>> {
         const OP: &str = "gpu.cross_entropy";
-        let (x, (t, _)) = (tensor_from_py(logits, OP)?, ids_from_py(target, OP)?);
+        let (x, (t, _)) = (host_tensor_from_py(logits, OP)?, ids_from_py(target, OP)?);
         let red = match reduction {
             "none" => Reduction::None,
             "mean" => Reduction::Mean,
@@ -520,9 +529,9 @@ mod ops {
         mask: Option<&Arr<'_>>,
     ) -> PyResult<AttnInputs> {
         let (q, k, v) = (
-            tensor_from_py(q, op)?,
-            tensor_from_py(k, op)?,
-            tensor_from_py(v, op)?,
+            host_tensor_from_py(q, op)?,
+            host_tensor_from_py(k, op)?,
+            host_tensor_from_py(v, op)?,
         );
         let nd = q.ndim();
         let fits = nd >= 2
@@ -552,7 +561,9 @@ mod ops {
         ];
         let full: Vec<usize> = batch.iter().copied().chain([dims[0], dims[1]]).collect();
         let mask = match mask {
-            Some(m) if !m.is_none() => Some(broadcast_to(op, &mask_from_py(m, op)?, &full)?),
+            Some(m) if !m.is_none() => {
+                Some(broadcast_to(op, &mask_from_py(m, op)?.to_host()?, &full)?)
+            }
             _ => None,
         };
         let offsets = (0..numel(&batch)).map(|h| h * dims[0] * dims[1]).collect();
@@ -652,9 +663,9 @@ mod ops {
         const OP: &str = "gpu.attention_backward";
         let a = attention_inputs(OP, [q, k, v], attn_mask)?;
         let (g, o, l) = (
-            tensor_from_py(grad, OP)?,
-            tensor_from_py(out, OP)?,
-            tensor_from_py(lse, OP)?,
+            host_tensor_from_py(grad, OP)?,
+            host_tensor_from_py(out, OP)?,
+            host_tensor_from_py(lse, OP)?,
         );
         let cfg = a.config(is_causal, scale, dropout_p, seed);
         let (dq, dk, dv) = run(py, || {
@@ -710,15 +721,15 @@ mod ops {
             amsgrad,
             maximize,
         };
-        let p = tensor_from_py(param, OP)?;
-        let g = tensor_from_py(grad, OP)?;
+        let p = host_tensor_from_py(param, OP)?;
+        let g = host_tensor_from_py(grad, OP)?;
         let (mut pv, mut m, mut v) = (
             p.data().to_vec(),
-            tensor_from_py(exp_avg, OP)?.into_vec(),
-            tensor_from_py(exp_avg_sq, OP)?.into_vec(),
+            host_tensor_from_py(exp_avg, OP)?.into_host_vec()?,
+            host_tensor_from_py(exp_avg_sq, OP)?.into_host_vec()?,
         );
         let mut vmax = match (amsgrad, opt_tensor(max_exp_avg_sq, OP)?) {
-            (true, Some(t)) => Some(t.into_vec()),
+            (true, Some(t)) => Some(t.into_host_vec()?),
             (true, None) => Some(vec![0.0; pv.len()]),
             (false, _) => None,
         };

@@ -6,7 +6,12 @@
 //! The storage lives on a [`Device`]: host memory, or (feature `wgpu`) a GPU buffer. Ops check
 //! the devices of their operands first and run GPU tensors through `crate::gpu`; the host
 //! accessors ([`Tensor::data`], [`Tensor::data_mut`], [`Tensor::into_vec`]) are for CPU
-//! kernels only. [`Tensor::to_device`] and [`Tensor::to_host`] move values explicitly.
+//! kernels only, behind that check, and treat a GPU tensor as a bug (a panic, which the bindings
+//! report as `InternalError`). Code that can be handed a tensor on either device — the Python
+//! bindings, the decoder — first brings it to the host with the fallible [`Tensor::to_host`],
+//! [`Tensor::to_vec`] or [`Tensor::into_host_vec`] (a `Device` error if the download fails).
+//! Making `data()` itself fallible would put a `?` on each of the ~170 CPU-kernel reads for a
+//! condition the dispatch already rules out. [`Tensor::to_device`] moves values explicitly.
 
 mod device;
 mod shape;
@@ -156,6 +161,16 @@ impl Tensor {
             },
             #[cfg(feature = "wgpu")]
             Storage::Gpu(_) => panic!("{HOST_ONLY}"),
+        }
+    }
+
+    /// The values as a host vector, moved out of a host tensor (no copy when unshared) or
+    /// downloaded from a GPU one.
+    pub fn into_host_vec(self) -> Result<Vec<f32>> {
+        if self.is_gpu() {
+            self.to_vec()
+        } else {
+            Ok(self.into_vec())
         }
     }
 

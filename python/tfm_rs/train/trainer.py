@@ -25,6 +25,10 @@ run started (carried across resumes). Validation lines are ``{"type": "valid", "
 "ppl", "accuracy", "bleu"?, …}`` (``loss`` is the plain NLL, no smoothing; ``accuracy`` the
 fraction of target tokens the argmax predicts).
 
+Training runs where ``TrainConfig.device`` says (the model is moved there; by default it stays
+where it is; batches are NumPy token ids either way). Checkpoints hold host copies of the weights and optimizer state, so a run
+trained on the GPU loads on the CPU and the other way round, and resumes on either.
+
 Checkpoints (``save``/``resume``) hold the model, optimizer, scheduler, data position, the
 trainer's NumPy generator, tfm_rs's dropout RNG state, ``nn.init``'s generator and the counters,
 so a resumed run continues with bit-identical losses.
@@ -46,15 +50,16 @@ import tfm_rs
 import tfm_rs.functional as F
 from tfm_rs import checkpoint as ckpt_lib
 from tfm_rs import metrics, nn, optim
-from tfm_rs._core import InvalidArgumentError, Tensor
+from tfm_rs._core import DeviceError, InvalidArgumentError, Tensor
 from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, TokenBatchSampler, collate
 from tfm_rs.models import load_model_state
 
-__all__ = ["SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "evaluate", "seq2seq_batches",
-           "seq2seq_forward"]
+__all__ = ["DEVICES", "SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "check_device", "evaluate",
+           "seq2seq_batches", "seq2seq_forward"]
 
 SCHEDULES = ("inverse_sqrt", "noam", "cosine", "constant")
+DEVICES = ("cpu", "gpu")
 Record = Dict[str, Any]
 
 
@@ -67,6 +72,9 @@ class TrainConfig:
     module docstring); ``min_lr_ratio``: the cosine schedule's floor as a fraction of ``lr``.
     ``valid_every``/``bleu_every``/``save_every``: every that many steps (0 = never).
     ``clip_norm``: global L2 clipping (``None`` = off; the norm is still measured and logged).
+    ``device``: where the model, its gradients and the optimizer state live during training
+    (``"cpu"``, or ``"gpu"``: the wgpu backend; see :func:`tfm_rs.gpu_available`); ``None``
+    leaves the model where it is.
     """
 
     max_tokens: int = 3000
@@ -91,6 +99,7 @@ class TrainConfig:
     bleu_batch_size: int = 128
     save_every: int = 0
     max_len: Optional[int] = None
+    device: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
@@ -104,6 +113,8 @@ class TrainConfig:
                                        f"got {self.schedule!r}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InvalidArgumentError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.device is not None and self.device not in DEVICES:
+            raise InvalidArgumentError(f"TrainConfig: device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -124,7 +135,8 @@ class Trainer:
     * :meth:`data_state` / :meth:`load_data_state`: the data position, for checkpoints.
 
     Args:
-        model: the model (it must have a JSON ``config`` and a ``state_dict``).
+        model: the model (it must have a JSON ``config`` and a ``state_dict``); it is moved to
+            ``config.device`` in place, if one is given.
         config: :class:`TrainConfig`.
         out_dir: where the JSONL log and checkpoints go (``None``: no files).
         log_name: the JSONL log's file name inside ``out_dir``.
@@ -135,6 +147,9 @@ class Trainer:
         self.model = model
         self.config = config or TrainConfig()
         c = self.config
+        if c.device is not None:
+            check_device(c.device)
+            model.to(c.device)
         self.params = list(model.parameters())
         self.optimizer = optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
         self.scheduler = _make_scheduler(self.optimizer, c)
@@ -524,6 +539,13 @@ def seq2seq_batches(model: Any, src_ids: Sequence[Sequence[int]], tgt_ids: Seque
     for idx in sampler:
         yield collate([src_ids[i] for i in idx], [tgt_ids[i] for i in idx], model.pad_id, model.bos_id,
                       model.eos_id, idx)
+
+
+def check_device(device: str) -> None:
+    """Raise :class:`tfm_rs.DeviceError`, saying why, when ``device`` is the GPU and there is none
+    (tfm_rs built without the backend, no adapter, ``TFM_RS_GPU=0``)."""
+    if device != "cpu" and not tfm_rs.gpu_available():
+        raise DeviceError(f"training on device {device!r}: no GPU is available ({tfm_rs.gpu_info(reason=True)})")
 
 
 def _make_scheduler(optimizer: Any, c: TrainConfig) -> Optional[Any]:

@@ -70,13 +70,14 @@ struct Params {
 }
 
 /// The uniform parameters and the mask's data and head offsets, uploaded.
-struct Prepared {
+pub struct Prepared {
     params: Params,
     mask: GpuBuffer,
     offsets: GpuBuffer,
 }
 
-fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
+/// Checks `cfg` against the kernels' limits and uploads its parameters and mask.
+pub fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
     ensure_value!(
         cfg.e <= MAX_HEAD_DIM && cfg.ev <= MAX_HEAD_DIM,
         OP,
@@ -176,8 +177,10 @@ fn check_io(
 }
 
 /// The forward: writes `out (BH, Tq, Ev)` and `lse (BH, Tq)` from `q (BH, Tq, E)`,
-/// `k (BH, Tk, E)`, `v (BH, Tk, Ev)`.
+/// `k (BH, Tk, E)`, `v (BH, Tk, Ev)`, with `cfg`'s parameters and mask uploaded by [`prepare`]
+/// (the autograd op keeps them for its backward).
 pub fn forward(
+    pr: &Prepared,
     out: &GpuBuffer,
     lse: &GpuBuffer,
     q: &GpuBuffer,
@@ -190,7 +193,6 @@ pub fn forward(
     if bh * tq == 0 {
         return Ok(());
     }
-    let pr = prepare(cfg)?;
     let (ga, gb) = (GpuBuffer::zeros(1)?, GpuBuffer::zeros(1)?);
     let args = [
         Arg::In(q),
@@ -215,9 +217,10 @@ pub fn forward(
 }
 
 /// The backward: writes `dq`, `dk`, `dv` (shaped as q, k, v) from `dout (BH, Tq, Ev)` and what
-/// the forward took and produced, with the same `cfg`.
+/// the forward took and produced, with the same `cfg` and its [`prepare`]d upload.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
+    pr: &Prepared,
     dq: &GpuBuffer,
     dk: &GpuBuffer,
     dv: &GpuBuffer,
@@ -243,7 +246,6 @@ pub fn backward(
     if bh == 0 {
         return Ok(());
     }
-    let pr = prepare(cfg)?;
     // lse (copied on the device), then delta = rowsum(dout ∘ out) from `backward_delta`.
     let stats = GpuBuffer::zeros(2 * bh * tq)?;
     stats.copy_from(lse)?;
@@ -288,15 +290,16 @@ pub fn backward(
     )
 }
 
-/// What the GPU forward saved, as the CPU op: inputs, output, row log-sum-exp, mask, config.
+/// What the GPU forward saved, as the CPU op: inputs, output, row log-sum-exp, config; and the
+/// uploaded parameters and mask, so the backward does not upload the mask again.
 struct SdpaBackward {
     q: Tensor,
     k: Tensor,
     v: Tensor,
     out: Tensor,
     lse: GpuBuffer,
-    mask: Option<MaskLayout>,
-    /// Everything but the mask view, which borrows from `mask`.
+    prepared: Prepared,
+    /// The sizes, scale and flags; its mask view is unset (the mask is in `prepared`).
     cfg: AttentionConfig<'static>,
 }
 
@@ -306,13 +309,10 @@ impl Backward for SdpaBackward {
     }
 
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let cfg = AttentionConfig {
-            mask: self.mask.as_ref().map(MaskLayout::view),
-            ..self.cfg
-        };
         let [dq, dk, dv] = [&self.q, &self.k, &self.v].map(|t| Tensor::gpu_zeros(t.shape()));
         let (dq, dk, dv) = (dq?, dk?, dv?);
         backward(
+            &self.prepared,
             dq.buffer(OP)?,
             dk.buffer(OP)?,
             dv.buffer(OP)?,
@@ -322,7 +322,7 @@ impl Backward for SdpaBackward {
             self.v.buffer(OP)?,
             self.out.buffer(OP)?,
             &self.lse,
-            &cfg,
+            &self.cfg,
         )?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])
     }
@@ -340,17 +340,18 @@ pub(crate) fn attention_var(
 ) -> Result<Var> {
     let out = Tensor::gpu_zeros(out_shape)?;
     let lse = GpuBuffer::zeros(cfg.bh * cfg.tq)?;
-    let full = AttentionConfig {
+    let prepared = prepare(&AttentionConfig {
         mask: mask.as_ref().map(MaskLayout::view),
         ..cfg
-    };
+    })?;
     forward(
+        &prepared,
         out.buffer(OP)?,
         &lse,
         q.buffer(OP)?,
         k.buffer(OP)?,
         v.buffer(OP)?,
-        &full,
+        &cfg,
     )?;
     let saved = SdpaBackward {
         q,
@@ -358,7 +359,7 @@ pub(crate) fn attention_var(
         v,
         out: out.clone(),
         lse,
-        mask,
+        prepared,
         cfg,
     };
     Ok(Var::from_op(out, inputs.map(Var::clone).to_vec(), saved))
@@ -375,7 +376,15 @@ pub fn forward_host(
         GpuBuffer::zeros(cfg.bh * cfg.tq * cfg.ev)?,
         GpuBuffer::zeros(cfg.bh * cfg.tq)?,
     );
-    forward(&out, &lse, &upload(q)?, &upload(k)?, &upload(v)?, cfg)?;
+    forward(
+        &prepare(cfg)?,
+        &out,
+        &lse,
+        &upload(q)?,
+        &upload(k)?,
+        &upload(v)?,
+        cfg,
+    )?;
     Ok((download(&out)?, download(&lse)?))
 }
 
@@ -394,6 +403,7 @@ pub fn backward_host(
     let dk = GpuBuffer::zeros(k.len())?;
     let dv = GpuBuffer::zeros(v.len())?;
     backward(
+        &prepare(cfg)?,
         &dq,
         &dk,
         &dv,

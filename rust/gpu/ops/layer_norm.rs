@@ -9,6 +9,7 @@ use crate::error::Result;
 use crate::gpu::buffer::{download, upload, GpuBuffer};
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
 use crate::ops::elementwise::{binary_forward, BinaryOp};
+use crate::ops::layer_norm::grads_by_input;
 use crate::tensor::Tensor;
 
 const OP: &str = "gpu layer_norm";
@@ -163,16 +164,13 @@ impl Backward for LayerNormBackward {
             rows,
             d,
         )?;
-        // inputs: x, [residual], [weight], [bias], as the CPU op.
-        let mut grads = vec![Some(ds); 1 + self.has_residual as usize];
-        if self.weight.is_some() {
-            grads.push(Some(dw));
-        }
-        if self.has_bias {
-            grads.push(Some(db));
-        }
-        grads.resize(inputs.len(), None);
-        Ok(grads)
+        Ok(grads_by_input(
+            inputs.len(),
+            self.has_residual,
+            Some(ds),
+            self.weight.is_some().then_some(dw),
+            self.has_bias.then_some(db),
+        ))
     }
 }
 

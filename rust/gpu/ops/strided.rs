@@ -96,6 +96,12 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if n == 0 || g.numel() == 0 {
         return Ok(out);
     }
+    if n == 1 && g.numel() > 4 * PARTIALS {
+        let partials = GpuBuffer::zeros(PARTIALS)?;
+        sum_strided(g.buffer(OP)?, g.numel(), &partials, PARTIALS)?;
+        sum_strided(&partials, PARTIALS, out.buffer(OP)?, 1)?;
+        return Ok(out);
+    }
     let p = Params {
         n: u32_of(OP, "the output's size", n)?,
         rank: rank as u32,
@@ -110,6 +116,23 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     ];
     launch(OP, &STRIDED, "sum_to", &p, &args, grid_elems(n))?;
     Ok(out)
+}
+
+/// Partial sums of the first pass of a full reduction: enough invocations to spread a large
+/// sum over the GPU, few enough for one invocation to add them up in the second pass.
+const PARTIALS: usize = 1024;
+
+/// `out[j] = Σ x[j + i·n]` over the `len` values of `x`, for `j < n`: one pass of a full sum.
+fn sum_strided(x: &GpuBuffer, len: usize, out: &GpuBuffer, n: usize) -> Result<()> {
+    let p = Params {
+        n: u32_of(OP, "the partial sums", n)?,
+        rank: 0,
+        offset: 0,
+        n_red: u32_of(OP, "the reduced size", len)?,
+    };
+    let unused = GpuBuffer::zeros(1)?;
+    let args = [Arg::In(&unused), Arg::In(x), Arg::Out(out)];
+    launch(OP, &STRIDED, "sum_strided", &p, &args, grid_elems(n))
 }
 
 /// `values` concatenated along `dim` into `out_shape` (checked by [`crate::ops::shape::cat`]):
@@ -175,10 +198,13 @@ mod tests {
         if !require_gpu("sum_to") {
             return;
         }
-        let cases: [(Vec<usize>, Vec<usize>); 5] = [
+        // The last two are full sums large enough for the two-pass reduction.
+        let cases: [(Vec<usize>, Vec<usize>); 7] = [
             (vec![3, 17, 5], vec![17, 1]),
             (vec![127, 3], vec![3]),
             (vec![127, 3], vec![]),
+            (vec![301, 17], vec![]),
+            (vec![4099, 3], vec![1, 1]),
             (vec![2, 1, 17], vec![2, 1, 1]),
             (vec![4, 5], vec![4, 5]),
         ];

@@ -52,24 +52,46 @@ fn scatter(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// out[j] = Σ over the reduced dims of x at output position j, in index order with compensated
-// (Kahan) summation, as accurate as the CPU's f64 accumulation for these lengths. One
-// invocation per output: enough for bias gradients and loss sums; a tree reduction would serve
-// a huge full sum better.
+// Compensated (Kahan) summation: as accurate as the CPU's f64 accumulation for these lengths.
+struct Kahan {
+    acc: f32,
+    lost: f32,
+}
+
+fn kahan_add(k: Kahan, v: f32) -> Kahan {
+    let term = v - k.lost;
+    let next = k.acc + term;
+    return Kahan(next, (next - k.acc) - term);
+}
+
+// out[j] = Σ over the reduced dims of x at output position j, in index order. One invocation
+// per output: right for bias gradients (many outputs); a full sum goes through sum_strided.
 @compute @workgroup_size(WG)
 fn sum_to(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let j = group_index(wg, nwg) * WG + lid;
     if (j < p.n) {
         let base = view_offset(j, 0u, 2u * p.rank);
-        var acc = 0.0;
-        var lost = 0.0;
+        var k = Kahan(0.0, 0.0);
         for (var r = 0u; r < p.n_red; r = r + 1u) {
-            let term = x[base + view_offset(r, p.rank, 2u * p.rank)] - lost;
-            let next = acc + term;
-            lost = (next - acc) - term;
-            acc = next;
+            k = kahan_add(k, x[base + view_offset(r, p.rank, 2u * p.rank)]);
         }
-        out[j] = acc;
+        out[j] = k.acc;
+    }
+}
+
+// One pass of a full reduction of the p.n_red values of x into p.n partial sums:
+// out[j] = Σ x[j + i·p.n]. Run with many outputs, then with one over the partials, so that a
+// loss's `.sum()` is not one invocation walking the whole tensor. (dims is unused.)
+@compute @workgroup_size(WG)
+fn sum_strided(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let j = group_index(wg, nwg) * WG + lid;
+    if (j < p.n) {
+        var k = Kahan(0.0, 0.0);
+        for (var i = j; i < p.n_red; i = i + p.n) {
+            k = kahan_add(k, x[i]);
+        }
+        out[j] = k.acc;
     }
 }
