@@ -86,23 +86,23 @@ fn pool() -> std::sync::MutexGuard<'static, Pool> {
     p
 }
 
+/// A pooled buffer cut to `n` floats (stale contents), if one fits.
+fn recycled(n: usize) -> Option<Vec<f32>> {
+    let mut v = (n >= POOL_MIN).then(|| pool().take(n)).flatten()?;
+    v.truncate(n);
+    Some(v)
+}
+
 /// A buffer of `n` floats whose contents are unspecified: the caller must write every element
 /// before the buffer is read or becomes a tensor.
 pub fn output(n: usize) -> Vec<f32> {
-    match (n >= POOL_MIN).then(|| pool().take(n)).flatten() {
-        Some(mut v) => {
-            v.truncate(n);
-            v
-        }
-        None => fresh(n),
-    }
+    recycled(n).unwrap_or_else(|| fresh(n))
 }
 
 /// `n` zeros.
 pub fn zeros(n: usize) -> Vec<f32> {
-    match (n >= POOL_MIN).then(|| pool().take(n)).flatten() {
+    match recycled(n) {
         Some(mut v) => {
-            v.truncate(n);
             v.fill(0.0);
             v
         }
