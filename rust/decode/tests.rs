@@ -666,60 +666,51 @@ fn limits_and_edge_cases() {
     assert!(err(vec![vec![1; 17]], 0, cfg()).msg.contains("max_len"));
     assert_eq!(err(vec![vec![9]], 3, cfg()).kind, crate::ErrorKind::Index);
     assert!(err(vec![vec![]], 3, cfg()).msg.contains("empty"));
-    assert!(err(
-        vec![vec![1]],
-        3,
-        SearchConfig {
-            num_beams: 0,
-            ..cfg()
-        }
-    )
-    .msg
-    .contains("num_beams"));
-    assert!(err(
-        vec![vec![1]],
-        3,
-        SearchConfig {
-            do_sample: true,
-            top_p: 0.0,
-            ..cfg()
-        }
-    )
-    .msg
-    .contains("top_p"));
-    assert!(err(
-        vec![vec![1]],
-        3,
-        SearchConfig {
-            do_sample: true,
-            top_p: 1.5,
-            ..cfg()
-        }
-    )
-    .msg
-    .contains("top_p"));
-    assert!(err(
-        vec![vec![1]],
-        3,
-        SearchConfig {
-            do_sample: true,
-            temperature: -1.0,
-            ..cfg()
-        }
-    )
-    .msg
-    .contains("temperature"));
-    assert!(err(
-        vec![vec![1]],
-        3,
-        SearchConfig {
-            num_beams: 2,
-            num_return_sequences: 3,
-            ..cfg()
-        }
-    )
-    .msg
-    .contains("num_return_sequences"));
+    let bad_configs = [
+        (
+            SearchConfig {
+                num_beams: 0,
+                ..cfg()
+            },
+            "num_beams",
+        ),
+        (
+            SearchConfig {
+                do_sample: true,
+                top_p: 0.0,
+                ..cfg()
+            },
+            "top_p",
+        ),
+        (
+            SearchConfig {
+                do_sample: true,
+                top_p: 1.5,
+                ..cfg()
+            },
+            "top_p",
+        ),
+        (
+            SearchConfig {
+                do_sample: true,
+                temperature: -1.0,
+                ..cfg()
+            },
+            "temperature",
+        ),
+        (
+            SearchConfig {
+                num_beams: 2,
+                num_return_sequences: 3,
+                ..cfg()
+            },
+            "num_return_sequences",
+        ),
+    ];
+    for (config, field) in bad_configs {
+        let msg = err(vec![vec![1]], 3, config).msg;
+        assert!(msg.contains(field), "{field}: {msg}");
+    }
     assert_eq!(
         err(
             vec![vec![1]],
