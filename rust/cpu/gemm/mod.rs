@@ -26,6 +26,7 @@ mod tests;
 
 use crate::cpu::features::{active_isa, Isa};
 pub(crate) use gemv::dot;
+pub(crate) use pack::transpose;
 pub use reference::gemm_reference;
 
 /// A read-only matrix view: element `(i, j)` is `data[i * rs + j * cs]`.

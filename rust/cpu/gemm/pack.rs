@@ -64,27 +64,8 @@ pub(super) fn pack(
         let jt = t * width;
         let wt = width.min(w - jt);
         let base = base + jt * src.cs;
-        #[cfg(target_arch = "x86_64")]
-        if src.rs == 1 && avx512 {
-            // SAFETY: the caller's kernel runs on AVX-512, so the CPU has it; every column
-            // j < wt of the view holds kc elements from `base` at stride 1 (validated view), and
-            // `dst` is this panel, kc rows of `width`.
-            unsafe {
-                super::kernel_avx512::transpose_panel(&src.data[base..], src.cs, kc, wt, width, dst)
-            };
-            continue;
-        }
         if src.rs == 1 {
-            for pb in (0..kc).step_by(TRANSPOSE_STEP) {
-                let len = TRANSPOSE_STEP.min(kc - pb);
-                for j in 0..wt {
-                    let col = &src.data[base + j * src.cs + pb..][..len];
-                    for (q, &v) in col.iter().enumerate() {
-                        // SAFETY: pb+q < kc and j < wt <= width, so the index is < dst.len().
-                        unsafe { *dst.get_unchecked_mut((pb + q) * width + j) = v };
-                    }
-                }
-            }
+            transpose(&src.data[base..], src.cs, kc, wt, width, dst, avx512);
         } else {
             for (p, row) in dst.chunks_exact_mut(width).enumerate() {
                 for (j, out) in row[..wt].iter_mut().enumerate() {
@@ -92,6 +73,49 @@ pub(super) fn pack(
                     // inside `data`), and p0+p < rows, j0+jt+j < cols.
                     *out = unsafe { *src.data.get_unchecked(base + p * src.rs + j * src.cs) };
                 }
+            }
+        }
+    }
+}
+
+/// `dst[p*width + j] = src[j*cs + p]` for `p < kc`, `j < wt`: `wt` contiguous columns of depth
+/// `kc`, `cs` apart, written as `kc` rows of `width ≥ wt` (lanes `wt..width` are left as they
+/// are). With `avx512` (the caller checked the CPU has it), 16 columns × 16 depths at a time
+/// through a register transpose; otherwise all columns advance `TRANSPOSE_STEP` depths together.
+///
+/// Panics if `src` holds fewer than `(wt-1)*cs + kc` floats or `dst` fewer than `kc*width`.
+pub(crate) fn transpose(
+    src: &[f32],
+    cs: usize,
+    kc: usize,
+    wt: usize,
+    width: usize,
+    dst: &mut [f32],
+    avx512: bool,
+) {
+    if kc == 0 || wt == 0 {
+        return;
+    }
+    assert!(
+        wt <= width && (wt - 1) * cs + kc <= src.len() && kc * width <= dst.len(),
+        "transpose: {wt} columns of {kc} at stride {cs} from {} into rows of {width} in {}",
+        src.len(),
+        dst.len()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if avx512 {
+        // SAFETY: the caller checked AVX-512; the assert above bounds the reads and writes.
+        unsafe { super::kernel_avx512::transpose_panel(src, cs, kc, wt, width, dst) };
+        return;
+    }
+    let _ = avx512;
+    for pb in (0..kc).step_by(TRANSPOSE_STEP) {
+        let len = TRANSPOSE_STEP.min(kc - pb);
+        for j in 0..wt {
+            let col = &src[j * cs + pb..][..len];
+            for (q, &v) in col.iter().enumerate() {
+                // SAFETY: pb+q < kc and j < wt <= width, so the index is < kc*width <= dst.len().
+                unsafe { *dst.get_unchecked_mut((pb + q) * width + j) = v };
             }
         }
     }

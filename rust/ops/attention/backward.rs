@@ -11,13 +11,14 @@
 //!
 //! A head runs on one thread, key blocks outermost, so its sums are formed in one fixed order.
 
-use super::forward::{pack_rows, pack_transposed_blocks, BC, BR};
+use super::forward::{pack_rows, BC, BR};
 use super::kernels::{
-    block_matmul, dispatch, dot, exp, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+    block_matmul, dispatch, dot, exp2, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
+use std::f32::consts::{LN_2, LOG2_E};
 
 /// The fused attention backward.
 ///
@@ -129,6 +130,7 @@ impl Kernel for BackwardTask<'_> {
             k_blocks * ev * BC, // vt (k_blocks, Ev, BC): vᵀ per key block
             tqp * evp,          // dop (Tqp, Evp): dO
             tq,                 // d (Tq): D_i = rowsum(dO ∘ O)
+            tq,                 // lse2 (Tq): lse·log₂e, the base-2 log-sum-exp
             tqp * ep,           // dq_acc (Tqp, Ep): dQ / scale
             tkp * ep,           // dk_acc (Tkp, Ep)
             tkp * evp,          // dv_acc (Tkp, Evp)
@@ -138,11 +140,16 @@ impl Kernel for BackwardTask<'_> {
             block,              // ds (BR, BC): dP, then dS in place
         ];
         let mut scratch = Scratch::take(lens.iter().sum());
-        let [qs, kp, kt, vt, dop, d, dq_acc, dk_acc, dv_acc, p, z, pz, ds] = scratch.carve(lens);
-        pack_rows(qs, q, tq, e, ep, cfg.scale);
+        let [qs, kp, kt, vt, dop, d, lse2, dq_acc, dk_acc, dv_acc, p, z, pz, ds] =
+            scratch.carve(lens);
+        // Scores in base 2, as the forward keeps them: qs is log₂e·scale·q.
+        pack_rows(qs, q, tq, e, ep, cfg.scale * LOG2_E);
         pack_rows(kp, k, tk, e, ep, 1.0);
-        pack_transposed_blocks(kt, k, tk, e);
-        pack_transposed_blocks(vt, v, tk, ev);
+        pack_transposed_blocks::<S>(kt, k, tk, e);
+        pack_transposed_blocks::<S>(vt, v, tk, ev);
+        for (l2, &l) in lse2.iter_mut().zip(lse) {
+            *l2 = l * LOG2_E;
+        }
         pack_rows(dop, dout, tq, ev, evp, 1.0);
         for (i, di) in d.iter_mut().enumerate() {
             *di = dot(&dout[i * ev..(i + 1) * ev], &out[i * ev..(i + 1) * ev]);
@@ -171,12 +178,14 @@ impl Kernel for BackwardTask<'_> {
                     BC,
                     false,
                 );
+                cfg.mask_block(head, (i0, br, BC), (j0, bc, 1), p);
                 for r in 0..br {
                     let i = i0 + r;
                     let row = &mut p[r * BC..r * BC + nc];
-                    cfg.mask_scores(head, i, j0, bc, row);
-                    let l = lse[i];
-                    row.iter_mut().for_each(|s| *s = exp::<S>(*s - l));
+                    // Padding keys get −∞ too, so that their (unused) gradients stay finite.
+                    row[bc..].fill(f32::NEG_INFINITY);
+                    let l = lse2[i];
+                    row.iter_mut().for_each(|s| *s = exp2::<S>(*s - l));
                     if dropout {
                         let base = ((head * tq + i) * tk + j0) as u64;
                         for c in 0..nc {
@@ -225,7 +234,7 @@ impl Kernel for BackwardTask<'_> {
                             .for_each(|(g, &p)| *g = p * (*g - di));
                     }
                 }
-                // dQ_i += dS K_j (scaled at the end); dK_j += dSᵀ (scale·Q_i).
+                // dQ_i += dS K_j (scaled at the end); dK_j += dSᵀ (scale·Q_i) (log₂e times).
                 block_matmul::<S>(
                     (mr, ep, bc),
                     Operand::rows(ds, BC, 0),
@@ -247,7 +256,8 @@ impl Kernel for BackwardTask<'_> {
             }
         }
         unpack_rows(dq, dq_acc, e, ep, cfg.scale);
-        unpack_rows(dk, dk_acc, e, ep, 1.0);
+        // dk_acc is dSᵀ·qs, which is log₂e times dSᵀ·(scale·q).
+        unpack_rows(dk, dk_acc, e, ep, LN_2);
         unpack_rows(dv, dv_acc, ev, evp, 1.0);
     }
 }
@@ -259,5 +269,21 @@ fn unpack_rows(dst: &mut [f32], src: &[f32], c: usize, ld: usize, scale: f32) {
     }
     for (d, s) in dst.chunks_exact_mut(c.max(1)).zip(src.chunks_exact(ld)) {
         d.iter_mut().zip(s).for_each(|(d, &s)| *d = scale * s);
+    }
+}
+
+/// `x` (T, C) row-major into all of `dst` as its transpose cut into blocks of `BC` rows of `x`:
+/// `(ceil(T/BC), C, BC)`, zero past row T. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
+#[inline(always)]
+fn pack_transposed_blocks<S: Simd>(dst: &mut [f32], x: &[f32], t: usize, c: usize) {
+    if c == 0 {
+        return;
+    }
+    for (b, block) in dst.chunks_exact_mut(c * BC).enumerate() {
+        let valid = BC.min(t - b * BC);
+        if valid < BC {
+            block.fill(0.0);
+        }
+        crate::cpu::gemm::transpose(&x[b * BC * c..], c, c, valid, BC, block, S::AVX512);
     }
 }

@@ -1,10 +1,14 @@
 //! The fused forward: for each block of `BR` query rows, an online softmax over blocks of `BC`
 //! keys (FlashAttention), keeping a running row maximum `m`, row sum `l` and unnormalized
 //! output; nothing `Tq × Tk` is ever stored.
+//!
+//! A block's scores are formed transposed, keys by queries (`K_j · Q_iᵀ`), so that the online
+//! softmax runs down the keys with 16 queries per vector: its maxima and sums are then plain
+//! vector operations instead of a horizontal reduction per row, which cost about as much as the
+//! exponentials. Scores are kept in base 2 (see [`super::kernels::exp2`]).
 
 use super::kernels::{
-    block_matmul, dispatch, exp_in_place, exp_sub_sum, round_up, row_max, Kernel, Operand, Scratch,
-    Simd, LANES, MR,
+    block_matmul, dispatch, exp2, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -111,41 +115,61 @@ impl Kernel for ForwardTask<'_> {
             v,
         } = self;
         let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
-        let (ep, evp) = (round_up(e, LANES), round_up(ev, LANES));
+        let evp = round_up(ev, LANES);
         let k_blocks = tk.div_ceil(BC);
-        let mut scratch = Scratch::take(k_blocks * BC * (e + evp) + BR * (ep + BC + evp));
-        // kt (k_blocks, E, BC): kᵀ per key block, so the score product reads B rows contiguously.
-        // vp (k_blocks·BC, Evp): v padded to whole blocks and LANES columns.
-        // qs (BR, Ep): scale·q for one query block. s (BR, BC): scores, then probabilities.
-        // acc (BR, Evp): the unnormalized output.
-        let [kt, vp, qs, s, acc] = scratch.carve([
-            k_blocks * e * BC,
-            k_blocks * BC * evp,
-            BR * ep,
-            BR * BC,
+        // k and v are read in place where the block product's padding allows: k's rows are
+        // taken in fours (the last block's are copied, padded), v's columns in sixteens.
+        let k_tail = tk % MR != 0;
+        let v_packed = evp != ev;
+        let mut scratch = Scratch::take(
+            e * BR
+                + BC * BR
+                + BR * evp
+                + usize::from(k_tail) * BC * e
+                + usize::from(v_packed) * tk * evp,
+        );
+        // qt (E, BR): (log₂e·scale·q)ᵀ for one query block, zero past its rows.
+        // st (BC, BR): scores transposed, then probabilities: key c, query r at [c·BR + r].
+        // acc (BR, Evp): the unnormalized output. kl (BC, E): the last key block, padded.
+        // vp (Tk, Evp): v with its columns padded.
+        let [qt, st, acc, kl, vp] = scratch.carve([
+            e * BR,
+            BC * BR,
             BR * evp,
+            usize::from(k_tail) * BC * e,
+            usize::from(v_packed) * tk * evp,
         ]);
-        pack_transposed_blocks(kt, k, tk, e);
-        pack_rows(vp, v, tk, ev, evp, 1.0);
-        let mut m = [0.0f32; BR]; // running row max
-        let mut l = [0.0f32; BR]; // running row sum of exp(s − m)
-        let mut m_new = [0.0f32; BR]; // row max after this key block
-        let mut alpha = [0.0f32; BR]; // exp(m − m_new): rescales l and acc
+        if k_tail {
+            let j0 = (k_blocks - 1) * BC;
+            pack_rows(kl, &k[j0 * e..], tk - j0, e, e, 1.0);
+        }
+        let (vb, ldv): (&[f32], usize) = if v_packed {
+            pack_rows(vp, v, tk, ev, evp, 1.0);
+            (vp, evp)
+        } else {
+            (v, ev)
+        };
+        // Query lanes past a block's rows compute on zeros; keep them finite from the start.
+        st.fill(0.0);
+        let q_scale = cfg.scale * std::f32::consts::LOG2_E;
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
+        // Per query (lane r): running max `m` of the base-2 scores, running sum `l` of
+        // 2^(s − m), this block's sums, and `alpha` = 2^(m_old − m_new) that rescales l and acc.
+        let mut m = [0.0f32; BR];
+        let mut l = [0.0f32; BR];
+        let mut sum = [0.0f32; BR];
+        let mut alpha = [0.0f32; BR];
+        let mut m_sub = [0.0f32; BR];
 
         for i0 in (0..lse.len()).step_by(BR) {
             let br = BR.min(lse.len() - i0);
-            let mr = round_up(br, MR);
+            let (mr, nq) = (round_up(br, MR), round_up(br, LANES));
             let first = row0 + i0; // row of the head
-            qs.fill(0.0);
-            for r in 0..br {
-                for (d, &x) in qs[r * ep..r * ep + e]
-                    .iter_mut()
-                    .zip(&q[(i0 + r) * e..(i0 + r + 1) * e])
-                {
-                    *d = cfg.scale * x;
-                }
+            if br < BR {
+                qt.fill(0.0);
             }
+            crate::cpu::gemm::transpose(&q[i0 * e..], e, e, br, BR, qt, S::AVX512);
+            qt.iter_mut().for_each(|x| *x *= q_scale);
             acc.fill(0.0);
             m.fill(f32::NEG_INFINITY);
             l.fill(0.0);
@@ -158,51 +182,52 @@ impl Kernel for ForwardTask<'_> {
             for kb in 0..kb_end {
                 let j0 = kb * BC;
                 let bc = BC.min(tk - j0);
-                let nc = round_up(bc, LANES);
-                block_matmul::<S>(
-                    (mr, nc, e),
-                    Operand::rows(qs, ep, 0),
-                    &kt[kb * e * BC..],
-                    BC,
-                    s,
-                    BC,
-                    false,
-                );
-                // In phases over all rows rather than row by row, so that the rows' dependency
-                // chains (reduce, then exp, then reduce) overlap and the rescale factors take
-                // one vector exp per 16 rows.
-                for r in 0..br {
-                    let row = &mut s[r * BC..r * BC + nc];
-                    cfg.mask_scores(head, first + r, j0, bc, row);
-                    m_new[r] = m[r].max(row_max(row));
+                let mc = round_up(bc, MR);
+                let k_op = if k_tail && kb == k_blocks - 1 {
+                    Operand::rows(kl, e, 0)
+                } else {
+                    Operand::rows(k, e, j0)
+                };
+                block_matmul::<S>((mc, nq, e), k_op, qt, BR, st, BR, false);
+                cfg.mask_block(head, (first, br, 1), (j0, bc, BR), st);
+                // The softmax runs down the keys with 16 queries per vector, so its row maxima
+                // and sums are elementwise: no horizontal reductions.
+                let mut m_new = m;
+                for key in st[..bc * BR].chunks_exact(BR) {
+                    for (mx, &s) in m_new.iter_mut().zip(key) {
+                        *mx = if s > *mx { s } else { *mx };
+                    }
                 }
                 for r in 0..BR {
-                    // A row with no key so far keeps alpha = 1 (its acc and l are still 0).
-                    alpha[r] = if m_new[r] == f32::NEG_INFINITY {
-                        0.0
-                    } else {
-                        m[r] - m_new[r]
-                    };
+                    // A query with no key so far keeps alpha = 1 (its acc and l are still 0),
+                    // and subtracts 0 rather than −∞ so that its masked scores give 0.
+                    let none = m_new[r] == f32::NEG_INFINITY;
+                    alpha[r] = exp2::<S>(if none { 0.0 } else { m[r] - m_new[r] });
+                    m_sub[r] = if none { 0.0 } else { m_new[r] };
                 }
-                exp_in_place::<S>(&mut alpha);
-                for r in 0..br {
-                    let row = &mut s[r * BC..r * BC + nc];
-                    if m_new[r] == f32::NEG_INFINITY {
-                        row.fill(0.0);
-                        continue;
+                sum.fill(0.0);
+                for key in st[..bc * BR].chunks_exact_mut(BR) {
+                    for ((p, &mx), sm) in key.iter_mut().zip(&m_sub).zip(&mut sum) {
+                        *p = exp2::<S>(*p - mx);
+                        *sm += *p;
                     }
-                    l[r] = l[r] * alpha[r] + exp_sub_sum::<S>(row, m_new[r]);
+                }
+                for r in 0..BR {
+                    l[r] = l[r] * alpha[r] + sum[r];
+                }
+                for r in 0..br {
                     if alpha[r] != 1.0 {
                         acc[r * evp..(r + 1) * evp]
                             .iter_mut()
                             .for_each(|x| *x *= alpha[r]);
                     }
-                    if cfg.dropout_p > 0.0 {
-                        // The row sum l was taken before dropout: dropout acts on probabilities.
-                        let base = ((head * tq + first + r) * tk + j0) as u64;
-                        for (c, p) in row[..bc].iter_mut().enumerate() {
-                            let kept =
-                                crate::random::keep(cfg.seed, base + c as u64, cfg.dropout_p);
+                }
+                if cfg.dropout_p > 0.0 {
+                    // The sums were taken before dropout: dropout acts on probabilities.
+                    for (c, key) in st[..bc * BR].chunks_exact_mut(BR).enumerate() {
+                        for (r, p) in key[..br].iter_mut().enumerate() {
+                            let at = ((head * tq + first + r) * tk + j0 + c) as u64;
+                            let kept = crate::random::keep(cfg.seed, at, cfg.dropout_p);
                             *p = if kept { *p * keep_scale } else { 0.0 };
                         }
                     }
@@ -210,9 +235,9 @@ impl Kernel for ForwardTask<'_> {
                 m = m_new;
                 block_matmul::<S>(
                     (mr, evp, bc),
-                    Operand::rows(s, BC, 0),
-                    &vp[j0 * evp..],
-                    evp,
+                    Operand::transposed(st, BR),
+                    &vb[j0 * ldv..],
+                    ldv,
                     acc,
                     evp,
                     true,
@@ -225,7 +250,7 @@ impl Kernel for ForwardTask<'_> {
                     o.iter_mut()
                         .zip(&acc[r * evp..])
                         .for_each(|(o, &a)| *o = a * inv);
-                    lse[i0 + r] = m[r] + l[r].ln();
+                    lse[i0 + r] = (m[r] + l[r].log2()) * std::f32::consts::LN_2;
                 } else {
                     o.fill(0.0);
                     lse[i0 + r] = f32::INFINITY;
@@ -247,19 +272,5 @@ pub(super) fn pack_rows(dst: &mut [f32], x: &[f32], t: usize, c: usize, cols: us
         let (valid, pad) = row.split_at_mut(src.len());
         valid.iter_mut().zip(src).for_each(|(d, &s)| *d = scale * s);
         pad.fill(0.0);
-    }
-}
-
-/// `x` (T, C) row-major into all of `dst` as its transpose cut into blocks of `BC` rows of `x`:
-/// `(ceil(T/BC), C, BC)`, zero past row T. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
-/// Written row by row of `dst`, so the writes are contiguous and the reads strided.
-#[inline(always)]
-pub(super) fn pack_transposed_blocks(dst: &mut [f32], x: &[f32], t: usize, c: usize) {
-    for (bd, row) in dst.chunks_exact_mut(BC).enumerate() {
-        let (b, d) = (bd / c, bd % c);
-        let valid = BC.min(t - b * BC);
-        let src = x[b * BC * c + d..].iter().step_by(c);
-        row[..valid].iter_mut().zip(src).for_each(|(v, &x)| *v = x);
-        row[valid..].fill(0.0);
     }
 }

@@ -1,6 +1,5 @@
 //! The inner kernels of the fused attention, written once over a small SIMD trait and compiled
-//! per instruction set: a register-blocked block product `C (+)= A·B` and the row operations of
-//! the softmax (max, exp-and-sum).
+//! per instruction set: a register-blocked block product `C (+)= A·B` and the softmax's `2^x`.
 //!
 //! Why not `cpu::gemm` on the blocks: the blocks are small (64×64×64), alike every call and
 //! already packed by the caller, so a general GEMM would repack its operands per call for no
@@ -30,6 +29,8 @@ pub(super) unsafe trait Simd: Copy {
     const W: usize;
     /// Registers per micro-tile row (2 or 4): the tile is `MR × NV·W` accumulators.
     const NV: usize;
+    /// Whether this is the AVX-512 instruction set (which has a register transpose).
+    const AVX512: bool;
     type V: Copy;
     unsafe fn zero() -> Self::V;
     unsafe fn splat(x: f32) -> Self::V;
@@ -63,6 +64,7 @@ type Avx512 = Lanes<16, 4, true>;
 unsafe impl<const W: usize, const NV: usize, const FMA: bool> Simd for Lanes<W, NV, FMA> {
     const W: usize = W;
     const NV: usize = NV;
+    const AVX512: bool = W == 16;
     type V = [f32; W];
     #[inline(always)]
     unsafe fn zero() -> [f32; W] {
@@ -282,69 +284,34 @@ unsafe fn tile<S: Simd, const NV: usize>(
     }
 }
 
-/// `exp(x)` to about 2 ulp, branch-free so that loops over it vectorize: `2^n · e^r` with
-/// `n = round(x·log₂e)` (by the 1.5·2²³ rounding trick), `r = x − n·ln2` in two parts
-/// (Cody–Waite), `e^r` by Cephes' degree-6 polynomial. Below −87.3 (including −∞) it returns
-/// exactly 0, which masked scores rely on; NaN is not expected (scores are finite or −∞).
+/// `2^x` to about 1.6 ulp, branch-free so that loops over it vectorize: `2^n · 2^f` with
+/// `n = round(x)` (by the 1.5·2²³ rounding trick) and `2^f`, `|f| ≤ ½`, by a degree-6 minimax
+/// polynomial. Scores are kept in base 2 (`log₂e` is folded into the query scale) so that the
+/// softmax needs no range reduction by `ln 2`. At or below −127 (−∞ included) it returns exactly
+/// 0, which masked scores rely on; NaN gives NaN.
 #[inline(always)]
-pub(super) fn exp<S: Simd>(x: f32) -> f32 {
+pub(super) fn exp2<S: Simd>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
     let fma = S::mul_add;
-    let xc = x.clamp(-87.3, 88.0);
-    let t = fma(xc, std::f32::consts::LOG2_E, MAGIC);
-    let n = t - MAGIC;
-    let r = fma(n, 2.121_944_4e-4, fma(n, -0.693_359_4, xc));
-    let p = fma(1.987_569_1e-4, r, 1.398_199_9e-3);
-    let p = fma(p, r, 8.333_452e-3);
-    let p = fma(p, r, 4.166_579_6e-2);
-    let p = fma(p, r, 1.666_666_5e-1);
-    let p = fma(p, r, 0.5);
-    let p = fma(p, r * r, r + 1.0);
-    // The low mantissa bits of `t` hold n; shifting n + 127 into the exponent field gives 2^n.
-    let n_int = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
-    let scale = f32::from_bits(((n_int + 127) as u32) << 23);
-    if x < -87.3 {
-        0.0
-    } else {
-        p * scale
-    }
+    // Written as selects rather than `clamp` so that NaN passes through.
+    let xc = if x < -127.0 { -127.0 } else { x };
+    let xc = if xc > 127.0 { 127.0 } else { xc };
+    let t = xc + MAGIC;
+    let f = xc - (t - MAGIC);
+    let p = fma(1.534_581_2e-4, f, 1.339_993_1e-3);
+    let p = fma(p, f, 9.618_489e-3);
+    let p = fma(p, f, 5.550_328_6e-2);
+    let p = fma(p, f, 2.402_264_6e-1);
+    let p = fma(p, f, std::f32::consts::LN_2);
+    let p = fma(p, f, 1.0);
+    // The low mantissa bits of `t` hold n; n + 127 in the exponent field is 2^n, and n = −127
+    // gives the bits of 0.0.
+    let n = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
+    p * f32::from_bits(((n + 127) as u32) << 23)
 }
 
 /// Independent partial results per lane, so that reductions vectorize without reassociating.
 const RL: usize = 16;
-
-/// Maximum of `x` (length a multiple of 16); −∞ for an all −∞ row.
-#[inline(always)]
-pub(super) fn row_max(x: &[f32]) -> f32 {
-    let mut lanes = [f32::NEG_INFINITY; RL];
-    for chunk in x.chunks_exact(RL) {
-        for (l, &v) in lanes.iter_mut().zip(chunk) {
-            *l = if v > *l { v } else { *l };
-        }
-    }
-    tree_reduce(lanes, |a, b| if a > b { a } else { b })
-}
-
-/// `x ← exp(x)` in place (length a multiple of 16).
-#[inline(always)]
-pub(super) fn exp_in_place<S: Simd>(x: &mut [f32]) {
-    for chunk in x.chunks_exact_mut(RL) {
-        chunk.iter_mut().for_each(|v| *v = exp::<S>(*v));
-    }
-}
-
-/// `x ← exp(x − m)` in place (length a multiple of 16); returns the sum of the new values.
-#[inline(always)]
-pub(super) fn exp_sub_sum<S: Simd>(x: &mut [f32], m: f32) -> f32 {
-    let mut lanes = [0.0f32; RL];
-    for chunk in x.chunks_exact_mut(RL) {
-        for (l, v) in lanes.iter_mut().zip(chunk) {
-            *v = exp::<S>(*v - m);
-            *l += *v;
-        }
-    }
-    tree_reduce(lanes, |a, b| a + b)
-}
 
 /// `Σ a·b` over two equally long slices, in independent lanes.
 #[inline(always)]

@@ -90,30 +90,70 @@ impl AttentionConfig<'_> {
         })
     }
 
-    /// Applies the mask to one block row of scores: `row[c]` holds the score of query `i`
-    /// against key `j0 + c`, valid for `c < bc`; the rest of the row (padding) becomes −∞.
+    /// Adds the mask to a block of scores, in base 2 (times `log₂e`, as the kernels keep
+    /// scores), and sets the scores the causal flag hides to −∞. `s[r·rs + c·cs]` holds query
+    /// `i0 + r` against key `j0 + c`, for `r < rows`, `c < cols`. One of `rs`, `cs` must be 1:
+    /// the inner loops run along that axis.
     #[inline(always)]
-    fn mask_scores(&self, head: usize, i: usize, j0: usize, bc: usize, row: &mut [f32]) {
-        if let Some(m) = &self.mask {
-            let base = m.head_offsets[head] + i * m.row_stride + j0 * m.col_stride;
-            if m.col_stride == 1 {
-                row[..bc]
-                    .iter_mut()
-                    .zip(&m.data[base..base + bc])
-                    .for_each(|(s, &x)| *s += x);
-            } else {
-                row[..bc]
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(c, s)| *s += m.data[base + c * m.col_stride]);
+    fn mask_block(
+        &self,
+        head: usize,
+        (i0, rows, rs): (usize, usize, usize),
+        (j0, cols, cs): (usize, usize, usize),
+        s: &mut [f32],
+    ) {
+        let mask = self.mask.map(|m| {
+            let base = m.head_offsets[head] + i0 * m.row_stride + j0 * m.col_stride;
+            (m.data, base, m.row_stride, m.col_stride)
+        });
+        if cs == 1 {
+            for r in 0..rows {
+                let line = &mut s[r * rs..r * rs + cols];
+                if let Some((data, base, row_stride, col_stride)) = mask {
+                    add_mask_line(line, data, base + r * row_stride, col_stride);
+                }
+                if self.is_causal {
+                    // Keys j > i are hidden: c ≥ i0 + r + 1 − j0.
+                    let visible = (i0 + r + 1).saturating_sub(j0).min(cols);
+                    line[visible..].fill(f32::NEG_INFINITY);
+                }
+            }
+        } else {
+            debug_assert_eq!(rs, 1, "mask_block: neither axis is contiguous");
+            for c in 0..cols {
+                let line = &mut s[c * cs..c * cs + rows];
+                if let Some((data, base, row_stride, col_stride)) = mask {
+                    add_mask_line(line, data, base + c * col_stride, row_stride);
+                }
+                if self.is_causal {
+                    // Queries i < j are hidden: r < j0 + c − i0.
+                    let hidden = (j0 + c).saturating_sub(i0).min(rows);
+                    line[..hidden].fill(f32::NEG_INFINITY);
+                }
             }
         }
-        let active = if self.is_causal {
-            bc.min((i + 1).saturating_sub(j0))
-        } else {
-            bc
-        };
-        row[active..].fill(f32::NEG_INFINITY);
+    }
+}
+
+/// `line[n] += log₂e · data[base + n·stride]`; a stride of 0 (a broadcast axis, such as the
+/// queries of a key-padding mask) adds one value to the whole line.
+#[inline(always)]
+fn add_mask_line(line: &mut [f32], data: &[f32], base: usize, stride: usize) {
+    use std::f32::consts::LOG2_E;
+    let n = line.len();
+    match stride {
+        0 => {
+            let x = LOG2_E * data[base];
+            line.iter_mut().for_each(|s| *s += x);
+        }
+        1 => line
+            .iter_mut()
+            .zip(&data[base..base + n])
+            .for_each(|(s, &x)| *s += LOG2_E * x),
+        _ => line
+            .iter_mut()
+            .enumerate()
+            .for_each(|(n, s)| *s += LOG2_E * data[base + n * stride]),
     }
 }
 

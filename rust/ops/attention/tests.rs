@@ -503,20 +503,23 @@ fn zero_sized_dimensions() {
 }
 
 #[test]
-fn fast_exp_is_accurate_and_exactly_zero_when_masked() {
-    use super::kernels::{exp, Generic, Lanes};
-    // The fused (FMA) and unfused evaluations of the same polynomial.
-    for exp in [exp::<Generic>, exp::<Lanes<16, 4, true>>] {
-        for i in -1995..=2000 {
-            let x = i as f32 * 0.0437;
-            let (got, want) = (exp(x), (x as f64).exp());
+fn fast_exp2_is_accurate_and_exactly_zero_when_masked() {
+    use super::kernels::{exp2, Generic, Lanes};
+    // The fused (FMA) and unfused evaluations of the same polynomial, over the whole range of
+    // normal results and at integers and half-integers, where the reduction switches.
+    for exp2 in [exp2::<Generic>, exp2::<Lanes<16, 4, true>>] {
+        for i in -25_200..=25_400 {
+            let x = i as f32 * 0.005;
+            let (got, want) = (exp2(x), (x as f64).exp2());
             assert!(
-                ((got as f64 - want) / want).abs() < 3e-7,
-                "exp({x}) = {got}, want {want}"
+                ((got as f64 - want) / want).abs() < 2e-7,
+                "exp2({x}) = {got}, want {want}"
             );
         }
-        assert_eq!(exp(f32::NEG_INFINITY), 0.0);
-        assert_eq!(exp(-1e4), 0.0);
+        for x in [-127.0, -200.0, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp2(x), 0.0, "exp2({x})");
+        }
+        assert!(exp2(f32::NAN).is_nan());
     }
 }
 
