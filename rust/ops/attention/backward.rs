@@ -13,7 +13,7 @@
 
 use super::forward::{pack_rows, BC, BR};
 use super::kernels::{
-    block_matmul, dispatch, dot, exp2, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+    block_matmul, dispatch, dot, exp2_sub, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -184,8 +184,11 @@ impl Kernel for BackwardTask<'_> {
                     let row = &mut p[r * BC..r * BC + nc];
                     // Padding keys get −∞ too, so that their (unused) gradients stay finite.
                     row[bc..].fill(f32::NEG_INFINITY);
-                    let l = lse2[i];
-                    row.iter_mut().for_each(|s| *s = exp2::<S>(*s - l));
+                    let l = [lse2[i]; 16];
+                    for s in row.chunks_exact_mut(16) {
+                        let y = exp2_sub::<S>(s, &l);
+                        s.copy_from_slice(&y);
+                    }
                     if dropout {
                         let base = ((head * tq + i) * tk + j0) as u64;
                         for c in 0..nc {

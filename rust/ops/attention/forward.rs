@@ -8,7 +8,7 @@
 //! exponentials. Scores are kept in base 2 (see [`super::kernels::exp2`]).
 
 use super::kernels::{
-    block_matmul, dispatch, exp2, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+    block_matmul, dispatch, exp2, exp2_sub, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -207,9 +207,11 @@ impl Kernel for ForwardTask<'_> {
                 }
                 sum.fill(0.0);
                 for key in st[..bc * BR].chunks_exact_mut(BR) {
-                    for ((p, &mx), sm) in key.iter_mut().zip(&m_sub).zip(&mut sum) {
-                        *p = exp2::<S>(*p - mx);
-                        *sm += *p;
+                    let lanes = key.chunks_exact_mut(16).zip(m_sub.chunks_exact(16));
+                    for ((p, m), sm) in lanes.zip(sum.chunks_exact_mut(16)) {
+                        let y = exp2_sub::<S>(p, m);
+                        p.copy_from_slice(&y);
+                        sm.iter_mut().zip(&y).for_each(|(sm, y)| *sm += y);
                     }
                 }
                 for r in 0..BR {

@@ -41,12 +41,14 @@ pub(super) unsafe trait Simd: Copy {
     /// `a·b + c` on one lane, fused where the instruction set has FMA; in a loop over lanes
     /// it vectorizes.
     fn mul_add(a: f32, b: f32, c: f32) -> f32;
+    /// [`exp2`] of 16 lanes, or an evaluation as accurate that gives the same exact zeros.
+    unsafe fn exp2_x16(x: [f32; 16]) -> [f32; 16];
 }
 
-/// `W` f32 lanes in an array, with `NV` of them per micro-tile row. No intrinsics: the
+/// `W` f32 lanes in an array, with `NV` of them per micro-tile row. Mostly no intrinsics: the
 /// compiler maps the arrays onto the registers that the trampoline's target features allow
-/// (xmm pairs, ymm, zmm), which keeps the crate's minimum Rust version (std's AVX-512
-/// intrinsics are newer) at no measured cost. `FMA` selects fused multiply-add, which must
+/// (xmm pairs, ymm, zmm) at no measured cost; only `exp2_x16` on AVX-512 uses instructions it
+/// would not pick (`vrndscaleps`, `vscalefps`). `FMA` selects fused multiply-add, which must
 /// not be asked for without the instruction (it would become a libm call per element).
 #[derive(Clone, Copy)]
 pub(super) struct Lanes<const W: usize, const NV: usize, const FMA: bool>;
@@ -97,6 +99,44 @@ unsafe impl<const W: usize, const NV: usize, const FMA: bool> Simd for Lanes<W, 
         } else {
             a * b + c
         }
+    }
+    #[inline(always)]
+    unsafe fn exp2_x16(x: [f32; 16]) -> [f32; 16] {
+        #[cfg(target_arch = "x86_64")]
+        if W == 16 {
+            // SAFETY: 16 lanes is the AVX-512 type, which `dispatch` runs on AVX-512 hosts only.
+            return unsafe { exp2_avx512(x) };
+        }
+        x.map(exp2::<Self>)
+    }
+}
+
+/// [`exp2`] in ten AVX-512 instructions instead of about sixteen: the same reduction and
+/// polynomial, with `vrndscaleps` for the rounding and `vscalefps` for the `2^n` factor, which
+/// also gives ±∞ and NaN their results. The scaling is masked off where `x ≤ −126`, which
+/// gives exact zeros there instead of subnormals (slow in later arithmetic).
+///
+/// # Safety
+/// The CPU must have AVX-512F. Not a `#[target_feature]` function, so that it can be inlined
+/// (with the intrinsics) into the AVX-512 trampoline of [`dispatch`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn exp2_avx512(x: [f32; 16]) -> [f32; 16] {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller guarantees AVX-512F; the loads and stores are of arrays of 16 floats.
+    unsafe {
+        let x = _mm512_loadu_ps(x.as_ptr());
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let f = _mm512_sub_ps(x, n);
+        let mut p = _mm512_set1_ps(EXP2_POLY[0]);
+        for &c in &EXP2_POLY[1..] {
+            p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+        }
+        let normal = _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, _mm512_set1_ps(-126.0));
+        let y = _mm512_maskz_scalef_ps(normal, p, n);
+        let mut out = [0.0f32; 16];
+        _mm512_storeu_ps(out.as_mut_ptr(), y);
+        out
     }
 }
 
@@ -284,6 +324,17 @@ unsafe fn tile<S: Simd, const NV: usize>(
     }
 }
 
+/// `2^f` on `[−½, ½]` to 1.6 ulp (relative minimax fit), highest degree first.
+const EXP2_POLY: [f32; 7] = [
+    1.534_581_2e-4,
+    1.339_993_1e-3,
+    9.618_489e-3,
+    5.550_328_6e-2,
+    2.402_264_6e-1,
+    std::f32::consts::LN_2,
+    1.0,
+];
+
 /// `2^x` to about 1.6 ulp, branch-free so that loops over it vectorize: `2^n · 2^f` with
 /// `n = round(x)` (by the 1.5·2²³ rounding trick) and `2^f`, `|f| ≤ ½`, by a degree-6 minimax
 /// polynomial. Scores are kept in base 2 (`log₂e` is folded into the query scale) so that the
@@ -298,16 +349,24 @@ pub(super) fn exp2<S: Simd>(x: f32) -> f32 {
     let xc = if xc > 127.0 { 127.0 } else { xc };
     let t = xc + MAGIC;
     let f = xc - (t - MAGIC);
-    let p = fma(1.534_581_2e-4, f, 1.339_993_1e-3);
-    let p = fma(p, f, 9.618_489e-3);
-    let p = fma(p, f, 5.550_328_6e-2);
-    let p = fma(p, f, 2.402_264_6e-1);
-    let p = fma(p, f, std::f32::consts::LN_2);
-    let p = fma(p, f, 1.0);
+    let p = EXP2_POLY[1..]
+        .iter()
+        .fold(EXP2_POLY[0], |p, &c| fma(p, f, c));
     // The low mantissa bits of `t` hold n; n + 127 in the exponent field is 2^n, and n = −127
     // gives the bits of 0.0.
     let n = t.to_bits().wrapping_sub(MAGIC.to_bits()) as i32;
     p * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+/// `2^(x − m)` of 16 lanes (`x` and `m` of 16 values each).
+#[inline(always)]
+pub(super) fn exp2_sub<S: Simd>(x: &[f32], m: &[f32]) -> [f32; 16] {
+    let mut d = [0.0f32; 16];
+    for ((d, &x), &m) in d.iter_mut().zip(&x[..16]).zip(&m[..16]) {
+        *d = x - m;
+    }
+    // SAFETY: `S` is the instruction set `dispatch` checked.
+    unsafe { S::exp2_x16(d) }
 }
 
 /// Independent partial results per lane, so that reductions vectorize without reassociating.

@@ -504,22 +504,43 @@ fn zero_sized_dimensions() {
 
 #[test]
 fn fast_exp2_is_accurate_and_exactly_zero_when_masked() {
-    use super::kernels::{exp2, Generic, Lanes};
-    // The fused (FMA) and unfused evaluations of the same polynomial, over the whole range of
-    // normal results and at integers and half-integers, where the reduction switches.
-    for exp2 in [exp2::<Generic>, exp2::<Lanes<16, 4, true>>] {
-        for i in -25_200..=25_400 {
-            let x = i as f32 * 0.005;
-            let (got, want) = (exp2(x), (x as f64).exp2());
-            assert!(
-                ((got as f64 - want) / want).abs() < 2e-7,
-                "exp2({x}) = {got}, want {want}"
-            );
+    use super::kernels::{exp2, Generic, Lanes, Simd};
+    type Avx512 = Lanes<16, 4, true>;
+    // Over the whole range of normal results, at integers and half-integers (where the
+    // reduction switches), the masked and the special values. At −126 both 0 and 2^−126 pass.
+    let mut xs: Vec<f32> = (-25_200..=25_400).map(|i| i as f32 * 0.005).collect();
+    xs.extend([-126.0, -127.0, -200.0, -1e30, f32::NEG_INFINITY, f32::NAN]);
+    xs.resize(xs.len().div_ceil(16) * 16, 0.0);
+    let by_lanes = |f: unsafe fn([f32; 16]) -> [f32; 16]| -> Vec<f32> {
+        // SAFETY: only called for instruction sets this CPU has (checked below).
+        xs.chunks(16)
+            .flat_map(|c| unsafe { f(c.try_into().unwrap()) })
+            .collect()
+    };
+    let mut evaluations = vec![
+        (
+            "generic",
+            xs.iter().map(|&x| exp2::<Generic>(x)).collect::<Vec<_>>(),
+        ),
+        ("fma", xs.iter().map(|&x| exp2::<Avx512>(x)).collect()),
+    ];
+    if crate::cpu::Isa::Avx512.is_supported() {
+        evaluations.push(("avx512", by_lanes(Avx512::exp2_x16)));
+    } else {
+        eprintln!("skipping the AVX-512 exp2: this CPU cannot run it");
+    }
+    for (name, got) in evaluations {
+        for (&x, &y) in xs.iter().zip(&got) {
+            if x.is_nan() {
+                assert!(y.is_nan(), "{name}: exp2(NaN) = {y}");
+            } else if x <= -127.0 {
+                assert_eq!(y, 0.0, "{name}: exp2({x})");
+            } else if x > -126.0 {
+                let want = (x as f64).exp2();
+                let err = ((y as f64 - want) / want).abs();
+                assert!(err < 2e-7, "{name}: exp2({x}) = {y}, want {want}");
+            }
         }
-        for x in [-127.0, -200.0, -1e30, f32::NEG_INFINITY] {
-            assert_eq!(exp2(x), 0.0, "exp2({x})");
-        }
-        assert!(exp2(f32::NAN).is_nan());
     }
 }
 
