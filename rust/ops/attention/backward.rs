@@ -13,7 +13,8 @@
 
 use super::forward::{pack_rows, BC, BR};
 use super::kernels::{
-    block_matmul, dispatch, dot, exp2_sub, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+    block_matmul, dispatch, dot, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd,
+    LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -78,7 +79,12 @@ pub fn attention_backward(
             v: &v[head * tk * ev..(head + 1) * tk * ev],
             out: &out[head * tq * ev..(head + 1) * tq * ev],
             lse: &lse[head * tq..(head + 1) * tq],
+            next: [&[], &[], &[], &[], &[]],
         });
+    }
+    for i in 1..tasks.len() {
+        let t = &tasks[i];
+        tasks[i - 1].next = [t.q, t.k, t.v, t.dout, t.out];
     }
     tasks.into_par_iter().for_each(|task| dispatch(isa, task));
 }
@@ -96,6 +102,8 @@ struct BackwardTask<'a> {
     v: &'a [f32],
     out: &'a [f32],
     lse: &'a [f32],
+    /// q, k, v, dout, out of the next head, to prefetch.
+    next: [&'a [f32]; 5],
 }
 
 impl Kernel for BackwardTask<'_> {
@@ -115,6 +123,7 @@ impl Kernel for BackwardTask<'_> {
             v,
             out,
             lse,
+            next,
         } = self;
         let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
         let (ep, evp) = (round_up(e, LANES), round_up(ev, LANES));
@@ -159,13 +168,20 @@ impl Kernel for BackwardTask<'_> {
         }
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
 
+        let next = Prefetch {
+            data: next,
+            steps: k_blocks * q_blocks,
+        };
         for kb in 0..k_blocks {
             let j0 = kb * BC;
             let bc = BC.min(tk - j0);
             let (nc, mc) = (round_up(bc, LANES), round_up(bc, MR));
             // Causal: query blocks that end before this key block see none of it.
             let qb_start = if cfg.is_causal { j0 / BR } else { 0 };
+            let step = kb * q_blocks;
+            next.parts(step..step + qb_start);
             for qb in qb_start..q_blocks {
+                next.parts(step + qb..step + qb + 1);
                 let i0 = qb * BR;
                 let br = BR.min(tq - i0);
                 let mr = round_up(br, MR);

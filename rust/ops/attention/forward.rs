@@ -8,7 +8,8 @@
 //! exponentials. Scores are kept in base 2 (see [`super::kernels::exp2`]).
 
 use super::kernels::{
-    block_matmul, dispatch, exp2, exp2_sub, round_up, Kernel, Operand, Scratch, Simd, LANES, MR,
+    block_matmul, dispatch, exp2, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd,
+    LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -80,8 +81,14 @@ pub fn attention_forward(
                 q: &q_h[row0 * e..(row0 + rows) * e],
                 k: k_h,
                 v: v_h,
+                next: [&[], &[], &[]],
             });
         }
+    }
+    for i in 1..tasks.len() {
+        let (q, k, v) = (tasks[i].q, tasks[i].k, tasks[i].v);
+        // The same head's k and v are cached already; prefetching them again costs nothing.
+        tasks[i - 1].next = [q, k, v];
     }
     tasks.into_par_iter().for_each(|task| dispatch(isa, task));
 }
@@ -97,6 +104,8 @@ struct ForwardTask<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
+    /// q, k, v of the next task, to prefetch.
+    next: [&'a [f32]; 3],
 }
 
 impl Kernel for ForwardTask<'_> {
@@ -113,10 +122,16 @@ impl Kernel for ForwardTask<'_> {
             q,
             k,
             v,
+            next,
         } = self;
         let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
         let evp = round_up(ev, LANES);
         let k_blocks = tk.div_ceil(BC);
+        let q_blocks = lse.len().div_ceil(BR);
+        let next = Prefetch {
+            data: next,
+            steps: q_blocks * k_blocks,
+        };
         // k and v are read in place where the block product's padding allows: k's rows are
         // taken in fours (the last block's are copied, padded), v's columns in sixteens.
         let k_tail = tk % MR != 0;
@@ -179,7 +194,10 @@ impl Kernel for ForwardTask<'_> {
             } else {
                 k_blocks
             };
+            let step = i0 / BR * k_blocks;
+            next.parts(step + kb_end..step + k_blocks);
             for kb in 0..kb_end {
+                next.parts(step + kb..step + kb + 1);
                 let j0 = kb * BC;
                 let bc = BC.min(tk - j0);
                 let mc = round_up(bc, MR);

@@ -405,6 +405,43 @@ fn tree_reduce(mut lanes: [f32; RL], f: impl Fn(f32, f32) -> f32) -> f32 {
     lanes[0]
 }
 
+/// Pulls the inputs of the task likely to run next on this thread toward L2, one part per
+/// block step of the current task, so that their cache misses overlap this task's arithmetic
+/// instead of stalling the next task's packing (measured: a head's backward runs ~8% faster
+/// when its inputs are already cached). "Next" is the next task in the list: rayon hands each
+/// thread contiguous runs of it.
+pub(super) struct Prefetch<'a, const N: usize> {
+    pub data: [&'a [f32]; N],
+    /// The number of steps over which the current task spreads the prefetches.
+    pub steps: usize,
+}
+
+impl<const N: usize> Prefetch<'_, N> {
+    /// Prefetches parts `steps` (of `self.steps`) of every slice.
+    #[inline(always)]
+    pub fn parts(&self, steps: std::ops::Range<usize>) {
+        const LINE: usize = 16; // f32 per 64-byte cache line
+        for d in self.data {
+            let lines = d.len().div_ceil(LINE);
+            let (lo, hi) = (
+                lines * steps.start / self.steps.max(1),
+                lines * steps.end / self.steps.max(1),
+            );
+            for line in lo..hi.min(lines) {
+                let p = d[line * LINE..].as_ptr();
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a prefetch has no architectural effect; `p` is inside `d` anyway.
+                unsafe {
+                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+                    _mm_prefetch::<_MM_HINT_T1>(p.cast())
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                let _ = p;
+            }
+        }
+    }
+}
+
 /// A buffer from this thread's reusable scratch memory, with unspecified contents (stale values
 /// of an earlier task): every user writes what it reads. Each task of the forward and
 /// backward takes one for its packed operands and blocks and carves it with [`Scratch::carve`];
