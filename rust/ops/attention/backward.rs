@@ -19,7 +19,7 @@ use super::kernels::{
 use super::AttentionConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
-use std::f32::consts::{LN_2, LOG2_E};
+use std::f32::consts::LOG2_E;
 
 /// The fused attention backward.
 ///
@@ -132,37 +132,55 @@ impl Kernel for BackwardTask<'_> {
         let dropout = cfg.dropout_p > 0.0;
         let block = BR * BC;
         let dropout_block = if dropout { block } else { 0 };
+        // The block products read whole LANES of columns and whole MR rows (as A operands and
+        // accumulators). Where a head's q, k, dout or gradients already have that shape they
+        // are used in place; otherwise through copies padded to it.
+        let rows_q = tq % MR == 0;
+        let rows_k = tk % MR == 0;
+        let q_in_place = e == ep && rows_q;
+        let k_in_place = e == ep;
+        let dout_in_place = ev == evp && rows_q;
+        let dk_in_place = e == ep && rows_k;
+        let dv_in_place = ev == evp && rows_k;
+        let unless = |in_place: bool, len: usize| if in_place { 0 } else { len };
         let lens = [
-            tqp * ep,           // qs (Tqp, Ep): scale·q, rows padded to whole blocks, columns to LANES
-            tkp * ep,           // kp (Tkp, Ep): k
-            k_blocks * e * BC,  // kt (k_blocks, E, BC): kᵀ per key block
+            unless(q_in_place, tqp * ep),     // qp (Tqp, Ep): q
+            unless(k_in_place, tkp * ep),     // kp (Tkp, Ep): k
+            k_blocks * e * BC, // kt (k_blocks, E, BC): (log₂e·scale·k)ᵀ per key block
             k_blocks * ev * BC, // vt (k_blocks, Ev, BC): vᵀ per key block
-            tqp * evp,          // dop (Tqp, Evp): dO
-            tq,                 // d (Tq): D_i = rowsum(dO ∘ O)
-            tq,                 // lse2 (Tq): lse·log₂e, the base-2 log-sum-exp
-            tqp * ep,           // dq_acc (Tqp, Ep): dQ / scale
-            tkp * ep,           // dk_acc (Tkp, Ep)
-            tkp * evp,          // dv_acc (Tkp, Evp)
-            block,              // p (BR, BC): P
-            dropout_block,      // z (BR, BC): dropout's Z
-            dropout_block,      // pz (BR, BC): P∘Z
-            block,              // ds (BR, BC): dP, then dS in place
+            unless(dout_in_place, tqp * evp), // dop (Tqp, Evp): dO
+            tq,                // d (Tq): D_i = rowsum(dO ∘ O)
+            tq,                // lse2 (Tq): lse·log₂e, the base-2 log-sum-exp
+            unless(q_in_place, tqp * ep), // dq_buf (Tqp, Ep)
+            unless(dk_in_place, tkp * ep), // dk_buf (Tkp, Ep)
+            unless(dv_in_place, tkp * evp), // dv_buf (Tkp, Evp)
+            block,             // p (BR, BC): P
+            dropout_block,     // z (BR, BC): dropout's Z
+            dropout_block,     // pz (BR, BC): P∘Z
+            block,             // ds (BR, BC): dP, then dS in place
         ];
         let mut scratch = Scratch::take(lens.iter().sum());
-        let [qs, kp, kt, vt, dop, d, lse2, dq_acc, dk_acc, dv_acc, p, z, pz, ds] =
+        let [qp, kp, kt, vt, dop, d, lse2, dq_buf, dk_buf, dv_buf, p, z, pz, ds] =
             scratch.carve(lens);
-        // Scores in base 2, as the forward keeps them: qs is log₂e·scale·q.
-        pack_rows(qs, q, tq, e, ep, cfg.scale * LOG2_E);
-        pack_rows(kp, k, tk, e, ep, 1.0);
+        let (qp, kp, dop) = (
+            operand(q, tq, e, qp, q_in_place),
+            operand(k, tk, e, kp, k_in_place),
+            operand(dout, tq, ev, dop, dout_in_place),
+        );
+        // Scores in base 2, as the forward keeps them: the scale and log₂e go with kᵀ.
         pack_transposed_blocks::<S>(kt, k, tk, e);
+        let k_scale = cfg.scale * LOG2_E;
+        kt.iter_mut().for_each(|x| *x *= k_scale);
         pack_transposed_blocks::<S>(vt, v, tk, ev);
         for (l2, &l) in lse2.iter_mut().zip(lse) {
             *l2 = l * LOG2_E;
         }
-        pack_rows(dop, dout, tq, ev, evp, 1.0);
         for (i, di) in d.iter_mut().enumerate() {
             *di = dot(&dout[i * ev..(i + 1) * ev], &out[i * ev..(i + 1) * ev]);
         }
+        let dq_acc: &mut [f32] = if q_in_place { &mut *dq } else { &mut *dq_buf };
+        let dk_acc: &mut [f32] = if dk_in_place { &mut *dk } else { &mut *dk_buf };
+        let dv_acc: &mut [f32] = if dv_in_place { &mut *dv } else { &mut *dv_buf };
         for acc in [&mut *dq_acc, &mut *dk_acc, &mut *dv_acc] {
             acc.fill(0.0);
         }
@@ -187,7 +205,7 @@ impl Kernel for BackwardTask<'_> {
                 let mr = round_up(br, MR);
                 block_matmul::<S>(
                     (mr, nc, e),
-                    Operand::rows(qs, ep, i0),
+                    Operand::rows(qp, ep, i0),
                     &kt[kb * e * BC..],
                     BC,
                     p,
@@ -236,6 +254,8 @@ impl Kernel for BackwardTask<'_> {
                     BC,
                     false,
                 );
+                // dS is kept times the scale, which dQ and dK both take.
+                let scale = cfg.scale;
                 for r in 0..br {
                     let di = d[i0 + r];
                     let (p_row, ds_row) = (&p[r * BC..r * BC + nc], &mut ds[r * BC..r * BC + nc]);
@@ -245,15 +265,15 @@ impl Kernel for BackwardTask<'_> {
                             .iter_mut()
                             .zip(p_row)
                             .zip(z_row)
-                            .for_each(|((g, &p), &z)| *g = p * (*g * z - di));
+                            .for_each(|((g, &p), &z)| *g = scale * p * (*g * z - di));
                     } else {
                         ds_row
                             .iter_mut()
                             .zip(p_row)
-                            .for_each(|(g, &p)| *g = p * (*g - di));
+                            .for_each(|(g, &p)| *g = scale * p * (*g - di));
                     }
                 }
-                // dQ_i += dS K_j (scaled at the end); dK_j += dSᵀ (scale·Q_i) (log₂e times).
+                // dQ_i += (scale·dS) K_j; dK_j += (scale·dS)ᵀ Q_i.
                 block_matmul::<S>(
                     (mr, ep, bc),
                     Operand::rows(ds, BC, 0),
@@ -266,7 +286,7 @@ impl Kernel for BackwardTask<'_> {
                 block_matmul::<S>(
                     (mc, ep, br),
                     Operand::transposed(ds, BC),
-                    &qs[i0 * ep..],
+                    &qp[i0 * ep..],
                     ep,
                     &mut dk_acc[j0 * ep..],
                     ep,
@@ -274,20 +294,25 @@ impl Kernel for BackwardTask<'_> {
                 );
             }
         }
-        unpack_rows(dq, dq_acc, e, ep, cfg.scale);
-        // dk_acc is dSᵀ·qs, which is log₂e times dSᵀ·(scale·q).
-        unpack_rows(dk, dk_acc, e, ep, LN_2);
-        unpack_rows(dv, dv_acc, ev, evp, 1.0);
+        for (out, buf, c, in_place) in [
+            (dq, dq_buf, e, q_in_place),
+            (dk, dk_buf, e, dk_in_place),
+            (dv, dv_buf, ev, dv_in_place),
+        ] {
+            if !in_place {
+                unpack_rows(out, buf, c, round_up(c, LANES));
+            }
+        }
     }
 }
 
-/// The first `dst.len() / c` rows of `src` (row stride `ld`), cut to `c` columns, times `scale`.
-fn unpack_rows(dst: &mut [f32], src: &[f32], c: usize, ld: usize, scale: f32) {
+/// The first `dst.len() / c` rows of `src` (row stride `ld`), cut to `c` columns.
+fn unpack_rows(dst: &mut [f32], src: &[f32], c: usize, ld: usize) {
     if c == 0 {
         return;
     }
     for (d, s) in dst.chunks_exact_mut(c.max(1)).zip(src.chunks_exact(ld)) {
-        d.iter_mut().zip(s).for_each(|(d, &s)| *d = scale * s);
+        d.copy_from_slice(&s[..c]);
     }
 }
 
@@ -304,5 +329,17 @@ fn pack_transposed_blocks<S: Simd>(dst: &mut [f32], x: &[f32], t: usize, c: usiz
             block.fill(0.0);
         }
         crate::cpu::gemm::transpose(&x[b * BC * c..], c, c, valid, BC, block, S::AVX512);
+    }
+}
+
+/// `x` (T, C) itself when `in_place`, else `x` packed into `buf` with its rows padded to
+/// `round_up(C, LANES)` columns.
+#[inline(always)]
+fn operand<'a>(x: &'a [f32], t: usize, c: usize, buf: &'a mut [f32], in_place: bool) -> &'a [f32] {
+    if in_place {
+        x
+    } else {
+        pack_rows(buf, x, t, c, round_up(c, LANES), 1.0);
+        buf
     }
 }
