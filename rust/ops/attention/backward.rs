@@ -181,8 +181,11 @@ impl Kernel for BackwardTask<'_> {
         let dq_acc: &mut [f32] = if q_in_place { &mut *dq } else { &mut *dq_buf };
         let dk_acc: &mut [f32] = if dk_in_place { &mut *dk } else { &mut *dk_buf };
         let dv_acc: &mut [f32] = if dv_in_place { &mut *dv } else { &mut *dv_buf };
-        for acc in [&mut *dq_acc, &mut *dk_acc, &mut *dv_acc] {
-            acc.fill(0.0);
+        // Each accumulator's first product writes it (no zeroing pass); rows that no product
+        // reaches are zeroed: all of dq when there are no keys, and the key blocks that no
+        // query sees (causal, Tk > Tq).
+        if k_blocks == 0 {
+            dq_acc.fill(0.0);
         }
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
 
@@ -196,6 +199,10 @@ impl Kernel for BackwardTask<'_> {
             let (nc, mc) = (round_up(bc, LANES), round_up(bc, MR));
             // Causal: query blocks that end before this key block see none of it.
             let qb_start = if cfg.is_causal { j0 / BR } else { 0 };
+            if qb_start >= q_blocks {
+                dk_acc[j0 * ep..(j0 + bc) * ep].fill(0.0);
+                dv_acc[j0 * evp..(j0 + bc) * evp].fill(0.0);
+            }
             let step = kb * q_blocks;
             next.parts(step..step + qb_start);
             for qb in qb_start..q_blocks {
@@ -242,7 +249,7 @@ impl Kernel for BackwardTask<'_> {
                     evp,
                     &mut dv_acc[j0 * evp..],
                     evp,
-                    true,
+                    qb > qb_start,
                 );
                 // dP = dO_i V_jᵀ
                 block_matmul::<S>(
@@ -281,7 +288,7 @@ impl Kernel for BackwardTask<'_> {
                     ep,
                     &mut dq_acc[i0 * ep..],
                     ep,
-                    true,
+                    kb > 0,
                 );
                 block_matmul::<S>(
                     (mc, ep, br),
@@ -290,7 +297,7 @@ impl Kernel for BackwardTask<'_> {
                     ep,
                     &mut dk_acc[j0 * ep..],
                     ep,
-                    true,
+                    qb > qb_start,
                 );
             }
         }
