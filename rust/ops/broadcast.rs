@@ -164,10 +164,18 @@ pub fn gather_strided(
         out.copy_from_slice(&src[offset..offset + n]);
         return out;
     }
+    if shape.len() == 1 && s_in == 0 {
+        // One value everywhere (the seed gradient of a `.sum()`, broadcast back).
+        out.par_chunks_mut(PAR_MIN)
+            .for_each(|o| o.fill(src[offset]));
+        return out;
+    }
     let body = |(row, o): (usize, &mut [f32])| {
         let base = offset + row_offset(row, &shape, &strides);
         if s_in == 1 {
             o.copy_from_slice(&src[base..base + inner]);
+        } else if s_in == 0 {
+            o.fill(src[base]);
         } else {
             for (j, v) in o.iter_mut().enumerate() {
                 *v = src[base + j * s_in];
