@@ -185,7 +185,6 @@ impl Kernel for ForwardTask<'_> {
             }
             crate::cpu::gemm::transpose(&q[i0 * e..], e, e, br, BR, qt, S::AVX512);
             qt.iter_mut().for_each(|x| *x *= q_scale);
-            acc.fill(0.0);
             m.fill(f32::NEG_INFINITY);
             l.fill(0.0);
             // Causal: key blocks past the block's last row are all masked; skip them.
@@ -235,11 +234,14 @@ impl Kernel for ForwardTask<'_> {
                 for r in 0..BR {
                     l[r] = l[r] * alpha[r] + sum[r];
                 }
-                for r in 0..br {
-                    if alpha[r] != 1.0 {
-                        acc[r * evp..(r + 1) * evp]
-                            .iter_mut()
-                            .for_each(|x| *x *= alpha[r]);
+                // The first key block writes acc (below) instead of rescaling and adding to it.
+                if kb > 0 {
+                    for r in 0..br {
+                        if alpha[r] != 1.0 {
+                            acc[r * evp..(r + 1) * evp]
+                                .iter_mut()
+                                .for_each(|x| *x *= alpha[r]);
+                        }
                     }
                 }
                 if cfg.dropout_p > 0.0 {
@@ -260,7 +262,7 @@ impl Kernel for ForwardTask<'_> {
                     ldv,
                     acc,
                     evp,
-                    true,
+                    kb > 0,
                 );
             }
             for r in 0..br {
