@@ -240,6 +240,16 @@ impl Kernel for BackwardTask<'_> {
                         }
                     }
                 }
+                // dP = dO_i V_jᵀ
+                block_matmul::<S>(
+                    (mr, nc, ev),
+                    Operand::rows(dop, evp, i0),
+                    &vt[kb * ev * BC..],
+                    BC,
+                    ds,
+                    BC,
+                    false,
+                );
                 let pz_block: &[f32] = if dropout { pz } else { p };
                 // dV_j += (P∘Z)ᵀ dO_i: depth is the block's valid query rows only.
                 block_matmul::<S>(
@@ -250,16 +260,6 @@ impl Kernel for BackwardTask<'_> {
                     &mut dv_acc[j0 * evp..],
                     evp,
                     qb > qb_start,
-                );
-                // dP = dO_i V_jᵀ
-                block_matmul::<S>(
-                    (mr, nc, ev),
-                    Operand::rows(dop, evp, i0),
-                    &vt[kb * ev * BC..],
-                    BC,
-                    ds,
-                    BC,
-                    false,
                 );
                 // dS is kept times the scale, which dQ and dK both take.
                 let scale = cfg.scale;
@@ -280,16 +280,8 @@ impl Kernel for BackwardTask<'_> {
                             .for_each(|(g, &p)| *g = scale * p * (*g - di));
                     }
                 }
-                // dQ_i += (scale·dS) K_j; dK_j += (scale·dS)ᵀ Q_i.
-                block_matmul::<S>(
-                    (mr, ep, bc),
-                    Operand::rows(ds, BC, 0),
-                    &kp[j0 * ep..],
-                    ep,
-                    &mut dq_acc[i0 * ep..],
-                    ep,
-                    kb > 0,
-                );
+                // dK_j += (scale·dS)ᵀ Q_i; dQ_i += (scale·dS) K_j. (The order of the products keeps
+                // each operand's two uses adjacent, while it is in L1.)
                 block_matmul::<S>(
                     (mc, ep, br),
                     Operand::transposed(ds, BC),
@@ -298,6 +290,15 @@ impl Kernel for BackwardTask<'_> {
                     &mut dk_acc[j0 * ep..],
                     ep,
                     qb > qb_start,
+                );
+                block_matmul::<S>(
+                    (mr, ep, bc),
+                    Operand::rows(ds, BC, 0),
+                    &kp[j0 * ep..],
+                    ep,
+                    &mut dq_acc[i0 * ep..],
+                    ep,
+                    kb > 0,
                 );
             }
         }
