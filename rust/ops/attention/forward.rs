@@ -19,6 +19,9 @@ use rayon::prelude::*;
 pub(super) const BR: usize = 64;
 /// Keys per block.
 pub(super) const BC: usize = 64;
+/// How far (in base-2 exponent) a row's maximum may pass the softmax's reference maximum
+/// before the reference moves and the row's running sums are rescaled.
+const LAZY: f32 = 8.0;
 
 /// The fused attention forward.
 ///
@@ -168,8 +171,9 @@ impl Kernel for ForwardTask<'_> {
         st.fill(0.0);
         let q_scale = cfg.scale * std::f32::consts::LOG2_E;
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
-        // Per query (lane r): running max `m` of the base-2 scores, running sum `l` of
-        // 2^(s − m), this block's sums, and `alpha` = 2^(m_old − m_new) that rescales l and acc.
+        // Per query (lane r): the reference maximum `m` of the base-2 scores (within LAZY of
+        // the running maximum), running sum `l` of 2^(s − m), this block's sums, and `alpha` =
+        // 2^(m_old − m_new) that rescales l and acc when m moves.
         let mut m = [0.0f32; BR];
         let mut l = [0.0f32; BR];
         let mut sum = [0.0f32; BR];
@@ -216,11 +220,15 @@ impl Kernel for ForwardTask<'_> {
                     }
                 }
                 for r in 0..BR {
-                    // A query with no key so far keeps alpha = 1 (its acc and l are still 0),
-                    // and subtracts 0 rather than −∞ so that its masked scores give 0.
-                    let none = m_new[r] == f32::NEG_INFINITY;
-                    alpha[r] = exp2::<S>(if none { 0.0 } else { m[r] - m_new[r] });
-                    m_sub[r] = if none { 0.0 } else { m_new[r] };
+                    // The reference m moves only when a row's maximum passes it by more than
+                    // LAZY (as in FlashAttention-4): the probabilities, then up to 2^LAZY, stay
+                    // far from overflow, and most key blocks after the first rescale nothing.
+                    // A query with no key so far keeps m = −∞ and alpha = 1 (its acc and l are
+                    // still 0), and subtracts 0 so that its masked scores give 0.
+                    let moved = m_new[r] > m[r] + LAZY;
+                    alpha[r] = exp2::<S>(if moved { m[r] - m_new[r] } else { 0.0 });
+                    m[r] = if moved { m_new[r] } else { m[r] };
+                    m_sub[r] = if m[r] == f32::NEG_INFINITY { 0.0 } else { m[r] };
                 }
                 sum.fill(0.0);
                 for key in st[..bc * BR].chunks_exact_mut(BR) {
@@ -254,7 +262,6 @@ impl Kernel for ForwardTask<'_> {
                         }
                     }
                 }
-                m = m_new;
                 block_matmul::<S>(
                     (mr, evp, bc),
                     Operand::transposed(st, BR),

@@ -299,6 +299,49 @@ fn large_logits_stay_finite() {
     }
 }
 
+#[test]
+fn running_maximum_that_keeps_growing() {
+    // Scores that rise along the keys by about 5 (base 2) per key block, fall, and saw-tooth:
+    // the online softmax's reference maximum moves at some blocks and stays at others.
+    let (tq, tk, e, ev) = (3, 300, 2, 5);
+    let a = 5.0 / (64.0 * std::f32::consts::LOG2_E);
+    let q = [1.0, 0.0, -1.0, 0.0, 0.0, 1.0];
+    let k: Vec<f32> = (0..tk)
+        .flat_map(|j| [a * j as f32, a * (j % 100) as f32 * 1.7])
+        .collect();
+    let v: Vec<f32> = (0..tk * ev).map(|i| uniform(5, i as u64) - 0.5).collect();
+    let dout: Vec<f32> = (0..tq * ev).map(|i| uniform(6, i as u64) - 0.5).collect();
+    let t = |data: &[f32], rows: usize, cols: usize| {
+        Tensor::new(data.to_vec(), &[1, rows, cols]).unwrap()
+    };
+    for causal in [false, true] {
+        let cfg = AttentionConfig {
+            bh: 1,
+            tq,
+            tk,
+            e,
+            ev,
+            scale: 1.0,
+            is_causal: causal,
+            mask: None,
+            dropout_p: 0.0,
+            seed: 0,
+        };
+        let got = fused(&cfg, &q, &k, &v, &dout);
+        let want = reference(
+            &cfg,
+            &t(&q, tq, e),
+            &t(&k, tk, e),
+            &t(&v, tk, ev),
+            &t(&dout, tq, ev),
+        );
+        assert_close("out", &got[0], &want[0], FWD_TOL);
+        for (g, w) in got[1..].iter().zip(&want[1..]) {
+            assert_close("grad", g, w, GRAD_TOL);
+        }
+    }
+}
+
 /// Fused forward and backward on raw slices, with a dropout seed the test chooses.
 fn fused(cfg: &AttentionConfig, q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> [Vec<f32>; 4] {
     let mut out = vec![0.0; cfg.bh * cfg.tq * cfg.ev];
