@@ -220,23 +220,27 @@ impl Kernel for BackwardTask<'_> {
                     false,
                 );
                 cfg.mask_block(head, (i0, br, BC), (j0, bc, 1), p);
-                for r in 0..br {
-                    let i = i0 + r;
-                    let row = &mut p[r * BC..r * BC + nc];
-                    // Padding keys get −∞ too, so that their (unused) gradients stay finite.
-                    row[bc..].fill(f32::NEG_INFINITY);
-                    let l = [lse2[i]; 16];
+                // Padding keys get −∞ too, so that their (unused) gradients stay finite. The
+                // exponentials run over whole rows of BC (the columns past nc are not read) so
+                // that the loop has a fixed length.
+                for row in p.chunks_exact_mut(BC).take(br) {
+                    row[bc..nc].fill(f32::NEG_INFINITY);
+                }
+                for (row, &l) in p.chunks_exact_mut(BC).zip(&lse2[i0..i0 + br]) {
+                    let l = [l; 16];
                     for s in row.chunks_exact_mut(16) {
                         let y = exp2_sub::<S>(s, &l);
                         s.copy_from_slice(&y);
                     }
-                    if dropout {
-                        let base = ((head * tq + i) * tk + j0) as u64;
+                }
+                if dropout {
+                    for r in 0..br {
+                        let base = ((head * tq + i0 + r) * tk + j0) as u64;
                         for c in 0..nc {
                             let kept = c < bc
                                 && crate::random::keep(cfg.seed, base + c as u64, cfg.dropout_p);
                             z[r * BC + c] = if kept { keep_scale } else { 0.0 };
-                            pz[r * BC + c] = row[c] * z[r * BC + c];
+                            pz[r * BC + c] = p[r * BC + c] * z[r * BC + c];
                         }
                     }
                 }
