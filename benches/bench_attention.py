@@ -87,6 +87,9 @@ def main() -> None:
             times: dict = {(side, phase): [] for side in sides for phase in range(2)}
             for _ in range(args.rounds):
                 for side, fns in sides.items():
+                    # Let the other library's threads stop spinning first (OpenMP and BLAS pools
+                    # busy-wait for a while after a call).
+                    time.sleep(0.2)
                     for phase, fn in enumerate(fns or ()):
                         times[side, phase] += samples_ms(fn, args.repeat)
             row = f"T{t}{'_causal' if causal else ''}"

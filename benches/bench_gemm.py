@@ -35,6 +35,9 @@ def operands(np, m, k, n, layout, rng):
     return (a.T if layout == "tn" else a), (b.T if layout == "nt" else b)
 
 
+SETTLE_S = 0.3
+
+
 def best_seconds(fn, repeats):
     fn()  # warm-up: thread pools, packing buffers, page faults
     best = float("inf")
@@ -76,6 +79,10 @@ def worker(threads, sizes, repeats):
         flops = 2.0 * m * n * k
         for lib, (convert, fn) in libs.items():
             x, y = convert(a), convert(b)
+            # OpenBLAS's worker threads busy-wait for ~0.1 s after a call (its THREAD_TIMEOUT,
+            # 2^28 cycles); let them (and any other pool) go idle before the next library, which
+            # would otherwise share the cores with them.
+            time.sleep(SETTLE_S)
             row["gflops"][lib] = flops / best_seconds(lambda: fn(x, y), repeats) / 1e9
         if "tfm_rs" in libs:
             convert, fn = libs["tfm_rs"]
