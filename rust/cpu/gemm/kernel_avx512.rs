@@ -106,8 +106,8 @@ unsafe fn tile(
     }
 }
 
-/// `dst[p*width + j] = col_j[p]` for `p < kc`, `j < wt`, where column `j` starts at `src[j*cs]`:
-/// one panel of `pack`'s `rs == 1` path, 16 columns × 16 depths per register transpose.
+/// The AVX-512 body of [`super::pack::transpose`] (see there): 16 columns × 16 depths per
+/// register transpose, masked at the edges.
 ///
 /// # Safety
 /// The CPU must have AVX-512F; `src` must hold `(wt-1)*cs + kc` floats and `dst` `kc*width`,
