@@ -2,7 +2,7 @@
 //! entropy, dropout, activations, optimizers, broadcast maps).
 //!
 //! The crate is built for baseline x86-64 (SSE2), so a plain loop only ever auto-vectorizes
-//! to 4 lanes. [`simd_kernel!`] compiles one kernel body three times: inside a
+//! to 4 lanes. `simd_kernel!` compiles one kernel body three times: inside a
 //! `#[target_feature(enable = "avx512f,avx2,fma")]` trampoline, an `avx2,fma` one and the
 //! baseline, and picks the trampoline per call from [`current_isa`]. The body is an
 //! `#[inline(always)]` function, so it and every `#[inline(always)]` helper it calls (e.g.
