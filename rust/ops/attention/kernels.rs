@@ -13,7 +13,8 @@
 
 use crate::cpu::Isa;
 
-/// Rows of a micro-tile. Every row count passed to [`block_matmul`] is a multiple of it.
+/// Row granularity: every row count passed to [`block_matmul`] is a multiple of it (its tiles
+/// are 6 rows high, with one band of 4 or 2 at the end).
 pub(super) const MR: usize = 4;
 /// Column padding: every column count passed to [`block_matmul`] is a multiple of it (the
 /// widest vector, so it serves every instruction set).
@@ -55,10 +56,10 @@ pub(super) struct Lanes<const W: usize, const NV: usize, const FMA: bool>;
 
 /// Portable: two SSE registers' worth per vector, multiply then add.
 pub(super) type Generic = Lanes<8, 2, false>;
-/// 4×16 tiles: 8 ymm accumulators + 2 loads + 1 broadcast of the 16 registers.
+/// 6×16 tiles: 12 ymm accumulators + 2 loads + 1 broadcast, 15 of the 16 registers.
 #[cfg(target_arch = "x86_64")]
 type Avx2 = Lanes<8, 2, true>;
-/// 4×64 tiles: 16 zmm accumulators; 4 loads and 4 broadcasts per 16 FMAs, so the two FMA
+/// 6×64 tiles: 24 zmm accumulators; 4 loads and 6 broadcasts per 24 FMAs, so the two FMA
 /// ports, not the load ports, are the limit.
 #[cfg(target_arch = "x86_64")]
 type Avx512 = Lanes<16, 4, true>;
@@ -107,7 +108,14 @@ unsafe impl<const W: usize, const NV: usize, const FMA: bool> Simd for Lanes<W, 
             // SAFETY: 16 lanes is the AVX-512 type, which `dispatch` runs on AVX-512 hosts only.
             return unsafe { exp2_avx512(x) };
         }
-        x.map(exp2::<Self>)
+        // A `for` loop, not `x.map(..)`: `map` goes through a function LLVM declined to inline
+        // into the trampoline, which then ran `exp2` without the trampoline's features (a libm
+        // `fmaf` call per FMA on AVX2: attention 10× slower).
+        let mut y = x;
+        for v in &mut y {
+            *v = exp2::<Self>(*v);
+        }
+        y
     }
 }
 
@@ -230,43 +238,43 @@ pub(super) fn block_matmul<S: Simd>(
         );
         assert!((k - 1) * ldb + n <= b.len(), "block_matmul: B too short");
     }
+    // Bands of 6 rows (24 accumulators on AVX-512, 12 on AVX2: each B load feeds 6 FMAs), and
+    // one band of 4 or 2 for the rest (m is a multiple of 4).
+    let mut i = 0;
+    while i + 6 <= m {
+        band::<S, 6>(i, (n, k), a, b, ldb, c, ldc, accumulate);
+        i += 6;
+    }
+    match m - i {
+        4 => band::<S, 4>(i, (n, k), a, b, ldb, c, ldc, accumulate),
+        2 => band::<S, 2>(i, (n, k), a, b, ldb, c, ldc, accumulate),
+        _ => {}
+    }
+}
+
+/// Rows `i .. i + R` of [`block_matmul`], all columns.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn band<S: Simd, const R: usize>(
+    i: usize,
+    (n, k): (usize, usize),
+    a: Operand,
+    b: &[f32],
+    ldb: usize,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
     let full = S::NV * S::W;
-    for i in (0..m).step_by(MR) {
-        let a_rows = &a.data[i * a.rs..];
-        let mut j = 0;
-        // SAFETY: the asserts above bound every index the tiles touch: rows < m, columns < n,
-        // depth < k; `dispatch` guarantees the instruction set.
-        unsafe {
-            while j + full <= n {
-                // The arm is fixed per instruction set at compile time; only one survives.
-                match S::NV {
-                    4 => tile::<S, 4>(
-                        k,
-                        a_rows,
-                        a.rs,
-                        a.cs,
-                        &b[j..],
-                        ldb,
-                        &mut c[i * ldc + j..],
-                        ldc,
-                        accumulate,
-                    ),
-                    _ => tile::<S, 2>(
-                        k,
-                        a_rows,
-                        a.rs,
-                        a.cs,
-                        &b[j..],
-                        ldb,
-                        &mut c[i * ldc + j..],
-                        ldc,
-                        accumulate,
-                    ),
-                }
-                j += full;
-            }
-            while j < n {
-                tile::<S, 1>(
+    let a_rows = &a.data[i * a.rs..];
+    let mut j = 0;
+    // SAFETY: `block_matmul`'s asserts bound every index the tiles touch: rows < m, columns < n,
+    // depth < k; `dispatch` guarantees the instruction set.
+    unsafe {
+        while j + full <= n {
+            // The arm is fixed per instruction set at compile time; only one survives.
+            match S::NV {
+                4 => tile::<S, R, 4>(
                     k,
                     a_rows,
                     a.rs,
@@ -276,17 +284,42 @@ pub(super) fn block_matmul<S: Simd>(
                     &mut c[i * ldc + j..],
                     ldc,
                     accumulate,
-                );
-                j += S::W;
+                ),
+                _ => tile::<S, R, 2>(
+                    k,
+                    a_rows,
+                    a.rs,
+                    a.cs,
+                    &b[j..],
+                    ldb,
+                    &mut c[i * ldc + j..],
+                    ldc,
+                    accumulate,
+                ),
             }
+            j += full;
+        }
+        while j < n {
+            tile::<S, R, 1>(
+                k,
+                a_rows,
+                a.rs,
+                a.cs,
+                &b[j..],
+                ldb,
+                &mut c[i * ldc + j..],
+                ldc,
+                accumulate,
+            );
+            j += S::W;
         }
     }
 }
 
-/// One `MR × NV·W` tile of [`block_matmul`], accumulated in registers over the whole depth `k`.
+/// One `R × NV·W` tile of [`block_matmul`], accumulated in registers over the whole depth `k`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<S: Simd, const NV: usize>(
+unsafe fn tile<S: Simd, const R: usize, const NV: usize>(
     k: usize,
     a: &[f32],
     ars: usize,
@@ -298,7 +331,7 @@ unsafe fn tile<S: Simd, const NV: usize>(
     accumulate: bool,
 ) {
     let (a, b, c) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-    let mut acc = [[S::zero(); NV]; MR];
+    let mut acc = [[S::zero(); NV]; R];
     if accumulate {
         for (r, row) in acc.iter_mut().enumerate() {
             for (v, x) in row.iter_mut().enumerate() {
