@@ -13,8 +13,7 @@
 
 use super::forward::{pack_rows, BC, BR};
 use super::kernels::{
-    block_matmul, dispatch, dot, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd,
-    LANES, MR,
+    block_matmul, dispatch, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd, LANES, MR,
 };
 use super::AttentionConfig;
 use crate::cpu::active_isa;
@@ -176,7 +175,7 @@ impl Kernel for BackwardTask<'_> {
             *l2 = l * LOG2_E;
         }
         for (i, di) in d.iter_mut().enumerate() {
-            *di = dot(&dout[i * ev..(i + 1) * ev], &out[i * ev..(i + 1) * ev]);
+            *di = crate::cpu::gemm::dot(&dout[i * ev..(i + 1) * ev], &out[i * ev..(i + 1) * ev]);
         }
         let dq_acc: &mut [f32] = if q_in_place { &mut *dq } else { &mut *dq_buf };
         let dk_acc: &mut [f32] = if dk_in_place { &mut *dk } else { &mut *dk_buf };

@@ -268,49 +268,35 @@ fn band<S: Simd, const R: usize>(
     let full = S::NV * S::W;
     let a_rows = &a.data[i * a.rs..];
     let mut j = 0;
+    // One call written once for the three register widths below.
+    macro_rules! tile_at {
+        ($nv:literal, $j:expr) => {
+            tile::<S, R, $nv>(
+                k,
+                a_rows,
+                a.rs,
+                a.cs,
+                &b[$j..],
+                ldb,
+                &mut c[i * ldc + $j..],
+                ldc,
+                accumulate,
+            )
+        };
+    }
     // SAFETY: `block_matmul`'s asserts bound every index the tiles touch: rows < m, columns < n,
     // depth < k; `dispatch` guarantees the instruction set.
     unsafe {
         while j + full <= n {
             // The arm is fixed per instruction set at compile time; only one survives.
             match S::NV {
-                4 => tile::<S, R, 4>(
-                    k,
-                    a_rows,
-                    a.rs,
-                    a.cs,
-                    &b[j..],
-                    ldb,
-                    &mut c[i * ldc + j..],
-                    ldc,
-                    accumulate,
-                ),
-                _ => tile::<S, R, 2>(
-                    k,
-                    a_rows,
-                    a.rs,
-                    a.cs,
-                    &b[j..],
-                    ldb,
-                    &mut c[i * ldc + j..],
-                    ldc,
-                    accumulate,
-                ),
+                4 => tile_at!(4, j),
+                _ => tile_at!(2, j),
             }
             j += full;
         }
         while j < n {
-            tile::<S, R, 1>(
-                k,
-                a_rows,
-                a.rs,
-                a.cs,
-                &b[j..],
-                ldb,
-                &mut c[i * ldc + j..],
-                ldc,
-                accumulate,
-            );
+            tile_at!(1, j);
             j += S::W;
         }
     }
@@ -400,42 +386,6 @@ pub(super) fn exp2_sub<S: Simd>(x: &[f32], m: &[f32]) -> [f32; 16] {
     }
     // SAFETY: `S` is the instruction set `dispatch` checked.
     unsafe { S::exp2_x16(d) }
-}
-
-/// Independent partial results per lane, so that reductions vectorize without reassociating.
-const RL: usize = 16;
-
-/// `Σ a·b` over two equally long slices, in independent lanes.
-#[inline(always)]
-pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; RL];
-    let (ac, bc) = (a.chunks_exact(RL), b.chunks_exact(RL));
-    let tail: f32 = ac
-        .remainder()
-        .iter()
-        .zip(bc.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ac.zip(bc) {
-        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *l += x * y;
-        }
-    }
-    tree_reduce(lanes, |a, b| a + b) + tail
-}
-
-/// Folds the lanes pairwise, halves at a time: four vector steps instead of fifteen dependent
-/// scalar ones, which would otherwise cost about as much per row as the row's arithmetic.
-#[inline(always)]
-fn tree_reduce(mut lanes: [f32; RL], f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut half = RL / 2;
-    while half > 0 {
-        for i in 0..half {
-            lanes[i] = f(lanes[i], lanes[i + half]);
-        }
-        half /= 2;
-    }
-    lanes[0]
 }
 
 /// Pulls the inputs of the task likely to run next on this thread toward L2, one part per
