@@ -18,7 +18,7 @@ import pytest
 
 import tfm_rs
 import tfm_rs.functional as F
-from helpers import FWD_ATOL, FWD_RTOL, GRAD_ATOL, GRAD_RTOL, assert_close, leaf, numeric_grad, randn
+from helpers import GRAD_ATOL, GRAD_RTOL, assert_close, leaf, numeric_grad, randn
 
 
 # ----------------------------------------------------------------------------------------------

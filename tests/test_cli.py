@@ -77,5 +77,5 @@ def test_demo_learns():
     short) reaches a high held-out exact match; about two minutes on 2 cores."""
     r = run("demo", "--lang", "en", "--steps", "500", timeout=900)
     assert r.returncode == 0, r.stderr
-    line = [l for l in r.stdout.splitlines() if l.startswith("held-out exact match:")][0]
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("held-out exact match:")][0]
     assert float(line.split()[3].rstrip("%")) >= 90.0, line

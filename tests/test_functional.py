@@ -15,7 +15,7 @@ import pytest
 
 import tfm_rs
 import tfm_rs.functional as F
-from helpers import (AWKWARD, FWD_ATOL, FWD_RTOL, GRAD_ATOL, GRAD_RTOL, assert_close, check_op, leaf,
+from helpers import (AWKWARD, FWD_RTOL, GRAD_ATOL, GRAD_RTOL, assert_close, check_op, leaf,
                      numeric_grad, randn)
 
 

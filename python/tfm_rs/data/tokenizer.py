@@ -244,7 +244,7 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
     corpus may yield fewer tokens). ``max_lines`` caps the lines read across all files (quick runs).
     A joint source+target vocabulary (as in the paper) is one call with both languages' files.
     """
-    tk = _hf()
+    _hf()  # the clear ImportError if tokenizers is missing
     from tokenizers import pre_tokenizers, trainers
 
     special_tokens = list(special_tokens)

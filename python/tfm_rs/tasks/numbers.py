@@ -23,7 +23,7 @@ training numbers (the lexicon), and at most a tenth of the numbers of each lengt
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Sequence, Tuple
 
 import numpy as np
 
