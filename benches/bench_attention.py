@@ -79,7 +79,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"threads {args.threads}, torch {torch.__version__ if torch else 'not installed'}; "
           f"median ms of {args.rounds}×{args.repeat} runs, ratio torch/tfm_rs of the medians (of the best runs)")
-    print(f"{'workload':<14} {'tfm fwd':>9} {'torch fwd':>10} {'ratio':>12} {'tfm f+b':>9} {'torch f+b':>10} {'ratio':>12}")
+    print(f"{'workload':<14} {'tfm fwd':>9} {'torch fwd':>10} {'ratio':>12} "
+          f"{'tfm f+b':>9} {'torch f+b':>10} {'ratio':>12}")
     for t in args.t:
         for causal in (False, True):
             arrays = [rng.standard_normal((4, 8, t, 64)).astype(np.float32) for _ in range(3)]

@@ -107,8 +107,8 @@ def bench_attention(cases, repeats: int, cpu: bool, torch) -> None:
 
                 th_ms = 1e3 * best_seconds(run_torch, repeats, torch.cuda.synchronize)
             name = "fwd+bwd" if backward else "fwd"
-            print(f"{bh:>5} {t:>6} {e:>4} {str(causal):>6} {name:>8} {gpu:9.2f} {fmt(cpu_ms, '9.2f')} {fmt(th_ms, '9.2f')}",
-                  flush=True)
+            print(f"{bh:>5} {t:>6} {e:>4} {str(causal):>6} {name:>8} {gpu:9.2f} "
+                  f"{fmt(cpu_ms, '9.2f')} {fmt(th_ms, '9.2f')}", flush=True)
 
 
 def tfm_step(model, batch) -> Callable[[], float]:

@@ -49,16 +49,18 @@ def build_torch_model(cfg: dict):
         def __init__(self) -> None:
             super().__init__()
             d = cfg["d_model"]
-            self.pad_id, self.bos_id, self.eos_id, self.max_len = cfg["pad_id"], cfg["bos_id"], cfg["eos_id"], cfg["max_len"]
-            enc = tnn.TransformerEncoderLayer(d, cfg["nhead"], cfg["dim_feedforward"], cfg["dropout"], cfg["activation"],
-                                              cfg["layer_norm_eps"], batch_first=True, norm_first=cfg["norm_first"])
-            dec = tnn.TransformerDecoderLayer(d, cfg["nhead"], cfg["dim_feedforward"], cfg["dropout"], cfg["activation"],
-                                              cfg["layer_norm_eps"], batch_first=True, norm_first=cfg["norm_first"])
+            self.pad_id, self.bos_id, self.eos_id = cfg["pad_id"], cfg["bos_id"], cfg["eos_id"]
+            self.max_len = cfg["max_len"]
+            layer_args = (d, cfg["nhead"], cfg["dim_feedforward"], cfg["dropout"], cfg["activation"],
+                          cfg["layer_norm_eps"])
+            enc = tnn.TransformerEncoderLayer(*layer_args, batch_first=True, norm_first=cfg["norm_first"])
+            dec = tnn.TransformerDecoderLayer(*layer_args, batch_first=True, norm_first=cfg["norm_first"])
             enc_norm = tnn.LayerNorm(d, eps=cfg["layer_norm_eps"]) if cfg["norm_first"] else None
             dec_norm = tnn.LayerNorm(d, eps=cfg["layer_norm_eps"]) if cfg["norm_first"] else None
             self.transformer = tnn.Transformer(
                 d, cfg["nhead"], batch_first=True,
-                custom_encoder=tnn.TransformerEncoder(enc, cfg["num_encoder_layers"], enc_norm, enable_nested_tensor=False),
+                custom_encoder=tnn.TransformerEncoder(enc, cfg["num_encoder_layers"], enc_norm,
+                                                      enable_nested_tensor=False),
                 custom_decoder=tnn.TransformerDecoder(dec, cfg["num_decoder_layers"], dec_norm))
             self.src_embed = tnn.Embedding(cfg["src_vocab_size"], d, padding_idx=cfg["pad_id"])
             self.tgt_embed = self.src_embed if cfg["share_embeddings"] else tnn.Embedding(cfg["tgt_vocab_size"], d,

@@ -38,7 +38,8 @@ def assert_close(actual, expected, rtol: float = FWD_RTOL, atol: float = FWD_ATO
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
-def numeric_grad(f: Callable[..., np.ndarray], inputs: Sequence[np.ndarray], upstream: np.ndarray, eps: float = 1e-6) -> list[np.ndarray]:
+def numeric_grad(f: Callable[..., np.ndarray], inputs: Sequence[np.ndarray], upstream: np.ndarray,
+                 eps: float = 1e-6) -> list[np.ndarray]:
     """Central differences of ``sum(f(*inputs) * upstream)`` in float64 with respect to each input."""
     xs = [np.array(x, dtype=np.float64) for x in inputs]
     grads = []

@@ -309,7 +309,8 @@ def test_layer_norm(shape, normalized, affine):
     w = randn(wshape, seed=22) + np.float32(1.0)
     b = randn(wshape, seed=23)
     if affine == "both":
-        check_op(lambda x, w, b: F.layer_norm(x, normalized, w, b), lambda x, w, b: layer_norm_ref(x, nd, w, b), [x, w, b])
+        check_op(lambda x, w, b: F.layer_norm(x, normalized, w, b), lambda x, w, b: layer_norm_ref(x, nd, w, b),
+                 [x, w, b])
     elif affine == "none":
         check_op(lambda x: F.layer_norm(x, normalized), lambda x: layer_norm_ref(x, nd), [x])
     elif affine == "weight":
@@ -322,7 +323,8 @@ def test_layer_norm(shape, normalized, affine):
 def test_layer_norm_eps(eps):
     x = randn((3, 8), seed=24, scale=0.1)  # small variance: eps matters
     w, b = randn((8,), seed=25), randn((8,), seed=26)
-    check_op(lambda x, w, b: F.layer_norm(x, 8, w, b, eps=eps), lambda x, w, b: layer_norm_ref(x, 1, w, b, eps), [x, w, b])
+    check_op(lambda x, w, b: F.layer_norm(x, 8, w, b, eps=eps), lambda x, w, b: layer_norm_ref(x, 1, w, b, eps),
+             [x, w, b])
 
 
 @pytest.mark.parametrize("n", AWKWARD)
@@ -698,7 +700,8 @@ def test_cross_entropy_large_logits(label_smoothing):
 def test_cross_entropy_awkward_sizes(n, c):
     x = randn((n, c), seed=n + c)
     t = np.random.default_rng(c).integers(0, c, size=n)
-    check_op(lambda x: F.cross_entropy(x, t, label_smoothing=0.1), lambda x: cross_entropy_ref(x, t, label_smoothing=0.1), [x])
+    check_op(lambda x: F.cross_entropy(x, t, label_smoothing=0.1),
+             lambda x: cross_entropy_ref(x, t, label_smoothing=0.1), [x])
 
 
 def test_cross_entropy_forward_big():

@@ -48,7 +48,8 @@ def test_gpu_info_describes_the_adapter():
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False)])
 def test_matmul(m, k, n, trans_a, trans_b):
     a, b = randn((m, k), 1), randn((k, n), 2)
-    got = tfm_rs.gpu.matmul(a.T.copy() if trans_a else a, b.T.copy() if trans_b else b, trans_a=trans_a, trans_b=trans_b)
+    got = tfm_rs.gpu.matmul(a.T.copy() if trans_a else a, b.T.copy() if trans_b else b,
+                            trans_a=trans_a, trans_b=trans_b)
     close(got, F.matmul(a, b), f"{m}x{k}x{n}")
 
 
@@ -183,7 +184,8 @@ def test_attention_forward_backward(b, h, tq, tk, e, ev, is_causal, padding):
         close(x, y, name)
 
 
-@pytest.mark.parametrize("decoupled,amsgrad,weight_decay", [(False, False, 0.0), (True, False, 0.01), (False, True, 0.1)])
+@pytest.mark.parametrize("decoupled,amsgrad,weight_decay",
+                         [(False, False, 0.0), (True, False, 0.01), (False, True, 0.1)])
 def test_adam_step(decoupled, amsgrad, weight_decay):
     p0 = randn((33, 7), 1)
     param = tfm_rs.tensor(p0, requires_grad=True)

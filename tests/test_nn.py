@@ -195,7 +195,8 @@ def test_registration_traversal_and_state_dict_keys():
     assert [n for n, _ in m.named_children()] == ["fc", "seq"]
     assert [n for n, _ in m.named_modules()] == ["", "fc", "seq", "seq.0", "seq.1", "seq.2"]
     assert [n for n, _ in m.named_buffers()] == ["steps", "cache"]
-    assert list(m.state_dict()) == ["scale", "steps", "fc.weight", "fc.bias", "seq.0.weight", "seq.0.bias", "seq.2.weight"]
+    assert list(m.state_dict()) == ["scale", "steps", "fc.weight", "fc.bias",
+                                    "seq.0.weight", "seq.0.bias", "seq.2.weight"]
     assert len(list(m.parameters(recurse=False))) == 1
     sd = m.state_dict()
     assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in sd.values())
@@ -424,7 +425,8 @@ def test_layer_norm(affine, bias):
     check_grads(m, m, lambda sd, x: ref_layer_norm(x, sd.get("weight"), sd.get("bias")), [x], names)
     res = randn((3, 2, 6), seed=4)
     assert_close(m.add_forward(tfm_rs.tensor(x), tfm_rs.tensor(res)),
-                 ref_layer_norm((x + res).astype(np.float64), *[f64(m.state_dict()).get(k) for k in ("weight", "bias")]))
+                 ref_layer_norm((x + res).astype(np.float64),
+                                *[f64(m.state_dict()).get(k) for k in ("weight", "bias")]))
 
 
 def test_activations():
@@ -484,7 +486,8 @@ def test_mha_forward_weights_and_gradients(kind):
     assert_close(w, ref_w.mean(1))
     params = ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
     if kind == "self":
-        check_grads(m, lambda x: m(x, x, x, need_weights=False)[0], lambda sd, x: ref_mha(sd, "", x, x, x, 2)[0], [q], params)
+        check_grads(m, lambda x: m(x, x, x, need_weights=False)[0], lambda sd, x: ref_mha(sd, "", x, x, x, 2)[0],
+                    [q], params)
     elif kind == "cross":
         check_grads(m, lambda q, k: m(q, k, k)[0], lambda sd, q, k: ref_mha(sd, "", q, k, k, 2)[0], [q, k], params)
     else:
@@ -508,9 +511,12 @@ def test_mha_masks(case, need_weights):
     causal = nn.Transformer.generate_square_subsequent_mask(L)
     kw = {"bool_mask": dict(attn_mask=bool_mask), "float_mask": dict(attn_mask=float_mask),
           "mask3d": dict(attn_mask=rng.standard_normal((n * H, L, L)).astype(np.float32)),
-          "kpm": dict(key_padding_mask=kpm), "kpm_float": dict(key_padding_mask=np.where(kpm, -np.inf, 0.5).astype(np.float32)),
-          "both": dict(attn_mask=bool_mask, key_padding_mask=kpm), "bool_and_float": dict(attn_mask=float_mask, key_padding_mask=kpm),
-          "causal": dict(is_causal=True), "causal_kpm": dict(is_causal=True, attn_mask=causal, key_padding_mask=kpm)}[case]
+          "kpm": dict(key_padding_mask=kpm),
+          "kpm_float": dict(key_padding_mask=np.where(kpm, -np.inf, 0.5).astype(np.float32)),
+          "both": dict(attn_mask=bool_mask, key_padding_mask=kpm),
+          "bool_and_float": dict(attn_mask=float_mask, key_padding_mask=kpm),
+          "causal": dict(is_causal=True),
+          "causal_kpm": dict(is_causal=True, attn_mask=causal, key_padding_mask=kpm)}[case]
     ref_kw = dict(kw, attn_mask=None) if case == "causal_kpm" else kw  # the hinted mask is the causal one
     t = tfm_rs.tensor(x)
     out, w = m(t, t, t, need_weights=need_weights, average_attn_weights=False, **kw)
@@ -615,7 +621,8 @@ def test_decoder_layer(norm_first, activation):
     act = ACTS[activation]
     names = [n for n, _ in m.named_parameters()]
     check_grads(m, lambda t, mm: m(t, mm, tgt_mask=tgt_mask, memory_key_padding_mask=mem_kpm),
-                lambda sd, t, mm: ref_decoder_layer(sd, "", t, mm, 2, act, norm_first, tgt_mask=tgt_mask, mem_kpm=mem_kpm),
+                lambda sd, t, mm: ref_decoder_layer(sd, "", t, mm, 2, act, norm_first, tgt_mask=tgt_mask,
+                                                    mem_kpm=mem_kpm),
                 [tgt, mem], names)
     memory_mask = np.random.default_rng(2).random((3, 5)) < 0.3
     memory_mask[:, 0] = False
@@ -630,7 +637,8 @@ def test_custom_activation_module():
     m = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=nn.GELU())
     assert "activation" in dict(m.named_children())
     x = randn((1, 3, 8), seed=1)
-    assert_close(m(tfm_rs.tensor(x)), ref_encoder_layer(f64(m.state_dict()), "", x.astype(np.float64), 2, ref_gelu, False))
+    assert_close(m(tfm_rs.tensor(x)),
+                 ref_encoder_layer(f64(m.state_dict()), "", x.astype(np.float64), 2, ref_gelu, False))
     with pytest.raises(tfm_rs.InvalidArgumentError, match="activation"):
         nn.TransformerEncoderLayer(8, 2, activation="swish")
 
@@ -668,7 +676,8 @@ def test_transformer_gradients():
              "decoder.layers.0.multihead_attn.in_proj_weight", "decoder.layers.0.self_attn.out_proj.bias",
              "decoder.layers.0.norm3.weight", "decoder.norm.bias"]
     check_grads(m, lambda s, t: m(s, t, tgt_mask=tgt_mask, src_key_padding_mask=kpm, memory_key_padding_mask=kpm),
-                lambda sd, s, t: ref_transformer(sd, s, t, 2, 1, 1, ref_gelu, tgt_mask=tgt_mask, src_kpm=kpm, mem_kpm=kpm),
+                lambda sd, s, t: ref_transformer(sd, s, t, 2, 1, 1, ref_gelu, tgt_mask=tgt_mask, src_kpm=kpm,
+                                                 mem_kpm=kpm),
                 [src, tgt], names)
 
 
@@ -722,7 +731,8 @@ def test_bad_configurations_raise_at_construction():
 def test_transformer_state_dict_keys():
     m = nn.Transformer(8, 2, 2, 1, 16)
     keys = list(m.state_dict())
-    for k in ("encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.1.linear1.weight", "encoder.layers.0.norm1.weight",
+    for k in ("encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.1.linear1.weight",
+              "encoder.layers.0.norm1.weight",
               "decoder.layers.0.multihead_attn.in_proj_bias", "decoder.layers.0.multihead_attn.out_proj.weight",
               "decoder.layers.0.norm3.bias", "encoder.norm.weight", "decoder.norm.bias"):
         assert k in keys, k

@@ -176,7 +176,8 @@ def test_encoder_layer(norm_first, activation):
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_decoder_layer(norm_first):
     torch.manual_seed(3)
-    t = randomize(torch.nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first)).eval()
+    t = randomize(torch.nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True,
+                                                   norm_first=norm_first)).eval()
     ours = to_ours(t, nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, norm_first=norm_first)).eval()
     tgt, mem = randn((2, 5, 16), seed=7), randn((2, 8, 16), seed=8)
     tm = nn.Transformer.generate_square_subsequent_mask(5)
@@ -216,6 +217,7 @@ def test_encoder_stack_with_causal_mask_detection():
     torch.manual_seed(5)
     layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
     t = randomize(torch.nn.TransformerEncoder(layer, 3, norm=torch.nn.LayerNorm(16), enable_nested_tensor=False)).eval()
-    ours = to_ours(t, nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0), 3, nn.LayerNorm(16))).eval()
+    ours = to_ours(t, nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0), 3,
+                                            nn.LayerNorm(16))).eval()
     cm = nn.Transformer.generate_square_subsequent_mask(6)
     compare(lambda x: t(x, mask=ref(cm)), lambda x: ours(x, mask=cm), t, ours, [randn((2, 6, 16), seed=12)])

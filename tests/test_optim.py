@@ -158,7 +158,8 @@ def _adam_state_checker(amsgrad):
             s = state[i]
             assert int(s["step"]) == step
             np.testing.assert_allclose(s["exp_avg"], r.m, rtol=RTOL, atol=ATOL, err_msg=f"exp_avg {i} step {step}")
-            np.testing.assert_allclose(s["exp_avg_sq"], r.v, rtol=RTOL, atol=1e-9, err_msg=f"exp_avg_sq {i} step {step}")
+            np.testing.assert_allclose(s["exp_avg_sq"], r.v, rtol=RTOL, atol=1e-9,
+                                       err_msg=f"exp_avg_sq {i} step {step}")
             if amsgrad:
                 np.testing.assert_allclose(s["max_exp_avg_sq"], r.vmax, rtol=RTOL, atol=1e-9,
                                            err_msg=f"max_exp_avg_sq {i} step {step}")

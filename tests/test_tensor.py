@@ -41,7 +41,8 @@ def test_error_hierarchy():
     (lambda a, b: a * b, lambda a, b: a * b),
     (lambda a, b: a / b, lambda a, b: a / b),
 ])
-@pytest.mark.parametrize("sa,sb", [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((3, 1), (1, 5)), ((17,), ()), ((1,), (2, 3, 1))])
+@pytest.mark.parametrize("sa,sb", [((3, 4), (3, 4)), ((2, 3, 4), (4,)), ((3, 1), (1, 5)), ((17,), ()),
+                                   ((1,), (2, 3, 1))])
 def test_binary_broadcast(op, ref, sa, sb):
     a = randn(sa, seed=1)
     b = randn(sb, seed=2) + np.float32(3.0)  # away from 0 for division

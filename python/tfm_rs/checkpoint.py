@@ -144,7 +144,8 @@ def _encode(obj: Any, arrays: Dict[str, np.ndarray], path: str) -> Any:
         if all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keys):
             return {"__intkeys__": {str(int(k)): _encode(v, arrays, f"{path}.{k}" if path else str(k))
                                     for k, v in obj.items()}}
-        raise TypeError(f"checkpoint: {path or 'value'} has keys of mixed or unsupported types {sorted({type(k).__name__ for k in keys})}")
+        types = sorted({type(k).__name__ for k in keys})
+        raise TypeError(f"checkpoint: {path or 'value'} has keys of mixed or unsupported types {types}")
     raise TypeError(f"checkpoint: {path or 'value'} is a {type(obj).__name__}, which is neither JSON nor an array "
                     "(no pickle: convert it to plain types first)")
 
@@ -295,7 +296,8 @@ def _read_verified(dir_: Path, name: str, meta: Optional[Mapping[str, Any]], ver
     data = path.read_bytes()
     if meta is not None:
         if len(data) != meta.get("bytes"):
-            raise CorruptCheckpointError(f"{path}: {len(data)} bytes, the manifest says {meta.get('bytes')} (truncated?)")
+            raise CorruptCheckpointError(
+                f"{path}: {len(data)} bytes, the manifest says {meta.get('bytes')} (truncated?)")
         if verify and hashlib.sha256(data).hexdigest() != meta.get("sha256"):
             raise CorruptCheckpointError(f"{path}: SHA-256 does not match the manifest (file altered or corrupted)")
     return data
@@ -341,7 +343,8 @@ def load_checkpoint(path_dir: PathLike, verify: bool = True) -> Checkpoint:
     if not manifest_path.is_file():
         raise CorruptCheckpointError(f"{manifest_path}: missing; {dir_} is not a complete tfm_rs checkpoint")
     manifest = _parse_json(manifest_path, manifest_path.read_bytes())
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+    if (not isinstance(manifest, dict) or manifest.get("format") != FORMAT
+            or not isinstance(manifest.get("files"), dict)):
         raise CorruptCheckpointError(f"{manifest_path}: not a {FORMAT} manifest")
     if manifest.get("version", 0) > VERSION:
         raise CheckpointError(f"{manifest_path}: format version {manifest['version']} is newer than this "
@@ -397,7 +400,8 @@ def check_compatible(config_a: Mapping[str, Any], config_b: Mapping[str, Any], i
             continue
         va, vb = a.get(k, missing), b.get(k, missing)
         # JSON turns tuples into lists; compare through JSON so (1, 2) == [1, 2].
-        if va is not missing and vb is not missing and json.dumps(va, sort_keys=True, default=str) == json.dumps(vb, sort_keys=True, default=str):
+        if (va is not missing and vb is not missing
+                and json.dumps(va, sort_keys=True, default=str) == json.dumps(vb, sort_keys=True, default=str)):
             continue
         fa = "(absent)" if va is missing else _short(va)
         fb = "(absent)" if vb is missing else _short(vb)
@@ -417,7 +421,8 @@ def check_state_dict_compatible(saved: Mapping[str, Any], expected: Mapping[str,
 
     only_saved = [k for k in saved if k not in expected]
     only_expected = [k for k in expected if k not in saved]
-    shapes = [(k, shape(saved[k]), shape(expected[k])) for k in saved if k in expected and shape(saved[k]) != shape(expected[k])]
+    shapes = [(k, shape(saved[k]), shape(expected[k])) for k in saved
+              if k in expected and shape(saved[k]) != shape(expected[k])]
     lines = []
     if only_expected:
         lines.append(f"  missing in {names[0]}: {only_expected[:20]}{' …' if len(only_expected) > 20 else ''}")

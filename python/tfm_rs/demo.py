@@ -67,7 +67,8 @@ class ReversalModel:
     def __call__(self, ids: np.ndarray, training: bool = True) -> tfm_rs.Tensor:
         x = F.embedding(ids, self.embedding) * np.sqrt(self.d_model) + self.pe[: ids.shape[1]]  # (B, T, D)
         for p in self.layers:
-            x = F.layer_norm(x + F.dropout(self.attention(x, p), 0.1, training), (self.d_model,), p["ln1_w"], p["ln1_b"])
+            x = F.layer_norm(x + F.dropout(self.attention(x, p), 0.1, training), (self.d_model,),
+                             p["ln1_w"], p["ln1_b"])
             ff = F.linear(F.relu(F.linear(x, p["ff1_w"], p["ff1_b"])), p["ff2_w"], p["ff2_b"])
             x = F.layer_norm(x + F.dropout(ff, 0.1, training), (self.d_model,), p["ln2_w"], p["ln2_b"])
         return F.linear(x, self.head_w, self.head_b)  # (B, T, V)

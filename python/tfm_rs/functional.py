@@ -115,7 +115,8 @@ def cross_entropy(input: ArrayLike, target: IdsLike, weight: None = None, size_a
     weights and the deprecated ``size_average``/``reduce`` are not supported.
     """
     if weight is not None or size_average is not None or reduce is not None:
-        raise _core.InvalidArgumentError("cross_entropy: weight, size_average and reduce are not supported; use reduction=")
+        raise _core.InvalidArgumentError(
+            "cross_entropy: weight, size_average and reduce are not supported; use reduction=")
     if reduction not in ("none", "mean", "sum"):
         raise _core.InvalidArgumentError(f"cross_entropy: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
     return _core.cross_entropy(input, target, ignore_index, reduction, label_smoothing)
@@ -141,4 +142,6 @@ def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike, a
 
 
 def _shape(normalized_shape: Union[int, Sequence[int]]) -> list:
-    return [int(normalized_shape)] if isinstance(normalized_shape, (int, np.integer)) else [int(d) for d in normalized_shape]
+    if isinstance(normalized_shape, (int, np.integer)):
+        return [int(normalized_shape)]
+    return [int(d) for d in normalized_shape]

@@ -19,9 +19,12 @@ Functions (see each docstring): ``matmul(a, b, trans_a=False, trans_b=False)``,
 ``'gelu_tanh'``), ``dropout(x, p, seed)``, ``embedding(ids, weight)``,
 ``embedding_backward(grad, ids, num_embeddings, padding_idx=None)``,
 ``cross_entropy(logits, target, ignore_index=-100, label_smoothing=0.0, reduction='mean', with_grad=False)``,
-``scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, seed=0) -> (out, lse)``,
-``attention_backward(grad, q, k, v, out, lse, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, seed=0) -> (dq, dk, dv)``,
-``adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled=False, amsgrad=False, maximize=False, max_exp_avg_sq=None)``;
+``scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, seed=0)
+-> (out, lse)``,
+``attention_backward(grad, q, k, v, out, lse, attn_mask=None, is_causal=False, scale=None, dropout_p=0.0, seed=0)
+-> (dq, dk, dv)``,
+``adam_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+decoupled=False, amsgrad=False, maximize=False, max_exp_avg_sq=None)``;
 for benchmarks, ``time_matmul(m, k, n, batch=1, trans_b=False, repeats=10)`` and
 ``time_attention(bh, t, e, is_causal=False, backward=False, repeats=5)`` (best seconds of the
 kernels alone, on buffers that stay on the GPU).

@@ -133,7 +133,8 @@ class TokenBatchSampler:
         self.num_examples = len(src_len)
 
         empty = (src_len == 0) | (tgt_len == 1)
-        long = ~empty & (np.maximum(src_len, tgt_len) > self.max_len) if self.max_len is not None else np.zeros_like(empty)
+        long = (~empty & (np.maximum(src_len, tgt_len) > self.max_len) if self.max_len is not None
+                else np.zeros_like(empty))
         keep = ~empty & ~long
         self.num_skipped_empty = int(empty.sum())
         self.num_filtered_long = int(long.sum())

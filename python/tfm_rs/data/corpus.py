@@ -130,7 +130,8 @@ def _split_file(root: Path, split: str, lang: str) -> Path:
     for name in (f"{split}.{lang}.gz", f"{split}.{lang}"):
         if (root / name).is_file():
             return root / name
-    raise FileNotFoundError(f"Multi30k: neither {root / (split + '.' + lang)}.gz nor {root / (split + '.' + lang)} exists")
+    plain = root / (split + "." + lang)
+    raise FileNotFoundError(f"Multi30k: neither {plain}.gz nor {plain} exists")
 
 
 def load_multi30k(split: str = "train", src: str = "de", tgt: str = "en",

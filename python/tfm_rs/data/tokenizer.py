@@ -250,9 +250,11 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
     special_tokens = list(special_tokens)
     if len(special_tokens) < 4 or len(set(special_tokens)) != len(special_tokens):
         raise _core.InvalidArgumentError(
-            f"train_tokenizer: special_tokens must be ≥ 4 distinct tokens (pad, bos, eos, unk, …), got {special_tokens}")
+            "train_tokenizer: special_tokens must be ≥ 4 distinct tokens (pad, bos, eos, unk, …), "
+            f"got {special_tokens}")
     if vocab_size <= len(special_tokens):
-        raise _core.InvalidArgumentError(f"train_tokenizer: vocab_size {vocab_size} leaves no room beyond the special tokens")
+        raise _core.InvalidArgumentError(
+            f"train_tokenizer: vocab_size {vocab_size} leaves no room beyond the special tokens")
     if isinstance(files, (str, os.PathLike)):
         files = [files]
     files = [Path(f) for f in (files or [])]
@@ -284,7 +286,8 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
     # Trainers put special tokens first in the order given; check, since the models rely on it.
     got = [out.token_to_id(t) for t in special_tokens]
     if got != list(range(len(special_tokens))):
-        raise _core.InternalError(f"train_tokenizer: special tokens got ids {got}, expected 0..{len(special_tokens) - 1}")
+        raise _core.InternalError(
+            f"train_tokenizer: special tokens got ids {got}, expected 0..{len(special_tokens) - 1}")
     return out
 
 

@@ -45,7 +45,8 @@ class BertEncoder(nn.Module):
                  layer_norm_eps: float = 1e-12) -> None:
         super().__init__()
         if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
-            raise InvalidArgumentError(f"BertEncoder: d_model ({d_model}) must be a positive multiple of nhead ({nhead})")
+            raise InvalidArgumentError(
+                f"BertEncoder: d_model ({d_model}) must be a positive multiple of nhead ({nhead})")
         for name, v in (("pad_id", pad_id), ("mask_id", mask_id)):
             if not 0 <= v < vocab_size:
                 raise InvalidArgumentError(f"BertEncoder: {name}={v} outside the vocabulary [0, {vocab_size})")
@@ -142,7 +143,8 @@ class BertEncoder(nn.Module):
         labels = np.asarray(labels, dtype=np.int64)
         logits = self.forward(input_ids, token_type_ids)
         if labels.shape != tuple(logits.shape[:2]):
-            raise ShapeError(f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(logits.shape[:2])}")
+            raise ShapeError(
+                f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(logits.shape[:2])}")
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.vocab_size))
         if bad.any():
             raise InvalidArgumentError(f"BertEncoder.loss: label {int(labels[bad][0])} is neither -100 nor a token id")

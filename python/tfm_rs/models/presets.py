@@ -24,7 +24,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 }
 
 
-def preset_config(name: str, src_vocab_size: int = 8000, tgt_vocab_size: int = None, **overrides: Any) -> Dict[str, Any]:
+def preset_config(name: str, src_vocab_size: int = 8000, tgt_vocab_size: int = None,
+                  **overrides: Any) -> Dict[str, Any]:
     """The keyword arguments of preset ``name`` ("base", "big", "small", "tiny") with overrides."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; one of {sorted(PRESETS)}")

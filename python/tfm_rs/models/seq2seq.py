@@ -229,7 +229,8 @@ class Seq2SeqTransformer(nn.Module):
         tgt_in_a = self._tgt(tgt_in)
         tgt_out_a = as_ids(tgt_out, "tgt_out", self.tgt_vocab_size, self.max_len, type(self).__name__)
         if tgt_out_a.shape != tgt_in_a.shape:
-            raise ShapeError(f"{type(self).__name__}.loss: tgt_in {tgt_in_a.shape} and tgt_out {tgt_out_a.shape} differ")
+            raise ShapeError(
+                f"{type(self).__name__}.loss: tgt_in {tgt_in_a.shape} and tgt_out {tgt_out_a.shape} differ")
         logits = self.forward(src_ids, tgt_in_a)
         return F.cross_entropy(logits.reshape(-1, self.tgt_vocab_size), tgt_out_a.reshape(-1),
                                ignore_index=self.pad_id, reduction=reduction, label_smoothing=label_smoothing)

@@ -99,7 +99,8 @@ def merge_masks(attn_mask: Any, key_padding_mask: Any, is_causal: bool, batch: i
     if key_padding_mask is not None:
         m = _to_numpy(key_padding_mask)
         if m.shape != (batch, S):
-            raise ShapeError(f"key_padding_mask should have shape ({batch}, {S}) (batch, source length), got {tuple(m.shape)}")
+            raise ShapeError(
+                f"key_padding_mask should have shape ({batch}, {S}) (batch, source length), got {tuple(m.shape)}")
         masks.append(m.reshape(batch, 1, 1, S))
     if not masks:
         return None, False
@@ -261,7 +262,8 @@ class MultiheadAttention(Module):
             raise ShapeError(f"MultiheadAttention: query, key and value must all be 3-D (batch, seq, feature), "
                              f"got {query.shape}, {key.shape}, {value.shape}")
         if query.shape[-1] != self.embed_dim:
-            raise ShapeError(f"MultiheadAttention: query has {query.shape[-1]} features, expected embed_dim={self.embed_dim}")
+            raise ShapeError(
+                f"MultiheadAttention: query has {query.shape[-1]} features, expected embed_dim={self.embed_dim}")
         if key.shape[-1] != self.kdim or value.shape[-1] != self.vdim:
             raise ShapeError(f"MultiheadAttention: key/value have {key.shape[-1]}/{value.shape[-1]} features, "
                              f"expected kdim={self.kdim}/vdim={self.vdim}")

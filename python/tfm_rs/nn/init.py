@@ -68,7 +68,8 @@ def _fill(tensor: Tensor, values: np.ndarray) -> Tensor:
 def _calculate_fan_in_and_fan_out(tensor: Tensor) -> Tuple[int, int]:
     shape = tuple(tensor.shape)
     if len(shape) < 2:
-        raise InvalidArgumentError(f"fan in and fan out can not be computed for a tensor with fewer than 2 dimensions (shape {shape})")
+        raise InvalidArgumentError(
+            f"fan in and fan out can not be computed for a tensor with fewer than 2 dimensions (shape {shape})")
     receptive = int(np.prod(shape[2:])) if len(shape) > 2 else 1
     return shape[1] * receptive, shape[0] * receptive
 

@@ -117,7 +117,8 @@ class Module:
         elif params is not None and name in params:
             if value is not None:
                 raise InvalidArgumentError(
-                    f"cannot assign {type(value).__name__} as parameter {name!r} (tfm_rs.nn.Parameter or None required)")
+                    f"cannot assign {type(value).__name__} as parameter {name!r} "
+                    "(tfm_rs.nn.Parameter or None required)")
             params[name] = None
         elif isinstance(value, Module):
             self._check_ready(name)
@@ -129,7 +130,8 @@ class Module:
             self._modules[name] = None
         elif self.__dict__.get("_buffers") is not None and name in self._buffers:
             if value is not None and not isinstance(value, Tensor):
-                raise InvalidArgumentError(f"cannot assign {type(value).__name__} as buffer {name!r} (Tensor or None required)")
+                raise InvalidArgumentError(
+                    f"cannot assign {type(value).__name__} as buffer {name!r} (Tensor or None required)")
             self._buffers[name] = value
         else:
             object.__setattr__(self, name, value)

@@ -47,7 +47,8 @@ class SinusoidalPositionalEncoding(Module):
     def __init__(self, d_model: int, max_len: int = 5000) -> None:
         super().__init__()
         if d_model <= 0 or max_len <= 0:
-            raise InvalidArgumentError(f"SinusoidalPositionalEncoding: d_model ({d_model}) and max_len ({max_len}) must be positive")
+            raise InvalidArgumentError(
+                f"SinusoidalPositionalEncoding: d_model ({d_model}) and max_len ({max_len}) must be positive")
         self.d_model, self.max_len = int(d_model), int(max_len)
         self.register_buffer("pe", sinusoidal_table(self.max_len, self.d_model), persistent=False)
 
@@ -69,7 +70,8 @@ class LearnedPositionalEmbedding(Module):
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
         if d_model <= 0 or max_len <= 0:
-            raise InvalidArgumentError(f"LearnedPositionalEmbedding: max_len ({max_len}) and d_model ({d_model}) must be positive")
+            raise InvalidArgumentError(
+                f"LearnedPositionalEmbedding: max_len ({max_len}) and d_model ({d_model}) must be positive")
         self.max_len, self.d_model = int(max_len), int(d_model)
         self.weight = Parameter(np.zeros((self.max_len, self.d_model), np.float32))
         self.reset_parameters()

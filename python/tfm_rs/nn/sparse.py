@@ -43,7 +43,8 @@ class Embedding(Module):
             self.weight = Parameter(_weight, requires_grad=not _freeze)
             if tuple(self.weight.shape) != (num_embeddings, embedding_dim):
                 raise InvalidArgumentError(
-                    f"Embedding: _weight has shape {tuple(self.weight.shape)}, expected {(num_embeddings, embedding_dim)}")
+                    f"Embedding: _weight has shape {tuple(self.weight.shape)}, "
+                    f"expected {(num_embeddings, embedding_dim)}")
 
     def reset_parameters(self) -> None:
         init.normal_(self.weight)

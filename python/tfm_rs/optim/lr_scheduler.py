@@ -38,7 +38,8 @@ class LRScheduler:
 
     def __init__(self, optimizer, last_epoch: int = -1) -> None:
         if not hasattr(optimizer, "param_groups"):
-            raise _core.InvalidArgumentError(f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
+            raise _core.InvalidArgumentError(
+                f"{type(self).__name__}: expected an Optimizer, got {type(optimizer).__name__}")
         self.optimizer = optimizer
         if last_epoch == -1:
             for group in optimizer.param_groups:
@@ -47,7 +48,8 @@ class LRScheduler:
             # Resuming by constructor argument (torch): the groups must already carry initial_lr.
             for i, group in enumerate(optimizer.param_groups):
                 if "initial_lr" not in group:
-                    raise KeyError(f"param 'initial_lr' is not specified in param_groups[{i}] when resuming an optimizer")
+                    raise KeyError(
+                        f"param 'initial_lr' is not specified in param_groups[{i}] when resuming an optimizer")
         self.base_lrs: List[float] = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._step_count = 0

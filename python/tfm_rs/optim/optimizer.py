@@ -60,11 +60,13 @@ class Optimizer:
     def state_dict(self) -> Dict[str, Any]:
         """State as in PyTorch: ``state`` keyed by parameter index, ``param_groups`` with indices;
         tensors as NumPy arrays."""
-        state = {i: {k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in s.items()} for i, s in self.state.items()}
+        state = {i: {k: (v.numpy() if isinstance(v, Tensor) else v) for k, v in s.items()}
+                 for i, s in self.state.items()}
         groups, start = [], 0
         for group in self.param_groups:
             n = len(group["params"])
-            groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": list(range(start, start + n))})
+            options = {k: v for k, v in group.items() if k != "params"}
+            groups.append({**options, "params": list(range(start, start + n))})
             start += n
         return {"state": state, "param_groups": groups}
 
@@ -87,7 +89,8 @@ class Optimizer:
             for k, v in s.items():
                 if isinstance(v, np.ndarray):
                     if v.shape != shapes[i]:
-                        raise _core.ShapeError(f"load_state_dict: state '{k}' of parameter {i} has shape {v.shape}, expected {shapes[i]}")
+                        raise _core.ShapeError(f"load_state_dict: state '{k}' of parameter {i} has shape {v.shape}, "
+                                               f"expected {shapes[i]}")
                     v = _core.tensor(v).to(params[i].device)
                 restored[k] = v
             self.state[i] = restored
@@ -102,7 +105,8 @@ class SGD(Optimizer):
     def __init__(self, params: ParamsT, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, *, maximize: bool = False) -> None:
         if lr < 0 or momentum < 0 or weight_decay < 0:
-            raise _core.InvalidArgumentError(f"SGD: lr, momentum and weight_decay must be ≥ 0 (got {lr}, {momentum}, {weight_decay})")
+            raise _core.InvalidArgumentError(
+                f"SGD: lr, momentum and weight_decay must be ≥ 0 (got {lr}, {momentum}, {weight_decay})")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise _core.InvalidArgumentError("SGD: Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,

@@ -26,8 +26,9 @@ run started (carried across resumes). Validation lines are ``{"type": "valid", "
 fraction of target tokens the argmax predicts).
 
 Training runs where ``TrainConfig.device`` says (the model is moved there; by default it stays
-where it is; batches are NumPy token ids either way). Checkpoints hold host copies of the weights and optimizer state, so a run
-trained on the GPU loads on the CPU and the other way round, and resumes on either.
+where it is; batches are NumPy token ids either way). Checkpoints hold host copies of the weights
+and optimizer state, so a run trained on the GPU loads on the CPU and the other way round, and
+resumes on either.
 
 Checkpoints (``save``/``resume``) hold the model, optimizer, scheduler, data position, the
 trainer's NumPy generator, tfm_rs's dropout RNG state, ``nn.init``'s generator and the counters,
