@@ -5,6 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 
+# ---- static checks: formatting and lints (fast, so they run first) ----
+if ! { cargo fmt --version && cargo clippy --version; } >/dev/null 2>&1 && command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+fi
+echo "== cargo fmt --check"
+cargo fmt --check
+# The wheel's features, and the bindings without the GPU backend (that also checks they compile).
+echo "== cargo clippy --all-targets --features wgpu,python -- -D warnings"
+cargo clippy --quiet --all-targets --features wgpu,python -- -D warnings
+echo "== cargo clippy --all-targets --features python -- -D warnings"
+cargo clippy --quiet --all-targets --features python -- -D warnings
+echo "== ruff check (rules in pyproject.toml)"
+"$PY" -m pip install --quiet --disable-pip-version-check "ruff>=0.5"
+"$PY" -m ruff check .
+
 # The GPU tests need a Vulkan driver. On a machine without a GPU, Mesa's lavapipe (software
 # Vulkan) is one; install it when no Vulkan driver is registered and apt-get can (CI machines
 # are fresh Debian/Ubuntu with root).
@@ -24,10 +39,20 @@ if [ -n "$(vulkan_icds)" ]; then
 fi
 
 bash scripts/install.sh "pytest>=7" "hypothesis>=6" "matplotlib>=3.5"
+
+# ---- PyTorch, the reference of the parity tests (never a dependency of tfm_rs) ----
+# CI installs it (the PyPI build, ~3 GB) and fails those tests if it is missing; elsewhere
+# TFM_RS_REQUIRE_TORCH=1 does the same, and without it they skip, saying why (tests/torch_ref.py).
+if [ -n "${CI:-}" ] && [ "${CI}" != false ] && [ "${CI}" != 0 ]; then
+    export TFM_RS_REQUIRE_TORCH=1
+fi
+if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import torch" 2>/dev/null; then
+    echo "== installing torch into $PY (the PyTorch-parity tests' reference)"
+    "$PY" -m pip install --quiet --disable-pip-version-check "torch>=2.1"
+fi
+
 echo "== cargo test (with the GPU backend, feature wgpu)"
 cargo test --release --quiet --features wgpu
-echo "== cargo check (bindings without the GPU backend)"
-cargo check --release --quiet --features python
 echo "== pytest"
 # Run from tests/ so `import tfm_rs` finds the installed package, not the source folder.
 "$PY" -m pytest -q -ra --rootdir=. tests "$@"
