@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the Rust unit tests, then the Python suite (quick and slow) against a fresh
-# build. Installs what the tests need first. Usage: bash scripts/test.sh [pytest args…]
+# Checks formatting and lints (cargo fmt, clippy, ruff), then runs every test: the Rust unit
+# tests, then the Python suite (quick and slow) against a fresh build. Installs what the tests
+# need first. Usage: bash scripts/test.sh [pytest args…]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
