@@ -44,9 +44,10 @@ bash scripts/install.sh "pytest>=7" "hypothesis>=6" "matplotlib>=3.5"
 # ---- PyTorch, the reference of the parity tests (never a dependency of tfm_rs) ----
 # CI installs it (the PyPI build, ~3 GB) and fails those tests if it is missing; elsewhere
 # TFM_RS_REQUIRE_TORCH=1 does the same, and without it they skip, saying why (tests/torch_ref.py).
-if [ -n "${CI:-}" ] && [ "${CI}" != false ] && [ "${CI}" != 0 ]; then
-    export TFM_RS_REQUIRE_TORCH=1
-fi
+case "$(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]')" in
+    "" | 0 | false) ;;
+    *) export TFM_RS_REQUIRE_TORCH=1 ;;
+esac
 if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import torch" 2>/dev/null; then
     echo "== installing torch into $PY (the PyTorch-parity tests' reference)"
     "$PY" -m pip install --quiet --disable-pip-version-check "torch>=2.1"
