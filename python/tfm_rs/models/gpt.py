@@ -84,6 +84,10 @@ class GPT(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> "GPT":
         return cls(**check_config_arch(config, cls.arch))
 
+    def num_parameters(self) -> int:
+        """Distinct trainable values (a tied matrix counts once)."""
+        return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
+
     def _ids(self, ids: Any) -> np.ndarray:
         return as_ids(ids, "ids", self.vocab_size, self.max_len, "GPT")
 
