@@ -255,6 +255,20 @@ def test_recipe_end_to_end(tmp_path):
     run = runs.load_run(tmp_path / "run")
     assert run.kind == "seq2seq" and run.config["train"]["max_steps"] == 4
     assert runs.evaluate_run(run, limit=3)["sentences"] == 3
+    # A directory of the former recipe script had no config.toml, only the command in results.json:
+    # it is read as the configuration that command stands for, and resumes.
+    (tmp_path / "run" / "config.toml").unlink()
+    legacy = {"command": f"python -m tfm_rs.train.seq2seq --data {data} --src xx --tgt yy --test-split test "
+                         f"--out elsewhere --preset tiny --vocab-size 40 --max-steps 3 --max-tokens 200 --warmup 2",
+              "steps": 4}
+    (tmp_path / "run" / "results.json").write_text(json.dumps(legacy))
+    cfg = runs.load_config(tmp_path / "run")
+    assert cfg["model"]["preset"] == "tiny" and cfg["data"]["corpus"] is None
+    assert cfg["train"]["out"] == str((tmp_path / "run").absolute()) and cfg["data"]["test_src"].endswith("test.xx")
+    assert runs.evaluate_run(runs.load_run(tmp_path / "run"), limit=2)["sentences"] == 2
+    from tfm_rs.cli import main as cli_main
+    assert cli_main(["train", "--resume", "--out", str(tmp_path / "run"), "--max-steps", "5", "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 5
 
 
 def test_torch_twin_is_the_same_function():

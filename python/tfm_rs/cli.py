@@ -297,9 +297,12 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
         if not out:
             raise UsageError("--resume needs the run directory: --out RUN_DIR")
         saved = Path(out) / runs.CONFIG_FILE
-        if not saved.is_file():
-            raise FileNotFoundError(f"nothing to resume in {out}: no {runs.CONFIG_FILE} there")
-        base = cfg_lib.load_toml(saved)
+        if saved.is_file():
+            base = cfg_lib.load_toml(saved)
+        else:  # a run of the former recipe script keeps its command instead
+            base = runs.legacy_recipe_config(Path(out))
+            if base is None:
+                raise FileNotFoundError(f"nothing to resume in {out}: no {runs.CONFIG_FILE} there")
         given = {**(file_cfg or {}).get("train", {}), **flags.get("train", {})}
         if "max_steps" in given or "minutes" in given:  # a new budget replaces the saved one
             for key in ("max_steps", "minutes"):

@@ -397,13 +397,37 @@ class LoadedRun:
 
 
 def load_config(run_dir: Path) -> Config:
-    """The resolved configuration a run directory keeps."""
+    """The resolved configuration a run directory keeps (for a directory written by the former
+    recipe script, which kept none: the configuration its recorded command stands for)."""
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"no such run directory: {run_dir}")
     if not path.is_file():
+        legacy = legacy_recipe_config(Path(run_dir))
+        if legacy is not None:
+            return legacy
         raise FileNotFoundError(f"{run_dir} is not a tfm-rs run directory (no {CONFIG_FILE})")
     return cfg_lib.resolve(cfg_lib.load_toml(path), sources=[str(path)])
+
+
+def legacy_recipe_config(run_dir: Path) -> Optional[Config]:
+    """The configuration of a run directory made by ``python -m tfm_rs.train.seq2seq`` before it
+    became an alias (``results.json`` records its command, no ``config.toml``), or ``None``."""
+    from tfm_rs import cli
+    from tfm_rs.train.seq2seq import translate_argv
+
+    try:
+        command = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))["command"].split()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    script = "tfm_rs.train.seq2seq"
+    if script not in command:
+        return None
+    args = cli.build_parser().parse_args(translate_argv(command[command.index(script) + 1:]))
+    flags = cfg_lib.flag_values(args)
+    flags.setdefault("train", {})["out"] = str(run_dir.absolute())
+    shipped = cfg_lib.shipped_config("multi30k")
+    return cfg_lib.resolve(cfg_lib.load_toml(shipped), flags, sources=[str(shipped), f"{run_dir / RESULTS_FILE}"])
 
 
 def load_run(run_dir: "str | Path", need_valid: bool = True) -> LoadedRun:
