@@ -6,7 +6,8 @@
 old flags and translates them: ``--data multi30k --src de --tgt en`` becomes ``--pair de-en``;
 ``--data DIR`` takes ``DIR/{train,val,<test-split>}.<lang>[.gz]``; ``--no-share`` is
 ``--no-share-embeddings``, ``--accum`` is ``--accum-steps``; ``--print-every`` is accepted and
-ignored (the progress display replaces it). Every other flag is the same in both.
+ignored (the progress display replaces it). Every other flag is the same in both. With
+``--resume`` the run's saved configuration is the base (``tfm-rs train --resume``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def translate_argv(argv: Sequence[str]) -> List[str]:
         data = ["--corpus", "none"]
         for split, prefix in (("train", ""), ("val", "valid-"), (opts["--test-split"], "test-")):
             data += [f"--{prefix}src", _file(root, split, src), f"--{prefix}tgt", _file(root, split, tgt)]
-    return ["train", "--config", "multi30k", *data, *rest]
+    # A resumed run's own config.toml is its base; the shipped file on top would undo its flags.
+    config = [] if "--resume" in rest else ["--config", "multi30k"]
+    return ["train", *config, *data, *rest]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
