@@ -237,11 +237,8 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     the last snapshots (``train.average``), validate, translate the test set greedily and with
     beam search (when the configuration has one) and write ``results.json``. ``out`` prints the
     report lines; ``command`` is recorded in the results. Returns the results."""
-    import os
-    import platform
     import shutil
 
-    from tfm_rs.checkpoint import save_checkpoint
     from tfm_rs.progress import Progress
     from tfm_rs.train.averaging import BudgetSnapshots
     from tfm_rs.train.trainer import check_device
@@ -297,6 +294,21 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         end, frac = trainer.warmup_end
         out(f"warmup: {end} steps ({frac:.0%} of the budget)")
 
+    return _finish_run(cfg, data, trainer, snapshots.averager, out, command, t_start)
+
+
+def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, command: Optional[str],
+                t_start: float) -> Dict[str, Any]:
+    """After training: average the snapshots into ``averaged/``, validate, translate the test set
+    (greedy and beam) into ``test.hyp.txt``, write ``results.json``; returns the results."""
+    import os
+    import platform
+
+    from tfm_rs.checkpoint import save_checkpoint
+
+    t, tc, model = cfg["train"], trainer.config, trainer.model
+    run_dir = Path(t["out"])
+    rate = trainer.tokens_seen / max(trainer.train_time, 1e-9)
     test = _test_pairs(cfg, t["test_limit"])
 
     def translate(beams: int) -> List[str]:
@@ -304,7 +316,6 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
                                    num_beams=beams, length_penalty=t["length_penalty"])
 
     results: Dict[str, Any] = {"command": command, "steps": trainer.step}
-    averager = snapshots.averager
     if averager.count:
         if test is not None:
             results["bleu_greedy_last"] = metrics_bleu(translate(1), test[1])["score"]

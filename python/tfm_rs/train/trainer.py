@@ -256,7 +256,8 @@ class Trainer:
 
     def scheduled_lr(self) -> float:
         """The rate of the next update (see the module docstring). A closed form of the step, the
-        training time and :attr:`warmup_end`, all checkpointed, so a resume is exact."""
+        training time and :attr:`warmup_end`, all checkpointed, so a resume is exact. The call that
+        finds the warmup over sets :attr:`warmup_end` and logs the ``"warmup"`` record."""
         c = self.config
         step = self.step + 1
         frac = self.budget_fraction(step)
