@@ -93,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a TOML config and/or flags",
                        description="Train a run: the built-in numbers task (default), parallel text files "
                                    "(--task parallel --src F --tgt F) or a text file for a GPT (--task lm --text F). "
-                                   "Flags override the config file. The run directory (--out) gets config.toml, "
-                                   "metrics.jsonl, checkpoint/ and, for text, tokenizer.json.")
+                                   "Flags override the config file; --config multi30k is the Multi30k recipe. The run "
+                                   "directory (--out) gets config.toml, metrics.jsonl, checkpoint/, results.json and, "
+                                   "for text, tokenizer.json (averaged/ and test.hyp.txt where configured).")
     t.add_argument("--config", metavar="FILE.toml", help="a configuration file (tables [data] [model] [optim] "
                                                          "[train]; see docs/cli.md), or the name of one shipped "
                                                          "with tfm_rs: multi30k (the Multi30k recipe)")
