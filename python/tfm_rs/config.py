@@ -114,7 +114,7 @@ FIELDS: List[Field] = [
     _f("data", "corpus", str, None, "parallel: a known corpus whose files fill data.src/tgt, valid_src/tgt and "
        "test_src/tgt where not given (multi30k: ../shared/data/multi30k or $TFM_RS_MULTI30K; none: only the files "
        "given)", ("multi30k", "none")),
-    _f("data", "pair", str, "de-en", "corpus: the language pair, source-target"),
+    _f("data", "pair", str, None, "corpus: the language pair, source-target (default: de-en)"),
     _f("data", "text", str, None, "lm: the training text file (plain or .gz)"),
     _f("data", "valid_text", str, None, "lm: a validation text file (default: hold out the end of text)"),
     _f("data", "valid_size", int, 0, "validation lines held out of the training data when no validation "
@@ -384,6 +384,7 @@ def _corpus_files(d: Dict[str, Any]) -> None:
     """Fill the file keys of ``data`` from its corpus (only those not given)."""
     from tfm_rs.data.corpus import find_multi30k, multi30k_files
 
+    d["pair"] = d["pair"] or "de-en"
     langs = d["pair"].split("-")
     if len(langs) != 2 or not all(langs) or langs[0] == langs[1]:
         raise ConfigError(f"data.pair must be two different languages, source-target (e.g. de-en), got {d['pair']!r}")
