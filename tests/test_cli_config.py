@@ -188,3 +188,23 @@ def test_progress_quiet_prints_only_validation():
     p({"type": "valid", "step": 3, "loss": 1.0})
     assert out.getvalue() == "valid @ step 3: loss 1.000\n"
     assert p.bar is None  # never a bar when not on a terminal (pytest captures stderr)
+
+
+def test_shipped_multi30k_config_is_the_recipe():
+    from tfm_rs import config as cfg_lib
+    from tfm_rs.data.corpus import find_multi30k
+
+    path = cfg_lib.shipped_config("multi30k")
+    assert path is not None and path == cfg_lib.shipped_config("multi30k.toml") and path.parent.name == "configs"
+    try:
+        find_multi30k()
+    except FileNotFoundError as e:
+        pytest.skip(f"Multi30k is not on this machine ({e})")
+    cfg = cfg_lib.resolve(cfg_lib.load_toml(path), {"data": {"pair": "fr-en"}})
+    d, o, t = cfg["data"], cfg["optim"], cfg["train"]
+    assert d["src"].endswith(("train.fr.gz", "train.fr")) and d["test_tgt"].endswith(("test_2016_flickr.en.gz",
+                                                                                       "test_2016_flickr.en"))
+    assert (o["schedule"], o["lr"], o["warmup"], o["warmup_fraction"], o["clip_norm"]) == ("noam", 7e-4, 800, 0.0, 0.0)
+    assert (t["minutes"], t["seed"], t["average"], t["beam"], t["length_penalty"]) == (20.0, 1, 5, 4, 1.0)
+    with pytest.raises(cfg_lib.ConfigError, match="data.pair"):
+        cfg_lib.resolve(cfg_lib.load_toml(path), {"data": {"pair": "de"}})

@@ -64,14 +64,31 @@ def test_train_writes_a_run_directory(numbers_run):
 
 def test_schedule_flag_reaches_the_trainer(tmp_path, capsys):
     status, out, _ = cli(capsys, "train", *TINY, "--max-steps", "6", "--warmup", "3", "--schedule", "constant",
-                         "--out", tmp_path / "r")
+                         "--warmup-fraction", "0", "--out", tmp_path / "r")
     assert status == 0 and "constant schedule" in out
     lrs = [r["lr"] for r in records(tmp_path / "r")]
     np.testing.assert_allclose(lrs, [1e-3, 2e-3, 3e-3, 3e-3, 3e-3, 3e-3])
 
 
+def test_a_short_budget_gets_a_short_warmup(tmp_path, capsys):
+    # 800 warmup steps asked for, a 12-step budget: the default warmup_fraction (25%) ends the warmup
+    # at step 3; the run says so at the start and the end, and records it.
+    status, out, _ = cli(capsys, "train", *TINY, "--max-steps", "12", "--warmup", "800", "--lr", "3e-3", "--schedule", "noam",
+                         "--out", tmp_path / "r")
+    assert status == 0
+    assert "warmup 800 steps or 25% of the budget, whichever ends first" in out and "warmup: 3 steps (25%" in out
+    lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r for r in lines if r["type"] == "warmup"] == [
+        {"type": "warmup", "step": 3, "warmup_steps": 3, "budget_fraction": 0.25, "ended_by": "warmup_fraction"}]
+    lrs = [r["lr"] for r in lines if r["type"] == "train"]
+    np.testing.assert_allclose(lrs, [1e-3, 2e-3, 3e-3] + [3e-3 * np.sqrt(3 / s) for s in range(4, 13)], rtol=1e-12)
+    assert json.loads((tmp_path / "r" / "results.json").read_text())["warmup_steps"] == 3
+
+
 def test_resume_continues_bit_identically(tmp_path, capsys):
-    common = [*TINY, "--schedule", "noam", "--dropout", "0.1"]
+    # The budget changes at the resume (5 → 8 steps), so the schedule must not depend on it: no
+    # budget-scaled warmup here (a run resumed with its own budget gets it back exactly).
+    common = [*TINY, "--schedule", "noam", "--dropout", "0.1", "--warmup-fraction", "0"]
     assert cli(capsys, "train", *common, "--max-steps", "8", "--out", tmp_path / "straight")[0] == 0
     assert cli(capsys, "train", *common, "--max-steps", "5", "--out", tmp_path / "split")[0] == 0
     with open(tmp_path / "split" / "metrics.jsonl", "a") as f:  # logged after the last save, then interrupted

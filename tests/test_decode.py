@@ -263,3 +263,73 @@ def test_translate_with_a_subword_tokenizer_keeps_empty_sentences():
     out = m.translate(["ein hund", "", "rot"], tok, num_beams=2)
     assert out[1] == "" and len(out) == 3
     assert out[0] == m.translate(["ein hund"], tok, num_beams=2)[0]
+
+
+# ---------------------------------------------------------------- the contract
+
+
+def test_decode_imports_nothing_from_models():
+    """tfm_rs.decode works through its protocols: no module of it imports tfm_rs.models (or a
+    submodule), at the top or inside a function, absolutely or relatively."""
+    import ast
+    import pathlib
+
+    import tfm_rs.decode
+
+    root = pathlib.Path(tfm_rs.decode.__file__).parent
+    files = sorted(root.glob("*.py"))
+    assert len(files) >= 4, files
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = "tfm_rs" if node.level == 2 else ("tfm_rs.decode" if node.level == 1 else node.module or "")
+                mod = f"{base}.{node.module}" if node.level and node.module else base
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            else:
+                continue
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names
+                          if n == "tfm_rs.models" or n.startswith("tfm_rs.models.")]
+    assert not offenders, offenders
+
+
+def test_decode_calls_nothing_private_on_the_model():
+    """No ``model._x`` in tfm_rs.decode: the model's side of the contract is public."""
+    import ast
+    import pathlib
+
+    import tfm_rs.decode
+
+    found = []
+    for path in sorted(pathlib.Path(tfm_rs.decode.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "model"
+                    and node.attr.startswith("_")):
+                found.append(f"{path.name}:{node.lineno} model.{node.attr}")
+    assert not found, found
+
+
+def test_models_implement_the_decoding_protocols():
+    from tfm_rs.decode import CausalLanguageModel, DecodableModel, EncoderDecoderModel
+
+    s, g = seq2seq(), gpt()
+    assert isinstance(s, EncoderDecoderModel) and not isinstance(s, CausalLanguageModel)
+    assert isinstance(g, CausalLanguageModel) and not isinstance(g, EncoderDecoderModel)
+    assert isinstance(s, DecodableModel) and isinstance(g, DecodableModel)
+    # The spec holds the model's own tensors (no copies): decoding sees the current weights.
+    spec = s.decoder_spec()
+    assert spec.embed is s.tgt_embed.weight and spec.head is s.generator
+    assert len(spec.layers) == 2 and spec.layers[0].cross_attn is s.transformer.decoder.layers[0].multihead_attn
+
+
+def test_decoding_rejects_a_model_without_the_protocol():
+    from tfm_rs.decode import generate_lm, generate_seq2seq
+
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="EncoderDecoderModel"):
+        generate_seq2seq(gpt(), SRC)
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="CausalLanguageModel"):
+        generate_lm(seq2seq(), [[1, 2]])
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="decoder_spec"):
+        decoder_weights(object())

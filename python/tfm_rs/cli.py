@@ -93,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a TOML config and/or flags",
                        description="Train a run: the built-in numbers task (default), parallel text files "
                                    "(--task parallel --src F --tgt F) or a text file for a GPT (--task lm --text F). "
-                                   "Flags override the config file. The run directory (--out) gets config.toml, "
-                                   "metrics.jsonl, checkpoint/ and, for text, tokenizer.json.")
+                                   "Flags override the config file; --config multi30k is the Multi30k recipe. The run "
+                                   "directory (--out) gets config.toml, metrics.jsonl, checkpoint/, results.json and, "
+                                   "for text, tokenizer.json (averaged/ and test.hyp.txt where configured).")
     t.add_argument("--config", metavar="FILE.toml", help="a configuration file (tables [data] [model] [optim] "
-                                                         "[train]; see docs/cli.md)")
+                                                         "[train]; see docs/cli.md), or the name of one shipped "
+                                                         "with tfm_rs: multi30k (the Multi30k recipe)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its "
                                                          "config.toml is the base; flags may extend the budget)")
     t.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
@@ -275,31 +277,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- train
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """``tfm-rs train``: defaults < the run's saved config (``--resume``) < ``--config`` < flags."""
+def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None) -> int:
+    """``tfm-rs train``: defaults < the run's saved config (``--resume``) < ``--config`` < flags.
+    ``--config NAME`` that is not a file names a shipped configuration (``multi30k``);
+    ``command``: the arguments, recorded in results.json."""
     from pathlib import Path
 
     from tfm_rs import config as cfg_lib
     from tfm_rs import runs
 
     flags = cfg_lib.flag_values(args)
-    file_cfg = cfg_lib.load_toml(args.config) if args.config else None
+    config_path = args.config
+    if config_path and not Path(config_path).is_file() and cfg_lib.shipped_config(config_path):
+        config_path = str(cfg_lib.shipped_config(config_path))
+        print(f"config: {config_path} (shipped with tfm_rs)")
+    file_cfg = cfg_lib.load_toml(config_path) if config_path else None
     base = None
     if args.resume:
         out = flags.get("train", {}).get("out") or (file_cfg or {}).get("train", {}).get("out")
         if not out:
             raise UsageError("--resume needs the run directory: --out RUN_DIR")
         saved = Path(out) / runs.CONFIG_FILE
-        if not saved.is_file():
-            raise FileNotFoundError(f"nothing to resume in {out}: no {runs.CONFIG_FILE} there")
-        base = cfg_lib.load_toml(saved)
+        if saved.is_file():
+            base = cfg_lib.load_toml(saved)
+        else:  # a run of the former recipe script keeps its command instead
+            base = runs.legacy_recipe_config(Path(out))
+            if base is None:
+                raise FileNotFoundError(f"nothing to resume in {out}: no {runs.CONFIG_FILE} there")
         given = {**(file_cfg or {}).get("train", {}), **flags.get("train", {})}
         if "max_steps" in given or "minutes" in given:  # a new budget replaces the saved one
             for key in ("max_steps", "minutes"):
                 base.get("train", {}).pop(key, None)
-    cfg = cfg_lib.resolve(base, file_cfg, flags, sources=[str(saved) if base else None, args.config, None],
-                          base_dirs=[None, Path(args.config).parent if args.config else None, None])
-    summary = runs.train_run(cfg, resume=args.resume, quiet=args.quiet, use_bar=not args.no_bar)
+    cfg = cfg_lib.resolve(base, file_cfg, flags, sources=[str(saved) if base else None, config_path, None],
+                          base_dirs=[None, Path(config_path).parent if config_path else None, None])
+    summary = runs.train_run(cfg, resume=args.resume, quiet=args.quiet, use_bar=not args.no_bar,
+                             command=" ".join([PROG, "train", *(command or [])]))
     run_dir = summary["run_dir"]
     if cfg["data"]["task"] == "lm":
         print(f"next: {PROG} generate {run_dir} --prompt \"...\"   |   {PROG} eval {run_dir}   |   "
@@ -468,6 +480,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
+        if args.command == "train":
+            return cmd_train(args, argv[1:])
         return COMMANDS[args.command](args)
     except UsageError as e:
         if debug:

@@ -23,6 +23,9 @@ task with the demo's model)::
     max_steps = 500
     device = "cpu"            # or "gpu"
 
+Shipped configurations (:func:`shipped_config`; ``tfm-rs train --config multi30k``) live in
+``tfm_rs/configs/``: ``multi30k.toml`` is the Multi30k recipe of ``docs/training.md``.
+
 :data:`FIELDS` lists every key with its type, default and help; :func:`resolve` merges defaults,
 a file and flags (flags win) and checks them, raising :class:`ConfigError` with one line that
 names the bad key and lists the valid ones. :func:`dumps` writes a resolved configuration back as
@@ -39,7 +42,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["ConfigError", "Field", "FIELDS", "SECTIONS", "MODEL_PRESETS", "PATH_KEYS", "TASKS", "add_flags", "defaults",
-           "dumps", "flag_values", "load_toml", "loads", "model_kwargs", "resolve", "valid_keys"]
+           "dumps", "flag_values", "load_toml", "loads", "model_kwargs", "resolve", "shipped_config", "valid_keys"]
 
 TASKS = ("numbers", "parallel", "lm")
 #: Keys naming files: relative to the config file that sets them (``train.out``: to the working
@@ -108,6 +111,10 @@ FIELDS: List[Field] = [
     _f("data", "valid_tgt", str, None, "parallel: target-side validation file"),
     _f("data", "test_src", str, None, "parallel: source-side test file (for tfm-rs eval)"),
     _f("data", "test_tgt", str, None, "parallel: target-side test file (references)"),
+    _f("data", "corpus", str, None, "parallel: a known corpus whose files fill data.src/tgt, valid_src/tgt and "
+       "test_src/tgt where not given (multi30k: ../shared/data/multi30k or $TFM_RS_MULTI30K; none: only the files "
+       "given)", ("multi30k", "none")),
+    _f("data", "pair", str, None, "corpus: the language pair, source-target (default: de-en)"),
     _f("data", "text", str, None, "lm: the training text file (plain or .gz)"),
     _f("data", "valid_text", str, None, "lm: a validation text file (default: hold out the end of text)"),
     _f("data", "valid_size", int, 0, "validation lines held out of the training data when no validation "
@@ -137,6 +144,8 @@ FIELDS: List[Field] = [
        ("noam", "inverse_sqrt", "cosine", "constant")),
     _f("optim", "lr", float, None, "peak learning rate (default: 2e-3 numbers, 7e-4 otherwise)", positive=True),
     _f("optim", "warmup", int, None, "warmup steps (default: 150 numbers, 800 otherwise)", positive=True),
+    _f("optim", "warmup_fraction", float, 0.25, "the warmup also ends once this fraction of the budget (steps "
+       "or minutes) is used, so a short budget gets a short warmup (0: warmup steps only)"),
     _f("optim", "min_lr_ratio", float, 1e-3, "cosine: the final rate as a fraction of lr"),
     _f("optim", "weight_decay", float, 0.0, "Adam weight decay"),
     _f("optim", "clip_norm", float, 1.0, "global gradient-norm clipping (0: off)"),
@@ -148,11 +157,20 @@ FIELDS: List[Field] = [
     _f("train", "out", str, None, "run directory (default: runs/<task>)"),
     _f("train", "max_steps", int, None, "stop after this many optimizer steps", positive=True),
     _f("train", "minutes", float, None, "stop after this many minutes of training (default: 3 if max_steps is "
-       "not given)", positive=True),
+       "not given; 0: no time limit)"),
     _f("train", "seed", int, 0, "seed of the data split, the initialization and dropout"),
     _f("train", "valid_every", int, 0, "validate every N steps (0: only at the end)"),
     _f("train", "bleu_every", int, 0, "greedy BLEU on validation sentences every N steps (0: never)"),
+    _f("train", "bleu_subset", int, 200, "validation sentences the periodic BLEU translates", positive=True),
     _f("train", "save_every", int, 0, "checkpoint every N steps (0: only at the end)"),
+    _f("train", "average", int, 1, "average the weights of this many snapshots over the end of the budget, the "
+       "paper's checkpoint averaging, into RUN_DIR/averaged (1: off)", positive=True),
+    _f("train", "average_every", float, None, "minutes (steps under a step budget only) between snapshots "
+       "(default: 5% of the budget)", positive=True),
+    _f("train", "beam", int, 4, "beam size of the final test translation (with a test set; greedy too)",
+       positive=True),
+    _f("train", "length_penalty", float, 1.0, "GNMT length penalty of that beam search"),
+    _f("train", "test_limit", int, None, "translate only the first N test sentences", positive=True),
     _f("train", "log_every", int, 1, "metrics.jsonl line every N steps", positive=True),
     _f("train", "threads", int, None, "tfm_rs worker threads (default: all cores)", positive=True),
     _f("train", "device", str, "cpu", "where to train: cpu, or gpu (the wgpu backend: Vulkan, Metal, DX12)",
@@ -318,6 +336,12 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     d, m, o, t = cfg["data"], cfg["model"], cfg["optim"], cfg["train"]
     task = d["task"]
     numbers = task == "numbers"
+    if d["corpus"] == "none":
+        d["corpus"] = None
+    if d["corpus"] is not None:
+        if task != "parallel":
+            raise ConfigError(f"data.corpus is for the parallel task, not {task!r}")
+        _corpus_files(d)
     if task == "parallel":
         missing = [k for k in ("src", "tgt") if not d[k]]
         if missing:
@@ -336,10 +360,14 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     for key, num, other in (("lr", 2e-3, 7e-4), ("warmup", 150, 800), ("max_tokens", 2500, 3000)):
         if o[key] is None:
             o[key] = num if numbers else other
+    if t["minutes"] == 0:
+        t["minutes"] = None
     if t["max_steps"] is None and t["minutes"] is None:
         t["minutes"] = 3.0
     if t["out"] is None:
         t["out"] = f"runs/{task}"
+    if o["warmup_fraction"] > 1.0:
+        raise ConfigError(f"optim.warmup_fraction must be in [0, 1], got {o['warmup_fraction']}")
     if not 0.0 <= o["label_smoothing"] < 1.0:
         raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {o['label_smoothing']}")
     if m["dropout"] is not None and not 0.0 <= m["dropout"] < 1.0:
@@ -350,6 +378,32 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     if d_model % nhead:
         raise ConfigError(f"model.d_model ({d_model}) must be a multiple of model.nhead ({nhead})")
     return cfg
+
+
+def _corpus_files(d: Dict[str, Any]) -> None:
+    """Fill the file keys of ``data`` from its corpus (only those not given)."""
+    from tfm_rs.data.corpus import find_multi30k, multi30k_files
+
+    d["pair"] = d["pair"] or "de-en"
+    langs = d["pair"].split("-")
+    if len(langs) != 2 or not all(langs) or langs[0] == langs[1]:
+        raise ConfigError(f"data.pair must be two different languages, source-target (e.g. de-en), got {d['pair']!r}")
+    find_multi30k()  # FileNotFoundError saying where it looked
+    for split, prefix in (("train", ""), ("val", "valid_"), ("test", "test_")):
+        src, tgt = multi30k_files(split, langs)
+        for key, path in ((prefix + "src", src), (prefix + "tgt", tgt)):
+            if not d[key]:
+                d[key] = str(path.absolute())
+
+
+def shipped_config(name: str) -> Optional[Path]:
+    """The configuration shipped with tfm_rs as ``name`` or ``name.toml`` (``tfm_rs/configs/``),
+    or ``None``."""
+    folder = Path(__file__).parent / "configs"
+    for cand in (name, f"{name}.toml"):
+        if "/" not in cand and (folder / cand).is_file():
+            return folder / cand
+    return None
 
 
 def model_kwargs(cfg: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:

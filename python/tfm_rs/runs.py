@@ -6,6 +6,9 @@ A run directory holds::
     tokenizer.json   the tokenizer (text tasks; the numbers task has fixed vocabularies)
     metrics.jsonl    one JSON object per logged step, validation and evaluation
     checkpoint/      model, optimizer, schedule, data position, RNG states (exact resume)
+    averaged/        the averaged weights (train.average > 1); translate/eval/plot use them
+    results.json     the run's summary: steps, speed, validation, test BLEU (beam and greedy)
+    test.hyp.txt     the test set's beam-search translations (with a test set)
     eval.json        the last `tfm-rs eval` results
 
 The pieces are functions over a resolved configuration (:mod:`tfm_rs.config`):
@@ -36,6 +39,8 @@ CONFIG_FILE = "config.toml"
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
+AVERAGED_DIR = "averaged"
+RESULTS_FILE = "results.json"
 
 
 @dataclass
@@ -183,13 +188,14 @@ def train_config(cfg: Config) -> Any:
     from tfm_rs.train import TrainConfig
 
     o, t = cfg["optim"], cfg["train"]
-    return TrainConfig(max_tokens=o["max_tokens"], lr=o["lr"], warmup_steps=o["warmup"], schedule=o["schedule"],
+    return TrainConfig(max_tokens=o["max_tokens"], lr=o["lr"], warmup_steps=o["warmup"],
+                       warmup_fraction=o["warmup_fraction"] or None, schedule=o["schedule"],
                        min_lr_ratio=o["min_lr_ratio"], weight_decay=o["weight_decay"],
                        label_smoothing=o["label_smoothing"], clip_norm=o["clip_norm"] or None,
                        accum_steps=o["accum_steps"], seed=t["seed"], max_steps=t["max_steps"],
                        max_minutes=t["minutes"], log_every=t["log_every"], print_every=0,
-                       valid_every=t["valid_every"], bleu_every=t["bleu_every"], save_every=t["save_every"],
-                       device=t["device"])
+                       valid_every=t["valid_every"], bleu_every=t["bleu_every"], bleu_subset=t["bleu_subset"],
+                       save_every=t["save_every"], device=t["device"])
 
 
 def make_trainer(cfg: Config, data: Data, model: Any, run_dir: Optional[Path]) -> Any:
@@ -206,22 +212,35 @@ def make_trainer(cfg: Config, data: Data, model: Any, run_dir: Optional[Path]) -
 
 def describe_model(model: Any) -> str:
     """One line: architecture, shape and parameter count."""
-    import numpy as np
-
     c = model.config
-    n = int(sum(int(np.prod(p.shape)) for p in model.parameters()))
+    n = model.num_parameters()
     layers = (f"{c['num_encoder_layers']}+{c['num_decoder_layers']} layers" if "num_encoder_layers" in c
               else f"{c['num_layers']} layers")
     return (f"{c['arch']}: d_model {c['d_model']}, {c['nhead']} heads, {layers}, ff {c['dim_feedforward']}, "
             f"{n:,} parameters")
 
 
+def _budget_line(tc: Any) -> str:
+    budget = " and ".join(s for s in (f"{tc.max_steps} steps" if tc.max_steps else "",
+                                       f"{tc.max_minutes:g} min" if tc.max_minutes else "") if s)
+    warmup = f"warmup {tc.warmup_steps} steps"
+    if tc.warmup_fraction:
+        warmup += f" or {tc.warmup_fraction:.0%} of the budget, whichever ends first"
+    return (f"training for {budget}: {tc.schedule} schedule, lr {tc.lr:g}, {warmup}, {tc.max_tokens} tokens per "
+            f"batch, clip_norm {tc.clip_norm or 'off'}")
+
+
 def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: bool = True,
-              out: Any = print) -> Dict[str, Any]:
+              out: Any = print, command: Optional[str] = None) -> Dict[str, Any]:
     """Train the configured run into ``cfg["train"]["out"]``: prepare the data, build the model
-    (or resume it from the run's checkpoint), train with progress, save the checkpoint, validate.
-    ``out`` prints the report lines. Returns a summary (steps, times, final validation record)."""
+    (or resume it from the run's checkpoint), train with progress, save the checkpoint, average
+    the last snapshots (``train.average``), validate, translate the test set greedily and with
+    beam search (when the configuration has one) and write ``results.json``. ``out`` prints the
+    report lines; ``command`` is recorded in the results. Returns the results."""
+    import shutil
+
     from tfm_rs.progress import Progress
+    from tfm_rs.train.averaging import BudgetSnapshots
     from tfm_rs.train.trainer import check_device
 
     t_start = time.perf_counter()
@@ -239,6 +258,9 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
     _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
+    # Averaged weights of an earlier session would outlive this one's training; snapshots taken
+    # before a resume are not kept, so a resumed run averages only what it saw.
+    shutil.rmtree(run_dir / AVERAGED_DIR, ignore_errors=True)
 
     data = prepare_data(cfg, run_dir)
     model = build_model(cfg, data)
@@ -251,26 +273,109 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         trainer.resume(ckpt)
         out(f"resumed at step {trainer.step} ({trainer.train_time:.1f}s trained)")
     tc = trainer.config
-    budget = " and ".join(s for s in (f"{tc.max_steps} steps" if tc.max_steps else "",
-                                       f"{tc.max_minutes:g} min" if tc.max_minutes else "") if s)
-    out(f"training for {budget}: {tc.schedule} schedule, lr {tc.lr:g}, warmup {tc.warmup_steps}, "
-        f"{tc.max_tokens} tokens per batch; " + _device_line(tc.device))
+    out(_budget_line(tc) + "; " + _device_line(tc.device))
+    snapshots = BudgetSnapshots(model, t["average"], tc.max_steps, tc.max_minutes, t["average_every"])
     progress = Progress(tc.max_steps, 60.0 * tc.max_minutes if tc.max_minutes else None,
                         initial_step=trainer.step, initial_time=trainer.train_time, use_bar=use_bar, quiet=quiet)
+
+    def callback(record: Dict[str, Any]) -> None:
+        snapshots(record)
+        progress(record, done=trainer.done())
+
     try:
-        trainer.train(verbose=False, callback=lambda r: progress(r, done=trainer.done()))
+        trainer.train(verbose=False, callback=callback)
     finally:
         progress.close()
     trainer.save()
-    final = trainer.validate(bleu=False) if trainer.has_valid_data() else {}
-    trainer.close()
     rate = trainer.tokens_seen / max(trainer.train_time, 1e-9)
     out(f"trained {trainer.step} steps in {trainer.train_time:.1f}s ({rate:,.0f} tok/s); checkpoint "
         f"{run_dir / CHECKPOINT_DIR}")
+    if trainer.warmup_end is not None:
+        end, frac = trainer.warmup_end
+        out(f"warmup: {end} steps ({frac:.0%} of the budget)")
+
+    return _finish_run(cfg, data, trainer, snapshots.averager, out, command, t_start)
+
+
+def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, command: Optional[str],
+                t_start: float) -> Dict[str, Any]:
+    """After training: average the snapshots into ``averaged/``, validate, translate the test set
+    (greedy and beam) into ``test.hyp.txt``, write ``results.json``; returns the results."""
+    import os
+    import platform
+
+    from tfm_rs.checkpoint import save_checkpoint
+
+    t, tc, model = cfg["train"], trainer.config, trainer.model
+    run_dir = Path(t["out"])
+    rate = trainer.tokens_seen / max(trainer.train_time, 1e-9)
+    test = _test_pairs(cfg, t["test_limit"])
+
+    def translate(beams: int) -> List[str]:
+        return translate_sentences(model, data.tokenizer, test[0], task=data.task, batch_size=tc.bleu_batch_size,
+                                   num_beams=beams, length_penalty=t["length_penalty"])
+
+    results: Dict[str, Any] = {"command": command, "steps": trainer.step}
+    if averager.count:
+        if test is not None:
+            results["bleu_greedy_last"] = metrics_bleu(translate(1), test[1])["score"]
+        averager.add(model.state_dict())
+        model.load_state_dict(averager.average())
+        save_checkpoint(run_dir / AVERAGED_DIR, model.state_dict(), model.config,
+                        extra={"averaged": averager.count, "step": trainer.step}, keep_previous=False)
+        out(f"averaged the weights of {averager.count} snapshots into {run_dir / AVERAGED_DIR}")
+    final = trainer.validate(bleu=False) if trainer.has_valid_data() else {}
     if final:
         out("validation: " + "  ".join(f"{k} {final[k]:.3f}" for k in ("loss", "ppl", "accuracy") if k in final))
-    return {"steps": trainer.step, "train_time": trainer.train_time, "tokens_per_s": rate, "valid": final,
-            "run_dir": str(run_dir), "wall": time.perf_counter() - t_start}
+    if test is not None:
+        decoded = {}
+        for beams in sorted({1, t["beam"]}):
+            t0 = time.perf_counter()
+            hyps = translate(beams)
+            decoded[beams] = (hyps, time.perf_counter() - t0, metrics_bleu(hyps, test[1]))
+        hyps, seconds, score = decoded[t["beam"]]
+        (run_dir / "test.hyp.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+        results.update(test_set=cfg["data"]["test_src"], test_sentences=len(hyps), bleu=score["score"],
+                       bleu_detail=score["detail"], beam=t["beam"], length_penalty=t["length_penalty"],
+                       bleu_greedy=decoded[1][2]["score"], decode_seconds=seconds,
+                       decode_seconds_greedy=decoded[1][1])
+        trainer.log({"type": "test", "bleu": score["score"], "test_sentences": len(hyps), "decode_seconds": seconds,
+                     "steps": trainer.step})
+        out(f"test BLEU {score['score']:.2f} (beam {t['beam']}; greedy {decoded[1][2]['score']:.2f}) on {len(hyps)} "
+            f"sentences ({score['detail']})")
+    trainer.close()
+    train_recs = [r for r in trainer.history if r["type"] == "train"][-100:]
+    results.update(
+        averaged_snapshots=averager.count, train_minutes=trainer.train_time / 60, tokens_seen=trainer.tokens_seen,
+        tok_per_s_overall=rate,
+        tok_per_s_last100=(sum(r["tokens"] for r in train_recs) / max(sum(r["step_time"] for r in train_recs), 1e-9)
+                           if train_recs else None),
+        warmup_steps=trainer.warmup_end[0] if trainer.warmup_end else None,
+        valid_loss=final.get("loss"), valid_ppl=final.get("ppl"), valid=final,
+        wall_minutes=(time.perf_counter() - t_start) / 60, params=int(model.num_parameters()),
+        model_config=model.config, train_config=tc.to_dict(), threads=tfm_rs.get_num_threads(), cpus=os.cpu_count(),
+        machine=platform.machine(), tfm_rs=tfm_rs.__version__, run_dir=str(run_dir))
+    (run_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def metrics_bleu(hyps: Sequence[str], refs: Sequence[str]) -> Dict[str, Any]:
+    """sacrebleu's corpus BLEU as ``{"score", "detail"}`` (cased, detokenized)."""
+    from tfm_rs import metrics
+
+    score = metrics.bleu_score(list(hyps), list(refs))
+    return {"score": float(score.score), "detail": str(score)}
+
+
+def _test_pairs(cfg: Config, limit: Optional[int]) -> Optional[Tuple[List[str], List[str]]]:
+    """The configured test set's (sources, references), the first ``limit`` only; ``None`` without one."""
+    from tfm_rs.data import ParallelCorpus
+
+    d = cfg["data"]
+    if d["task"] != "parallel" or not (d["test_src"] and d["test_tgt"]):
+        return None
+    corpus = ParallelCorpus(_file(cfg, "test_src"), _file(cfg, "test_tgt"))
+    return list(corpus.src)[:limit], list(corpus.tgt)[:limit]
 
 
 def _device_line(device: str) -> str:
@@ -303,13 +408,37 @@ class LoadedRun:
 
 
 def load_config(run_dir: Path) -> Config:
-    """The resolved configuration a run directory keeps."""
+    """The resolved configuration a run directory keeps (for a directory written by the former
+    recipe script, which kept none: the configuration its recorded command stands for)."""
     path = Path(run_dir) / CONFIG_FILE
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"no such run directory: {run_dir}")
     if not path.is_file():
+        legacy = legacy_recipe_config(Path(run_dir))
+        if legacy is not None:
+            return legacy
         raise FileNotFoundError(f"{run_dir} is not a tfm-rs run directory (no {CONFIG_FILE})")
     return cfg_lib.resolve(cfg_lib.load_toml(path), sources=[str(path)])
+
+
+def legacy_recipe_config(run_dir: Path) -> Optional[Config]:
+    """The configuration of a run directory made by ``python -m tfm_rs.train.seq2seq`` before it
+    became an alias (``results.json`` records its command, no ``config.toml``), or ``None``."""
+    from tfm_rs import cli
+    from tfm_rs.train.seq2seq import translate_argv
+
+    try:
+        command = json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))["command"].split()
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    script = "tfm_rs.train.seq2seq"
+    if script not in command:
+        return None
+    args = cli.build_parser().parse_args(translate_argv(command[command.index(script) + 1:]))
+    flags = cfg_lib.flag_values(args)
+    flags.setdefault("train", {})["out"] = str(run_dir.absolute())
+    shipped = cfg_lib.shipped_config("multi30k")
+    return cfg_lib.resolve(cfg_lib.load_toml(shipped), flags, sources=[str(shipped), f"{run_dir / RESULTS_FILE}"])
 
 
 def load_run(run_dir: "str | Path", need_valid: bool = True) -> LoadedRun:
@@ -330,7 +459,9 @@ def load_run(run_dir: "str | Path", need_valid: bool = True) -> LoadedRun:
                     tok.eos_id)
     else:
         data = prepare_data(cfg, run_dir, need_train=False)
-    model = model_from_checkpoint(ckpt)
+    # The averaged weights are the run's result where there are some (train.average > 1).
+    averaged = run_dir / AVERAGED_DIR
+    model = model_from_checkpoint(averaged if averaged.exists() else ckpt)
     model.eval()
     return LoadedRun(run_dir, cfg, model, data)
 
@@ -338,7 +469,7 @@ def load_run(run_dir: "str | Path", need_valid: bool = True) -> LoadedRun:
 # ------------------------------------------------------------------------------ using a run
 
 def translate_sentences(model: Any, tokenizer: Any, sentences: Sequence[str], task: Any = None,
-                        batch_size: int = 128, num_beams: int = 1) -> List[str]:
+                        batch_size: int = 128, num_beams: int = 1, length_penalty: float = 0.6) -> List[str]:
     """Translations of ``sentences`` — the one place the command line decodes a Seq2SeqTransformer
     (``Seq2SeqTransformer.translate``: KV-cache decoding in Rust, greedy by default, beam search
     with ``num_beams > 1`` and the paper's length penalty). ``task``: the numbers task, whose
@@ -346,7 +477,8 @@ def translate_sentences(model: Any, tokenizer: Any, sentences: Sequence[str], ta
     kwargs: Dict[str, Any] = {}
     if task is not None:
         kwargs["max_new_tokens"] = min(task.max_target_len() + 2, model.max_len)
-    return model.translate(list(sentences), tokenizer, num_beams=num_beams, batch_size=batch_size, **kwargs)
+    return model.translate(list(sentences), tokenizer, num_beams=num_beams, length_penalty=length_penalty,
+                           batch_size=batch_size, **kwargs)
 
 
 def _lm_request(model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_k: int,

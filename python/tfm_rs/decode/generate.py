@@ -31,8 +31,8 @@ import numpy as np
 from tfm_rs import _core
 from tfm_rs._core import InvalidArgumentError, ShapeError
 from tfm_rs.autograd import no_grad
+from tfm_rs.decode.protocol import CausalLanguageModel, EncoderDecoderModel
 from tfm_rs.decode.weights import decoder_weights
-from tfm_rs.models._common import as_ids
 
 __all__ = ["GenerationOutput", "generate_seq2seq", "generate_lm", "stream"]
 
@@ -93,6 +93,12 @@ def _search_config(num_beams: int = 1, num_return_sequences: int = 1, length_pen
         seed=None if seed is None else _count("seed", seed, 0) & (2 ** 64 - 1))
 
 
+def _check(model: Any, protocol: type, what: str) -> None:
+    if not isinstance(model, protocol):
+        raise InvalidArgumentError(f"{what} needs a model implementing tfm_rs.decode.{protocol.__name__}, "
+                                   f"got {type(model).__name__}")
+
+
 def _output(results: List[List[Any]], n: int, prompts: Optional[Sequence[List[int]]] = None) -> GenerationOutput:
     out = GenerationOutput(num_return_sequences=n)
     for i, hyps in enumerate(results):
@@ -103,13 +109,14 @@ def _output(results: List[List[Any]], n: int, prompts: Optional[Sequence[List[in
     return out
 
 
-def generate_seq2seq(model: Any, src_ids: Any, max_new_tokens: Optional[int] = None, max_len_a: float = 1.5,
+def generate_seq2seq(model: EncoderDecoderModel, src_ids: Any, max_new_tokens: Optional[int] = None, max_len_a: float = 1.5,
                      max_len_b: int = 10, **search: Any) -> GenerationOutput:
     """Translations of ``src_ids (B, S)`` (padded with ``model.pad_id``; a 1-D sequence is one
     row). At most ``max_new_tokens`` tokens per sentence if given, else ``max_len_a · S_i +
     max_len_b`` for a source of ``S_i`` tokens (capped by the model's ``max_len``). Search
     settings as in the module docstring; EOS is ``model.eos_id``."""
-    src = model._src(src_ids)
+    _check(model, EncoderDecoderModel, "generate_seq2seq")
+    src = model.source_ids(src_ids)
     cfg = _search_config(eos_token_id=model.eos_id, **search)
     cfg["suppress_tokens"] = sorted({*cfg["suppress_tokens"], model.pad_id})
     mask = src == model.pad_id
@@ -123,7 +130,7 @@ def generate_seq2seq(model: Any, src_ids: Any, max_new_tokens: Optional[int] = N
     model.eval()
     try:
         with no_grad():
-            memory = model._encode(src, mask)
+            memory = model.encoder_memory(src, mask)
         weights = decoder_weights(model)
     finally:
         model.train(was_training)
@@ -131,7 +138,7 @@ def generate_seq2seq(model: Any, src_ids: Any, max_new_tokens: Optional[int] = N
     return _output(results, cfg["num_return_sequences"])
 
 
-def _prompts(model: Any, prompt_ids: Any) -> List[List[int]]:
+def _prompts(model: CausalLanguageModel, prompt_ids: Any) -> List[List[int]]:
     """One prompt (a 1-D sequence) or many (a 2-D array, or a list of sequences that may differ
     in length), each checked against the vocabulary and ``max_len``."""
     if isinstance(prompt_ids, (list, tuple)) and prompt_ids and all(
@@ -141,12 +148,12 @@ def _prompts(model: Any, prompt_ids: Any) -> List[List[int]]:
         arr = prompt_ids.numpy() if hasattr(prompt_ids, "numpy") else np.asarray(prompt_ids)
         rows = [arr] if arr.ndim == 1 else list(arr)
     if not rows:
-        raise ShapeError("GPT.generate: prompt_ids is an empty batch")
-    return [as_ids(r, f"prompt {i}", model.vocab_size, model.max_len, "GPT.generate")[0].tolist()
-            for i, r in enumerate(rows)]
+        raise ShapeError(f"{type(model).__name__}.generate: prompt_ids is an empty batch")
+    return [model.prompt_ids(r, f"prompt {i}")[0].tolist() for i, r in enumerate(rows)]
 
 
-def _lm_search(model: Any, prompt_ids: Any, max_new_tokens: int, search: Dict[str, Any]):
+def _lm_search(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int, search: Dict[str, Any]):
+    _check(model, CausalLanguageModel, "generate_lm")
     prompts = _prompts(model, prompt_ids)
     cfg = _search_config(**search)
     if model.pad_id is not None:
@@ -155,7 +162,7 @@ def _lm_search(model: Any, prompt_ids: Any, max_new_tokens: int, search: Dict[st
     return prompts, [n] * len(prompts), cfg, decoder_weights(model)
 
 
-def generate_lm(model: Any, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> GenerationOutput:
+def generate_lm(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> GenerationOutput:
     """Continuations of ``prompt_ids`` by a :class:`~tfm_rs.models.GPT`: up to ``max_new_tokens``
     new tokens each, stopping early at ``eos_token_id`` if given. ``sequences`` hold prompt +
     continuation. Prompts may differ in length (pass a list of lists)."""
@@ -163,7 +170,7 @@ def generate_lm(model: Any, prompt_ids: Any, max_new_tokens: int = 20, **search:
     return _output(_core.generate(weights, prompts, limits, cfg), cfg["num_return_sequences"], prompts)
 
 
-def stream(model: Any, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> Iterator[int]:
+def stream(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> Iterator[int]:
     """Yields the new token ids of one prompt's continuation as they are produced (greedy or
     sampling; beam search decides nothing before it ends, so it cannot stream)."""
     prompts, limits, cfg, weights = _lm_search(model, prompt_ids, max_new_tokens, search)

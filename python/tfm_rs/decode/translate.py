@@ -6,11 +6,12 @@ from typing import Any, List, Sequence
 
 from tfm_rs.data.batching import pad_batch
 from tfm_rs.decode.generate import _count, generate_seq2seq
+from tfm_rs.decode.protocol import EncoderDecoderModel
 
 __all__ = ["translate"]
 
 
-def translate(model: Any, sentences: Sequence[str], tokenizer: Any, num_beams: int = 4,
+def translate(model: EncoderDecoderModel, sentences: Sequence[str], tokenizer: Any, num_beams: int = 4,
               length_penalty: float = 0.6, batch_size: int = 64, **generate: Any) -> List[str]:
     """Translations of ``sentences`` by a :class:`~tfm_rs.models.Seq2SeqTransformer`, in input
     order. The defaults are the paper's: beam size 4, length penalty α = 0.6 (``num_beams=1``

@@ -8,17 +8,16 @@ next-token cross-entropy (predicting ``ids[:, 1:]`` from ``ids[:, :-1]``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import numpy as np
 
 import tfm_rs.functional as F
+from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, check_config_arch, right_padded
-
-if TYPE_CHECKING:
-    from tfm_rs.decode import GenerationOutput
 
 __all__ = ["GPT"]
 
@@ -85,6 +84,10 @@ class GPT(nn.Module):
     def from_config(cls, config: Mapping[str, Any]) -> "GPT":
         return cls(**check_config_arch(config, cls.arch))
 
+    def num_parameters(self) -> int:
+        """Distinct trainable values (a tied matrix counts once)."""
+        return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
+
     def _ids(self, ids: Any) -> np.ndarray:
         return as_ids(ids, "ids", self.vocab_size, self.max_len, "GPT")
 
@@ -113,16 +116,27 @@ class GPT(nn.Module):
         ignore = self.pad_id if (ignore_pad and self.pad_id is not None) else -100
         return F.cross_entropy(logits.reshape(-1, self.vocab_size), target.reshape(-1), ignore_index=ignore)
 
-    def generate(self, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> "GenerationOutput":
+    def prompt_ids(self, prompt: Any, name: str = "prompt_ids") -> np.ndarray:
+        """One prompt checked (ids in the vocabulary, at most ``max_len`` long, not empty) as an
+        int64 array ``(1, T)``."""
+        return as_ids(prompt, name, self.vocab_size, self.max_len, "GPT.generate")
+
+    def decoder_spec(self) -> DecoderSpec:
+        """The decoder for the native decoding engine (:class:`tfm_rs.decode.DecoderSpec`)."""
+        return DecoderSpec(
+            layers=[DecoderLayerSpec(self_attn=layer.self_attn, linear1=layer.linear1, linear2=layer.linear2,
+                                     norm_self=layer.norm1, norm_ff=layer.norm2) for layer in self.layers],
+            embed=self.tok_embed.weight, embed_scale=1.0, positions=self.pos_embed.weight, head=self.head,
+            final_norm=self.norm, norm_first=True, activation=self._config["activation"])
+
+    def generate(self, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> GenerationOutput:
         """Continues ``prompt_ids`` (one 1-D prompt, a 2-D array, or a list of prompts of any
         lengths) by up to ``max_new_tokens`` tokens with a key/value cache, the loop in Rust:
         greedy by default; ``do_sample=True`` with ``temperature``/``top_k``/``top_p``/``seed``;
         ``num_beams > 1``; stops at ``eos_token_id`` if given. ``sequences`` hold prompt +
         continuation. See :mod:`tfm_rs.decode.generate`."""
-        from tfm_rs.decode import generate_lm
-        return generate_lm(self, prompt_ids, max_new_tokens, **search)
+        return decoding.generate_lm(self, prompt_ids, max_new_tokens, **search)
 
     def stream(self, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> Iterator[int]:
         """Like :meth:`generate` for one prompt, yielding each new token id as it is produced."""
-        from tfm_rs.decode import stream
-        return stream(self, prompt_ids, max_new_tokens, **search)
+        return decoding.stream(self, prompt_ids, max_new_tokens, **search)

@@ -10,6 +10,9 @@ Shapes (``B`` batch, ``S`` source length, ``T`` target length, ``V`` target voca
 
 * ``forward(src_ids (B, S), tgt_ids (B, T))`` → logits ``(B, T, V)``
 * ``encode(src_ids (B, S))`` → memory ``(B, S, d_model)``
+* ``generate`` / ``translate``: decoding with a key/value cache in Rust; the model implements
+  :class:`tfm_rs.decode.EncoderDecoderModel` (``decoder_spec``, ``source_ids``,
+  ``encoder_memory``) for it
 * ``decode(tgt_ids (B, T), memory (B, S, d_model), src_padding_mask (B, S))`` → logits ``(B, T, V)``
 * ``loss(src_ids, tgt_in, tgt_out)`` → scalar mean cross-entropy over non-pad ``tgt_out`` tokens
 """
@@ -17,17 +20,16 @@ Shapes (``B`` batch, ``S`` source length, ``T`` target length, ``V`` target voca
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 import tfm_rs.functional as F
-from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs import decode as decoding
 from tfm_rs import nn
+from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, check_config_arch, right_padded
-
-if TYPE_CHECKING:
-    from tfm_rs.decode import GenerationOutput
 
 __all__ = ["Seq2SeqTransformer"]
 
@@ -152,7 +154,9 @@ class Seq2SeqTransformer(nn.Module):
 
     # ------------------------------------------------------------------ checks
 
-    def _src(self, src_ids: Any) -> np.ndarray:
+    def source_ids(self, src_ids: Any) -> np.ndarray:
+        """``src_ids`` checked (integer ids in the source vocabulary, at most ``max_len`` long, no
+        row of padding only) as an int64 array ``(B, S)``; a 1-D sequence is one row."""
         src = as_ids(src_ids, "src_ids", self.src_vocab_size, self.max_len, type(self).__name__)
         empty = np.all(src == self.pad_id, axis=1)
         if empty.any():
@@ -172,13 +176,14 @@ class Seq2SeqTransformer(nn.Module):
     def encode(self, src_ids: Any) -> Tensor:
         """src_ids ``(B, S)`` → memory ``(B, S, d_model)`` (padding positions are computed but never
         attended to when ``decode`` gets the matching ``src_padding_mask``)."""
-        src = self._src(src_ids)
-        mask = src == self.pad_id
-        return self._encode(src, mask)
+        src = self.source_ids(src_ids)
+        return self.encoder_memory(src, src == self.pad_id)
 
-    def _encode(self, src: np.ndarray, mask: np.ndarray) -> Tensor:
+    def encoder_memory(self, src: np.ndarray, padding_mask: np.ndarray) -> Tensor:
+        """The encoder's output ``(B, S, d_model)`` for ids already checked by :meth:`source_ids`
+        and their padding mask ``(B, S)`` (True = pad)."""
         return self.transformer.encoder(self._embed(self.src_embed, src),
-                                        src_key_padding_mask=mask if mask.any() else None)
+                                        src_key_padding_mask=padding_mask if padding_mask.any() else None)
 
     def decode_hidden(self, tgt_ids: Any, memory: Tensor, src_padding_mask: Any = None) -> Tensor:
         """The decoder's output states ``(B, T, d_model)`` before the output projection."""
@@ -214,12 +219,12 @@ class Seq2SeqTransformer(nn.Module):
 
     def forward(self, src_ids: Any, tgt_ids: Any) -> Tensor:
         """src_ids ``(B, S)``, tgt_ids ``(B, T)`` (decoder input, ``[bos] + y``) → logits ``(B, T, V)``."""
-        src, tgt = self._src(src_ids), self._tgt(tgt_ids)
+        src, tgt = self.source_ids(src_ids), self._tgt(tgt_ids)
         if src.shape[0] != tgt.shape[0]:
             raise ShapeError(f"{type(self).__name__}: src_ids has batch size {src.shape[0]} but tgt_ids has "
                              f"{tgt.shape[0]}")
         mask = src == self.pad_id
-        memory = self._encode(src, mask)
+        memory = self.encoder_memory(src, mask)
         return self.project(self._decode_hidden(tgt, memory, mask if mask.any() else None))
 
     def loss(self, src_ids: Any, tgt_in: Any, tgt_out: Any, label_smoothing: float = 0.0,
@@ -237,20 +242,29 @@ class Seq2SeqTransformer(nn.Module):
 
     # ------------------------------------------------------------------ decoding
 
+    def decoder_spec(self) -> DecoderSpec:
+        """The decoder for the native decoding engine (:class:`tfm_rs.decode.DecoderSpec`)."""
+        layers = self.transformer.decoder.layers
+        return DecoderSpec(
+            layers=[DecoderLayerSpec(self_attn=layer.self_attn, linear1=layer.linear1, linear2=layer.linear2,
+                                     norm_self=layer.norm1, norm_ff=layer.norm3, cross_attn=layer.multihead_attn,
+                                     norm_cross=layer.norm2) for layer in layers],
+            embed=self.tgt_embed.weight, embed_scale=float(self.emb_scale), positions=self.pos.pe,
+            head=self.generator, final_norm=self.transformer.decoder.norm, norm_first=self._config["norm_first"],
+            activation=self._config["activation"])
+
     def generate(self, src_ids: Any, max_new_tokens: Optional[int] = None, max_len_a: float = 1.5,
-                 max_len_b: int = 10, **search: Any) -> "GenerationOutput":
+                 max_len_b: int = 10, **search: Any) -> GenerationOutput:
         """Translations of ``src_ids (B, S)`` with a key/value cache, the loop in Rust: greedy by
         default, beam search with ``num_beams > 1``, sampling with ``do_sample=True``. See
         :func:`tfm_rs.decode.generate_seq2seq` for the arguments and the result."""
-        from tfm_rs.decode import generate_seq2seq
-        return generate_seq2seq(self, src_ids, max_new_tokens, max_len_a, max_len_b, **search)
+        return decoding.generate_seq2seq(self, src_ids, max_new_tokens, max_len_a, max_len_b, **search)
 
     def translate(self, sentences: Sequence[str], tokenizer: Any, num_beams: int = 4, length_penalty: float = 0.6,
                   batch_size: int = 64, **generate: Any) -> List[str]:
         """Text in, text out (beam 4, α = 0.6 by default, as in the paper); see
         :func:`tfm_rs.decode.translate`."""
-        from tfm_rs.decode import translate
-        return translate(self, sentences, tokenizer, num_beams, length_penalty, batch_size, **generate)
+        return decoding.translate(self, sentences, tokenizer, num_beams, length_penalty, batch_size, **generate)
 
     def extra_repr(self) -> str:
         c = self._config

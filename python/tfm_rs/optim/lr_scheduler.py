@@ -30,7 +30,15 @@ __all__ = [
     "NoamLR",
     "InverseSqrtLR",
     "WarmupCosineLR",
+    "cosine_decay",
 ]
+
+
+def cosine_decay(peak: float, floor: float, progress: float) -> float:
+    """The half-cosine from ``peak`` (``progress`` 0) down to ``floor`` (``progress`` ≥ 1): the one
+    cosine formula, used by :class:`WarmupCosineLR` (progress in steps after the warm-up) and by
+    :class:`tfm_rs.train.Trainer` (progress through the rest of a step or time budget)."""
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 class LRScheduler:
@@ -232,6 +240,5 @@ class WarmupCosineLR(LRScheduler):
         w = self.warmup_steps
         if step <= w:
             return [base * step / w for base in self.base_lrs]
-        p = min((step - w) / (self.total_steps - w), 1.0)
-        cos = 0.5 * (1.0 + math.cos(math.pi * p))
-        return [self.min_lr + (base - self.min_lr) * cos for base in self.base_lrs]
+        p = (step - w) / (self.total_steps - w)
+        return [cosine_decay(base, self.min_lr, p) for base in self.base_lrs]

@@ -1,7 +1,8 @@
 """Training: :class:`Trainer` (the loop, logs, checkpoints, exact resume) with
 :class:`Seq2SeqTrainer` (parallel text) and :class:`LMTrainer` (a token stream, GPT), and the
-Multi30k recipe (``python -m tfm_rs.train.seq2seq``), and :class:`WeightAverager` (the paper's
-checkpoint averaging). Decoding lives in :mod:`tfm_rs.decode`."""
+Multi30k recipe's former command (``python -m tfm_rs.train.seq2seq``, now an alias of
+``tfm-rs train --config multi30k``), and :class:`WeightAverager` (the paper's checkpoint
+averaging). Decoding lives in :mod:`tfm_rs.decode`."""
 
 from tfm_rs.train.averaging import WeightAverager, snapshot_points
 from tfm_rs.train.lm import LMTrainer

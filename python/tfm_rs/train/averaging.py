@@ -16,7 +16,7 @@ from typing import Any, List, Mapping, Optional
 
 import numpy as np
 
-__all__ = ["WeightAverager", "snapshot_points"]
+__all__ = ["BudgetSnapshots", "WeightAverager", "snapshot_points"]
 
 
 class WeightAverager:
@@ -63,3 +63,30 @@ def snapshot_points(budget: float, count: int, every: float) -> List[float]:
     if count < 1 or every <= 0:
         raise ValueError(f"snapshot_points: need count ≥ 1 and every > 0, got {count} and {every}")
     return [budget - i * every for i in range(count - 1, 0, -1) if budget - i * every > 0]
+
+
+class BudgetSnapshots:
+    """A training callback that adds ``model``'s weights to :attr:`averager` at the
+    :func:`snapshot_points` of a budget: ``minutes`` of training time if given, else ``steps``
+    (``every`` in the same unit; default 5% of the budget). ``count`` snapshots in all, the
+    last being the weights at the end, which the caller adds."""
+
+    def __init__(self, model: Any, count: int, steps: Optional[int] = None, minutes: Optional[float] = None,
+                 every: Optional[float] = None) -> None:
+        self.model = model
+        self.averager = WeightAverager()
+        self.by_time = bool(minutes)
+        budget = minutes if self.by_time else steps
+        self.points: List[float] = []
+        if count > 1 and budget:
+            self.points = snapshot_points(budget, count, every or budget / 20)
+
+    def __call__(self, record: Mapping[str, Any]) -> None:
+        if record["type"] != "train":
+            return
+        progress = record["train_time"] / 60 if self.by_time else record["step"]
+        if self.points and progress >= self.points[0]:
+            # One snapshot per step, however many points it passed.
+            self.averager.add(self.model.state_dict())
+            while self.points and progress >= self.points[0]:
+                self.points.pop(0)

@@ -8,10 +8,15 @@ ids (token-budget batches); :class:`tfm_rs.train.lm.LMTrainer` a
 ``accum_steps`` micro-batches whose summed loss is divided by their total target-token count, so
 the gradient is the token mean over the whole step (not a mean of per-batch means).
 
-Schedules (``TrainConfig.schedule``): ``"inverse_sqrt"`` (alias ``"noam"``: the paper's eq. 3
-parameterized by its peak ``lr``: linear warmup, then ∝ 1/√step), ``"cosine"`` (linear warmup,
-then a half cosine down to ``min_lr_ratio · lr`` at the end of the budget, ``max_steps`` or
-``max_minutes``, whichever runs out first) and ``"constant"`` (linear warmup, then ``lr``).
+Schedules (``TrainConfig.schedule``), each a linear warmup to ``lr`` followed by:
+``"inverse_sqrt"`` (alias ``"noam"``: the paper's eq. 3 parameterized by its peak ``lr``:
+∝ 1/√step), ``"cosine"`` (a half cosine, :func:`tfm_rs.optim.lr_scheduler.cosine_decay`, down to
+``min_lr_ratio · lr`` at the end of the budget, ``max_steps`` or ``max_minutes``, whichever runs
+out first) or ``"constant"`` (``lr``). The warmup lasts ``warmup_steps`` updates, or, with
+``warmup_fraction``, until that fraction of the budget is used if that comes first: a short time
+budget gets a short warmup. The step at which the warmup ended is logged (a ``"warmup"`` record)
+and checkpointed; every rate is a closed form of (step, training time, that step), so a resumed
+run gets the same rates.
 
 Every step appends a JSON line to ``<out_dir>/metrics.jsonl`` (``log_name``)::
 
@@ -30,7 +35,7 @@ where it is; batches are NumPy token ids either way). Checkpoints hold host copi
 and optimizer state, so a run trained on the GPU loads on the CPU and the other way round, and
 resumes on either.
 
-Checkpoints (``save``/``resume``) hold the model, optimizer, scheduler, data position, the
+Checkpoints (``save``/``resume``) hold the model, optimizer, schedule position, data position, the
 trainer's NumPy generator, tfm_rs's dropout RNG state, ``nn.init``'s generator and the counters,
 so a resumed run continues with bit-identical losses.
 """
@@ -81,6 +86,7 @@ class TrainConfig:
     max_tokens: int = 3000
     lr: float = 7e-4
     warmup_steps: int = 800
+    warmup_fraction: Optional[float] = None
     schedule: str = "inverse_sqrt"
     min_lr_ratio: float = 0.0
     betas: Tuple[float, float] = (0.9, 0.98)
@@ -112,6 +118,9 @@ class TrainConfig:
         if self.schedule not in SCHEDULES:
             raise InvalidArgumentError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, "
                                        f"got {self.schedule!r}")
+        if self.warmup_fraction is not None and not 0.0 < self.warmup_fraction <= 1.0:
+            raise InvalidArgumentError(f"TrainConfig: warmup_fraction must be in (0, 1] or None, got "
+                                       f"{self.warmup_fraction}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise InvalidArgumentError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.device is not None and self.device not in DEVICES:
@@ -153,7 +162,8 @@ class Trainer:
             model.to(c.device)
         self.params = list(model.parameters())
         self.optimizer = optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
-        self.scheduler = _make_scheduler(self.optimizer, c)
+        # (step, budget fraction) at which the warmup ended; None while it lasts.
+        self.warmup_end: Optional[Tuple[int, float]] = None
         if c.schedule == "cosine" and c.max_steps is None and c.max_minutes is None:
             raise InvalidArgumentError("TrainConfig: the cosine schedule needs max_steps or max_minutes (it decays "
                                        "to the end of the budget)")
@@ -234,26 +244,49 @@ class Trainer:
         """The rate the next update will use."""
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _budget_lr(self) -> float:
-        # The cosine schedule depends on the budget fraction used so far, in steps or in training
-        # time: a closed form of (step, train_time), both checkpointed, so resume is exact.
+    def budget_fraction(self, step: int) -> float:
+        """The fraction of the budget used by the end of update ``step`` (counted from 1) — in
+        steps, or in training time so far, whichever is further along."""
         c = self.config
         frac = 0.0
         if c.max_steps:
-            frac = self.step / c.max_steps
+            frac = step / c.max_steps
         if c.max_minutes:
             frac = max(frac, self.train_time / (60.0 * c.max_minutes))
-        lr = c.lr * min(1.0, (self.step + 1) / c.warmup_steps) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
-        return max(lr, c.lr * c.min_lr_ratio)
+        return frac
+
+    def scheduled_lr(self) -> float:
+        """The rate of the next update (see the module docstring). A closed form of the step, the
+        training time and :attr:`warmup_end`, all checkpointed, so a resume is exact. The call that
+        finds the warmup over sets :attr:`warmup_end` and logs the ``"warmup"`` record."""
+        c = self.config
+        step = self.step + 1
+        frac = self.budget_fraction(step)
+        if self.warmup_end is None:
+            ramp = step / c.warmup_steps
+            if c.warmup_fraction:
+                ramp = max(ramp, frac / c.warmup_fraction)
+            if ramp < 1.0:
+                return c.lr * ramp
+            end = min(step, c.warmup_steps)
+            self.warmup_end = (end, frac)
+            self.log({"type": "warmup", "step": end, "warmup_steps": end, "budget_fraction": frac,
+                      "ended_by": "warmup_steps" if end == c.warmup_steps else "warmup_fraction"})
+        end, end_frac = self.warmup_end
+        if c.schedule in ("inverse_sqrt", "noam"):
+            return c.lr if step <= end else c.lr * math.sqrt(end / step)
+        if c.schedule == "cosine":
+            progress = (frac - end_frac) / (1.0 - end_frac) if end_frac < 1.0 else 1.0
+            return optim.lr_scheduler.cosine_decay(c.lr, c.lr * c.min_lr_ratio, progress)
+        return c.lr
 
     def train_step(self) -> Record:
         """One optimizer update over ``accum_steps`` micro-batches; returns its metrics record."""
         c, m = self.config, self.model
         t0 = time.perf_counter()
         m.train()
-        if self.scheduler is None:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self._budget_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.scheduled_lr()
         batches = [self.next_batch() for _ in range(c.accum_steps)]
         counts = [self.count_tokens(b) for b in batches]
         tgt_tokens = sum(n for n, _ in counts)
@@ -267,8 +300,6 @@ class Trainer:
         lr = self.current_lr()
         if math.isfinite(grad_norm):
             self.optimizer.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
         self.optimizer.zero_grad()
         self.step += 1
         dt = time.perf_counter() - t0
@@ -363,6 +394,7 @@ class Trainer:
         return {"step": self.step, "train_time": self.train_time, "tokens_seen": self.tokens_seen,
                 "elapsed": self.elapsed, "sampler": self.data_state(), "numpy_rng": ckpt_lib.rng_state(self.rng),
                 "tfm_rng": int(tfm_rs.get_rng_state()), "init_rng": ckpt_lib.rng_state(nn.init.generator()),
+                "warmup_end": list(self.warmup_end) if self.warmup_end is not None else None,
                 "train_config": self.config.to_dict()}
 
     def save(self, path: Optional[os.PathLike] = None) -> Path:
@@ -371,26 +403,24 @@ class Trainer:
             if self.out_dir is None:
                 raise InvalidArgumentError(f"{type(self).__name__}.save: no path and no out_dir")
             path = self.out_dir / "checkpoint"
-        scheduler_state = self.scheduler.state_dict() if self.scheduler is not None else None
         return ckpt_lib.save_checkpoint(path, self.model.state_dict(), self.model.config,
-                                        optimizer_state=self.optimizer.state_dict(),
-                                        scheduler_state=scheduler_state, extra=self.state_extra())
+                                        optimizer_state=self.optimizer.state_dict(), extra=self.state_extra())
 
     def resume(self, path: os.PathLike) -> None:
         """Continue from a :meth:`save` checkpoint: weights (the architecture is checked first),
-        optimizer moments, schedule, data position and every RNG."""
+        optimizer moments, schedule position, data position and every RNG."""
         ck = ckpt_lib.load_checkpoint(path)
         load_model_state(self.model, ck)
         if ck.optimizer_state is not None:
             self.optimizer.load_state_dict(ck.optimizer_state)
-        if ck.scheduler_state is not None and self.scheduler is not None:
-            self.scheduler.load_state_dict(ck.scheduler_state)
         ex = ck.extra
         self.load_data_state(ex["sampler"])
         ckpt_lib.set_rng_state(self.rng, ex["numpy_rng"])
         tfm_rs.set_rng_state(int(ex["tfm_rng"]))
         nn.init.set_rng_state(ex["init_rng"])
         self.step = int(ex["step"])
+        end = ex.get("warmup_end")
+        self.warmup_end = (int(end[0]), float(end[1])) if end else None
         self.train_time = float(ex.get("train_time", 0.0))
         self.tokens_seen = int(ex.get("tokens_seen", 0))
         self._t_start = time.perf_counter() - float(ex.get("elapsed", 0.0))
@@ -547,17 +577,6 @@ def check_device(device: str) -> None:
     (tfm_rs built without the backend, no adapter, ``TFM_RS_GPU=0``)."""
     if device != "cpu" and not tfm_rs.gpu_available():
         raise DeviceError(f"training on device {device!r}: no GPU is available ({tfm_rs.gpu_info(reason=True)})")
-
-
-def _make_scheduler(optimizer: Any, c: TrainConfig) -> Optional[Any]:
-    """The closed-form schedule of ``c.schedule``; ``None`` for the budget cosine, which the
-    trainer sets itself before each step."""
-    if c.schedule in ("inverse_sqrt", "noam"):
-        return optim.lr_scheduler.InverseSqrtLR(optimizer, c.warmup_steps, peak_lr=c.lr)
-    if c.schedule == "constant":
-        warmup = c.warmup_steps
-        return optim.lr_scheduler.LambdaLR(optimizer, lambda e: min(1.0, (e + 1) / warmup))
-    return None
 
 
 def nn_clip(params: Sequence[Any], clip_norm: Optional[float]) -> float:
