@@ -73,8 +73,8 @@ def test_schedule_flag_reaches_the_trainer(tmp_path, capsys):
 def test_a_short_budget_gets_a_short_warmup(tmp_path, capsys):
     # 800 warmup steps asked for, a 12-step budget: the default warmup_fraction (25%) ends the warmup
     # at step 3; the run says so at the start and the end, and records it.
-    status, out, _ = cli(capsys, "train", *TINY, "--max-steps", "12", "--warmup", "800", "--lr", "3e-3", "--schedule", "noam",
-                         "--out", tmp_path / "r")
+    status, out, _ = cli(capsys, "train", *TINY, "--max-steps", "12", "--warmup", "800", "--lr", "3e-3",
+                         "--schedule", "noam", "--out", tmp_path / "r")
     assert status == 0
     assert "warmup 800 steps or 25% of the budget, whichever ends first" in out and "warmup: 3 steps (25%" in out
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]

@@ -109,8 +109,8 @@ def _output(results: List[List[Any]], n: int, prompts: Optional[Sequence[List[in
     return out
 
 
-def generate_seq2seq(model: EncoderDecoderModel, src_ids: Any, max_new_tokens: Optional[int] = None, max_len_a: float = 1.5,
-                     max_len_b: int = 10, **search: Any) -> GenerationOutput:
+def generate_seq2seq(model: EncoderDecoderModel, src_ids: Any, max_new_tokens: Optional[int] = None,
+                     max_len_a: float = 1.5, max_len_b: int = 10, **search: Any) -> GenerationOutput:
     """Translations of ``src_ids (B, S)`` (padded with ``model.pad_id``; a 1-D sequence is one
     row). At most ``max_new_tokens`` tokens per sentence if given, else ``max_len_a · S_i +
     max_len_b`` for a source of ``S_i`` tokens (capped by the model's ``max_len``). Search
@@ -162,7 +162,8 @@ def _lm_search(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int,
     return prompts, [n] * len(prompts), cfg, decoder_weights(model)
 
 
-def generate_lm(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> GenerationOutput:
+def generate_lm(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int = 20,
+                **search: Any) -> GenerationOutput:
     """Continuations of ``prompt_ids`` by a :class:`~tfm_rs.models.GPT`: up to ``max_new_tokens``
     new tokens each, stopping early at ``eos_token_id`` if given. ``sequences`` hold prompt +
     continuation. Prompts may differ in length (pass a list of lists)."""
