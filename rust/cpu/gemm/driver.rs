@@ -12,7 +12,7 @@
 
 use super::pack::pack;
 use super::reference::apply_activation;
-use super::thin::{tile_rows, THIN_ROWS};
+use super::thin::{panels_per_tile, tile_rows, THIN_ROWS};
 use super::{Epilogue, MatRef};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -491,7 +491,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
             unsafe { K::tile(kc, a, b, ct, ldc, p.alpha, s.beta) };
         } else if thin && cols == nr {
             // SAFETY: as above, for the tile's `rows` rows.
-            unsafe { tile_rows::<K>(rows, kc, a, b, ct, ldc, p.alpha, s.beta) };
+            unsafe { tile_rows::<K>(rows, 1, kc, a, b, ct, ldc, p.alpha, s.beta) };
         } else {
             // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
             let mut tmp = [0.0f32; MAX_TILE];
@@ -504,7 +504,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
             // SAFETY: tmp holds MR×NR floats at stride NR.
             unsafe {
                 if thin {
-                    tile_rows::<K>(rows, kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
+                    tile_rows::<K>(rows, 1, kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
                 } else {
                     K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
                 }
@@ -523,6 +523,34 @@ unsafe fn macro_kernel<K: MicroKernel>(
             }
         }
     };
+    if mc < mr && mc <= THIN_ROWS {
+        // One thin row panel (a decoding step): several B panels per call where they are full.
+        let group = panels_per_tile(mc);
+        let mut jp = jr.start;
+        while jp < jr.end {
+            let j = s.jc + jp * nr;
+            if group == 1 || jp + group > jr.end || j + group * nr > s.jc + s.nc {
+                tile(0, jp);
+                jp += 1;
+                continue;
+            }
+            let b = b_pack[jp * nr * kc..][..group * nr * kc].as_ptr();
+            // SAFETY: rows ic..ic+mc and columns j..j+group·nr lie inside C (full panels).
+            let ct = unsafe { c.0.add(ic * ldc + j) };
+            // SAFETY: a/b hold the packed operands of these rows and panels.
+            unsafe { tile_rows::<K>(mc, group, kc, a_pack.as_ptr(), b, ct, ldc, p.alpha, s.beta) };
+            if s.last && !p.epilogue.is_noop() {
+                for r in 0..mc {
+                    // SAFETY: as above; this item owns the tile.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), group * nr) };
+                    apply_epilogue(&p.epilogue, row, j);
+                }
+            }
+            jp += group;
+        }
+        return;
+    }
     let row_panels = 0..mc.div_ceil(mr);
     let f32s = std::mem::size_of::<f32>();
     let c_block = mc * jr.len() * nr * f32s;

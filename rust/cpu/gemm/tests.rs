@@ -362,53 +362,40 @@ fn packed_b_gives_the_same_bits() {
 #[test]
 fn thin_tiles_match_the_micro_kernels_bit_for_bit() {
     fn check<K: driver::MicroKernel>(name: &str) {
+        const MAX_PANELS: usize = 4;
         let mut rng = Rng(3);
+        let ldc = MAX_PANELS * K::NR;
         for k in [1, 7, 300] {
             let a = rng.vec(k * K::MR);
-            let b = rng.vec(k * K::NR);
+            let b = rng.vec(MAX_PANELS * k * K::NR);
             for beta in [0.0, 0.7] {
-                let c0 = rng.vec(K::MR * K::NR);
+                let c0 = rng.vec(K::MR * ldc);
                 let mut full = c0.clone();
-                // SAFETY: the buffers hold the tile's operands; the caller checked the ISA.
-                unsafe {
-                    K::tile(
-                        k,
-                        a.as_ptr(),
-                        b.as_ptr(),
-                        full.as_mut_ptr(),
-                        K::NR,
-                        -1.25,
-                        beta,
-                    )
-                };
-                for rows in (1..=thin::THIN_ROWS).filter(|&r| r < K::MR) {
-                    let mut got = c0.clone();
-                    // SAFETY: as above, for `rows` rows.
+                for q in 0..MAX_PANELS {
+                    // SAFETY: the buffers hold the tile's operands; the caller checked the ISA.
                     unsafe {
-                        thin::tile_rows::<K>(
-                            rows,
-                            k,
-                            a.as_ptr(),
-                            b.as_ptr(),
-                            got.as_mut_ptr(),
-                            K::NR,
-                            -1.25,
-                            beta,
-                        )
+                        let (b, c) = (b[q * k * K::NR..].as_ptr(), full[q * K::NR..].as_mut_ptr());
+                        K::tile(k, a.as_ptr(), b, c, ldc, -1.25, beta)
                     };
-                    let n = rows * K::NR;
-                    assert!(
-                        got[..n]
-                            .iter()
-                            .zip(&full[..n])
-                            .all(|(x, y)| x.to_bits() == y.to_bits()),
-                        "{name}: {rows} thin rows differ from the full tile (k={k}, beta={beta})"
-                    );
-                    assert_eq!(
-                        got[n..],
-                        c0[n..],
-                        "{name}: the thin tile wrote past its rows"
-                    );
+                }
+                for rows in (1..=thin::THIN_ROWS).filter(|&r| r < K::MR) {
+                    for panels in [1, thin::panels_per_tile(rows)] {
+                        let mut got = c0.clone();
+                        // SAFETY: as above, for `rows` rows and `panels` panels.
+                        unsafe {
+                            let (a, b, c) = (a.as_ptr(), b.as_ptr(), got.as_mut_ptr());
+                            thin::tile_rows::<K>(rows, panels, k, a, b, c, ldc, -1.25, beta)
+                        };
+                        for (i, (x, y)) in got.iter().zip(&full).enumerate() {
+                            let inside = i / ldc < rows && i % ldc < panels * K::NR;
+                            let want = if inside { y } else { &c0[i] };
+                            assert_eq!(
+                                x.to_bits(),
+                                want.to_bits(),
+                                "{name}: {rows} thin rows x {panels} panels, k={k}, beta={beta}: element {i}"
+                            );
+                        }
+                    }
                 }
             }
         }
