@@ -4,8 +4,9 @@ batch, other inputs before or after it, inputs of other lengths, so padding in t
 source batch). Greedy, beam search and sampling, GPT and encoder-decoder.
 
 The sizes make the products in the decoder and the encoder take different GEMM paths for
-different batches (one row: the matrix-vector path; a few rows and many: the packed kernel,
-several threads), which is what used to make near-ties come out differently.
+different batches (up to 14 rows: one row panel of thin tiles; more: full tiles, row bands on
+several threads); before the fix, up to 4 rows took a matrix-vector path that summed in another
+order, which made near-ties come out differently.
 
 Sampling draws sample ``j`` of input ``i`` from ``(seed, i, j)`` by design, so an input keeps its
 index there while the rest of the batch changes."""
@@ -14,21 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import tfm_rs
 from tfm_rs.data import pad_batch
 from tfm_rs.models import GPT, Seq2SeqTransformer
 
 V = 301
 rng = np.random.default_rng(7)
-# Lengths 1..4 alone are matrix-vector products in the encoder; 20 prompts of up to 23 tokens
+# Lengths 1..4 alone are products of 1..4 rows in the encoder; 20 prompts of up to 23 tokens
 # prefill hundreds of rows (the banded, threaded GEMM).
 PROMPTS = [rng.integers(3, V, n).tolist() for n in (1, 3, 4, 7, 12, 23, 5, 9, 16, 2, 11, 19, 6, 8, 21, 3, 14, 10,
                                                     4, 17)]
 SEARCHES = {
-    "greedy": dict(),
-    "beam": dict(num_beams=3, num_return_sequences=2, length_penalty=0.6),
-    "sample": dict(do_sample=True, top_k=40, temperature=1.3, seed=11, num_return_sequences=2),
+    "greedy": {},
+    "beam": {"num_beams": 3, "num_return_sequences": 2, "length_penalty": 0.6},
+    "sample": {"do_sample": True, "top_k": 40, "temperature": 1.3, "seed": 11, "num_return_sequences": 2},
 }
 
 
@@ -116,3 +116,15 @@ def test_the_batches_really_differ():
     out = m.generate(PROMPTS, 20)
     assert len({tuple(s[len(p):]) for s, p in zip(out.sequences, PROMPTS)}) > len(PROMPTS) // 2
     assert len({len(p) for p in PROMPTS}) > 10
+
+
+def test_seq2seq_long_sources_padded_with_short_ones():
+    """The encoder's attention runs over key tiles; a short source padded to a long batch gets
+    many masked tiles, a long one none: neither changes a sentence's bits."""
+    tfm_rs.manual_seed(1)
+    tfm_rs.nn.init.manual_seed(1)
+    m = Seq2SeqTransformer(V, V, d_model=64, nhead=4, num_encoder_layers=2, num_decoder_layers=1,
+                           dim_feedforward=96, max_len=400).eval()
+    sources = [rng.integers(3, V, n).tolist() for n in (3, 150, 70, 333, 1, 65, 129)]
+    check(lambda batch: m.generate(pad_batch([sources[i] for i in batch], m.pad_id), max_new_tokens=8,
+                                   num_beams=2), len(sources), False)

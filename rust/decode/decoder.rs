@@ -11,7 +11,7 @@
 //! A row's results do not depend on the other rows: every kernel here computes each row (each
 //! query) on its own, in an order that does not depend on how many rows there are (the GEMM
 //! guarantees it for its rows), so a sequence decodes to the same bits alone or in any batch.
-//! The weights are packed for the GEMM once per decoder ([`PackedWeights`]): a step with a few
+//! The weights are packed for the GEMM once per decoder (`PackedWeights`): a step with a few
 //! rows would otherwise spend more time packing them than multiplying.
 
 use super::weights::{DecoderWeights, Linear, Norm};

@@ -5,9 +5,16 @@
 //! panels (both zero-padded to full tiles), and a register-blocked micro-kernel computes one
 //! `MR×NR` tile of `C` per call. `driver.rs` holds the blocking and threading, shared by every
 //! instruction set; each `kernel_*.rs` only supplies a micro-kernel and its block sizes:
-//! AVX-512 14×32, AVX2+FMA 6×16, portable 4×16. Matrix–vector shapes (`m == 1` or `n == 1`)
-//! skip packing (`gemv.rs`). `tests.rs` checks every path the CPU supports against
-//! `gemm_reference`, and holds an ignored timing harness (`gemm_timing`).
+//! AVX-512 14×32, AVX2+FMA 6×16, portable 4×16. Products with one output column (`n == 1`)
+//! skip packing (`gemv.rs`); products of at most `MR` rows pack `B` in narrow runs that stay in
+//! cache, or read it packed beforehand ([`PackedB`], a decoder's weights).
+//!
+//! A row of `C` gets the same bits whatever the other rows: every path sums each element in
+//! the micro-kernel's order with the same k-slices, and tiles of fewer rows (`thin.rs`) repeat
+//! its arithmetic. So a sequence decodes identically alone or in any batch.
+//!
+//! `tests.rs` checks every path the CPU supports against `gemm_reference`, and holds an
+//! ignored timing harness (`gemm_timing`).
 
 mod driver;
 mod gemv;
