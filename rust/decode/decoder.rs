@@ -7,9 +7,15 @@
 //! whole prompt when prefilling. All new positions go through each linear layer as one GEMM;
 //! their keys and values are appended to the cache before attention, and the query at position
 //! `p` attends to cache positions `0..=p`, which is exactly the causal mask of a full forward.
+//!
+//! A row's results do not depend on the other rows: every kernel here computes each row (each
+//! query) on its own, in an order that does not depend on how many rows there are (the GEMM
+//! guarantees it for its rows), so a sequence decodes to the same bits alone or in any batch.
+//! The weights are packed for the GEMM once per decoder (`PackedWeights`): a step with a few
+//! rows would otherwise spend more time packing them than multiplying.
 
 use super::weights::{DecoderWeights, Linear, Norm};
-use crate::cpu::gemm::{dot, gemm, Activation, Epilogue, MatRef};
+use crate::cpu::gemm::{dot, gemm, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::layer_norm::layer_norm_forward;
@@ -19,13 +25,26 @@ use std::sync::Arc;
 
 const OP: &str = "decode";
 
-/// `out (n, rows.len())` = `x (n, in)` · `W[rows]ᵀ` + `b[rows]`, then `act`: a linear layer
-/// restricted to a range of its output features (q alone, or k and v, of a stacked in_proj).
+/// `W[rows]ᵀ` of a linear layer restricted to a range of its output features (q alone, or k and
+/// v, of a stacked in_proj), as the GEMM's right-hand side.
+fn weight_rows(l: &Linear, rows: std::ops::Range<usize>) -> MatRef<'_> {
+    let inp = l.weight.shape()[1];
+    MatRef::row_major(
+        &l.weight.data()[rows.start * inp..rows.end * inp],
+        rows.len(),
+        inp,
+    )
+    .t()
+}
+
+/// `out (n, rows.len())` = `x (n, in)` · `W[rows]ᵀ` + `b[rows]`, then `act`; with `packed`, the
+/// same `W[rows]ᵀ` packed beforehand (the same bits, faster).
 fn linear_rows(
     x: &[f32],
     n: usize,
     l: &Linear,
     rows: std::ops::Range<usize>,
+    packed: Option<&PackedB>,
     act: Activation,
 ) -> Vec<f32> {
     let inp = l.weight.shape()[1];
@@ -34,26 +53,70 @@ fn linear_rows(
     if n == 0 {
         return y;
     }
-    let w = &l.weight.data()[rows.start * inp..rows.end * inp];
-    let bias = l.bias.as_ref().map(|b| &b.data()[rows.clone()]);
-    gemm(
-        1.0,
-        MatRef::row_major(x, n, inp),
-        MatRef::row_major(w, out, inp).t(),
-        0.0,
-        &mut y,
-        out,
-        &Epilogue {
-            bias,
-            activation: act,
-        },
-        true,
-    );
+    let a = MatRef::row_major(x, n, inp);
+    let epilogue = Epilogue {
+        bias: l.bias.as_ref().map(|b| &b.data()[rows.clone()]),
+        activation: act,
+    };
+    match packed {
+        Some(b) => gemm_packed(1.0, a, b, 0.0, &mut y, out, &epilogue, true),
+        None => gemm(
+            1.0,
+            a,
+            weight_rows(l, rows),
+            0.0,
+            &mut y,
+            out,
+            &epilogue,
+            true,
+        ),
+    }
     y
 }
 
-fn linear(x: &[f32], n: usize, l: &Linear, act: Activation) -> Vec<f32> {
-    linear_rows(x, n, l, 0..l.weight.shape()[0], act)
+/// A whole linear layer, its weight packed beforehand.
+fn linear(x: &[f32], n: usize, l: &Linear, packed: &PackedB, act: Activation) -> Vec<f32> {
+    linear_rows(x, n, l, 0..l.weight.shape()[0], Some(packed), act)
+}
+
+/// Every weight a decoding step multiplies by, packed for the GEMM.
+struct PackedWeights {
+    layers: Vec<PackedLayer>,
+    head: PackedB,
+}
+
+/// One layer's packed weights; `cross`: the q rows of the cross-attention in_proj (its k and v
+/// are applied once, to the memory) and its out_proj.
+struct PackedLayer {
+    self_in: PackedB,
+    self_out: PackedB,
+    cross: Option<(PackedB, PackedB)>,
+    ff1: PackedB,
+    ff2: PackedB,
+}
+
+impl PackedWeights {
+    fn new(w: &DecoderWeights) -> PackedWeights {
+        let all = |l: &Linear| PackedB::new(weight_rows(l, 0..l.weight.shape()[0]));
+        let d = w.d_model();
+        PackedWeights {
+            layers: w
+                .layers
+                .iter()
+                .map(|l| PackedLayer {
+                    self_in: all(&l.self_in),
+                    self_out: all(&l.self_out),
+                    cross: l
+                        .cross
+                        .as_ref()
+                        .map(|(qkv, out)| (PackedB::new(weight_rows(qkv, 0..d)), all(out))),
+                    ff1: all(&l.ff1),
+                    ff2: all(&l.ff2),
+                })
+                .collect(),
+            head: all(&w.head),
+        }
+    }
 }
 
 fn norm(x: &[f32], residual: Option<&[f32]>, n: usize, d: usize, p: &Norm, eps: f32) -> Vec<f32> {
@@ -215,7 +278,14 @@ impl Memory {
                 .cross
                 .as_ref()
                 .expect("validated: every layer has cross-attention");
-            let kv = linear_rows(&packed, kept.len(), qkv, d..3 * d, Activation::Identity);
+            let kv = linear_rows(
+                &packed,
+                kept.len(),
+                qkv,
+                d..3 * d,
+                None,
+                Activation::Identity,
+            );
             let mut row = 0;
             for src in sources.iter_mut() {
                 let (mut k, mut v) = (
@@ -251,6 +321,7 @@ struct Row {
 /// [`Decoder::feed`], and reordered, duplicated or dropped by [`Decoder::reorder`].
 pub struct Decoder {
     w: Arc<DecoderWeights>,
+    packed: PackedWeights,
     memory: Option<Arc<Memory>>,
     rows: Vec<Row>,
 }
@@ -292,7 +363,12 @@ impl Decoder {
                 layers: vec![(Vec::new(), Vec::new()); layers],
             })
             .collect();
-        Ok(Decoder { w, memory, rows })
+        Ok(Decoder {
+            packed: PackedWeights::new(&w),
+            w,
+            memory,
+            rows,
+        })
     }
 
     pub fn weights(&self) -> &Arc<DecoderWeights> {
@@ -400,12 +476,13 @@ impl Decoder {
         let pre = |x: &[f32], p: &Norm| -> Option<Vec<f32>> {
             w.norm_first.then(|| norm(x, None, n, d, p, eps))
         };
-        for (l, layer) in w.layers.iter().enumerate() {
+        for (l, (layer, packed)) in w.layers.iter().zip(&self.packed.layers).enumerate() {
             let h = pre(&x, &layer.norm_self);
             let qkv = linear(
                 h.as_deref().unwrap_or(&x),
                 n,
                 &layer.self_in,
+                &packed.self_in,
                 Activation::Identity,
             );
             for (i, &(r, _)) in queries.iter().enumerate() {
@@ -426,11 +503,19 @@ impl Decoder {
             });
             x = residual(
                 x,
-                linear(&att, n, &layer.self_out, Activation::Identity),
+                linear(
+                    &att,
+                    n,
+                    &layer.self_out,
+                    &packed.self_out,
+                    Activation::Identity,
+                ),
                 &layer.norm_self,
             );
 
-            if let (Some((qkv_w, out_w)), Some(nc)) = (&layer.cross, &layer.norm_cross) {
+            if let (Some((qkv_w, out_w)), Some(nc), Some((q_packed, out_packed))) =
+                (&layer.cross, &layer.norm_cross, &packed.cross)
+            {
                 let memory = self
                     .memory
                     .as_ref()
@@ -441,6 +526,7 @@ impl Decoder {
                     n,
                     qkv_w,
                     0..d,
+                    Some(q_packed),
                     Activation::Identity,
                 );
                 let att = attend_all(&q, d, nhead, |i| {
@@ -448,7 +534,11 @@ impl Decoder {
                     let (k, v) = &src.layers[l];
                     (k.as_slice(), v.as_slice(), src.len)
                 });
-                x = residual(x, linear(&att, n, out_w, Activation::Identity), nc);
+                x = residual(
+                    x,
+                    linear(&att, n, out_w, out_packed, Activation::Identity),
+                    nc,
+                );
             }
 
             let h = pre(&x, &layer.norm_ff);
@@ -456,9 +546,10 @@ impl Decoder {
                 h.as_deref().unwrap_or(&x),
                 n,
                 &layer.ff1,
+                &packed.ff1,
                 gemm_activation(w.activation),
             );
-            let ff = linear(&hidden, n, &layer.ff2, Activation::Identity);
+            let ff = linear(&hidden, n, &layer.ff2, &packed.ff2, Activation::Identity);
             x = residual(x, ff, &layer.norm_ff);
         }
         for (row, toks) in self.rows.iter_mut().zip(tokens) {
@@ -476,6 +567,12 @@ impl Decoder {
             Some(p) => norm(&last, None, rows, d, p, eps),
             None => last,
         };
-        Ok(linear(&last, rows, &w.head, Activation::Identity))
+        Ok(linear(
+            &last,
+            rows,
+            &w.head,
+            &self.packed.head,
+            Activation::Identity,
+        ))
     }
 }

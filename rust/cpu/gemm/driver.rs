@@ -12,6 +12,7 @@
 
 use super::pack::pack;
 use super::reference::apply_activation;
+use super::thin::{panels_per_tile, tile_rows, THIN_ROWS};
 use super::{Epilogue, MatRef};
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -21,6 +22,9 @@ use std::thread::LocalKey;
 pub(super) trait MicroKernel {
     /// Whether the kernel runs on AVX-512, so that packing may use it too.
     const AVX512: bool = false;
+    /// Whether `tile` accumulates with fused multiply-adds (one rounding per step), which
+    /// `thin::tile_rows` must match.
+    const FUSED: bool;
     /// Rows of the `C` tile (values broadcast from packed `A`).
     const MR: usize;
     /// Columns of the `C` tile (vector loads from packed `B`).
@@ -103,6 +107,20 @@ pub(super) unsafe fn run<K: MicroKernel>(p: &Problem, c: &mut [f32], parallel: b
     unsafe { run_with::<K>(p, c, parallel, None) }
 }
 
+/// [`run`] with all of `B` already packed by [`pack_b_whole`] (`p.b` is then only its shape).
+///
+/// # Safety
+/// As [`run`]; `packed` holds [`packed_b_len`] floats packed for this `K` and `B`'s shape.
+pub(super) unsafe fn run_packed<K: MicroKernel>(
+    p: &Problem,
+    c: &mut [f32],
+    parallel: bool,
+    packed: &[f32],
+) {
+    // SAFETY: forwarded.
+    unsafe { run_with::<K>(p, c, parallel, Some(packed)) }
+}
+
 /// Equal k-slices (e.g. k = 600 → 2×300, not 512 + 88): every slice but the first re-reads and
 /// re-writes C, so a thin tail slice costs almost as much C traffic as a full one.
 fn kc_slice<K: MicroKernel>(k: usize) -> usize {
@@ -149,35 +167,68 @@ fn packed_b_offset<K: MicroKernel>(jc: usize, pc: usize, panels: usize, k: usize
     jc * k + panels * K::NR * pc
 }
 
-/// Runs one band of rows per thread (`bands`: each band's `A` rows and its rows of `C`), all
-/// sharing one copy of `B` packed up front by all the threads together. The bands then never
-/// synchronize; packing `B` once instead of once per band saves a `k×n` copy per extra thread
-/// (at 2048³ on 2 threads, 16 MiB of the 32 MiB each thread streamed before its first FMA).
-///
-/// # Safety
-/// As [`run`], for `p` and for each band's view and `C` rows (the same `ldc`).
-pub(super) unsafe fn run_bands<K: MicroKernel>(p: &Problem, bands: Vec<(MatRef, &mut [f32])>) {
-    let (n, k) = (p.b.cols, p.a.cols);
-    let threads = rayon::current_num_threads().max(1);
+/// The `(column block, k-slice)` blocks of all of a `k×n` `B`, in packing order.
+fn b_blocks<K: MicroKernel>(
+    k: usize,
+    n: usize,
+) -> impl Iterator<Item = ((usize, usize), (usize, usize))> + Clone {
     let kc_max = kc_slice::<K>(k);
-    let blocks = (0..n).step_by(K::NC).flat_map(|jc| {
+    (0..n).step_by(K::NC).flat_map(move |jc| {
         let nc = K::NC.min(n - jc);
         (0..k)
             .step_by(kc_max)
             .map(move |pc| ((jc, nc), (pc, kc_max.min(k - pc))))
-    });
-    let total: usize = blocks
-        .clone()
+    })
+}
+
+/// Floats in all of a `k×n` `B` packed for `K` (see [`packed_b_offset`]).
+pub(super) fn packed_b_len<K: MicroKernel>(k: usize, n: usize) -> usize {
+    b_blocks::<K>(k, n)
         .map(|((_, nc), (_, kc))| nc.div_ceil(K::NR) * K::NR * kc)
-        .sum();
-    let mut b_buf = Buffer::take(&PACK_B, total);
-    let packed = b_buf.slice();
-    for ((jc, nc), (pc, kc)) in blocks {
+        .sum()
+}
+
+/// Packs all of `b` into `dst` ([`packed_b_len`] floats), `threads` sharing each block.
+pub(super) fn pack_b_whole<K: MicroKernel>(b: &MatRef, dst: &mut [f32], threads: usize) {
+    let k = b.rows;
+    for ((jc, nc), (pc, kc)) in b_blocks::<K>(k, b.cols) {
         let panels = nc.div_ceil(K::NR);
-        let dst = &mut packed[packed_b_offset::<K>(jc, pc, panels, k)..][..panels * K::NR * kc];
-        pack_b_block::<K>(&p.b, (jc, nc), (pc, kc), dst, threads);
+        let dst = &mut dst[packed_b_offset::<K>(jc, pc, panels, k)..][..panels * K::NR * kc];
+        pack_b_block::<K>(b, (jc, nc), (pc, kc), dst, threads);
     }
-    let packed = &*packed;
+}
+
+/// Runs one band of rows per thread (`bands`: each band's `A` rows and its rows of `C`), all
+/// sharing one copy of `B` packed up front by all the threads together (or packed by the caller
+/// beforehand, `packed`). The bands then never synchronize; packing `B` once instead of once
+/// per band saves a `k×n` copy per extra thread (at 2048³ on 2 threads, 16 MiB of the 32 MiB
+/// each thread streamed before its first FMA).
+///
+/// # Safety
+/// As [`run`], for `p` and for each band's view and `C` rows (the same `ldc`); `packed` as in
+/// [`run_packed`].
+pub(super) unsafe fn run_bands<K: MicroKernel>(
+    p: &Problem,
+    bands: Vec<(MatRef, &mut [f32])>,
+    packed: Option<&[f32]>,
+) {
+    let (n, k) = (p.b.cols, p.a.cols);
+    let mut b_buf = Buffer::take(
+        &PACK_B,
+        if packed.is_some() {
+            0
+        } else {
+            packed_b_len::<K>(k, n)
+        },
+    );
+    let packed = match packed {
+        Some(packed) => packed,
+        None => {
+            let dst = b_buf.slice();
+            pack_b_whole::<K>(&p.b, dst, rayon::current_num_threads().max(1));
+            &*dst
+        }
+    };
     bands.into_par_iter().for_each(|(a, c)| {
         let band = Problem { a, ..*p };
         // SAFETY: each band is a validated part of the caller's problem.
@@ -202,6 +253,11 @@ unsafe fn run_with<K: MicroKernel>(
     } else {
         1
     };
+    if m <= K::MR {
+        // SAFETY: forwarded.
+        unsafe { run_one_row_panel::<K>(p, c, threads, packed_b) };
+        return;
+    }
     let c_ptr = CPtr(c.as_mut_ptr());
     let kc_max = kc_slice::<K>(k);
     let b_len = if packed_b.is_some() {
@@ -249,6 +305,90 @@ unsafe fn run_with<K: MicroKernel>(
                 (0..plan.items()).for_each(work);
             }
         }
+    }
+}
+
+/// Packed `B` per work item of [`run_one_row_panel`]: a run of panels that stays in L2 from its
+/// packing to its use.
+const ROW_PANEL_B_BYTES: usize = 128 * 1024;
+
+/// `C` of at most `MR` rows (a decoding step, a few beams): every packed `B` block is used by a
+/// single `A` panel, so instead of wide blocks packed by all threads together (written out to
+/// memory and read back), each work item packs a narrow run of `B`'s columns and multiplies it
+/// while it is still in cache, and the items are shared out with a single fork-join. The
+/// per-element arithmetic is the blocked path's (same k-slices, same kernels), so a row gets
+/// the same bits here as in a taller product.
+///
+/// With `B` packed beforehand (`packed_b`), the items read their columns from it instead.
+///
+/// # Safety
+/// As [`run_with`], with `m ≤ K::MR`.
+unsafe fn run_one_row_panel<K: MicroKernel>(
+    p: &Problem,
+    c: &mut [f32],
+    threads: usize,
+    packed_b: Option<&[f32]>,
+) {
+    let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
+    let kc_max = kc_slice::<K>(k);
+    let mut a_buf = Buffer::take(&PACK_A, K::MR * k);
+    let a_pack = a_buf.slice();
+    let a_t = p.a.t();
+    for pc in (0..k).step_by(kc_max) {
+        let kc = kc_max.min(k - pc);
+        let dst = &mut a_pack[K::MR * pc..][..K::MR * kc];
+        pack(&a_t, pc, kc, 0, m, K::MR, dst, K::AVX512);
+    }
+    let a_pack = &*a_pack;
+    let width = (ROW_PANEL_B_BYTES / (kc_max * K::NR * std::mem::size_of::<f32>()))
+        .clamp(1, K::NC / K::NR)
+        * K::NR;
+    // Items never straddle one of B's NC-column blocks (the layout of a packed B).
+    let items: Vec<usize> = (0..n)
+        .step_by(K::NC)
+        .flat_map(|jb| (jb..n.min(jb + K::NC)).step_by(width))
+        .collect();
+    let c_ptr = CPtr(c.as_mut_ptr());
+    let work = |&jc: &usize| {
+        let jb = jc - jc % K::NC;
+        let nc = width.min(n.min(jb + K::NC) - jc);
+        let panels = nc.div_ceil(K::NR);
+        let block_panels = K::NC.min(n - jb).div_ceil(K::NR);
+        let len = if packed_b.is_some() {
+            0
+        } else {
+            panels * K::NR * kc_max
+        };
+        let mut b_buf = Buffer::take(&PACK_B, len);
+        for pc in (0..k).step_by(kc_max) {
+            let kc = kc_max.min(k - pc);
+            let b_pack: &[f32] = match packed_b {
+                Some(all) => {
+                    let block = packed_b_offset::<K>(jb, pc, block_panels, k);
+                    &all[block + (jc - jb) * kc..][..panels * K::NR * kc]
+                }
+                None => {
+                    let dst = &mut b_buf.slice()[..panels * K::NR * kc];
+                    pack(&p.b, pc, kc, jc, nc, K::NR, dst, K::AVX512);
+                    dst
+                }
+            };
+            let step = Step {
+                kc,
+                beta: if pc == 0 { p.beta } else { 1.0 },
+                last: pc + kc == k,
+                jc,
+                nc,
+            };
+            let a = &a_pack[K::MR * pc..][..K::MR * kc];
+            // SAFETY: this item owns columns jc..jc+nc of every row.
+            unsafe { macro_kernel::<K>(p, &step, a, b_pack, 0, m, 0..panels, c_ptr) };
+        }
+    };
+    if threads > 1 {
+        items.par_iter().for_each(work);
+    } else {
+        items.iter().for_each(work);
     }
 }
 
@@ -344,9 +484,14 @@ unsafe fn macro_kernel<K: MicroKernel>(
         let b = b_pack[jp * nr * kc..][..nr * kc].as_ptr();
         // SAFETY: (i, j) is inside the m×n matrix validated by `gemm`.
         let ct = unsafe { c.0.add(i * ldc + j) };
+        // A row's bits must not depend on whether it sits in a full tile (see thin.rs).
+        let thin = rows < mr && rows <= THIN_ROWS;
         if rows == mr && cols == nr {
             // SAFETY: a full tile lies inside C; a/b hold kc*MR / kc*NR packed floats.
             unsafe { K::tile(kc, a, b, ct, ldc, p.alpha, s.beta) };
+        } else if thin && cols == nr {
+            // SAFETY: as above, for the tile's `rows` rows.
+            unsafe { tile_rows::<K>(rows, 1, kc, a, b, ct, ldc, p.alpha, s.beta) };
         } else {
             // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
             let mut tmp = [0.0f32; MAX_TILE];
@@ -357,7 +502,13 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 tmp[r * nr..][..cols].copy_from_slice(src);
             }
             // SAFETY: tmp holds MR×NR floats at stride NR.
-            unsafe { K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta) };
+            unsafe {
+                if thin {
+                    tile_rows::<K>(rows, 1, kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
+                } else {
+                    K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
+                }
+            };
             for r in 0..rows {
                 // SAFETY: as above.
                 let dst = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
@@ -372,6 +523,34 @@ unsafe fn macro_kernel<K: MicroKernel>(
             }
         }
     };
+    if mc < mr && mc <= THIN_ROWS {
+        // One thin row panel (a decoding step): several B panels per call where they are full.
+        let group = panels_per_tile(mc);
+        let mut jp = jr.start;
+        while jp < jr.end {
+            let j = s.jc + jp * nr;
+            if group == 1 || jp + group > jr.end || j + group * nr > s.jc + s.nc {
+                tile(0, jp);
+                jp += 1;
+                continue;
+            }
+            let b = b_pack[jp * nr * kc..][..group * nr * kc].as_ptr();
+            // SAFETY: rows ic..ic+mc and columns j..j+group·nr lie inside C (full panels).
+            let ct = unsafe { c.0.add(ic * ldc + j) };
+            // SAFETY: a/b hold the packed operands of these rows and panels.
+            unsafe { tile_rows::<K>(mc, group, kc, a_pack.as_ptr(), b, ct, ldc, p.alpha, s.beta) };
+            if s.last && !p.epilogue.is_noop() {
+                for r in 0..mc {
+                    // SAFETY: as above; this item owns the tile.
+                    let row =
+                        unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), group * nr) };
+                    apply_epilogue(&p.epilogue, row, j);
+                }
+            }
+            jp += group;
+        }
+        return;
+    }
     let row_panels = 0..mc.div_ceil(mr);
     let f32s = std::mem::size_of::<f32>();
     let c_block = mc * jr.len() * nr * f32s;

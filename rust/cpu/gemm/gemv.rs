@@ -1,14 +1,10 @@
-//! Matrix–vector products (`m == 1` or `n == 1`, e.g. one decoding step through a linear layer),
-//! and skinny products with a few rows (`m ≤ SKINNY_ROWS`: a few beams or sentences per step).
+//! Matrix–vector products with one output column (`n == 1`): `y[j] ← α·Σ_p x[p]·M[p, j] + β·y[j]`
+//! with `x` `B`'s column and `M = Aᵀ`, each element of `A` read once, straight from its own
+//! layout. Each output is one row of `C`, summed in the same order whatever `m` is.
 //!
-//! The blocked path would compute a full `MR`-row tile for one row and pack all of `B` to use it
-//! once: the packing alone costs as much as the product. Here each element of the matrix is read
-//! exactly once, straight from its own layout, so the cost is the memory stream.
-//!
-//! Every case is `y_i[j] ← α·Σ_p x_i[p]·M[p, j] + β·y_i[j]` with `M` a `k×len` view: for rows
-//! of `A` (`m ≤ SKINNY_ROWS`), `x_i` is `A`'s row `i` and `M = B`; for `n == 1`, `x_0` is `B`'s
-//! column and `M = Aᵀ`. Each `y_i[j]` is summed in the same order whatever the number of rows,
-//! so a row's result does not depend on which other rows share the call.
+//! Products with few rows (`m == 1`, a few beams) do not come here: their rows must get the same
+//! bits as in a taller product, so they take the blocked kernels' arithmetic (driver.rs,
+//! `run_one_row_panel`).
 
 use super::driver::{apply_epilogue, CPtr, Problem, PARALLEL_MIN_MACS};
 use crate::cpu::simd::simd_kernel;
@@ -19,60 +15,41 @@ use rayon::prelude::*;
 const CHUNK: usize = 256;
 /// Independent partial sums in a dot product, so the loop vectorizes without reassociation.
 const LANES: usize = 16;
-/// Up to this many rows, reading `B` in place beats packing it (measured on an 8000×256 `B`, the
-/// output layer of a decoding step: 2 rows 0.8 ms against 1.6 ms packed, 4 rows 1.1 ms against
-/// 1.6 ms; from 8 rows packing wins).
-pub(super) const SKINNY_ROWS: usize = 4;
-
-/// Whether `gemv` can take this problem: few rows or a single column, and a matrix view that
-/// is contiguous along one of its axes (anything else goes through packing). `k == 0` is left
-/// to the driver: empty views are not bounds-checked, so their strides must not be used.
+/// Whether `gemv` can take this problem: a single column, and `A` contiguous along one of its
+/// axes (anything else goes through packing). `k == 0` is left to the driver: empty views are
+/// not bounds-checked, so their strides must not be used.
 pub(super) fn applies(p: &Problem) -> bool {
-    let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
-    let rows_form = m <= SKINNY_ROWS && (m == 1 || n > 1);
-    let mat = if rows_form { p.b } else { p.a.t() };
-    (rows_form || n == 1) && k > 0 && (mat.cs == 1 || mat.rs == 1)
+    let mat = p.a.t();
+    p.b.cols == 1 && p.a.cols > 0 && (mat.cs == 1 || mat.rs == 1)
 }
 
 /// # Safety
 /// `applies(p)` must hold, and `c` must be `gemm`'s validated `C`.
 pub(super) unsafe fn run(p: &Problem, c: &mut [f32], parallel: bool) {
     let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
-    let rows_form = m <= SKINNY_ROWS && (m == 1 || n > 1);
-    // Outputs: y_i[j] at C[i, j] (rows form) or C[j, 0] (column form).
-    let (vectors, mat, y_row, y_col) = if rows_form {
-        (p.a.t(), p.b, p.ldc, 1)
-    } else {
-        (p.b, p.a.t(), 0, p.ldc)
-    };
-    // The x_i as contiguous vectors (copied once) so every inner loop is unit-stride.
-    let r = vectors.cols;
-    let xs: Vec<f32> = (0..r)
-        .flat_map(|i| (0..k).map(move |q| vectors.at(q, i)))
-        .collect();
+    let mat = p.a.t();
+    // x as a contiguous vector (copied once) so every inner loop is unit-stride.
+    let xs: Vec<f32> = (0..k).map(|q| p.b.at(q, 0)).collect();
     let len = mat.cols;
     let y = CPtr(c.as_mut_ptr());
     let unit = |u: usize| {
         let y = &y; // the whole Send/Sync wrapper, not just its raw-pointer field
         let j0 = u * CHUNK;
         let w = CHUNK.min(len - j0);
-        let mut buf = [0.0f32; SKINNY_ROWS * CHUNK];
-        let vals = &mut buf[..r * w];
+        let mut buf = [0.0f32; CHUNK];
+        let vals = &mut buf[..w];
         if mat.cs == 1 {
             axpy_columns(&xs, k, mat.data, mat.rs, j0, vals);
         } else {
             dot_columns(&xs, k, mat.data, mat.cs, j0, vals);
         }
-        for (i, row) in vals.chunks_exact(w).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                // SAFETY: output (i, j0+j) lies in C (validated by `gemm`); units own disjoint j.
-                let out = unsafe { &mut *y.0.add(i * y_row + (j0 + j) * y_col) };
-                let old = if p.beta == 0.0 { 0.0 } else { p.beta * *out };
-                *out = p.alpha * v + old;
-                // The bias is per output column: column j in the rows form, column 0 for n == 1.
-                let bias_col = if rows_form { j0 + j } else { 0 };
-                apply_epilogue(&p.epilogue, std::slice::from_mut(out), bias_col);
-            }
+        for (j, &v) in vals.iter().enumerate() {
+            // SAFETY: output (j0+j, 0) lies in C (validated by `gemm`); units own disjoint j.
+            let out = unsafe { &mut *y.0.add((j0 + j) * p.ldc) };
+            let old = if p.beta == 0.0 { 0.0 } else { p.beta * *out };
+            *out = p.alpha * v + old;
+            // The bias has one value, for C's only column.
+            apply_epilogue(&p.epilogue, std::slice::from_mut(out), 0);
         }
     };
     let units = len.div_ceil(CHUNK);

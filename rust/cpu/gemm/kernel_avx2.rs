@@ -12,6 +12,7 @@ const MR: usize = 6;
 const NR: usize = 16;
 
 impl MicroKernel for Avx2 {
+    const FUSED: bool = true;
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 512;

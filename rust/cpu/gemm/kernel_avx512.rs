@@ -18,6 +18,7 @@ const B_PREFETCH_STEPS: usize = 16;
 
 impl MicroKernel for Avx512 {
     const AVX512: bool = true;
+    const FUSED: bool = true;
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 512;

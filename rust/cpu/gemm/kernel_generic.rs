@@ -13,6 +13,7 @@ const MR: usize = 4;
 const NR: usize = 16;
 
 impl MicroKernel for Generic {
+    const FUSED: bool = false;
     const MR: usize = MR;
     const NR: usize = NR;
     const KC: usize = 256;

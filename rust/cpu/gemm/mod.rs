@@ -5,9 +5,16 @@
 //! panels (both zero-padded to full tiles), and a register-blocked micro-kernel computes one
 //! `MR×NR` tile of `C` per call. `driver.rs` holds the blocking and threading, shared by every
 //! instruction set; each `kernel_*.rs` only supplies a micro-kernel and its block sizes:
-//! AVX-512 14×32, AVX2+FMA 6×16, portable 4×16. Matrix–vector shapes (`m == 1` or `n == 1`)
-//! skip packing (`gemv.rs`). `tests.rs` checks every path the CPU supports against
-//! `gemm_reference`, and holds an ignored timing harness (`gemm_timing`).
+//! AVX-512 14×32, AVX2+FMA 6×16, portable 4×16. Products with one output column (`n == 1`)
+//! skip packing (`gemv.rs`); products of at most `MR` rows pack `B` in narrow runs that stay in
+//! cache, or read it packed beforehand ([`PackedB`], a decoder's weights).
+//!
+//! A row of `C` gets the same bits whatever the other rows: every path sums each element in
+//! the micro-kernel's order with the same k-slices, and tiles of fewer rows (`thin.rs`) repeat
+//! its arithmetic. So a sequence decodes identically alone or in any batch.
+//!
+//! `tests.rs` checks every path the CPU supports against `gemm_reference`, and holds an
+//! ignored timing harness (`gemm_timing`).
 
 mod driver;
 mod gemv;
@@ -23,6 +30,7 @@ mod pack;
 mod reference;
 #[cfg(test)]
 mod tests;
+mod thin;
 
 use crate::cpu::features::{active_isa, Isa};
 pub(crate) use gemv::dot;
@@ -151,6 +159,107 @@ pub fn gemm_with_isa(
     epilogue: &Epilogue,
     parallel: bool,
 ) {
+    b.validate("B");
+    dispatch(isa, alpha, a, b, None, beta, c, ldc, epilogue, parallel);
+}
+
+/// A `k×n` right-hand side packed once for many products, such as a layer's weights for every
+/// step of a decoding: [`gemm_packed`] then skips packing `B`, which dominates products with
+/// few rows. Packed for the process-wide instruction set.
+pub struct PackedB {
+    isa: Isa,
+    k: usize,
+    n: usize,
+    /// The packed panels; or, for a single column (`n == 1`, which [`gemm`] multiplies without
+    /// packing), that column.
+    data: Vec<f32>,
+}
+
+impl PackedB {
+    /// Packs `b` (any strides), using the current rayon pool.
+    pub fn new(b: MatRef) -> PackedB {
+        b.validate("B");
+        let isa = active_isa();
+        let threads = rayon::current_num_threads().max(1);
+        let data = match isa {
+            _ if b.cols == 1 => (0..b.rows).map(|q| b.at(q, 0)).collect(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => pack_whole::<kernel_avx512::Avx512>(&b, threads),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => pack_whole::<kernel_avx2::Avx2>(&b, threads),
+            _ => pack_whole::<kernel_generic::Generic>(&b, threads),
+        };
+        PackedB {
+            isa,
+            k: b.rows,
+            n: b.cols,
+            data,
+        }
+    }
+}
+
+fn pack_whole<K: driver::MicroKernel>(b: &MatRef, threads: usize) -> Vec<f32> {
+    let mut data = vec![0.0; driver::packed_b_len::<K>(b.rows, b.cols)];
+    driver::pack_b_whole::<K>(b, &mut data, threads);
+    data
+}
+
+/// [`gemm`] with `B` packed beforehand: the same result, bit for bit.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    alpha: f32,
+    a: MatRef,
+    b: &PackedB,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
+    if b.n == 1 {
+        let column = MatRef::row_major(&b.data, b.k, 1);
+        dispatch(
+            b.isa, alpha, a, column, None, beta, c, ldc, epilogue, parallel,
+        );
+        return;
+    }
+    // Only B's shape is read from this view: the values come from `b.data`.
+    let shape = MatRef {
+        data: &[],
+        rows: b.k,
+        cols: b.n,
+        rs: 0,
+        cs: 0,
+    };
+    dispatch(
+        b.isa,
+        alpha,
+        a,
+        shape,
+        Some(&b.data),
+        beta,
+        c,
+        ldc,
+        epilogue,
+        parallel,
+    );
+}
+
+/// Checks the shapes and runs the product on `isa`'s kernels; `packed`: `B` packed beforehand
+/// (then `b` is only its shape, and has not been validated).
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    isa: Isa,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    packed: Option<&[f32]>,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: &Epilogue,
+    parallel: bool,
+) {
     assert!(
         isa.is_supported(),
         "gemm: this CPU cannot run the {} path",
@@ -163,7 +272,6 @@ pub fn gemm_with_isa(
     );
     let (m, n) = (a.rows, b.cols);
     a.validate("A");
-    b.validate("B");
     if let Some(bias) = epilogue.bias {
         assert_eq!(
             bias.len(),
@@ -194,23 +302,34 @@ pub fn gemm_with_isa(
         ldc,
         epilogue: *epilogue,
     };
-    if parallel && split_rows(isa, alpha, a, b, beta, c, ldc, epilogue) {
+    if parallel && split_rows(isa, &problem, c, packed) {
         return;
     }
-    if gemv::applies(&problem) {
+    if packed.is_none() && gemv::applies(&problem) {
         // SAFETY: checked by `applies`; the views and `c` were validated above.
         unsafe { gemv::run(&problem, c, parallel) };
         return;
     }
-    match isa {
-        // SAFETY (both arms): `is_supported` was asserted above, so the CPU has the features the
-        // kernel was compiled for; the views and `c` were validated above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { driver::run::<kernel_avx512::Avx512>(&problem, c, parallel) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { driver::run::<kernel_avx2::Avx2>(&problem, c, parallel) },
-        // SAFETY: the portable kernel needs no CPU feature; the views were validated above.
-        _ => unsafe { driver::run::<kernel_generic::Generic>(&problem, c, parallel) },
+    // SAFETY (every arm): `is_supported` was asserted above, so the CPU has the features the
+    // kernel was compiled for; the views and `c` were validated above, and a packed B was
+    // packed for this instruction set and shape (`PackedB`).
+    unsafe {
+        match (isa, packed) {
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, None) => driver::run::<kernel_avx512::Avx512>(&problem, c, parallel),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx512, Some(b)) => {
+                driver::run_packed::<kernel_avx512::Avx512>(&problem, c, parallel, b)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, None) => driver::run::<kernel_avx2::Avx2>(&problem, c, parallel),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2, Some(b)) => {
+                driver::run_packed::<kernel_avx2::Avx2>(&problem, c, parallel, b)
+            }
+            (_, None) => driver::run::<kernel_generic::Generic>(&problem, c, parallel),
+            (_, Some(b)) => driver::run_packed::<kernel_generic::Generic>(&problem, c, parallel, b),
+        }
     }
 }
 
@@ -221,31 +340,14 @@ const BAND_MIN_ROWS: usize = 128;
 /// the threads never synchronize inside the call except once, after packing all of `B` together
 /// (see `driver::run_bands`). Returns false, doing nothing, where the problem is too small, is a
 /// matrix–vector product, or there is one thread.
-#[allow(clippy::too_many_arguments)]
-fn split_rows(
-    isa: Isa,
-    alpha: f32,
-    a: MatRef,
-    b: MatRef,
-    beta: f32,
-    c: &mut [f32],
-    ldc: usize,
-    epilogue: &Epilogue,
-) -> bool {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
+fn split_rows(isa: Isa, problem: &driver::Problem, c: &mut [f32], packed: Option<&[f32]>) -> bool {
+    let (a, ldc) = (problem.a, problem.ldc);
+    let (m, n, k) = (a.rows, problem.b.cols, a.cols);
     let threads = rayon::current_num_threads();
-    let problem = driver::Problem {
-        alpha,
-        a,
-        b,
-        beta,
-        ldc,
-        epilogue: *epilogue,
-    };
     if threads < 2
         || m < threads * BAND_MIN_ROWS
         || m * n * k < driver::PARALLEL_MIN_MACS
-        || gemv::applies(&problem)
+        || (packed.is_none() && gemv::applies(problem))
     {
         return false;
     }
@@ -272,10 +374,12 @@ fn split_rows(
         // SAFETY (every arm): as in `gemm_with_isa`; the bands are disjoint rows of the
         // validated problem.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { driver::run_bands::<kernel_avx512::Avx512>(&problem, bands) },
+        Isa::Avx512 => unsafe {
+            driver::run_bands::<kernel_avx512::Avx512>(problem, bands, packed)
+        },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { driver::run_bands::<kernel_avx2::Avx2>(&problem, bands) },
-        _ => unsafe { driver::run_bands::<kernel_generic::Generic>(&problem, bands) },
+        Isa::Avx2 => unsafe { driver::run_bands::<kernel_avx2::Avx2>(problem, bands, packed) },
+        _ => unsafe { driver::run_bands::<kernel_generic::Generic>(problem, bands, packed) },
     }
     true
 }

@@ -226,35 +226,188 @@ fn gemm_larger_than_one_block() {
     }
 }
 
-#[test]
-fn skinny_rows_do_not_depend_on_their_neighbours() {
-    // A decoding step's row gives the same bits alone or batched with up to SKINNY_ROWS rows
-    // (beam search on one sentence), so a translation does not depend on its beam-mates.
-    let (n, k) = (700, 300);
-    let a: Vec<f32> = (0..4 * k)
-        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-        .collect();
-    let w: Vec<f32> = (0..n * k)
-        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 48.0)
-        .collect();
-    let run = |rows: usize| {
-        let mut c = vec![0.0f32; rows * n];
-        let b = MatRef::row_major(&w, n, k).t();
-        super::gemm(
-            1.0,
-            MatRef::row_major(&a[..rows * k], rows, k),
-            b,
-            0.0,
-            &mut c,
-            n,
-            &Default::default(),
-            true,
-        );
-        c
+/// `C`'s rows `rows` of the product `A[rows]·B` (+ β·C + bias, activation), computed with `B`
+/// packed beforehand when `packed` is given.
+#[allow(clippy::too_many_arguments)]
+fn product_rows(
+    isa: Isa,
+    layout: Layout,
+    a_full: &[f32],
+    m_full: usize,
+    b_data: &[f32],
+    (k, n): (usize, usize),
+    rows: std::ops::Range<usize>,
+    parallel: bool,
+    packed: Option<&PackedB>,
+) -> Vec<f32> {
+    // A's rows `rows` as a view of the same layout, made from a copy of just those rows.
+    let m = rows.len();
+    let (a_all, _) = layout.views(a_full, b_data, m_full, n, k);
+    let mut a_data = vec![0.0; m * k];
+    let (rs, cs) = {
+        let (a, _) = layout.views(&a_data, b_data, m, n, k);
+        (a.rs, a.cs)
     };
-    let one = run(1);
-    for rows in [2, 3, 4] {
-        assert_eq!(&run(rows)[..n], &one[..], "{rows} rows");
+    for i in 0..m {
+        for q in 0..k {
+            a_data[i * rs + q * cs] = a_all.at(rows.start + i, q);
+        }
+    }
+    let (a, b) = layout.views(&a_data, b_data, m, n, k);
+    let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
+    let ep = Epilogue {
+        bias: Some(&bias),
+        activation: Activation::Gelu,
+    };
+    let mut c: Vec<f32> = (0..m * n)
+        .map(|i| ((rows.start * n + i) % 11) as f32 * 0.25 - 1.0)
+        .collect();
+    match packed {
+        Some(p) => gemm_packed(0.75, a, p, 0.5, &mut c, n, &ep, parallel),
+        None => gemm_with_isa(isa, 0.75, a, b, 0.5, &mut c, n, &ep, parallel),
+    }
+    c
+}
+
+#[test]
+fn a_row_does_not_depend_on_the_other_rows() {
+    // A decoding step's row gives the same bits alone, among a few rows (beams, a small batch:
+    // the one-row-panel path, thin edge tiles), in full tiles and in row bands on several
+    // threads, so a decoded sentence does not depend on what else is in the batch. k = 700
+    // takes two k-slices.
+    let mut rng = Rng(5);
+    for isa in isas() {
+        for layout in LAYOUTS {
+            for (n, k) in [(700, 300), (77, 700)] {
+                let m_full = 300;
+                let a = rng.vec(m_full * k);
+                let b = rng.vec(k * n);
+                let alone: Vec<Vec<f32>> = (0..m_full)
+                    .map(|i| {
+                        product_rows(isa, layout, &a, m_full, &b, (k, n), i..i + 1, false, None)
+                    })
+                    .collect();
+                for (rows, parallel) in [
+                    (0..2, false),
+                    (5..9, true),
+                    (10..23, false),
+                    (30..44, true),
+                    (50..79, true),
+                    (0..300, true),
+                    (0..300, false),
+                ] {
+                    let got = product_rows(
+                        isa,
+                        layout,
+                        &a,
+                        m_full,
+                        &b,
+                        (k, n),
+                        rows.clone(),
+                        parallel,
+                        None,
+                    );
+                    for (r, row) in rows.clone().zip(got.chunks_exact(n)) {
+                        assert!(
+                            row.iter().zip(&alone[r]).all(|(x, y)| x.to_bits() == y.to_bits()),
+                            "{} {layout:?} n={n} k={k}: row {r} of rows {rows:?} (parallel {parallel}) differs from the row alone",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn packed_b_gives_the_same_bits() {
+    let isa = crate::cpu::features::active_isa();
+    let mut rng = Rng(9);
+    for layout in [Layout::Nn, Layout::Nt] {
+        for (n, k) in [(2100, 300), (77, 1100), (1, 40)] {
+            let m_full = 300;
+            let a = rng.vec(m_full * k);
+            let b = rng.vec(k * n);
+            let (_, b_view) = layout.views(&a, &b, m_full, n, k);
+            let packed = PackedB::new(b_view);
+            for rows in [0..1, 0..3, 0..14, 3..40, 0..300] {
+                for parallel in [false, true] {
+                    let run = |p| {
+                        product_rows(
+                            isa,
+                            layout,
+                            &a,
+                            m_full,
+                            &b,
+                            (k, n),
+                            rows.clone(),
+                            parallel,
+                            p,
+                        )
+                    };
+                    let (want, got) = (run(None), run(Some(&packed)));
+                    assert!(
+                        want.iter()
+                            .zip(&got)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{layout:?} n={n} k={k} rows {rows:?} parallel {parallel}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn thin_tiles_match_the_micro_kernels_bit_for_bit() {
+    fn check<K: driver::MicroKernel>(name: &str) {
+        const MAX_PANELS: usize = 4;
+        let mut rng = Rng(3);
+        let ldc = MAX_PANELS * K::NR;
+        for k in [1, 7, 300] {
+            let a = rng.vec(k * K::MR);
+            let b = rng.vec(MAX_PANELS * k * K::NR);
+            for beta in [0.0, 0.7] {
+                let c0 = rng.vec(K::MR * ldc);
+                let mut full = c0.clone();
+                for q in 0..MAX_PANELS {
+                    // SAFETY: the buffers hold the tile's operands; the caller checked the ISA.
+                    unsafe {
+                        let (b, c) = (b[q * k * K::NR..].as_ptr(), full[q * K::NR..].as_mut_ptr());
+                        K::tile(k, a.as_ptr(), b, c, ldc, -1.25, beta)
+                    };
+                }
+                for rows in (1..=thin::THIN_ROWS).filter(|&r| r < K::MR) {
+                    for panels in [1, thin::panels_per_tile(rows)] {
+                        let mut got = c0.clone();
+                        // SAFETY: as above, for `rows` rows and `panels` panels.
+                        unsafe {
+                            let (a, b, c) = (a.as_ptr(), b.as_ptr(), got.as_mut_ptr());
+                            thin::tile_rows::<K>(rows, panels, k, a, b, c, ldc, -1.25, beta)
+                        };
+                        for (i, (x, y)) in got.iter().zip(&full).enumerate() {
+                            let inside = i / ldc < rows && i % ldc < panels * K::NR;
+                            let want = if inside { y } else { &c0[i] };
+                            assert_eq!(
+                                x.to_bits(),
+                                want.to_bits(),
+                                "{name}: {rows} thin rows x {panels} panels, k={k}, beta={beta}: element {i}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for isa in isas() {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => check::<kernel_avx512::Avx512>("avx512"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => check::<kernel_avx2::Avx2>("avx2"),
+            _ => check::<kernel_generic::Generic>("generic"),
+        }
     }
 }
 
