@@ -202,3 +202,185 @@ def test_random_unstructured_prunes_the_count_and_composes():
     prune.random_unstructured(layer, "weight", 10)
     second = layer.weight_mask.numpy()
     assert second.sum() == 60 and np.all(second <= first)
+
+
+# ---------------------------------------------------------------------------------------- heads and channels
+
+def mha_reference(x, w_in, b_in, w_out, b_out, nhead, zero_heads=()):
+    """float64 self-attention with the given heads' outputs zeroed before the output projection."""
+    x, w_in, b_in, w_out, b_out = (np.asarray(a, np.float64) for a in (x, w_in, b_in, w_out, b_out))
+    n, L, E = x.shape
+    Dh = E // nhead
+    q, k, v = np.split(x @ w_in.T + b_in, 3, axis=-1)
+    split = lambda t: t.reshape(n, L, nhead, Dh).transpose(0, 2, 1, 3)  # noqa: E731
+    q, k, v = split(q), split(k), split(v)
+    s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(Dh)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    y = (p / p.sum(-1, keepdims=True)) @ v
+    y[:, list(zero_heads)] = 0.0
+    return y.transpose(0, 2, 1, 3).reshape(n, L, E) @ w_out.T + b_out
+
+
+def zero_head_columns(attn, heads):
+    """Unpruned twin of a head pruning: the heads' columns of out_proj set to zero."""
+    w = attn.out_proj.weight.numpy()
+    for h in heads:
+        w[:, h * attn.head_dim:(h + 1) * attn.head_dim] = 0.0
+    attn.out_proj.weight.copy_(w)
+
+
+@pytest.mark.parametrize("E,nhead,heads,L", [(12, 4, [1, 3], 3), (16, 8, [0, 7, 2], 17), (6, 3, [2], 1)])
+def test_prune_heads_equals_zeroing_head_outputs(E, nhead, heads, L):
+    import copy
+    attn = nn.MultiheadAttention(E, nhead)
+    attn.in_proj_bias.copy_(randn((3 * E,), 5))
+    attn.out_proj.bias.copy_(randn((E,), 6))
+    twin = copy.deepcopy(attn)
+    state = {k: v.copy() for k, v in attn.state_dict().items()}
+    attn.prune_heads(heads)
+    zero_head_columns(twin, heads)
+    x = randn((2, L, E), 7)
+    up = tfm_rs.Tensor(randn((2, L, E), 8))
+    expected = mha_reference(x, state["in_proj_weight"], state["in_proj_bias"], state["out_proj.weight"],
+                             state["out_proj.bias"], nhead, heads)
+    xs = [tfm_rs.Tensor(x, requires_grad=True) for _ in range(2)]
+    outs = [m(t, t, t, need_weights=False)[0] for m, t in ((attn, xs[0]), (twin, xs[1]))]
+    assert_close(outs[0].numpy(), expected, 1e-5, 2e-6, "pruned forward vs float64 reference")
+    for out in outs:
+        (out * up).sum().backward()
+    assert_close(xs[0].grad.numpy(), xs[1].grad.numpy(), 1e-5, 1e-6, "input gradients")
+    kept = [h for h in range(nhead) if h not in heads]
+    cols = np.concatenate([np.arange(h * attn.head_dim, (h + 1) * attn.head_dim) for h in kept])
+    rows = np.concatenate([cols + b * E for b in range(3)])
+    assert_close(attn.in_proj_weight.grad.numpy(), twin.in_proj_weight.grad.numpy()[rows], 1e-5, 1e-6, "in_proj")
+    assert_close(attn.out_proj.weight.grad.numpy(), twin.out_proj.weight.grad.numpy()[:, cols], 1e-5, 1e-6, "out")
+    assert attn.num_heads == len(kept) and attn.in_proj_weight.shape == (3 * len(cols), E)
+
+
+def test_prune_ffn_equals_zeroing_channels():
+    import copy
+    layer = nn.TransformerEncoderLayer(8, 2, 17, dropout=0.0)
+    twin = copy.deepcopy(layer)
+    drop = [0, 5, 16]
+    layer.prune_ffn(drop)
+    w = twin.linear2.weight.numpy()
+    w[:, drop] = 0.0
+    twin.linear2.weight.copy_(w)
+    x = tfm_rs.Tensor(randn((2, 3, 8), 9))
+    assert_close(layer(x).numpy(), twin(x).numpy(), 1e-6, 1e-6, "ffn channels")
+    assert layer.linear1.weight.shape == (14, 8) and layer.linear2.weight.shape == (8, 14)
+
+
+def tiny_seq2seq(**kw):
+    return tfm_rs.models.Seq2SeqTransformer(23, 23, d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+                                            dim_feedforward=24, dropout=0.0, max_len=32, **kw)
+
+
+def test_model_prune_heads_counts_config_checkpoint_and_decoding(tmp_path):
+    import copy
+    model = tiny_seq2seq()
+    model.eval()
+    twin = copy.deepcopy(model)
+    before = model.num_parameters()
+    plan = {"encoder.0": [0, 3], "decoder.1": [2], "decoder.0.cross": [1, 2, 3]}
+    model.prune_heads(plan)
+    model.prune_ffn({"decoder.0": [1, 4, 9], "encoder.1": [0]})
+    E, Dh = 16, 4
+    removed_heads = sum(len(h) for h in plan.values())
+    assert before - model.num_parameters() == removed_heads * (4 * E * Dh + 3 * Dh) + 4 * (2 * E + 1)
+    assert model.config["pruned_heads"] == {"encoder.0": [0, 3], "decoder.1": [2], "decoder.0.cross": [1, 2, 3]}
+    assert model.config["ffn_dims"] == {"decoder.0": 21, "encoder.1": 23}
+    modules = twin._attention_modules()
+    for key, heads in plan.items():
+        zero_head_columns(modules[key], heads)
+    for key, chans in {"decoder.0": [1, 4, 9], "encoder.1": [0]}.items():
+        lin2 = twin._ffn_layers()[key].linear2
+        w = lin2.weight.numpy()
+        w[:, chans] = 0.0
+        lin2.weight.copy_(w)
+    src = np.array([[5, 6, 7, 8, 2], [9, 10, 2, 0, 0]])
+    tgt = np.array([[1, 11, 12, 13], [1, 14, 15, 0]])
+    assert_close(model(src, tgt).numpy(), twin(src, tgt).numpy(), 1e-5, 2e-6, "pruned model vs zeroed twin")
+    save_checkpoint(tmp_path / "ckpt", model.state_dict(), model.config)
+    loaded = tfm_rs.models.model_from_checkpoint(tmp_path / "ckpt")
+    loaded.eval()
+    np.testing.assert_array_equal(loaded(src, tgt).numpy(), model(src, tgt).numpy())
+    assert loaded._attention_modules()["decoder.0.cross"].num_heads == 1
+    for num_beams in (1, 3):
+        ours = loaded.generate(src, max_new_tokens=6, num_beams=num_beams).sequences
+        ref = twin.generate(src, max_new_tokens=6, num_beams=num_beams).sequences
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+@pytest.mark.parametrize("arch", ["GPT", "BertEncoder"])
+def test_single_stack_models_prune_heads_by_int_key(arch):
+    cls = getattr(tfm_rs.models, arch)
+    model = cls(31, d_model=16, nhead=4, num_layers=2, dim_feedforward=20, dropout=0.0, max_len=16)
+    count = lambda: sum(int(np.prod(p.shape)) for p in model.parameters())  # noqa: E731
+    before = count()
+    model.prune_heads({0: [1], 1: [0, 2]})
+    model.prune_ffn(amount=0.25)
+    assert before - count() == 3 * (4 * 16 * 4 + 3 * 4) + 2 * 5 * (2 * 16 + 1)
+    rebuilt = cls.from_config(model.config)
+    rebuilt.load_state_dict(model.state_dict())
+    model.eval()
+    rebuilt.eval()
+    ids = np.array([[3, 4, 5, 6, 7]])
+    np.testing.assert_array_equal(rebuilt(ids).numpy(), model(ids).numpy())
+    if arch == "GPT":
+        np.testing.assert_array_equal(np.asarray(rebuilt.generate(ids, max_new_tokens=4).sequences),
+                                      np.asarray(model.generate(ids, max_new_tokens=4).sequences))
+
+
+def test_structured_pruning_bad_input_changes_nothing():
+    model = tiny_seq2seq()
+    n = model.num_parameters()
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="no head"):
+        model.prune_heads({"encoder.0": [0, 1], "encoder.1": [0, 1, 2, 3]})
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="head indices"):
+        model.prune_heads({"encoder.0": [4]})
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="no layer 0"):
+        model.prune_heads({0: [1]})
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="at least one channel"):
+        model.prune_ffn({"encoder.0": range(24)})
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="amount"):
+        model.prune_ffn(amount=1.5)
+    assert model.num_parameters() == n and "pruned_heads" not in model.config
+    model.prune_heads({"encoder.0": [0, 1, 2]})
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="no head"):
+        model.prune_heads({"encoder.0": [3]})
+
+
+def test_head_importance_matches_finite_differences():
+    # GELU: a smooth loss, so central differences converge (ReLU kinks spoil them at some seeds).
+    tfm_rs.manual_seed(0)
+    model = tiny_seq2seq(activation="gelu")
+    model.eval()
+    model.prune_heads({"decoder.1": [0]})
+    rng = np.random.default_rng(0)
+    batches = [(rng.integers(3, 23, (2, 5)), np.c_[np.ones((2, 1), int), rng.integers(3, 23, (2, 3))],
+                rng.integers(3, 23, (2, 4))) for _ in range(2)]
+    raw = tfm_rs.models.head_importance(model, batches, normalize=False)
+    assert all(p.grad is None for p in model.parameters())
+    attn = model._attention_modules()["decoder.0.cross"]
+    eps = 1e-2  # float32 loss: errors seen below 1e-5 at this step on this model
+    fds = []
+    for h in range(attn.num_heads):
+        fd = 0.0
+        for batch in batches:
+            values = []
+            for sign in (1, -1):
+                gate = np.ones(attn.num_heads, np.float32)
+                gate[h] += sign * eps
+                attn.head_gate = tfm_rs.Tensor(gate)
+                with tfm_rs.no_grad():
+                    values.append(float(model.loss(*batch).numpy()))
+            fd += abs((values[0] - values[1]) / (2 * eps))
+        del attn.__dict__["head_gate"]
+        fds.append(fd)
+        assert abs(raw["decoder.0.cross"][h] - fd) <= 1e-3 * fd + 5e-5, (h, raw["decoder.0.cross"][h], fd)
+    assert max(fds) > 1e-2  # the gates matter, so the comparison can fail
+    normed = tfm_rs.models.head_importance(model, batches)
+    assert normed["decoder.1"].shape == (3,)
+    for key, s in normed.items():
+        assert_close(np.linalg.norm(s), 1.0, 1e-6, 1e-6, key)

@@ -17,12 +17,13 @@ from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
-from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._pruning import StructuredPruning, build_from_config
 
 __all__ = ["GPT"]
 
 
-class GPT(nn.Module):
+class GPT(nn.Module, StructuredPruning):
     """Causal Transformer language model.
 
     Args:
@@ -82,7 +83,13 @@ class GPT(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "GPT":
-        return cls(**check_config_arch(config, cls.arch))
+        return build_from_config(cls, config)
+
+    def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
+        return {str(i): layer.self_attn for i, layer in enumerate(self.layers)}
+
+    def _ffn_layers(self) -> Dict[str, nn.Module]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
 
     def num_parameters(self) -> int:
         """Distinct trainable values (a tied matrix counts once)."""

@@ -29,12 +29,13 @@ from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
-from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._pruning import StructuredPruning, build_from_config
 
 __all__ = ["Seq2SeqTransformer"]
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(nn.Module, StructuredPruning):
     """Encoder-decoder Transformer for translation-like tasks.
 
     Args:
@@ -146,7 +147,20 @@ class Seq2SeqTransformer(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Seq2SeqTransformer":
         """A fresh model built from :attr:`config` (``"arch"`` must match, if present)."""
-        return cls(**check_config_arch(config, cls.arch))
+        return build_from_config(cls, config)
+
+    def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
+        out: Dict[str, nn.MultiheadAttention] = {}
+        for i, layer in enumerate(self.transformer.encoder.layers):
+            out[f"encoder.{i}"] = layer.self_attn
+        for i, layer in enumerate(self.transformer.decoder.layers):
+            out[f"decoder.{i}"] = layer.self_attn
+            out[f"decoder.{i}.cross"] = layer.multihead_attn
+        return out
+
+    def _ffn_layers(self) -> Dict[str, nn.Module]:
+        return {**{f"encoder.{i}": layer for i, layer in enumerate(self.transformer.encoder.layers)},
+                **{f"decoder.{i}": layer for i, layer in enumerate(self.transformer.decoder.layers)}}
 
     def num_parameters(self) -> int:
         """Distinct trainable values (a tied matrix counts once)."""
