@@ -134,3 +134,49 @@ def test_sequence_level_data_is_the_teachers_beam_output_in_order():
         cfg = TrainConfig(max_tokens=200, max_steps=1, warmup_steps=1, log_every=0)
         rec = Seq2SeqTrainer(model(), ([s for s, _ in nonempty], [h for _, h in nonempty]), cfg).train_step()
         assert np.isfinite(rec["loss"])
+
+
+TINY = ["--preset", "tiny", "--num-train", "200", "--num-heldout", "20", "--max-tokens", "600", "--warmup", "5",
+        "--lr", "3e-3", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    from tfm_rs.cli import main
+
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    assert main(["train", *TINY, "--d-model", "48", "--layers", "2", "--max-steps", "6", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize("level", ["word", "sequence"])
+def test_distill_command_writes_a_student_run(teacher_run, tmp_path, capsys, level):
+    import json
+
+    from tfm_rs import runs
+    from tfm_rs.cli import main
+
+    out = tmp_path / level
+    status = main(["distill", "--teacher", str(teacher_run), "--preset", "tiny", "--level", level, "--max-steps",
+                   "3", "--beams", "2", "--out", str(out), "--quiet", "--no-bar"])
+    printed = capsys.readouterr().out
+    assert status == 0, printed
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == 3 and results["distill"]["level"] == level
+    assert results["command"].startswith("tfm-rs distill --teacher")
+    if level == "sequence":
+        assert "sequence-level data: the teacher translated 200 sources" in printed
+        assert results["distill"]["teacher_seconds"] >= 0
+    else:
+        assert results["distill"]["temperature"] == 2.0
+    student, teacher = runs.load_run(out, need_valid=False).model, runs.load_run(teacher_run, need_valid=False).model
+    assert (student.config["d_model"], student.config["num_encoder_layers"]) == (32, 1)  # the preset, not the teacher
+    assert (teacher.config["d_model"], teacher.config["num_encoder_layers"]) == (48, 2)
+    assert student.num_parameters() < teacher.num_parameters()
+
+
+def test_distill_from_a_missing_teacher_is_a_clear_error(tmp_path, capsys):
+    from tfm_rs.cli import main
+
+    status = main(["distill", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "s"), "--max-steps", "1"])
+    assert status == 2 and "no such run directory" in capsys.readouterr().err

@@ -9,12 +9,17 @@
 * Sequence level (Kim & Rush 2016): :func:`teacher_translations` translates the training
   sources with the teacher's beam search (the native decoder, in batches, with progress); the
   student is then trained on those outputs by the ordinary :class:`Seq2SeqTrainer`.
+
+:func:`distill_run` (``tfm-rs distill``) does either for a trained run directory.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +29,7 @@ from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, pad_batch
 from tfm_rs.train.trainer import Seq2SeqTrainer, seq2seq_forward
 
-__all__ = ["WordDistillationTrainer", "check_teacher", "distillation_loss", "teacher_translations"]
+__all__ = ["WordDistillationTrainer", "check_teacher", "distill_run", "distillation_loss", "teacher_translations"]
 
 
 def _probs(teacher_logits: Any, temperature: float) -> np.ndarray:
@@ -137,3 +142,72 @@ def teacher_translations(teacher: Any, src_ids: Sequence[Sequence[int]], num_bea
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
     return out, time.perf_counter() - t0
+
+
+def distill_run(teacher_dir: Any, out_dir: Any, preset: str = "tiny", level: str = "word",
+                minutes: Optional[float] = None, max_steps: Optional[int] = None, temperature: float = 2.0,
+                alpha: float = 0.5, num_beams: int = 4, quiet: bool = False, use_bar: bool = True,
+                out: Any = print, command: Optional[str] = None) -> Dict[str, Any]:
+    """Trains a student of shape ``preset`` from the trained run ``teacher_dir`` into the run
+    directory ``out_dir``: the teacher's data, tokenizer and optimizer settings, the given
+    budget, and either the word-level loss (``level="word"``) or the teacher's beam-search
+    translations of the training sources as targets (``"sequence"``). The run directory is an
+    ordinary one (translate, eval and plot work on it); ``results.json`` also records the
+    distillation (level, T, alpha, teacher, seconds spent translating)."""
+    from tfm_rs import config as cfg_lib
+    from tfm_rs import runs
+
+    if level not in ("word", "sequence"):
+        raise InvalidArgumentError(f"distill: level must be 'word' or 'sequence', got {level!r}")
+    teacher_run = runs.load_run(teacher_dir, need_valid=False)
+    if teacher_run.kind != "seq2seq":
+        raise InvalidArgumentError(f"distill: the teacher {teacher_dir} is a language model; distillation here "
+                                   "needs an encoder-decoder run")
+    teacher = teacher_run.model
+    base = {section: dict(values) for section, values in teacher_run.config.items()}
+    base["model"] = {"preset": preset}  # the student's shape: the preset, none of the teacher's overrides
+    for key in ("max_steps", "minutes", "out"):
+        base["train"].pop(key, None)
+    flags: Dict[str, Any] = {"out": str(Path(out_dir).absolute())}
+    if minutes is not None:
+        flags["minutes"] = minutes
+    if max_steps is not None:
+        flags["max_steps"] = max_steps
+    cfg = cfg_lib.resolve(base, {"train": flags}, sources=[str(Path(teacher_dir) / runs.CONFIG_FILE), None])
+    tokenizer = Path(teacher_dir) / runs.TOKENIZER_FILE
+    if tokenizer.is_file():  # the student speaks the teacher's vocabulary
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tokenizer, Path(out_dir) / runs.TOKENIZER_FILE)
+    info: Dict[str, Any] = {"level": level, "teacher": str(Path(teacher_dir).absolute()),
+                            "teacher_parameters": teacher.num_parameters()}
+
+    def make(cfg: Any, data: Any, model: Any, run_dir: Any) -> Any:
+        check_teacher(teacher, model)
+        tc = runs.train_config(cfg)
+        common = dict(config=tc, out_dir=run_dir, valid_data=data.valid, valid_texts=data.valid_texts,
+                      tokenizer=data.tokenizer, log_name=runs.METRICS_FILE)
+        info["student_parameters"] = model.num_parameters()
+        if level == "word":
+            info.update(temperature=temperature, alpha=alpha)
+            return WordDistillationTrainer(model, teacher, data.train, temperature, alpha, **common)
+        src = data.train[0]
+
+        def report(done: int, total: int) -> None:
+            if not quiet:
+                out(f"teacher beam {num_beams}: {done}/{total} sources")
+
+        hyps, seconds = teacher_translations(teacher, src, num_beams=num_beams, batch_size=tc.bleu_batch_size,
+                                             progress=report)
+        pairs = [(s, h) for s, h in zip(src, hyps) if h]
+        info.update(num_beams=num_beams, teacher_seconds=seconds, empty_outputs=len(src) - len(pairs))
+        out(f"sequence-level data: the teacher translated {len(src):,} sources in {seconds:.1f}s "
+            f"({len(src) - len(pairs)} empty outputs left out)")
+        return Seq2SeqTrainer(model, ([s for s, _ in pairs], [h for _, h in pairs]), **common)
+
+    results = runs.train_run(cfg, quiet=quiet, use_bar=use_bar, out=out, command=command, make=make)
+    path = Path(cfg["train"]["out"]) / runs.RESULTS_FILE
+    stored = json.loads(path.read_text(encoding="utf-8"))
+    stored["distill"] = info
+    path.write_text(json.dumps(stored, indent=2) + "\n", encoding="utf-8")
+    results["distill"] = info
+    return results
