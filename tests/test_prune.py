@@ -384,3 +384,58 @@ def test_head_importance_matches_finite_differences():
     assert normed["decoder.1"].shape == (3,)
     for key, s in normed.items():
         assert_close(np.linalg.norm(s), 1.0, 1e-6, 1e-6, key)
+
+
+# ---------------------------------------------------------------------------------------- explain
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_explain_parameters_add_up(shared):
+    model = tiny_seq2seq(share_embeddings=shared)
+    report = model.explain(batch=2, src_len=5, tgt_len=3, print_fn=None)
+    assert sum(r["params"] for r in report["layers"]) == report["total"]["params"] == model.num_parameters()
+
+
+def test_explain_falls_by_exactly_what_pruning_removes():
+    model = tiny_seq2seq()
+    B, S, T, E, Dh, Fw = 2, 7, 5, 16, 4, 24
+    before = model.explain(batch=B, src_len=S, tgt_len=T, print_fn=None)
+    model.prune_heads({"encoder.1": [2], "decoder.0": [0, 1], "decoder.1.cross": [3]})
+    model.prune_ffn({"encoder.0": [3, 4]})
+    after = model.explain(batch=B, src_len=S, tgt_len=T, print_fn=None)
+    rows = lambda r: {x["name"]: x for x in r["layers"]}  # noqa: E731
+    b, a = rows(before), rows(after)
+    d = lambda name, key: b[name][key] - a[name][key]  # noqa: E731
+    # encoder.1: one self-attention head over S positions
+    assert d("encoder.1", "flops_proj") == 2 * B * S * E * 3 * Dh + 2 * B * S * Dh * E
+    assert d("encoder.1", "flops_attn") == 4 * B * S * S * Dh
+    assert d("encoder.1", "params") == 4 * E * Dh + 3 * Dh
+    # encoder.0: two feed-forward channels
+    assert d("encoder.0", "flops_proj") == 2 * 2 * B * S * E * 2 and d("encoder.0", "params") == 2 * (2 * E + 1)
+    # decoder.0: two self-attention heads over T positions, and their KV cache
+    assert d("decoder.0", "flops_attn") == 2 * 4 * B * T * T * Dh
+    assert d("decoder.0", "kv_bytes") == 4 * 2 * B * T * 2 * Dh
+    # decoder.1: one cross-attention head: queries from T positions, keys and values from S
+    assert d("decoder.1", "flops_proj") == 2 * B * T * E * Dh + 2 * B * S * E * 2 * Dh + 2 * B * T * Dh * E
+    assert d("decoder.1", "flops_attn") == 4 * B * T * S * Dh and d("decoder.1", "kv_bytes") == 4 * 2 * B * S * Dh
+    assert after["total"]["params"] == model.num_parameters()
+    assert Fw == model.transformer.encoder.layers[1].linear1.out_features
+
+
+def test_explain_bad_input():
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="src_len"):
+        tiny_seq2seq().explain(src_len=0)
+
+
+@pytest.mark.parametrize("arch", ["GPT", "BertEncoder"])
+def test_explain_single_stack_models(arch):
+    model = getattr(tfm_rs.models, arch)(31, d_model=16, nhead=4, num_layers=2, dim_feedforward=20, dropout=0.0,
+                                         max_len=16)
+    B, L = 3, 9
+    before = model.explain(batch=B, src_len=L, print_fn=None)
+    model.prune_heads({1: [0]})
+    after = model.explain(batch=B, src_len=L, print_fn=None)
+    total = sum(int(np.prod(p.shape)) for p in model.parameters())
+    assert sum(r["params"] for r in after["layers"]) == after["total"]["params"] == total
+    b, a = before["layers"][1], after["layers"][1]
+    assert b["flops_attn"] - a["flops_attn"] == 4 * B * L * L * 4
+    assert b["kv_bytes"] - a["kv_bytes"] == (4 * 2 * B * L * 4 if arch == "GPT" else 0)

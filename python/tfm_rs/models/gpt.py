@@ -8,7 +8,7 @@ next-token cross-entropy (predicting ``ids[:, 1:]`` from ``ids[:, :-1]``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
@@ -18,12 +18,13 @@ from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
 
 __all__ = ["GPT"]
 
 
-class GPT(nn.Module, StructuredPruning):
+class GPT(nn.Module, StructuredPruning, Explainable):
     """Causal Transformer language model.
 
     Args:
@@ -90,6 +91,10 @@ class GPT(nn.Module, StructuredPruning):
 
     def _ffn_layers(self) -> Dict[str, nn.Module]:
         return {str(i): layer for i, layer in enumerate(self.layers)}
+
+    def _explain_layers(self, B: int, S: int, T: int) -> List[Dict[str, Any]]:
+        """One sequence length: ``src_len`` (``tgt_len`` is not used)."""
+        return single_stack_rows(self, self.head, B, S, kv_cache=True, extra_flops=0)
 
     def num_parameters(self) -> int:
         """Distinct trainable values (a tied matrix counts once)."""
