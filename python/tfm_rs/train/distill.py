@@ -71,7 +71,7 @@ def distillation_loss(student_logits: Tensor, targets: Any, teacher_logits: Any 
     # KL = Σ p log p − Σ p log q: the first term is a constant, kept so the value is the KL itself.
     neg_entropy = float(np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)))
     log_q = F.log_softmax(student_logits * (1.0 / temperature), -1)
-    kl = (log_q * Tensor(p.astype(np.float32))).sum() * -1.0 + neg_entropy
+    kl = (log_q * Tensor(p.astype(np.float32)).to(student_logits.device)).sum() * -1.0 + neg_entropy
     loss = kl * (alpha * temperature * temperature)
     if alpha < 1.0:
         ce = F.cross_entropy(student_logits, targets, ignore_index=ignore_index, reduction="sum",
