@@ -10,6 +10,8 @@ Commands:
 * ``tfm-rs translate RUN_DIR [SENTENCE ...]`` (or ``--input FILE``, or stdin),
   ``tfm-rs generate RUN_DIR --prompt TEXT``, ``tfm-rs eval RUN_DIR``, ``tfm-rs plot RUN_DIR``:
   use a trained run.
+* ``tfm-rs distill --teacher RUN_DIR --preset tiny --level word|sequence --minutes N --out RUN_DIR``:
+  knowledge distillation of a trained run into a smaller student (:mod:`tfm_rs.train.distill`).
 * ``tfm-rs bench``: a quick GEMM / attention / training-step benchmark against NumPy and PyTorch.
 * ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 
@@ -104,6 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     t.add_argument("--no-bar", action="store_true", help="plain progress lines even on a terminal")
     cfg_lib.add_flags(t)
+
+    ds = sub.add_parser("distill", help="train a small student from a trained run (knowledge distillation)",
+                        description="Knowledge distillation into a new run directory: the student (--preset) trains "
+                                    "on the teacher run's data with the word-level loss (T²·KL to the teacher's "
+                                    "softened distribution mixed with the cross-entropy) or, with --level sequence, "
+                                    "on the teacher's beam-search translations of the training sources.")
+    ds.add_argument("--teacher", metavar="RUN_DIR", required=True, help="the trained teacher run")
+    ds.add_argument("--out", metavar="RUN_DIR", required=True, help="the student's run directory (new)")
+    ds.add_argument("--preset", default="tiny", help="the student's shape (a model preset; default tiny)")
+    ds.add_argument("--level", choices=("word", "sequence"), default="word", help="word-level or sequence-level")
+    ds.add_argument("--minutes", type=_positive(float, "--minutes"), help="training time budget")
+    ds.add_argument("--max-steps", type=_positive(int, "--max-steps"), help="optimizer step budget")
+    ds.add_argument("--temperature", type=_positive(float, "--temperature"), default=2.0,
+                    help="word level: the softmax temperature T (default 2)")
+    ds.add_argument("--alpha", type=float, default=0.5, help="word level: weight of the KL term (default 0.5)")
+    ds.add_argument("--beams", type=_positive(int, "--beams"), default=4,
+                    help="sequence level: the teacher's beam size (default 4)")
+    ds.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    ds.add_argument("--no-bar", action="store_true", help="plain progress lines even on a terminal")
 
     tr = sub.add_parser("translate", help="translate sentences with a trained run",
                         description="Translate sentences given as arguments, read from --input FILE, or from stdin "
@@ -443,6 +464,22 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- main
 
+def cmd_distill(args: argparse.Namespace, command: Optional[Sequence[str]] = None) -> int:
+    """``tfm-rs distill``: a student run trained from a teacher run."""
+    from pathlib import Path
+
+    from tfm_rs.runs import CHECKPOINT_DIR
+    from tfm_rs.train.distill import distill_run
+
+    if (Path(args.out) / CHECKPOINT_DIR).exists():
+        raise UsageError(f"{args.out} already holds a trained run; choose another --out")
+    distill_run(args.teacher, args.out, preset=args.preset, level=args.level, minutes=args.minutes,
+                max_steps=args.max_steps, temperature=args.temperature, alpha=args.alpha, num_beams=args.beams,
+                quiet=args.quiet, use_bar=not args.no_bar, command=" ".join([PROG, "distill", *(command or [])]))
+    print(f"next: {PROG} eval {args.out}   |   {PROG} translate {args.out} \"...\"")
+    return 0
+
+
 COMMANDS = {"info": cmd_info, "demo": cmd_demo, "train": cmd_train, "translate": cmd_translate,
             "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}
 
@@ -482,6 +519,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         if args.command == "train":
             return cmd_train(args, argv[1:])
+        if args.command == "distill":
+            return cmd_distill(args, argv[1:])
         return COMMANDS[args.command](args)
     except UsageError as e:
         if debug:

@@ -231,12 +231,13 @@ def _budget_line(tc: Any) -> str:
 
 
 def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: bool = True,
-              out: Any = print, command: Optional[str] = None) -> Dict[str, Any]:
+              out: Any = print, command: Optional[str] = None, make: Any = None) -> Dict[str, Any]:
     """Train the configured run into ``cfg["train"]["out"]``: prepare the data, build the model
     (or resume it from the run's checkpoint), train with progress, save the checkpoint, average
     the last snapshots (``train.average``), validate, translate the test set greedily and with
     beam search (when the configuration has one) and write ``results.json``. ``out`` prints the
-    report lines; ``command`` is recorded in the results. Returns the results."""
+    report lines; ``command`` is recorded in the results; ``make`` replaces :func:`make_trainer`
+    (same arguments; distillation brings its own trainer). Returns the results."""
     import shutil
 
     from tfm_rs.progress import Progress
@@ -264,7 +265,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
 
     data = prepare_data(cfg, run_dir)
     model = build_model(cfg, data)
-    trainer = make_trainer(cfg, data, model, run_dir)
+    trainer = (make or make_trainer)(cfg, data, model, run_dir)
     out(f"run: {run_dir} ({'resumed' if resume else 'new'}); task {cfg['data']['task']}: "
         f"{data.info['train']:,} training / {data.info['valid']:,} validation examples; vocabulary "
         f"{data.src_vocab_size}" + (f"/{data.tgt_vocab_size}" if data.tgt_vocab_size != data.src_vocab_size else ""))

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from tfm_rs.checkpoint import Checkpoint, check_compatible, check_state_dict_compatible, load_checkpoint
 from tfm_rs.models.bert import BertEncoder
 from tfm_rs.models.gpt import GPT
+from tfm_rs.models._pruning import head_importance
 from tfm_rs.models.presets import (
     PRESETS,
     preset_config,
@@ -49,6 +50,6 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "PRESETS", "Seq2SeqTransformer", "load_model_state",
-           "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big", "transformer_small",
-           "transformer_tiny"]
+__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "PRESETS", "Seq2SeqTransformer", "head_importance",
+           "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
+           "transformer_small", "transformer_tiny"]

@@ -11,21 +11,23 @@ cross-entropy over positions whose label is not ``-100``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 import tfm_rs.functional as F
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
-from tfm_rs.models._common import as_ids, check_config_arch
+from tfm_rs.models._common import as_ids
+from tfm_rs.models._explain import Explainable, single_stack_rows
+from tfm_rs.models._pruning import StructuredPruning, build_from_config
 
 __all__ = ["BertEncoder", "IGNORE_INDEX"]
 
 IGNORE_INDEX = -100
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(nn.Module, StructuredPruning, Explainable):
     """Encoder-only Transformer with a tied masked-LM head.
 
     Args:
@@ -88,7 +90,18 @@ class BertEncoder(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "BertEncoder":
-        return cls(**check_config_arch(config, cls.arch))
+        return build_from_config(cls, config)
+
+    def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
+        return {str(i): layer.self_attn for i, layer in enumerate(self.layers)}
+
+    def _ffn_layers(self) -> Dict[str, nn.Module]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
+
+    def _explain_layers(self, B: int, S: int, T: int) -> List[Dict[str, Any]]:
+        """One sequence length: ``src_len`` (``tgt_len`` is not used)."""
+        mlm_dense = 2 * B * S * self.d_model * self.d_model
+        return single_stack_rows(self, self.mlm_decoder, B, S, kv_cache=False, extra_flops=mlm_dense)
 
     def _inputs(self, input_ids: Any, token_type_ids: Any) -> Tuple[np.ndarray, np.ndarray]:
         ids = as_ids(input_ids, "input_ids", self.vocab_size, self.max_len, "BertEncoder")

@@ -8,7 +8,7 @@ next-token cross-entropy (predicting ``ids[:, 1:]`` from ``ids[:, :-1]``).
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
@@ -17,12 +17,14 @@ from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
-from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._explain import Explainable, single_stack_rows
+from tfm_rs.models._pruning import StructuredPruning, build_from_config
 
 __all__ = ["GPT"]
 
 
-class GPT(nn.Module):
+class GPT(nn.Module, StructuredPruning, Explainable):
     """Causal Transformer language model.
 
     Args:
@@ -82,7 +84,17 @@ class GPT(nn.Module):
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "GPT":
-        return cls(**check_config_arch(config, cls.arch))
+        return build_from_config(cls, config)
+
+    def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
+        return {str(i): layer.self_attn for i, layer in enumerate(self.layers)}
+
+    def _ffn_layers(self) -> Dict[str, nn.Module]:
+        return {str(i): layer for i, layer in enumerate(self.layers)}
+
+    def _explain_layers(self, B: int, S: int, T: int) -> List[Dict[str, Any]]:
+        """One sequence length: ``src_len`` (``tgt_len`` is not used)."""
+        return single_stack_rows(self, self.head, B, S, kv_cache=True, extra_flops=0)
 
     def num_parameters(self) -> int:
         """Distinct trainable values (a tied matrix counts once)."""

@@ -29,12 +29,14 @@ from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
-from tfm_rs.models._common import as_ids, check_config_arch, right_padded
+from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._explain import Explainable, decoder_rows, encoder_rows, output_row
+from tfm_rs.models._pruning import StructuredPruning, build_from_config
 
 __all__ = ["Seq2SeqTransformer"]
 
 
-class Seq2SeqTransformer(nn.Module):
+class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
     """Encoder-decoder Transformer for translation-like tasks.
 
     Args:
@@ -146,7 +148,37 @@ class Seq2SeqTransformer(nn.Module):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "Seq2SeqTransformer":
         """A fresh model built from :attr:`config` (``"arch"`` must match, if present)."""
-        return cls(**check_config_arch(config, cls.arch))
+        return build_from_config(cls, config)
+
+    def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
+        out: Dict[str, nn.MultiheadAttention] = {}
+        for i, layer in enumerate(self.transformer.encoder.layers):
+            out[f"encoder.{i}"] = layer.self_attn
+        for i, layer in enumerate(self.transformer.decoder.layers):
+            out[f"decoder.{i}"] = layer.self_attn
+            out[f"decoder.{i}.cross"] = layer.multihead_attn
+        return out
+
+    def _explain_layers(self, B: int, S: int, T: int) -> List[Dict[str, Any]]:
+        emb = {"name": "embeddings", "params": int(np.prod(self.src_embed.weight.shape)) + (
+            0 if self.tgt_embed is self.src_embed else int(np.prod(self.tgt_embed.weight.shape))),
+            "flops_proj": 0, "flops_attn": 0, "act_bytes": 4 * B * (S + T) * self.d_model, "kv_bytes": 0}
+        tied = self.generator.weight is self.tgt_embed.weight
+        head_params = sum(int(np.prod(p.shape)) for p in self.generator.parameters()
+                          if not (tied and p is self.generator.weight))
+        rows = [emb, *encoder_rows("encoder.", self.transformer.encoder.layers, B, S),
+                *decoder_rows(self.transformer.decoder.layers, B, S, T)]
+        for name, norm, L in (("encoder.norm", self.transformer.encoder.norm, S),
+                              ("decoder.norm", self.transformer.decoder.norm, T)):
+            if norm is not None:
+                rows.append({"name": name, "params": sum(int(np.prod(p.shape)) for p in norm.parameters()),
+                             "flops_proj": 0, "flops_attn": 0, "act_bytes": 4 * B * L * self.d_model, "kv_bytes": 0})
+        rows.append(output_row("generator", self.generator, B, T, head_params))
+        return rows
+
+    def _ffn_layers(self) -> Dict[str, nn.Module]:
+        return {**{f"encoder.{i}": layer for i, layer in enumerate(self.transformer.encoder.layers)},
+                **{f"decoder.{i}": layer for i, layer in enumerate(self.transformer.decoder.layers)}}
 
     def num_parameters(self) -> int:
         """Distinct trainable values (a tied matrix counts once)."""

@@ -22,6 +22,7 @@ from tfm_rs.nn.transformer import (
     TransformerEncoder,
     TransformerEncoderLayer,
 )
+from tfm_rs.nn import utils  # noqa: E402  (after the layers: prune imports Module)
 
 __all__ = [
     "Dropout",
@@ -45,4 +46,5 @@ __all__ = [
     "TransformerEncoderLayer",
     "functional",
     "init",
+    "utils",
 ]

@@ -13,7 +13,7 @@ are all masked out yields zeros rather than NaN.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -192,13 +192,65 @@ class MultiheadAttention(Module):
         b, t, _ = x.shape
         return x.reshape(b, t, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
+    @property
+    def inner_dim(self) -> int:
+        """Width of the concatenated heads: ``embed_dim`` until :meth:`prune_heads` removes some."""
+        return self.num_heads * self.head_dim
+
     def _bias(self, i: int, j: int) -> Optional[Tensor]:
-        E = self.embed_dim
+        E = self.inner_dim
         return None if self.in_proj_bias is None else self.in_proj_bias[i * E:j * E]
+
+    def check_prunable_heads(self, heads: Iterable[Any]) -> set:
+        """``heads`` as a set, after checking that :meth:`prune_heads` may remove them."""
+        original = self.embed_dim // self.head_dim
+        heads = list(heads)
+        bad = [h for h in heads if isinstance(h, bool) or not isinstance(h, (int, np.integer))
+               or not 0 <= h < original]
+        if bad:
+            raise InvalidArgumentError(f"prune_heads: head indices must be ints in [0, {original}), got {bad}")
+        kept = [h for h in range(original) if h not in self.__dict__.get("pruned_heads", set())]
+        if not set(kept) - set(heads):
+            raise InvalidArgumentError(f"prune_heads: pruning heads {sorted(set(heads))} would leave no head in "
+                                       f"this layer (kept now: {kept})")
+        if any(name.endswith("_orig") for m in (self, self.out_proj) for name in m._parameters):
+            raise InvalidArgumentError("prune_heads: this layer has mask pruning (nn.utils.prune); call "
+                                       "prune.remove first")
+        return set(int(h) for h in heads)
+
+    def prune_heads(self, heads: Iterable[int]) -> None:
+        """Removes ``heads`` (indices into the original heads, as Hugging Face's
+        ``prune_heads``; ones already removed are ignored): their rows of the q, k, v projections
+        and their columns of ``out_proj`` go, so the matrices shrink and the layer computes
+        exactly what it computed with those heads' outputs zeroed before ``out_proj``."""
+        heads = self.check_prunable_heads(heads)
+        pruned = set(self.__dict__.get("pruned_heads", set()))
+        kept = [h for h in range(self.embed_dim // self.head_dim) if h not in pruned]
+        Dh = self.head_dim
+        keep = np.concatenate([np.arange(i * Dh, (i + 1) * Dh) for i, h in enumerate(kept) if h not in heads])
+        inner = self.inner_dim
+        rows3 = np.concatenate([keep + b * inner for b in range(3)])
+
+        def shrink(t: Tensor, index: np.ndarray, axis: int) -> Parameter:
+            p = Parameter(np.take(t.numpy(), index, axis=axis), t.requires_grad)
+            p._move_(t.device)
+            return p
+
+        if self._qkv_same_embed_dim:
+            self.in_proj_weight = shrink(self.in_proj_weight, rows3, 0)
+        else:
+            for name in ("q_proj_weight", "k_proj_weight", "v_proj_weight"):
+                setattr(self, name, shrink(getattr(self, name), keep, 0))
+        if self.in_proj_bias is not None:
+            self.in_proj_bias = shrink(self.in_proj_bias, rows3, 0)
+        self.out_proj.weight = shrink(self.out_proj.weight, keep, 1)
+        self.out_proj.in_features = len(keep)
+        self.num_heads = len(keep) // Dh
+        self.pruned_heads = pruned | heads
 
     def _in_projection(self, query: Tensor, key: Tensor, value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """q ``(N, H, L, Dh)``, k and v ``(N, H, S, Dh)`` with as few GEMMs as the aliasing allows."""
-        E = self.embed_dim
+        E = self.inner_dim
         if not self._qkv_same_embed_dim:
             q = F.linear(query, self.q_proj_weight, self._bias(0, 1))
             k = F.linear(key, self.k_proj_weight, self._bias(1, 2))
@@ -251,7 +303,10 @@ class MultiheadAttention(Module):
                 weights = weights.mean(1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, causal)
-        out = self.out_proj(y.transpose(1, 2).reshape(n, L, E))
+        gate = self.__dict__.get("head_gate")
+        if gate is not None:  # head importance (Michel et al. 2019): y_h · ξ_h, differentiable in ξ
+            y = y * gate.reshape(1, self.num_heads, 1, 1)
+        out = self.out_proj(y.transpose(1, 2).reshape(n, L, self.inner_dim))
         if not batched:
             out = out.squeeze(0)
             weights = None if weights is None else weights.squeeze(0)

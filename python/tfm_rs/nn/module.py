@@ -39,6 +39,19 @@ def _addindent(text: str, spaces: int) -> str:
     return lines[0] + "\n" + "\n".join(" " * spaces + line for line in lines[1:])
 
 
+class RemovableHandle:
+    """What ``register_forward_pre_hook`` returns: ``remove()`` takes the hook out again."""
+
+    _next_id = itertools.count()
+
+    def __init__(self, hooks: "OrderedDict[int, Any]") -> None:
+        self.hooks = hooks
+        self.id = next(RemovableHandle._next_id)
+
+    def remove(self) -> None:
+        self.hooks.pop(self.id, None)
+
+
 class Module:
     """Base class for all layers, as ``torch.nn.Module``.
 
@@ -54,12 +67,30 @@ class Module:
         object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_non_persistent_buffers_set", set())
         object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_forward_pre_hooks", OrderedDict())
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f'Module [{type(self).__name__}] is missing the required "forward" function')
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # .get: modules unpickled from before hooks existed have no registry.
+        for hook in list(self.__dict__.get("_forward_pre_hooks", {}).values()):
+            result = hook(self, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
         return self.forward(*args, **kwargs)
+
+    def register_forward_pre_hook(self, hook: Callable[["Module", Tuple[Any, ...]], Any]) -> "RemovableHandle":
+        """Runs ``hook(module, args)`` before every ``forward``, as in PyTorch: a non-``None``
+        result replaces the positional arguments. Returns a handle whose ``remove()`` unregisters
+        it (pruning uses this to recompute ``weight = weight_orig * weight_mask``)."""
+        hooks = self.__dict__.get("_forward_pre_hooks")
+        if hooks is None:
+            hooks = OrderedDict()
+            object.__setattr__(self, "_forward_pre_hooks", hooks)
+        handle = RemovableHandle(hooks)
+        hooks[handle.id] = hook
+        return handle
 
     # ----------------------------------------------------------------- registration
 

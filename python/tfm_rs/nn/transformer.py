@@ -22,7 +22,7 @@ from tfm_rs.nn.dropout import Dropout
 from tfm_rs.nn.linear import Linear
 from tfm_rs.nn.module import Module, ModuleList
 from tfm_rs.nn.normalization import LayerNorm
-from tfm_rs.nn.parameter import as_tensor
+from tfm_rs.nn.parameter import Parameter, as_tensor
 
 __all__ = ["Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
            "TransformerEncoderLayer", "generate_square_subsequent_mask"]
@@ -65,6 +65,33 @@ def _check_layer_args(d_model: int, nhead: int, batch_first: bool) -> None:
     if not batch_first:
         raise InvalidArgumentError("only batch_first=True ((batch, seq, feature) inputs) is supported; "
                                    "transpose (seq, batch, feature) inputs with x.transpose(0, 1)")
+
+
+def _prune_ffn_channels(layer: Module, channels: Any) -> None:
+    """Removes feed-forward channels (rows of ``linear1``, columns of ``linear2``): the layer then
+    computes what it computed with those hidden units' activations zeroed."""
+    width = layer.linear1.out_features
+    drop = set(int(c) for c in channels)
+    bad = sorted(c for c in drop if not 0 <= c < width)
+    if bad:
+        raise InvalidArgumentError(f"prune_ffn: channel indices must be in [0, {width}), got {bad}")
+    if len(drop) >= width:
+        raise InvalidArgumentError(f"prune_ffn: pruning {len(drop)} of {width} feed-forward channels would leave none")
+    if any(name.endswith("_orig") for m in (layer.linear1, layer.linear2) for name in m._parameters):
+        raise InvalidArgumentError("prune_ffn: this layer has mask pruning (nn.utils.prune); call prune.remove first")
+    keep = np.array([c for c in range(width) if c not in drop], np.int64)
+
+    def shrink(t: Any, axis: int) -> Parameter:
+        p = Parameter(np.take(t.numpy(), keep, axis=axis), t.requires_grad)
+        p._move_(t.device)
+        return p
+
+    layer.linear1.weight = shrink(layer.linear1.weight, 0)
+    if layer.linear1.bias is not None:
+        layer.linear1.bias = shrink(layer.linear1.bias, 0)
+    layer.linear1.out_features = len(keep)
+    layer.linear2.weight = shrink(layer.linear2.weight, 1)
+    layer.linear2.in_features = len(keep)
 
 
 class TransformerEncoderLayer(Module):
@@ -110,6 +137,12 @@ class TransformerEncoderLayer(Module):
 
     def _ff_block(self, x: Tensor) -> Tensor:
         return self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def prune_ffn(self, channels: Any) -> None:
+        """Removes feed-forward channels (indices into the current ``dim_feedforward``): smaller
+        ``linear1``/``linear2``, the same output as with those hidden activations zeroed."""
+        _prune_ffn_channels(self, channels)
+
 
 
 class TransformerDecoderLayer(Module):
@@ -168,6 +201,12 @@ class TransformerDecoderLayer(Module):
 
     def _ff_block(self, x: Tensor) -> Tensor:
         return self.dropout3(self.linear2(self.dropout(self.activation(self.linear1(x)))))
+
+    def prune_ffn(self, channels: Any) -> None:
+        """Removes feed-forward channels (indices into the current ``dim_feedforward``): smaller
+        ``linear1``/``linear2``, the same output as with those hidden activations zeroed."""
+        _prune_ffn_channels(self, channels)
+
 
 
 class TransformerEncoder(Module):
