@@ -77,17 +77,20 @@ fn copy_values<T: numpy::Element + Copy + Send + Sync>(
 /// Copies `src` (any strides, negative ones included) into `dst` in row-major order, cast to
 /// f32. The last two dimensions go in 32×32 tiles, so a transposed array is read and written a
 /// cache line at a time instead of one element per line.
-fn gather<T: Copy>(src: ArrayViewD<'_, T>, dst: &mut [f32], cast: fn(T) -> f32) {
+fn gather<T: Copy>(src: ArrayViewD<'_, T>, dst: &mut [f32], cast: impl Fn(T) -> f32 + Copy) {
     if dst.is_empty() {
         return;
     }
     match src.ndim() {
         0 => dst[0] = cast(src[IxDyn(&[])]),
-        1 => {
-            for (o, &x) in dst.iter_mut().zip(src.iter()) {
-                *o = cast(x);
+        1 => match src.as_slice() {
+            Some(row) => cast_into(row, dst, cast),
+            None => {
+                for (o, &x) in dst.iter_mut().zip(src.iter()) {
+                    *o = cast(x);
+                }
             }
-        }
+        },
         2 => gather_2d(src.into_dimensionality::<Ix2>().expect("2-d"), dst, cast),
         _ => {
             let inner = dst.len() / src.len_of(Axis(0));
@@ -98,15 +101,20 @@ fn gather<T: Copy>(src: ArrayViewD<'_, T>, dst: &mut [f32], cast: fn(T) -> f32) 
     }
 }
 
-fn gather_2d<T: Copy>(src: ArrayView2<'_, T>, dst: &mut [f32], cast: fn(T) -> f32) {
+/// `dst[i] = cast(src[i])`, as one vectorizable loop.
+fn cast_into<T: Copy>(src: &[T], dst: &mut [f32], cast: impl Fn(T) -> f32) {
+    for (o, &x) in dst.iter_mut().zip(src) {
+        *o = cast(x);
+    }
+}
+
+fn gather_2d<T: Copy>(src: ArrayView2<'_, T>, dst: &mut [f32], cast: impl Fn(T) -> f32 + Copy) {
     const TILE: usize = 32;
     let (rows, cols) = src.dim();
     if src.row(0).as_slice().is_some() {
         // Rows are contiguous (C order, or rows picked from it): a straight pass per row.
         for (row, out) in src.rows().into_iter().zip(dst.chunks_mut(cols)) {
-            for (o, &x) in out.iter_mut().zip(row.iter()) {
-                *o = cast(x);
-            }
+            cast_into(row.to_slice().expect("rows share strides"), out, cast);
         }
         return;
     }
@@ -149,7 +157,7 @@ fn copy_f32(arr: &Bound<'_, PyUntypedArray>, op: &'static str) -> PyResult<Tenso
 fn gather_values<T: numpy::Element + Copy + Sync>(
     arr: &Bound<'_, PyArrayDyn<T>>,
     op: &'static str,
-    cast: fn(T) -> f32,
+    cast: impl Fn(T) -> f32 + Copy + Send,
 ) -> PyResult<Vec<f32>> {
     let ro = arr
         .try_readonly()
