@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-
 import tfm_rs
 import tfm_rs.functional as F
 from helpers import assert_close, randn
@@ -42,7 +41,7 @@ def _in_child(body) -> int:
         code = 1
         try:
             code = 0 if body() else 2
-        except BaseException as e:  # the child must exit, whatever happened
+        except BaseException as e:  # noqa: BLE001 - a forked child must never return into pytest
             print(f"child failed: {e!r}", file=sys.stderr)
         finally:
             os._exit(code)
@@ -52,7 +51,7 @@ def _in_child(body) -> int:
 def test_os_fork_after_a_parallel_op_keeps_the_pool_size():
     a, b = randn((300, 257), seed=1), randn((257, 301), seed=2)
     expect = a.astype(np.float64) @ b
-    tol = dict(rtol=1e-4, atol=2e-4)  # float32 sums of 257 products of O(1) values
+    tol = {"rtol": 1e-4, "atol": 2e-4}  # float32 sums of 257 products of O(1) values
     before = tfm_rs.get_num_threads()
     # A GEMM this size is split over the pool, so the parent's workers exist at the fork.
     assert_close(F.matmul(a, b), expect, **tol)
