@@ -9,6 +9,10 @@ numpy with the forward and the analytic gradient written out), interleaving the 
 within each round so that load from other processes hits all of them alike, and reports each
 one's best round plus the ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
 library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
+
+The "to_tensor" and "to_numpy" cases time the NumPy conversions, which copy, against the same
+copy elsewhere: ``tfm_rs.tensor(a)`` vs ``np.copy(a)`` and ``torch.from_numpy(a).clone()``, and
+``t.numpy()`` vs ``np.copy`` and ``tt.clone().numpy()``.
 """
 
 import argparse
@@ -128,6 +132,19 @@ def cases(rng):
         "numpy": (lambda: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
         "torch": torch and torch_fb(lambda a: TF.gelu(a), x),
     }))
+    for mb in (4, 16):
+        x = rand(mb << 18)
+        t, tt = tfm_rs.tensor(x), torch and torch.from_numpy(x.copy())
+        out.append((f"to_tensor {mb} MB float32", {
+            "tfm_rs": lambda x=x: tfm_rs.tensor(x),
+            "numpy": lambda x=x: np.copy(x),
+            "torch": torch and (lambda x=x: torch.from_numpy(x).clone()),
+        }))
+        out.append((f"to_numpy {mb} MB float32", {
+            "tfm_rs": lambda t=t: t.numpy(),
+            "numpy": lambda x=x: np.copy(x),
+            "torch": torch and (lambda tt=tt: tt.clone().numpy()),
+        }))
     return out
 
 

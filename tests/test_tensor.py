@@ -28,6 +28,56 @@ def test_float64_is_converted_and_ints_are_refused():
         tfm_rs.tensor("text")
 
 
+# Small arrays and ones past the size from which the copy runs without the GIL (65536 values).
+@pytest.mark.parametrize("shape", [(5, 7), (300, 301)])
+def test_conversion_of_every_layout_and_float_dtype_is_exact(shape):
+    a = randn(shape, seed=3)
+    views = {
+        "contiguous": a, "fortran": np.asfortranarray(a), "transposed": a.T, "reversed": a[::-1, ::-1],
+        "strided": a[1::2, ::3], "3-d permuted": a.reshape(shape[0], shape[1], 1).transpose(2, 1, 0),
+        "float64": a.astype(np.float64), "float64 transposed": a.astype(np.float64).T,
+        "float16": a.astype(np.float16),
+    }
+    for what, arr in views.items():
+        for convert in (tfm_rs.tensor, tfm_rs.from_numpy, tfm_rs.Tensor):
+            out = convert(arr).numpy()
+            assert out.shape == arr.shape and out.dtype == np.float32, what
+            # The float32 values themselves, bit for bit (a cast rounds to nearest, as NumPy's).
+            np.testing.assert_array_equal(out, arr.astype(np.float32), err_msg=what)
+
+
+def test_zero_d_and_empty_arrays_keep_their_shapes():
+    for arr in (np.array(2.5, np.float32), np.array(-1.25), np.float32(3.0), np.float64(0.5)):
+        t = tfm_rs.tensor(arr)
+        assert t.shape == () and t.item() == float(arr)
+    for shape in ((0,), (0, 3), (4, 0, 2)):
+        for dtype in (np.float32, np.float64):
+            t = tfm_rs.tensor(np.zeros(shape, dtype))
+            assert t.shape == shape and t.numpy().shape == shape
+    assert tfm_rs.tensor(np.zeros((3, 0), np.float32).T).shape == (0, 3)
+
+
+def test_conversions_copy_and_never_alias_the_array():
+    for n in (7, 300):  # both sides of the GIL-free size
+        a = randn((n, n), seed=4)
+        keep = a.copy()
+        t, u = tfm_rs.tensor(a), tfm_rs.from_numpy(a)  # from_numpy copies too (documented)
+        a[...] = 7.0
+        np.testing.assert_array_equal(t.numpy(), keep)
+        np.testing.assert_array_equal(u.numpy(), keep)
+        out = t.numpy()
+        out[...] = -1.0
+        np.testing.assert_array_equal(t.numpy(), keep)
+        assert out.flags.c_contiguous and out.flags.writeable and not np.shares_memory(out, t.numpy())
+
+
+def test_integer_ids_of_any_layout_and_width():
+    w = randn((50, 3), seed=5)
+    ids = (np.arange(60).reshape(6, 10) * 7) % 50
+    for arr in (ids, ids.T, ids[::-1, ::2], ids.astype(np.int32).T, ids.astype(np.uint8), np.asfortranarray(ids)):
+        np.testing.assert_array_equal(tfm_rs.functional.embedding(arr, w).numpy(), w[arr], err_msg=str(arr.dtype))
+
+
 def test_error_hierarchy():
     assert issubclass(tfm_rs.ShapeError, tfm_rs.TfmError) and issubclass(tfm_rs.ShapeError, ValueError)
     assert issubclass(tfm_rs.DTypeError, TypeError)

@@ -16,8 +16,13 @@
 //! two, so at most 12.5% unused), because batches of varying length ask for slightly different
 //! sizes each step and a buffer must be at least the size asked for. Fresh large buffers are
 //! advised onto transparent huge pages (Linux), so they fault in 2 MiB at a time.
+//!
+//! The pool's lock is held across `fork` (see `cpu::fork`), so a child never inherits it locked
+//! by a thread that does not exist there.
 
-use std::sync::Mutex;
+use super::fork;
+use std::cell::RefCell;
+use std::sync::{Mutex, MutexGuard, Once};
 
 /// Smallest buffer (in floats) worth keeping: below this malloc reuses memory cheaply itself.
 pub const POOL_MIN: usize = 64 * 1024;
@@ -74,9 +79,31 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
     max_bytes: usize::MAX,
 });
 
-fn pool() -> std::sync::MutexGuard<'static, Pool> {
+static FORK_HANDLERS: Once = Once::new();
+
+thread_local! {
+    /// The pool's lock, held by the forking thread from `prepare` until `parent`/`child`.
+    static HELD: RefCell<Option<MutexGuard<'static, Pool>>> = const { RefCell::new(None) };
+}
+
+extern "C" fn prepare_fork() {
+    let guard = lock();
+    HELD.with(|h| *h.borrow_mut() = Some(guard));
+}
+
+extern "C" fn after_fork() {
+    HELD.with(|h| drop(h.borrow_mut().take()));
+}
+
+fn lock() -> MutexGuard<'static, Pool> {
     // The pool holds no invariant a panic could break halfway: use it even if poisoned.
-    let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    POOL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn pool() -> MutexGuard<'static, Pool> {
+    FORK_HANDLERS
+        .call_once(|| fork::on_fork(Some(prepare_fork), Some(after_fork), Some(after_fork)));
+    let mut p = lock();
     if p.max_bytes == usize::MAX {
         p.max_bytes = std::env::var("TFM_RS_POOL_MB")
             .ok()

@@ -1,8 +1,9 @@
-//! CPU machinery: instruction-set detection (once, overridable), the packed SIMD GEMM, and the
-//! thread pool every op runs in.
+//! CPU machinery: instruction-set detection (once, overridable), the packed SIMD GEMM, the
+//! thread pool every op runs in, and what keeps that state usable across `fork`.
 
 pub mod alloc;
 pub mod features;
+pub mod fork;
 pub mod gemm;
 pub mod pool;
 pub mod simd;

@@ -1,8 +1,52 @@
 //! The thread pool that every op runs in. rayon's global pool cannot be resized, so tfm_rs keeps
 //! its own and rebuilds it on `set_num_threads`; callers enter it with `install`.
+//!
+//! A child made by `fork` (multiprocessing's default start method on Linux, DataLoader-style
+//! worker pools) inherits the pool but not its worker threads: a job sent to it would wait
+//! forever. The fork handlers below (see `cpu::fork`) hold the pool's lock across the fork and,
+//! in the child, set the dead pool aside and remember its size, so the child's first op builds
+//! a fresh pool with as many threads, as PyTorch does.
 
+use super::fork;
 use crate::error::{Result, TfmError};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Once, RwLock, RwLockWriteGuard};
+
+type Slot = Option<Arc<rayon::ThreadPool>>;
+
+static POOL: RwLock<Slot> = RwLock::new(None);
+/// The size of the next pool built on first use: 0 for the default, else the size of the pool
+/// that a fork left behind in this (child) process.
+static NEXT_THREADS: AtomicUsize = AtomicUsize::new(0);
+static FORK_HANDLERS: Once = Once::new();
+
+thread_local! {
+    /// The pool's lock, held by the forking thread from `prepare` until `parent`/`child`.
+    static HELD: RefCell<Option<RwLockWriteGuard<'static, Slot>>> = const { RefCell::new(None) };
+}
+
+extern "C" fn prepare_fork() {
+    let guard = POOL.write().unwrap_or_else(|e| e.into_inner());
+    HELD.with(|h| *h.borrow_mut() = Some(guard));
+}
+
+extern "C" fn after_fork_in_parent() {
+    HELD.with(|h| drop(h.borrow_mut().take()));
+}
+
+extern "C" fn after_fork_in_child() {
+    HELD.with(|h| {
+        if let Some(mut slot) = h.borrow_mut().take() {
+            if let Some(dead) = slot.take() {
+                NEXT_THREADS.store(dead.current_num_threads(), Ordering::Relaxed);
+                // Dropping it would signal worker threads that do not exist here, through locks
+                // they may have held at the fork; its memory is the parent's copy, left as is.
+                std::mem::forget(dead);
+            }
+        }
+    });
+}
 
 fn default_threads() -> usize {
     std::env::var("TFM_RS_NUM_THREADS")
@@ -17,6 +61,13 @@ fn default_threads() -> usize {
 }
 
 fn build(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
+    FORK_HANDLERS.call_once(|| {
+        fork::on_fork(
+            Some(prepare_fork),
+            Some(after_fork_in_parent),
+            Some(after_fork_in_child),
+        )
+    });
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("tfm-rs-{i}"))
@@ -25,18 +76,17 @@ fn build(threads: usize) -> Result<Arc<rayon::ThreadPool>> {
         .map_err(|e| TfmError::internal("set_num_threads", e.to_string()))
 }
 
-fn slot() -> &'static RwLock<Option<Arc<rayon::ThreadPool>>> {
-    static POOL: OnceLock<RwLock<Option<Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    POOL.get_or_init(|| RwLock::new(None))
-}
-
 fn pool() -> Result<Arc<rayon::ThreadPool>> {
-    if let Some(p) = slot().read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+    if let Some(p) = POOL.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
         return Ok(Arc::clone(p));
     }
-    let mut guard = slot().write().unwrap_or_else(|e| e.into_inner());
+    let mut guard = POOL.write().unwrap_or_else(|e| e.into_inner());
     if guard.is_none() {
-        *guard = Some(build(default_threads())?);
+        let threads = match NEXT_THREADS.load(Ordering::Relaxed) {
+            0 => default_threads(),
+            n => n,
+        };
+        *guard = Some(build(threads)?);
     }
     Ok(Arc::clone(guard.as_ref().expect("pool was just built")))
 }
@@ -58,6 +108,6 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
         ));
     }
     let new = build(threads)?;
-    *slot().write().unwrap_or_else(|e| e.into_inner()) = Some(new);
+    *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(new);
     Ok(())
 }

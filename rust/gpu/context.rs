@@ -13,11 +13,16 @@
 //! and the next checked call returns. A lost device is recorded the same way.
 //!
 //! `TFM_RS_GPU=0` (or `off`) hides the GPU, for testing the no-adapter path on a machine with one.
+//!
+//! A child made by `fork` after the GPU was first asked for gets a `Device` error instead: the
+//! device (and the driver threads behind it) belong to the parent, and a half-made one would
+//! block the child forever.
 
 use super::pipeline::PipelineCache;
 use crate::error::{Result, TfmError};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 const OP: &str = "gpu";
 
@@ -43,9 +48,26 @@ pub struct Gpu {
 }
 
 static GPU: OnceLock<Result<Gpu>> = OnceLock::new();
+/// Whether this process is a `fork` child of one that had asked for the GPU.
+static FORKED: AtomicBool = AtomicBool::new(false);
+static FORK_HANDLER: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
 
 /// The GPU, created on the first call; the same error on every call when there is none.
 pub fn gpu() -> Result<&'static Gpu> {
+    FORK_HANDLER.call_once(|| {
+        crate::cpu::fork::on_fork(None, None, Some(after_fork_in_child));
+    });
+    if FORKED.load(Ordering::Relaxed) {
+        return Err(TfmError::device(
+            OP,
+            "this process was forked from one that had used the GPU, and a forked child cannot \
+             use its parent's GPU device; start workers with the 'spawn' or 'forkserver' method",
+        ));
+    }
     GPU.get_or_init(|| {
         catch_unwind(create).unwrap_or_else(|_| {
             Err(TfmError::device(

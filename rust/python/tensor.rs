@@ -576,7 +576,10 @@ fn tensor(data: &Bound<'_, PyAny>, requires_grad: bool) -> PyResult<PyTensor> {
     PyTensor::new(data, requires_grad)
 }
 
-/// A tensor from a NumPy array (copied; float64 is converted to float32).
+/// A tensor from a NumPy array. Unlike `torch.from_numpy` it copies (at memory speed, without
+/// the GIL for large arrays; other float dtypes are cast to float32): a tensor's storage is an
+/// owned, pooled, copy-on-write buffer, so it cannot share the array's memory, and writes to
+/// either afterwards are not seen by the other.
 #[pyfunction]
 fn from_numpy(array: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
     PyTensor::new(array, false)
