@@ -9,7 +9,7 @@ use super::gemm::u32_of;
 use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::{upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
 use crate::ops::attention::{AttentionConfig, MaskLayout};
 use crate::random::keep_threshold;
@@ -363,59 +363,6 @@ pub(crate) fn attention_var(
         cfg,
     };
     Ok(Var::from_op(out, inputs.map(Var::clone).to_vec(), saved))
-}
-
-/// [`forward`] from and to the host: `(out, lse)`.
-pub fn forward_host(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cfg: &AttentionConfig,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (out, lse) = (
-        GpuBuffer::zeros(cfg.bh * cfg.tq * cfg.ev)?,
-        GpuBuffer::zeros(cfg.bh * cfg.tq)?,
-    );
-    forward(
-        &prepare(cfg)?,
-        &out,
-        &lse,
-        &upload(q)?,
-        &upload(k)?,
-        &upload(v)?,
-        cfg,
-    )?;
-    Ok((download(&out)?, download(&lse)?))
-}
-
-/// [`backward`] from and to the host: `(dq, dk, dv)`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_host(
-    dout: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    cfg: &AttentionConfig,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let dq = GpuBuffer::zeros(q.len())?;
-    let dk = GpuBuffer::zeros(k.len())?;
-    let dv = GpuBuffer::zeros(v.len())?;
-    backward(
-        &prepare(cfg)?,
-        &dq,
-        &dk,
-        &dv,
-        &upload(dout)?,
-        &upload(q)?,
-        &upload(k)?,
-        &upload(v)?,
-        &upload(out)?,
-        &upload(lse)?,
-        cfg,
-    )?;
-    Ok((download(&dq)?, download(&dk)?, download(&dv)?))
 }
 
 #[cfg(test)]

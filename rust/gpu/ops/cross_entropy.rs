@@ -10,7 +10,7 @@ use super::{check_len, check_lens};
 use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::{Result, TfmError};
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
 use crate::ops::broadcast::{broadcast_to, sum_to};
 use crate::ops::cross_entropy::{LossConfig, Reduction};
@@ -195,78 +195,79 @@ pub(crate) fn cross_entropy_var(
     Ok(Var::from_op(out, vec![logits.clone()], saved))
 }
 
-#[derive(Debug)]
-/// The loss and, when asked, the gradient of the reduced loss with respect to the logits.
-pub struct CrossEntropyOutput {
-    /// `(N,)` for `Reduction::None`, else one value.
-    pub loss: Vec<f32>,
-    /// `(N, C)`, for an output gradient of ones.
-    pub dlogits: Option<Vec<f32>>,
-}
-
-/// Cross entropy from host slices: `logits (N, C)`, `target (N,)`; with `grad`, also the
-/// gradient of the (reduced) loss, as its backward with an output gradient of ones.
-pub fn cross_entropy_host(
-    logits: &[f32],
-    target: &[i64],
-    c: usize,
-    ignore_index: i64,
-    label_smoothing: f32,
-    reduction: Reduction,
-    grad: bool,
-) -> Result<CrossEntropyOutput> {
-    let n = target.len();
-    check_len(OP, "logits", logits.len(), n * c)?;
-    let t = checked_targets(target, c, ignore_index)?;
-    let (x, tb) = (upload(logits)?, GpuBuffer::from_slice(&t)?);
-    let (loss_b, lse_b) = (GpuBuffer::zeros(n)?, GpuBuffer::zeros(n)?);
-    forward(&loss_b, &lse_b, &x, &tb, c, label_smoothing)?;
-    let (rows, lse) = (download(&loss_b)?, download(&lse_b)?);
-    let bad = |i: &usize| lse[*i].is_nan() || (lse[*i] == f32::NEG_INFINITY && t[*i] >= 0);
-    if let Some(i) = (0..n).find(bad) {
-        let what = if lse[i].is_nan() {
-            "holds NaN or +inf"
-        } else {
-            "is -inf everywhere"
-        };
-        return Err(TfmError::non_finite(
-            OP,
-            format!("row {i} of the logits {what}"),
-        ));
-    }
-    let counted = t.iter().filter(|&&t| t >= 0).count();
-    let total: f64 = rows.iter().map(|&l| l as f64).sum();
-    let (loss, w) = match reduction {
-        Reduction::None => (rows, 1.0),
-        Reduction::Sum => (vec![total as f32], 1.0),
-        Reduction::Mean if counted == 0 => (vec![0.0], 0.0),
-        Reduction::Mean => (vec![(total / counted as f64) as f32], 1.0 / counted as f32),
-    };
-    let dlogits = if grad {
-        let d = GpuBuffer::zeros(n * c)?;
-        backward(
-            &d,
-            &x,
-            &tb,
-            &lse_b,
-            &upload(&vec![w; n])?,
-            c,
-            label_smoothing,
-        )?;
-        Some(download(&d)?)
-    } else {
-        None
-    };
-    Ok(CrossEntropyOutput { loss, dlogits })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::cross_entropy::cross_entropy;
     use crate::ops::test_support::{grads, leaf, rand_vec};
+
+    #[derive(Debug)]
+    /// The loss and, when asked, the gradient of the reduced loss with respect to the logits.
+    struct CrossEntropyOutput {
+        /// `(N,)` for `Reduction::None`, else one value.
+        loss: Vec<f32>,
+        /// `(N, C)`, for an output gradient of ones.
+        dlogits: Option<Vec<f32>>,
+    }
+
+    /// Cross entropy from host slices: `logits (N, C)`, `target (N,)`; with `grad`, also the
+    /// gradient of the (reduced) loss, as its backward with an output gradient of ones.
+    fn cross_entropy_host(
+        logits: &[f32],
+        target: &[i64],
+        c: usize,
+        ignore_index: i64,
+        label_smoothing: f32,
+        reduction: Reduction,
+        grad: bool,
+    ) -> Result<CrossEntropyOutput> {
+        let n = target.len();
+        check_len(OP, "logits", logits.len(), n * c)?;
+        let t = checked_targets(target, c, ignore_index)?;
+        let (x, tb) = (upload(logits)?, GpuBuffer::from_slice(&t)?);
+        let (loss_b, lse_b) = (GpuBuffer::zeros(n)?, GpuBuffer::zeros(n)?);
+        forward(&loss_b, &lse_b, &x, &tb, c, label_smoothing)?;
+        let (rows, lse) = (download(&loss_b)?, download(&lse_b)?);
+        let bad = |i: &usize| lse[*i].is_nan() || (lse[*i] == f32::NEG_INFINITY && t[*i] >= 0);
+        if let Some(i) = (0..n).find(bad) {
+            let what = if lse[i].is_nan() {
+                "holds NaN or +inf"
+            } else {
+                "is -inf everywhere"
+            };
+            return Err(TfmError::non_finite(
+                OP,
+                format!("row {i} of the logits {what}"),
+            ));
+        }
+        let counted = t.iter().filter(|&&t| t >= 0).count();
+        let total: f64 = rows.iter().map(|&l| l as f64).sum();
+        let (loss, w) = match reduction {
+            Reduction::None => (rows, 1.0),
+            Reduction::Sum => (vec![total as f32], 1.0),
+            Reduction::Mean if counted == 0 => (vec![0.0], 0.0),
+            Reduction::Mean => (vec![(total / counted as f64) as f32], 1.0 / counted as f32),
+        };
+        let dlogits = if grad {
+            let d = GpuBuffer::zeros(n * c)?;
+            backward(
+                &d,
+                &x,
+                &tb,
+                &lse_b,
+                &upload(&vec![w; n])?,
+                c,
+                label_smoothing,
+            )?;
+            Some(download(&d)?)
+        } else {
+            None
+        };
+        Ok(CrossEntropyOutput { loss, dlogits })
+    }
 
     #[test]
     fn cross_entropy_matches_cpu() {

@@ -6,7 +6,7 @@ use super::gemm::u32_of;
 use super::{check_len, check_lens};
 use crate::autograd::{Backward, Var};
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
 use crate::ops::elementwise::{binary_forward, BinaryOp};
 use crate::ops::layer_norm::grads_by_input;
@@ -215,88 +215,89 @@ pub(crate) fn layer_norm_var(
     Ok(Var::from_op(y, inputs, saved))
 }
 
-/// What [`forward_host`] returns: `y (rows, D)`, `mean (rows,)`, `rstd (rows,)`.
-pub struct LayerNormOutput {
-    pub y: Vec<f32>,
-    pub mean: Vec<f32>,
-    pub rstd: Vec<f32>,
-}
-
-/// [`forward`] from and to the host; `x` holds whole rows of `d`.
-pub fn forward_host(
-    x: &[f32],
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
-    d: usize,
-    eps: f32,
-) -> Result<LayerNormOutput> {
-    let rows = x.len().checked_div(d).unwrap_or(0);
-    let (y, mean, rstd) = (
-        GpuBuffer::zeros(x.len())?,
-        GpuBuffer::zeros(rows)?,
-        GpuBuffer::zeros(rows)?,
-    );
-    let (w, b) = (
-        weight.map(upload).transpose()?,
-        bias.map(upload).transpose()?,
-    );
-    forward(
-        &y,
-        &mean,
-        &rstd,
-        &upload(x)?,
-        w.as_ref(),
-        b.as_ref(),
-        rows,
-        d,
-        eps,
-    )?;
-    Ok(LayerNormOutput {
-        y: download(&y)?,
-        mean: download(&mean)?,
-        rstd: download(&rstd)?,
-    })
-}
-
-/// [`backward`] from and to the host: `(dx, dweight, dbias)`.
-pub fn backward_host(
-    g: &[f32],
-    x: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    weight: Option<&[f32]>,
-    d: usize,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let rows = mean.len();
-    let (dx, dw, db) = (
-        GpuBuffer::zeros(x.len())?,
-        GpuBuffer::zeros(d)?,
-        GpuBuffer::zeros(d)?,
-    );
-    let w = weight.map(upload).transpose()?;
-    backward(
-        &dx,
-        &dw,
-        &db,
-        &upload(g)?,
-        &upload(x)?,
-        &upload(mean)?,
-        &upload(rstd)?,
-        w.as_ref(),
-        rows,
-        d,
-    )?;
-    Ok((download(&dx)?, download(&dw)?, download(&db)?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::layer_norm::{
         layer_norm_backward_input, layer_norm_backward_params, layer_norm_forward,
     };
     use crate::ops::test_support::rand_vec;
+
+    /// What `forward_host` returns: `y (rows, D)`, `mean (rows,)`, `rstd (rows,)`.
+    struct LayerNormOutput {
+        y: Vec<f32>,
+        mean: Vec<f32>,
+        rstd: Vec<f32>,
+    }
+
+    /// `forward` from and to the host; `x` holds whole rows of `d`.
+    fn forward_host(
+        x: &[f32],
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        d: usize,
+        eps: f32,
+    ) -> Result<LayerNormOutput> {
+        let rows = x.len().checked_div(d).unwrap_or(0);
+        let (y, mean, rstd) = (
+            GpuBuffer::zeros(x.len())?,
+            GpuBuffer::zeros(rows)?,
+            GpuBuffer::zeros(rows)?,
+        );
+        let (w, b) = (
+            weight.map(upload).transpose()?,
+            bias.map(upload).transpose()?,
+        );
+        forward(
+            &y,
+            &mean,
+            &rstd,
+            &upload(x)?,
+            w.as_ref(),
+            b.as_ref(),
+            rows,
+            d,
+            eps,
+        )?;
+        Ok(LayerNormOutput {
+            y: download(&y)?,
+            mean: download(&mean)?,
+            rstd: download(&rstd)?,
+        })
+    }
+
+    /// `backward` from and to the host: `(dx, dweight, dbias)`.
+    fn backward_host(
+        g: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        weight: Option<&[f32]>,
+        d: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let rows = mean.len();
+        let (dx, dw, db) = (
+            GpuBuffer::zeros(x.len())?,
+            GpuBuffer::zeros(d)?,
+            GpuBuffer::zeros(d)?,
+        );
+        let w = weight.map(upload).transpose()?;
+        backward(
+            &dx,
+            &dw,
+            &db,
+            &upload(g)?,
+            &upload(x)?,
+            &upload(mean)?,
+            &upload(rstd)?,
+            w.as_ref(),
+            rows,
+            d,
+        )?;
+        Ok((download(&dx)?, download(&dw)?, download(&db)?))
+    }
 
     #[test]
     fn layer_norm_matches_cpu() {

@@ -5,8 +5,8 @@
 //! Three layers per op, as far as it needs them: buffer-level kernels (device in, device out),
 //! tensor-level functions on GPU [`Tensor`](crate::tensor::Tensor)s that the CPU op dispatches
 //! to when its operands are on the GPU, and — where the backward saves device-specific state
-//! (LayerNorm, cross entropy, attention) — the op's autograd wiring on GPU values. Host
-//! wrappers (slices in, `Vec` out) serve the tests and `tfm_rs.gpu`.
+//! (LayerNorm, cross entropy, attention) — the op's autograd wiring on GPU values. The tests
+//! upload their inputs, call the buffer-level kernel and compare the download with the CPU op.
 
 pub mod activation;
 pub mod adam;
