@@ -21,6 +21,7 @@
 pub mod autograd;
 pub mod cpu;
 pub mod decode;
+pub mod desc;
 pub mod error;
 #[cfg(feature = "wgpu")]
 pub mod gpu;

@@ -19,21 +19,9 @@ use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
 use crate::{ensure_shape, ensure_value};
 
+pub use crate::desc::{LossConfig, Reduction};
+
 const OP: &str = "cross_entropy";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    None,
-    Mean,
-    Sum,
-}
-
-/// The loss settings shared by the kernels.
-#[derive(Clone, Copy, Debug)]
-pub struct LossConfig {
-    pub ignore_index: i64,
-    pub label_smoothing: f32,
-}
 
 /// One row of the forward: its loss (0 when ignored) and log-sum-exp.
 #[derive(Clone, Copy, Debug, Default)]

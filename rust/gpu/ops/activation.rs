@@ -2,10 +2,10 @@
 //! length, with the formulas of [`crate::ops::activation`].
 
 use super::check_len;
+use crate::desc::ActivationKind;
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::ops::activation::ActivationKind;
 use crate::tensor::Tensor;
 
 const OP: &str = "gpu activation";

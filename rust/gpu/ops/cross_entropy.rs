@@ -7,11 +7,11 @@
 
 use super::gemm::u32_of;
 use super::{check_len, check_lens};
+use crate::desc::LossConfig;
 use crate::ensure_value;
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
-use crate::ops::cross_entropy::LossConfig;
 use crate::tensor::Tensor;
 
 const OP: &str = "gpu cross_entropy";
