@@ -280,5 +280,6 @@ def gpu_info(reason: bool = False) -> Optional[Union[Dict[str, str], str]]:
     """The adapter (name, backend, device_type, driver), or None; with ``reason=True`` the
     reason there is none, as a string."""
 
-gpu: Any
-"""The native GPU ops on NumPy arrays (wrapped by :mod:`tfm_rs.gpu`)."""
+# With the ``wgpu`` feature, two private benchmark timers (``_gpu_time_matmul``,
+# ``_gpu_time_attention``: best seconds of the kernels on device-resident buffers) for
+# benches/bench_gpu.py; private, so not declared here.

@@ -224,7 +224,7 @@ def _gpu_backend() -> str:
     import tfm_rs
 
     probe = getattr(tfm_rs, "gpu_available", None)
-    if probe is None or getattr(tfm_rs._core, "gpu", None) is None:
+    if probe is None or not hasattr(tfm_rs._core, "_gpu_time_matmul"):
         return "not built (tfm_rs was built without the cargo feature 'wgpu')"
     try:
         if not probe():

@@ -4,7 +4,6 @@
 use super::grad_mode::GradMode;
 use super::var::Var;
 use crate::error::{Result, TfmError};
-use crate::ops::elementwise::{binary_forward, BinaryOp};
 use crate::tensor::{shape_str, Device, Tensor};
 use std::collections::{HashMap, HashSet};
 
@@ -89,7 +88,7 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
                 ));
             }
             match grads.get_mut(&input.id()) {
-                Some(acc) => add_assign(acc, &g)?,
+                Some(acc) => acc.add_assign(&g)?,
                 None => {
                     grads.insert(input.id(), g);
                 }
@@ -148,24 +147,8 @@ fn accumulate_leaf(var: &Var, grad: Tensor) -> Result<()> {
     }
     let mut slot = var.0.grad.lock().unwrap_or_else(|e| e.into_inner());
     match slot.as_mut() {
-        Some(acc) => add_assign(acc, &grad)?,
+        Some(acc) => acc.add_assign(&grad)?,
         None => *slot = Some(grad),
     }
-    Ok(())
-}
-
-/// `acc += g`: in place on the host; a new sum on the GPU (or where a `.grad` assigned on
-/// another device meets this backward's gradient, which is then the mixing error).
-fn add_assign(acc: &mut Tensor, g: &Tensor) -> Result<()> {
-    use rayon::prelude::*;
-    if acc.is_gpu() || g.is_gpu() {
-        *acc = binary_forward(BinaryOp::Add, acc, g)?;
-        return Ok(());
-    }
-    const CHUNK: usize = 1 << 15;
-    acc.data_mut()
-        .par_chunks_mut(CHUNK)
-        .zip(g.data().par_chunks(CHUNK))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b));
     Ok(())
 }

@@ -7,8 +7,8 @@
 //!   the one call an op's host code makes; `common.wgsl`, compiled in front of every shader.
 //! - [`timing`]: kernel timings on device-resident buffers, for the benchmarks.
 //! - [`ops`]: one host file per op with its `.wgsl` beside it. Each op has a buffer-level
-//!   function (device in, device out) and a host convenience wrapper (slices in, `Vec` out),
-//!   and is tested against the CPU op.
+//!   function (device in, device out) and is tested against the CPU op; tensors reach these
+//!   kernels through `Tensor::to_device`, never through host slices.
 //!
 //! Every failure is a [`TfmError`](crate::TfmError): `ErrorKind::Device` when there is no
 //! adapter or the GPU rejects or loses work, the usual kinds for bad shapes or arguments.
@@ -17,8 +17,10 @@
 //! ```no_run
 //! # fn main() -> tfm_rs::Result<()> {
 //! if tfm_rs::gpu::is_available() {
-//!     let y = tfm_rs::gpu::ops::activation::forward_host(tfm_rs::ops::activation::ActivationKind::Relu, &[-1.0, 2.0])?;
-//!     assert_eq!(y, vec![0.0, 2.0]);
+//!     let x = tfm_rs::gpu::buffer::upload(&[-1.0, 2.0])?;
+//!     let y = tfm_rs::gpu::GpuBuffer::zeros(2)?;
+//!     tfm_rs::gpu::ops::activation::forward(tfm_rs::ops::activation::ActivationKind::Relu, &y, &x)?;
+//!     assert_eq!(tfm_rs::gpu::buffer::download(&y)?, vec![0.0, 2.0]);
 //! }
 //! # Ok(()) }
 //! ```

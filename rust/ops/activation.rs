@@ -10,6 +10,8 @@ use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::tensor::Tensor;
 
+pub use crate::desc::ActivationKind;
+
 // The scalar functions are `#[inline(always)]` and branch-free (libm's `erff`/`tanhf` are
 // calls that no loop can vectorize), so that the `map1`/`map2` kernels compile them into 16-
 // or 8-lane SIMD code for the active instruction set.
@@ -82,25 +84,7 @@ pub fn gelu_tanh_grad(x: f32) -> f32 {
     s + 2.0 * x * s * (1.0 - s) * K * (1.0 + 3.0 * C * x * x)
 }
 
-/// The pointwise activations, as one op with a per-kind scalar function and derivative.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActivationKind {
-    Relu,
-    /// PyTorch's `approximate='none'`.
-    Gelu,
-    /// PyTorch's `approximate='tanh'`.
-    GeluTanh,
-}
-
 impl ActivationKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            ActivationKind::Relu => "relu",
-            ActivationKind::Gelu => "gelu",
-            ActivationKind::GeluTanh => "gelu_tanh",
-        }
-    }
-
     /// The activation of one value. ReLU keeps NaN (written as `x ≤ 0 → 0`), as PyTorch does.
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {

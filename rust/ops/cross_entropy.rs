@@ -19,21 +19,9 @@ use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Tensor};
 use crate::{ensure_shape, ensure_value};
 
+pub use crate::desc::{LossConfig, Reduction};
+
 const OP: &str = "cross_entropy";
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Reduction {
-    None,
-    Mean,
-    Sum,
-}
-
-/// The loss settings shared by the kernels.
-#[derive(Clone, Copy, Debug)]
-pub struct LossConfig {
-    pub ignore_index: i64,
-    pub label_smoothing: f32,
-}
 
 /// One row of the forward: its loss (0 when ignored) and log-sum-exp.
 #[derive(Clone, Copy, Debug, Default)]
@@ -173,10 +161,21 @@ pub fn cross_entropy_backward(
     dx
 }
 
+/// What the forward saved besides the logits, on the device of the logits.
+enum Saved {
+    /// The targets and each row's log-sum-exp in f64.
+    Host { target: Vec<i64>, lse: Vec<f64> },
+    /// The checked targets and each row's log-sum-exp `(N,)`, on the GPU.
+    #[cfg(feature = "wgpu")]
+    Gpu {
+        target: crate::gpu::GpuBuffer,
+        lse: Tensor,
+    },
+}
+
 struct CrossEntropyBackward {
     logits: Tensor,
-    target: Vec<i64>,
-    lse: Vec<f64>,
+    saved: Saved,
     cfg: LossConfig,
     reduction: Reduction,
     /// Positions not ignored: the mean's denominator.
@@ -188,17 +187,41 @@ impl Backward for CrossEntropyBackward {
         OP
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let n = self.target.len();
-        let w = match self.reduction {
-            Reduction::None => g.data().to_vec(),
-            Reduction::Sum => vec![g.data()[0]; n],
-            // An all-ignored mean has no row to pass a gradient to (every row is skipped).
-            Reduction::Mean => vec![g.data()[0] / self.counted.max(1) as f32; n],
-        };
-        let c = self.logits.shape().last().copied().unwrap_or(0);
-        let dx =
-            cross_entropy_backward(self.logits.data(), &self.target, &self.lse, &w, c, self.cfg);
-        Ok(vec![Some(Tensor::new(dx, self.logits.shape())?)])
+        let n = self.logits.rows_cols().0;
+        match &self.saved {
+            Saved::Host { target, lse } => {
+                let w = match self.reduction {
+                    Reduction::None => g.data().to_vec(),
+                    Reduction::Sum => vec![g.data()[0]; n],
+                    // An all-ignored mean has no row to pass a gradient to (every row is skipped).
+                    Reduction::Mean => vec![g.data()[0] / self.counted.max(1) as f32; n],
+                };
+                let c = self.logits.shape().last().copied().unwrap_or(0);
+                let dx = cross_entropy_backward(self.logits.data(), target, lse, &w, c, self.cfg);
+                Ok(vec![Some(Tensor::new(dx, self.logits.shape())?)])
+            }
+            #[cfg(feature = "wgpu")]
+            Saved::Gpu { target, lse } => {
+                use super::broadcast::broadcast_to;
+                // Each row's share of the output gradient, as on the host.
+                let w = match self.reduction {
+                    Reduction::None => g.reshape(&[n])?,
+                    Reduction::Sum => broadcast_to(OP, g, &[n])?,
+                    Reduction::Mean => super::elementwise::scale(
+                        &broadcast_to(OP, g, &[n])?,
+                        1.0 / self.counted.max(1) as f32,
+                    )?,
+                };
+                let dx = crate::gpu::ops::cross_entropy::backward_tensor(
+                    &self.logits,
+                    target,
+                    lse,
+                    &w,
+                    self.cfg.label_smoothing,
+                )?;
+                Ok(vec![Some(dx)])
+            }
+        }
     }
 }
 
@@ -236,12 +259,30 @@ pub fn cross_entropy(
         ignore_index,
         label_smoothing,
     };
-    on_device!(x.device(),
-        gpu: return crate::gpu::ops::cross_entropy::cross_entropy_var(logits, &x, target, cfg, reduction),
-        cpu: (),
-    );
-    let rows = cross_entropy_forward(x.data(), target, c, cfg)?;
     let counted = target.iter().filter(|&&t| t != ignore_index).count();
+    #[cfg(feature = "wgpu")]
+    if x.device() == crate::tensor::Device::Gpu {
+        use super::broadcast::sum_to;
+        let (loss, lse, target) = crate::gpu::ops::cross_entropy::forward_tensors(&x, target, cfg)?;
+        let out = match reduction {
+            Reduction::None if x.ndim() == 2 => loss,
+            Reduction::None => loss.reshape(&[])?,
+            Reduction::Sum => sum_to(&loss, &[])?,
+            // An all-ignored mean is 0, as on the host (every row's loss is 0).
+            Reduction::Mean => {
+                super::elementwise::scale(&sum_to(&loss, &[])?, 1.0 / counted.max(1) as f32)?
+            }
+        };
+        let saved = CrossEntropyBackward {
+            logits: x,
+            saved: Saved::Gpu { target, lse },
+            cfg,
+            reduction,
+            counted,
+        };
+        return Ok(Var::from_op(out, vec![logits.clone()], saved));
+    }
+    let rows = cross_entropy_forward(x.data(), target, c, cfg)?;
     // Sums in row order in f64: deterministic, and accurate over thousands of rows.
     let total: f64 = rows.iter().map(|r| r.loss).sum();
     let out = match reduction {
@@ -258,8 +299,10 @@ pub fn cross_entropy(
     };
     let saved = CrossEntropyBackward {
         logits: x,
-        target: target.to_vec(),
-        lse: rows.iter().map(|r| r.lse).collect(),
+        saved: Saved::Host {
+            target: target.to_vec(),
+            lse: rows.iter().map(|r| r.lse).collect(),
+        },
         cfg,
         reduction,
         counted,

@@ -10,24 +10,7 @@ use crate::autograd::{Backward, Var};
 use crate::error::Result;
 use crate::tensor::{Device, Tensor};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-}
-
-impl BinaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-        }
-    }
-}
+pub use crate::desc::{BinaryOp, UnaryOp};
 
 /// Forward kernel: `f(a, b)` with broadcasting, on the operands' device.
 pub fn binary_forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -137,29 +120,6 @@ pub fn mul(a: &Var, b: &Var) -> Result<Var> {
 }
 pub fn div(a: &Var, b: &Var) -> Result<Var> {
     binary(BinaryOp::Div, a, b)
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Sqrt,
-    Tanh,
-    Pow(f32),
-}
-
-impl UnaryOp {
-    fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Pow(_) => "pow",
-        }
-    }
 }
 
 /// `op(x)` elementwise, on `x`'s device.

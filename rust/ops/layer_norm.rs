@@ -6,6 +6,8 @@
 //! in f64 (two passes over a row that is already in cache) so that rows with a large mean
 //! relative to their spread keep full f32 accuracy.
 
+#[cfg(feature = "wgpu")]
+use super::elementwise::{binary_forward, BinaryOp};
 use super::rows::{for_each_row, rows_mut, sums_f64};
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
@@ -203,14 +205,60 @@ pub fn layer_norm_backward_params(
     (dw, db)
 }
 
+/// The row statistics the forward saved, on the device of the values: f64 on the host (the CPU
+/// backward reads them in f64), f32 tensors `(rows,)` on the GPU.
+enum SavedStats {
+    Host(Arc<Vec<RowStats>>),
+    #[cfg(feature = "wgpu")]
+    Gpu {
+        mean: Tensor,
+        rstd: Tensor,
+    },
+}
+
 struct LayerNormBackward {
     name: &'static str,
     /// The normalized input `s = x (+ residual)`.
     s: Tensor,
-    stats: Arc<Vec<RowStats>>,
+    stats: SavedStats,
     weight: Option<Tensor>,
     has_residual: bool,
     has_bias: bool,
+}
+
+impl LayerNormBackward {
+    fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        match &self.stats {
+            SavedStats::Host(stats) => {
+                let d = self.s.shape().last().copied().unwrap_or(1);
+                let w = self.weight.as_ref().map(|w| w.data());
+                let ds = layer_norm_backward_input(g.data(), self.s.data(), stats, d, w);
+                Tensor::new(ds, self.s.shape())
+            }
+            #[cfg(feature = "wgpu")]
+            SavedStats::Gpu { mean, rstd } => crate::gpu::ops::layer_norm::backward_input_tensor(
+                g,
+                &self.s,
+                mean,
+                rstd,
+                self.weight.as_ref(),
+            ),
+        }
+    }
+
+    fn param_grads(&self, g: &Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.stats {
+            SavedStats::Host(stats) => {
+                let d = self.s.shape().last().copied().unwrap_or(1);
+                let (dw, db) = layer_norm_backward_params(g.data(), self.s.data(), stats, d);
+                Ok((Tensor::new(dw, &[d])?, Tensor::new(db, &[d])?))
+            }
+            #[cfg(feature = "wgpu")]
+            SavedStats::Gpu { mean, rstd } => {
+                crate::gpu::ops::layer_norm::backward_params_tensors(g, &self.s, mean, rstd)
+            }
+        }
+    }
 }
 
 impl Backward for LayerNormBackward {
@@ -220,26 +268,17 @@ impl Backward for LayerNormBackward {
     fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         // inputs: x, [residual], [weight], [bias]
         let n_x = 1 + self.has_residual as usize;
-        let d = self.s.shape().last().copied().unwrap_or(1);
         let need_ds = inputs[..n_x].iter().any(Var::requires_grad);
         let need_params = inputs[n_x..].iter().any(Var::requires_grad);
-        let ds = if need_ds {
-            let w = self.weight.as_ref().map(|w| w.data());
-            Some(Tensor::new(
-                layer_norm_backward_input(g.data(), self.s.data(), &self.stats, d, w),
-                self.s.shape(),
-            )?)
-        } else {
-            None
-        };
+        let ds = need_ds.then(|| self.input_grad(g)).transpose()?;
         let (mut dweight, mut dbias) = (None, None);
         if need_params {
-            let (dw, db) = layer_norm_backward_params(g.data(), self.s.data(), &self.stats, d);
+            let (dw, db) = self.param_grads(g)?;
             if self.weight.is_some() {
-                dweight = Some(Tensor::new(dw, &[d])?);
+                dweight = Some(dw);
             }
             if self.has_bias {
-                dbias = Some(Tensor::new(db, &[d])?);
+                dbias = Some(db);
             }
         }
         Ok(grads_by_input(
@@ -252,10 +291,9 @@ impl Backward for LayerNormBackward {
     }
 }
 
-/// The gradients in the order of the op's inputs, `x, [residual], [weight], [bias]` (the CPU
-/// and GPU backward share it): `ds` for `x` and for the residual (which enters the sum
+/// The gradients in the order of the op's inputs, `x, [residual], [weight], [bias]`: `ds` for `x` and for the residual (which enters the sum
 /// unchanged), then the parameter gradients that were computed; `None` for the rest.
-pub(crate) fn grads_by_input(
+fn grads_by_input(
     n_inputs: usize,
     has_residual: bool,
     ds: Option<Tensor>,
@@ -319,12 +357,26 @@ fn layer_norm_var(
         .cloned()
         .collect();
     let device = Device::common(op, inputs.iter().map(Var::device))?;
-    on_device!(device,
-        gpu: return crate::gpu::ops::layer_norm::layer_norm_var(
-            op, inputs, &xv, rv.as_ref(), wv.as_ref(), bv.as_ref(), eps,
-        ),
-        cpu: (),
-    );
+    #[cfg(feature = "wgpu")]
+    if device == Device::Gpu {
+        let s = match &rv {
+            Some(r) => binary_forward(BinaryOp::Add, &xv, r)?,
+            None => xv,
+        };
+        let (y, mean, rstd) =
+            crate::gpu::ops::layer_norm::forward_tensors(&s, wv.as_ref(), bv.as_ref(), eps)?;
+        let saved = LayerNormBackward {
+            name: op,
+            s,
+            stats: SavedStats::Gpu { mean, rstd },
+            weight: wv,
+            has_residual: residual.is_some(),
+            has_bias: bias.is_some(),
+        };
+        return Ok(Var::from_op(y, inputs, saved));
+    }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = device;
     let fwd = layer_norm_forward(
         xv.data(),
         rv.as_ref().map(Tensor::data),
@@ -342,7 +394,7 @@ fn layer_norm_var(
     let saved = LayerNormBackward {
         name: op,
         s,
-        stats: Arc::new(fwd.stats),
+        stats: SavedStats::Host(Arc::new(fwd.stats)),
         weight: wv,
         has_residual: residual.is_some(),
         has_bias: bias.is_some(),

@@ -7,9 +7,11 @@
 //! ([`crate::tensor::Device::common`]) and runs GPU tensors through the kernels of
 //! `crate::gpu::ops` (feature `wgpu`), so that CPU kernels only ever see host tensors. Where an
 //! op's tensor-level kernels dispatch (elementwise, broadcast, reductions, shape ops), its
-//! autograd wiring is shared by both devices; ops whose backward saves device-specific state
-//! (LayerNorm statistics, attention's log-sum-exp) have their GPU wiring beside their GPU
-//! kernels.
+//! autograd wiring is shared by both devices as is. Each op has exactly one `Backward`, here:
+//! ops whose backward saves device-specific state (LayerNorm statistics, cross entropy's and
+//! attention's log-sum-exp) save it in an enum with a host and a GPU variant and call the
+//! tensor-level GPU backward for the latter. Op kinds and configurations that both backends
+//! name live in [`crate::desc`].
 
 /// `$gpu` when `$device` is the GPU (feature `wgpu`), else `$cpu`; without the feature only
 /// `$cpu` is compiled, as no GPU tensor can exist.
@@ -22,8 +24,6 @@ macro_rules! on_device {
         }
     };
 }
-#[cfg(feature = "python")]
-pub(crate) use on_device;
 
 pub mod activation;
 pub mod attention;

@@ -12,61 +12,12 @@
 //! the bias-corrected one, as its documentation's pseudo-code shows).
 
 use super::{check_len, for_each_index, optional_chunks, CHUNK};
-use crate::ensure_value;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
 
+pub use crate::desc::AdamConfig;
+
 const OP: &str = "adam";
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamConfig {
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-    /// AdamW's decoupled weight decay instead of Adam's L2 penalty.
-    pub decoupled: bool,
-    pub amsgrad: bool,
-    pub maximize: bool,
-}
-
-impl AdamConfig {
-    /// The same range checks as PyTorch's constructor.
-    fn validate(&self) -> Result<()> {
-        ensure_value!(
-            (0.0..).contains(&self.lr),
-            OP,
-            "invalid learning rate: {}",
-            self.lr
-        );
-        ensure_value!(
-            (0.0..).contains(&self.eps),
-            OP,
-            "invalid epsilon value: {}",
-            self.eps
-        );
-        ensure_value!(
-            (0.0..1.0).contains(&self.beta1),
-            OP,
-            "invalid beta parameter at index 0: {}",
-            self.beta1
-        );
-        ensure_value!(
-            (0.0..1.0).contains(&self.beta2),
-            OP,
-            "invalid beta parameter at index 1: {}",
-            self.beta2
-        );
-        ensure_value!(
-            (0.0..).contains(&self.weight_decay),
-            OP,
-            "invalid weight_decay value: {}",
-            self.weight_decay
-        );
-        Ok(())
-    }
-}
 
 /// `torch.lerp(start, end, weight)` for a scalar weight, with PyTorch's two-sided formula.
 #[inline(always)]
@@ -90,17 +41,7 @@ pub fn adam_step(
     step: u64,
     cfg: &AdamConfig,
 ) -> Result<()> {
-    cfg.validate()?;
-    ensure_value!(
-        step >= 1,
-        OP,
-        "step counts from 1 (the count after this step's increment), got 0"
-    );
-    ensure_value!(
-        !cfg.amsgrad || max_exp_avg_sq.is_some(),
-        OP,
-        "amsgrad needs the max_exp_avg_sq state"
-    );
+    cfg.check_step(step, max_exp_avg_sq.is_some())?;
     let n = param.len();
     check_len(OP, "grad", grad.len(), n)?;
     check_len(OP, "exp_avg", exp_avg.len(), n)?;

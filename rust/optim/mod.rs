@@ -1,5 +1,7 @@
-//! Optimizer steps on flat f32 slices, matching `torch.optim` update for update: the bindings
-//! own the parameter groups and state tensors and call one step per parameter.
+//! Optimizer steps matching `torch.optim` update for update: the slice-level kernels
+//! ([`adam_step`], [`sgd_step`]) and their device dispatch on tensors ([`adam_update`],
+//! [`sgd_update`]); the bindings own the parameter groups and state tensors and call one update
+//! per parameter.
 //!
 //! Scalars derived from the hyperparameters (bias corrections, step sizes) are computed in f64
 //! and rounded to f32 once, as PyTorch does with its Python-float hyperparameters; the
@@ -7,9 +9,11 @@
 
 pub mod adam;
 pub mod sgd;
+mod update;
 
 pub use adam::{adam_step, AdamConfig};
 pub use sgd::{sgd_step, SgdConfig};
+pub use update::{adam_update, sgd_update};
 
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};

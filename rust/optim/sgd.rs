@@ -13,51 +13,12 @@
 //! on).
 
 use super::{check_len, for_each_index, optional_chunks, CHUNK};
-use crate::ensure_value;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
 
+pub use crate::desc::SgdConfig;
+
 const OP: &str = "sgd";
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdConfig {
-    pub lr: f64,
-    pub momentum: f64,
-    pub dampening: f64,
-    pub weight_decay: f64,
-    pub nesterov: bool,
-    pub maximize: bool,
-}
-
-impl SgdConfig {
-    /// The same checks as PyTorch's constructor.
-    fn validate(&self) -> Result<()> {
-        ensure_value!(
-            (0.0..).contains(&self.lr),
-            OP,
-            "invalid learning rate: {}",
-            self.lr
-        );
-        ensure_value!(
-            (0.0..).contains(&self.momentum),
-            OP,
-            "invalid momentum value: {}",
-            self.momentum
-        );
-        ensure_value!(
-            (0.0..).contains(&self.weight_decay),
-            OP,
-            "invalid weight_decay value: {}",
-            self.weight_decay
-        );
-        ensure_value!(
-            !self.nesterov || (self.momentum > 0.0 && self.dampening == 0.0),
-            OP,
-            "nesterov momentum requires a momentum and zero dampening"
-        );
-        Ok(())
-    }
-}
 
 /// One SGD step for one parameter, in place. With momentum, `momentum_buffer` (the parameter's
 /// length) is required; `first_step` says it holds no history yet (PyTorch's `None` buffer) and
@@ -69,20 +30,15 @@ pub fn sgd_step(
     first_step: bool,
     cfg: &SgdConfig,
 ) -> Result<()> {
-    cfg.validate()?;
+    cfg.check_step(momentum_buffer.is_some())?;
     let n = param.len();
     check_len(OP, "grad", grad.len(), n)?;
-    let buf = if cfg.momentum != 0.0 {
-        let Some(b) = momentum_buffer else {
-            return Err(crate::error::TfmError::value(
-                OP,
-                "momentum needs the momentum_buffer state",
-            ));
-        };
-        check_len(OP, "momentum_buffer", b.len(), n)?;
-        Some(b)
-    } else {
-        None
+    let buf = match momentum_buffer {
+        Some(b) if cfg.momentum != 0.0 => {
+            check_len(OP, "momentum_buffer", b.len(), n)?;
+            Some(b)
+        }
+        _ => None,
     };
     let (lr, momentum, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.weight_decay as f32);
     let one_minus_dampening = (1.0 - cfg.dampening) as f32;

@@ -3,6 +3,7 @@
 //! order; nothing is reinterpreted. Floating arrays other than float32 are cast explicitly;
 //! integer and boolean arrays are refused where floats are expected, and vice versa.
 
+use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::autograd::Var;
 use crate::error::TfmError;
@@ -257,11 +258,11 @@ pub fn ids_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<(Vec<i6
     Ok((ids, arr.shape().to_vec()))
 }
 
-/// [`tensor_from_py`] brought to the host (a GPU tensor's values are downloaded), for bindings
-/// that run host code on their inputs: the NumPy-in, NumPy-out `tfm_rs.gpu` functions and the
-/// decoder.
+/// [`tensor_from_py`] brought to the host (a GPU tensor's values are downloaded, through
+/// [`run`]), for bindings that run host code on their inputs: the decoder.
 pub fn host_tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor> {
-    Ok(tensor_from_py(obj, op)?.to_host()?)
+    let t = tensor_from_py(obj, op)?;
+    run(obj.py(), move || t.to_host())
 }
 
 /// An attention or softmax mask as an additive float tensor. Boolean masks follow PyTorch's
@@ -281,6 +282,6 @@ pub fn mask_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor
 /// A NumPy float32 array holding a copy of `t` (downloaded from the GPU if it is there).
 pub fn tensor_to_numpy<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
     let shape = t.shape().to_vec();
-    let flat = numpy::PyArray1::from_vec(py, py.detach(|| t.into_host_vec())?);
+    let flat = numpy::PyArray1::from_vec(py, run(py, move || t.into_host_vec())?);
     Ok(flat.reshape(shape)?.into_any())
 }

@@ -229,8 +229,9 @@ impl PyTensor {
     }
 
     /// The value of a one-element tensor as a Python float.
-    fn item(&self) -> PyResult<f32> {
-        let v = self.var.value().to_host()?;
+    fn item(&self, py: Python<'_>) -> PyResult<f32> {
+        let var = self.var.clone();
+        let v = run(py, move || var.value().to_host())?;
         if v.numel() != 1 {
             return Err(crate::error::TfmError::value(
                 "item",
@@ -244,8 +245,8 @@ impl PyTensor {
         Ok(v.data()[0])
     }
 
-    fn __float__(&self) -> PyResult<f32> {
-        self.item()
+    fn __float__(&self, py: Python<'_>) -> PyResult<f32> {
+        self.item(py)
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
@@ -288,14 +289,16 @@ impl PyTensor {
     /// `copy_` under `no_grad`.
     fn copy_<'py>(slf: Bound<'py, Self>, src: &Bound<'py, PyAny>) -> PyResult<Bound<'py, Self>> {
         let value = tensor_from_py(src, "copy_")?;
-        let var = &slf.get().var;
-        let shape = var.shape();
-        let value = if value.numel() == 1 && shape.iter().product::<usize>() != 1 {
-            Tensor::full(&shape, value.to_vec()?[0])
-        } else {
-            value
-        };
-        var.set_value(value.to_device(var.device())?)?;
+        let var = slf.get().var.clone();
+        run(slf.py(), move || {
+            let shape = var.shape();
+            let value = if value.numel() == 1 && shape.iter().product::<usize>() != 1 {
+                Tensor::full(&shape, value.to_vec()?[0])
+            } else {
+                value
+            };
+            var.set_value(value.to_device(var.device())?)
+        })?;
         Ok(slf)
     }
 

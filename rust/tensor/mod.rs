@@ -164,6 +164,26 @@ impl Tensor {
         }
     }
 
+    /// `self += g` for tensors of one shape: in place on the host (copying the storage first if
+    /// it is shared), a new sum on the GPU. Operands on two devices are a `Device` error naming
+    /// `add`, as every op's. Gradient accumulation goes through here.
+    pub fn add_assign(&mut self, g: &Tensor) -> Result<()> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 1 << 15;
+        match Device::common("add", [self.device(), g.device()])? {
+            #[cfg(feature = "wgpu")]
+            Device::Gpu => {
+                *self = crate::gpu::ops::elementwise::binary(crate::desc::BinaryOp::Add, self, g)?;
+            }
+            _ => self
+                .data_mut()
+                .par_chunks_mut(CHUNK)
+                .zip(g.data().par_chunks(CHUNK))
+                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b)),
+        }
+        Ok(())
+    }
+
     /// The values as a host vector, moved out of a host tensor (no copy when unshared) or
     /// downloaded from a GPU one.
     pub fn into_host_vec(self) -> Result<Vec<f32>> {

@@ -2,10 +2,10 @@
 //! length, with the formulas of [`crate::ops::activation`].
 
 use super::check_len;
+use crate::desc::ActivationKind;
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::ops::activation::ActivationKind;
 use crate::tensor::Tensor;
 
 const OP: &str = "gpu activation";
@@ -60,27 +60,28 @@ pub fn backward_tensor(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Result<T
     Ok(dx)
 }
 
-/// [`forward`] from and to the host.
-pub fn forward_host(kind: ActivationKind, x: &[f32]) -> Result<Vec<f32>> {
-    let y = GpuBuffer::zeros(x.len())?;
-    forward(kind, &y, &upload(x)?)?;
-    download(&y)
-}
-
-/// [`backward`] from and to the host.
-pub fn backward_host(kind: ActivationKind, g: &[f32], x: &[f32]) -> Result<Vec<f32>> {
-    let dx = GpuBuffer::zeros(x.len())?;
-    backward(kind, &dx, &upload(g)?, &upload(x)?)?;
-    download(&dx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::activation::{activation_backward, activation_forward};
     use crate::ops::test_support::rand_vec;
     use crate::tensor::Tensor;
+
+    /// `forward` from and to the host.
+    fn forward_host(kind: ActivationKind, x: &[f32]) -> Result<Vec<f32>> {
+        let y = GpuBuffer::zeros(x.len())?;
+        forward(kind, &y, &upload(x)?)?;
+        download(&y)
+    }
+
+    /// `backward` from and to the host.
+    fn backward_host(kind: ActivationKind, g: &[f32], x: &[f32]) -> Result<Vec<f32>> {
+        let dx = GpuBuffer::zeros(x.len())?;
+        backward(kind, &dx, &upload(g)?, &upload(x)?)?;
+        download(&dx)
+    }
 
     #[test]
     fn activations_match_cpu() {

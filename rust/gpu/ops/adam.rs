@@ -4,10 +4,10 @@
 
 use super::check_len;
 use super::gemm::u32_of;
+use crate::desc::AdamConfig;
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::optim::{adam_step, AdamConfig};
 
 const OP: &str = "gpu adam";
 shader!(ADAM, "adam.wgsl");
@@ -38,16 +38,7 @@ pub fn step(
     step: u64,
     cfg: &AdamConfig,
 ) -> Result<()> {
-    // The CPU step on empty slices runs exactly its argument checks.
-    adam_step(
-        &mut [],
-        &[],
-        &mut [],
-        &mut [],
-        max_exp_avg_sq.map(|_| &mut [][..]),
-        step,
-        cfg,
-    )?;
+    cfg.check_step(step, max_exp_avg_sq.is_some())?;
     let n = param.len();
     check_len(OP, "grad", grad.len(), n)?;
     check_len(OP, "exp_avg", exp_avg.len(), n)?;
@@ -90,33 +81,35 @@ pub fn step(
     launch(OP, &ADAM, "step", &p, &args, grid_elems(n))
 }
 
-/// [`step`] on host vectors, updated in place.
-pub fn step_host(
-    param: &mut [f32],
-    exp_avg: &mut [f32],
-    exp_avg_sq: &mut [f32],
-    max_exp_avg_sq: Option<&mut [f32]>,
-    grad: &[f32],
-    t: u64,
-    cfg: &AdamConfig,
-) -> Result<()> {
-    let (p, m, v) = (upload(param)?, upload(exp_avg)?, upload(exp_avg_sq)?);
-    let vmax = max_exp_avg_sq.as_deref().map(upload).transpose()?;
-    step(&p, &m, &v, vmax.as_ref(), &upload(grad)?, t, cfg)?;
-    param.copy_from_slice(&download(&p)?);
-    exp_avg.copy_from_slice(&download(&m)?);
-    exp_avg_sq.copy_from_slice(&download(&v)?);
-    if let (Some(dst), Some(src)) = (max_exp_avg_sq, vmax) {
-        dst.copy_from_slice(&download(&src)?);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::test_support::rand_vec;
+    use crate::optim::adam_step;
+
+    /// `step` on host vectors, updated in place.
+    fn step_host(
+        param: &mut [f32],
+        exp_avg: &mut [f32],
+        exp_avg_sq: &mut [f32],
+        max_exp_avg_sq: Option<&mut [f32]>,
+        grad: &[f32],
+        t: u64,
+        cfg: &AdamConfig,
+    ) -> Result<()> {
+        let (p, m, v) = (upload(param)?, upload(exp_avg)?, upload(exp_avg_sq)?);
+        let vmax = max_exp_avg_sq.as_deref().map(upload).transpose()?;
+        step(&p, &m, &v, vmax.as_ref(), &upload(grad)?, t, cfg)?;
+        param.copy_from_slice(&download(&p)?);
+        exp_avg.copy_from_slice(&download(&m)?);
+        exp_avg_sq.copy_from_slice(&download(&v)?);
+        if let (Some(dst), Some(src)) = (max_exp_avg_sq, vmax) {
+            dst.copy_from_slice(&download(&src)?);
+        }
+        Ok(())
+    }
 
     #[test]
     fn adam_steps_match_cpu() {

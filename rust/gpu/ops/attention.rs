@@ -6,12 +6,11 @@
 
 use super::check_lens;
 use super::gemm::u32_of;
-use crate::autograd::{Backward, Var};
 use crate::ensure_value;
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::{upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
-use crate::ops::attention::{AttentionConfig, MaskLayout};
+use crate::ops::attention::AttentionConfig;
 use crate::random::keep_threshold;
 use crate::tensor::Tensor;
 
@@ -290,60 +289,17 @@ pub fn backward(
     )
 }
 
-/// What the GPU forward saved, as the CPU op: inputs, output, row log-sum-exp, config; and the
-/// uploaded parameters and mask, so the backward does not upload the mask again.
-struct SdpaBackward {
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    out: Tensor,
-    lse: GpuBuffer,
-    prepared: Prepared,
-    /// The sizes, scale and flags; its mask view is unset (the mask is in `prepared`).
-    cfg: AttentionConfig<'static>,
-}
-
-impl Backward for SdpaBackward {
-    fn name(&self) -> &'static str {
-        "scaled_dot_product_attention"
-    }
-
-    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let [dq, dk, dv] = [&self.q, &self.k, &self.v].map(|t| Tensor::gpu_zeros(t.shape()));
-        let (dq, dk, dv) = (dq?, dk?, dv?);
-        backward(
-            &self.prepared,
-            dq.buffer(OP)?,
-            dk.buffer(OP)?,
-            dv.buffer(OP)?,
-            g.buffer(OP)?,
-            self.q.buffer(OP)?,
-            self.k.buffer(OP)?,
-            self.v.buffer(OP)?,
-            self.out.buffer(OP)?,
-            &self.lse,
-            &self.cfg,
-        )?;
-        Ok(vec![Some(dq), Some(dk), Some(dv)])
-    }
-}
-
-/// The GPU forward of [`crate::ops::attention::scaled_dot_product_attention`], called with its
-/// checked arguments: the graph inputs, their values, the output shape `(…, Tq, Ev)`, the
-/// configuration (its `mask` unset) and the mask layout.
-pub(crate) fn attention_var(
-    inputs: [&Var; 3],
-    [q, k, v]: [Tensor; 3],
+/// [`prepare`] and [`forward`] on GPU tensors: the output `(…, Tq, Ev)` shaped `out_shape`, the
+/// row log-sum-exp `(BH·Tq)` and the prepared parameters and mask, which
+/// [`backward_tensors`] takes so that the mask is uploaded once.
+pub(crate) fn forward_tensors(
+    [q, k, v]: [&Tensor; 3],
     out_shape: &[usize],
-    cfg: AttentionConfig<'static>,
-    mask: Option<MaskLayout>,
-) -> Result<Var> {
+    cfg: &AttentionConfig,
+) -> Result<(Tensor, GpuBuffer, Prepared)> {
     let out = Tensor::gpu_zeros(out_shape)?;
     let lse = GpuBuffer::zeros(cfg.bh * cfg.tq)?;
-    let prepared = prepare(&AttentionConfig {
-        mask: mask.as_ref().map(MaskLayout::view),
-        ..cfg
-    })?;
+    let prepared = prepare(cfg)?;
     forward(
         &prepared,
         out.buffer(OP)?,
@@ -351,71 +307,38 @@ pub(crate) fn attention_var(
         q.buffer(OP)?,
         k.buffer(OP)?,
         v.buffer(OP)?,
-        &cfg,
-    )?;
-    let saved = SdpaBackward {
-        q,
-        k,
-        v,
-        out: out.clone(),
-        lse,
-        prepared,
-        cfg,
-    };
-    Ok(Var::from_op(out, inputs.map(Var::clone).to_vec(), saved))
-}
-
-/// [`forward`] from and to the host: `(out, lse)`.
-pub fn forward_host(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    cfg: &AttentionConfig,
-) -> Result<(Vec<f32>, Vec<f32>)> {
-    let (out, lse) = (
-        GpuBuffer::zeros(cfg.bh * cfg.tq * cfg.ev)?,
-        GpuBuffer::zeros(cfg.bh * cfg.tq)?,
-    );
-    forward(
-        &prepare(cfg)?,
-        &out,
-        &lse,
-        &upload(q)?,
-        &upload(k)?,
-        &upload(v)?,
         cfg,
     )?;
-    Ok((download(&out)?, download(&lse)?))
+    Ok((out, lse, prepared))
 }
 
-/// [`backward`] from and to the host: `(dq, dk, dv)`.
+/// [`backward`] on GPU tensors: `[dq, dk, dv]` shaped as `q`, `k`, `v`; `cfg` gives the sizes
+/// and flags (the mask is in `prepared`).
 #[allow(clippy::too_many_arguments)]
-pub fn backward_host(
-    dout: &[f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
+pub(crate) fn backward_tensors(
+    prepared: &Prepared,
+    g: &Tensor,
+    [q, k, v]: [&Tensor; 3],
+    out: &Tensor,
+    lse: &GpuBuffer,
     cfg: &AttentionConfig,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let dq = GpuBuffer::zeros(q.len())?;
-    let dk = GpuBuffer::zeros(k.len())?;
-    let dv = GpuBuffer::zeros(v.len())?;
+) -> Result<[Tensor; 3]> {
+    let [dq, dk, dv] = [q, k, v].map(|t| Tensor::gpu_zeros(t.shape()));
+    let (dq, dk, dv) = (dq?, dk?, dv?);
     backward(
-        &prepare(cfg)?,
-        &dq,
-        &dk,
-        &dv,
-        &upload(dout)?,
-        &upload(q)?,
-        &upload(k)?,
-        &upload(v)?,
-        &upload(out)?,
-        &upload(lse)?,
+        prepared,
+        dq.buffer(OP)?,
+        dk.buffer(OP)?,
+        dv.buffer(OP)?,
+        g.buffer(OP)?,
+        q.buffer(OP)?,
+        k.buffer(OP)?,
+        v.buffer(OP)?,
+        out.buffer(OP)?,
+        lse,
         cfg,
     )?;
-    Ok((download(&dq)?, download(&dk)?, download(&dv)?))
+    Ok([dq, dk, dv])
 }
 
 #[cfg(test)]

@@ -1,20 +1,17 @@
 //! Cross entropy from logits on the GPU, with the semantics of [`crate::ops::cross_entropy`]
 //! (PyTorch's): `logits (N, C)`, class targets `(N,)` with `ignore_index` and label smoothing
 //! → per-row losses and log-sum-exps; the backward gives `dlogits (N, C)` from each row's
-//! share `w (N,)` of the output gradient. The host wrapper reduces (mean over counted rows,
-//! sum) on the host in f64, as the CPU op does; the autograd op ([`cross_entropy_var`]) keeps
-//! everything on the device and reduces with the compensated `sum_to`.
+//! share `w (N,)` of the output gradient. The reduction and the autograd wiring are the op's,
+//! in [`crate::ops::cross_entropy`], which keeps everything on the device and reduces with the
+//! compensated `sum_to`.
 
 use super::gemm::u32_of;
 use super::{check_len, check_lens};
-use crate::autograd::{Backward, Var};
+use crate::desc::LossConfig;
 use crate::ensure_value;
 use crate::error::{Result, TfmError};
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
-use crate::ops::broadcast::{broadcast_to, sum_to};
-use crate::ops::cross_entropy::{LossConfig, Reduction};
-use crate::ops::elementwise::scale;
 use crate::tensor::Tensor;
 
 const OP: &str = "gpu cross_entropy";
@@ -114,57 +111,13 @@ pub fn backward(
     launch(OP, &CROSS_ENTROPY, "backward", &p, &args, grid_elems(n * c))
 }
 
-/// What the GPU forward saved.
-struct CrossEntropyBackward {
-    logits: Tensor,
-    /// From [`checked_targets`].
-    target: GpuBuffer,
-    lse: Tensor,
-    eps: f32,
-    reduction: Reduction,
-    /// Positions not ignored: the mean's denominator.
-    counted: usize,
-}
-
-impl Backward for CrossEntropyBackward {
-    fn name(&self) -> &'static str {
-        "cross_entropy"
-    }
-    fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let n = self.target.len();
-        // Each row's share of the output gradient, as the CPU op.
-        let w = match self.reduction {
-            Reduction::None => g.reshape(&[n])?,
-            Reduction::Sum => broadcast_to(OP, g, &[n])?,
-            Reduction::Mean => scale(
-                &broadcast_to(OP, g, &[n])?,
-                1.0 / self.counted.max(1) as f32,
-            )?,
-        };
-        let c = self.logits.shape().last().copied().unwrap_or(0);
-        let dlogits = Tensor::gpu_zeros(self.logits.shape())?;
-        backward(
-            dlogits.buffer(OP)?,
-            self.logits.buffer(OP)?,
-            &self.target,
-            self.lse.buffer(OP)?,
-            w.buffer(OP)?,
-            c,
-            self.eps,
-        )?;
-        Ok(vec![Some(dlogits)])
-    }
-}
-
-/// The GPU forward of [`crate::ops::cross_entropy::cross_entropy`], called with its checked
-/// arguments: `x` the value of `logits`, `(N, C)` or `(C,)`.
-pub(crate) fn cross_entropy_var(
-    logits: &Var,
+/// [`forward`] on a GPU tensor `x (N, C)` (or `(C,)`): the loss per row `(N,)`, the
+/// log-sum-exp per row `(N,)` and the checked targets on the GPU, which [`backward_tensor`] takes.
+pub(crate) fn forward_tensors(
     x: &Tensor,
     target: &[i64],
     cfg: LossConfig,
-    reduction: Reduction,
-) -> Result<Var> {
+) -> Result<(Tensor, Tensor, GpuBuffer)> {
     let (n, c) = x.rows_cols();
     let target_buf = GpuBuffer::from_slice(&checked_targets(target, c, cfg.ignore_index)?)?;
     let (loss, lse) = (Tensor::gpu_zeros(&[n])?, Tensor::gpu_zeros(&[n])?);
@@ -176,97 +129,105 @@ pub(crate) fn cross_entropy_var(
         c,
         cfg.label_smoothing,
     )?;
-    let counted = target.iter().filter(|&&t| t != cfg.ignore_index).count();
-    let out = match reduction {
-        Reduction::None if x.ndim() == 2 => loss,
-        Reduction::None => loss.reshape(&[])?,
-        Reduction::Sum => sum_to(&loss, &[])?,
-        // An all-ignored mean is 0, as on the CPU (every row's loss is 0).
-        Reduction::Mean => scale(&sum_to(&loss, &[])?, 1.0 / counted.max(1) as f32)?,
-    };
-    let saved = CrossEntropyBackward {
-        logits: x.clone(),
-        target: target_buf,
-        lse,
-        eps: cfg.label_smoothing,
-        reduction,
-        counted,
-    };
-    Ok(Var::from_op(out, vec![logits.clone()], saved))
+    Ok((loss, lse, target_buf))
 }
 
-#[derive(Debug)]
-/// The loss and, when asked, the gradient of the reduced loss with respect to the logits.
-pub struct CrossEntropyOutput {
-    /// `(N,)` for `Reduction::None`, else one value.
-    pub loss: Vec<f32>,
-    /// `(N, C)`, for an output gradient of ones.
-    pub dlogits: Option<Vec<f32>>,
-}
-
-/// Cross entropy from host slices: `logits (N, C)`, `target (N,)`; with `grad`, also the
-/// gradient of the (reduced) loss, as its backward with an output gradient of ones.
-pub fn cross_entropy_host(
-    logits: &[f32],
-    target: &[i64],
-    c: usize,
-    ignore_index: i64,
+/// [`backward`] on GPU tensors: `dlogits` shaped as `logits`, from each row's share `w (N,)`
+/// of the output gradient.
+pub(crate) fn backward_tensor(
+    logits: &Tensor,
+    target: &GpuBuffer,
+    lse: &Tensor,
+    w: &Tensor,
     label_smoothing: f32,
-    reduction: Reduction,
-    grad: bool,
-) -> Result<CrossEntropyOutput> {
-    let n = target.len();
-    check_len(OP, "logits", logits.len(), n * c)?;
-    let t = checked_targets(target, c, ignore_index)?;
-    let (x, tb) = (upload(logits)?, GpuBuffer::from_slice(&t)?);
-    let (loss_b, lse_b) = (GpuBuffer::zeros(n)?, GpuBuffer::zeros(n)?);
-    forward(&loss_b, &lse_b, &x, &tb, c, label_smoothing)?;
-    let (rows, lse) = (download(&loss_b)?, download(&lse_b)?);
-    let bad = |i: &usize| lse[*i].is_nan() || (lse[*i] == f32::NEG_INFINITY && t[*i] >= 0);
-    if let Some(i) = (0..n).find(bad) {
-        let what = if lse[i].is_nan() {
-            "holds NaN or +inf"
-        } else {
-            "is -inf everywhere"
-        };
-        return Err(TfmError::non_finite(
-            OP,
-            format!("row {i} of the logits {what}"),
-        ));
-    }
-    let counted = t.iter().filter(|&&t| t >= 0).count();
-    let total: f64 = rows.iter().map(|&l| l as f64).sum();
-    let (loss, w) = match reduction {
-        Reduction::None => (rows, 1.0),
-        Reduction::Sum => (vec![total as f32], 1.0),
-        Reduction::Mean if counted == 0 => (vec![0.0], 0.0),
-        Reduction::Mean => (vec![(total / counted as f64) as f32], 1.0 / counted as f32),
-    };
-    let dlogits = if grad {
-        let d = GpuBuffer::zeros(n * c)?;
-        backward(
-            &d,
-            &x,
-            &tb,
-            &lse_b,
-            &upload(&vec![w; n])?,
-            c,
-            label_smoothing,
-        )?;
-        Some(download(&d)?)
-    } else {
-        None
-    };
-    Ok(CrossEntropyOutput { loss, dlogits })
+) -> Result<Tensor> {
+    let c = logits.shape().last().copied().unwrap_or(0);
+    let dlogits = Tensor::gpu_zeros(logits.shape())?;
+    backward(
+        dlogits.buffer(OP)?,
+        logits.buffer(OP)?,
+        target,
+        lse.buffer(OP)?,
+        w.buffer(OP)?,
+        c,
+        label_smoothing,
+    )?;
+    Ok(dlogits)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
-    use crate::ops::cross_entropy::cross_entropy;
+    use crate::ops::cross_entropy::{cross_entropy, Reduction};
     use crate::ops::test_support::{grads, leaf, rand_vec};
+
+    #[derive(Debug)]
+    /// The loss and, when asked, the gradient of the reduced loss with respect to the logits.
+    struct CrossEntropyOutput {
+        /// `(N,)` for `Reduction::None`, else one value.
+        loss: Vec<f32>,
+        /// `(N, C)`, for an output gradient of ones.
+        dlogits: Option<Vec<f32>>,
+    }
+
+    /// Cross entropy from host slices: `logits (N, C)`, `target (N,)`; with `grad`, also the
+    /// gradient of the (reduced) loss, as its backward with an output gradient of ones.
+    fn cross_entropy_host(
+        logits: &[f32],
+        target: &[i64],
+        c: usize,
+        ignore_index: i64,
+        label_smoothing: f32,
+        reduction: Reduction,
+        grad: bool,
+    ) -> Result<CrossEntropyOutput> {
+        let n = target.len();
+        check_len(OP, "logits", logits.len(), n * c)?;
+        let t = checked_targets(target, c, ignore_index)?;
+        let (x, tb) = (upload(logits)?, GpuBuffer::from_slice(&t)?);
+        let (loss_b, lse_b) = (GpuBuffer::zeros(n)?, GpuBuffer::zeros(n)?);
+        forward(&loss_b, &lse_b, &x, &tb, c, label_smoothing)?;
+        let (rows, lse) = (download(&loss_b)?, download(&lse_b)?);
+        let bad = |i: &usize| lse[*i].is_nan() || (lse[*i] == f32::NEG_INFINITY && t[*i] >= 0);
+        if let Some(i) = (0..n).find(bad) {
+            let what = if lse[i].is_nan() {
+                "holds NaN or +inf"
+            } else {
+                "is -inf everywhere"
+            };
+            return Err(TfmError::non_finite(
+                OP,
+                format!("row {i} of the logits {what}"),
+            ));
+        }
+        let counted = t.iter().filter(|&&t| t >= 0).count();
+        let total: f64 = rows.iter().map(|&l| l as f64).sum();
+        let (loss, w) = match reduction {
+            Reduction::None => (rows, 1.0),
+            Reduction::Sum => (vec![total as f32], 1.0),
+            Reduction::Mean if counted == 0 => (vec![0.0], 0.0),
+            Reduction::Mean => (vec![(total / counted as f64) as f32], 1.0 / counted as f32),
+        };
+        let dlogits = if grad {
+            let d = GpuBuffer::zeros(n * c)?;
+            backward(
+                &d,
+                &x,
+                &tb,
+                &lse_b,
+                &upload(&vec![w; n])?,
+                c,
+                label_smoothing,
+            )?;
+            Some(download(&d)?)
+        } else {
+            None
+        };
+        Ok(CrossEntropyOutput { loss, dlogits })
+    }
 
     #[test]
     fn cross_entropy_matches_cpu() {

@@ -7,7 +7,7 @@ use super::check_len;
 use super::gemm::u32_of;
 use crate::ensure_value;
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
 use crate::random::keep_threshold;
 use crate::tensor::Tensor;
@@ -60,19 +60,20 @@ pub fn apply_tensor(v: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
     Ok(out)
 }
 
-/// [`apply`] from and to the host.
-pub fn apply_host(v: &[f32], seed: u64, p: f64) -> Result<Vec<f32>> {
-    let out = GpuBuffer::zeros(v.len())?;
-    apply(&out, &upload(v)?, seed, p)?;
-    download(&out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::require_gpu;
     use crate::ops::dropout::dropout_apply;
     use crate::ops::test_support::rand_vec;
+
+    /// [`apply`] from and to the host.
+    fn apply_host(v: &[f32], seed: u64, p: f64) -> Result<Vec<f32>> {
+        let out = GpuBuffer::zeros(v.len())?;
+        apply(&out, &upload(v)?, seed, p)?;
+        download(&out)
+    }
 
     #[test]
     fn dropout_masks_equal_the_cpu_masks() {

@@ -3,11 +3,11 @@
 //! [`unary_backward`], and [`scale`] (`x·s`, for means and gradient scaling).
 
 use super::gemm::u32_of;
+use crate::desc::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
 use crate::ops::broadcast::broadcast_strides;
-use crate::ops::elementwise::{BinaryOp, UnaryOp};
 use crate::tensor::{broadcast_shapes, numel, Tensor};
 
 const OP: &str = "gpu elementwise";

@@ -6,7 +6,7 @@
 use super::check_len;
 use super::gemm::u32_of;
 use crate::error::{Result, TfmError};
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
 use crate::tensor::Tensor;
 
@@ -146,43 +146,44 @@ pub fn backward_tensor(
     Ok(dw)
 }
 
-/// [`forward`] from and to the host; checks the ids.
-pub fn forward_host(ids: &[i64], weight: &[f32], d: usize) -> Result<Vec<f32>> {
-    let v = weight.len().checked_div(d).unwrap_or(0);
-    let ids = checked_ids(ids, v)?;
-    let out = GpuBuffer::zeros(ids.len() * d)?;
-    forward(&out, &GpuBuffer::from_slice(&ids)?, &upload(weight)?, d)?;
-    download(&out)
-}
-
-/// [`backward`] from and to the host: `dweight (v, d)`; `padding` a row index in `[0, v)`.
-pub fn backward_host(
-    g: &[f32],
-    ids: &[i64],
-    v: usize,
-    d: usize,
-    padding: Option<usize>,
-) -> Result<Vec<f32>> {
-    let ids = checked_ids(ids, v)?;
-    let (start, order) = group_by_id(&ids, v);
-    let dw = GpuBuffer::zeros(v * d)?;
-    backward(
-        &dw,
-        &upload(g)?,
-        &GpuBuffer::from_slice(&start)?,
-        &GpuBuffer::from_slice(&order)?,
-        d,
-        padding,
-    )?;
-    download(&dw)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::require_gpu;
     use crate::ops::embedding::{embedding_backward, embedding_forward};
     use crate::ops::test_support::rand_vec;
+
+    /// `forward` from and to the host; checks the ids.
+    fn forward_host(ids: &[i64], weight: &[f32], d: usize) -> Result<Vec<f32>> {
+        let v = weight.len().checked_div(d).unwrap_or(0);
+        let ids = checked_ids(ids, v)?;
+        let out = GpuBuffer::zeros(ids.len() * d)?;
+        forward(&out, &GpuBuffer::from_slice(&ids)?, &upload(weight)?, d)?;
+        download(&out)
+    }
+
+    /// `backward` from and to the host: `dweight (v, d)`; `padding` a row index in `[0, v)`.
+    fn backward_host(
+        g: &[f32],
+        ids: &[i64],
+        v: usize,
+        d: usize,
+        padding: Option<usize>,
+    ) -> Result<Vec<f32>> {
+        let ids = checked_ids(ids, v)?;
+        let (start, order) = group_by_id(&ids, v);
+        let dw = GpuBuffer::zeros(v * d)?;
+        backward(
+            &dw,
+            &upload(g)?,
+            &GpuBuffer::from_slice(&start)?,
+            &GpuBuffer::from_slice(&order)?,
+            d,
+            padding,
+        )?;
+        download(&dw)
+    }
 
     #[test]
     fn embedding_matches_cpu_exactly() {

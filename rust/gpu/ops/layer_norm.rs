@@ -4,12 +4,9 @@
 
 use super::gemm::u32_of;
 use super::{check_len, check_lens};
-use crate::autograd::{Backward, Var};
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
-use crate::ops::elementwise::{binary_forward, BinaryOp};
-use crate::ops::layer_norm::grads_by_input;
 use crate::tensor::Tensor;
 
 const OP: &str = "gpu layer_norm";
@@ -79,13 +76,11 @@ pub fn forward(
     launch(OP, &LAYER_NORM, "forward", &p, &args, grid(rows))
 }
 
-/// The backward: writes `dx (rows, D)`, `dweight (D,)`, `dbias (D,)` from the output gradient
-/// `g (rows, D)` and what the forward took and saved.
+/// The backward for the input: writes `dx (rows, D)` from the output gradient `g (rows, D)`
+/// and what the forward took and saved.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward_input(
     dx: &GpuBuffer,
-    dweight: &GpuBuffer,
-    dbias: &GpuBuffer,
     g: &GpuBuffer,
     x: &GpuBuffer,
     mean: &GpuBuffer,
@@ -102,26 +97,50 @@ pub fn backward(
             ("dx", dx, rows * d),
             ("mean", mean, rows),
             ("rstd", rstd, rows),
-            ("dweight", dweight, d),
-            ("dbias", dbias, d),
         ],
     )?;
     let p = params(rows, d, 0.0, weight, None)?;
-    let w = weight.unwrap_or(x);
     let unused = GpuBuffer::zeros(1)?;
     let args = [
         Arg::In(x),
-        Arg::In(w),
+        Arg::In(weight.unwrap_or(x)),
         Arg::In(g),
         Arg::Out(dx),
         Arg::Out(mean),
         Arg::Out(rstd),
         Arg::Out(&unused),
     ];
-    launch(OP, &LAYER_NORM, "backward_input", &p, &args, grid(rows))?;
+    launch(OP, &LAYER_NORM, "backward_input", &p, &args, grid(rows))
+}
+
+/// The backward for the parameters: writes `dweight (D,)` and `dbias (D,)`, each summed over
+/// the rows.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_params(
+    dweight: &GpuBuffer,
+    dbias: &GpuBuffer,
+    g: &GpuBuffer,
+    x: &GpuBuffer,
+    mean: &GpuBuffer,
+    rstd: &GpuBuffer,
+    rows: usize,
+    d: usize,
+) -> Result<()> {
+    check_lens(
+        OP,
+        &[
+            ("x", x, rows * d),
+            ("g", g, rows * d),
+            ("mean", mean, rows),
+            ("rstd", rstd, rows),
+            ("dweight", dweight, d),
+            ("dbias", dbias, d),
+        ],
+    )?;
+    let p = params(rows, d, 0.0, None, None)?;
     let args = [
         Arg::In(x),
-        Arg::In(w),
+        Arg::In(x),
         Arg::In(g),
         Arg::Out(dweight),
         Arg::Out(mean),
@@ -131,64 +150,13 @@ pub fn backward(
     launch(OP, &LAYER_NORM, "backward_params", &p, &args, grid_elems(d))
 }
 
-/// What the GPU forward saved: the normalized input `s = x (+ residual)`, its row statistics,
-/// the weight.
-struct LayerNormBackward {
-    name: &'static str,
-    s: Tensor,
-    mean: Tensor,
-    rstd: Tensor,
-    weight: Option<Tensor>,
-    has_residual: bool,
-    has_bias: bool,
-}
-
-impl Backward for LayerNormBackward {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let (rows, d) = self.s.rows_cols();
-        let ds = Tensor::gpu_zeros(self.s.shape())?;
-        let (dw, db) = (Tensor::gpu_zeros(&[d])?, Tensor::gpu_zeros(&[d])?);
-        let w = self.weight.as_ref().map(|w| w.buffer(OP)).transpose()?;
-        backward(
-            ds.buffer(OP)?,
-            dw.buffer(OP)?,
-            db.buffer(OP)?,
-            g.buffer(OP)?,
-            self.s.buffer(OP)?,
-            self.mean.buffer(OP)?,
-            self.rstd.buffer(OP)?,
-            w,
-            rows,
-            d,
-        )?;
-        Ok(grads_by_input(
-            inputs.len(),
-            self.has_residual,
-            Some(ds),
-            self.weight.is_some().then_some(dw),
-            self.has_bias.then_some(db),
-        ))
-    }
-}
-
-/// The GPU forward of [`crate::ops::layer_norm`]'s `layer_norm` and `add_layer_norm`, called
-/// with their checked arguments and graph inputs (x, [residual], [weight], [bias]).
-pub(crate) fn layer_norm_var(
-    name: &'static str,
-    inputs: Vec<Var>,
-    x: &Tensor,
-    residual: Option<&Tensor>,
+/// [`forward`] on GPU tensors: `s (…, D)` → `(y (…, D), mean (rows,), rstd (rows,))`.
+pub(crate) fn forward_tensors(
+    s: &Tensor,
     weight: Option<&Tensor>,
     bias: Option<&Tensor>,
     eps: f32,
-) -> Result<Var> {
-    let s = match residual {
-        Some(r) => binary_forward(BinaryOp::Add, x, r)?,
-        None => x.clone(),
-    };
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (rows, d) = s.rows_cols();
     let y = Tensor::gpu_zeros(s.shape())?;
     let (mean, rstd) = (Tensor::gpu_zeros(&[rows])?, Tensor::gpu_zeros(&[rows])?);
@@ -203,100 +171,129 @@ pub(crate) fn layer_norm_var(
         d,
         eps,
     )?;
-    let saved = LayerNormBackward {
-        name,
-        s,
-        mean,
-        rstd,
-        weight: weight.cloned(),
-        has_residual: residual.is_some(),
-        has_bias: bias.is_some(),
-    };
-    Ok(Var::from_op(y, inputs, saved))
+    Ok((y, mean, rstd))
 }
 
-/// What [`forward_host`] returns: `y (rows, D)`, `mean (rows,)`, `rstd (rows,)`.
-pub struct LayerNormOutput {
-    pub y: Vec<f32>,
-    pub mean: Vec<f32>,
-    pub rstd: Vec<f32>,
-}
-
-/// [`forward`] from and to the host; `x` holds whole rows of `d`.
-pub fn forward_host(
-    x: &[f32],
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
-    d: usize,
-    eps: f32,
-) -> Result<LayerNormOutput> {
-    let rows = x.len().checked_div(d).unwrap_or(0);
-    let (y, mean, rstd) = (
-        GpuBuffer::zeros(x.len())?,
-        GpuBuffer::zeros(rows)?,
-        GpuBuffer::zeros(rows)?,
-    );
-    let (w, b) = (
-        weight.map(upload).transpose()?,
-        bias.map(upload).transpose()?,
-    );
-    forward(
-        &y,
-        &mean,
-        &rstd,
-        &upload(x)?,
-        w.as_ref(),
-        b.as_ref(),
-        rows,
-        d,
-        eps,
-    )?;
-    Ok(LayerNormOutput {
-        y: download(&y)?,
-        mean: download(&mean)?,
-        rstd: download(&rstd)?,
-    })
-}
-
-/// [`backward`] from and to the host: `(dx, dweight, dbias)`.
-pub fn backward_host(
-    g: &[f32],
-    x: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    weight: Option<&[f32]>,
-    d: usize,
-) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
-    let rows = mean.len();
-    let (dx, dw, db) = (
-        GpuBuffer::zeros(x.len())?,
-        GpuBuffer::zeros(d)?,
-        GpuBuffer::zeros(d)?,
-    );
-    let w = weight.map(upload).transpose()?;
-    backward(
-        &dx,
-        &dw,
-        &db,
-        &upload(g)?,
-        &upload(x)?,
-        &upload(mean)?,
-        &upload(rstd)?,
-        w.as_ref(),
+/// [`backward_input`] on GPU tensors: `ds` shaped as `s`.
+pub(crate) fn backward_input_tensor(
+    g: &Tensor,
+    s: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    weight: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (rows, d) = s.rows_cols();
+    let ds = Tensor::gpu_zeros(s.shape())?;
+    backward_input(
+        ds.buffer(OP)?,
+        g.buffer(OP)?,
+        s.buffer(OP)?,
+        mean.buffer(OP)?,
+        rstd.buffer(OP)?,
+        weight.map(|w| w.buffer(OP)).transpose()?,
         rows,
         d,
     )?;
-    Ok((download(&dx)?, download(&dw)?, download(&db)?))
+    Ok(ds)
+}
+
+/// [`backward_params`] on GPU tensors: `(dweight, dbias)`, each `(D,)`.
+pub(crate) fn backward_params_tensors(
+    g: &Tensor,
+    s: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (rows, d) = s.rows_cols();
+    let (dw, db) = (Tensor::gpu_zeros(&[d])?, Tensor::gpu_zeros(&[d])?);
+    backward_params(
+        dw.buffer(OP)?,
+        db.buffer(OP)?,
+        g.buffer(OP)?,
+        s.buffer(OP)?,
+        mean.buffer(OP)?,
+        rstd.buffer(OP)?,
+        rows,
+        d,
+    )?;
+    Ok((dw, db))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::layer_norm::{
         layer_norm_backward_input, layer_norm_backward_params, layer_norm_forward,
     };
     use crate::ops::test_support::rand_vec;
+
+    /// What `forward_host` returns: `y (rows, D)`, `mean (rows,)`, `rstd (rows,)`.
+    struct LayerNormOutput {
+        y: Vec<f32>,
+        mean: Vec<f32>,
+        rstd: Vec<f32>,
+    }
+
+    /// `forward` from and to the host; `x` holds whole rows of `d`.
+    fn forward_host(
+        x: &[f32],
+        weight: Option<&[f32]>,
+        bias: Option<&[f32]>,
+        d: usize,
+        eps: f32,
+    ) -> Result<LayerNormOutput> {
+        let rows = x.len().checked_div(d).unwrap_or(0);
+        let (y, mean, rstd) = (
+            GpuBuffer::zeros(x.len())?,
+            GpuBuffer::zeros(rows)?,
+            GpuBuffer::zeros(rows)?,
+        );
+        let (w, b) = (
+            weight.map(upload).transpose()?,
+            bias.map(upload).transpose()?,
+        );
+        forward(
+            &y,
+            &mean,
+            &rstd,
+            &upload(x)?,
+            w.as_ref(),
+            b.as_ref(),
+            rows,
+            d,
+            eps,
+        )?;
+        Ok(LayerNormOutput {
+            y: download(&y)?,
+            mean: download(&mean)?,
+            rstd: download(&rstd)?,
+        })
+    }
+
+    /// `backward_input` and `backward_params` from and to the host: `(dx, dweight, dbias)`.
+    fn backward_host(
+        g: &[f32],
+        x: &[f32],
+        mean: &[f32],
+        rstd: &[f32],
+        weight: Option<&[f32]>,
+        d: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let rows = mean.len();
+        let (dx, dw, db) = (
+            GpuBuffer::zeros(x.len())?,
+            GpuBuffer::zeros(d)?,
+            GpuBuffer::zeros(d)?,
+        );
+        let (g, x) = (upload(g)?, upload(x)?);
+        let (mean, rstd) = (upload(mean)?, upload(rstd)?);
+        let w = weight.map(upload).transpose()?;
+        backward_input(&dx, &g, &x, &mean, &rstd, w.as_ref(), rows, d)?;
+        backward_params(&dw, &db, &g, &x, &mean, &rstd, rows, d)?;
+        Ok((download(&dx)?, download(&dw)?, download(&db)?))
+    }
 
     #[test]
     fn layer_norm_matches_cpu() {

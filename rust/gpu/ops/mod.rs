@@ -2,11 +2,12 @@
 //! op of the same name in `crate::ops`. Argument order as the CPU kernels: outputs, saved
 //! values, inputs, sizes.
 //!
-//! Three layers per op, as far as it needs them: buffer-level kernels (device in, device out),
-//! tensor-level functions on GPU [`Tensor`](crate::tensor::Tensor)s that the CPU op dispatches
-//! to when its operands are on the GPU, and — where the backward saves device-specific state
-//! (LayerNorm, cross entropy, attention) — the op's autograd wiring on GPU values. Host
-//! wrappers (slices in, `Vec` out) serve the tests and `tfm_rs.gpu`.
+//! Two layers per op, as far as it needs them: buffer-level kernels (device in, device out) and
+//! tensor-level functions on GPU [`Tensor`](crate::tensor::Tensor)s that the op in
+//! `crate::ops` dispatches to when its operands are on the GPU. The autograd wiring is never
+//! here: each op has one `Backward`, in `crate::ops`, which saves its statistics on the device
+//! of its values and calls the tensor-level backward of this module for GPU values. The tests
+//! upload their inputs, call the buffer-level kernel and compare the download with the CPU op.
 
 pub mod activation;
 pub mod adam;

@@ -3,9 +3,8 @@
 //! which is fine for an optimizer that runs once per step.
 
 use super::elementwise::{binary, scale};
+use crate::desc::{BinaryOp, SgdConfig};
 use crate::error::Result;
-use crate::ops::elementwise::BinaryOp;
-use crate::optim::{sgd_step, SgdConfig};
 use crate::tensor::Tensor;
 
 /// One step: the new parameter value and, with momentum, the new momentum buffer. `first_step`
@@ -17,8 +16,7 @@ pub fn step(
     first_step: bool,
     cfg: &SgdConfig,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    // The CPU step on empty slices runs exactly its argument checks.
-    sgd_step(&mut [], &[], buf.map(|_| &mut [][..]), first_step, cfg)?;
+    cfg.check_step(buf.is_some())?;
     crate::ensure_shape!(
         param.shape() == grad.shape(),
         "sgd_step",

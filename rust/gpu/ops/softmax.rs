@@ -5,7 +5,7 @@
 use super::check_len;
 use super::gemm::u32_of;
 use crate::error::Result;
-use crate::gpu::buffer::{download, upload, GpuBuffer};
+use crate::gpu::buffer::{upload, GpuBuffer};
 use crate::gpu::pipeline::{grid, launch, shader, Arg};
 use crate::tensor::Tensor;
 
@@ -92,30 +92,31 @@ pub fn backward_tensor(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
     Ok(dx)
 }
 
-/// [`forward`] from and to the host.
-pub fn forward_host(x: &[f32], mask: Option<&[f32]>, cols: usize, log: bool) -> Result<Vec<f32>> {
-    let rows = x.len().checked_div(cols).unwrap_or(0);
-    let y = GpuBuffer::zeros(x.len())?;
-    let mask = mask.map(upload).transpose()?;
-    forward(&y, &upload(x)?, mask.as_ref(), rows, cols, log)?;
-    download(&y)
-}
-
-/// [`backward`] from and to the host.
-pub fn backward_host(y: &[f32], g: &[f32], cols: usize, log: bool) -> Result<Vec<f32>> {
-    let rows = y.len().checked_div(cols).unwrap_or(0);
-    let dx = GpuBuffer::zeros(y.len())?;
-    backward(&dx, &upload(y)?, &upload(g)?, rows, cols, log)?;
-    download(&dx)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gpu::buffer::{download, upload};
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::softmax::{softmax_backward, softmax_forward};
     use crate::ops::test_support::rand_vec;
     use crate::tensor::Tensor;
+
+    /// `forward` from and to the host.
+    fn forward_host(x: &[f32], mask: Option<&[f32]>, cols: usize, log: bool) -> Result<Vec<f32>> {
+        let rows = x.len().checked_div(cols).unwrap_or(0);
+        let y = GpuBuffer::zeros(x.len())?;
+        let mask = mask.map(upload).transpose()?;
+        forward(&y, &upload(x)?, mask.as_ref(), rows, cols, log)?;
+        download(&y)
+    }
+
+    /// `backward` from and to the host.
+    fn backward_host(y: &[f32], g: &[f32], cols: usize, log: bool) -> Result<Vec<f32>> {
+        let rows = y.len().checked_div(cols).unwrap_or(0);
+        let dx = GpuBuffer::zeros(y.len())?;
+        backward(&dx, &upload(y)?, &upload(g)?, rows, cols, log)?;
+        download(&dx)
+    }
 
     #[test]
     fn softmax_matches_cpu_with_and_without_mask() {

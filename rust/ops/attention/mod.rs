@@ -369,12 +369,32 @@ pub fn scaled_dot_product_attention(
     };
 
     let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
-    on_device!(device,
-        gpu: return crate::gpu::ops::attention::attention_var(
-            [q, k, v], [qv, kv, vv], &out_shape, cfg, mask,
-        ),
-        cpu: (),
-    );
+    #[cfg(feature = "wgpu")]
+    if device == Device::Gpu {
+        let (out, lse, prepared) = crate::gpu::ops::attention::forward_tensors(
+            [&qv, &kv, &vv],
+            &out_shape,
+            &AttentionConfig {
+                mask: mask.as_ref().map(MaskLayout::view),
+                ..cfg
+            },
+        )?;
+        let saved = SdpaBackward {
+            q: qv,
+            k: kv,
+            v: vv,
+            out: out.clone(),
+            saved: Saved::Gpu { lse, prepared },
+            cfg,
+        };
+        return Ok(Var::from_op(
+            out,
+            vec![q.clone(), k.clone(), v.clone()],
+            saved,
+        ));
+    }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = device;
     let mut out = crate::cpu::alloc::output(bh * tq * ev);
     let mut lse = vec![0.0f32; bh * tq];
     attention_forward(
@@ -394,8 +414,7 @@ pub fn scaled_dot_product_attention(
         k: kv,
         v: vv,
         out: out.clone(),
-        lse,
-        mask,
+        saved: Saved::Host { lse, mask },
         cfg,
     };
     Ok(Var::from_op(
@@ -405,15 +424,29 @@ pub fn scaled_dot_product_attention(
     ))
 }
 
+/// What the forward saved besides its inputs and output, on their device.
+enum Saved {
+    /// The row log-sum-exp `(BH, Tq)` and the mask.
+    Host {
+        lse: Vec<f32>,
+        mask: Option<MaskLayout>,
+    },
+    /// The row log-sum-exp on the GPU, and the parameters and mask as uploaded by the forward.
+    #[cfg(feature = "wgpu")]
+    Gpu {
+        lse: crate::gpu::GpuBuffer,
+        prepared: crate::gpu::ops::attention::Prepared,
+    },
+}
+
 /// What the forward saved: inputs, output, row log-sum-exp (BH, Tq), mask, sizes, flags, seed.
 struct SdpaBackward {
     q: Tensor,
     k: Tensor,
     v: Tensor,
     out: Tensor,
-    lse: Vec<f32>,
-    mask: Option<MaskLayout>,
-    /// Everything but the mask view, which borrows from `mask`.
+    saved: Saved,
+    /// Everything but the mask view, which borrows from the saved mask.
     cfg: AttentionConfig<'static>,
 }
 
@@ -423,8 +456,19 @@ impl Backward for SdpaBackward {
     }
 
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let (lse, mask) = match &self.saved {
+            Saved::Host { lse, mask } => (lse, mask),
+            #[cfg(feature = "wgpu")]
+            Saved::Gpu { lse, prepared } => {
+                let qkv = [&self.q, &self.k, &self.v];
+                let grads = crate::gpu::ops::attention::backward_tensors(
+                    prepared, g, qkv, &self.out, lse, &self.cfg,
+                )?;
+                return Ok(grads.map(Some).to_vec());
+            }
+        };
         let cfg = AttentionConfig {
-            mask: self.mask.as_ref().map(MaskLayout::view),
+            mask: mask.as_ref().map(MaskLayout::view),
             ..self.cfg
         };
         let mut dq = crate::cpu::alloc::output(self.q.numel());
@@ -439,7 +483,7 @@ impl Backward for SdpaBackward {
             self.k.data(),
             self.v.data(),
             self.out.data(),
-            &self.lse,
+            lse,
             &cfg,
         );
         Ok(vec![

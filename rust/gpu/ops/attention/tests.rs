@@ -2,9 +2,63 @@
 //! broadcast masks, dropout (same decisions), rows that attend no key, awkward sizes.
 
 use super::*;
+use crate::gpu::buffer::{download, upload};
 use crate::gpu::tests::{assert_rel, require_gpu};
 use crate::ops::attention::{attention_backward, attention_forward, AttnMask};
 use crate::ops::test_support::rand_vec;
+
+/// `forward` from and to the host: `(out, lse)`.
+fn forward_host(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cfg: &AttentionConfig,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let (out, lse) = (
+        GpuBuffer::zeros(cfg.bh * cfg.tq * cfg.ev)?,
+        GpuBuffer::zeros(cfg.bh * cfg.tq)?,
+    );
+    forward(
+        &prepare(cfg)?,
+        &out,
+        &lse,
+        &upload(q)?,
+        &upload(k)?,
+        &upload(v)?,
+        cfg,
+    )?;
+    Ok((download(&out)?, download(&lse)?))
+}
+
+/// `backward` from and to the host: `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+fn backward_host(
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    cfg: &AttentionConfig,
+) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+    let dq = GpuBuffer::zeros(q.len())?;
+    let dk = GpuBuffer::zeros(k.len())?;
+    let dv = GpuBuffer::zeros(v.len())?;
+    backward(
+        &prepare(cfg)?,
+        &dq,
+        &dk,
+        &dv,
+        &upload(dout)?,
+        &upload(q)?,
+        &upload(k)?,
+        &upload(v)?,
+        &upload(out)?,
+        &upload(lse)?,
+        cfg,
+    )?;
+    Ok((download(&dq)?, download(&dk)?, download(&dv)?))
+}
 
 struct Case {
     bh: usize,
