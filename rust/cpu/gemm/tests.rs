@@ -227,6 +227,32 @@ fn gemm_larger_than_one_block() {
 }
 
 #[test]
+fn gemm_power_of_two_and_odd_leading_dimensions() {
+    // Every layout with leading dimensions (k for row-major A and for Bᵀ, m or n for the others)
+    // that are powers of two — whose rows share a few cache sets, the case a transposing pack
+    // reads — and odd ones next to them; m and n are not tile multiples so edges run as well.
+    for isa in isas() {
+        for layout in LAYOUTS {
+            for (m, n, k) in [
+                (45, 70, 512),
+                (45, 70, 521),
+                (256, 37, 256),
+                (129, 1024, 33),
+            ] {
+                for parallel in [false, true] {
+                    Case {
+                        layout,
+                        parallel,
+                        ..Case::new(m, n, k)
+                    }
+                    .check(isa);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn skinny_rows_do_not_depend_on_their_neighbours() {
     // A decoding step's row gives the same bits alone or batched with up to SKINNY_ROWS rows
     // (beam search on one sentence), so a translation does not depend on its beam-mates.
