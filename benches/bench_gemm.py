@@ -8,9 +8,16 @@ Each thread count runs in a fresh subprocess, because OpenBLAS/MKL read their th
 the environment at import, and tfm_rs reads TFM_RS_NUM_THREADS when its pool is first built.
 Every case reports the best of --repeats calls after a warm-up call, and checks tfm_rs's result
 against numpy's.
+
+Layouts: `nn` is A·B, `nt` is A·Bᵀ (the Linear layer's x·Wᵀ), `tn` is Aᵀ·B (its weight gradient).
+numpy and torch get strided views. A tfm_rs tensor is always contiguous (converting a strided
+view copies it), so each layout runs through the op that reaches that GEMM layout: `nn` is
+`matmul`, `nt` is `linear(A, W)`, `tn` is the backward of `linear` into W alone (dW = Gᵀ·X,
+timed as `backward(retain_graph=True)`, which also adds dW into W.grad: k·n adds, <1% here).
 """
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -20,12 +27,13 @@ import time
 THREAD_VARS = ("TFM_RS_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+LAYOUTS = ("nn", "nt", "tn")
+
+
 def cases(sizes):
-    """(name, m, k, n, layout): square A·B plus a Transformer FFN shape in three layouts."""
-    out = [(f"{s}^3", s, s, s, "nn") for s in sizes]
-    for layout in ("nn", "nt", "tn"):
-        out.append((f"2048x512x2048 {layout}", 2048, 512, 2048, layout))
-    return out
+    """(name, m, k, n, layout): squares plus a Transformer FFN shape, each in the three layouts."""
+    shapes = [(f"{s}^3", s, s, s) for s in sizes] + [("2048x512x2048", 2048, 512, 2048)]
+    return [(f"{name} {layout}", m, k, n, layout) for name, m, k, n in shapes for layout in LAYOUTS]
 
 
 def operands(np, m, k, n, layout, rng):
@@ -48,6 +56,31 @@ def best_seconds(fn, repeats):
     return best
 
 
+def tfm_rs_product(tfm_rs, layout, a, b):
+    """(product, result) for tfm_rs: the timed call for `layout` on A = `a`, B = `b` (numpy views),
+    and a function returning A·B (after one product) for the accuracy check."""
+    F = tfm_rs.functional
+    if layout == "nn":
+        x, y = tfm_rs.tensor(a), tfm_rs.tensor(b)
+        return (lambda: F.matmul(x, y)), (lambda: F.matmul(x, y).numpy())
+    if layout == "nt":
+        x, w = tfm_rs.tensor(a), tfm_rs.tensor(b.T)  # b.T is the contiguous n×k weight
+        return (lambda: F.linear(x, w)), (lambda: F.linear(x, w).numpy())
+    # tn: Aᵀ·B is dW of y = X·Wᵀ with X = B (k×n), W m×n, dy = G = A's k×m storage.
+    import numpy as np
+
+    x, g = tfm_rs.tensor(b), tfm_rs.tensor(a.T)
+    w = tfm_rs.tensor(np.zeros((a.shape[0], b.shape[1]), np.float32), requires_grad=True)
+    y = F.linear(x, w)
+
+    def result():
+        w.grad = None
+        y.backward(g, retain_graph=True)
+        return w.grad.numpy()
+
+    return (lambda: y.backward(g, retain_graph=True)), result
+
+
 def worker(threads, sizes, repeats):
     """Runs in the subprocess: measures every library and prints one JSON line."""
     import numpy as np
@@ -60,7 +93,7 @@ def worker(threads, sizes, repeats):
 
         if hasattr(tfm_rs, "set_num_threads"):
             tfm_rs.set_num_threads(threads)
-        libs["tfm_rs"] = (tfm_rs.tensor, tfm_rs.functional.matmul)
+        libs["tfm_rs"] = None
     except ImportError as e:
         print(f"tfm_rs not importable ({e}); measuring the others only", file=sys.stderr)
     try:
@@ -77,21 +110,25 @@ def worker(threads, sizes, repeats):
         a, b = operands(np, m, k, n, layout, rng)
         row = {"case": name, "gflops": {}}
         flops = 2.0 * m * n * k
-        for lib, (convert, fn) in libs.items():
-            x, y = convert(a), convert(b)
+        for lib, conv_mul in libs.items():
+            if lib == "tfm_rs":
+                timed, result = tfm_rs_product(tfm_rs, layout, a, b)
+            else:
+                convert, fn = conv_mul
+                timed = functools.partial(fn, convert(a), convert(b))
             # OpenBLAS's worker threads busy-wait for ~0.1 s after a call (its THREAD_TIMEOUT,
             # 2^28 cycles); let them (and any other pool) go idle before the next library, which
             # would otherwise share the cores with them.
             time.sleep(SETTLE_S)
-            row["gflops"][lib] = flops / best_seconds(lambda: fn(x, y), repeats) / 1e9
+            row["gflops"][lib] = flops / best_seconds(timed, repeats) / 1e9
         if "tfm_rs" in libs:
-            convert, fn = libs["tfm_rs"]
-            got = fn(convert(a), convert(b)).numpy()
+            got = result()
             want = a.astype(np.float64) @ b.astype(np.float64)
             scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
             row["max_rel_err"] = float(np.max(np.abs(got - want) / (scale + 1e-30)))
         results.append(row)
-    print(json.dumps({"threads": threads, "results": results}))
+    isa = tfm_rs.cpu_features()["isa"] if "tfm_rs" in libs else "-"
+    print(json.dumps({"threads": threads, "isa": isa, "results": results}))
 
 
 def main():
@@ -106,6 +143,7 @@ def main():
         return
 
     cores = os.cpu_count() or 1
+    print(f"CPU: {cpu_model()}")
     thread_counts = args.threads or sorted({1, cores})
     for threads in thread_counts:
         env = dict(os.environ, **{v: str(threads) for v in THREAD_VARS})
@@ -119,11 +157,24 @@ def main():
         print_table(report)
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def print_table(report):
     rows = report["results"]
     libs = list(rows[0]["gflops"]) if rows else []
     others = [lib for lib in libs if lib != "tfm_rs"]
-    print(f"\n== {report['threads']} thread(s), GFLOP/s (best of repeats) ==")
+    print(f"\n== {report['threads']} thread(s), tfm_rs ISA path {report['isa']}, GFLOP/s (best of repeats) ==")
     header = f"{'case':<20}" + "".join(f"{lib:>10}" for lib in libs)
     if "tfm_rs" in libs:
         header += "".join(f"{'tfm/' + lib:>12}" for lib in others) + f"{'max rel err':>13}"

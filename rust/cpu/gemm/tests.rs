@@ -226,6 +226,32 @@ fn gemm_larger_than_one_block() {
     }
 }
 
+#[test]
+fn gemm_power_of_two_and_odd_leading_dimensions() {
+    // Every layout with leading dimensions (k for row-major A and for Bᵀ, m or n for the others)
+    // that are powers of two — whose rows share a few cache sets, the case a transposing pack
+    // reads — and odd ones next to them; m and n are not tile multiples so edges run as well.
+    for isa in isas() {
+        for layout in LAYOUTS {
+            for (m, n, k) in [
+                (45, 70, 512),
+                (45, 70, 521),
+                (256, 37, 256),
+                (129, 1024, 33),
+            ] {
+                for parallel in [false, true] {
+                    Case {
+                        layout,
+                        parallel,
+                        ..Case::new(m, n, k)
+                    }
+                    .check(isa);
+                }
+            }
+        }
+    }
+}
+
 /// `C`'s rows `rows` of the product `A[rows]·B` (+ β·C + bias, activation), computed with `B`
 /// packed beforehand when `packed` is given.
 #[allow(clippy::too_many_arguments)]
