@@ -830,6 +830,9 @@ mod ops {
         sub.add_function(wrap_pyfunction!(scaled_dot_product_attention, &sub)?)?;
         sub.add_function(wrap_pyfunction!(attention_backward, &sub)?)?;
         sub.add_function(wrap_pyfunction!(adam_step, &sub)?)?;
+        // The benchmark timers' private names at `_core` top level (benches/bench_gpu.py).
+        m.add("_gpu_time_matmul", sub.getattr("time_matmul")?)?;
+        m.add("_gpu_time_attention", sub.getattr("time_attention")?)?;
         m.add_submodule(&sub)
     }
 }
