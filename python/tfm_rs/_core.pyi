@@ -277,9 +277,5 @@ def gpu_info(reason: bool = False) -> Optional[Union[Dict[str, str], str]]:
     """The adapter (name, backend, device_type, driver), or None; with ``reason=True`` the
     reason there is none, as a string."""
 
-# Private benchmark timers (benches/bench_gpu.py); absent without the ``wgpu`` feature.
-def _gpu_time_matmul(m: int, k: int, n: int, batch: int = 1, trans_b: bool = False, repeats: int = 10) -> float:
-    """Best seconds of ``repeats`` GEMMs ``(batch, m, k)·(k, n)`` on device-resident buffers."""
-def _gpu_time_attention(bh: int, t: int, e: int, is_causal: bool = False, backward: bool = False,
-                        repeats: int = 5) -> float:
-    """Best seconds of the attention forward (and backward) on device-resident buffers."""
+# The private benchmark timers _gpu_time_matmul / _gpu_time_attention (benches/bench_gpu.py;
+# absent without the ``wgpu`` feature) are not part of the API, so not declared here.
