@@ -138,7 +138,7 @@ def main() -> None:
         if args.smoke:
             print(f"skipped: {e}")
             return
-        raise SystemExit(str(e))
+        raise SystemExit(str(e)) from None
     smoke_lines = 2000 if args.smoke else None
     if args.smoke:
         args.steps, args.warmup_steps_skip, args.max_tokens, args.minutes = 2, 1, 300, 0.0

@@ -201,7 +201,8 @@ def _gpu_backend() -> str:
     import tfm_rs
 
     probe = getattr(tfm_rs, "gpu_available", None)
-    if probe is None or getattr(tfm_rs._core, "gpu", None) is None:
+    # The private GPU benchmark timers exist exactly when the backend (cargo feature wgpu) is built.
+    if probe is None or getattr(tfm_rs._core, "_gpu_time_matmul", None) is None:
         return "not built (tfm_rs was built without the cargo feature 'wgpu')"
     try:
         if not probe():
