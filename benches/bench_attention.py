@@ -72,7 +72,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7, help="timed runs per round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of tfm_rs then torch runs, alternating")
     ap.add_argument("--t", type=int, nargs="+", default=[128, 512, 1024])
+    ap.add_argument("--smoke", action="store_true", help="T 17, one run: checks that the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.t, args.repeat, args.rounds = [17], 1, 1
     tfm_rs.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)

@@ -260,7 +260,12 @@ def main() -> None:
     p.add_argument("--torch-real", action="store_true", help="also time torch greedy on the real model")
     p.add_argument("--skip-synthetic", action="store_true")
     p.add_argument("--json", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny models, 4 new tokens, one run: checks that it runs")
     args = p.parse_args()
+    if args.smoke:
+        global V, D, H, FF, NEW, SRC_LEN, PROMPT
+        V, D, H, FF, NEW, SRC_LEN, PROMPT = 50, 16, 2, 32, 4, 5, 5
+        args.repeat = 1
     tfm_rs.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)

@@ -137,7 +137,10 @@ def main():
     p.add_argument("--sizes", type=int, nargs="*", default=[256, 512, 1024, 2048])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="sizes 17 and 64, one thread: checks that the script runs")
     args = p.parse_args()
+    if args.smoke:
+        args.threads, args.sizes, args.repeats = args.threads or [1], [17, 64], 1
     if args.worker:
         worker(args.worker, args.sizes, args.repeats)
         return
@@ -154,6 +157,8 @@ def main():
             sys.exit(f"worker for {threads} thread(s) failed:\n{proc.stderr}")
         sys.stderr.write(proc.stderr)
         report = json.loads(proc.stdout.strip().splitlines()[-1])
+        if args.smoke and not all("tfm_rs" in row["gflops"] for row in report["results"]):
+            sys.exit("tfm_rs was not measured (not importable?)")
         print_table(report)
 
 

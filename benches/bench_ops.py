@@ -77,9 +77,13 @@ def np_gelu(x, g):
     return x * cdf, g * (cdf + x * np.exp(-0.5 * x * x) / sqrt(2 * np.pi))
 
 
-def cases(rng):
-    """(name, {library: zero-argument callable running forward + backward})."""
+def cases(rng, smoke: bool = False):
+    """(name, {library: zero-argument callable running forward + backward}); ``smoke``: the
+    leading dimensions divided by 256."""
     out = []
+
+    def rows(n: int) -> int:
+        return max(1, n // 256) if smoke else n
 
     def rand(*shape, scale=1.0):
         return (scale * rng.standard_normal(shape)).astype(np.float32)
@@ -96,21 +100,21 @@ def cases(rng):
             fn(*leaves).sum().backward()
         return run
 
-    x, g = rand(4096, 1024, scale=4.0), rand(4096, 1024)
-    out.append(("softmax 4096x1024", {
+    x, g = rand(rows(4096), 1024, scale=4.0), rand(rows(4096), 1024)
+    out.append((f"softmax {rows(4096)}x1024", {
         "tfm_rs": tfm_fb(lambda t: F.softmax(t, -1), x),
         "numpy": lambda: np_softmax(x, g),
         "torch": torch and torch_fb(lambda t: TF.softmax(t, -1), x),
     }))
-    for rows, d in ((3072, 256), (4096, 1024)):
-        x, r, g = rand(rows, d), rand(rows, d), rand(rows, d)
+    for m, d in ((rows(3072), 256), (rows(4096), 1024)):
+        x, r, g = rand(m, d), rand(m, d), rand(m, d)
         w, b = rand(d), rand(d)
-        out.append((f"add_layer_norm {rows}x{d}", {
+        out.append((f"add_layer_norm {m}x{d}", {
             "tfm_rs": tfm_fb(lambda a, c, wt, bt, d=d: F.add_layer_norm(a, c, d, wt, bt), x, r, w, b),
             "numpy": lambda x=x, r=r, w=w, b=b, g=g: np_add_layer_norm(x, r, w, b, g),
             "torch": torch and torch_fb(lambda a, c, wt, bt, d=d: TF.layer_norm(a + c, (d,), wt, bt), x, r, w, b),
         }))
-    for n, c in ((1536, 8000), (4096, 32000)):
+    for n, c in ((rows(1536), 8000), (rows(4096), 32000)):
         x = rand(n, c, scale=3.0)
         t = rng.integers(0, c, n)
         tt = torch and torch.from_numpy(t)
@@ -119,15 +123,15 @@ def cases(rng):
             "numpy": lambda x=x, t=t: np_cross_entropy(x, t, 0.1),
             "torch": torch and torch_fb(lambda a, tt=tt: TF.cross_entropy(a, tt, label_smoothing=0.1), x),
         }))
-    for n in (393_216, 4_194_304):
+    for n in (rows(393_216), rows(4_194_304)):
         x = rand(n)
         out.append((f"dropout {n}", {
             "tfm_rs": tfm_fb(lambda a: F.dropout(a, 0.1), x),
             "numpy": lambda x=x: np_dropout(x, 0.1, rng),
             "torch": torch and torch_fb(lambda a: TF.dropout(a, 0.1), x),
         }))
-    x, g = rand(3072, 1024, scale=3.0), rand(3072, 1024)
-    out.append(("gelu 3072x1024", {
+    x, g = rand(rows(3072), 1024, scale=3.0), rand(rows(3072), 1024)
+    out.append((f"gelu {rows(3072)}x1024", {
         "tfm_rs": tfm_fb(lambda a: F.gelu(a), x),
         "numpy": (lambda: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
         "torch": torch and torch_fb(lambda a: TF.gelu(a), x),
@@ -152,12 +156,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=10, help="interleaved rounds per case")
     ap.add_argument("--only", default="", help="run the cases whose name contains this")
+    ap.add_argument("--smoke", action="store_true", help="1/256 of the rows, one round: checks that the script runs")
     args = ap.parse_args()
+    if args.smoke:
+        args.repeats = 1
     libs = ["tfm_rs", "numpy", "torch"]
     print(f"tfm_rs ISA {tfm_rs.cpu_features()['isa']}, numpy {np.__version__}, "
           f"torch {torch.__version__ if torch else 'not installed'}; best of {args.repeats}, ms, fwd+bwd")
     print(f"{'case':28} " + " ".join(f"{lib:>9}" for lib in libs) + "   numpy/tfm  torch/tfm")
-    for name, fns in cases(np.random.default_rng(0)):
+    for name, fns in cases(np.random.default_rng(0), args.smoke):
         if args.only not in name:
             continue
         fns = {k: v for k, v in fns.items() if v}

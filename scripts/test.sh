@@ -58,3 +58,8 @@ cargo test --release --quiet --features wgpu
 echo "== pytest"
 # Run from tests/ so `import tfm_rs` finds the installed package, not the source folder.
 "$PY" -m pytest -q -ra --rootdir=. tests "$@"
+echo "== benches/*.py --smoke (every benchmark command runs against the installed package)"
+for bench in benches/*.py; do
+    echo "-- python $bench --smoke"
+    "$PY" "$bench" --smoke
+done

@@ -16,11 +16,13 @@ import pytest
 
 import tfm_rs
 import tfm_rs.functional as F
-from tfm_rs import gpu, nn, optim
+from tfm_rs import nn, optim
 from tfm_rs.models import GPT, Seq2SeqTransformer
 from helpers import require_gpu
 
-RTOL, ATOL = 1e-4, 1e-5  # GPU kernels against the CPU's: only summation orders differ
+# GPU kernels against the CPU's: only summation orders differ. Every comparison here also passes
+# at 5e-7 / 5e-8 on lavapipe (llvmpipe, Mesa 22.3.6); these are 4x that.
+RTOL, ATOL = 2e-6, 2e-7
 
 
 @pytest.fixture(autouse=True)
@@ -105,20 +107,6 @@ def test_functional_ops_with_gpu_and_mixed_operands(name):
         assert got is tfm_rs.DeviceError, f"{name}: {got.__name__}"
     else:
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=name)
-
-
-def test_gpu_module_functions_accept_gpu_tensors():
-    """``tfm_rs.gpu``'s NumPy-in, NumPy-out functions download Tensor arguments on the GPU."""
-    a, b = randn(3, 4), randn(4, 5, seed=1)
-    np.testing.assert_allclose(gpu.matmul(on_gpu(a), on_gpu(b)), a @ b, rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(gpu.softmax(on_gpu(a), mask=on_gpu(np.zeros_like(a))),
-                               F.softmax(tfm_rs.tensor(a), -1).numpy(), rtol=RTOL, atol=ATOL)
-    y, mean, rstd = gpu.layer_norm(on_gpu(a), on_gpu(np.ones(4, np.float32)))
-    np.testing.assert_allclose(y, F.layer_norm(tfm_rs.tensor(a), (4,)).numpy(), rtol=RTOL, atol=1e-4)
-    p, g = randn(5), randn(5, seed=1)
-    z = np.zeros(5, np.float32)
-    out = gpu.adam_step(on_gpu(p), on_gpu(g), on_gpu(z), on_gpu(z), 1, amsgrad=True, max_exp_avg_sq=on_gpu(z))
-    assert all(np.all(np.isfinite(o)) for o in out)
 
 
 def small_seq2seq():

@@ -34,7 +34,6 @@ from tfm_rs import functional
 from tfm_rs import nn  # after functional, which it builds on
 from tfm_rs import optim
 from tfm_rs import models
-from tfm_rs import gpu
 from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
 
 
@@ -75,7 +74,6 @@ __all__ = [
     "functional",
     "get_num_threads",
     "get_rng_state",
-    "gpu",
     "gpu_available",
     "gpu_info",
     "is_grad_enabled",
