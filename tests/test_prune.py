@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -310,6 +312,77 @@ def test_model_prune_heads_counts_config_checkpoint_and_decoding(tmp_path):
         ours = loaded.generate(src, max_new_tokens=6, num_beams=num_beams).sequences
         ref = twin.generate(src, max_new_tokens=6, num_beams=num_beams).sequences
         np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+
+
+def zeroed_twin_and_pruned(model, plan):
+    """``model`` pruned by ``plan``, and an unpruned copy with those heads' out_proj columns
+    zeroed (what the decoder computed before it took per-layer head counts)."""
+    import copy
+    twin = copy.deepcopy(model)
+    model.prune_heads(plan)
+    modules = twin._attention_modules()
+    for key, heads in plan.items():
+        zero_head_columns(modules[str(key)], heads)
+    return model, twin
+
+
+def same_generations(ours, ref, what):
+    np.testing.assert_array_equal(np.asarray(ours.sequences), np.asarray(ref.sequences), what)
+    np.testing.assert_array_equal(np.asarray(ours.scores), np.asarray(ref.scores), what)
+    np.testing.assert_array_equal(np.asarray(ours.log_probs), np.asarray(ref.log_probs), what)
+
+
+def test_pruned_seq2seq_decodes_with_its_own_head_counts_exactly_as_the_zeroed_twin():
+    # Uneven across layers and between self- and cross-attention; decoder.0 keeps one
+    # self-attention head and decoder.2 one cross-attention head.
+    model = tfm_rs.models.Seq2SeqTransformer(29, 29, d_model=16, nhead=4, num_encoder_layers=1, num_decoder_layers=3,
+                                             dim_feedforward=24, dropout=0.0, max_len=32)
+    model.eval()
+    plan = {"decoder.0": [0, 1, 3], "decoder.1.cross": [2], "decoder.2": [1, 2], "decoder.2.cross": [0, 1, 3]}
+    model, twin = zeroed_twin_and_pruned(model, plan)
+    heads = [(layer.self_attn.num_heads, layer.cross_attn.num_heads) for layer in model.decoder_spec().layers]
+    assert heads == [(1, 4), (4, 3), (2, 1)]
+    src = np.array([[5, 6, 7, 8, 9, 2], [9, 10, 2, 0, 0, 0], [3, 4, 11, 12, 2, 0]])
+    for search in (dict(num_beams=1), dict(num_beams=3, num_return_sequences=2), dict(num_beams=4, length_penalty=0.6)):
+        same_generations(model.generate(src, max_new_tokens=9, **search),
+                         twin.generate(src, max_new_tokens=9, **search), str(search))
+
+
+def test_pruned_gpt_decodes_exactly_as_the_zeroed_twin():
+    model = tfm_rs.models.GPT(37, d_model=24, nhead=3, num_layers=3, dim_feedforward=20, dropout=0.0, max_len=24)
+    model.eval()
+    model, twin = zeroed_twin_and_pruned(model, {0: [1], 1: [0, 2]})
+    prompts = [[3, 4, 5, 6, 7], [8, 9]]
+    for search in (dict(num_beams=1), dict(num_beams=3)):
+        for prompt in prompts:
+            same_generations(model.generate([prompt], max_new_tokens=8, **search),
+                             twin.generate([prompt], max_new_tokens=8, **search), f"{prompt} {search}")
+
+
+def test_decoder_weights_reject_head_counts_that_do_not_match_the_weights():
+    model = tiny_seq2seq()
+    model.eval()
+    model.prune_heads({"decoder.1": [2]})
+    from tfm_rs._core import DecoderWeights
+    from tfm_rs.decode.weights import _layer, _linear, _norm
+    s = model.decoder_spec()
+    base = dict(head_dim=4, norm_first=bool(s.norm_first), eps=1e-5, embed=s.embed, embed_scale=float(s.embed_scale),
+                positions=s.positions, final_norm=_norm(s.final_norm), head=_linear(s.head), activation=s.activation)
+    layers = [_layer(layer, "model") for layer in s.layers]
+    assert DecoderWeights(dict(base, layers=layers)).vocab_size == 23
+    for change, message in [({"self_heads": 4}, "layer 1 self-attention (4 heads of width 4) in_proj"),
+                            ({"cross_heads": 2}, "layer 1 cross-attention (2 heads of width 4) in_proj"),
+                            ({"self_heads": 0}, "at least one head"),
+                            ({"self_heads": 2**62}, "at least one head")]:
+        bad = [dict(layers[0]), dict(layers[1], **change)]
+        with pytest.raises(tfm_rs.InvalidArgumentError if "least" in message else tfm_rs.ShapeError,
+                           match=re.escape(message)) as info:
+            DecoderWeights(dict(base, layers=bad))
+        assert "panic" not in str(info.value).lower()
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="head_dim"):
+        DecoderWeights(dict(base, head_dim=0, layers=layers))
+    with pytest.raises(OverflowError):
+        DecoderWeights(dict(base, layers=[dict(layers[0], self_heads=-1), layers[1]]))
 
 
 @pytest.mark.parametrize("arch", ["GPT", "BertEncoder"])

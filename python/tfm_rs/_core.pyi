@@ -232,9 +232,10 @@ class DecoderWeights:
     """The weights of a decoder stack, shared (not copied) with the tensors they came from."""
 
     def __init__(self, spec: Dict[str, Any]) -> None:
-        """``spec``: ``nhead``, ``norm_first``, ``activation`` ("relu", "gelu", "gelu_tanh"), ``eps``,
-        ``embed``, ``embed_scale``, ``positions``, ``layers`` (dicts of ``(weight, bias)`` pairs),
-        ``final_norm`` (or None) and ``head``; see ``tfm_rs.decode.weights``."""
+        """``spec``: ``head_dim``, ``norm_first``, ``activation`` ("relu", "gelu", "gelu_tanh"),
+        ``eps``, ``embed``, ``embed_scale``, ``positions``, ``layers`` (dicts of ``(weight, bias)``
+        pairs and each attention's head count, ``self_heads`` and ``cross_heads``), ``final_norm``
+        (or None) and ``head``; see ``tfm_rs.decode.weights``."""
     @property
     def vocab_size(self) -> int: ...
     @property

@@ -86,7 +86,8 @@ struct PackedWeights {
 }
 
 /// One layer's packed weights; `cross`: the q rows of the cross-attention in_proj (its k and v
-/// are applied once, to the memory) and its out_proj.
+/// are applied once, to the memory) and its out_proj. Pruned heads are absent from the weights,
+/// so they cost nothing here.
 struct PackedLayer {
     self_in: PackedB,
     self_out: PackedB,
@@ -98,7 +99,6 @@ struct PackedLayer {
 impl PackedWeights {
     fn new(w: &DecoderWeights) -> PackedWeights {
         let all = |l: &Linear| PackedB::new(weight_rows(l, 0..l.weight.shape()[0]));
-        let d = w.d_model();
         PackedWeights {
             layers: w
                 .layers
@@ -106,10 +106,10 @@ impl PackedWeights {
                 .map(|l| PackedLayer {
                     self_in: all(&l.self_in),
                     self_out: all(&l.self_out),
-                    cross: l
-                        .cross
-                        .as_ref()
-                        .map(|(qkv, out)| (PackedB::new(weight_rows(qkv, 0..d)), all(out))),
+                    cross: l.cross.as_ref().map(|(qkv, out)| {
+                        let a = l.cross_heads * w.head_dim;
+                        (PackedB::new(weight_rows(qkv, 0..a)), all(out))
+                    }),
                     ff1: all(&l.ff1),
                     ff2: all(&l.ff2),
                 })
@@ -133,8 +133,8 @@ fn gemm_activation(kind: ActivationKind) -> Activation {
     }
 }
 
-/// One query row `q (d)` attending, head by head, to `len` keys and values stored as rows of
-/// `d` (head `h` in columns `h·dh..(h+1)·dh`) → `out (d)`. `scores` is scratch space.
+/// One query row `q (a)` attending, head by head, to `len` keys and values stored as rows of
+/// `a = nhead·dh` (head `h` in columns `h·dh..(h+1)·dh`) → `out (a)`. `scores` is scratch space.
 fn attend(
     q: &[f32],
     keys: &[f32],
@@ -172,8 +172,8 @@ fn attend(
     }
 }
 
-/// Runs `attend` for every query, in parallel when the work is large enough. `kv(i)` gives
-/// query `i`'s keys, values and their count.
+/// Runs `attend` for every query (rows of `q`, each `d = nhead·dh` wide), in parallel when the
+/// work is large enough. `kv(i)` gives query `i`'s keys, values and their count.
 fn attend_all<'a>(
     q: &[f32],
     d: usize,
@@ -200,7 +200,7 @@ fn attend_all<'a>(
     out
 }
 
-/// Cross-attention keys and values of one source sentence: per layer, `(k, v)` each `(s, d)`,
+/// Cross-attention keys and values of one source sentence: per layer, `(k, v)` each `(s, a)`,
 /// for its `s` non-padding positions only (padding is never attended to, so it is dropped).
 #[derive(Clone, Debug)]
 struct SourceKv {
@@ -278,23 +278,24 @@ impl Memory {
                 .cross
                 .as_ref()
                 .expect("validated: every layer has cross-attention");
+            let a = layer.cross_heads * w.head_dim;
             let kv = linear_rows(
                 &packed,
                 kept.len(),
                 qkv,
-                d..3 * d,
+                a..3 * a,
                 None,
                 Activation::Identity,
             );
             let mut row = 0;
             for src in sources.iter_mut() {
                 let (mut k, mut v) = (
-                    Vec::with_capacity(src.len * d),
-                    Vec::with_capacity(src.len * d),
+                    Vec::with_capacity(src.len * a),
+                    Vec::with_capacity(src.len * a),
                 );
                 for r in row..row + src.len {
-                    k.extend_from_slice(&kv[r * 2 * d..][..d]);
-                    v.extend_from_slice(&kv[r * 2 * d + d..][..d]);
+                    k.extend_from_slice(&kv[r * 2 * a..][..a]);
+                    v.extend_from_slice(&kv[r * 2 * a + a..][..a]);
                 }
                 row += src.len;
                 src.layers.push((k, v));
@@ -309,7 +310,7 @@ impl Memory {
 }
 
 /// One live sequence: the source it decodes (for cross-attention), and per layer its cached
-/// self-attention keys and values, each `(len, d)`.
+/// self-attention keys and values, each `(len, a)` for the layer's attention width `a`.
 #[derive(Clone, Debug)]
 struct Row {
     source: usize,
@@ -415,7 +416,7 @@ impl Decoder {
     /// row's last new token, `(rows, V)`.
     pub fn feed(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<f32>> {
         let w = Arc::clone(&self.w);
-        let (d, nhead, eps) = (w.d_model(), w.nhead, w.eps);
+        let (d, dh, eps) = (w.d_model(), w.head_dim, w.eps);
         if tokens.len() != self.rows.len() {
             return Err(TfmError::shape(
                 OP,
@@ -477,6 +478,7 @@ impl Decoder {
             w.norm_first.then(|| norm(x, None, n, d, p, eps))
         };
         for (l, (layer, packed)) in w.layers.iter().zip(&self.packed.layers).enumerate() {
+            let (a, heads) = (layer.self_heads * dh, layer.self_heads);
             let h = pre(&x, &layer.norm_self);
             let qkv = linear(
                 h.as_deref().unwrap_or(&x),
@@ -487,16 +489,16 @@ impl Decoder {
             );
             for (i, &(r, _)) in queries.iter().enumerate() {
                 let (k, v) = &mut self.rows[r].layers[l];
-                k.extend_from_slice(&qkv[i * 3 * d + d..][..d]);
-                v.extend_from_slice(&qkv[i * 3 * d + 2 * d..][..d]);
+                k.extend_from_slice(&qkv[i * 3 * a + a..][..a]);
+                v.extend_from_slice(&qkv[i * 3 * a + 2 * a..][..a]);
             }
             let q: Vec<f32> = qkv
-                .chunks_exact(3 * d)
-                .flat_map(|c| &c[..d])
+                .chunks_exact(3 * a)
+                .flat_map(|c| &c[..a])
                 .copied()
                 .collect();
             let rows = &self.rows;
-            let att = attend_all(&q, d, nhead, |i| {
+            let att = attend_all(&q, a, heads, |i| {
                 let (r, p) = queries[i];
                 let (k, v) = &rows[r].layers[l];
                 (k.as_slice(), v.as_slice(), p + 1)
@@ -520,16 +522,17 @@ impl Decoder {
                     .memory
                     .as_ref()
                     .expect("checked in new: cross-attention has memory");
+                let (a, heads) = (layer.cross_heads * dh, layer.cross_heads);
                 let h = pre(&x, nc);
                 let q = linear_rows(
                     h.as_deref().unwrap_or(&x),
                     n,
                     qkv_w,
-                    0..d,
+                    0..a,
                     Some(q_packed),
                     Activation::Identity,
                 );
-                let att = attend_all(&q, d, nhead, |i| {
+                let att = attend_all(&q, a, heads, |i| {
                     let src = &memory.sources[rows[queries[i].0].source];
                     let (k, v) = &src.layers[l];
                     (k.as_slice(), v.as_slice(), src.len)

@@ -10,9 +10,11 @@ use std::sync::Arc;
 struct Dims {
     vocab: usize,
     d: usize,
-    nhead: usize,
+    head_dim: usize,
     ff: usize,
-    layers: usize,
+    /// Per layer, the heads of its self- and cross-attention (fewer than `d / head_dim` where
+    /// heads were pruned).
+    heads: &'static [(usize, usize)],
     max_len: usize,
 }
 
@@ -39,13 +41,17 @@ fn norm(seed: u64, d: usize) -> Norm {
 
 fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWeights> {
     let d = dm.d;
-    let layers = (0..dm.layers as u64)
-        .map(|l| {
-            let s = seed + 100 * (l + 1);
+    let layers = (1..)
+        .zip(dm.heads)
+        .map(|(l, &(self_heads, cross_heads))| {
+            let s = seed + 100 * l;
+            let (a, ac) = (self_heads * dm.head_dim, cross_heads * dm.head_dim);
             Layer {
-                self_in: lin(s, 3 * d, d, true),
-                self_out: lin(s + 10, d, d, true),
-                cross: cross.then(|| (lin(s + 20, 3 * d, d, true), lin(s + 30, d, d, true))),
+                self_heads,
+                self_in: lin(s, 3 * a, d, true),
+                self_out: lin(s + 10, d, a, true),
+                cross_heads: if cross { cross_heads } else { 0 },
+                cross: cross.then(|| (lin(s + 20, 3 * ac, d, true), lin(s + 30, d, ac, true))),
                 norm_self: norm(s + 40, d),
                 norm_cross: cross.then(|| norm(s + 50, d)),
                 norm_ff: norm(s + 60, d),
@@ -55,7 +61,7 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
         })
         .collect();
     let w = DecoderWeights {
-        nhead: dm.nhead,
+        head_dim: dm.head_dim,
         norm_first,
         activation: if norm_first {
             ActivationKind::Gelu
@@ -117,10 +123,11 @@ fn ref_norm(x: &M, p: &Norm, eps: f64) -> M {
         .collect()
 }
 
-/// Multi-head attention of queries `q` over keys/values; query `i` sees keys `0..visible(i)`.
-fn ref_attention(q: &M, k: &M, v: &M, nhead: usize, visible: impl Fn(usize) -> usize) -> M {
+/// Multi-head attention of queries `q` over keys/values (heads of width `dh`); query `i` sees
+/// keys `0..visible(i)`.
+fn ref_attention(q: &M, k: &M, v: &M, dh: usize, visible: impl Fn(usize) -> usize) -> M {
     let d = q[0].len();
-    let dh = d / nhead;
+    let nhead = d / dh;
     q.iter()
         .enumerate()
         .map(|(i, qi)| {
@@ -177,31 +184,28 @@ fn ref_logits(w: &DecoderWeights, tokens: &[u32], memory: Option<&M>) -> M {
         }
     };
     for l in &w.layers {
+        let (a, ac, dh) = (
+            l.self_heads * w.head_dim,
+            l.cross_heads * w.head_dim,
+            w.head_dim,
+        );
         x = block(&x, &l.norm_self, &|h| {
             let (q, k, v) = (
-                ref_linear(h, &l.self_in, 0..d),
-                ref_linear(h, &l.self_in, d..2 * d),
-                ref_linear(h, &l.self_in, 2 * d..3 * d),
+                ref_linear(h, &l.self_in, 0..a),
+                ref_linear(h, &l.self_in, a..2 * a),
+                ref_linear(h, &l.self_in, 2 * a..3 * a),
             );
-            ref_linear(
-                &ref_attention(&q, &k, &v, w.nhead, |i| i + 1),
-                &l.self_out,
-                0..d,
-            )
+            ref_linear(&ref_attention(&q, &k, &v, dh, |i| i + 1), &l.self_out, 0..d)
         });
         if let (Some((qkv, out)), Some(nc)) = (&l.cross, &l.norm_cross) {
             let mem = memory.unwrap();
             x = block(&x, nc, &|h| {
-                let q = ref_linear(h, qkv, 0..d);
+                let q = ref_linear(h, qkv, 0..ac);
                 let (k, v) = (
-                    ref_linear(mem, qkv, d..2 * d),
-                    ref_linear(mem, qkv, 2 * d..3 * d),
+                    ref_linear(mem, qkv, ac..2 * ac),
+                    ref_linear(mem, qkv, 2 * ac..3 * ac),
                 );
-                ref_linear(
-                    &ref_attention(&q, &k, &v, w.nhead, |_| mem.len()),
-                    out,
-                    0..d,
-                )
+                ref_linear(&ref_attention(&q, &k, &v, dh, |_| mem.len()), out, 0..d)
             });
         }
         x = block(&x, &l.norm_ff, &|h| {
@@ -258,16 +262,30 @@ fn memory_of(w: &DecoderWeights, seed: u64) -> (Vec<f32>, Vec<bool>, Vec<M>) {
 const DIMS: Dims = Dims {
     vocab: 19,
     d: 24,
-    nhead: 3,
+    head_dim: 8,
     ff: 17,
-    layers: 2,
+    heads: &[(3, 3), (3, 3)],
     max_len: 12,
+};
+
+/// `DIMS` with heads pruned unevenly: one layer keeps a single self-attention head, another a
+/// single cross-attention head.
+const PRUNED: Dims = Dims {
+    heads: &[(1, 2), (3, 1), (2, 3)],
+    ..DIMS
 };
 
 #[test]
 fn cached_steps_match_full_recompute() {
-    for (cross, norm_first) in [(true, false), (true, true), (false, true), (false, false)] {
-        let w = weights(&DIMS, cross, norm_first, 7);
+    for (dims, cross, norm_first) in [
+        (&DIMS, true, false),
+        (&DIMS, true, true),
+        (&DIMS, false, true),
+        (&DIMS, false, false),
+        (&PRUNED, true, false),
+        (&PRUNED, false, true),
+    ] {
+        let w = weights(dims, cross, norm_first, 7);
         let (mem, pad, per_source) = memory_of(&w, 99);
         let memory = cross.then(|| Arc::new(Memory::new(&w, &mem, &pad, 2, 5).unwrap()));
         let mut dec = Decoder::new(Arc::clone(&w), memory, &[0, 1]).unwrap();
@@ -286,8 +304,8 @@ fn cached_steps_match_full_recompute() {
                 let v = w.vocab();
                 assert_rows_close(
                     &format!(
-                        "cross={cross} norm_first={norm_first} row {r} len {}",
-                        fed[r]
+                        "heads {:?} cross={cross} norm_first={norm_first} row {r} len {}",
+                        dims.heads, fed[r]
                     ),
                     &logits[r * v..][..v],
                     want.last().unwrap(),
@@ -296,6 +314,31 @@ fn cached_steps_match_full_recompute() {
             }
         }
     }
+}
+
+#[test]
+fn head_counts_must_match_the_weights() {
+    let w = weights(&PRUNED, true, false, 5);
+    let with = |f: &dyn Fn(&mut DecoderWeights)| {
+        let mut bad = (*w).clone();
+        f(&mut bad);
+        bad.validate().unwrap_err().to_string()
+    };
+    let msg = with(&|b| b.layers[0].self_heads = 2);
+    assert!(
+        msg.contains("layer 0 self-attention (2 heads of width 8) in_proj"),
+        "{msg}"
+    );
+    let msg = with(&|b| b.layers[1].cross_heads = 3);
+    assert!(msg.contains("layer 1 cross-attention (3 heads"), "{msg}");
+    assert!(with(&|b| b.layers[2].self_heads = 0).contains("at least one head"));
+    assert!(with(&|b| b.layers[2].self_heads = usize::MAX / 2).contains("at least one head"));
+    assert!(with(&|b| b.head_dim = 0).contains("head_dim"));
+    let msg = with(&|b| {
+        b.layers[0].cross = None;
+        b.layers[0].norm_cross = None;
+    });
+    assert!(msg.contains("cross-attention heads"), "{msg}");
 }
 
 #[test]
@@ -360,9 +403,9 @@ fn lm(vocab: usize, seed: u64) -> Arc<DecoderWeights> {
         &Dims {
             vocab,
             d: 16,
-            nhead: 2,
+            head_dim: 8,
             ff: 16,
-            layers: 1,
+            heads: &[(2, 0)],
             max_len: 16,
         },
         false,

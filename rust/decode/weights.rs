@@ -3,7 +3,9 @@
 //! Tensors are shared with the model's parameters (`Arc` storage), never copied.
 //!
 //! Layouts are PyTorch's: a `Linear` weight is `(out, in)`; attention projections stack
-//! q, k, v as `in_proj (3d, d)`.
+//! q, k, v as `in_proj (3a, d)` with `out_proj (d, a)`, where the attention width `a` is the
+//! layer's head count times the model's head width: `d` unless heads were pruned away, and a
+//! pruned layer's matrices are physically smaller, so it decodes faster.
 
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
@@ -25,12 +27,16 @@ pub struct Norm {
     pub bias: Option<Tensor>,
 }
 
-/// One block. `cross` (encoder-decoder attention, q/k/v stacked in `(3d, d)`) and its
-/// `norm_cross` are present together, only in an encoder-decoder's decoder.
+/// One block. `cross` (encoder-decoder attention, q/k/v stacked in `(3a, d)`) and its
+/// `norm_cross` are present together, only in an encoder-decoder's decoder. `self_heads` and
+/// `cross_heads` count the heads each attention keeps (`cross_heads` is 0 without
+/// cross-attention).
 #[derive(Clone, Debug)]
 pub struct Layer {
+    pub self_heads: usize,
     pub self_in: Linear,
     pub self_out: Linear,
+    pub cross_heads: usize,
     pub cross: Option<(Linear, Linear)>,
     pub norm_self: Norm,
     pub norm_cross: Option<Norm>,
@@ -43,7 +49,8 @@ pub struct Layer {
 /// `x = LN(x + f(x))`, or pre-LN `x = x + f(LN(x))`), `final_norm`, then `head` to logits.
 #[derive(Clone, Debug)]
 pub struct DecoderWeights {
-    pub nhead: usize,
+    /// The width of one attention head (every layer's; pruning removes heads, not columns).
+    pub head_dim: usize,
     pub norm_first: bool,
     pub activation: ActivationKind,
     pub eps: f32,
@@ -95,14 +102,8 @@ impl DecoderWeights {
             return Err(bad("the embedding", &self.embed, "(vocab, d_model)".into()));
         }
         let d = self.d_model();
-        if self.nhead == 0 || !d.is_multiple_of(self.nhead) {
-            return Err(TfmError::value(
-                OP,
-                format!(
-                    "d_model ({d}) must be a positive multiple of nhead ({})",
-                    self.nhead
-                ),
-            ));
+        if self.head_dim == 0 {
+            return Err(TfmError::value(OP, "head_dim must be positive"));
         }
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return Err(TfmError::value(
@@ -146,37 +147,49 @@ impl DecoderWeights {
         if self.layers.is_empty() {
             return Err(TfmError::value(OP, "the decoder has no layers"));
         }
+        // The attention width of `heads` heads, checked so that no product overflows.
+        let width = |what: String, heads: usize| -> Result<usize> {
+            match heads.checked_mul(self.head_dim) {
+                Some(a) if heads > 0 && a.checked_mul(3).is_some() => Ok(a),
+                _ => Err(TfmError::value(
+                    OP,
+                    format!(
+                        "{what} has {heads} heads of width {}: expected at least one head",
+                        self.head_dim
+                    ),
+                )),
+            }
+        };
         for (i, l) in self.layers.iter().enumerate() {
-            linear(
-                format!("layer {i} self-attention in_proj"),
-                &l.self_in,
-                Some(3 * d),
-                d,
-            )?;
-            linear(
-                format!("layer {i} self-attention out_proj"),
-                &l.self_out,
-                Some(d),
-                d,
-            )?;
+            let what = format!(
+                "layer {i} self-attention ({} heads of width {})",
+                l.self_heads, self.head_dim
+            );
+            let a = width(what.clone(), l.self_heads)?;
+            linear(format!("{what} in_proj"), &l.self_in, Some(3 * a), d)?;
+            linear(format!("{what} out_proj"), &l.self_out, Some(d), a)?;
             norm(format!("layer {i} self-attention norm"), &l.norm_self)?;
             match (&l.cross, &l.norm_cross) {
                 (Some((qkv, out)), Some(n)) => {
-                    linear(
-                        format!("layer {i} cross-attention in_proj"),
-                        qkv,
-                        Some(3 * d),
-                        d,
-                    )?;
-                    linear(
-                        format!("layer {i} cross-attention out_proj"),
-                        out,
-                        Some(d),
-                        d,
-                    )?;
+                    let what = format!(
+                        "layer {i} cross-attention ({} heads of width {})",
+                        l.cross_heads, self.head_dim
+                    );
+                    let a = width(what.clone(), l.cross_heads)?;
+                    linear(format!("{what} in_proj"), qkv, Some(3 * a), d)?;
+                    linear(format!("{what} out_proj"), out, Some(d), a)?;
                     norm(format!("layer {i} cross-attention norm"), n)?;
                 }
-                (None, None) => {}
+                (None, None) if l.cross_heads == 0 => {}
+                (None, None) => {
+                    return Err(TfmError::value(
+                        OP,
+                        format!(
+                            "layer {i} has no cross-attention but {} cross-attention heads",
+                            l.cross_heads
+                        ),
+                    ))
+                }
                 _ => {
                     return Err(TfmError::value(
                         OP,

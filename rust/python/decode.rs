@@ -72,9 +72,10 @@ pub struct PyDecoderWeights {
 
 #[pymethods]
 impl PyDecoderWeights {
-    /// DecoderWeights(spec): `spec` is a dict with `nhead`, `norm_first`, `activation`
+    /// DecoderWeights(spec): `spec` is a dict with `head_dim`, `norm_first`, `activation`
     /// ("relu", "gelu", "gelu_tanh"), `eps`, `embed`, `embed_scale`, `positions`, `layers`
-    /// (dicts of `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
+    /// (dicts of `self_heads`, `cross_heads` (head counts, which may differ per layer after
+    /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
     /// bias)` and `norm_self`, `norm_cross`, `norm_ff` as `(weight, bias)`; the cross entries
     /// None without cross-attention), `final_norm` (or None) and `head` `(weight, bias)`.
     #[new]
@@ -97,7 +98,10 @@ impl PyDecoderWeights {
             let l = l.cast::<PyDict>()?;
             let cross_in = optional(item(l, "cross_in")?, linear)?;
             let cross_out = optional(item(l, "cross_out")?, linear)?;
+            let cross_heads: Option<usize> = item(l, "cross_heads")?.extract()?;
             layers.push(decode::Layer {
+                self_heads: item(l, "self_heads")?.extract()?,
+                cross_heads: cross_heads.unwrap_or(0),
                 self_in: linear(&item(l, "self_in")?)?,
                 self_out: linear(&item(l, "self_out")?)?,
                 cross: cross_in.zip(cross_out),
@@ -109,7 +113,7 @@ impl PyDecoderWeights {
             });
         }
         let w = DecoderWeights {
-            nhead: item(spec, "nhead")?.extract()?,
+            head_dim: item(spec, "head_dim")?.extract()?,
             norm_first: item(spec, "norm_first")?.extract()?,
             activation,
             eps: item(spec, "eps")?.extract()?,

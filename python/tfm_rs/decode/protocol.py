@@ -26,7 +26,9 @@ __all__ = ["CausalLanguageModel", "DecodableModel", "DecoderLayerSpec", "Decoder
 @dataclass(frozen=True)
 class DecoderLayerSpec:
     """One decoder block: self-attention, cross-attention (``None`` in a decoder-only model), the
-    feed-forward ``linear1``/``linear2``, and the LayerNorm of each sublayer."""
+    feed-forward ``linear1``/``linear2``, and the LayerNorm of each sublayer. Each attention's
+    ``num_heads`` is what it keeps after ``prune_heads`` (it may differ between layers, and
+    between a layer's self- and cross-attention); its ``head_dim`` is the model's."""
 
     self_attn: nn.MultiheadAttention
     linear1: nn.Linear
