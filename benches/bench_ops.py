@@ -103,7 +103,7 @@ def cases(rng, smoke: bool = False):
     x, g = rand(rows(4096), 1024, scale=4.0), rand(rows(4096), 1024)
     out.append((f"softmax {rows(4096)}x1024", {
         "tfm_rs": tfm_fb(lambda t: F.softmax(t, -1), x),
-        "numpy": lambda: np_softmax(x, g),
+        "numpy": lambda x=x, g=g: np_softmax(x, g),
         "torch": torch and torch_fb(lambda t: TF.softmax(t, -1), x),
     }))
     for m, d in ((rows(3072), 256), (rows(4096), 1024)):
@@ -133,7 +133,7 @@ def cases(rng, smoke: bool = False):
     x, g = rand(rows(3072), 1024, scale=3.0), rand(rows(3072), 1024)
     out.append((f"gelu {rows(3072)}x1024", {
         "tfm_rs": tfm_fb(lambda a: F.gelu(a), x),
-        "numpy": (lambda: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
+        "numpy": (lambda x=x, g=g: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
         "torch": torch and torch_fb(lambda a: TF.gelu(a), x),
     }))
     for mb in (4, 16):
