@@ -10,6 +10,9 @@
 //!   function (device in, device out) and is tested against the CPU op; tensors reach these
 //!   kernels through `Tensor::to_device`, never through host slices.
 //!
+//! The backend sits below the ops: it names [`crate::desc`], [`crate::shape`] and the tensor
+//! type, never `crate::ops` or `crate::autograd` (a test in `lib.rs` scans this directory).
+//!
 //! Every failure is a [`TfmError`](crate::TfmError): `ErrorKind::Device` when there is no
 //! adapter or the GPU rejects or loses work, the usual kinds for bad shapes or arguments.
 //! Nothing panics into the caller.
@@ -19,7 +22,7 @@
 //! if tfm_rs::gpu::is_available() {
 //!     let x = tfm_rs::gpu::buffer::upload(&[-1.0, 2.0])?;
 //!     let y = tfm_rs::gpu::GpuBuffer::zeros(2)?;
-//!     tfm_rs::gpu::ops::activation::forward(tfm_rs::ops::activation::ActivationKind::Relu, &y, &x)?;
+//!     tfm_rs::gpu::ops::activation::forward(tfm_rs::desc::ActivationKind::Relu, &y, &x)?;
 //!     assert_eq!(tfm_rs::gpu::buffer::download(&y)?, vec![0.0, 2.0]);
 //! }
 //! # Ok(()) }
@@ -33,8 +36,6 @@ pub mod timing;
 
 pub use buffer::GpuBuffer;
 
-#[cfg(test)]
-mod graph_tests;
 pub use context::{info, is_available, GpuInfo};
 
 #[cfg(test)]

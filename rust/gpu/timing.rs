@@ -5,8 +5,8 @@
 use super::buffer::GpuBuffer;
 use super::context::gpu;
 use super::ops::{attention, gemm};
+use crate::desc::AttentionConfig;
 use crate::error::Result;
-use crate::ops::attention::AttentionConfig;
 use std::time::Instant;
 
 /// The best wall time of `repeats` runs of `f` (after one warm-up run, which also compiles the

@@ -5,36 +5,9 @@
 use super::rows::{for_each_row, rows_mut, PAR_MIN};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
-use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Tensor};
+pub(crate) use crate::shape::{broadcast_strides, row_offset};
+use crate::tensor::{broadcast_shapes, numel, shape_str, Tensor};
 use rayon::prelude::*;
-
-/// Strides (in elements) for reading a tensor of `shape` as if it had `out_shape`: 0 along
-/// dimensions that broadcast.
-pub(crate) fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
-    let strides = contiguous_strides(shape);
-    let offset = out_shape.len() - shape.len();
-    (0..out_shape.len())
-        .map(|i| {
-            if i < offset || shape[i - offset] == 1 {
-                0
-            } else {
-                strides[i - offset]
-            }
-        })
-        .collect()
-}
-
-/// Offset into a broadcast operand of the first element of output row `row` (a row is the last
-/// dimension of the output).
-pub(crate) fn row_offset(row: usize, out_shape: &[usize], strides: &[usize]) -> usize {
-    let mut rem = row;
-    let mut off = 0;
-    for d in (0..out_shape.len().saturating_sub(1)).rev() {
-        off += (rem % out_shape[d]) * strides[d];
-        rem /= out_shape[d];
-    }
-    off
-}
 
 /// Elements per task of the same-shape fast paths of [`map1`] and [`map2`]; elementwise maps,
 /// so the split never changes results.

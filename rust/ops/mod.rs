@@ -32,6 +32,8 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+#[cfg(all(test, feature = "wgpu"))]
+mod gpu_tests;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;

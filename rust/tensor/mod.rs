@@ -14,10 +14,9 @@
 //! condition the dispatch already rules out. [`Tensor::to_device`] moves values explicitly.
 
 mod device;
-mod shape;
 
+pub use crate::shape::{broadcast_shapes, contiguous_strides, normalize_dim, numel, shape_str};
 pub use device::Device;
-pub use shape::{broadcast_shapes, contiguous_strides, normalize_dim, numel, shape_str};
 
 use crate::error::{Result, TfmError};
 #[cfg(feature = "wgpu")]

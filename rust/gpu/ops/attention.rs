@@ -6,11 +6,11 @@
 
 use super::check_lens;
 use super::gemm::u32_of;
+use crate::desc::AttentionConfig;
 use crate::ensure_value;
 use crate::error::Result;
 use crate::gpu::buffer::{upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
-use crate::ops::attention::AttentionConfig;
 use crate::random::keep_threshold;
 use crate::tensor::Tensor;
 

@@ -7,8 +7,8 @@ use crate::desc::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::ops::broadcast::broadcast_strides;
-use crate::tensor::{broadcast_shapes, numel, Tensor};
+use crate::shape::{broadcast_shapes, broadcast_strides, numel};
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu elementwise";
 shader!(ELEMENTWISE, "elementwise.wgsl");

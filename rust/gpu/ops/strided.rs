@@ -7,7 +7,8 @@ use super::gemm::u32_of;
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::tensor::{contiguous_strides, numel, Tensor};
+use crate::shape::{contiguous_strides, numel};
+use crate::tensor::Tensor;
 
 const OP: &str = "gpu strided";
 shader!(STRIDED, "strided.wgsl");

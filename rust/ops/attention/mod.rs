@@ -41,44 +41,14 @@ pub use forward::attention_forward;
 pub use reference::{attention_backward_reference, attention_forward_reference};
 
 use crate::autograd::{Backward, Var};
+pub use crate::desc::{AttentionConfig, AttnMask};
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::{broadcast_strides, row_offset};
 use crate::tensor::{shape_str, Device, Tensor};
 
 const OP: &str = "scaled_dot_product_attention";
 
-/// An additive float mask read in place through broadcast strides: the value for query `i`,
-/// key `j` of batch-head `h` is `data[head_offsets[h] + i·row_stride + j·col_stride]` (a stride
-/// is 0 along a broadcast dimension). −∞ masks a score out.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnMask<'a> {
-    pub data: &'a [f32],
-    /// One offset per batch-head, length BH.
-    pub head_offsets: &'a [usize],
-    pub row_stride: usize,
-    pub col_stride: usize,
-}
-
-/// Sizes and options shared by the forward and backward kernels.
-#[derive(Clone, Copy, Debug)]
-pub struct AttentionConfig<'a> {
-    /// Batch × heads: the product of the leading dimensions.
-    pub bh: usize,
-    pub tq: usize,
-    pub tk: usize,
-    pub e: usize,
-    pub ev: usize,
-    pub scale: f32,
-    /// Query `i` attends keys `j <= i` (top-left aligned, as PyTorch).
-    pub is_causal: bool,
-    pub mask: Option<AttnMask<'a>>,
-    /// Drop probability in [0, 1) on the attention probabilities.
-    pub dropout_p: f32,
-    /// Keys the dropout decisions: element `(h, i, j)` is kept iff
-    /// `random::keep(seed, (h·Tq + i)·Tk + j, dropout_p)`.
-    pub seed: u64,
-}
-
+// The CPU kernels' mask arithmetic; the descriptor itself lives in `desc`.
 impl AttentionConfig<'_> {
     /// The additive mask value at (head, i, j): the mask's, −∞ above the causal diagonal, else 0.
     pub fn mask_value(&self, head: usize, i: usize, j: usize) -> f32 {

@@ -1,4 +1,7 @@
-//! Shape arithmetic shared by every op: element counts, strides, broadcasting, negative dims.
+//! Shape arithmetic shared by every op and both backends: element counts, strides,
+//! broadcasting (the shapes and the strides that read an operand broadcast), negative dims.
+//! Below `tensor`, `ops` and `gpu` in the import order (it imports only the error type), so
+//! the GPU kernels lay out broadcasts without importing the CPU ops; `tensor` re-exports it.
 
 use crate::error::{Result, TfmError};
 
@@ -69,6 +72,34 @@ pub fn normalize_dim(op: &'static str, dim: isize, ndim: usize) -> Result<usize>
         ));
     }
     Ok(d as usize)
+}
+
+/// Strides (in elements) for reading a tensor of `shape` as if it had `out_shape`: 0 along
+/// dimensions that broadcast.
+pub fn broadcast_strides(shape: &[usize], out_shape: &[usize]) -> Vec<usize> {
+    let strides = contiguous_strides(shape);
+    let offset = out_shape.len() - shape.len();
+    (0..out_shape.len())
+        .map(|i| {
+            if i < offset || shape[i - offset] == 1 {
+                0
+            } else {
+                strides[i - offset]
+            }
+        })
+        .collect()
+}
+
+/// Offset into a broadcast operand of the first element of output row `row` (a row is the last
+/// dimension of the output).
+pub fn row_offset(row: usize, out_shape: &[usize], strides: &[usize]) -> usize {
+    let mut rem = row;
+    let mut off = 0;
+    for d in (0..out_shape.len().saturating_sub(1)).rev() {
+        off += (rem % out_shape[d]) * strides[d];
+        rem /= out_shape[d];
+    }
+    off
 }
 
 #[cfg(test)]
