@@ -7,7 +7,7 @@
 //! `optim::AdamConfig`, …), so callers keep their paths.
 
 use crate::ensure_value;
-use crate::error::Result;
+use crate::error::{Result, TfmError};
 
 /// The elementwise binary ops, with NumPy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +86,34 @@ pub enum Reduction {
 pub struct LossConfig {
     pub ignore_index: i64,
     pub label_smoothing: f32,
+}
+
+impl LossConfig {
+    /// The check both backends make on the per-row log-sum-exps `lse(i)` of `n` rows: a NaN
+    /// (from a NaN or +inf logit), or −inf on a row that counts (`counted(i)`: its target is not
+    /// ignored), is a non-finite error naming the first such row.
+    pub fn check_lse(
+        op: &'static str,
+        n: usize,
+        lse: impl Fn(usize) -> f64,
+        counted: impl Fn(usize) -> bool,
+    ) -> Result<()> {
+        let bad = |&i: &usize| lse(i).is_nan() || (lse(i) == f64::NEG_INFINITY && counted(i));
+        match (0..n).find(bad) {
+            None => Ok(()),
+            Some(i) => {
+                let what = if lse(i).is_nan() {
+                    "holds NaN or +inf"
+                } else {
+                    "is -inf everywhere"
+                };
+                Err(TfmError::non_finite(
+                    op,
+                    format!("row {i} of the logits {what}"),
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
