@@ -13,6 +13,8 @@ Commands:
 * ``tfm-rs distill --teacher RUN_DIR --preset tiny --level word|sequence --minutes N --out RUN_DIR``:
   knowledge distillation of a trained run into a smaller student (:mod:`tfm_rs.train.distill`).
 * ``tfm-rs bench``: a quick GEMM / attention / training-step benchmark against NumPy and PyTorch.
+* ``tfm-rs claims`` lists the explainers' claims; ``tfm-rs claims run NAME|--all [--quick] [--out DIR]``
+  measures them and gives each a verdict (:mod:`tfm_rs.claims`).
 * ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 
 User errors (a bad flag value, an unknown config key, a missing file, ``--device gpu`` without
@@ -186,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--sentence", help="the example for the attention maps (default: the first validation "
                                        "sentence)")
     pl.add_argument("--out", metavar="DIR", help="where to write the PNG files (default: RUN_DIR/plots)")
+
+    cl = sub.add_parser("claims", help="check the explainers' claims about Transformers by measurement",
+                        description="'tfm-rs claims' lists the claims (with the verdict of the last run in --out); "
+                                    "'tfm-rs claims run NAME' (or --all) measures one, prints the figures and the "
+                                    "verdict, and writes DIR/NAME/result.json and PNG plots. See docs/claims.md.")
+    cl.add_argument("action", nargs="?", choices=["list", "run"], default="list")
+    cl.add_argument("name", nargs="?", help="the claim to run (see 'tfm-rs claims')")
+    cl.add_argument("--all", action="store_true", help="run every claim")
+    cl.add_argument("--quick", action="store_true", help="the small version of each experiment (seconds)")
+    cl.add_argument("--out", metavar="DIR", default="claims", help="where results go (default: ./claims)")
     return p
 
 
@@ -480,8 +492,38 @@ def cmd_distill(args: argparse.Namespace, command: Optional[Sequence[str]] = Non
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tfm_rs import claims
+
+    out = Path(args.out)
+    if args.action == "list":
+        if args.name or args.all:
+            raise UsageError("'tfm-rs claims' lists; use 'tfm-rs claims run NAME' or 'tfm-rs claims run --all'")
+        for claim in claims.CLAIMS.values():
+            saved = out / claim.name / "result.json"
+            verdict = json.loads(saved.read_text())["verdict"] if saved.is_file() else "not run"
+            print(f"{claim.number:>3}  {claim.name:<32} {verdict:<11} {claim.statement}")
+        return 0
+    if args.all == bool(args.name):
+        raise UsageError("'tfm-rs claims run' takes one claim NAME or --all")
+    names = list(claims.CLAIMS) if args.all else [args.name]
+    for name in names:
+        result = claims.run(name, quick=args.quick, out=out / name)
+        print(f"{name}: {result.verdict}  ({result.seconds:.1f} s{', quick' if result.quick else ''})")
+        print(f"  {result.summary}")
+        if result.not_measured:
+            print(f"  not measured yet: {'; '.join(result.not_measured)}")
+        print(f"  written: {out / name / 'result.json'}" + "".join(f", {out / name / p}" for p in result.plots
+                                                                  if p.endswith(".png")))
+    return 0
+
+
 COMMANDS = {"info": cmd_info, "demo": cmd_demo, "train": cmd_train, "translate": cmd_translate,
-            "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}
+            "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
+            "claims": cmd_claims}
 
 
 def _one_line(e: BaseException) -> str:
