@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -59,7 +59,10 @@ def _batch(rng: np.random.Generator, n: int, length: int, task: str) -> Tuple[np
     return src, tgt_in, tgt
 
 
-def _train(task: str, causal: bool, steps: int, length: int, seed: int) -> Tuple[TinySeq2Seq, List[float]]:
+def _train(task: str, causal: bool, steps: int, length: int, seed: int,
+           after_step: Optional[Callable[[int, TinySeq2Seq], None]] = None) -> Tuple[TinySeq2Seq, List[float]]:
+    """Trains a fresh model with Adam on batches of 64; ``after_step(step, model)`` runs after
+    each step (numbered from 1)."""
     tfm_rs.manual_seed(seed)
     model = TinySeq2Seq()
     opt = optim.Adam(model.parameters(), lr=3e-3)
@@ -72,6 +75,8 @@ def _train(task: str, causal: bool, steps: int, length: int, seed: int) -> Tuple
         loss.backward()
         opt.step()
         losses.append(loss.item())
+        if after_step is not None:
+            after_step(len(losses), model)
     return model, losses
 
 
