@@ -112,7 +112,7 @@ def test_sentence_embeddings_match_sentence_transformers_semantics(tmp_path, poo
 
 def gpt2_config(**kw):
     base = dict(vocab_size=67, n_embd=24, n_layer=2, n_head=3, n_positions=48, resid_pdrop=0.0, embd_pdrop=0.0,
-                attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+                attn_pdrop=0.0, bos_token_id=66, eos_token_id=66)
     base.update(kw)
     return transformers.GPT2Config(**base)
 
@@ -130,10 +130,9 @@ def test_gpt2_matches_transformers_logits_and_greedy_tokens(tmp_path, tied, act)
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask.astype(np.int64))).logits.numpy()
     close(model(ids).numpy()[mask], ref[mask])  # right padding: causal rows never see it
     prompt = ids[0, :6]
-    got = model.generate(prompt, max_new_tokens=12).sequences[0]
+    got = model.generate(prompt, max_new_tokens=12, eos_token_id=66).sequences[0]
     with torch.no_grad():
-        want = hf.generate(torch.tensor(prompt[None]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                           pad_token_id=0)[0].tolist()
+        want = hf.generate(torch.tensor(prompt[None]), max_new_tokens=12, do_sample=False, pad_token_id=0)[0].tolist()
     assert got == want
 
 
