@@ -61,6 +61,13 @@ def np_add_layer_norm(x, r, w, b, g):
     return y, ds, (g * xhat).sum(0), g.sum(0)
 
 
+def np_rms_norm(x, w, g):
+    rstd = 1 / np.sqrt((x * x).mean(-1, keepdims=True) + np.finfo(np.float32).eps)
+    xhat = x * rstd
+    gh = g * w
+    return xhat * w, rstd * (gh - xhat * (gh * xhat).mean(-1, keepdims=True)), (g * xhat).sum(0)
+
+
 def np_dropout(x, p, rng):
     keep = rng.random(x.shape, dtype=np.float32) >= p
     scale = np.float32(1 / (1 - p))
@@ -113,6 +120,11 @@ def cases(rng, smoke: bool = False):
             "tfm_rs": tfm_fb(lambda a, c, wt, bt, d=d: F.add_layer_norm(a, c, d, wt, bt), x, r, w, b),
             "numpy": lambda x=x, r=r, w=w, b=b, g=g: np_add_layer_norm(x, r, w, b, g),
             "torch": torch and torch_fb(lambda a, c, wt, bt, d=d: TF.layer_norm(a + c, (d,), wt, bt), x, r, w, b),
+        }))
+        out.append((f"rms_norm {m}x{d}", {
+            "tfm_rs": tfm_fb(lambda a, wt, d=d: F.rms_norm(a, d, wt), x, w),
+            "numpy": lambda x=x, w=w, g=g: np_rms_norm(x, w, g),
+            "torch": torch and torch_fb(lambda a, wt, d=d: TF.rms_norm(a, (d,), wt), x, w),
         }))
     for n, c in ((rows(1536), 8000), (rows(4096), 32000)):
         x = rand(n, c, scale=3.0)

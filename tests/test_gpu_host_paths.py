@@ -184,3 +184,9 @@ def test_gradient_clipping_on_the_gpu(norm_type):
     assert math.isclose(out[1][0], out[0][0], rel_tol=RTOL)
     for a, b in zip(out[1][1], out[0][1]):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+def test_op_without_gpu_kernel_names_itself():
+    """RMS norm has no GPU kernel: a DeviceError naming the op, not a panic or a silent copy."""
+    with pytest.raises(tfm_rs.DeviceError, match="rms_norm"):
+        F.rms_norm(on_gpu(randn(2, 3)), 3)

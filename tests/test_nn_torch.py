@@ -84,6 +84,8 @@ def padding(lengths, s):
 
 def test_reprs_match_torch():
     for ours, theirs in [(nn.Linear(3, 2), torch.nn.Linear(3, 2)), (nn.LayerNorm(8), torch.nn.LayerNorm(8)),
+                         (nn.RMSNorm(8), torch.nn.RMSNorm(8)), (nn.RMSNorm((2, 3), 1e-6, False),
+                                                                torch.nn.RMSNorm((2, 3), 1e-6, False)),
                          (nn.Dropout(0.1), torch.nn.Dropout(0.1)), (nn.ReLU(), torch.nn.ReLU()),
                          (nn.GELU("tanh"), torch.nn.GELU("tanh")),
                          (nn.Embedding(10, 4, padding_idx=2), torch.nn.Embedding(10, 4, padding_idx=2)),
@@ -98,6 +100,15 @@ def test_state_dict_goes_back_to_torch():
     t.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     for k, v in t.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), ours.state_dict()[k])
+
+
+@pytest.mark.parametrize("normalized_shape,eps", [((1,), None), ((17,), None), ((127,), 1e-6), ((3, 5), 1e-5)])
+def test_rms_norm(normalized_shape, eps):
+    """Mean far from zero, so that a norm that centred would differ."""
+    t = randomize(torch.nn.RMSNorm(normalized_shape, eps=eps))
+    ours = to_ours(t, nn.RMSNorm(normalized_shape, eps=eps))
+    x = randn((3, 2) + normalized_shape, seed=1) + 1.5
+    compare(t, ours, t, ours, [x])
 
 
 @pytest.mark.parametrize("kind", ["self", "cross", "kvdim"])

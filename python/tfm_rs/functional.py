@@ -37,6 +37,7 @@ __all__ = [
     "log_softmax",
     "matmul",
     "relu",
+    "rms_norm",
     "scaled_dot_product_attention",
     "softmax",
 ]
@@ -47,6 +48,14 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None
     in_features)``, bias ``(out_features,)`` → ``(*, out_features)``. The bias is added inside
     the GEMM."""
     return _core.linear(input, weight, bias)
+
+
+def rms_norm(input: ArrayLike, normalized_shape: Union[int, Sequence[int]], weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None) -> Tensor:
+    """RMS normalization over the trailing ``normalized_shape`` dimensions:
+    ``input / sqrt(mean(input²) + eps) * weight`` (``eps=None``: float32's machine epsilon, as
+    PyTorch)."""
+    return _core.rms_norm(input, _shape(normalized_shape), weight, eps)
 
 
 def matmul(input: ArrayLike, other: ArrayLike) -> Tensor:

@@ -122,7 +122,7 @@ impl PackedWeights {
 fn norm(x: &[f32], residual: Option<&[f32]>, n: usize, d: usize, p: &Norm, eps: f32) -> Vec<f32> {
     let w = p.weight.as_ref().map(|t| t.data());
     let b = p.bias.as_ref().map(|t| t.data());
-    layer_norm_forward(x, residual, n, d, w, b, eps).y
+    layer_norm_forward(x, residual, n, d, w, b, eps, true).y
 }
 
 fn gemm_activation(kind: ActivationKind) -> Activation {

@@ -235,6 +235,7 @@ mod isa_tests {
             Some(&w),
             Some(&b),
             1e-5,
+            true,
         );
         let s = f.sum.unwrap();
         out.push(ln::layer_norm_backward_input(
@@ -243,6 +244,7 @@ mod isa_tests {
             &f.stats,
             d,
             Some(&w),
+            true,
         ));
         let (dw, db) = ln::layer_norm_backward_params(&g[..n * d], &s, &f.stats, d);
         out.extend([f.y, dw, db]);

@@ -117,6 +117,7 @@ fn log_softmax(
 /// Flattens the trailing `normalized_shape` dimensions of x (and of weight/bias) into one, so
 /// the last-axis LayerNorm covers them; returns the reshaped operands.
 fn flatten_normalized(
+    op: &'static str,
     x: &Var,
     normalized: &[usize],
     params: [Option<&Var>; 2],
@@ -124,7 +125,7 @@ fn flatten_normalized(
     let shape = x.shape();
     let n = normalized.len();
     if n == 0 || n > shape.len() || shape[shape.len() - n..] != *normalized {
-        return Err(TfmError::shape("layer_norm", format!("normalized_shape {normalized:?} does not match the trailing dimensions of input {shape:?}")));
+        return Err(TfmError::shape(op, format!("normalized_shape {normalized:?} does not match the trailing dimensions of input {shape:?}")));
     }
     let d: usize = normalized.iter().product();
     let mut flat: Vec<isize> = shape[..shape.len() - n]
@@ -136,7 +137,7 @@ fn flatten_normalized(
         match p {
             Some(p) if p.shape() == normalized => Ok(Some(shape::reshape(p, &[d as isize])?)),
             Some(p) => Err(TfmError::shape(
-                "layer_norm",
+                op,
                 format!(
                     "weight/bias of shape {:?} do not match normalized_shape {normalized:?}",
                     p.shape()
@@ -167,8 +168,38 @@ fn layer_norm(
         opt_var(bias, "layer_norm")?,
     );
     wrap(py, || {
-        let (xf, [wf, bf]) = flatten_normalized(&x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
+        let (xf, [wf, bf]) = flatten_normalized(
+            "layer_norm",
+            &x,
+            &normalized_shape,
+            [w.as_ref(), b.as_ref()],
+        )?;
         let y = ln::layer_norm(&xf, wf.as_ref(), bf.as_ref(), eps)?;
+        shape::reshape(
+            &y,
+            &x.shape().iter().map(|&s| s as isize).collect::<Vec<_>>(),
+        )
+    })
+}
+
+/// `eps = None` is float32's machine epsilon, as PyTorch's default for a float32 input.
+#[pyfunction]
+#[pyo3(signature = (input, normalized_shape, weight = None, eps = None))]
+fn rms_norm(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'_, PyAny>>,
+    eps: Option<f32>,
+) -> PyResult<PyTensor> {
+    let (x, w) = (
+        var_from_py(input, "rms_norm")?,
+        opt_var(weight, "rms_norm")?,
+    );
+    wrap(py, || {
+        let (xf, [wf, _]) =
+            flatten_normalized("rms_norm", &x, &normalized_shape, [w.as_ref(), None])?;
+        let y = ln::rms_norm(&xf, wf.as_ref(), eps.unwrap_or(f32::EPSILON))?;
         shape::reshape(
             &y,
             &x.shape().iter().map(|&s| s as isize).collect::<Vec<_>>(),
@@ -203,8 +234,10 @@ fn add_layer_norm(
                 format!("input {:?} and residual {:?} differ", x.shape(), r.shape()),
             ));
         }
-        let (xf, [wf, bf]) = flatten_normalized(&x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
-        let (rf, _) = flatten_normalized(&r, &normalized_shape, [None, None])?;
+        let op = "add_layer_norm";
+        let (xf, [wf, bf]) =
+            flatten_normalized(op, &x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
+        let (rf, _) = flatten_normalized(op, &r, &normalized_shape, [None, None])?;
         let y = ln::add_layer_norm(&xf, &rf, wf.as_ref(), bf.as_ref(), eps)?;
         shape::reshape(
             &y,
@@ -370,6 +403,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm, m)?)?;
     m.add_function(wrap_pyfunction!(add_layer_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(relu, m)?)?;
     m.add_function(wrap_pyfunction!(gelu, m)?)?;
     m.add_function(wrap_pyfunction!(dropout, m)?)?;

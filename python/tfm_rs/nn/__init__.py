@@ -11,7 +11,7 @@ from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
 from tfm_rs.nn.dropout import Dropout
 from tfm_rs.nn.linear import Identity, Linear
 from tfm_rs.nn.module import Module, ModuleList, Sequential
-from tfm_rs.nn.normalization import LayerNorm
+from tfm_rs.nn.normalization import LayerNorm, RMSNorm
 from tfm_rs.nn.parameter import Parameter
 from tfm_rs.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from tfm_rs.nn.sparse import Embedding
@@ -37,6 +37,7 @@ __all__ = [
     "MultiheadAttention",
     "Parameter",
     "ReLU",
+    "RMSNorm",
     "Sequential",
     "SinusoidalPositionalEncoding",
     "Transformer",
