@@ -58,18 +58,6 @@ def rope_frequencies(head_dim: int, theta: float, scaling: Optional[Mapping[str,
     return inv
 
 
-class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x²) + eps) · weight`` over the last dimension (Llama's ``LlamaRMSNorm``)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = float(eps)
-        self.weight = nn.Parameter(np.ones(dim, np.float32))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * (1.0 / ((x * x).mean(-1, keepdim=True) + self.eps).sqrt()) * self.weight
-
-
 def silu(x: Tensor) -> Tensor:
     """``x · σ(x)``."""
     return x / ((-x).exp() + 1.0)
@@ -125,9 +113,9 @@ class LlamaBlock(nn.Module):
     def __init__(self, d_model: int, nhead: int, num_kv_heads: int, head_dim: int, hidden: int, eps: float,
                  attention_bias: bool, mlp_bias: bool) -> None:
         super().__init__()
-        self.input_layernorm = RMSNorm(d_model, eps)
+        self.input_layernorm = nn.RMSNorm(d_model, eps)
         self.self_attn = LlamaAttention(d_model, nhead, num_kv_heads, head_dim, attention_bias)
-        self.post_attention_layernorm = RMSNorm(d_model, eps)
+        self.post_attention_layernorm = nn.RMSNorm(d_model, eps)
         self.mlp = LlamaMLP(d_model, hidden, mlp_bias)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray,
@@ -190,7 +178,7 @@ class Llama(nn.Module):
             for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
                         layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
                 nn.init.normal_(lin.weight, 0.0, 0.02)
-        self.norm = RMSNorm(d_model, rms_norm_eps)
+        self.norm = nn.RMSNorm(d_model, rms_norm_eps)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         nn.init.normal_(self.lm_head.weight, 0.0, 0.02)
         if tie_weights:

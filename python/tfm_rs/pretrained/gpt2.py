@@ -103,6 +103,8 @@ def load_gpt2(cls: Any, path: Any) -> Any:
                          or (tied and n == "lm_head.weight"))
     model.load_state_dict(state, strict=False)
     model.tokenizer = load_tokenizer(d, max_length=kwargs["max_len"])
+    eos = config.get("eos_token_id")
+    model.eos_id = eos if isinstance(eos, int) and 0 <= eos < kwargs["vocab_size"] else None
     return model.eval()
 
 
