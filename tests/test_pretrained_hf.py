@@ -164,3 +164,29 @@ def test_models_trained_here_load_in_transformers(tmp_path):
     # and back: the saved directories load here to the same weights
     np.testing.assert_array_equal(BertEncoder.from_pretrained(tmp_path / "bert")(ids).numpy(), bert(ids).numpy())
     np.testing.assert_array_equal(GPT.from_pretrained(tmp_path / "gpt")(ids).numpy(), gpt(ids).numpy())
+
+
+def test_cli_generate_from_pretrained(tmp_path):
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["the cat sat on the mat"] * 5, trainers.BpeTrainer(
+        vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    vocab = tok.get_vocab_size()
+    torch.manual_seed(6)
+    hf = transformers.GPT2LMHeadModel(gpt2_config(vocab_size=vocab, bos_token_id=None, eos_token_id=None)).eval()
+    hf.save_pretrained(tmp_path)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    prompt = "the cat"
+    ids = tok.encode(prompt).ids
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, pad_token_id=0)[0, len(ids):]
+    r = subprocess.run([sys.executable, "-m", "tfm_rs", "generate", "--from-pretrained", str(tmp_path), "--prompt",
+                        prompt, "--greedy", "--max-new-tokens", "8"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n") == prompt + tok.decode(want.tolist())
