@@ -150,16 +150,21 @@ def test_broken_config_json(tmp_path):
 def test_missing_extra_and_misshapen_tensors_are_listed_together(tmp_path):
     _tiny_bert_dir(tmp_path)
     st = read_safetensors(tmp_path / "model.safetensors")
-    del st["bert.embeddings.token_type_embeddings.weight"]
-    st["bert.encoder.layer.0.output.dense.weight"] = np.zeros((8, 13), np.float32)
+    del st["bert.encoder.layer.0.attention.self.key.bias"]
+    st["bert.encoder.layer.0.attention.output.dense.weight"] = np.zeros((8, 9), np.float32)
     st["bert.encoder.layer.7.output.dense.weight"] = np.zeros((8, 12), np.float32)
     write_safetensors(tmp_path / "model.safetensors", st)
     with pytest.raises(WeightsMismatchError) as e:
         BertEncoder.from_pretrained(tmp_path)
     msg = str(e.value)
-    assert "missing: bert.embeddings.token_type_embeddings.weight" in msg
+    assert "missing: bert.encoder.layer.0.attention.self.key.bias" in msg
     assert "unexpected: bert.encoder.layer.7.output.dense.weight" in msg
-    assert "bert.encoder.layer.0.output.dense.weight: shape (8, 13) in the checkpoint, (8, 12) expected" in msg
+    assert "bert.encoder.layer.0.attention.output.dense.weight: shape (8, 9) in the checkpoint, (8, 8) expected" in msg
+    st["bert.encoder.layer.0.output.dense.weight"] = np.zeros((8, 13), np.float32)  # one config.json sizes
+    write_safetensors(tmp_path / "model.safetensors", st)
+    with pytest.raises(WeightsMismatchError, match=r"config.json does not describe these weights: bert.encoder.layer"
+                                                   r".0.output.dense.weight: \(8, 13\) in the checkpoint, \(8, 12\)"):
+        BertEncoder.from_pretrained(tmp_path)
 
 
 def test_sharded_checkpoint_and_hostile_index(tmp_path):
@@ -183,3 +188,28 @@ def test_sharded_checkpoint_and_hostile_index(tmp_path):
     (shards / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(PretrainedFormatError, match="not a .safetensors file in the checkpoint directory"):
         GPT.from_pretrained(shards)
+
+
+@pytest.mark.parametrize("key, value", [("hidden_size", 10 ** 9), ("num_hidden_layers", 10 ** 7),
+                                        ("vocab_size", 10 ** 10), ("max_position_embeddings", 10 ** 9),
+                                        ("intermediate_size", 7), ("num_attention_heads", 3)])
+def test_configs_that_disagree_with_the_weights_allocate_nothing(tmp_path, key, value):
+    _tiny_bert_dir(tmp_path, **{key: value})
+    with pytest.raises(tfm_rs.TfmError, match="config|multiple"):
+        BertEncoder.from_pretrained(tmp_path)
+
+
+def test_fuzzed_configs_give_tfm_errors(tmp_path):
+    _tiny_bert_dir(tmp_path)
+    base = json.loads((tmp_path / "config.json").read_text())
+    rng = np.random.default_rng(2)
+    values = [None, -1, 0, 1.5, "x", [], {}, True, 2 ** 70, 10 ** 6]
+    for _ in range(60):
+        config = dict(base)
+        for key in rng.choice(sorted(base), size=2, replace=False):
+            config[key] = values[rng.integers(len(values))]
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        try:
+            BertEncoder.from_pretrained(tmp_path)
+        except tfm_rs.TfmError:
+            pass

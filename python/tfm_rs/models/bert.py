@@ -62,7 +62,9 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             vocab_size=int(vocab_size), d_model=int(d_model), nhead=int(nhead), num_layers=int(num_layers),
             dim_feedforward=int(dim_feedforward), max_len=int(max_len), type_vocab_size=int(type_vocab_size),
             pad_id=int(pad_id), mask_id=int(mask_id), dropout=float(dropout), special_ids=special,
-            layer_norm_eps=float(layer_norm_eps), pooler=bool(pooler))
+            layer_norm_eps=float(layer_norm_eps))
+        if pooler:  # only then, so that configurations written before the pooler existed still match
+            self._config["pooler"] = True
         self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
         self.type_vocab_size, self.pad_id, self.mask_id = int(type_vocab_size), int(pad_id), int(mask_id)
         self.special_ids = np.asarray(special, np.int64)

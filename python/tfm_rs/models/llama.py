@@ -165,9 +165,7 @@ class Llama(nn.Module):
             pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
         self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        angles = np.arange(max_len, dtype=np.float64)[:, None] * inv_freq[None, :]   # (max_len, Dh/2)
-        angles = np.concatenate([angles, angles], axis=1)
-        self._cos, self._sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        self._inv_freq = inv_freq
 
         self.embed_tokens = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embed_tokens.weight, 0.0, 0.02)
@@ -219,6 +217,13 @@ class Llama(nn.Module):
             mask = mask & ~key_pad[:, None, None, :]
         return mask
 
+    def _rotary(self, start: int, length: int) -> Tuple[Tensor, Tensor]:
+        """``cos``/``sin`` ``(length, Dh)`` of positions ``start …``, each half repeated (computed in
+        float64 per call: a table for ``max_len`` positions could be large)."""
+        angles = np.arange(start, start + length, dtype=np.float64)[:, None] * self._inv_freq[None, :]
+        angles = np.concatenate([angles, angles], axis=1)
+        return tensor(np.cos(angles).astype(np.float32)), tensor(np.sin(angles).astype(np.float32))
+
     def _run(self, ids: np.ndarray, past: Optional[Cache] = None,
              key_pad: Optional[np.ndarray] = None) -> Tuple[Tensor, Cache]:
         """Hidden states after the final norm ``(B, T, d)`` for ``ids`` following ``past``."""
@@ -226,7 +231,7 @@ class Llama(nn.Module):
         T = ids.shape[1]
         if past_len + T > self.max_len:
             raise ShapeError(f"Llama: {past_len + T} positions, more than max_len={self.max_len}")
-        cos, sin = tensor(self._cos[past_len:past_len + T]), tensor(self._sin[past_len:past_len + T])
+        cos, sin = self._rotary(past_len, T)
         mask = self._mask(ids, past_len, key_pad)
         x = self.embed_tokens(ids)
         cache: Cache = []

@@ -27,6 +27,7 @@ from tfm_rs.pretrained.hf import (
     checkpoint_dir,
     config_value,
     copy_tokenizer,
+    expect_shapes,
     load_tokenizer,
     load_weights,
     read_config,
@@ -108,6 +109,12 @@ def load_bert(cls: Any, path: Any, strict: bool = True) -> Any:
     kwargs = _model_kwargs(config, None)
     tokenizer = load_tokenizer(d, max_length=kwargs["max_len"])
     kwargs = _model_kwargs(config, tokenizer)
+    width, ff, last = kwargs["d_model"], kwargs["dim_feedforward"], kwargs["num_layers"] - 1
+    expect_shapes(index, {f"{prefix}embeddings.word_embeddings.weight": (kwargs["vocab_size"], width),
+                          f"{prefix}embeddings.position_embeddings.weight": (kwargs["max_len"], width),
+                          f"{prefix}embeddings.token_type_embeddings.weight": (kwargs["type_vocab_size"], width),
+                          f"{prefix}encoder.layer.0.intermediate.dense.weight": (ff, width),
+                          f"{prefix}encoder.layer.{last}.output.dense.weight": (width, ff)}, OWNER)
     pooler = f"{prefix}pooler.dense.weight" in names
     model = cls(**kwargs, pooler=pooler)
     rules = bert_rules(kwargs["num_layers"], prefix, pooler)

@@ -26,6 +26,7 @@ from typing import Any, Dict, Tuple, Union
 import numpy as np
 
 from tfm_rs.pretrained.errors import PretrainedFormatError, UnsupportedConfigError, WeightsMismatchError
+from tfm_rs.pretrained.llama import llama_shapes
 
 __all__ = ["GGUFFile", "GGUFTensor", "dequantize", "load_llama_gguf", "TENSOR_TYPES"]
 
@@ -282,13 +283,18 @@ def load_llama_gguf(cls: Any, path: PathLike) -> Any:
         raise WeightsMismatchError(f"{p}: no token_embd.weight")
     vocab = f.tensors["token_embd.weight"].shape[0]
     tied = "output.weight" not in f.tensors
-    model = cls(vocab_size=vocab, tie_weights=tied, **kwargs)
+    if kwargs["num_layers"] * len(_LAYER_NAMES) > len(f.tensors):
+        raise WeightsMismatchError(f"{p}: llama.block_count={kwargs['num_layers']} blocks, but the file holds only "
+                                   f"{len(f.tensors)} tensors")
+    kwargs = dict(vocab_size=vocab, tie_weights=tied, **kwargs)
+    # the file's names for the model's tensors, and their shapes from the metadata: all checked
+    # before the model is built, so absurd metadata allocates nothing
     names = {"token_embd.weight": "embed_tokens.weight", "output_norm.weight": "norm.weight"}
     if not tied:
         names["output.weight"] = "lm_head.weight"
     for i in range(kwargs["num_layers"]):
         names.update({f"blk.{i}.{g}.weight": f"layers.{i}.{ours}.weight" for g, ours in _LAYER_NAMES.items()})
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = llama_shapes(kwargs, range(kwargs["num_layers"]))
     missing = [n for n in names if n not in f.tensors]
     unexpected = [n for n in f.tensors if n not in names]
     wrong = [f"{n}: {f.tensors[n].shape} in the file, {shapes[t]} expected" for n, t in names.items()
@@ -296,6 +302,7 @@ def load_llama_gguf(cls: Any, path: PathLike) -> Any:
     if missing or unexpected or wrong:
         raise WeightsMismatchError(f"{p}: the tensors do not match the metadata: missing {missing}, unexpected "
                                    f"{unexpected}, shape mismatch {wrong}")
+    model = cls(**kwargs)
     state: Dict[str, np.ndarray] = {}
     for n, target in names.items():
         w = f.get(n)

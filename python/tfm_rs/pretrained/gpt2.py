@@ -27,6 +27,7 @@ from tfm_rs.pretrained.hf import (
     checkpoint_dir,
     config_value,
     copy_tokenizer,
+    expect_shapes,
     load_tokenizer,
     load_weights,
     read_config,
@@ -95,6 +96,11 @@ def load_gpt2(cls: Any, path: Any) -> Any:
     kwargs = _model_kwargs(config)
     names = set(index.names())
     prefix = "transformer." if "transformer.wte.weight" in names else ""
+    width, ff, last = kwargs["d_model"], kwargs["dim_feedforward"], kwargs["num_layers"] - 1
+    expect_shapes(index, {f"{prefix}wte.weight": (kwargs["vocab_size"], width),
+                          f"{prefix}wpe.weight": (kwargs["max_len"], width),
+                          f"{prefix}h.0.mlp.c_fc.weight": (width, ff),
+                          f"{prefix}h.{last}.mlp.c_proj.weight": (ff, width)}, OWNER)
     model = cls(**kwargs)
     rules = gpt2_rules(kwargs["num_layers"], prefix, kwargs["tie_weights"])
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}

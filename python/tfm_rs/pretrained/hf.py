@@ -22,7 +22,7 @@ import numpy as np
 from tfm_rs.pretrained.errors import PretrainedFormatError, UnsupportedConfigError, WeightsMismatchError
 from tfm_rs.pretrained.safetensors_io import SafetensorsFile, write_safetensors
 
-__all__ = ["Rule", "TensorIndex", "checkpoint_dir", "read_config", "config_value", "load_tokenizer",
+__all__ = ["Rule", "TensorIndex", "checkpoint_dir", "read_config", "config_value", "expect_shapes", "load_tokenizer",
            "load_weights", "save_weights", "write_config", "copy_tokenizer", "MAX_CONFIG_BYTES"]
 
 PathLike = Union[str, os.PathLike]
@@ -161,6 +161,18 @@ class TensorIndex:
 
     def get(self, name: str) -> np.ndarray:
         return self._where[name].get(name)
+
+
+def expect_shapes(index: TensorIndex, shapes: Mapping[str, Tuple[int, ...]], owner: str) -> None:
+    """Checks a few tensors that the configuration's sizes determine (embeddings, the first and
+    last layers) against the checkpoint *before* a model is built, so that a configuration that
+    disagrees with its weights — or claims absurd sizes — is refused without allocating them."""
+    present = set(index.names())
+    problems = [f"{name}: {'absent' if name not in present else tuple(index.shape(name))} in the checkpoint, "
+                f"{tuple(shape)} from config.json" for name, shape in shapes.items()
+                if name not in present or tuple(index.shape(name)) != tuple(shape)]
+    if problems:
+        raise WeightsMismatchError(f"{owner}: config.json does not describe these weights: " + "; ".join(problems))
 
 
 def load_weights(index: TensorIndex, rules: Sequence[Rule], target_shapes: Mapping[str, Tuple[int, ...]],

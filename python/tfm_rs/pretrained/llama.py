@@ -10,7 +10,7 @@ The model's module names are Hugging Face's, so the mapping is the ``model.`` pr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 from tfm_rs.pretrained.errors import UnsupportedConfigError
 from tfm_rs.pretrained.hf import (
@@ -19,6 +19,7 @@ from tfm_rs.pretrained.hf import (
     checkpoint_dir,
     config_value,
     copy_tokenizer,
+    expect_shapes,
     load_tokenizer,
     load_weights,
     read_config,
@@ -26,7 +27,7 @@ from tfm_rs.pretrained.hf import (
     write_config,
 )
 
-__all__ = ["load_llama", "save_llama", "llama_rules", "llama_kwargs"]
+__all__ = ["load_llama", "save_llama", "llama_rules", "llama_kwargs", "llama_shapes"]
 
 OWNER = "Llama.from_pretrained"
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -93,16 +94,34 @@ def llama_kwargs(config: Mapping[str, Any]) -> Dict[str, Any]:
                 pad_id=token("pad_token_id"), bos_id=token("bos_token_id"), eos_id=token("eos_token_id"))
 
 
+def llama_shapes(kwargs: Mapping[str, Any], layers: Any) -> Dict[str, Tuple[int, ...]]:
+    """The shapes of a Llama's tensors (state-dict names) for ``layers``, from its arguments."""
+    d, ff, dh = kwargs["d_model"], kwargs["dim_feedforward"], kwargs["head_dim"]
+    q, kv = kwargs["nhead"] * dh, kwargs["num_kv_heads"] * dh
+    shapes: Dict[str, Tuple[int, ...]] = {"embed_tokens.weight": (kwargs["vocab_size"], d), "norm.weight": (d,),
+                                          "lm_head.weight": (kwargs["vocab_size"], d)}
+    for i in layers:
+        p = f"layers.{i}."
+        shapes.update({p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+                       p + "self_attn.q_proj.weight": (q, d), p + "self_attn.k_proj.weight": (kv, d),
+                       p + "self_attn.v_proj.weight": (kv, d), p + "self_attn.o_proj.weight": (d, q),
+                       p + "mlp.gate_proj.weight": (ff, d), p + "mlp.up_proj.weight": (ff, d),
+                       p + "mlp.down_proj.weight": (d, ff)})
+    return shapes
+
+
 def load_llama(cls: Any, path: Any) -> Any:
     """A ``cls`` (:class:`~tfm_rs.models.Llama`) from a checkpoint directory or a ``.gguf`` file."""
     if str(path).endswith(".gguf"):
-        from tfm_rs.pretrained.gguf import load_llama_gguf
+        from tfm_rs.pretrained.gguf import load_llama_gguf  # gguf imports this module
 
         return load_llama_gguf(cls, path)
     d = checkpoint_dir(path)
     config = read_config(d)
     index = TensorIndex(d)
     kwargs = llama_kwargs(config)
+    expect_shapes(index, {f"model.{k}": v for k, v in llama_shapes(kwargs, (0, kwargs["num_layers"] - 1)).items()
+                          if k != "lm_head.weight"}, OWNER)
     model = cls(**kwargs)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tied = kwargs["tie_weights"]
