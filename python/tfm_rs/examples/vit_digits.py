@@ -57,7 +57,7 @@ def accuracy(model: ViT, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean())
 
 
-def train(epochs: int = 100, batch_size: int = 64, seed: int = 0, verbose: bool = True, lr: float = 3e-3,
+def train(epochs: int = 150, batch_size: int = 64, seed: int = 0, verbose: bool = True, lr: float = 3e-3,
           dropout: float = 0.0, patch_size: int = 2) -> Tuple[ViT, float]:
     tfm_rs.manual_seed(seed)
     xtr, ytr, xte, yte = load_digits_split(seed)
@@ -105,7 +105,7 @@ def plot_attention(model: ViT, image: np.ndarray, path: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", help="write the attention maps of a held-out image to this PNG")
     args = parser.parse_args(argv)
