@@ -52,6 +52,12 @@ if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import torch" 2>/dev/null;
     echo "== installing torch into $PY (the PyTorch-parity tests' reference)"
     "$PY" -m pip install --quiet --disable-pip-version-check "torch>=2.1"
 fi
+# The pretrained-model tests' references (tests/hf_ref.py): transformers, llama.cpp's gguf writer,
+# and scikit-learn (its digits for the ViT example); required where torch is.
+if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import transformers, gguf, sklearn" 2>/dev/null; then
+    echo "== installing transformers, gguf and scikit-learn into $PY (the pretrained-model tests' references)"
+    "$PY" -m pip install --quiet --disable-pip-version-check "transformers>=4.45" "gguf>=0.10" "scikit-learn>=1.0"
+fi
 
 echo "== cargo test (with the GPU backend, feature wgpu)"
 cargo test --release --quiet --features wgpu

@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="continue a prompt with a trained GPT run",
                        description="Sample a continuation of --prompt from the language model of RUN_DIR "
                                    "(a run trained with --task lm).")
-    g.add_argument("run_dir", metavar="RUN_DIR")
+    g.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
+    g.add_argument("--from-pretrained", metavar="PATH",
+                   help="instead of RUN_DIR: a Hugging Face GPT-2 or Llama checkpoint directory, or a Llama .gguf file "
+                        "(docs/pretrained.md)")
     g.add_argument("--prompt", default="", help="the text to continue (default: start a new line)")
     g.add_argument("--max-new-tokens", type=_positive(int, "--max-new-tokens"), default=50,
                    help="tokens to generate at most (default: 50)")
@@ -394,6 +397,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``tfm-rs generate``: a continuation of the prompt, printed after it."""
     from tfm_rs import runs
 
+    if args.from_pretrained:
+        from tfm_rs.models.auto import generate_pretrained_text
+
+        if args.run_dir:
+            raise UsageError("give RUN_DIR or --from-pretrained PATH, not both")
+        print(args.prompt + generate_pretrained_text(
+            args.from_pretrained, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, seed=args.seed, greedy=args.greedy))
+        return 0
+    if not args.run_dir:
+        raise UsageError("generate needs RUN_DIR or --from-pretrained PATH")
     run = runs.load_run(args.run_dir, need_valid=False)
     if run.kind != "lm":
         raise UsageError(f"{args.run_dir} is a translation model; use '{PROG} translate'")

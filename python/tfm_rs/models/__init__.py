@@ -4,6 +4,7 @@
   ``transformer_big``, ``transformer_small``, ``transformer_tiny``).
 * :class:`GPT`: a decoder-only causal language model (pre-LN, learned positions, tied head).
 * :class:`BertEncoder`: an encoder with a masked-LM head and the 80/10/10 masking rule.
+* :class:`Llama`: the Llama family (RMSNorm, rotary positions, SwiGLU, grouped-query attention).
 
 Every model has a JSON ``config`` and ``from_config``; :func:`load_model_state` puts a checkpoint's
 weights into a model after checking that the checkpoint was written by the same architecture.
@@ -14,6 +15,7 @@ from typing import Any, Iterable
 from tfm_rs.checkpoint import Checkpoint, check_compatible, check_state_dict_compatible, load_checkpoint
 from tfm_rs.models.bert import BertEncoder
 from tfm_rs.models.gpt import GPT
+from tfm_rs.models.llama import Llama
 from tfm_rs.models._pruning import head_importance
 from tfm_rs.models.presets import (
     PRESETS,
@@ -25,7 +27,7 @@ from tfm_rs.models.presets import (
 )
 from tfm_rs.models.seq2seq import Seq2SeqTransformer
 
-ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder)}
+ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama)}
 
 
 def load_model_state(model: Any, checkpoint: Any, ignore: Iterable[str] = ("dropout",)) -> None:
@@ -50,6 +52,6 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "PRESETS", "Seq2SeqTransformer", "head_importance",
+__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "Llama", "PRESETS", "Seq2SeqTransformer", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

@@ -21,6 +21,8 @@ from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.models._common import as_ids
 from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
+from tfm_rs.models.sentence import sentence_embeddings
+from tfm_rs.pretrained.bert import load_bert, save_bert
 
 __all__ = ["BertEncoder", "IGNORE_INDEX"]
 
@@ -44,7 +46,7 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
     def __init__(self, vocab_size: int, d_model: int = 768, nhead: int = 12, num_layers: int = 12,
                  dim_feedforward: int = 3072, max_len: int = 512, type_vocab_size: int = 2, pad_id: int = 0,
                  mask_id: int = 4, dropout: float = 0.1, special_ids: Optional[Sequence[int]] = None,
-                 layer_norm_eps: float = 1e-12) -> None:
+                 layer_norm_eps: float = 1e-12, pooler: bool = False) -> None:
         super().__init__()
         if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
             raise InvalidArgumentError(
@@ -61,6 +63,8 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             dim_feedforward=int(dim_feedforward), max_len=int(max_len), type_vocab_size=int(type_vocab_size),
             pad_id=int(pad_id), mask_id=int(mask_id), dropout=float(dropout), special_ids=special,
             layer_norm_eps=float(layer_norm_eps))
+        if pooler:  # only then, so that configurations written before the pooler existed still match
+            self._config["pooler"] = True
         self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
         self.type_vocab_size, self.pad_id, self.mask_id = int(type_vocab_size), int(pad_id), int(mask_id)
         self.special_ids = np.asarray(special, np.int64)
@@ -83,6 +87,9 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
         self.mlm_decoder = nn.Linear(d_model, vocab_size, bias=True)
         self.mlm_decoder.weight = self.tok_embed.weight
         nn.init.zeros_(self.mlm_decoder.bias)
+        # BERT's pooler (dense + tanh on the first token), kept when a checkpoint has one.
+        self.pooler = nn.Linear(d_model, d_model) if pooler else None
+        self.tokenizer: Any = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -115,8 +122,34 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             raise InvalidArgumentError("BertEncoder: a row of input_ids is empty (only pad_id)")
         return ids, types
 
-    def encode(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:
-        """input_ids ``(B, T)`` → hidden states ``(B, T, d_model)``."""
+    @classmethod
+    def from_pretrained(cls, path: Any, strict: bool = True) -> "BertEncoder":
+        """A Hugging Face BERT checkpoint directory (see :mod:`tfm_rs.pretrained.bert`), in eval
+        mode, with its ``tokenizer.json`` as ``.tokenizer``."""
+        return load_bert(cls, path, strict=strict)
+
+    def save_pretrained(self, path: Any) -> None:
+        """Writes a ``BertForMaskedLM`` checkpoint directory that ``transformers`` loads."""
+        save_bert(self, path)
+
+    def pooler_output(self, hidden: Tensor) -> Tensor:
+        """BERT's pooled output ``tanh(pooler(hidden[:, 0]))`` ``(B, d_model)``."""
+        if self.pooler is None:
+            raise InvalidArgumentError("BertEncoder: this model has no pooler (build it with pooler=True)")
+        return self.pooler(hidden[:, 0]).tanh()
+
+    def encode(self, input_ids: Any, token_type_ids: Any = None, **sentence_options: Any) -> Any:
+        """input_ids ``(B, T)`` → hidden states ``(B, T, d_model)``.
+
+        Given text instead (a string or a list of strings), sentence embeddings as
+        sentence-transformers computes them: a NumPy array ``(N, d_model)`` (see
+        :func:`tfm_rs.models.sentence.sentence_embeddings` for ``pooling``, ``normalize``,
+        ``batch_size``), tokenized with ``.tokenizer``."""
+        if isinstance(input_ids, str) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                          and all(isinstance(s, str) for s in input_ids)):
+            return sentence_embeddings(self, input_ids, **sentence_options)
+        if sentence_options:
+            raise InvalidArgumentError(f"BertEncoder.encode: {sorted(sentence_options)} apply to sentences (text)")
         ids, types = self._inputs(input_ids, token_type_ids)
         x = self.pos_embed(self.tok_embed(ids) + self.type_embed(types))
         x = self.drop(self.emb_norm(x))

@@ -20,6 +20,7 @@ from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, right_padded
 from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
+from tfm_rs.pretrained.gpt2 import load_gpt2, save_gpt2
 
 __all__ = ["GPT"]
 
@@ -35,7 +36,7 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         max_len: longest sequence (rows of the learned position table).
         tie_weights: output head shares the token embedding matrix.
         pad_id: optional padding id: pad keys are masked and pad targets ignored by :meth:`loss`.
-        activation: "gelu" (GPT-2) or "relu".
+        activation: "gelu", "gelu_tanh" (GPT-2's) or "relu".
 
     Submodules: ``tok_embed``, ``pos_embed`` (:class:`~tfm_rs.nn.LearnedPositionalEmbedding`),
     ``drop``, ``layers`` (pre-LN :class:`~tfm_rs.nn.TransformerEncoderLayer` s), ``norm``, ``head``.
@@ -77,6 +78,7 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:
             self.head.weight = self.tok_embed.weight
+        self.tokenizer: Any = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -85,6 +87,16 @@ class GPT(nn.Module, StructuredPruning, Explainable):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "GPT":
         return build_from_config(cls, config)
+
+    @classmethod
+    def from_pretrained(cls, path: Any) -> "GPT":
+        """A Hugging Face GPT-2 checkpoint directory (see :mod:`tfm_rs.pretrained.gpt2`), in eval
+        mode, with its ``tokenizer.json`` as ``.tokenizer``."""
+        return load_gpt2(cls, path)
+
+    def save_pretrained(self, path: Any) -> None:
+        """Writes a ``GPT2LMHeadModel`` checkpoint directory that ``transformers`` loads."""
+        save_gpt2(self, path)
 
     def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
         return {str(i): layer.self_attn for i, layer in enumerate(self.layers)}

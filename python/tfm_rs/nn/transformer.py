@@ -49,13 +49,20 @@ def _detect_is_causal_mask(mask: Any, is_causal: Optional[bool], size: int) -> b
     return bool(np.array_equal(m, generate_square_subsequent_mask(size)))
 
 
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
     if activation == "relu":
         return F.relu
     if activation == "gelu":
         return F.gelu
+    if activation == "gelu_tanh":  # GPT-2's "gelu_new"
+        return _gelu_tanh
     if isinstance(activation, str) or not callable(activation):
-        raise InvalidArgumentError(f"activation should be 'relu', 'gelu' or a callable, not {activation!r}")
+        raise InvalidArgumentError(
+            f"activation should be 'relu', 'gelu', 'gelu_tanh' or a callable, not {activation!r}")
     return activation
 
 
