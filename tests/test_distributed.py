@@ -303,3 +303,35 @@ def test_a_failing_rank_stops_the_job_and_the_checkpoint_stays_loadable(tmp_path
     # the last step rank 0 saved (2; 1 if the abort caught it writing step 2: the .prev fallback)
     assert ck.extra["step"] in (1, 2)
     assert proc.seconds < 100
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def test_nproc_without_mpirun_says_what_to_install(monkeypatch, capsys, tmp_path):
+    import shutil as shutil_mod
+
+    from tfm_rs import cli
+
+    monkeypatch.setattr(shutil_mod, "which", lambda name: None)
+    assert cli.main(["train", "--out", str(tmp_path / "r"), "--max-steps", "1", "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "needs MPI's mpirun" in err and "openmpi-bin" in err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_cli_nproc_trains_resumes_and_only_rank_0_writes(tmp_path):
+    need_mpi()
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "tfm_rs", "train", "--out", str(run), "--nproc", "2", "--no-bar"]
+    env = _env()
+    for extra in (["--max-steps", "3"], ["--resume", "--max-steps", "5"]):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=DEADLINE, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.count("data parallel over MPI: 2 processes") == 1  # rank 0 reports alone
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["type"] == "train"]
+    assert steps == [1, 2, 3, 4, 5]
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 5
