@@ -169,7 +169,8 @@ mod tests {
         let a = Var::leaf(Tensor::new(vec![1.0, 2.0], &[2]).unwrap(), true);
         let b = Var::leaf(Tensor::new(vec![3.0, 4.0], &[2]).unwrap(), true);
         let unused = Var::leaf(Tensor::new(vec![0.0], &[1]).unwrap(), true);
-        let seen: Arc<Mutex<Vec<(&str, Vec<f32>)>>> = Arc::default();
+        type Seen = Vec<(&'static str, Vec<f32>)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
         for (name, v) in [("a", &a), ("b", &b), ("unused", &unused)] {
             let seen = seen.clone();
             v.register_post_accumulate_grad_hook(Arc::new(move |v: &Var| {
