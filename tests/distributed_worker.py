@@ -10,6 +10,8 @@ Scenarios:
   ``hang_at=K``: rank 1 raises / is killed / stops responding during step K (checkpoints every
   step).
 * ``order``: one backward of a model with small buckets, the DDP trace written to ``OUT/trace.json``.
+* ``zero``: the same small model trained with DDP + Adam and with DDP + ZeroRedundancyOptimizer;
+  both sets of weights and the per-rank optimizer-state bytes written to ``OUT/zero_rank{r}.npz``.
 * ``unused``: a model whose parameters are used by rank 0 only, by both, or by none; the reduced
   gradients written to ``OUT/unused_rank{r}.npz``.
 """
@@ -119,12 +121,44 @@ def scenario_unused(out):
     np.savez(Path(out) / f"unused_rank{rank}.npz", **arrays)
 
 
+def scenario_zero(out, steps=3):
+    """DDP + Adam against DDP + ZeroRedundancyOptimizer(Adam) from the same weights and data."""
+    from tfm_rs.optim import Adam
+
+    rank = dist.get_rank()
+    results = {}
+    for name in ("adam", "zero"):
+        tfm_rs.manual_seed(0)
+        model = nn.Module()
+        for i in range(4):
+            setattr(model, f"l{i}", nn.Linear(24, 24 + i))
+            setattr(model, f"p{i}", nn.Linear(24 + i, 24))
+        ddp = dist.DistributedDataParallel(model, bucket_cap_mb=0.001)
+        params = list(model.parameters())
+        opt = Adam(params, lr=1e-2) if name == "adam" else dist.ZeroRedundancyOptimizer(params, lr=1e-2)
+        for step in range(steps):
+            x = tfm_rs.tensor(np.random.default_rng([rank, step]).standard_normal((5, 24)).astype(np.float32))
+            for i in range(4):
+                x = getattr(model, f"p{i}")(getattr(model, f"l{i}")(x).tanh())
+            (x * x).mean().backward()
+            ddp.synchronize()
+            opt.step()
+            opt.zero_grad()
+        ddp.remove_hooks()
+        results.update({f"{name}_{i}": p.numpy() for i, p in enumerate(params)})
+        if name == "zero":
+            results["state_bytes"] = np.array([opt.state_bytes()])
+            results["full_state_bytes"] = np.array([8 * sum(p.numel() for p in params)])
+    np.savez(Path(out) / f"zero_rank{rank}.npz", **results)
+
+
 def main(argv):
     scenario, out = argv[0], argv[1]
     kwargs = {k: int(v) for k, v in (a.split("=", 1) for a in argv[2:])}
     dist.init()
     Path(out).mkdir(parents=True, exist_ok=True)
-    {"train": scenario_train, "order": scenario_order, "unused": scenario_unused}[scenario](out, **kwargs)
+    scenarios = {"train": scenario_train, "order": scenario_order, "unused": scenario_unused, "zero": scenario_zero}
+    scenarios[scenario](out, **kwargs)
     print(f"rank {dist.get_rank()}/{dist.get_world_size()}: {scenario} done", flush=True)
 
 

@@ -305,6 +305,41 @@ def test_a_failing_rank_stops_the_job_and_the_checkpoint_stays_loadable(tmp_path
     assert proc.seconds < 100
 
 
+@pytest.mark.slow
+def test_zero_redundancy_optimizer_gives_adams_weights_with_half_the_state(tmp_path):
+    need_mpi()
+    mpirun(2, "zero", tmp_path)
+    ranks = [dict(np.load(tmp_path / f"zero_rank{r}.npz")) for r in (0, 1)]
+    for res in ranks:
+        for key in res:
+            if key.startswith("adam_"):
+                # Adam is elementwise: the owner computes exactly what every rank would have.
+                np.testing.assert_array_equal(res["zero_" + key[5:]], res[key], err_msg=key)
+    np.testing.assert_array_equal(ranks[0]["zero_0"], ranks[1]["zero_0"])
+    full = int(ranks[0]["full_state_bytes"][0])
+    shares = [int(r["state_bytes"][0]) for r in ranks]
+    assert sum(shares) == full and max(shares) <= 0.6 * full
+
+
+def test_zero_redundancy_optimizer_alone_is_the_optimizer():
+    from tfm_rs.optim import Adam
+
+    results = []
+    for make in (lambda ps: Adam(ps, lr=0.1), lambda ps: dist.ZeroRedundancyOptimizer(ps, lr=0.1)):
+        tfm_rs.manual_seed(1)
+        layer = nn.Linear(3, 2)
+        opt = make(list(layer.parameters()))
+        for _ in range(2):
+            layer(tfm_rs.tensor(np.ones((1, 3), np.float32))).sum().backward()
+            opt.step()
+            opt.zero_grad()
+        results.append([p.numpy() for p in layer.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="not supported"):
+        opt.state_dict()
+
+
 # ------------------------------------------------------------------ the command line
 
 

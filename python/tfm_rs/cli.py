@@ -389,8 +389,8 @@ def launch_mpirun(nproc: int, argv: Sequence[str]) -> int:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     cmd = [mpirun, "-n", str(nproc), "--bind-to", "none", sys.executable, "-m", "tfm_rs", *argv]
-    print(f"{PROG}: launching {nproc} processes ({env['TFM_RS_NUM_THREADS']} threads each): " + " ".join(cmd),
-          flush=True)
+    threads = env["TFM_RS_NUM_THREADS"]
+    print(f"{PROG}: launching {nproc} processes (TFM_RS_NUM_THREADS={threads} each): " + " ".join(cmd), flush=True)
     return subprocess.call(cmd, env=env)
 
 

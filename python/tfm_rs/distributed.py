@@ -33,9 +33,10 @@ import numpy as np
 
 from tfm_rs import _core
 
-__all__ = ["DistributedError", "DistributedTimeoutError", "DistributedDataParallel", "ReduceOp", "abort",
-           "all_reduce", "barrier", "broadcast", "destroy_process_group", "get_rank", "get_world_size", "init",
-           "is_available", "is_initialized", "launched_world_size"]
+__all__ = ["DistributedError", "DistributedTimeoutError", "DistributedDataParallel", "ReduceOp",
+           "ZeroRedundancyOptimizer", "abort", "all_reduce", "all_reduce_values", "barrier", "broadcast",
+           "destroy_process_group", "dropout_seed", "get_rank", "get_world_size", "init", "is_available",
+           "is_initialized", "launched_world_size"]
 
 # Environment variables through which MPI launchers tell a process the job's size.
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -479,3 +480,78 @@ class DistributedDataParallel:
         """A summary for logs: world size, buckets and their sizes."""
         return {"world_size": get_world_size(), "buckets": len(self.buckets), "bucket_cap_mb": self.bucket_cap_mb,
                 "bucket_values": self.bucket_sizes()}
+
+
+# ------------------------------------------------------------------------------ ZeRO-1
+
+
+class ZeroRedundancyOptimizer:
+    """ZeRO stage 1 (``torch.distributed.optim.ZeroRedundancyOptimizer``): each rank keeps the
+    optimizer state of its own share of the parameters only.
+
+    The parameters are divided among the ranks whole, largest first, each to the rank with the
+    fewest bytes so far (deterministic, the same on every rank). :meth:`step` runs
+    ``optimizer_class`` (default :class:`tfm_rs.optim.Adam`, built with ``defaults``) on this
+    rank's share — whose gradients :class:`DistributedDataParallel` has already reduced — and then
+    broadcasts every parameter from its owner, so all ranks end the step with the same weights.
+    Adam's two moments (8 bytes a parameter) shrink to about ``8/N`` per rank; the broadcast moves
+    the parameters once more (the design in ``docs/distributed.md`` would use a reduce-scatter
+    instead of the all-reduce to make that free). ``param_groups`` are the local optimizer's
+    (learning-rate schedules set them as usual). Checkpointing the sharded state is not supported
+    (:meth:`state_dict` raises).
+    """
+
+    def __init__(self, params: Any, optimizer_class: Any = None, **defaults: Any) -> None:
+        if optimizer_class is None:
+            from tfm_rs.optim import Adam as optimizer_class
+        init()
+        self.params = list(params)
+        if not self.params:
+            raise _core.InvalidArgumentError("ZeroRedundancyOptimizer: empty parameter list")
+        n = get_world_size()
+        load = [0] * n
+        self.owner = [0] * len(self.params)
+        for i in sorted(range(len(self.params)), key=lambda i: (-self.params[i].numel(), i)):
+            rank = min(range(n), key=lambda r: (load[r], r))
+            self.owner[i] = rank
+            load[rank] += self.params[i].numel()
+        mine = [p for p, r in zip(self.params, self.owner) if r == get_rank()]
+        self.local = optimizer_class(mine, **defaults) if mine else None
+        self._group_template = [{**defaults, "params": []}]
+
+    @property
+    def param_groups(self) -> List[Dict[str, Any]]:
+        return self.local.param_groups if self.local is not None else self._group_template
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        """Update this rank's share, then broadcast every parameter from its owner."""
+        if self.local is not None:
+            self.local.step()
+        g = _require()
+        if g.world_size == 1:
+            return
+        buffers, requests = [], []
+        for p, rank in zip(self.params, self.owner):
+            buf = np.ascontiguousarray(p.numpy()) if rank == g.rank else np.empty(p.shape, np.float32)
+            buffers.append(buf)
+            requests.append(g.comm.Ibcast(buf, root=rank))
+        _wait(requests, f"the ZeRO parameter broadcast ({len(requests)} parameters)")
+        with _no_grad():
+            for p, rank, buf in zip(self.params, self.owner, buffers):
+                if rank != g.rank:
+                    p.copy_(buf)
+
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state (tensors) this rank holds."""
+        if self.local is None:
+            return 0
+        return sum(4 * v.numel() for s in self.local.state.values() for v in s.values()
+                   if isinstance(v, _core.Tensor))
+
+    def state_dict(self) -> Dict[str, Any]:
+        raise _core.InvalidArgumentError("ZeroRedundancyOptimizer: checkpointing sharded optimizer state is not "
+                                         "supported; use the plain optimizer for runs that must resume")
