@@ -1,5 +1,7 @@
-//! The backward pass: reverse topological order over the graph reachable from the root,
-//! summing the gradients that reach each value before passing them on.
+//! The backward pass: reverse topological order over the graph reachable from the root (a value
+//! goes once all its consumers have passed their gradients on, so each leaf is finished, and its
+//! post-accumulate-grad hooks run, as early as the graph allows), summing the gradients that
+//! reach each value before passing them on.
 
 use super::grad_mode::GradMode;
 use super::var::Var;
