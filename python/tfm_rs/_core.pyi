@@ -5,7 +5,7 @@ with PyTorch's argument names and defaults; prefer it to calling ``_core`` direc
 function releases the GIL while it computes, and every failure is a :class:`TfmError`.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,13 @@ class InternalError(TfmError, RuntimeError):
     """A bug inside tfm_rs; please report it."""
 
 # ------------------------------------------------------------------------------ Tensor (tensor.rs)
+
+class RemovableHandle:
+    """What ``register_post_accumulate_grad_hook`` returns."""
+
+    id: int
+
+    def remove(self) -> None: ...
 
 class Tensor:
     """A float32 tensor that records the operations on it for autograd (PyTorch's semantics)."""
@@ -93,6 +100,8 @@ class Tensor:
     def backward(self, gradient: Optional[ArrayLike] = None, retain_graph: bool = False) -> None:
         """Computes gradients with respect to the graph's leaves; ``gradient`` is required for
         non-scalar tensors."""
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> "RemovableHandle":
+        """Run ``hook(self)`` in every backward that reaches this leaf, once its ``.grad`` is complete."""
     def copy_(self, src: ArrayLike) -> Tensor:
         """Copies ``src``'s values in place (not recorded in the graph)."""
     def detach(self) -> Tensor:

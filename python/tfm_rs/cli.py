@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "config.toml is the base; flags may extend the budget)")
     t.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     t.add_argument("--no-bar", action="store_true", help="plain progress lines even on a terminal")
+    t.add_argument("--nproc", type=_positive(int, "--nproc"), default=None,
+                   help="data-parallel over N local processes: runs this command under mpirun -n N (needs Open "
+                        "MPI and mpi4py; docs/distributed.md)")
     cfg_lib.add_flags(t)
 
     ds = sub.add_parser("distill", help="train a small student from a trained run (knowledge distillation)",
@@ -322,6 +325,8 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
     from tfm_rs import config as cfg_lib
     from tfm_rs import runs
 
+    if args.nproc is not None:
+        return launch_mpirun(args.nproc, ["train", *_without_nproc(command or [])])
     flags = cfg_lib.flag_values(args)
     config_path = args.config
     if config_path and not Path(config_path).is_file() and cfg_lib.shipped_config(config_path):
@@ -349,6 +354,8 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
     summary = runs.train_run(cfg, resume=args.resume, quiet=args.quiet, use_bar=not args.no_bar,
                              command=" ".join([PROG, "train", *(command or [])]))
     run_dir = summary["run_dir"]
+    if summary.get("rank", 0) != 0:
+        return 0
     if cfg["data"]["task"] == "lm":
         print(f"next: {PROG} generate {run_dir} --prompt \"...\"   |   {PROG} eval {run_dir}   |   "
               f"{PROG} plot {run_dir}")
@@ -356,6 +363,58 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
         example = "\"3 452\"" if cfg["data"]["task"] == "numbers" else "\"a sentence\""
         print(f"next: {PROG} translate {run_dir} {example}   |   {PROG} eval {run_dir}   |   {PROG} plot {run_dir}")
     return 0
+
+
+def _without_nproc(argv: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def launch_mpirun(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``tfm-rs ARGV`` as ``nproc`` local MPI processes (``mpirun -n nproc``) and return the
+    job's exit status. Each process gets ``cores / nproc`` threads unless ``TFM_RS_NUM_THREADS``
+    is set; running as root (containers) is allowed through Open MPI's variables; more processes
+    than cores are allowed (oversubscription)."""
+    import os
+    import shutil
+    import subprocess
+
+    from tfm_rs import distributed as dist
+
+    if dist.launched_world_size() > 1:
+        raise UsageError("--nproc inside an MPI job: either mpirun -n N tfm-rs train … or tfm-rs train --nproc N")
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise UsageError("--nproc needs MPI's mpirun, which is not on PATH (Open MPI: apt-get install openmpi-bin "
+                         "libopenmpi-dev; then pip install mpi4py)")
+    if not dist.is_available():
+        raise UsageError("--nproc needs mpi4py (pip install mpi4py)")
+    env = dict(os.environ)
+    env.setdefault("TFM_RS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root without these
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    cmd = [mpirun, "-n", str(nproc), "--bind-to", "none", sys.executable, "-m", "tfm_rs", *argv]
+    threads = env["TFM_RS_NUM_THREADS"]
+    print(f"{PROG}: launching {nproc} processes (TFM_RS_NUM_THREADS={threads} each): " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def _abort_peers(message: str) -> None:
+    """Under MPI, end the other ranks now rather than leave them waiting on this one."""
+    from tfm_rs import distributed as dist
+
+    if dist.get_world_size() > 1:
+        dist.abort(message)
 
 
 # ---------------------------------------------------------------------------------- using a run
@@ -582,6 +641,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         print(f"{PROG}: error: {e} (see '{PROG} --help')", file=sys.stderr)
+        _abort_peers("usage error")
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -591,6 +651,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        _abort_peers(_one_line(e))
         return EXIT_USAGE
     except Exception as e:
         if debug:
@@ -600,6 +661,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         print(f"{PROG}: error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
               file=sys.stderr)
+        _abort_peers(f"{type(e).__name__}: {_one_line(e)}")
         return 1
 
 

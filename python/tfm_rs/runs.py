@@ -195,7 +195,14 @@ def train_config(cfg: Config) -> Any:
                        accum_steps=o["accum_steps"], seed=t["seed"], max_steps=t["max_steps"],
                        max_minutes=t["minutes"], log_every=t["log_every"], print_every=0,
                        valid_every=t["valid_every"], bleu_every=t["bleu_every"], bleu_subset=t["bleu_subset"],
-                       save_every=t["save_every"], device=t["device"])
+                       save_every=t["save_every"], device=t["device"], distributed=_launched_by_mpi())
+
+
+def _launched_by_mpi() -> bool:
+    """Whether this process is one of several an MPI launcher started (``mpirun -n N tfm-rs train``)."""
+    from tfm_rs import distributed as dist
+
+    return dist.launched_world_size() > 1
 
 
 def make_trainer(cfg: Config, data: Data, model: Any, run_dir: Optional[Path]) -> Any:
@@ -244,10 +251,17 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     from tfm_rs.train.averaging import BudgetSnapshots
     from tfm_rs.train.trainer import check_device
 
+    from tfm_rs import distributed as dist
+
     t_start = time.perf_counter()
     t = cfg["train"]
     run_dir = Path(t["out"])
     ckpt = run_dir / CHECKPOINT_DIR
+    if _launched_by_mpi():
+        dist.init()
+    main = dist.get_rank() == 0  # under MPI only rank 0 writes the run directory and reports
+    if not main:
+        quiet, out = True, _silent
     if resume and not ckpt.exists():
         raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoint there")
     if not resume and ckpt.exists():
@@ -256,14 +270,18 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     if t["threads"]:
         tfm_rs.set_num_threads(t["threads"])
     check_device(t["device"])  # before the run directory and the data exist
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
-    _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
-    # Averaged weights of an earlier session would outlive this one's training; snapshots taken
-    # before a resume are not kept, so a resumed run averages only what it saw.
-    shutil.rmtree(run_dir / AVERAGED_DIR, ignore_errors=True)
-
-    data = prepare_data(cfg, run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
+        _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
+        # Averaged weights of an earlier session would outlive this one's training; snapshots taken
+        # before a resume are not kept, so a resumed run averages only what it saw.
+        shutil.rmtree(run_dir / AVERAGED_DIR, ignore_errors=True)
+        data = prepare_data(cfg, run_dir)
+    if dist.get_world_size() > 1:
+        dist.barrier()  # the other ranks read the tokenizer rank 0 trained and saved
+    if not main:
+        data = prepare_data(cfg, run_dir)
     model = build_model(cfg, data)
     trainer = (make or make_trainer)(cfg, data, model, run_dir)
     out(f"run: {run_dir} ({'resumed' if resume else 'new'}); task {cfg['data']['task']}: "
@@ -275,6 +293,9 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         out(f"resumed at step {trainer.step} ({trainer.train_time:.1f}s trained)")
     tc = trainer.config
     out(_budget_line(tc) + "; " + _device_line(tc.device))
+    if trainer.world_size > 1:
+        out(f"data parallel over MPI: {trainer.world_size} processes; each step is {trainer.world_size} × "
+            f"{tc.accum_steps} batches (tokens/s are the job's)")
     snapshots = BudgetSnapshots(model, t["average"], tc.max_steps, tc.max_minutes, t["average_every"])
     progress = Progress(tc.max_steps, 60.0 * tc.max_minutes if tc.max_minutes else None,
                         initial_step=trainer.step, initial_time=trainer.train_time, use_bar=use_bar, quiet=quiet)
@@ -288,6 +309,9 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     finally:
         progress.close()
     trainer.save()
+    if not main:
+        trainer.close()
+        return {"run_dir": str(run_dir), "rank": dist.get_rank(), "steps": trainer.step}
     rate = trainer.tokens_seen / max(trainer.train_time, 1e-9)
     out(f"trained {trainer.step} steps in {trainer.train_time:.1f}s ({rate:,.0f} tok/s); checkpoint "
         f"{run_dir / CHECKPOINT_DIR}")
@@ -296,6 +320,10 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         out(f"warmup: {end} steps ({frac:.0%} of the budget)")
 
     return _finish_run(cfg, data, trainer, snapshots.averager, out, command, t_start)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The report printer of ranks other than 0."""
 
 
 def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, command: Optional[str],
