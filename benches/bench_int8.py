@@ -115,6 +115,11 @@ def decode_rows(cfg: dict, new: int, src_len: int, repeat: int) -> list:
         tm = build_torch_model(m.config).eval()
         tm.load_state_dict(torch_state(m), strict=False)
         tq = torch.ao.quantization.quantize_dynamic(tm, {tnn.Linear}, dtype=torch.qint8)
+        # The encoder layer's fast-path check reads `linear1.weight`, a method on a quantized
+        # Linear, and fails; a (no-op) hook is one of its documented reasons to take the normal path.
+        for layer in tq.modules():
+            if isinstance(layer, tnn.TransformerEncoderLayer):
+                layer.register_forward_pre_hook(lambda mod, args: None)
     rng = np.random.default_rng(0)
     print(f"{'greedy':>10s} {'f32 tok/s':>10s} {'int8 tok/s':>10s} {'torch i8':>10s} {'int8/f32':>8s} "
           f"{'int8/torch':>10s}  same tokens as f32")

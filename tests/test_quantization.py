@@ -25,13 +25,14 @@ EPS32 = float(np.finfo(np.float32).eps)
 
 def quantize_rows(x):
     """The activations' quantization, redone in float32 numpy: per row, the range
-    [min(x, 0), max(x, 0)] onto 0..255, rounding half to even."""
+    [min(x, 0), max(x, 0)] onto 0..255 (times the reciprocal of the scale), rounding half to even."""
     x = np.asarray(x, np.float32)
     lo = np.minimum(x.min(axis=1), 0).astype(np.float32)
     hi = np.maximum(x.max(axis=1), 0).astype(np.float32)
     s = np.where(hi > lo, (hi - lo) / np.float32(255), np.float32(1)).astype(np.float32)
-    z = np.clip(np.rint(-lo / s), 0, 255).astype(np.float32)
-    q = np.clip(np.rint(x / s[:, None]) + z[:, None], 0, 255)
+    inv = (np.float32(1) / s).astype(np.float32)
+    z = np.rint(np.clip(-lo * inv, 0, 255)).astype(np.float32)
+    q = np.clip(np.rint(np.clip(x * inv[:, None], -512, 512)) + z[:, None], 0, 255)
     return q.astype(np.int64), s, z.astype(np.int64)
 
 

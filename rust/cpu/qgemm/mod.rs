@@ -97,10 +97,12 @@ pub fn padded_depth(k: usize) -> usize {
     k.div_ceil(4) * 4
 }
 
-/// Round half to even, as `numpy.rint`, so that references in numpy reproduce it.
+/// Round half to even, as `numpy.rint`, for |x| < 2²²: adding and removing 1.5·2²³ leaves the
+/// sum's rounding (to nearest, ties to even) to the FPU, in a form that vectorizes without SSE4.1.
 #[inline]
 fn rint(x: f32) -> f32 {
-    x.round_ties_even()
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 /// Activations quantized per row: `data (rows, lda)` u8 with `lda = padded_depth(k)`,
@@ -115,15 +117,18 @@ pub struct QuantizedRows {
     pub zeros: Vec<i32>,
 }
 
-/// The scale and zero point of one row, and its quantized values written into `out`.
+/// The scale and zero point of one row, and its quantized values written into `out`:
+/// `clamp(rint(x·(1/s)) + z, 0, 255)`, the product by the reciprocal in f32 (a reference must
+/// do the same to agree to the last bit), clamped before rounding so that `rint` stays exact.
 fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     let (lo, hi) = x
         .iter()
         .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
     let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-    let zero = rint(-lo / scale).clamp(0.0, 255.0);
+    let inv = 1.0 / scale;
+    let zero = rint((-lo * inv).clamp(0.0, 255.0));
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (rint(v / scale) + zero).clamp(0.0, 255.0) as u8;
+        *o = (rint((v * inv).clamp(-512.0, 512.0)) + zero).clamp(0.0, 255.0) as u8;
     }
     (scale, zero as i32)
 }
@@ -146,25 +151,21 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> Result<QuantizedRows> 
     let lda = padded_depth(k);
     let mut data = vec![0u8; rows * lda];
     let mut params = vec![(0.0f32, 0i32); rows];
-    if rows == 0 {
-        return Ok(QuantizedRows {
-            data,
-            rows,
-            k,
-            lda,
-            scales: vec![],
-            zeros: vec![],
-        });
-    }
-    let body = |((o, p), xr): ((&mut [u8], &mut (f32, i32)), &[f32])| *p = quantize_row(xr, o);
-    let items = data
-        .chunks_mut(lda)
-        .zip(params.iter_mut())
-        .zip(x.chunks(k.max(1)));
-    if rows * k >= 1 << 16 {
-        items.par_bridge().for_each(body);
+    if rows > 0 && k > 0 {
+        let body = |((o, p), xr): ((&mut [u8], &mut (f32, i32)), &[f32])| *p = quantize_row(xr, o);
+        if rows * k >= 1 << 16 {
+            data.par_chunks_mut(lda)
+                .zip(params.par_iter_mut())
+                .zip(x.par_chunks(k))
+                .for_each(body);
+        } else {
+            data.chunks_mut(lda)
+                .zip(params.iter_mut())
+                .zip(x.chunks(k))
+                .for_each(body);
+        }
     } else {
-        items.for_each(body);
+        params.fill((1.0, 0));
     }
     Ok(QuantizedRows {
         data,
@@ -214,7 +215,7 @@ impl QuantizedMatrix {
                 *s = max / 127.0;
             }
             for (q, &v) in qr.iter_mut().zip(wr) {
-                *q = rint(v / *s).clamp(-127.0, 127.0) as i8;
+                *q = rint((v / *s).clamp(-127.0, 127.0)) as i8;
             }
         }
         Self::from_parts(data, rows, cols, scales)
