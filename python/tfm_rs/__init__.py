@@ -39,7 +39,7 @@ from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
 
 # Submodules with heavier third-party imports (tokenizers, safetensors, sacrebleu) load on
 # first use, so `import tfm_rs` stays quick.
-_LAZY = ("checkpoint", "data", "metrics", "train")
+_LAZY = ("checkpoint", "data", "metrics", "train", "quantization")
 
 
 def __getattr__(name: str):

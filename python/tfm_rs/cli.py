@@ -141,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sentences decoded together (default: 64)")
     tr.add_argument("--beam", type=_positive(int, "--beam"), default=1,
                     help="beam size (default: 1, greedy; the paper used 4)")
+    tr.add_argument("--int8", action="store_true",
+                    help=f"decode with the int8 weights written by '{PROG} quantize RUN_DIR'")
+
+    qz = sub.add_parser("quantize", help="write int8 weights of a trained run (for translate --int8)",
+                        description="Quantize the run's model to int8 (tfm_rs.quantization.quantize_dynamic: every "
+                                    "linear layer, attention projections and output projection included) and write "
+                                    "RUN_DIR/model.int8.safetensors; the float checkpoint stays as it is.")
+    qz.add_argument("run_dir", metavar="RUN_DIR")
 
     g = sub.add_parser("generate", help="continue a prompt with a trained GPT run",
                        description="Sample a continuation of --prompt from the language model of RUN_DIR "
@@ -444,11 +452,43 @@ def cmd_translate(args: argparse.Namespace) -> int:
     run = runs.load_run(args.run_dir, need_valid=False)
     if run.kind != "seq2seq":
         raise UsageError(f"{args.run_dir} is a language model; use '{PROG} generate'")
+    model = run.model
+    if args.int8:
+        from pathlib import Path
+
+        from tfm_rs.quantization import load_quantized
+
+        path = Path(args.run_dir) / INT8_FILE
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist: run '{PROG} quantize {args.run_dir}' first")
+        model = load_quantized(model, path)
     sentences = _input_lines(args)
-    for hyp in runs.translate_sentences(run.model, run.tokenizer, sentences, task=run.data.task,
+    for hyp in runs.translate_sentences(model, run.tokenizer, sentences, task=run.data.task,
                                         batch_size=args.batch_size, num_beams=args.beam):
         print(hyp, flush=False)
     sys.stdout.flush()
+    return 0
+
+
+INT8_FILE = "model.int8.safetensors"
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``tfm-rs quantize``: RUN_DIR/model.int8.safetensors from the run's model."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from tfm_rs import runs
+    from tfm_rs.quantization import quantize_dynamic, save_quantized
+
+    run = runs.load_run(args.run_dir, need_valid=False)
+    float_bytes = sum(int(np.prod(p.shape)) * 4 for p in run.model.parameters())
+    model = quantize_dynamic(run.model, inplace=True)
+    path = Path(args.run_dir) / INT8_FILE
+    save_quantized(model, path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; float32 parameters {float_bytes / 1e6:.1f} MB); "
+          f"translate with: {PROG} translate {args.run_dir} --int8")
     return 0
 
 
@@ -596,7 +636,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "demo": cmd_demo, "train": cmd_train, "translate": cmd_translate,
             "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
-            "claims": cmd_claims}
+            "claims": cmd_claims, "quantize": cmd_quantize}
 
 
 def _one_line(e: BaseException) -> str:

@@ -6,6 +6,7 @@ pub mod features;
 pub mod fork;
 pub mod gemm;
 pub mod pool;
+pub mod qgemm;
 pub mod simd;
 
 pub use features::{active_isa, set_isa, Isa};

@@ -37,6 +37,7 @@ mod gpu_tests;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
+pub mod quantized_linear;
 pub mod reduce;
 pub mod rows;
 pub mod shape;

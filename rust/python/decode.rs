@@ -4,6 +4,7 @@
 //! (a whole generation in one call). `tfm_rs.decode` builds the arguments from models.
 
 use super::convert::{host_tensor_from_py, tensor_to_numpy};
+use super::quantization::PyQuantizedWeight;
 use super::runtime::run;
 use crate::decode::{self, DecoderWeights, Hypothesis, Memory, SearchConfig};
 use crate::error::TfmError;
@@ -35,11 +36,15 @@ fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
     }
 }
 
-/// `(weight, bias or None)` → a linear layer.
+/// `(weight, bias or None)` → a linear layer; the weight a tensor or a `QuantizedWeight`.
 fn linear(obj: &Bound<'_, PyAny>) -> PyResult<decode::Linear> {
     let (w, b): (Bound<PyAny>, Bound<PyAny>) = obj.extract()?;
+    let weight = match w.cast::<PyQuantizedWeight>() {
+        Ok(q) => decode::Weight::Int8(Arc::clone(&q.get().inner)),
+        Err(_) => decode::Weight::F32(host_tensor(&w)?),
+    };
     Ok(decode::Linear {
-        weight: host_tensor(&w)?,
+        weight,
         bias: opt_tensor(&b)?,
     })
 }

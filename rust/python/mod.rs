@@ -7,6 +7,7 @@ mod errors;
 mod functional;
 mod gpu;
 mod optim;
+mod quantization;
 mod runtime;
 mod tensor;
 
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     decode::register(m)?;
     gpu::register(m)?;
+    quantization::register(m)?;
     Ok(())
 }

@@ -368,6 +368,10 @@ class Module:
         ``strict=True`` missing or unexpected keys raise :class:`tfm_rs.InvalidArgumentError`.
         Returns ``(missing_keys, unexpected_keys)``.
         """
+        int8 = [k for k, v in state_dict.items() if getattr(v, "dtype", None) == np.int8]
+        if int8:
+            raise InvalidArgumentError(f"load_state_dict: {int8[:3]} hold int8 (quantized) weights, which a float "
+                                       "model cannot take; use tfm_rs.quantization.load_quantized")
         own = OrderedDict(self._state_entries())
         arrays: Dict[str, np.ndarray] = {}
         mismatched: List[str] = []
