@@ -195,7 +195,7 @@ def train_config(cfg: Config) -> Any:
                        accum_steps=o["accum_steps"], seed=t["seed"], max_steps=t["max_steps"],
                        max_minutes=t["minutes"], log_every=t["log_every"], print_every=0,
                        valid_every=t["valid_every"], bleu_every=t["bleu_every"], bleu_subset=t["bleu_subset"],
-                       save_every=t["save_every"], device=t["device"])
+                       save_every=t["save_every"], device=t["device"], precision=t["precision"])
 
 
 def make_trainer(cfg: Config, data: Data, model: Any, run_dir: Optional[Path]) -> Any:
@@ -274,7 +274,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         trainer.resume(ckpt)
         out(f"resumed at step {trainer.step} ({trainer.train_time:.1f}s trained)")
     tc = trainer.config
-    out(_budget_line(tc) + "; " + _device_line(tc.device))
+    out(_budget_line(tc) + "; " + _device_line(tc.device, tc.precision))
     snapshots = BudgetSnapshots(model, t["average"], tc.max_steps, tc.max_minutes, t["average_every"])
     progress = Progress(tc.max_steps, 60.0 * tc.max_minutes if tc.max_minutes else None,
                         initial_step=trainer.step, initial_time=trainer.train_time, use_bar=use_bar, quiet=quiet)
@@ -379,9 +379,13 @@ def _test_pairs(cfg: Config, limit: Optional[int]) -> Optional[Tuple[List[str], 
     return list(corpus.src)[:limit], list(corpus.tgt)[:limit]
 
 
-def _device_line(device: str) -> str:
+def _device_line(device: str, precision: str = "float32") -> str:
     if device == "cpu":
-        return f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+        line = f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+        if precision != "float32":
+            path, note = tfm_rs.amp.precision_info(precision)
+            line += f", {precision} products ({path})" + (f"\nnote: {note}" if note else "")
+        return line
     info = tfm_rs.gpu_info()
     return f"GPU {info['name']} ({info['backend']}, {info['device_type']})"
 
