@@ -274,3 +274,19 @@ def test_bf16_resume_is_exact_and_checkpoints_are_float32(tmp_path):
     part2 = [r["loss"] for r in second.train(max_steps=k + m, verbose=False)]
     assert part1 + part2 == ref  # bit-identical
     assert math.isfinite(ref[-1])
+
+
+def test_config_key_and_flag(tmp_path, capsys):
+    from test_cli_config import cli
+    from tfm_rs import config as cfg_lib
+    from tfm_rs.runs import train_config
+
+    cfg = cfg_lib.resolve(cfg_lib.loads('[train]\nprecision = "bf16"\nmax_steps = 3\n'))
+    assert train_config(cfg).precision == "bf16"
+    assert train_config(cfg_lib.resolve({"train": {"max_steps": 3}})).precision == "float32"
+    path = tmp_path / "bad.toml"
+    path.write_text('[train]\nprecision = "fp16"\n')
+    status, out, err = cli(capsys, "train", "--config", path)
+    assert status == 2 and "train.precision must be one of float32, bf16" in err and "Traceback" not in err
+    status, out, err = cli(capsys, "train", "--precision", "int8")
+    assert status == 2 and "int8" in err and "Traceback" not in err
