@@ -266,3 +266,34 @@ pub struct AttentionConfig<'a> {
     /// `random::keep(seed, (h·Tq + i)·Tk + j, dropout_p)`.
     pub seed: u64,
 }
+
+/// The arithmetic of the matrix products (linear layers, matmul, attention): float32
+/// throughout, or mixed precision — inputs rounded to bfloat16, products summed in float32,
+/// everything else (norms, softmax, losses, reductions, weights and optimizer state) float32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// `"float32"`/`"fp32"`/`"f32"`, or `"bf16"`/`"bfloat16"` (any case).
+    pub fn from_name(name: &str) -> Result<Precision> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "float32" | "fp32" | "f32" | "float" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(crate::error::TfmError::value(
+                "precision",
+                format!("unknown precision '{other}'; expected one of float32, bf16"),
+            )),
+        }
+    }
+}

@@ -35,6 +35,7 @@ from tfm_rs import nn  # after functional, which it builds on
 from tfm_rs import optim
 from tfm_rs import models
 from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
+from tfm_rs.amp import autocast
 
 
 # Submodules with heavier third-party imports (tokenizers, safetensors, sacrebleu) load on
@@ -67,6 +68,7 @@ __all__ = [
     "Tensor",
     "TfmError",
     "__version__",
+    "autocast",
     "cat",
     "cpu_features",
     "enable_grad",

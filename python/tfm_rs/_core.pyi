@@ -168,11 +168,13 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0) -> Tensor:
 # ------------------------------------------------------------------------------ ops (functional.rs)
 # Positional arguments as the bindings take them; tfm_rs.functional has PyTorch's keywords.
 
-def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None) -> Tensor:
-    """``input @ weight.T + bias``."""
+def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+           precision: Optional[str] = None) -> Tensor:
+    """``input @ weight.T + bias``; ``precision``: ``None``/``"float32"`` or ``"bf16"``
+    (bf16 inputs, float32 accumulation, forward and backward)."""
 
-def matmul(input: ArrayLike, other: ArrayLike) -> Tensor:
-    """Matrix product with broadcasting of batch dimensions."""
+def matmul(input: ArrayLike, other: ArrayLike, precision: Optional[str] = None) -> Tensor:
+    """Matrix product with broadcasting of batch dimensions (``precision`` as for ``linear``)."""
 
 def softmax(input: ArrayLike, dim: int = -1, mask: Optional[ArrayLike] = None) -> Tensor: ...
 def log_softmax(input: ArrayLike, dim: int = -1, mask: Optional[ArrayLike] = None) -> Tensor: ...
@@ -193,9 +195,12 @@ def cross_entropy(input: ArrayLike, target: npt.ArrayLike, ignore_index: int, re
     """``reduction`` is ``"none"``, ``"sum"`` or ``"mean"``; class dimension 1 as in PyTorch."""
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                  attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 precision: Optional[str] = None) -> Tensor:
     """Fused (flash-style) attention ``softmax(QKᵀ·scale + mask)·V``, memory linear in T;
-    ``scale`` defaults to ``1/√d_k``."""
+    ``scale`` defaults to ``1/√d_k``; ``precision="bf16"`` rounds q, k, v to bf16."""
+def precision_info(precision: str) -> Tuple[str, Optional[str]]:
+    """``(path, note)``: how ``precision``'s products run here; ``note`` says when bf16 is emulated."""
 def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                            attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
                            is_causal: bool = False, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:

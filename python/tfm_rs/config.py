@@ -175,6 +175,9 @@ FIELDS: List[Field] = [
     _f("train", "threads", int, None, "tfm_rs worker threads (default: all cores)", positive=True),
     _f("train", "device", str, "cpu", "where to train: cpu, or gpu (the wgpu backend: Vulkan, Metal, DX12)",
        ("cpu", "gpu")),
+    _f("train", "precision", str, "float32", "arithmetic of the training step's matrix products: float32, or bf16 "
+       "mixed precision (bf16 inputs, float32 accumulation and weights; CPU only, see docs/precision.md)",
+       ("float32", "bf16")),
 ]
 
 _BY_NAME = {f.name: f for f in FIELDS}

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from tfm_rs import _core
+from tfm_rs import _core, amp
 from tfm_rs._core import Tensor
 
 ArrayLike = Union[Tensor, np.ndarray, float]
@@ -47,7 +47,7 @@ def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None
     """``input @ weight.T + bias``. input ``(*, in_features)``, weight ``(out_features,
     in_features)``, bias ``(out_features,)`` → ``(*, out_features)``. The bias is added inside
     the GEMM."""
-    return _core.linear(input, weight, bias)
+    return _core.linear(input, weight, bias, amp.current())
 
 
 def rms_norm(input: ArrayLike, normalized_shape: Union[int, Sequence[int]], weight: Optional[ArrayLike] = None,
@@ -60,7 +60,7 @@ def rms_norm(input: ArrayLike, normalized_shape: Union[int, Sequence[int]], weig
 
 def matmul(input: ArrayLike, other: ArrayLike) -> Tensor:
     """Matrix product with ``torch.matmul`` semantics (1-D promotion, broadcast batch dims)."""
-    return _core.matmul(input, other)
+    return _core.matmul(input, other, amp.current())
 
 
 def softmax(input: ArrayLike, dim: int = -1, *, mask: Optional[ArrayLike] = None) -> Tensor:
@@ -139,7 +139,8 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     never stored: the forward keeps the per-row log-sum-exp and the backward recomputes them
     block by block, so memory grows linearly in the sequence length. ``is_causal`` lets query
     ``i`` see keys ``j ≤ i``. See the module docstring for masks."""
-    return _core.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale)
+    return _core.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
+                                              amp.current())
 
 
 def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask: Optional[ArrayLike] = None,

@@ -195,7 +195,8 @@ def train_config(cfg: Config) -> Any:
                        accum_steps=o["accum_steps"], seed=t["seed"], max_steps=t["max_steps"],
                        max_minutes=t["minutes"], log_every=t["log_every"], print_every=0,
                        valid_every=t["valid_every"], bleu_every=t["bleu_every"], bleu_subset=t["bleu_subset"],
-                       save_every=t["save_every"], device=t["device"], distributed=_launched_by_mpi())
+                       save_every=t["save_every"], device=t["device"], precision=t["precision"],
+                       distributed=_launched_by_mpi())
 
 
 def _launched_by_mpi() -> bool:
@@ -292,7 +293,7 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         trainer.resume(ckpt)
         out(f"resumed at step {trainer.step} ({trainer.train_time:.1f}s trained)")
     tc = trainer.config
-    out(_budget_line(tc) + "; " + _device_line(tc.device))
+    out(_budget_line(tc) + "; " + _device_line(tc.device, tc.precision))
     if trainer.world_size > 1:
         out(f"data parallel over MPI: {trainer.world_size} processes; each step is {trainer.world_size} × "
             f"{tc.accum_steps} batches (tokens/s are the job's)")
@@ -407,9 +408,13 @@ def _test_pairs(cfg: Config, limit: Optional[int]) -> Optional[Tuple[List[str], 
     return list(corpus.src)[:limit], list(corpus.tgt)[:limit]
 
 
-def _device_line(device: str) -> str:
+def _device_line(device: str, precision: str = "float32") -> str:
     if device == "cpu":
-        return f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+        line = f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+        if precision != "float32":
+            path, note = tfm_rs.amp.precision_info(precision)
+            line += f", {precision} products ({path})" + (f"\nnote: {note}" if note else "")
+        return line
     info = tfm_rs.gpu_info()
     return f"GPU {info['name']} ({info['backend']}, {info['device_type']})"
 

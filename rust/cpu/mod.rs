@@ -5,6 +5,7 @@ pub mod alloc;
 pub mod features;
 pub mod fork;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod pool;
 pub mod qgemm;
 pub mod simd;

@@ -27,6 +27,7 @@ macro_rules! on_device {
 
 pub mod activation;
 pub mod attention;
+pub mod autocast;
 pub mod broadcast;
 pub mod cross_entropy;
 pub mod dropout;

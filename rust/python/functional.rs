@@ -7,6 +7,7 @@ use super::convert::{ids_from_py, mask_from_py, var_from_py};
 use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::autograd::Var;
+use crate::desc::Precision;
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::broadcast_to;
 use crate::ops::cross_entropy::{self as cross_entropy_op, Reduction};
@@ -31,34 +32,44 @@ fn opt_mask(obj: Option<&Bound<'_, PyAny>>, op: &'static str) -> PyResult<Option
     }
 }
 
+/// The `precision` argument of the products: `None` is float32.
+fn precision_arg(precision: Option<&str>) -> PyResult<Precision> {
+    Ok(precision.map_or(Ok(Precision::F32), Precision::from_name)?)
+}
+
 fn wrap(py: Python<'_>, f: impl FnOnce() -> Result<Var> + Send) -> PyResult<PyTensor> {
     Ok(PyTensor::wrap(run(py, f)?))
 }
 
 #[pyfunction]
-#[pyo3(signature = (input, weight, bias = None))]
+#[pyo3(signature = (input, weight, bias = None, precision = None))]
 fn linear(
     py: Python<'_>,
     input: &Bound<'_, PyAny>,
     weight: &Bound<'_, PyAny>,
     bias: Option<&Bound<'_, PyAny>>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
+    let precision = precision_arg(precision)?;
     let (x, w, b) = (
         var_from_py(input, "linear")?,
         var_from_py(weight, "linear")?,
         opt_var(bias, "linear")?,
     );
-    wrap(py, || linear_op::linear(&x, &w, b.as_ref()))
+    wrap(py, || linear_op::linear_with(&x, &w, b.as_ref(), precision))
 }
 
 #[pyfunction]
+#[pyo3(signature = (input, other, precision = None))]
 fn matmul(
     py: Python<'_>,
     input: &Bound<'_, PyAny>,
     other: &Bound<'_, PyAny>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
+    let precision = precision_arg(precision)?;
     let (a, b) = (var_from_py(input, "matmul")?, var_from_py(other, "matmul")?);
-    wrap(py, || matmul_op::matmul(&a, &b))
+    wrap(py, || matmul_op::matmul_with(&a, &b, precision))
 }
 
 /// Runs a last-axis op along `dim` by swapping `dim` with the last axis around it (the mask is
@@ -345,7 +356,7 @@ fn attention_inputs(
 }
 
 #[pyfunction]
-#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
+#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None, precision = None))]
 #[allow(clippy::too_many_arguments)]
 fn scaled_dot_product_attention(
     py: Python<'_>,
@@ -356,14 +367,16 @@ fn scaled_dot_product_attention(
     dropout_p: f32,
     is_causal: bool,
     scale: Option<f32>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
+    let precision = precision_arg(precision)?;
     let (q, k, v, mask) = attention_inputs(
         "scaled_dot_product_attention",
         [query, key, value],
         attn_mask,
     )?;
     wrap(py, || {
-        attention::scaled_dot_product_attention(
+        attention::scaled_dot_product_attention_with(
             &q,
             &k,
             &v,
@@ -371,8 +384,22 @@ fn scaled_dot_product_attention(
             dropout_p,
             is_causal,
             scale,
+            precision,
         )
     })
+}
+
+/// `(path, note)` for `precision`: how its products run on this machine (`"float32"`,
+/// `"amx_bf16"`, `"avx512_bf16"`, `"emulated on avx2"`, …) and, where bf16 is emulated, a
+/// sentence saying so (else `None`). Errors on an unknown precision.
+#[pyfunction]
+fn precision_info(precision: &str) -> PyResult<(String, Option<String>)> {
+    let precision = Precision::from_name(precision)?;
+    let path = match precision {
+        Precision::F32 => "float32".to_string(),
+        Precision::Bf16 => crate::cpu::gemm_bf16::Bf16Path::active().name(),
+    };
+    Ok((path, crate::ops::autocast::precision_note(precision)))
 }
 
 #[pyfunction]
@@ -411,5 +438,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(scaled_dot_product_attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention_with_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(precision_info, m)?)?;
     Ok(())
 }

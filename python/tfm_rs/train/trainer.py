@@ -68,15 +68,17 @@ import tfm_rs.functional as F
 from tfm_rs import checkpoint as ckpt_lib
 from tfm_rs import metrics, nn, optim
 from tfm_rs._core import DeviceError, InvalidArgumentError, Tensor
+from tfm_rs.amp import autocast
 from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, TokenBatchSampler, collate
 from tfm_rs.models import load_model_state
 
-__all__ = ["DEVICES", "SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "check_device", "evaluate",
+__all__ = ["DEVICES", "PRECISIONS", "SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "check_device", "evaluate",
            "seq2seq_batches", "seq2seq_forward"]
 
 SCHEDULES = ("inverse_sqrt", "noam", "cosine", "constant")
 DEVICES = ("cpu", "gpu")
+PRECISIONS = ("float32", "bf16")
 Record = Dict[str, Any]
 
 
@@ -93,7 +95,10 @@ class TrainConfig:
     (``"cpu"``, or ``"gpu"``: the wgpu backend; see :func:`tfm_rs.gpu_available`); ``None``
     leaves the model where it is. ``distributed``: data-parallel over the MPI job this process
     belongs to (a job of one without ``mpirun``; see the module docstring), gradients reduced in
-    buckets of ``bucket_cap_mb`` MB.
+    buckets of ``bucket_cap_mb`` MB. ``precision``: ``"float32"``, or ``"bf16"`` mixed precision (the
+    forward and backward matrix products take bf16 inputs with float32 accumulation, inside
+    :class:`tfm_rs.autocast`; weights, optimizer state, checkpoints, validation and decoding stay
+    float32; CPU only; see docs/precision.md).
     """
 
     max_tokens: int = 3000
@@ -122,6 +127,7 @@ class TrainConfig:
     device: Optional[str] = None
     distributed: bool = False
     bucket_cap_mb: float = 25.0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
@@ -140,6 +146,11 @@ class TrainConfig:
             raise InvalidArgumentError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.device is not None and self.device not in DEVICES:
             raise InvalidArgumentError(f"TrainConfig: device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgumentError(f"TrainConfig: precision must be one of {', '.join(PRECISIONS)}, got "
+                                       f"{self.precision!r}")
+        if self.precision == "bf16" and self.device == "gpu":
+            raise InvalidArgumentError("TrainConfig: precision 'bf16' runs on the CPU only (device 'gpu' given)")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -325,7 +336,8 @@ class Trainer:
         total = 0.0
         for i, (index, b) in enumerate(batches):
             with self._micro_batch(i, index, len(batches)):
-                loss = self.loss_sum(b, c.label_smoothing)
+                with autocast("cpu", dtype=c.precision):
+                    loss = self.loss_sum(b, c.label_smoothing)
                 (loss * (1.0 / tgt_tokens)).backward()
                 total += float(loss.item())
         comm_wait = None

@@ -394,6 +394,30 @@ pub fn scaled_dot_product_attention(
     ))
 }
 
+/// [`scaled_dot_product_attention`] at `precision`. bf16: q, k and v are rounded to bf16 (the
+/// gradients pass through the rounding) and the fused kernel computes on them in f32, so the
+/// score products have bf16 inputs and f32 accumulation; the probabilities stay f32 (the
+/// kernel has no bf16 form, so this costs, not saves, time).
+#[allow(clippy::too_many_arguments)]
+pub fn scaled_dot_product_attention_with(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    attn_mask: Option<&Tensor>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+    precision: crate::desc::Precision,
+) -> Result<Var> {
+    use crate::ops::autocast::cast;
+    let (q, k, v) = (
+        cast(OP, q, precision)?,
+        cast(OP, k, precision)?,
+        cast(OP, v, precision)?,
+    );
+    scaled_dot_product_attention(&q, &k, &v, attn_mask, dropout_p, is_causal, scale)
+}
+
 /// What the forward saved besides its inputs and output, on their device.
 enum Saved {
     /// The row log-sum-exp `(BH, Tq)` and the mask.
