@@ -31,6 +31,7 @@ from tfm_rs._core import (
 )
 from tfm_rs._core import manual_seed as _core_manual_seed
 from tfm_rs import functional
+from tfm_rs import masks  # noqa: F401 (tfm_rs.masks, used as such)
 from tfm_rs import nn  # after functional, which it builds on
 from tfm_rs import optim
 from tfm_rs import models

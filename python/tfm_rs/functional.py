@@ -20,6 +20,7 @@ from typing import Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tfm_rs import _core, amp
+from tfm_rs import masks as _masks
 from tfm_rs._core import Tensor
 
 ArrayLike = Union[Tensor, np.ndarray, float]
@@ -138,7 +139,21 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     ``(..., S, Ev)`` → ``(..., L, Ev)``; ``scale`` defaults to ``1/√E``. The probabilities are
     never stored: the forward keeps the per-row log-sum-exp and the backward recomputes them
     block by block, so memory grows linearly in the sequence length. ``is_causal`` lets query
-    ``i`` see keys ``j ≤ i``. See the module docstring for masks."""
+    ``i`` see keys ``j ≤ i``. See the module docstring for masks.
+
+    ``attn_mask`` may also be a structured :class:`tfm_rs.masks.Mask` (causal, sliding window,
+    global tokens, key padding, BigBird block-sparse, and their ``&``/``|``): a block-skipping
+    kernel then skips the key blocks the mask empties, forward and backward (CPU tensors only; a
+    GPU tensor with a structured mask is a ``DeviceError``). Fold causality into the mask
+    (``& masks.causal()``): ``is_causal=True`` with a structured mask is an error."""
+    if isinstance(attn_mask, _masks.Mask):
+        if is_causal:
+            raise _core.InvalidArgumentError(
+                "scaled_dot_product_attention: is_causal=True with a structured mask; "
+                "use attn_mask=mask & masks.causal()")
+        L, S = _lengths(query, key)
+        return _core.scaled_dot_product_attention_structured(query, key, value, attn_mask._spec(L, S), dropout_p,
+                                                             scale)
     return _core.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                               amp.current())
 
@@ -147,8 +162,21 @@ def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike, a
                            dropout_p: float = 0.0, is_causal: bool = False,
                            scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """Like :func:`scaled_dot_product_attention`, but materializes and also returns the
-    attention weights ``(..., L, S)`` (after masking, before dropout) for inspection."""
+    attention weights ``(..., L, S)`` (after masking, before dropout) for inspection. A
+    structured mask is applied as its ``to_dense(L, S)`` (the weights are ``L × S`` anyway)."""
+    if isinstance(attn_mask, _masks.Mask):
+        attn_mask = attn_mask.to_dense(*_lengths(query, key))
     return _core.attention_with_weights(query, key, value, attn_mask, dropout_p, is_causal, scale)
+
+
+def _lengths(query: ArrayLike, key: ArrayLike) -> Tuple[int, int]:
+    """(L, S): the query and key lengths of attention inputs."""
+    qs, ks = np.shape(query) if not isinstance(query, Tensor) else query.shape, (
+        np.shape(key) if not isinstance(key, Tensor) else key.shape)
+    if len(qs) < 2 or len(ks) < 2:
+        raise _core.ShapeError(f"scaled_dot_product_attention: query and key need (..., L, E), (..., S, E); "
+                               f"got {tuple(qs)}, {tuple(ks)}")
+    return int(qs[-2]), int(ks[-2])
 
 
 def _shape(normalized_shape: Union[int, Sequence[int]]) -> list:

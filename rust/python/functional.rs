@@ -423,6 +423,99 @@ fn attention_with_weights(
     Ok((PyTensor::wrap(out), PyTensor::wrap(weights)))
 }
 
+/// A structured mask from the nested tuples `tfm_rs.masks` builds (`Mask._spec()`):
+/// `("causal", lower_right)`, `("window", left, right, lower_right)`, `("global", indices)`,
+/// `("key_padding", samples, valid_bytes)`, `("block_sparse", block, window, global, random,
+/// seed)`, `("dense", bool_array)`, `("and" | "or", a, b)`.
+fn mask_spec_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<attention::MaskSpec> {
+    use attention::MaskSpec;
+    let kind: String = obj.get_item(0)?.extract()?;
+    let at = |i: usize| obj.get_item(i);
+    Ok(match kind.as_str() {
+        "causal" => MaskSpec::Causal {
+            lower_right: at(1)?.extract()?,
+        },
+        "window" => MaskSpec::Window {
+            left: at(1)?.extract()?,
+            right: at(2)?.extract()?,
+            lower_right: at(3)?.extract()?,
+        },
+        "global" => MaskSpec::Global {
+            indices: at(1)?.extract()?,
+        },
+        "key_padding" => MaskSpec::KeyPadding {
+            samples: at(1)?.extract()?,
+            valid: at(2)?
+                .extract::<Vec<u8>>()?
+                .into_iter()
+                .map(|b| b != 0)
+                .collect(),
+        },
+        "block_sparse" => MaskSpec::BlockSparse {
+            block: at(1)?.extract()?,
+            window: at(2)?.extract()?,
+            global: at(3)?.extract()?,
+            random: at(4)?.extract()?,
+            seed: at(5)?.extract()?,
+        },
+        "dense" => MaskSpec::Dense(mask_from_py(&at(1)?, op)?),
+        "and" | "or" => {
+            let (a, b) = (
+                Box::new(mask_spec_from_py(&at(1)?, op)?),
+                Box::new(mask_spec_from_py(&at(2)?, op)?),
+            );
+            if kind == "and" {
+                MaskSpec::And(a, b)
+            } else {
+                MaskSpec::Or(a, b)
+            }
+        }
+        other => {
+            return Err(
+                TfmError::value(op, format!("unknown structured mask kind {other:?}")).into(),
+            )
+        }
+    })
+}
+
+/// `scaled_dot_product_attention` under a structured mask (`tfm_rs.masks`).
+#[pyfunction]
+#[pyo3(signature = (query, key, value, mask, dropout_p = 0.0, scale = None))]
+fn scaled_dot_product_attention_structured(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    mask: &Bound<'_, PyAny>,
+    dropout_p: f32,
+    scale: Option<f32>,
+) -> PyResult<PyTensor> {
+    const OP: &str = "scaled_dot_product_attention";
+    let (q, k, v, _) = attention_inputs(OP, [query, key, value], None)?;
+    let spec = mask_spec_from_py(mask, OP)?;
+    wrap(py, || {
+        attention::scaled_dot_product_attention_structured(&q, &k, &v, &spec, dropout_p, scale)
+    })
+}
+
+/// `(allowed pairs, full, partial, empty tiles)` of a structured mask over L × S for each of
+/// `samples` batch samples, with the fused kernels' 64 × 64 tiles.
+#[pyfunction]
+fn mask_explain(
+    py: Python<'_>,
+    mask: &Bound<'_, PyAny>,
+    samples: usize,
+    l: usize,
+    s: usize,
+) -> PyResult<(u64, u64, u64, u64)> {
+    let spec = mask_spec_from_py(mask, "Mask.explain")?;
+    run(py, move || {
+        let m = spec.resolve(&[samples], l, s)?;
+        let st = m.explain(samples, 64);
+        Ok((st.allowed, st.full, st.partial, st.empty))
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(linear, m)?)?;
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
@@ -439,5 +532,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(scaled_dot_product_attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention_with_weights, m)?)?;
     m.add_function(wrap_pyfunction!(precision_info, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        scaled_dot_product_attention_structured,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(mask_explain, m)?)?;
     Ok(())
 }
