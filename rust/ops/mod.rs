@@ -26,6 +26,7 @@ macro_rules! on_device {
 }
 
 pub mod activation;
+pub mod additive_attention;
 pub mod attention;
 pub mod broadcast;
 pub mod cross_entropy;
@@ -38,6 +39,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod matmul;
 pub mod reduce;
+pub mod rnn;
 pub mod rows;
 pub mod shape;
 pub mod softmax;

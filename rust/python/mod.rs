@@ -8,6 +8,7 @@ mod functional;
 mod gpu;
 mod optim;
 mod runtime;
+mod sequence;
 mod tensor;
 
 use pyo3::prelude::*;
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     decode::register(m)?;
     gpu::register(m)?;
+    sequence::register(m)?;
     Ok(())
 }
