@@ -206,6 +206,18 @@ def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                            is_causal: bool = False, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """The explicit path: ``(output, weights (…, L, S))``, weights after masking, before dropout."""
 
+# ------------------------------------------------------------------------------ sequence ops (sequence.rs)
+
+def rnn_layer(mode: str, input: ArrayLike, hx: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+              bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, cx: Optional[ArrayLike] = None,
+              lengths: Optional[npt.ArrayLike] = None, reverse: bool = False) -> Tensor:
+    """One layer and direction of an LSTM (``mode`` "LSTM", ``cx`` given) or GRU over a time-major
+    ``(T, B, I)`` input: the stacked ``(T + 1, B, H)`` ``[output; h_n]`` (GRU) or ``(T + 2, B, H)``
+    ``[output; h_n; c_n]`` (LSTM)."""
+
+def additive_attention_scores(query: ArrayLike, key: ArrayLike, v: ArrayLike) -> Tensor:
+    """``Σ_h v_h·tanh(query[b, i, h] + key[b, j, h])``: (B, Tq, H), (B, Tk, H), (H,) → (B, Tq, Tk)."""
+
 # ------------------------------------------------------------------------------ optimizers (optim.rs)
 
 def adam_step(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Optional[Tensor], step: int,

@@ -26,6 +26,7 @@ macro_rules! on_device {
 }
 
 pub mod activation;
+pub mod additive_attention;
 pub mod attention;
 pub mod autocast;
 pub mod broadcast;
@@ -40,6 +41,7 @@ pub mod linear;
 pub mod matmul;
 pub mod quantized_linear;
 pub mod reduce;
+pub mod rnn;
 pub mod rows;
 pub mod shape;
 pub mod softmax;

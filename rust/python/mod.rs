@@ -9,6 +9,7 @@ mod gpu;
 mod optim;
 mod quantization;
 mod runtime;
+mod sequence;
 mod tensor;
 
 use pyo3::prelude::*;
@@ -24,5 +25,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     decode::register(m)?;
     gpu::register(m)?;
     quantization::register(m)?;
+    sequence::register(m)?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 * :class:`GPT`: a decoder-only causal language model (pre-LN, learned positions, tied head).
 * :class:`BertEncoder`: an encoder with a masked-LM head and the 80/10/10 masking rule.
 * :class:`Llama`: the Llama family (RMSNorm, rotary positions, SwiGLU, grouped-query attention).
+* :class:`RNNSeq2Seq`: RNNsearch, the attentional GRU encoder-decoder (a baseline).
 
 Every model has a JSON ``config`` and ``from_config``; :func:`load_model_state` puts a checkpoint's
 weights into a model after checking that the checkpoint was written by the same architecture.
@@ -26,8 +27,9 @@ from tfm_rs.models.presets import (
     transformer_tiny,
 )
 from tfm_rs.models.seq2seq import Seq2SeqTransformer
+from tfm_rs.models.rnn_seq2seq import RNNSeq2Seq
 
-ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama)}
+ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama, RNNSeq2Seq)}
 
 
 def load_model_state(model: Any, checkpoint: Any, ignore: Iterable[str] = ("dropout",)) -> None:
@@ -52,6 +54,7 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "Llama", "PRESETS", "Seq2SeqTransformer", "head_importance",
+__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "Llama", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
+           "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

@@ -7,12 +7,14 @@ move between the two with ``load_state_dict``.
 
 from tfm_rs import functional
 from tfm_rs.nn import init
+from tfm_rs.nn.additive_attention import AdditiveAttention
 from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
 from tfm_rs.nn.dropout import Dropout
 from tfm_rs.nn.linear import Identity, Linear
 from tfm_rs.nn.module import Module, ModuleList, Sequential
 from tfm_rs.nn.normalization import LayerNorm, RMSNorm
 from tfm_rs.nn.parameter import Parameter
+from tfm_rs.nn.rnn import GRU, LSTM
 from tfm_rs.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from tfm_rs.nn.sparse import Embedding
 from tfm_rs.nn.transformer import (
@@ -25,10 +27,13 @@ from tfm_rs.nn.transformer import (
 from tfm_rs.nn import utils  # noqa: E402  (after the layers: prune imports Module)
 
 __all__ = [
+    "AdditiveAttention",
     "Dropout",
     "Embedding",
     "GELU",
+    "GRU",
     "Identity",
+    "LSTM",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "Linear",
