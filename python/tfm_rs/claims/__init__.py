@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-from tfm_rs.claims import decoder_mask, depth, masks, multihead_cost, positions, sqrt_dk, teacher_forcing
+from tfm_rs.claims import decoder_mask, depth, masks, multihead_cost, positions, sqrt_dk, teacher_forcing, warmup
 from tfm_rs.claims.base import Claim, Outcome, Result, run_claim
 
 __all__ = ["CLAIMS", "Claim", "Outcome", "Result", "get", "run"]
 
 CLAIMS: Dict[str, Claim] = {c.name: c for c in sorted(
-    [sqrt_dk.CLAIM, multihead_cost.CLAIM, positions.SHIFT, positions.ORDER, depth.CLAIM, decoder_mask.MASK,
-     masks.CLAIM, decoder_mask.DEPENDENCY, teacher_forcing.CLAIM],
+    [sqrt_dk.CLAIM, multihead_cost.CLAIM, positions.SHIFT, positions.ORDER, depth.CLAIM, warmup.CLAIM,
+     decoder_mask.MASK, masks.CLAIM, decoder_mask.DEPENDENCY, teacher_forcing.CLAIM],
     key=lambda c: c.number)}
 
 
