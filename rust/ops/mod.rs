@@ -27,6 +27,7 @@ macro_rules! on_device {
 
 pub mod activation;
 pub mod attention;
+pub mod batch_norm;
 pub mod broadcast;
 pub mod cross_entropy;
 pub mod dropout;
@@ -34,6 +35,7 @@ pub mod elementwise;
 pub mod embedding;
 #[cfg(all(test, feature = "wgpu"))]
 mod gpu_tests;
+pub mod hash_embedding;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;

@@ -1,11 +1,13 @@
 //! The PyO3 bindings: the only code in the crate that knows about Python. Each file converts
 //! arguments, calls the core through `runtime::run`, and converts results back.
 
+mod batch_norm;
 mod convert;
 mod decode;
 mod errors;
 mod functional;
 mod gpu;
+mod hash_embedding;
 mod optim;
 mod runtime;
 mod tensor;
@@ -22,5 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     decode::register(m)?;
     gpu::register(m)?;
+    batch_norm::register(m)?;
+    hash_embedding::register(m)?;
     Ok(())
 }
