@@ -15,6 +15,7 @@ from tfm_rs.checkpoint import Checkpoint, check_compatible, check_state_dict_com
 from tfm_rs.models.bert import BertEncoder
 from tfm_rs.models.gpt import GPT
 from tfm_rs.models._pruning import head_importance
+from tfm_rs.models._reduction import factorize_ffn
 from tfm_rs.models.presets import (
     PRESETS,
     preset_config,
@@ -50,6 +51,6 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "PRESETS", "Seq2SeqTransformer", "head_importance",
+__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "PRESETS", "Seq2SeqTransformer", "factorize_ffn", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]
