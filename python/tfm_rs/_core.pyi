@@ -205,6 +205,14 @@ def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                            attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
                            is_causal: bool = False, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """The explicit path: ``(output, weights (…, L, S))``, weights after masking, before dropout."""
+def batch_norm(input: ArrayLike, keep: Optional[npt.ArrayLike], weight: Optional[ArrayLike],
+               bias: Optional[ArrayLike], running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               use_batch_stats: bool, eps: float, channels_last: bool
+               ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``(y, batch_mean, batch_unbiased_var)``; the statistics only when the batch's were used."""
+def hash_embedding(input: npt.ArrayLike, weight: ArrayLike, importance: Optional[ArrayLike], num_embeddings: int,
+                   num_hashes: int, seed: Optional[int]) -> Tensor:
+    """``seed=None``: the identity hash."""
 
 # ------------------------------------------------------------------------------ sequence ops (sequence.rs)
 

@@ -139,6 +139,15 @@ FIELDS: List[Field] = [
     _f("model", "norm_first", bool, None, "pre-LN layers instead of the paper's post-LN"),
     _f("model", "share_embeddings", bool, None, "one embedding matrix for source, target and output (text tasks "
        "with a joint tokenizer: default true)"),
+    _f("model", "norm", str, None, "normalization in every layer (default layer: the paper's LayerNorm; batch: "
+       "batch norm over the real tokens; the native decoder, so BLEU, needs layer)", ("layer", "rms", "batch")),
+    _f("model", "embedding_dim", int, None, "ALBERT-factorized embeddings: a vocab x embedding_dim table projected "
+       "to d_model (unties the embeddings)", positive=True),
+    _f("model", "hash_buckets", int, None, "hashed embeddings with this many shared buckets (unties the embeddings)",
+       positive=True),
+    _f("model", "num_hashes", int, None, "hashed embeddings: hash functions per token (default 2)", positive=True),
+    _f("model", "share_layers", bool, None, "ALBERT cross-layer sharing: one set of weights per stack"),
+    _f("model", "ffn_rank", int, None, "low-rank feed-forward layers of this rank", positive=True),
     # optim
     _f("optim", "schedule", str, None, "learning-rate schedule (default: cosine for numbers, noam otherwise)",
        ("noam", "inverse_sqrt", "cosine", "constant")),
@@ -409,12 +418,18 @@ def shipped_config(name: str) -> Optional[Path]:
     return None
 
 
+#: The ``[model]`` keys of the normalization switch and of parameter reduction, passed to every
+#: architecture as they are.
+REDUCTION_KEYS = ("norm", "embedding_dim", "hash_buckets", "num_hashes", "share_layers", "ffn_rank")
+
+
 def model_kwargs(cfg: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
     """The preset's shape with the ``[model]`` overrides, as Seq2SeqTransformer arguments
     (vocabulary sizes and special ids are added by the caller)."""
     m = cfg["model"]
     kw = dict(_presets()[m["preset"]])
-    for key in ("d_model", "nhead", "dim_feedforward", "dropout", "max_len", "norm_first", "share_embeddings"):
+    for key in ("d_model", "nhead", "dim_feedforward", "dropout", "max_len", "norm_first", "share_embeddings",
+                *REDUCTION_KEYS):
         if m[key] is not None:
             kw[key] = m[key]
     if m["layers"] is not None:

@@ -29,13 +29,16 @@ IdsLike = Union[np.ndarray, Sequence[int]]
 __all__ = [
     "add_layer_norm",
     "attention_with_weights",
+    "batch_norm",
     "cross_entropy",
     "dropout",
     "embedding",
     "gelu",
+    "hash_embedding",
     "layer_norm",
     "linear",
     "log_softmax",
+    "masked_batch_norm",
     "matmul",
     "relu",
     "rms_norm",
@@ -177,6 +180,65 @@ def _lengths(query: ArrayLike, key: ArrayLike) -> Tuple[int, int]:
         raise _core.ShapeError(f"scaled_dot_product_attention: query and key need (..., L, E), (..., S, E); "
                                f"got {tuple(qs)}, {tuple(ks)}")
     return int(qs[-2]), int(ks[-2])
+def batch_norm(input: ArrayLike, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """Batch normalization of ``input (N, C)`` or ``(N, C, L)`` per channel, as PyTorch's: with
+    ``training`` (or no running statistics) the batch's mean and biased variance normalize, and
+    ``running_mean``/``running_var`` (when given) move towards the batch's mean and *unbiased*
+    variance by ``momentum``, in place; otherwise the running statistics normalize. A training
+    batch needs more than one value per channel."""
+    return _batch_norm(input, None, running_mean, running_var, weight, bias, training, momentum, eps, False)
+
+
+def masked_batch_norm(input: ArrayLike, padding_mask: Optional[IdsLike], running_mean: Optional[Tensor],
+                      running_var: Optional[Tensor], weight: Optional[ArrayLike] = None,
+                      bias: Optional[ArrayLike] = None, training: bool = False, momentum: float = 0.1,
+                      eps: float = 1e-5) -> Tensor:
+    """Batch normalization of a padded sequence batch ``input (N, T, C)`` (channels last) whose
+    statistics skip the positions where ``padding_mask (N, T)`` is ``True`` (tfm_rs extension;
+    the key-padding convention of :class:`tfm_rs.nn.MultiheadAttention`). Padded positions are
+    normalized with the same statistics but do not move them; otherwise as :func:`batch_norm`."""
+    keep = None
+    if padding_mask is not None:
+        mask = np.asarray(padding_mask)
+        if mask.dtype != np.bool_:
+            raise _core.InvalidArgumentError(f"masked_batch_norm: padding_mask must be boolean, got {mask.dtype}")
+        shape = tuple(input.shape)
+        if len(shape) != 3 or mask.shape != shape[:2]:
+            raise _core.ShapeError(f"masked_batch_norm: padding_mask {mask.shape} must be (N, T) of an (N, T, C) "
+                                   f"input, got input {shape}")
+        keep = (~mask).astype(np.int64)
+    return _batch_norm(input, keep, running_mean, running_var, weight, bias, training, momentum, eps, True)
+
+
+def _batch_norm(input: ArrayLike, keep: Optional[np.ndarray], running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], weight: Optional[ArrayLike], bias: Optional[ArrayLike],
+                training: bool, momentum: Optional[float], eps: float, channels_last: bool) -> Tensor:
+    if (running_mean is None) != (running_var is None):
+        raise _core.InvalidArgumentError("batch_norm: give both running_mean and running_var, or neither")
+    use_batch = bool(training) or running_mean is None
+    y, mean, var = _core.batch_norm(input, keep, weight, bias, running_mean, running_var, use_batch, eps,
+                                    channels_last)
+    if training and running_mean is not None:
+        m = 0.0 if momentum is None else float(momentum)
+        # In place, as PyTorch: the (C,) buffers are tiny, so NumPy arithmetic costs nothing here.
+        running_mean.copy_((1.0 - m) * running_mean.numpy() + m * mean.numpy())
+        running_var.copy_((1.0 - m) * running_var.numpy() + m * var.numpy())
+    return y
+
+
+def hash_embedding(input: IdsLike, weight: ArrayLike, importance: Optional[ArrayLike], num_embeddings: int,
+                   num_hashes: int = 2, seed: Optional[int] = 0) -> Tensor:
+    """Hash embedding (Svenstrup et al. 2017; tfm_rs extension): each id of ``input`` (any shape,
+    in ``[0, num_embeddings)``) sums ``num_hashes`` rows of the bucket pool ``weight
+    (num_buckets, D)``, chosen by fixed integer hashes keyed by ``seed``, weighted by its row of
+    ``importance (num_embeddings, num_hashes)`` (unit weights when ``None``) →
+    ``input.shape + (D,)``. ``seed=None`` is the identity hash ``id mod num_buckets``."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise _core.InvalidArgumentError(f"hash_embedding: seed must be an integer, got {seed!r}")
+    s = None if seed is None else int(seed) % (1 << 64)
+    return _core.hash_embedding(input, weight, importance, int(num_embeddings), int(num_hashes), s)
 
 
 def _shape(normalized_shape: Union[int, Sequence[int]]) -> list:

@@ -173,11 +173,14 @@ def build_model(cfg: Config, data: Data) -> Any:
 
     tfm_rs.manual_seed(cfg["train"]["seed"])
     kw = cfg_lib.model_kwargs(cfg)
+    reduced = {k: kw[k] for k in cfg_lib.REDUCTION_KEYS if k in kw}
+    # Factorized and hashed embeddings have no table to tie an output projection to.
+    untied = "embedding_dim" in reduced or "hash_buckets" in reduced
     if data.kind == "lm":
         return GPT(data.tgt_vocab_size, d_model=kw["d_model"], nhead=kw["nhead"],
                    num_layers=kw["num_decoder_layers"], dim_feedforward=kw["dim_feedforward"],
-                   dropout=kw["dropout"], max_len=kw["max_len"])
-    if data.task is None:  # a joint tokenizer: share the embeddings unless told otherwise
+                   dropout=kw["dropout"], max_len=kw["max_len"], tie_weights=not untied, **reduced)
+    if data.task is None and not untied:  # a joint tokenizer: share the embeddings unless told otherwise
         kw.setdefault("share_embeddings", True)
     return Seq2SeqTransformer(data.src_vocab_size, data.tgt_vocab_size, pad_id=data.pad_id, bos_id=data.bos_id,
                               eos_id=data.eos_id, **kw)

@@ -29,6 +29,7 @@ pub mod activation;
 pub mod additive_attention;
 pub mod attention;
 pub mod autocast;
+pub mod batch_norm;
 pub mod broadcast;
 pub mod cross_entropy;
 pub mod dropout;
@@ -36,6 +37,7 @@ pub mod elementwise;
 pub mod embedding;
 #[cfg(all(test, feature = "wgpu"))]
 mod gpu_tests;
+pub mod hash_embedding;
 pub mod layer_norm;
 pub mod linear;
 pub mod matmul;

@@ -1,11 +1,13 @@
 //! The PyO3 bindings: the only code in the crate that knows about Python. Each file converts
 //! arguments, calls the core through `runtime::run`, and converts results back.
 
+mod batch_norm;
 mod convert;
 mod decode;
 mod errors;
 mod functional;
 mod gpu;
+mod hash_embedding;
 mod optim;
 mod quantization;
 mod runtime;
@@ -26,5 +28,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gpu::register(m)?;
     quantization::register(m)?;
     sequence::register(m)?;
+    batch_norm::register(m)?;
+    hash_embedding::register(m)?;
     Ok(())
 }

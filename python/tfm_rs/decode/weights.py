@@ -18,6 +18,9 @@ def _linear(m: nn.Linear) -> Tuple[Any, Any]:
 
 
 def _norm(m: Optional[nn.LayerNorm]) -> Optional[Tuple[Any, Any]]:
+    if m is not None and not isinstance(m, nn.LayerNorm):
+        raise InvalidArgumentError(f"the native decoder runs LayerNorm models only, this one has {type(m).__name__} "
+                                   "(norm='rms' or 'batch'); evaluate it with teacher forcing (forward/loss)")
     return None if m is None else (m.weight, m.bias)
 
 

@@ -18,6 +18,7 @@ from tfm_rs.models.bert import BertEncoder
 from tfm_rs.models.gpt import GPT
 from tfm_rs.models.llama import Llama
 from tfm_rs.models._pruning import head_importance
+from tfm_rs.models._reduction import factorize_ffn
 from tfm_rs.models.presets import (
     PRESETS,
     preset_config,
@@ -55,6 +56,6 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
 
 
 __all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "Llama", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
-           "head_importance",
+           "factorize_ffn", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

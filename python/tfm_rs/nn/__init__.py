@@ -9,10 +9,15 @@ from tfm_rs import functional
 from tfm_rs.nn import init
 from tfm_rs.nn.additive_attention import AdditiveAttention
 from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
+from tfm_rs.nn.batch_norm import BatchNorm1d, MaskedBatchNorm1d
 from tfm_rs.nn.dropout import Dropout
+from tfm_rs.nn.factorized import FactorizedEmbedding
+from tfm_rs.nn.hash_embedding import HashEmbedding
 from tfm_rs.nn.linear import Identity, Linear
+from tfm_rs.nn.low_rank import LowRankLinear
 from tfm_rs.nn.module import Module, ModuleList, Sequential
 from tfm_rs.nn.normalization import LayerNorm, RMSNorm
+from tfm_rs.nn.norms import make_norm
 from tfm_rs.nn.parameter import Parameter
 from tfm_rs.nn.rnn import GRU, LSTM
 from tfm_rs.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -28,15 +33,20 @@ from tfm_rs.nn import utils  # noqa: E402  (after the layers: prune imports Modu
 
 __all__ = [
     "AdditiveAttention",
+    "BatchNorm1d",
     "Dropout",
     "Embedding",
+    "FactorizedEmbedding",
     "GELU",
     "GRU",
+    "HashEmbedding",
     "Identity",
     "LSTM",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "Linear",
+    "LowRankLinear",
+    "MaskedBatchNorm1d",
     "Module",
     "ModuleList",
     "MultiheadAttention",
@@ -52,5 +62,6 @@ __all__ = [
     "TransformerEncoderLayer",
     "functional",
     "init",
+    "make_norm",
     "utils",
 ]
