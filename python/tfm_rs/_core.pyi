@@ -189,6 +189,12 @@ def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                            attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
                            is_causal: bool = False, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """The explicit path: ``(output, weights (…, L, S))``, weights after masking, before dropout."""
+def scaled_dot_product_attention_structured(query: ArrayLike, key: ArrayLike, value: ArrayLike, mask: tuple,
+                                            dropout_p: float = 0.0, scale: Optional[float] = None) -> Tensor:
+    """Fused attention under a structured mask (``tfm_rs.masks.Mask._spec(L, S)``): the
+    block-skipping kernel (empty 64×64 tiles skipped, partial ones masked from indices)."""
+def mask_explain(mask: tuple, samples: int, l: int, s: int) -> Tuple[int, int, int, int]:
+    """``(allowed pairs, full, partial, empty 64×64 tiles)`` of a mask spec over ``samples`` samples."""
 
 # ------------------------------------------------------------------------------ optimizers (optim.rs)
 
