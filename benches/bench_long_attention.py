@@ -14,6 +14,7 @@ mask and its scores grow as T²). ``--quick`` stops at 16k; ``--smoke`` runs T =
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import resource
@@ -100,12 +101,9 @@ def main() -> None:
     ts = [t for t in args.t if not (args.quick and t > 16384)]
     if args.smoke:
         ts, args.repeat = [300], 1
-    try:
-        import torch  # noqa: F401
-
-        has_torch = True
-    except ImportError:  # a benchmark baseline only
-        has_torch = False
+    # Not imported here: a worker inherits this process's peak RSS through fork (Linux keeps the
+    # high-water mark across exec), and torch alone is ~500 MB.
+    has_torch = importlib.util.find_spec("torch") is not None  # a benchmark baseline only
     print(f"{cpu_model()}, {args.threads} threads; batch 1, {HEADS} heads, head dim {HEAD_DIM}, window "
           f"{WINDOW}+{WINDOW} with {GLOBALS} global tokens; forward + backward, median seconds; peak RSS "
           f"per process; torch {'installed' if has_torch else 'not installed'}")

@@ -225,6 +225,12 @@ def rnn_layer(mode: str, input: ArrayLike, hx: ArrayLike, weight_ih: ArrayLike, 
 
 def additive_attention_scores(query: ArrayLike, key: ArrayLike, v: ArrayLike) -> Tensor:
     """``Σ_h v_h·tanh(query[b, i, h] + key[b, j, h])``: (B, Tq, H), (B, Tk, H), (H,) → (B, Tq, Tk)."""
+def scaled_dot_product_attention_structured(query: ArrayLike, key: ArrayLike, value: ArrayLike, mask: tuple,
+                                            dropout_p: float = 0.0, scale: Optional[float] = None) -> Tensor:
+    """Fused attention under a structured mask (``tfm_rs.masks.Mask._spec(L, S)``): the
+    block-skipping kernel (empty 64×64 tiles skipped, partial ones masked from indices)."""
+def mask_explain(mask: tuple, samples: int, l: int, s: int) -> Tuple[int, int, int, int]:
+    """``(allowed pairs, full, partial, empty 64×64 tiles)`` of a mask spec over ``samples`` samples."""
 
 # ------------------------------------------------------------------------------ optimizers (optim.rs)
 

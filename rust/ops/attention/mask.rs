@@ -270,7 +270,10 @@ impl StructuredMask {
     }
 
     /// Sets the scores of a tile that the mask hides to −∞. `s[r·rs + c·cs]` holds query
-    /// `i0 + r` against key `j0 + c` (the layout of `AttentionConfig::mask_block`).
+    /// `i0 + r` against key `j0 + c` (the layout of `AttentionConfig::mask_block`), `rows` and
+    /// `cols` at most [`ROW`]. The flags are gathered first and applied along the contiguous
+    /// axis with a select, which vectorizes (a branch per masked score cost more than the
+    /// tile's products).
     #[inline(always)]
     pub(super) fn mask_block(
         &self,
@@ -279,14 +282,26 @@ impl StructuredMask {
         (j0, cols, cs): (usize, usize, usize),
         s: &mut [f32],
     ) {
-        let mut ok = [false; ROW];
-        for c0 in (0..cols).step_by(ROW) {
-            let n = ROW.min(cols - c0);
-            for r in 0..rows {
-                self.row(head, i0 + r, j0 + c0, &mut ok[..n]);
-                for (c, _) in ok[..n].iter().enumerate().filter(|(_, &a)| !a) {
-                    s[r * rs + (c0 + c) * cs] = f32::NEG_INFINITY;
-                }
+        debug_assert!(rows <= ROW && cols <= ROW);
+        let mut ok = [[false; ROW]; ROW];
+        for (r, row) in ok.iter_mut().enumerate().take(rows) {
+            self.row(head, i0 + r, j0, &mut row[..cols]);
+        }
+        let select = |x: f32, keep: bool| if keep { x } else { f32::NEG_INFINITY };
+        if cs == 1 {
+            for (r, row) in ok.iter().enumerate().take(rows) {
+                let line = &mut s[r * rs..r * rs + cols];
+                line.iter_mut()
+                    .zip(&row[..cols])
+                    .for_each(|(x, &k)| *x = select(*x, k));
+            }
+        } else {
+            debug_assert_eq!(rs, 1, "mask_block: neither axis is contiguous");
+            for c in 0..cols {
+                let line = &mut s[c * cs..c * cs + rows];
+                line.iter_mut()
+                    .enumerate()
+                    .for_each(|(r, x)| *x = select(*x, ok[r][c]));
             }
         }
     }
