@@ -73,3 +73,40 @@ unsafe fn rows<const R: usize>(t: &Tile) {
         }
     }
 }
+
+/// [`super::quantize_row`] with AVX-512, to the same bits: min and max are exact, the products
+/// are the same f32 products, and `vcvtps2dq` rounds half to even like the scalar `rint`.
+///
+/// # Safety
+/// The CPU has AVX-512 F and BW.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    let n = x.len().min(out.len());
+    let mask = |i: usize| -> __mmask16 {
+        if n - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    };
+    // Masked-off lanes load as 0, which the range always includes.
+    let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for i in (0..n).step_by(16) {
+        let v = _mm512_maskz_loadu_ps(mask(i), x.as_ptr().add(i));
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+    }
+    let (scale, inv, zero) = super::row_params(_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi));
+    let (vinv, vzero) = (_mm512_set1_ps(inv), _mm512_set1_epi32(zero));
+    let (lim_lo, lim_hi) = (_mm512_set1_ps(-512.0), _mm512_set1_ps(512.0));
+    let (q_lo, q_hi) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
+    for i in (0..n).step_by(16) {
+        let m = mask(i);
+        let y = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x.as_ptr().add(i)), vinv);
+        let y = _mm512_min_ps(_mm512_max_ps(y, lim_lo), lim_hi);
+        let q = _mm512_add_epi32(_mm512_cvtps_epi32(y), vzero);
+        let q = _mm512_min_epi32(_mm512_max_epi32(q, q_lo), q_hi);
+        _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(i) as *mut _, m, q);
+    }
+    (scale, zero)
+}

@@ -97,6 +97,18 @@ pub fn padded_depth(k: usize) -> usize {
     k.div_ceil(4) * 4
 }
 
+/// The row stride of quantized activations: [`padded_depth`], plus one cache line where that is
+/// a multiple of 512 bytes, whose rows would otherwise fall into the same few L1 sets (a tile
+/// reads 12 rows at once).
+pub fn row_stride(k: usize) -> usize {
+    let kp = padded_depth(k);
+    if kp % 512 == 0 {
+        kp + 64
+    } else {
+        kp
+    }
+}
+
 /// Round half to even, as `numpy.rint`, for |x| < 2²²: adding and removing 1.5·2²³ leaves the
 /// sum's rounding (to nearest, ties to even) to the FPU, in a form that vectorizes without SSE4.1.
 #[inline]
@@ -105,7 +117,7 @@ fn rint(x: f32) -> f32 {
     (x + MAGIC) - MAGIC
 }
 
-/// Activations quantized per row: `data (rows, lda)` u8 with `lda = padded_depth(k)`,
+/// Activations quantized per row: `data (rows, lda)` u8 with `lda = row_stride(k)`,
 /// `x[i][q] ≈ scales[i]·(data[i][q] − zeros[i])`.
 #[derive(Clone, Debug)]
 pub struct QuantizedRows {
@@ -121,16 +133,30 @@ pub struct QuantizedRows {
 /// `clamp(rint(x·(1/s)) + z, 0, 255)`, the product by the reciprocal in f32 (a reference must
 /// do the same to agree to the last bit), clamped before rounding so that `rint` stays exact.
 fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if QIsa::active() == QIsa::Vnni {
+        // SAFETY: the VNNI path implies AVX-512 F and BW.
+        return unsafe { kernel_vnni::quantize_row(x, out) };
+    }
+    quantize_row_portable(x, out)
+}
+
+fn quantize_row_portable(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     let (lo, hi) = x
         .iter()
         .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let (scale, inv, zero) = row_params(lo, hi);
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (rint((v * inv).clamp(-512.0, 512.0)) + zero as f32).clamp(0.0, 255.0) as u8;
+    }
+    (scale, zero)
+}
+
+/// A row's scale, its reciprocal and its zero point, from the row's range `[lo, hi]` ∋ 0.
+fn row_params(lo: f32, hi: f32) -> (f32, f32, i32) {
     let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
     let inv = 1.0 / scale;
-    let zero = rint((-lo * inv).clamp(0.0, 255.0));
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = (rint((v * inv).clamp(-512.0, 512.0)) + zero).clamp(0.0, 255.0) as u8;
-    }
-    (scale, zero as i32)
+    (scale, inv, rint((-lo * inv).clamp(0.0, 255.0)) as i32)
 }
 
 /// Quantizes `x (rows, k)` row by row (in parallel when large). Errors on NaN or infinity,
@@ -148,7 +174,7 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> Result<QuantizedRows> 
             "the input holds NaN or infinity, which int8 cannot represent",
         ));
     }
-    let lda = padded_depth(k);
+    let lda = row_stride(k);
     let mut data = vec![0u8; rows * lda];
     let mut params = vec![(0.0f32, 0i32); rows];
     if rows > 0 && k > 0 {
@@ -428,7 +454,7 @@ pub fn qgemm(a: &QuantizedRows, b: &PackedQB, out: Output, parallel: bool) -> Re
     );
     let (m, n) = (a.rows, b.n);
     let len = m * n;
-    if a.k != b.k || a.lda != padded_depth(a.k) || a.data.len() != m * a.lda {
+    if a.k != b.k || a.lda < padded_depth(a.k) || a.data.len() != m * a.lda {
         return Err(TfmError::shape(
             OP,
             format!(

@@ -21,7 +21,7 @@ impl Rng {
 /// Activations with the given values (row-major `m×k`), zero points and scales, laid out as
 /// `quantize_rows` lays them out.
 fn rows_of(values: &[u8], m: usize, k: usize, zeros: Vec<i32>, scales: Vec<f32>) -> QuantizedRows {
-    let lda = padded_depth(k);
+    let lda = row_stride(k);
     let mut data = vec![0u8; m * lda];
     for i in 0..m {
         data[i * lda..][..k].copy_from_slice(&values[i * k..][..k]);
@@ -119,7 +119,7 @@ fn case(
 }
 
 const SIZES: [usize; 5] = [1, 3, 17, 33, 127];
-const DEPTHS: [usize; 9] = [1, 2, 3, 4, 5, 17, 63, 127, 258];
+const DEPTHS: [usize; 10] = [1, 2, 3, 4, 5, 17, 63, 127, 258, 512];
 
 #[test]
 fn every_path_matches_the_integer_reference_bit_for_bit() {
@@ -263,4 +263,34 @@ fn bad_input_is_an_error() {
     let b = PackedQB::new(&w, 0..2);
     assert!(quantized_matmul(&[1.0; 4], 1, &b, None, false).is_err());
     assert!(quantized_matmul(&[1.0; 3], 1, &b, Some(&[1.0; 3]), false).is_err());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vectorized_activation_quantization_equals_the_portable_one() {
+    if !QIsa::Vnni.is_supported() {
+        eprintln!("skipped: no AVX-512 VNNI on this CPU");
+        return;
+    }
+    let mut rng = Rng(31337);
+    for &k in &[1usize, 3, 15, 16, 17, 127, 512] {
+        for spread in [1e-30f32, 1e-3, 1.0, 1e6] {
+            let mut x: Vec<f32> = (0..k).map(|_| rng.f32() * spread).collect();
+            x[k / 2] = 0.0;
+            if k > 2 {
+                x[1] = x[1].abs() + 0.5 * spread; // ties and the ends of the range
+                x[2] = -x[1];
+            }
+            let (mut a, mut b) = (vec![0u8; k], vec![0u8; k]);
+            let pa = quantize_row_portable(&x, &mut a);
+            // SAFETY: VNNI implies AVX-512 F and BW (checked above).
+            let pb = unsafe { kernel_vnni::quantize_row(&x, &mut b) };
+            assert_eq!(
+                (pa.0.to_bits(), pa.1),
+                (pb.0.to_bits(), pb.1),
+                "k={k} spread={spread}"
+            );
+            assert_eq!(a, b, "k={k} spread={spread}");
+        }
+    }
 }
