@@ -149,14 +149,15 @@ def bench_training(steps, rounds, max_tokens, vocab, seed):
 
         runners["torch f32"] = torch_runner(False)
         runners["torch bf16"] = torch_runner(True)
-    for run in runners.values():  # one untimed pass each: allocations, caches
-        run()
+    for k, run in runners.items():  # one untimed pass each: allocations, caches
+        print(f"  warm-up: {k} {run()[0]:.0f} tok/s", flush=True)
     tps = {k: [] for k in runners}
     loss = {}
-    for _ in range(rounds):
+    for r in range(rounds):
         for k, run in runners.items():
             t, loss[k] = run()
             tps[k].append(t)
+            print(f"  round {r + 1}: {k} {t:.0f} tok/s", flush=True)
     med = {k: statistics.median(v) for k, v in tps.items()}
     ntok = sum(b.num_tokens + b.num_src_tokens for b in batches) / len(batches)
     print(f"\ntraining step, small preset shape, {len(batches)} synthetic batches of ~{ntok:.0f} real tokens "
@@ -179,8 +180,14 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=3000)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--skip-gemm", action="store_true", help="only the training step")
+    p.add_argument("--no-torch", action="store_true", help="tfm_rs columns only (PyTorch CPU training under heavy "
+                   "load from other processes can take minutes per step)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 round: checks that it runs")
     args = p.parse_args()
+    global torch
+    if args.no_torch:
+        torch = None
     if args.smoke:
         args.sizes, args.repeats, args.steps, args.rounds, args.max_tokens = [64, 130], 1, 2, 1, 300
     threads = args.threads or tfm_rs.get_num_threads()
@@ -191,7 +198,8 @@ def main() -> None:
     print(f"bf16 path: {path}; {threads} threads; torch {'absent' if torch is None else torch.__version__}")
     if note:
         print(f"note: {note}")
-    bench_gemm(args.sizes, args.repeats, args.rounds)
+    if not args.skip_gemm:
+        bench_gemm(args.sizes, args.repeats, args.rounds)
     bench_training(args.steps, args.rounds, args.max_tokens, 8000, args.seed)
 
 

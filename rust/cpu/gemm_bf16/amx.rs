@@ -6,10 +6,11 @@
 //! tile of `B` (stored as 16 rows of column pairs, the packing of `native.rs` at width 16) into
 //! 16×16 f32 accumulators.
 //!
-//! Each work item packs its rows of `A` as bf16 pairs, row-major (`A` tiles load straight from
-//! it), and reads `B` packed once up front in 16-column panels. A 32×32 block of `C` lives in
-//! the four tile registers tmm0–3 across all of `k` (tmm4–5: `A`, tmm6–7: `B`), then goes
-//! through a stack buffer to apply α, β, the edges and the epilogue.
+//! `B` is packed once up front in `KC`-deep slices of 16-column panels. Each work item (a block
+//! of rows × a run of column blocks) packs its rows of `A` per slice as bf16 pairs, row-major
+//! (`A` tiles load straight from it). A 32×32 block of `C` lives in the four tile registers
+//! tmm0–3 over one slice (tmm4–5: `A`, tmm6–7: `B`), then goes through a stack buffer that
+//! adds it to `C` with α, β, the edges and (after the last slice) the epilogue.
 //!
 //! Linux gives a process the AMX register state only on request (`arch_prctl`,
 //! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once and reports whether it was granted.
@@ -22,11 +23,16 @@ use std::cell::Cell;
 use std::sync::OnceLock;
 
 /// Rows of a work item's `A` block (a multiple of the 32-row tile block).
-const MB: usize = 128;
-/// Packed `B` per run of column blocks an item's rows sweep together: with the item's `A`
-/// rows (`MB×k` bf16, 512 KiB at k = 2048) it fits a 2 MiB L2. Without it each 32-row block
-/// streamed all of `B` from L3 (2048³: 79 GFLOP/s).
-const CHUNK_B_BYTES: usize = 1024 * 1024;
+const MB: usize = 256;
+/// Depth of one k-slice (a multiple of 32). A slice of the item's `A` rows (`MB×KC` bf16,
+/// 256 KiB) stays in L2 and a 32-row block of it (32 KiB) in L1 while the item's `B` column
+/// blocks (32 KiB each) stream past; with all of `k` at once, k = 8000 (the output layer's
+/// dX) made every block stream both operands from L3.
+const KC: usize = 512;
+/// Packed `B` per run of column blocks that an item's rows sweep together (per slice): it
+/// and the item's `A` slice (`MB×KC` bf16, 256 KiB) stay in a 2 MiB L2, so `B` comes from L3
+/// once per item instead of once per 32-row block (2048³ ran at ~80 GFLOP/s that way).
+const CHUNK_B_BYTES: usize = 512 * 1024;
 /// Below this many multiply-adds a call stays on one thread.
 const PARALLEL_MIN_MACS: usize = 128 * 128 * 128;
 
@@ -159,29 +165,39 @@ pub(super) fn gemm(
     } else {
         1
     };
-    let kpp = k.div_ceil(32) * 16;
-    let blocks_n = n.div_ceil(32);
-    with_buffer(&PACK_B, blocks_n * 2 * 16 * kpp, |packed_b| {
-        let pack_panel = |(t, d): (usize, &mut [u32])| {
-            let j0 = (16 * t).min(n);
-            let w = 16.min(n - j0);
-            if w == 0 {
-                d.fill(0);
+    // Equal slices of whole 32-deep tile steps; every slice but the last is full, so slice
+    // `pc` starts at pair `pc/2` of every panel's run.
+    let kc_max = k.div_ceil(k.div_ceil(KC)).next_multiple_of(32);
+    let pairs = |kc: usize| kc.div_ceil(32) * 16;
+    let slices: Vec<(usize, usize)> = (0..k)
+        .step_by(kc_max)
+        .map(|pc| (pc, kc_max.min(k - pc)))
+        .collect();
+    let kpp_all: usize = slices.iter().map(|&(_, kc)| pairs(kc)).sum();
+    let panels = n.div_ceil(32) * 2;
+    let blocks_n = panels / 2;
+    with_buffer(&PACK_B, panels * 16 * kpp_all, |packed_b| {
+        for &(pc, kc) in &slices {
+            let kps = pairs(kc);
+            let slice = &mut packed_b[panels * 16 * (pc / 2)..][..panels * 16 * kps];
+            let pack_panel = |(t, d): (usize, &mut [u32])| {
+                let j0 = (16 * t).min(n);
+                let w = 16.min(n - j0);
+                if w == 0 {
+                    d.fill(0);
+                } else {
+                    // SAFETY: AMX implies AVX-512 (checked by the caller).
+                    unsafe { pack_pairs(&b, pc, kc, j0, w, 16, kps, d) };
+                }
+            };
+            if threads > 1 {
+                slice
+                    .par_chunks_mut(16 * kps)
+                    .enumerate()
+                    .for_each(pack_panel);
             } else {
-                // SAFETY: AMX implies AVX-512 (checked by the caller).
-                unsafe { pack_pairs(&b, 0, k, j0, w, 16, kpp, d) };
+                slice.chunks_mut(16 * kps).enumerate().for_each(pack_panel);
             }
-        };
-        if threads > 1 {
-            packed_b
-                .par_chunks_mut(16 * kpp)
-                .enumerate()
-                .for_each(pack_panel);
-        } else {
-            packed_b
-                .chunks_mut(16 * kpp)
-                .enumerate()
-                .for_each(pack_panel);
         }
         let packed_b = &*packed_b;
         let mb = MB.min(m.div_ceil(32) * 32);
@@ -197,46 +213,60 @@ pub(super) fn gemm(
             let rows = mb.min(m - ic);
             let padded = rows.div_ceil(32) * 32;
             let (s0, s1) = (g * run, ((g + 1) * run).min(blocks_n));
-            with_buffer(&PACK_A, padded * kpp, |a_pack| {
-                // Row i of A is column i of Aᵀ: one panel of width 1 per row.
-                // SAFETY: as above.
-                unsafe { pack_pairs(&a_t, 0, k, ic, rows, 1, kpp, &mut a_pack[..rows * kpp]) };
-                a_pack[rows * kpp..].fill(0);
+            with_buffer(&PACK_A, padded * pairs(kc_max), |a_buf| {
                 let mut out = [0f32; 1024];
                 // SAFETY: AMX is available (the caller); the tile configuration is this
                 // thread's and released below.
                 unsafe {
                     asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
                 };
-                // Runs of column blocks whose packed B (CHUNK_B_BYTES) stays in L2 while
-                // all of the item's rows pass over it.
-                let chunk = (CHUNK_B_BYTES / (32 * kpp * 4)).max(1);
-                for c0 in (s0..s1).step_by(chunk) {
-                    for r0 in (0..rows).step_by(32) {
-                        let a_rows = a_pack[r0 * kpp..].as_ptr();
-                        for s in c0..(c0 + chunk).min(s1) {
-                            let b0 = packed_b[2 * s * 16 * kpp..].as_ptr();
-                            let b1 = packed_b[(2 * s + 1) * 16 * kpp..].as_ptr();
-                            // SAFETY: 32 rows of kpp pairs from r0 (padded), two panels of kpp.
-                            unsafe { block(kpp, a_rows, b0, b1, &mut out) };
-                            let (i0, j0) = (ic + r0, 32 * s);
-                            let (h, w) = (32.min(ic + rows - i0), 32.min(n - j0));
-                            for (i, acc) in out.chunks_exact(32).take(h).enumerate() {
-                                // SAFETY: row i0+i, columns j0..j0+w lie inside the validated C
-                                // and belong to this item alone.
-                                let row = unsafe {
-                                    std::slice::from_raw_parts_mut(c_ptr.at((i0 + i) * ldc + j0), w)
-                                };
-                                if beta == 0.0 {
-                                    for (y, &v) in row.iter_mut().zip(acc) {
-                                        *y = alpha * v;
+                for &(pc, kc) in &slices {
+                    let kps = pairs(kc);
+                    let a_pack = &mut a_buf[..padded * kps];
+                    // Row i of A is column i of Aᵀ: one panel of width 1 per row.
+                    // SAFETY: as above.
+                    unsafe {
+                        pack_pairs(&a_t, pc, kc, ic, rows, 1, kps, &mut a_pack[..rows * kps])
+                    };
+                    a_pack[rows * kps..].fill(0);
+                    let a_pack = &*a_pack;
+                    let b_slice = &packed_b[panels * 16 * (pc / 2)..];
+                    let (step_beta, last) = (if pc == 0 { beta } else { 1.0 }, pc + kc == k);
+                    // Runs of column blocks whose slice of B (CHUNK_B_BYTES) stays in L2
+                    // while all of the item's rows pass over it.
+                    let chunk = (CHUNK_B_BYTES / (128 * kps)).max(1);
+                    for c0 in (s0..s1).step_by(chunk) {
+                        for r0 in (0..rows).step_by(32) {
+                            let a_rows = a_pack[r0 * kps..].as_ptr();
+                            for s in c0..(c0 + chunk).min(s1) {
+                                let b0 = b_slice[2 * s * 16 * kps..].as_ptr();
+                                let b1 = b_slice[(2 * s + 1) * 16 * kps..].as_ptr();
+                                // SAFETY: 32 rows of kps pairs from r0 (padded), two panels of kps.
+                                unsafe { block(kps, a_rows, b0, b1, &mut out) };
+                                let (i0, j0) = (ic + r0, 32 * s);
+                                let (h, w) = (32.min(ic + rows - i0), 32.min(n - j0));
+                                for (i, acc) in out.chunks_exact(32).take(h).enumerate() {
+                                    // SAFETY: row i0+i, columns j0..j0+w lie inside the validated C
+                                    // and belong to this item alone.
+                                    let row = unsafe {
+                                        std::slice::from_raw_parts_mut(
+                                            c_ptr.at((i0 + i) * ldc + j0),
+                                            w,
+                                        )
+                                    };
+                                    if step_beta == 0.0 {
+                                        for (y, &v) in row.iter_mut().zip(acc) {
+                                            *y = alpha * v;
+                                        }
+                                    } else {
+                                        for (y, &v) in row.iter_mut().zip(acc) {
+                                            *y = alpha.mul_add(v, step_beta * *y);
+                                        }
                                     }
-                                } else {
-                                    for (y, &v) in row.iter_mut().zip(acc) {
-                                        *y = alpha.mul_add(v, beta * *y);
+                                    if last {
+                                        apply_epilogue(epilogue, row, j0);
                                     }
                                 }
-                                apply_epilogue(epilogue, row, j0);
                             }
                         }
                     }
