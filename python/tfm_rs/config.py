@@ -381,6 +381,12 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {o['label_smoothing']}")
     if m["dropout"] is not None and not 0.0 <= m["dropout"] < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m['dropout']}")
+    if m["share_embeddings"] and (m["embedding_dim"] or m["hash_buckets"]):
+        raise ConfigError("model.embedding_dim / model.hash_buckets leave no table to share: set "
+                          "share_embeddings = false (flag --no-share-embeddings)")
+    if m["norm"] not in (None, "layer") and t["bleu_every"]:
+        raise ConfigError(f"model.norm = {m['norm']!r}: BLEU during training needs the native decoder, which runs "
+                          "LayerNorm models only; set train.bleu_every = 0 (flag --bleu-every 0)")
     preset = _presets()[m["preset"]]
     d_model = m["d_model"] or preset["d_model"]
     nhead = m["nhead"] or preset["nhead"]
