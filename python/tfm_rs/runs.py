@@ -320,9 +320,9 @@ def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, 
                                    num_beams=beams, length_penalty=t["length_penalty"])
 
     results: Dict[str, Any] = {"command": command, "steps": trainer.step}
-    if test is not None and model.config.get("norm", "layer") != "layer":
-        out(f"test BLEU skipped: the native decoder runs LayerNorm models only (model.norm = "
-            f"{model.config['norm']!r}); the validation loss below is teacher-forced")
+    if test is not None and model.config.get("norm") == "batch":
+        out("test BLEU skipped: the native decoder runs LayerNorm and RMSNorm models only (model.norm = 'batch'); "
+            "the validation loss below is teacher-forced")
         test = None
     if averager.count:
         if test is not None:
