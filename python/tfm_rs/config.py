@@ -140,7 +140,7 @@ FIELDS: List[Field] = [
     _f("model", "share_embeddings", bool, None, "one embedding matrix for source, target and output (text tasks "
        "with a joint tokenizer: default true)"),
     _f("model", "norm", str, None, "normalization in every layer (default layer: the paper's LayerNorm; batch: "
-       "batch norm over the real tokens; the native decoder, so BLEU, needs layer)", ("layer", "rms", "batch")),
+       "batch norm over the real tokens; the native decoder, so BLEU, needs layer or rms)", ("layer", "rms", "batch")),
     _f("model", "embedding_dim", int, None, "ALBERT-factorized embeddings: a vocab x embedding_dim table projected "
        "to d_model (unties the embeddings)", positive=True),
     _f("model", "hash_buckets", int, None, "hashed embeddings with this many shared buckets (unties the embeddings)",
@@ -384,6 +384,12 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {o['label_smoothing']}")
     if m["dropout"] is not None and not 0.0 <= m["dropout"] < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m['dropout']}")
+    if m["share_embeddings"] and (m["embedding_dim"] or m["hash_buckets"]):
+        raise ConfigError("model.embedding_dim / model.hash_buckets leave no table to share: set "
+                          "share_embeddings = false (flag --no-share-embeddings)")
+    if m["norm"] == "batch" and t["bleu_every"]:
+        raise ConfigError("model.norm = 'batch': BLEU during training needs the native decoder, which runs LayerNorm "
+                          "and RMSNorm models only; set train.bleu_every = 0 (flag --bleu-every 0)")
     preset = _presets()[m["preset"]]
     d_model = m["d_model"] or preset["d_model"]
     nhead = m["nhead"] or preset["nhead"]

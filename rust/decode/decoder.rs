@@ -146,10 +146,18 @@ impl PackedWeights {
     }
 }
 
-fn norm(x: &[f32], residual: Option<&[f32]>, n: usize, d: usize, p: &Norm, eps: f32) -> Vec<f32> {
+/// `(eps, centred)`: the norms' epsilon and LayerNorm (`true`) or RMSNorm (`false`).
+fn norm(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    n: usize,
+    d: usize,
+    p: &Norm,
+    eps: (f32, bool),
+) -> Vec<f32> {
     let w = p.weight.as_ref().map(|t| t.data());
     let b = p.bias.as_ref().map(|t| t.data());
-    layer_norm_forward(x, residual, n, d, w, b, eps, true).y
+    layer_norm_forward(x, residual, n, d, w, b, eps.0, eps.1).y
 }
 
 fn gemm_activation(kind: ActivationKind) -> Activation {
@@ -443,7 +451,7 @@ impl Decoder {
     /// row's last new token, `(rows, V)`.
     pub fn feed(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<f32>> {
         let w = Arc::clone(&self.w);
-        let (d, dh, eps) = (w.d_model(), w.head_dim, w.eps);
+        let (d, dh, eps) = (w.d_model(), w.head_dim, (w.eps, w.centred));
         if tokens.len() != self.rows.len() {
             return Err(TfmError::shape(
                 OP,

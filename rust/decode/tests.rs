@@ -69,6 +69,7 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
             ActivationKind::Relu
         },
         eps: 1e-5,
+        centred: true,
         embed: t(seed + 1, &[dm.vocab, d], 1.0),
         embed_scale: (d as f32).sqrt() * 0.5,
         positions: t(seed + 2, &[dm.max_len, d], 0.5),

@@ -80,6 +80,8 @@ pub struct DecoderWeights {
     pub norm_first: bool,
     pub activation: ActivationKind,
     pub eps: f32,
+    /// `true`: LayerNorm; `false`: RMSNorm (no centring; its norms have no bias).
+    pub centred: bool,
     /// `(V_in, d)`.
     pub embed: Tensor,
     pub embed_scale: f32,

@@ -78,7 +78,7 @@ pub struct PyDecoderWeights {
 #[pymethods]
 impl PyDecoderWeights {
     /// DecoderWeights(spec): `spec` is a dict with `head_dim`, `norm_first`, `activation`
-    /// ("relu", "gelu", "gelu_tanh"), `eps`, `embed`, `embed_scale`, `positions`, `layers`
+    /// ("relu", "gelu", "gelu_tanh"), `eps`, `centred` (false: RMSNorm), `embed`, `embed_scale`, `positions`, `layers`
     /// (dicts of `self_heads`, `cross_heads` (head counts, which may differ per layer after
     /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
     /// bias)` and `norm_self`, `norm_cross`, `norm_ff` as `(weight, bias)`; the cross entries
@@ -122,6 +122,7 @@ impl PyDecoderWeights {
             norm_first: item(spec, "norm_first")?.extract()?,
             activation,
             eps: item(spec, "eps")?.extract()?,
+            centred: item(spec, "centred")?.extract()?,
             embed: host_tensor(&item(spec, "embed")?)?,
             embed_scale: item(spec, "embed_scale")?.extract()?,
             positions: host_tensor(&item(spec, "positions")?)?,
