@@ -202,6 +202,10 @@ def rnn_layer(mode: str, input: ArrayLike, hx: ArrayLike, weight_ih: ArrayLike, 
 def additive_attention_scores(query: ArrayLike, key: ArrayLike, v: ArrayLike) -> Tensor:
     """``Σ_h v_h·tanh(query[b, i, h] + key[b, j, h])``: (B, Tq, H), (B, Tk, H), (H,) → (B, Tq, Tk)."""
 
+def conv1d(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, stride: int = 1,
+           padding: Tuple[int, int] = (0, 0), dilation: int = 1, groups: int = 1) -> Tensor:
+    """1-D convolution with (left, right) zero padding: (N, C_in, L), (C_out, C_in / groups, K) → (N, C_out, L_out)."""
+
 # ------------------------------------------------------------------------------ optimizers (optim.rs)
 
 def adam_step(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Optional[Tensor], step: int,

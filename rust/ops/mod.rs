@@ -29,6 +29,7 @@ pub mod activation;
 pub mod additive_attention;
 pub mod attention;
 pub mod broadcast;
+pub mod conv1d;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;

@@ -9,6 +9,7 @@ from tfm_rs import functional
 from tfm_rs.nn import init
 from tfm_rs.nn.additive_attention import AdditiveAttention
 from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
+from tfm_rs.nn.conv import Conv1d
 from tfm_rs.nn.dropout import Dropout
 from tfm_rs.nn.linear import Identity, Linear
 from tfm_rs.nn.module import Module, ModuleList, Sequential
@@ -28,6 +29,7 @@ from tfm_rs.nn import utils  # noqa: E402  (after the layers: prune imports Modu
 
 __all__ = [
     "AdditiveAttention",
+    "Conv1d",
     "Dropout",
     "Embedding",
     "GELU",
