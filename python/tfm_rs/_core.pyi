@@ -232,6 +232,10 @@ def scaled_dot_product_attention_structured(query: ArrayLike, key: ArrayLike, va
 def mask_explain(mask: tuple, samples: int, l: int, s: int) -> Tuple[int, int, int, int]:
     """``(allowed pairs, full, partial, empty 64×64 tiles)`` of a mask spec over ``samples`` samples."""
 
+def conv1d(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, stride: int = 1,
+           padding: Tuple[int, int] = (0, 0), dilation: int = 1, groups: int = 1) -> Tensor:
+    """1-D convolution with (left, right) zero padding: (N, C_in, L), (C_out, C_in / groups, K) → (N, C_out, L_out)."""
+
 # ------------------------------------------------------------------------------ optimizers (optim.rs)
 
 def adam_step(param: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, max_exp_avg_sq: Optional[Tensor], step: int,

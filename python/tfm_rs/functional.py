@@ -30,6 +30,7 @@ __all__ = [
     "add_layer_norm",
     "attention_with_weights",
     "batch_norm",
+    "conv1d",
     "cross_entropy",
     "dropout",
     "embedding",
@@ -245,3 +246,15 @@ def _shape(normalized_shape: Union[int, Sequence[int]]) -> list:
     if isinstance(normalized_shape, (int, np.integer)):
         return [int(normalized_shape)]
     return [int(d) for d in normalized_shape]
+
+
+def conv1d(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, stride: int = 1,
+           padding: Union[int, Tuple[int, int]] = 0, dilation: int = 1, groups: int = 1) -> Tensor:
+    """1-D cross-correlation as ``torch.nn.functional.conv1d``: input ``(N, C_in, L)``, weight
+    ``(C_out, C_in / groups, K)``, bias ``(C_out,)`` → ``(N, C_out, L_out)``, zero padding.
+    ``padding`` (tfm_rs extension): an int for both sides or a ``(left, right)`` pair (causal
+    convolutions pad the left only)."""
+    pad = (padding, padding) if isinstance(padding, (int, np.integer)) else tuple(padding)
+    if len(pad) != 2 or any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in pad):
+        raise _core.InvalidArgumentError(f"conv1d: padding must be an int ≥ 0 or (left, right), got {padding!r}")
+    return _core.conv1d(input, weight, bias, int(stride), (int(pad[0]), int(pad[1])), int(dilation), int(groups))

@@ -31,6 +31,7 @@ pub mod attention;
 pub mod autocast;
 pub mod batch_norm;
 pub mod broadcast;
+pub mod conv1d;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;

@@ -121,9 +121,19 @@ simd_kernel! {
     fn lstm_step(xg: &[f32], hg: &[f32], h: &mut [f32], c: &mut [f32], saved: &mut [f32]) {
         let n = h.len();
         let (gates, c_prev) = saved.split_at_mut(4 * n);
-        for (k, ((a, &x), &r)) in gates.iter_mut().zip(xg).zip(hg).enumerate() {
-            let is_g = k >= 2 * n && k < 3 * n;
-            *a = if is_g { tanh(x + r) } else { sigmoid(x + r) };
+        // One loop per gate block: a select between tanh and sigmoid inside one loop kept it
+        // from vectorizing.
+        for (block, out) in gates.chunks_exact_mut(n).enumerate() {
+            let (x, r) = (&xg[block * n..][..n], &hg[block * n..][..n]);
+            if block == 2 {
+                for j in 0..n {
+                    out[j] = tanh(x[j] + r[j]);
+                }
+            } else {
+                for j in 0..n {
+                    out[j] = sigmoid(x[j] + r[j]);
+                }
+            }
         }
         let (i, rest) = gates.split_at(n);
         let (f, rest) = rest.split_at(n);

@@ -6,6 +6,7 @@ use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::error::TfmError;
 use crate::ops::additive_attention::additive_scores;
+use crate::ops::conv1d::{self as conv1d_op, Conv1dConfig};
 use crate::ops::rnn::{self, Cell, RnnConfig, RnnWeights};
 use pyo3::prelude::*;
 
@@ -95,8 +96,40 @@ fn additive_attention_scores(
     Ok(PyTensor::wrap(run(py, || additive_scores(&q, &k, &v))?))
 }
 
+/// `conv1d` with (left, right) zero padding apart: x (N, C_in, L), W (C_out, C_in / groups, K).
+#[pyfunction]
+#[pyo3(signature = (input, weight, bias = None, stride = 1, padding = (0, 0), dilation = 1, groups = 1))]
+#[allow(clippy::too_many_arguments)]
+fn conv1d(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    weight: &Bound<'_, PyAny>,
+    bias: Option<&Bound<'_, PyAny>>,
+    stride: usize,
+    padding: (usize, usize),
+    dilation: usize,
+    groups: usize,
+) -> PyResult<PyTensor> {
+    const OP: &str = "conv1d";
+    let (x, w, b) = (
+        var_from_py(input, OP)?,
+        var_from_py(weight, OP)?,
+        opt_var(bias, OP)?,
+    );
+    let cfg = Conv1dConfig {
+        stride,
+        padding,
+        dilation,
+        groups,
+    };
+    Ok(PyTensor::wrap(run(py, || {
+        conv1d_op::conv1d(&x, &w, b.as_ref(), &cfg)
+    })?))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rnn_layer, m)?)?;
     m.add_function(wrap_pyfunction!(additive_attention_scores, m)?)?;
+    m.add_function(wrap_pyfunction!(conv1d, m)?)?;
     Ok(())
 }

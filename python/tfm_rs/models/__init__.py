@@ -6,6 +6,7 @@
 * :class:`BertEncoder`: an encoder with a masked-LM head and the 80/10/10 masking rule.
 * :class:`Llama`: the Llama family (RMSNorm, rotary positions, SwiGLU, grouped-query attention).
 * :class:`RNNSeq2Seq`: RNNsearch, the attentional GRU encoder-decoder (a baseline).
+* :class:`ConvEncoder`: a ConvS2S-style convolutional encoder (GLU + residual blocks; a baseline).
 
 Every model has a JSON ``config`` and ``from_config``; :func:`load_model_state` puts a checkpoint's
 weights into a model after checking that the checkpoint was written by the same architecture.
@@ -29,6 +30,7 @@ from tfm_rs.models.presets import (
 )
 from tfm_rs.models.seq2seq import Seq2SeqTransformer
 from tfm_rs.models.rnn_seq2seq import RNNSeq2Seq
+from tfm_rs.models.conv_encoder import ConvEncoder
 
 ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama, RNNSeq2Seq)}
 
@@ -55,7 +57,7 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "Llama", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
+__all__ = ["ARCHITECTURES", "BertEncoder", "ConvEncoder", "GPT", "Llama", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
            "factorize_ffn", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

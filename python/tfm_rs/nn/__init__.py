@@ -10,6 +10,7 @@ from tfm_rs.nn import init
 from tfm_rs.nn.additive_attention import AdditiveAttention
 from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
 from tfm_rs.nn.batch_norm import BatchNorm1d, MaskedBatchNorm1d
+from tfm_rs.nn.conv import Conv1d
 from tfm_rs.nn.dropout import Dropout
 from tfm_rs.nn.factorized import FactorizedEmbedding
 from tfm_rs.nn.hash_embedding import HashEmbedding
@@ -34,6 +35,7 @@ from tfm_rs.nn import utils  # noqa: E402  (after the layers: prune imports Modu
 __all__ = [
     "AdditiveAttention",
     "BatchNorm1d",
+    "Conv1d",
     "Dropout",
     "Embedding",
     "FactorizedEmbedding",
