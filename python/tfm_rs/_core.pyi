@@ -319,6 +319,29 @@ def generate(weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new:
     per input, a list of ``(tokens, log_prob, score)``."""
 
 
+# ------------------------------------------------------------------------------ int8 inference (quantization.rs)
+# Used through tfm_rs.quantization (quantize_dynamic, QuantizedLinear).
+
+class QuantizedWeight:
+    """An int8 weight ``(out_features, in_features)`` with one float32 scale per output feature."""
+
+    def __init__(self, int8: npt.NDArray[np.int8], scales: ArrayLike) -> None:
+        """From a checkpoint's int8 values ``(out, in)`` and positive scales ``(out,)``."""
+    @staticmethod
+    def quantize(weight: ArrayLike) -> "QuantizedWeight":
+        """Quantizes a float weight ``(out, in)`` symmetrically per output feature."""
+    @property
+    def shape(self) -> Tuple[int, int]: ...
+    def int8(self) -> npt.NDArray[np.int8]: ...
+    def scales(self) -> npt.NDArray[np.float32]: ...
+    def dequantize(self) -> npt.NDArray[np.float32]:
+        """``scales[j]·int8[j]`` as float32 ``(out, in)``."""
+
+def quantized_linear(input: ArrayLike, weight: QuantizedWeight, bias: Optional[ArrayLike] = None,
+                     start: int = 0, end: Optional[int] = None) -> Tensor:
+    """``input (*, in)`` times output features ``start..end`` of ``weight``, plus ``bias``."""
+
+
 # ---------------------------------------------------------------- GPU backend (feature wgpu)
 
 def gpu_available() -> bool:
