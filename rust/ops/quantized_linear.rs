@@ -11,12 +11,15 @@ use std::sync::{Arc, Mutex};
 
 const OP: &str = "quantized_linear";
 
+/// A packed row range of a weight, for one ISA path.
+type Pack = (QIsa, Range<usize>, Arc<PackedQB>);
+
 /// An int8 weight `(out, in)` with its per-output-channel scales, and its packed forms, made
 /// on first use of each row range (all rows; or q alone, or k and v, of a stacked attention
 /// projection) and kept: a layer is packed once however many calls and decoders use it.
 pub struct QuantizedWeight {
     pub matrix: QuantizedMatrix,
-    packs: Mutex<Vec<(QIsa, Range<usize>, Arc<PackedQB>)>>,
+    packs: Mutex<Vec<Pack>>,
 }
 
 impl std::fmt::Debug for QuantizedWeight {

@@ -102,7 +102,7 @@ pub fn padded_depth(k: usize) -> usize {
 /// reads 12 rows at once).
 pub fn row_stride(k: usize) -> usize {
     let kp = padded_depth(k);
-    if kp % 512 == 0 {
+    if kp.is_multiple_of(512) {
         kp + 64
     } else {
         kp
@@ -178,7 +178,8 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> Result<QuantizedRows> 
     let mut data = vec![0u8; rows * lda];
     let mut params = vec![(0.0f32, 0i32); rows];
     if rows > 0 && k > 0 {
-        let body = |((o, p), xr): ((&mut [u8], &mut (f32, i32)), &[f32])| *p = quantize_row(xr, o);
+        type Item<'a> = ((&'a mut [u8], &'a mut (f32, i32)), &'a [f32]);
+        let body = |((o, p), xr): Item<'_>| *p = quantize_row(xr, o);
         if rows * k >= 1 << 16 {
             data.par_chunks_mut(lda)
                 .zip(params.par_iter_mut())
