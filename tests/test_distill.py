@@ -136,6 +136,17 @@ def test_sequence_level_data_is_the_teachers_beam_output_in_order():
         assert np.isfinite(rec["loss"])
 
 
+
+def test_sources_longer_than_the_teachers_max_len_get_empty_targets():
+    teacher = model(32, seed=3)
+    src = [[5, 6, 7], [4] * (teacher.max_len + 1), [8, 9]]
+    seen = []
+    hyps, _ = teacher_translations(teacher, src, num_beams=2, batch_size=4, max_new_tokens=4,
+                                   progress=lambda done, total: seen.append((done, total)))
+    assert hyps[1] == [] and seen == [(2, 2)]
+    one = list(teacher.generate(np.array([src[2]]), num_beams=2, max_new_tokens=4).sequences[0])
+    assert hyps[2] == (one[:-1] if one and one[-1] == teacher.eos_id else one)
+
 TINY = ["--preset", "tiny", "--num-train", "200", "--num-heldout", "20", "--max-tokens", "600", "--warmup", "5",
         "--lr", "3e-3", "--quiet"]
 

@@ -11,7 +11,7 @@ task with the demo's model)::
     text = "corpus.txt"       # lm: the training text
 
     [model]
-    preset = "tiny"           # numbers, tiny, small, base, big
+    preset = "tiny"           # numbers, tiny, mini, small, base, big
     d_model = 64              # overrides of the preset
 
     [optim]
@@ -127,7 +127,7 @@ FIELDS: List[Field] = [
        positive=True),
     # model
     _f("model", "preset", str, None, "model shape (default: numbers for the numbers task, small otherwise)",
-       ("numbers", "tiny", "small", "base", "big")),
+       ("numbers", "tiny", "mini", "small", "base", "big")),
     _f("model", "d_model", int, None, "width of embeddings and layers", positive=True),
     _f("model", "nhead", int, None, "attention heads (must divide d_model)", positive=True),
     _f("model", "layers", int, None, "layers on each side (GPT: blocks)", positive=True),

@@ -19,6 +19,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "big": dict(d_model=1024, nhead=16, num_encoder_layers=6, num_decoder_layers=6, dim_feedforward=4096, dropout=0.3),
     "small": dict(d_model=256, nhead=4, num_encoder_layers=3, num_decoder_layers=3, dim_feedforward=1024, dropout=0.1,
                   max_len=256),
+    # A quarter of "small"'s parameters with an 8k shared vocabulary: the distillation student.
+    "mini": dict(d_model=128, nhead=4, num_encoder_layers=2, num_decoder_layers=2, dim_feedforward=512, dropout=0.1,
+                 max_len=256),
     "tiny": dict(d_model=32, nhead=2, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64, dropout=0.0,
                  max_len=64),
 }
@@ -26,7 +29,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 def preset_config(name: str, src_vocab_size: int = 8000, tgt_vocab_size: int = None,
                   **overrides: Any) -> Dict[str, Any]:
-    """The keyword arguments of preset ``name`` ("base", "big", "small", "tiny") with overrides."""
+    """The keyword arguments of preset ``name`` ("base", "big", "small", "mini", "tiny") with overrides."""
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; one of {sorted(PRESETS)}")
     tgt = src_vocab_size if tgt_vocab_size is None else tgt_vocab_size

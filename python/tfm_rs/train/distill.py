@@ -122,12 +122,15 @@ def teacher_translations(teacher: Any, src_ids: Sequence[Sequence[int]], num_bea
                          **generate: Any) -> Tuple[List[List[int]], float]:
     """Sequence-level distillation data: the teacher's beam-search output for every source (ids
     without BOS/EOS, as training data), in ``batch_size`` batches sorted by length; returns the
-    targets in the sources' order and the seconds spent. ``progress(done, total)`` is called
-    after each batch."""
+    targets in the sources' order and the seconds spent. A source longer than the teacher's
+    ``max_len`` gets an empty target (training drops such examples anyway).
+    ``progress(done, total)`` is called after each batch."""
     if batch_size < 1:
         raise InvalidArgumentError(f"teacher_translations: batch_size must be ≥ 1, got {batch_size}")
     teacher.eval()
-    order = np.argsort([len(s) for s in src_ids], kind="stable")
+    lengths = np.array([len(s) for s in src_ids], dtype=np.int64)
+    order = np.argsort(lengths, kind="stable")
+    order = order[lengths[order] <= teacher.max_len]
     out: List[List[int]] = [[] for _ in src_ids]
     t0 = time.perf_counter()
     for start in range(0, len(order), batch_size):

@@ -1,0 +1,217 @@
+"""Compression measured on Multi30k (``docs/compression.md``): for a trained run (the 20-minute
+model of ``tfm-rs train --config multi30k``),
+
+* ``heads``: test BLEU (greedy, beam 4) and decoding time against the fraction of attention heads
+  removed, least important first by ``head_importance`` (Michel et al. 2019) on training batches;
+  the heads are physically removed (``prune_heads``), one layer always keeps one;
+* ``sparsity``: test BLEU against global magnitude pruning of every weight matrix (embeddings
+  included) at 0–90 %, with the decoding time, which does not fall (the zeros are still multiplied);
+* ``students``: a student with about a quarter of the teacher's parameters (preset ``mini``),
+  trained from scratch, with word-level and with sequence-level distillation for the same time.
+
+    python benches/compress_multi30k.py --teacher runs/m30k --out runs/compress [--parts heads sparsity students]
+    python benches/compress_multi30k.py --smoke    # a 2-step teacher, two points of each curve
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import tfm_rs
+from tfm_rs import _core, config, metrics, runs
+from tfm_rs.data import collate, load_multi30k
+from tfm_rs.data.corpus import find_multi30k
+from tfm_rs.models import head_importance
+from tfm_rs.nn.utils import prune
+
+HEAD_FRACTIONS = (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+SPARSITIES = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+
+
+def evaluate(model, tokenizer, test, beams=(1, 4)):
+    """Test BLEU and decoding seconds for each beam size (greedy batch 128, beam batch 64)."""
+    out = {}
+    for b in beams:
+        t0 = time.perf_counter()
+        hyp = model.translate(test.src, tokenizer, num_beams=b, batch_size=128 if b == 1 else 64)
+        out[f"seconds_beam{b}"] = time.perf_counter() - t0
+        out[f"bleu_beam{b}"] = metrics.bleu(hyp, test.tgt)
+    return out
+
+
+def importance_batches(run, n_sentences, batch=64):
+    data = load_multi30k("train", "de", "en")
+    tok = run.tokenizer
+    m = run.model
+    cut = m.max_len - 1  # room for BOS/EOS
+    src = [s[:cut] for s in tok.encode_batch(list(data.src[:n_sentences]))]
+    tgt = [t[:cut] for t in tok.encode_batch(list(data.tgt[:n_sentences]))]
+    for i in range(0, len(src), batch):
+        b = collate(src[i:i + batch], tgt[i:i + batch], m.pad_id, m.bos_id, m.eos_id)
+        yield b.src, b.tgt_in, b.tgt_out
+
+
+def head_plan(scores, fraction):
+    """The globally least important heads, ``fraction`` of all, keeping one head in every layer."""
+    ranked = sorted((s, key, h) for key, layer in scores.items() for h, s in enumerate(layer))
+    total = len(ranked)
+    want = int(round(fraction * total))
+    left = {key: len(layer) for key, layer in scores.items()}
+    plan = {}
+    for _, key, h in ranked:
+        if sum(len(v) for v in plan.values()) == want:
+            break
+        if left[key] > 1:
+            plan.setdefault(key, []).append(h)
+            left[key] -= 1
+    return plan, total
+
+
+def part_heads(run, test, args, log):
+    teacher = run.model.eval()
+    scores = head_importance(teacher, importance_batches(run, args.importance_sentences))
+    rows = []
+    for frac in args.head_fractions:
+        model = copy.deepcopy(teacher)
+        plan, total = head_plan(scores, frac)
+        if plan:
+            model.prune_heads(plan)
+        removed = sum(len(v) for v in plan.values())
+        row = {"fraction": frac, "heads_removed": removed, "heads_total": total,
+               "parameters": model.num_parameters(), "plan": {k: [int(h) for h in v] for k, v in plan.items()},
+               **evaluate(model.eval(), run.tokenizer, test)}
+        rows.append(row)
+        log(f"heads -{removed}/{total}: BLEU {row['bleu_beam1']:.2f} / {row['bleu_beam4']:.2f} "
+            f"(greedy / beam 4), {row['seconds_beam1']:.1f} s / {row['seconds_beam4']:.1f} s")
+    return {"scores": {k: [float(x) for x in v] for k, v in scores.items()},
+            "importance_sentences": args.importance_sentences, "rows": rows}
+
+
+def weight_matrices(model):
+    """Every 2-D weight (linear, attention projections, embeddings) as ``(module, name)``."""
+    out = []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.ndim == 2 and "weight" in name:
+                out.append((module, name))
+    return out
+
+
+def part_sparsity(run, test, args, log):
+    rows = []
+    for sparsity in args.sparsities:
+        model = copy.deepcopy(run.model)
+        params = weight_matrices(model)
+        if sparsity > 0:
+            prune.global_unstructured(params, prune.L1Unstructured, amount=sparsity)
+            for module, name in params:
+                prune.remove(module, name)
+        zeros = sum(int((getattr(m, n).numpy() == 0).sum()) for m, n in params)
+        size = sum(getattr(m, n).numpy().size for m, n in params)
+        row = {"sparsity": sparsity, "zero_fraction": zeros / size, "matrices": len(params),
+               **evaluate(model.eval(), run.tokenizer, test)}
+        rows.append(row)
+        log(f"sparsity {sparsity:.0%}: BLEU {row['bleu_beam1']:.2f} / {row['bleu_beam4']:.2f}, "
+            f"{row['seconds_beam1']:.1f} s / {row['seconds_beam4']:.1f} s")
+    return {"rows": rows}
+
+
+def part_students(args, out, log):
+    from tfm_rs.train.distill import distill_run
+
+    teacher = runs.load_run(args.teacher, need_valid=False)
+    budget = {"max_steps": args.student_steps} if args.student_steps else {"minutes": args.student_minutes}
+    results = {"teacher_parameters": teacher.model.num_parameters(), "budget": budget, "rows": []}
+    for kind in args.students:
+        run_dir = out / f"student-{kind}"
+        if kind == "scratch":
+            cfg = {s: dict(v) for s, v in teacher.config.items()}
+            cfg["model"] = {"preset": args.student_preset}
+            cfg["train"] = {k: v for k, v in cfg["train"].items() if k not in ("minutes", "max_steps")}
+            cfg["train"].update(out=str(run_dir), **budget)
+            cfg["data"]["tokenizer"] = str(Path(args.teacher) / runs.TOKENIZER_FILE)
+            r = runs.train_run(config.resolve(cfg, {}), quiet=True, out=log)
+        else:
+            r = distill_run(args.teacher, run_dir, preset=args.student_preset, level=kind, quiet=True,
+                            out=log, **budget)
+        row = {"student": kind, "parameters": r.get("params"), "steps": r.get("steps"),
+               "bleu_beam1": r.get("bleu_greedy"), "bleu_beam4": r.get("bleu"),
+               "train_minutes": r.get("train_minutes"), "teacher_seconds": r.get("distill", {}).get("teacher_seconds")}
+        results["rows"].append(row)
+        log(f"student {kind}: {row}")
+    return results
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", help="a trained Multi30k run directory")
+    ap.add_argument("--out", default="runs/compress")
+    ap.add_argument("--parts", nargs="+", default=["heads", "sparsity", "students"],
+                    choices=("heads", "sparsity", "students"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--importance-sentences", type=int, default=1024)
+    ap.add_argument("--student-preset", default="mini")
+    ap.add_argument("--students", nargs="+", default=["scratch", "word", "sequence"],
+                    choices=("scratch", "word", "sequence"))
+    ap.add_argument("--student-minutes", type=float, default=10.0)
+    ap.add_argument("--student-steps", type=int, default=None)
+    ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--smoke", action="store_true", help="a 2-step tiny teacher, two points per curve")
+    args = ap.parse_args()
+    args.head_fractions, args.sparsities = HEAD_FRACTIONS, SPARSITIES
+    try:
+        find_multi30k()
+    except FileNotFoundError as e:
+        if args.smoke:
+            print(f"skipped: {e}")
+            return
+        raise SystemExit(str(e)) from None
+    tfm_rs.set_num_threads(args.threads)
+    out = Path(tempfile.mkdtemp(prefix="compress-smoke-") if args.smoke else args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.smoke:
+        args.head_fractions, args.sparsities, args.importance_sentences = (0.0, 0.5), (0.0, 0.5), 64
+        args.student_steps, args.test_limit, args.student_preset = 2, 10, "tiny"
+        args.teacher = str(out / "teacher")
+        data = {"task": "parallel", "vocab_size": 500}
+        for split, name, n in (("train", "", 300), ("val", "valid_", 30), ("test", "test_", 10)):
+            corpus = load_multi30k(split, "de", "en")
+            for side, lines in (("src", corpus.src), ("tgt", corpus.tgt)):
+                path = out / f"{split}.{side}"
+                path.write_text("\n".join(lines[:n]) + "\n", encoding="utf-8")
+                data[name + side] = str(path)
+        train = {"out": args.teacher, "max_steps": 2, "valid_every": 0, "bleu_every": 0, "save_every": 0,
+                 "average": 1, "threads": args.threads, "test_limit": 10}
+        cfg = config.resolve({"data": data, "train": train, "optim": {"max_tokens": 300},
+                              "model": {"preset": "tiny"}})
+        runs.train_run(cfg, quiet=True)
+    elif not args.teacher:
+        ap.error("--teacher RUN_DIR is required (or --smoke)")
+
+    def log(msg):
+        print(msg, flush=True)
+
+    run = runs.load_run(args.teacher, need_valid=False)
+    corpus = load_multi30k("test", "de", "en")
+    test = SimpleNamespace(src=corpus.src[:args.test_limit], tgt=corpus.tgt[:args.test_limit])
+    result = {"cpu": platform.processor() or platform.machine(), "isa": _core.cpu_features(),
+              "threads": args.threads, "teacher": str(args.teacher), "test_sentences": len(test.src)}
+    parts = {"heads": lambda: part_heads(run, test, args, log),
+             "sparsity": lambda: part_sparsity(run, test, args, log),
+             "students": lambda: part_students(args, out, log)}
+    for name in args.parts:
+        t0 = time.perf_counter()
+        result[name] = parts[name]()
+        result[name]["seconds"] = time.perf_counter() - t0
+        (out / "compress.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    log(f"wrote {out / 'compress.json'}")
+
+
+if __name__ == "__main__":
+    main()
