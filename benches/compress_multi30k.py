@@ -148,6 +148,42 @@ def part_students(args, out, log):
     return results
 
 
+def plot(result, outdir):
+    """One PNG per measured curve: BLEU (left axis) and decoding time relative to the unpruned
+    model (right axis) against the fraction removed."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    curves = (("heads", "fraction", "fraction of attention heads removed (by importance)", "compress_heads.png"),
+              ("sparsity", "sparsity", "fraction of weights zeroed (global magnitude)", "compress_sparsity.png"))
+    for part, key, xlabel, name in curves:
+        if part not in result:
+            continue
+        rows = result[part]["rows"]
+        x = [r[key] for r in rows]
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for b, style in ((1, "o-"), (4, "s-")):
+            ax.plot(x, [r[f"bleu_beam{b}"] for r in rows], style, label=f"BLEU, {'greedy' if b == 1 else 'beam 4'}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test BLEU (test_2016_flickr)")
+        ax2 = ax.twinx()
+        for b, style in ((1, "o:"), (4, "s:")):
+            base = rows[0][f"seconds_beam{b}"]
+            ax2.plot(x, [r[f"seconds_beam{b}"] / base for r in rows], style, color="grey", alpha=0.7,
+                     label=f"decoding time, {'greedy' if b == 1 else 'beam 4'} (right)")
+        ax2.set_ylabel("decoding time / unpruned")
+        ax2.set_ylim(0, 1.3)
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower left")
+        ax.set_title(f"Multi30k 20-minute model: {part} pruning", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(outdir / name, dpi=110)
+        plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", help="a trained Multi30k run directory")
@@ -162,9 +198,14 @@ def main() -> None:
     ap.add_argument("--student-minutes", type=float, default=10.0)
     ap.add_argument("--student-steps", type=int, default=None)
     ap.add_argument("--test-limit", type=int, default=None)
+    ap.add_argument("--plots", help="write the PNGs into this directory (default: --out)")
+    ap.add_argument("--plot-only", action="store_true", help="redraw the plots from --out/compress.json")
     ap.add_argument("--smoke", action="store_true", help="a 2-step tiny teacher, two points per curve")
     args = ap.parse_args()
     args.head_fractions, args.sparsities = HEAD_FRACTIONS, SPARSITIES
+    if args.plot_only:
+        plot(json.loads((Path(args.out) / "compress.json").read_text()), Path(args.plots or args.out))
+        return
     try:
         find_multi30k()
     except FileNotFoundError as e:
@@ -210,7 +251,8 @@ def main() -> None:
         result[name] = parts[name]()
         result[name]["seconds"] = time.perf_counter() - t0
         (out / "compress.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    log(f"wrote {out / 'compress.json'}")
+    plot(result, Path(args.plots) if args.plots else out)
+    log(f"wrote {out / 'compress.json'} and the plots")
 
 
 if __name__ == "__main__":
