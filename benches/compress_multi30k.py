@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +123,40 @@ def part_sparsity(run, test, args, log):
     return {"rows": rows}
 
 
+def part_timing(run, test, args, log, result):
+    """Decoding seconds of the pruned models measured again, interleaved (every model once per
+    round, median of ``--rounds``), so load that drifts during the BLEU passes cancels out."""
+    models = {}
+    for row in result.get("heads", {}).get("rows", []):
+        model = copy.deepcopy(run.model)
+        if row["plan"]:
+            model.prune_heads(row["plan"])
+        models[f"heads {row['heads_removed']}/{row['heads_total']}"] = model.eval()
+    for row in result.get("sparsity", {}).get("rows", []):
+        model = copy.deepcopy(run.model)
+        params = weight_matrices(model)
+        if row["sparsity"] > 0:
+            prune.global_unstructured(params, prune.L1Unstructured, amount=row["sparsity"])
+            for module, name in params:
+                prune.remove(module, name)
+        models[f"sparsity {row['sparsity']:.0%}"] = model.eval()
+    if not models:
+        raise SystemExit("timing: run the heads or sparsity part first (their rows give the models)")
+    src = test.src[:args.timing_sentences]
+    times = {name: {1: [], 4: []} for name in models}
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            for b in (1, 4):
+                t0 = time.perf_counter()
+                model.translate(src, run.tokenizer, num_beams=b, batch_size=128 if b == 1 else 64)
+                times[name][b].append(time.perf_counter() - t0)
+    rows = [{"model": name, "seconds_beam1": statistics.median(t[1]), "seconds_beam4": statistics.median(t[4]),
+             "all_seconds_beam1": t[1], "all_seconds_beam4": t[4]} for name, t in times.items()]
+    for r in rows:
+        log(f"{r['model']}: greedy {r['seconds_beam1']:.2f} s, beam 4 {r['seconds_beam4']:.2f} s")
+    return {"sentences": len(src), "rounds": args.rounds, "rows": rows}
+
+
 def part_students(args, out, log):
     from tfm_rs.train.distill import distill_run
 
@@ -168,10 +203,17 @@ def plot(result, outdir):
             ax.plot(x, [r[f"bleu_beam{b}"] for r in rows], style, label=f"BLEU, {'greedy' if b == 1 else 'beam 4'}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test BLEU (test_2016_flickr)")
+        timed = {r["model"]: r for r in result.get("timing", {}).get("rows", [])}
+        names = [f"heads {r['heads_removed']}/{r['heads_total']}" if part == "heads" else f"sparsity {r['sparsity']:.0%}"
+                 for r in rows]
+        if all(n in timed for n in names):  # the interleaved re-timing is the better figure
+            rows_t = [timed[n] for n in names]
+        else:
+            rows_t = rows
         ax2 = ax.twinx()
         for b, style in ((1, "o:"), (4, "s:")):
-            base = rows[0][f"seconds_beam{b}"]
-            ax2.plot(x, [r[f"seconds_beam{b}"] / base for r in rows], style, color="grey", alpha=0.7,
+            base = rows_t[0][f"seconds_beam{b}"]
+            ax2.plot(x, [r[f"seconds_beam{b}"] / base for r in rows_t], style, color="grey", alpha=0.7,
                      label=f"decoding time, {'greedy' if b == 1 else 'beam 4'} (right)")
         ax2.set_ylabel("decoding time / unpruned")
         ax2.set_ylim(0, 1.3)
@@ -189,8 +231,10 @@ def main() -> None:
     ap.add_argument("--teacher", help="a trained Multi30k run directory")
     ap.add_argument("--out", default="runs/compress")
     ap.add_argument("--parts", nargs="+", default=["heads", "sparsity", "students"],
-                    choices=("heads", "sparsity", "students"))
+                    choices=("heads", "sparsity", "students", "timing"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="timing: interleaved rounds (median)")
+    ap.add_argument("--timing-sentences", type=int, default=500, help="timing: test sentences decoded per model")
     ap.add_argument("--importance-sentences", type=int, default=1024)
     ap.add_argument("--student-preset", default="mini")
     ap.add_argument("--students", nargs="+", default=["scratch", "word", "sequence"],
@@ -218,7 +262,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.head_fractions, args.sparsities, args.importance_sentences = (0.0, 0.5), (0.0, 0.5), 64
-        args.student_steps, args.test_limit, args.student_preset = 2, 10, "tiny"
+        args.student_steps, args.test_limit, args.student_preset, args.rounds = 2, 10, "tiny", 1
+        args.parts = [*args.parts, "timing"]
         args.teacher = str(out / "teacher")
         data = {"task": "parallel", "vocab_size": 500}
         for split, name, n in (("train", "", 300), ("val", "valid_", 30), ("test", "test_", 10)):
@@ -241,11 +286,14 @@ def main() -> None:
     run = runs.load_run(args.teacher, need_valid=False)
     corpus = load_multi30k("test", "de", "en")
     test = SimpleNamespace(src=corpus.src[:args.test_limit], tgt=corpus.tgt[:args.test_limit])
-    result = {"cpu": platform.processor() or platform.machine(), "isa": _core.cpu_features(),
-              "threads": args.threads, "teacher": str(args.teacher), "test_sentences": len(test.src)}
+    saved = out / "compress.json"
+    result = json.loads(saved.read_text()) if saved.exists() else {}
+    result.update({"cpu": platform.processor() or platform.machine(), "isa": _core.cpu_features(),
+                   "threads": args.threads, "teacher": str(args.teacher), "test_sentences": len(test.src)})
     parts = {"heads": lambda: part_heads(run, test, args, log),
              "sparsity": lambda: part_sparsity(run, test, args, log),
-             "students": lambda: part_students(args, out, log)}
+             "students": lambda: part_students(args, out, log),
+             "timing": lambda: part_timing(run, test, args, log, result)}
     for name in args.parts:
         t0 = time.perf_counter()
         result[name] = parts[name]()
