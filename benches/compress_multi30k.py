@@ -123,6 +123,12 @@ def part_sparsity(run, test, args, log):
     return {"rows": rows}
 
 
+def row_name(part, row):
+    if part == "heads":
+        return f"heads {row['heads_removed']}/{row['heads_total']}"
+    return f"sparsity {row['sparsity']:.0%}"
+
+
 def part_timing(run, test, args, log, result):
     """Decoding seconds of the pruned models measured again, interleaved (every model once per
     round, median of ``--rounds``), so load that drifts during the BLEU passes cancels out."""
@@ -131,7 +137,7 @@ def part_timing(run, test, args, log, result):
         model = copy.deepcopy(run.model)
         if row["plan"]:
             model.prune_heads(row["plan"])
-        models[f"heads {row['heads_removed']}/{row['heads_total']}"] = model.eval()
+        models[row_name("heads", row)] = model.eval()
     for row in result.get("sparsity", {}).get("rows", []):
         model = copy.deepcopy(run.model)
         params = weight_matrices(model)
@@ -139,7 +145,7 @@ def part_timing(run, test, args, log, result):
             prune.global_unstructured(params, prune.L1Unstructured, amount=row["sparsity"])
             for module, name in params:
                 prune.remove(module, name)
-        models[f"sparsity {row['sparsity']:.0%}"] = model.eval()
+        models[row_name("sparsity", row)] = model.eval()
     if not models:
         raise SystemExit("timing: run the heads or sparsity part first (their rows give the models)")
     src = test.src[:args.timing_sentences]
@@ -204,8 +210,7 @@ def plot(result, outdir):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test BLEU (test_2016_flickr)")
         timed = {r["model"]: r for r in result.get("timing", {}).get("rows", [])}
-        names = [f"heads {r['heads_removed']}/{r['heads_total']}" if part == "heads" else f"sparsity {r['sparsity']:.0%}"
-                 for r in rows]
+        names = [row_name(part, r) for r in rows]
         if all(n in timed for n in names):  # the interleaved re-timing is the better figure
             rows_t = [timed[n] for n in names]
         else:
