@@ -150,16 +150,25 @@ def part_timing(run, test, args, log, result):
         raise SystemExit("timing: run the heads or sparsity part first (their rows give the models)")
     src = test.src[:args.timing_sentences]
     times = {name: {1: [], 4: []} for name in models}
+    tokens = {name: {} for name in models}  # a pruned model may write longer output: per token is fairer
     for _ in range(args.rounds):
         for name, model in models.items():
             for b in (1, 4):
                 t0 = time.perf_counter()
-                model.translate(src, run.tokenizer, num_beams=b, batch_size=128 if b == 1 else 64)
+                hyp = model.translate(src, run.tokenizer, num_beams=b, batch_size=128 if b == 1 else 64)
                 times[name][b].append(time.perf_counter() - t0)
-    rows = [{"model": name, "seconds_beam1": statistics.median(t[1]), "seconds_beam4": statistics.median(t[4]),
-             "all_seconds_beam1": t[1], "all_seconds_beam4": t[4]} for name, t in times.items()]
-    for r in rows:
-        log(f"{r['model']}: greedy {r['seconds_beam1']:.2f} s, beam 4 {r['seconds_beam4']:.2f} s")
+                tokens[name][b] = sum(len(ids) + 1 for ids in run.tokenizer.encode_batch(hyp))
+    rows = []
+    for name, t in times.items():
+        row = {"model": name}
+        for b in (1, 4):
+            row[f"seconds_beam{b}"] = statistics.median(t[b])
+            row[f"tokens_beam{b}"] = tokens[name][b]
+            row[f"tok_s_beam{b}"] = tokens[name][b] / row[f"seconds_beam{b}"]
+            row[f"all_seconds_beam{b}"] = t[b]
+        rows.append(row)
+        log(f"{name}: greedy {row['seconds_beam1']:.2f} s ({row['tok_s_beam1']:.0f} tok/s), "
+            f"beam 4 {row['seconds_beam4']:.2f} s ({row['tok_s_beam4']:.0f} tok/s)")
     return {"sentences": len(src), "rounds": args.rounds, "rows": rows}
 
 
