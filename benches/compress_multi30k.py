@@ -6,6 +6,7 @@ model of ``tfm-rs train --config multi30k``),
   the heads are physically removed (``prune_heads``), one layer always keeps one;
 * ``sparsity``: test BLEU against global magnitude pruning of every weight matrix (embeddings
   included) at 0–90 %, with the decoding time, which does not fall (the zeros are still multiplied);
+  ``sparsity-linear`` the same without the (shared) embedding matrix;
 * ``students``: a student with about a quarter of the teacher's parameters (preset ``mini``),
   trained from scratch, with word-level and with sequence-level distillation for the same time.
 
@@ -25,7 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import tfm_rs
-from tfm_rs import _core, config, metrics, runs
+from tfm_rs import _core, config, metrics, nn, runs
 from tfm_rs.data import collate, load_multi30k
 from tfm_rs.data.corpus import find_multi30k
 from tfm_rs.models import head_importance
@@ -94,33 +95,43 @@ def part_heads(run, test, args, log):
             "importance_sentences": args.importance_sentences, "rows": rows}
 
 
-def weight_matrices(model):
-    """Every 2-D weight (linear, attention projections, embeddings) as ``(module, name)``."""
-    out = []
+def weight_matrices(model, embeddings=True):
+    """Every 2-D weight (linear, attention projections and, with ``embeddings``, the embedding
+    tables) as ``(module, name)``, each tensor once: a tied output projection is the embedding."""
+    out, seen, skip = [], set(), set()
+    if not embeddings:
+        skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if p.ndim == 2 and "weight" in name:
+            if p.ndim == 2 and "weight" in name and id(p) not in seen and id(p) not in skip:
+                seen.add(id(p))
                 out.append((module, name))
     return out
 
 
-def part_sparsity(run, test, args, log):
+def sparsify(model, sparsity, embeddings):
+    """Global magnitude pruning made permanent; returns the pruned ``(module, name)`` list."""
+    params = weight_matrices(model, embeddings)
+    if sparsity > 0:
+        prune.global_unstructured(params, prune.L1Unstructured, amount=sparsity)
+        for module, name in params:
+            prune.remove(module, name)
+    return params
+
+
+def part_sparsity(run, test, args, log, embeddings=True):
     rows = []
     for sparsity in args.sparsities:
         model = copy.deepcopy(run.model)
-        params = weight_matrices(model)
-        if sparsity > 0:
-            prune.global_unstructured(params, prune.L1Unstructured, amount=sparsity)
-            for module, name in params:
-                prune.remove(module, name)
+        params = sparsify(model, sparsity, embeddings)
         zeros = sum(int((getattr(m, n).numpy() == 0).sum()) for m, n in params)
         size = sum(getattr(m, n).numpy().size for m, n in params)
-        row = {"sparsity": sparsity, "zero_fraction": zeros / size, "matrices": len(params),
+        row = {"sparsity": sparsity, "zero_fraction": zeros / size, "matrices": len(params), "weights": size,
                **evaluate(model.eval(), run.tokenizer, test)}
         rows.append(row)
-        log(f"sparsity {sparsity:.0%}: BLEU {row['bleu_beam1']:.2f} / {row['bleu_beam4']:.2f}, "
-            f"{row['seconds_beam1']:.1f} s / {row['seconds_beam4']:.1f} s")
-    return {"rows": rows}
+        log(f"sparsity {sparsity:.0%}{'' if embeddings else ' (no embeddings)'}: BLEU {row['bleu_beam1']:.2f} / "
+            f"{row['bleu_beam4']:.2f}, {row['seconds_beam1']:.1f} s / {row['seconds_beam4']:.1f} s")
+    return {"embeddings": embeddings, "rows": rows}
 
 
 def row_name(part, row):
@@ -140,11 +151,7 @@ def part_timing(run, test, args, log, result):
         models[row_name("heads", row)] = model.eval()
     for row in result.get("sparsity", {}).get("rows", []):
         model = copy.deepcopy(run.model)
-        params = weight_matrices(model)
-        if row["sparsity"] > 0:
-            prune.global_unstructured(params, prune.L1Unstructured, amount=row["sparsity"])
-            for module, name in params:
-                prune.remove(module, name)
+        sparsify(model, row["sparsity"], embeddings=True)
         models[row_name("sparsity", row)] = model.eval()
     if not models:
         raise SystemExit("timing: run the heads or sparsity part first (their rows give the models)")
@@ -216,6 +223,10 @@ def plot(result, outdir):
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for b, style in ((1, "o-"), (4, "s-")):
             ax.plot(x, [r[f"bleu_beam{b}"] for r in rows], style, label=f"BLEU, {'greedy' if b == 1 else 'beam 4'}")
+        if part == "sparsity" and "sparsity-linear" in result:
+            lin = result["sparsity-linear"]["rows"]
+            ax.plot([r["sparsity"] for r in lin], [r["bleu_beam4"] for r in lin], "^--",
+                    label="BLEU, beam 4, embeddings kept dense")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test BLEU (test_2016_flickr)")
         timed = {r["model"]: r for r in result.get("timing", {}).get("rows", [])}
@@ -245,7 +256,7 @@ def main() -> None:
     ap.add_argument("--teacher", help="a trained Multi30k run directory")
     ap.add_argument("--out", default="runs/compress")
     ap.add_argument("--parts", nargs="+", default=["heads", "sparsity", "students"],
-                    choices=("heads", "sparsity", "students", "timing"))
+                    choices=("heads", "sparsity", "sparsity-linear", "students", "timing"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3, help="timing: interleaved rounds (median)")
     ap.add_argument("--timing-sentences", type=int, default=500, help="timing: test sentences decoded per model")
@@ -306,6 +317,7 @@ def main() -> None:
                    "threads": args.threads, "teacher": str(args.teacher), "test_sentences": len(test.src)})
     parts = {"heads": lambda: part_heads(run, test, args, log),
              "sparsity": lambda: part_sparsity(run, test, args, log),
+             "sparsity-linear": lambda: part_sparsity(run, test, args, log, embeddings=False),
              "students": lambda: part_students(args, out, log),
              "timing": lambda: part_timing(run, test, args, log, result)}
     for name in args.parts:
