@@ -24,15 +24,15 @@ from tfm_rs.pretrained.errors import UnsupportedConfigError
 from tfm_rs.pretrained.hf import (
     Rule,
     TensorIndex,
+    check_standard,
     checkpoint_dir,
     config_value,
-    copy_tokenizer,
     expect_shapes,
+    hf_tensors,
     load_tokenizer,
     load_weights,
     read_config,
-    save_weights,
-    write_config,
+    write_checkpoint,
 )
 
 __all__ = ["load_bert", "save_bert", "bert_rules"]
@@ -130,16 +130,23 @@ def load_bert(cls: Any, path: Any, strict: bool = True) -> Any:
 
 def save_bert(model: Any, path: Any) -> Path:
     """Writes ``model`` as a ``BertForMaskedLM`` checkpoint directory (``config.json``,
-    ``model.safetensors``, and ``tokenizer.json`` when the model carries a tokenizer)."""
+    ``model.safetensors``, and ``tokenizer.json`` when the model carries a tokenizer); a model
+    with an option BERT lacks (another norm, a factorized embedding, …) is refused first."""
     c = model.config
-    d = write_config(path, {
-        "architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": c["vocab_size"],
-        "hidden_size": c["d_model"], "num_hidden_layers": c["num_layers"], "num_attention_heads": c["nhead"],
-        "intermediate_size": c["dim_feedforward"], "hidden_act": "gelu", "hidden_dropout_prob": c["dropout"],
-        "attention_probs_dropout_prob": c["dropout"], "max_position_embeddings": c["max_len"],
-        "type_vocab_size": c["type_vocab_size"], "layer_norm_eps": c["layer_norm_eps"],
-        "pad_token_id": c["pad_id"], "position_embedding_type": "absolute", "initializer_range": 0.02,
-        "tie_word_embeddings": True})
-    save_weights(d, model.state_dict(), bert_rules(c["num_layers"], "bert.", bool(c.get("pooler"))))
-    copy_tokenizer(getattr(model, "tokenizer", None), d)
+    check_standard(c, "BertEncoder.save_pretrained", "BertForMaskedLM")
+    tensors = hf_tensors(model.state_dict(), bert_rules(c["num_layers"], "bert.", bool(c.get("pooler"))),
+                         "BertEncoder.save_pretrained", skip=("mlm_decoder.weight",))
+    d = write_checkpoint(path, {"architectures": ["BertForMaskedLM"], **bert_config(c)}, tensors,
+                         getattr(model, "tokenizer", None))
     return checkpoint_dir(d)
+
+
+def bert_config(c: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``BertConfig`` entries of a :class:`~tfm_rs.models.BertEncoder` configuration."""
+    return {"model_type": "bert", "vocab_size": c["vocab_size"], "hidden_size": c["d_model"],
+            "num_hidden_layers": c["num_layers"], "num_attention_heads": c["nhead"],
+            "intermediate_size": c["dim_feedforward"], "hidden_act": "gelu", "hidden_dropout_prob": c["dropout"],
+            "attention_probs_dropout_prob": c["dropout"], "max_position_embeddings": c["max_len"],
+            "type_vocab_size": c["type_vocab_size"], "layer_norm_eps": c["layer_norm_eps"],
+            "pad_token_id": c["pad_id"], "position_embedding_type": "absolute", "initializer_range": 0.02,
+            "tie_word_embeddings": True}
