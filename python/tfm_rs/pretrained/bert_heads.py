@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from tfm_rs.pretrained.bert import bert_config, bert_rules, open_bert
 from tfm_rs.pretrained.errors import UnsupportedConfigError, WeightsMismatchError
@@ -50,15 +50,19 @@ def _labels(config: Dict[str, Any], owner: str) -> Optional[List[str]]:
     return [by_id[i] for i in range(len(by_id))]
 
 
-def load_bert_classifier(cls: Any, path: Any, num_labels: Optional[int] = None) -> Any:
+def load_bert_classifier(cls: Any, path: Any, num_labels: Optional[int] = None,
+                         id2label: Optional[Sequence[str]] = None) -> Any:
     """A ``cls`` (a classifier of :mod:`tfm_rs.models.bert_heads`) from the checkpoint directory
-    ``path``, in eval mode. ``num_labels`` overrides the config's label count; it must agree with
-    a classifier the checkpoint has."""
+    ``path``, in eval mode. ``num_labels`` overrides the config's label count (it must agree with
+    a classifier the checkpoint has), ``id2label`` the config's label names."""
     owner = f"{cls.__name__}.from_pretrained"
     d, config, index, prefix, kwargs, tokenizer = open_bert(path, owner)
     names = set(index.names())
     labels = _labels(config, owner)
     saved = len(labels) if labels else config.get("num_labels", 2)
+    if id2label is not None:
+        labels = [str(name) for name in id2label]
+        num_labels = len(labels) if num_labels is None else num_labels
     if "classifier.weight" in names:
         have = index.shape("classifier.weight")[0]
         if num_labels is not None and num_labels != have:
@@ -69,6 +73,9 @@ def load_bert_classifier(cls: Any, path: Any, num_labels: Optional[int] = None) 
     elif num_labels is None:
         num_labels = saved
     if labels is not None and len(labels) != num_labels:
+        if id2label is not None:
+            raise UnsupportedConfigError(f"{owner}: id2label names {len(labels)} labels, the classifier has "
+                                         f"{num_labels}")
         labels = None  # the default LABEL_i names of a config written for another head
     head: Dict[str, Any] = {}
     if cls.arch == "BertForSequenceClassification":  # the only head whose loss reads it
