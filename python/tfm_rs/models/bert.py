@@ -192,11 +192,14 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
 
     def forward(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:
         """→ masked-LM logits ``(B, T, V)``."""
+        return self._mlm_logits(self.encode(input_ids, token_type_ids))
+
+    def _mlm_logits(self, hidden: Tensor) -> Tensor:
+        """The masked-LM head on hidden states ``(…, d_model)`` → ``(…, V)``."""
         if self.mlm_decoder is None:
             raise InvalidArgumentError("BertEncoder: this encoder was built without the masked-LM head "
                                        "(mlm_head=False)")
-        h = self.mlm_norm(F.gelu(self.mlm_dense(self.encode(input_ids, token_type_ids))))
-        return self.mlm_decoder(h)
+        return self.mlm_decoder(self.mlm_norm(F.gelu(self.mlm_dense(hidden))))
 
     def mask_tokens(self, ids: Any, rng: np.random.Generator, mlm_probability: float = 0.15
                     ) -> Tuple[np.ndarray, np.ndarray]:
@@ -221,11 +224,18 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
     def loss(self, input_ids: Any, labels: Any, token_type_ids: Any = None) -> Tensor:
         """Mean cross-entropy of the MLM logits against ``labels (B, T)`` (``-100`` = ignored)."""
         labels = np.asarray(labels, dtype=np.int64)
-        logits = self.forward(input_ids, token_type_ids)
-        if labels.shape != tuple(logits.shape[:2]):
+        hidden = self.encode(input_ids, token_type_ids)                          # (B, T, d)
+        if labels.shape != tuple(hidden.shape[:2]):
             raise ShapeError(
-                f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(logits.shape[:2])}")
+                f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(hidden.shape[:2])}")
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.vocab_size))
         if bad.any():
             raise InvalidArgumentError(f"BertEncoder.loss: label {int(labels[bad][0])} is neither -100 nor a token id")
-        return F.cross_entropy(logits.reshape(-1, self.vocab_size), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        # The head (its V-wide projection dominates the cost) runs on the labelled positions only:
+        # ~15% of them. Gathered as an embedding lookup into the hidden states, whose backward
+        # scatters the gradient back. No labelled position: one ignored row, a zero loss.
+        flat = labels.reshape(-1)
+        picked = np.flatnonzero(flat != IGNORE_INDEX)
+        picked = picked if picked.size else np.zeros(1, np.int64)
+        rows = F.embedding(picked, hidden.reshape(-1, self.d_model))             # (M, d)
+        return F.cross_entropy(self._mlm_logits(rows), flat[picked], ignore_index=IGNORE_INDEX)
