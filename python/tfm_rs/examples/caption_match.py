@@ -1,5 +1,5 @@
 """Fine-tuning on real data: does this English caption translate that German one?
-``python -m tfm_rs.examples.caption_match [--minutes 4] [--out caption-match]``.
+``python -m tfm_rs.examples.caption_match [--pretrain-minutes 4] [--minutes 4] [--out caption-match]``.
 
 From Multi30k's caption pairs (``../shared/data/multi30k`` or ``$TFM_RS_MULTI30K``): each German
 caption with its own English caption (label ``yes``) and with the English caption of another
@@ -9,14 +9,17 @@ per-epoch check from ``val``, the reported accuracy from ``test_2016_flickr`` (1
 examples, never seen in training).
 
 The model starts from random weights — there is no pretrained multilingual BERT here — so the
-script first writes one, in Hugging Face's layout, the way a downloaded checkpoint would be:
-a lowercasing WordPiece vocabulary shared by both languages (trained on the training captions),
-and a small BERT (4 layers of width 128, 4 heads) with BERT's pooler, randomly initialized. Then
-it runs :func:`tfm_rs.train.finetune.finetune` — what ``tfm-rs finetune --task
-sequence-classification`` runs — on the German caption as ``text`` and the English one as
-``text_pair``, and scores the test split. Everything goes to ``--out``: ``data/*.jsonl``,
-``bert-random/``, ``classifier/`` (a ``BertForSequenceClassification`` checkpoint with
-``results.json``) and ``results.json`` with the test accuracy.
+script makes its own small pretrained checkpoint first: a lowercasing WordPiece vocabulary
+shared by both languages (trained on the training captions), a small BERT (2 layers of width
+128, 4 heads, BERT's pooler) pre-trained for ``--pretrain-minutes`` with translation language
+modelling (:func:`pretrain_tlm`: masked words predicted from both captions of a training pair),
+written in Hugging Face's layout as a downloaded checkpoint would be (``bert-tlm/``;
+``--pretrain-minutes 0`` writes the random weights as ``bert-random/``). Then it runs
+:func:`tfm_rs.train.finetune.finetune` — what ``tfm-rs finetune --task sequence-classification``
+runs — for ``--minutes`` on the German caption as ``text`` and the English one as ``text_pair``,
+and scores the test split. Everything goes to ``--out``: ``data/*.jsonl``, the encoder checkpoint,
+``classifier/`` (a ``BertForSequenceClassification`` checkpoint with its ``results.json``) and
+``results.json`` with the test accuracy.
 """
 
 from __future__ import annotations
