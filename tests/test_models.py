@@ -366,8 +366,21 @@ def test_bert_forward_loss_and_tied_head():
     assert b.encode(inp, np.zeros_like(inp)).shape == (3, 10, 32)
     loss = b.loss(inp, lab)
     assert np.isfinite(loss.item()) and loss.item() > 0
+    # The head runs on the labelled positions only; the loss and the gradients are those of the
+    # cross-entropy of every position's logits with the others ignored (float64 reference).
+    logits = b(inp).numpy().astype(np.float64).reshape(-1, V)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    keep = lab.reshape(-1) != -100
+    np.testing.assert_allclose(loss.item(), -logp[keep, lab.reshape(-1)[keep]].mean(), rtol=1e-5)
+    full = tfm_rs.functional.cross_entropy(b(inp).reshape(-1, V), lab.reshape(-1), ignore_index=-100)
+    full.backward()
+    want = {name: p.grad.numpy().copy() for name, p in b.named_parameters()}
+    b.zero_grad()
     loss.backward()
-    assert b.tok_embed.weight.grad is not None
+    for name, p in b.named_parameters():
+        np.testing.assert_allclose(p.grad.numpy(), want[name], rtol=1e-4, atol=1e-7, err_msg=name)
+    assert b.loss(inp, np.full_like(lab, -100)).item() == 0.0  # nothing labelled
     # Padding does not leak into real positions.
     b.eval()
     short = b(x[2:, :7]).numpy()

@@ -213,3 +213,37 @@ def test_fuzzed_configs_give_tfm_errors(tmp_path):
             BertEncoder.from_pretrained(tmp_path)
         except tfm_rs.TfmError:
             pass
+
+
+def _bert(**kw):
+    return BertEncoder(31, 8, 2, 2, 12, max_len=10, **kw)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: _bert(norm="rms"), r"norm='rms' \(it has LayerNorm\)"),
+    (lambda: _bert(norm="batch"), "norm='batch'"),
+    (lambda: _bert(embedding_dim=4), "embedding_dim=4"),
+    (lambda: _bert(ffn_rank=3), "ffn_rank=3"),
+    (lambda: GPT(31, 8, 2, 2, max_len=10, norm="rms"), "GPT2LMHeadModel has no equivalent of norm='rms'"),
+    (lambda: GPT(31, 8, 2, 2, max_len=10, tie_weights=False, hash_buckets=16), "hash_buckets=16"),
+])
+def test_save_pretrained_refuses_what_transformers_would_misread(tmp_path, make, match):
+    """Another norm, a factorized or hashed embedding, low-rank layers: refused before anything
+    is written (an RMSNorm model saved as BERT would load in transformers as LayerNorm)."""
+    model = make()
+    with pytest.raises(UnsupportedConfigError, match=match):
+        model.save_pretrained(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_pretrained_refuses_pruned_heads_and_unmapped_weights(tmp_path):
+    bert = _bert()
+    bert.prune_heads({0: [1]})
+    with pytest.raises(UnsupportedConfigError, match=r"pruned_heads=\{'0': \[1\]\}"):
+        bert.save_pretrained(tmp_path / "pruned")
+    # A norm swapped in by hand, behind the configuration's back: the weights no longer fit.
+    gpt = GPT(31, 8, 2, 2, max_len=10)
+    gpt.norm = tfm_rs.nn.RMSNorm(8)
+    with pytest.raises(UnsupportedConfigError, match=r"do not fit the Hugging Face layout; absent: norm\.bias"):
+        gpt.save_pretrained(tmp_path / "swapped")
+    assert not (tmp_path / "pruned").exists() and not (tmp_path / "swapped").exists()

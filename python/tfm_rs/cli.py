@@ -12,6 +12,8 @@ Commands:
   use a trained run.
 * ``tfm-rs distill --teacher RUN_DIR --preset tiny --level word|sequence --minutes N --out RUN_DIR``:
   knowledge distillation of a trained run into a smaller student (:mod:`tfm_rs.train.distill`).
+* ``tfm-rs finetune --from-pretrained DIR --data train.jsonl --task sequence-classification --out DIR``:
+  fine-tunes a Hugging Face BERT checkpoint on labelled text (:mod:`tfm_rs.train.finetune`).
 * ``tfm-rs bench``: a quick GEMM / attention / training-step benchmark against NumPy and PyTorch.
 * ``tfm-rs claims`` lists the explainers' claims; ``tfm-rs claims run NAME|--all [--quick] [--out DIR]``
   measures them and gives each a verdict (:mod:`tfm_rs.claims`).
@@ -181,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=_positive(int, "--limit"), default=None, help="only the first N examples")
     e.add_argument("--beam", type=_positive(int, "--beam"), default=1,
                    help="beam size of the translations (default: 1, greedy)")
+
+    ft = sub.add_parser("finetune", help="fine-tune a pretrained BERT to classify sequences or tokens",
+                        description="Fine-tune a Hugging Face BERT checkpoint directory (a bare encoder, or a "
+                                    "classifier of the task) on a .jsonl or .csv file with the columns text, "
+                                    "optionally text_pair, and label (token classification: words and one tag per "
+                                    "word). Writes --out as a Hugging Face checkpoint of "
+                                    "BertForSequenceClassification / BertForTokenClassification plus results.json "
+                                    "(accuracy). See docs/cli.md.")
+    ft.add_argument("--from-pretrained", metavar="DIR", required=True,
+                    help="a BERT checkpoint directory with config.json, model.safetensors and tokenizer.json")
+    ft.add_argument("--data", metavar="FILE", required=True, help="training examples (.jsonl or .csv)")
+    ft.add_argument("--valid", metavar="FILE", help="held-out examples: accuracy after every epoch")
+    ft.add_argument("--task", required=True, choices=("sequence-classification", "token-classification"))
+    ft.add_argument("--out", metavar="DIR", required=True, help="where the fine-tuned checkpoint goes")
+    ft.add_argument("--epochs", type=_positive(int, "--epochs"), default=None,
+                    help="passes over the data (default: 3, or as many as --minutes allows)")
+    ft.add_argument("--minutes", type=_positive(float, "--minutes"), default=None,
+                    help="training time budget (stops at whichever of --epochs/--minutes comes first)")
+    ft.add_argument("--lr", type=_positive(float, "--lr"), default=5e-5, help="peak learning rate (default: 5e-5)")
+    ft.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=32,
+                    help="examples per step (default: 32)")
+    ft.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    ft.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the shuffling, dropout and new head")
 
     b = sub.add_parser("bench", help="quick GEMM, attention and training-step benchmark",
                        description="Time tfm_rs's GEMM, fused attention and one training step against NumPy and "
@@ -589,6 +614,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- main
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """``tfm-rs finetune``: a fine-tuned checkpoint directory and its results.json."""
+    from tfm_rs.train.finetune import finetune
+
+    res = finetune(args.from_pretrained, args.data, args.task, args.out, valid_path=args.valid, epochs=args.epochs,
+                   minutes=args.minutes, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
+                   seed=args.seed)
+    held_out = "" if res["valid_accuracy"] is None else f", held-out accuracy {res['valid_accuracy']:.1%}"
+    print(f"{res['train_examples']} examples, {res['epochs']} epochs, {res['steps']} steps in {res['seconds']:.0f}s: "
+          f"training accuracy {res['train_accuracy']:.1%}{held_out}")
+    print(f"saved {args.out} (Hugging Face layout) and {args.out}/results.json")
+    return 0
+
+
 def cmd_distill(args: argparse.Namespace, command: Optional[Sequence[str]] = None) -> int:
     """``tfm-rs distill``: a student run trained from a teacher run."""
     from pathlib import Path
@@ -636,7 +675,7 @@ def cmd_claims(args: argparse.Namespace) -> int:
 
 COMMANDS = {"info": cmd_info, "demo": cmd_demo, "train": cmd_train, "translate": cmd_translate,
             "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
-            "claims": cmd_claims, "quantize": cmd_quantize}
+            "claims": cmd_claims, "quantize": cmd_quantize, "finetune": cmd_finetune}
 
 
 def _one_line(e: BaseException) -> str:

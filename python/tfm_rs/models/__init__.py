@@ -2,9 +2,14 @@
 
 * :class:`Seq2SeqTransformer`: the paper's encoder-decoder (presets ``transformer_base``,
   ``transformer_big``, ``transformer_small``, ``transformer_tiny``).
-* :class:`GPT`: a decoder-only causal language model (pre-LN, learned positions, tied head).
-* :class:`BertEncoder`: an encoder with a masked-LM head and the 80/10/10 masking rule.
-* :class:`Llama`: the Llama family (RMSNorm, rotary positions, SwiGLU, grouped-query attention).
+* :class:`GPT` (also ``GPT2LMHeadModel``): a decoder-only causal language model (pre-LN, learned
+  positions, tied head).
+* :class:`BertEncoder`: an encoder with a masked-LM head and the 80/10/10 masking rule
+  (``BertForMaskedLM`` is the same class, under Hugging Face's name).
+* :class:`BertForSequenceClassification`, :class:`BertForTokenClassification`: fine-tuning heads
+  on it, with Hugging Face's names, semantics and checkpoint layout.
+* :class:`Llama` (also ``LlamaForCausalLM``): the Llama family (RMSNorm, rotary positions, SwiGLU,
+  grouped-query attention).
 * :class:`RNNSeq2Seq`: RNNsearch, the attentional GRU encoder-decoder (a baseline).
 * :class:`ConvEncoder`: a ConvS2S-style convolutional encoder (GLU + residual blocks; a baseline).
 
@@ -16,6 +21,7 @@ from typing import Any, Iterable
 
 from tfm_rs.checkpoint import Checkpoint, check_compatible, check_state_dict_compatible, load_checkpoint
 from tfm_rs.models.bert import BertEncoder
+from tfm_rs.models.bert_heads import BertForSequenceClassification, BertForTokenClassification
 from tfm_rs.models.gpt import GPT
 from tfm_rs.models.llama import Llama
 from tfm_rs.models._pruning import head_importance
@@ -32,7 +38,13 @@ from tfm_rs.models.seq2seq import Seq2SeqTransformer
 from tfm_rs.models.rnn_seq2seq import RNNSeq2Seq
 from tfm_rs.models.conv_encoder import ConvEncoder
 
-ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama, RNNSeq2Seq)}
+ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama, RNNSeq2Seq,
+                                             BertForSequenceClassification, BertForTokenClassification)}
+
+# Hugging Face's class names for the models that load and save their checkpoints.
+BertForMaskedLM = BertEncoder
+GPT2LMHeadModel = GPT
+LlamaForCausalLM = Llama
 
 
 def load_model_state(model: Any, checkpoint: Any, ignore: Iterable[str] = ("dropout",)) -> None:
@@ -57,7 +69,9 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "ConvEncoder", "GPT", "Llama", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
+__all__ = ["ARCHITECTURES", "BertEncoder", "BertForMaskedLM", "BertForSequenceClassification",
+           "BertForTokenClassification", "ConvEncoder", "GPT", "GPT2LMHeadModel", "Llama", "LlamaForCausalLM",
+           "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
            "factorize_ffn", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

@@ -49,6 +49,8 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             to that table; one set of weights for every layer.
         hash_buckets, num_hashes, ffn_rank: as :class:`~tfm_rs.models.Seq2SeqTransformer`'s (a
             hashed embedding gets an untied MLM projection).
+        pooler: BERT's pooler (:meth:`pooler_output`); mlm_head: ``False`` builds the encoder
+            alone (the classifiers of :mod:`tfm_rs.models.bert_heads` wrap one).
     """
 
     arch = "BertEncoder"
@@ -58,7 +60,7 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
                  mask_id: int = 4, dropout: float = 0.1, special_ids: Optional[Sequence[int]] = None,
                  layer_norm_eps: float = 1e-12, norm: str = "layer", embedding_dim: Optional[int] = None,
                  hash_buckets: Optional[int] = None, num_hashes: int = 2, share_layers: bool = False,
-                 ffn_rank: FfnRank = None, pooler: bool = False) -> None:
+                 ffn_rank: FfnRank = None, pooler: bool = False, mlm_head: bool = True) -> None:
         super().__init__()
         if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
             raise InvalidArgumentError(
@@ -78,6 +80,8 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             **reduction_config(embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank))
         if pooler:  # only then, so that configurations written before the pooler existed still match
             self._config["pooler"] = True
+        if not mlm_head:
+            self._config["mlm_head"] = False
         self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
         self.type_vocab_size, self.pad_id, self.mask_id = int(type_vocab_size), int(pad_id), int(mask_id)
         self.special_ids = np.asarray(special, np.int64)
@@ -98,16 +102,10 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
         if share_layers:
             self.layers = share_stack(self.layers)
         set_ffn_rank(self, ffn_rank, from_trained=False)
-        # The MLM head ends in the width of the token table it is tied to (E when factorized).
-        head_dim = d_model if embedding_dim is None else int(embedding_dim)
-        self.mlm_dense = nn.Linear(d_model, head_dim)
-        self.mlm_norm = nn.LayerNorm(head_dim, eps=layer_norm_eps)
-        self.mlm_decoder = nn.Linear(head_dim, vocab_size, bias=True)
-        if isinstance(self.tok_embed, nn.FactorizedEmbedding):
-            self.mlm_decoder.weight = self.tok_embed.embed.weight
-        elif isinstance(self.tok_embed, nn.Embedding):
-            self.mlm_decoder.weight = self.tok_embed.weight
-        nn.init.zeros_(self.mlm_decoder.bias)
+        if mlm_head:
+            self._build_mlm_head(embedding_dim, layer_norm_eps)
+        else:  # the encoder of a classifier (tfm_rs.models.bert_heads)
+            self.mlm_dense = self.mlm_norm = self.mlm_decoder = None
         # BERT's pooler (dense + tanh on the first token), kept when a checkpoint has one.
         self.pooler = nn.Linear(d_model, d_model) if pooler else None
         self.tokenizer: Any = None
@@ -115,6 +113,18 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
     @property
     def config(self) -> Dict[str, Any]:
         return {"arch": self.arch, **self._config}
+
+    def _build_mlm_head(self, embedding_dim: Optional[int], eps: float) -> None:
+        # The MLM head ends in the width of the token table it is tied to (E when factorized).
+        head_dim = self.d_model if embedding_dim is None else int(embedding_dim)
+        self.mlm_dense = nn.Linear(self.d_model, head_dim)
+        self.mlm_norm = nn.LayerNorm(head_dim, eps=eps)
+        self.mlm_decoder = nn.Linear(head_dim, self.vocab_size, bias=True)
+        if isinstance(self.tok_embed, nn.FactorizedEmbedding):
+            self.mlm_decoder.weight = self.tok_embed.embed.weight
+        elif isinstance(self.tok_embed, nn.Embedding):
+            self.mlm_decoder.weight = self.tok_embed.weight
+        nn.init.zeros_(self.mlm_decoder.bias)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "BertEncoder":
@@ -182,8 +192,14 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
 
     def forward(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:
         """→ masked-LM logits ``(B, T, V)``."""
-        h = self.mlm_norm(F.gelu(self.mlm_dense(self.encode(input_ids, token_type_ids))))
-        return self.mlm_decoder(h)
+        return self._mlm_logits(self.encode(input_ids, token_type_ids))
+
+    def _mlm_logits(self, hidden: Tensor) -> Tensor:
+        """The masked-LM head on hidden states ``(…, d_model)`` → ``(…, V)``."""
+        if self.mlm_decoder is None:
+            raise InvalidArgumentError("BertEncoder: this encoder was built without the masked-LM head "
+                                       "(mlm_head=False)")
+        return self.mlm_decoder(self.mlm_norm(F.gelu(self.mlm_dense(hidden))))
 
     def mask_tokens(self, ids: Any, rng: np.random.Generator, mlm_probability: float = 0.15
                     ) -> Tuple[np.ndarray, np.ndarray]:
@@ -208,11 +224,18 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
     def loss(self, input_ids: Any, labels: Any, token_type_ids: Any = None) -> Tensor:
         """Mean cross-entropy of the MLM logits against ``labels (B, T)`` (``-100`` = ignored)."""
         labels = np.asarray(labels, dtype=np.int64)
-        logits = self.forward(input_ids, token_type_ids)
-        if labels.shape != tuple(logits.shape[:2]):
+        hidden = self.encode(input_ids, token_type_ids)                          # (B, T, d)
+        if labels.shape != tuple(hidden.shape[:2]):
             raise ShapeError(
-                f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(logits.shape[:2])}")
+                f"BertEncoder.loss: labels {labels.shape} do not match input_ids {tuple(hidden.shape[:2])}")
         bad = (labels != IGNORE_INDEX) & ((labels < 0) | (labels >= self.vocab_size))
         if bad.any():
             raise InvalidArgumentError(f"BertEncoder.loss: label {int(labels[bad][0])} is neither -100 nor a token id")
-        return F.cross_entropy(logits.reshape(-1, self.vocab_size), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+        # The head (its V-wide projection dominates the cost) runs on the labelled positions only:
+        # ~15% of them. Gathered as an embedding lookup into the hidden states, whose backward
+        # scatters the gradient back. No labelled position: one ignored row, a zero loss.
+        flat = labels.reshape(-1)
+        picked = np.flatnonzero(flat != IGNORE_INDEX)
+        picked = picked if picked.size else np.zeros(1, np.int64)
+        rows = F.embedding(picked, hidden.reshape(-1, self.d_model))             # (M, d)
+        return F.cross_entropy(self._mlm_logits(rows), flat[picked], ignore_index=IGNORE_INDEX)

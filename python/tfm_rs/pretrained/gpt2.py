@@ -24,15 +24,15 @@ from tfm_rs.pretrained.errors import UnsupportedConfigError
 from tfm_rs.pretrained.hf import (
     Rule,
     TensorIndex,
+    check_standard,
     checkpoint_dir,
     config_value,
-    copy_tokenizer,
     expect_shapes,
+    hf_tensors,
     load_tokenizer,
     load_weights,
     read_config,
-    save_weights,
-    write_config,
+    write_checkpoint,
 )
 
 __all__ = ["load_gpt2", "save_gpt2", "gpt2_rules"]
@@ -120,13 +120,14 @@ def save_gpt2(model: Any, path: Any) -> Path:
     act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}.get(c["activation"])
     if act is None:
         raise UnsupportedConfigError(f"GPT.save_pretrained: activation {c['activation']!r} has no GPT-2 name")
-    d = write_config(path, {
+    check_standard(c, "GPT.save_pretrained", "GPT2LMHeadModel")
+    tensors = hf_tensors(model.state_dict(), gpt2_rules(c["num_layers"], "transformer.", c["tie_weights"]),
+                         "GPT.save_pretrained", skip=("head.weight",) if c["tie_weights"] else ())
+    d = write_checkpoint(path, {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c["vocab_size"],
         "n_embd": c["d_model"], "n_layer": c["num_layers"], "n_head": c["nhead"], "n_inner": c["dim_feedforward"],
         "n_positions": c["max_len"], "activation_function": act, "layer_norm_epsilon": c["layer_norm_eps"],
         "resid_pdrop": c["dropout"], "embd_pdrop": c["dropout"], "attn_pdrop": c["dropout"],
         "tie_word_embeddings": c["tie_weights"], "bos_token_id": None, "eos_token_id": None,
-        "pad_token_id": c["pad_id"]})
-    save_weights(d, model.state_dict(), gpt2_rules(c["num_layers"], "transformer.", c["tie_weights"]))
-    copy_tokenizer(getattr(model, "tokenizer", None), d)
+        "pad_token_id": c["pad_id"]}, tensors, getattr(model, "tokenizer", None))
     return checkpoint_dir(d)

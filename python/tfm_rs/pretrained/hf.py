@@ -6,7 +6,7 @@ entry and the Hugging Face tensor(s) it comes from (as is, transposed — GPT-2'
 stores ``[in, out]`` — or several concatenated along rows, like BERT's separate q, k, v into one
 ``in_proj_weight``). :func:`load_weights` checks the whole checkpoint against the rules — every
 missing tensor, unexpected tensor and shape mismatch named, together — before it reads any data;
-:func:`save_weights` applies the rules backwards.
+:func:`hf_tensors` applies the rules backwards, refusing a model they do not describe exactly.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 from tfm_rs.pretrained.errors import PretrainedFormatError, UnsupportedConfigError, WeightsMismatchError
 from tfm_rs.pretrained.safetensors_io import SafetensorsFile, write_safetensors
 
-__all__ = ["Rule", "TensorIndex", "checkpoint_dir", "read_config", "config_value", "expect_shapes", "load_tokenizer",
-           "load_weights", "save_weights", "write_config", "copy_tokenizer", "MAX_CONFIG_BYTES"]
+__all__ = ["Rule", "TensorIndex", "check_standard", "checkpoint_dir", "read_config", "config_value", "expect_shapes",
+           "hf_tensors", "load_tokenizer", "load_weights", "write_checkpoint", "MAX_CONFIG_BYTES"]
 
 PathLike = Union[str, os.PathLike]
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -210,23 +210,54 @@ def load_weights(index: TensorIndex, rules: Sequence[Rule], target_shapes: Mappi
             for rule in active}
 
 
-def save_weights(directory: PathLike, state: Mapping[str, Any], rules: Sequence[Rule]) -> None:
-    """Writes ``model.safetensors`` with the Hugging Face names ``rules`` give ``state``'s tensors."""
+def check_standard(config: Mapping[str, Any], owner: str, hf_class: str) -> None:
+    """Refuses to save a model built with an option ``hf_class`` has no equivalent of — another
+    norm (RMSNorm, batch norm), a factorized or hashed embedding, low-rank or pruned layers — since
+    ``transformers`` would read such a file as a different model (or fail on its shapes)."""
+    problems = []
+    if config.get("norm", "layer") != "layer":
+        problems.append(f"norm={config['norm']!r} (it has LayerNorm)")
+    problems += [f"{key}={config[key]!r}" for key in ("embedding_dim", "hash_buckets", "ffn_rank", "pruned_heads",
+                                                       "ffn_dims") if config.get(key)]
+    if problems:
+        raise UnsupportedConfigError(
+            f"{owner}: transformers' {hf_class} has no equivalent of {', '.join(problems)}, so a checkpoint in its "
+            "layout would be misread; save this model with tfm_rs.checkpoint.save_checkpoint instead")
+
+
+def hf_tensors(state: Mapping[str, Any], rules: Sequence[Rule], owner: str,
+               skip: Iterable[str] = ()) -> Dict[str, np.ndarray]:
+    """The Hugging Face tensors of ``state`` (a tfm_rs state dict) by ``rules``, float32. The
+    rules must describe ``state`` exactly — every rule's target present, every entry but those in
+    ``skip`` (tied copies) read by a rule — else an :class:`UnsupportedConfigError` names the
+    differences, so that nothing is silently dropped from a saved checkpoint."""
+    targets = {rule.target for rule in rules}
+    absent = [rule.target for rule in rules if rule.target not in state]
+    skip = set(skip)
+    unmapped = sorted(k for k in state if k not in targets and k not in skip)
+    if absent or unmapped:
+        raise UnsupportedConfigError(
+            f"{owner}: the model's weights do not fit the Hugging Face layout"
+            + (f"; absent: {', '.join(absent)}" if absent else "")
+            + (f"; with no Hugging Face name: {', '.join(unmapped)}" if unmapped else ""))
     out: Dict[str, np.ndarray] = {}
     for rule in rules:
-        if rule.target not in state:
-            continue
         value = state[rule.target]
         array = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float32)
         for src, part in zip(rule.sources, rule.split(array)):
             out[src] = np.ascontiguousarray(part)
-    write_safetensors(Path(directory) / "model.safetensors", out, metadata={"format": "pt"})
+    return out
 
 
-def write_config(directory: PathLike, config: Mapping[str, Any]) -> Path:
+def write_checkpoint(directory: PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
+                     tokenizer: Any = None) -> Path:
+    """Writes ``config.json``, ``model.safetensors`` and, given a tokenizer, ``tokenizer.json``."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_safetensors(d / "model.safetensors", tensors, metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(str(d / "tokenizer.json"))
     return d
 
 
@@ -250,8 +281,3 @@ def load_tokenizer(path: PathLike, max_length: Optional[int] = None) -> Any:
         limit = min(int(baked["max_length"]), max_length) if baked else max_length
         tok.enable_truncation(max_length=limit)
     return tok
-
-
-def copy_tokenizer(tokenizer: Any, directory: PathLike) -> None:
-    if tokenizer is not None:
-        tokenizer.save(str(Path(directory) / "tokenizer.json"))

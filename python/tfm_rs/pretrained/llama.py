@@ -18,13 +18,12 @@ from tfm_rs.pretrained.hf import (
     TensorIndex,
     checkpoint_dir,
     config_value,
-    copy_tokenizer,
     expect_shapes,
+    hf_tensors,
     load_tokenizer,
     load_weights,
     read_config,
-    save_weights,
-    write_config,
+    write_checkpoint,
 )
 
 __all__ = ["load_llama", "save_llama", "llama_rules", "llama_kwargs", "llama_shapes"]
@@ -136,15 +135,16 @@ def save_llama(model: Any, path: Any) -> Path:
     """Writes ``model`` as a ``LlamaForCausalLM`` checkpoint directory."""
     c = model.config
     rope = dict(c["rope_scaling"] or {"rope_type": "default"}, rope_theta=c["rope_theta"])
-    d = write_config(path, {
+    state = model.state_dict()
+    tensors = hf_tensors(state, llama_rules(list(state), c["tie_weights"]), "Llama.save_pretrained",
+                         skip=("lm_head.weight",) if c["tie_weights"] else ())
+    d = write_checkpoint(path, {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": c["vocab_size"],
         "hidden_size": c["d_model"], "num_hidden_layers": c["num_layers"], "num_attention_heads": c["nhead"],
         "num_key_value_heads": c["num_kv_heads"], "head_dim": c["head_dim"], "intermediate_size": c["dim_feedforward"],
         "hidden_act": "silu", "max_position_embeddings": c["max_len"], "rms_norm_eps": c["rms_norm_eps"],
         "rope_theta": c["rope_theta"], "rope_scaling": c["rope_scaling"], "rope_parameters": rope,
         "tie_word_embeddings": c["tie_weights"], "attention_bias": c["attention_bias"], "mlp_bias": c["mlp_bias"],
-        "pad_token_id": c["pad_id"], "bos_token_id": c["bos_id"], "eos_token_id": c["eos_id"]})
-    state = model.state_dict()
-    save_weights(d, state, llama_rules(list(state), c["tie_weights"]))
-    copy_tokenizer(getattr(model, "tokenizer", None), d)
+        "pad_token_id": c["pad_id"], "bos_token_id": c["bos_id"], "eos_token_id": c["eos_id"]},
+        tensors, getattr(model, "tokenizer", None))
     return checkpoint_dir(d)
