@@ -36,6 +36,8 @@ pub mod embedding;
 mod gpu_tests;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_attention;
+pub mod lsh_attention;
 pub mod matmul;
 pub mod reduce;
 pub mod rows;

@@ -6,6 +6,7 @@ mod decode;
 mod errors;
 mod functional;
 mod gpu;
+mod long_attention;
 mod optim;
 mod runtime;
 mod tensor;
@@ -22,5 +23,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     decode::register(m)?;
     gpu::register(m)?;
+    long_attention::register(m)?;
     Ok(())
 }
