@@ -61,6 +61,13 @@ def np_add_layer_norm(x, r, w, b, g):
     return y, ds, (g * xhat).sum(0), g.sum(0)
 
 
+def np_rms_norm(x, w, g):
+    rstd = 1 / np.sqrt((x * x).mean(-1, keepdims=True) + np.finfo(np.float32).eps)
+    xhat = x * rstd
+    gh = g * w
+    return xhat * w, rstd * (gh - xhat * (gh * xhat).mean(-1, keepdims=True)), (g * xhat).sum(0)
+
+
 def np_dropout(x, p, rng):
     keep = rng.random(x.shape, dtype=np.float32) >= p
     scale = np.float32(1 / (1 - p))
@@ -114,6 +121,11 @@ def cases(rng, smoke: bool = False):
             "numpy": lambda x=x, r=r, w=w, b=b, g=g: np_add_layer_norm(x, r, w, b, g),
             "torch": torch and torch_fb(lambda a, c, wt, bt, d=d: TF.layer_norm(a + c, (d,), wt, bt), x, r, w, b),
         }))
+        out.append((f"rms_norm {m}x{d}", {
+            "tfm_rs": tfm_fb(lambda a, wt, d=d: F.rms_norm(a, d, wt), x, w),
+            "numpy": lambda x=x, w=w, g=g: np_rms_norm(x, w, g),
+            "torch": torch and torch_fb(lambda a, wt, d=d: TF.rms_norm(a, (d,), wt), x, w),
+        }))
     for n, c in ((rows(1536), 8000), (rows(4096), 32000)):
         x = rand(n, c, scale=3.0)
         t = rng.integers(0, c, n)
@@ -135,6 +147,28 @@ def cases(rng, smoke: bool = False):
         "tfm_rs": tfm_fb(lambda a: F.gelu(a), x),
         "numpy": (lambda x=x, g=g: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
         "torch": torch and torch_fb(lambda a: TF.gelu(a), x),
+    }))
+    # Batch norm over the tokens of a (N·T, C) batch in training mode (batch statistics).
+    for m, c in ((rows(3072), 256), (rows(4096), 1024)):
+        x, w, b = rand(m, c), rand(c), rand(c)
+        out.append((f"batch_norm {m}x{c}", {
+            "tfm_rs": tfm_fb(lambda a, wt, bt: F.batch_norm(a, None, None, wt, bt, training=True), x, w, b),
+            "numpy": None,
+            "torch": torch and torch_fb(lambda a, wt, bt: TF.batch_norm(a, None, None, wt, bt, training=True),
+                                        x, w, b),
+        }))
+    # Hash embedding: 3072 tokens of a 32k vocabulary, 2 hashes into 8k buckets of width 256.
+    # torch has no hashed lookup: its reference gathers the same number of rows (buckets drawn at
+    # random, same shapes), weights them by importance and sums, with autograd's scatter-add.
+    n, v, nb, k, d = rows(3072), 32000, 8000, 2, 256
+    ids = rng.integers(0, v, n)
+    pool, imp = rand(nb, d), rand(v, k)
+    buckets = torch and torch.from_numpy(rng.integers(0, nb, (n, k)))
+    tids = torch and torch.from_numpy(ids)
+    out.append((f"hash_embedding {n}x{d} k={k}", {
+        "tfm_rs": tfm_fb(lambda p, i, ids=ids, v=v, k=k: F.hash_embedding(ids, p, i, v, k, seed=0), pool, imp),
+        "numpy": None,
+        "torch": torch and torch_fb(lambda p, i, b=buckets, t=tids: (p[b] * i[t].unsqueeze(-1)).sum(1), pool, imp),
     }))
     for mb in (4, 16):
         x = rand(mb << 18)

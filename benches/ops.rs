@@ -1,6 +1,6 @@
 //! The row-wise ops on the shapes a Transformer training step gives them, each forward +
 //! backward through autograd (the backward seeded with ones, as `out.sum().backward()` does):
-//! softmax `(4096, 1024)`, add_layer_norm `(3072, 256)` and `(4096, 1024)`, cross entropy
+//! softmax `(4096, 1024)`, add_layer_norm and rms_norm `(3072, 256)` and `(4096, 1024)`, cross entropy
 //! (label smoothing 0.1, mean) on `(1536, 8000)` and `(4096, 32000)` logits, dropout (p = 0.1)
 //! on 393 216 and 4 194 304 elements, GELU (erf) on `(3072, 1024)`. Runs in the tfm_rs pool
 //! (`TFM_RS_NUM_THREADS`, default: all cores; `TFM_RS_ISA` picks the instruction set).
@@ -56,6 +56,9 @@ fn ops(c: &mut Criterion) {
         let (w, bias) = (input(&[d], 4, 1.0), input(&[d], 5, 1.0));
         fwd_and_bwd(c, "add_layer_norm", &format!("{rows}x{d}"), &x, |x| {
             layer_norm::add_layer_norm(x, &r, Some(&w), Some(&bias), 1e-5).unwrap()
+        });
+        fwd_and_bwd(c, "rms_norm", &format!("{rows}x{d}"), &x, |x| {
+            layer_norm::rms_norm(x, Some(&w), 1e-5).unwrap()
         });
     }
 

@@ -7,7 +7,7 @@
 //! `optim::AdamConfig`, …), so callers keep their paths.
 
 use crate::ensure_value;
-use crate::error::Result;
+use crate::error::{Result, TfmError};
 
 /// The elementwise binary ops, with NumPy broadcasting.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +86,34 @@ pub enum Reduction {
 pub struct LossConfig {
     pub ignore_index: i64,
     pub label_smoothing: f32,
+}
+
+impl LossConfig {
+    /// The check both backends make on the per-row log-sum-exps `lse(i)` of `n` rows: a NaN
+    /// (from a NaN or +inf logit), or −inf on a row that counts (`counted(i)`: its target is not
+    /// ignored), is a non-finite error naming the first such row.
+    pub fn check_lse(
+        op: &'static str,
+        n: usize,
+        lse: impl Fn(usize) -> f64,
+        counted: impl Fn(usize) -> bool,
+    ) -> Result<()> {
+        let bad = |&i: &usize| lse(i).is_nan() || (lse(i) == f64::NEG_INFINITY && counted(i));
+        match (0..n).find(bad) {
+            None => Ok(()),
+            Some(i) => {
+                let what = if lse(i).is_nan() {
+                    "holds NaN or +inf"
+                } else {
+                    "is -inf everywhere"
+                };
+                Err(TfmError::non_finite(
+                    op,
+                    format!("row {i} of the logits {what}"),
+                ))
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -237,4 +265,35 @@ pub struct AttentionConfig<'a> {
     /// Keys the dropout decisions: element `(h, i, j)` is kept iff
     /// `random::keep(seed, (h·Tq + i)·Tk + j, dropout_p)`.
     pub seed: u64,
+}
+
+/// The arithmetic of the matrix products (linear layers, matmul, attention): float32
+/// throughout, or mixed precision — inputs rounded to bfloat16, products summed in float32,
+/// everything else (norms, softmax, losses, reductions, weights and optimizer state) float32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    /// `"float32"`/`"fp32"`/`"f32"`, or `"bf16"`/`"bfloat16"` (any case).
+    pub fn from_name(name: &str) -> Result<Precision> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "float32" | "fp32" | "f32" | "float" => Ok(Precision::F32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(crate::error::TfmError::value(
+                "precision",
+                format!("unknown precision '{other}'; expected one of float32, bf16"),
+            )),
+        }
+    }
 }

@@ -52,6 +52,31 @@ if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import torch" 2>/dev/null;
     echo "== installing torch into $PY (the PyTorch-parity tests' reference)"
     "$PY" -m pip install --quiet --disable-pip-version-check "torch>=2.1"
 fi
+# The pretrained-model tests' references (tests/hf_ref.py): transformers, llama.cpp's gguf writer,
+# and scikit-learn (its digits for the ViT example); required where torch is.
+if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import transformers, gguf, sklearn" 2>/dev/null; then
+    echo "== installing transformers, gguf and scikit-learn into $PY (the pretrained-model tests' references)"
+    "$PY" -m pip install --quiet --disable-pip-version-check "transformers>=4.45" "gguf>=0.10" "scikit-learn>=1.0"
+fi
+
+# ---- Open MPI and mpi4py, for the data-parallel tests (tests/test_distributed.py, mpirun -n 2) ----
+# CI installs both and those tests must run (TFM_RS_REQUIRE_MPI=1); elsewhere they skip, saying
+# why, when either is missing.
+case "$(printf '%s' "${CI:-}" | tr '[:upper:]' '[:lower:]')" in
+    "" | 0 | false) ;;
+    *) export TFM_RS_REQUIRE_MPI=1 ;;
+esac
+if [ "${TFM_RS_REQUIRE_MPI:-}" = 1 ]; then
+    if ! command -v mpirun >/dev/null 2>&1; then
+        echo "== installing Open MPI (openmpi-bin, libopenmpi-dev) for the data-parallel tests"
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin libopenmpi-dev >/dev/null
+    fi
+    if ! "$PY" -c "import mpi4py" 2>/dev/null; then
+        echo "== installing mpi4py into $PY"
+        "$PY" -m pip install --quiet --disable-pip-version-check "mpi4py>=3.1"
+    fi
+fi
 
 echo "== cargo test (with the GPU backend, feature wgpu)"
 cargo test --release --quiet --features wgpu

@@ -57,6 +57,16 @@ def test_layer_norm_shape_errors():
         F.layer_norm(x, (3, 4), weight=randn((4,)))
 
 
+def test_rms_norm_bad_input():
+    x = randn((2, 4))
+    with pytest.raises(tfm_rs.ShapeError, match="rms_norm"):
+        F.rms_norm(x, 3)
+    with pytest.raises(tfm_rs.ShapeError, match="rms_norm"):
+        F.rms_norm(x, 4, weight=randn((3,)))
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="rms_norm"):
+        F.rms_norm(x, 4, eps=-1.0)
+
+
 def test_add_layer_norm_shape_errors():
     x = randn((2, 4))
     with pytest.raises(tfm_rs.ShapeError, match="layer_norm"):

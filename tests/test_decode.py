@@ -53,7 +53,8 @@ SRC = pad_batch([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]])
 # ---------------------------------------------------------------- the cache
 
 
-@pytest.mark.parametrize("kw", [{}, {"norm_first": True}, {"share_embeddings": True, "activation": "gelu"}])
+@pytest.mark.parametrize("kw", [{}, {"norm_first": True}, {"share_embeddings": True, "activation": "gelu"},
+                                {"norm": "rms"}, {"norm": "rms", "norm_first": True}])
 def test_incremental_logits_equal_full_forward_seq2seq(kw):
     tfm_rs.manual_seed(0)
     m = Seq2SeqTransformer(V, V, d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,

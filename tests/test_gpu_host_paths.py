@@ -184,3 +184,17 @@ def test_gradient_clipping_on_the_gpu(norm_type):
     assert math.isclose(out[1][0], out[0][0], rel_tol=RTOL)
     for a, b in zip(out[1][1], out[0][1]):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+
+
+def test_op_without_gpu_kernel_names_itself():
+    """RMS norm has no GPU kernel: a DeviceError naming the op, not a panic or a silent copy."""
+    with pytest.raises(tfm_rs.DeviceError, match="rms_norm"):
+        F.rms_norm(on_gpu(randn(2, 3)), 3)
+
+
+def test_cross_entropy_nan_logits_raise_on_gpu_as_on_cpu():
+    logits = randn(3, 5)
+    logits[1, 2] = np.nan
+    for make in (tfm_rs.tensor, on_gpu):
+        with pytest.raises(tfm_rs.NonFiniteError, match="row 1"):
+            F.cross_entropy(make(logits), np.array([0, 1, 2]))

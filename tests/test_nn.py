@@ -803,3 +803,34 @@ def test_modules_train_with_adam():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]  # copying the input is easy
+
+
+def test_forward_pre_hooks_args_kwargs_order_and_removal():
+    """PyTorch's semantics: a result replaces the positional args (or, ``with_kwargs``, both);
+    ``prepend`` runs first; ``remove()`` unregisters."""
+    lin = nn.Linear(3, 2)
+    calls = []
+    x, y = randn((4, 3), seed=1), randn((4, 3), seed=2)
+
+    def swap(module, args):
+        calls.append("swap")
+        return (tfm_rs.tensor(y),)
+
+    def see(module, args, kwargs):
+        calls.append(("see", sorted(kwargs)))
+
+    h1 = lin.register_forward_pre_hook(swap)
+    h2 = lin.register_forward_pre_hook(see, prepend=True, with_kwargs=True)
+    np.testing.assert_array_equal(lin(tfm_rs.tensor(x)).numpy(), lin.forward(tfm_rs.tensor(y)).numpy())
+    assert calls == [("see", []), "swap"]
+    h1.remove()
+    h2.remove()
+    np.testing.assert_array_equal(lin(tfm_rs.tensor(x)).numpy(), lin.forward(tfm_rs.tensor(x)).numpy())
+    assert len(calls) == 2
+
+    mha = nn.MultiheadAttention(4, 2)
+    seen = {}
+    mha.register_forward_pre_hook(lambda m, a, k: seen.update(k), with_kwargs=True)
+    q = tfm_rs.tensor(randn((1, 3, 4)))
+    mha(q, q, q, need_weights=False, is_causal=True, attn_mask=np.triu(np.ones((3, 3), bool), 1))
+    assert seen["is_causal"] is True and seen["need_weights"] is False

@@ -84,6 +84,8 @@ def padding(lengths, s):
 
 def test_reprs_match_torch():
     for ours, theirs in [(nn.Linear(3, 2), torch.nn.Linear(3, 2)), (nn.LayerNorm(8), torch.nn.LayerNorm(8)),
+                         (nn.RMSNorm(8), torch.nn.RMSNorm(8)), (nn.RMSNorm((2, 3), 1e-6, False),
+                                                                torch.nn.RMSNorm((2, 3), 1e-6, False)),
                          (nn.Dropout(0.1), torch.nn.Dropout(0.1)), (nn.ReLU(), torch.nn.ReLU()),
                          (nn.GELU("tanh"), torch.nn.GELU("tanh")),
                          (nn.Embedding(10, 4, padding_idx=2), torch.nn.Embedding(10, 4, padding_idx=2)),
@@ -98,6 +100,15 @@ def test_state_dict_goes_back_to_torch():
     t.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
     for k, v in t.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), ours.state_dict()[k])
+
+
+@pytest.mark.parametrize("normalized_shape,eps", [((1,), None), ((17,), None), ((127,), 1e-6), ((3, 5), 1e-5)])
+def test_rms_norm(normalized_shape, eps):
+    """Mean far from zero, so that a norm that centred would differ."""
+    t = randomize(torch.nn.RMSNorm(normalized_shape, eps=eps))
+    ours = to_ours(t, nn.RMSNorm(normalized_shape, eps=eps))
+    x = randn((3, 2) + normalized_shape, seed=1) + 1.5
+    compare(t, ours, t, ours, [x])
 
 
 @pytest.mark.parametrize("kind", ["self", "cross", "kvdim"])
@@ -221,3 +232,42 @@ def test_encoder_stack_with_causal_mask_detection():
                                             nn.LayerNorm(16))).eval()
     cm = nn.Transformer.generate_square_subsequent_mask(6)
     compare(lambda x: t(x, mask=ref(cm)), lambda x: ours(x, mask=cm), t, ours, [randn((2, 6, 16), seed=12)])
+
+
+def test_batch_norm1d_matches_torch_over_training_steps() -> None:
+    """BatchNorm1d from one state_dict: outputs, input and parameter gradients and running
+    statistics over several training steps, then eval outputs, against torch in float64."""
+    for shape, momentum in (((6, 17), 0.1), ((5, 3, 7), None)):
+        c = shape[1]
+        ours = nn.BatchNorm1d(c, momentum=momentum)
+        ref = torch.nn.BatchNorm1d(c, momentum=momentum).double()
+        rng = np.random.default_rng(c)
+        ours.weight.copy_(rng.standard_normal(c).astype(np.float32))
+        ours.bias.copy_(rng.standard_normal(c).astype(np.float32))
+        ref.load_state_dict({k: torch.tensor(v, dtype=torch.float64) if k != "num_batches_tracked"
+                             else torch.tensor(int(v)) for k, v in ours.state_dict().items()})
+        for step in range(3):
+            x = (rng.standard_normal(shape) * (step + 1) + step).astype(np.float32)
+            g = rng.standard_normal(shape).astype(np.float32)
+            xt = tfm_rs.tensor(x, requires_grad=True)
+            y = ours(xt)
+            y.backward(g)
+            xr = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+            yr = ref(xr)
+            yr.backward(torch.tensor(g, dtype=torch.float64))
+            np.testing.assert_allclose(y.numpy(), yr.detach().numpy(), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(xt.grad.numpy(), xr.grad.numpy(), rtol=1e-4, atol=1e-5)
+            for name in ("weight", "bias"):
+                np.testing.assert_allclose(getattr(ours, name).grad.numpy(),
+                                           getattr(ref, name).grad.numpy(), rtol=1e-4, atol=1e-5)
+            ours.zero_grad()
+            ref.zero_grad()
+            for name in ("running_mean", "running_var"):
+                np.testing.assert_allclose(getattr(ours, name).numpy(), getattr(ref, name).numpy(),
+                                           rtol=1e-5, atol=1e-6)
+        assert int(ours.num_batches_tracked.numpy()) == int(ref.num_batches_tracked)
+        ours.eval()
+        ref.eval()
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(ours(x).numpy(), ref(torch.tensor(x, dtype=torch.float64)).detach().numpy(),
+                                   rtol=1e-5, atol=1e-5)

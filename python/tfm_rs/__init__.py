@@ -31,15 +31,17 @@ from tfm_rs._core import (
 )
 from tfm_rs._core import manual_seed as _core_manual_seed
 from tfm_rs import functional
+from tfm_rs import masks  # noqa: F401 (tfm_rs.masks, used as such)
 from tfm_rs import nn  # after functional, which it builds on
 from tfm_rs import optim
 from tfm_rs import models
 from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
+from tfm_rs.amp import autocast
 
 
 # Submodules with heavier third-party imports (tokenizers, safetensors, sacrebleu) load on
 # first use, so `import tfm_rs` stays quick.
-_LAZY = ("checkpoint", "data", "metrics", "train")
+_LAZY = ("checkpoint", "data", "metrics", "train", "quantization")
 
 
 def __getattr__(name: str):
@@ -67,6 +69,7 @@ __all__ = [
     "Tensor",
     "TfmError",
     "__version__",
+    "autocast",
     "cat",
     "cpu_features",
     "enable_grad",

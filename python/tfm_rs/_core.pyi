@@ -5,7 +5,7 @@ with PyTorch's argument names and defaults; prefer it to calling ``_core`` direc
 function releases the GIL while it computes, and every failure is a :class:`TfmError`.
 """
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,13 @@ class InternalError(TfmError, RuntimeError):
     """A bug inside tfm_rs; please report it."""
 
 # ------------------------------------------------------------------------------ Tensor (tensor.rs)
+
+class RemovableHandle:
+    """What ``register_post_accumulate_grad_hook`` returns."""
+
+    id: int
+
+    def remove(self) -> None: ...
 
 class Tensor:
     """A float32 tensor that records the operations on it for autograd (PyTorch's semantics)."""
@@ -93,6 +100,8 @@ class Tensor:
     def backward(self, gradient: Optional[ArrayLike] = None, retain_graph: bool = False) -> None:
         """Computes gradients with respect to the graph's leaves; ``gradient`` is required for
         non-scalar tensors."""
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> "RemovableHandle":
+        """Run ``hook(self)`` in every backward that reaches this leaf, once its ``.grad`` is complete."""
     def copy_(self, src: ArrayLike) -> Tensor:
         """Copies ``src``'s values in place (not recorded in the graph)."""
     def detach(self) -> Tensor:
@@ -159,11 +168,13 @@ def cat(tensors: Sequence[ArrayLike], dim: int = 0) -> Tensor:
 # ------------------------------------------------------------------------------ ops (functional.rs)
 # Positional arguments as the bindings take them; tfm_rs.functional has PyTorch's keywords.
 
-def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None) -> Tensor:
-    """``input @ weight.T + bias``."""
+def linear(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None,
+           precision: Optional[str] = None) -> Tensor:
+    """``input @ weight.T + bias``; ``precision``: ``None``/``"float32"`` or ``"bf16"``
+    (bf16 inputs, float32 accumulation, forward and backward)."""
 
-def matmul(input: ArrayLike, other: ArrayLike) -> Tensor:
-    """Matrix product with broadcasting of batch dimensions."""
+def matmul(input: ArrayLike, other: ArrayLike, precision: Optional[str] = None) -> Tensor:
+    """Matrix product with broadcasting of batch dimensions (``precision`` as for ``linear``)."""
 
 def softmax(input: ArrayLike, dim: int = -1, mask: Optional[ArrayLike] = None) -> Tensor: ...
 def log_softmax(input: ArrayLike, dim: int = -1, mask: Optional[ArrayLike] = None) -> Tensor: ...
@@ -173,6 +184,8 @@ def add_layer_norm(input: ArrayLike, residual: ArrayLike, normalized_shape: Unio
                    weight: Optional[ArrayLike] = None, bias: Optional[ArrayLike] = None,
                    eps: float = 1e-5) -> Tensor:
     """``layer_norm(input + residual)`` in one fused kernel (the post-LN residual step)."""
+def rms_norm(input: ArrayLike, normalized_shape: Union[int, Sequence[int]], weight: Optional[ArrayLike] = None,
+             eps: Optional[float] = None) -> Tensor: ...
 def relu(input: ArrayLike) -> Tensor: ...
 def gelu(input: ArrayLike, approximate_tanh: bool) -> Tensor: ...
 def dropout(input: ArrayLike, p: float, training: bool) -> Tensor: ...
@@ -182,13 +195,46 @@ def cross_entropy(input: ArrayLike, target: npt.ArrayLike, ignore_index: int, re
     """``reduction`` is ``"none"``, ``"sum"`` or ``"mean"``; class dimension 1 as in PyTorch."""
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                  attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: Optional[float] = None) -> Tensor:
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 precision: Optional[str] = None) -> Tensor:
     """Fused (flash-style) attention ``softmax(QKᵀ·scale + mask)·V``, memory linear in T;
-    ``scale`` defaults to ``1/√d_k``."""
+    ``scale`` defaults to ``1/√d_k``; ``precision="bf16"`` rounds q, k, v to bf16."""
+def precision_info(precision: str) -> Tuple[str, Optional[str]]:
+    """``(path, note)``: how ``precision``'s products run here; ``note`` says when bf16 is emulated."""
 def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                            attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
                            is_causal: bool = False, scale: Optional[float] = None) -> Tuple[Tensor, Tensor]:
     """The explicit path: ``(output, weights (…, L, S))``, weights after masking, before dropout."""
+def batch_norm(input: ArrayLike, keep: Optional[npt.ArrayLike], weight: Optional[ArrayLike],
+               bias: Optional[ArrayLike], running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               use_batch_stats: bool, eps: float, channels_last: bool
+               ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """``(y, batch_mean, batch_unbiased_var)``; the statistics only when the batch's were used."""
+def hash_embedding(input: npt.ArrayLike, weight: ArrayLike, importance: Optional[ArrayLike], num_embeddings: int,
+                   num_hashes: int, seed: Optional[int]) -> Tensor:
+    """``seed=None``: the identity hash."""
+
+# ------------------------------------------------------------------------------ sequence ops (sequence.rs)
+
+def rnn_layer(mode: str, input: ArrayLike, hx: ArrayLike, weight_ih: ArrayLike, weight_hh: ArrayLike,
+              bias_ih: Optional[ArrayLike] = None, bias_hh: Optional[ArrayLike] = None, cx: Optional[ArrayLike] = None,
+              lengths: Optional[npt.ArrayLike] = None, reverse: bool = False) -> Tensor:
+    """One layer and direction of an LSTM (``mode`` "LSTM", ``cx`` given) or GRU over a time-major
+    ``(T, B, I)`` input: the stacked ``(T + 1, B, H)`` ``[output; h_n]`` (GRU) or ``(T + 2, B, H)``
+    ``[output; h_n; c_n]`` (LSTM)."""
+
+def additive_attention_scores(query: ArrayLike, key: ArrayLike, v: ArrayLike) -> Tensor:
+    """``Σ_h v_h·tanh(query[b, i, h] + key[b, j, h])``: (B, Tq, H), (B, Tk, H), (H,) → (B, Tq, Tk)."""
+def scaled_dot_product_attention_structured(query: ArrayLike, key: ArrayLike, value: ArrayLike, mask: tuple,
+                                            dropout_p: float = 0.0, scale: Optional[float] = None) -> Tensor:
+    """Fused attention under a structured mask (``tfm_rs.masks.Mask._spec(L, S)``): the
+    block-skipping kernel (empty 64×64 tiles skipped, partial ones masked from indices)."""
+def mask_explain(mask: tuple, samples: int, l: int, s: int) -> Tuple[int, int, int, int]:
+    """``(allowed pairs, full, partial, empty 64×64 tiles)`` of a mask spec over ``samples`` samples."""
+
+def conv1d(input: ArrayLike, weight: ArrayLike, bias: Optional[ArrayLike] = None, stride: int = 1,
+           padding: Tuple[int, int] = (0, 0), dilation: int = 1, groups: int = 1) -> Tensor:
+    """1-D convolution with (left, right) zero padding: (N, C_in, L), (C_out, C_in / groups, K) → (N, C_out, L_out)."""
 
 # ------------------------------------------------------------------------------ optimizers (optim.rs)
 
@@ -271,6 +317,29 @@ def generate(weights: DecoderWeights, prompts: Sequence[Sequence[int]], max_new:
              memory_key_padding_mask: Optional[npt.ArrayLike] = None) -> List[List[Hypothesis]]:
     """A whole search in Rust (greedy, beam, sampling; ``config`` as ``tfm_rs.decode`` builds it);
     per input, a list of ``(tokens, log_prob, score)``."""
+
+
+# ------------------------------------------------------------------------------ int8 inference (quantization.rs)
+# Used through tfm_rs.quantization (quantize_dynamic, QuantizedLinear).
+
+class QuantizedWeight:
+    """An int8 weight ``(out_features, in_features)`` with one float32 scale per output feature."""
+
+    def __init__(self, int8: npt.NDArray[np.int8], scales: ArrayLike) -> None:
+        """From a checkpoint's int8 values ``(out, in)`` and positive scales ``(out,)``."""
+    @staticmethod
+    def quantize(weight: ArrayLike) -> "QuantizedWeight":
+        """Quantizes a float weight ``(out, in)`` symmetrically per output feature."""
+    @property
+    def shape(self) -> Tuple[int, int]: ...
+    def int8(self) -> npt.NDArray[np.int8]: ...
+    def scales(self) -> npt.NDArray[np.float32]: ...
+    def dequantize(self) -> npt.NDArray[np.float32]:
+        """``scales[j]·int8[j]`` as float32 ``(out, in)``."""
+
+def quantized_linear(input: ArrayLike, weight: QuantizedWeight, bias: Optional[ArrayLike] = None,
+                     start: int = 0, end: Optional[int] = None) -> Tensor:
+    """``input (*, in)`` times output features ``start..end`` of ``weight``, plus ``bias``."""
 
 
 # ---------------------------------------------------------------- GPU backend (feature wgpu)

@@ -13,6 +13,8 @@ Commands:
 * ``tfm-rs distill --teacher RUN_DIR --preset tiny --level word|sequence --minutes N --out RUN_DIR``:
   knowledge distillation of a trained run into a smaller student (:mod:`tfm_rs.train.distill`).
 * ``tfm-rs bench``: a quick GEMM / attention / training-step benchmark against NumPy and PyTorch.
+* ``tfm-rs claims`` lists the explainers' claims; ``tfm-rs claims run NAME|--all [--quick] [--out DIR]``
+  measures them and gives each a verdict (:mod:`tfm_rs.claims`).
 * ``tfm-rs info``: version, SIMD path, threads, GPU backend.
 
 User errors (a bad flag value, an unknown config key, a missing file, ``--device gpu`` without
@@ -105,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "config.toml is the base; flags may extend the budget)")
     t.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     t.add_argument("--no-bar", action="store_true", help="plain progress lines even on a terminal")
+    t.add_argument("--nproc", type=_positive(int, "--nproc"), default=None,
+                   help="data-parallel over N local processes: runs this command under mpirun -n N (needs Open "
+                        "MPI and mpi4py; docs/distributed.md)")
     cfg_lib.add_flags(t)
 
     ds = sub.add_parser("distill", help="train a small student from a trained run (knowledge distillation)",
@@ -136,11 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sentences decoded together (default: 64)")
     tr.add_argument("--beam", type=_positive(int, "--beam"), default=1,
                     help="beam size (default: 1, greedy; the paper used 4)")
+    tr.add_argument("--int8", action="store_true",
+                    help=f"decode with the int8 weights written by '{PROG} quantize RUN_DIR'")
+
+    qz = sub.add_parser("quantize", help="write int8 weights of a trained run (for translate --int8)",
+                        description="Quantize the run's model to int8 (tfm_rs.quantization.quantize_dynamic: every "
+                                    "linear layer, attention projections and output projection included) and write "
+                                    "RUN_DIR/model.int8.safetensors; the float checkpoint stays as it is.")
+    qz.add_argument("run_dir", metavar="RUN_DIR")
 
     g = sub.add_parser("generate", help="continue a prompt with a trained GPT run",
                        description="Sample a continuation of --prompt from the language model of RUN_DIR "
                                    "(a run trained with --task lm).")
-    g.add_argument("run_dir", metavar="RUN_DIR")
+    g.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
+    g.add_argument("--from-pretrained", metavar="PATH",
+                   help="instead of RUN_DIR: a Hugging Face GPT-2 or Llama checkpoint directory, or a Llama .gguf file "
+                        "(docs/pretrained.md)")
     g.add_argument("--prompt", default="", help="the text to continue (default: start a new line)")
     g.add_argument("--max-new-tokens", type=_positive(int, "--max-new-tokens"), default=50,
                    help="tokens to generate at most (default: 50)")
@@ -186,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--sentence", help="the example for the attention maps (default: the first validation "
                                        "sentence)")
     pl.add_argument("--out", metavar="DIR", help="where to write the PNG files (default: RUN_DIR/plots)")
+
+    cl = sub.add_parser("claims", help="check the explainers' claims about Transformers by measurement",
+                        description="'tfm-rs claims' lists the claims (with the verdict of the last run in --out); "
+                                    "'tfm-rs claims run NAME' (or --all) measures one, prints the figures and the "
+                                    "verdict, and writes DIR/NAME/result.json and PNG plots. See docs/claims.md.")
+    cl.add_argument("action", nargs="?", choices=["list", "run"], default="list")
+    cl.add_argument("name", nargs="?", help="the claim to run (see 'tfm-rs claims')")
+    cl.add_argument("--all", action="store_true", help="run every claim")
+    cl.add_argument("--quick", action="store_true", help="the small version of each experiment (seconds)")
+    cl.add_argument("--out", metavar="DIR", default="claims", help="where results go (default: ./claims)")
     return p
 
 
@@ -307,6 +333,8 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
     from tfm_rs import config as cfg_lib
     from tfm_rs import runs
 
+    if args.nproc is not None:
+        return launch_mpirun(args.nproc, ["train", *_without_nproc(command or [])])
     flags = cfg_lib.flag_values(args)
     config_path = args.config
     if config_path and not Path(config_path).is_file() and cfg_lib.shipped_config(config_path):
@@ -334,6 +362,8 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
     summary = runs.train_run(cfg, resume=args.resume, quiet=args.quiet, use_bar=not args.no_bar,
                              command=" ".join([PROG, "train", *(command or [])]))
     run_dir = summary["run_dir"]
+    if summary.get("rank", 0) != 0:
+        return 0
     if cfg["data"]["task"] == "lm":
         print(f"next: {PROG} generate {run_dir} --prompt \"...\"   |   {PROG} eval {run_dir}   |   "
               f"{PROG} plot {run_dir}")
@@ -341,6 +371,58 @@ def cmd_train(args: argparse.Namespace, command: Optional[Sequence[str]] = None)
         example = "\"3 452\"" if cfg["data"]["task"] == "numbers" else "\"a sentence\""
         print(f"next: {PROG} translate {run_dir} {example}   |   {PROG} eval {run_dir}   |   {PROG} plot {run_dir}")
     return 0
+
+
+def _without_nproc(argv: Sequence[str]) -> List[str]:
+    out: List[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def launch_mpirun(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``tfm-rs ARGV`` as ``nproc`` local MPI processes (``mpirun -n nproc``) and return the
+    job's exit status. Each process gets ``cores / nproc`` threads unless ``TFM_RS_NUM_THREADS``
+    is set; running as root (containers) is allowed through Open MPI's variables; more processes
+    than cores are allowed (oversubscription)."""
+    import os
+    import shutil
+    import subprocess
+
+    from tfm_rs import distributed as dist
+
+    if dist.launched_world_size() > 1:
+        raise UsageError("--nproc inside an MPI job: either mpirun -n N tfm-rs train … or tfm-rs train --nproc N")
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise UsageError("--nproc needs MPI's mpirun, which is not on PATH (Open MPI: apt-get install openmpi-bin "
+                         "libopenmpi-dev; then pip install mpi4py)")
+    if not dist.is_available():
+        raise UsageError("--nproc needs mpi4py (pip install mpi4py)")
+    env = dict(os.environ)
+    env.setdefault("TFM_RS_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # Open MPI refuses root without these
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    cmd = [mpirun, "-n", str(nproc), "--bind-to", "none", sys.executable, "-m", "tfm_rs", *argv]
+    threads = env["TFM_RS_NUM_THREADS"]
+    print(f"{PROG}: launching {nproc} processes (TFM_RS_NUM_THREADS={threads} each): " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
+def _abort_peers(message: str) -> None:
+    """Under MPI, end the other ranks now rather than leave them waiting on this one."""
+    from tfm_rs import distributed as dist
+
+    if dist.get_world_size() > 1:
+        dist.abort(message)
 
 
 # ---------------------------------------------------------------------------------- using a run
@@ -370,11 +452,43 @@ def cmd_translate(args: argparse.Namespace) -> int:
     run = runs.load_run(args.run_dir, need_valid=False)
     if run.kind != "seq2seq":
         raise UsageError(f"{args.run_dir} is a language model; use '{PROG} generate'")
+    model = run.model
+    if args.int8:
+        from pathlib import Path
+
+        from tfm_rs.quantization import load_quantized
+
+        path = Path(args.run_dir) / INT8_FILE
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist: run '{PROG} quantize {args.run_dir}' first")
+        model = load_quantized(model, path)
     sentences = _input_lines(args)
-    for hyp in runs.translate_sentences(run.model, run.tokenizer, sentences, task=run.data.task,
+    for hyp in runs.translate_sentences(model, run.tokenizer, sentences, task=run.data.task,
                                         batch_size=args.batch_size, num_beams=args.beam):
         print(hyp, flush=False)
     sys.stdout.flush()
+    return 0
+
+
+INT8_FILE = "model.int8.safetensors"
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """``tfm-rs quantize``: RUN_DIR/model.int8.safetensors from the run's model."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from tfm_rs import runs
+    from tfm_rs.quantization import quantize_dynamic, save_quantized
+
+    run = runs.load_run(args.run_dir, need_valid=False)
+    float_bytes = sum(int(np.prod(p.shape)) * 4 for p in run.model.parameters())
+    model = quantize_dynamic(run.model, inplace=True)
+    path = Path(args.run_dir) / INT8_FILE
+    save_quantized(model, path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB; float32 parameters {float_bytes / 1e6:.1f} MB); "
+          f"translate with: {PROG} translate {args.run_dir} --int8")
     return 0
 
 
@@ -382,6 +496,17 @@ def cmd_generate(args: argparse.Namespace) -> int:
     """``tfm-rs generate``: a continuation of the prompt, printed after it."""
     from tfm_rs import runs
 
+    if args.from_pretrained:
+        from tfm_rs.models.auto import generate_pretrained_text
+
+        if args.run_dir:
+            raise UsageError("give RUN_DIR or --from-pretrained PATH, not both")
+        print(args.prompt + generate_pretrained_text(
+            args.from_pretrained, args.prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+            top_p=args.top_p, seed=args.seed, greedy=args.greedy))
+        return 0
+    if not args.run_dir:
+        raise UsageError("generate needs RUN_DIR or --from-pretrained PATH")
     run = runs.load_run(args.run_dir, need_valid=False)
     if run.kind != "lm":
         raise UsageError(f"{args.run_dir} is a translation model; use '{PROG} translate'")
@@ -480,8 +605,38 @@ def cmd_distill(args: argparse.Namespace, command: Optional[Sequence[str]] = Non
     return 0
 
 
+def cmd_claims(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from tfm_rs import claims
+
+    out = Path(args.out)
+    if args.action == "list":
+        if args.name or args.all:
+            raise UsageError("'tfm-rs claims' lists; use 'tfm-rs claims run NAME' or 'tfm-rs claims run --all'")
+        for claim in claims.CLAIMS.values():
+            saved = out / claim.name / "result.json"
+            verdict = json.loads(saved.read_text())["verdict"] if saved.is_file() else "not run"
+            print(f"{claim.number:>3}  {claim.name:<32} {verdict:<11} {claim.statement}")
+        return 0
+    if args.all == bool(args.name):
+        raise UsageError("'tfm-rs claims run' takes one claim NAME or --all")
+    names = list(claims.CLAIMS) if args.all else [args.name]
+    for name in names:
+        result = claims.run(name, quick=args.quick, out=out / name)
+        print(f"{name}: {result.verdict}  ({result.seconds:.1f} s{', quick' if result.quick else ''})")
+        print(f"  {result.summary}")
+        if result.not_measured:
+            print(f"  not measured yet: {'; '.join(result.not_measured)}")
+        print(f"  written: {out / name / 'result.json'}" + "".join(f", {out / name / p}" for p in result.plots
+                                                                  if p.endswith(".png")))
+    return 0
+
+
 COMMANDS = {"info": cmd_info, "demo": cmd_demo, "train": cmd_train, "translate": cmd_translate,
-            "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot}
+            "generate": cmd_generate, "eval": cmd_eval, "bench": cmd_bench, "plot": cmd_plot,
+            "claims": cmd_claims, "quantize": cmd_quantize}
 
 
 def _one_line(e: BaseException) -> str:
@@ -526,6 +681,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         print(f"{PROG}: error: {e} (see '{PROG} --help')", file=sys.stderr)
+        _abort_peers("usage error")
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -535,6 +691,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if debug:
             raise
         print(f"{PROG}: error: {_one_line(e)}", file=sys.stderr)
+        _abort_peers(_one_line(e))
         return EXIT_USAGE
     except Exception as e:
         if debug:
@@ -544,6 +701,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return EXIT_USAGE
         print(f"{PROG}: error: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)",
               file=sys.stderr)
+        _abort_peers(f"{type(e).__name__}: {_one_line(e)}")
         return 1
 
 

@@ -139,6 +139,15 @@ FIELDS: List[Field] = [
     _f("model", "norm_first", bool, None, "pre-LN layers instead of the paper's post-LN"),
     _f("model", "share_embeddings", bool, None, "one embedding matrix for source, target and output (text tasks "
        "with a joint tokenizer: default true)"),
+    _f("model", "norm", str, None, "normalization in every layer (default layer: the paper's LayerNorm; batch: "
+       "batch norm over the real tokens; the native decoder, so BLEU, needs layer or rms)", ("layer", "rms", "batch")),
+    _f("model", "embedding_dim", int, None, "ALBERT-factorized embeddings: a vocab x embedding_dim table projected "
+       "to d_model (unties the embeddings)", positive=True),
+    _f("model", "hash_buckets", int, None, "hashed embeddings with this many shared buckets (unties the embeddings)",
+       positive=True),
+    _f("model", "num_hashes", int, None, "hashed embeddings: hash functions per token (default 2)", positive=True),
+    _f("model", "share_layers", bool, None, "ALBERT cross-layer sharing: one set of weights per stack"),
+    _f("model", "ffn_rank", int, None, "low-rank feed-forward layers of this rank", positive=True),
     # optim
     _f("optim", "schedule", str, None, "learning-rate schedule (default: cosine for numbers, noam otherwise)",
        ("noam", "inverse_sqrt", "cosine", "constant")),
@@ -175,6 +184,9 @@ FIELDS: List[Field] = [
     _f("train", "threads", int, None, "tfm_rs worker threads (default: all cores)", positive=True),
     _f("train", "device", str, "cpu", "where to train: cpu, or gpu (the wgpu backend: Vulkan, Metal, DX12)",
        ("cpu", "gpu")),
+    _f("train", "precision", str, "float32", "arithmetic of the training step's matrix products: float32, or bf16 "
+       "mixed precision (bf16 inputs, float32 accumulation and weights; CPU only, see docs/precision.md)",
+       ("float32", "bf16")),
 ]
 
 _BY_NAME = {f.name: f for f in FIELDS}
@@ -372,6 +384,12 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         raise ConfigError(f"optim.label_smoothing must be in [0, 1), got {o['label_smoothing']}")
     if m["dropout"] is not None and not 0.0 <= m["dropout"] < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m['dropout']}")
+    if m["share_embeddings"] and (m["embedding_dim"] or m["hash_buckets"]):
+        raise ConfigError("model.embedding_dim / model.hash_buckets leave no table to share: set "
+                          "share_embeddings = false (flag --no-share-embeddings)")
+    if m["norm"] == "batch" and t["bleu_every"]:
+        raise ConfigError("model.norm = 'batch': BLEU during training needs the native decoder, which runs LayerNorm "
+                          "and RMSNorm models only; set train.bleu_every = 0 (flag --bleu-every 0)")
     preset = _presets()[m["preset"]]
     d_model = m["d_model"] or preset["d_model"]
     nhead = m["nhead"] or preset["nhead"]
@@ -406,12 +424,18 @@ def shipped_config(name: str) -> Optional[Path]:
     return None
 
 
+#: The ``[model]`` keys of the normalization switch and of parameter reduction, passed to every
+#: architecture as they are.
+REDUCTION_KEYS = ("norm", "embedding_dim", "hash_buckets", "num_hashes", "share_layers", "ffn_rank")
+
+
 def model_kwargs(cfg: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
     """The preset's shape with the ``[model]`` overrides, as Seq2SeqTransformer arguments
     (vocabulary sizes and special ids are added by the caller)."""
     m = cfg["model"]
     kw = dict(_presets()[m["preset"]])
-    for key in ("d_model", "nhead", "dim_feedforward", "dropout", "max_len", "norm_first", "share_embeddings"):
+    for key in ("d_model", "nhead", "dim_feedforward", "dropout", "max_len", "norm_first", "share_embeddings",
+                *REDUCTION_KEYS):
         if m[key] is not None:
             kw[key] = m[key]
     if m["layers"] is not None:

@@ -173,11 +173,14 @@ def build_model(cfg: Config, data: Data) -> Any:
 
     tfm_rs.manual_seed(cfg["train"]["seed"])
     kw = cfg_lib.model_kwargs(cfg)
+    reduced = {k: kw[k] for k in cfg_lib.REDUCTION_KEYS if k in kw}
+    # Factorized and hashed embeddings have no table to tie an output projection to.
+    untied = "embedding_dim" in reduced or "hash_buckets" in reduced
     if data.kind == "lm":
         return GPT(data.tgt_vocab_size, d_model=kw["d_model"], nhead=kw["nhead"],
                    num_layers=kw["num_decoder_layers"], dim_feedforward=kw["dim_feedforward"],
-                   dropout=kw["dropout"], max_len=kw["max_len"])
-    if data.task is None:  # a joint tokenizer: share the embeddings unless told otherwise
+                   dropout=kw["dropout"], max_len=kw["max_len"], tie_weights=not untied, **reduced)
+    if data.task is None and not untied:  # a joint tokenizer: share the embeddings unless told otherwise
         kw.setdefault("share_embeddings", True)
     return Seq2SeqTransformer(data.src_vocab_size, data.tgt_vocab_size, pad_id=data.pad_id, bos_id=data.bos_id,
                               eos_id=data.eos_id, **kw)
@@ -195,7 +198,15 @@ def train_config(cfg: Config) -> Any:
                        accum_steps=o["accum_steps"], seed=t["seed"], max_steps=t["max_steps"],
                        max_minutes=t["minutes"], log_every=t["log_every"], print_every=0,
                        valid_every=t["valid_every"], bleu_every=t["bleu_every"], bleu_subset=t["bleu_subset"],
-                       save_every=t["save_every"], device=t["device"])
+                       save_every=t["save_every"], device=t["device"], precision=t["precision"],
+                       distributed=_launched_by_mpi())
+
+
+def _launched_by_mpi() -> bool:
+    """Whether this process is one of several an MPI launcher started (``mpirun -n N tfm-rs train``)."""
+    from tfm_rs import distributed as dist
+
+    return dist.launched_world_size() > 1
 
 
 def make_trainer(cfg: Config, data: Data, model: Any, run_dir: Optional[Path]) -> Any:
@@ -244,10 +255,17 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     from tfm_rs.train.averaging import BudgetSnapshots
     from tfm_rs.train.trainer import check_device
 
+    from tfm_rs import distributed as dist
+
     t_start = time.perf_counter()
     t = cfg["train"]
     run_dir = Path(t["out"])
     ckpt = run_dir / CHECKPOINT_DIR
+    if _launched_by_mpi():
+        dist.init()
+    main = dist.get_rank() == 0  # under MPI only rank 0 writes the run directory and reports
+    if not main:
+        quiet, out = True, _silent
     if resume and not ckpt.exists():
         raise FileNotFoundError(f"nothing to resume in {run_dir}: no checkpoint there")
     if not resume and ckpt.exists():
@@ -256,14 +274,18 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     if t["threads"]:
         tfm_rs.set_num_threads(t["threads"])
     check_device(t["device"])  # before the run directory and the data exist
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
-    _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
-    # Averaged weights of an earlier session would outlive this one's training; snapshots taken
-    # before a resume are not kept, so a resumed run averages only what it saw.
-    shutil.rmtree(run_dir / AVERAGED_DIR, ignore_errors=True)
-
-    data = prepare_data(cfg, run_dir)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(cfg_lib.dumps(cfg), encoding="utf-8")
+        _trim_metrics(run_dir, _checkpoint_step(run_dir) if resume else 0)
+        # Averaged weights of an earlier session would outlive this one's training; snapshots taken
+        # before a resume are not kept, so a resumed run averages only what it saw.
+        shutil.rmtree(run_dir / AVERAGED_DIR, ignore_errors=True)
+        data = prepare_data(cfg, run_dir)
+    if dist.get_world_size() > 1:
+        dist.barrier()  # the other ranks read the tokenizer rank 0 trained and saved
+    if not main:
+        data = prepare_data(cfg, run_dir)
     model = build_model(cfg, data)
     trainer = (make or make_trainer)(cfg, data, model, run_dir)
     out(f"run: {run_dir} ({'resumed' if resume else 'new'}); task {cfg['data']['task']}: "
@@ -274,7 +296,10 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         trainer.resume(ckpt)
         out(f"resumed at step {trainer.step} ({trainer.train_time:.1f}s trained)")
     tc = trainer.config
-    out(_budget_line(tc) + "; " + _device_line(tc.device))
+    out(_budget_line(tc) + "; " + _device_line(tc.device, tc.precision))
+    if trainer.world_size > 1:
+        out(f"data parallel over MPI: {trainer.world_size} processes; each step is {trainer.world_size} × "
+            f"{tc.accum_steps} batches (tokens/s are the job's)")
     snapshots = BudgetSnapshots(model, t["average"], tc.max_steps, tc.max_minutes, t["average_every"])
     progress = Progress(tc.max_steps, 60.0 * tc.max_minutes if tc.max_minutes else None,
                         initial_step=trainer.step, initial_time=trainer.train_time, use_bar=use_bar, quiet=quiet)
@@ -288,6 +313,9 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
     finally:
         progress.close()
     trainer.save()
+    if not main:
+        trainer.close()
+        return {"run_dir": str(run_dir), "rank": dist.get_rank(), "steps": trainer.step}
     rate = trainer.tokens_seen / max(trainer.train_time, 1e-9)
     out(f"trained {trainer.step} steps in {trainer.train_time:.1f}s ({rate:,.0f} tok/s); checkpoint "
         f"{run_dir / CHECKPOINT_DIR}")
@@ -296,6 +324,10 @@ def train_run(cfg: Config, resume: bool = False, quiet: bool = False, use_bar: b
         out(f"warmup: {end} steps ({frac:.0%} of the budget)")
 
     return _finish_run(cfg, data, trainer, snapshots.averager, out, command, t_start)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """The report printer of ranks other than 0."""
 
 
 def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, command: Optional[str],
@@ -317,6 +349,10 @@ def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, 
                                    num_beams=beams, length_penalty=t["length_penalty"])
 
     results: Dict[str, Any] = {"command": command, "steps": trainer.step}
+    if test is not None and model.config.get("norm") == "batch":
+        out("test BLEU skipped: the native decoder runs LayerNorm and RMSNorm models only (model.norm = 'batch'); "
+            "the validation loss below is teacher-forced")
+        test = None
     if averager.count:
         if test is not None:
             results["bleu_greedy_last"] = metrics_bleu(translate(1), test[1])["score"]
@@ -379,9 +415,13 @@ def _test_pairs(cfg: Config, limit: Optional[int]) -> Optional[Tuple[List[str], 
     return list(corpus.src)[:limit], list(corpus.tgt)[:limit]
 
 
-def _device_line(device: str) -> str:
+def _device_line(device: str, precision: str = "float32") -> str:
     if device == "cpu":
-        return f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+        line = f"CPU, SIMD {tfm_rs.cpu_features()['isa']}, {tfm_rs.get_num_threads()} threads"
+        if precision != "float32":
+            path, note = tfm_rs.amp.precision_info(precision)
+            line += f", {precision} products ({path})" + (f"\nnote: {note}" if note else "")
+        return line
     info = tfm_rs.gpu_info()
     return f"GPU {info['name']} ({info['backend']}, {info['device_type']})"
 

@@ -1,5 +1,7 @@
-//! The backward pass: reverse topological order over the graph reachable from the root,
-//! summing the gradients that reach each value before passing them on.
+//! The backward pass: reverse topological order over the graph reachable from the root (a value
+//! goes once all its consumers have passed their gradients on, so each leaf is finished, and its
+//! post-accumulate-grad hooks run, as early as the graph allows), summing the gradients that
+//! reach each value before passing them on.
 
 use super::grad_mode::GradMode;
 use super::var::Var;
@@ -46,25 +48,39 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
     };
 
     let _no_grad = GradMode::set(false);
-    let order = topological_order(root);
+    let mut pending = consumer_counts(root);
     let mut grads: HashMap<usize, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
-    for var in order {
-        let Some(grad) = grads.remove(&var.id()) else {
-            continue;
-        };
+    // A value is processed once every value computed from it has passed its gradient on (its
+    // count of pending consumers is zero), so a leaf's gradient is complete — and its hooks run —
+    // as soon as the last op that used it is done, not at the end of the pass. The ready values
+    // form a stack: a finished op's inputs are taken next (its parameters first).
+    let mut ready = vec![root.clone()];
+    while let Some(var) = ready.pop() {
+        let grad = grads.remove(&var.id());
         if var.is_leaf() {
-            accumulate_leaf(&var, grad)?;
+            if let Some(grad) = grad {
+                if accumulate_leaf(&var, grad)? {
+                    var.run_post_accumulate_grad_hooks()?;
+                }
+            }
             continue;
         }
         let mut slot = var.0.node.lock().unwrap_or_else(|e| e.into_inner());
         let Some(node) = slot.as_ref() else {
-            return Err(TfmError::autograd(
-                OP,
-                "trying to backward through the graph a second time; its saved values were freed by the first backward (pass retain_graph=True the first time)",
-            ));
+            if grad.is_some() {
+                return Err(TfmError::autograd(
+                    OP,
+                    "trying to backward through the graph a second time; its saved values were freed by the first backward (pass retain_graph=True the first time)",
+                ));
+            }
+            continue;
         };
-        let input_grads = node.op.backward(&grad, &node.inputs)?;
+        // A value no gradient reached still releases its inputs.
+        let input_grads = match &grad {
+            Some(grad) => node.op.backward(grad, &node.inputs)?,
+            None => vec![None; node.inputs.len()],
+        };
         if input_grads.len() != node.inputs.len() {
             return Err(TfmError::internal(
                 node.op.name(),
@@ -72,26 +88,32 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
             ));
         }
         for (input, g) in node.inputs.iter().zip(input_grads) {
-            let Some(g) = g else { continue };
             if !input.requires_grad() {
                 continue;
             }
-            let shape = input.shape();
-            if g.shape() != shape.as_slice() {
-                return Err(TfmError::internal(
-                    node.op.name(),
-                    format!(
-                        "backward produced a gradient of shape {} for an input of shape {}",
-                        shape_str(g.shape()),
-                        shape_str(&shape)
-                    ),
-                ));
-            }
-            match grads.get_mut(&input.id()) {
-                Some(acc) => acc.add_assign(&g)?,
-                None => {
-                    grads.insert(input.id(), g);
+            if let Some(g) = g {
+                let shape = input.shape();
+                if g.shape() != shape.as_slice() {
+                    return Err(TfmError::internal(
+                        node.op.name(),
+                        format!(
+                            "backward produced a gradient of shape {} for an input of shape {}",
+                            shape_str(g.shape()),
+                            shape_str(&shape)
+                        ),
+                    ));
                 }
+                match grads.get_mut(&input.id()) {
+                    Some(acc) => acc.add_assign(&g)?,
+                    None => {
+                        grads.insert(input.id(), g);
+                    }
+                }
+            }
+            let count = pending.entry(input.id()).or_insert(1);
+            *count -= 1;
+            if *count == 0 {
+                ready.push(input.clone());
             }
         }
         if !retain_graph {
@@ -101,54 +123,92 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
     Ok(())
 }
 
-/// Every value reachable from `root` that requires grad, each before all of its inputs.
-fn topological_order(root: &Var) -> Vec<Var> {
+/// For every value reachable from `root` that requires grad, the number of uses of it by other
+/// such values (an op that takes it twice counts twice).
+fn consumer_counts(root: &Var) -> HashMap<usize, usize> {
+    let mut counts: HashMap<usize, usize> = HashMap::new();
     let mut visited = HashSet::new();
-    let mut post_order = Vec::new();
-    // (var, inputs already expanded?) — an explicit stack, so deep graphs cannot overflow it.
-    let mut stack = vec![(root.clone(), false)];
-    while let Some((var, expanded)) = stack.pop() {
-        if expanded {
-            post_order.push(var);
-            continue;
-        }
-        if !visited.insert(var.id()) {
-            continue;
-        }
-        let inputs: Vec<Var> = match var
-            .0
-            .node
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            Some(node) => node
-                .inputs
-                .iter()
-                .filter(|v| v.requires_grad())
-                .cloned()
-                .collect(),
-            None => Vec::new(),
-        };
-        stack.push((var, true));
-        for input in inputs {
-            if !visited.contains(&input.id()) {
-                stack.push((input, false));
+    visited.insert(root.id());
+    // An explicit stack, so deep graphs cannot overflow the call stack.
+    let mut stack = vec![root.clone()];
+    while let Some(var) = stack.pop() {
+        let slot = var.0.node.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(node) = slot.as_ref() else { continue };
+        for input in node.inputs.iter().filter(|v| v.requires_grad()) {
+            *counts.entry(input.id()).or_insert(0) += 1;
+            if visited.insert(input.id()) {
+                stack.push(input.clone());
             }
         }
     }
-    post_order.reverse();
-    post_order
+    counts
 }
 
-fn accumulate_leaf(var: &Var, grad: Tensor) -> Result<()> {
+/// Adds `grad` to the leaf's `.grad`; whether it did (a leaf may have stopped requiring grad).
+fn accumulate_leaf(var: &Var, grad: Tensor) -> Result<bool> {
     if !var.requires_grad() {
-        return Ok(());
+        return Ok(false);
     }
     let mut slot = var.0.grad.lock().unwrap_or_else(|e| e.into_inner());
     match slot.as_mut() {
         Some(acc) => acc.add_assign(&grad)?,
         None => *slot = Some(grad),
     }
-    Ok(())
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::elementwise::{add, mul};
+    use crate::ops::reduce::sum;
+    use std::sync::{Arc, Mutex};
+
+    /// Each hook runs once per backward, after the leaf's gradient has all its contributions,
+    /// and in the order the pass finishes the leaves; an unreached leaf's hook does not run.
+    #[test]
+    fn post_accumulate_grad_hooks_see_complete_gradients() {
+        let a = Var::leaf(Tensor::new(vec![1.0, 2.0], &[2]).unwrap(), true);
+        let b = Var::leaf(Tensor::new(vec![3.0, 4.0], &[2]).unwrap(), true);
+        let unused = Var::leaf(Tensor::new(vec![0.0], &[1]).unwrap(), true);
+        type Seen = Vec<(&'static str, Vec<f32>)>;
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        for (name, v) in [("a", &a), ("b", &b), ("unused", &unused)] {
+            let seen = seen.clone();
+            v.register_post_accumulate_grad_hook(Arc::new(move |v: &Var| {
+                let g = v.grad().unwrap().to_vec()?;
+                seen.lock().unwrap().push((name, g));
+                Ok(())
+            }))
+            .unwrap();
+        }
+        // y = sum(a*b + a): a's gradient arrives from two ops (b + 1), b's from one (a).
+        let y = sum(&add(&mul(&a, &b).unwrap(), &a).unwrap(), &[], false).unwrap();
+        backward(&y, None, false).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        let a_seen = seen.iter().find(|(n, _)| *n == "a").unwrap();
+        assert_eq!(a_seen.1, vec![4.0, 5.0]);
+        let b_seen = seen.iter().find(|(n, _)| *n == "b").unwrap();
+        assert_eq!(b_seen.1, vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn hooks_are_removable_and_errors_stop_the_backward() {
+        let a = Var::leaf(Tensor::new(vec![1.0], &[1]).unwrap(), true);
+        let id = a
+            .register_post_accumulate_grad_hook(Arc::new(|_: &Var| {
+                Err(TfmError::autograd("hook", "refused"))
+            }))
+            .unwrap();
+        let y = sum(&mul(&a, &a).unwrap(), &[], false).unwrap();
+        assert!(backward(&y, None, false).is_err());
+        a.remove_hook(id);
+        let y = sum(&mul(&a, &a).unwrap(), &[], false).unwrap();
+        backward(&y, None, false).unwrap();
+        let y = sum(&mul(&a, &a).unwrap(), &[], false).unwrap();
+        assert!(y
+            .register_post_accumulate_grad_hook(Arc::new(|_: &Var| Ok(())))
+            .is_err());
+    }
 }

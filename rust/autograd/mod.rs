@@ -9,4 +9,4 @@ mod var;
 
 pub use engine::backward;
 pub use grad_mode::{is_grad_enabled, set_grad_enabled, GradMode};
-pub use var::{Backward, Node, Var};
+pub use var::{Backward, GradHook, Node, Var};

@@ -3,8 +3,15 @@
 use super::grad_mode::is_grad_enabled;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Device, Tensor};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+
+/// A callback run by `backward` on a leaf once its `.grad` holds every contribution of that
+/// backward pass (PyTorch's post-accumulate-grad hook): data-parallel training starts
+/// communicating a gradient at that point instead of after the whole backward.
+pub type GradHook = Arc<dyn Fn(&Var) -> Result<()> + Send + Sync>;
+
+static NEXT_HOOK_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The backward of one op: given the gradient of its output, the gradients of its inputs (in
 /// the order of `Node::inputs`; `None` for an input that needs none). What the forward saved
@@ -28,6 +35,8 @@ pub(super) struct VarInner {
     pub(super) node: Mutex<Option<Node>>,
     pub(super) is_leaf: bool,
     pub(super) op_name: Option<&'static str>,
+    /// Post-accumulate-grad hooks (leaves only), with the ids that remove them.
+    pub(super) hooks: Mutex<Vec<(u64, GradHook)>>,
 }
 
 #[derive(Clone)]
@@ -43,6 +52,7 @@ impl Var {
             node: Mutex::new(None),
             is_leaf: true,
             op_name: None,
+            hooks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -69,6 +79,7 @@ impl Var {
             })),
             is_leaf: false,
             op_name: Some(op_name),
+            hooks: Mutex::new(Vec::new()),
         }))
     }
 
@@ -182,6 +193,48 @@ impl Var {
     /// Whether both handles refer to the same variable.
     pub fn same_as(&self, other: &Var) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Registers `hook`, run by every later backward that reaches this leaf, right after the
+    /// leaf's gradient is complete for that pass (never for a leaf the pass does not reach).
+    /// Returns the id that [`Var::remove_hook`] takes. Leaves only, as in PyTorch.
+    pub fn register_post_accumulate_grad_hook(&self, hook: GradHook) -> Result<u64> {
+        if !self.is_leaf() {
+            return Err(TfmError::autograd(
+                "register_post_accumulate_grad_hook",
+                "post-accumulate-grad hooks can only be registered on leaf tensors",
+            ));
+        }
+        let id = NEXT_HOOK_ID.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id, hook));
+        Ok(id)
+    }
+
+    /// Removes the hook `id` (a no-op if it is already gone).
+    pub fn remove_hook(&self, id: u64) {
+        self.0
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(h, _)| *h != id);
+    }
+
+    /// Runs the post-accumulate-grad hooks in registration order. The list is copied first, so a
+    /// hook may add or remove hooks.
+    pub(super) fn run_post_accumulate_grad_hooks(&self) -> Result<()> {
+        let hooks: Vec<GradHook> = self
+            .0
+            .hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect();
+        hooks.iter().try_for_each(|h| h(self))
     }
 
     /// Identity of the underlying node, for graph traversal.

@@ -5,7 +5,9 @@ pub mod alloc;
 pub mod features;
 pub mod fork;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod pool;
+pub mod qgemm;
 pub mod simd;
 
 pub use features::{active_isa, set_isa, Isa};

@@ -12,10 +12,12 @@
 //! query) on its own, in an order that does not depend on how many rows there are (the GEMM
 //! guarantees it for its rows), so a sequence decodes to the same bits alone or in any batch.
 //! The weights are packed for the GEMM once per decoder (`PackedWeights`): a step with a few
-//! rows would otherwise spend more time packing them than multiplying.
+//! rows would otherwise spend more time packing them than multiplying. A quantized model's
+//! int8 weights are packed once per weight and run on the integer GEMM (`cpu::qgemm`).
 
-use super::weights::{DecoderWeights, Linear, Norm};
-use crate::cpu::gemm::{dot, gemm, gemm_packed, Activation, Epilogue, MatRef, PackedB};
+use super::weights::{DecoderWeights, Linear, Norm, Weight};
+use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
+use crate::cpu::qgemm::{quantized_matmul, PackedQB};
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::layer_norm::layer_norm_forward;
@@ -25,80 +27,105 @@ use std::sync::Arc;
 
 const OP: &str = "decode";
 
-/// `W[rows]ᵀ` of a linear layer restricted to a range of its output features (q alone, or k and
-/// v, of a stacked in_proj), as the GEMM's right-hand side.
-fn weight_rows(l: &Linear, rows: std::ops::Range<usize>) -> MatRef<'_> {
-    let inp = l.weight.shape()[1];
-    MatRef::row_major(
-        &l.weight.data()[rows.start * inp..rows.end * inp],
-        rows.len(),
-        inp,
-    )
-    .t()
+/// A weight packed for its GEMM: float32, or int8 (packed once per weight and shared by every
+/// decoder, see `QuantizedWeight::packed`).
+enum Packed {
+    F32(PackedB),
+    Int8(Arc<PackedQB>),
 }
 
-/// `out (n, rows.len())` = `x (n, in)` · `W[rows]ᵀ` + `b[rows]`, then `act`; with `packed`, the
-/// same `W[rows]ᵀ` packed beforehand (the same bits, faster).
+/// Output features `rows` of `l` packed: q alone, or k and v, of a stacked in_proj, or all.
+fn pack(l: &Linear, rows: std::ops::Range<usize>) -> Packed {
+    match &l.weight {
+        Weight::F32(t) => {
+            let inp = t.shape()[1];
+            let w = MatRef::row_major(&t.data()[rows.start * inp..rows.end * inp], rows.len(), inp);
+            Packed::F32(PackedB::new(w.t()))
+        }
+        Weight::Int8(q) => Packed::Int8(q.packed(rows)),
+    }
+}
+
+/// `act` applied after the integer GEMM (the float GEMM fuses it into its store).
+fn apply(act: Activation, y: &mut [f32]) {
+    let kind = match act {
+        Activation::Identity => return,
+        Activation::Relu => ActivationKind::Relu,
+        Activation::Gelu => ActivationKind::Gelu,
+        Activation::GeluTanh => ActivationKind::GeluTanh,
+    };
+    y.iter_mut().for_each(|v| *v = kind.apply(*v));
+}
+
+/// `out (n, rows.len())` = `x (n, in)` · `W[rows]ᵀ` + `b[rows]`, then `act`, with `W[rows]`
+/// packed (beforehand, or here for a one-off product such as the memory's keys and values).
+/// Errors only for an int8 weight and a non-finite `x`.
 fn linear_rows(
     x: &[f32],
     n: usize,
     l: &Linear,
     rows: std::ops::Range<usize>,
-    packed: Option<&PackedB>,
+    packed: Option<&Packed>,
     act: Activation,
-) -> Vec<f32> {
-    let inp = l.weight.shape()[1];
+) -> Result<Vec<f32>> {
     let out = rows.len();
-    let mut y = vec![0.0f32; n * out];
     if n == 0 {
-        return y;
+        return Ok(Vec::new());
     }
-    let a = MatRef::row_major(x, n, inp);
-    let epilogue = Epilogue {
-        bias: l.bias.as_ref().map(|b| &b.data()[rows.clone()]),
-        activation: act,
+    let bias = l.bias.as_ref().map(|b| &b.data()[rows.clone()]);
+    let here;
+    let packed = match packed {
+        Some(p) => p,
+        None => {
+            here = pack(l, rows);
+            &here
+        }
     };
     match packed {
-        Some(b) => gemm_packed(1.0, a, b, 0.0, &mut y, out, &epilogue, true),
-        None => gemm(
-            1.0,
-            a,
-            weight_rows(l, rows),
-            0.0,
-            &mut y,
-            out,
-            &epilogue,
-            true,
-        ),
+        Packed::F32(b) => {
+            let inp = l.weight.shape()[1];
+            let mut y = vec![0.0f32; n * out];
+            let epilogue = Epilogue {
+                bias,
+                activation: act,
+            };
+            let a = MatRef::row_major(x, n, inp);
+            gemm_packed(1.0, a, b, 0.0, &mut y, out, &epilogue, true);
+            Ok(y)
+        }
+        Packed::Int8(b) => {
+            let mut y = quantized_matmul(x, n, b, bias, true)?;
+            apply(act, &mut y);
+            Ok(y)
+        }
     }
-    y
 }
 
 /// A whole linear layer, its weight packed beforehand.
-fn linear(x: &[f32], n: usize, l: &Linear, packed: &PackedB, act: Activation) -> Vec<f32> {
-    linear_rows(x, n, l, 0..l.weight.shape()[0], Some(packed), act)
+fn linear(x: &[f32], n: usize, l: &Linear, packed: &Packed, act: Activation) -> Result<Vec<f32>> {
+    linear_rows(x, n, l, 0..l.out_features(), Some(packed), act)
 }
 
 /// Every weight a decoding step multiplies by, packed for the GEMM.
 struct PackedWeights {
     layers: Vec<PackedLayer>,
-    head: PackedB,
+    head: Packed,
 }
 
 /// One layer's packed weights; `cross`: the q rows of the cross-attention in_proj (its k and v
 /// are applied once, to the memory) and its out_proj. Pruned heads are absent from the weights,
 /// so they cost nothing here.
 struct PackedLayer {
-    self_in: PackedB,
-    self_out: PackedB,
-    cross: Option<(PackedB, PackedB)>,
-    ff1: PackedB,
-    ff2: PackedB,
+    self_in: Packed,
+    self_out: Packed,
+    cross: Option<(Packed, Packed)>,
+    ff1: Packed,
+    ff2: Packed,
 }
 
 impl PackedWeights {
     fn new(w: &DecoderWeights) -> PackedWeights {
-        let all = |l: &Linear| PackedB::new(weight_rows(l, 0..l.weight.shape()[0]));
+        let all = |l: &Linear| pack(l, 0..l.out_features());
         PackedWeights {
             layers: w
                 .layers
@@ -108,7 +135,7 @@ impl PackedWeights {
                     self_out: all(&l.self_out),
                     cross: l.cross.as_ref().map(|(qkv, out)| {
                         let a = l.cross_heads * w.head_dim;
-                        (PackedB::new(weight_rows(qkv, 0..a)), all(out))
+                        (pack(qkv, 0..a), all(out))
                     }),
                     ff1: all(&l.ff1),
                     ff2: all(&l.ff2),
@@ -119,10 +146,18 @@ impl PackedWeights {
     }
 }
 
-fn norm(x: &[f32], residual: Option<&[f32]>, n: usize, d: usize, p: &Norm, eps: f32) -> Vec<f32> {
+/// `(eps, centred)`: the norms' epsilon and LayerNorm (`true`) or RMSNorm (`false`).
+fn norm(
+    x: &[f32],
+    residual: Option<&[f32]>,
+    n: usize,
+    d: usize,
+    p: &Norm,
+    eps: (f32, bool),
+) -> Vec<f32> {
     let w = p.weight.as_ref().map(|t| t.data());
     let b = p.bias.as_ref().map(|t| t.data());
-    layer_norm_forward(x, residual, n, d, w, b, eps).y
+    layer_norm_forward(x, residual, n, d, w, b, eps.0, eps.1).y
 }
 
 fn gemm_activation(kind: ActivationKind) -> Activation {
@@ -286,7 +321,7 @@ impl Memory {
                 a..3 * a,
                 None,
                 Activation::Identity,
-            );
+            )?;
             let mut row = 0;
             for src in sources.iter_mut() {
                 let (mut k, mut v) = (
@@ -416,7 +451,7 @@ impl Decoder {
     /// row's last new token, `(rows, V)`.
     pub fn feed(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<f32>> {
         let w = Arc::clone(&self.w);
-        let (d, dh, eps) = (w.d_model(), w.head_dim, w.eps);
+        let (d, dh, eps) = (w.d_model(), w.head_dim, (w.eps, w.centred));
         if tokens.len() != self.rows.len() {
             return Err(TfmError::shape(
                 OP,
@@ -486,7 +521,7 @@ impl Decoder {
                 &layer.self_in,
                 &packed.self_in,
                 Activation::Identity,
-            );
+            )?;
             for (i, &(r, _)) in queries.iter().enumerate() {
                 let (k, v) = &mut self.rows[r].layers[l];
                 k.extend_from_slice(&qkv[i * 3 * a + a..][..a]);
@@ -511,7 +546,7 @@ impl Decoder {
                     &layer.self_out,
                     &packed.self_out,
                     Activation::Identity,
-                ),
+                )?,
                 &layer.norm_self,
             );
 
@@ -531,7 +566,7 @@ impl Decoder {
                     0..a,
                     Some(q_packed),
                     Activation::Identity,
-                );
+                )?;
                 let att = attend_all(&q, a, heads, |i| {
                     let src = &memory.sources[rows[queries[i].0].source];
                     let (k, v) = &src.layers[l];
@@ -539,7 +574,7 @@ impl Decoder {
                 });
                 x = residual(
                     x,
-                    linear(&att, n, out_w, out_packed, Activation::Identity),
+                    linear(&att, n, out_w, out_packed, Activation::Identity)?,
                     nc,
                 );
             }
@@ -551,8 +586,8 @@ impl Decoder {
                 &layer.ff1,
                 &packed.ff1,
                 gemm_activation(w.activation),
-            );
-            let ff = linear(&hidden, n, &layer.ff2, &packed.ff2, Activation::Identity);
+            )?;
+            let ff = linear(&hidden, n, &layer.ff2, &packed.ff2, Activation::Identity)?;
             x = residual(x, ff, &layer.norm_ff);
         }
         for (row, toks) in self.rows.iter_mut().zip(tokens) {
@@ -570,12 +605,12 @@ impl Decoder {
             Some(p) => norm(&last, None, rows, d, p, eps),
             None => last,
         };
-        Ok(linear(
+        linear(
             &last,
             rows,
             &w.head,
             &self.packed.head,
             Activation::Identity,
-        ))
+        )
     }
 }

@@ -13,4 +13,4 @@ pub mod weights;
 
 pub use decoder::{Decoder, Memory};
 pub use search::{Hypothesis, Search, SearchConfig};
-pub use weights::{DecoderWeights, Layer, Linear, Norm};
+pub use weights::{DecoderWeights, Layer, Linear, Norm, Weight};

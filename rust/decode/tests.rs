@@ -26,7 +26,7 @@ fn t(seed: u64, shape: &[usize], scale: f32) -> Tensor {
 fn lin(seed: u64, out: usize, inp: usize, bias: bool) -> Linear {
     let s = 1.0 / (inp as f32).sqrt();
     Linear {
-        weight: t(seed, &[out, inp], s * 1.7),
+        weight: Weight::F32(t(seed, &[out, inp], s * 1.7)),
         bias: bias.then(|| t(seed + 1, &[out], 0.1)),
     }
 }
@@ -69,6 +69,7 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
             ActivationKind::Relu
         },
         eps: 1e-5,
+        centred: true,
         embed: t(seed + 1, &[dm.vocab, d], 1.0),
         embed_scale: (d as f32).sqrt() * 0.5,
         positions: t(seed + 2, &[dm.max_len, d], 0.5),
@@ -90,7 +91,10 @@ fn f64s(t: &Tensor) -> Vec<f64> {
 
 fn ref_linear(x: &M, l: &Linear, rows: std::ops::Range<usize>) -> M {
     let inp = l.weight.shape()[1];
-    let w = f64s(&l.weight);
+    let w = match &l.weight {
+        Weight::F32(t) => f64s(t),
+        Weight::Int8(q) => q.matrix.dequantize().iter().map(|&v| v as f64).collect(),
+    };
     let b = l.bias.as_ref().map(f64s);
     x.iter()
         .map(|xi| {

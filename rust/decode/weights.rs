@@ -9,15 +9,41 @@
 
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
+use crate::ops::quantized_linear::QuantizedWeight;
 use crate::tensor::{shape_str, Tensor};
+use std::sync::Arc;
 
 const OP: &str = "decode";
 
 /// `y = x·Wᵀ + b` with `W (out, in)`, `b (out,)`.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    pub weight: Tensor,
+    pub weight: Weight,
     pub bias: Option<Tensor>,
+}
+
+/// A linear layer's matrix: float32, or int8 with per-channel scales (a quantized model's),
+/// which the decoder multiplies with the integer GEMM.
+#[derive(Clone, Debug)]
+pub enum Weight {
+    F32(Tensor),
+    Int8(Arc<QuantizedWeight>),
+}
+
+impl Weight {
+    pub fn shape(&self) -> Vec<usize> {
+        match self {
+            Weight::F32(t) => t.shape().to_vec(),
+            Weight::Int8(q) => vec![q.shape().0, q.shape().1],
+        }
+    }
+}
+
+impl Linear {
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        self.weight.shape()[0]
+    }
 }
 
 /// LayerNorm's affine parameters, each `(d,)` when present.
@@ -54,6 +80,8 @@ pub struct DecoderWeights {
     pub norm_first: bool,
     pub activation: ActivationKind,
     pub eps: f32,
+    /// `true`: LayerNorm; `false`: RMSNorm (no centring; its norms have no bias).
+    pub centred: bool,
     /// `(V_in, d)`.
     pub embed: Tensor,
     pub embed_scale: f32,
@@ -82,7 +110,7 @@ impl DecoderWeights {
 
     /// Logits per step.
     pub fn vocab(&self) -> usize {
-        self.head.weight.shape()[0]
+        self.head.out_features()
     }
 
     pub fn has_cross(&self) -> bool {
@@ -125,7 +153,10 @@ impl DecoderWeights {
             let s = l.weight.shape();
             if s.len() != 2 || s[1] != inp || out.is_some_and(|o| o != s[0]) || s[0] == 0 {
                 let want = format!("({}, {inp})", out.map_or("out".into(), |o| o.to_string()));
-                return Err(bad(&format!("{what}.weight"), &l.weight, want));
+                return Err(TfmError::shape(
+                    OP,
+                    format!("{what}.weight has shape {}, expected {want}", shape_str(&s)),
+                ));
             }
             if let Some(b) = &l.bias {
                 if b.shape() != [s[0]] {

@@ -119,20 +119,12 @@ pub fn cross_entropy_forward(
     for_each_row(rows.iter_mut().collect(), c, |i, out| {
         *out = row_loss(&logits[i * c..][..c], target[i], cfg)
     });
-    let bad = |(i, r): &(usize, &RowLoss)| {
-        r.lse.is_nan() || (r.lse == f64::NEG_INFINITY && target[*i] != cfg.ignore_index)
-    };
-    if let Some((i, r)) = rows.iter().enumerate().find(|ir| bad(ir)) {
-        let what = if r.lse.is_nan() {
-            "holds NaN or +inf"
-        } else {
-            "is -inf everywhere"
-        };
-        return Err(TfmError::non_finite(
-            OP,
-            format!("row {i} of the logits {what}"),
-        ));
-    }
+    LossConfig::check_lse(
+        OP,
+        rows.len(),
+        |i| rows[i].lse,
+        |i| target[i] != cfg.ignore_index,
+    )?;
     Ok(rows)
 }
 

@@ -138,14 +138,28 @@ fn layer_ops_match_cpu() {
     check("embedding", &[&[17, 3]], -1.0, 1.0, |v| {
         embedding::embedding(&[0, 16, 3, 3, 1], &[5], &v[0], Some(3))
     });
-    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
-        check(
-            &format!("cross_entropy {reduction:?}"),
-            &[&[5, 17]],
-            -3.0,
-            3.0,
-            |v| cross_entropy::cross_entropy(&v[0], &[1, -100, 16, 0, 3], -100, 0.1, reduction),
-        );
+    for (n, c) in [(1, 1), (5, 17), (9, 300), (4, 1000)] {
+        // Every third row ignored; the others' classes spread over [0, c).
+        let target: Vec<i64> = (0..n)
+            .map(|k| {
+                if k % 3 == 2 {
+                    -100
+                } else {
+                    ((k * 5) % c) as i64
+                }
+            })
+            .collect();
+        for eps in [0.0, 0.1] {
+            for reduction in [Reduction::Mean, Reduction::Sum, Reduction::None] {
+                check(
+                    &format!("cross_entropy {n}x{c} eps={eps} {reduction:?}"),
+                    &[&[n, c]],
+                    -5.0,
+                    5.0,
+                    |v| cross_entropy::cross_entropy(&v[0], &target, -100, eps, reduction),
+                );
+            }
+        }
     }
     let pad = Tensor::new(vec![0.0, 0.0, f32::NEG_INFINITY], &[1, 1, 3]).unwrap();
     check(
@@ -172,6 +186,34 @@ fn layer_ops_match_cpu() {
         1.0,
         |v| attention::scaled_dot_product_attention(&v[0], &v[1], &v[2], None, 0.0, true, None),
     );
+}
+
+#[test]
+fn cross_entropy_rejects_what_the_cpu_rejects() {
+    if !require_gpu("graph: cross_entropy errors") {
+        return;
+    }
+    let run = |logits: Vec<f32>, target: &[i64]| {
+        let c = logits.len() / target.len();
+        let x = Tensor::new(logits, &[target.len(), c]).unwrap();
+        let x = Var::leaf(x.to_device(Device::Gpu).unwrap(), true);
+        let err = cross_entropy::cross_entropy(&x, target, -100, 0.0, Reduction::Mean).err();
+        err.expect("an error").kind
+    };
+    assert_eq!(run(vec![0.0; 4], &[0, 2]), ErrorKind::Index);
+    assert_eq!(
+        run(vec![0.0, f32::NAN, 1.0, 2.0], &[0, 1]),
+        ErrorKind::NonFinite
+    );
+    assert_eq!(run(vec![1.0, f32::INFINITY], &[0]), ErrorKind::NonFinite);
+    let neg = f32::NEG_INFINITY;
+    assert_eq!(run(vec![0.0, 1.0, neg, neg], &[0, 1]), ErrorKind::NonFinite);
+    // An ignored row of −inf logits is fine, as on the CPU.
+    let x = Tensor::new(vec![0.0, 1.0, neg, neg], &[2, 2]).unwrap();
+    let x = Var::leaf(x.to_device(Device::Gpu).unwrap(), true);
+    let loss = cross_entropy::cross_entropy(&x, &[0, -100], -100, 0.0, Reduction::Mean).unwrap();
+    let want = (1.0f64.exp() + 1.0).ln() as f32;
+    assert!((loss.value().to_vec().unwrap()[0] - want).abs() < 1e-6);
 }
 
 #[test]

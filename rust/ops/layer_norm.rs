@@ -1,10 +1,13 @@
-//! Layer normalization over the last axis, and the fused residual form `layer_norm(x + residual)`.
+//! Layer normalization over the last axis, the fused residual form `layer_norm(x + residual)`,
+//! and RMS normalization (Zhang & Sennrich 2019), which is the same computation without
+//! centring: one kernel serves both, so their backward passes cannot drift apart.
 //!
 //! Forward: `x (…, D)` (plus `residual (…, D)`), optional `weight (D,)` and `bias (D,)` →
 //! `y (…, D)`, `y = (s − mean)/√(var + eps) · weight + bias` with `s = x (+ residual)` and the
-//! biased variance, as PyTorch. Saves `s`, the weight, and per row the mean and 1/std, computed
-//! in f64 (two passes over a row that is already in cache) so that rows with a large mean
-//! relative to their spread keep full f32 accuracy.
+//! biased variance, as PyTorch; RMS norm takes `mean = 0`, so `var` is the mean square and there
+//! is no bias. Saves `s`, the weight, and per row the mean and 1/std, computed in f64 (two passes
+//! over a row that is already in cache) so that rows with a large mean relative to their spread
+//! keep full f32 accuracy.
 
 #[cfg(feature = "wgpu")]
 use super::elementwise::{binary_forward, BinaryOp};
@@ -37,6 +40,7 @@ simd_kernel! {
         weight: Option<&[f32]>,
         bias: Option<&[f32]>,
         eps: f32,
+        center: bool,
     ) -> RowStats {
         let d = y.len();
         let s: &[f32] = match res_s {
@@ -50,8 +54,12 @@ simd_kernel! {
         };
         let s = &s[..d];
         let n = d as f64;
-        let [sum] = sums_f64(d, |j| [s[j] as f64]);
-        let mean = sum / n;
+        let mean = if center {
+            let [sum] = sums_f64(d, |j| [s[j] as f64]);
+            sum / n
+        } else {
+            0.0
+        };
         let [sq] = sums_f64(d, |j| [(s[j] as f64 - mean) * (s[j] as f64 - mean)]);
         let rstd = 1.0 / (sq / n + eps as f64).sqrt();
         // Separate loops per weight/bias presence, so that each is a plain vectorizable map.
@@ -84,7 +92,8 @@ pub struct LayerNormForward {
 }
 
 /// Forward kernel: `x (rows, D)`, optional `residual (rows, D)` added first (in the same pass
-/// over each row), optional `weight (D,)`, `bias (D,)`.
+/// over each row), optional `weight (D,)`, `bias (D,)`; `center` false gives RMS norm.
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm_forward(
     x: &[f32],
     residual: Option<&[f32]>,
@@ -93,6 +102,7 @@ pub fn layer_norm_forward(
     weight: Option<&[f32]>,
     bias: Option<&[f32]>,
     eps: f32,
+    center: bool,
 ) -> LayerNormForward {
     let mut y = crate::cpu::alloc::output(rows * d);
     let mut sum = residual.map(|_| crate::cpu::alloc::output(rows * d));
@@ -108,14 +118,21 @@ pub fn layer_norm_forward(
         .collect();
     for_each_row(items, d, |r, ((y, sum), st)| {
         let res_s = residual.zip(sum).map(|(res, s)| (&res[r * d..][..d], s));
-        *st = normalize_row(&x[r * d..][..d], res_s, y, weight, bias, eps);
+        *st = normalize_row(&x[r * d..][..d], res_s, y, weight, bias, eps, center);
     });
     LayerNormForward { y, sum, stats }
 }
 
 simd_kernel! {
     /// One row of [`layer_norm_backward_input`]: `out`, `g`, `s` (and `weight`) of length D.
-    fn input_grad_row(out: &mut [f32], g: &[f32], s: &[f32], st: RowStats, weight: Option<&[f32]>) {
+    fn input_grad_row(
+        out: &mut [f32],
+        g: &[f32],
+        s: &[f32],
+        st: RowStats,
+        weight: Option<&[f32]>,
+        center: bool,
+    ) {
         let d = out.len();
         let RowStats { mean, rstd } = st;
         let (g, s) = (&g[..d], &s[..d]);
@@ -130,7 +147,9 @@ simd_kernel! {
         };
         let ghat = |j: usize| g[j] as f64 * w[j] as f64;
         let [sum_g, sum_gs] = sums_f64(d, |j| [ghat(j), ghat(j) * ((s[j] as f64 - mean) * rstd)]);
-        let (mean_g, mean_gs) = (sum_g / d as f64, sum_gs / d as f64);
+        // Without centring the mean does not depend on the input, so its gradient term drops.
+        let mean_g = if center { sum_g / d as f64 } else { 0.0 };
+        let mean_gs = sum_gs / d as f64;
         for j in 0..d {
             let shat = (s[j] as f64 - mean) * rstd;
             out[j] = (rstd * (ghat(j) - mean_g - shat * mean_gs)) as f32;
@@ -140,18 +159,26 @@ simd_kernel! {
 
 /// Backward kernel for the input: `g (rows, D)`, the saved input `s (rows, D)`, stats and
 /// weight → `ds (rows, D)` = `rstd · (ĝ − mean(ĝ) − ŝ · mean(ĝ ∘ ŝ))` with `ĝ = g ∘ weight` and
-/// `ŝ` the normalized input; both means in f64.
+/// `ŝ` the normalized input; both means in f64. RMS norm (`center` false) drops `mean(ĝ)`.
 pub fn layer_norm_backward_input(
     g: &[f32],
     s: &[f32],
     stats: &[RowStats],
     d: usize,
     weight: Option<&[f32]>,
+    center: bool,
 ) -> Vec<f32> {
     let rows = stats.len();
     let mut ds = crate::cpu::alloc::output(rows * d);
     for_each_row(rows_mut(&mut ds, rows, d), d, |r, out| {
-        input_grad_row(out, &g[r * d..][..d], &s[r * d..][..d], stats[r], weight)
+        input_grad_row(
+            out,
+            &g[r * d..][..d],
+            &s[r * d..][..d],
+            stats[r],
+            weight,
+            center,
+        )
     });
     ds
 }
@@ -224,6 +251,7 @@ struct LayerNormBackward {
     weight: Option<Tensor>,
     has_residual: bool,
     has_bias: bool,
+    center: bool,
 }
 
 impl LayerNormBackward {
@@ -232,7 +260,8 @@ impl LayerNormBackward {
             SavedStats::Host(stats) => {
                 let d = self.s.shape().last().copied().unwrap_or(1);
                 let w = self.weight.as_ref().map(|w| w.data());
-                let ds = layer_norm_backward_input(g.data(), self.s.data(), stats, d, w);
+                let ds =
+                    layer_norm_backward_input(g.data(), self.s.data(), stats, d, w, self.center);
                 Tensor::new(ds, self.s.shape())
             }
             #[cfg(feature = "wgpu")]
@@ -314,6 +343,7 @@ fn layer_norm_var(
     weight: Option<&Var>,
     bias: Option<&Var>,
     eps: f32,
+    center: bool,
 ) -> Result<Var> {
     let xv = x.value();
     ensure_shape!(
@@ -359,6 +389,12 @@ fn layer_norm_var(
     let device = Device::common(op, inputs.iter().map(Var::device))?;
     #[cfg(feature = "wgpu")]
     if device == Device::Gpu {
+        if !center {
+            return Err(TfmError::device(
+                op,
+                "has no GPU kernel yet; move the tensors to the CPU with .to(\"cpu\")",
+            ));
+        }
         let s = match &rv {
             Some(r) => binary_forward(BinaryOp::Add, &xv, r)?,
             None => xv,
@@ -372,6 +408,7 @@ fn layer_norm_var(
             weight: wv,
             has_residual: residual.is_some(),
             has_bias: bias.is_some(),
+            center,
         };
         return Ok(Var::from_op(y, inputs, saved));
     }
@@ -385,6 +422,7 @@ fn layer_norm_var(
         wv.as_ref().map(Tensor::data),
         bv.as_ref().map(Tensor::data),
         eps,
+        center,
     );
     let y = Tensor::new(fwd.y, xv.shape())?;
     let s = match fwd.sum {
@@ -398,13 +436,20 @@ fn layer_norm_var(
         weight: wv,
         has_residual: residual.is_some(),
         has_bias: bias.is_some(),
+        center,
     };
     Ok(Var::from_op(y, inputs, saved))
 }
 
 /// Layer norm over the last axis of `x (…, D)` with optional `weight (D,)` and `bias (D,)`.
 pub fn layer_norm(x: &Var, weight: Option<&Var>, bias: Option<&Var>, eps: f32) -> Result<Var> {
-    layer_norm_var("layer_norm", x, None, weight, bias, eps)
+    layer_norm_var("layer_norm", x, None, weight, bias, eps, true)
+}
+
+/// RMS norm over the last axis of `x (…, D)`: `x / √(mean(x²) + eps) · weight`, with an optional
+/// `weight (D,)` (PyTorch's `rms_norm`; Llama's normalization).
+pub fn rms_norm(x: &Var, weight: Option<&Var>, eps: f32) -> Result<Var> {
+    layer_norm_var("rms_norm", x, None, weight, None, eps, false)
 }
 
 /// `layer_norm(x + residual)` in one pass per row; `x` and `residual` must have one shape, and
@@ -416,7 +461,7 @@ pub fn add_layer_norm(
     bias: Option<&Var>,
     eps: f32,
 ) -> Result<Var> {
-    layer_norm_var("add_layer_norm", x, Some(residual), weight, bias, eps)
+    layer_norm_var("add_layer_norm", x, Some(residual), weight, bias, eps, true)
 }
 
 #[cfg(test)]
@@ -429,10 +474,26 @@ mod tests {
 
     /// f64 reference: layer norm of `x + r` row by row.
     fn reference(x: &[f64], r: &[f64], w: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+        reference_norm(x, r, w, b, d, true)
+    }
+
+    /// f64 reference: layer norm (or, without `center`, RMS norm) of `x + r` row by row.
+    fn reference_norm(
+        x: &[f64],
+        r: &[f64],
+        w: &[f64],
+        b: &[f64],
+        d: usize,
+        center: bool,
+    ) -> Vec<f64> {
         let mut out = Vec::with_capacity(x.len());
         for (xr, rr) in x.chunks(d).zip(r.chunks(d)) {
             let s: Vec<f64> = xr.iter().zip(rr).map(|(a, b)| a + b).collect();
-            let mean = s.iter().sum::<f64>() / d as f64;
+            let mean = if center {
+                s.iter().sum::<f64>() / d as f64
+            } else {
+                0.0
+            };
             let var = s.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
             let rstd = 1.0 / (var + EPS as f64).sqrt();
             out.extend(
@@ -521,6 +582,44 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// RMS norm: forward vs the f64 reference (1e-5 relative), dx and dweight vs finite
+    /// differences of it (tolerances as in [`check`]); rows with a mean far from zero, where
+    /// forgetting that RMS norm does not centre would show.
+    #[test]
+    fn rms_norm_matches_reference_on_odd_shapes() {
+        let mut seed = 300;
+        for &rows in &[1, 3, 17] {
+            for &d in &[1, 3, 17, 127] {
+                let n = rows * d;
+                let (xd, wd) = (
+                    rand_vec(seed, n, -1.0, 3.0),
+                    rand_vec(seed + 1, d, 0.5, 1.5),
+                );
+                seed += 3;
+                let (x, w) = (leaf(xd.clone(), &[rows, d]), leaf(wd.clone(), &[d]));
+                let y = rms_norm(&x, Some(&w), EPS).unwrap();
+                let (x64, w64, zeros) = (to_f64(&xd), to_f64(&wd), vec![0.0; n]);
+                let refn = |x: &[f64], w: &[f64]| reference_norm(x, &zeros, w, &zeros, d, false);
+                assert_close("forward", y.value().data(), &refn(&x64, &w64), 1e-5, 1e-5);
+                let g = rand_vec(seed + 2, n, -1.0, 1.0);
+                let g64 = to_f64(&g);
+                let got = grads(&y, &g, &[&x, &w]);
+                let loss = |x: &[f64], w: &[f64]| dot(&g64, &refn(x, w));
+                let h = 1e-3;
+                let want_dx = finite_diff(&x64, h, |p| loss(p, &w64));
+                assert_close("dx", &got[0], &want_dx, 1e-4, 1e-4);
+                let want_dw = finite_diff(&w64, h, |p| loss(&x64, p));
+                assert_close("dweight", &got[1], &want_dw, 1e-4, 1e-4);
+            }
+        }
+        let bad = leaf(vec![1.0; 2], &[2]);
+        let x = leaf(vec![0.0; 6], &[2, 3]);
+        assert_eq!(
+            rms_norm(&x, Some(&bad), EPS).err().unwrap().kind,
+            ErrorKind::Shape
+        );
     }
 
     #[test]

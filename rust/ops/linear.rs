@@ -2,8 +2,10 @@
 //! → (…, out). The bias is added in the GEMM's epilogue. Backward saves x and W:
 //! dx = G·W, dW = Gᵀ·x, db = 1ᵀ·G (all three as GEMMs over the flattened rows).
 
+use super::autocast::{check_device, Precision};
 use crate::autograd::{Backward, Var};
-use crate::cpu::gemm::{gemm, Epilogue, MatRef};
+use crate::cpu::gemm::{Epilogue, MatRef};
+use crate::cpu::gemm_bf16::gemm_as;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Device, Tensor};
 
@@ -40,7 +42,19 @@ pub(crate) fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize
 
 /// Forward kernel: y (rows, out) = x (rows, in) · Wᵀ + b.
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_forward_as(x, w, b, Precision::F32)
+}
+
+/// [`linear_forward`] at `precision` (bf16: the product's inputs rounded, f32 accumulation;
+/// the bias is added in f32).
+pub fn linear_forward_as(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    precision: Precision,
+) -> Result<Tensor> {
     let (rows, inp, out) = check(x, w, b)?;
+    check_device("linear", precision, x.device())?;
     on_device!(x.device(),
         gpu: return gpu::forward(x, w, b),
         cpu: (),
@@ -51,7 +65,8 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
             bias: b.map(|b| b.data()),
             ..Default::default()
         };
-        gemm(
+        gemm_as(
+            precision,
             1.0,
             MatRef::row_major(x.data(), rows, inp),
             MatRef::row_major(w.data(), out, inp).t(),
@@ -83,6 +98,19 @@ pub fn linear_backward(
     w: &Tensor,
     needs: Needs,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    linear_backward_as(g, x, w, needs, Precision::F32)
+}
+
+/// [`linear_backward`] at `precision`: dx and dW as bf16-input products; db, a reduction, is
+/// summed in f32 at either precision.
+pub fn linear_backward_as(
+    g: &Tensor,
+    x: &Tensor,
+    w: &Tensor,
+    needs: Needs,
+    precision: Precision,
+) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    check_device("linear", precision, g.device())?;
     on_device!(g.device(),
         gpu: return gpu::backward(g, x, w, needs),
         cpu: (),
@@ -91,11 +119,22 @@ pub fn linear_backward(
     let out = w.shape()[0];
     let gm = MatRef::row_major(g.data(), rows, out);
     // C (shape) = A·B through the GEMM (which writes zeros when there are no rows to sum over).
-    let product = |a: MatRef, b: MatRef, shape: &[usize]| {
+    let product_as = |precision, a: MatRef, b: MatRef, shape: &[usize]| {
         let mut c = crate::cpu::alloc::output(a.rows * b.cols);
-        gemm(1.0, a, b, 0.0, &mut c, b.cols, &Epilogue::default(), true);
+        gemm_as(
+            precision,
+            1.0,
+            a,
+            b,
+            0.0,
+            &mut c,
+            b.cols,
+            &Epilogue::default(),
+            true,
+        );
         Tensor::new(c, shape)
     };
+    let product = |a, b, shape: &[usize]| product_as(precision, a, b, shape);
     let dx = needs
         .x
         .then(|| product(gm, MatRef::row_major(w.data(), out, inp), x.shape()))
@@ -107,7 +146,14 @@ pub fn linear_backward(
     let ones = vec![1.0f32; if needs.b { rows } else { 0 }];
     let db = needs
         .b
-        .then(|| product(MatRef::row_major(&ones, 1, rows), gm, &[out]))
+        .then(|| {
+            product_as(
+                Precision::F32,
+                MatRef::row_major(&ones, 1, rows),
+                gm,
+                &[out],
+            )
+        })
         .transpose()?;
     Ok((dx, dw, db))
 }
@@ -116,6 +162,7 @@ struct LinearBackward {
     x: Tensor,
     w: Tensor,
     has_bias: bool,
+    precision: Precision,
 }
 
 impl Backward for LinearBackward {
@@ -128,7 +175,7 @@ impl Backward for LinearBackward {
             w: inputs[1].requires_grad(),
             b: self.has_bias && inputs[2].requires_grad(),
         };
-        let (dx, dw, db) = linear_backward(g, &self.x, &self.w, needs)?;
+        let (dx, dw, db) = linear_backward_as(g, &self.x, &self.w, needs, self.precision)?;
         let mut grads = vec![dx, dw];
         if self.has_bias {
             grads.push(db);
@@ -138,8 +185,13 @@ impl Backward for LinearBackward {
 }
 
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
+    linear_with(x, w, b, Precision::F32)
+}
+
+/// [`linear`] with its forward and backward products at `precision`.
+pub fn linear_with(x: &Var, w: &Var, b: Option<&Var>, precision: Precision) -> Result<Var> {
     let (xv, wv, bv) = (x.value(), w.value(), b.map(Var::value));
-    let y = linear_forward(&xv, &wv, bv.as_ref())?;
+    let y = linear_forward_as(&xv, &wv, bv.as_ref(), precision)?;
     let mut inputs = vec![x.clone(), w.clone()];
     inputs.extend(b.cloned());
     Ok(Var::from_op(
@@ -149,6 +201,7 @@ pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
             x: xv,
             w: wv,
             has_bias: b.is_some(),
+            precision,
         },
     ))
 }

@@ -3,9 +3,11 @@
 //! Backward: `dA = G·Bᵀ`, `dB = Aᵀ·G`, summed over batch dimensions the operand was broadcast
 //! along. Saves both operands (shared storage, no copy).
 
+use super::autocast::{check_device, Precision};
 use super::broadcast::sum_to;
 use crate::autograd::{Backward, Var};
-use crate::cpu::gemm::{gemm, Epilogue, MatRef};
+use crate::cpu::gemm::{Epilogue, MatRef};
+use crate::cpu::gemm_bf16::gemm_as;
 use crate::error::{Result, TfmError};
 use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Device, Tensor};
 use rayon::prelude::*;
@@ -48,14 +50,21 @@ impl Operand<'_> {
 }
 
 /// `out[b] = op(A[b]) · op(B[b])` for every `b` in `out_batch`; `m × n` per product.
-fn batched_product(out_batch: &[usize], a: &Operand, b: &Operand, m: usize, n: usize) -> Vec<f32> {
+fn batched_product(
+    out_batch: &[usize],
+    a: &Operand,
+    b: &Operand,
+    (m, n): (usize, usize),
+    precision: Precision,
+) -> Vec<f32> {
     let count = numel(out_batch);
     let mut out = crate::cpu::alloc::output(count * m * n);
     if m * n == 0 {
         return out;
     }
     let one = |(i, c): (usize, &mut [f32])| {
-        gemm(
+        gemm_as(
+            precision,
             1.0,
             a.matrix(i, out_batch),
             b.matrix(i, out_batch),
@@ -140,6 +149,7 @@ pub(crate) fn plan(a: &[usize], b: &[usize]) -> Result<Plan> {
 struct MatmulBackward {
     a: Tensor,
     b: Tensor,
+    precision: Precision,
 }
 
 impl Backward for MatmulBackward {
@@ -169,7 +179,7 @@ impl Backward for MatmulBackward {
             cols: n,
             trans: true,
         };
-        let ga = batched_product(&p.out_batch, &go, &bt, m, k);
+        let ga = batched_product(&p.out_batch, &go, &bt, (m, k), self.precision);
         let ga_shape: Vec<usize> = p.out_batch.iter().copied().chain([m, k]).collect();
         let ga = sum_to(
             &Tensor::new(ga, &ga_shape)?,
@@ -184,7 +194,7 @@ impl Backward for MatmulBackward {
             cols: k,
             trans: true,
         };
-        let gb = batched_product(&p.out_batch, &at, &go, k, n);
+        let gb = batched_product(&p.out_batch, &at, &go, (k, n), self.precision);
         let gb_shape: Vec<usize> = p.out_batch.iter().copied().chain([k, n]).collect();
         let gb = sum_to(
             &Tensor::new(gb, &gb_shape)?,
@@ -197,8 +207,14 @@ impl Backward for MatmulBackward {
 
 /// Forward kernel on tensors, on the operands' device.
 pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    matmul_forward_as(a, b, Precision::F32)
+}
+
+/// [`matmul_forward`] at `precision`.
+pub fn matmul_forward_as(a: &Tensor, b: &Tensor, precision: Precision) -> Result<Tensor> {
     let p = plan(a.shape(), b.shape())?;
     let device = Device::common("matmul", [a.device(), b.device()])?;
+    check_device("matmul", precision, device)?;
     on_device!(device,
         gpu: return gpu::forward(a, b, &p),
         cpu: (),
@@ -210,7 +226,8 @@ pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         let mut out = crate::cpu::alloc::output(rows * n);
         if rows * n > 0 {
             let bm = MatRef::row_major(b.data(), k, n);
-            gemm(
+            gemm_as(
+                precision,
                 1.0,
                 MatRef::row_major(a.data(), rows, k),
                 bm,
@@ -237,18 +254,27 @@ pub fn matmul_forward(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             cols: n,
             trans: false,
         };
-        batched_product(&p.out_batch, &ao, &bo, m, n)
+        batched_product(&p.out_batch, &ao, &bo, (m, n), precision)
     };
     Tensor::new(out, &p.out_shape)
 }
 
 pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
+    matmul_with(a, b, Precision::F32)
+}
+
+/// [`matmul`] with its forward and backward products at `precision`.
+pub fn matmul_with(a: &Var, b: &Var, precision: Precision) -> Result<Var> {
     let (av, bv) = (a.value(), b.value());
-    let out = matmul_forward(&av, &bv)?;
+    let out = matmul_forward_as(&av, &bv, precision)?;
     Ok(Var::from_op(
         out,
         vec![a.clone(), b.clone()],
-        MatmulBackward { a: av, b: bv },
+        MatmulBackward {
+            a: av,
+            b: bv,
+            precision,
+        },
     ))
 }
 

@@ -26,20 +26,27 @@ macro_rules! on_device {
 }
 
 pub mod activation;
+pub mod additive_attention;
 pub mod attention;
+pub mod autocast;
+pub mod batch_norm;
 pub mod broadcast;
+pub mod conv1d;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 #[cfg(all(test, feature = "wgpu"))]
 mod gpu_tests;
+pub mod hash_embedding;
 pub mod layer_norm;
 pub mod linear;
 pub mod linear_attention;
 pub mod lsh_attention;
 pub mod matmul;
+pub mod quantized_linear;
 pub mod reduce;
+pub mod rnn;
 pub mod rows;
 pub mod shape;
 pub mod softmax;

@@ -4,6 +4,7 @@
 //! (a whole generation in one call). `tfm_rs.decode` builds the arguments from models.
 
 use super::convert::{host_tensor_from_py, tensor_to_numpy};
+use super::quantization::PyQuantizedWeight;
 use super::runtime::run;
 use crate::decode::{self, DecoderWeights, Hypothesis, Memory, SearchConfig};
 use crate::error::TfmError;
@@ -35,11 +36,15 @@ fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
     }
 }
 
-/// `(weight, bias or None)` → a linear layer.
+/// `(weight, bias or None)` → a linear layer; the weight a tensor or a `QuantizedWeight`.
 fn linear(obj: &Bound<'_, PyAny>) -> PyResult<decode::Linear> {
     let (w, b): (Bound<PyAny>, Bound<PyAny>) = obj.extract()?;
+    let weight = match w.cast::<PyQuantizedWeight>() {
+        Ok(q) => decode::Weight::Int8(Arc::clone(&q.get().inner)),
+        Err(_) => decode::Weight::F32(host_tensor(&w)?),
+    };
     Ok(decode::Linear {
-        weight: host_tensor(&w)?,
+        weight,
         bias: opt_tensor(&b)?,
     })
 }
@@ -73,7 +78,7 @@ pub struct PyDecoderWeights {
 #[pymethods]
 impl PyDecoderWeights {
     /// DecoderWeights(spec): `spec` is a dict with `head_dim`, `norm_first`, `activation`
-    /// ("relu", "gelu", "gelu_tanh"), `eps`, `embed`, `embed_scale`, `positions`, `layers`
+    /// ("relu", "gelu", "gelu_tanh"), `eps`, `centred` (false: RMSNorm), `embed`, `embed_scale`, `positions`, `layers`
     /// (dicts of `self_heads`, `cross_heads` (head counts, which may differ per layer after
     /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
     /// bias)` and `norm_self`, `norm_cross`, `norm_ff` as `(weight, bias)`; the cross entries
@@ -117,6 +122,7 @@ impl PyDecoderWeights {
             norm_first: item(spec, "norm_first")?.extract()?,
             activation,
             eps: item(spec, "eps")?.extract()?,
+            centred: item(spec, "centred")?.extract()?,
             embed: host_tensor(&item(spec, "embed")?)?,
             embed_scale: item(spec, "embed_scale")?.extract()?,
             positions: host_tensor(&item(spec, "positions")?)?,

@@ -7,6 +7,7 @@ use super::convert::{ids_from_py, mask_from_py, var_from_py};
 use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::autograd::Var;
+use crate::desc::Precision;
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::broadcast_to;
 use crate::ops::cross_entropy::{self as cross_entropy_op, Reduction};
@@ -31,34 +32,44 @@ fn opt_mask(obj: Option<&Bound<'_, PyAny>>, op: &'static str) -> PyResult<Option
     }
 }
 
+/// The `precision` argument of the products: `None` is float32.
+fn precision_arg(precision: Option<&str>) -> PyResult<Precision> {
+    Ok(precision.map_or(Ok(Precision::F32), Precision::from_name)?)
+}
+
 fn wrap(py: Python<'_>, f: impl FnOnce() -> Result<Var> + Send) -> PyResult<PyTensor> {
     Ok(PyTensor::wrap(run(py, f)?))
 }
 
 #[pyfunction]
-#[pyo3(signature = (input, weight, bias = None))]
+#[pyo3(signature = (input, weight, bias = None, precision = None))]
 fn linear(
     py: Python<'_>,
     input: &Bound<'_, PyAny>,
     weight: &Bound<'_, PyAny>,
     bias: Option<&Bound<'_, PyAny>>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
+    let precision = precision_arg(precision)?;
     let (x, w, b) = (
         var_from_py(input, "linear")?,
         var_from_py(weight, "linear")?,
         opt_var(bias, "linear")?,
     );
-    wrap(py, || linear_op::linear(&x, &w, b.as_ref()))
+    wrap(py, || linear_op::linear_with(&x, &w, b.as_ref(), precision))
 }
 
 #[pyfunction]
+#[pyo3(signature = (input, other, precision = None))]
 fn matmul(
     py: Python<'_>,
     input: &Bound<'_, PyAny>,
     other: &Bound<'_, PyAny>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
+    let precision = precision_arg(precision)?;
     let (a, b) = (var_from_py(input, "matmul")?, var_from_py(other, "matmul")?);
-    wrap(py, || matmul_op::matmul(&a, &b))
+    wrap(py, || matmul_op::matmul_with(&a, &b, precision))
 }
 
 /// Runs a last-axis op along `dim` by swapping `dim` with the last axis around it (the mask is
@@ -117,6 +128,7 @@ fn log_softmax(
 /// Flattens the trailing `normalized_shape` dimensions of x (and of weight/bias) into one, so
 /// the last-axis LayerNorm covers them; returns the reshaped operands.
 fn flatten_normalized(
+    op: &'static str,
     x: &Var,
     normalized: &[usize],
     params: [Option<&Var>; 2],
@@ -124,7 +136,7 @@ fn flatten_normalized(
     let shape = x.shape();
     let n = normalized.len();
     if n == 0 || n > shape.len() || shape[shape.len() - n..] != *normalized {
-        return Err(TfmError::shape("layer_norm", format!("normalized_shape {normalized:?} does not match the trailing dimensions of input {shape:?}")));
+        return Err(TfmError::shape(op, format!("normalized_shape {normalized:?} does not match the trailing dimensions of input {shape:?}")));
     }
     let d: usize = normalized.iter().product();
     let mut flat: Vec<isize> = shape[..shape.len() - n]
@@ -136,7 +148,7 @@ fn flatten_normalized(
         match p {
             Some(p) if p.shape() == normalized => Ok(Some(shape::reshape(p, &[d as isize])?)),
             Some(p) => Err(TfmError::shape(
-                "layer_norm",
+                op,
                 format!(
                     "weight/bias of shape {:?} do not match normalized_shape {normalized:?}",
                     p.shape()
@@ -167,8 +179,38 @@ fn layer_norm(
         opt_var(bias, "layer_norm")?,
     );
     wrap(py, || {
-        let (xf, [wf, bf]) = flatten_normalized(&x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
+        let (xf, [wf, bf]) = flatten_normalized(
+            "layer_norm",
+            &x,
+            &normalized_shape,
+            [w.as_ref(), b.as_ref()],
+        )?;
         let y = ln::layer_norm(&xf, wf.as_ref(), bf.as_ref(), eps)?;
+        shape::reshape(
+            &y,
+            &x.shape().iter().map(|&s| s as isize).collect::<Vec<_>>(),
+        )
+    })
+}
+
+/// `eps = None` is float32's machine epsilon, as PyTorch's default for a float32 input.
+#[pyfunction]
+#[pyo3(signature = (input, normalized_shape, weight = None, eps = None))]
+fn rms_norm(
+    py: Python<'_>,
+    input: &Bound<'_, PyAny>,
+    normalized_shape: Vec<usize>,
+    weight: Option<&Bound<'_, PyAny>>,
+    eps: Option<f32>,
+) -> PyResult<PyTensor> {
+    let (x, w) = (
+        var_from_py(input, "rms_norm")?,
+        opt_var(weight, "rms_norm")?,
+    );
+    wrap(py, || {
+        let (xf, [wf, _]) =
+            flatten_normalized("rms_norm", &x, &normalized_shape, [w.as_ref(), None])?;
+        let y = ln::rms_norm(&xf, wf.as_ref(), eps.unwrap_or(f32::EPSILON))?;
         shape::reshape(
             &y,
             &x.shape().iter().map(|&s| s as isize).collect::<Vec<_>>(),
@@ -203,8 +245,10 @@ fn add_layer_norm(
                 format!("input {:?} and residual {:?} differ", x.shape(), r.shape()),
             ));
         }
-        let (xf, [wf, bf]) = flatten_normalized(&x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
-        let (rf, _) = flatten_normalized(&r, &normalized_shape, [None, None])?;
+        let op = "add_layer_norm";
+        let (xf, [wf, bf]) =
+            flatten_normalized(op, &x, &normalized_shape, [w.as_ref(), b.as_ref()])?;
+        let (rf, _) = flatten_normalized(op, &r, &normalized_shape, [None, None])?;
         let y = ln::add_layer_norm(&xf, &rf, wf.as_ref(), bf.as_ref(), eps)?;
         shape::reshape(
             &y,
@@ -312,7 +356,7 @@ fn attention_inputs(
 }
 
 #[pyfunction]
-#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None))]
+#[pyo3(signature = (query, key, value, attn_mask = None, dropout_p = 0.0, is_causal = false, scale = None, precision = None))]
 #[allow(clippy::too_many_arguments)]
 fn scaled_dot_product_attention(
     py: Python<'_>,
@@ -323,14 +367,16 @@ fn scaled_dot_product_attention(
     dropout_p: f32,
     is_causal: bool,
     scale: Option<f32>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
+    let precision = precision_arg(precision)?;
     let (q, k, v, mask) = attention_inputs(
         "scaled_dot_product_attention",
         [query, key, value],
         attn_mask,
     )?;
     wrap(py, || {
-        attention::scaled_dot_product_attention(
+        attention::scaled_dot_product_attention_with(
             &q,
             &k,
             &v,
@@ -338,8 +384,22 @@ fn scaled_dot_product_attention(
             dropout_p,
             is_causal,
             scale,
+            precision,
         )
     })
+}
+
+/// `(path, note)` for `precision`: how its products run on this machine (`"float32"`,
+/// `"amx_bf16"`, `"avx512_bf16"`, `"emulated on avx2"`, …) and, where bf16 is emulated, a
+/// sentence saying so (else `None`). Errors on an unknown precision.
+#[pyfunction]
+fn precision_info(precision: &str) -> PyResult<(String, Option<String>)> {
+    let precision = Precision::from_name(precision)?;
+    let path = match precision {
+        Precision::F32 => "float32".to_string(),
+        Precision::Bf16 => crate::cpu::gemm_bf16::Bf16Path::active().name(),
+    };
+    Ok((path, crate::ops::autocast::precision_note(precision)))
 }
 
 #[pyfunction]
@@ -363,6 +423,99 @@ fn attention_with_weights(
     Ok((PyTensor::wrap(out), PyTensor::wrap(weights)))
 }
 
+/// A structured mask from the nested tuples `tfm_rs.masks` builds (`Mask._spec()`):
+/// `("causal", lower_right)`, `("window", left, right, lower_right)`, `("global", indices)`,
+/// `("key_padding", samples, valid_bytes)`, `("block_sparse", block, window, global, random,
+/// seed)`, `("dense", bool_array)`, `("and" | "or", a, b)`.
+fn mask_spec_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<attention::MaskSpec> {
+    use attention::MaskSpec;
+    let kind: String = obj.get_item(0)?.extract()?;
+    let at = |i: usize| obj.get_item(i);
+    Ok(match kind.as_str() {
+        "causal" => MaskSpec::Causal {
+            lower_right: at(1)?.extract()?,
+        },
+        "window" => MaskSpec::Window {
+            left: at(1)?.extract()?,
+            right: at(2)?.extract()?,
+            lower_right: at(3)?.extract()?,
+        },
+        "global" => MaskSpec::Global {
+            indices: at(1)?.extract()?,
+        },
+        "key_padding" => MaskSpec::KeyPadding {
+            samples: at(1)?.extract()?,
+            valid: at(2)?
+                .extract::<Vec<u8>>()?
+                .into_iter()
+                .map(|b| b != 0)
+                .collect(),
+        },
+        "block_sparse" => MaskSpec::BlockSparse {
+            block: at(1)?.extract()?,
+            window: at(2)?.extract()?,
+            global: at(3)?.extract()?,
+            random: at(4)?.extract()?,
+            seed: at(5)?.extract()?,
+        },
+        "dense" => MaskSpec::Dense(mask_from_py(&at(1)?, op)?),
+        "and" | "or" => {
+            let (a, b) = (
+                Box::new(mask_spec_from_py(&at(1)?, op)?),
+                Box::new(mask_spec_from_py(&at(2)?, op)?),
+            );
+            if kind == "and" {
+                MaskSpec::And(a, b)
+            } else {
+                MaskSpec::Or(a, b)
+            }
+        }
+        other => {
+            return Err(
+                TfmError::value(op, format!("unknown structured mask kind {other:?}")).into(),
+            )
+        }
+    })
+}
+
+/// `scaled_dot_product_attention` under a structured mask (`tfm_rs.masks`).
+#[pyfunction]
+#[pyo3(signature = (query, key, value, mask, dropout_p = 0.0, scale = None))]
+fn scaled_dot_product_attention_structured(
+    py: Python<'_>,
+    query: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+    mask: &Bound<'_, PyAny>,
+    dropout_p: f32,
+    scale: Option<f32>,
+) -> PyResult<PyTensor> {
+    const OP: &str = "scaled_dot_product_attention";
+    let (q, k, v, _) = attention_inputs(OP, [query, key, value], None)?;
+    let spec = mask_spec_from_py(mask, OP)?;
+    wrap(py, || {
+        attention::scaled_dot_product_attention_structured(&q, &k, &v, &spec, dropout_p, scale)
+    })
+}
+
+/// `(allowed pairs, full, partial, empty tiles)` of a structured mask over L × S for each of
+/// `samples` batch samples, with the fused kernels' 64 × 64 tiles.
+#[pyfunction]
+fn mask_explain(
+    py: Python<'_>,
+    mask: &Bound<'_, PyAny>,
+    samples: usize,
+    l: usize,
+    s: usize,
+) -> PyResult<(u64, u64, u64, u64)> {
+    let spec = mask_spec_from_py(mask, "Mask.explain")?;
+    run(py, move || {
+        let m = spec.resolve(&[samples], l, s)?;
+        let st = m.explain(samples, 64);
+        Ok((st.allowed, st.full, st.partial, st.empty))
+    })
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(linear, m)?)?;
     m.add_function(wrap_pyfunction!(matmul, m)?)?;
@@ -370,6 +523,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
     m.add_function(wrap_pyfunction!(layer_norm, m)?)?;
     m.add_function(wrap_pyfunction!(add_layer_norm, m)?)?;
+    m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(relu, m)?)?;
     m.add_function(wrap_pyfunction!(gelu, m)?)?;
     m.add_function(wrap_pyfunction!(dropout, m)?)?;
@@ -377,5 +531,11 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(scaled_dot_product_attention, m)?)?;
     m.add_function(wrap_pyfunction!(attention_with_weights, m)?)?;
+    m.add_function(wrap_pyfunction!(precision_info, m)?)?;
+    m.add_function(wrap_pyfunction!(
+        scaled_dot_product_attention_structured,
+        m
+    )?)?;
+    m.add_function(wrap_pyfunction!(mask_explain, m)?)?;
     Ok(())
 }

@@ -87,6 +87,7 @@ fn cpu_features(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         .map(|i| i.name())
         .collect();
     d.set_item("supported", supported)?;
+    d.set_item("int8", cpu::qgemm::QIsa::active().name())?;
     d.set_item("arch", std::env::consts::ARCH)?;
     d.set_item("num_threads", pool::num_threads())?;
     d.set_item("forced_by_env", std::env::var("TFM_RS_ISA").ok())?;

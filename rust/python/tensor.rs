@@ -3,14 +3,23 @@
 
 use super::convert::{tensor_from_py, tensor_to_numpy, var_from_py};
 use super::runtime::run;
-use crate::autograd::{backward, Var};
+use crate::autograd::{backward, GradHook, Var};
 use crate::ops::elementwise::{self, BinaryOp, UnaryOp};
 use crate::ops::{matmul, reduce, shape};
 use crate::tensor::{normalize_dim, Device, Tensor};
 use pyo3::prelude::*;
-use pyo3::types::{PyEllipsis, PyInt, PyNone, PySlice, PySliceMethods, PyTuple};
+use pyo3::types::{
+    PyEllipsis, PyInt, PyNone, PySlice, PySliceMethods, PyTuple, PyWeakrefMethods,
+    PyWeakrefReference,
+};
+use std::sync::{Arc, Mutex};
 
-#[pyclass(name = "Tensor", module = "tfm_rs", frozen, subclass)]
+/// The Python exception a post-accumulate-grad hook raised, handed from the backward's worker
+/// thread back to the `backward` call, which re-raises it as it was.
+static HOOK_ERROR: Mutex<Option<PyErr>> = Mutex::new(None);
+
+// `weakref`: a gradient hook refers to its tensor weakly, so registering one makes no cycle.
+#[pyclass(name = "Tensor", module = "tfm_rs", frozen, subclass, weakref)]
 pub struct PyTensor {
     pub var: Var,
 }
@@ -281,7 +290,49 @@ impl PyTensor {
             _ => None,
         };
         let var = self.var.clone();
-        run(py, move || backward(&var, g, retain_graph))
+        let result = run(py, move || backward(&var, g, retain_graph));
+        let hook_error = HOOK_ERROR.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match (result, hook_error) {
+            (Err(_), Some(e)) => Err(e),
+            (result, _) => result,
+        }
+    }
+
+    /// Registers `hook(tensor)`, called by every backward that reaches this leaf right after its
+    /// `.grad` has received all of that pass's contributions (PyTorch's name and timing). It runs
+    /// on the backward's thread with the GIL taken only for the call; an exception it raises
+    /// stops the backward and is re-raised by `backward()`. Returns a handle with `remove()`.
+    fn register_post_accumulate_grad_hook(
+        slf: Bound<'_, Self>,
+        hook: Bound<'_, PyAny>,
+    ) -> PyResult<RemovableHandle> {
+        if !hook.is_callable() {
+            return Err(crate::error::TfmError::value(
+                "register_post_accumulate_grad_hook",
+                "the hook must be callable",
+            )
+            .into());
+        }
+        let owner: Py<PyWeakrefReference> = PyWeakrefReference::new(&slf)?.unbind();
+        let hook = hook.unbind();
+        let core_hook: GradHook = Arc::new(move |var: &Var| {
+            Python::attach(|py| {
+                // The tensor object itself, as PyTorch passes it (a Parameter stays one).
+                let tensor = match owner.bind(py).upgrade() {
+                    Some(t) => t,
+                    None => Bound::new(py, PyTensor::wrap(var.clone()))?.into_any(),
+                };
+                hook.bind(py).call1((tensor,)).map(|_| ())
+            })
+            .map_err(|e| {
+                let msg = format!("a post-accumulate-grad hook raised: {e}");
+                *HOOK_ERROR.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                crate::error::TfmError::autograd("backward", msg)
+            })
+        });
+        let var = slf.get().var.clone();
+        let id = var.register_post_accumulate_grad_hook(core_hook)?;
+        Ok(RemovableHandle { var, id })
     }
 
     /// Copies `src`'s values into this tensor in place, onto this tensor's device (shapes must
@@ -599,8 +650,28 @@ fn cat(py: Python<'_>, tensors: Vec<Bound<'_, PyAny>>, dim: isize) -> PyResult<P
     Ok(PyTensor::wrap(run(py, || shape::cat(&vars, dim))?))
 }
 
+/// What `register_post_accumulate_grad_hook` returns: `remove()` unregisters the hook.
+#[pyclass(name = "RemovableHandle", module = "tfm_rs", frozen)]
+pub struct RemovableHandle {
+    var: Var,
+    id: u64,
+}
+
+#[pymethods]
+impl RemovableHandle {
+    fn remove(&self) {
+        self.var.remove_hook(self.id);
+    }
+
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTensor>()?;
+    m.add_class::<RemovableHandle>()?;
     m.add_function(wrap_pyfunction!(tensor, m)?)?;
     m.add_function(wrap_pyfunction!(from_numpy, m)?)?;
     m.add_function(wrap_pyfunction!(cat, m)?)?;

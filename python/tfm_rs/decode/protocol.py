@@ -43,7 +43,7 @@ class DecoderLayerSpec:
 class DecoderSpec:
     """A decoder stack: token ``embed`` (rows = vocabulary) times ``embed_scale`` plus
     ``positions`` (rows = positions), the ``layers`` (pre-LN when ``norm_first``), an optional
-    ``final_norm``, and the output ``head``. ``activation``: "relu" or "gelu"."""
+    ``final_norm``, and the output ``head``. ``activation``: "relu", "gelu" or "gelu_tanh"."""
 
     layers: Sequence[DecoderLayerSpec]
     embed: Tensor

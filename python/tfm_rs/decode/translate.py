@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, List, Sequence
 
 from tfm_rs.data.batching import pad_batch
-from tfm_rs.decode.generate import _count, generate_seq2seq
+from tfm_rs.decode.generate import _count
 from tfm_rs.decode.protocol import EncoderDecoderModel
 
 __all__ = ["translate"]
@@ -13,12 +13,13 @@ __all__ = ["translate"]
 
 def translate(model: EncoderDecoderModel, sentences: Sequence[str], tokenizer: Any, num_beams: int = 4,
               length_penalty: float = 0.6, batch_size: int = 64, **generate: Any) -> List[str]:
-    """Translations of ``sentences`` by a :class:`~tfm_rs.models.Seq2SeqTransformer`, in input
-    order. The defaults are the paper's: beam size 4, length penalty α = 0.6 (``num_beams=1``
-    is greedy, several times faster). ``tokenizer`` needs ``encode_batch(texts)`` and
+    """Translations of ``sentences`` by a :class:`~tfm_rs.models.Seq2SeqTransformer` (or any model
+    with its ``generate``, such as :class:`~tfm_rs.models.RNNSeq2Seq`), in input order. The
+    defaults are the paper's: beam size 4, length penalty α = 0.6 (``num_beams=1`` is greedy,
+    several times faster). ``tokenizer`` needs ``encode_batch(texts)`` and
     ``decode(ids)`` (:class:`tfm_rs.data.Tokenizer` has both). Sources longer than the model's
     ``max_len`` are truncated; empty sentences translate to ``""``. Other keyword arguments go
-    to :func:`generate_seq2seq`."""
+    to the model's ``generate``."""
     sentences = list(sentences)
     batch_size = _count("batch_size", batch_size, 1)
     ids = [s[: model.max_len] for s in tokenizer.encode_batch(sentences)]
@@ -27,8 +28,8 @@ def translate(model: EncoderDecoderModel, sentences: Sequence[str], tokenizer: A
     todo = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start: start + batch_size]
-        out = generate_seq2seq(model, pad_batch([ids[i] for i in chunk], model.pad_id), num_beams=num_beams,
-                               length_penalty=length_penalty, **generate)
+        out = model.generate(pad_batch([ids[i] for i in chunk], model.pad_id), num_beams=num_beams,
+                             length_penalty=length_penalty, **generate)
         n = out.num_return_sequences
         for k, i in enumerate(chunk):
             tokens = out.sequences[k * n]

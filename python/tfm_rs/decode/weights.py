@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
+
 from tfm_rs import nn
 from tfm_rs._core import DecoderWeights, InvalidArgumentError
 from tfm_rs.decode.protocol import DecodableModel, DecoderLayerSpec
@@ -17,8 +19,29 @@ def _linear(m: nn.Linear) -> Tuple[Any, Any]:
     return (m.weight, m.bias)
 
 
-def _norm(m: Optional[nn.LayerNorm]) -> Optional[Tuple[Any, Any]]:
-    return None if m is None else (m.weight, m.bias)
+def _norm(m: Optional[nn.Module]) -> Optional[Tuple[Any, Any]]:
+    if m is not None and not isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        raise InvalidArgumentError(f"the native decoder runs LayerNorm and RMSNorm models only, this one has "
+                                   f"{type(m).__name__} (norm='batch'); evaluate it with teacher forcing "
+                                   "(forward/loss)")
+    return None if m is None else (m.weight, getattr(m, "bias", None))
+
+
+def _norm_kind(spec: Any, owner: str) -> Tuple[float, bool]:
+    """``(eps, centred)`` shared by every norm of the decoder: LayerNorm's, or RMSNorm's (whose
+    ``eps=None`` is float32's machine epsilon, as in :func:`tfm_rs.functional.rms_norm`)."""
+    norms = [m for layer in spec.layers for m in (layer.norm_self, layer.norm_cross, layer.norm_ff, spec.final_norm)
+             if m is not None]
+    for m in norms:
+        _norm(m)
+    kinds = {(type(m), m.eps) for m in norms}
+    if len(kinds) != 1:
+        raise InvalidArgumentError(f"{owner}: decoding needs one kind of norm with one eps, got "
+                                   f"{sorted(map(str, kinds))}")
+    kind, eps = kinds.pop()
+    if kind is nn.RMSNorm:
+        return (float(np.finfo(np.float32).eps) if eps is None else float(eps)), False
+    return float(eps), True
 
 
 def _attention(m: Optional[nn.MultiheadAttention], owner: str) -> Tuple[Optional[int], Any, Any]:
@@ -52,15 +75,16 @@ def decoder_weights(model: DecodableModel) -> DecoderWeights:
     spec = model.decoder_spec()
     if not spec.layers:
         raise InvalidArgumentError(f"{owner}: the decoder has no layers")
-    if spec.activation not in ("relu", "gelu"):
-        raise InvalidArgumentError(f"{owner}: decoding supports relu and gelu, not {spec.activation!r}")
+    if spec.activation not in ("relu", "gelu", "gelu_tanh"):
+        raise InvalidArgumentError(f"{owner}: decoding supports relu, gelu and gelu_tanh, not {spec.activation!r}")
     first = spec.layers[0]
     widths = {m.head_dim for layer in spec.layers for m in (layer.self_attn, layer.cross_attn) if m is not None}
     if len(widths) != 1:
         raise InvalidArgumentError(f"{owner}: decoding needs one head width in every attention, got {sorted(widths)}")
+    eps, centred = _norm_kind(spec, owner)
     return DecoderWeights(dict(
         head_dim=first.self_attn.head_dim, norm_first=bool(spec.norm_first),
-        eps=float(first.norm_self.eps),
+        eps=eps, centred=centred,
         embed=spec.embed, embed_scale=float(spec.embed_scale), positions=spec.positions,
         final_norm=_norm(spec.final_norm), head=_linear(spec.head), activation=spec.activation,
         layers=[_layer(layer, owner) for layer in spec.layers]))

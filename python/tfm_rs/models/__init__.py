@@ -4,6 +4,9 @@
   ``transformer_big``, ``transformer_small``, ``transformer_tiny``).
 * :class:`GPT`: a decoder-only causal language model (pre-LN, learned positions, tied head).
 * :class:`BertEncoder`: an encoder with a masked-LM head and the 80/10/10 masking rule.
+* :class:`Llama`: the Llama family (RMSNorm, rotary positions, SwiGLU, grouped-query attention).
+* :class:`RNNSeq2Seq`: RNNsearch, the attentional GRU encoder-decoder (a baseline).
+* :class:`ConvEncoder`: a ConvS2S-style convolutional encoder (GLU + residual blocks; a baseline).
 
 Every model has a JSON ``config`` and ``from_config``; :func:`load_model_state` puts a checkpoint's
 weights into a model after checking that the checkpoint was written by the same architecture.
@@ -14,7 +17,9 @@ from typing import Any, Iterable
 from tfm_rs.checkpoint import Checkpoint, check_compatible, check_state_dict_compatible, load_checkpoint
 from tfm_rs.models.bert import BertEncoder
 from tfm_rs.models.gpt import GPT
+from tfm_rs.models.llama import Llama
 from tfm_rs.models._pruning import head_importance
+from tfm_rs.models._reduction import factorize_ffn
 from tfm_rs.models.presets import (
     PRESETS,
     preset_config,
@@ -24,8 +29,10 @@ from tfm_rs.models.presets import (
     transformer_tiny,
 )
 from tfm_rs.models.seq2seq import Seq2SeqTransformer
+from tfm_rs.models.rnn_seq2seq import RNNSeq2Seq
+from tfm_rs.models.conv_encoder import ConvEncoder
 
-ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder)}
+ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama, RNNSeq2Seq)}
 
 
 def load_model_state(model: Any, checkpoint: Any, ignore: Iterable[str] = ("dropout",)) -> None:
@@ -50,6 +57,7 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
     return model
 
 
-__all__ = ["ARCHITECTURES", "BertEncoder", "GPT", "PRESETS", "Seq2SeqTransformer", "head_importance",
+__all__ = ["ARCHITECTURES", "BertEncoder", "ConvEncoder", "GPT", "Llama", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
+           "factorize_ffn", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

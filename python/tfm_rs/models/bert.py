@@ -21,6 +21,11 @@ from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.models._common import as_ids
 from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
+from tfm_rs.models._reduction import (FfnRank, init_token_embedding, make_token_embedding, reduction_config,
+                                       set_ffn_rank, share_stack)
+from tfm_rs.nn.norms import apply_norm, check_norm
+from tfm_rs.models.sentence import sentence_embeddings
+from tfm_rs.pretrained.bert import load_bert, save_bert
 
 __all__ = ["BertEncoder", "IGNORE_INDEX"]
 
@@ -37,6 +42,13 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
         mask_id: the ``[MASK]`` token id (default 4: the first extra special token after
             pad/bos/eos/unk of :func:`tfm_rs.data.train_tokenizer`).
         special_ids: ids never masked (default: ``0 … 4``, i.e. pad/bos/eos/unk/mask).
+        norm: ``"layer"``, ``"rms"`` or ``"batch"`` for the embedding norm and the layers (the
+            MLM head keeps its LayerNorm).
+        embedding_dim, share_layers: ALBERT (Lan et al. 2020): a ``V×embedding_dim`` table
+            projected to ``d_model``, the MLM head projecting back to ``embedding_dim`` and tied
+            to that table; one set of weights for every layer.
+        hash_buckets, num_hashes, ffn_rank: as :class:`~tfm_rs.models.Seq2SeqTransformer`'s (a
+            hashed embedding gets an untied MLM projection).
     """
 
     arch = "BertEncoder"
@@ -44,7 +56,9 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
     def __init__(self, vocab_size: int, d_model: int = 768, nhead: int = 12, num_layers: int = 12,
                  dim_feedforward: int = 3072, max_len: int = 512, type_vocab_size: int = 2, pad_id: int = 0,
                  mask_id: int = 4, dropout: float = 0.1, special_ids: Optional[Sequence[int]] = None,
-                 layer_norm_eps: float = 1e-12) -> None:
+                 layer_norm_eps: float = 1e-12, norm: str = "layer", embedding_dim: Optional[int] = None,
+                 hash_buckets: Optional[int] = None, num_hashes: int = 2, share_layers: bool = False,
+                 ffn_rank: FfnRank = None, pooler: bool = False) -> None:
         super().__init__()
         if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
             raise InvalidArgumentError(
@@ -60,29 +74,43 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             vocab_size=int(vocab_size), d_model=int(d_model), nhead=int(nhead), num_layers=int(num_layers),
             dim_feedforward=int(dim_feedforward), max_len=int(max_len), type_vocab_size=int(type_vocab_size),
             pad_id=int(pad_id), mask_id=int(mask_id), dropout=float(dropout), special_ids=special,
-            layer_norm_eps=float(layer_norm_eps))
+            layer_norm_eps=float(layer_norm_eps), norm=check_norm(norm, "BertEncoder"),
+            **reduction_config(embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank))
+        if pooler:  # only then, so that configurations written before the pooler existed still match
+            self._config["pooler"] = True
         self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
         self.type_vocab_size, self.pad_id, self.mask_id = int(type_vocab_size), int(pad_id), int(mask_id)
         self.special_ids = np.asarray(special, np.int64)
 
-        self.tok_embed = nn.Embedding(vocab_size, d_model, padding_idx=pad_id)
+        self.tok_embed = make_token_embedding("BertEncoder", vocab_size, d_model, pad_id, embedding_dim,
+                                              hash_buckets, num_hashes)
         self.pos_embed = nn.LearnedPositionalEmbedding(max_len, d_model)
         self.type_embed = nn.Embedding(type_vocab_size, d_model)
-        for w in (self.tok_embed.weight, self.pos_embed.weight, self.type_embed.weight):
+        init_token_embedding(self.tok_embed, 0.02)
+        for w in (self.pos_embed.weight, self.type_embed.weight):
             nn.init.normal_(w, 0.0, 0.02)
-        w = self.tok_embed.weight.numpy()
-        w[pad_id] = 0.0
-        self.tok_embed.weight.copy_(w)
-        self.emb_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+        self.emb_norm = nn.make_norm(norm, d_model, layer_norm_eps)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList([
-            nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, "gelu", layer_norm_eps, True, False)
+            nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, "gelu", layer_norm_eps, True, False,
+                                       norm=norm)
             for _ in range(num_layers)])
-        self.mlm_dense = nn.Linear(d_model, d_model)
-        self.mlm_norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
-        self.mlm_decoder = nn.Linear(d_model, vocab_size, bias=True)
-        self.mlm_decoder.weight = self.tok_embed.weight
+        if share_layers:
+            self.layers = share_stack(self.layers)
+        set_ffn_rank(self, ffn_rank, from_trained=False)
+        # The MLM head ends in the width of the token table it is tied to (E when factorized).
+        head_dim = d_model if embedding_dim is None else int(embedding_dim)
+        self.mlm_dense = nn.Linear(d_model, head_dim)
+        self.mlm_norm = nn.LayerNorm(head_dim, eps=layer_norm_eps)
+        self.mlm_decoder = nn.Linear(head_dim, vocab_size, bias=True)
+        if isinstance(self.tok_embed, nn.FactorizedEmbedding):
+            self.mlm_decoder.weight = self.tok_embed.embed.weight
+        elif isinstance(self.tok_embed, nn.Embedding):
+            self.mlm_decoder.weight = self.tok_embed.weight
         nn.init.zeros_(self.mlm_decoder.bias)
+        # BERT's pooler (dense + tanh on the first token), kept when a checkpoint has one.
+        self.pooler = nn.Linear(d_model, d_model) if pooler else None
+        self.tokenizer: Any = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -115,15 +143,41 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             raise InvalidArgumentError("BertEncoder: a row of input_ids is empty (only pad_id)")
         return ids, types
 
-    def encode(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:
-        """input_ids ``(B, T)`` → hidden states ``(B, T, d_model)``."""
+    @classmethod
+    def from_pretrained(cls, path: Any, strict: bool = True) -> "BertEncoder":
+        """A Hugging Face BERT checkpoint directory (see :mod:`tfm_rs.pretrained.bert`), in eval
+        mode, with its ``tokenizer.json`` as ``.tokenizer``."""
+        return load_bert(cls, path, strict=strict)
+
+    def save_pretrained(self, path: Any) -> None:
+        """Writes a ``BertForMaskedLM`` checkpoint directory that ``transformers`` loads."""
+        save_bert(self, path)
+
+    def pooler_output(self, hidden: Tensor) -> Tensor:
+        """BERT's pooled output ``tanh(pooler(hidden[:, 0]))`` ``(B, d_model)``."""
+        if self.pooler is None:
+            raise InvalidArgumentError("BertEncoder: this model has no pooler (build it with pooler=True)")
+        return self.pooler(hidden[:, 0]).tanh()
+
+    def encode(self, input_ids: Any, token_type_ids: Any = None, **sentence_options: Any) -> Any:
+        """input_ids ``(B, T)`` → hidden states ``(B, T, d_model)``.
+
+        Given text instead (a string or a list of strings), sentence embeddings as
+        sentence-transformers computes them: a NumPy array ``(N, d_model)`` (see
+        :func:`tfm_rs.models.sentence.sentence_embeddings` for ``pooling``, ``normalize``,
+        ``batch_size``), tokenized with ``.tokenizer``."""
+        if isinstance(input_ids, str) or (isinstance(input_ids, (list, tuple)) and input_ids
+                                          and all(isinstance(s, str) for s in input_ids)):
+            return sentence_embeddings(self, input_ids, **sentence_options)
+        if sentence_options:
+            raise InvalidArgumentError(f"BertEncoder.encode: {sorted(sentence_options)} apply to sentences (text)")
         ids, types = self._inputs(input_ids, token_type_ids)
         x = self.pos_embed(self.tok_embed(ids) + self.type_embed(types))
-        x = self.drop(self.emb_norm(x))
         mask = ids == self.pad_id
+        x = self.drop(apply_norm(self.emb_norm, x, mask))
         kpm = mask if mask.any() else None
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask=kpm)
+            x = layer(x, src_key_padding_mask=kpm, norm_padding_mask=mask)
         return x
 
     def forward(self, input_ids: Any, token_type_ids: Any = None) -> Tensor:

@@ -20,6 +20,10 @@ from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, right_padded
 from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
+from tfm_rs.models._reduction import (FfnRank, embedding_table, init_token_embedding, make_token_embedding,
+                                       reduction_config, set_ffn_rank, share_stack)
+from tfm_rs.nn.norms import apply_norm, check_norm
+from tfm_rs.pretrained.gpt2 import load_gpt2, save_gpt2
 
 __all__ = ["GPT"]
 
@@ -35,7 +39,11 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         max_len: longest sequence (rows of the learned position table).
         tie_weights: output head shares the token embedding matrix.
         pad_id: optional padding id: pad keys are masked and pad targets ignored by :meth:`loss`.
-        activation: "gelu" (GPT-2) or "relu".
+        activation: "gelu", "gelu_tanh" (GPT-2's) or "relu".
+        norm, embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank: as
+            :class:`~tfm_rs.models.Seq2SeqTransformer`'s (a factorized or hashed embedding needs
+            ``tie_weights=False``). Batch norm's statistics span every position of the batch, so
+            with ``norm="batch"`` a position's training output depends on later tokens.
 
     Submodules: ``tok_embed``, ``pos_embed`` (:class:`~tfm_rs.nn.LearnedPositionalEmbedding`),
     ``drop``, ``layers`` (pre-LN :class:`~tfm_rs.nn.TransformerEncoderLayer` s), ``norm``, ``head``.
@@ -46,10 +54,15 @@ class GPT(nn.Module, StructuredPruning, Explainable):
     def __init__(self, vocab_size: int, d_model: int = 768, nhead: int = 12, num_layers: int = 12,
                  dim_feedforward: Optional[int] = None, dropout: float = 0.1, max_len: int = 1024,
                  tie_weights: bool = True, pad_id: Optional[int] = None, activation: str = "gelu",
-                 layer_norm_eps: float = 1e-5) -> None:
+                 layer_norm_eps: float = 1e-5, norm: str = "layer", embedding_dim: Optional[int] = None,
+                 hash_buckets: Optional[int] = None, num_hashes: int = 2, share_layers: bool = False,
+                 ffn_rank: FfnRank = None) -> None:
         super().__init__()
         if vocab_size <= 0:
             raise InvalidArgumentError(f"GPT: vocab_size must be positive, got {vocab_size}")
+        if tie_weights and (embedding_dim is not None or hash_buckets is not None):
+            raise InvalidArgumentError("GPT: a tied head needs a plain embedding table; set tie_weights=False with "
+                                       "embedding_dim or hash_buckets")
         if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
             raise InvalidArgumentError(f"GPT: d_model ({d_model}) must be a positive multiple of nhead ({nhead})")
         if num_layers < 1 or max_len < 1:
@@ -61,22 +74,28 @@ class GPT(nn.Module, StructuredPruning, Explainable):
             vocab_size=int(vocab_size), d_model=int(d_model), nhead=int(nhead), num_layers=int(num_layers),
             dim_feedforward=dim_feedforward, dropout=float(dropout), max_len=int(max_len),
             tie_weights=bool(tie_weights), pad_id=None if pad_id is None else int(pad_id),
-            activation=str(activation), layer_norm_eps=float(layer_norm_eps))
+            activation=str(activation), layer_norm_eps=float(layer_norm_eps), norm=check_norm(norm, "GPT"),
+            **reduction_config(embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank))
         self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
         self.pad_id = None if pad_id is None else int(pad_id)
 
-        self.tok_embed = nn.Embedding(vocab_size, d_model)
+        self.tok_embed = make_token_embedding("GPT", vocab_size, d_model, None, embedding_dim, hash_buckets,
+                                              num_hashes)
         self.pos_embed = nn.LearnedPositionalEmbedding(max_len, d_model)
-        nn.init.normal_(self.tok_embed.weight, 0.0, 0.02)
+        init_token_embedding(self.tok_embed, 0.02)
         nn.init.normal_(self.pos_embed.weight, 0.0, 0.02)
         self.drop = nn.Dropout(dropout)
         self.layers = nn.ModuleList([
             nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
-                                       True, norm_first=True) for _ in range(num_layers)])
-        self.norm = nn.LayerNorm(d_model, eps=layer_norm_eps)
+                                       True, norm_first=True, norm=norm) for _ in range(num_layers)])
+        if share_layers:
+            self.layers = share_stack(self.layers)
+        set_ffn_rank(self, ffn_rank, from_trained=False)
+        self.norm = nn.make_norm(norm, d_model, layer_norm_eps)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:
             self.head.weight = self.tok_embed.weight
+        self.tokenizer: Any = None
 
     @property
     def config(self) -> Dict[str, Any]:
@@ -85,6 +104,16 @@ class GPT(nn.Module, StructuredPruning, Explainable):
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> "GPT":
         return build_from_config(cls, config)
+
+    @classmethod
+    def from_pretrained(cls, path: Any) -> "GPT":
+        """A Hugging Face GPT-2 checkpoint directory (see :mod:`tfm_rs.pretrained.gpt2`), in eval
+        mode, with its ``tokenizer.json`` as ``.tokenizer``."""
+        return load_gpt2(cls, path)
+
+    def save_pretrained(self, path: Any) -> None:
+        """Writes a ``GPT2LMHeadModel`` checkpoint directory that ``transformers`` loads."""
+        save_gpt2(self, path)
 
     def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
         return {str(i): layer.self_attn for i, layer in enumerate(self.layers)}
@@ -107,15 +136,15 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         """ids ``(B, T)`` → logits ``(B, T, V)``; position ``t`` depends on ``ids[:, :t+1]`` only."""
         ids = self._ids(ids)
         x = self.drop(self.pos_embed(self.tok_embed(ids)))
-        kpm = None
+        kpm = mask = None
         if self.pad_id is not None:
             mask = ids == self.pad_id
             # Right padding is invisible to real tokens under the causal mask (fused kernel).
             if mask.any() and not right_padded(mask):
                 kpm = mask
         for layer in self.layers:
-            x = layer(x, src_key_padding_mask=kpm, is_causal=True)
-        return self.head(self.norm(x))
+            x = layer(x, src_key_padding_mask=kpm, is_causal=True, norm_padding_mask=mask)
+        return self.head(apply_norm(self.norm, x, mask))
 
     def loss(self, ids: Any, ignore_pad: bool = True) -> Tensor:
         """Mean next-token cross-entropy over ``ids (B, T)``, ``T ≥ 2``; targets equal to ``pad_id``
@@ -138,7 +167,7 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         return DecoderSpec(
             layers=[DecoderLayerSpec(self_attn=layer.self_attn, linear1=layer.linear1, linear2=layer.linear2,
                                      norm_self=layer.norm1, norm_ff=layer.norm2) for layer in self.layers],
-            embed=self.tok_embed.weight, embed_scale=1.0, positions=self.pos_embed.weight, head=self.head,
+            embed=embedding_table(self.tok_embed), embed_scale=1.0, positions=self.pos_embed.weight, head=self.head,
             final_norm=self.norm, norm_first=True, activation=self._config["activation"])
 
     def generate(self, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> GenerationOutput:

@@ -32,6 +32,9 @@ from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, right_padded
 from tfm_rs.models._explain import Explainable, decoder_rows, encoder_rows, output_row
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
+from tfm_rs.nn.norms import check_norm
+from tfm_rs.models._reduction import (FfnRank, embedding_table, init_token_embedding, make_token_embedding,
+                                       reduction_config, set_ffn_rank, share_stack)
 
 __all__ = ["Seq2SeqTransformer"]
 
@@ -50,7 +53,19 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         share_embeddings: one matrix for source embedding, target embedding and output
             projection (joint vocabulary).
         tie_output: tie the output projection to the target embedding (implied by
-            ``share_embeddings``).
+            ``share_embeddings``; needs a plain embedding table).
+        norm: ``"layer"`` (the paper's LayerNorm), ``"rms"`` (RMSNorm) or ``"batch"`` (batch
+            norm whose statistics skip padded positions, :class:`tfm_rs.nn.MaskedBatchNorm1d`).
+            The native decoder (``generate``/``translate``) runs LayerNorm models only.
+        embedding_dim: ALBERT's factorized embeddings, ``V×embedding_dim`` then
+            ``embedding_dim×d_model`` (:class:`tfm_rs.nn.FactorizedEmbedding`).
+        hash_buckets, num_hashes: hashed embeddings (:class:`tfm_rs.nn.HashEmbedding`) with this
+            many shared buckets.
+        share_layers: ALBERT's cross-layer sharing: one set of weights for all encoder layers,
+            one for all decoder layers.
+        ffn_rank: low-rank feed-forward layers (:class:`tfm_rs.nn.LowRankLinear`): one rank, or
+            one per ``linear1``/``linear2`` in layer order (what
+            :func:`tfm_rs.models.factorize_ffn` records).
 
     Submodules: ``src_embed``, ``tgt_embed`` (the same object when shared), ``pos`` (sinusoidal),
     ``dropout``, ``transformer`` (:class:`tfm_rs.nn.Transformer`), ``generator`` (``Linear`` to
@@ -63,7 +78,9 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
                  num_encoder_layers: int = 6, num_decoder_layers: int = 6, dim_feedforward: int = 2048,
                  dropout: float = 0.1, norm_first: bool = False, max_len: int = 1024, pad_id: int = 0,
                  bos_id: int = 1, eos_id: int = 2, share_embeddings: bool = False, activation: str = "relu",
-                 layer_norm_eps: float = 1e-5, tie_output: Optional[bool] = None) -> None:
+                 layer_norm_eps: float = 1e-5, tie_output: Optional[bool] = None, norm: str = "layer",
+                 embedding_dim: Optional[int] = None, hash_buckets: Optional[int] = None, num_hashes: int = 2,
+                 share_layers: bool = False, ffn_rank: FfnRank = None) -> None:
         super().__init__()
         if src_vocab_size <= 0 or tgt_vocab_size <= 0:
             raise InvalidArgumentError(f"Seq2SeqTransformer: vocabulary sizes must be positive, got "
@@ -86,13 +103,19 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             tie_output = bool(share_embeddings)
         if share_embeddings and not tie_output:
             raise InvalidArgumentError("Seq2SeqTransformer: share_embeddings ties the output projection too")
+        if tie_output and (embedding_dim is not None or hash_buckets is not None):
+            raise InvalidArgumentError("Seq2SeqTransformer: a tied output projection needs a plain embedding table; "
+                                       "set tie_output=False (and share_embeddings=False) with embedding_dim or "
+                                       "hash_buckets")
         self._config: Dict[str, Any] = dict(
             src_vocab_size=int(src_vocab_size), tgt_vocab_size=int(tgt_vocab_size), d_model=int(d_model),
             nhead=int(nhead), num_encoder_layers=int(num_encoder_layers),
             num_decoder_layers=int(num_decoder_layers), dim_feedforward=int(dim_feedforward),
             dropout=float(dropout), norm_first=bool(norm_first), max_len=int(max_len), pad_id=int(pad_id),
             bos_id=int(bos_id), eos_id=int(eos_id), share_embeddings=bool(share_embeddings),
-            activation=str(activation), layer_norm_eps=float(layer_norm_eps), tie_output=bool(tie_output))
+            activation=str(activation), layer_norm_eps=float(layer_norm_eps), tie_output=bool(tie_output),
+            norm=check_norm(norm, "Seq2SeqTransformer"),
+            **reduction_config(embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank))
         self.d_model, self.max_len = int(d_model), int(max_len)
         self.src_vocab_size, self.tgt_vocab_size = int(src_vocab_size), int(tgt_vocab_size)
         self.pad_id, self.bos_id, self.eos_id = int(pad_id), int(bos_id), int(eos_id)
@@ -100,29 +123,33 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
 
         # The Transformer core first: its constructor xavier-initializes every matrix it owns.
         enc_layer = nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
-                                               layer_norm_eps, True, norm_first)
+                                               layer_norm_eps, True, norm_first, norm=norm)
         dec_layer = nn.TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, activation,
-                                               layer_norm_eps, True, norm_first)
-        # Post-LN layers already end in a LayerNorm; pre-LN stacks need a final one.
-        enc_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else None
-        dec_norm = nn.LayerNorm(d_model, eps=layer_norm_eps) if norm_first else None
+                                               layer_norm_eps, True, norm_first, norm=norm)
+        # Post-LN layers already end in a norm; pre-LN stacks need a final one.
+        enc_norm = nn.make_norm(norm, d_model, layer_norm_eps) if norm_first else None
+        dec_norm = nn.make_norm(norm, d_model, layer_norm_eps) if norm_first else None
         self.transformer = nn.Transformer(
             d_model, nhead, dropout=dropout,
             custom_encoder=nn.TransformerEncoder(enc_layer, num_encoder_layers, enc_norm),
             custom_decoder=nn.TransformerDecoder(dec_layer, num_decoder_layers, dec_norm))
+        if share_layers:
+            for stack in (self.transformer.encoder, self.transformer.decoder):
+                stack.layers = share_stack(stack.layers)
+        set_ffn_rank(self, ffn_rank, from_trained=False)
 
         # Embeddings ~ N(0, d_model^-1/2): after the √d_model scale they have unit variance, and a
         # tied output projection starts with logits of sensible size (fairseq's choice).
         std = d_model ** -0.5
-        self.src_embed = nn.Embedding(src_vocab_size, d_model, padding_idx=pad_id if pad_id < src_vocab_size else None)
-        nn.init.normal_(self.src_embed.weight, 0.0, std)
-        self._zero_pad_row(self.src_embed)
+        reduce = dict(embedding_dim=embedding_dim, hash_buckets=hash_buckets, num_hashes=num_hashes)
+        self.src_embed = make_token_embedding("Seq2SeqTransformer", src_vocab_size, d_model,
+                                              pad_id if pad_id < src_vocab_size else None, **reduce)
+        init_token_embedding(self.src_embed, std)
         if share_embeddings:
             self.tgt_embed = self.src_embed
         else:
-            self.tgt_embed = nn.Embedding(tgt_vocab_size, d_model, padding_idx=pad_id)
-            nn.init.normal_(self.tgt_embed.weight, 0.0, std)
-            self._zero_pad_row(self.tgt_embed)
+            self.tgt_embed = make_token_embedding("Seq2SeqTransformer", tgt_vocab_size, d_model, pad_id, **reduce)
+            init_token_embedding(self.tgt_embed, std)
         self.pos = nn.SinusoidalPositionalEncoding(d_model, max_len)
         self.dropout = nn.Dropout(dropout)
         self.generator = nn.Linear(d_model, tgt_vocab_size, bias=not tie_output)
@@ -130,13 +157,6 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             self.generator.weight = self.tgt_embed.weight
         else:
             nn.init.xavier_uniform_(self.generator.weight)
-
-    @staticmethod
-    def _zero_pad_row(emb: nn.Embedding) -> None:
-        if emb.padding_idx is not None:
-            w = emb.weight.numpy()
-            w[emb.padding_idx] = 0.0
-            emb.weight.copy_(w)
 
     # ------------------------------------------------------------------ configuration
 
@@ -160,10 +180,12 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         return out
 
     def _explain_layers(self, B: int, S: int, T: int) -> List[Dict[str, Any]]:
-        emb = {"name": "embeddings", "params": int(np.prod(self.src_embed.weight.shape)) + (
-            0 if self.tgt_embed is self.src_embed else int(np.prod(self.tgt_embed.weight.shape))),
+        emb_params = sum(int(np.prod(p.shape)) for p in self.src_embed.parameters())
+        if self.tgt_embed is not self.src_embed:
+            emb_params += sum(int(np.prod(p.shape)) for p in self.tgt_embed.parameters())
+        emb = {"name": "embeddings", "params": emb_params,
             "flops_proj": 0, "flops_attn": 0, "act_bytes": 4 * B * (S + T) * self.d_model, "kv_bytes": 0}
-        tied = self.generator.weight is self.tgt_embed.weight
+        tied = self.generator.weight is getattr(self.tgt_embed, "weight", None)
         head_params = sum(int(np.prod(p.shape)) for p in self.generator.parameters()
                           if not (tied and p is self.generator.weight))
         rows = [emb, *encoder_rows("encoder.", self.transformer.encoder.layers, B, S),
@@ -215,7 +237,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         """The encoder's output ``(B, S, d_model)`` for ids already checked by :meth:`source_ids`
         and their padding mask ``(B, S)`` (True = pad)."""
         return self.transformer.encoder(self._embed(self.src_embed, src),
-                                        src_key_padding_mask=padding_mask if padding_mask.any() else None)
+                                        src_key_padding_mask=padding_mask if padding_mask.any() else None,
+                                        norm_padding_mask=padding_mask)
 
     def decode_hidden(self, tgt_ids: Any, memory: Tensor, src_padding_mask: Any = None) -> Tensor:
         """The decoder's output states ``(B, T, d_model)`` before the output projection."""
@@ -238,7 +261,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         # kernel alone is exact; a pad before a real token needs the explicit padding mask too.
         tgt_kpm = None if right_padded(tgt_mask) else tgt_mask
         return self.transformer.decoder(self._embed(self.tgt_embed, tgt), memory, tgt_is_causal=True,
-                                        tgt_key_padding_mask=tgt_kpm, memory_key_padding_mask=src_mask)
+                                        tgt_key_padding_mask=tgt_kpm, memory_key_padding_mask=src_mask,
+                                        norm_padding_mask=tgt_mask)
 
     def project(self, hidden: Tensor) -> Tensor:
         """Decoder states ``(…, d_model)`` → logits ``(…, V)``."""
@@ -281,7 +305,7 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             layers=[DecoderLayerSpec(self_attn=layer.self_attn, linear1=layer.linear1, linear2=layer.linear2,
                                      norm_self=layer.norm1, norm_ff=layer.norm3, cross_attn=layer.multihead_attn,
                                      norm_cross=layer.norm2) for layer in layers],
-            embed=self.tgt_embed.weight, embed_scale=float(self.emb_scale), positions=self.pos.pe,
+            embed=embedding_table(self.tgt_embed), embed_scale=float(self.emb_scale), positions=self.pos.pe,
             head=self.generator, final_norm=self.transformer.decoder.norm, norm_first=self._config["norm_first"],
             activation=self._config["activation"])
 

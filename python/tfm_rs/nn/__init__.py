@@ -7,12 +7,20 @@ move between the two with ``load_state_dict``.
 
 from tfm_rs import functional
 from tfm_rs.nn import init
+from tfm_rs.nn.additive_attention import AdditiveAttention
 from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
+from tfm_rs.nn.batch_norm import BatchNorm1d, MaskedBatchNorm1d
+from tfm_rs.nn.conv import Conv1d
 from tfm_rs.nn.dropout import Dropout
+from tfm_rs.nn.factorized import FactorizedEmbedding
+from tfm_rs.nn.hash_embedding import HashEmbedding
 from tfm_rs.nn.linear import Identity, Linear
+from tfm_rs.nn.low_rank import LowRankLinear
 from tfm_rs.nn.module import Module, ModuleList, Sequential
-from tfm_rs.nn.normalization import LayerNorm
+from tfm_rs.nn.normalization import LayerNorm, RMSNorm
+from tfm_rs.nn.norms import make_norm
 from tfm_rs.nn.parameter import Parameter
+from tfm_rs.nn.rnn import GRU, LSTM
 from tfm_rs.nn.positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 from tfm_rs.nn.sparse import Embedding
 from tfm_rs.nn.transformer import (
@@ -25,18 +33,28 @@ from tfm_rs.nn.transformer import (
 from tfm_rs.nn import utils  # noqa: E402  (after the layers: prune imports Module)
 
 __all__ = [
+    "AdditiveAttention",
+    "BatchNorm1d",
+    "Conv1d",
     "Dropout",
     "Embedding",
+    "FactorizedEmbedding",
     "GELU",
+    "GRU",
+    "HashEmbedding",
     "Identity",
+    "LSTM",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "Linear",
+    "LowRankLinear",
+    "MaskedBatchNorm1d",
     "Module",
     "ModuleList",
     "MultiheadAttention",
     "Parameter",
     "ReLU",
+    "RMSNorm",
     "Sequential",
     "SinusoidalPositionalEncoding",
     "Transformer",
@@ -46,5 +64,6 @@ __all__ = [
     "TransformerEncoderLayer",
     "functional",
     "init",
+    "make_norm",
     "utils",
 ]

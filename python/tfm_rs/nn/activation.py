@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional, Tuple
 import numpy as np
 
 import tfm_rs.functional as F
+from tfm_rs.masks import Mask, causal, key_padding
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.nn import init
 from tfm_rs.nn.linear import Linear
@@ -113,6 +114,22 @@ def merge_masks(attn_mask: Any, key_padding_mask: Any, is_causal: bool, batch: i
     for m in masks:
         total = total + (np.where(m, -np.inf, 0.0).astype(np.float32) if m.dtype == np.bool_ else m.astype(np.float32))
     return total, False
+
+
+def structured_mask(mask: Mask, key_padding_mask: Any, is_causal: bool, batch: int,
+                    src_len: int) -> Mask:
+    """A structured ``attn_mask`` combined with a torch.nn-convention boolean
+    ``key_padding_mask (N, S)`` (``True`` = padding) and ``is_causal``."""
+    if key_padding_mask is not None:
+        m = _to_numpy(key_padding_mask)
+        if m.dtype != np.bool_:
+            raise InvalidArgumentError("a structured attn_mask combines with a boolean key_padding_mask only "
+                                       "(True = padding); a float one is not supported with it")
+        if m.shape != (batch, src_len):
+            raise ShapeError(f"key_padding_mask should have shape ({batch}, {src_len}) (batch, source length), "
+                             f"got {tuple(m.shape)}")
+        mask = mask & key_padding(~m)
+    return mask & causal() if is_causal else mask
 
 
 # ---------------------------------------------------------------------------------------- attention
@@ -277,6 +294,9 @@ class MultiheadAttention(Module):
         ``attn_mask (L, S)`` or ``(N·num_heads, L, S)``: ``True`` = not allowed (float: added).
         ``is_causal=True`` applies the causal mask (query i sees keys j ≤ i); a given
         ``attn_mask`` is then trusted to be that mask.
+        ``attn_mask`` may also be a :class:`tfm_rs.masks.Mask` (``True`` = takes part, as every
+        structured mask): the block-skipping kernel runs it, combined with the key padding and
+        causal flag (``need_weights=True`` materializes it, as the weights are ``L × S``).
         """
         query, key, value = _as_tensors(query, key, value)
         batched = query.ndim == 3
@@ -294,7 +314,10 @@ class MultiheadAttention(Module):
         n, L, E = query.shape
         S = key.shape[1]
         q, k, v = self._in_projection(query, key, value)
-        mask, causal = merge_masks(attn_mask, key_padding_mask, is_causal, n, self.num_heads, L, S)
+        if isinstance(attn_mask, Mask):
+            mask, causal = structured_mask(attn_mask, key_padding_mask, is_causal, n, S), False
+        else:
+            mask, causal = merge_masks(attn_mask, key_padding_mask, is_causal, n, self.num_heads, L, S)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:

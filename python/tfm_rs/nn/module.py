@@ -74,22 +74,37 @@ class Module:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # .get: modules unpickled from before hooks existed have no registry.
-        for hook in list(self.__dict__.get("_forward_pre_hooks", {}).values()):
-            result = hook(self, args)
-            if result is not None:
-                args = result if isinstance(result, tuple) else (result,)
+        with_kwargs = self.__dict__.get("_forward_pre_hooks_with_kwargs", set())
+        for key, hook in list(self.__dict__.get("_forward_pre_hooks", {}).items()):
+            if key in with_kwargs:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            else:
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
         return self.forward(*args, **kwargs)
 
-    def register_forward_pre_hook(self, hook: Callable[["Module", Tuple[Any, ...]], Any]) -> "RemovableHandle":
+    def register_forward_pre_hook(self, hook: Callable[..., Any], *, prepend: bool = False,
+                                  with_kwargs: bool = False) -> "RemovableHandle":
         """Runs ``hook(module, args)`` before every ``forward``, as in PyTorch: a non-``None``
-        result replaces the positional arguments. Returns a handle whose ``remove()`` unregisters
-        it (pruning uses this to recompute ``weight = weight_orig * weight_mask``)."""
+        result replaces the positional arguments. With ``with_kwargs=True`` the hook is
+        ``hook(module, args, kwargs)`` and a non-``None`` result is the pair ``(args, kwargs)``;
+        ``prepend=True`` runs it before the hooks already registered. Returns a handle whose
+        ``remove()`` unregisters it (pruning uses this to recompute ``weight = weight_orig *
+        weight_mask``)."""
         hooks = self.__dict__.get("_forward_pre_hooks")
         if hooks is None:
             hooks = OrderedDict()
             object.__setattr__(self, "_forward_pre_hooks", hooks)
         handle = RemovableHandle(hooks)
         hooks[handle.id] = hook
+        if with_kwargs:
+            # As PyTorch: the hooks stay in one ordered registry; this set says which take kwargs.
+            self.__dict__.setdefault("_forward_pre_hooks_with_kwargs", set()).add(handle.id)
+        if prepend:
+            hooks.move_to_end(handle.id, last=False)
         return handle
 
     # ----------------------------------------------------------------- registration
@@ -353,6 +368,10 @@ class Module:
         ``strict=True`` missing or unexpected keys raise :class:`tfm_rs.InvalidArgumentError`.
         Returns ``(missing_keys, unexpected_keys)``.
         """
+        int8 = [k for k, v in state_dict.items() if getattr(v, "dtype", None) == np.int8]
+        if int8:
+            raise InvalidArgumentError(f"load_state_dict: {int8[:3]} hold int8 (quantized) weights, which a float "
+                                       "model cannot take; use tfm_rs.quantization.load_quantized")
         own = OrderedDict(self._state_entries())
         arrays: Dict[str, np.ndarray] = {}
         mismatched: List[str] = []

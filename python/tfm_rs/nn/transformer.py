@@ -22,6 +22,7 @@ from tfm_rs.nn.dropout import Dropout
 from tfm_rs.nn.linear import Linear
 from tfm_rs.nn.module import Module, ModuleList
 from tfm_rs.nn.normalization import LayerNorm
+from tfm_rs.nn.norms import add_norm, apply_norm, check_norm, make_norm
 from tfm_rs.nn.parameter import Parameter, as_tensor
 
 __all__ = ["Transformer", "TransformerDecoder", "TransformerDecoderLayer", "TransformerEncoder",
@@ -49,13 +50,20 @@ def _detect_is_causal_mask(mask: Any, is_causal: Optional[bool], size: int) -> b
     return bool(np.array_equal(m, generate_square_subsequent_mask(size)))
 
 
+def _gelu_tanh(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
     if activation == "relu":
         return F.relu
     if activation == "gelu":
         return F.gelu
+    if activation == "gelu_tanh":  # GPT-2's "gelu_new"
+        return _gelu_tanh
     if isinstance(activation, str) or not callable(activation):
-        raise InvalidArgumentError(f"activation should be 'relu', 'gelu' or a callable, not {activation!r}")
+        raise InvalidArgumentError(
+            f"activation should be 'relu', 'gelu', 'gelu_tanh' or a callable, not {activation!r}")
     return activation
 
 
@@ -105,29 +113,34 @@ class TransformerEncoderLayer(Module):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
-                 norm_first: bool = False, bias: bool = True) -> None:
+                 norm_first: bool = False, bias: bool = True, norm: str = "layer") -> None:
         super().__init__()
         _check_layer_args(d_model, nhead, batch_first)
+        check_norm(norm, type(self).__name__)
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
         self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps, bias)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps, bias)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
         self.activation = _activation(activation)
 
     def forward(self, src: Tensor, src_mask: Any = None, src_key_padding_mask: Any = None,
-                is_causal: bool = False) -> Tensor:
+                is_causal: bool = False, norm_padding_mask: Any = None) -> Tensor:
+        """``norm_padding_mask (N, S)`` (tfm_rs extension; ``True`` = padding, default
+        ``src_key_padding_mask``): the positions batch norm (``norm="batch"``) leaves out of its
+        statistics."""
         x = as_tensor(src)
+        pad = src_key_padding_mask if norm_padding_mask is None else norm_padding_mask
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
-            x = x + self._ff_block(self.norm2(x))
+            x = x + self._sa_block(apply_norm(self.norm1, x, pad), src_mask, src_key_padding_mask, is_causal)
+            x = x + self._ff_block(apply_norm(self.norm2, x, pad))
         else:
-            x = self.norm1.add_forward(self._sa_block(x, src_mask, src_key_padding_mask, is_causal), x)
-            x = self.norm2.add_forward(self._ff_block(x), x)
+            x = add_norm(self.norm1, self._sa_block(x, src_mask, src_key_padding_mask, is_causal), x, pad)
+            x = add_norm(self.norm2, self._ff_block(x), x, pad)
         return x
 
     def _sa_block(self, x: Tensor, attn_mask: Any, key_padding_mask: Any, is_causal: bool) -> Tensor:
@@ -157,18 +170,19 @@ class TransformerDecoderLayer(Module):
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
-                 norm_first: bool = False, bias: bool = True) -> None:
+                 norm_first: bool = False, bias: bool = True, norm: str = "layer") -> None:
         super().__init__()
         _check_layer_args(d_model, nhead, batch_first)
+        check_norm(norm, type(self).__name__)
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
         self.norm_first = norm_first
-        self.norm1 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm2 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
-        self.norm3 = LayerNorm(d_model, eps=layer_norm_eps, bias=bias)
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps, bias)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps, bias)
+        self.norm3 = make_norm(norm, d_model, layer_norm_eps, bias)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
         self.dropout3 = Dropout(dropout)
@@ -176,17 +190,21 @@ class TransformerDecoderLayer(Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Any = None, memory_mask: Any = None,
                 tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
-                tgt_is_causal: bool = False, memory_is_causal: bool = False) -> Tensor:
+                tgt_is_causal: bool = False, memory_is_causal: bool = False, norm_padding_mask: Any = None) -> Tensor:
+        """``norm_padding_mask (N, T)``: as :meth:`TransformerEncoderLayer.forward`'s (default
+        ``tgt_key_padding_mask``)."""
         x, memory = as_tensor(tgt), as_tensor(memory)
+        pad = tgt_key_padding_mask if norm_padding_mask is None else norm_padding_mask
         if self.norm_first:
-            x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
-            x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal)
-            x = x + self._ff_block(self.norm3(x))
+            x = x + self._sa_block(apply_norm(self.norm1, x, pad), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+            x = x + self._mha_block(apply_norm(self.norm2, x, pad), memory, memory_mask, memory_key_padding_mask,
+                                    memory_is_causal)
+            x = x + self._ff_block(apply_norm(self.norm3, x, pad))
         else:
-            x = self.norm1.add_forward(self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal), x)
-            x = self.norm2.add_forward(
-                self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal), x)
-            x = self.norm3.add_forward(self._ff_block(x), x)
+            x = add_norm(self.norm1, self._sa_block(x, tgt_mask, tgt_key_padding_mask, tgt_is_causal), x, pad)
+            x = add_norm(self.norm2,
+                         self._mha_block(x, memory, memory_mask, memory_key_padding_mask, memory_is_causal), x, pad)
+            x = add_norm(self.norm3, self._ff_block(x), x, pad)
         return x
 
     def _sa_block(self, x: Tensor, attn_mask: Any, key_padding_mask: Any, is_causal: bool) -> Tensor:
@@ -226,12 +244,14 @@ class TransformerEncoder(Module):
         self.norm = norm
 
     def forward(self, src: Tensor, mask: Any = None, src_key_padding_mask: Any = None,
-                is_causal: Optional[bool] = None) -> Tensor:
+                is_causal: Optional[bool] = None, norm_padding_mask: Any = None) -> Tensor:
         is_causal = _detect_is_causal_mask(mask, is_causal, src.shape[-2])
+        pad = src_key_padding_mask if norm_padding_mask is None else norm_padding_mask
         x = src
         for layer in self.layers:
-            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal)
-        return self.norm(x) if self.norm is not None else x
+            x = layer(x, src_mask=mask, src_key_padding_mask=src_key_padding_mask, is_causal=is_causal,
+                      norm_padding_mask=pad)
+        return apply_norm(self.norm, x, pad) if self.norm is not None else x
 
 
 class TransformerDecoder(Module):
@@ -246,14 +266,16 @@ class TransformerDecoder(Module):
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Any = None, memory_mask: Any = None,
                 tgt_key_padding_mask: Any = None, memory_key_padding_mask: Any = None,
-                tgt_is_causal: Optional[bool] = None, memory_is_causal: bool = False) -> Tensor:
+                tgt_is_causal: Optional[bool] = None, memory_is_causal: bool = False,
+                norm_padding_mask: Any = None) -> Tensor:
         tgt_is_causal = _detect_is_causal_mask(tgt_mask, tgt_is_causal, tgt.shape[-2])
+        pad = tgt_key_padding_mask if norm_padding_mask is None else norm_padding_mask
         x = tgt
         for layer in self.layers:
             x = layer(x, memory, tgt_mask=tgt_mask, memory_mask=memory_mask, tgt_key_padding_mask=tgt_key_padding_mask,
                       memory_key_padding_mask=memory_key_padding_mask, tgt_is_causal=tgt_is_causal,
-                      memory_is_causal=memory_is_causal)
-        return self.norm(x) if self.norm is not None else x
+                      memory_is_causal=memory_is_causal, norm_padding_mask=pad)
+        return apply_norm(self.norm, x, pad) if self.norm is not None else x
 
 
 class Transformer(Module):

@@ -35,6 +35,16 @@ where it is; batches are NumPy token ids either way). Checkpoints hold host copi
 and optimizer state, so a run trained on the GPU loads on the CPU and the other way round, and
 resumes on either.
 
+Data-parallel training over MPI (``TrainConfig.distributed``, on automatically when
+``tfm-rs train`` runs under ``mpirun``; :mod:`tfm_rs.distributed`, ``docs/distributed.md``):
+every rank draws the same global sequence of batches and trains on its own ``accum_steps`` of
+each step's ``world_size · accum_steps`` (a disjoint shard, a pure function of seed, epoch,
+position and rank); the loss is divided by the *global* target-token count and the gradients are
+summed over the ranks in buckets overlapped with the backward, so a step equals one process's
+step over the union of the batches. Dropout masks are seeded per global micro-batch for the
+same reason. Rank 0 alone logs (global tokens/s; ``comm_wait``: the seconds the slowest rank
+waited on the all-reduce) and writes checkpoints; every rank resumes from them.
+
 Checkpoints (``save``/``resume``) hold the model, optimizer, schedule position, data position, the
 trainer's NumPy generator, tfm_rs's dropout RNG state, ``nn.init``'s generator and the counters,
 so a resumed run continues with bit-identical losses.
@@ -48,6 +58,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -57,15 +68,17 @@ import tfm_rs.functional as F
 from tfm_rs import checkpoint as ckpt_lib
 from tfm_rs import metrics, nn, optim
 from tfm_rs._core import DeviceError, InvalidArgumentError, Tensor
+from tfm_rs.amp import autocast
 from tfm_rs.autograd import no_grad
 from tfm_rs.data.batching import Seq2SeqBatch, TokenBatchSampler, collate
 from tfm_rs.models import load_model_state
 
-__all__ = ["DEVICES", "SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "check_device", "evaluate",
+__all__ = ["DEVICES", "PRECISIONS", "SCHEDULES", "TrainConfig", "Trainer", "Seq2SeqTrainer", "check_device", "evaluate",
            "seq2seq_batches", "seq2seq_forward"]
 
 SCHEDULES = ("inverse_sqrt", "noam", "cosine", "constant")
 DEVICES = ("cpu", "gpu")
+PRECISIONS = ("float32", "bf16")
 Record = Dict[str, Any]
 
 
@@ -80,7 +93,12 @@ class TrainConfig:
     ``clip_norm``: global L2 clipping (``None`` = off; the norm is still measured and logged).
     ``device``: where the model, its gradients and the optimizer state live during training
     (``"cpu"``, or ``"gpu"``: the wgpu backend; see :func:`tfm_rs.gpu_available`); ``None``
-    leaves the model where it is.
+    leaves the model where it is. ``distributed``: data-parallel over the MPI job this process
+    belongs to (a job of one without ``mpirun``; see the module docstring), gradients reduced in
+    buckets of ``bucket_cap_mb`` MB. ``precision``: ``"float32"``, or ``"bf16"`` mixed precision (the
+    forward and backward matrix products take bf16 inputs with float32 accumulation, inside
+    :class:`tfm_rs.autocast`; weights, optimizer state, checkpoints, validation and decoding stay
+    float32; CPU only; see docs/precision.md).
     """
 
     max_tokens: int = 3000
@@ -107,6 +125,9 @@ class TrainConfig:
     save_every: int = 0
     max_len: Optional[int] = None
     device: Optional[str] = None
+    distributed: bool = False
+    bucket_cap_mb: float = 25.0
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.accum_steps < 1:
@@ -125,6 +146,11 @@ class TrainConfig:
             raise InvalidArgumentError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.device is not None and self.device not in DEVICES:
             raise InvalidArgumentError(f"TrainConfig: device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise InvalidArgumentError(f"TrainConfig: precision must be one of {', '.join(PRECISIONS)}, got "
+                                       f"{self.precision!r}")
+        if self.precision == "bf16" and self.device == "gpu":
+            raise InvalidArgumentError("TrainConfig: precision 'bf16' runs on the CPU only (device 'gpu' given)")
         self.betas = tuple(self.betas)
 
     def to_dict(self) -> Dict[str, Any]:
@@ -161,6 +187,16 @@ class Trainer:
             check_device(c.device)
             model.to(c.device)
         self.params = list(model.parameters())
+        self.ddp: Any = None
+        self.rank, self.world_size = 0, 1
+        if c.distributed:
+            from tfm_rs import distributed as dist
+
+            # Rank 0's initial weights are broadcast; the loss is divided by the global token
+            # count, so the gradients are summed, not averaged.
+            self.ddp = dist.DistributedDataParallel(model, bucket_cap_mb=c.bucket_cap_mb, reduce_op="sum")
+            self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
         self.optimizer = optim.Adam(self.params, lr=c.lr, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay)
         # (step, budget fraction) at which the warmup ended; None while it lasts.
         self.warmup_end: Optional[Tuple[int, float]] = None
@@ -174,7 +210,7 @@ class Trainer:
         self._t_start = time.perf_counter()
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self._log_file = None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.out_dir / log_name, "a", buffering=1)
         self.history: List[Record] = []
@@ -184,6 +220,10 @@ class Trainer:
     def next_batch(self) -> Any:
         """One training batch (subclasses)."""
         raise NotImplementedError
+
+    def skip_batch(self) -> None:
+        """Advance past one training batch (another rank's); subclasses may avoid building it."""
+        self.next_batch()
 
     def forward_batch(self, batch: Any) -> Tuple[Tensor, np.ndarray, int]:
         """``(logits (N, V), targets (N,), ignore_index)`` of ``batch`` (subclasses)."""
@@ -287,15 +327,23 @@ class Trainer:
         m.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.scheduled_lr()
-        batches = [self.next_batch() for _ in range(c.accum_steps)]
-        counts = [self.count_tokens(b) for b in batches]
+        batches = self._step_batches()
+        counts = [self.count_tokens(b) for _, b in batches]
         tgt_tokens = sum(n for n, _ in counts)
         tokens = sum(n for _, n in counts)
+        if self.ddp is not None:
+            tgt_tokens, tokens = self._all_reduce([tgt_tokens, tokens], np.int64)
         total = 0.0
-        for b in batches:
-            loss = self.loss_sum(b, c.label_smoothing)
-            (loss * (1.0 / tgt_tokens)).backward()
-            total += float(loss.item())
+        for i, (index, b) in enumerate(batches):
+            with self._micro_batch(i, index, len(batches)):
+                with autocast("cpu", dtype=c.precision):
+                    loss = self.loss_sum(b, c.label_smoothing)
+                (loss * (1.0 / tgt_tokens)).backward()
+                total += float(loss.item())
+        comm_wait = None
+        if self.ddp is not None:
+            comm_wait = self.ddp.synchronize()
+            (total,) = self._all_reduce([total], np.float64)
         grad_norm = float(nn_clip(self.params, c.clip_norm))
         lr = self.current_lr()
         if math.isfinite(grad_norm):
@@ -303,17 +351,52 @@ class Trainer:
         self.optimizer.zero_grad()
         self.step += 1
         dt = time.perf_counter() - t0
+        if self.ddp is not None:  # the slowest rank's, so that every rank sees the same budget
+            dt, comm_wait = self._all_reduce([dt, comm_wait], np.float64, op="max")
         self.train_time += dt
         self.tokens_seen += tokens
         rec = {"type": "train", "step": self.step, "epoch": self.epoch, "loss": total / tgt_tokens,
                "lr": lr, "grad_norm": grad_norm, "tokens": tokens, "tgt_tokens": tgt_tokens,
                "tokens_per_s": tokens / dt, "step_time": dt, "train_time": self.train_time,
                "elapsed": self.elapsed}
+        if comm_wait is not None:
+            rec["comm_wait"] = comm_wait
         if not math.isfinite(grad_norm):
             rec["skipped"] = "non-finite gradient norm"
         if c.log_every and self.step % c.log_every == 0:
             self.log(rec)
         return rec
+
+    def _step_batches(self) -> List[Tuple[int, Any]]:
+        """This rank's micro-batches of the step, with their global indices: all ``accum_steps``
+        of them on one process; under ``distributed``, the ``rank``-th run of ``accum_steps`` out
+        of the ``world_size · accum_steps`` every rank draws in the same order."""
+        a = self.config.accum_steps
+        if self.ddp is None:
+            return [(i, self.next_batch()) for i in range(a)]
+        mine = []
+        for index in range(self.world_size * a):
+            if index // a == self.rank:
+                mine.append((index, self.next_batch()))
+            else:
+                self.skip_batch()
+        return mine
+
+    def _micro_batch(self, i: int, index: int, count: int) -> Any:
+        """The context of micro-batch ``i`` of ``count`` (global ``index``): under ``distributed``
+        its dropout seed is a function of (seed, step, index), and all but the last backward
+        accumulate without communication."""
+        if self.ddp is None:
+            return nullcontext()
+        from tfm_rs.distributed import dropout_seed
+
+        tfm_rs.set_rng_state(dropout_seed(self.config.seed, self.step, index))
+        return self.ddp.no_sync() if i < count - 1 else nullcontext()
+
+    def _all_reduce(self, values: Sequence[Any], dtype: Any, op: str = "sum") -> List[Any]:
+        from tfm_rs.distributed import all_reduce_values
+
+        return all_reduce_values(values, op, dtype)
 
     def done(self) -> bool:
         """Whether the step or time budget is used up."""
@@ -350,7 +433,7 @@ class Trainer:
                       flush=True)
                 window = []
             bleu_now = bool(c.bleu_every) and self.step % c.bleu_every == 0
-            if (c.valid_every and self.step % c.valid_every == 0) or bleu_now:
+            if ((c.valid_every and self.step % c.valid_every == 0) or bleu_now) and self.is_main:
                 v = self.validate(bleu=bleu_now)
                 if callback is not None:
                     callback(v)
@@ -398,11 +481,15 @@ class Trainer:
                 "train_config": self.config.to_dict()}
 
     def save(self, path: Optional[os.PathLike] = None) -> Path:
-        """Checkpoint everything needed for an exact resume (default ``<out_dir>/checkpoint``)."""
+        """Checkpoint everything needed for an exact resume (default ``<out_dir>/checkpoint``).
+        Under ``distributed`` only rank 0 writes (the state is the same on every rank); the
+        others return the path."""
         if path is None:
             if self.out_dir is None:
                 raise InvalidArgumentError(f"{type(self).__name__}.save: no path and no out_dir")
             path = self.out_dir / "checkpoint"
+        if not self.is_main:
+            return Path(path)
         return ckpt_lib.save_checkpoint(path, self.model.state_dict(), self.model.config,
                                         optimizer_state=self.optimizer.state_dict(), extra=self.state_extra())
 
@@ -476,6 +563,9 @@ class Seq2SeqTrainer(Trainer):
             except StopIteration:
                 self._iter = None  # epoch finished: the sampler has moved to the next one
         raise InvalidArgumentError("Seq2SeqTrainer: the sampler yields no batches")
+
+    def skip_batch(self) -> None:
+        self._next_indices()
 
     def next_batch(self) -> Seq2SeqBatch:
         """The next token-budget batch of the training data."""

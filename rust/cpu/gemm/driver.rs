@@ -573,7 +573,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
 }
 
 /// Bias and activation on a run of one output row starting at column `j`.
-pub(super) fn apply_epilogue(ep: &Epilogue, row: &mut [f32], j: usize) {
+pub(crate) fn apply_epilogue(ep: &Epilogue, row: &mut [f32], j: usize) {
     if let Some(bias) = ep.bias {
         for (v, b) in row.iter_mut().zip(&bias[j..]) {
             *v += b;

@@ -33,6 +33,7 @@ mod tests;
 mod thin;
 
 use crate::cpu::features::{active_isa, Isa};
+pub(crate) use driver::apply_epilogue;
 pub(crate) use gemv::dot;
 pub(crate) use pack::transpose;
 pub use reference::gemm_reference;
@@ -77,7 +78,7 @@ impl<'a> MatRef<'a> {
 
     /// Panics unless every element `(i, j)` of the view lies inside `data`, so that the packing
     /// routines may index without bounds checks.
-    fn validate(&self, name: &str) {
+    pub(crate) fn validate(&self, name: &str) {
         if self.rows == 0 || self.cols == 0 {
             return;
         }

@@ -113,6 +113,8 @@ pub fn backward(
 
 /// [`forward`] on a GPU tensor `x (N, C)` (or `(C,)`): the loss per row `(N,)`, the
 /// log-sum-exp per row `(N,)` and the checked targets on the GPU, which [`backward_tensor`] takes.
+/// NaN or +inf logits, or a counted row of −inf ones, are a non-finite error as on the CPU: the
+/// check reads the N log-sum-exps back (N floats, against the N × C logits the op reads).
 pub(crate) fn forward_tensors(
     x: &Tensor,
     target: &[i64],
@@ -128,6 +130,13 @@ pub(crate) fn forward_tensors(
         &target_buf,
         c,
         cfg.label_smoothing,
+    )?;
+    let lse_host = lse.to_vec()?;
+    LossConfig::check_lse(
+        OP,
+        n,
+        |i| lse_host[i] as f64,
+        |i| target[i] != cfg.ignore_index,
     )?;
     Ok((loss, lse, target_buf))
 }
@@ -153,122 +162,4 @@ pub(crate) fn backward_tensor(
         label_smoothing,
     )?;
     Ok(dlogits)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::error::ErrorKind;
-    use crate::gpu::buffer::{download, upload};
-    use crate::gpu::tests::{assert_rel, require_gpu};
-    use crate::ops::cross_entropy::{cross_entropy, Reduction};
-    use crate::ops::test_support::{grads, leaf, rand_vec};
-
-    #[derive(Debug)]
-    /// The loss and, when asked, the gradient of the reduced loss with respect to the logits.
-    struct CrossEntropyOutput {
-        /// `(N,)` for `Reduction::None`, else one value.
-        loss: Vec<f32>,
-        /// `(N, C)`, for an output gradient of ones.
-        dlogits: Option<Vec<f32>>,
-    }
-
-    /// Cross entropy from host slices: `logits (N, C)`, `target (N,)`; with `grad`, also the
-    /// gradient of the (reduced) loss, as its backward with an output gradient of ones.
-    fn cross_entropy_host(
-        logits: &[f32],
-        target: &[i64],
-        c: usize,
-        ignore_index: i64,
-        label_smoothing: f32,
-        reduction: Reduction,
-        grad: bool,
-    ) -> Result<CrossEntropyOutput> {
-        let n = target.len();
-        check_len(OP, "logits", logits.len(), n * c)?;
-        let t = checked_targets(target, c, ignore_index)?;
-        let (x, tb) = (upload(logits)?, GpuBuffer::from_slice(&t)?);
-        let (loss_b, lse_b) = (GpuBuffer::zeros(n)?, GpuBuffer::zeros(n)?);
-        forward(&loss_b, &lse_b, &x, &tb, c, label_smoothing)?;
-        let (rows, lse) = (download(&loss_b)?, download(&lse_b)?);
-        let bad = |i: &usize| lse[*i].is_nan() || (lse[*i] == f32::NEG_INFINITY && t[*i] >= 0);
-        if let Some(i) = (0..n).find(bad) {
-            let what = if lse[i].is_nan() {
-                "holds NaN or +inf"
-            } else {
-                "is -inf everywhere"
-            };
-            return Err(TfmError::non_finite(
-                OP,
-                format!("row {i} of the logits {what}"),
-            ));
-        }
-        let counted = t.iter().filter(|&&t| t >= 0).count();
-        let total: f64 = rows.iter().map(|&l| l as f64).sum();
-        let (loss, w) = match reduction {
-            Reduction::None => (rows, 1.0),
-            Reduction::Sum => (vec![total as f32], 1.0),
-            Reduction::Mean if counted == 0 => (vec![0.0], 0.0),
-            Reduction::Mean => (vec![(total / counted as f64) as f32], 1.0 / counted as f32),
-        };
-        let dlogits = if grad {
-            let d = GpuBuffer::zeros(n * c)?;
-            backward(
-                &d,
-                &x,
-                &tb,
-                &lse_b,
-                &upload(&vec![w; n])?,
-                c,
-                label_smoothing,
-            )?;
-            Some(download(&d)?)
-        } else {
-            None
-        };
-        Ok(CrossEntropyOutput { loss, dlogits })
-    }
-
-    #[test]
-    fn cross_entropy_matches_cpu() {
-        if !require_gpu("cross_entropy") {
-            return;
-        }
-        for (i, &(n, c)) in [(1, 1), (3, 17), (9, 300), (4, 1000)].iter().enumerate() {
-            let x = rand_vec(i as u64, n * c, -5.0, 5.0);
-            let target: Vec<i64> = (0..n)
-                .map(|k| {
-                    if k % 3 == 2 {
-                        -100
-                    } else {
-                        ((k * 5) % c) as i64
-                    }
-                })
-                .collect();
-            for eps in [0.0f32, 0.1] {
-                for red in [Reduction::None, Reduction::Mean, Reduction::Sum] {
-                    let xv = leaf(x.clone(), &[n, c]);
-                    let want = cross_entropy(&xv, &target, -100, eps, red).unwrap();
-                    let ones = vec![1.0f32; want.value().numel()];
-                    let want_dx = grads(&want, &ones, &[&xv]).remove(0);
-                    let got = cross_entropy_host(&x, &target, c, -100, eps, red, true).unwrap();
-                    let what = format!("{n}x{c} eps={eps} {red:?}");
-                    assert_rel(&what, &got.loss, want.value().data(), 1e-4);
-                    assert_rel(&what, &got.dlogits.unwrap(), &want_dx, 1e-4);
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn cross_entropy_errors() {
-        if !require_gpu("cross_entropy") {
-            return;
-        }
-        let bad_target =
-            cross_entropy_host(&[0.0; 4], &[0, 2], 2, -100, 0.0, Reduction::Mean, false);
-        assert_eq!(bad_target.unwrap_err().kind, ErrorKind::Index);
-        let nan = cross_entropy_host(&[0.0, f32::NAN], &[0], 2, -100, 0.0, Reduction::Mean, false);
-        assert_eq!(nan.unwrap_err().kind, ErrorKind::NonFinite);
-    }
 }

@@ -312,7 +312,7 @@ mod tests {
                 (Some(&w[..]), Some(&b[..])),
                 (Some(&w[..]), None),
             ] {
-                let want = layer_norm_forward(&x, None, rows, d, weight, bias, 1e-5);
+                let want = layer_norm_forward(&x, None, rows, d, weight, bias, 1e-5, true);
                 let got = forward_host(&x, weight, bias, d, 1e-5).unwrap();
                 let what = format!("{rows}x{d} weight={}", weight.is_some());
                 assert_rel(&what, &got.y, &want.y, 1e-4);
@@ -320,7 +320,7 @@ mod tests {
                 let rstds: Vec<f32> = want.stats.iter().map(|s| s.rstd as f32).collect();
                 assert_rel(&what, &got.mean, &means, 1e-5);
                 assert_rel(&what, &got.rstd, &rstds, 1e-4);
-                let want_dx = layer_norm_backward_input(&g, &x, &want.stats, d, weight);
+                let want_dx = layer_norm_backward_input(&g, &x, &want.stats, d, weight, true);
                 let (want_dw, want_db) = layer_norm_backward_params(&g, &x, &want.stats, d);
                 let (dx, dw, db) = backward_host(&g, &x, &got.mean, &got.rstd, weight, d).unwrap();
                 assert_rel(&what, &dx, &want_dx, 1e-4);

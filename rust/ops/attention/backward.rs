@@ -15,6 +15,7 @@ use super::forward::{pack_rows, BC, BR};
 use super::kernels::{
     block_matmul, dispatch, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd, LANES, MR,
 };
+use super::mask::{StructuredMask, Tile};
 use super::AttentionConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
@@ -42,6 +43,25 @@ pub fn attention_backward(
     lse: &[f32],
     cfg: &AttentionConfig,
 ) {
+    attention_backward_masked(dq, dk, dv, dout, q, k, v, out, lse, cfg, None)
+}
+
+/// [`attention_backward`] under the structured mask the forward ran with (see
+/// [`super::attention_forward_masked`]): tiles it empties are skipped.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward_masked(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    cfg: &AttentionConfig,
+    structured: Option<&StructuredMask>,
+) {
     let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
     for (name, len, want) in [
         ("dq", dq.len(), bh * tq * e),
@@ -68,6 +88,7 @@ pub fn attention_backward(
         dv_rest = rest;
         tasks.push(BackwardTask {
             cfg,
+            structured,
             head,
             dq,
             dk,
@@ -91,6 +112,7 @@ pub fn attention_backward(
 /// One batch-head of the backward; every slice is that head's.
 struct BackwardTask<'a> {
     cfg: &'a AttentionConfig<'a>,
+    structured: Option<&'a StructuredMask>,
     head: usize,
     dq: &'a mut [f32],
     dk: &'a mut [f32],
@@ -112,6 +134,7 @@ impl Kernel for BackwardTask<'_> {
     fn run<S: Simd>(self) {
         let BackwardTask {
             cfg,
+            structured,
             head,
             dq,
             dk,
@@ -181,11 +204,9 @@ impl Kernel for BackwardTask<'_> {
         let dk_acc: &mut [f32] = if dk_in_place { &mut *dk } else { &mut *dk_buf };
         let dv_acc: &mut [f32] = if dv_in_place { &mut *dv } else { &mut *dv_buf };
         // Each accumulator's first product writes it (no zeroing pass); rows that no product
-        // reaches are zeroed: all of dq when there are no keys, and the key blocks that no
-        // query sees (causal, Tk > Tq).
-        if k_blocks == 0 {
-            dq_acc.fill(0.0);
-        }
+        // reaches are zeroed: the key blocks that no query sees (causal with Tk > Tq, or
+        // masked out), and the query blocks that see no key.
+        let mut dq_started = vec![false; q_blocks];
         let keep_scale = 1.0 / (1.0 - cfg.dropout_p);
 
         let next = Prefetch {
@@ -198,17 +219,18 @@ impl Kernel for BackwardTask<'_> {
             let (nc, mc) = (round_up(bc, LANES), round_up(bc, MR));
             // Causal: query blocks that end before this key block see none of it.
             let qb_start = if cfg.is_causal { j0 / BR } else { 0 };
-            if qb_start >= q_blocks {
-                dk_acc[j0 * ep..(j0 + bc) * ep].fill(0.0);
-                dv_acc[j0 * evp..(j0 + bc) * evp].fill(0.0);
-            }
             let step = kb * q_blocks;
             next.parts(step..step + qb_start);
-            for qb in qb_start..q_blocks {
+            let mut k_started = false;
+            for (qb, dq_written) in dq_started.iter_mut().enumerate().skip(qb_start) {
                 next.parts(step + qb..step + qb + 1);
                 let i0 = qb * BR;
                 let br = BR.min(tq - i0);
                 let mr = round_up(br, MR);
+                let class = super::tile_class(structured, head, (i0, br), (j0, bc));
+                if class == Tile::Empty {
+                    continue;
+                }
                 block_matmul::<S>(
                     (mr, nc, e),
                     Operand::rows(qp, ep, i0),
@@ -218,7 +240,7 @@ impl Kernel for BackwardTask<'_> {
                     BC,
                     false,
                 );
-                cfg.mask_block(head, (i0, br, BC), (j0, bc, 1), p);
+                super::mask_tile(cfg, structured, class, head, (i0, br, BC), (j0, bc, 1), p);
                 // Padding keys get −∞ too, so that their (unused) gradients stay finite. The
                 // exponentials run over whole rows of BC (the columns past nc are not read) so
                 // that the loop has a fixed length.
@@ -262,7 +284,7 @@ impl Kernel for BackwardTask<'_> {
                     evp,
                     &mut dv_acc[j0 * evp..],
                     evp,
-                    qb > qb_start,
+                    k_started,
                 );
                 // dS is kept times the scale, which dQ and dK both take.
                 let scale = cfg.scale;
@@ -292,7 +314,7 @@ impl Kernel for BackwardTask<'_> {
                     ep,
                     &mut dk_acc[j0 * ep..],
                     ep,
-                    qb > qb_start,
+                    k_started,
                 );
                 block_matmul::<S>(
                     (mr, ep, bc),
@@ -301,9 +323,19 @@ impl Kernel for BackwardTask<'_> {
                     ep,
                     &mut dq_acc[i0 * ep..],
                     ep,
-                    kb > 0,
+                    *dq_written,
                 );
+                k_started = true;
+                *dq_written = true;
             }
+            if !k_started {
+                dk_acc[j0 * ep..(j0 + bc) * ep].fill(0.0);
+                dv_acc[j0 * evp..(j0 + bc) * evp].fill(0.0);
+            }
+        }
+        for (qb, _) in dq_started.iter().enumerate().filter(|(_, &s)| !s) {
+            let end = ((qb + 1) * BR * ep).min(dq_acc.len());
+            dq_acc[qb * BR * ep..end].fill(0.0);
         }
         for (out, buf, c, in_place) in [
             (dq, dq_buf, e, q_in_place),

@@ -11,6 +11,7 @@ use super::kernels::{
     block_matmul, dispatch, exp2, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd,
     LANES, MR,
 };
+use super::mask::{StructuredMask, Tile};
 use super::AttentionConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
@@ -43,6 +44,21 @@ pub fn attention_forward(
     k: &[f32],
     v: &[f32],
     cfg: &AttentionConfig,
+) {
+    attention_forward_masked(out, lse, q, k, v, cfg, None)
+}
+
+/// [`attention_forward`] under a structured mask too (`cfg` then has neither mask nor causal
+/// flag): tiles the mask empties are skipped, full ones run unmasked, partial ones are masked
+/// row by row from the mask's indices.
+pub fn attention_forward_masked(
+    out: &mut [f32],
+    lse: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    cfg: &AttentionConfig,
+    structured: Option<&StructuredMask>,
 ) {
     let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
     assert_eq!(q.len(), bh * tq * e, "attention_forward: q");
@@ -77,6 +93,7 @@ pub fn attention_forward(
             lse_rest = rest;
             tasks.push(ForwardTask {
                 cfg,
+                structured,
                 head,
                 row0,
                 out,
@@ -100,6 +117,7 @@ pub fn attention_forward(
 /// `k` and `v` the whole head.
 struct ForwardTask<'a> {
     cfg: &'a AttentionConfig<'a>,
+    structured: Option<&'a StructuredMask>,
     head: usize,
     row0: usize,
     out: &'a mut [f32],
@@ -118,6 +136,7 @@ impl Kernel for ForwardTask<'_> {
     fn run<S: Simd>(self) {
         let ForwardTask {
             cfg,
+            structured,
             head,
             row0,
             out,
@@ -199,10 +218,17 @@ impl Kernel for ForwardTask<'_> {
             };
             let step = i0 / BR * k_blocks;
             next.parts(step + kb_end..step + k_blocks);
+            // Whether acc holds a product yet: the first written key block writes it instead
+            // of rescaling and adding to it.
+            let mut started = false;
             for kb in 0..kb_end {
                 next.parts(step + kb..step + kb + 1);
                 let j0 = kb * BC;
                 let bc = BC.min(tk - j0);
+                let class = super::tile_class(structured, head, (first, br), (j0, bc));
+                if class == Tile::Empty {
+                    continue;
+                }
                 let mc = round_up(bc, MR);
                 let k_op = if k_tail && kb == k_blocks - 1 {
                     Operand::rows(kl, e, 0)
@@ -210,7 +236,15 @@ impl Kernel for ForwardTask<'_> {
                     Operand::rows(k, e, j0)
                 };
                 block_matmul::<S>((mc, nq, e), k_op, qt, BR, st, BR, false);
-                cfg.mask_block(head, (first, br, 1), (j0, bc, BR), st);
+                super::mask_tile(
+                    cfg,
+                    structured,
+                    class,
+                    head,
+                    (first, br, 1),
+                    (j0, bc, BR),
+                    st,
+                );
                 // The softmax runs down the keys with 16 queries per vector, so its row maxima
                 // and sums are elementwise: no horizontal reductions.
                 let mut m_new = m;
@@ -242,8 +276,7 @@ impl Kernel for ForwardTask<'_> {
                 for r in 0..BR {
                     l[r] = l[r] * alpha[r] + sum[r];
                 }
-                // The first key block writes acc (below) instead of rescaling and adding to it.
-                if kb > 0 {
+                if started {
                     for r in 0..br {
                         if alpha[r] != 1.0 {
                             acc[r * evp..(r + 1) * evp]
@@ -269,8 +302,9 @@ impl Kernel for ForwardTask<'_> {
                     ldv,
                     acc,
                     evp,
-                    kb > 0,
+                    started,
                 );
+                started = true;
             }
             for r in 0..br {
                 let o = &mut out[(i0 + r) * ev..(i0 + r + 1) * ev];

@@ -31,13 +31,17 @@ mod backward;
 mod explicit;
 mod forward;
 mod kernels;
+mod mask;
+#[cfg(test)]
+mod mask_tests;
 mod reference;
 #[cfg(test)]
 mod tests;
 
-pub use backward::attention_backward;
+pub use backward::{attention_backward, attention_backward_masked};
 pub use explicit::attention_with_weights;
-pub use forward::attention_forward;
+pub use forward::{attention_forward, attention_forward_masked};
+pub use mask::{random_block, MaskSpec, MaskStats, StructuredMask, Tile};
 pub use reference::{attention_backward_reference, attention_forward_reference};
 
 use crate::autograd::{Backward, Var};
@@ -102,6 +106,39 @@ impl AttentionConfig<'_> {
                 }
             }
         }
+    }
+}
+
+/// The class of the tile of `rows = (i0, count)` queries and `cols = (j0, count)` keys: the
+/// structured mask's, or partial (masked by `AttentionConfig::mask_block`) without one.
+#[inline(always)]
+fn tile_class(
+    structured: Option<&StructuredMask>,
+    head: usize,
+    (i0, rows): (usize, usize),
+    (j0, cols): (usize, usize),
+) -> Tile {
+    structured.map_or(Tile::Partial, |m| {
+        m.tile(head, (i0, i0 + rows), (j0, j0 + cols))
+    })
+}
+
+/// Masks a block of scores (laid out as for `AttentionConfig::mask_block`) of a tile of class
+/// `class`: by the structured mask if there is one (full tiles untouched), else by `cfg`.
+#[inline(always)]
+fn mask_tile(
+    cfg: &AttentionConfig,
+    structured: Option<&StructuredMask>,
+    class: Tile,
+    head: usize,
+    rows: (usize, usize, usize),
+    cols: (usize, usize, usize),
+    s: &mut [f32],
+) {
+    match structured {
+        Some(m) if class == Tile::Partial => m.mask_block(head, rows, cols, s),
+        Some(_) => {}
+        None => cfg.mask_block(head, rows, cols, s),
     }
 }
 
@@ -304,6 +341,40 @@ pub fn scaled_dot_product_attention(
     is_causal: bool,
     scale: Option<f32>,
 ) -> Result<Var> {
+    attention_op(q, k, v, attn_mask, None, dropout_p, is_causal, scale)
+}
+
+/// [`scaled_dot_product_attention`] under a structured mask ([`MaskSpec`]: causal, sliding
+/// window, global tokens, key padding, block-sparse, dense, and their compositions) by the
+/// block-skipping fused kernels: tiles the mask empties cost nothing, forward and backward,
+/// and no `Tq × Tk` matrix is formed (except a dense term's own array, read in place).
+///
+/// Errors as [`scaled_dot_product_attention`], plus: index (a global token past L and S),
+/// shape (a key padding mask whose samples or keys do not fit q, k, v; a dense term that does
+/// not broadcast), value (block size 0), device (q, k, v on the GPU: no GPU kernel takes
+/// structured masks; nothing is copied to the host silently).
+pub fn scaled_dot_product_attention_structured(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    mask: &MaskSpec,
+    dropout_p: f32,
+    scale: Option<f32>,
+) -> Result<Var> {
+    attention_op(q, k, v, None, Some(mask), dropout_p, false, scale)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_op(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    attn_mask: Option<&Tensor>,
+    structured: Option<&MaskSpec>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+) -> Result<Var> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
     let Checked {
         batch,
@@ -319,6 +390,9 @@ pub fn scaled_dot_product_attention(
         scale,
     )?;
     let device = Device::common(OP, [qv.device(), kv.device(), vv.device()])?;
+    let structured = structured
+        .map(|m| m.resolve(&batch, tq, tk).map(std::sync::Arc::new))
+        .transpose()?;
     let bh = batch.iter().product();
     let seed = if dropout_p > 0.0 {
         crate::random::next_seed()
@@ -341,6 +415,12 @@ pub fn scaled_dot_product_attention(
     let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
     #[cfg(feature = "wgpu")]
     if device == Device::Gpu {
+        if structured.is_some() {
+            return Err(TfmError::device(
+                OP,
+                "structured masks run on the CPU kernels only; move q, k, v to the CPU (or pass mask.to_dense(L, S) for the dense GPU kernel)",
+            ));
+        }
         let (out, lse, prepared) = crate::gpu::ops::attention::forward_tensors(
             [&qv, &kv, &vv],
             &out_shape,
@@ -367,7 +447,7 @@ pub fn scaled_dot_product_attention(
     let _ = device;
     let mut out = crate::cpu::alloc::output(bh * tq * ev);
     let mut lse = vec![0.0f32; bh * tq];
-    attention_forward(
+    attention_forward_masked(
         &mut out,
         &mut lse,
         qv.data(),
@@ -377,6 +457,7 @@ pub fn scaled_dot_product_attention(
             mask: mask.as_ref().map(MaskLayout::view),
             ..cfg
         },
+        structured.as_deref(),
     );
     let out = Tensor::new(out, &out_shape)?;
     let saved = SdpaBackward {
@@ -384,7 +465,11 @@ pub fn scaled_dot_product_attention(
         k: kv,
         v: vv,
         out: out.clone(),
-        saved: Saved::Host { lse, mask },
+        saved: Saved::Host {
+            lse,
+            mask,
+            structured,
+        },
         cfg,
     };
     Ok(Var::from_op(
@@ -394,12 +479,37 @@ pub fn scaled_dot_product_attention(
     ))
 }
 
+/// [`scaled_dot_product_attention`] at `precision`. bf16: q, k and v are rounded to bf16 (the
+/// gradients pass through the rounding) and the fused kernel computes on them in f32, so the
+/// score products have bf16 inputs and f32 accumulation; the probabilities stay f32 (the
+/// kernel has no bf16 form, so this costs, not saves, time).
+#[allow(clippy::too_many_arguments)]
+pub fn scaled_dot_product_attention_with(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    attn_mask: Option<&Tensor>,
+    dropout_p: f32,
+    is_causal: bool,
+    scale: Option<f32>,
+    precision: crate::desc::Precision,
+) -> Result<Var> {
+    use crate::ops::autocast::cast;
+    let (q, k, v) = (
+        cast(OP, q, precision)?,
+        cast(OP, k, precision)?,
+        cast(OP, v, precision)?,
+    );
+    scaled_dot_product_attention(&q, &k, &v, attn_mask, dropout_p, is_causal, scale)
+}
+
 /// What the forward saved besides its inputs and output, on their device.
 enum Saved {
-    /// The row log-sum-exp `(BH, Tq)` and the mask.
+    /// The row log-sum-exp `(BH, Tq)` and the mask (additive or structured).
     Host {
         lse: Vec<f32>,
         mask: Option<MaskLayout>,
+        structured: Option<std::sync::Arc<StructuredMask>>,
     },
     /// The row log-sum-exp on the GPU, and the parameters and mask as uploaded by the forward.
     #[cfg(feature = "wgpu")]
@@ -426,8 +536,12 @@ impl Backward for SdpaBackward {
     }
 
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let (lse, mask) = match &self.saved {
-            Saved::Host { lse, mask } => (lse, mask),
+        let (lse, mask, structured) = match &self.saved {
+            Saved::Host {
+                lse,
+                mask,
+                structured,
+            } => (lse, mask, structured.as_deref()),
             #[cfg(feature = "wgpu")]
             Saved::Gpu { lse, prepared } => {
                 let qkv = [&self.q, &self.k, &self.v];
@@ -444,7 +558,7 @@ impl Backward for SdpaBackward {
         let mut dq = crate::cpu::alloc::output(self.q.numel());
         let mut dk = crate::cpu::alloc::output(self.k.numel());
         let mut dv = crate::cpu::alloc::output(self.v.numel());
-        attention_backward(
+        attention_backward_masked(
             &mut dq,
             &mut dk,
             &mut dv,
@@ -455,6 +569,7 @@ impl Backward for SdpaBackward {
             self.out.data(),
             lse,
             &cfg,
+            structured,
         );
         Ok(vec![
             Some(Tensor::new(dq, self.q.shape())?),

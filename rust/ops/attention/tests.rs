@@ -9,23 +9,23 @@ use crate::autograd::backward;
 use crate::error::ErrorKind;
 use crate::random::uniform;
 
-const FWD_TOL: f64 = 1e-5;
-const GRAD_TOL: f64 = 1e-4;
+pub(super) const FWD_TOL: f64 = 1e-5;
+pub(super) const GRAD_TOL: f64 = 1e-4;
 
 /// Deterministic values uniform in (−magnitude, magnitude).
-fn data(n: usize, seed: u64, magnitude: f32) -> Vec<f32> {
+pub(super) fn data(n: usize, seed: u64, magnitude: f32) -> Vec<f32> {
     (0..n)
         .map(|i| (2.0 * uniform(seed, i as u64) - 1.0) * magnitude)
         .collect()
 }
 
-fn to_f64(x: &[f32]) -> Vec<f64> {
+pub(super) fn to_f64(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| v as f64).collect()
 }
 
 /// Largest error relative to the largest magnitude of `want` (at least 1e-3, for gradients that
 /// are exactly 0 and come out as rounding noise); asserts it is within `tol`.
-fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
+pub(super) fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(0.0f64, |m, w| m.max(w.abs())).max(1e-3);
     let err = got

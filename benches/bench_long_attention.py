@@ -1,0 +1,130 @@
+"""Long-sequence attention: a sliding window (256 left + 256 right) with 16 global tokens through
+the block-skipping fused kernel (``attn_mask=masks.sliding_window(256) | masks.global_tokens(range(16))``)
+against tfm_rs's own dense fused attention on the same inputs, and PyTorch SDPA with the same mask
+as a dense boolean array (where installed). Batch 1, 8 heads, head dim 64, forward + backward
+(``.sum().backward()``), T = 1k, 4k, 16k and 64k.
+
+Run:  python3 benches/bench_long_attention.py [--threads 2] [--quick] [--t 1024 4096 ...]
+
+Each (method, T) runs in its own process, so that its peak resident memory (``ru_maxrss``) is its
+own: one warm-up, then ``--repeat`` timed runs (fewer at long T), median reported. Dense runs only
+up to ``--dense-max`` (16k: its time grows as T²), PyTorch up to ``--torch-max`` (4k: the dense
+mask and its scores grow as T²). ``--quick`` stops at 16k; ``--smoke`` runs T = 300 once.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+WINDOW, GLOBALS, HEADS, HEAD_DIM = 256, 16, 8, 64
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def worker(method: str, t: int, repeat: int, threads: int) -> dict:
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal((1, HEADS, t, HEAD_DIM)).astype(np.float32) for _ in range(3)]
+    if method == "torch":
+        import torch
+        import torch.nn.functional as TF
+
+        torch.set_num_threads(threads)
+        import tfm_rs.masks as masks
+
+        dense = torch.from_numpy((masks.sliding_window(WINDOW) | masks.global_tokens(range(GLOBALS))).to_dense(t, t))
+        q, k, v = (torch.from_numpy(a).requires_grad_(True) for a in arrays)
+
+        def step() -> None:
+            TF.scaled_dot_product_attention(q, k, v, attn_mask=dense).sum().backward()
+    else:
+        import tfm_rs
+        import tfm_rs.functional as F
+        from tfm_rs import masks
+
+        tfm_rs.set_num_threads(threads)
+        mask = masks.sliding_window(WINDOW) | masks.global_tokens(range(GLOBALS)) if method == "window" else None
+        q, k, v = (tfm_rs.tensor(a, requires_grad=True) for a in arrays)
+
+        def step() -> None:
+            F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+
+    step()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"s": statistics.median(times), "best": min(times),
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run(method: str, t: int, repeat: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", method, str(t), str(repeat), str(threads)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{method} at T={t} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        method, t, repeat, threads = sys.argv[2], *map(int, sys.argv[3:6])
+        print(json.dumps(worker(method, t, repeat, threads)))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--t", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    ap.add_argument("--quick", action="store_true", help="stop at 16k")
+    ap.add_argument("--repeat", type=int, default=5, help="timed runs at T <= 4k (2 above, 1 at 64k)")
+    ap.add_argument("--dense-max", type=int, default=16384)
+    ap.add_argument("--torch-max", type=int, default=4096)
+    ap.add_argument("--smoke", action="store_true", help="T 300, one run each: checks that the script runs")
+    args = ap.parse_args()
+    ts = [t for t in args.t if not (args.quick and t > 16384)]
+    if args.smoke:
+        ts, args.repeat = [300], 1
+    # Not imported here: a worker inherits this process's peak RSS through fork (Linux keeps the
+    # high-water mark across exec), and torch alone is ~500 MB.
+    has_torch = importlib.util.find_spec("torch") is not None  # a benchmark baseline only
+    print(f"{cpu_model()}, {args.threads} threads; batch 1, {HEADS} heads, head dim {HEAD_DIM}, window "
+          f"{WINDOW}+{WINDOW} with {GLOBALS} global tokens; forward + backward, median seconds; peak RSS "
+          f"per process; torch {'installed' if has_torch else 'not installed'}")
+    print(f"{'T':>6} {'window s':>9} {'RSS MB':>7} {'dense s':>8} {'RSS MB':>7} {'dense/win':>9} "
+          f"{'torch s':>8} {'RSS MB':>7} {'torch/win':>9} {'win s/kT':>9}")
+    for t in ts:
+        repeat = args.repeat if t <= 4096 else (2 if t <= 16384 else 1)
+        if args.smoke:
+            repeat = 1
+        win = run("window", t, repeat, args.threads)
+        dense = run("dense", t, repeat, args.threads) if t <= args.dense_max else None
+        ref = run("torch", t, repeat, args.threads) if has_torch and t <= args.torch_max else None
+        cells = [f"{t:>6}", f"{win['s']:9.3f}", f"{win['rss_mb']:7.0f}"]
+        for other in (dense, ref):
+            if other is None:
+                cells += [f"{'-':>8}", f"{'-':>7}", f"{'-':>9}"]
+            else:
+                cells += [f"{other['s']:8.3f}", f"{other['rss_mb']:7.0f}", f"{other['s'] / win['s']:9.1f}"]
+        cells.append(f"{win['s'] / t * 1024:9.4f}")
+        print(" ".join(cells), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runnable examples (``python -m tfm_rs.examples.NAME``)."""

@@ -1,0 +1,330 @@
+"""The Llama family: a decoder-only language model with RMSNorm, rotary position embeddings,
+a SwiGLU feed-forward network and grouped-query attention (Llama 2/3, Mistral-style configs,
+TinyLlama, SmolLM, …), trainable, with Hugging Face's module names so that its state dict is a
+``LlamaForCausalLM`` checkpoint without the ``model.`` prefix.
+
+Block (pre-norm, nanoGPT-shaped)::
+
+    x = x + o_proj(attention(rope(q_proj(n)), rope(k_proj(n)), v_proj(n)))   n = input_layernorm(x)
+    x = x + down_proj(silu(gate_proj(n)) * up_proj(n))                        n = post_attention_layernorm(x)
+
+Grouped-query attention without copying keys and values per head: the ``g = H / H_kv`` query
+heads that share a key/value head are laid out as ``g·T`` query rows of that head, ``(B, H_kv,
+g·T, Dh)``, against keys ``(B, H_kv, S, Dh)``, with the causal mask repeated ``g`` times. The
+key/value cache of :meth:`Llama.generate` likewise stores ``H_kv`` heads.
+
+Shapes: ``forward(ids (B, T))`` → logits ``(B, T, V)``; ``loss(ids)`` → mean next-token
+cross-entropy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+import tfm_rs.functional as F
+from tfm_rs import cat, nn, tensor
+from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs.autograd import no_grad
+from tfm_rs.decode import GenerationOutput
+from tfm_rs.models._common import as_ids, check_config_arch
+from tfm_rs.pretrained.llama import load_llama, save_llama
+
+__all__ = ["Llama", "rope_frequencies"]
+
+Cache = List[Tuple[Tensor, Tensor]]
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: Optional[Mapping[str, Any]] = None) -> np.ndarray:
+    """The rotary inverse frequencies ``θ^(-2i/Dh)`` ``(Dh/2,)`` in float64, rescaled as
+    ``scaling`` says: ``None``/``"default"``, ``"linear"`` (``factor``) or ``"llama3"``
+    (``factor``, ``low_freq_factor``, ``high_freq_factor``,
+    ``original_max_position_embeddings``)."""
+    inv = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    kind = (scaling or {}).get("rope_type", "default")
+    if kind == "linear":
+        inv = inv / float(scaling["factor"])
+    elif kind == "llama3":
+        factor, lo, hi = float(scaling["factor"]), float(scaling["low_freq_factor"]), float(
+            scaling["high_freq_factor"])
+        old = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * np.pi / inv
+        smooth = (old / wavelen - lo) / (hi - lo)
+        mid = (1 - smooth) * inv / factor + smooth * inv
+        inv = np.where(wavelen > old / lo, inv / factor, np.where(wavelen < old / hi, inv, mid))
+    elif kind != "default":
+        raise InvalidArgumentError(f"rope_frequencies: rope_type {kind!r} is not supported")
+    return inv
+
+
+def silu(x: Tensor) -> Tensor:
+    """``x · σ(x)``."""
+    return x / ((-x).exp() + 1.0)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotates ``x (B, H, T, Dh)`` by the angles of its positions (``cos``/``sin`` ``(T, Dh)``,
+    each half repeated): Hugging Face's "rotate half" layout, pairs ``(i, i + Dh/2)``."""
+    half = x.shape[-1] // 2
+    rotated = cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, d_model: int, nhead: int, num_kv_heads: int, head_dim: int, bias: bool) -> None:
+        super().__init__()
+        self.nhead, self.num_kv_heads, self.head_dim = nhead, num_kv_heads, head_dim
+        self.q_proj = nn.Linear(d_model, nhead * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(nhead * head_dim, d_model, bias=bias)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray,
+                past: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """``x (B, T, d)``, ``mask (B or 1, 1, g·T, S)`` (True = may attend; S = past + T) →
+        ``(B, T, d)`` and this layer's keys and values ``(B, H_kv, S, Dh)``."""
+        B, T, _ = x.shape
+        hk, g, dh = self.num_kv_heads, self.nhead // self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).reshape(B, T, self.nhead, dh).transpose(1, 2)   # (B, H, T, Dh)
+        k = self.k_proj(x).reshape(B, T, hk, dh).transpose(1, 2)           # (B, Hk, T, Dh)
+        v = self.v_proj(x).reshape(B, T, hk, dh).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            k, v = cat([past[0], k], dim=2), cat([past[1], v], dim=2)      # (B, Hk, S, Dh)
+        q = q.reshape(B, hk, g * T, dh)                                    # a group's heads as rows
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)       # (B, Hk, g·T, Dh)
+        y = y.reshape(B, self.nhead, T, dh).transpose(1, 2).reshape(B, T, self.nhead * dh)
+        return self.o_proj(y), (k, v)
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, d_model: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.up_proj = nn.Linear(d_model, hidden, bias=bias)
+        self.down_proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, d_model: int, nhead: int, num_kv_heads: int, head_dim: int, hidden: int, eps: float,
+                 attention_bias: bool, mlp_bias: bool) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(d_model, eps)
+        self.self_attn = LlamaAttention(d_model, nhead, num_kv_heads, head_dim, attention_bias)
+        self.post_attention_layernorm = nn.RMSNorm(d_model, eps)
+        self.mlp = LlamaMLP(d_model, hidden, mlp_bias)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray,
+                past: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class Llama(nn.Module):
+    """Llama-family causal language model.
+
+    Args:
+        vocab_size, d_model, nhead, num_layers: as usual; ``dim_feedforward``: the SwiGLU width.
+        num_kv_heads: key/value heads (``nhead`` = multi-head, 1 = multi-query; divides ``nhead``).
+        head_dim: per-head width (default ``d_model // nhead``).
+        max_len: longest sequence; rope_theta, rope_scaling: the rotary frequencies
+            (:func:`rope_frequencies`); rms_norm_eps; tie_weights: head shares the embedding.
+        attention_bias, mlp_bias: biases on the projections (Llama: none).
+        pad_id, bos_id, eos_id: special ids (optional).
+    """
+
+    arch = "Llama"
+
+    def __init__(self, vocab_size: int, d_model: int = 512, nhead: int = 8, num_layers: int = 8,
+                 dim_feedforward: int = 1376, num_kv_heads: Optional[int] = None, head_dim: Optional[int] = None,
+                 max_len: int = 2048, rope_theta: float = 10000.0, rope_scaling: Optional[Mapping[str, Any]] = None,
+                 rms_norm_eps: float = 1e-6, tie_weights: bool = False, attention_bias: bool = False,
+                 mlp_bias: bool = False, pad_id: Optional[int] = None, bos_id: Optional[int] = None,
+                 eos_id: Optional[int] = None) -> None:
+        super().__init__()
+        num_kv_heads = nhead if num_kv_heads is None else int(num_kv_heads)
+        head_dim = d_model // nhead if head_dim is None and nhead > 0 else head_dim
+        if min(vocab_size, d_model, nhead, num_layers, dim_feedforward, num_kv_heads, max_len) < 1:
+            raise InvalidArgumentError("Llama: sizes must be positive")
+        if nhead % num_kv_heads != 0:
+            raise InvalidArgumentError(f"Llama: nhead ({nhead}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        if head_dim is None or head_dim < 2 or head_dim % 2:
+            raise InvalidArgumentError(f"Llama: head_dim must be an even number ≥ 2, got {head_dim}")
+        inv_freq = rope_frequencies(head_dim, float(rope_theta), rope_scaling)
+        self._config: Dict[str, Any] = dict(
+            vocab_size=int(vocab_size), d_model=int(d_model), nhead=int(nhead), num_layers=int(num_layers),
+            dim_feedforward=int(dim_feedforward), num_kv_heads=num_kv_heads, head_dim=int(head_dim),
+            max_len=int(max_len), rope_theta=float(rope_theta),
+            rope_scaling=None if rope_scaling is None else dict(rope_scaling), rms_norm_eps=float(rms_norm_eps),
+            tie_weights=bool(tie_weights), attention_bias=bool(attention_bias), mlp_bias=bool(mlp_bias),
+            pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
+        self.vocab_size, self.d_model, self.max_len = int(vocab_size), int(d_model), int(max_len)
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self._inv_freq = inv_freq
+
+        self.embed_tokens = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embed_tokens.weight, 0.0, 0.02)
+        self.layers = nn.ModuleList([
+            LlamaBlock(d_model, nhead, num_kv_heads, head_dim, dim_feedforward, rms_norm_eps, attention_bias,
+                       mlp_bias) for _ in range(num_layers)])
+        for layer in self.layers:
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                        layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                nn.init.normal_(lin.weight, 0.0, 0.02)
+        self.norm = nn.RMSNorm(d_model, rms_norm_eps)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        nn.init.normal_(self.lm_head.weight, 0.0, 0.02)
+        if tie_weights:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.tokenizer: Any = None
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return {"arch": self.arch, **self._config}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Llama":
+        return cls(**check_config_arch(config, cls.arch))
+
+    @classmethod
+    def from_pretrained(cls, path: Any) -> "Llama":
+        """A Hugging Face ``LlamaForCausalLM`` checkpoint directory, or a ``.gguf`` file (see
+        :mod:`tfm_rs.pretrained.llama`), in eval mode, with its tokenizer as ``.tokenizer``."""
+        return load_llama(cls, path)
+
+    def save_pretrained(self, path: Any) -> None:
+        """Writes a ``LlamaForCausalLM`` checkpoint directory that ``transformers`` loads."""
+        save_llama(self, path)
+
+    def num_parameters(self) -> int:
+        """Distinct trainable values (a tied matrix counts once)."""
+        return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
+
+    def _mask(self, ids: np.ndarray, past_len: int, key_pad: Optional[np.ndarray]) -> np.ndarray:
+        """``(B or 1, 1, g·T, S)``: query ``t`` (at position ``past_len + t``) sees keys ``≤`` it,
+        repeated for the ``g`` heads of a group; padded keys (``key_pad (B, S)``, True = pad) hidden."""
+        T = ids.shape[1]
+        S = past_len + T
+        g = self._config["nhead"] // self._config["num_kv_heads"]
+        causal = np.arange(S)[None, :] <= (past_len + np.arange(T))[:, None]              # (T, S)
+        mask = np.tile(causal, (g, 1))[None, None]                                         # (1, 1, g·T, S)
+        if key_pad is not None:
+            mask = mask & ~key_pad[:, None, None, :]
+        return mask
+
+    def _rotary(self, start: int, length: int) -> Tuple[Tensor, Tensor]:
+        """``cos``/``sin`` ``(length, Dh)`` of positions ``start …``, each half repeated (computed in
+        float64 per call: a table for ``max_len`` positions could be large)."""
+        angles = np.arange(start, start + length, dtype=np.float64)[:, None] * self._inv_freq[None, :]
+        angles = np.concatenate([angles, angles], axis=1)
+        return tensor(np.cos(angles).astype(np.float32)), tensor(np.sin(angles).astype(np.float32))
+
+    def _run(self, ids: np.ndarray, past: Optional[Cache] = None,
+             key_pad: Optional[np.ndarray] = None) -> Tuple[Tensor, Cache]:
+        """Hidden states after the final norm ``(B, T, d)`` for ``ids`` following ``past``."""
+        past_len = 0 if past is None else past[0][0].shape[2]
+        T = ids.shape[1]
+        if past_len + T > self.max_len:
+            raise ShapeError(f"Llama: {past_len + T} positions, more than max_len={self.max_len}")
+        cos, sin = self._rotary(past_len, T)
+        mask = self._mask(ids, past_len, key_pad)
+        x = self.embed_tokens(ids)
+        cache: Cache = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, cos, sin, mask, None if past is None else past[i])
+            cache.append(kv)
+        return self.norm(x), cache
+
+    def forward(self, ids: Any) -> Tensor:
+        """ids ``(B, T)`` → logits ``(B, T, V)``; position ``t`` depends on ``ids[:, :t+1]`` only
+        (right padding therefore changes nothing before it)."""
+        ids = as_ids(ids, "ids", self.vocab_size, self.max_len, "Llama")
+        return self.lm_head(self._run(ids)[0])
+
+    def loss(self, ids: Any, ignore_pad: bool = True) -> Tensor:
+        """Mean next-token cross-entropy over ``ids (B, T)``, ``T ≥ 2`` (targets equal to
+        ``pad_id`` ignored when ``ignore_pad``)."""
+        ids = as_ids(ids, "ids", self.vocab_size, self.max_len, "Llama")
+        if ids.shape[1] < 2:
+            raise ShapeError(f"Llama.loss: sequences need at least 2 tokens, got T={ids.shape[1]}")
+        logits = self.forward(ids[:, :-1])
+        ignore = self.pad_id if (ignore_pad and self.pad_id is not None) else -100
+        return F.cross_entropy(logits.reshape(-1, self.vocab_size), ids[:, 1:].reshape(-1), ignore_index=ignore)
+
+    def generate(self, prompt_ids: Any, max_new_tokens: int = 20, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 eos_token_id: Optional[int] = None, seed: Optional[int] = None) -> GenerationOutput:
+        """Continues each prompt (a 1-D sequence, or a list of them of any lengths) by up to
+        ``max_new_tokens`` tokens with a key/value cache of the ``H_kv`` grouped heads: greedy, or
+        sampled (``temperature``, ``top_k``, ``top_p``, ``seed``). Prompts are decoded one after
+        the other (batch 1 each). ``sequences`` hold prompt + continuation; stops at
+        ``eos_token_id`` (default: the model's ``eos_id``)."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise InvalidArgumentError(f"Llama.generate: max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
+        if do_sample and not temperature > 0:
+            raise InvalidArgumentError(f"Llama.generate: temperature must be > 0, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise InvalidArgumentError(f"Llama.generate: top_p must be in (0, 1], got {top_p}")
+        eos = self.eos_id if eos_token_id is None else int(eos_token_id)
+        prompts = _prompt_rows(prompt_ids)
+        rng = np.random.default_rng(seed)
+        out = GenerationOutput()
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                for i, prompt in enumerate(prompts):
+                    ids = as_ids(prompt, f"prompt {i}", self.vocab_size, self.max_len, "Llama.generate")
+                    tokens, log_prob = self._continue(ids, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                                      eos, rng)
+                    out.sequences.append(ids[0].tolist() + tokens)
+                    out.log_probs.append(log_prob)
+                    out.scores.append(log_prob)
+        finally:
+            self.train(was_training)
+        return out
+
+    def _continue(self, ids: np.ndarray, n: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+                  eos: Optional[int], rng: np.random.Generator) -> Tuple[List[int], float]:
+        n = min(n, self.max_len - ids.shape[1])
+        tokens: List[int] = []
+        total = 0.0
+        hidden, cache = self._run(ids)
+        for _ in range(n):
+            logits = self.lm_head(hidden[:, -1]).numpy()[0].astype(np.float64)
+            logp = logits - logits.max()
+            logp -= np.log(np.exp(logp).sum())
+            token = _sample(logp, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(logp))
+            tokens.append(token)
+            total += float(logp[token])
+            if token == eos or len(tokens) == n:
+                break
+            hidden, cache = self._run(np.array([[token]]), cache)
+        return tokens, total
+
+
+def _prompt_rows(prompt_ids: Any) -> List[Any]:
+    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and all(
+            isinstance(p, (list, tuple, np.ndarray)) for p in prompt_ids):
+        return list(prompt_ids)
+    arr = prompt_ids.numpy() if hasattr(prompt_ids, "numpy") else np.asarray(prompt_ids)
+    return [arr] if arr.ndim <= 1 else list(arr)
+
+
+def _sample(logp: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
+    """One token from ``softmax(logp / temperature)`` restricted to the ``top_k`` most likely and
+    to the smallest set whose probability reaches ``top_p``."""
+    z = logp / temperature
+    order = np.argsort(-z, kind="stable")
+    if top_k > 0:
+        order = order[:top_k]
+    p = np.exp(z[order] - z[order[0]])
+    p /= p.sum()
+    keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
+    p = p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(p), p=p)])

@@ -1,0 +1,645 @@
+//! One layer, one direction of an LSTM or a GRU over a whole sequence, with PyTorch's
+//! equations, gate order and weight layout, as a single op (one `Backward` for the sequence).
+//!
+//! Shapes: x (T, B, I) time-major; initial state h0 (B, H) (and c0 (B, H) for the LSTM);
+//! W_ih (G·H, I), W_hh (G·H, H), b_ih and b_hh (G·H,) with G = 4 gates (LSTM: i, f, g, o) or 3
+//! (GRU: r, z, n). The result stacks the outputs and the final states: (T + 1, B, H) for the
+//! GRU (`[y; h_n]`), (T + 2, B, H) for the LSTM (`[y; h_n; c_n]`), so that one op — and one
+//! backward through time — serves all three; the Python layer slices them apart.
+//!
+//! ```text
+//! LSTM: i, f, o = σ(·), g = tanh(·) of x·W_ihᵀ + b_ih + h·W_hhᵀ + b_hh (one block each)
+//!       c' = f∘c + i∘g,  h' = o∘tanh(c')
+//! GRU:  r, z = σ(·) as above,  n = tanh(x_n + r∘(h·W_hnᵀ + b_hn)),  h' = (1 − z)∘n + z∘h
+//! ```
+//!
+//! The input projections of all steps are one GEMM; each step is one GEMM of the state against
+//! `W_hhᵀ` packed once (the right-hand side the GEMM would otherwise repack every step) and
+//! the fused gate arithmetic per sample. `lengths` (per sample, ≤ T) work as PyTorch's packed
+//! sequences: a sample's steps past its length leave its state alone and output zeros, and the
+//! reverse direction starts at each sample's last valid step. The backward runs the steps in
+//! reverse, one packed `W_hh` GEMM per step, and gets dx, dW_ih, db_ih, dW_hh, db_hh as GEMMs
+//! over all steps at the end ([`linear_backward`]).
+
+use crate::autograd::{Backward, Var};
+use crate::cpu::gemm::{gemm, gemm_packed, Epilogue, MatRef, PackedB};
+use crate::cpu::simd::simd_kernel;
+use crate::error::{Result, TfmError};
+use crate::ops::linear::{linear_backward, Needs};
+use crate::ops::rows::{exp_fast, for_each_row, rows_mut, tanh_fast as tanh};
+use crate::tensor::{shape_str, Device, Tensor};
+
+const OP: &str = "rnn";
+
+/// The recurrent cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cell {
+    Lstm,
+    Gru,
+}
+
+impl Cell {
+    /// Parses PyTorch's mode names, "LSTM" and "GRU".
+    pub fn parse(name: &str) -> Result<Cell> {
+        match name.to_ascii_uppercase().as_str() {
+            "LSTM" => Ok(Cell::Lstm),
+            "GRU" => Ok(Cell::Gru),
+            _ => Err(TfmError::value(
+                OP,
+                format!("unknown recurrent cell {name:?}; expected \"LSTM\" or \"GRU\""),
+            )),
+        }
+    }
+
+    /// Gates per hidden unit.
+    pub fn gates(self) -> usize {
+        match self {
+            Cell::Lstm => 4,
+            Cell::Gru => 3,
+        }
+    }
+
+    /// State tensors: h (and c).
+    pub fn states(self) -> usize {
+        match self {
+            Cell::Lstm => 2,
+            Cell::Gru => 1,
+        }
+    }
+
+    /// Values the backward needs per position and hidden unit: the four gates and the previous
+    /// cell (LSTM); r, z, n and the recurrent n-projection `h·W_hnᵀ + b_hn` (GRU).
+    fn saved(self) -> usize {
+        match self {
+            Cell::Lstm => 5,
+            Cell::Gru => 4,
+        }
+    }
+}
+
+/// The sequence layout of one call: which cell, which direction, and per-sample lengths
+/// (`None`: every sample is T long).
+#[derive(Clone, Debug)]
+pub struct RnnConfig {
+    pub cell: Cell,
+    pub reverse: bool,
+    pub lengths: Option<Vec<usize>>,
+}
+
+/// The layer's parameters (biases optional, as PyTorch's `bias=False`).
+pub struct RnnWeights<'a> {
+    pub w_ih: &'a Var,
+    pub w_hh: &'a Var,
+    pub b_ih: Option<&'a Var>,
+    pub b_hh: Option<&'a Var>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    t: usize,
+    b: usize,
+    i: usize,
+    h: usize,
+    /// Gate columns, gates · h.
+    g: usize,
+}
+
+/// The time index sample-step `s` of a sample of length `len` reads, if it is still running.
+#[inline]
+fn position(s: usize, len: usize, reverse: bool) -> Option<usize> {
+    (s < len).then(|| if reverse { len - 1 - s } else { s })
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp_fast(-x))
+}
+
+simd_kernel! {
+    /// One LSTM step of one sample: gate pre-activations `xg + hg` (4h), the state h, c (h)
+    /// updated in place; `saved` (5h) gets i, f, g, o and the previous c.
+    fn lstm_step(xg: &[f32], hg: &[f32], h: &mut [f32], c: &mut [f32], saved: &mut [f32]) {
+        let n = h.len();
+        let (gates, c_prev) = saved.split_at_mut(4 * n);
+        // One loop per gate block: a select between tanh and sigmoid inside one loop kept it
+        // from vectorizing.
+        for (block, out) in gates.chunks_exact_mut(n).enumerate() {
+            let (x, r) = (&xg[block * n..][..n], &hg[block * n..][..n]);
+            if block == 2 {
+                for j in 0..n {
+                    out[j] = tanh(x[j] + r[j]);
+                }
+            } else {
+                for j in 0..n {
+                    out[j] = sigmoid(x[j] + r[j]);
+                }
+            }
+        }
+        let (i, rest) = gates.split_at(n);
+        let (f, rest) = rest.split_at(n);
+        let (g, o) = rest.split_at(n);
+        for j in 0..n {
+            c_prev[j] = c[j];
+            let cn = f[j] * c[j] + i[j] * g[j];
+            c[j] = cn;
+            h[j] = o[j] * tanh(cn);
+        }
+    }
+}
+
+simd_kernel! {
+    /// One GRU step of one sample (see the module doc); `saved` (4h) gets r, z, n and the
+    /// recurrent n-projection.
+    fn gru_step(xg: &[f32], hg: &[f32], h: &mut [f32], saved: &mut [f32]) {
+        let n = h.len();
+        let (rz, rest) = saved.split_at_mut(2 * n);
+        let (nn, hn) = rest.split_at_mut(n);
+        for ((a, &x), &r) in rz.iter_mut().zip(xg).zip(hg) {
+            *a = sigmoid(x + r);
+        }
+        let (r, z) = rz.split_at(n);
+        for j in 0..n {
+            hn[j] = hg[2 * n + j];
+            nn[j] = tanh(xg[2 * n + j] + r[j] * hn[j]);
+            h[j] = (1.0 - z[j]) * nn[j] + z[j] * h[j];
+        }
+    }
+}
+
+simd_kernel! {
+    /// Backward of [`lstm_step`] for one sample: `dh` (the gradient of h', in) is left 0 (h'
+    /// reaches h only through the gates), `dc` goes from the gradient of c' to that of c, and
+    /// `da` (4h) gets the gradient of the gate pre-activations.
+    fn lstm_step_back(saved: &[f32], dh: &mut [f32], dc: &mut [f32], da: &mut [f32]) {
+        let n = dh.len();
+        let (gates, c_prev) = saved.split_at(4 * n);
+        let (i, rest) = gates.split_at(n);
+        let (f, rest) = rest.split_at(n);
+        let (g, o) = rest.split_at(n);
+        let (dai, rest) = da.split_at_mut(n);
+        let (daf, rest) = rest.split_at_mut(n);
+        let (dag, dao) = rest.split_at_mut(n);
+        for j in 0..n {
+            let tc = tanh(f[j] * c_prev[j] + i[j] * g[j]);
+            let dcn = dc[j] + dh[j] * o[j] * (1.0 - tc * tc);
+            dao[j] = dh[j] * tc * o[j] * (1.0 - o[j]);
+            dai[j] = dcn * g[j] * i[j] * (1.0 - i[j]);
+            daf[j] = dcn * c_prev[j] * f[j] * (1.0 - f[j]);
+            dag[j] = dcn * i[j] * (1.0 - g[j] * g[j]);
+            dc[j] = dcn * f[j];
+            dh[j] = 0.0;
+        }
+    }
+}
+
+simd_kernel! {
+    /// Backward of [`gru_step`] for one sample: `dh` goes from the gradient of h' to its
+    /// direct part z∘dh' (the rest comes through W_hh); `dx` (3h) gets the gradient of the
+    /// input pre-activations and `dr` (3h) that of the recurrent projection (which differ in
+    /// the n block by the factor r).
+    fn gru_step_back(saved: &[f32], h_prev: &[f32], dh: &mut [f32], dx: &mut [f32], dr: &mut [f32]) {
+        let n = dh.len();
+        let (r, rest) = saved.split_at(n);
+        let (z, rest) = rest.split_at(n);
+        let (nn, hn) = rest.split_at(n);
+        for j in 0..n {
+            let d = dh[j];
+            let dan = d * (1.0 - z[j]) * (1.0 - nn[j] * nn[j]);
+            let dar = dan * hn[j] * r[j] * (1.0 - r[j]);
+            let daz = d * (h_prev[j] - nn[j]) * z[j] * (1.0 - z[j]);
+            dx[j] = dar;
+            dx[n + j] = daz;
+            dx[2 * n + j] = dan;
+            dr[j] = dar;
+            dr[n + j] = daz;
+            dr[2 * n + j] = dan * r[j];
+            dh[j] = d * z[j];
+        }
+    }
+}
+
+/// Checks shapes and devices; returns the dimensions.
+fn check(
+    cfg: &RnnConfig,
+    x: &Tensor,
+    state: &[Tensor],
+    w: &[Tensor; 2],
+    b: [Option<&Tensor>; 2],
+) -> Result<Dims> {
+    Device::common(
+        OP,
+        std::iter::once(x)
+            .chain(state)
+            .chain(w)
+            .chain(b.into_iter().flatten())
+            .map(Tensor::device),
+    )?;
+    if x.device() != Device::Cpu {
+        return Err(TfmError::device(
+            OP,
+            "the recurrent layers have no GPU kernel; run them on the CPU",
+        ));
+    }
+    crate::ensure_shape!(
+        x.ndim() == 3,
+        OP,
+        "input must be (seq_len, batch, input_size), got {}",
+        shape_str(x.shape())
+    );
+    let (t, bsz, i) = (x.shape()[0], x.shape()[1], x.shape()[2]);
+    let gates = cfg.cell.gates();
+    let (w_ih, w_hh) = (&w[0], &w[1]);
+    crate::ensure_shape!(
+        w_hh.ndim() == 2
+            && w_hh.shape()[0] % gates == 0
+            && w_hh.shape()[0] == gates * w_hh.shape()[1],
+        OP,
+        "weight_hh must be ({gates}·hidden_size, hidden_size), got {}",
+        shape_str(w_hh.shape())
+    );
+    let h = w_hh.shape()[1];
+    crate::ensure_value!(h > 0, OP, "hidden_size must be positive");
+    crate::ensure_value!(i > 0, OP, "input_size must be positive");
+    let g = gates * h;
+    crate::ensure_shape!(
+        w_ih.shape() == [g, i],
+        OP,
+        "input of size {i} does not fit weight_ih {} (expected ({g}, {i}))",
+        shape_str(w_ih.shape())
+    );
+    for bias in b.into_iter().flatten() {
+        crate::ensure_shape!(
+            bias.shape() == [g],
+            OP,
+            "biases must be ({g},), got {}",
+            shape_str(bias.shape())
+        );
+    }
+    crate::ensure_shape!(
+        state.len() == cfg.cell.states(),
+        OP,
+        "{:?} takes {} initial state tensors, got {}",
+        cfg.cell,
+        cfg.cell.states(),
+        state.len()
+    );
+    for s in state {
+        crate::ensure_shape!(
+            s.shape() == [bsz, h],
+            OP,
+            "initial states must be (batch, hidden_size) = ({bsz}, {h}), got {}",
+            shape_str(s.shape())
+        );
+    }
+    if let Some(lens) = &cfg.lengths {
+        crate::ensure_shape!(
+            lens.len() == bsz,
+            OP,
+            "lengths has {} entries for a batch of {bsz}",
+            lens.len()
+        );
+        crate::ensure_value!(
+            lens.iter().all(|&l| l <= t),
+            OP,
+            "lengths must not exceed the sequence length {t}, got {lens:?}"
+        );
+    }
+    Ok(Dims { t, b: bsz, i, h, g })
+}
+
+/// What the forward kernel saves for the backward.
+struct Forward {
+    /// (T, B, saved·H): see [`Cell::saved`].
+    saved: Vec<f32>,
+    /// (T, B, H): the state each position started from.
+    h_prev: Vec<f32>,
+}
+
+fn lengths(cfg: &RnnConfig, d: Dims) -> Vec<usize> {
+    cfg.lengths.clone().unwrap_or_else(|| vec![d.t; d.b])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward_kernel(
+    cfg: &RnnConfig,
+    d: Dims,
+    x: &[f32],
+    state: &[Tensor],
+    w_ih: &[f32],
+    w_hh: &[f32],
+    b_ih: Option<&[f32]>,
+    b_hh: Option<&[f32]>,
+) -> (Vec<f32>, Forward) {
+    let Dims { t, b, i, h, g } = d;
+    let per = cfg.cell.saved() * h;
+    let lens = lengths(cfg, d);
+    let mut xg = crate::cpu::alloc::output(t * b * g);
+    if t * b > 0 {
+        let epi = Epilogue {
+            bias: b_ih,
+            ..Default::default()
+        };
+        gemm(
+            1.0,
+            MatRef::row_major(x, t * b, i),
+            MatRef::row_major(w_ih, g, i).t(),
+            0.0,
+            &mut xg,
+            g,
+            &epi,
+            true,
+        );
+    }
+    let w_hh_t = PackedB::new(MatRef::row_major(w_hh, g, h).t());
+    let rec_epi = Epilogue {
+        bias: b_hh,
+        ..Default::default()
+    };
+    let mut hs = state[0].data().to_vec();
+    let mut cs = match cfg.cell {
+        Cell::Lstm => state[1].data().to_vec(),
+        Cell::Gru => Vec::new(),
+    };
+    let cw = if cfg.cell == Cell::Lstm { h } else { 0 };
+    let mut hg = vec![0.0f32; b * g];
+    let mut step_saved = vec![0.0f32; b * per];
+    let mut y = crate::cpu::alloc::zeros((t + cfg.cell.states()) * b * h);
+    let mut saved = crate::cpu::alloc::zeros(t * b * per);
+    let mut h_prev = crate::cpu::alloc::zeros(t * b * h);
+    for s in 0..t {
+        gemm_packed(
+            1.0,
+            MatRef::row_major(&hs, b, h),
+            &w_hh_t,
+            0.0,
+            &mut hg,
+            g,
+            &rec_epi,
+            true,
+        );
+        let pos: Vec<Option<usize>> = lens
+            .iter()
+            .map(|&len| position(s, len, cfg.reverse))
+            .collect();
+        for (bi, p) in pos.iter().enumerate() {
+            if let Some(tt) = p {
+                h_prev[(tt * b + bi) * h..][..h].copy_from_slice(&hs[bi * h..][..h]);
+            }
+        }
+        let items: Vec<_> = rows_mut(&mut hs, b, h)
+            .into_iter()
+            .zip(rows_mut(&mut cs, b, cw))
+            .zip(rows_mut(&mut step_saved, b, per))
+            .zip(&pos)
+            .enumerate()
+            .filter_map(|(bi, (((hr, cr), sr), p))| p.map(|tt| (bi, tt, hr, cr, sr)))
+            .collect();
+        let (xg, hg) = (&xg, &hg);
+        for_each_row(items, g, |_, (bi, tt, hr, cr, sr)| {
+            let xr = &xg[(tt * b + bi) * g..][..g];
+            let hgr = &hg[bi * g..][..g];
+            match cfg.cell {
+                Cell::Lstm => lstm_step(xr, hgr, hr, cr, sr),
+                Cell::Gru => gru_step(xr, hgr, hr, sr),
+            }
+        });
+        for (bi, p) in pos.iter().enumerate() {
+            if let Some(tt) = p {
+                let at = tt * b + bi;
+                y[at * h..][..h].copy_from_slice(&hs[bi * h..][..h]);
+                saved[at * per..][..per].copy_from_slice(&step_saved[bi * per..][..per]);
+            }
+        }
+    }
+    crate::cpu::alloc::recycle(xg);
+    y[t * b * h..(t + 1) * b * h].copy_from_slice(&hs);
+    if cfg.cell == Cell::Lstm {
+        y[(t + 1) * b * h..].copy_from_slice(&cs);
+    }
+    (y, Forward { saved, h_prev })
+}
+
+/// Forward: the stacked `[y; h_n]` / `[y; h_n; c_n]` (see the module doc) and the backward's
+/// saved values. `state` is `[h0]` (GRU) or `[h0, c0]` (LSTM).
+fn forward(
+    cfg: &RnnConfig,
+    x: &Tensor,
+    state: &[Tensor],
+    w: &[Tensor; 2],
+    b: [Option<&Tensor>; 2],
+) -> Result<(Tensor, Forward, Dims)> {
+    let d = check(cfg, x, state, w, b)?;
+    let (y, f) = forward_kernel(
+        cfg,
+        d,
+        x.data(),
+        state,
+        w[0].data(),
+        w[1].data(),
+        b[0].map(Tensor::data),
+        b[1].map(Tensor::data),
+    );
+    let y = Tensor::new(y, &[d.t + cfg.cell.states(), d.b, d.h])?;
+    Ok((y, f, d))
+}
+
+struct RnnBackward {
+    cfg: RnnConfig,
+    d: Dims,
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    saved: Vec<f32>,
+    h_prev: Vec<f32>,
+    has_bias: [bool; 2],
+}
+
+/// Gradients of the gate pre-activations at every position, from the input side and from the
+/// recurrent side (the same for the LSTM), and of the initial states.
+struct Through {
+    da_x: Vec<f32>,
+    da_h: Option<Vec<f32>>,
+    d_state: Vec<Vec<f32>>,
+}
+
+impl RnnBackward {
+    /// Backward through time: from the gradient of the stacked result to the gate gradients.
+    fn through_time(&self, gy: &[f32]) -> Through {
+        let Dims { t, b, h, g, .. } = self.d;
+        let cell = self.cfg.cell;
+        let per = cell.saved() * h;
+        let lens = lengths(&self.cfg, self.d);
+        let w_hh = PackedB::new(MatRef::row_major(self.w_hh.data(), g, h));
+        let mut dh = gy[t * b * h..(t + 1) * b * h].to_vec();
+        let (mut dc, cw) = match cell {
+            Cell::Lstm => (gy[(t + 1) * b * h..].to_vec(), h),
+            Cell::Gru => (Vec::new(), 0),
+        };
+        let gw = if cell == Cell::Gru { g } else { 0 };
+        let mut dx_step = vec![0.0f32; b * g];
+        let mut dr_step = vec![0.0f32; b * gw];
+        let mut rec = vec![0.0f32; b * h];
+        let mut da_x = crate::cpu::alloc::zeros(t * b * g);
+        let mut da_h = (cell == Cell::Gru).then(|| crate::cpu::alloc::zeros(t * b * g));
+        for s in (0..t).rev() {
+            let pos: Vec<Option<usize>> = lens
+                .iter()
+                .map(|&len| position(s, len, self.cfg.reverse))
+                .collect();
+            dx_step.fill(0.0);
+            dr_step.fill(0.0);
+            for (bi, p) in pos.iter().enumerate() {
+                if let Some(tt) = p {
+                    let gr = &gy[(tt * b + bi) * h..][..h];
+                    for (d, &v) in dh[bi * h..][..h].iter_mut().zip(gr) {
+                        *d += v;
+                    }
+                }
+            }
+            let items: Vec<_> = rows_mut(&mut dh, b, h)
+                .into_iter()
+                .zip(rows_mut(&mut dc, b, cw))
+                .zip(rows_mut(&mut dx_step, b, g))
+                .zip(rows_mut(&mut dr_step, b, gw))
+                .zip(&pos)
+                .enumerate()
+                .filter_map(|(bi, ((((dhr, dcr), dxr), drr), p))| {
+                    p.map(|tt| (tt * b + bi, dhr, dcr, dxr, drr))
+                })
+                .collect();
+            let (saved, h_prev) = (&self.saved, &self.h_prev);
+            for_each_row(items, g, |_, (at, dhr, dcr, dxr, drr)| {
+                let sv = &saved[at * per..][..per];
+                match cell {
+                    Cell::Lstm => lstm_step_back(sv, dhr, dcr, dxr),
+                    Cell::Gru => gru_step_back(sv, &h_prev[at * h..][..h], dhr, dxr, drr),
+                }
+            });
+            let rec_in = if cell == Cell::Gru {
+                &dr_step
+            } else {
+                &dx_step
+            };
+            gemm_packed(
+                1.0,
+                MatRef::row_major(rec_in, b, g),
+                &w_hh,
+                0.0,
+                &mut rec,
+                h,
+                &Epilogue::default(),
+                true,
+            );
+            for (bi, p) in pos.iter().enumerate() {
+                if let Some(tt) = p {
+                    let at = tt * b + bi;
+                    for (d, &v) in dh[bi * h..][..h].iter_mut().zip(&rec[bi * h..][..h]) {
+                        *d += v;
+                    }
+                    da_x[at * g..][..g].copy_from_slice(&dx_step[bi * g..][..g]);
+                    if let Some(da_h) = &mut da_h {
+                        da_h[at * g..][..g].copy_from_slice(&dr_step[bi * g..][..g]);
+                    }
+                }
+            }
+        }
+        let mut d_state = vec![dh];
+        if cell == Cell::Lstm {
+            d_state.push(dc);
+        }
+        Through {
+            da_x,
+            da_h,
+            d_state,
+        }
+    }
+}
+
+impl Backward for RnnBackward {
+    fn name(&self) -> &'static str {
+        match self.cfg.cell {
+            Cell::Lstm => "lstm",
+            Cell::Gru => "gru",
+        }
+    }
+
+    /// Inputs: x, the states, W_ih, W_hh, then the biases present.
+    fn backward(&self, gy: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let Dims { t, b, h, g, .. } = self.d;
+        let ns = self.cfg.cell.states();
+        let through = self.through_time(gy.data());
+        let needs = |k: usize| inputs[k].requires_grad();
+        let bias_at =
+            |k: usize| self.has_bias[k] && needs(ns + 3 + usize::from(self.has_bias[0] && k == 1));
+        let da_x = Tensor::new(through.da_x, &[t * b, g])?;
+        let (dx, dw_ih, db_ih) = linear_backward(
+            &da_x,
+            &self.x,
+            &self.w_ih,
+            Needs {
+                x: needs(0),
+                w: needs(ns + 1),
+                b: bias_at(0),
+            },
+        )?;
+        let da_h = match through.da_h {
+            Some(v) => Tensor::new(v, &[t * b, g])?,
+            None => da_x,
+        };
+        let h_prev = Tensor::new(self.h_prev.clone(), &[t * b, h])?;
+        let (_, dw_hh, db_hh) = linear_backward(
+            &da_h,
+            &h_prev,
+            &self.w_hh,
+            Needs {
+                x: false,
+                w: needs(ns + 2),
+                b: bias_at(1),
+            },
+        )?;
+        let mut grads = vec![dx];
+        for d in through.d_state {
+            grads.push(Some(Tensor::new(d, &[b, h])?));
+        }
+        grads.extend([dw_ih, dw_hh]);
+        for (has, db) in self.has_bias.into_iter().zip([db_ih, db_hh]) {
+            if has {
+                grads.push(db);
+            }
+        }
+        Ok(grads)
+    }
+}
+
+/// The layer on `Var`s: x (T, B, I), `state` = `[h0]` (GRU) or `[h0, c0]` (LSTM), each
+/// (B, H) → the stacked (T + states, B, H) described in the module doc.
+pub fn rnn(cfg: &RnnConfig, x: &Var, state: &[Var], w: &RnnWeights) -> Result<Var> {
+    let xv = x.value();
+    let sv: Vec<Tensor> = state.iter().map(Var::value).collect();
+    let wv = [w.w_ih.value(), w.w_hh.value()];
+    let bv = [w.b_ih.map(Var::value), w.b_hh.map(Var::value)];
+    let (y, f, d) = forward(cfg, &xv, &sv, &wv, [bv[0].as_ref(), bv[1].as_ref()])?;
+    let mut inputs = vec![x.clone()];
+    inputs.extend(state.iter().cloned());
+    inputs.extend([w.w_ih.clone(), w.w_hh.clone()]);
+    inputs.extend(w.b_ih.cloned());
+    inputs.extend(w.b_hh.cloned());
+    let [w_ih, w_hh] = wv;
+    Ok(Var::from_op(
+        y,
+        inputs,
+        RnnBackward {
+            cfg: cfg.clone(),
+            d,
+            x: xv,
+            w_ih,
+            w_hh,
+            saved: f.saved,
+            h_prev: f.h_prev,
+            has_bias: [w.b_ih.is_some(), w.b_hh.is_some()],
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests;
