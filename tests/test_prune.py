@@ -311,7 +311,8 @@ def test_model_prune_heads_counts_config_checkpoint_and_decoding(tmp_path):
     for num_beams in (1, 3):
         ours = loaded.generate(src, max_new_tokens=6, num_beams=num_beams).sequences
         ref = twin.generate(src, max_new_tokens=6, num_beams=num_beams).sequences
-        np.testing.assert_array_equal(np.asarray(ours), np.asarray(ref))
+        # Rows that stop at EOS may be shorter than the others: compare them as lists.
+        assert [list(map(int, row)) for row in ours] == [list(map(int, row)) for row in ref], num_beams
 
 
 def zeroed_twin_and_pruned(model, plan):
@@ -366,8 +367,9 @@ def test_decoder_weights_reject_head_counts_that_do_not_match_the_weights():
     from tfm_rs._core import DecoderWeights
     from tfm_rs.decode.weights import _layer, _linear, _norm
     s = model.decoder_spec()
-    base = dict(head_dim=4, norm_first=bool(s.norm_first), eps=1e-5, embed=s.embed, embed_scale=float(s.embed_scale),
-                positions=s.positions, final_norm=_norm(s.final_norm), head=_linear(s.head), activation=s.activation)
+    base = dict(head_dim=4, norm_first=bool(s.norm_first), eps=1e-5, centred=True, embed=s.embed,
+                embed_scale=float(s.embed_scale), positions=s.positions, final_norm=_norm(s.final_norm),
+                head=_linear(s.head), activation=s.activation)
     layers = [_layer(layer, "model") for layer in s.layers]
     assert DecoderWeights(dict(base, layers=layers)).vocab_size == 23
     for change, message in [({"self_heads": 4}, "layer 1 self-attention (4 heads of width 4) in_proj"),

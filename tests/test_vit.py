@@ -51,5 +51,7 @@ def test_digits_example_learns():
     require("sklearn", "the ViT example (it ships the digits data set)")
     from tfm_rs.examples.vit_digits import train
 
-    _, acc = train(epochs=12, verbose=False, lr=3e-3, dropout=0.0)
+    # 12 epochs reached 0.54-0.62 on AMD Zen 3 (AVX2 path) against > 0.6 on the AVX-512 one; 20
+    # epochs reach 0.76-0.80 there (seeds 0, 1).
+    _, acc = train(epochs=20, verbose=False, lr=3e-3, dropout=0.0)
     assert acc > 0.6  # chance is 0.1; the full 100-epoch run reaches the figure in docs/pretrained.md
