@@ -335,7 +335,8 @@ fn check(qk: &[usize], v: &[usize], opts: &LshConfig) -> Result<(Vec<usize>, Siz
 ///
 /// Results depend on the seed only: not on the thread count (heads run in parallel, each the
 /// same way). Errors: shape (shapes, T not a multiple of bucket_size), value (zero sizes, an
-/// odd number of buckets), device (GPU tensors: there is no GPU kernel).
+/// odd number of buckets), non-finite (a NaN or ±∞ in qk), device (GPU tensors: there is no
+/// GPU kernel).
 pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
     let (xv, vv) = (qk.value(), v.value());
     let (batch, s) = check(xv.shape(), vv.shape(), cfg)?;
@@ -343,6 +344,14 @@ pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
         return Err(TfmError::device(
             OP,
             "lsh_attention has no GPU kernel; move qk and v to the CPU with .to(\"cpu\")",
+        ));
+    }
+    // A NaN or infinite query/key has no bucket and no log-sum-exp to rank rounds by: it would
+    // be silently read as "sees nothing" and output its own value.
+    if let Some(i) = xv.data().iter().position(|x| !x.is_finite()) {
+        return Err(TfmError::non_finite(
+            OP,
+            format!("qk holds a non-finite value at flat index {i}; LSH cannot hash it"),
         ));
     }
     let (t, e, ev) = (s.t, s.e, s.ev);
