@@ -311,7 +311,7 @@ fn check(qk: &[usize], v: &[usize], opts: &LshConfig) -> Result<(Vec<usize>, Siz
     );
     let n_buckets = t / c;
     crate::ensure_value!(
-        n_buckets <= 1 || n_buckets % 2 == 0,
+        n_buckets <= 1 || n_buckets.is_multiple_of(2),
         OP,
         "T / bucket_size = {t} / {c} = {n_buckets} buckets; the rotation hash makes buckets in ± pairs, so their number must be even (or 1)"
     );
