@@ -9,7 +9,14 @@ Run:  python3 benches/bench_long_attention.py [--threads 2] [--quick] [--t 1024 
 Each (method, T) runs in its own process, so that its peak resident memory (``ru_maxrss``) is its
 own: one warm-up, then ``--repeat`` timed runs (fewer at long T), median reported. Dense runs only
 up to ``--dense-max`` (16k: its time grows as T²), PyTorch up to ``--torch-max`` (4k: the dense
-mask and its scores grow as T²). ``--quick`` stops at 16k; ``--smoke`` runs T = 300 once.
+mask and its scores grow as T²). ``--quick`` stops at 16k; ``--smoke`` runs T = 384 once.
+
+A second table compares the attention kinds that are not masks on the same shapes, forward +
+backward: causal linear attention (``F.linear_attention(causal=True)``, elu+1 feature map) and
+Reformer LSH attention (``F.lsh_attention``, 4 hashes, bucket 64, shared QK) against tfm_rs's
+dense causal fused attention, and a causal linear attention written with PyTorch's ``cumsum``
+(what a user would write; it stores a T × E × Ev prefix tensor, so it runs up to ``--torch-max``).
+``dense/lin`` > 1 is where linear attention pays off (the crossover).
 """
 from __future__ import annotations
 
@@ -22,10 +29,12 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Optional
 
 import numpy as np
 
 WINDOW, GLOBALS, HEADS, HEAD_DIM = 256, 16, 8, 64
+LSH_HASHES, LSH_BUCKET = 4, 64
 
 
 def cpu_model() -> str:
@@ -42,7 +51,19 @@ def cpu_model() -> str:
 def worker(method: str, t: int, repeat: int, threads: int) -> dict:
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((1, HEADS, t, HEAD_DIM)).astype(np.float32) for _ in range(3)]
-    if method == "torch":
+    if method == "torch_linear":
+        import torch
+
+        torch.set_num_threads(threads)
+        q, k, v = (torch.from_numpy(a).requires_grad_(True) for a in arrays)
+
+        def step() -> None:
+            fq, fk = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+            s = torch.cumsum(fk.unsqueeze(-1) * v.unsqueeze(-2), dim=-3)  # (1, H, T, E, Ev)
+            z = torch.cumsum(fk, dim=-2)
+            out = torch.einsum("bhte,bhtef->bhtf", fq, s) / (fq * z).sum(-1, keepdim=True)
+            out.sum().backward()
+    elif method == "torch":
         import torch
         import torch.nn.functional as TF
 
@@ -64,7 +85,13 @@ def worker(method: str, t: int, repeat: int, threads: int) -> dict:
         q, k, v = (tfm_rs.tensor(a, requires_grad=True) for a in arrays)
 
         def step() -> None:
-            F.scaled_dot_product_attention(q, k, v, attn_mask=mask).sum().backward()
+            if method == "linear":
+                out = F.linear_attention(q, k, v, causal=True)
+            elif method == "lsh":
+                out = F.lsh_attention(q, v, n_hashes=LSH_HASHES, bucket_size=LSH_BUCKET)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=method == "causal")
+            out.sum().backward()
 
     step()
     times = []
@@ -96,11 +123,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed runs at T <= 4k (2 above, 1 at 64k)")
     ap.add_argument("--dense-max", type=int, default=16384)
     ap.add_argument("--torch-max", type=int, default=4096)
-    ap.add_argument("--smoke", action="store_true", help="T 300, one run each: checks that the script runs")
+    ap.add_argument("--smoke", action="store_true", help="T 384, one run each: checks that the script runs")
     args = ap.parse_args()
     ts = [t for t in args.t if not (args.quick and t > 16384)]
     if args.smoke:
-        ts, args.repeat = [300], 1
+        ts, args.repeat = [384], 1
     # Not imported here: a worker inherits this process's peak RSS through fork (Linux keeps the
     # high-water mark across exec), and torch alone is ~500 MB.
     has_torch = importlib.util.find_spec("torch") is not None  # a benchmark baseline only
@@ -123,6 +150,32 @@ def main() -> None:
             else:
                 cells += [f"{other['s']:8.3f}", f"{other['rss_mb']:7.0f}", f"{other['s'] / win['s']:9.1f}"]
         cells.append(f"{win['s'] / t * 1024:9.4f}")
+        print(" ".join(cells), flush=True)
+    kinds(ts, args)
+
+
+def _cell(r: Optional[dict], width: int) -> list:
+    return [f"{'-':>{width}}", f"{'-':>7}"] if r is None else [f"{r['s']:{width}.3f}", f"{r['rss_mb']:7.0f}"]
+
+
+def _ratio(dense: Optional[dict], r: Optional[dict]) -> str:
+    return f"{'-':>9}" if r is None or dense is None else f"{dense['s'] / r['s']:9.1f}"
+
+
+def kinds(ts: list, args: argparse.Namespace) -> None:
+    """The second table: causal linear and LSH attention against dense causal attention."""
+    has_torch = importlib.util.find_spec("torch") is not None
+    print(f"\nattention kinds, same shapes; LSH {LSH_HASHES} hashes, bucket {LSH_BUCKET}")
+    print(f"{'T':>6} {'causal s':>9} {'RSS MB':>7} {'linear s':>9} {'RSS MB':>7} {'dense/lin':>9} "
+          f"{'lsh s':>8} {'RSS MB':>7} {'dense/lsh':>9} {'torch-lin s':>11} {'RSS MB':>7}")
+    for t in ts:
+        repeat = 1 if args.smoke else (args.repeat if t <= 4096 else (2 if t <= 16384 else 1))
+        dense = run("causal", t, repeat, args.threads) if t <= args.dense_max else None
+        lin = run("linear", t, repeat, args.threads)
+        lsh = run("lsh", t, repeat, args.threads) if t % (2 * LSH_BUCKET) == 0 else None
+        ref = run("torch_linear", t, repeat, args.threads) if has_torch and t <= args.torch_max else None
+        cells = [f"{t:>6}", *_cell(dense, 9), *_cell(lin, 9), _ratio(dense, lin), *_cell(lsh, 8), _ratio(dense, lsh),
+                 *_cell(ref, 11)]
         print(" ".join(cells), flush=True)
 
 

@@ -229,6 +229,17 @@ def scaled_dot_product_attention_structured(query: ArrayLike, key: ArrayLike, va
                                             dropout_p: float = 0.0, scale: Optional[float] = None) -> Tensor:
     """Fused attention under a structured mask (``tfm_rs.masks.Mask._spec(L, S)``): the
     block-skipping kernel (empty 64×64 tiles skipped, partial ones masked from indices)."""
+def linear_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, causal: bool = False,
+                     feature_map: str = "elu") -> Tensor: ...
+def lsh_attention(qk: ArrayLike, v: ArrayLike, n_hashes: int = 4, bucket_size: int = 64, causal: bool = False,
+                  seed: int = 0) -> Tensor: ...
+
+class LinearAttentionState:
+    """The recurrent state of causal linear attention: feed one token at a time with ``step``."""
+    def __init__(self, feature_map: str = "elu") -> None: ...
+    def step(self, query: ArrayLike, key: ArrayLike, value: ArrayLike) -> Tensor: ...
+    def state(self) -> Optional[Tuple[np.ndarray, np.ndarray]]: ...
+
 def mask_explain(mask: tuple, samples: int, l: int, s: int) -> Tuple[int, int, int, int]:
     """``(allowed pairs, full, partial, empty 64×64 tiles)`` of a mask spec over ``samples`` samples."""
 

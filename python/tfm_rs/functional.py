@@ -38,7 +38,9 @@ __all__ = [
     "hash_embedding",
     "layer_norm",
     "linear",
+    "linear_attention",
     "log_softmax",
+    "lsh_attention",
     "masked_batch_norm",
     "matmul",
     "relu",
@@ -160,6 +162,28 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                                                              scale)
     return _core.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                               amp.current())
+
+
+def linear_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, causal: bool = False,
+                     feature_map: str = "elu") -> Tensor:
+    """Linear attention (Katharopoulos et al. 2020, tfm_rs extension): ``φ(Q)(φ(K)ᵀV)``
+    normalised by ``φ(Q)(φ(K)ᵀ1)`` with ``φ(x) = elu(x) + 1``, for q ``(..., L, E)``,
+    k ``(..., S, E)``, v ``(..., S, Ev)`` → ``(..., L, Ev)``. ``causal`` (L = S) lets query ``t``
+    see keys ``s ≤ t``, computed by prefix sums. Time O(T·E·Ev), state O(E·Ev) per head; no
+    scale and no mask. CPU only (a GPU tensor is a ``DeviceError``)."""
+    return _core.linear_attention(q, k, v, causal, feature_map)
+
+
+def lsh_attention(qk: ArrayLike, v: ArrayLike, n_hashes: int = 4, bucket_size: int = 64, causal: bool = False,
+                  seed: int = 0) -> Tensor:
+    """Reformer LSH self-attention (Kitaev et al. 2020, tfm_rs extension) with shared queries
+    and keys: qk ``(..., T, E)``, v ``(..., T, Ev)`` → ``(..., T, Ev)``. Keys are qk's rows
+    normalised; ``n_hashes`` rounds of random rotations (drawn from ``seed``) sort the tokens
+    into ``T / bucket_size`` buckets (1 or even; T a multiple of ``bucket_size``), and each chunk
+    of ``bucket_size`` sorted tokens attends to itself and the previous chunk. A token attends to
+    itself only when nothing else is visible. ``causal``: keys at positions ``≤`` the query's.
+    CPU only."""
+    return _core.lsh_attention(qk, v, n_hashes, bucket_size, causal, seed)
 
 
 def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask: Optional[ArrayLike] = None,

@@ -41,6 +41,8 @@ mod gpu_tests;
 pub mod hash_embedding;
 pub mod layer_norm;
 pub mod linear;
+pub mod linear_attention;
+pub mod lsh_attention;
 pub mod matmul;
 pub mod quantized_linear;
 pub mod reduce;

@@ -185,6 +185,36 @@ pub(crate) fn exp_fast(x: f32) -> f32 {
     }
 }
 
+/// `Σ a_i b_i` in [`LANES`] independent accumulators (a single accumulator would make each
+/// step wait for the previous one); the same order on every instruction set.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut ca = a.chunks_exact(LANES);
+    let mut cb = b.chunks_exact(LANES);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for l in 0..LANES {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut s = 0.0;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    for l in lanes {
+        s += l;
+    }
+    s
+}
+
+/// `y += α·x`.
+#[inline(always)]
+pub(crate) fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
 /// `tanh x` through one [`exp_fast`] (so it vectorizes, unlike libm's): exactly ±1 at the ends,
 /// NaN stays NaN; absolute error about 1e-7 (relative error grows near 0, where the result is
 /// small).

@@ -8,6 +8,7 @@ mod errors;
 mod functional;
 mod gpu;
 mod hash_embedding;
+mod long_attention;
 mod optim;
 mod quantization;
 mod runtime;
@@ -26,6 +27,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     optim::register(m)?;
     decode::register(m)?;
     gpu::register(m)?;
+    long_attention::register(m)?;
     quantization::register(m)?;
     sequence::register(m)?;
     batch_norm::register(m)?;

@@ -235,7 +235,7 @@ impl MaskLayout {
 }
 
 /// The leading (batch) dimensions and (Tq, Tk, E, Ev), after checking that the shapes fit.
-fn check_shapes(
+pub(crate) fn check_shapes(
     op: &'static str,
     q: &[usize],
     k: &[usize],
