@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tfm_rs import claims
@@ -47,3 +48,19 @@ def test_command_lists_and_runs(tmp_path, capsys):
     assert "no claim named" in capsys.readouterr().err
     assert main(["claims", "run"]) == 2
     assert main(["claims", "run", "which-masks", "--all"]) == 2
+
+
+def test_receptive_field_grows_by_the_kernel_per_conv_layer():
+    figures = claims.run("attention-vs-conv-receptive-field", quick=True).figures
+    assert figures["attention_coverage"] == 1.0
+    assert figures["widest_field"]["plain"] == figures["expected_plain_field"]
+    length = figures["length"]
+    assert figures["layers_for_full_coverage"]["plain"] == length  # position 0 needs L − 1 steps of 1
+    assert 1 < figures["layers_for_full_coverage"]["dilated"] <= int(np.log2(length)) + 1
+
+
+def test_rnn_gradients_fall_with_distance_and_attention_does_not():
+    figures = claims.run("rnn-gradient-vs-distance", quick=True).figures
+    for name in ("LSTM", "GRU"):
+        assert all(d < -0.05 for d in figures["decades_per_step"][name])
+    assert all(abs(d) < 0.05 for d in figures["decades_per_step"]["attention"])
