@@ -64,3 +64,17 @@ def test_rnn_gradients_fall_with_distance_and_attention_does_not():
     for name in ("LSTM", "GRU"):
         assert all(d < -0.05 for d in figures["decades_per_step"][name])
     assert all(abs(d) < 0.05 for d in figures["decades_per_step"]["attention"])
+
+
+def test_bert_fills_the_middle_better_than_the_left_allows_and_gpt_does_not():
+    figures = claims.run("bert-vs-gpt", quick=True).figures
+    assert figures["gpt_past_only"] and figures["bert_both_ways"]
+    left, both = figures["optimum"]["left only"][0], figures["optimum"]["both sides"][0]
+    assert left + 0.05 < figures["accuracy"]["BERT"][0] <= both + 0.03
+    assert figures["accuracy"]["GPT"][0] <= left + 0.03
+
+
+def test_a_words_vectors_spread_with_depth_but_stay_its_own():
+    sims = claims.run("contextual-embeddings", quick=True).figures["similarity"]["trained"]
+    assert sims["same word"][0] > 1 - 1e-5 and sims["same word"][-1] < 0.95
+    assert min(np.subtract(sims["same word"][1:], sims["different words"][1:])) > 0.3
