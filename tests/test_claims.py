@@ -78,3 +78,9 @@ def test_a_words_vectors_spread_with_depth_but_stay_its_own():
     sims = claims.run("contextual-embeddings", quick=True).figures["similarity"]["trained"]
     assert sims["same word"][0] > 1 - 1e-5 and sims["same word"][-1] < 0.95
     assert min(np.subtract(sims["same word"][1:], sims["different words"][1:])) > 0.3
+
+
+def test_label_smoothing_costs_perplexity_on_fresh_data():
+    figures = claims.run("label-smoothing", quick=True).figures
+    assert figures["perplexity_hurt"]["fresh data"]
+    assert set(figures["runs"]) == {"fresh data", "fixed 128 pairs"} and len(figures["seeds"]) == 3
