@@ -51,7 +51,7 @@ def test_command_lists_and_runs(tmp_path, capsys):
 
 
 def test_receptive_field_grows_by_the_kernel_per_conv_layer():
-    figures = claims.run("attention-vs-conv-receptive-field", quick=True).figures
+    figures = claims.run("receptive-field", quick=True).figures
     assert figures["attention_coverage"] == 1.0
     assert figures["widest_field"]["plain"] == figures["expected_plain_field"]
     length = figures["length"]
@@ -84,3 +84,10 @@ def test_label_smoothing_costs_perplexity_on_fresh_data():
     figures = claims.run("label-smoothing", quick=True).figures
     assert figures["perplexity_hurt"]["fresh data"]
     assert set(figures["runs"]) == {"fresh data", "fixed 128 pairs"} and len(figures["seeds"]) == 3
+
+
+def test_only_batch_norm_that_counts_padding_changes_with_padding():
+    sens = claims.run("layernorm-vs-batchnorm", quick=True).figures["sensitivity"]
+    assert sens["LayerNorm"] == {"batchmates": 0.0, "padding": 0.0}
+    assert sens["padding-aware BatchNorm"]["padding"] < 1e-4 < sens["padding-aware BatchNorm"]["batchmates"]
+    assert sens["BatchNorm (padding counted)"]["padding"] > 1e-2

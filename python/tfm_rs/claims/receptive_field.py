@@ -118,7 +118,7 @@ def experiment(quick: bool) -> Outcome:
 
 
 CLAIM = Claim(
-    name="attention-vs-conv-receptive-field",
+    name="receptive-field",
     number=11,
     statement="One attention layer sees the whole sequence; a CNN needs many layers to reach the same "
               "receptive field.",
