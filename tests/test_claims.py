@@ -91,3 +91,9 @@ def test_only_batch_norm_that_counts_padding_changes_with_padding():
     assert sens["LayerNorm"] == {"batchmates": 0.0, "padding": 0.0}
     assert sens["padding-aware BatchNorm"]["padding"] < 1e-4 < sens["padding-aware BatchNorm"]["batchmates"]
     assert sens["BatchNorm (padding counted)"]["padding"] > 1e-2
+
+
+def test_cls_vectors_of_neighbouring_layers_are_close_and_the_diagonal_moves():
+    figures = claims.run("cls-across-layers", quick=True).figures
+    assert min(figures["cls_adjacent"][1:]) > 0.9 > figures["cls_cosine"][0][-1]
+    assert max(figures["attention_diagonal"]) > 1.5 * min(figures["attention_diagonal"])

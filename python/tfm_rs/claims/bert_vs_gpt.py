@@ -12,7 +12,7 @@ accuracy the chain itself allows from the left only and from both sides.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
@@ -66,8 +66,10 @@ def who_depends(model: Any, ids: np.ndarray) -> np.ndarray:
     return moved
 
 
-def train(kind: str, p: np.ndarray, steps: int, seed: int, layers: int = LAYERS) -> Tuple[Any, List[float]]:
-    """A fresh ``kind`` ("BERT" or "GPT") trained ``steps`` steps with Adam on batches of 64."""
+def train(kind: str, p: np.ndarray, steps: int, seed: int, layers: int = LAYERS,
+          prefix: Callable[[np.ndarray], np.ndarray] = lambda ids: ids) -> Tuple[Any, List[float]]:
+    """A fresh ``kind`` ("BERT" or "GPT") trained ``steps`` steps with Adam on batches of 64 of
+    ``prefix(sentences)``."""
     tfm_rs.manual_seed(seed)
     kw = dict(d_model=WIDTH, nhead=2, num_layers=layers, dim_feedforward=2 * WIDTH, dropout=0.0, max_len=LENGTH)
     model = BertEncoder(VOCAB, **kw) if kind == "BERT" else GPT(VOCAB, **kw)
@@ -75,7 +77,7 @@ def train(kind: str, p: np.ndarray, steps: int, seed: int, layers: int = LAYERS)
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(steps):
-        ids = sample(p, 64, rng)
+        ids = prefix(sample(p, 64, rng))
         if kind == "BERT":
             inputs, labels = model.mask_tokens(ids, rng, mlm_probability=0.15)
             loss = model.loss(inputs, labels)
