@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from tfm_rs import claims
@@ -47,3 +48,52 @@ def test_command_lists_and_runs(tmp_path, capsys):
     assert "no claim named" in capsys.readouterr().err
     assert main(["claims", "run"]) == 2
     assert main(["claims", "run", "which-masks", "--all"]) == 2
+
+
+def test_receptive_field_grows_by_the_kernel_per_conv_layer():
+    figures = claims.run("receptive-field", quick=True).figures
+    assert figures["attention_coverage"] == 1.0
+    assert figures["widest_field"]["plain"] == figures["expected_plain_field"]
+    length = figures["length"]
+    assert figures["layers_for_full_coverage"]["plain"] == length  # position 0 needs L − 1 steps of 1
+    assert 1 < figures["layers_for_full_coverage"]["dilated"] <= int(np.log2(length)) + 1
+
+
+def test_rnn_gradients_fall_with_distance_and_attention_does_not():
+    figures = claims.run("rnn-gradient-vs-distance", quick=True).figures
+    for name in ("LSTM", "GRU"):
+        assert all(d < -0.05 for d in figures["decades_per_step"][name])
+    assert all(abs(d) < 0.05 for d in figures["decades_per_step"]["attention"])
+
+
+def test_bert_fills_the_middle_better_than_the_left_allows_and_gpt_does_not():
+    figures = claims.run("bert-vs-gpt", quick=True).figures
+    assert figures["gpt_past_only"] and figures["bert_both_ways"]
+    left, both = figures["optimum"]["left only"][0], figures["optimum"]["both sides"][0]
+    assert left + 0.05 < figures["accuracy"]["BERT"][0] <= both + 0.03
+    assert figures["accuracy"]["GPT"][0] <= left + 0.03
+
+
+def test_a_words_vectors_spread_with_depth_but_stay_its_own():
+    sims = claims.run("contextual-embeddings", quick=True).figures["similarity"]["trained"]
+    assert sims["same word"][0] > 1 - 1e-5 and sims["same word"][-1] < 0.95
+    assert min(np.subtract(sims["same word"][1:], sims["different words"][1:])) > 0.3
+
+
+def test_label_smoothing_costs_perplexity_on_fresh_data():
+    figures = claims.run("label-smoothing", quick=True).figures
+    assert figures["perplexity_hurt"]["fresh data"]
+    assert set(figures["runs"]) == {"fresh data", "fixed 128 pairs"} and len(figures["seeds"]) == 3
+
+
+def test_only_batch_norm_that_counts_padding_changes_with_padding():
+    sens = claims.run("layernorm-vs-batchnorm", quick=True).figures["sensitivity"]
+    assert sens["LayerNorm"] == {"batchmates": 0.0, "padding": 0.0}
+    assert sens["padding-aware BatchNorm"]["padding"] < 1e-4 < sens["padding-aware BatchNorm"]["batchmates"]
+    assert sens["BatchNorm (padding counted)"]["padding"] > 1e-2
+
+
+def test_cls_vectors_of_neighbouring_layers_are_close_and_the_diagonal_moves():
+    figures = claims.run("cls-across-layers", quick=True).figures
+    assert min(figures["cls_adjacent"][1:]) > 0.9 > figures["cls_cosine"][0][-1]
+    assert max(figures["attention_diagonal"]) > 1.5 * min(figures["attention_diagonal"])
