@@ -236,12 +236,15 @@ def plot(result, outdir):
         else:
             rows_t = rows
         ax2 = ax.twinx()
+        top = 1.0
         for b, style in ((1, "o:"), (4, "s:")):
             base = rows_t[0][f"seconds_beam{b}"]
-            ax2.plot(x, [r[f"seconds_beam{b}"] / base for r in rows_t], style, color="grey", alpha=0.7,
+            ratios = [r[f"seconds_beam{b}"] / base for r in rows_t]
+            top = max(top, *ratios)
+            ax2.plot(x, ratios, style, color="grey", alpha=0.7,
                      label=f"decoding time, {'greedy' if b == 1 else 'beam 4'} (right)")
         ax2.set_ylabel("decoding time / unpruned")
-        ax2.set_ylim(0, 1.3)
+        ax2.set_ylim(0, 1.15 * top)
         lines = ax.get_legend_handles_labels()
         lines2 = ax2.get_legend_handles_labels()
         ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower left")
