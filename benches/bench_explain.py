@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import statistics
 import time
 
@@ -23,6 +22,7 @@ import numpy as np
 import tfm_rs
 import tfm_rs.functional as F
 from tfm_rs import _core
+from tfm_rs.bench import cpu_model
 from tfm_rs.models import Seq2SeqTransformer
 from tfm_rs.models.presets import preset_config
 
@@ -43,12 +43,6 @@ def parts(model, batch, length):
         "feed-forward": (ffn_flops, lambda: layer.linear2(F.relu(layer.linear1(x)))),
         "output projection": (gen["flops_proj"], lambda: model.generator(x)),
     }
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:  # Linux; elsewhere the platform's word for it
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                    platform.processor() or platform.machine())
 
 
 def median_ms(fn, repeat):

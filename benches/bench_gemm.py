@@ -145,6 +145,8 @@ def main():
         worker(args.worker, args.sizes, args.repeats)
         return
 
+    from tfm_rs.bench import cpu_model
+
     cores = os.cpu_count() or 1
     print(f"CPU: {cpu_model()}")
     thread_counts = args.threads or sorted({1, cores})
@@ -160,19 +162,6 @@ def main():
         if args.smoke and not all("tfm_rs" in row["gflops"] for row in report["results"]):
             sys.exit("tfm_rs was not measured (not importable?)")
         print_table(report)
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def print_table(report):

@@ -21,7 +21,6 @@ figures are in bench_decode.py). Medians of ``--repeat`` runs after a warm-up, i
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import tfm_rs  # noqa: E402
 from tfm_rs import _core  # noqa: E402
+from tfm_rs.bench import cpu_model  # noqa: E402
 from tfm_rs.models import Seq2SeqTransformer  # noqa: E402
 from tfm_rs.quantization import QuantizedWeight, quantize_dynamic  # noqa: E402
 
@@ -43,16 +43,6 @@ try:
     from train_multi30k_torch import build_torch_model
 except ImportError:  # torch is a benchmark baseline only
     torch = None
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def medians(fns: dict, repeat: int) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -33,19 +32,10 @@ from typing import Optional
 
 import numpy as np
 
+from tfm_rs.bench import cpu_model
+
 WINDOW, GLOBALS, HEADS, HEAD_DIM = 256, 16, 8, 64
 LSH_HASHES, LSH_BUCKET = 4, 64
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def worker(method: str, t: int, repeat: int, threads: int) -> dict:

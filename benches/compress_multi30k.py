@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -28,7 +27,7 @@ from types import SimpleNamespace
 import tfm_rs
 from tfm_rs import _core, config, metrics, nn, runs
 from tfm_rs.data import collate, load_multi30k
-from tfm_rs.data.corpus import find_multi30k
+from tfm_rs.bench import cpu_model, multi30k_or_skip
 from tfm_rs.models import head_importance
 from tfm_rs.nn.utils import prune
 
@@ -278,13 +277,8 @@ def main() -> None:
     if args.plot_only:
         plot(json.loads((Path(args.out) / "compress.json").read_text()), Path(args.plots or args.out))
         return
-    try:
-        find_multi30k()
-    except FileNotFoundError as e:
-        if args.smoke:
-            print(f"skipped: {e}")
-            return
-        raise SystemExit(str(e)) from None
+    if not multi30k_or_skip(args.smoke):
+        return
     tfm_rs.set_num_threads(args.threads)
     out = Path(tempfile.mkdtemp(prefix="compress-smoke-") if args.smoke else args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +310,7 @@ def main() -> None:
     test = SimpleNamespace(src=corpus.src[:args.test_limit], tgt=corpus.tgt[:args.test_limit])
     saved = out / "compress.json"
     result = json.loads(saved.read_text()) if saved.exists() else {}
-    result.update({"cpu": platform.processor() or platform.machine(), "isa": _core.cpu_features(),
+    result.update({"cpu": cpu_model(), "isa": _core.cpu_features(),
                    "threads": args.threads, "teacher": str(args.teacher), "test_sentences": len(test.src)})
     parts = {"heads": lambda: part_heads(run, test, args, log),
              "sparsity": lambda: part_sparsity(run, test, args, log),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tfm_rs
 from tfm_rs import config, runs
-from tfm_rs.data.corpus import find_multi30k
+from tfm_rs.bench import multi30k_or_skip
 from tfm_rs.models import RNNSeq2Seq
 
 
@@ -32,13 +32,8 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=None)
     ap.add_argument("--smoke", action="store_true", help="2 steps of a 32-wide model, 1,000-token BPE, 10 test lines")
     args = ap.parse_args()
-    try:
-        find_multi30k()
-    except FileNotFoundError as e:
-        if args.smoke:
-            print(f"skipped: {e}")
-            return
-        raise SystemExit(str(e)) from None
+    if not multi30k_or_skip(args.smoke):
+        return
     overrides = {}
     if args.smoke:
         args.max_steps, args.test_limit, args.embed_dim, args.hidden_size = 2, 10, 32, 32

@@ -24,7 +24,7 @@ import time
 import tfm_rs
 from tfm_rs.data import Tokenizer, collate, load_multi30k, multi30k_files, train_tokenizer
 from tfm_rs.data.batching import TokenBatchSampler
-from tfm_rs.data.corpus import find_multi30k
+from tfm_rs.bench import multi30k_or_skip
 from tfm_rs.models import preset_config, Seq2SeqTransformer
 from tfm_rs.nn.positional import sinusoidal_table
 from tfm_rs.train import Seq2SeqTrainer, TrainConfig
@@ -133,13 +133,8 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true",
                    help="2 timed steps, 300-token batches of 2,000 sentences, a 1,000-token BPE: checks that it runs")
     args = p.parse_args()
-    try:
-        find_multi30k()
-    except FileNotFoundError as e:
-        if args.smoke:
-            print(f"skipped: {e}")
-            return
-        raise SystemExit(str(e)) from None
+    if not multi30k_or_skip(args.smoke):
+        return
     smoke_lines = 2000 if args.smoke else None
     if args.smoke:
         args.steps, args.warmup_steps_skip, args.max_tokens, args.minutes = 2, 1, 300, 0.0

@@ -73,9 +73,22 @@ def test_bench_runs_and_checks_its_cases():
     for r in results:
         assert r.seconds > 0 and "numpy" in r.baselines and r.ratio("numpy") > 0
     lines = bench.format_results(results)
-    assert lines[0].startswith(f"tfm_rs {tfm_rs.__version__}, SIMD") and "numpy" in lines[1]
+    assert lines[0].startswith(f"tfm_rs {tfm_rs.__version__} on {bench.cpu_model()}, SIMD") and "numpy" in lines[1]
     with pytest.raises(ValueError, match="unknown benchmark"):
         bench.run(["fft"])
+
+
+def test_bench_multi30k_or_skip(monkeypatch, tmp_path, capsys):
+    from tfm_rs import bench
+
+    assert bench.cpu_model().strip()
+    monkeypatch.setenv("TFM_RS_MULTI30K", str(tmp_path / "absent"))
+    assert bench.multi30k_or_skip(smoke=True) is False
+    assert capsys.readouterr().out.startswith("skipped: Multi30k not found")
+    with pytest.raises(SystemExit, match="Multi30k not found"):
+        bench.multi30k_or_skip(smoke=False)
+    monkeypatch.setenv("TFM_RS_MULTI30K", str(tmp_path))
+    assert bench.multi30k_or_skip(smoke=True) is True
 
 
 def test_bench_command(capsys):

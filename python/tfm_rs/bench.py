@@ -18,6 +18,7 @@ measurements are the scripts in the repository's ``benches/`` (see its README).
 from __future__ import annotations
 
 import math
+import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import numpy as np
 import tfm_rs
 import tfm_rs.functional as F
 
-__all__ = ["BenchResult", "CASES", "run", "format_results"]
+__all__ = ["BenchResult", "CASES", "run", "format_results", "cpu_model", "multi30k_or_skip"]
 
 CASES = ("gemm", "attention", "train_step")
 
@@ -47,6 +48,35 @@ class BenchResult:
     def ratio(self, name: str) -> float:
         """``baseline / tfm_rs`` time (> 1: tfm_rs is faster)."""
         return self.baselines[name] / self.seconds
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux ``/proc/cpuinfo``; elsewhere what ``platform`` knows): benchmark
+    figures are meaningless without it."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def multi30k_or_skip(smoke: bool) -> bool:
+    """For the Multi30k benchmark scripts: True when the corpus is found. Without it, a ``--smoke``
+    run (CI runs every script so) prints why it skips and returns False; a real run exits with
+    the reason."""
+    from tfm_rs.data.corpus import find_multi30k
+
+    try:
+        find_multi30k()
+    except FileNotFoundError as e:
+        if smoke:
+            print(f"skipped: {e}")
+            return False
+        raise SystemExit(str(e)) from None
+    return True
 
 
 def _median_interleaved(fns: Dict[str, Callable[[], object]], repeat: int) -> Dict[str, float]:
@@ -189,8 +219,8 @@ def run(cases: Sequence[str] = CASES, repeat: int = 5, gemm_size: int = 512, seq
 def format_results(results: Sequence[BenchResult], threads: Optional[int] = None) -> List[str]:
     """A small table: case, tfm_rs time and throughput, each baseline's time and ratio."""
     threads = threads or tfm_rs.get_num_threads()
-    lines = [f"tfm_rs {tfm_rs.__version__}, SIMD {tfm_rs.cpu_features()['isa']}, {threads} threads; median times, "
-             "ratio = baseline / tfm_rs (> 1: tfm_rs faster)"]
+    lines = [f"tfm_rs {tfm_rs.__version__} on {cpu_model()}, SIMD {tfm_rs.cpu_features()['isa']}, {threads} threads; "
+             "median times, ratio = baseline / tfm_rs (> 1: tfm_rs faster)"]
     for r in results:
         rate = f"{r.work / r.seconds:,.1f} {r.unit}" if r.work else ""
         base = "  ".join(f"{name} {sec * 1e3:8.2f} ms ({r.ratio(name):.2f}x)" for name, sec in r.baselines.items())
