@@ -1,6 +1,7 @@
-//! AVX2: `vpmaddwd` on 16-bit operands (activations widened on the fly, weights stored
-//! widened) adds two products into each i32 lane; at most 2·255·128 per lane, so nothing
-//! saturates. A tile is up to 4 rows × 16 columns.
+//! AVX2: `vpmaddwd` on 16-bit operands (activations widened once per product by `qgemm`,
+//! weights stored widened) adds two products into each i32 lane; at most 2·255·128 per lane, so
+//! nothing saturates. A tile is up to 6 rows × 16 columns: twelve accumulators, two weight
+//! vectors and one broadcast pair fill fifteen of the sixteen registers.
 
 use super::Tile;
 use std::arch::x86_64::*;
@@ -8,14 +9,17 @@ use std::arch::x86_64::*;
 const NR: usize = 16;
 
 /// # Safety
-/// The CPU has AVX2; `t` lies inside its buffers (`t.rows` ≤ 4).
+/// The CPU has AVX2; `t` lies inside its buffers (`t.rows` ≤ 6), its activations are the
+/// widened `i16` ones with `t.lda` counted in `i16`.
 pub(super) unsafe fn tile(t: &Tile) {
     match t.rows {
         1 => rows::<1>(t),
         2 => rows::<2>(t),
         3 => rows::<3>(t),
         4 => rows::<4>(t),
-        r => unreachable!("an AVX2 tile has at most 4 rows, got {r}"),
+        5 => rows::<5>(t),
+        6 => rows::<6>(t),
+        r => unreachable!("an AVX2 tile has at most 6 rows, got {r}"),
     }
 }
 
@@ -32,12 +36,14 @@ unsafe fn rows<const R: usize>(t: &Tile) {
     let mut acc = [[_mm256_setzero_si256(); 2]; R];
     let pairs = t.kp / 2;
     let b = t.b as *const i16;
+    let a16 = t.a as *const i16;
     for g in 0..pairs {
         let b0 = _mm256_loadu_si256(b.add(g * 2 * NR) as *const _);
         let b1 = _mm256_loadu_si256(b.add(g * 2 * NR + 16) as *const _);
         for (r, acc) in acc.iter_mut().enumerate() {
-            let p = t.a.add(r * t.lda + 2 * g);
-            let a = _mm256_set1_epi32(*p as i32 | (*p.add(1) as i32) << 16);
+            // One pair of activations, both halves of each lane: a single broadcast load.
+            let pair = (a16.add(r * t.lda + 2 * g) as *const i32).read_unaligned();
+            let a = _mm256_set1_epi32(pair);
             acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(a, b0));
             acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(a, b1));
         }

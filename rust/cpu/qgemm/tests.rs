@@ -118,7 +118,8 @@ fn case(
     )
 }
 
-const SIZES: [usize; 5] = [1, 3, 17, 33, 127];
+// Row counts cover every AVX2 tile height (1..=6) and a second block of rows (96 + 4).
+const SIZES: [usize; 7] = [1, 2, 3, 17, 33, 100, 127];
 const DEPTHS: [usize; 10] = [1, 2, 3, 4, 5, 17, 63, 127, 258, 512];
 
 #[test]
@@ -263,6 +264,16 @@ fn bad_input_is_an_error() {
     let b = PackedQB::new(&w, 0..2);
     assert!(quantized_matmul(&[1.0; 4], 1, &b, None, false).is_err());
     assert!(quantized_matmul(&[1.0; 3], 1, &b, Some(&[1.0; 3]), false).is_err());
+}
+
+#[test]
+fn an_empty_depth_gives_the_bias() {
+    let w = QuantizedMatrix::quantize(&[], 3, 0).unwrap();
+    for isa in supported() {
+        let b = PackedQB::with_isa(isa, &w, 0..3);
+        let y = quantized_matmul(&[], 2, &b, Some(&[1.0, 2.0, 3.0]), false).unwrap();
+        assert_eq!(y, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0], "{}", isa.name());
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
