@@ -36,9 +36,10 @@
 //! ```
 
 use crate::autograd::{Backward, Var};
+use crate::cpu::gemm::{gemm, Epilogue, MatRef};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
-use crate::ops::rows::{axpy, dot, for_each_row, rows_mut};
+use crate::ops::rows::{axpy, dot, exp_fast, for_each_row, rows_mut};
 use crate::tensor::{shape_str, Device, Tensor};
 
 const OP: &str = "lsh_attention";
@@ -157,31 +158,83 @@ fn sort_orders(k: &[f32], rot: &[f32], s: &Sizes) -> Vec<u32> {
     orders
 }
 
-/// Calls `f(i, keys)` for every query position i of round `order` with the positions of the
-/// keys it sees (never empty-checked: `keys` may be empty, when nothing but itself is visible).
-fn for_each_query(order: &[u32], s: &Sizes, mut f: impl FnMut(usize, &[usize])) {
-    let c = s.opts.bucket_size;
-    let mut keys = Vec::with_capacity(2 * c);
-    for chunk in 0..s.n_chunks() {
-        for &i in &order[chunk * c..(chunk + 1) * c] {
-            let i = i as usize;
-            keys.clear();
-            for w in s.window(chunk) {
-                keys.extend(
-                    order[w * c..(w + 1) * c]
-                        .iter()
-                        .map(|&j| j as usize)
-                        .filter(|&j| j != i && (!s.opts.causal || j <= i)),
-                );
+/// One chunk of one round, gathered so that its products are GEMMs: the query positions
+/// (`c`), the key positions they see (own chunk, then the previous one: `nk` ≤ 2c), the
+/// queries `q` (c, E), keys `k` (nk, E) and values `v` (nk, Ev) copied out of the head, and the
+/// scaled scores `s` (c, nk) with −∞ where a key is hidden (the query itself, or a later
+/// position when causal).
+#[derive(Default)]
+struct Chunk {
+    qpos: Vec<usize>,
+    kpos: Vec<usize>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    s: Vec<f32>,
+}
+
+impl Chunk {
+    /// Gathers chunk `chunk` of round order `order` from x (T, E), the normalised keys (T, E) and
+    /// v (T, Ev), and computes its scores.
+    fn load(&mut self, chunk: usize, order: &[u32], x: &[f32], keys: &[f32], v: &[f32], s: &Sizes) {
+        let (c, e, ev) = (s.opts.bucket_size, s.e, s.ev);
+        let rows = |w: usize| order[w * c..(w + 1) * c].iter().map(|&j| j as usize);
+        self.qpos.clear();
+        self.qpos.extend(rows(chunk));
+        self.kpos.clear();
+        for w in s.window(chunk) {
+            self.kpos.extend(rows(w));
+        }
+        gather(&mut self.q, x, &self.qpos, e);
+        gather(&mut self.k, keys, &self.kpos, e);
+        gather(&mut self.v, v, &self.kpos, ev);
+        let nk = self.kpos.len();
+        self.s.resize(c * nk, 0.0);
+        gemm(
+            s.scale,
+            MatRef::row_major(&self.q, c, e),
+            MatRef::row_major(&self.k, nk, e).t(),
+            0.0,
+            &mut self.s,
+            nk,
+            &Epilogue::default(),
+            false,
+        );
+        for (row, &i) in self.s.chunks_mut(nk.max(1)).zip(&self.qpos) {
+            for (sc, &j) in row.iter_mut().zip(&self.kpos) {
+                if j == i || (s.opts.causal && j > i) {
+                    *sc = f32::NEG_INFINITY;
+                }
             }
-            f(i, &keys);
         }
     }
 }
 
+/// `dst` ← the rows `pos` of `src` (rows of `width`), one after another.
+fn gather(dst: &mut Vec<f32>, src: &[f32], pos: &[usize], width: usize) {
+    dst.clear();
+    for &j in pos {
+        dst.extend_from_slice(&src[j * width..(j + 1) * width]);
+    }
+}
+
+/// Row `a` of `rows` (row-major, `width` wide) added into row `pos[a]` of `dst`, for every a.
+fn scatter_add(dst: &mut [f32], rows: &[f32], pos: &[usize], width: usize) {
+    for (row, &j) in rows.chunks(width.max(1)).zip(pos) {
+        axpy(&mut dst[j * width..(j + 1) * width], 1.0, row);
+    }
+}
+
+/// `c (m, n) ← a (m, k) · b (k, n)`, row-major, one thread (the heads are the parallel loop).
+fn matmul(c: &mut Vec<f32>, a: MatRef, b: MatRef) {
+    c.resize(a.rows * b.cols, 0.0);
+    gemm(1.0, a, b, 0.0, c, b.cols, &Epilogue::default(), false);
+}
+
 simd_kernel! {
     /// One head's forward: `out` (T, Ev) and `lse` (T; −∞ where the token saw only itself)
-    /// from x (T, E), v (T, Ev) and the round orders (n_hashes, T).
+    /// from x (T, E), v (T, Ev) and the round orders (n_hashes, T). Each chunk is two GEMMs
+    /// (scores, then probabilities times values) around a row softmax.
     fn head_forward(
         out: &mut [f32],
         lse: &mut [f32],
@@ -191,31 +244,33 @@ simd_kernel! {
         s: &Sizes,
     ) {
         let (t, e, ev, nh) = (s.t, s.e, s.ev, s.opts.n_hashes);
-        let (k, _) = normalised(x, e, t);
+        let (keys, _) = normalised(x, e, t);
         // Per round: log-sum-exp (−∞ if no key) and normalised output.
         let mut lse_r = vec![f32::NEG_INFINITY; nh * t];
         let mut out_r = vec![0.0f32; nh * t * ev];
-        let mut scores = Vec::new();
+        let (mut ch, mut o) = (Chunk::default(), Vec::new());
         for r in 0..nh {
-            for_each_query(&orders[r * t..(r + 1) * t], s, |i, keys| {
-                if keys.is_empty() {
-                    return;
+            for chunk in 0..s.n_chunks() {
+                ch.load(chunk, &orders[r * t..(r + 1) * t], x, &keys, v, s);
+                let nk = ch.kpos.len();
+                for (row, &i) in ch.s.chunks_mut(nk.max(1)).zip(&ch.qpos) {
+                    let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                    if m == f32::NEG_INFINITY {
+                        row.fill(0.0);
+                        continue;
+                    }
+                    row.iter_mut().for_each(|p| *p = exp_fast(*p - m));
+                    let sum: f32 = row.iter().sum();
+                    let inv = 1.0 / sum;
+                    row.iter_mut().for_each(|p| *p *= inv);
+                    lse_r[r * t + i] = m + sum.ln();
                 }
-                let xi = &x[i * e..(i + 1) * e];
-                scores.clear();
-                scores.extend(keys.iter().map(|&j| s.scale * dot(xi, &k[j * e..(j + 1) * e])));
-                let m = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                let o = &mut out_r[(r * t + i) * ev..(r * t + i + 1) * ev];
-                let mut sum = 0.0f32;
-                for (&j, sc) in keys.iter().zip(&scores) {
-                    let p = (sc - m).exp();
-                    sum += p;
-                    axpy(o, p, &v[j * ev..(j + 1) * ev]);
+                let c = ch.qpos.len();
+                matmul(&mut o, MatRef::row_major(&ch.s, c, nk), MatRef::row_major(&ch.v, nk, ev));
+                for (row, &i) in o.chunks(ev.max(1)).zip(&ch.qpos) {
+                    out_r[(r * t + i) * ev..(r * t + i + 1) * ev].copy_from_slice(row);
                 }
-                let inv = 1.0 / sum;
-                o.iter_mut().for_each(|x| *x *= inv);
-                lse_r[r * t + i] = m + sum.ln();
-            });
+            }
         }
         for i in 0..t {
             let m = (0..nh).fold(f32::NEG_INFINITY, |m, r| m.max(lse_r[r * t + i]));
@@ -241,7 +296,8 @@ simd_kernel! {
     /// One head's backward: `dx` (T, E), `dv` (T, Ev) from the output gradient `g` (T, Ev),
     /// x, v, the saved output, log-sum-exp and orders. The combined output is one softmax over
     /// all (round, key) pairs with log-sum-exp `lse`, so each pair's gradient is the usual
-    /// `p (g_i·v_j − g_i·out_i)`, whichever round it came from.
+    /// `p (g_i·v_j − g_i·out_i)`, whichever round it came from. Per chunk: the scores again,
+    /// then four GEMMs (dV, dP, dQ, dK) whose rows are added back at their positions.
     #[allow(clippy::too_many_arguments)]
     fn head_backward(
         dx: &mut [f32],
@@ -255,25 +311,43 @@ simd_kernel! {
         s: &Sizes,
     ) {
         let (t, e, ev) = (s.t, s.e, s.ev);
-        let (k, norms) = normalised(x, e, t);
+        let (keys, norms) = normalised(x, e, t);
         dx.fill(0.0);
         dv.fill(0.0);
         let mut dk = vec![0.0f32; t * e];
         let delta: Vec<f32> = (0..t)
             .map(|i| dot(&g[i * ev..(i + 1) * ev], &out[i * ev..(i + 1) * ev]))
             .collect();
+        let (mut ch, mut gq, mut dp, mut tmp) = (Chunk::default(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..s.opts.n_hashes {
-            for_each_query(&orders[r * t..(r + 1) * t], s, |i, keys| {
-                let (xi, gi) = (&x[i * e..(i + 1) * e], &g[i * ev..(i + 1) * ev]);
-                for &j in keys {
-                    let kj = &k[j * e..(j + 1) * e];
-                    let p = (s.scale * dot(xi, kj) - lse[i]).exp();
-                    axpy(&mut dv[j * ev..(j + 1) * ev], p, gi);
-                    let ds = s.scale * p * (dot(gi, &v[j * ev..(j + 1) * ev]) - delta[i]);
-                    axpy(&mut dx[i * e..(i + 1) * e], ds, kj);
-                    axpy(&mut dk[j * e..(j + 1) * e], ds, xi);
+            for chunk in 0..s.n_chunks() {
+                ch.load(chunk, &orders[r * t..(r + 1) * t], x, &keys, v, s);
+                let (c, nk) = (ch.qpos.len(), ch.kpos.len());
+                gather(&mut gq, g, &ch.qpos, ev);
+                // P = exp(S − lse_i); a token that saw nothing (lse −∞) has no pairs.
+                for (row, &i) in ch.s.chunks_mut(nk.max(1)).zip(&ch.qpos) {
+                    if lse[i] == f32::NEG_INFINITY {
+                        row.fill(0.0);
+                    } else {
+                        row.iter_mut().for_each(|p| *p = exp_fast(*p - lse[i]));
+                    }
                 }
-            });
+                let p = MatRef::row_major(&ch.s, c, nk);
+                matmul(&mut tmp, p.t(), MatRef::row_major(&gq, c, ev));
+                scatter_add(dv, &tmp, &ch.kpos, ev);
+                matmul(&mut dp, MatRef::row_major(&gq, c, ev), MatRef::row_major(&ch.v, nk, ev).t());
+                // dS = scale · P ∘ (dP − δ_i), in place of dP.
+                for ((drow, prow), &i) in dp.chunks_mut(nk.max(1)).zip(ch.s.chunks(nk.max(1))).zip(&ch.qpos) {
+                    for (d, &p) in drow.iter_mut().zip(prow) {
+                        *d = s.scale * p * (*d - delta[i]);
+                    }
+                }
+                let ds = MatRef::row_major(&dp, c, nk);
+                matmul(&mut tmp, ds, MatRef::row_major(&ch.k, nk, e));
+                scatter_add(dx, &tmp, &ch.qpos, e);
+                matmul(&mut tmp, ds.t(), MatRef::row_major(&ch.q, c, e));
+                scatter_add(&mut dk, &tmp, &ch.kpos, e);
+            }
         }
         for i in 0..t {
             if lse[i] == f32::NEG_INFINITY {
@@ -281,7 +355,7 @@ simd_kernel! {
                 axpy(&mut dv[i * ev..(i + 1) * ev], 1.0, &g[i * ev..(i + 1) * ev]);
             }
             // Through k = x / n, n = √(|x|² + ε): dx += dk / n − k (k·dk) / n.
-            let (ki, dki) = (&k[i * e..(i + 1) * e], &dk[i * e..(i + 1) * e]);
+            let (ki, dki) = (&keys[i * e..(i + 1) * e], &dk[i * e..(i + 1) * e]);
             let (inv, kd) = (1.0 / norms[i], dot(ki, dki));
             let dxi = &mut dx[i * e..(i + 1) * e];
             axpy(dxi, inv, dki);

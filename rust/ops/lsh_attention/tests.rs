@@ -89,6 +89,29 @@ fn dense(
     out
 }
 
+/// Calls `f(i, keys)` for every query position i of round `order` with the positions of the
+/// keys it sees, as the module doc defines them (its own chunk and the previous one, not
+/// itself, not later positions when causal), one query at a time.
+fn visible(order: &[u32], s: &Sizes, mut f: impl FnMut(usize, &[usize])) {
+    let c = s.opts.bucket_size;
+    let mut keys = Vec::with_capacity(2 * c);
+    for chunk in 0..s.n_chunks() {
+        for &i in &order[chunk * c..(chunk + 1) * c] {
+            let i = i as usize;
+            keys.clear();
+            for w in s.window(chunk) {
+                keys.extend(
+                    order[w * c..(w + 1) * c]
+                        .iter()
+                        .map(|&j| j as usize)
+                        .filter(|&j| j != i && (!s.opts.causal || j <= i)),
+                );
+            }
+            f(i, &keys);
+        }
+    }
+}
+
 /// The rounds of one call recomputed in f64, given each head's sort orders: every (round,
 /// visible key) pair in one softmax.
 fn rounds(x: &[f64], v: &[f64], s: &Sizes, orders: &[u32]) -> Vec<f64> {
@@ -103,7 +126,7 @@ fn rounds(x: &[f64], v: &[f64], s: &Sizes, orders: &[u32]) -> Vec<f64> {
         let mut pairs = vec![vec![]; t];
         for r in 0..nh {
             let order = &orders[(h * nh + r) * t..(h * nh + r + 1) * t];
-            for_each_query(order, s, |i, keys| pairs[i].extend_from_slice(keys));
+            visible(order, s, |i, keys| pairs[i].extend_from_slice(keys));
         }
         for (i, p) in pairs.iter().enumerate() {
             out.extend(attend(xh, &k, vh, (e, ev), i, p));
