@@ -81,3 +81,76 @@ unsafe fn tile(
         }
     }
 }
+
+/// [`super::pack::transpose`] with AVX: whole 8 × 8 blocks (8 columns, 8 depths) through a
+/// register transpose, the ragged edges (fewer than 8 columns or depths left) one element at a
+/// time. Packing `Bᵀ` of a linear layer goes through here on every call, so on a CPU without
+/// AVX-512 the element-by-element scatter made products with few rows (decoding) run at a
+/// fraction of the memory bandwidth.
+///
+/// # Safety
+/// The CPU must have AVX; `src` must hold `(wt-1)*cs + kc` floats and `dst` `kc*width`, with
+/// `wt <= width`.
+#[target_feature(enable = "avx")]
+pub(super) unsafe fn transpose_panel(
+    src: &[f32],
+    cs: usize,
+    kc: usize,
+    wt: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
+    let (kb, jb) = (kc / 8 * 8, wt / 8 * 8);
+    for pb in (0..kb).step_by(8) {
+        for j0 in (0..jb).step_by(8) {
+            // SAFETY: columns j0..j0+8 ≤ wt, depths pb..pb+8 ≤ kc lie inside `src`.
+            let rows: [__m256; 8] = std::array::from_fn(|j| unsafe {
+                _mm256_loadu_ps(src.as_ptr().add((j0 + j) * cs + pb))
+            });
+            for (q, col) in transpose8(rows).iter().enumerate() {
+                // SAFETY: row pb+q < kc of `dst`, columns j0..j0+8 ≤ wt ≤ width.
+                unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add((pb + q) * width + j0), *col) };
+            }
+        }
+    }
+    for p in 0..kc {
+        let from = if p < kb { jb } else { 0 };
+        for j in from..wt {
+            dst[p * width + j] = src[j * cs + p];
+        }
+    }
+}
+
+/// The transpose of an 8×8 block held as 8 rows: `out[j]` lane `i` is `rows[i]` lane `j`. Pairs
+/// of rows interleave by 32 bits, pairs of those by 64 bits (each 128-bit lane then holds four
+/// rows of one column), and the 128-bit halves of rows 0..4 and 4..8 join.
+#[target_feature(enable = "avx")]
+#[inline]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t: [__m256; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // s[4h + d]: depths d and d + 4 of rows 4h..4h+4 (t[4h], t[4h+2] hold depths 0,1 | 4,5;
+    // t[4h+1], t[4h+3] depths 2,3 | 6,7).
+    let s: [__m256; 8] = std::array::from_fn(|i| {
+        let (h, d) = (i / 4, i % 4);
+        let (a, b) = (t[4 * h + d / 2], t[4 * h + d / 2 + 2]);
+        if d % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    std::array::from_fn(|d| {
+        if d < 4 {
+            _mm256_permute2f128_ps::<0x20>(s[d], s[4 + d])
+        } else {
+            _mm256_permute2f128_ps::<0x31>(s[d - 4], s[d])
+        }
+    })
+}

@@ -81,7 +81,8 @@ pub(super) fn pack(
 /// `dst[p*width + j] = src[j*cs + p]` for `p < kc`, `j < wt`: `wt` contiguous columns of depth
 /// `kc`, `cs` apart, written as `kc` rows of `width ≥ wt` (lanes `wt..width` are left as they
 /// are). With `avx512` (the caller checked the CPU has it), 16 columns × 16 depths at a time
-/// through a register transpose; otherwise all columns advance `TRANSPOSE_STEP` depths together.
+/// through a register transpose; else, with AVX, 8 × 8 at a time; otherwise all columns advance
+/// `TRANSPOSE_STEP` depths together.
 ///
 /// Panics if `src` holds fewer than `(wt-1)*cs + kc` floats or `dst` fewer than `kc*width`.
 pub(crate) fn transpose(
@@ -106,6 +107,13 @@ pub(crate) fn transpose(
     if avx512 {
         // SAFETY: the caller checked AVX-512; the assert above bounds the reads and writes.
         unsafe { super::kernel_avx512::transpose_panel(src, cs, kc, wt, width, dst) };
+        return;
+    }
+    // A copy gives the same values on any path, so the AVX one serves every kernel but AVX-512's.
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the CPU has AVX; the assert above bounds the reads and writes.
+        unsafe { super::kernel_avx2::transpose_panel(src, cs, kc, wt, width, dst) };
         return;
     }
     let _ = avx512;
