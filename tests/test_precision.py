@@ -129,6 +129,24 @@ def test_attention_on_rounded_inputs(L, S, E, is_causal):
         assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL, what=f"d{name}")
 
 
+@pytest.mark.parametrize("T", [1, 17, 130])
+def test_structured_mask_attention_on_rounded_inputs(T):
+    # The block-skipping kernel under autocast rounds q, k and v as the dense one does.
+    from tfm_rs import masks
+
+    mask = (masks.sliding_window(5) | masks.global_tokens([0])) & masks.causal()
+    q, k, v = randn((2, 3, T, 8), 14), randn((2, 3, T, 8), 15), randn((2, 3, T, 9), 16)
+    do = randn((2, 3, T, 9), 17)
+    tq, tk, tv = leaf(q), leaf(k), leaf(v)
+    with tfm_rs.autocast("bf16"):
+        out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask)
+    out.backward(tfm_rs.tensor(do))
+    qr, kr, vr, dense = bf16(q), bf16(k), bf16(v), mask.to_dense(T, T)
+    assert_close(out, sdpa_ref(qr, kr, vr, mask=dense), what="out")
+    for got, want, name in zip((tq.grad, tk.grad, tv.grad), sdpa_grad_ref(qr, kr, vr, do, mask=dense), "qkv"):
+        assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL, what=f"d{name}")
+
+
 def test_bf16_is_not_float32():
     # Values bf16 cannot hold: the bf16 result must follow the rounded inputs, off the float32
     # product by far more than the summation bound.

@@ -226,9 +226,11 @@ def rnn_layer(mode: str, input: ArrayLike, hx: ArrayLike, weight_ih: ArrayLike, 
 def additive_attention_scores(query: ArrayLike, key: ArrayLike, v: ArrayLike) -> Tensor:
     """``Σ_h v_h·tanh(query[b, i, h] + key[b, j, h])``: (B, Tq, H), (B, Tk, H), (H,) → (B, Tq, Tk)."""
 def scaled_dot_product_attention_structured(query: ArrayLike, key: ArrayLike, value: ArrayLike, mask: tuple,
-                                            dropout_p: float = 0.0, scale: Optional[float] = None) -> Tensor:
+                                            dropout_p: float = 0.0, scale: Optional[float] = None,
+                                            precision: Optional[str] = None) -> Tensor:
     """Fused attention under a structured mask (``tfm_rs.masks.Mask._spec(L, S)``): the
-    block-skipping kernel (empty 64×64 tiles skipped, partial ones masked from indices)."""
+    block-skipping kernel (empty 64×64 tiles skipped, partial ones masked from indices);
+    ``precision="bf16"`` rounds q, k and v to bf16 first, as the dense form does."""
 def linear_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike, causal: bool = False,
                      feature_map: str = "elu") -> Tensor: ...
 def lsh_attention(qk: ArrayLike, v: ArrayLike, n_hashes: int = 4, bucket_size: int = 64, causal: bool = False,

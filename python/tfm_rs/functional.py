@@ -159,7 +159,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                 "use attn_mask=mask & masks.causal()")
         L, S = _lengths(query, key)
         return _core.scaled_dot_product_attention_structured(query, key, value, attn_mask._spec(L, S), dropout_p,
-                                                             scale)
+                                                             scale, amp.current())
     return _core.scaled_dot_product_attention(query, key, value, attn_mask, dropout_p, is_causal, scale,
                                               amp.current())
 

@@ -480,7 +480,8 @@ fn mask_spec_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<atten
 
 /// `scaled_dot_product_attention` under a structured mask (`tfm_rs.masks`).
 #[pyfunction]
-#[pyo3(signature = (query, key, value, mask, dropout_p = 0.0, scale = None))]
+#[pyo3(signature = (query, key, value, mask, dropout_p = 0.0, scale = None, precision = None))]
+#[allow(clippy::too_many_arguments)]
 fn scaled_dot_product_attention_structured(
     py: Python<'_>,
     query: &Bound<'_, PyAny>,
@@ -489,12 +490,16 @@ fn scaled_dot_product_attention_structured(
     mask: &Bound<'_, PyAny>,
     dropout_p: f32,
     scale: Option<f32>,
+    precision: Option<&str>,
 ) -> PyResult<PyTensor> {
     const OP: &str = "scaled_dot_product_attention";
+    let precision = precision_arg(precision)?;
     let (q, k, v, _) = attention_inputs(OP, [query, key, value], None)?;
     let spec = mask_spec_from_py(mask, OP)?;
     wrap(py, || {
-        attention::scaled_dot_product_attention_structured(&q, &k, &v, &spec, dropout_p, scale)
+        attention::scaled_dot_product_attention_structured_with(
+            &q, &k, &v, &spec, dropout_p, scale, precision,
+        )
     })
 }
 

@@ -494,13 +494,29 @@ pub fn scaled_dot_product_attention_with(
     scale: Option<f32>,
     precision: crate::desc::Precision,
 ) -> Result<Var> {
-    use crate::ops::autocast::cast;
-    let (q, k, v) = (
-        cast(OP, q, precision)?,
-        cast(OP, k, precision)?,
-        cast(OP, v, precision)?,
-    );
+    let [q, k, v] = cast_inputs([q, k, v], precision)?;
     scaled_dot_product_attention(&q, &k, &v, attn_mask, dropout_p, is_causal, scale)
+}
+
+/// [`scaled_dot_product_attention_structured`] at `precision`, as
+/// [`scaled_dot_product_attention_with`].
+pub fn scaled_dot_product_attention_structured_with(
+    q: &Var,
+    k: &Var,
+    v: &Var,
+    mask: &MaskSpec,
+    dropout_p: f32,
+    scale: Option<f32>,
+    precision: crate::desc::Precision,
+) -> Result<Var> {
+    let [q, k, v] = cast_inputs([q, k, v], precision)?;
+    scaled_dot_product_attention_structured(&q, &k, &v, mask, dropout_p, scale)
+}
+
+/// q, k and v rounded to `precision`, the gradients passing through the rounding.
+fn cast_inputs(qkv: [&Var; 3], precision: crate::desc::Precision) -> Result<[Var; 3]> {
+    let [q, k, v] = qkv.map(|x| crate::ops::autocast::cast(OP, x, precision));
+    Ok([q?, k?, v?])
 }
 
 /// What the forward saved besides its inputs and output, on their device.
