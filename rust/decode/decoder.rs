@@ -18,10 +18,11 @@
 use super::weights::{DecoderWeights, Linear, Norm, Weight};
 use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
+use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::layer_norm::layer_norm_forward;
-use crate::ops::rows::PAR_MIN;
+use crate::ops::rows::{exp_fast, PAR_MIN};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -170,6 +171,8 @@ fn gemm_activation(kind: ActivationKind) -> Activation {
 
 /// One query row `q (a)` attending, head by head, to `len` keys and values stored as rows of
 /// `a = nhead·dh` (head `h` in columns `h·dh..(h+1)·dh`) → `out (a)`. `scores` is scratch space.
+/// Inlined into [`attend_simd`], which compiles it for the CPU's vector instructions.
+#[inline(always)]
 fn attend(
     q: &[f32],
     keys: &[f32],
@@ -194,7 +197,7 @@ fn attend(
         }
         let mut total = 0.0f32;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
+            *s = exp_fast(*s - max);
             total += *s;
         }
         let oh = &mut out[cols.clone()];
@@ -204,6 +207,22 @@ fn attend(
                 *o += p * v;
             }
         }
+    }
+}
+
+simd_kernel! {
+    /// [`attend`] on the CPU's vector instructions: the crate is built for baseline x86-64, so
+    /// a plain function's dot products and sums would run on SSE2.
+    fn attend_simd(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        len: usize,
+        nhead: usize,
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
+        attend(q, keys, values, len, nhead, out, scores)
     }
 }
 
@@ -220,7 +239,7 @@ fn attend_all<'a>(
     let work: usize = (0..n).map(|i| kv(i).2).sum::<usize>() * d;
     let body = |(i, o): (usize, &mut [f32]), scores: &mut Vec<f32>| {
         let (k, v, len) = kv(i);
-        attend(&q[i * d..][..d], k, v, len, nhead, o, scores);
+        attend_simd(&q[i * d..][..d], k, v, len, nhead, o, scores);
     };
     if work >= PAR_MIN && n > 1 {
         out.par_chunks_mut(d)
