@@ -65,6 +65,31 @@ def test_attention_maps_of_a_gpt():
     assert maps["self/L2"].shape == (2, 5, 5) and np.all(np.triu(maps["self/L2"], 1) == 0)
 
 
+def test_plot_compare_draws_several_runs(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="plot --compare draws with matplotlib")
+    import json
+
+    from tfm_rs.cli import main
+
+    dirs = []
+    for name, scale in (("layer", 1.0), ("rms", 0.9)):
+        d = tmp_path / name
+        d.mkdir()
+        lines = [{"type": "train", "step": i, "loss": scale * 9 / i, "train_time": 6.0 * i} for i in range(1, 121)]
+        lines += [{"type": "valid", "step": 60, "loss": 2.5, "train_time": 360.0}]
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+        dirs.append(str(d))
+    out = tmp_path / "compare.png"
+    assert main(["plot", "--compare", str(out), *dirs]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["plot", *dirs]) == 2
+    assert "several RUN_DIRs need --compare" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text(json.dumps({"type": "valid", "loss": 1.0}))
+    assert main(["plot", "--compare", str(out), str(empty)]) == 2
+
+
 def test_bench_runs_and_checks_its_cases():
     from tfm_rs import bench
 

@@ -223,10 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
                                     "positional_encoding.png, and attention heatmaps per layer and head (encoder "
                                     "self-, decoder self- and cross-attention) for --sentence. Needs matplotlib "
                                     "(pip install 'tfm_rs[plot]').")
-    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.add_argument("run_dir", metavar="RUN_DIR", nargs="+",
+                    help="a run directory; several with --compare")
     pl.add_argument("--sentence", help="the example for the attention maps (default: the first validation "
                                        "sentence)")
     pl.add_argument("--out", metavar="DIR", help="where to write the PNG files (default: RUN_DIR/plots)")
+    pl.add_argument("--compare", metavar="PNG", help="instead: one figure of the losses of every RUN_DIR against "
+                                                     "training minutes, written to PNG")
 
     cl = sub.add_parser("claims", help="check the explainers' claims about Transformers by measurement",
                         description="'tfm-rs claims' lists the claims (with the verdict of the last run in --out); "
@@ -600,10 +603,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """``tfm-rs plot``: PNG files into RUN_DIR/plots (or --out)."""
-    from tfm_rs import plots
+    from pathlib import Path
+
+    from tfm_rs import plots, runs
 
     try:
-        files, example = plots.plot_run(args.run_dir, sentence=args.sentence, out_dir=args.out)
+        if args.compare:
+            records = {Path(d).name: runs.read_metrics(d) for d in args.run_dir}
+            print(f"wrote {plots.plot_compare(records, Path(args.compare))}")
+            return 0
+        if len(args.run_dir) > 1:
+            raise UsageError("several RUN_DIRs need --compare PNG")
+        files, example = plots.plot_run(args.run_dir[0], sentence=args.sentence, out_dir=args.out)
     except plots.PlotError as e:
         raise UsageError(str(e)) from None
     folder = files[0].parent if files else args.out

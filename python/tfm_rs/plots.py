@@ -6,8 +6,8 @@
   It needs no plotting library: each ``nn.MultiheadAttention`` is re-run through its explicit
   path (``need_weights=True, average_attn_weights=False``, the weights after masking and before
   dropout) for the duration of one forward pass.
-* :func:`plot_curves`, :func:`plot_attention`, :func:`plot_positional_encoding` and
-  :func:`plot_run` write PNG files with matplotlib (the optional extra ``tfm_rs[plot]``; the Agg
+* :func:`plot_curves`, :func:`plot_compare` (several runs' losses in one figure),
+  :func:`plot_attention`, :func:`plot_positional_encoding` and :func:`plot_run` write PNG files with matplotlib (the optional extra ``tfm_rs[plot]``; the Agg
   backend, so no display is needed). Importing this module does not import matplotlib.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from tfm_rs.autograd import no_grad
 
-__all__ = ["PlotError", "attention_maps", "capture_attention", "plot_attention", "plot_curves",
+__all__ = ["PlotError", "attention_maps", "capture_attention", "plot_attention", "plot_compare", "plot_curves",
            "plot_positional_encoding", "plot_run"]
 
 
@@ -142,6 +142,34 @@ def plot_curves(records: Sequence[Mapping[str, Any]], out_dir: Path) -> List[Pat
     ax.grid(alpha=0.3)
     out.append(_save(fig, out_dir / "lr.png"))
     return out
+
+
+def plot_compare(runs: Mapping[str, Sequence[Mapping[str, Any]]], path: Path) -> Path:
+    """One figure of several runs' losses against training minutes (``train_time``), so that runs
+    of equal time budgets compare at a glance: each run's training loss as a running mean
+    (label-smoothed, as logged) and its validation NLL as markers. ``runs`` maps a label to the
+    run's metrics records (:func:`tfm_rs.runs.read_metrics`)."""
+    if not runs:
+        raise ValueError("plot_compare: no runs given")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, records in runs.items():
+        train = [r for r in records if r.get("type", "train") == "train" and "loss" in r and "train_time" in r]
+        if not train:
+            raise ValueError(f"plot_compare: run {label!r} has no training records with train_time")
+        minutes = np.array([r["train_time"] for r in train]) / 60.0
+        loss = np.array([r["loss"] for r in train], dtype=np.float64)
+        k = max(1, len(loss) // 50)
+        line, = ax.plot(minutes[k - 1:], np.convolve(loss, np.ones(k) / k, mode="valid"), lw=1.5,
+                        label=f"{label}: train")
+        valid = [r for r in records if r.get("type") == "valid" and "loss" in r and "train_time" in r]
+        if valid:
+            ax.plot([r["train_time"] / 60.0 for r in valid], [r["loss"] for r in valid], "o--",
+                    color=line.get_color(), ms=4, lw=0.8, label=f"{label}: validation NLL")
+    ax.set(xlabel="training time (minutes)", ylabel="loss (nats/token)", title="Loss against training time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, Path(path))
 
 
 def plot_attention(maps: Mapping[str, np.ndarray], tokens: Mapping[str, Tuple[List[str], List[str]]],
