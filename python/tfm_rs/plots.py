@@ -7,8 +7,9 @@
   path (``need_weights=True, average_attn_weights=False``, the weights after masking and before
   dropout) for the duration of one forward pass.
 * :func:`plot_curves`, :func:`plot_compare` (several runs' losses in one figure),
-  :func:`plot_attention`, :func:`plot_positional_encoding` and :func:`plot_run` write PNG files with matplotlib (the optional extra ``tfm_rs[plot]``; the Agg
-  backend, so no display is needed). Importing this module does not import matplotlib.
+  :func:`plot_attention`, :func:`plot_positional_encoding` and :func:`plot_run` write PNG files
+  with matplotlib (the optional extra ``tfm_rs[plot]``; the Agg backend, so no display is
+  needed). Importing this module does not import matplotlib.
 """
 
 from __future__ import annotations
