@@ -25,7 +25,7 @@ import numpy as np
 
 import tfm_rs.functional as F
 from tfm_rs import cat, nn, tensor
-from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs._core import Decoder, DecoderWeights, InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.autograd import no_grad
 from tfm_rs.decode import GenerationOutput
 from tfm_rs.models._common import as_ids, check_config_arch
@@ -256,13 +256,43 @@ class Llama(nn.Module):
         ignore = self.pad_id if (ignore_pad and self.pad_id is not None) else -100
         return F.cross_entropy(logits.reshape(-1, self.vocab_size), ids[:, 1:].reshape(-1), ignore_index=ignore)
 
+    def decoder_weights(self) -> DecoderWeights:
+        """The model for the native decoding engine (:class:`tfm_rs._core.DecoderWeights`): rotary
+        positions, grouped-query attention and SwiGLU. Each layer's q/k/v and gate/up matrices are
+        stacked into one (a copy, made once per call); the rest is shared with the model."""
+        return DecoderWeights(self._native_spec())
+
+    def _native_spec(self) -> Dict[str, Any]:
+        def stacked(*lins: nn.Linear) -> Tuple[Tensor, Optional[Tensor]]:
+            weight = tensor(np.concatenate([m.weight.numpy() for m in lins]))
+            bias = None if lins[0].bias is None else tensor(np.concatenate([m.bias.numpy() for m in lins]))
+            return weight, bias
+
+        def norm(m: nn.RMSNorm) -> Tuple[Tensor, None]:
+            return m.weight, None
+
+        c = self._config
+        layers = [dict(self_heads=c["nhead"], cross_heads=None, cross_in=None, cross_out=None, norm_cross=None,
+                       self_in=stacked(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj),
+                       self_out=(b.self_attn.o_proj.weight, b.self_attn.o_proj.bias),
+                       norm_self=norm(b.input_layernorm), norm_ff=norm(b.post_attention_layernorm),
+                       ff1=stacked(b.mlp.gate_proj, b.mlp.up_proj), ff2=(b.mlp.down_proj.weight, b.mlp.down_proj.bias))
+                  for b in self.layers]
+        eps = self.norm.eps
+        return dict(
+            head_dim=c["head_dim"], norm_first=True, activation="relu",  # unused: SwiGLU
+            eps=float(np.finfo(np.float32).eps) if eps is None else float(eps), centred=False,
+            embed=self.embed_tokens.weight, embed_scale=1.0, positions=None, final_norm=norm(self.norm),
+            head=(self.lm_head.weight, self.lm_head.bias), layers=layers,
+            llama=dict(inv_freq=[float(f) for f in self._inv_freq], max_len=self.max_len, kv_heads=c["num_kv_heads"]))
+
     def generate(self, prompt_ids: Any, max_new_tokens: int = 20, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  eos_token_id: Optional[int] = None, seed: Optional[int] = None) -> GenerationOutput:
         """Continues each prompt (a 1-D sequence, or a list of them of any lengths) by up to
-        ``max_new_tokens`` tokens with a key/value cache of the ``H_kv`` grouped heads: greedy, or
-        sampled (``temperature``, ``top_k``, ``top_p``, ``seed``). Prompts are decoded one after
-        the other (batch 1 each). ``sequences`` hold prompt + continuation; stops at
+        ``max_new_tokens`` tokens with the native engine's key/value cache of the ``H_kv`` grouped
+        heads (:meth:`decoder_weights`): greedy, or sampled (``temperature``, ``top_k``, ``top_p``,
+        ``seed``). Prompts are decoded one after the other (batch 1 each). ``sequences`` hold prompt + continuation; stops at
         ``eos_token_id`` (default: the model's ``eos_id``)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise InvalidArgumentError(f"Llama.generate: max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
@@ -278,10 +308,11 @@ class Llama(nn.Module):
         self.eval()
         try:
             with no_grad():
+                weights = self.decoder_weights()
                 for i, prompt in enumerate(prompts):
                     ids = as_ids(prompt, f"prompt {i}", self.vocab_size, self.max_len, "Llama.generate")
-                    tokens, log_prob = self._continue(ids, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                                      eos, rng)
+                    tokens, log_prob = _continue(Decoder(weights, 1), ids, min(max_new_tokens, self.max_len - ids.shape[1]),
+                                                 do_sample, temperature, top_k, top_p, eos, rng)
                     out.sequences.append(ids[0].tolist() + tokens)
                     out.log_probs.append(log_prob)
                     out.scores.append(log_prob)
@@ -289,23 +320,24 @@ class Llama(nn.Module):
             self.train(was_training)
         return out
 
-    def _continue(self, ids: np.ndarray, n: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
-                  eos: Optional[int], rng: np.random.Generator) -> Tuple[List[int], float]:
-        n = min(n, self.max_len - ids.shape[1])
-        tokens: List[int] = []
-        total = 0.0
-        hidden, cache = self._run(ids)
-        for _ in range(n):
-            logits = self.lm_head(hidden[:, -1]).numpy()[0].astype(np.float64)
-            logp = logits - logits.max()
-            logp -= np.log(np.exp(logp).sum())
-            token = _sample(logp, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(logp))
-            tokens.append(token)
-            total += float(logp[token])
-            if token == eos or len(tokens) == n:
-                break
-            hidden, cache = self._run(np.array([[token]]), cache)
-        return tokens, total
+
+def _continue(decoder: Decoder, ids: np.ndarray, n: int, do_sample: bool, temperature: float, top_k: int,
+              top_p: float, eos: Optional[int], rng: np.random.Generator) -> Tuple[List[int], float]:
+    """Up to ``n`` tokens after ``ids (1, T)`` from a one-row ``decoder``, and their total log-probability."""
+    tokens: List[int] = []
+    total = 0.0
+    logits = decoder.feed([ids[0].tolist()])
+    for _ in range(n):
+        logp = logits[0].astype(np.float64)
+        logp = logp - logp.max()
+        logp -= np.log(np.exp(logp).sum())
+        token = _sample(logp, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(logp))
+        tokens.append(token)
+        total += float(logp[token])
+        if token == eos or len(tokens) == n:
+            break
+        logits = decoder.feed([[token]])
+    return tokens, total
 
 
 def _prompt_rows(prompt_ids: Any) -> List[Any]:
