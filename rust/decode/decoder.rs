@@ -506,7 +506,10 @@ impl Decoder {
                         *o = e * w.embed_scale + pe;
                     }
                 }
-                None => o.iter_mut().zip(e).for_each(|(o, &e)| *o = e * w.embed_scale),
+                None => o
+                    .iter_mut()
+                    .zip(e)
+                    .for_each(|(o, &e)| *o = e * w.embed_scale),
             }
         }
         // A sublayer's output joins the stream: post-LN `LN(x + y)`, pre-LN `x + y`.
@@ -605,13 +608,7 @@ impl Decoder {
                     &linear(h, n, &layer.ff1, &packed.ff1, Activation::Identity)?,
                     layer.ff2.weight.shape()[1],
                 ),
-                None => linear(
-                    h,
-                    n,
-                    &layer.ff1,
-                    &packed.ff1,
-                    gemm_activation(w.activation),
-                )?,
+                None => linear(h, n, &layer.ff1, &packed.ff1, gemm_activation(w.activation))?,
             };
             let ff = linear(&hidden, n, &layer.ff2, &packed.ff2, Activation::Identity)?;
             x = residual(x, ff, &layer.norm_ff);

@@ -36,7 +36,9 @@ pub fn swiglu(gate_up: &[f32], f: usize) -> Vec<f32> {
         .chunks_exact(2 * f)
         .flat_map(|row| {
             let (gate, up) = row.split_at(f);
-            gate.iter().zip(up).map(|(&g, &u)| g / ((-g).exp() + 1.0) * u)
+            gate.iter()
+                .zip(up)
+                .map(|(&g, &u)| g / ((-g).exp() + 1.0) * u)
         })
         .collect()
 }
@@ -57,7 +59,10 @@ mod tests {
                 let (c, s) = ((7.0 * f).cos(), (7.0 * f).sin());
                 let (a, b) = (xh[i] as f64, xh[i + 2] as f64);
                 assert!((yh[i] as f64 - (a * c - b * s)).abs() < 1e-5, "head {head}");
-                assert!((yh[i + 2] as f64 - (b * c + a * s)).abs() < 1e-5, "head {head}");
+                assert!(
+                    (yh[i + 2] as f64 - (b * c + a * s)).abs() < 1e-5,
+                    "head {head}"
+                );
             }
         }
         let mut same = x.clone();

@@ -166,7 +166,10 @@ fn add(a: &M, b: &M) -> M {
 /// Logits `(T, V)` of the whole sequence `tokens`, every position recomputed from scratch.
 fn ref_logits(w: &DecoderWeights, tokens: &[u32], memory: Option<&M>) -> M {
     let d = w.d_model();
-    let (emb, pos) = (f64s(&w.embed), f64s(w.positions.as_ref().expect("a position table")));
+    let (emb, pos) = (
+        f64s(&w.embed),
+        f64s(w.positions.as_ref().expect("a position table")),
+    );
     let eps = w.eps as f64;
     let act = |v: f64| match w.activation {
         ActivationKind::Relu => v.max(0.0),

@@ -292,8 +292,8 @@ class Llama(nn.Module):
         """Continues each prompt (a 1-D sequence, or a list of them of any lengths) by up to
         ``max_new_tokens`` tokens with the native engine's key/value cache of the ``H_kv`` grouped
         heads (:meth:`decoder_weights`): greedy, or sampled (``temperature``, ``top_k``, ``top_p``,
-        ``seed``). Prompts are decoded one after the other (batch 1 each). ``sequences`` hold prompt + continuation; stops at
-        ``eos_token_id`` (default: the model's ``eos_id``)."""
+        ``seed``). Prompts are decoded one after the other (batch 1 each). ``sequences`` hold
+        prompt + continuation; stops at ``eos_token_id`` (default: the model's ``eos_id``)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise InvalidArgumentError(f"Llama.generate: max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
         if do_sample and not temperature > 0:
@@ -311,8 +311,9 @@ class Llama(nn.Module):
                 weights = self.decoder_weights()
                 for i, prompt in enumerate(prompts):
                     ids = as_ids(prompt, f"prompt {i}", self.vocab_size, self.max_len, "Llama.generate")
-                    tokens, log_prob = _continue(Decoder(weights, 1), ids, min(max_new_tokens, self.max_len - ids.shape[1]),
-                                                 do_sample, temperature, top_k, top_p, eos, rng)
+                    n = min(max_new_tokens, self.max_len - ids.shape[1])
+                    tokens, log_prob = _continue(Decoder(weights, 1), ids, n, do_sample, temperature, top_k, top_p,
+                                                 eos, rng)
                     out.sequences.append(ids[0].tolist() + tokens)
                     out.log_probs.append(log_prob)
                     out.scores.append(log_prob)
