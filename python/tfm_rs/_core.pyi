@@ -294,7 +294,9 @@ class DecoderWeights:
         """``spec``: ``head_dim``, ``norm_first``, ``activation`` ("relu", "gelu", "gelu_tanh"),
         ``eps``, ``embed``, ``embed_scale``, ``positions``, ``layers`` (dicts of ``(weight, bias)``
         pairs and each attention's head count, ``self_heads`` and ``cross_heads``), ``final_norm``
-        (or None) and ``head``; see ``tfm_rs.decode.weights``."""
+        (or None) and ``head``; see ``tfm_rs.decode.weights``. A Llama-family decoder has
+        ``positions=None`` and ``llama``: ``inv_freq`` (rotary frequencies, ``head_dim/2``),
+        ``max_len`` and ``kv_heads`` (see ``tfm_rs.models.Llama.decoder_weights``)."""
     @property
     def vocab_size(self) -> int: ...
     @property

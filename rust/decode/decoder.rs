@@ -15,6 +15,7 @@
 //! rows would otherwise spend more time packing them than multiplying. A quantized model's
 //! int8 weights are packed once per weight and run on the integer GEMM (`cpu::qgemm`).
 
+use super::llama;
 use super::weights::{DecoderWeights, Linear, Norm, Weight};
 use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
@@ -170,29 +171,33 @@ fn gemm_activation(kind: ActivationKind) -> Activation {
 }
 
 /// One query row `q (a)` attending, head by head, to `len` keys and values stored as rows of
-/// `a = nhead·dh` (head `h` in columns `h·dh..(h+1)·dh`) → `out (a)`. `scores` is scratch space.
-/// Inlined into [`attend_simd`], which compiles it for the CPU's vector instructions.
+/// `kv_heads·dh` (head `h` in columns `h·dh..(h+1)·dh`) → `out (a)`. `a = nhead·dh`; query head
+/// `h` reads key/value head `h / (nhead / kv_heads)` (grouped-query attention; usually
+/// `kv_heads = nhead`). `scores` is scratch space. Inlined into [`attend_simd`], which compiles
+/// it for the CPU's vector instructions.
 #[inline(always)]
 fn attend(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
     len: usize,
-    nhead: usize,
+    (nhead, kv_heads): (usize, usize),
     out: &mut [f32],
     scores: &mut Vec<f32>,
 ) {
     let d = q.len();
     let dh = d / nhead;
+    let (dkv, group) = (kv_heads * dh, nhead / kv_heads);
     let scale = 1.0 / (dh as f32).sqrt();
     scores.resize(len, 0.0);
     out.fill(0.0);
     for h in 0..nhead {
         let cols = h * dh..(h + 1) * dh;
+        let kv_cols = (h / group) * dh..(h / group + 1) * dh;
         let qh = &q[cols.clone()];
         let mut max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
-            *s = dot(qh, &keys[j * d..][cols.clone()]) * scale;
+            *s = dot(qh, &keys[j * dkv..][kv_cols.clone()]) * scale;
             max = max.max(*s);
         }
         let mut total = 0.0f32;
@@ -203,7 +208,7 @@ fn attend(
         let oh = &mut out[cols.clone()];
         for (j, &s) in scores.iter().enumerate() {
             let p = s / total;
-            for (o, &v) in oh.iter_mut().zip(&values[j * d..][cols.clone()]) {
+            for (o, &v) in oh.iter_mut().zip(&values[j * dkv..][kv_cols.clone()]) {
                 *o += p * v;
             }
         }
@@ -218,11 +223,11 @@ simd_kernel! {
         keys: &[f32],
         values: &[f32],
         len: usize,
-        nhead: usize,
+        heads: (usize, usize),
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
-        attend(q, keys, values, len, nhead, out, scores)
+        attend(q, keys, values, len, heads, out, scores)
     }
 }
 
@@ -231,7 +236,7 @@ simd_kernel! {
 fn attend_all<'a>(
     q: &[f32],
     d: usize,
-    nhead: usize,
+    nhead: (usize, usize),
     kv: impl Fn(usize) -> (&'a [f32], &'a [f32], usize) + Sync,
 ) -> Vec<f32> {
     let n = q.len() / d;
@@ -511,11 +516,19 @@ impl Decoder {
         let n = queries.len();
         let flat: Vec<u32> = tokens.iter().flatten().copied().collect();
         let mut x = vec![0.0f32; n * d];
-        let (embed, pos) = (w.embed.data(), w.positions.data());
+        let embed = w.embed.data();
         for (i, (&t, &(_, p))) in flat.iter().zip(&queries).enumerate() {
-            let (e, pe) = (&embed[t as usize * d..][..d], &pos[p * d..][..d]);
-            for ((o, &e), &pe) in x[i * d..][..d].iter_mut().zip(e).zip(pe) {
-                *o = e * w.embed_scale + pe;
+            let (o, e) = (&mut x[i * d..][..d], &embed[t as usize * d..][..d]);
+            match &w.positions {
+                Some(pos) => {
+                    for ((o, &e), &pe) in o.iter_mut().zip(e).zip(&pos.data()[p * d..][..d]) {
+                        *o = e * w.embed_scale + pe;
+                    }
+                }
+                None => o
+                    .iter_mut()
+                    .zip(e)
+                    .for_each(|(o, &e)| *o = e * w.embed_scale),
             }
         }
         // A sublayer's output joins the stream: post-LN `LN(x + y)`, pre-LN `x + y`.
@@ -533,26 +546,35 @@ impl Decoder {
         };
         for (l, (layer, packed)) in w.layers.iter().zip(&self.packed.layers).enumerate() {
             let (a, heads) = (layer.self_heads * dh, layer.self_heads);
+            let kv_heads = w.kv_heads(heads);
+            let akv = kv_heads * dh;
             let h = pre(&x, &layer.norm_self);
-            let qkv = linear(
+            let mut qkv = linear(
                 h.as_deref().unwrap_or(&x),
                 n,
                 &layer.self_in,
                 &packed.self_in,
                 Activation::Identity,
             )?;
+            if let Some(parts) = &w.llama {
+                // q and k of each position turn together; v does not.
+                for (row, &(_, p)) in qkv.chunks_exact_mut(a + 2 * akv).zip(&queries) {
+                    llama::rotate(&mut row[..a + akv], dh, p, &parts.inv_freq);
+                }
+            }
             for (i, &(r, _)) in queries.iter().enumerate() {
                 let (k, v) = &mut self.rows[r].layers[l];
-                k.extend_from_slice(&qkv[i * 3 * a + a..][..a]);
-                v.extend_from_slice(&qkv[i * 3 * a + 2 * a..][..a]);
+                let row = &qkv[i * (a + 2 * akv)..][..a + 2 * akv];
+                k.extend_from_slice(&row[a..a + akv]);
+                v.extend_from_slice(&row[a + akv..]);
             }
             let q: Vec<f32> = qkv
-                .chunks_exact(3 * a)
+                .chunks_exact(a + 2 * akv)
                 .flat_map(|c| &c[..a])
                 .copied()
                 .collect();
             let rows = &self.rows;
-            let att = attend_all(&q, a, heads, |i| {
+            let att = attend_all(&q, a, (heads, kv_heads), |i| {
                 let (r, p) = queries[i];
                 let (k, v) = &rows[r].layers[l];
                 (k.as_slice(), v.as_slice(), p + 1)
@@ -586,7 +608,7 @@ impl Decoder {
                     Some(q_packed),
                     Activation::Identity,
                 )?;
-                let att = attend_all(&q, a, heads, |i| {
+                let att = attend_all(&q, a, (heads, heads), |i| {
                     let src = &memory.sources[rows[queries[i].0].source];
                     let (k, v) = &src.layers[l];
                     (k.as_slice(), v.as_slice(), src.len)
@@ -599,13 +621,14 @@ impl Decoder {
             }
 
             let h = pre(&x, &layer.norm_ff);
-            let hidden = linear(
-                h.as_deref().unwrap_or(&x),
-                n,
-                &layer.ff1,
-                &packed.ff1,
-                gemm_activation(w.activation),
-            )?;
+            let h = h.as_deref().unwrap_or(&x);
+            let hidden = match &w.llama {
+                Some(_) => llama::swiglu(
+                    &linear(h, n, &layer.ff1, &packed.ff1, Activation::Identity)?,
+                    layer.ff2.weight.shape()[1],
+                ),
+                None => linear(h, n, &layer.ff1, &packed.ff1, gemm_activation(w.activation))?,
+            };
             let ff = linear(&hidden, n, &layer.ff2, &packed.ff2, Activation::Identity)?;
             x = residual(x, ff, &layer.norm_ff);
         }

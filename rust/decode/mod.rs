@@ -6,11 +6,13 @@
 //! - [`search`]: greedy, sampling and beam search over the steps ([`Search`]).
 
 pub mod decoder;
+pub mod llama;
 pub mod search;
 #[cfg(test)]
 mod tests;
 pub mod weights;
 
 pub use decoder::{Decoder, Memory};
+pub use llama::LlamaParts;
 pub use search::{Hypothesis, Search, SearchConfig};
 pub use weights::{DecoderWeights, Layer, Linear, Norm, Weight};

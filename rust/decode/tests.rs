@@ -72,10 +72,11 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
         centred: true,
         embed: t(seed + 1, &[dm.vocab, d], 1.0),
         embed_scale: (d as f32).sqrt() * 0.5,
-        positions: t(seed + 2, &[dm.max_len, d], 0.5),
+        positions: Some(t(seed + 2, &[dm.max_len, d], 0.5)),
         layers,
         final_norm: norm_first.then(|| norm(seed + 3, d)),
         head: lin(seed + 4, dm.vocab, d, !norm_first),
+        llama: None,
     };
     w.validate().unwrap();
     Arc::new(w)
@@ -165,7 +166,10 @@ fn add(a: &M, b: &M) -> M {
 /// Logits `(T, V)` of the whole sequence `tokens`, every position recomputed from scratch.
 fn ref_logits(w: &DecoderWeights, tokens: &[u32], memory: Option<&M>) -> M {
     let d = w.d_model();
-    let (emb, pos) = (f64s(&w.embed), f64s(&w.positions));
+    let (emb, pos) = (
+        f64s(&w.embed),
+        f64s(w.positions.as_ref().expect("a position table")),
+    );
     let eps = w.eps as f64;
     let act = |v: f64| match w.activation {
         ActivationKind::Relu => v.max(0.0),

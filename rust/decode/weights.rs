@@ -7,6 +7,7 @@
 //! layer's head count times the model's head width: `d` unless heads were pruned away, and a
 //! pruned layer's matrices are physically smaller, so it decodes faster.
 
+use super::llama::LlamaParts;
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::quantized_linear::QuantizedWeight;
@@ -85,12 +86,14 @@ pub struct DecoderWeights {
     /// `(V_in, d)`.
     pub embed: Tensor,
     pub embed_scale: f32,
-    /// `(max_len, d)`: one row per position.
-    pub positions: Tensor,
+    /// `(max_len, d)`: one row per position; `None` exactly when `llama` gives rotary positions.
+    pub positions: Option<Tensor>,
     pub layers: Vec<Layer>,
     pub final_norm: Option<Norm>,
     /// `(V, d)` (often the same storage as `embed`).
     pub head: Linear,
+    /// Rotary positions, grouped-query attention and SwiGLU (`activation` is then unused).
+    pub llama: Option<LlamaParts>,
 }
 
 impl DecoderWeights {
@@ -98,9 +101,18 @@ impl DecoderWeights {
         self.embed.shape().get(1).copied().unwrap_or(0)
     }
 
-    /// Rows of the position table: the longest sequence the model can process.
+    /// The longest sequence the model can process: the position table's rows.
     pub fn max_len(&self) -> usize {
-        self.positions.shape()[0]
+        match (&self.positions, &self.llama) {
+            (Some(p), _) => p.shape()[0],
+            (None, Some(l)) => l.max_len,
+            (None, None) => 0,
+        }
+    }
+
+    /// Key/value heads of a self-attention with `heads` query heads.
+    pub fn kv_heads(&self, heads: usize) -> usize {
+        self.llama.as_ref().map_or(heads, |l| l.kv_heads)
     }
 
     /// Input token ids must be below this.
@@ -139,15 +151,19 @@ impl DecoderWeights {
                 format!("layer_norm_eps must be positive, got {}", self.eps),
             ));
         }
-        if self.positions.ndim() != 2
-            || self.positions.shape()[1] != d
-            || self.positions.shape()[0] == 0
-        {
-            return Err(bad(
-                "the position table",
-                &self.positions,
-                format!("(max_len, {d})"),
-            ));
+        match (&self.positions, &self.llama) {
+            (Some(p), None) => {
+                if p.ndim() != 2 || p.shape()[1] != d || p.shape()[0] == 0 {
+                    return Err(bad("the position table", p, format!("(max_len, {d})")));
+                }
+            }
+            (None, Some(l)) => self.validate_llama(l)?,
+            _ => {
+                return Err(TfmError::value(
+                    OP,
+                    "a decoder has either a position table or rotary positions (llama), not both or neither",
+                ))
+            }
         }
         let linear = |what: String, l: &Linear, out: Option<usize>, inp: usize| -> Result<usize> {
             let s = l.weight.shape();
@@ -197,7 +213,8 @@ impl DecoderWeights {
                 l.self_heads, self.head_dim
             );
             let a = width(what.clone(), l.self_heads)?;
-            linear(format!("{what} in_proj"), &l.self_in, Some(3 * a), d)?;
+            let kv = self.kv_heads(l.self_heads) * self.head_dim;
+            linear(format!("{what} in_proj"), &l.self_in, Some(a + 2 * kv), d)?;
             linear(format!("{what} out_proj"), &l.self_out, Some(d), a)?;
             norm(format!("layer {i} self-attention norm"), &l.norm_self)?;
             match (&l.cross, &l.norm_cross) {
@@ -230,6 +247,16 @@ impl DecoderWeights {
             }
             norm(format!("layer {i} feed-forward norm"), &l.norm_ff)?;
             let ff = linear(format!("layer {i} linear1"), &l.ff1, None, d)?;
+            let ff = match &self.llama {
+                Some(_) if ff % 2 == 1 => {
+                    return Err(TfmError::shape(
+                        OP,
+                        format!("layer {i} linear1 stacks gate and up, so needs an even number of rows, got {ff}"),
+                    ))
+                }
+                Some(_) => ff / 2,
+                None => ff,
+            };
             linear(format!("layer {i} linear2"), &l.ff2, Some(d), ff)?;
         }
         if self.layers.iter().any(|l| l.cross.is_some())
@@ -244,6 +271,40 @@ impl DecoderWeights {
             norm("the final norm".into(), n)?;
         }
         linear("the output head".into(), &self.head, None, d)?;
+        Ok(())
+    }
+
+    fn validate_llama(&self, l: &LlamaParts) -> Result<()> {
+        if self.head_dim % 2 == 1 || l.inv_freq.len() != self.head_dim / 2 {
+            return Err(TfmError::shape(
+                OP,
+                format!(
+                    "rotary positions need an even head_dim and head_dim/2 frequencies, got head_dim={} and {}",
+                    self.head_dim,
+                    l.inv_freq.len()
+                ),
+            ));
+        }
+        if l.inv_freq.iter().any(|f| !f.is_finite()) || l.max_len == 0 {
+            return Err(TfmError::value(
+                OP,
+                "rotary frequencies must be finite and max_len positive",
+            ));
+        }
+        if l.kv_heads == 0 {
+            return Err(TfmError::value(OP, "kv_heads must be positive"));
+        }
+        if let Some((i, layer)) = (self.layers.iter().enumerate())
+            .find(|(_, layer)| layer.self_heads % l.kv_heads != 0 || layer.cross.is_some())
+        {
+            return Err(TfmError::value(
+                OP,
+                format!(
+                    "layer {i}: a llama layer has no cross-attention and a multiple of kv_heads={} heads, got {}",
+                    l.kv_heads, layer.self_heads
+                ),
+            ));
+        }
         Ok(())
     }
 }

@@ -69,6 +69,15 @@ fn optional<T>(
     }
 }
 
+/// `{"inv_freq", "max_len", "kv_heads"}` → the Llama parts of a decoder.
+fn llama_parts(d: &Bound<'_, PyDict>) -> PyResult<decode::LlamaParts> {
+    Ok(decode::LlamaParts {
+        inv_freq: item(d, "inv_freq")?.extract()?,
+        max_len: item(d, "max_len")?.extract()?,
+        kv_heads: item(d, "kv_heads")?.extract()?,
+    })
+}
+
 /// The weights of a decoder stack, shared (not copied) with the tensors they came from.
 #[pyclass(name = "DecoderWeights", module = "tfm_rs._core", frozen)]
 pub struct PyDecoderWeights {
@@ -83,6 +92,9 @@ impl PyDecoderWeights {
     /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
     /// bias)` and `norm_self`, `norm_cross`, `norm_ff` as `(weight, bias)`; the cross entries
     /// None without cross-attention), `final_norm` (or None) and `head` `(weight, bias)`.
+    /// `positions` is None for a Llama-family decoder, which instead has `llama`: a dict of
+    /// `inv_freq` (the rotary frequencies, `head_dim/2` floats), `max_len` and `kv_heads`; its
+    /// `self_in` stacks q, k, v (`H·dh + 2·H_kv·dh` rows) and `ff1` gate and up (SwiGLU).
     #[new]
     fn new(spec: &Bound<'_, PyDict>) -> PyResult<Self> {
         let activation = match item(spec, "activation")?.extract::<String>()?.as_str() {
@@ -125,10 +137,14 @@ impl PyDecoderWeights {
             centred: item(spec, "centred")?.extract()?,
             embed: host_tensor(&item(spec, "embed")?)?,
             embed_scale: item(spec, "embed_scale")?.extract()?,
-            positions: host_tensor(&item(spec, "positions")?)?,
+            positions: optional(item(spec, "positions")?, host_tensor)?,
             layers,
             final_norm: optional(item(spec, "final_norm")?, norm)?,
             head: linear(&item(spec, "head")?)?,
+            llama: match spec.get_item("llama")? {
+                Some(l) if !l.is_none() => Some(llama_parts(l.cast::<PyDict>()?)?),
+                _ => None,
+            },
         };
         w.validate()?;
         Ok(PyDecoderWeights { inner: Arc::new(w) })

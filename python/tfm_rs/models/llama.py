@@ -10,8 +10,9 @@ Block (pre-norm, nanoGPT-shaped)::
 
 Grouped-query attention without copying keys and values per head: the ``g = H / H_kv`` query
 heads that share a key/value head are laid out as ``g·T`` query rows of that head, ``(B, H_kv,
-g·T, Dh)``, against keys ``(B, H_kv, S, Dh)``, with the causal mask repeated ``g`` times. The
-key/value cache of :meth:`Llama.generate` likewise stores ``H_kv`` heads.
+g·T, Dh)``, against keys ``(B, H_kv, T, Dh)``, with the causal mask repeated ``g`` times.
+:meth:`Llama.generate` decodes in the native engine (:meth:`Llama.decoder_weights`), whose
+key/value cache likewise stores ``H_kv`` heads.
 
 Shapes: ``forward(ids (B, T))`` → logits ``(B, T, V)``; ``loss(ids)`` → mean next-token
 cross-entropy.
@@ -25,16 +26,13 @@ import numpy as np
 
 import tfm_rs.functional as F
 from tfm_rs import cat, nn, tensor
-from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
+from tfm_rs._core import Decoder, DecoderWeights, InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.autograd import no_grad
 from tfm_rs.decode import GenerationOutput
 from tfm_rs.models._common import as_ids, check_config_arch
 from tfm_rs.pretrained.llama import load_llama, save_llama
 
 __all__ = ["Llama", "rope_frequencies"]
-
-Cache = List[Tuple[Tensor, Tensor]]
-
 
 def rope_frequencies(head_dim: int, theta: float, scaling: Optional[Mapping[str, Any]] = None) -> np.ndarray:
     """The rotary inverse frequencies ``θ^(-2i/Dh)`` ``(Dh/2,)`` in float64, rescaled as
@@ -80,22 +78,18 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(d_model, num_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(nhead * head_dim, d_model, bias=bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray,
-                past: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        """``x (B, T, d)``, ``mask (B or 1, 1, g·T, S)`` (True = may attend; S = past + T) →
-        ``(B, T, d)`` and this layer's keys and values ``(B, H_kv, S, Dh)``."""
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray) -> Tensor:
+        """``x (B, T, d)``, ``mask (B or 1, 1, g·T, T)`` (True = may attend) → ``(B, T, d)``."""
         B, T, _ = x.shape
         hk, g, dh = self.num_kv_heads, self.nhead // self.num_kv_heads, self.head_dim
         q = self.q_proj(x).reshape(B, T, self.nhead, dh).transpose(1, 2)   # (B, H, T, Dh)
         k = self.k_proj(x).reshape(B, T, hk, dh).transpose(1, 2)           # (B, Hk, T, Dh)
         v = self.v_proj(x).reshape(B, T, hk, dh).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past is not None:
-            k, v = cat([past[0], k], dim=2), cat([past[1], v], dim=2)      # (B, Hk, S, Dh)
         q = q.reshape(B, hk, g * T, dh)                                    # a group's heads as rows
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)       # (B, Hk, g·T, Dh)
         y = y.reshape(B, self.nhead, T, dh).transpose(1, 2).reshape(B, T, self.nhead * dh)
-        return self.o_proj(y), (k, v)
+        return self.o_proj(y)
 
 
 class LlamaMLP(nn.Module):
@@ -118,11 +112,9 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(d_model, eps)
         self.mlp = LlamaMLP(d_model, hidden, mlp_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray,
-                past: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
-        a, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, past)
-        x = x + a
-        return x + self.mlp(self.post_attention_layernorm(x)), kv
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: np.ndarray) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class Llama(nn.Module):
@@ -205,46 +197,36 @@ class Llama(nn.Module):
         """Distinct trainable values (a tied matrix counts once)."""
         return int(sum(int(np.prod(p.shape)) for p in self.parameters()))
 
-    def _mask(self, ids: np.ndarray, past_len: int, key_pad: Optional[np.ndarray]) -> np.ndarray:
-        """``(B or 1, 1, g·T, S)``: query ``t`` (at position ``past_len + t``) sees keys ``≤`` it,
-        repeated for the ``g`` heads of a group; padded keys (``key_pad (B, S)``, True = pad) hidden."""
-        T = ids.shape[1]
-        S = past_len + T
+    def _mask(self, T: int) -> np.ndarray:
+        """``(1, 1, g·T, T)``: query ``t`` sees keys ``≤ t``, repeated for the ``g`` heads of a group."""
         g = self._config["nhead"] // self._config["num_kv_heads"]
-        causal = np.arange(S)[None, :] <= (past_len + np.arange(T))[:, None]              # (T, S)
-        mask = np.tile(causal, (g, 1))[None, None]                                         # (1, 1, g·T, S)
-        if key_pad is not None:
-            mask = mask & ~key_pad[:, None, None, :]
-        return mask
+        causal = np.arange(T)[None, :] <= np.arange(T)[:, None]                          # (T, T)
+        return np.tile(causal, (g, 1))[None, None]                                         # (1, 1, g·T, T)
 
-    def _rotary(self, start: int, length: int) -> Tuple[Tensor, Tensor]:
-        """``cos``/``sin`` ``(length, Dh)`` of positions ``start …``, each half repeated (computed in
+    def _rotary(self, length: int) -> Tuple[Tensor, Tensor]:
+        """``cos``/``sin`` ``(length, Dh)`` of positions ``0 …``, each half repeated (computed in
         float64 per call: a table for ``max_len`` positions could be large)."""
-        angles = np.arange(start, start + length, dtype=np.float64)[:, None] * self._inv_freq[None, :]
+        angles = np.arange(length, dtype=np.float64)[:, None] * self._inv_freq[None, :]
         angles = np.concatenate([angles, angles], axis=1)
         return tensor(np.cos(angles).astype(np.float32)), tensor(np.sin(angles).astype(np.float32))
 
-    def _run(self, ids: np.ndarray, past: Optional[Cache] = None,
-             key_pad: Optional[np.ndarray] = None) -> Tuple[Tensor, Cache]:
-        """Hidden states after the final norm ``(B, T, d)`` for ``ids`` following ``past``."""
-        past_len = 0 if past is None else past[0][0].shape[2]
+    def _run(self, ids: np.ndarray) -> Tensor:
+        """Hidden states after the final norm ``(B, T, d)``."""
         T = ids.shape[1]
-        if past_len + T > self.max_len:
-            raise ShapeError(f"Llama: {past_len + T} positions, more than max_len={self.max_len}")
-        cos, sin = self._rotary(past_len, T)
-        mask = self._mask(ids, past_len, key_pad)
+        if T > self.max_len:
+            raise ShapeError(f"Llama: {T} positions, more than max_len={self.max_len}")
+        cos, sin = self._rotary(T)
+        mask = self._mask(T)
         x = self.embed_tokens(ids)
-        cache: Cache = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, cos, sin, mask, None if past is None else past[i])
-            cache.append(kv)
-        return self.norm(x), cache
+        for layer in self.layers:
+            x = layer(x, cos, sin, mask)
+        return self.norm(x)
 
     def forward(self, ids: Any) -> Tensor:
         """ids ``(B, T)`` → logits ``(B, T, V)``; position ``t`` depends on ``ids[:, :t+1]`` only
         (right padding therefore changes nothing before it)."""
         ids = as_ids(ids, "ids", self.vocab_size, self.max_len, "Llama")
-        return self.lm_head(self._run(ids)[0])
+        return self.lm_head(self._run(ids))
 
     def loss(self, ids: Any, ignore_pad: bool = True) -> Tensor:
         """Mean next-token cross-entropy over ``ids (B, T)``, ``T ≥ 2`` (targets equal to
@@ -256,14 +238,44 @@ class Llama(nn.Module):
         ignore = self.pad_id if (ignore_pad and self.pad_id is not None) else -100
         return F.cross_entropy(logits.reshape(-1, self.vocab_size), ids[:, 1:].reshape(-1), ignore_index=ignore)
 
+    def decoder_weights(self) -> DecoderWeights:
+        """The model for the native decoding engine (:class:`tfm_rs._core.DecoderWeights`): rotary
+        positions, grouped-query attention and SwiGLU. Each layer's q/k/v and gate/up matrices are
+        stacked into one (a copy, made once per call); the rest is shared with the model."""
+        return DecoderWeights(self._native_spec())
+
+    def _native_spec(self) -> Dict[str, Any]:
+        def stacked(*lins: nn.Linear) -> Tuple[Tensor, Optional[Tensor]]:
+            weight = tensor(np.concatenate([m.weight.numpy() for m in lins]))
+            bias = None if lins[0].bias is None else tensor(np.concatenate([m.bias.numpy() for m in lins]))
+            return weight, bias
+
+        def norm(m: nn.RMSNorm) -> Tuple[Tensor, None]:
+            return m.weight, None
+
+        c = self._config
+        layers = [dict(self_heads=c["nhead"], cross_heads=None, cross_in=None, cross_out=None, norm_cross=None,
+                       self_in=stacked(b.self_attn.q_proj, b.self_attn.k_proj, b.self_attn.v_proj),
+                       self_out=(b.self_attn.o_proj.weight, b.self_attn.o_proj.bias),
+                       norm_self=norm(b.input_layernorm), norm_ff=norm(b.post_attention_layernorm),
+                       ff1=stacked(b.mlp.gate_proj, b.mlp.up_proj), ff2=(b.mlp.down_proj.weight, b.mlp.down_proj.bias))
+                  for b in self.layers]
+        eps = self.norm.eps
+        return dict(
+            head_dim=c["head_dim"], norm_first=True, activation="relu",  # unused: SwiGLU
+            eps=float(np.finfo(np.float32).eps) if eps is None else float(eps), centred=False,
+            embed=self.embed_tokens.weight, embed_scale=1.0, positions=None, final_norm=norm(self.norm),
+            head=(self.lm_head.weight, self.lm_head.bias), layers=layers,
+            llama=dict(inv_freq=[float(f) for f in self._inv_freq], max_len=self.max_len, kv_heads=c["num_kv_heads"]))
+
     def generate(self, prompt_ids: Any, max_new_tokens: int = 20, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  eos_token_id: Optional[int] = None, seed: Optional[int] = None) -> GenerationOutput:
         """Continues each prompt (a 1-D sequence, or a list of them of any lengths) by up to
-        ``max_new_tokens`` tokens with a key/value cache of the ``H_kv`` grouped heads: greedy, or
-        sampled (``temperature``, ``top_k``, ``top_p``, ``seed``). Prompts are decoded one after
-        the other (batch 1 each). ``sequences`` hold prompt + continuation; stops at
-        ``eos_token_id`` (default: the model's ``eos_id``)."""
+        ``max_new_tokens`` tokens with the native engine's key/value cache of the ``H_kv`` grouped
+        heads (:meth:`decoder_weights`): greedy, or sampled (``temperature``, ``top_k``, ``top_p``,
+        ``seed``). Prompts are decoded one after the other (batch 1 each). ``sequences`` hold
+        prompt + continuation; stops at ``eos_token_id`` (default: the model's ``eos_id``)."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise InvalidArgumentError(f"Llama.generate: max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
         if do_sample and not temperature > 0:
@@ -278,10 +290,12 @@ class Llama(nn.Module):
         self.eval()
         try:
             with no_grad():
+                weights = self.decoder_weights()
                 for i, prompt in enumerate(prompts):
                     ids = as_ids(prompt, f"prompt {i}", self.vocab_size, self.max_len, "Llama.generate")
-                    tokens, log_prob = self._continue(ids, max_new_tokens, do_sample, temperature, top_k, top_p,
-                                                      eos, rng)
+                    n = min(max_new_tokens, self.max_len - ids.shape[1])
+                    tokens, log_prob = _continue(Decoder(weights, 1), ids, n, do_sample, temperature, top_k, top_p,
+                                                 eos, rng)
                     out.sequences.append(ids[0].tolist() + tokens)
                     out.log_probs.append(log_prob)
                     out.scores.append(log_prob)
@@ -289,23 +303,24 @@ class Llama(nn.Module):
             self.train(was_training)
         return out
 
-    def _continue(self, ids: np.ndarray, n: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
-                  eos: Optional[int], rng: np.random.Generator) -> Tuple[List[int], float]:
-        n = min(n, self.max_len - ids.shape[1])
-        tokens: List[int] = []
-        total = 0.0
-        hidden, cache = self._run(ids)
-        for _ in range(n):
-            logits = self.lm_head(hidden[:, -1]).numpy()[0].astype(np.float64)
-            logp = logits - logits.max()
-            logp -= np.log(np.exp(logp).sum())
-            token = _sample(logp, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(logp))
-            tokens.append(token)
-            total += float(logp[token])
-            if token == eos or len(tokens) == n:
-                break
-            hidden, cache = self._run(np.array([[token]]), cache)
-        return tokens, total
+
+def _continue(decoder: Decoder, ids: np.ndarray, n: int, do_sample: bool, temperature: float, top_k: int,
+              top_p: float, eos: Optional[int], rng: np.random.Generator) -> Tuple[List[int], float]:
+    """Up to ``n`` tokens after ``ids (1, T)`` from a one-row ``decoder``, and their total log-probability."""
+    tokens: List[int] = []
+    total = 0.0
+    logits = decoder.feed([ids[0].tolist()])
+    for _ in range(n):
+        logp = logits[0].astype(np.float64)
+        logp = logp - logp.max()
+        logp -= np.log(np.exp(logp).sum())
+        token = _sample(logp, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(logp))
+        tokens.append(token)
+        total += float(logp[token])
+        if token == eos or len(tokens) == n:
+            break
+        logits = decoder.feed([[token]])
+    return tokens, total
 
 
 def _prompt_rows(prompt_ids: Any) -> List[Any]:
