@@ -1,23 +1,27 @@
 //! tfm_rs: the Transformer of "Attention Is All You Need" on a Rust core.
 //!
-//! Modules, from the bottom of the import order up:
+//! Modules, from the bottom of the import order up (each names only modules above it in this
+//! list; a test at the end of this file checks it):
 //!
 //! - [`error`]: the one error type, [`TfmError`].
+//! - [`random`]: counter-based random numbers (dropout masks independent of thread count).
 //! - [`desc`]: device-neutral op descriptors (op kinds, loss, optimizer and attention
 //!   configurations) that the CPU kernels, the GPU kernels and the ops all name.
 //! - [`shape`]: shape arithmetic (element counts, strides, broadcasting) for both backends.
-//! - [`cpu`]: instruction-set detection, the packed SIMD GEMM, the thread pool.
-//! - `gpu` (feature `wgpu`): the same ops as WGSL compute shaders through wgpu, as
-//!   buffer-level kernels (and tensor-level helpers the ops call for GPU values); it imports
-//!   neither `ops` nor `autograd` (checked by a test at the end of this file).
-//! - [`tensor`]: f32 values with a shape, on the host or the GPU.
-//! - [`random`]: counter-based random numbers (dropout masks independent of thread count).
+//! - [`cpu`]: instruction-set detection, the packed SIMD GEMM, the scalar math the kernels
+//!   inline, the thread pool.
+//! - `gpu` (feature `wgpu`): the GPU backend: `GpuTensor` (a GPU buffer with a shape) and the
+//!   ops as WGSL compute shaders through wgpu, taking and returning `GpuTensor`s.
+//! - [`tensor`]: [`tensor::Tensor`], values with a shape on one device: a
+//!   [`tensor::CpuTensor`] or a `GpuTensor`. [`tensor::Tensor::place`] is the one device
+//!   dispatch: it hands an op all-CPU or all-GPU operands, or a `Device` error naming the op.
 //! - [`autograd`]: `Var`, the graph, and the backward pass.
-//! - [`ops`]: one file per op: its CPU kernels, its reference and tests, the differentiable
-//!   function and its one `Backward`, dispatching GPU values to `gpu`.
+//! - [`ops`]: one file per op: its CPU kernels (on `CpuTensor`s and slices), its reference
+//!   and tests, the differentiable function and its one `Backward`; GPU operands go to the
+//!   `gpu` kernel of the op, and an op without one refuses GPU tensors with a `Device` error.
 //! - [`optim`]: Adam/AdamW and SGD updates, matching `torch.optim` step for step, on either
 //!   device.
-//! - [`decode`]: greedy, beam and sampling search with a key/value cache.
+//! - [`decode`]: greedy, beam and sampling search with a key/value cache, on host weights.
 //! - `python` (feature `python`): the PyO3 bindings, the only code that knows about Python;
 //!   they only convert, and every call into Rust goes through one door that catches panics.
 //!
@@ -28,7 +32,7 @@
 //! let x = Var::leaf(Tensor::new(vec![1.0, -2.0, 3.0], &[3]).unwrap(), true);
 //! let y = ops::reduce::sum(&ops::elementwise::mul(&x, &x).unwrap(), &[], false).unwrap();
 //! backward(&y, None, false).unwrap();
-//! assert_eq!(x.grad().unwrap().data(), &[2.0, -4.0, 6.0]);
+//! assert_eq!(x.grad().unwrap().to_vec().unwrap(), [2.0, -4.0, 6.0]);
 //! ```
 
 pub mod autograd;
@@ -109,32 +113,52 @@ mod import_order {
         );
     }
 
-    /// `rust/gpu` is a backend below the ops and the autograd (`CONTRIBUTING.md`): it imports
-    /// neither, so the arrows run ops → gpu only.
+    /// The import order of the module list above, bottom first: each module names only modules
+    /// before it, so no two modules import each other (`CONTRIBUTING.md`). The GPU backend sits
+    /// below the tensor type, which holds its tensors; the CPU kernels' scalar math sits in
+    /// `cpu`, below the ops and the GEMM epilogue that both apply it.
+    const LAYERS: [&str; 12] = [
+        "error", "random", "desc", "shape", "cpu", "gpu", "tensor", "autograd", "ops", "optim",
+        "decode", "python",
+    ];
+
     #[test]
-    fn gpu_imports_neither_ops_nor_autograd() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("rust/gpu");
+    fn modules_import_only_modules_below_them() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("rust");
         let mut files = Vec::new();
         sources(&root, &mut files);
-        assert!(files.len() > 5, "found only {files:?} under {root:?}");
+        assert!(
+            files.len() > 50,
+            "found only {} sources under {root:?}",
+            files.len()
+        );
         let mut offenders = Vec::new();
         for file in files {
-            if file.file_name().is_some_and(|n| n == "tests.rs") {
+            let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name == "tests.rs" || name.ends_with("_tests.rs") || name == "test_support.rs" {
                 continue;
             }
+            let rel = file.strip_prefix(&root).expect("under rust/");
+            let top = rel
+                .components()
+                .next()
+                .and_then(|c| c.as_os_str().to_str())
+                .map(|c| c.trim_end_matches(".rs"))
+                .unwrap_or("");
+            let Some(level) = LAYERS.iter().position(|m| *m == top) else {
+                continue; // lib.rs
+            };
             let text = std::fs::read_to_string(&file).expect("readable source");
             for head in crate_paths(&code(&text)) {
-                if ["ops", "autograd"]
-                    .iter()
-                    .any(|m| head == *m || head.starts_with(&format!("{m}::")))
-                {
-                    offenders.push(format!("{}: crate::{head:.40}", file.display()));
+                let module = head.split("::").next().unwrap_or("");
+                if LAYERS[level..].contains(&module) && module != top {
+                    offenders.push(format!("{}: crate::{head:.40}", rel.display()));
                 }
             }
         }
         assert!(
             offenders.is_empty(),
-            "rust/gpu imports the ops or the autograd: {offenders:#?}"
+            "modules import modules above them: {offenders:#?}"
         );
     }
 }

@@ -9,6 +9,12 @@ pub fn numel(shape: &[usize]) -> usize {
     shape.iter().product()
 }
 
+/// Size of the last dimension and the number of rows before it (1 for a scalar).
+pub fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    let cols = shape.last().copied().unwrap_or(1);
+    (numel(&shape[..shape.len().saturating_sub(1)]), cols)
+}
+
 pub fn shape_str(shape: &[usize]) -> String {
     match shape {
         [d] => format!("({d},)"),

@@ -186,10 +186,17 @@ def test_gradient_clipping_on_the_gpu(norm_type):
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
-def test_op_without_gpu_kernel_names_itself():
-    """RMS norm has no GPU kernel: a DeviceError naming the op, not a panic or a silent copy."""
-    with pytest.raises(tfm_rs.DeviceError, match="rms_norm"):
-        F.rms_norm(on_gpu(randn(2, 3)), 3)
+@pytest.mark.parametrize("op, call", [
+    ("rms_norm", lambda x: F.rms_norm(x, 3)),
+    ("conv1d", lambda x: F.conv1d(x.reshape(1, 2, 3), on_gpu(randn(4, 2, 1)))),
+    ("batch_norm", lambda x: F.batch_norm(x, None, None, training=True)),
+    ("linear_attention", lambda x: F.linear_attention(x, x, x)),
+    ("lsh_attention", lambda x: F.lsh_attention(x, x, n_hashes=1, bucket_size=2)),
+])
+def test_op_without_gpu_kernel_names_itself(op, call):
+    """An op with no GPU kernel: a DeviceError naming the op, not a panic or a silent copy."""
+    with pytest.raises(tfm_rs.DeviceError, match=op):
+        call(on_gpu(randn(2, 3)))
 
 
 def test_cross_entropy_nan_logits_raise_on_gpu_as_on_cpu():

@@ -6,6 +6,7 @@ pub mod features;
 pub mod fork;
 pub mod gemm;
 pub mod gemm_bf16;
+pub mod math;
 pub mod pool;
 pub mod qgemm;
 pub mod simd;

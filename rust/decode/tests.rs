@@ -4,7 +4,7 @@
 use super::*;
 use crate::ops::activation::ActivationKind;
 use crate::ops::test_support::rand_vec;
-use crate::tensor::Tensor;
+use crate::tensor::CpuTensor;
 use std::sync::Arc;
 
 struct Dims {
@@ -18,9 +18,9 @@ struct Dims {
     max_len: usize,
 }
 
-fn t(seed: u64, shape: &[usize], scale: f32) -> Tensor {
+fn t(seed: u64, shape: &[usize], scale: f32) -> CpuTensor {
     let n = shape.iter().product();
-    Tensor::new(rand_vec(seed, n, -scale, scale), shape).unwrap()
+    CpuTensor::new(rand_vec(seed, n, -scale, scale), shape).unwrap()
 }
 
 fn lin(seed: u64, out: usize, inp: usize, bias: bool) -> Linear {
@@ -34,7 +34,7 @@ fn lin(seed: u64, out: usize, inp: usize, bias: bool) -> Linear {
 fn norm(seed: u64, d: usize) -> Norm {
     let w = rand_vec(seed, d, 0.8, 1.2);
     Norm {
-        weight: Some(Tensor::new(w, &[d]).unwrap()),
+        weight: Some(CpuTensor::new(w, &[d]).unwrap()),
         bias: Some(t(seed + 1, &[d], 0.1)),
     }
 }
@@ -86,7 +86,7 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
 
 type M = Vec<Vec<f64>>;
 
-fn f64s(t: &Tensor) -> Vec<f64> {
+fn f64s(t: &CpuTensor) -> Vec<f64> {
     t.data().iter().map(|&v| v as f64).collect()
 }
 

@@ -11,7 +11,7 @@ use super::llama::LlamaParts;
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::quantized_linear::QuantizedWeight;
-use crate::tensor::{shape_str, Tensor};
+use crate::tensor::{shape_str, CpuTensor};
 use std::sync::Arc;
 
 const OP: &str = "decode";
@@ -20,14 +20,14 @@ const OP: &str = "decode";
 #[derive(Clone, Debug)]
 pub struct Linear {
     pub weight: Weight,
-    pub bias: Option<Tensor>,
+    pub bias: Option<CpuTensor>,
 }
 
 /// A linear layer's matrix: float32, or int8 with per-channel scales (a quantized model's),
 /// which the decoder multiplies with the integer GEMM.
 #[derive(Clone, Debug)]
 pub enum Weight {
-    F32(Tensor),
+    F32(CpuTensor),
     Int8(Arc<QuantizedWeight>),
 }
 
@@ -50,8 +50,8 @@ impl Linear {
 /// LayerNorm's affine parameters, each `(d,)` when present.
 #[derive(Clone, Debug)]
 pub struct Norm {
-    pub weight: Option<Tensor>,
-    pub bias: Option<Tensor>,
+    pub weight: Option<CpuTensor>,
+    pub bias: Option<CpuTensor>,
 }
 
 /// One block. `cross` (encoder-decoder attention, q/k/v stacked in `(3a, d)`) and its
@@ -84,10 +84,10 @@ pub struct DecoderWeights {
     /// `true`: LayerNorm; `false`: RMSNorm (no centring; its norms have no bias).
     pub centred: bool,
     /// `(V_in, d)`.
-    pub embed: Tensor,
+    pub embed: CpuTensor,
     pub embed_scale: f32,
     /// `(max_len, d)`: one row per position; `None` exactly when `llama` gives rotary positions.
-    pub positions: Option<Tensor>,
+    pub positions: Option<CpuTensor>,
     pub layers: Vec<Layer>,
     pub final_norm: Option<Norm>,
     /// `(V, d)` (often the same storage as `embed`).
@@ -132,7 +132,7 @@ impl DecoderWeights {
     /// Checks every shape against `d_model` and each other, so that the decoding kernels may
     /// index without further checks.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &str, t: &Tensor, want: String| {
+        let bad = |what: &str, t: &CpuTensor, want: String| {
             TfmError::shape(
                 OP,
                 format!("{what} has shape {}, expected {want}", shape_str(t.shape())),

@@ -3,6 +3,8 @@
 //!
 //! - [`context`]: the process's one device, created on first use; [`is_available`], [`info`].
 //! - [`buffer`]: [`GpuBuffer`], storage of 4-byte elements with upload and download.
+//! - [`tensor`]: [`GpuTensor`], a shared buffer with a shape: what the op kernels take and
+//!   return, and what `crate::tensor::Tensor` holds for GPU values.
 //! - [`pipeline`]: pipelines compiled once per (shader, entry point) and cached; [`pipeline::launch`],
 //!   the one call an op's host code makes; `common.wgsl`, compiled in front of every shader.
 //! - [`timing`]: kernel timings on device-resident buffers, for the benchmarks.
@@ -10,8 +12,9 @@
 //!   function (device in, device out) and is tested against the CPU op; tensors reach these
 //!   kernels through `Tensor::to_device`, never through host slices.
 //!
-//! The backend sits below the ops: it names [`crate::desc`], [`crate::shape`] and the tensor
-//! type, never `crate::ops` or `crate::autograd` (a test in `lib.rs` scans this directory).
+//! The backend sits below the tensor type and the ops: it names [`crate::desc`],
+//! [`crate::shape`] and [`crate::cpu`], never `crate::tensor`, `crate::ops` or
+//! `crate::autograd` (a test in `lib.rs` checks the import order).
 //!
 //! Every failure is a [`TfmError`](crate::TfmError): `ErrorKind::Device` when there is no
 //! adapter or the GPU rejects or loses work, the usual kinds for bad shapes or arguments.
@@ -32,9 +35,11 @@ pub mod buffer;
 pub mod context;
 pub mod ops;
 pub mod pipeline;
+pub mod tensor;
 pub mod timing;
 
 pub use buffer::GpuBuffer;
+pub use tensor::GpuTensor;
 
 pub use context::{info, is_available, GpuInfo};
 

@@ -4,85 +4,14 @@
 //! the exact derivatives (erf form: `Φ(x) + x·φ(x)`).
 
 use super::broadcast::{map1, map2};
-use super::rows::{exp_fast, for_each_row, rows_mut};
+use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::tensor::{CpuTensor, Placed, Tensor};
 
+pub use crate::cpu::math::{erf, gelu_erf, gelu_erf_grad, gelu_tanh, gelu_tanh_grad, normal_cdf};
 pub use crate::desc::ActivationKind;
-
-// The scalar functions are `#[inline(always)]` and branch-free (libm's `erff`/`tanhf` are
-// calls that no loop can vectorize), so that the `map1`/`map2` kernels compile them into 16-
-// or 8-lane SIMD code for the active instruction set.
-
-const K: f32 = 0.797_884_6; // √(2/π)
-const C: f32 = 0.044715;
-const INV_SQRT_2PI: f32 = 0.398_942_3; // 1/√(2π)
-
-/// `Φ(x)`, the standard normal CDF, to a few f32 ulps relative on both tails:
-/// `Φ(−|x|) = ½·erfc(|x|/√2)` with Numerical Recipes' `erfcc` (Chebyshev fit,
-/// `erfc(z) = t·exp(−z² + P(t))`, `t = 1/(1 + z/2)`, fractional error < 1.2e-7 for z ≥ 0) on
-/// `exp_fast`, and `Φ(x) = 1 − Φ(−x)` for x ≥ 0. NaN gives NaN.
-#[inline(always)]
-pub fn normal_cdf(x: f32) -> f32 {
-    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -0.822_152_23 + t * 0.170_872_77;
-    let p = 1.488_515_9 + t * p;
-    let p = -1.135_204 + t * p;
-    let p = 0.278_868_07 + t * p;
-    let p = -0.186_288_06 + t * p;
-    let p = 0.096_784_18 + t * p;
-    let p = 0.374_091_96 + t * p;
-    let p = 1.000_023_7 + t * p;
-    let p = -1.265_512_2 + t * p;
-    let lower = 0.5 * t * exp_fast(p - z * z);
-    if x < 0.0 {
-        lower
-    } else {
-        1.0 - lower
-    }
-}
-
-/// `1/(1 + e^{−v})`, exact limits 0 and 1 at the tails.
-#[inline(always)]
-fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + exp_fast(-v))
-}
-
-/// `x · Φ(x)` with the exact normal CDF (PyTorch's `approximate='none'`).
-#[inline(always)]
-pub fn gelu_erf(x: f32) -> f32 {
-    x * normal_cdf(x)
-}
-
-/// `0.5·x·(1 + tanh(u))`, `u = √(2/π)·(x + 0.044715·x³)`, computed as `x·σ(2u)` (the same
-/// value: `½(1 + tanh u) = σ(2u)`), which keeps full relative precision on the negative tail.
-#[inline(always)]
-pub fn gelu_tanh(x: f32) -> f32 {
-    x * sigmoid(2.0 * K * (x + C * x * x * x))
-}
-
-/// The error function, to f32 precision (|error| < 2e-7).
-#[inline]
-pub fn erf(x: f32) -> f32 {
-    libm::erff(x)
-}
-
-/// d/dx of [`gelu_erf`]: `Φ(x) + x·φ(x)`.
-#[inline(always)]
-pub fn gelu_erf_grad(x: f32) -> f32 {
-    normal_cdf(x) + x * INV_SQRT_2PI * exp_fast(-0.5 * x * x)
-}
-
-/// d/dx of [`gelu_tanh`]: `0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)` with
-/// `t = tanh(u)`; with `s = σ(2u)`, `0.5·(1 + t) = s` and `1 − t² = 4·s·(1 − s)`.
-#[inline(always)]
-pub fn gelu_tanh_grad(x: f32) -> f32 {
-    let s = sigmoid(2.0 * K * (x + C * x * x * x));
-    s + 2.0 * x * s * (1.0 - s) * K * (1.0 + 3.0 * C * x * x)
-}
 
 impl ActivationKind {
     /// The activation of one value. ReLU keeps NaN (written as `x ≤ 0 → 0`), as PyTorch does.
@@ -112,9 +41,17 @@ impl ActivationKind {
     }
 }
 
-/// Forward kernel: `x (any shape)` → `act(x)` (same shape).
+/// Forward: `x (any shape)` → `act(x)` (same shape), on `x`'s device.
+pub fn activation_forward(kind: ActivationKind, x: &Tensor) -> Result<Tensor> {
+    match Tensor::place(kind.name(), [x])? {
+        Placed::Cpu([x]) => Ok(forward_host(kind, x)),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([x]) => Ok(crate::gpu::ops::activation::forward_tensor(kind, x)?.into()),
+    }
+}
+
 /// One `map1` instantiation per kind, so that each vectorized loop holds no `match`.
-pub fn activation_forward(kind: ActivationKind, x: &Tensor) -> Tensor {
+fn forward_host(kind: ActivationKind, x: &CpuTensor) -> Tensor {
     match kind {
         ActivationKind::Relu => map1(x, |v| ActivationKind::Relu.apply(v)),
         ActivationKind::Gelu => map1(x, gelu_erf),
@@ -124,10 +61,14 @@ pub fn activation_forward(kind: ActivationKind, x: &Tensor) -> Tensor {
 
 /// Backward kernel: `g` and the saved input `x` (same shape) → `g ∘ act'(x)`.
 pub fn activation_backward(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Result<Tensor> {
-    on_device!(g.device(),
-        gpu: return crate::gpu::ops::activation::backward_tensor(kind, g, x),
-        cpu: (),
-    );
+    match Tensor::place(kind.name(), [g, x])? {
+        Placed::Cpu([g, x]) => backward_host(kind, g, x),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([g, x]) => Ok(crate::gpu::ops::activation::backward_tensor(kind, g, x)?.into()),
+    }
+}
+
+fn backward_host(kind: ActivationKind, g: &CpuTensor, x: &CpuTensor) -> Result<Tensor> {
     if g.shape() != x.shape() {
         return map2(kind.name(), g, x, |g, x| g * kind.derivative(x));
     }
@@ -189,10 +130,7 @@ impl Backward for ActivationBackward {
 
 pub fn activation(kind: ActivationKind, x: &Var) -> Result<Var> {
     let xv = x.value();
-    let y = on_device!(xv.device(),
-        gpu: crate::gpu::ops::activation::forward_tensor(kind, &xv)?,
-        cpu: activation_forward(kind, &xv),
-    );
+    let y = activation_forward(kind, &xv)?;
     Ok(Var::from_op(
         y,
         vec![x.clone()],
@@ -310,7 +248,7 @@ mod tests {
         assert_eq!(&y.data()[3..], &[1e4, 0.0]);
         assert_eq!(ActivationKind::Relu.derivative(0.0), 0.0);
         for kind in [ActivationKind::Gelu, ActivationKind::GeluTanh] {
-            let y = activation_forward(kind, &Tensor::new(vec![1e4, -1e4], &[2]).unwrap());
+            let y = activation_forward(kind, &Tensor::new(vec![1e4, -1e4], &[2]).unwrap()).unwrap();
             assert_eq!(y.data(), &[1e4, 0.0], "{}", kind.name());
             assert_eq!([kind.derivative(1e4), kind.derivative(-1e4)], [1.0, 0.0]);
         }
@@ -321,7 +259,7 @@ mod tests {
         let n = 40_000;
         let x = Tensor::new(rand_vec(9, n, -4.0, 4.0), &[n]).unwrap();
         for kind in KINDS {
-            let y = activation_forward(kind, &x);
+            let y = activation_forward(kind, &x).unwrap();
             let want: Vec<f64> = x
                 .data()
                 .iter()

@@ -157,10 +157,10 @@ impl Backward for AdditiveBackward {
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let [dq, dk, dv] = backward_kernel(
             self.d,
-            g.data(),
-            self.q.data(),
-            self.k.data(),
-            self.v.data(),
+            g.cpu(OP)?.data(),
+            self.q.cpu(OP)?.data(),
+            self.k.cpu(OP)?.data(),
+            self.v.cpu(OP)?.data(),
         );
         Ok(vec![
             Some(Tensor::new(dq, self.q.shape())?),
@@ -174,7 +174,12 @@ impl Backward for AdditiveBackward {
 pub fn additive_scores(q: &Var, k: &Var, v: &Var) -> Result<Var> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
     let d = check(&qv, &kv, &vv)?;
-    let s = forward_kernel(d, qv.data(), kv.data(), vv.data());
+    let s = forward_kernel(
+        d,
+        qv.cpu(OP)?.data(),
+        kv.cpu(OP)?.data(),
+        vv.cpu(OP)?.data(),
+    );
     let s = Tensor::new(s, &[d.b, d.tq, d.tk])?;
     Ok(Var::from_op(
         s,

@@ -43,7 +43,10 @@ pub fn cast(op: &'static str, x: &Var, precision: Precision) -> Result<Var> {
         Precision::F32 => Ok(x.clone()),
         Precision::Bf16 => {
             let v = x.value();
-            let rounded = Tensor::new(crate::cpu::gemm_bf16::round_slice(v.data()), v.shape())?;
+            let rounded = Tensor::new(
+                crate::cpu::gemm_bf16::round_slice(v.cpu(op)?.data()),
+                v.shape(),
+            )?;
             Ok(Var::from_op(rounded, vec![x.clone()], CastBackward))
         }
     }

@@ -201,11 +201,11 @@ impl Backward for BatchNormBackward {
     fn backward(&self, g: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let (rows, c) = self.x.rows_cols();
         let (dx, dw, db) = batch_norm_backward(
-            g.data(),
-            self.x.data(),
+            g.cpu(OP)?.data(),
+            self.x.cpu(OP)?.data(),
             (rows, c),
             &self.stats,
-            self.weight.as_ref().map(Tensor::data),
+            Tensor::cpu_opt(OP, self.weight.as_ref())?,
             self.keep.as_ref().map(|k| k.as_slice()),
             self.batch,
         );
@@ -285,7 +285,7 @@ pub fn batch_norm(
         ));
     }
     let (stats, batch_mean, batch_var) = if use_batch_stats {
-        let (mean, var, n) = batch_stats(xv.data(), rows, c, keep.as_deref());
+        let (mean, var, n) = batch_stats(xv.cpu(OP)?.data(), rows, c, keep.as_deref());
         ensure_value!(
             n > 1,
             OP,
@@ -324,12 +324,12 @@ pub fn batch_norm(
         (stats, None, None)
     };
     let y = batch_norm_forward(
-        xv.data(),
+        xv.cpu(OP)?.data(),
         rows,
         c,
         &stats,
-        wv.as_ref().map(Tensor::data),
-        bv.as_ref().map(Tensor::data),
+        Tensor::cpu_opt(OP, wv.as_ref())?,
+        Tensor::cpu_opt(OP, bv.as_ref())?,
     );
     let saved = BatchNormBackward {
         stats: Arc::new(stats),

@@ -6,7 +6,7 @@ use super::rows::{for_each_row, rows_mut, PAR_MIN};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 pub(crate) use crate::shape::{broadcast_strides, row_offset};
-use crate::tensor::{broadcast_shapes, numel, shape_str, Tensor};
+use crate::tensor::{broadcast_shapes, numel, shape_str, CpuTensor, Placed, Tensor};
 use rayon::prelude::*;
 
 /// Elements per task of the same-shape fast paths of [`map1`] and [`map2`]; elementwise maps,
@@ -35,8 +35,8 @@ simd_kernel! {
 /// `f(a, b)` elementwise over the broadcast shape of `a` and `b`.
 pub fn map2(
     op: &'static str,
-    a: &Tensor,
-    b: &Tensor,
+    a: &CpuTensor,
+    b: &CpuTensor,
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<Tensor> {
     let out_shape = broadcast_shapes(op, a.shape(), b.shape())?;
@@ -223,7 +223,7 @@ pub fn scatter_strided(
 }
 
 /// `f(x)` elementwise.
-pub fn map1(x: &Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
+pub fn map1(x: &CpuTensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
     let n = x.numel();
     let mut out = crate::cpu::alloc::output(n);
     for_each_row(
@@ -255,10 +255,11 @@ pub fn broadcast_to(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Ten
 /// A contiguous tensor of `shape` read from `x` at `offset + Σ idx[d]·strides[d]` (see
 /// [`gather_strided`]), on `x`'s device.
 pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
-    on_device!(x.device(),
-        gpu: crate::gpu::ops::strided::gather(x, offset, shape, strides),
-        cpu: Tensor::new(gather_strided(x.data(), offset, shape, strides), shape),
-    )
+    match Tensor::place("gather", [x])? {
+        Placed::Cpu([x]) => Tensor::new(gather_strided(x.data(), offset, shape, strides), shape),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([x]) => Ok(crate::gpu::ops::strided::gather(x, offset, shape, strides)?.into()),
+    }
 }
 
 /// The adjoint of [`gather`] for views that read each element at most once: `g` written into
@@ -269,17 +270,18 @@ pub fn scatter(
     offset: usize,
     strides: &[usize],
 ) -> Result<Tensor> {
-    on_device!(g.device(),
-        gpu: {
-            let out = Tensor::gpu_zeros(src_shape)?;
-            crate::gpu::ops::strided::scatter_into(out.buffer("scatter")?, g, offset, strides)?;
-            Ok(out)
-        },
-        cpu: Tensor::new(
+    match Tensor::place("scatter", [g])? {
+        Placed::Cpu([g]) => Tensor::new(
             scatter_strided(g.data(), numel(src_shape), offset, g.shape(), strides),
             src_shape,
         ),
-    )
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([g]) => {
+            let out = crate::gpu::GpuTensor::zeros(src_shape)?;
+            crate::gpu::ops::strided::scatter_into(out.buffer(), g, offset, strides)?;
+            Ok(out.into())
+        }
+    }
 }
 
 /// The adjoint of broadcasting: sums `g` (of a broadcast shape) down to `shape`, over the
@@ -288,10 +290,11 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if g.shape() == shape {
         return Ok(g.clone());
     }
-    on_device!(g.device(),
-        gpu: crate::gpu::ops::strided::sum_to(g, shape),
-        cpu: Ok(sum_to_host(g, shape)),
-    )
+    match Tensor::place("sum_to", [g])? {
+        Placed::Cpu([g]) => Ok(sum_to_host(g, shape)),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([g]) => Ok(crate::gpu::ops::strided::sum_to(g, shape)?.into()),
+    }
 }
 
 /// `Σ x` in f64, in 8 independent lanes over whole chunks: vectorized conversion and adds, where
@@ -308,7 +311,7 @@ fn f64_lane_sum(x: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-fn sum_to_host(g: &Tensor, shape: &[usize]) -> Tensor {
+fn sum_to_host(g: &CpuTensor, shape: &[usize]) -> Tensor {
     let out_shape = g.shape().to_vec();
     let mut out = crate::cpu::alloc::zeros(numel(shape));
     if out.is_empty() || g.numel() == 0 {
@@ -422,7 +425,10 @@ mod tests {
     fn map2_broadcasts_rows_and_columns() {
         let a = Tensor::new(vec![1.0, 2.0, 3.0], &[3, 1]).unwrap();
         let b = Tensor::new(vec![10.0, 20.0], &[2]).unwrap();
-        let c = map2("add", &a, &b, |x, y| x + y).unwrap();
+        let c = map2("add", a.cpu("t").unwrap(), b.cpu("t").unwrap(), |x, y| {
+            x + y
+        })
+        .unwrap();
         assert_eq!(c.shape(), &[3, 2]);
         assert_eq!(c.data(), &[11.0, 21.0, 12.0, 22.0, 13.0, 23.0]);
     }

@@ -255,8 +255,13 @@ impl Backward for Conv1dBackward {
         OP
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let [dx, dw, db] =
-            backward_kernel(g.data(), self.x.data(), self.w.data(), &self.d, &self.cfg);
+        let [dx, dw, db] = backward_kernel(
+            g.cpu(OP)?.data(),
+            self.x.cpu(OP)?.data(),
+            self.w.cpu(OP)?.data(),
+            &self.d,
+            &self.cfg,
+        );
         let mut grads = vec![
             Some(Tensor::new(dx, self.x.shape())?),
             Some(Tensor::new(dw, self.w.shape())?),
@@ -272,7 +277,13 @@ impl Backward for Conv1dBackward {
 pub fn conv1d(x: &Var, w: &Var, b: Option<&Var>, cfg: &Conv1dConfig) -> Result<Var> {
     let (xv, wv, bv) = (x.value(), w.value(), b.map(Var::value));
     let d = check(&xv, &wv, bv.as_ref(), cfg)?;
-    let y = forward_kernel(xv.data(), wv.data(), bv.as_ref().map(Tensor::data), &d, cfg);
+    let y = forward_kernel(
+        xv.cpu(OP)?.data(),
+        wv.cpu(OP)?.data(),
+        Tensor::cpu_opt(OP, bv.as_ref())?,
+        &d,
+        cfg,
+    );
     let y = Tensor::new(y, &[d.n, d.c_out, d.l_out])?;
     let mut inputs = vec![x.clone(), w.clone()];
     inputs.extend(b.cloned());

@@ -161,7 +161,7 @@ enum Saved {
     #[cfg(feature = "wgpu")]
     Gpu {
         target: crate::gpu::GpuBuffer,
-        lse: Tensor,
+        lse: crate::gpu::GpuTensor,
     },
 }
 
@@ -182,6 +182,7 @@ impl Backward for CrossEntropyBackward {
         let n = self.logits.rows_cols().0;
         match &self.saved {
             Saved::Host { target, lse } => {
+                let (g, logits) = (g.cpu(OP)?, self.logits.cpu(OP)?);
                 let w = match self.reduction {
                     Reduction::None => g.data().to_vec(),
                     Reduction::Sum => vec![g.data()[0]; n],
@@ -189,8 +190,8 @@ impl Backward for CrossEntropyBackward {
                     Reduction::Mean => vec![g.data()[0] / self.counted.max(1) as f32; n],
                 };
                 let c = self.logits.shape().last().copied().unwrap_or(0);
-                let dx = cross_entropy_backward(self.logits.data(), target, lse, &w, c, self.cfg);
-                Ok(vec![Some(Tensor::new(dx, self.logits.shape())?)])
+                let dx = cross_entropy_backward(logits.data(), target, lse, &w, c, self.cfg);
+                Ok(vec![Some(Tensor::new(dx, logits.shape())?)])
             }
             #[cfg(feature = "wgpu")]
             Saved::Gpu { target, lse } => {
@@ -205,13 +206,13 @@ impl Backward for CrossEntropyBackward {
                     )?,
                 };
                 let dx = crate::gpu::ops::cross_entropy::backward_tensor(
-                    &self.logits,
+                    self.logits.gpu(OP)?,
                     target,
                     lse,
-                    &w,
+                    w.gpu(OP)?,
                     self.cfg.label_smoothing,
                 )?;
-                Ok(vec![Some(dx)])
+                Ok(vec![Some(dx.into())])
             }
         }
     }
@@ -255,7 +256,9 @@ pub fn cross_entropy(
     #[cfg(feature = "wgpu")]
     if x.device() == crate::tensor::Device::Gpu {
         use super::broadcast::sum_to;
-        let (loss, lse, target) = crate::gpu::ops::cross_entropy::forward_tensors(&x, target, cfg)?;
+        let (loss, lse, target) =
+            crate::gpu::ops::cross_entropy::forward_tensors(x.gpu(OP)?, target, cfg)?;
+        let loss = Tensor::from(loss);
         let out = match reduction {
             Reduction::None if x.ndim() == 2 => loss,
             Reduction::None => loss.reshape(&[])?,
@@ -274,7 +277,7 @@ pub fn cross_entropy(
         };
         return Ok(Var::from_op(out, vec![logits.clone()], saved));
     }
-    let rows = cross_entropy_forward(x.data(), target, c, cfg)?;
+    let rows = cross_entropy_forward(x.cpu(OP)?.data(), target, c, cfg)?;
     // Sums in row order in f64: deterministic, and accurate over thousands of rows.
     let total: f64 = rows.iter().map(|r| r.loss).sum();
     let out = match reduction {

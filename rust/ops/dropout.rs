@@ -13,7 +13,7 @@ use crate::cpu::simd::simd_kernel;
 use crate::ensure_value;
 use crate::error::Result;
 use crate::random::{keep_group_bits, keep_threshold, kept, next_seed, KEEP_GROUP};
-use crate::tensor::Tensor;
+use crate::tensor::{Placed, Tensor};
 
 /// Elements per parallel task, a multiple of `KEEP_GROUP`; masks are indexed by the absolute
 /// element index, so the split does not affect the result.
@@ -74,10 +74,11 @@ impl Backward for DropoutBackward {
 
 /// [`dropout_apply`] on `v`'s device (forward and backward alike).
 fn dropout_tensor(v: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
-    on_device!(v.device(),
-        gpu: crate::gpu::ops::dropout::apply_tensor(v, seed, p),
-        cpu: Tensor::new(dropout_apply(v.data(), seed, p), v.shape()),
-    )
+    match Tensor::place("dropout", [v])? {
+        Placed::Cpu([v]) => Tensor::new(dropout_apply(v.data(), seed, p), v.shape()),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([v]) => Ok(crate::gpu::ops::dropout::apply_tensor(v, seed, p)?.into()),
+    }
 }
 
 /// Dropout with drop probability `p ∈ [0, 1]` (checked even when not training, as PyTorch

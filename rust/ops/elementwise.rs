@@ -8,20 +8,20 @@
 use super::broadcast::{map1, map2, sum_to};
 use crate::autograd::{Backward, Var};
 use crate::error::Result;
-use crate::tensor::{Device, Tensor};
+use crate::tensor::{CpuTensor, Device, Placed, Tensor};
 
 pub use crate::desc::{BinaryOp, UnaryOp};
 
 /// Forward kernel: `f(a, b)` with broadcasting, on the operands' device.
 pub fn binary_forward(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let device = Device::common(op.name(), [a.device(), b.device()])?;
-    on_device!(device,
-        gpu: crate::gpu::ops::elementwise::binary(op, a, b),
-        cpu: binary_host(op, a, b),
-    )
+    match Tensor::place(op.name(), [a, b])? {
+        Placed::Cpu([a, b]) => binary_host(op, a, b),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([a, b]) => Ok(crate::gpu::ops::elementwise::binary(op, a, b)?.into()),
+    }
 }
 
-fn binary_host(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+fn binary_host(op: BinaryOp, a: &CpuTensor, b: &CpuTensor) -> Result<Tensor> {
     match op {
         BinaryOp::Add => map2(op.name(), a, b, |x, y| x + y),
         BinaryOp::Sub => map2(op.name(), a, b, |x, y| x - y),
@@ -124,13 +124,14 @@ pub fn div(a: &Var, b: &Var) -> Result<Var> {
 
 /// `op(x)` elementwise, on `x`'s device.
 pub fn unary_forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
-    on_device!(x.device(),
-        gpu: crate::gpu::ops::elementwise::unary(op, x),
-        cpu: Ok(unary_host(op, x)),
-    )
+    match Tensor::place(op.name(), [x])? {
+        Placed::Cpu([x]) => Ok(unary_host(op, x)),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([x]) => Ok(crate::gpu::ops::elementwise::unary(op, x)?.into()),
+    }
 }
 
-fn unary_host(op: UnaryOp, x: &Tensor) -> Tensor {
+fn unary_host(op: UnaryOp, x: &CpuTensor) -> Tensor {
     match op {
         UnaryOp::Neg => map1(x, |v| -v),
         UnaryOp::Exp => map1(x, f32::exp),
@@ -143,13 +144,16 @@ fn unary_host(op: UnaryOp, x: &Tensor) -> Tensor {
 
 /// `x` is the input and `y` the output of the forward.
 pub fn unary_backward(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    on_device!(g.device(),
-        gpu: crate::gpu::ops::elementwise::unary_backward(op, g, x, y),
-        cpu: unary_backward_host(op, g, x, y),
-    )
+    match Tensor::place(op.name(), [g, x, y])? {
+        Placed::Cpu([g, x, y]) => unary_backward_host(op, g, x, y),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([g, x, y]) => {
+            Ok(crate::gpu::ops::elementwise::unary_backward(op, g, x, y)?.into())
+        }
+    }
 }
 
-fn unary_backward_host(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+fn unary_backward_host(op: UnaryOp, g: &CpuTensor, x: &CpuTensor, y: &CpuTensor) -> Result<Tensor> {
     match op {
         UnaryOp::Neg => Ok(map1(g, |v| -v)),
         UnaryOp::Exp => map2("exp", g, y, |g, y| g * y),
@@ -187,10 +191,11 @@ pub fn unary(op: UnaryOp, x: &Var) -> Result<Var> {
 
 /// `x·s` elementwise, on `x`'s device (means, gradient scaling).
 pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
-    on_device!(x.device(),
-        gpu: crate::gpu::ops::elementwise::scale(x, s),
-        cpu: Ok(map1(x, |v| v * s)),
-    )
+    match Tensor::place("scale", [x])? {
+        Placed::Cpu([x]) => Ok(map1(x, |v| v * s)),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([x]) => Ok(crate::gpu::ops::elementwise::scale(x, s)?.into()),
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::ensure_shape;
 use crate::error::{Result, TfmError};
-use crate::tensor::{contiguous_strides, numel, shape_str, Tensor};
+use crate::tensor::{contiguous_strides, numel, shape_str, Placed, Tensor};
 
 const OP: &str = "embedding";
 
@@ -120,13 +120,17 @@ impl Backward for EmbeddingBackward {
         OP
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
-        let dw = on_device!(g.device(),
-            gpu: crate::gpu::ops::embedding::backward_tensor(g, &self.ids, self.v, self.padding)?,
-            cpu: Tensor::new(
+        let dw = match Tensor::place(OP, [g])? {
+            Placed::Cpu([g]) => Tensor::new(
                 embedding_backward(g.data(), &self.ids, self.v, self.d, self.padding),
                 &[self.v, self.d],
             )?,
-        );
+            #[cfg(feature = "wgpu")]
+            Placed::Gpu([g]) => {
+                crate::gpu::ops::embedding::backward_tensor(g, &self.ids, self.v, self.padding)?
+                    .into()
+            }
+        };
         Ok(vec![Some(dw)])
     }
 }
@@ -150,10 +154,12 @@ pub fn embedding(
     let rows = row_indices(ids, ids_shape, v)?;
     let padding = padding_row(padding_idx, v)?;
     let out_shape: Vec<usize> = ids_shape.iter().copied().chain([d]).collect();
-    let out = on_device!(w.device(),
-        gpu: crate::gpu::ops::embedding::forward_tensor(&rows, &w)?.reshape(&out_shape)?,
-        cpu: Tensor::new(embedding_forward(&rows, w.data(), d), &out_shape)?,
-    );
+    let out = match Tensor::place(OP, [&w])? {
+        Placed::Cpu([w]) => Tensor::new(embedding_forward(&rows, w.data(), d), &out_shape)?,
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([w]) => Tensor::from(crate::gpu::ops::embedding::forward_tensor(&rows, w)?)
+            .reshape(&out_shape)?,
+    };
     Ok(Var::from_op(
         out,
         vec![weight.clone()],

@@ -152,12 +152,12 @@ impl Backward for HashEmbeddingBackward {
         let (b, d) = (self.pool.shape()[0], self.pool.shape()[1]);
         let v = self.importance.as_ref().map_or(0, |t| t.shape()[0]);
         let (dpool, dimp) = hash_embedding_backward(
-            g.data(),
+            g.cpu(OP)?.data(),
             &self.ids,
             &self.buckets,
             self.k,
-            self.pool.data(),
-            self.importance.as_ref().map(Tensor::data),
+            self.pool.cpu(OP)?.data(),
+            Tensor::cpu_opt(OP, self.importance.as_ref())?,
             (b, d),
             v,
         );
@@ -239,8 +239,8 @@ pub fn hash_embedding(
         &rows,
         &buckets,
         num_hashes,
-        pv.data(),
-        iv.as_ref().map(Tensor::data),
+        pv.cpu(OP)?.data(),
+        Tensor::cpu_opt(OP, iv.as_ref())?,
         d,
     );
     let out_shape: Vec<usize> = ids_shape.iter().copied().chain([d]).collect();

@@ -238,8 +238,8 @@ enum SavedStats {
     Host(Arc<Vec<RowStats>>),
     #[cfg(feature = "wgpu")]
     Gpu {
-        mean: Tensor,
-        rstd: Tensor,
+        mean: crate::gpu::GpuTensor,
+        rstd: crate::gpu::GpuTensor,
     },
 }
 
@@ -259,19 +259,22 @@ impl LayerNormBackward {
         match &self.stats {
             SavedStats::Host(stats) => {
                 let d = self.s.shape().last().copied().unwrap_or(1);
-                let w = self.weight.as_ref().map(|w| w.data());
-                let ds =
-                    layer_norm_backward_input(g.data(), self.s.data(), stats, d, w, self.center);
-                Tensor::new(ds, self.s.shape())
+                let w = Tensor::cpu_opt(self.name, self.weight.as_ref())?;
+                let (g, s) = (g.cpu(self.name)?, self.s.cpu(self.name)?);
+                let ds = layer_norm_backward_input(g.data(), s.data(), stats, d, w, self.center);
+                Tensor::new(ds, s.shape())
             }
             #[cfg(feature = "wgpu")]
-            SavedStats::Gpu { mean, rstd } => crate::gpu::ops::layer_norm::backward_input_tensor(
-                g,
-                &self.s,
-                mean,
-                rstd,
-                self.weight.as_ref(),
-            ),
+            SavedStats::Gpu { mean, rstd } => {
+                Ok(crate::gpu::ops::layer_norm::backward_input_tensor(
+                    g.gpu(self.name)?,
+                    self.s.gpu(self.name)?,
+                    mean,
+                    rstd,
+                    self.weight.as_ref().map(|w| w.gpu(self.name)).transpose()?,
+                )?
+                .into())
+            }
         }
     }
 
@@ -279,12 +282,19 @@ impl LayerNormBackward {
         match &self.stats {
             SavedStats::Host(stats) => {
                 let d = self.s.shape().last().copied().unwrap_or(1);
-                let (dw, db) = layer_norm_backward_params(g.data(), self.s.data(), stats, d);
+                let (g, s) = (g.cpu(self.name)?, self.s.cpu(self.name)?);
+                let (dw, db) = layer_norm_backward_params(g.data(), s.data(), stats, d);
                 Ok((Tensor::new(dw, &[d])?, Tensor::new(db, &[d])?))
             }
             #[cfg(feature = "wgpu")]
             SavedStats::Gpu { mean, rstd } => {
-                crate::gpu::ops::layer_norm::backward_params_tensors(g, &self.s, mean, rstd)
+                let (dw, db) = crate::gpu::ops::layer_norm::backward_params_tensors(
+                    g.gpu(self.name)?,
+                    self.s.gpu(self.name)?,
+                    mean,
+                    rstd,
+                )?;
+                Ok((dw.into(), db.into()))
             }
         }
     }
@@ -399,8 +409,13 @@ fn layer_norm_var(
             Some(r) => binary_forward(BinaryOp::Add, &xv, r)?,
             None => xv,
         };
-        let (y, mean, rstd) =
-            crate::gpu::ops::layer_norm::forward_tensors(&s, wv.as_ref(), bv.as_ref(), eps)?;
+        let (y, mean, rstd) = crate::gpu::ops::layer_norm::forward_tensors(
+            s.gpu(op)?,
+            wv.as_ref().map(|t| t.gpu(op)).transpose()?,
+            bv.as_ref().map(|t| t.gpu(op)).transpose()?,
+            eps,
+        )?;
+        let y = Tensor::from(y);
         let saved = LayerNormBackward {
             name: op,
             s,
@@ -415,12 +430,12 @@ fn layer_norm_var(
     #[cfg(not(feature = "wgpu"))]
     let _ = device;
     let fwd = layer_norm_forward(
-        xv.data(),
-        rv.as_ref().map(Tensor::data),
+        xv.cpu(op)?.data(),
+        Tensor::cpu_opt(op, rv.as_ref())?,
         rows,
         d,
-        wv.as_ref().map(Tensor::data),
-        bv.as_ref().map(Tensor::data),
+        Tensor::cpu_opt(op, wv.as_ref())?,
+        Tensor::cpu_opt(op, bv.as_ref())?,
         eps,
         center,
     );

@@ -7,7 +7,7 @@ use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{Epilogue, MatRef};
 use crate::cpu::gemm_bf16::gemm_as;
 use crate::error::{Result, TfmError};
-use crate::tensor::{shape_str, Device, Tensor};
+use crate::tensor::{shape_str, Device, Placed, Tensor};
 
 /// `(rows, in, out)` of a product whose operands fit and share a device.
 pub(crate) fn check(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<(usize, usize, usize)> {
@@ -55,10 +55,12 @@ pub fn linear_forward_as(
 ) -> Result<Tensor> {
     let (rows, inp, out) = check(x, w, b)?;
     check_device("linear", precision, x.device())?;
-    on_device!(x.device(),
-        gpu: return gpu::forward(x, w, b),
-        cpu: (),
-    );
+    let (x, w) = match Tensor::place("linear", [x, w])? {
+        Placed::Cpu([x, w]) => (x, w),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu(_) => return gpu::forward(x, w, b),
+    };
+    let b = b.map(|b| b.cpu("linear")).transpose()?;
     let mut y = crate::cpu::alloc::output(rows * out);
     if rows * out > 0 {
         let epi = Epilogue {
@@ -111,10 +113,11 @@ pub fn linear_backward_as(
     precision: Precision,
 ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
     check_device("linear", precision, g.device())?;
-    on_device!(g.device(),
-        gpu: return gpu::backward(g, x, w, needs),
-        cpu: (),
-    );
+    let (g, x, w) = match Tensor::place("linear", [g, x, w])? {
+        Placed::Cpu([g, x, w]) => (g, x, w),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu(_) => return gpu::backward(g, x, w, needs),
+    };
     let (rows, inp) = x.rows_cols();
     let out = w.shape()[0];
     let gm = MatRef::row_major(g.data(), rows, out);
@@ -233,7 +236,14 @@ mod gpu {
             trans_b: true,
             ..GemmShape::new(rows, inp, out)
         };
-        gemm(y.buffer(OP)?, x.buffer(OP)?, w.buffer(OP)?, &s, 1.0, beta)?;
+        gemm(
+            y.gpu(OP)?.buffer(),
+            x.gpu(OP)?.buffer(),
+            w.gpu(OP)?.buffer(),
+            &s,
+            1.0,
+            beta,
+        )?;
         Ok(y)
     }
 
@@ -248,7 +258,14 @@ mod gpu {
         let out = w.shape()[0];
         let product = |a: &Tensor, b: &Tensor, s: GemmShape, shape: &[usize]| {
             let c = Tensor::gpu_zeros(shape)?;
-            gemm(c.buffer(OP)?, a.buffer(OP)?, b.buffer(OP)?, &s, 1.0, 0.0)?;
+            gemm(
+                c.gpu(OP)?.buffer(),
+                a.gpu(OP)?.buffer(),
+                b.gpu(OP)?.buffer(),
+                &s,
+                1.0,
+                0.0,
+            )?;
             Ok::<_, crate::error::TfmError>(c)
         };
         // dx (rows, in) = G (rows, out) · W (out, in).

@@ -444,7 +444,13 @@ pub fn linear_attention(
         feature_map,
     };
     let mut out = crate::cpu::alloc::output(cfg.bh * tq * ev);
-    linear_attention_forward(&mut out, qv.data(), kv.data(), vv.data(), &cfg);
+    linear_attention_forward(
+        &mut out,
+        qv.cpu(OP)?.data(),
+        kv.cpu(OP)?.data(),
+        vv.cpu(OP)?.data(),
+        &cfg,
+    );
     let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
     let out = Tensor::new(out, &out_shape)?;
     let saved = LinearAttentionBackward {
@@ -484,11 +490,11 @@ impl Backward for LinearAttentionBackward {
             &mut dq,
             &mut dk,
             &mut dv,
-            g.data(),
-            self.q.data(),
-            self.k.data(),
-            self.v.data(),
-            self.out.data(),
+            g.cpu(OP)?.data(),
+            self.q.cpu(OP)?.data(),
+            self.k.cpu(OP)?.data(),
+            self.v.cpu(OP)?.data(),
+            self.out.cpu(OP)?.data(),
             &self.cfg,
         );
         Ok(vec![

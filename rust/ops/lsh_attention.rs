@@ -422,7 +422,7 @@ pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
     }
     // A NaN or infinite query/key has no bucket and no log-sum-exp to rank rounds by: it would
     // be silently read as "sees nothing" and output its own value.
-    if let Some(i) = xv.data().iter().position(|x| !x.is_finite()) {
+    if let Some(i) = xv.cpu(OP)?.data().iter().position(|x| !x.is_finite()) {
         return Err(TfmError::non_finite(
             OP,
             format!("qk holds a non-finite value at flat index {i}; LSH cannot hash it"),
@@ -438,7 +438,7 @@ pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
         .zip(rows_mut(&mut lse, s.bh, t))
         .zip(orders.chunks_mut((s.opts.n_hashes * t).max(1)))
         .collect();
-    let (x, vd) = (xv.data(), vv.data());
+    let (x, vd) = (xv.cpu(OP)?.data(), vv.cpu(OP)?.data());
     let cost = s.opts.n_hashes * t * (2 * s.opts.bucket_size + s.n_buckets) * (e + ev).max(1);
     for_each_row(items, cost, |h, ((out, lse), order)| {
         let xh = &x[h * t * e..(h + 1) * t * e];
@@ -485,7 +485,12 @@ impl Backward for LshBackward {
             .into_iter()
             .zip(rows_mut(&mut dv, s.bh, t * ev))
             .collect();
-        let (gd, x, v, out) = (g.data(), self.x.data(), self.v.data(), self.out.data());
+        let (gd, x, v, out) = (
+            g.cpu(OP)?.data(),
+            self.x.cpu(OP)?.data(),
+            self.v.cpu(OP)?.data(),
+            self.out.cpu(OP)?.data(),
+        );
         let cost = 2 * nh * t * 2 * s.opts.bucket_size * (e + ev).max(1);
         for_each_row(items, cost, |h, (dx, dv)| {
             let (xs, vs) = (h * t * e..(h + 1) * t * e, h * t * ev..(h + 1) * t * ev);

@@ -9,7 +9,9 @@ use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{Epilogue, MatRef};
 use crate::cpu::gemm_bf16::gemm_as;
 use crate::error::{Result, TfmError};
-use crate::tensor::{broadcast_shapes, contiguous_strides, numel, shape_str, Device, Tensor};
+use crate::tensor::{
+    broadcast_shapes, contiguous_strides, numel, shape_str, Device, Placed, Tensor,
+};
 use rayon::prelude::*;
 
 /// One operand of a batched product: a stack of row-major matrices, read transposed if `trans`,
@@ -158,11 +160,14 @@ impl Backward for MatmulBackward {
     }
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let p = plan(self.a.shape(), self.b.shape())?;
-        on_device!(g.device(),
-            gpu: return gpu::backward(g, &self.a, &self.b, &p)
-                .map(|(ga, gb)| vec![Some(ga), Some(gb)]),
-            cpu: (),
-        );
+        let (g, a, b) = match Tensor::place("matmul", [g, &self.a, &self.b])? {
+            Placed::Cpu([g, a, b]) => (g, a, b),
+            #[cfg(feature = "wgpu")]
+            Placed::Gpu(_) => {
+                return gpu::backward(g, &self.a, &self.b, &p)
+                    .map(|(ga, gb)| vec![Some(ga), Some(gb)])
+            }
+        };
         let (m, k, n) = (p.m, p.k, p.n);
         let go = Operand {
             data: g.data(),
@@ -173,7 +178,7 @@ impl Backward for MatmulBackward {
         };
         // dA (out_batch, m, k) = G · Bᵀ, then summed over the batch dims A was broadcast along.
         let bt = Operand {
-            data: self.b.data(),
+            data: b.data(),
             batch_shape: &p.b_batch,
             rows: k,
             cols: n,
@@ -185,10 +190,10 @@ impl Backward for MatmulBackward {
             &Tensor::new(ga, &ga_shape)?,
             &[&p.a_batch[..], &[m, k]].concat(),
         )?
-        .reshape(self.a.shape())?;
+        .reshape(a.shape())?;
         // dB (out_batch, k, n) = Aᵀ · G.
         let at = Operand {
-            data: self.a.data(),
+            data: a.data(),
             batch_shape: &p.a_batch,
             rows: m,
             cols: k,
@@ -200,7 +205,7 @@ impl Backward for MatmulBackward {
             &Tensor::new(gb, &gb_shape)?,
             &[&p.b_batch[..], &[k, n]].concat(),
         )?
-        .reshape(self.b.shape())?;
+        .reshape(b.shape())?;
         Ok(vec![Some(ga), Some(gb)])
     }
 }
@@ -215,10 +220,11 @@ pub fn matmul_forward_as(a: &Tensor, b: &Tensor, precision: Precision) -> Result
     let p = plan(a.shape(), b.shape())?;
     let device = Device::common("matmul", [a.device(), b.device()])?;
     check_device("matmul", precision, device)?;
-    on_device!(device,
-        gpu: return gpu::forward(a, b, &p),
-        cpu: (),
-    );
+    let (a, b) = match Tensor::place("matmul", [a, b])? {
+        Placed::Cpu([a, b]) => (a, b),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu(_) => return gpu::forward(a, b, &p),
+    };
     let (m, k, n) = (p.m, p.k, p.n);
     let out = if p.b_batch.is_empty() {
         // (…, m, k) · (k, n): one large product over all rows of A, threaded inside the GEMM.
@@ -329,7 +335,14 @@ mod gpu {
         } else {
             GemmShape::new(batch * p.m, p.k, p.n)
         };
-        gemm(out.buffer(OP)?, a.buffer(OP)?, b.buffer(OP)?, &s, 1.0, 0.0)?;
+        gemm(
+            out.gpu(OP)?.buffer(),
+            a.gpu(OP)?.buffer(),
+            b.gpu(OP)?.buffer(),
+            &s,
+            1.0,
+            0.0,
+        )?;
         Ok(out)
     }
 
@@ -354,7 +367,14 @@ mod gpu {
             batched_b,
             ..GemmShape::new(m, n, k)
         };
-        gemm(ga.buffer(OP)?, g.buffer(OP)?, bv.buffer(OP)?, &s, 1.0, 0.0)?;
+        gemm(
+            ga.gpu(OP)?.buffer(),
+            g.gpu(OP)?.buffer(),
+            bv.gpu(OP)?.buffer(),
+            &s,
+            1.0,
+            0.0,
+        )?;
         let ga = sum_to(&ga, &[&p.a_batch[..], &[m, k]].concat())?.reshape(a.shape())?;
         // dB (out_batch, k, n) = Aᵀ · G; for a shared b, one product over all rows.
         let gb = if batched_b {
@@ -365,7 +385,14 @@ mod gpu {
                 batched_a,
                 ..GemmShape::new(k, m, n)
             };
-            gemm(gb.buffer(OP)?, av.buffer(OP)?, g.buffer(OP)?, &s, 1.0, 0.0)?;
+            gemm(
+                gb.gpu(OP)?.buffer(),
+                av.gpu(OP)?.buffer(),
+                g.gpu(OP)?.buffer(),
+                &s,
+                1.0,
+                0.0,
+            )?;
             sum_to(&gb, &[&p.b_batch[..], &[k, n]].concat())?
         } else {
             let gb = Tensor::gpu_zeros(&[k, n])?;
@@ -373,7 +400,14 @@ mod gpu {
                 trans_a: true,
                 ..GemmShape::new(k, batch * m, n)
             };
-            gemm(gb.buffer(OP)?, av.buffer(OP)?, g.buffer(OP)?, &s, 1.0, 0.0)?;
+            gemm(
+                gb.gpu(OP)?.buffer(),
+                av.gpu(OP)?.buffer(),
+                g.gpu(OP)?.buffer(),
+                &s,
+                1.0,
+                0.0,
+            )?;
             gb
         };
         Ok((ga, gb.reshape(b.shape())?))

@@ -3,27 +3,20 @@
 //! holding what the forward saved), a naive reference where the kernel is not itself naive,
 //! and its tests.
 //!
-//! Device dispatch: an op checks that its operands share a device
-//! ([`crate::tensor::Device::common`]) and runs GPU tensors through the kernels of
-//! `crate::gpu::ops` (feature `wgpu`), so that CPU kernels only ever see host tensors. Where an
-//! op's tensor-level kernels dispatch (elementwise, broadcast, reductions, shape ops), its
-//! autograd wiring is shared by both devices as is. Each op has exactly one `Backward`, here:
-//! ops whose backward saves device-specific state (LayerNorm statistics, cross entropy's and
-//! attention's log-sum-exp) save it in an enum with a host and a GPU variant and call the
-//! tensor-level GPU backward for the latter. Op kinds and configurations that both backends
-//! name live in [`crate::desc`].
-
-/// `$gpu` when `$device` is the GPU (feature `wgpu`), else `$cpu`; without the feature only
-/// `$cpu` is compiled, as no GPU tensor can exist.
-macro_rules! on_device {
-    ($device:expr, gpu: $gpu:expr, cpu: $cpu:expr $(,)?) => {
-        match $device {
-            #[cfg(feature = "wgpu")]
-            $crate::tensor::Device::Gpu => $gpu,
-            _ => $cpu,
-        }
-    };
-}
+//! Device dispatch: an op asks [`Tensor::place`](crate::tensor::Tensor::place) for its
+//! operands and matches the answer: `Placed::Cpu` hands its CPU kernel `CpuTensor`s (host values
+//! and nothing else), `Placed::Gpu` hands the op's kernel in `crate::gpu::ops` `GpuTensor`s, and
+//! operands on two devices are a `Device` error naming the op. Neither kernel can be handed the
+//! other device's values, so nothing checks devices twice or panics on a wrong one. An op with
+//! no GPU kernel yet reads its operands with [`Tensor::cpu`](crate::tensor::Tensor::cpu), a
+//! `Device` error naming the op for a GPU tensor. GPU paths that compose other ops (linear and
+//! matmul: GEMMs plus `broadcast_to` / `sum_to`) live in the op's file, on `Tensor`s.
+//!
+//! Each op has exactly one `Backward`, shared by both devices: what it saves is a `Tensor`
+//! (either device) or, where the saved statistics differ in kind (LayerNorm's f64 row statistics
+//! on the host, `GpuTensor`s on the GPU; cross entropy's and attention's log-sum-exp), an enum
+//! with a host and a GPU variant. Op kinds and configurations that both backends name live in
+//! [`crate::desc`].
 
 pub mod activation;
 pub mod additive_attention;

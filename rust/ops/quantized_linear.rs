@@ -98,7 +98,7 @@ pub fn quantized_linear(
             ),
         ));
     }
-    let bias = bias.map(|b| b.data());
+    let bias = Tensor::cpu_opt(OP, bias)?;
     if let Some(b) = bias {
         if b.len() != rows.len() {
             return Err(TfmError::shape(
@@ -108,7 +108,7 @@ pub fn quantized_linear(
         }
     }
     let m = shape[..shape.len() - 1].iter().product();
-    let y = quantized_matmul(x.data(), m, &w.packed(rows.clone()), bias, true)?;
+    let y = quantized_matmul(x.cpu(OP)?.data(), m, &w.packed(rows.clone()), bias, true)?;
     let mut out_shape = shape;
     *out_shape.last_mut().expect("checked: at least one axis") = rows.len();
     Ok(Var::constant(Tensor::new(y, &out_shape)?))

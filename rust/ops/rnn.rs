@@ -324,7 +324,7 @@ fn forward_kernel(
     cfg: &RnnConfig,
     d: Dims,
     x: &[f32],
-    state: &[Tensor],
+    state: &[&[f32]],
     w_ih: &[f32],
     w_hh: &[f32],
     b_ih: Option<&[f32]>,
@@ -355,9 +355,9 @@ fn forward_kernel(
         bias: b_hh,
         ..Default::default()
     };
-    let mut hs = state[0].data().to_vec();
+    let mut hs = state[0].to_vec();
     let mut cs = match cfg.cell {
-        Cell::Lstm => state[1].data().to_vec(),
+        Cell::Lstm => state[1].to_vec(),
         Cell::Gru => Vec::new(),
     };
     let cw = if cfg.cell == Cell::Lstm { h } else { 0 };
@@ -432,12 +432,15 @@ fn forward(
     let (y, f) = forward_kernel(
         cfg,
         d,
-        x.data(),
-        state,
-        w[0].data(),
-        w[1].data(),
-        b[0].map(Tensor::data),
-        b[1].map(Tensor::data),
+        x.cpu(OP)?.data(),
+        &state
+            .iter()
+            .map(|s| Ok(s.cpu(OP)?.data()))
+            .collect::<Result<Vec<_>>>()?,
+        w[0].cpu(OP)?.data(),
+        w[1].cpu(OP)?.data(),
+        Tensor::cpu_opt(OP, b[0])?,
+        Tensor::cpu_opt(OP, b[1])?,
     );
     let y = Tensor::new(y, &[d.t + cfg.cell.states(), d.b, d.h])?;
     Ok((y, f, d))
@@ -464,12 +467,12 @@ struct Through {
 
 impl RnnBackward {
     /// Backward through time: from the gradient of the stacked result to the gate gradients.
-    fn through_time(&self, gy: &[f32]) -> Through {
+    fn through_time(&self, gy: &[f32]) -> Result<Through> {
         let Dims { t, b, h, g, .. } = self.d;
         let cell = self.cfg.cell;
         let per = cell.saved() * h;
         let lens = lengths(&self.cfg, self.d);
-        let w_hh = PackedB::new(MatRef::row_major(self.w_hh.data(), g, h));
+        let w_hh = PackedB::new(MatRef::row_major(self.w_hh.cpu(OP)?.data(), g, h));
         let mut dh = gy[t * b * h..(t + 1) * b * h].to_vec();
         let (mut dc, cw) = match cell {
             Cell::Lstm => (gy[(t + 1) * b * h..].to_vec(), h),
@@ -547,11 +550,11 @@ impl RnnBackward {
         if cell == Cell::Lstm {
             d_state.push(dc);
         }
-        Through {
+        Ok(Through {
             da_x,
             da_h,
             d_state,
-        }
+        })
     }
 }
 
@@ -567,7 +570,7 @@ impl Backward for RnnBackward {
     fn backward(&self, gy: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let Dims { t, b, h, g, .. } = self.d;
         let ns = self.cfg.cell.states();
-        let through = self.through_time(gy.data());
+        let through = self.through_time(gy.cpu(OP)?.data())?;
         let needs = |k: usize| inputs[k].requires_grad();
         let bias_at =
             |k: usize| self.has_bias[k] && needs(ns + 3 + usize::from(self.has_bias[0] && k == 1));

@@ -5,7 +5,9 @@
 use super::broadcast::{gather, scatter};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
-use crate::tensor::{contiguous_strides, normalize_dim, numel, shape_str, Device, Tensor};
+use crate::tensor::{
+    contiguous_strides, normalize_dim, numel, shape_str, CpuTensor, Device, PlacedAll, Tensor,
+};
 
 /// Resolves one `-1` in a requested shape against `n` elements.
 pub fn infer_shape(op: &'static str, requested: &[isize], n: usize) -> Result<Vec<usize>> {
@@ -282,11 +284,11 @@ pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
     let sizes: Vec<usize> = values.iter().map(|v| v.shape()[d]).collect();
     let mut out_shape = values[0].shape().to_vec();
     out_shape[d] = sizes.iter().sum();
-    let device = Device::common("cat", values.iter().map(Tensor::device))?;
-    let out = on_device!(device,
-        gpu: crate::gpu::ops::strided::cat(&values, &out_shape, d)?,
-        cpu: cat_host(&values, &sizes, &out_shape, d)?,
-    );
+    let out = match Tensor::place_all("cat", &values)? {
+        PlacedAll::Cpu(values) => cat_host(&values, &sizes, &out_shape, d)?,
+        #[cfg(feature = "wgpu")]
+        PlacedAll::Gpu(values) => crate::gpu::ops::strided::cat(&values, &out_shape, d)?.into(),
+    };
     Ok(Var::from_op(
         out,
         xs.to_vec(),
@@ -294,7 +296,12 @@ pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
     ))
 }
 
-fn cat_host(values: &[Tensor], sizes: &[usize], out_shape: &[usize], d: usize) -> Result<Tensor> {
+fn cat_host(
+    values: &[&CpuTensor],
+    sizes: &[usize],
+    out_shape: &[usize],
+    d: usize,
+) -> Result<Tensor> {
     let (outer, inner) = outer_inner(out_shape, d);
     let mut out = Vec::with_capacity(numel(out_shape));
     for o in 0..outer {

@@ -9,7 +9,7 @@ use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mu
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
-use crate::tensor::{broadcast_shapes, shape_str, Tensor};
+use crate::tensor::{broadcast_shapes, shape_str, CpuTensor, Placed, Tensor};
 
 /// Reads a mask broadcast to a larger shape one row (last axis) at a time, without expanding
 /// it: row `r` of the broadcast mask starts at `offset(r)` and steps by `inner_stride`.
@@ -22,14 +22,15 @@ struct BroadcastRows<'a> {
 }
 
 impl<'a> BroadcastRows<'a> {
-    /// The mask expanded to the input's shape (the GPU kernel reads one value per element).
+    /// The mask expanded to the input's shape and uploaded (the GPU kernel reads one value per
+    /// element).
     #[cfg(feature = "wgpu")]
-    fn expanded(&self) -> Result<Tensor> {
+    fn expanded(&self) -> Result<crate::gpu::GpuTensor> {
         let data = super::broadcast::gather_strided(self.data, 0, &self.shape, &self.strides);
-        Tensor::new(data, &self.shape)
+        crate::gpu::GpuTensor::from_host(&data, &self.shape)
     }
 
-    fn new(op: &'static str, mask: &'a Tensor, shape: &[usize]) -> Result<Self> {
+    fn new(op: &'static str, mask: &'a CpuTensor, shape: &[usize]) -> Result<Self> {
         let joint = broadcast_shapes(op, shape, mask.shape())?;
         if joint != shape {
             return Err(TfmError::shape(
@@ -124,6 +125,7 @@ pub fn softmax_forward(
     let host_mask = mask.map(Tensor::to_host).transpose()?;
     let mask = match &host_mask {
         Some(m) => {
+            let m = m.cpu(op)?;
             if let Some(i) = m
                 .data()
                 .iter()
@@ -138,14 +140,14 @@ pub fn softmax_forward(
         }
         None => None,
     };
-    on_device!(x.device(),
-        gpu: return crate::gpu::ops::softmax::forward_tensor(
-            x,
-            mask.as_ref().map(BroadcastRows::expanded).transpose()?.as_ref(),
-            log,
-        ),
-        cpu: (),
-    );
+    let x = match Tensor::place(op, [x])? {
+        Placed::Cpu([x]) => x,
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([x]) => {
+            let mask = mask.as_ref().map(BroadcastRows::expanded).transpose()?;
+            return Ok(crate::gpu::ops::softmax::forward_tensor(x, mask.as_ref(), log)?.into());
+        }
+    };
     let (rows, cols) = x.rows_cols();
     let mut out = x.data().to_vec();
     for_each_row(rows_mut(&mut out, rows, cols), cols, |r, z| {
@@ -165,10 +167,13 @@ pub fn softmax_forward(
 /// `y = −inf` (masked out, so constant in `x`) get 0 and are left out of `Σ g`: masked entries
 /// and fully masked rows get a zero gradient where PyTorch would pass `g` through.
 pub fn softmax_backward(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
-    on_device!(g.device(),
-        gpu: return crate::gpu::ops::softmax::backward_tensor(g, y, log),
-        cpu: (),
-    );
+    let (g, y) = match Tensor::place("softmax", [g, y])? {
+        Placed::Cpu([g, y]) => (g, y),
+        #[cfg(feature = "wgpu")]
+        Placed::Gpu([g, y]) => {
+            return Ok(crate::gpu::ops::softmax::backward_tensor(g, y, log)?.into())
+        }
+    };
     let (rows, cols) = y.rows_cols();
     let mut dx = crate::cpu::alloc::output(y.numel());
     let (gd, yd) = (g.data(), y.data());

@@ -56,13 +56,16 @@ pub fn adam_update(
                 v.update_value(|vv| {
                     const OP: &str = "adam_step";
                     let mut xv = vmax.map(Var::value);
-                    let x = xv.as_mut().map(|x| x.buffer_mut(OP)).transpose()?;
+                    let x = match xv.as_mut() {
+                        Some(x) => Some(x.gpu_mut(OP)?.buffer_mut()?),
+                        None => None,
+                    };
                     crate::gpu::ops::adam::step(
-                        pv.buffer_mut(OP)?,
-                        mv.buffer_mut(OP)?,
-                        vv.buffer_mut(OP)?,
+                        pv.gpu_mut(OP)?.buffer_mut()?,
+                        mv.gpu_mut(OP)?.buffer_mut()?,
+                        vv.gpu_mut(OP)?.buffer_mut()?,
                         x,
-                        g.buffer(OP)?,
+                        g.gpu(OP)?.buffer(),
                         step,
                         cfg,
                     )?;
@@ -77,29 +80,35 @@ pub fn adam_update(
     }
     #[cfg(not(feature = "wgpu"))]
     let _ = device;
+    const OP: &str = "adam_step";
+    let g = g.cpu(OP)?.data();
     p.update_value(|pv| {
         m.update_value(|mv| {
-            v.update_value(|vv| match vmax {
-                Some(x) => x.update_value(|xv| {
-                    adam_step(
+            v.update_value(|vv| {
+                let (pv, mv, vv) = (pv.cpu_mut(OP)?, mv.cpu_mut(OP)?, vv.cpu_mut(OP)?);
+                match vmax {
+                    Some(x) => x.update_value(|xv| {
+                        let xv = xv.cpu_mut(OP)?.data_mut();
+                        adam_step(
+                            pv.data_mut(),
+                            g,
+                            mv.data_mut(),
+                            vv.data_mut(),
+                            Some(xv),
+                            step,
+                            cfg,
+                        )
+                    }),
+                    None => adam_step(
                         pv.data_mut(),
-                        g.data(),
+                        g,
                         mv.data_mut(),
                         vv.data_mut(),
-                        Some(xv.data_mut()),
+                        None,
                         step,
                         cfg,
-                    )
-                }),
-                None => adam_step(
-                    pv.data_mut(),
-                    g.data(),
-                    mv.data_mut(),
-                    vv.data_mut(),
-                    None,
-                    step,
-                    cfg,
-                ),
+                    ),
+                }
             })
         })
     })
@@ -117,25 +126,32 @@ pub fn sgd_update(p: &Var, buf: Option<&Var>, first_step: bool, cfg: &SgdConfig)
     #[cfg(feature = "wgpu")]
     if device == Device::Gpu {
         let b = buf.map(Var::value);
-        let (np, nb) = crate::gpu::ops::sgd::step(&p.value(), &g, b.as_ref(), first_step, cfg)?;
-        p.set_value(np)?;
+        const OP: &str = "sgd_step";
+        let pv = p.value();
+        let (np, nb) = crate::gpu::ops::sgd::step(
+            pv.gpu(OP)?,
+            g.gpu(OP)?,
+            b.as_ref().map(|b| b.gpu(OP)).transpose()?,
+            first_step,
+            cfg,
+        )?;
+        p.set_value(np.into())?;
         return match (buf, nb) {
-            (Some(var), Some(value)) => var.set_value(value),
+            (Some(var), Some(value)) => var.set_value(value.into()),
             _ => Ok(()),
         };
     }
     #[cfg(not(feature = "wgpu"))]
     let _ = device;
-    p.update_value(|pv| match buf {
-        Some(b) => b.update_value(|bv| {
-            sgd_step(
-                pv.data_mut(),
-                g.data(),
-                Some(bv.data_mut()),
-                first_step,
-                cfg,
-            )
-        }),
-        None => sgd_step(pv.data_mut(), g.data(), None, first_step, cfg),
+    const OP: &str = "sgd_step";
+    let g = g.cpu(OP)?.data();
+    p.update_value(|pv| {
+        let pv = pv.cpu_mut(OP)?.data_mut();
+        match buf {
+            Some(b) => b.update_value(|bv| {
+                sgd_step(pv, g, Some(bv.cpu_mut(OP)?.data_mut()), first_step, cfg)
+            }),
+            None => sgd_step(pv, g, None, first_step, cfg),
+        }
     })
 }

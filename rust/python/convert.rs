@@ -7,7 +7,7 @@ use super::runtime::run;
 use super::tensor::PyTensor;
 use crate::autograd::Var;
 use crate::error::TfmError;
-use crate::tensor::Tensor;
+use crate::tensor::{CpuTensor, Tensor};
 use numpy::ndarray::{s, ArrayView2, ArrayViewD, Axis, Ix2, IxDyn};
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -260,9 +260,9 @@ pub fn ids_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<(Vec<i6
 
 /// [`tensor_from_py`] brought to the host (a GPU tensor's values are downloaded, through
 /// [`run`]), for bindings that run host code on their inputs: the decoder.
-pub fn host_tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor> {
+pub fn host_tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<CpuTensor> {
     let t = tensor_from_py(obj, op)?;
-    run(obj.py(), move || t.to_host())
+    run(obj.py(), move || t.to_host()?.into_cpu(op))
 }
 
 /// An attention or softmax mask as an additive float tensor. Boolean masks follow PyTorch's

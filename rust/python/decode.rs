@@ -9,7 +9,7 @@ use super::runtime::run;
 use crate::decode::{self, DecoderWeights, Hypothesis, Memory, SearchConfig};
 use crate::error::TfmError;
 use crate::ops::activation::ActivationKind;
-use crate::tensor::Tensor;
+use crate::tensor::{CpuTensor, Tensor};
 use numpy::{PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -24,11 +24,11 @@ fn item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
 
 /// A weight or the encoder's memory on the host: the decoder runs on the CPU, so the values of
 /// a model moved to the GPU are downloaded here.
-fn host_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+fn host_tensor(obj: &Bound<'_, PyAny>) -> PyResult<CpuTensor> {
     host_tensor_from_py(obj, OP)
 }
 
-fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<Tensor>> {
+fn opt_tensor(obj: &Bound<'_, PyAny>) -> PyResult<Option<CpuTensor>> {
     if obj.is_none() {
         Ok(None)
     } else {

@@ -116,7 +116,9 @@ impl PyLinearAttentionState {
             )
             .into());
         }
-        let out = run(py, || state.step(q.data(), k.data(), v.data()))?;
+        let out = run(py, || {
+            state.step(q.cpu(OP)?.data(), k.cpu(OP)?.data(), v.cpu(OP)?.data())
+        })?;
         let t = Tensor::new(out, vs.as_slice())?;
         Ok(PyTensor::wrap(Var::constant(t)))
     }

@@ -251,7 +251,7 @@ impl PyTensor {
             )
             .into());
         }
-        Ok(v.data()[0])
+        Ok(v.cpu("item")?.data()[0])
     }
 
     fn __float__(&self, py: Python<'_>) -> PyResult<f32> {

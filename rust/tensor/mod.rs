@@ -1,57 +1,61 @@
-//! Dense, contiguous, row-major f32 storage with a shape. Nothing else: no autograd (see
-//! `autograd`), no math (see `ops`). Storage is shared copy-on-write through an `Arc`, so
+//! Dense, contiguous, row-major f32 values with a shape, on a [`Device`]: a [`CpuTensor`] in host
+//! memory or (feature `wgpu`) a `crate::gpu::GpuTensor`. Nothing else: no autograd (see
+//! `autograd`), no math (see `ops`). Values are shared copy-on-write through an `Arc`, so
 //! reshapes and saved-for-backward copies are free; when the last tensor sharing host values is
 //! dropped, their buffer goes back to `cpu::alloc` for the next op's output.
 //!
-//! The storage lives on a [`Device`]: host memory, or (feature `wgpu`) a GPU buffer. Ops check
-//! the devices of their operands first and run GPU tensors through `crate::gpu`; the host
-//! accessors ([`Tensor::data`], [`Tensor::data_mut`], [`Tensor::into_vec`]) are for CPU
-//! kernels only, behind that check, and treat a GPU tensor as a bug (a panic, which the bindings
-//! report as `InternalError`). Code that can be handed a tensor on either device — the Python
-//! bindings, the decoder — first brings it to the host with the fallible [`Tensor::to_host`],
-//! [`Tensor::to_vec`] or [`Tensor::into_host_vec`] (a `Device` error if the download fails).
-//! Making `data()` itself fallible would put a `?` on each of the ~170 CPU-kernel reads for a
-//! condition the dispatch already rules out. [`Tensor::to_device`] moves values explicitly.
+//! A [`Tensor`] does not hand out its values directly. Kernels get them by device: an op that
+//! runs on both devices asks [`Tensor::place`] for its operands, the one place that matches
+//! devices, and gets either all-CPU or all-GPU views (a `Device` error naming the op on a mix);
+//! an op with no GPU kernel yet asks [`Tensor::cpu`], a `Device` error naming the op for a GPU
+//! tensor. So a CPU kernel cannot be handed GPU values, nor a GPU kernel host values, and
+//! nothing panics on the wrong device. [`Tensor::to_vec`] and [`Tensor::to_device`] copy values
+//! across explicitly.
 
+mod cpu;
 mod device;
 
 pub use crate::shape::{broadcast_shapes, contiguous_strides, normalize_dim, numel, shape_str};
+pub use cpu::CpuTensor;
 pub use device::Device;
 
 use crate::error::{Result, TfmError};
 #[cfg(feature = "wgpu")]
-use crate::gpu::GpuBuffer;
-use std::sync::Arc;
+use crate::gpu::GpuTensor;
 
 #[derive(Clone)]
 enum Storage {
-    Host(Arc<HostBuf>),
+    Cpu(CpuTensor),
     #[cfg(feature = "wgpu")]
-    Gpu(Arc<GpuBuffer>),
+    Gpu(GpuTensor),
 }
 
-/// Host values, recycled on drop.
-#[derive(Clone, Debug)]
-struct HostBuf(Vec<f32>);
-
-impl Drop for HostBuf {
-    fn drop(&mut self) {
-        crate::cpu::alloc::recycle(std::mem::take(&mut self.0));
-    }
-}
-
+/// Values on one device with a shape; see the module doc for how kernels reach them.
 #[derive(Clone)]
 pub struct Tensor {
-    shape: Vec<usize>,
     storage: Storage,
+}
+
+/// The operands of an op, all on one device, as that device's tensors ([`Tensor::place`]).
+pub enum Placed<'a, const N: usize> {
+    Cpu([&'a CpuTensor; N]),
+    #[cfg(feature = "wgpu")]
+    Gpu([&'a GpuTensor; N]),
+}
+
+/// [`Placed`] for a run-time number of operands ([`Tensor::place_all`]).
+pub enum PlacedAll<'a> {
+    Cpu(Vec<&'a CpuTensor>),
+    #[cfg(feature = "wgpu")]
+    Gpu(Vec<&'a GpuTensor>),
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut s = f.debug_struct("Tensor");
-        s.field("shape", &self.shape);
+        s.field("shape", &self.shape());
         match &self.storage {
-            Storage::Host(d) => s.field("data", &d.0),
+            Storage::Cpu(t) => s.field("data", &t.data()),
             #[cfg(feature = "wgpu")]
             Storage::Gpu(_) => s.field("device", &"gpu"),
         };
@@ -59,29 +63,27 @@ impl std::fmt::Debug for Tensor {
     }
 }
 
-/// The message of the invariant the host accessors rely on.
+impl From<CpuTensor> for Tensor {
+    fn from(t: CpuTensor) -> Self {
+        Tensor {
+            storage: Storage::Cpu(t),
+        }
+    }
+}
+
 #[cfg(feature = "wgpu")]
-const HOST_ONLY: &str =
-    "a CPU kernel was handed a GPU tensor (ops must check devices first; please report it)";
+impl From<GpuTensor> for Tensor {
+    fn from(t: GpuTensor) -> Self {
+        Tensor {
+            storage: Storage::Gpu(t),
+        }
+    }
+}
 
 impl Tensor {
-    /// A tensor owning `data`, which must hold exactly `shape.iter().product()` values.
+    /// A host tensor owning `data`, which must hold exactly `shape.iter().product()` values.
     pub fn new(data: Vec<f32>, shape: &[usize]) -> Result<Self> {
-        let n = numel(shape);
-        if n != data.len() {
-            return Err(TfmError::shape(
-                "tensor",
-                format!(
-                    "{} values cannot fill shape {}",
-                    data.len(),
-                    shape_str(shape)
-                ),
-            ));
-        }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Host(Arc::new(HostBuf(data))),
-        })
+        Ok(CpuTensor::new(data, shape)?.into())
     }
 
     pub fn zeros(shape: &[usize]) -> Self {
@@ -91,10 +93,7 @@ impl Tensor {
     pub fn full(shape: &[usize], value: f32) -> Self {
         let mut data = crate::cpu::alloc::output(numel(shape));
         data.fill(value);
-        Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Host(Arc::new(HostBuf(data))),
-        }
+        CpuTensor::from_parts(data, shape).into()
     }
 
     pub fn scalar(value: f32) -> Self {
@@ -107,20 +106,24 @@ impl Tensor {
     }
 
     pub fn shape(&self) -> &[usize] {
-        &self.shape
+        match &self.storage {
+            Storage::Cpu(t) => t.shape(),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(t) => t.shape(),
+        }
     }
 
     pub fn ndim(&self) -> usize {
-        self.shape.len()
+        self.shape().len()
     }
 
     pub fn numel(&self) -> usize {
-        numel(&self.shape)
+        numel(self.shape())
     }
 
     pub fn device(&self) -> Device {
         match &self.storage {
-            Storage::Host(_) => Device::Cpu,
+            Storage::Cpu(_) => Device::Cpu,
             #[cfg(feature = "wgpu")]
             Storage::Gpu(_) => Device::Gpu,
         }
@@ -130,36 +133,118 @@ impl Tensor {
         self.device() == Device::Gpu
     }
 
-    /// The values of a host tensor. Only CPU kernels call this, after the op checked that its
-    /// operands are on the CPU; a GPU tensor here is a bug in tfm_rs (reported as an
-    /// `InternalError` by the bindings, which catch panics).
-    pub fn data(&self) -> &[f32] {
+    /// The operands of `op` as tensors of their one device; a `Device` error naming `op` if
+    /// they are on two (as PyTorch's "Expected all tensors to be on the same device"). The one
+    /// place where ops learn where their values are.
+    pub fn place<'a, const N: usize>(
+        op: &'static str,
+        tensors: [&'a Tensor; N],
+    ) -> Result<Placed<'a, N>> {
+        match Device::common(op, tensors.iter().map(|t| t.device()))? {
+            #[cfg(feature = "wgpu")]
+            Device::Gpu => Ok(Placed::Gpu(tensors.map(|t| match &t.storage {
+                Storage::Gpu(g) => g,
+                Storage::Cpu(_) => unreachable!("Device::common checked every device"),
+            }))),
+            _ => Ok(Placed::Cpu(tensors.map(|t| match &t.storage {
+                Storage::Cpu(c) => c,
+                #[cfg(feature = "wgpu")]
+                Storage::Gpu(_) => unreachable!("Device::common checked every device"),
+            }))),
+        }
+    }
+
+    /// [`Tensor::place`] for a run-time number of operands.
+    pub fn place_all<'a>(op: &'static str, tensors: &'a [Tensor]) -> Result<PlacedAll<'a>> {
+        match Device::common(op, tensors.iter().map(Tensor::device))? {
+            #[cfg(feature = "wgpu")]
+            Device::Gpu => Ok(PlacedAll::Gpu(
+                tensors
+                    .iter()
+                    .map(|t| match &t.storage {
+                        Storage::Gpu(g) => g,
+                        Storage::Cpu(_) => unreachable!("Device::common checked every device"),
+                    })
+                    .collect(),
+            )),
+            _ => Ok(PlacedAll::Cpu(
+                tensors
+                    .iter()
+                    .map(|t| match &t.storage {
+                        Storage::Cpu(c) => c,
+                        #[cfg(feature = "wgpu")]
+                        Storage::Gpu(_) => unreachable!("Device::common checked every device"),
+                    })
+                    .collect(),
+            )),
+        }
+    }
+
+    /// The host values of an op that has no GPU kernel (yet); for a GPU tensor, a `Device`
+    /// error naming `op`.
+    #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+    pub fn cpu(&self, op: &'static str) -> Result<&CpuTensor> {
         match &self.storage {
-            Storage::Host(d) => &d.0,
+            Storage::Cpu(t) => Ok(t),
             #[cfg(feature = "wgpu")]
-            Storage::Gpu(_) => panic!("{HOST_ONLY}"),
+            Storage::Gpu(_) => Err(no_gpu_kernel(op)),
         }
     }
 
-    /// Mutable access to a host tensor's values; copies the storage first if another tensor
-    /// shares it. CPU kernels only, as [`Tensor::data`].
-    pub fn data_mut(&mut self) -> &mut [f32] {
-        match &mut self.storage {
-            Storage::Host(d) => Arc::make_mut(d).0.as_mut_slice(),
-            #[cfg(feature = "wgpu")]
-            Storage::Gpu(_) => panic!("{HOST_ONLY}"),
-        }
+    /// The host values of an optional operand, as [`Tensor::cpu`].
+    pub fn cpu_opt<'a>(op: &'static str, t: Option<&'a Tensor>) -> Result<Option<&'a [f32]>> {
+        Ok(t.map(|t| t.cpu(op)).transpose()?.map(CpuTensor::data))
     }
 
-    /// The values of a host tensor, moved out. CPU kernels only, as [`Tensor::data`].
-    pub fn into_vec(self) -> Vec<f32> {
+    /// [`Tensor::cpu`], moved out.
+    #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+    pub fn into_cpu(self, op: &'static str) -> Result<CpuTensor> {
         match self.storage {
-            Storage::Host(d) => match Arc::try_unwrap(d) {
-                Ok(mut own) => std::mem::take(&mut own.0),
-                Err(shared) => shared.0.clone(),
-            },
+            Storage::Cpu(t) => Ok(t),
             #[cfg(feature = "wgpu")]
-            Storage::Gpu(_) => panic!("{HOST_ONLY}"),
+            Storage::Gpu(_) => Err(no_gpu_kernel(op)),
+        }
+    }
+
+    /// [`Tensor::cpu`] for an in-place update.
+    #[cfg_attr(not(feature = "wgpu"), allow(unused_variables))]
+    pub fn cpu_mut(&mut self, op: &'static str) -> Result<&mut CpuTensor> {
+        match &mut self.storage {
+            Storage::Cpu(t) => Ok(t),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(_) => Err(no_gpu_kernel(op)),
+        }
+    }
+
+    /// A GPU tensor of zeros.
+    #[cfg(feature = "wgpu")]
+    pub fn gpu_zeros(shape: &[usize]) -> Result<Tensor> {
+        Ok(GpuTensor::zeros(shape)?.into())
+    }
+
+    /// The GPU values of a tensor that GPU code composed from other ops (after a device check);
+    /// a `Device` error naming `op` for a host tensor.
+    #[cfg(feature = "wgpu")]
+    pub fn gpu(&self, op: &'static str) -> Result<&GpuTensor> {
+        match &self.storage {
+            Storage::Gpu(t) => Ok(t),
+            Storage::Cpu(_) => Err(TfmError::device(
+                op,
+                "expected a GPU tensor, got a CPU tensor",
+            )),
+        }
+    }
+
+    /// The GPU values for an in-place update (optimizer steps); a `Device` error naming `op`
+    /// for a host tensor.
+    #[cfg(feature = "wgpu")]
+    pub fn gpu_mut(&mut self, op: &'static str) -> Result<&mut GpuTensor> {
+        match &mut self.storage {
+            Storage::Gpu(t) => Ok(t),
+            Storage::Cpu(_) => Err(TfmError::device(
+                op,
+                "expected a GPU tensor, got a CPU tensor",
+            )),
         }
     }
 
@@ -169,16 +254,19 @@ impl Tensor {
     pub fn add_assign(&mut self, g: &Tensor) -> Result<()> {
         use rayon::prelude::*;
         const CHUNK: usize = 1 << 15;
-        match Device::common("add", [self.device(), g.device()])? {
-            #[cfg(feature = "wgpu")]
-            Device::Gpu => {
-                *self = crate::gpu::ops::elementwise::binary(crate::desc::BinaryOp::Add, self, g)?;
-            }
-            _ => self
+        Device::common("add", [self.device(), g.device()])?;
+        match (&mut self.storage, &g.storage) {
+            (Storage::Cpu(a), Storage::Cpu(b)) => a
                 .data_mut()
                 .par_chunks_mut(CHUNK)
-                .zip(g.data().par_chunks(CHUNK))
+                .zip(b.data().par_chunks(CHUNK))
                 .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b)),
+            #[cfg(feature = "wgpu")]
+            (Storage::Gpu(a), Storage::Gpu(b)) => {
+                *a = crate::gpu::ops::elementwise::binary(crate::desc::BinaryOp::Add, a, b)?;
+            }
+            #[cfg(feature = "wgpu")]
+            _ => unreachable!("Device::common checked both devices"),
         }
         Ok(())
     }
@@ -186,19 +274,19 @@ impl Tensor {
     /// The values as a host vector, moved out of a host tensor (no copy when unshared) or
     /// downloaded from a GPU one.
     pub fn into_host_vec(self) -> Result<Vec<f32>> {
-        if self.is_gpu() {
-            self.to_vec()
-        } else {
-            Ok(self.into_vec())
+        match self.storage {
+            Storage::Cpu(t) => Ok(t.into_vec()),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(t) => t.to_vec(),
         }
     }
 
     /// The values as a host vector, downloading a GPU tensor.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
         match &self.storage {
-            Storage::Host(d) => Ok(d.0.to_vec()),
+            Storage::Cpu(t) => Ok(t.data().to_vec()),
             #[cfg(feature = "wgpu")]
-            Storage::Gpu(b) => b.to_vec::<f32>(),
+            Storage::Gpu(t) => t.to_vec(),
         }
     }
 
@@ -213,18 +301,15 @@ impl Tensor {
         if self.device() == device {
             return Ok(self.clone());
         }
-        match device {
-            Device::Cpu => Tensor::new(self.to_vec()?, &self.shape),
+        match (&self.storage, device) {
             #[cfg(feature = "wgpu")]
-            Device::Gpu => Ok(Tensor::from_gpu(
-                GpuBuffer::from_slice(self.data())?,
-                &self.shape,
-            )?),
+            (Storage::Cpu(t), Device::Gpu) => Ok(GpuTensor::from_host(t.data(), t.shape())?.into()),
             #[cfg(not(feature = "wgpu"))]
-            Device::Gpu => Err(TfmError::device(
+            (_, Device::Gpu) => Err(TfmError::device(
                 "to",
                 "tfm_rs was built without the GPU backend (cargo feature \"wgpu\")",
             )),
+            _ => Tensor::new(self.to_vec()?, self.shape()),
         }
     }
 
@@ -235,75 +320,39 @@ impl Tensor {
                 "reshape",
                 format!(
                     "cannot reshape {} into {}",
-                    shape_str(&self.shape),
+                    shape_str(self.shape()),
                     shape_str(shape)
                 ),
             ));
         }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            storage: self.storage.clone(),
+        Ok(match &self.storage {
+            Storage::Cpu(t) => t.with_shape(shape).into(),
+            #[cfg(feature = "wgpu")]
+            Storage::Gpu(t) => t.with_shape(shape).into(),
         })
     }
 
     /// Size of the last dimension and the number of rows before it (1 for a scalar).
     pub fn rows_cols(&self) -> (usize, usize) {
-        let cols = self.shape.last().copied().unwrap_or(1);
-        let rows = numel(&self.shape[..self.ndim().saturating_sub(1)]);
-        (rows, cols)
+        crate::shape::rows_cols(self.shape())
     }
 }
 
+/// The error of an op with no GPU kernel handed a GPU tensor.
 #[cfg(feature = "wgpu")]
+fn no_gpu_kernel(op: &'static str) -> TfmError {
+    TfmError::device(
+        op,
+        "no GPU kernel yet; move its inputs to the CPU with .to(\"cpu\")",
+    )
+}
+
+#[cfg(test)]
 impl Tensor {
-    /// A GPU tensor over `buffer`, which must hold exactly the shape's number of values.
-    pub fn from_gpu(buffer: GpuBuffer, shape: &[usize]) -> Result<Tensor> {
-        if buffer.len() != numel(shape) {
-            return Err(TfmError::shape(
-                "tensor",
-                format!(
-                    "a GPU buffer of {} values cannot fill shape {}",
-                    buffer.len(),
-                    shape_str(shape)
-                ),
-            ));
-        }
-        Ok(Tensor {
-            shape: shape.to_vec(),
-            storage: Storage::Gpu(Arc::new(buffer)),
-        })
-    }
-
-    /// A GPU tensor of zeros.
-    pub fn gpu_zeros(shape: &[usize]) -> Result<Tensor> {
-        Tensor::from_gpu(GpuBuffer::zeros(numel(shape))?, shape)
-    }
-
-    /// The GPU buffer of a GPU tensor; a `Device` error naming `op` for a host tensor.
-    pub fn buffer(&self, op: &'static str) -> Result<&GpuBuffer> {
-        match &self.storage {
-            Storage::Gpu(b) => Ok(b),
-            Storage::Host(_) => Err(TfmError::device(
-                op,
-                "expected a GPU tensor, got a CPU tensor",
-            )),
-        }
-    }
-
-    /// The GPU buffer for an in-place update: first copied on the device if another tensor
-    /// shares it (copy-on-write, as [`Tensor::data_mut`]).
-    pub fn buffer_mut(&mut self, op: &'static str) -> Result<&GpuBuffer> {
-        let Storage::Gpu(b) = &mut self.storage else {
-            return Err(TfmError::device(
-                op,
-                "expected a GPU tensor, got a CPU tensor",
-            ));
-        };
-        if Arc::get_mut(b).is_none() {
-            let copy = GpuBuffer::zeros(b.len())?;
-            copy.copy_from(b)?;
-            *b = Arc::new(copy);
-        }
-        Ok(b)
+    /// The host values, for tests: a GPU tensor here is a mistake in the test.
+    pub(crate) fn data(&self) -> &[f32] {
+        self.cpu("test")
+            .expect("a test read the host values of a GPU tensor")
+            .data()
     }
 }

@@ -1,7 +1,7 @@
 //! The naive triple loop, accumulated in f64: the oracle every fast GEMM path is tested against.
 
 use super::{Activation, Epilogue, MatRef};
-use crate::ops::activation::{gelu_erf, gelu_tanh};
+use crate::cpu::math::{gelu_erf, gelu_tanh};
 
 pub fn gemm_reference(
     alpha: f32,

@@ -6,7 +6,7 @@ use crate::desc::ActivationKind;
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::tensor::Tensor;
+use crate::gpu::GpuTensor;
 
 const OP: &str = "gpu activation";
 shader!(ACTIVATION, "activation.wgsl");
@@ -47,16 +47,16 @@ pub fn backward(kind: ActivationKind, dx: &GpuBuffer, g: &GpuBuffer, x: &GpuBuff
 }
 
 /// [`forward`] on a GPU tensor.
-pub fn forward_tensor(kind: ActivationKind, x: &Tensor) -> Result<Tensor> {
-    let y = Tensor::gpu_zeros(x.shape())?;
-    forward(kind, y.buffer(OP)?, x.buffer(OP)?)?;
+pub fn forward_tensor(kind: ActivationKind, x: &GpuTensor) -> Result<GpuTensor> {
+    let y = GpuTensor::zeros(x.shape())?;
+    forward(kind, y.buffer(), x.buffer())?;
     Ok(y)
 }
 
 /// [`backward`] on GPU tensors of one shape.
-pub fn backward_tensor(kind: ActivationKind, g: &Tensor, x: &Tensor) -> Result<Tensor> {
-    let dx = Tensor::gpu_zeros(x.shape())?;
-    backward(kind, dx.buffer(OP)?, g.buffer(OP)?, x.buffer(OP)?)?;
+pub fn backward_tensor(kind: ActivationKind, g: &GpuTensor, x: &GpuTensor) -> Result<GpuTensor> {
+    let dx = GpuTensor::zeros(x.shape())?;
+    backward(kind, dx.buffer(), g.buffer(), x.buffer())?;
     Ok(dx)
 }
 
@@ -98,7 +98,7 @@ mod tests {
                 ActivationKind::Gelu,
                 ActivationKind::GeluTanh,
             ] {
-                let want = activation_forward(kind, &xt);
+                let want = activation_forward(kind, &xt).unwrap();
                 assert_rel(
                     kind.name(),
                     &forward_host(kind, &x).unwrap(),

@@ -11,8 +11,8 @@ use crate::ensure_value;
 use crate::error::Result;
 use crate::gpu::buffer::{upload, GpuBuffer};
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
+use crate::gpu::GpuTensor;
 use crate::random::keep_threshold;
-use crate::tensor::Tensor;
 
 const OP: &str = "gpu attention";
 // One variant per head-size class: MAX_D × BC = 2048 floats per tile.
@@ -293,20 +293,20 @@ pub fn backward(
 /// row log-sum-exp `(BH·Tq)` and the prepared parameters and mask, which
 /// [`backward_tensors`] takes so that the mask is uploaded once.
 pub(crate) fn forward_tensors(
-    [q, k, v]: [&Tensor; 3],
+    [q, k, v]: [&GpuTensor; 3],
     out_shape: &[usize],
     cfg: &AttentionConfig,
-) -> Result<(Tensor, GpuBuffer, Prepared)> {
-    let out = Tensor::gpu_zeros(out_shape)?;
+) -> Result<(GpuTensor, GpuBuffer, Prepared)> {
+    let out = GpuTensor::zeros(out_shape)?;
     let lse = GpuBuffer::zeros(cfg.bh * cfg.tq)?;
     let prepared = prepare(cfg)?;
     forward(
         &prepared,
-        out.buffer(OP)?,
+        out.buffer(),
         &lse,
-        q.buffer(OP)?,
-        k.buffer(OP)?,
-        v.buffer(OP)?,
+        q.buffer(),
+        k.buffer(),
+        v.buffer(),
         cfg,
     )?;
     Ok((out, lse, prepared))
@@ -317,24 +317,24 @@ pub(crate) fn forward_tensors(
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_tensors(
     prepared: &Prepared,
-    g: &Tensor,
-    [q, k, v]: [&Tensor; 3],
-    out: &Tensor,
+    g: &GpuTensor,
+    [q, k, v]: [&GpuTensor; 3],
+    out: &GpuTensor,
     lse: &GpuBuffer,
     cfg: &AttentionConfig,
-) -> Result<[Tensor; 3]> {
-    let [dq, dk, dv] = [q, k, v].map(|t| Tensor::gpu_zeros(t.shape()));
+) -> Result<[GpuTensor; 3]> {
+    let [dq, dk, dv] = [q, k, v].map(|t| GpuTensor::zeros(t.shape()));
     let (dq, dk, dv) = (dq?, dk?, dv?);
     backward(
         prepared,
-        dq.buffer(OP)?,
-        dk.buffer(OP)?,
-        dv.buffer(OP)?,
-        g.buffer(OP)?,
-        q.buffer(OP)?,
-        k.buffer(OP)?,
-        v.buffer(OP)?,
-        out.buffer(OP)?,
+        dq.buffer(),
+        dk.buffer(),
+        dv.buffer(),
+        g.buffer(),
+        q.buffer(),
+        k.buffer(),
+        v.buffer(),
+        out.buffer(),
         lse,
         cfg,
     )?;

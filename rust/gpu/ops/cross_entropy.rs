@@ -12,7 +12,7 @@ use crate::ensure_value;
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
-use crate::tensor::Tensor;
+use crate::gpu::GpuTensor;
 
 const OP: &str = "gpu cross_entropy";
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
@@ -116,17 +116,17 @@ pub fn backward(
 /// NaN or +inf logits, or a counted row of −inf ones, are a non-finite error as on the CPU: the
 /// check reads the N log-sum-exps back (N floats, against the N × C logits the op reads).
 pub(crate) fn forward_tensors(
-    x: &Tensor,
+    x: &GpuTensor,
     target: &[i64],
     cfg: LossConfig,
-) -> Result<(Tensor, Tensor, GpuBuffer)> {
+) -> Result<(GpuTensor, GpuTensor, GpuBuffer)> {
     let (n, c) = x.rows_cols();
     let target_buf = GpuBuffer::from_slice(&checked_targets(target, c, cfg.ignore_index)?)?;
-    let (loss, lse) = (Tensor::gpu_zeros(&[n])?, Tensor::gpu_zeros(&[n])?);
+    let (loss, lse) = (GpuTensor::zeros(&[n])?, GpuTensor::zeros(&[n])?);
     forward(
-        loss.buffer(OP)?,
-        lse.buffer(OP)?,
-        x.buffer(OP)?,
+        loss.buffer(),
+        lse.buffer(),
+        x.buffer(),
         &target_buf,
         c,
         cfg.label_smoothing,
@@ -144,20 +144,20 @@ pub(crate) fn forward_tensors(
 /// [`backward`] on GPU tensors: `dlogits` shaped as `logits`, from each row's share `w (N,)`
 /// of the output gradient.
 pub(crate) fn backward_tensor(
-    logits: &Tensor,
+    logits: &GpuTensor,
     target: &GpuBuffer,
-    lse: &Tensor,
-    w: &Tensor,
+    lse: &GpuTensor,
+    w: &GpuTensor,
     label_smoothing: f32,
-) -> Result<Tensor> {
+) -> Result<GpuTensor> {
     let c = logits.shape().last().copied().unwrap_or(0);
-    let dlogits = Tensor::gpu_zeros(logits.shape())?;
+    let dlogits = GpuTensor::zeros(logits.shape())?;
     backward(
-        dlogits.buffer(OP)?,
-        logits.buffer(OP)?,
+        dlogits.buffer(),
+        logits.buffer(),
         target,
-        lse.buffer(OP)?,
-        w.buffer(OP)?,
+        lse.buffer(),
+        w.buffer(),
         c,
         label_smoothing,
     )?;

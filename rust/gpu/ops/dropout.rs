@@ -9,8 +9,8 @@ use crate::ensure_value;
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
+use crate::gpu::GpuTensor;
 use crate::random::keep_threshold;
-use crate::tensor::Tensor;
 
 const OP: &str = "gpu dropout";
 shader!(DROPOUT, "dropout.wgsl");
@@ -52,10 +52,10 @@ pub fn apply(out: &GpuBuffer, v: &GpuBuffer, seed: u64, p: f64) -> Result<()> {
 
 /// [`apply`] on a GPU tensor; `p = 1` drops everything (the kernel's scale would be infinite),
 /// as the CPU op.
-pub fn apply_tensor(v: &Tensor, seed: u64, p: f64) -> Result<Tensor> {
-    let out = Tensor::gpu_zeros(v.shape())?;
+pub fn apply_tensor(v: &GpuTensor, seed: u64, p: f64) -> Result<GpuTensor> {
+    let out = GpuTensor::zeros(v.shape())?;
     if p < 1.0 {
-        apply(out.buffer(OP)?, v.buffer(OP)?, seed, p)?;
+        apply(out.buffer(), v.buffer(), seed, p)?;
     }
     Ok(out)
 }

@@ -7,8 +7,8 @@ use crate::desc::{BinaryOp, UnaryOp};
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
+use crate::gpu::GpuTensor;
 use crate::shape::{broadcast_shapes, broadcast_strides, numel};
-use crate::tensor::Tensor;
 
 const OP: &str = "gpu elementwise";
 shader!(ELEMENTWISE, "elementwise.wgsl");
@@ -23,10 +23,10 @@ struct Params {
 }
 
 /// `op(a, b)` over `broadcast(a.shape, b.shape)`.
-pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub fn binary(op: BinaryOp, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
     let name = op.name();
     let shape = broadcast_shapes(name, a.shape(), b.shape())?;
-    let out = Tensor::gpu_zeros(&shape)?;
+    let out = GpuTensor::zeros(&shape)?;
     let n = numel(&shape);
     if n == 0 {
         return Ok(out);
@@ -48,14 +48,14 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         },
         s: 0.0,
     };
-    let (ab, bb) = (a.buffer(name)?, b.buffer(name)?);
+    let (ab, bb) = (a.buffer(), b.buffer());
     let meta = GpuBuffer::from_slice(&meta)?;
     let args = [
         Arg::In(&meta),
         Arg::In(ab),
         Arg::In(bb),
         Arg::In(ab),
-        Arg::Out(out.buffer(OP)?),
+        Arg::Out(out.buffer()),
     ];
     launch(name, &ELEMENTWISE, "binary", &p, &args, grid_elems(n))?;
     Ok(out)
@@ -77,11 +77,11 @@ fn unary_kind(op: UnaryOp) -> (u32, f32) {
 fn launch_unary(
     entry: &'static str,
     (kind, s): (u32, f32),
-    x: &Tensor,
-    y: &Tensor,
-    g: &Tensor,
-) -> Result<Tensor> {
-    let out = Tensor::gpu_zeros(x.shape())?;
+    x: &GpuTensor,
+    y: &GpuTensor,
+    g: &GpuTensor,
+) -> Result<GpuTensor> {
+    let out = GpuTensor::zeros(x.shape())?;
     let n = x.numel();
     if n == 0 {
         return Ok(out);
@@ -92,30 +92,35 @@ fn launch_unary(
         kind,
         s,
     };
-    let xb = x.buffer(OP)?;
+    let xb = x.buffer();
     let args = [
         Arg::In(xb),
         Arg::In(xb),
-        Arg::In(y.buffer(OP)?),
-        Arg::In(g.buffer(OP)?),
-        Arg::Out(out.buffer(OP)?),
+        Arg::In(y.buffer()),
+        Arg::In(g.buffer()),
+        Arg::Out(out.buffer()),
     ];
     launch(OP, &ELEMENTWISE, entry, &p, &args, grid_elems(n))?;
     Ok(out)
 }
 
 /// `op(x)` elementwise.
-pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+pub fn unary(op: UnaryOp, x: &GpuTensor) -> Result<GpuTensor> {
     launch_unary("unary", unary_kind(op), x, x, x)
 }
 
 /// `g · op'(x)` from the forward's input `x` and output `y`.
-pub fn unary_backward(op: UnaryOp, g: &Tensor, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+pub fn unary_backward(
+    op: UnaryOp,
+    g: &GpuTensor,
+    x: &GpuTensor,
+    y: &GpuTensor,
+) -> Result<GpuTensor> {
     launch_unary("unary_backward", unary_kind(op), x, y, g)
 }
 
 /// `x · s` elementwise.
-pub fn scale(x: &Tensor, s: f32) -> Result<Tensor> {
+pub fn scale(x: &GpuTensor, s: f32) -> Result<GpuTensor> {
     launch_unary("unary", (6, s), x, x, x)
 }
 
@@ -125,11 +130,11 @@ mod tests {
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::elementwise::{binary_forward, unary_backward as cpu_backward};
     use crate::ops::test_support::rand_vec;
-    use crate::tensor::Device;
+    use crate::tensor::Tensor;
 
-    fn pair(seed: u64, shape: &[usize], lo: f32, hi: f32) -> (Tensor, Tensor) {
+    fn pair(seed: u64, shape: &[usize], lo: f32, hi: f32) -> (Tensor, GpuTensor) {
         let host = Tensor::new(rand_vec(seed, numel(shape), lo, hi), shape).unwrap();
-        let dev = host.to_device(Device::Gpu).unwrap();
+        let dev = GpuTensor::from_host(host.data(), shape).unwrap();
         (host, dev)
     }
 

@@ -8,7 +8,7 @@ use super::gemm::u32_of;
 use crate::error::{Result, TfmError};
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
-use crate::tensor::Tensor;
+use crate::gpu::GpuTensor;
 
 const OP: &str = "gpu embedding";
 shader!(EMBEDDING, "embedding.wgsl");
@@ -113,14 +113,14 @@ pub fn backward(
 
 /// Rows `ids` (each below V, checked by [`crate::ops::embedding`]) of the GPU tensor
 /// `weight (V, D)`: `(n, D)`.
-pub fn forward_tensor(ids: &[usize], weight: &Tensor) -> Result<Tensor> {
+pub fn forward_tensor(ids: &[usize], weight: &GpuTensor) -> Result<GpuTensor> {
     let d = weight.shape()[1];
-    let out = Tensor::gpu_zeros(&[ids.len(), d])?;
+    let out = GpuTensor::zeros(&[ids.len(), d])?;
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     forward(
-        out.buffer(OP)?,
+        out.buffer(),
         &GpuBuffer::from_slice(&ids)?,
-        weight.buffer(OP)?,
+        weight.buffer(),
         d,
     )?;
     Ok(out)
@@ -129,20 +129,20 @@ pub fn forward_tensor(ids: &[usize], weight: &Tensor) -> Result<Tensor> {
 /// The gradient `(V, D)` of the weight from `g (n, D)` on the GPU for the same `ids`; row
 /// `padding` stays zero.
 pub fn backward_tensor(
-    g: &Tensor,
+    g: &GpuTensor,
     ids: &[usize],
     v: usize,
     padding: Option<usize>,
-) -> Result<Tensor> {
+) -> Result<GpuTensor> {
     let d = g.shape().last().copied().unwrap_or(1);
-    let dw = Tensor::gpu_zeros(&[v, d])?;
+    let dw = GpuTensor::zeros(&[v, d])?;
     let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
     let (start, order) = group_by_id(&ids, v);
     let (start, order) = (
         GpuBuffer::from_slice(&start)?,
         GpuBuffer::from_slice(&order)?,
     );
-    backward(dw.buffer(OP)?, g.buffer(OP)?, &start, &order, d, padding)?;
+    backward(dw.buffer(), g.buffer(), &start, &order, d, padding)?;
     Ok(dw)
 }
 

@@ -7,7 +7,7 @@ use super::{check_len, check_lens};
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, grid_elems, launch, shader, Arg};
-use crate::tensor::Tensor;
+use crate::gpu::GpuTensor;
 
 const OP: &str = "gpu layer_norm";
 shader!(LAYER_NORM, "layer_norm.wgsl");
@@ -152,21 +152,21 @@ pub fn backward_params(
 
 /// [`forward`] on GPU tensors: `s (…, D)` → `(y (…, D), mean (rows,), rstd (rows,))`.
 pub(crate) fn forward_tensors(
-    s: &Tensor,
-    weight: Option<&Tensor>,
-    bias: Option<&Tensor>,
+    s: &GpuTensor,
+    weight: Option<&GpuTensor>,
+    bias: Option<&GpuTensor>,
     eps: f32,
-) -> Result<(Tensor, Tensor, Tensor)> {
+) -> Result<(GpuTensor, GpuTensor, GpuTensor)> {
     let (rows, d) = s.rows_cols();
-    let y = Tensor::gpu_zeros(s.shape())?;
-    let (mean, rstd) = (Tensor::gpu_zeros(&[rows])?, Tensor::gpu_zeros(&[rows])?);
+    let y = GpuTensor::zeros(s.shape())?;
+    let (mean, rstd) = (GpuTensor::zeros(&[rows])?, GpuTensor::zeros(&[rows])?);
     forward(
-        y.buffer(OP)?,
-        mean.buffer(OP)?,
-        rstd.buffer(OP)?,
-        s.buffer(OP)?,
-        weight.map(|w| w.buffer(OP)).transpose()?,
-        bias.map(|b| b.buffer(OP)).transpose()?,
+        y.buffer(),
+        mean.buffer(),
+        rstd.buffer(),
+        s.buffer(),
+        weight.map(GpuTensor::buffer),
+        bias.map(GpuTensor::buffer),
         rows,
         d,
         eps,
@@ -176,21 +176,21 @@ pub(crate) fn forward_tensors(
 
 /// [`backward_input`] on GPU tensors: `ds` shaped as `s`.
 pub(crate) fn backward_input_tensor(
-    g: &Tensor,
-    s: &Tensor,
-    mean: &Tensor,
-    rstd: &Tensor,
-    weight: Option<&Tensor>,
-) -> Result<Tensor> {
+    g: &GpuTensor,
+    s: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+    weight: Option<&GpuTensor>,
+) -> Result<GpuTensor> {
     let (rows, d) = s.rows_cols();
-    let ds = Tensor::gpu_zeros(s.shape())?;
+    let ds = GpuTensor::zeros(s.shape())?;
     backward_input(
-        ds.buffer(OP)?,
-        g.buffer(OP)?,
-        s.buffer(OP)?,
-        mean.buffer(OP)?,
-        rstd.buffer(OP)?,
-        weight.map(|w| w.buffer(OP)).transpose()?,
+        ds.buffer(),
+        g.buffer(),
+        s.buffer(),
+        mean.buffer(),
+        rstd.buffer(),
+        weight.map(GpuTensor::buffer),
         rows,
         d,
     )?;
@@ -199,20 +199,20 @@ pub(crate) fn backward_input_tensor(
 
 /// [`backward_params`] on GPU tensors: `(dweight, dbias)`, each `(D,)`.
 pub(crate) fn backward_params_tensors(
-    g: &Tensor,
-    s: &Tensor,
-    mean: &Tensor,
-    rstd: &Tensor,
-) -> Result<(Tensor, Tensor)> {
+    g: &GpuTensor,
+    s: &GpuTensor,
+    mean: &GpuTensor,
+    rstd: &GpuTensor,
+) -> Result<(GpuTensor, GpuTensor)> {
     let (rows, d) = s.rows_cols();
-    let (dw, db) = (Tensor::gpu_zeros(&[d])?, Tensor::gpu_zeros(&[d])?);
+    let (dw, db) = (GpuTensor::zeros(&[d])?, GpuTensor::zeros(&[d])?);
     backward_params(
-        dw.buffer(OP)?,
-        db.buffer(OP)?,
-        g.buffer(OP)?,
-        s.buffer(OP)?,
-        mean.buffer(OP)?,
-        rstd.buffer(OP)?,
+        dw.buffer(),
+        db.buffer(),
+        g.buffer(),
+        s.buffer(),
+        mean.buffer(),
+        rstd.buffer(),
         rows,
         d,
     )?;

@@ -3,16 +3,12 @@
 //! values, inputs, sizes.
 //!
 //! Two layers per op, as far as it needs them: buffer-level kernels (device in, device out) and
-//! tensor-level functions on GPU [`Tensor`](crate::tensor::Tensor)s that the op in
-//! `crate::ops` dispatches to when its operands are on the GPU. Nothing here imports
-//! `crate::ops` or `crate::autograd` (a test in `lib.rs` checks it): kinds and configurations
-//! come from [`crate::desc`], shape arithmetic from [`crate::shape`], and a GPU path that
-//! composes other ops (linear and matmul: GEMMs plus `broadcast_to` / `sum_to`) lives in the
-//! op's file in `crate::ops`, which calls the buffer-level kernels here ([`gemm`]). Each op has
-//! one `Backward`, in `crate::ops`, which saves its statistics on the device of its values and
-//! calls the tensor-level backward of this module for GPU values. The tests upload their
-//! inputs, call the buffer-level kernel and compare the download with the CPU op; the
-//! device-resident autograd graphs are tested from `crate::ops` (`ops/gpu_tests.rs`).
+//! functions on [`GpuTensor`](crate::gpu::GpuTensor)s that the op in `crate::ops` calls with the
+//! operands `Tensor::place` gave it. Nothing here imports `crate::tensor`, `crate::ops` or
+//! `crate::autograd` (a test in `lib.rs` checks the import order): kinds and configurations
+//! come from [`crate::desc`], shape arithmetic from [`crate::shape`]. The tests upload their
+//! inputs, call the kernel and compare the download with the CPU op; the device-resident
+//! autograd graphs are tested from `crate::ops` (`ops/gpu_tests.rs`).
 
 pub mod activation;
 pub mod adam;

@@ -5,17 +5,17 @@
 use super::elementwise::{binary, scale};
 use crate::desc::{BinaryOp, SgdConfig};
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::gpu::GpuTensor;
 
 /// One step: the new parameter value and, with momentum, the new momentum buffer. `first_step`
 /// says `buf` holds no history yet (it becomes the gradient).
 pub fn step(
-    param: &Tensor,
-    grad: &Tensor,
-    buf: Option<&Tensor>,
+    param: &GpuTensor,
+    grad: &GpuTensor,
+    buf: Option<&GpuTensor>,
     first_step: bool,
     cfg: &SgdConfig,
-) -> Result<(Tensor, Option<Tensor>)> {
+) -> Result<(GpuTensor, Option<GpuTensor>)> {
     cfg.check_step(buf.is_some())?;
     crate::ensure_shape!(
         param.shape() == grad.shape(),
@@ -25,7 +25,7 @@ pub fn step(
         param.shape()
     );
     let add_scaled =
-        |a: &Tensor, b: &Tensor, s: f64| binary(BinaryOp::Add, a, &scale(b, s as f32)?);
+        |a: &GpuTensor, b: &GpuTensor, s: f64| binary(BinaryOp::Add, a, &scale(b, s as f32)?);
     let mut g = if cfg.maximize {
         scale(grad, -1.0)?
     } else {

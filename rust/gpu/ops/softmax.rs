@@ -5,9 +5,9 @@
 use super::check_len;
 use super::gemm::u32_of;
 use crate::error::Result;
-use crate::gpu::buffer::{upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid, launch, shader, Arg};
-use crate::tensor::Tensor;
+use crate::gpu::GpuTensor;
 
 const OP: &str = "gpu softmax";
 shader!(SOFTMAX, "softmax.wgsl");
@@ -69,26 +69,25 @@ pub fn backward(
 }
 
 /// [`forward`] on a GPU tensor `x (…, C)` with a host mask of `x`'s shape.
-pub fn forward_tensor(x: &Tensor, mask: Option<&Tensor>, log: bool) -> Result<Tensor> {
+pub fn forward_tensor(x: &GpuTensor, mask: Option<&GpuTensor>, log: bool) -> Result<GpuTensor> {
     let (rows, cols) = x.rows_cols();
-    let y = Tensor::gpu_zeros(x.shape())?;
-    let mask = mask.map(|m| upload(m.data())).transpose()?;
-    forward(y.buffer(OP)?, x.buffer(OP)?, mask.as_ref(), rows, cols, log)?;
-    Ok(y)
-}
-
-/// [`backward`] on GPU tensors `g`, `y (…, C)`.
-pub fn backward_tensor(g: &Tensor, y: &Tensor, log: bool) -> Result<Tensor> {
-    let (rows, cols) = y.rows_cols();
-    let dx = Tensor::gpu_zeros(y.shape())?;
-    backward(
-        dx.buffer(OP)?,
-        y.buffer(OP)?,
-        g.buffer(OP)?,
+    let y = GpuTensor::zeros(x.shape())?;
+    forward(
+        y.buffer(),
+        x.buffer(),
+        mask.map(GpuTensor::buffer),
         rows,
         cols,
         log,
     )?;
+    Ok(y)
+}
+
+/// [`backward`] on GPU tensors `g`, `y (…, C)`.
+pub fn backward_tensor(g: &GpuTensor, y: &GpuTensor, log: bool) -> Result<GpuTensor> {
+    let (rows, cols) = y.rows_cols();
+    let dx = GpuTensor::zeros(y.shape())?;
+    backward(dx.buffer(), y.buffer(), g.buffer(), rows, cols, log)?;
     Ok(dx)
 }
 

@@ -7,8 +7,8 @@ use super::gemm::u32_of;
 use crate::error::Result;
 use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg};
+use crate::gpu::GpuTensor;
 use crate::shape::{contiguous_strides, numel};
-use crate::tensor::Tensor;
 
 const OP: &str = "gpu strided";
 shader!(STRIDED, "strided.wgsl");
@@ -34,8 +34,13 @@ fn meta(parts: &[&[usize]]) -> Result<GpuBuffer> {
 
 /// A contiguous tensor of `shape` whose element `c` is `x`'s element at
 /// `offset + Σ c[d]·strides[d]`.
-pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
-    let out = Tensor::gpu_zeros(shape)?;
+pub fn gather(
+    x: &GpuTensor,
+    offset: usize,
+    shape: &[usize],
+    strides: &[usize],
+) -> Result<GpuTensor> {
+    let out = GpuTensor::zeros(shape)?;
     let n = numel(shape);
     if n == 0 {
         return Ok(out);
@@ -47,18 +52,19 @@ pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> 
         n_red: 0,
     };
     let m = meta(&[shape, strides])?;
-    let args = [
-        Arg::In(&m),
-        Arg::In(x.buffer(OP)?),
-        Arg::Out(out.buffer(OP)?),
-    ];
+    let args = [Arg::In(&m), Arg::In(x.buffer()), Arg::Out(out.buffer())];
     launch(OP, &STRIDED, "gather", &p, &args, grid_elems(n))?;
     Ok(out)
 }
 
 /// Writes `x` (contiguous) into `out` at the view `(offset, x's shape, strides)`, which must not
 /// repeat elements; the rest of `out` is left as it is.
-pub fn scatter_into(out: &GpuBuffer, x: &Tensor, offset: usize, strides: &[usize]) -> Result<()> {
+pub fn scatter_into(
+    out: &GpuBuffer,
+    x: &GpuTensor,
+    offset: usize,
+    strides: &[usize],
+) -> Result<()> {
     let n = x.numel();
     if n == 0 {
         return Ok(());
@@ -70,14 +76,14 @@ pub fn scatter_into(out: &GpuBuffer, x: &Tensor, offset: usize, strides: &[usize
         n_red: 0,
     };
     let m = meta(&[x.shape(), strides])?;
-    let args = [Arg::In(&m), Arg::In(x.buffer(OP)?), Arg::Out(out)];
+    let args = [Arg::In(&m), Arg::In(x.buffer()), Arg::Out(out)];
     launch(OP, &STRIDED, "scatter", &p, &args, grid_elems(n))
 }
 
 /// `g` summed down to `shape`, which `g`'s shape must broadcast from (checked by the caller,
 /// [`crate::ops::broadcast::sum_to`]).
-pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
-    let out = Tensor::gpu_zeros(shape)?;
+pub fn sum_to(g: &GpuTensor, shape: &[usize]) -> Result<GpuTensor> {
+    let out = GpuTensor::zeros(shape)?;
     let rank = g.ndim();
     // `shape` aligned on the right to g's rank: kept sizes, and the sizes summed over.
     let lead = rank - shape.len();
@@ -99,8 +105,8 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     }
     if n == 1 && g.numel() > 4 * PARTIALS {
         let partials = GpuBuffer::zeros(PARTIALS)?;
-        sum_strided(g.buffer(OP)?, g.numel(), &partials, PARTIALS)?;
-        sum_strided(&partials, PARTIALS, out.buffer(OP)?, 1)?;
+        sum_strided(g.buffer(), g.numel(), &partials, PARTIALS)?;
+        sum_strided(&partials, PARTIALS, out.buffer(), 1)?;
         return Ok(out);
     }
     let p = Params {
@@ -110,11 +116,7 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         n_red: u32_of(OP, "the reduced size", numel(&red))?,
     };
     let m = meta(&[&kept, &red, &contiguous_strides(g.shape())])?;
-    let args = [
-        Arg::In(&m),
-        Arg::In(g.buffer(OP)?),
-        Arg::Out(out.buffer(OP)?),
-    ];
+    let args = [Arg::In(&m), Arg::In(g.buffer()), Arg::Out(out.buffer())];
     launch(OP, &STRIDED, "sum_to", &p, &args, grid_elems(n))?;
     Ok(out)
 }
@@ -138,13 +140,13 @@ fn sum_strided(x: &GpuBuffer, len: usize, out: &GpuBuffer, n: usize) -> Result<(
 
 /// `values` concatenated along `dim` into `out_shape` (checked by [`crate::ops::shape::cat`]):
 /// each part scattered into its block of the output, a strided view of it.
-pub fn cat(values: &[Tensor], out_shape: &[usize], dim: usize) -> Result<Tensor> {
+pub fn cat(values: &[&GpuTensor], out_shape: &[usize], dim: usize) -> Result<GpuTensor> {
     let inner = numel(&out_shape[dim + 1..]);
     let strides = contiguous_strides(out_shape);
-    let out = Tensor::gpu_zeros(out_shape)?;
+    let out = GpuTensor::zeros(out_shape)?;
     let mut start = 0;
     for v in values {
-        scatter_into(out.buffer(OP)?, v, start * inner, &strides)?;
+        scatter_into(out.buffer(), v, start * inner, &strides)?;
         start += v.shape()[dim];
     }
     Ok(out)
@@ -156,13 +158,10 @@ mod tests {
     use crate::gpu::tests::{assert_rel, require_gpu};
     use crate::ops::broadcast::{gather_strided, scatter_strided};
     use crate::ops::test_support::rand_vec;
-    use crate::tensor::Device;
+    use crate::tensor::Tensor;
 
-    fn gpu(data: Vec<f32>, shape: &[usize]) -> Tensor {
-        Tensor::new(data, shape)
-            .unwrap()
-            .to_device(Device::Gpu)
-            .unwrap()
+    fn gpu(data: Vec<f32>, shape: &[usize]) -> GpuTensor {
+        GpuTensor::from_host(&data, shape).unwrap()
     }
 
     #[test]
@@ -185,9 +184,9 @@ mod tests {
             let want = gather_strided(&src, off, &shape, &strides);
             assert_eq!(got.to_vec().unwrap(), want, "gather {shape:?}");
             if scatter {
-                let out = Tensor::gpu_zeros(&[len]).unwrap();
+                let out = GpuTensor::zeros(&[len]).unwrap();
                 let g = gpu(want.clone(), &shape);
-                scatter_into(out.buffer("t").unwrap(), &g, off, &strides).unwrap();
+                scatter_into(out.buffer(), &g, off, &strides).unwrap();
                 let want = scatter_strided(&want, len, off, &shape, &strides);
                 assert_eq!(out.to_vec().unwrap(), want, "scatter {shape:?}");
             }

@@ -48,7 +48,7 @@ use crate::autograd::{Backward, Var};
 pub use crate::desc::{AttentionConfig, AttnMask};
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::{broadcast_strides, row_offset};
-use crate::tensor::{shape_str, Device, Tensor};
+use crate::tensor::{shape_str, CpuTensor, Device, Tensor};
 
 const OP: &str = "scaled_dot_product_attention";
 
@@ -167,7 +167,7 @@ fn add_mask_line(line: &mut [f32], data: &[f32], base: usize, stride: usize) {
 /// A mask tensor (on the host, whatever the device of q, k, v) with the offsets that read it
 /// broadcast to (…, Tq, Tk).
 pub(crate) struct MaskLayout {
-    mask: Tensor,
+    mask: CpuTensor,
     head_offsets: Vec<usize>,
     row_stride: usize,
     col_stride: usize,
@@ -182,7 +182,8 @@ impl MaskLayout {
         tq: usize,
         tk: usize,
     ) -> Result<MaskLayout> {
-        let mask = &mask.to_host()?;
+        let host = mask.to_host()?;
+        let mask = host.cpu(op)?;
         let target: Vec<usize> = batch.iter().copied().chain([tq, tk]).collect();
         let ms = mask.shape();
         let offset = target.len().checked_sub(ms.len());
@@ -422,13 +423,14 @@ fn attention_op(
             ));
         }
         let (out, lse, prepared) = crate::gpu::ops::attention::forward_tensors(
-            [&qv, &kv, &vv],
+            [qv.gpu(OP)?, kv.gpu(OP)?, vv.gpu(OP)?],
             &out_shape,
             &AttentionConfig {
                 mask: mask.as_ref().map(MaskLayout::view),
                 ..cfg
             },
         )?;
+        let out = Tensor::from(out);
         let saved = SdpaBackward {
             q: qv,
             k: kv,
@@ -450,9 +452,9 @@ fn attention_op(
     attention_forward_masked(
         &mut out,
         &mut lse,
-        qv.data(),
-        kv.data(),
-        vv.data(),
+        qv.cpu(OP)?.data(),
+        kv.cpu(OP)?.data(),
+        vv.cpu(OP)?.data(),
         &AttentionConfig {
             mask: mask.as_ref().map(MaskLayout::view),
             ..cfg
@@ -560,11 +562,23 @@ impl Backward for SdpaBackward {
             } => (lse, mask, structured.as_deref()),
             #[cfg(feature = "wgpu")]
             Saved::Gpu { lse, prepared } => {
-                let qkv = [&self.q, &self.k, &self.v];
+                let crate::tensor::Placed::Gpu([g, q, k, v, out]) =
+                    Tensor::place(OP, [g, &self.q, &self.k, &self.v, &self.out])?
+                else {
+                    return Err(TfmError::device(
+                        OP,
+                        "expected GPU tensors, got CPU tensors",
+                    ));
+                };
                 let grads = crate::gpu::ops::attention::backward_tensors(
-                    prepared, g, qkv, &self.out, lse, &self.cfg,
+                    prepared,
+                    g,
+                    [q, k, v],
+                    out,
+                    lse,
+                    &self.cfg,
                 )?;
-                return Ok(grads.map(Some).to_vec());
+                return Ok(grads.map(|t| Some(t.into())).to_vec());
             }
         };
         let cfg = AttentionConfig {
@@ -578,11 +592,11 @@ impl Backward for SdpaBackward {
             &mut dq,
             &mut dk,
             &mut dv,
-            g.data(),
-            self.q.data(),
-            self.k.data(),
-            self.v.data(),
-            self.out.data(),
+            g.cpu(OP)?.data(),
+            self.q.cpu(OP)?.data(),
+            self.k.cpu(OP)?.data(),
+            self.v.cpu(OP)?.data(),
+            self.out.cpu(OP)?.data(),
             lse,
             &cfg,
             structured,
