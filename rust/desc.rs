@@ -235,21 +235,23 @@ impl SgdConfig {
     }
 }
 
-/// An additive float mask read in place through broadcast strides: the value for query `i`,
-/// key `j` of batch-head `h` is `data[head_offsets[h] + i·row_stride + j·col_stride]` (a stride
-/// is 0 along a broadcast dimension). −∞ masks a score out.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnMask<'a> {
-    pub data: &'a [f32],
+/// Where an additive attention mask keeps its values, read in place through broadcast strides:
+/// the value for query `i`, key `j` of batch-head `h` is at
+/// `head_offsets[h] + i·row_stride + j·col_stride` (a stride is 0 along a broadcast dimension).
+/// The values themselves live on a device (host slices for the CPU kernels, a GPU buffer for the
+/// GPU's); −∞ masks a score out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskLayout {
     /// One offset per batch-head, length BH.
-    pub head_offsets: &'a [usize],
+    pub head_offsets: Vec<usize>,
     pub row_stride: usize,
     pub col_stride: usize,
 }
 
-/// Sizes and options shared by the forward and backward kernels.
+/// Sizes and options shared by the forward and backward kernels of both devices (the mask, if
+/// any, travels beside it with its values).
 #[derive(Clone, Copy, Debug)]
-pub struct AttentionConfig<'a> {
+pub struct AttentionConfig {
     /// Batch × heads: the product of the leading dimensions.
     pub bh: usize,
     pub tq: usize,
@@ -259,7 +261,6 @@ pub struct AttentionConfig<'a> {
     pub scale: f32,
     /// Query `i` attends keys `j <= i` (top-left aligned, as PyTorch).
     pub is_causal: bool,
-    pub mask: Option<AttnMask<'a>>,
     /// Drop probability in [0, 1) on the attention probabilities.
     pub dropout_p: f32,
     /// Keys the dropout decisions: element `(h, i, j)` is kept iff

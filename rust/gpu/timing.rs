@@ -55,7 +55,7 @@ pub fn time_attention(cfg: &AttentionConfig, with_backward: bool, repeats: usize
     );
     best_seconds(repeats, || {
         // Once per forward (+ backward), as the autograd op uploads its parameters.
-        let pr = attention::prepare(cfg)?;
+        let pr = attention::prepare(cfg, None)?;
         attention::forward(&pr, &out, &lse, &q, &k, &v, cfg)?;
         if with_backward {
             attention::backward(&pr, &dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse, cfg)?;

@@ -110,7 +110,6 @@ mod timers {
             ev: e,
             scale: 1.0 / (e as f32).sqrt(),
             is_causal,
-            mask: None,
             dropout_p: 0.0,
             seed: 0,
         };

@@ -6,10 +6,10 @@
 
 use super::check_lens;
 use super::gemm::u32_of;
-use crate::desc::AttentionConfig;
+use crate::desc::{AttentionConfig, MaskLayout};
 use crate::ensure_value;
 use crate::error::Result;
-use crate::gpu::buffer::{upload, GpuBuffer};
+use crate::gpu::buffer::GpuBuffer;
 use crate::gpu::pipeline::{grid_elems, launch, shader, Arg, Shader};
 use crate::gpu::GpuTensor;
 use crate::random::keep_threshold;
@@ -71,12 +71,13 @@ struct Params {
 /// The uniform parameters and the mask's data and head offsets, uploaded.
 pub struct Prepared {
     params: Params,
-    mask: GpuBuffer,
+    mask: GpuTensor,
     offsets: GpuBuffer,
 }
 
-/// Checks `cfg` against the kernels' limits and uploads its parameters and mask.
-pub fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
+/// Checks `cfg` against the kernels' limits and uploads its parameters and the mask's offsets;
+/// the mask's values are already on the GPU.
+pub fn prepare(cfg: &AttentionConfig, mask: Option<(&GpuTensor, &MaskLayout)>) -> Result<Prepared> {
     ensure_value!(
         cfg.e <= MAX_HEAD_DIM && cfg.ev <= MAX_HEAD_DIM,
         OP,
@@ -105,21 +106,22 @@ pub fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
     ] {
         u32_of(OP, what, n)?;
     }
-    let (mask, offsets, row_stride, col_stride) = match &cfg.mask {
-        Some(m) => {
+    let has_mask = mask.is_some();
+    let (mask, offsets, row_stride, col_stride) = match mask {
+        Some((values, m)) => {
             let offsets: Vec<u32> = m
                 .head_offsets
                 .iter()
                 .map(|&o| u32_of(OP, "a mask offset", o))
                 .collect::<Result<_>>()?;
             (
-                upload(m.data)?,
+                values.clone(),
                 GpuBuffer::from_slice(&offsets)?,
                 u32_of(OP, "the mask's row stride", m.row_stride)?,
                 u32_of(OP, "the mask's column stride", m.col_stride)?,
             )
         }
-        None => (GpuBuffer::zeros(1)?, GpuBuffer::zeros(1)?, 0, 0),
+        None => (GpuTensor::zeros(&[1])?, GpuBuffer::zeros(1)?, 0, 0),
     };
     let dropout = cfg.dropout_p > 0.0;
     let params = Params {
@@ -130,7 +132,7 @@ pub fn prepare(cfg: &AttentionConfig) -> Result<Prepared> {
         ev: cfg.ev as u32,
         scale: cfg.scale,
         causal: cfg.is_causal as u32,
-        has_mask: cfg.mask.is_some() as u32,
+        has_mask: has_mask as u32,
         row_stride,
         col_stride,
         threshold: if dropout {
@@ -197,7 +199,7 @@ pub fn forward(
         Arg::In(q),
         Arg::In(k),
         Arg::In(v),
-        Arg::In(&pr.mask),
+        Arg::In(pr.mask.buffer()),
         Arg::In(&pr.offsets),
         Arg::In(q),
         Arg::Out(out),
@@ -254,7 +256,7 @@ pub fn backward(
             Arg::In(q),
             Arg::In(k),
             Arg::In(v),
-            Arg::In(&pr.mask),
+            Arg::In(pr.mask.buffer()),
             Arg::In(&pr.offsets),
             Arg::In(dout),
             Arg::Out(out),
@@ -296,10 +298,11 @@ pub(crate) fn forward_tensors(
     [q, k, v]: [&GpuTensor; 3],
     out_shape: &[usize],
     cfg: &AttentionConfig,
+    mask: Option<(&GpuTensor, &MaskLayout)>,
 ) -> Result<(GpuTensor, GpuBuffer, Prepared)> {
     let out = GpuTensor::zeros(out_shape)?;
     let lse = GpuBuffer::zeros(cfg.bh * cfg.tq)?;
-    let prepared = prepare(cfg)?;
+    let prepared = prepare(cfg, mask)?;
     forward(
         &prepared,
         out.buffer(),

@@ -16,7 +16,7 @@ use super::kernels::{
     block_matmul, dispatch, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd, LANES, MR,
 };
 use super::mask::{StructuredMask, Tile};
-use super::AttentionConfig;
+use super::MaskedConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
 use std::f32::consts::LOG2_E;
@@ -41,7 +41,7 @@ pub fn attention_backward(
     v: &[f32],
     out: &[f32],
     lse: &[f32],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) {
     attention_backward_masked(dq, dk, dv, dout, q, k, v, out, lse, cfg, None)
 }
@@ -59,7 +59,7 @@ pub fn attention_backward_masked(
     v: &[f32],
     out: &[f32],
     lse: &[f32],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
     structured: Option<&StructuredMask>,
 ) {
     let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
@@ -111,7 +111,7 @@ pub fn attention_backward_masked(
 
 /// One batch-head of the backward; every slice is that head's.
 struct BackwardTask<'a> {
-    cfg: &'a AttentionConfig<'a>,
+    cfg: &'a MaskedConfig<'a>,
     structured: Option<&'a StructuredMask>,
     head: usize,
     dq: &'a mut [f32],

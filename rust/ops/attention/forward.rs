@@ -12,7 +12,7 @@ use super::kernels::{
     LANES, MR,
 };
 use super::mask::{StructuredMask, Tile};
-use super::AttentionConfig;
+use super::MaskedConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
 
@@ -43,7 +43,7 @@ pub fn attention_forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) {
     attention_forward_masked(out, lse, q, k, v, cfg, None)
 }
@@ -57,7 +57,7 @@ pub fn attention_forward_masked(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
     structured: Option<&StructuredMask>,
 ) {
     let (bh, tq, tk, e, ev) = (cfg.bh, cfg.tq, cfg.tk, cfg.e, cfg.ev);
@@ -116,7 +116,7 @@ pub fn attention_forward_masked(
 /// Query rows `row0 .. row0 + lse.len()` of head `head`; `q`, `out` and `lse` are those rows,
 /// `k` and `v` the whole head.
 struct ForwardTask<'a> {
-    cfg: &'a AttentionConfig<'a>,
+    cfg: &'a MaskedConfig<'a>,
     structured: Option<&'a StructuredMask>,
     head: usize,
     row0: usize,

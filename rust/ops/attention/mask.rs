@@ -15,7 +15,7 @@
 //! per-sample prefix counts, hashed random blocks), so no term costs memory in `L × S`, except
 //! the dense fallback, which is the user's own array, read in place through broadcast strides.
 
-use super::MaskLayout;
+use super::HostMask;
 use crate::error::{Result, TfmError};
 use crate::tensor::Tensor;
 
@@ -116,7 +116,7 @@ enum Node {
         seed: u64,
         key_blocks: usize,
     },
-    Dense(MaskLayout),
+    Dense(HostMask),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
 }
@@ -239,7 +239,7 @@ impl MaskSpec {
                     key_blocks: tk.div_ceil(*block),
                 }
             }
-            MaskSpec::Dense(t) => Node::Dense(MaskLayout::new(OP, t, batch, tq, tk)?),
+            MaskSpec::Dense(t) => Node::Dense(HostMask::new(OP, t, batch, tq, tk)?),
             MaskSpec::And(a, b) => Node::And(
                 Box::new(a.node(batch, bh, tq, tk)?),
                 Box::new(b.node(batch, bh, tq, tk)?),
@@ -384,8 +384,8 @@ impl Node {
                 j / block,
             ),
             Node::Dense(m) => {
-                let v = m.view();
-                v.data[v.head_offsets[head] + i * v.row_stride + j * v.col_stride]
+                let (v, l) = (m.view(), &m.layout);
+                v.data[l.head_offsets[head] + i * l.row_stride + j * l.col_stride]
                     != f32::NEG_INFINITY
             }
             Node::And(a, b) => a.allowed(head, i, j) && b.allowed(head, i, j),
@@ -529,10 +529,10 @@ impl Node {
                 }
             }
             Node::Dense(m) => {
-                let v = m.view();
-                let base = v.head_offsets[head] + i * v.row_stride + j0 * v.col_stride;
+                let (v, l) = (m.view(), &m.layout);
+                let base = l.head_offsets[head] + i * l.row_stride + j0 * l.col_stride;
                 for (c, o) in out.iter_mut().enumerate() {
-                    *o = v.data[base + c * v.col_stride] != f32::NEG_INFINITY;
+                    *o = v.data[base + c * l.col_stride] != f32::NEG_INFINITY;
                 }
             }
             Node::And(a, b) => {

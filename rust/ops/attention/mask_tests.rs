@@ -145,18 +145,20 @@ fn check(name: &str, spec: &MaskSpec, batch: &[usize], tq: usize, tk: usize, e: 
 
     let resolved = spec.resolve(batch, tq, tk).unwrap();
     let dense = dense_of(&resolved, batch);
-    let layout = MaskLayout::new(OP, &dense, batch, tq, tk).unwrap();
-    let cfg = AttentionConfig {
-        bh,
-        tq,
-        tk,
-        e,
-        ev: e,
-        scale: default_scale(e),
-        is_causal: false,
+    let layout = HostMask::new(OP, &dense, batch, tq, tk).unwrap();
+    let cfg = MaskedConfig {
+        cfg: AttentionConfig {
+            bh,
+            tq,
+            tk,
+            e,
+            ev: e,
+            scale: default_scale(e),
+            is_causal: false,
+            dropout_p: 0.0,
+            seed: 0,
+        },
         mask: Some(layout.view()),
-        dropout_p: 0.0,
-        seed: 0,
     };
     let f = |t: &Tensor| to_f64(t.data());
     let mut want_out = vec![0.0; bh * tq * e];
@@ -205,7 +207,7 @@ fn check(name: &str, spec: &MaskSpec, batch: &[usize], tq: usize, tk: usize, e: 
 
     let mut lse = vec![0.0f32; bh * tq];
     let mut o = vec![0.0f32; bh * tq * e];
-    let plain = AttentionConfig { mask: None, ..cfg };
+    let plain = MaskedConfig { mask: None, ..cfg };
     attention_forward_masked(
         &mut o,
         &mut lse,

@@ -45,7 +45,29 @@ pub use mask::{random_block, MaskSpec, MaskStats, StructuredMask, Tile};
 pub use reference::{attention_backward_reference, attention_forward_reference};
 
 use crate::autograd::{Backward, Var};
-pub use crate::desc::{AttentionConfig, AttnMask};
+pub use crate::desc::{AttentionConfig, MaskLayout};
+
+/// A mask's host values with their layout: what the CPU kernels read.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnMask<'a> {
+    pub data: &'a [f32],
+    pub layout: &'a MaskLayout,
+}
+
+/// The CPU kernels' arguments: the configuration and, if any, the mask's host values. Derefs to
+/// the configuration.
+#[derive(Clone, Copy, Debug)]
+pub struct MaskedConfig<'a> {
+    pub cfg: AttentionConfig,
+    pub mask: Option<AttnMask<'a>>,
+}
+
+impl std::ops::Deref for MaskedConfig<'_> {
+    type Target = AttentionConfig;
+    fn deref(&self) -> &AttentionConfig {
+        &self.cfg
+    }
+}
 use crate::error::{Result, TfmError};
 use crate::ops::broadcast::{broadcast_strides, row_offset};
 use crate::tensor::{shape_str, CpuTensor, Device, Tensor};
@@ -53,14 +75,15 @@ use crate::tensor::{shape_str, CpuTensor, Device, Tensor};
 const OP: &str = "scaled_dot_product_attention";
 
 // The CPU kernels' mask arithmetic; the descriptor itself lives in `desc`.
-impl AttentionConfig<'_> {
+impl MaskedConfig<'_> {
     /// The additive mask value at (head, i, j): the mask's, −∞ above the causal diagonal, else 0.
     pub fn mask_value(&self, head: usize, i: usize, j: usize) -> f32 {
         if self.is_causal && j > i {
             return f32::NEG_INFINITY;
         }
         self.mask.map_or(0.0, |m| {
-            m.data[m.head_offsets[head] + i * m.row_stride + j * m.col_stride]
+            let l = m.layout;
+            m.data[l.head_offsets[head] + i * l.row_stride + j * l.col_stride]
         })
     }
 
@@ -77,8 +100,9 @@ impl AttentionConfig<'_> {
         s: &mut [f32],
     ) {
         let mask = self.mask.map(|m| {
-            let base = m.head_offsets[head] + i0 * m.row_stride + j0 * m.col_stride;
-            (m.data, base, m.row_stride, m.col_stride)
+            let l = m.layout;
+            let base = l.head_offsets[head] + i0 * l.row_stride + j0 * l.col_stride;
+            (m.data, base, l.row_stride, l.col_stride)
         });
         if cs == 1 {
             for r in 0..rows {
@@ -110,7 +134,7 @@ impl AttentionConfig<'_> {
 }
 
 /// The class of the tile of `rows = (i0, count)` queries and `cols = (j0, count)` keys: the
-/// structured mask's, or partial (masked by `AttentionConfig::mask_block`) without one.
+/// structured mask's, or partial (masked by `MaskedConfig::mask_block`) without one.
 #[inline(always)]
 fn tile_class(
     structured: Option<&StructuredMask>,
@@ -123,11 +147,11 @@ fn tile_class(
     })
 }
 
-/// Masks a block of scores (laid out as for `AttentionConfig::mask_block`) of a tile of class
+/// Masks a block of scores (laid out as for `MaskedConfig::mask_block`) of a tile of class
 /// `class`: by the structured mask if there is one (full tiles untouched), else by `cfg`.
 #[inline(always)]
 fn mask_tile(
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
     structured: Option<&StructuredMask>,
     class: Tile,
     head: usize,
@@ -166,14 +190,12 @@ fn add_mask_line(line: &mut [f32], data: &[f32], base: usize, stride: usize) {
 
 /// A mask tensor (on the host, whatever the device of q, k, v) with the offsets that read it
 /// broadcast to (…, Tq, Tk).
-pub(crate) struct MaskLayout {
+pub(crate) struct HostMask {
     mask: CpuTensor,
-    head_offsets: Vec<usize>,
-    row_stride: usize,
-    col_stride: usize,
+    pub(crate) layout: MaskLayout,
 }
 
-impl MaskLayout {
+impl HostMask {
     /// Checks that `mask` broadcasts to `batch + (tq, tk)` and holds no NaN or +∞.
     fn new(
         op: &'static str,
@@ -181,7 +203,7 @@ impl MaskLayout {
         batch: &[usize],
         tq: usize,
         tk: usize,
-    ) -> Result<MaskLayout> {
+    ) -> Result<HostMask> {
         let host = mask.to_host()?;
         let mask = host.cpu(op)?;
         let target: Vec<usize> = batch.iter().copied().chain([tq, tk]).collect();
@@ -217,21 +239,28 @@ impl MaskLayout {
         let head_offsets = (0..bh)
             .map(|h| row_offset(h, &target[..n - 1], &strides[..n - 1]))
             .collect();
-        Ok(MaskLayout {
+        Ok(HostMask {
             mask: mask.clone(),
-            head_offsets,
-            row_stride: strides[n - 2],
-            col_stride: strides[n - 1],
+            layout: MaskLayout {
+                head_offsets,
+                row_stride: strides[n - 2],
+                col_stride: strides[n - 1],
+            },
         })
     }
 
     pub(crate) fn view(&self) -> AttnMask<'_> {
         AttnMask {
             data: self.mask.data(),
-            head_offsets: &self.head_offsets,
-            row_stride: self.row_stride,
-            col_stride: self.col_stride,
+            layout: &self.layout,
         }
+    }
+
+    /// The values uploaded to the GPU, with their layout, for the GPU kernels.
+    #[cfg(feature = "wgpu")]
+    fn to_gpu(&self) -> Result<(crate::gpu::GpuTensor, &MaskLayout)> {
+        let values = crate::gpu::GpuTensor::from_host(self.mask.data(), self.mask.shape())?;
+        Ok((values, &self.layout))
     }
 }
 
@@ -272,7 +301,7 @@ struct Checked {
     batch: Vec<usize>,
     dims: [usize; 4],
     scale: f32,
-    mask: Option<MaskLayout>,
+    mask: Option<HostMask>,
 }
 
 /// The argument checks shared by the fused and the explicit attention (`op` names the caller
@@ -300,7 +329,7 @@ fn check_arguments(
         "is_causal and attn_mask cannot both be given (as in PyTorch); add the causal mask to attn_mask instead"
     );
     let mask = attn_mask
-        .map(|m| MaskLayout::new(op, m, &batch, tq, tk))
+        .map(|m| HostMask::new(op, m, &batch, tq, tk))
         .transpose()?;
     Ok(Checked {
         batch,
@@ -408,7 +437,6 @@ fn attention_op(
         ev,
         scale,
         is_causal,
-        mask: None,
         dropout_p,
         seed,
     };
@@ -422,13 +450,12 @@ fn attention_op(
                 "structured masks run on the CPU kernels only; move q, k, v to the CPU (or pass mask.to_dense(L, S) for the dense GPU kernel)",
             ));
         }
+        let mask = mask.as_ref().map(HostMask::to_gpu).transpose()?;
         let (out, lse, prepared) = crate::gpu::ops::attention::forward_tensors(
             [qv.gpu(OP)?, kv.gpu(OP)?, vv.gpu(OP)?],
             &out_shape,
-            &AttentionConfig {
-                mask: mask.as_ref().map(MaskLayout::view),
-                ..cfg
-            },
+            &cfg,
+            mask.as_ref().map(|(values, layout)| (values, *layout)),
         )?;
         let out = Tensor::from(out);
         let saved = SdpaBackward {
@@ -455,9 +482,9 @@ fn attention_op(
         qv.cpu(OP)?.data(),
         kv.cpu(OP)?.data(),
         vv.cpu(OP)?.data(),
-        &AttentionConfig {
-            mask: mask.as_ref().map(MaskLayout::view),
-            ..cfg
+        &MaskedConfig {
+            cfg,
+            mask: mask.as_ref().map(HostMask::view),
         },
         structured.as_deref(),
     );
@@ -526,7 +553,7 @@ enum Saved {
     /// The row log-sum-exp `(BH, Tq)` and the mask (additive or structured).
     Host {
         lse: Vec<f32>,
-        mask: Option<MaskLayout>,
+        mask: Option<HostMask>,
         structured: Option<std::sync::Arc<StructuredMask>>,
     },
     /// The row log-sum-exp on the GPU, and the parameters and mask as uploaded by the forward.
@@ -545,7 +572,7 @@ struct SdpaBackward {
     out: Tensor,
     saved: Saved,
     /// Everything but the mask view, which borrows from the saved mask.
-    cfg: AttentionConfig<'static>,
+    cfg: AttentionConfig,
 }
 
 impl Backward for SdpaBackward {
@@ -581,9 +608,9 @@ impl Backward for SdpaBackward {
                 return Ok(grads.map(|t| Some(t.into())).to_vec());
             }
         };
-        let cfg = AttentionConfig {
-            mask: mask.as_ref().map(MaskLayout::view),
-            ..self.cfg
+        let cfg = MaskedConfig {
+            cfg: self.cfg,
+            mask: mask.as_ref().map(HostMask::view),
         };
         let mut dq = crate::cpu::alloc::output(self.q.numel());
         let mut dk = crate::cpu::alloc::output(self.k.numel());

@@ -3,7 +3,7 @@
 //! Same argument order and `cfg` as the fused kernels; inputs are f64 so that a test can
 //! perturb them finely.
 
-use super::AttentionConfig;
+use super::MaskedConfig;
 
 /// Head `h`'s probabilities `softmax(scale·q·kᵀ + mask)` (Tq, Tk), with zero rows where no key
 /// is allowed, the row log-sum-exps (Tq; +∞ for such rows), and dropout's factors `Z` (Tq, Tk):
@@ -12,7 +12,7 @@ fn probabilities(
     h: usize,
     q: &[f64],
     k: &[f64],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let (tq, tk, e) = (cfg.tq, cfg.tk, cfg.e);
     let mut p = vec![0.0f64; tq * tk];
@@ -58,7 +58,7 @@ pub fn attention_forward_reference(
     q: &[f64],
     k: &[f64],
     v: &[f64],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) {
     let (tq, tk, ev) = (cfg.tq, cfg.tk, cfg.ev);
     for h in 0..cfg.bh {
@@ -87,7 +87,7 @@ pub fn attention_backward_reference(
     q: &[f64],
     k: &[f64],
     v: &[f64],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) {
     let (tq, tk, e, ev) = (cfg.tq, cfg.tk, cfg.e, cfg.ev);
     let scale = cfg.scale as f64;

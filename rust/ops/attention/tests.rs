@@ -109,18 +109,20 @@ impl Case {
         let mask = self
             .mask
             .as_ref()
-            .map(|m| MaskLayout::new(OP, m, &self.batch, self.tq, self.tk).unwrap());
-        let cfg = AttentionConfig {
-            bh: self.batch.iter().product(),
-            tq: self.tq,
-            tk: self.tk,
-            e: self.e,
-            ev: self.ev,
-            scale: self.scale.unwrap_or_else(|| default_scale(self.e)),
-            is_causal: self.causal,
-            mask: mask.as_ref().map(MaskLayout::view),
-            dropout_p: 0.0,
-            seed: 0,
+            .map(|m| HostMask::new(OP, m, &self.batch, self.tq, self.tk).unwrap());
+        let cfg = MaskedConfig {
+            cfg: AttentionConfig {
+                bh: self.batch.iter().product(),
+                tq: self.tq,
+                tk: self.tk,
+                e: self.e,
+                ev: self.ev,
+                scale: self.scale.unwrap_or_else(|| default_scale(self.e)),
+                is_causal: self.causal,
+                dropout_p: 0.0,
+                seed: 0,
+            },
+            mask: mask.as_ref().map(HostMask::view),
         };
         let [want_out, want_dq, want_dk, want_dv] = reference(&cfg, &q, &k, &v, &dout);
         let what = format!(
@@ -156,7 +158,7 @@ impl Case {
 
 /// The reference's out, dq, dk, dv for f32 inputs.
 fn reference(
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -315,17 +317,19 @@ fn running_maximum_that_keeps_growing() {
         Tensor::new(data.to_vec(), &[1, rows, cols]).unwrap()
     };
     for causal in [false, true] {
-        let cfg = AttentionConfig {
-            bh: 1,
-            tq,
-            tk,
-            e,
-            ev,
-            scale: 1.0,
-            is_causal: causal,
+        let cfg = MaskedConfig {
+            cfg: AttentionConfig {
+                bh: 1,
+                tq,
+                tk,
+                e,
+                ev,
+                scale: 1.0,
+                is_causal: causal,
+                dropout_p: 0.0,
+                seed: 0,
+            },
             mask: None,
-            dropout_p: 0.0,
-            seed: 0,
         };
         let got = fused(&cfg, &q, &k, &v, &dout);
         let want = reference(
@@ -343,7 +347,7 @@ fn running_maximum_that_keeps_growing() {
 }
 
 /// Fused forward and backward on raw slices, with a dropout seed the test chooses.
-fn fused(cfg: &AttentionConfig, q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> [Vec<f32>; 4] {
+fn fused(cfg: &MaskedConfig, q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -> [Vec<f32>; 4] {
     let mut out = vec![0.0; cfg.bh * cfg.tq * cfg.ev];
     let mut lse = vec![0.0; cfg.bh * cfg.tq];
     attention_forward(&mut out, &mut lse, q, k, v, cfg);
@@ -355,17 +359,19 @@ fn fused(cfg: &AttentionConfig, q: &[f32], k: &[f32], v: &[f32], dout: &[f32]) -
 #[test]
 fn dropout_uses_one_mask_forward_and_backward() {
     for causal in [false, true] {
-        let cfg = AttentionConfig {
-            bh: 3,
-            tq: 100,
-            tk: 77,
-            e: 20,
-            ev: 12,
-            scale: 0.3,
-            is_causal: causal,
+        let cfg = MaskedConfig {
+            cfg: AttentionConfig {
+                bh: 3,
+                tq: 100,
+                tk: 77,
+                e: 20,
+                ev: 12,
+                scale: 0.3,
+                is_causal: causal,
+                dropout_p: 0.3,
+                seed: 99,
+            },
             mask: None,
-            dropout_p: 0.3,
-            seed: 99,
         };
         let case = Case::new(&[3], cfg.tq, cfg.tk, cfg.e, cfg.ev, causal);
         let [q, k, v, dout] = case.inputs();
@@ -384,17 +390,19 @@ fn dropout_uses_one_mask_forward_and_backward() {
 
 #[test]
 fn results_do_not_depend_on_thread_count() {
-    let cfg = AttentionConfig {
-        bh: 2,
-        tq: 300,
-        tk: 260,
-        e: 32,
-        ev: 16,
-        scale: 0.2,
-        is_causal: true,
+    let cfg = MaskedConfig {
+        cfg: AttentionConfig {
+            bh: 2,
+            tq: 300,
+            tk: 260,
+            e: 32,
+            ev: 16,
+            scale: 0.2,
+            is_causal: true,
+            dropout_p: 0.1,
+            seed: 5,
+        },
         mask: None,
-        dropout_p: 0.1,
-        seed: 5,
     };
     let [q, k, v, dout] = Case::new(&[2], cfg.tq, cfg.tk, cfg.e, cfg.ev, true).inputs();
     let run = |threads| {
@@ -414,18 +422,20 @@ fn results_do_not_depend_on_thread_count() {
 fn reference_gradient_matches_finite_differences() {
     let (bh, tq, tk, e, ev) = (2, 3, 4, 3, 2);
     let mask = random_mask(&[tq, tk], 3);
-    let layout = MaskLayout::new(OP, &mask, &[bh], tq, tk).unwrap();
-    let cfg = AttentionConfig {
-        bh,
-        tq,
-        tk,
-        e,
-        ev,
-        scale: 0.7,
-        is_causal: false,
+    let layout = HostMask::new(OP, &mask, &[bh], tq, tk).unwrap();
+    let cfg = MaskedConfig {
+        cfg: AttentionConfig {
+            bh,
+            tq,
+            tk,
+            e,
+            ev,
+            scale: 0.7,
+            is_causal: false,
+            dropout_p: 0.25,
+            seed: 11,
+        },
         mask: Some(layout.view()),
-        dropout_p: 0.25,
-        seed: 11,
     };
     let mut x: Vec<Vec<f64>> = [bh * tq * e, bh * tk * e, bh * tk * ev]
         .iter()
@@ -590,17 +600,19 @@ fn fast_exp2_is_accurate_and_exactly_zero_when_masked() {
 #[test]
 fn every_supported_instruction_set_agrees() {
     use crate::cpu::{set_isa, Isa};
-    let cfg = AttentionConfig {
-        bh: 2,
-        tq: 90,
-        tk: 70,
-        e: 40,
-        ev: 24,
-        scale: 0.2,
-        is_causal: true,
+    let cfg = MaskedConfig {
+        cfg: AttentionConfig {
+            bh: 2,
+            tq: 90,
+            tk: 70,
+            e: 40,
+            ev: 24,
+            scale: 0.2,
+            is_causal: true,
+            dropout_p: 0.0,
+            seed: 0,
+        },
         mask: None,
-        dropout_p: 0.0,
-        seed: 0,
     };
     let [q, k, v, dout] = Case::new(&[2], cfg.tq, cfg.tk, cfg.e, cfg.ev, true).inputs();
     let want = reference(&cfg, &q, &k, &v, &dout);

@@ -4,22 +4,31 @@
 use super::*;
 use crate::gpu::buffer::{download, upload};
 use crate::gpu::tests::{assert_rel, require_gpu};
-use crate::ops::attention::{attention_backward, attention_forward, AttnMask};
+use crate::ops::attention::{attention_backward, attention_forward, AttnMask, MaskedConfig};
 use crate::ops::test_support::rand_vec;
+
+/// [`prepare`] with the mask's values uploaded, as the op does.
+fn prepared(cfg: &MaskedConfig) -> Result<Prepared> {
+    let values = cfg
+        .mask
+        .map(|m| GpuTensor::from_host(m.data, &[m.data.len()]))
+        .transpose()?;
+    prepare(cfg, values.as_ref().zip(cfg.mask.map(|m| m.layout)))
+}
 
 /// `forward` from and to the host: `(out, lse)`.
 fn forward_host(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let (out, lse) = (
         GpuBuffer::zeros(cfg.bh * cfg.tq * cfg.ev)?,
         GpuBuffer::zeros(cfg.bh * cfg.tq)?,
     );
     forward(
-        &prepare(cfg)?,
+        &prepared(cfg)?,
         &out,
         &lse,
         &upload(q)?,
@@ -39,13 +48,13 @@ fn backward_host(
     v: &[f32],
     out: &[f32],
     lse: &[f32],
-    cfg: &AttentionConfig,
+    cfg: &MaskedConfig,
 ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
     let dq = GpuBuffer::zeros(q.len())?;
     let dk = GpuBuffer::zeros(k.len())?;
     let dv = GpuBuffer::zeros(v.len())?;
     backward(
-        &prepare(cfg)?,
+        &prepared(cfg)?,
         &dq,
         &dk,
         &dv,
@@ -91,7 +100,11 @@ fn check(c: &Case, seed: u64) {
             .collect(),
         None => vec![],
     };
-    let offsets: Vec<usize> = (0..bh).map(|h| h * tk).collect();
+    let layout = MaskLayout {
+        head_offsets: (0..bh).map(|h| h * tk).collect(),
+        row_stride: 0,
+        col_stride: 1,
+    };
     let cfg = AttentionConfig {
         bh,
         tq,
@@ -100,14 +113,15 @@ fn check(c: &Case, seed: u64) {
         ev,
         scale: 1.0 / (e as f32).sqrt(),
         is_causal: c.causal,
-        mask: c.valid_keys.as_ref().map(|_| AttnMask {
-            data: &mask_data,
-            head_offsets: &offsets,
-            row_stride: 0,
-            col_stride: 1,
-        }),
         dropout_p: c.dropout_p,
         seed: 0x5eed_0000_0000_0001 + seed,
+    };
+    let cfg = MaskedConfig {
+        cfg,
+        mask: c.valid_keys.as_ref().map(|_| AttnMask {
+            data: &mask_data,
+            layout: &layout,
+        }),
     };
     let (mut out, mut lse) = (vec![0.0; bh * tq * ev], vec![0.0; bh * tq]);
     attention_forward(&mut out, &mut lse, &q, &k, &v, &cfg);
@@ -207,17 +221,19 @@ fn attention_rejects_large_heads() {
     if !require_gpu("attention") {
         return;
     }
-    let cfg = AttentionConfig {
-        bh: 1,
-        tq: 1,
-        tk: 1,
-        e: 129,
-        ev: 1,
-        scale: 1.0,
-        is_causal: false,
+    let cfg = MaskedConfig {
+        cfg: AttentionConfig {
+            bh: 1,
+            tq: 1,
+            tk: 1,
+            e: 129,
+            ev: 1,
+            scale: 1.0,
+            is_causal: false,
+            dropout_p: 0.0,
+            seed: 0,
+        },
         mask: None,
-        dropout_p: 0.0,
-        seed: 0,
     };
     let err = forward_host(&[0.0; 129], &[0.0; 129], &[0.0], &cfg).unwrap_err();
     assert_eq!(err.kind, crate::error::ErrorKind::Value);
