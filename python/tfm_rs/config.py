@@ -148,6 +148,9 @@ FIELDS: List[Field] = [
     _f("model", "num_hashes", int, None, "hashed embeddings: hash functions per token (default 2)", positive=True),
     _f("model", "share_layers", bool, None, "ALBERT cross-layer sharing: one set of weights per stack"),
     _f("model", "ffn_rank", int, None, "low-rank feed-forward layers of this rank", positive=True),
+    _f("model", "attention", str, None, "self-attention kind of the encoder (GPT: every block): dense, "
+       "'window(left=W, right=0, global=G)', 'block_sparse(block=B, ...)', linear or 'lsh(...)'; one for all "
+       "layers or one per layer separated by ';' (docs/long-sequences.md)"),
     # optim
     _f("optim", "schedule", str, None, "learning-rate schedule (default: cosine for numbers, noam otherwise)",
        ("noam", "inverse_sqrt", "cosine", "constant")),
@@ -424,9 +427,9 @@ def shipped_config(name: str) -> Optional[Path]:
     return None
 
 
-#: The ``[model]`` keys of the normalization switch and of parameter reduction, passed to every
-#: architecture as they are.
-REDUCTION_KEYS = ("norm", "embedding_dim", "hash_buckets", "num_hashes", "share_layers", "ffn_rank")
+#: The ``[model]`` keys of the normalization and attention switches and of parameter reduction,
+#: passed to every architecture as they are.
+REDUCTION_KEYS = ("norm", "embedding_dim", "hash_buckets", "num_hashes", "share_layers", "ffn_rank", "attention")
 
 
 def model_kwargs(cfg: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:

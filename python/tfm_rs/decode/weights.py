@@ -52,6 +52,9 @@ def _attention(m: Optional[nn.MultiheadAttention], owner: str) -> Tuple[Optional
         return None, None, None
     if m.in_proj_weight is None:
         raise InvalidArgumentError(f"{owner}: decoding needs packed q/k/v projections (kdim == vdim == embed_dim)")
+    if m.attention.name != "dense":
+        raise InvalidArgumentError(f"{owner}: the native decoder runs dense attention only; this model has "
+                                   f"{m.attention} layers (evaluate it with forward/loss)")
     return m.num_heads, (m.in_proj_weight, m.in_proj_bias), _linear(m.out_proj)
 
 

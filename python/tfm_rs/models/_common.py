@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from tfm_rs._core import IndexOutOfRangeError, InvalidArgumentError, ShapeError, Tensor
+from tfm_rs.nn.attention_kind import attention_kinds, config_value
 
 
 def as_ids(ids: Any, name: str, vocab_size: int, max_len: Optional[int], owner: str) -> np.ndarray:
@@ -62,3 +63,18 @@ def check_config_arch(config: Mapping[str, Any], arch: str) -> dict:
     if got != arch:
         raise InvalidArgumentError(f"from_config: this configuration is for {got!r}, not {arch!r}")
     return cfg
+
+
+def set_attention(layers: Any, attention: Any, owner: str, config: dict, shared: bool) -> None:
+    """Gives each layer's self-attention its kind (one for all layers, or one per layer; see
+    :mod:`tfm_rs.nn.attention_kind`) and records it in ``config`` unless every layer is dense, so
+    that configurations written before attention kinds existed still match. ``shared``: the
+    layers will be one layer (ALBERT's sharing), so they take one kind."""
+    kinds = attention_kinds(attention, len(layers), owner)
+    if shared and len({str(k) for k in kinds}) > 1:
+        raise InvalidArgumentError(f"{owner}: shared layers (share_layers=True) have one attention kind, got "
+                                   f"{[str(k) for k in kinds]}")
+    for layer, kind in zip(layers, kinds):
+        layer.self_attn.attention = kind
+    if any(k.name != "dense" for k in kinds):
+        config["attention"] = config_value(kinds)

@@ -18,7 +18,7 @@ import numpy as np
 import tfm_rs.functional as F
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
-from tfm_rs.models._common import as_ids
+from tfm_rs.models._common import as_ids, set_attention
 from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
 from tfm_rs.models._reduction import (FfnRank, init_token_embedding, make_token_embedding, reduction_config,
@@ -60,7 +60,8 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
                  mask_id: int = 4, dropout: float = 0.1, special_ids: Optional[Sequence[int]] = None,
                  layer_norm_eps: float = 1e-12, norm: str = "layer", embedding_dim: Optional[int] = None,
                  hash_buckets: Optional[int] = None, num_hashes: int = 2, share_layers: bool = False,
-                 ffn_rank: FfnRank = None, pooler: bool = False, mlm_head: bool = True) -> None:
+                 ffn_rank: FfnRank = None, pooler: bool = False, mlm_head: bool = True,
+                 attention: Any = "dense") -> None:
         super().__init__()
         if d_model <= 0 or nhead <= 0 or d_model % nhead != 0:
             raise InvalidArgumentError(
@@ -99,6 +100,7 @@ class BertEncoder(nn.Module, StructuredPruning, Explainable):
             nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, "gelu", layer_norm_eps, True, False,
                                        norm=norm)
             for _ in range(num_layers)])
+        set_attention(self.layers, attention, "BertEncoder", self._config, share_layers)
         if share_layers:
             self.layers = share_stack(self.layers)
         set_ffn_rank(self, ffn_rank, from_trained=False)

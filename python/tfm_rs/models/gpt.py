@@ -17,7 +17,7 @@ from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
-from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._common import as_ids, right_padded, set_attention
 from tfm_rs.models._explain import Explainable, single_stack_rows
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
 from tfm_rs.models._reduction import (FfnRank, embedding_table, init_token_embedding, make_token_embedding,
@@ -56,7 +56,7 @@ class GPT(nn.Module, StructuredPruning, Explainable):
                  tie_weights: bool = True, pad_id: Optional[int] = None, activation: str = "gelu",
                  layer_norm_eps: float = 1e-5, norm: str = "layer", embedding_dim: Optional[int] = None,
                  hash_buckets: Optional[int] = None, num_hashes: int = 2, share_layers: bool = False,
-                 ffn_rank: FfnRank = None) -> None:
+                 ffn_rank: FfnRank = None, attention: Any = "dense") -> None:
         super().__init__()
         if vocab_size <= 0:
             raise InvalidArgumentError(f"GPT: vocab_size must be positive, got {vocab_size}")
@@ -88,6 +88,7 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         self.layers = nn.ModuleList([
             nn.TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, activation, layer_norm_eps,
                                        True, norm_first=True, norm=norm) for _ in range(num_layers)])
+        set_attention(self.layers, attention, "GPT", self._config, share_layers)
         if share_layers:
             self.layers = share_stack(self.layers)
         set_ffn_rank(self, ffn_rank, from_trained=False)

@@ -29,7 +29,7 @@ from tfm_rs import decode as decoding
 from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
-from tfm_rs.models._common import as_ids, right_padded
+from tfm_rs.models._common import as_ids, right_padded, set_attention
 from tfm_rs.models._explain import Explainable, decoder_rows, encoder_rows, output_row
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
 from tfm_rs.nn.norms import check_norm
@@ -80,7 +80,7 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
                  bos_id: int = 1, eos_id: int = 2, share_embeddings: bool = False, activation: str = "relu",
                  layer_norm_eps: float = 1e-5, tie_output: Optional[bool] = None, norm: str = "layer",
                  embedding_dim: Optional[int] = None, hash_buckets: Optional[int] = None, num_hashes: int = 2,
-                 share_layers: bool = False, ffn_rank: FfnRank = None) -> None:
+                 share_layers: bool = False, ffn_rank: FfnRank = None, attention: Any = "dense") -> None:
         super().__init__()
         if src_vocab_size <= 0 or tgt_vocab_size <= 0:
             raise InvalidArgumentError(f"Seq2SeqTransformer: vocabulary sizes must be positive, got "
@@ -133,6 +133,7 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             d_model, nhead, dropout=dropout,
             custom_encoder=nn.TransformerEncoder(enc_layer, num_encoder_layers, enc_norm),
             custom_decoder=nn.TransformerDecoder(dec_layer, num_decoder_layers, dec_norm))
+        set_attention(self.transformer.encoder.layers, attention, "Seq2SeqTransformer", self._config, share_layers)
         if share_layers:
             for stack in (self.transformer.encoder, self.transformer.decoder):
                 stack.layers = share_stack(stack.layers)

@@ -21,6 +21,7 @@ import tfm_rs.functional as F
 from tfm_rs.masks import Mask, causal, key_padding
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.nn import init
+from tfm_rs.nn.attention_kind import AttentionKind
 from tfm_rs.nn.linear import Linear
 from tfm_rs.nn.module import Module
 from tfm_rs.nn.parameter import Parameter, as_tensor
@@ -116,6 +117,11 @@ def merge_masks(attn_mask: Any, key_padding_mask: Any, is_causal: bool, batch: i
     return total, False
 
 
+def _any_padding(key_padding_mask: Any) -> bool:
+    """Whether a boolean ``key_padding_mask`` marks any key as padding (a float one: any nonzero)."""
+    return key_padding_mask is not None and bool(np.any(_to_numpy(key_padding_mask)))
+
+
 def structured_mask(mask: Mask, key_padding_mask: Any, is_causal: bool, batch: int,
                     src_len: int) -> Mask:
     """A structured ``attn_mask`` combined with a torch.nn-convention boolean
@@ -148,11 +154,15 @@ class MultiheadAttention(Module):
     or vdim differ from E), ``in_proj_bias (3E,)``, ``out_proj.weight (E, E)``,
     ``out_proj.bias (E,)``. Self-attention (``query is key is value``) projects q, k, v with one
     GEMM; without ``need_weights`` the fused, memory-linear attention kernel runs.
+
+    ``attention`` (tfm_rs extension): the kind of attention, ``"dense"`` (the paper's) or one of
+    :mod:`tfm_rs.nn.attention_kind` — a sliding window with global tokens, block-sparse, linear or
+    LSH — as an :class:`~tfm_rs.nn.attention_kind.AttentionKind` or its string.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: Optional[int] = None,
-                 vdim: Optional[int] = None, batch_first: bool = True) -> None:
+                 vdim: Optional[int] = None, batch_first: bool = True, attention: Any = "dense") -> None:
         super().__init__()
         if embed_dim <= 0 or num_heads <= 0:
             raise InvalidArgumentError(f"embed_dim and num_heads must be greater than 0, got embed_dim={embed_dim} "
@@ -174,6 +184,7 @@ class MultiheadAttention(Module):
         self.dropout = float(dropout)
         self.batch_first = True
         self.head_dim = self.embed_dim // self.num_heads
+        self.attention = AttentionKind.parse(attention)
         E = self.embed_dim
         if self._qkv_same_embed_dim:
             self.in_proj_weight = Parameter(np.zeros((3 * E, E), np.float32))
@@ -314,11 +325,23 @@ class MultiheadAttention(Module):
         n, L, E = query.shape
         S = key.shape[1]
         q, k, v = self._in_projection(query, key, value)
+        dropout_p = self.dropout if self.training else 0.0
+        kind = self.attention
+        if kind.name != "dense" and is_causal and attn_mask is not None and not isinstance(attn_mask, Mask):
+            attn_mask = None  # the dense causal mask is_causal vouches for; the kind applies it itself
+        if kind.name in ("linear", "lsh"):
+            y = self._operator_attention(q, k, v, attn_mask, key_padding_mask, need_weights, is_causal)
+            return self._out(y, n, L, batched, None)
+        if kind.is_mask:
+            if attn_mask is not None and not isinstance(attn_mask, Mask):
+                raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}'): an extra attn_mask must be a "
+                                           "structured tfm_rs.masks.Mask (it is combined with the kind's mask)")
+            own = kind.mask(max(L, S))
+            attn_mask = own if attn_mask is None else own & attn_mask
         if isinstance(attn_mask, Mask):
             mask, causal = structured_mask(attn_mask, key_padding_mask, is_causal, n, S), False
         else:
             mask, causal = merge_masks(attn_mask, key_padding_mask, is_causal, n, self.num_heads, L, S)
-        dropout_p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             y, weights = F.attention_with_weights(q, k, v, mask, dropout_p, causal)
@@ -326,6 +349,12 @@ class MultiheadAttention(Module):
                 weights = weights.mean(1)
         else:
             y = F.scaled_dot_product_attention(q, k, v, mask, dropout_p, causal)
+        return self._out(y, n, L, batched, weights)
+
+    def _out(self, y: Tensor, n: int, L: int, batched: bool,
+             weights: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """Heads ``y (N, H, L, Dh)`` (gated where heads have importance gates) through
+        ``out_proj``."""
         gate = self.__dict__.get("head_gate")
         if gate is not None:  # head importance (Michel et al. 2019): y_h · ξ_h, differentiable in ξ
             y = y * gate.reshape(1, self.num_heads, 1, 1)
@@ -334,6 +363,26 @@ class MultiheadAttention(Module):
             out = out.squeeze(0)
             weights = None if weights is None else weights.squeeze(0)
         return out, weights
+
+    def _operator_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Any, key_padding_mask: Any,
+                            need_weights: bool, is_causal: bool) -> Tensor:
+        """Linear or LSH attention (no attention matrix, so no weights, masks or dropout on it)."""
+        kind = self.attention
+        asked = (("need_weights=True", need_weights), ("an attn_mask", attn_mask is not None),
+                 ("a key_padding_mask", _any_padding(key_padding_mask)))
+        refused = [what for what, given in asked if given]
+        if refused:
+            raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}') takes no {refused[0]}: "
+                                       f"{kind.name} attention has no attention matrix to mask or return "
+                                       "(is_causal is supported; pad on the right under is_causal)")
+        if kind.name == "linear":
+            return F.linear_attention(q, k, v, causal=is_causal)
+        if q.shape[2] != k.shape[2]:
+            raise ShapeError(f"MultiheadAttention(attention='{kind}'): LSH attention is self-attention, got "
+                             f"{q.shape[2]} queries and {k.shape[2]} keys")
+        # Reformer shares queries and keys: the query projection gives both.
+        return F.lsh_attention(q, v, n_hashes=kind["n_hashes"], bucket_size=kind["bucket_size"],
+                               causal=is_causal, seed=kind["seed"])
 
     def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         if query.ndim != 3 or key.ndim != 3 or value.ndim != 3:

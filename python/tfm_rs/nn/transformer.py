@@ -108,16 +108,18 @@ class TransformerEncoderLayer(Module):
     src ``(N, S, d_model)`` → ``(N, S, d_model)``. ``src_mask (S, S)`` or ``(N·nhead, S, S)``,
     ``src_key_padding_mask (N, S)`` (``True`` = padding), ``is_causal`` as in
     :class:`MultiheadAttention`. Submodules: ``self_attn``, ``linear1 (d_model → dim_feedforward)``,
-    ``linear2``, ``norm1``, ``norm2``, ``dropout``, ``dropout1``, ``dropout2``.
+    ``linear2``, ``norm1``, ``norm2``, ``dropout``, ``dropout1``, ``dropout2``. ``attention``
+    (tfm_rs extension): the self-attention's kind (:mod:`tfm_rs.nn.attention_kind`).
     """
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: Activation = "relu", layer_norm_eps: float = 1e-5, batch_first: bool = True,
-                 norm_first: bool = False, bias: bool = True, norm: str = "layer") -> None:
+                 norm_first: bool = False, bias: bool = True, norm: str = "layer", attention: Any = "dense") -> None:
         super().__init__()
         _check_layer_args(d_model, nhead, batch_first)
         check_norm(norm, type(self).__name__)
-        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
+        self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first,
+                                            attention=attention)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
         self.linear2 = Linear(dim_feedforward, d_model, bias=bias)
