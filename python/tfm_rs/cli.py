@@ -190,12 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "optionally text_pair, and label (token classification: words and one tag per "
                                     "word). Writes --out as a Hugging Face checkpoint of "
                                     "BertForSequenceClassification / BertForTokenClassification plus results.json "
-                                    "(accuracy). See docs/cli.md.")
+                                    "(accuracy; regression: mse; multi-label: f1). See docs/cli.md.")
     ft.add_argument("--from-pretrained", metavar="DIR", required=True,
                     help="a BERT checkpoint directory with config.json, model.safetensors and tokenizer.json")
     ft.add_argument("--data", metavar="FILE", required=True, help="training examples (.jsonl or .csv)")
     ft.add_argument("--valid", metavar="FILE", help="held-out examples: accuracy after every epoch")
     ft.add_argument("--task", required=True, choices=("sequence-classification", "token-classification"))
+    ft.add_argument("--problem-type", default=None,
+                    choices=("single_label_classification", "regression", "multi_label_classification"),
+                    help="sequence classification as Hugging Face's problem_type: one label name per example "
+                         "(cross-entropy; the default, or the checkpoint's), one number (regression: mean squared "
+                         "error), or a list of label names (multi-label: binary cross-entropy)")
     ft.add_argument("--out", metavar="DIR", required=True, help="where the fine-tuned checkpoint goes")
     ft.add_argument("--epochs", type=_positive(int, "--epochs"), default=None,
                     help="passes over the data (default: 3, or as many as --minutes allows)")
@@ -631,10 +636,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     res = finetune(args.from_pretrained, args.data, args.task, args.out, valid_path=args.valid, epochs=args.epochs,
                    minutes=args.minutes, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                   seed=args.seed)
-    held_out = "" if res["valid_accuracy"] is None else f", held-out accuracy {res['valid_accuracy']:.1%}"
+                   seed=args.seed, problem_type=args.problem_type)
+    metric = {"regression": "mse", "multi_label_classification": "f1_micro"}.get(res["problem_type"], "accuracy")
+    shown = (lambda v: f"{v:.4f}") if metric == "mse" else (lambda v: f"{v:.1%}")
+    held_out = "" if res[f"valid_{metric}"] is None else f", held-out {metric} {shown(res[f'valid_{metric}'])}"
     print(f"{res['train_examples']} examples, {res['epochs']} epochs, {res['steps']} steps in {res['seconds']:.0f}s: "
-          f"training accuracy {res['train_accuracy']:.1%}{held_out}")
+          f"training {metric} {shown(res[f'train_{metric}'])}{held_out}")
     print(f"saved {args.out} (Hugging Face layout) and {args.out}/results.json")
     return 0
 
