@@ -231,3 +231,26 @@ def test_save_refuses_what_marian_lacks(tmp_path, kw, match):
     with pytest.raises(UnsupportedConfigError, match=match):
         model.save_pretrained(tmp_path)
     assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_cli_translates_a_saved_model(tmp_path):
+    """``tfm-rs translate --from-pretrained DIR``: the model's own greedy translations."""
+    import subprocess
+    import sys
+
+    from tfm_rs.data import train_tokenizer
+
+    texts = ["ein hund läuft", "eine frau liest ein buch", "zwei kinder spielen", "ein mann fährt rad"]
+    tok = train_tokenizer([], 40, texts=texts * 4)
+    model = randomize(Seq2SeqTransformer(len(tok), len(tok), d_model=16, nhead=2, num_encoder_layers=1,
+                                         num_decoder_layers=1, dim_feedforward=24, max_len=32, dropout=0.0,
+                                         share_embeddings=True), seed=4).eval()
+    model.tokenizer = tok
+    model.save_pretrained(tmp_path)
+    want = model.translate(texts[:2], tok, num_beams=1)
+    r = subprocess.run([sys.executable, "-m", "tfm_rs", "translate", "--from-pretrained", str(tmp_path), *texts[:2]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == want
+    r = subprocess.run([sys.executable, "-m", "tfm_rs", "translate"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "translate needs RUN_DIR or --from-pretrained DIR" in r.stderr
