@@ -8,7 +8,7 @@ threads (CTranslate2: one translator, ``intra_threads``). Printed: output tokens
 not counted), the ratio tfm_rs / CTranslate2, BLEU of both, the CPU and the load.
 
     pip install ctranslate2              # a benchmark baseline only, never a tfm_rs dependency
-    python benches/bench_ctranslate2.py --run /work/m18/layer [--sentences 1000] [--json out.json]
+    python benches/bench_ctranslate2.py --run RUN_DIR [--sentences 1000] [--json out.json]
     python benches/bench_ctranslate2.py --smoke     # a tiny random model, a few sentences, seconds
 
 Same work for both: the same source token ids (no tokenization in the timings), batches of
@@ -170,7 +170,7 @@ def timed(fn):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", default="/work/m18/layer", help="a trained seq2seq run directory")
+    p.add_argument("--run", default=None, help="a trained seq2seq run directory (tfm-rs train --config multi30k)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--sentences", type=int, default=1000, help="test sentences (the first N)")
     p.add_argument("--json", default=None)
@@ -190,6 +190,8 @@ def main() -> None:
         if args.smoke:
             model, tok, src_text, refs = smoke_model(tmp)
         else:
+            if args.run is None:
+                raise SystemExit("give --run RUN_DIR (a trained seq2seq run), or --smoke")
             run = Path(args.run)
             if not (run / "tokenizer.json").is_file():
                 raise SystemExit(f"{run}: not a trained run directory (no tokenizer.json); train one with "
