@@ -78,7 +78,6 @@ def smoke_model(tmp: Path):
 
 
 def _ct2_classes():
-    import transformers
     from ctranslate2.converters import transformers as ct2t
 
     class MarianAsSaved(ct2t.MarianMTLoader):
@@ -98,26 +97,12 @@ def _ct2_classes():
         def get_vocabulary(self, model, tokenizer):
             return ct2t.BartLoader.get_vocabulary(self, model, tokenizer)
 
-    class Converter(ct2t.TransformersConverter):
-        """Reads the tokenizer.json that save_pretrained wrote (AutoTokenizer would look for
-        Marian's sentencepiece files)."""
-
-        def __init__(self, path: Path, tokenizer: Any) -> None:
-            super().__init__(str(path))
-            self._tok = tokenizer
-
-        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
-            t = self._tok
-            return transformers.PreTrainedTokenizerFast(
-                tokenizer_object=t.backend_tokenizer, bos_token=t.bos_token, eos_token=t.eos_token,
-                unk_token=t.unk_token, pad_token=t.pad_token)
-
-    return ct2t, MarianAsSaved, Converter
+    return ct2t, MarianAsSaved
 
 
 @contextmanager
 def marian_as_saved():
-    ct2t, loader, _ = _ct2_classes()
+    ct2t, loader = _ct2_classes()
     stock = ct2t._MODEL_LOADERS["MarianConfig"]
     ct2t._MODEL_LOADERS["MarianConfig"] = loader()
     try:
@@ -128,11 +113,11 @@ def marian_as_saved():
 
 def convert(model: Seq2SeqTransformer, tok: Any, tmp: Path) -> Path:
     hf_dir, ct2_dir = tmp / "marian", tmp / "ct2"
-    model.tokenizer = tok
+    model.tokenizer = tok  # save_pretrained writes tokenizer.json and the tokenizer_config.json AutoTokenizer reads
     model.save_pretrained(hf_dir)
-    _, _, converter = _ct2_classes()
+    ct2t, _ = _ct2_classes()
     with marian_as_saved():
-        converter(hf_dir, tok).convert(str(ct2_dir), force=True)
+        ct2t.TransformersConverter(str(hf_dir)).convert(str(ct2_dir), force=True)
     return ct2_dir
 
 

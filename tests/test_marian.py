@@ -234,7 +234,8 @@ def test_save_refuses_what_marian_lacks(tmp_path, kw, match):
 
 
 def test_cli_translates_a_saved_model(tmp_path):
-    """``tfm-rs translate --from-pretrained DIR``: the model's own greedy translations."""
+    """``tfm-rs translate --from-pretrained DIR``: the model's own greedy translations; the saved
+    tokenizer loads in transformers' AutoTokenizer and encodes as ours."""
     import subprocess
     import sys
 
@@ -247,6 +248,9 @@ def test_cli_translates_a_saved_model(tmp_path):
                                          share_embeddings=True), seed=4).eval()
     model.tokenizer = tok
     model.save_pretrained(tmp_path)
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path)  # tokenizer_config.json points it at tokenizer.json
+    assert auto(texts[1]).input_ids == tok.encode(texts[1])
+    assert (auto.pad_token_id, auto.bos_token_id, auto.eos_token_id) == (tok.pad_id, tok.bos_id, tok.eos_id)
     want = model.translate(texts[:2], tok, num_beams=1)
     r = subprocess.run([sys.executable, "-m", "tfm_rs", "translate", "--from-pretrained", str(tmp_path), *texts[:2]],
                        capture_output=True, text=True, timeout=120)

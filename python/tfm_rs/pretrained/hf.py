@@ -267,14 +267,19 @@ def hf_tensors(state: Mapping[str, Any], rules: Sequence[Rule], owner: str,
 
 
 def write_checkpoint(directory: PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-                     tokenizer: Any = None) -> Path:
-    """Writes ``config.json``, ``model.safetensors`` and, given a tokenizer, ``tokenizer.json``."""
+                     tokenizer: Any = None, tokenizer_config: Optional[Mapping[str, Any]] = None) -> Path:
+    """Writes ``config.json``, ``model.safetensors`` and, given a tokenizer, ``tokenizer.json``
+    (with ``tokenizer_config.json`` when given: what ``AutoTokenizer`` needs where the model
+    type's own tokenizer class would look for other files)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_safetensors(d / "model.safetensors", tensors, metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(str(d / "tokenizer.json"))
+        if tokenizer_config is not None:
+            (d / "tokenizer_config.json").write_text(json.dumps(dict(tokenizer_config), indent=2, sort_keys=True)
+                                                     + "\n", encoding="utf-8")
     return d
 
 

@@ -233,6 +233,7 @@ def save_marian(model: Any, path: Any) -> Path:
         raise UnsupportedConfigError(f"{SAVER}: transformers' MarianMTModel has no equivalent of "
                                      f"{', '.join(problems)}")
     shared, tied = c["share_embeddings"], c["tie_output"]
+    tokenizer = getattr(model, "tokenizer", None)
     skip = ("tgt_embed.weight",) * shared + ("generator.weight",) * tied
     state = {k: v for k, v in model.state_dict().items() if k not in skip}
     rules = marian_rules(c["num_encoder_layers"], c["num_decoder_layers"], shared, tied)
@@ -249,6 +250,19 @@ def save_marian(model: Any, path: Any) -> Path:
         "tie_word_embeddings": tied, "dropout": c["dropout"], "attention_dropout": c["dropout"],
         "activation_dropout": c["dropout"], "pad_token_id": c["pad_id"], "eos_token_id": c["eos_id"],
         "decoder_start_token_id": c["bos_id"], "bos_token_id": c["bos_id"], "forced_eos_token_id": None,
-        "is_encoder_decoder": True}, tensors, getattr(model, "tokenizer", None))
+        "is_encoder_decoder": True}, tensors, tokenizer, _tokenizer_config(tokenizer, c))
     return checkpoint_dir(d)
+
+
+def _tokenizer_config(tokenizer: Any, c: Mapping[str, Any]) -> Any:
+    """``AutoTokenizer`` would read a Marian directory with Marian's sentencepiece tokenizer; this
+    points it at ``tokenizer.json`` instead, with the model's special tokens by name."""
+    if tokenizer is None:
+        return None
+    name = tokenizer.id_to_token
+    out = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": c["max_len"],
+           "pad_token": name(c["pad_id"]), "bos_token": name(c["bos_id"]), "eos_token": name(c["eos_id"])}
+    if tokenizer.token_to_id("<unk>") is not None:
+        out["unk_token"] = "<unk>"
+    return out
 
