@@ -106,6 +106,29 @@ def test_saved_model_runs_in_transformers(tmp_path, layout):
     assert max(map(len, got)) > 1 and got == hf_greedy(hf, src, 10)
 
 
+def test_model_trained_here_loads_in_transformers(tmp_path):
+    """Five Adam steps with dropout (so LayerNorm gains and biases move off 1 and 0), then save."""
+    from tfm_rs.optim import Adam
+
+    model = Seq2SeqTransformer(23, 23, d_model=16, nhead=4, num_encoder_layers=2, num_decoder_layers=2,
+                               dim_feedforward=24, max_len=30, dropout=0.1, share_embeddings=True)
+    rng = np.random.default_rng(5)
+    opt = Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(5):
+        src, tgt = batch(rng, 23, 23)
+        out = np.concatenate([tgt[:, 1:], np.full((3, 1), PAD)], axis=1)
+        opt.zero_grad()
+        loss = model.loss(src, tgt, out)
+        loss.backward()
+        opt.step()
+    model.eval().save_pretrained(tmp_path)
+    hf = transformers.MarianMTModel.from_pretrained(tmp_path).eval()
+    src, tgt = batch(rng, 23, 23)
+    keep = tgt != PAD
+    close(model(src, tgt).numpy()[keep], hf_forward(hf, src, tgt).logits.numpy()[keep])
+
+
 def marian_config(**kw):
     base = dict(vocab_size=37, d_model=15, encoder_layers=2, decoder_layers=2, encoder_attention_heads=3,
                 decoder_attention_heads=3, encoder_ffn_dim=19, decoder_ffn_dim=19, max_position_embeddings=32,
