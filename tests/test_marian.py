@@ -15,6 +15,7 @@ from hf_ref import require
 transformers = require("transformers", "the Marian parity tests")
 torch = require("torch", "the Marian parity tests")
 
+from tfm_rs import TfmError  # noqa: E402
 from tfm_rs.models import Seq2SeqTransformer  # noqa: E402
 from tfm_rs.pretrained import (  # noqa: E402
     PretrainedFormatError,
@@ -241,6 +242,39 @@ def test_unsupported_configs_are_named(tmp_path, change, match):
         Seq2SeqTransformer.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("key, value", [("d_model", 15 * 10 ** 6), ("encoder_layers", 10 ** 7),
+                                        ("decoder_layers", 10 ** 7), ("vocab_size", 10 ** 10),
+                                        ("max_position_embeddings", 10 ** 9), ("encoder_ffn_dim", 7)])
+def test_configs_that_disagree_with_the_weights_allocate_nothing(tmp_path, key, value):
+    tiny_marian(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config[key] = value
+    if key == "encoder_ffn_dim":
+        config["decoder_ffn_dim"] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedConfigError if key == "max_position_embeddings" else WeightsMismatchError,
+                       match="max_position_embeddings=1000000000 is not supported" if key == "max_position_embeddings"
+                       else "config.json does not describe these weights"):
+        Seq2SeqTransformer.from_pretrained(tmp_path)
+
+
+def test_fuzzed_configs_give_tfm_errors(tmp_path):
+    tiny_marian(tmp_path)
+    base = json.loads((tmp_path / "config.json").read_text())
+    rng = np.random.default_rng(2)
+    keys = sorted(k for k in base if not isinstance(base[k], (dict, list)))
+    values = [None, -1, 0, 1.5, "x", [], {}, True, 2 ** 70, 10 ** 6]
+    for _ in range(60):
+        config = dict(base)
+        for key in rng.choice(keys, size=2, replace=False):
+            config[key] = values[rng.integers(len(values))]
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        try:
+            Seq2SeqTransformer.from_pretrained(tmp_path)
+        except TfmError:
+            pass
+
+
 @pytest.mark.parametrize("kw, match", [
     (dict(norm_first=True), "norm_first=True"),
     (dict(norm="rms"), "norm='rms'"),
@@ -281,3 +315,13 @@ def test_cli_translates_a_saved_model(tmp_path):
     assert r.stdout.splitlines() == want
     r = subprocess.run([sys.executable, "-m", "tfm_rs", "translate"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "translate needs RUN_DIR or --from-pretrained DIR" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["x", -0.1, 1.0, True, [0.1]])
+def test_dropout_must_be_a_probability(tmp_path, value):
+    tiny_marian(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["dropout"] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedConfigError, match="config dropout=.* is not a probability in"):
+        Seq2SeqTransformer.from_pretrained(tmp_path)

@@ -27,6 +27,7 @@ from tfm_rs.pretrained.hf import (
     check_standard,
     checkpoint_dir,
     config_value,
+    dropout_value,
     expect_shapes,
     hf_tensors,
     linear_rules,
@@ -90,7 +91,7 @@ def _model_kwargs(config: Dict[str, Any], tokenizer: Any, owner: str) -> Dict[st
                 max_len=config_value(c, "max_position_embeddings", int, owner=owner),
                 type_vocab_size=config_value(c, "type_vocab_size", int, 2, owner=owner),
                 pad_id=pad, mask_id=mask_id,
-                dropout=float(c.get("hidden_dropout_prob", 0.1) or 0.0),
+                dropout=dropout_value(c, "hidden_dropout_prob", owner),
                 layer_norm_eps=config_value(c, "layer_norm_eps", float, 1e-12, owner=owner))
 
 

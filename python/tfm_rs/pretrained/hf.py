@@ -24,8 +24,8 @@ from tfm_rs.pretrained.errors import PretrainedFormatError, UnsupportedConfigErr
 from tfm_rs.pretrained.safetensors_io import SafetensorsFile, write_safetensors
 
 __all__ = ["HF_ACTIVATIONS", "TFM_ACTIVATIONS", "Rule", "TensorIndex", "check_standard", "checkpoint_dir",
-           "read_config", "config_value", "expect_shapes",
-           "hf_tensors", "linear_rules", "load_tokenizer", "load_weights", "write_checkpoint", "MAX_CONFIG_BYTES"]
+           "read_config", "config_value", "dropout_value", "expect_shapes", "hf_tensors", "linear_rules",
+           "load_tokenizer", "load_weights", "write_checkpoint", "MAX_CONFIG_BYTES"]
 
 PathLike = Union[str, os.PathLike]
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
@@ -131,6 +131,17 @@ def config_value(config: Mapping[str, Any], key: str, kind: type, default: Any =
         allowed = repr(choices) if isinstance(choices, range) else ", ".join(repr(c) for c in choices)
         raise UnsupportedConfigError(f"{owner}: config {key}={value!r} is not supported (supported: {allowed})")
     return value
+
+
+def dropout_value(config: Mapping[str, Any], key: str, owner: str) -> float:
+    """A dropout probability ``config[key]`` in [0, 1): 0.1 (Hugging Face's usual default) when
+    absent, 0 when null; it only matters for training."""
+    value = config.get(key, 0.1)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise UnsupportedConfigError(f"{owner}: config {key}={value!r} is not a probability in [0, 1)")
+    return float(value)
 
 
 class TensorIndex:

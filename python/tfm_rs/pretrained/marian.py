@@ -49,6 +49,7 @@ from tfm_rs.pretrained.hf import (
     check_standard,
     checkpoint_dir,
     config_value,
+    dropout_value,
     expect_shapes,
     hf_tensors,
     linear_rules,
@@ -63,6 +64,9 @@ __all__ = ["load_marian", "marian_order", "marian_rules", "save_marian"]
 OWNER = "Seq2SeqTransformer.from_pretrained"
 SAVER = "Seq2SeqTransformer.save_pretrained"
 LAYER_NORM_EPS = 1e-5  # Marian's nn.LayerNorm default, not configurable there
+# No tensor holds the sinusoidal tables, so nothing in the checkpoint bounds their length; this
+# does (the published Marian models have 512).
+MAX_POSITIONS = 1 << 16
 _POSITIONS = ("model.encoder.embed_positions.weight", "model.decoder.embed_positions.weight")
 # Flags of older Marian configurations (BART-style options) and the value Marian's model has.
 _FIXED = {"normalize_before": False, "normalize_embedding": False, "add_final_layer_norm": False,
@@ -172,8 +176,9 @@ def marian_kwargs(config: Mapping[str, Any]) -> Dict[str, Any]:
                 d_model=config_value(c, "d_model", int, owner=OWNER), nhead=c["encoder_attention_heads"],
                 num_encoder_layers=config_value(c, "encoder_layers", int, owner=OWNER),
                 num_decoder_layers=config_value(c, "decoder_layers", int, owner=OWNER),
-                dim_feedforward=c["encoder_ffn_dim"], dropout=float(c.get("dropout", 0.1) or 0.0), norm_first=False,
-                max_len=config_value(c, "max_position_embeddings", int, owner=OWNER), pad_id=pad, bos_id=start,
+                dim_feedforward=c["encoder_ffn_dim"], dropout=dropout_value(c, "dropout", OWNER), norm_first=False,
+                max_len=config_value(c, "max_position_embeddings", int, choices=range(1, MAX_POSITIONS + 1),
+                                     owner=OWNER), pad_id=pad, bos_id=start,
                 eos_id=eos, share_embeddings=shared, activation=HF_ACTIVATIONS[act], layer_norm_eps=LAYER_NORM_EPS,
                 tie_output=tied)
 
@@ -205,8 +210,12 @@ def load_marian(cls: Any, path: Any) -> Any:
     embeds = ({"model.shared.weight": (kwargs["src_vocab_size"], width)} if shared else
               {"model.encoder.embed_tokens.weight": (kwargs["src_vocab_size"], width),
                "model.decoder.embed_tokens.weight": (kwargs["tgt_vocab_size"], width)})
-    expect_shapes(index, {**embeds, "model.encoder.layers.0.fc1.weight": (ff, width),
-                          f"model.decoder.layers.{kwargs['num_decoder_layers'] - 1}.fc2.weight": (width, ff)}, OWNER)
+    # The first and last layer of each stack: a configuration claiming more layers or wider ones
+    # than the weights hold is refused before the model is built.
+    layers = {f"model.{stack}.layers.{i}.{fc}.weight": shape
+              for stack in ("encoder", "decoder") for i in (0, kwargs[f"num_{stack}_layers"] - 1)
+              for fc, shape in (("fc1", (ff, width)), ("fc2", (width, ff)))}
+    expect_shapes(index, {**embeds, **layers}, OWNER)
     _check_fixed_tensors(index, kwargs)
     model = cls(**kwargs)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
