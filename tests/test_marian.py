@@ -219,6 +219,10 @@ def test_tied_head_with_a_bias_is_refused(tmp_path):
     write_safetensors(tmp_path / "model.safetensors", st)
     with pytest.raises(UnsupportedConfigError, match="final_logits_bias is not zero"):
         Seq2SeqTransformer.from_pretrained(tmp_path)
+    st["final_logits_bias"] = np.zeros((1, 36), np.float32)
+    write_safetensors(tmp_path / "model.safetensors", st)
+    with pytest.raises(WeightsMismatchError, match=r"final_logits_bias: shape \(1, 36\) in the checkpoint, \(1, 37\)"):
+        Seq2SeqTransformer.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("change, match", [

@@ -190,10 +190,15 @@ def _check_fixed_tensors(index: TensorIndex, kwargs: Mapping[str, Any]) -> None:
     d = kwargs["d_model"]
     table = sinusoidal_table(kwargs["max_len"], d)[:, marian_order(d)]
     for name in _POSITIONS:
-        if name in names and (index.shape(name) != table.shape or not np.allclose(index.get(name), table, atol=1e-5)):
+        if name in names and (tuple(index.shape(name)) != table.shape
+                              or not np.allclose(index.get(name), table, atol=1e-5)):
             raise WeightsMismatchError(f"{OWNER}: {name} is not Marian's sinusoidal table "
                                        f"(shape {tuple(index.shape(name))}, expected {table.shape})")
-    if kwargs["tie_output"] and "final_logits_bias" in names and np.any(index.get("final_logits_bias")):
+    bias = "final_logits_bias"
+    if kwargs["tie_output"] and bias in names and tuple(index.shape(bias)) != (1, kwargs["tgt_vocab_size"]):
+        raise WeightsMismatchError(f"{OWNER}: {bias}: shape {tuple(index.shape(bias))} in the checkpoint, "
+                                   f"{(1, kwargs['tgt_vocab_size'])} expected")
+    if kwargs["tie_output"] and bias in names and np.any(index.get(bias)):
         raise UnsupportedConfigError(f"{OWNER}: final_logits_bias is not zero, but a tied lm_head "
                                      "(tie_word_embeddings=true) has no bias in tfm_rs")
 
