@@ -58,6 +58,11 @@ if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import transformers, gguf,
     echo "== installing transformers, gguf and scikit-learn into $PY (the pretrained-model tests' references)"
     "$PY" -m pip install --quiet --disable-pip-version-check "transformers>=4.45" "gguf>=0.10" "scikit-learn>=1.0"
 fi
+# CTranslate2: the baseline of benches/bench_ctranslate2.py (its --smoke converts a tiny model).
+if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import ctranslate2" 2>/dev/null; then
+    echo "== installing ctranslate2 into $PY (a benchmark baseline)"
+    "$PY" -m pip install --quiet --disable-pip-version-check "ctranslate2>=4.0"
+fi
 
 # ---- Open MPI and mpi4py, for the data-parallel tests (tests/test_distributed.py, mpirun -n 2) ----
 # CI installs both and those tests must run (TFM_RS_REQUIRE_MPI=1); elsewhere they skip, saying

@@ -86,6 +86,40 @@ def test_finetune_cli_learns_and_writes_a_checkpoint(tmp_path, task, fmt):
     assert config["architectures"] == [cls.arch] and (tmp_path / "out" / "tokenizer.json").is_file()
 
 
+@pytest.mark.parametrize("problem_type, fmt", [("regression", "csv"), ("multi_label_classification", "jsonl")])
+def test_finetune_regression_and_multi_label(tmp_path, problem_type, fmt):
+    """Regression: the number of animals in a sentence (MSE). Multi-label: which animals occur
+    (BCE; a sentence without any has the empty set)."""
+    _checkpoint(tmp_path / "bert")
+    rng = np.random.default_rng(3)
+    rows = []
+    for words in _sentences(rng, 300):
+        if rng.random() < 0.4:
+            words.insert(int(rng.integers(0, len(words) + 1)), str(rng.choice(ANIMALS)))
+        found = sorted(set(words) & set(ANIMALS))
+        label = float(sum(w in ANIMALS for w in words)) if problem_type == "regression" else found
+        rows.append({"text": " ".join(words), "label": label})
+    _write(tmp_path / f"train.{fmt}", rows[:240], fmt)
+    _write(tmp_path / f"valid.{fmt}", rows[240:], fmt)
+    r = _run("--from-pretrained", tmp_path / "bert", "--data", tmp_path / f"train.{fmt}", "--valid",
+             tmp_path / f"valid.{fmt}", "--task", "sequence-classification", "--problem-type", problem_type,
+             "--epochs", 8, "--lr", 3e-3, "--batch-size", 16, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "out")
+    assert results["problem_type"] == config["problem_type"] == model.config["problem_type"] == problem_type
+    if problem_type == "regression":
+        variance = float(np.var([row["label"] for row in rows[240:]]))
+        assert results["labels"] == [] and model.num_labels == 1
+        assert results["valid_mse"] < 0.3 * variance and results["valid_pearson"] > 0.85, (results, variance)
+        assert f"held-out mse {results['valid_mse']:.4f}" in r.stdout
+    else:
+        assert results["labels"] == model.label_names() == sorted(ANIMALS)
+        assert results["valid_f1_micro"] > 0.9 and results["valid_exact_match"] > 0.8, results
+        assert f"held-out f1_micro {results['valid_f1_micro']:.1%}" in r.stdout
+
+
 def test_finetune_sentence_pairs_and_a_time_budget(tmp_path):
     """text_pair is the second segment (token types 1); --minutes bounds the run."""
     _checkpoint(tmp_path / "bert")
@@ -106,11 +140,16 @@ def test_finetune_sentence_pairs_and_a_time_budget(tmp_path):
     ('{"text": "a cat", "label": "x"}\nnot json\n', "sequence-classification", "data.jsonl:2: not a JSON object"),
     ('{"text": ["a", "cat"], "label": ["O"]}\n', "token-classification", "2 words and 1 tags"),
     ("", "sequence-classification", "no examples"),
+    ('{"text": "a cat", "label": "many"}\n', "regression", "data.jsonl:1: regression needs a finite number as "
+                                                            "label, got 'many'"),
+    ('{"text": "a cat", "label": [1.5]}\n', "regression", "regression needs one label"),
+    ('{"text": "a cat", "label": 3}\n', "multi_label_classification", "needs a list of label names"),
 ])
 def test_bad_data_files_are_named(tmp_path, content, task, match):
     (tmp_path / "data.jsonl").write_text(content)
+    kind = "sequence-classification" if task in ("regression", "multi_label_classification") else task
     with pytest.raises(tfm_rs.InvalidArgumentError, match=match):
-        read_examples(tmp_path / "data.jsonl", task)
+        read_examples(tmp_path / "data.jsonl", kind, *([task] if kind != task else []))
 
 
 def test_finetune_cli_usage_errors(tmp_path):
@@ -123,6 +162,9 @@ def test_finetune_cli_usage_errors(tmp_path):
     r = _run("--from-pretrained", tmp_path / "nowhere", "--data", tmp_path / "train.jsonl", "--task",
              "sequence-classification", "--out", tmp_path / "out")
     assert r.returncode == 2 and "not a directory" in r.stderr
+    r = _run("--from-pretrained", tmp_path / "bert", "--data", tmp_path / "train.jsonl", "--task",
+             "token-classification", "--problem-type", "regression", "--out", tmp_path / "out")
+    assert r.returncode == 2 and "token classification is single-label" in r.stderr
 
 
 def test_caption_pairs_are_balanced_and_negatives_are_other_pairs():

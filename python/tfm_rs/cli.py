@@ -135,8 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("translate", help="translate sentences with a trained run",
                         description="Translate sentences given as arguments, read from --input FILE, or from stdin "
-                                    "(one per line), with the model of RUN_DIR; prints one translation per line.")
-    tr.add_argument("run_dir", metavar="RUN_DIR")
+                                    "(one per line), with the model of RUN_DIR (or of --from-pretrained DIR); prints "
+                                    "one translation per line.")
+    tr.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
+    tr.add_argument("--from-pretrained", metavar="DIR",
+                    help="a Hugging Face MarianMTModel directory with tokenizer.json instead of RUN_DIR (every "
+                         "positional argument is then a sentence)")
     tr.add_argument("sentences", nargs="*", metavar="SENTENCE")
     tr.add_argument("--input", metavar="FILE", help="translate the lines of FILE (plain or .gz)")
     tr.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
@@ -144,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--beam", type=_positive(int, "--beam"), default=1,
                     help="beam size (default: 1, greedy; the paper used 4)")
     tr.add_argument("--int8", action="store_true",
-                    help=f"decode with the int8 weights written by '{PROG} quantize RUN_DIR'")
+                    help=f"decode with the int8 weights written by '{PROG} quantize RUN_DIR' (--from-pretrained: "
+                         "quantized on loading)")
 
     qz = sub.add_parser("quantize", help="write int8 weights of a trained run (for translate --int8)",
                         description="Quantize the run's model to int8 (tfm_rs.quantization.quantize_dynamic: every "
@@ -190,12 +195,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "optionally text_pair, and label (token classification: words and one tag per "
                                     "word). Writes --out as a Hugging Face checkpoint of "
                                     "BertForSequenceClassification / BertForTokenClassification plus results.json "
-                                    "(accuracy). See docs/cli.md.")
+                                    "(accuracy; regression: mse; multi-label: f1). See docs/cli.md.")
     ft.add_argument("--from-pretrained", metavar="DIR", required=True,
                     help="a BERT checkpoint directory with config.json, model.safetensors and tokenizer.json")
     ft.add_argument("--data", metavar="FILE", required=True, help="training examples (.jsonl or .csv)")
     ft.add_argument("--valid", metavar="FILE", help="held-out examples: accuracy after every epoch")
     ft.add_argument("--task", required=True, choices=("sequence-classification", "token-classification"))
+    ft.add_argument("--problem-type", default=None,
+                    choices=("single_label_classification", "regression", "multi_label_classification"),
+                    help="sequence classification as Hugging Face's problem_type: one label name per example "
+                         "(cross-entropy; the default, or the checkpoint's), one number (regression: mean squared "
+                         "error), or a list of label names (multi-label: binary cross-entropy)")
     ft.add_argument("--out", metavar="DIR", required=True, help="where the fine-tuned checkpoint goes")
     ft.add_argument("--epochs", type=_positive(int, "--epochs"), default=None,
                     help="passes over the data (default: 3, or as many as --minutes allows)")
@@ -477,6 +487,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     """``tfm-rs translate``: one translation per input line, in order."""
     from tfm_rs import runs
 
+    if args.from_pretrained:
+        return _translate_pretrained(args)
+    if args.run_dir is None:
+        raise UsageError("translate needs RUN_DIR or --from-pretrained DIR")
     run = runs.load_run(args.run_dir, need_valid=False)
     if run.kind != "seq2seq":
         raise UsageError(f"{args.run_dir} is a language model; use '{PROG} generate'")
@@ -493,6 +507,30 @@ def cmd_translate(args: argparse.Namespace) -> int:
     sentences = _input_lines(args)
     for hyp in runs.translate_sentences(model, run.tokenizer, sentences, task=run.data.task,
                                         batch_size=args.batch_size, num_beams=args.beam):
+        print(hyp, flush=False)
+    sys.stdout.flush()
+    return 0
+
+
+def _translate_pretrained(args: argparse.Namespace) -> int:
+    """``tfm-rs translate --from-pretrained DIR``: a MarianMTModel directory (int8: quantized on load)."""
+    from tfm_rs import runs
+    from tfm_rs.data import Tokenizer
+    from tfm_rs.models import Seq2SeqTransformer
+
+    model = Seq2SeqTransformer.from_pretrained(args.from_pretrained)
+    if model.tokenizer is None:
+        raise UsageError(f"{args.from_pretrained} has no tokenizer.json; translate reads and writes text")
+    name = model.tokenizer.id_to_token
+    tokenizer = Tokenizer(model.tokenizer, pad_token=name(model.pad_id), bos_token=name(model.bos_id),
+                          eos_token=name(model.eos_id))
+    if args.int8:
+        from tfm_rs.quantization import quantize_dynamic
+
+        model = quantize_dynamic(model, inplace=True)
+    args.sentences = ([args.run_dir] if args.run_dir else []) + list(args.sentences)
+    for hyp in runs.translate_sentences(model, tokenizer, _input_lines(args), batch_size=args.batch_size,
+                                        num_beams=args.beam):
         print(hyp, flush=False)
     sys.stdout.flush()
     return 0
@@ -631,10 +669,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     res = finetune(args.from_pretrained, args.data, args.task, args.out, valid_path=args.valid, epochs=args.epochs,
                    minutes=args.minutes, lr=args.lr, batch_size=args.batch_size, weight_decay=args.weight_decay,
-                   seed=args.seed)
-    held_out = "" if res["valid_accuracy"] is None else f", held-out accuracy {res['valid_accuracy']:.1%}"
+                   seed=args.seed, problem_type=args.problem_type)
+    metric = {"regression": "mse", "multi_label_classification": "f1_micro"}.get(res["problem_type"], "accuracy")
+    shown = (lambda v: f"{v:.4f}") if metric == "mse" else (lambda v: f"{v:.1%}")
+    held_out = "" if res[f"valid_{metric}"] is None else f", held-out {metric} {shown(res[f'valid_{metric}'])}"
     print(f"{res['train_examples']} examples, {res['epochs']} epochs, {res['steps']} steps in {res['seconds']:.0f}s: "
-          f"training accuracy {res['train_accuracy']:.1%}{held_out}")
+          f"training {metric} {shown(res[f'train_{metric}'])}{held_out}")
     print(f"saved {args.out} (Hugging Face layout) and {args.out}/results.json")
     return 0
 

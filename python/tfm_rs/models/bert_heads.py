@@ -76,12 +76,13 @@ class _BertClassifier(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: Any, num_labels: Optional[int] = None,
-                        id2label: Optional[Sequence[str]] = None) -> Any:
+                        id2label: Optional[Sequence[str]] = None, problem_type: Optional[str] = None) -> Any:
         """A Hugging Face checkpoint directory of this class, or of a bare encoder (``BertModel``,
         ``BertForMaskedLM``: the classifier starts fresh, with a warning), in eval mode, with its
-        ``tokenizer.json`` as ``.tokenizer``; ``num_labels`` and ``id2label`` override the
-        config's (see :mod:`tfm_rs.pretrained.bert_heads`)."""
-        return load_bert_classifier(cls, path, num_labels, id2label)
+        ``tokenizer.json`` as ``.tokenizer``; ``num_labels``, ``id2label`` and (sequence
+        classification) ``problem_type`` override the config's (see
+        :mod:`tfm_rs.pretrained.bert_heads`)."""
+        return load_bert_classifier(cls, path, num_labels, id2label, problem_type)
 
     def save_pretrained(self, path: Any) -> None:
         """Writes the checkpoint directory that ``transformers``' class of the same name loads."""

@@ -35,6 +35,7 @@ from tfm_rs.models._pruning import StructuredPruning, build_from_config
 from tfm_rs.nn.norms import check_norm
 from tfm_rs.models._reduction import (FfnRank, embedding_table, init_token_embedding, make_token_embedding,
                                        reduction_config, set_ffn_rank, share_stack)
+from tfm_rs.pretrained.marian import load_marian, save_marian
 
 __all__ = ["Seq2SeqTransformer"]
 
@@ -158,6 +159,7 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             self.generator.weight = self.tgt_embed.weight
         else:
             nn.init.xavier_uniform_(self.generator.weight)
+        self.tokenizer: Any = None  # a tokenizers.Tokenizer when from_pretrained found one
 
     # ------------------------------------------------------------------ configuration
 
@@ -170,6 +172,18 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
     def from_config(cls, config: Mapping[str, Any]) -> "Seq2SeqTransformer":
         """A fresh model built from :attr:`config` (``"arch"`` must match, if present)."""
         return build_from_config(cls, config)
+
+    @classmethod
+    def from_pretrained(cls, path: Any) -> "Seq2SeqTransformer":
+        """A Hugging Face ``MarianMTModel`` checkpoint directory (see :mod:`tfm_rs.pretrained.marian`),
+        in eval mode, with its ``tokenizer.json`` as ``.tokenizer``."""
+        return load_marian(cls, path)
+
+    def save_pretrained(self, path: Any) -> None:
+        """Writes a ``MarianMTModel`` checkpoint directory that ``transformers`` loads and
+        CTranslate2's ``TransformersConverter`` converts (a post-LN LayerNorm model; others are
+        refused, naming the option)."""
+        save_marian(self, path)
 
     def _attention_modules(self) -> Dict[str, nn.MultiheadAttention]:
         out: Dict[str, nn.MultiheadAttention] = {}

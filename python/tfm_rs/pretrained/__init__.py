@@ -2,7 +2,8 @@
 safetensors, ``tokenizer.json``) read and written without pickle, and GGUF files.
 
 The models load them with ``from_pretrained(path)`` and write them with ``save_pretrained``
-(:class:`~tfm_rs.models.BertEncoder`, :class:`~tfm_rs.models.GPT`); this package holds the file
+(:class:`~tfm_rs.models.BertEncoder`, :class:`~tfm_rs.models.GPT`, :class:`~tfm_rs.models.Llama`,
+:class:`~tfm_rs.models.Seq2SeqTransformer` as Marian); this package holds the file
 formats and each family's name mapping (one module per family), and never imports the models.
 """
 

@@ -27,8 +27,10 @@ from tfm_rs.pretrained.hf import (
     check_standard,
     checkpoint_dir,
     config_value,
+    dropout_value,
     expect_shapes,
     hf_tensors,
+    linear_rules,
     load_tokenizer,
     load_weights,
     read_config,
@@ -40,31 +42,27 @@ __all__ = ["bert_config", "bert_rules", "load_bert", "open_bert", "save_bert"]
 OWNER = "BertEncoder.from_pretrained"
 
 
-def _linear(hf: str, ours: str) -> List[Rule]:
-    return [Rule(f"{ours}.weight", (f"{hf}.weight",)), Rule(f"{ours}.bias", (f"{hf}.bias",))]
-
-
 def bert_rules(num_layers: int, prefix: str, pooler: bool, mlm: bool = True) -> List[Rule]:
     p = prefix
     rules = [Rule("tok_embed.weight", (f"{p}embeddings.word_embeddings.weight",)),
              Rule("pos_embed.weight", (f"{p}embeddings.position_embeddings.weight",)),
              Rule("type_embed.weight", (f"{p}embeddings.token_type_embeddings.weight",)),
-             *_linear(f"{p}embeddings.LayerNorm", "emb_norm")]
+             *linear_rules(f"{p}embeddings.LayerNorm", "emb_norm")]
     for i in range(num_layers):
         hf, ours = f"{p}encoder.layer.{i}", f"layers.{i}"
         qkv = [f"{hf}.attention.self.{n}" for n in ("query", "key", "value")]
         rules += [Rule(f"{ours}.self_attn.in_proj_weight", tuple(f"{n}.weight" for n in qkv), "concat"),
                   Rule(f"{ours}.self_attn.in_proj_bias", tuple(f"{n}.bias" for n in qkv), "concat"),
-                  *_linear(f"{hf}.attention.output.dense", f"{ours}.self_attn.out_proj"),
-                  *_linear(f"{hf}.attention.output.LayerNorm", f"{ours}.norm1"),
-                  *_linear(f"{hf}.intermediate.dense", f"{ours}.linear1"),
-                  *_linear(f"{hf}.output.dense", f"{ours}.linear2"),
-                  *_linear(f"{hf}.output.LayerNorm", f"{ours}.norm2")]
+                  *linear_rules(f"{hf}.attention.output.dense", f"{ours}.self_attn.out_proj"),
+                  *linear_rules(f"{hf}.attention.output.LayerNorm", f"{ours}.norm1"),
+                  *linear_rules(f"{hf}.intermediate.dense", f"{ours}.linear1"),
+                  *linear_rules(f"{hf}.output.dense", f"{ours}.linear2"),
+                  *linear_rules(f"{hf}.output.LayerNorm", f"{ours}.norm2")]
     if pooler:
-        rules += _linear(f"{p}pooler.dense", "pooler")
+        rules += linear_rules(f"{p}pooler.dense", "pooler")
     if mlm:
-        rules += [*_linear("cls.predictions.transform.dense", "mlm_dense"),
-                  *_linear("cls.predictions.transform.LayerNorm", "mlm_norm"),
+        rules += [*linear_rules("cls.predictions.transform.dense", "mlm_dense"),
+                  *linear_rules("cls.predictions.transform.LayerNorm", "mlm_norm"),
                   Rule("mlm_decoder.bias", ("cls.predictions.bias",))]
     return rules
 
@@ -93,7 +91,7 @@ def _model_kwargs(config: Dict[str, Any], tokenizer: Any, owner: str) -> Dict[st
                 max_len=config_value(c, "max_position_embeddings", int, owner=owner),
                 type_vocab_size=config_value(c, "type_vocab_size", int, 2, owner=owner),
                 pad_id=pad, mask_id=mask_id,
-                dropout=float(c.get("hidden_dropout_prob", 0.1) or 0.0),
+                dropout=dropout_value(c, "hidden_dropout_prob", owner),
                 layer_norm_eps=config_value(c, "layer_norm_eps", float, 1e-12, owner=owner))
 
 

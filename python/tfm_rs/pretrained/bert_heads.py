@@ -51,10 +51,11 @@ def _labels(config: Dict[str, Any], owner: str) -> Optional[List[str]]:
 
 
 def load_bert_classifier(cls: Any, path: Any, num_labels: Optional[int] = None,
-                         id2label: Optional[Sequence[str]] = None) -> Any:
+                         id2label: Optional[Sequence[str]] = None, problem_type: Optional[str] = None) -> Any:
     """A ``cls`` (a classifier of :mod:`tfm_rs.models.bert_heads`) from the checkpoint directory
     ``path``, in eval mode. ``num_labels`` overrides the config's label count (it must agree with
-    a classifier the checkpoint has), ``id2label`` the config's label names."""
+    a classifier the checkpoint has), ``id2label`` the config's label names, ``problem_type``
+    (sequence classification only) the config's."""
     owner = f"{cls.__name__}.from_pretrained"
     d, config, index, prefix, kwargs, tokenizer = open_bert(path, owner)
     names = set(index.names())
@@ -79,10 +80,12 @@ def load_bert_classifier(cls: Any, path: Any, num_labels: Optional[int] = None,
         labels = None  # the default LABEL_i names of a config written for another head
     head: Dict[str, Any] = {}
     if cls.arch == "BertForSequenceClassification":  # the only head whose loss reads it
-        head["problem_type"] = config.get("problem_type")
+        head["problem_type"] = problem_type or config.get("problem_type")
         if head["problem_type"] not in (None, *PROBLEM_TYPES):
             raise UnsupportedConfigError(f"{owner}: config problem_type={head['problem_type']!r} is not one of "
                                          f"{PROBLEM_TYPES}")
+    elif problem_type is not None:
+        raise UnsupportedConfigError(f"{owner}: problem_type applies to sequence classification only")
     dropout = config.get("classifier_dropout")
     model = cls(**kwargs, **head, num_labels=num_labels, id2label=labels,
                 classifier_dropout=None if dropout is None else float(dropout))

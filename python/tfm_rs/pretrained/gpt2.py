@@ -22,13 +22,17 @@ from typing import Any, Dict, List
 
 from tfm_rs.pretrained.errors import UnsupportedConfigError
 from tfm_rs.pretrained.hf import (
+    HF_ACTIVATIONS,
+    TFM_ACTIVATIONS,
     Rule,
     TensorIndex,
     check_standard,
     checkpoint_dir,
     config_value,
+    dropout_value,
     expect_shapes,
     hf_tensors,
+    linear_rules,
     load_tokenizer,
     load_weights,
     read_config,
@@ -38,12 +42,6 @@ from tfm_rs.pretrained.hf import (
 __all__ = ["load_gpt2", "save_gpt2", "gpt2_rules"]
 
 OWNER = "GPT.from_pretrained"
-# Hugging Face's activation names → tfm_rs's.
-_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-
-
-def _linear(hf: str, ours: str, kind: str = "copy") -> List[Rule]:
-    return [Rule(f"{ours}.weight", (f"{hf}.weight",), kind), Rule(f"{ours}.bias", (f"{hf}.bias",))]
 
 
 def gpt2_rules(num_layers: int, prefix: str, tied: bool) -> List[Rule]:
@@ -51,14 +49,14 @@ def gpt2_rules(num_layers: int, prefix: str, tied: bool) -> List[Rule]:
     rules = [Rule("tok_embed.weight", (f"{p}wte.weight",)), Rule("pos_embed.weight", (f"{p}wpe.weight",))]
     for i in range(num_layers):
         hf, ours = f"{p}h.{i}", f"layers.{i}"
-        rules += [*_linear(f"{hf}.ln_1", f"{ours}.norm1"),
+        rules += [*linear_rules(f"{hf}.ln_1", f"{ours}.norm1"),
                   Rule(f"{ours}.self_attn.in_proj_weight", (f"{hf}.attn.c_attn.weight",), "transpose"),
                   Rule(f"{ours}.self_attn.in_proj_bias", (f"{hf}.attn.c_attn.bias",)),
-                  *_linear(f"{hf}.attn.c_proj", f"{ours}.self_attn.out_proj", "transpose"),
-                  *_linear(f"{hf}.ln_2", f"{ours}.norm2"),
-                  *_linear(f"{hf}.mlp.c_fc", f"{ours}.linear1", "transpose"),
-                  *_linear(f"{hf}.mlp.c_proj", f"{ours}.linear2", "transpose")]
-    rules += _linear(f"{p}ln_f", "norm")
+                  *linear_rules(f"{hf}.attn.c_proj", f"{ours}.self_attn.out_proj", "transpose"),
+                  *linear_rules(f"{hf}.ln_2", f"{ours}.norm2"),
+                  *linear_rules(f"{hf}.mlp.c_fc", f"{ours}.linear1", "transpose"),
+                  *linear_rules(f"{hf}.mlp.c_proj", f"{ours}.linear2", "transpose")]
+    rules += linear_rules(f"{p}ln_f", "norm")
     if not tied:
         rules.append(Rule("head.weight", ("lm_head.weight",)))
     return rules
@@ -69,7 +67,7 @@ def _model_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
     model_type = c.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise UnsupportedConfigError(f"{OWNER}: model_type {model_type!r} is not 'gpt2'")
-    act = config_value(c, "activation_function", str, "gelu_new", choices=tuple(_ACTIVATIONS), owner=OWNER)
+    act = config_value(c, "activation_function", str, "gelu_new", choices=tuple(HF_ACTIVATIONS), owner=OWNER)
     for flag, want in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
                        ("add_cross_attention", False)):
         if flag in c and bool(c[flag]) != want:
@@ -80,10 +78,10 @@ def _model_kwargs(config: Dict[str, Any]) -> Dict[str, Any]:
                 nhead=config_value(c, "n_head", int, owner=OWNER),
                 num_layers=config_value(c, "n_layer", int, owner=OWNER),
                 dim_feedforward=4 * d if inner is None else config_value(c, "n_inner", int, owner=OWNER),
-                dropout=float(c.get("resid_pdrop", 0.1) or 0.0),
+                dropout=dropout_value(c, "resid_pdrop", OWNER),
                 max_len=config_value(c, "n_positions", int, owner=OWNER),
                 tie_weights=config_value(c, "tie_word_embeddings", bool, True, owner=OWNER),
-                activation=_ACTIVATIONS[act],
+                activation=HF_ACTIVATIONS[act],
                 layer_norm_eps=config_value(c, "layer_norm_epsilon", float, 1e-5, owner=OWNER))
 
 
@@ -117,7 +115,7 @@ def load_gpt2(cls: Any, path: Any) -> Any:
 def save_gpt2(model: Any, path: Any) -> Path:
     """Writes ``model`` as a ``GPT2LMHeadModel`` checkpoint directory."""
     c = model.config
-    act = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}.get(c["activation"])
+    act = TFM_ACTIVATIONS.get(c["activation"])
     if act is None:
         raise UnsupportedConfigError(f"GPT.save_pretrained: activation {c['activation']!r} has no GPT-2 name")
     check_standard(c, "GPT.save_pretrained", "GPT2LMHeadModel")

@@ -4,7 +4,8 @@ in ``model.safetensors.index.json``) and ``tokenizer.json``, read and written wi
 A model family describes its checkpoint as a list of :class:`Rule` s: each tfm_rs state-dict
 entry and the Hugging Face tensor(s) it comes from (as is, transposed — GPT-2's ``Conv1D``
 stores ``[in, out]`` — or several concatenated along rows, like BERT's separate q, k, v into one
-``in_proj_weight``). :func:`load_weights` checks the whole checkpoint against the rules — every
+``in_proj_weight``, or a vector stored as one row, like Marian's ``final_logits_bias``).
+:func:`load_weights` checks the whole checkpoint against the rules — every
 missing tensor, unexpected tensor and shape mismatch named, together — before it reads any data;
 :func:`hf_tensors` applies the rules backwards, refusing a model they do not describe exactly.
 """
@@ -22,20 +23,25 @@ import numpy as np
 from tfm_rs.pretrained.errors import PretrainedFormatError, UnsupportedConfigError, WeightsMismatchError
 from tfm_rs.pretrained.safetensors_io import SafetensorsFile, write_safetensors
 
-__all__ = ["Rule", "TensorIndex", "check_standard", "checkpoint_dir", "read_config", "config_value", "expect_shapes",
-           "hf_tensors", "load_tokenizer", "load_weights", "write_checkpoint", "MAX_CONFIG_BYTES"]
+__all__ = ["HF_ACTIVATIONS", "TFM_ACTIVATIONS", "Rule", "TensorIndex", "check_standard", "checkpoint_dir",
+           "read_config", "config_value", "dropout_value", "expect_shapes", "hf_tensors", "linear_rules",
+           "load_tokenizer", "load_weights", "write_checkpoint", "MAX_CONFIG_BYTES"]
 
 PathLike = Union[str, os.PathLike]
 MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5",
             "flax_model.msgpack")
+# Hugging Face's activation names (``hidden_act``, ``activation_function``) → tfm_rs's, and back.
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+TFM_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 @dataclass(frozen=True)
 class Rule:
     """tfm_rs's ``target`` tensor from Hugging Face's ``sources``: ``kind`` is ``"copy"``,
-    ``"transpose"`` (a 2-D matrix stored the other way round) or ``"concat"`` (the sources
-    stacked along the first axis, in equal parts)."""
+    ``"transpose"`` (a 2-D matrix stored the other way round), ``"concat"`` (the sources
+    stacked along the first axis, in equal parts) or ``"row"`` (the source is the target as one
+    row, ``(1, n)``)."""
 
     target: str
     sources: Tuple[str, ...]
@@ -47,6 +53,8 @@ class Rule:
         if self.kind == "concat":
             n = len(self.sources)
             return [(target_shape[0] // n, *target_shape[1:])] * n
+        if self.kind == "row":
+            return [(1, *target_shape)]
         return [tuple(target_shape)]
 
     def combine(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -54,6 +62,8 @@ class Rule:
             return np.ascontiguousarray(arrays[0].T)
         if self.kind == "concat":
             return np.concatenate(arrays, axis=0)
+        if self.kind == "row":
+            return arrays[0][0]
         return arrays[0]
 
     def split(self, array: np.ndarray) -> List[np.ndarray]:
@@ -61,7 +71,14 @@ class Rule:
             return [np.ascontiguousarray(array.T)]
         if self.kind == "concat":
             return list(np.split(array, len(self.sources), axis=0))
+        if self.kind == "row":
+            return [array[None]]
         return [array]
+
+
+def linear_rules(hf: str, ours: str, kind: str = "copy") -> List[Rule]:
+    """The weight (``kind``) and bias of a ``Linear`` or ``LayerNorm`` named ``hf`` there, ``ours`` here."""
+    return [Rule(f"{ours}.weight", (f"{hf}.weight",), kind), Rule(f"{ours}.bias", (f"{hf}.bias",))]
 
 
 def checkpoint_dir(path: PathLike) -> Path:
@@ -114,6 +131,17 @@ def config_value(config: Mapping[str, Any], key: str, kind: type, default: Any =
         allowed = repr(choices) if isinstance(choices, range) else ", ".join(repr(c) for c in choices)
         raise UnsupportedConfigError(f"{owner}: config {key}={value!r} is not supported (supported: {allowed})")
     return value
+
+
+def dropout_value(config: Mapping[str, Any], key: str, owner: str) -> float:
+    """A dropout probability ``config[key]`` in [0, 1): 0.1 (Hugging Face's usual default) when
+    absent, 0 when null; it only matters for training."""
+    value = config.get(key, 0.1)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise UnsupportedConfigError(f"{owner}: config {key}={value!r} is not a probability in [0, 1)")
+    return float(value)
 
 
 class TensorIndex:
@@ -250,14 +278,19 @@ def hf_tensors(state: Mapping[str, Any], rules: Sequence[Rule], owner: str,
 
 
 def write_checkpoint(directory: PathLike, config: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
-                     tokenizer: Any = None) -> Path:
-    """Writes ``config.json``, ``model.safetensors`` and, given a tokenizer, ``tokenizer.json``."""
+                     tokenizer: Any = None, tokenizer_config: Optional[Mapping[str, Any]] = None) -> Path:
+    """Writes ``config.json``, ``model.safetensors`` and, given a tokenizer, ``tokenizer.json``
+    (with ``tokenizer_config.json`` when given: what ``AutoTokenizer`` needs where the model
+    type's own tokenizer class would look for other files)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_safetensors(d / "model.safetensors", tensors, metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(str(d / "tokenizer.json"))
+        if tokenizer_config is not None:
+            (d / "tokenizer_config.json").write_text(json.dumps(dict(tokenizer_config), indent=2, sort_keys=True)
+                                                     + "\n", encoding="utf-8")
     return d
 
 
