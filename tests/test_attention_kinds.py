@@ -202,9 +202,10 @@ def test_shared_layers_take_one_kind():
         GPT(30, d_model=16, nhead=2, num_layers=2, share_layers=True, attention="dense; linear")
 
 
-def test_native_decoder_refuses_non_dense_layers_by_name():
-    model = GPT(30, d_model=16, nhead=2, num_layers=1, max_len=16, attention="linear")
-    with pytest.raises(tfm_rs.InvalidArgumentError, match="linear"):
+@pytest.mark.parametrize("kind", ["linear", "lsh(bucket_size=4)", "block_sparse(block=4)"])
+def test_native_decoder_refuses_kinds_without_an_incremental_form(kind):
+    model = GPT(30, d_model=16, nhead=2, num_layers=1, max_len=16, attention=kind)
+    with pytest.raises(tfm_rs.InvalidArgumentError, match=kind.split("(")[0]):
         model.generate(np.array([[1, 2]]), max_new_tokens=2)
 
 

@@ -16,7 +16,7 @@
 //! int8 weights are packed once per weight and run on the integer GEMM (`cpu::qgemm`).
 
 use super::llama;
-use super::weights::{DecoderWeights, Linear, Norm, Weight};
+use super::weights::{DecoderWeights, Linear, Norm, Weight, Window};
 use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
 use crate::cpu::simd::simd_kernel;
@@ -368,13 +368,70 @@ impl Memory {
     }
 }
 
-/// One live sequence: the source it decodes (for cross-attention), and per layer its cached
-/// self-attention keys and values, each `(len, a)` for the layer's attention width `a`.
+/// One live sequence: the source it decodes (for cross-attention), its length, and per layer
+/// its cached self-attention keys and values.
 #[derive(Clone, Debug)]
 struct Row {
     source: usize,
     len: usize,
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    layers: Vec<LayerCache>,
+}
+
+/// One layer's cached keys and values, rows of the layer's key/value width: every position, or
+/// for a windowed layer (`Window`) the global positions `0..global` followed by positions
+/// `global + dropped ..` (the ones a later query can still see).
+#[derive(Clone, Debug, Default)]
+struct LayerCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    dropped: usize,
+}
+
+impl LayerCache {
+    /// The keys and values query position `p` sees, as one run of cache rows when they are
+    /// contiguous there (always, one token at a time), else gathered: `(k, v, count)` of rows
+    /// `akv` wide.
+    fn visible(&self, p: usize, window: Option<Window>, akv: usize) -> (KvView<'_>, usize) {
+        let Some(Window { left, global }) = window else {
+            return (KvView::Cache(&self.k, &self.v), p + 1);
+        };
+        let g = global.min(p + 1);
+        let lo = p.saturating_sub(left).max(g);
+        let (first, last) = (lo - self.dropped, p + 1 - self.dropped);
+        if first == g {
+            return (KvView::Cache(&self.k, &self.v), last);
+        }
+        let gather = |x: &[f32]| {
+            let mut out = x[..g * akv].to_vec();
+            out.extend_from_slice(&x[first * akv..last * akv]);
+            out
+        };
+        (
+            KvView::Gathered(gather(&self.k), gather(&self.v)),
+            g + last - first,
+        )
+    }
+
+    /// Drops what no later query of a windowed layer sees: with `len` positions so far, the
+    /// next query (at `len`) sees `len − left ..`, so older positions past the global ones go.
+    fn evict(&mut self, len: usize, window: Option<Window>, akv: usize) {
+        let Some(Window { left, global }) = window else {
+            return;
+        };
+        let keep_from = len.saturating_sub(left).max(global);
+        if keep_from > global + self.dropped {
+            let (from, to) = (global.min(self.k.len() / akv), keep_from - self.dropped);
+            self.k.drain(from * akv..to * akv);
+            self.v.drain(from * akv..to * akv);
+            self.dropped = keep_from - global;
+        }
+    }
+}
+
+/// Keys and values a query attends: a prefix of the cache, or a gathered copy.
+enum KvView<'a> {
+    Cache(&'a [f32], &'a [f32]),
+    Gathered(Vec<f32>, Vec<f32>),
 }
 
 /// The decoder with its cache: rows are created by [`Decoder::new`], advanced by
@@ -420,7 +477,7 @@ impl Decoder {
             .map(|&source| Row {
                 source,
                 len: 0,
-                layers: vec![(Vec::new(), Vec::new()); layers],
+                layers: vec![LayerCache::default(); layers],
             })
             .collect();
         Ok(Decoder {
@@ -563,10 +620,10 @@ impl Decoder {
                 }
             }
             for (i, &(r, _)) in queries.iter().enumerate() {
-                let (k, v) = &mut self.rows[r].layers[l];
+                let cache = &mut self.rows[r].layers[l];
                 let row = &qkv[i * (a + 2 * akv)..][..a + 2 * akv];
-                k.extend_from_slice(&row[a..a + akv]);
-                v.extend_from_slice(&row[a + akv..]);
+                cache.k.extend_from_slice(&row[a..a + akv]);
+                cache.v.extend_from_slice(&row[a + akv..]);
             }
             let q: Vec<f32> = qkv
                 .chunks_exact(a + 2 * akv)
@@ -574,11 +631,15 @@ impl Decoder {
                 .copied()
                 .collect();
             let rows = &self.rows;
-            let att = attend_all(&q, a, (heads, kv_heads), |i| {
-                let (r, p) = queries[i];
-                let (k, v) = &rows[r].layers[l];
-                (k.as_slice(), v.as_slice(), p + 1)
+            let views: Vec<(KvView, usize)> = queries
+                .iter()
+                .map(|&(r, p)| rows[r].layers[l].visible(p, layer.window, akv))
+                .collect();
+            let att = attend_all(&q, a, (heads, kv_heads), |i| match &views[i] {
+                (KvView::Cache(k, v), n) => (*k, *v, *n),
+                (KvView::Gathered(k, v), n) => (k.as_slice(), v.as_slice(), *n),
             });
+
             x = residual(
                 x,
                 linear(
@@ -634,6 +695,10 @@ impl Decoder {
         }
         for (row, toks) in self.rows.iter_mut().zip(tokens) {
             row.len += toks.len();
+            for (cache, layer) in row.layers.iter_mut().zip(&w.layers) {
+                let akv = w.kv_heads(layer.self_heads) * dh;
+                cache.evict(row.len, layer.window, akv);
+            }
         }
         // Only each row's last position needs logits.
         let mut last = Vec::with_capacity(self.rows.len() * d);
@@ -654,5 +719,47 @@ impl Decoder {
             &self.packed.head,
             Activation::Identity,
         )
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    /// A windowed layer's cache, filled with position numbers (one-wide rows), shows each query
+    /// exactly the global positions and the last `left + 1` ones, whatever the feed sizes, and
+    /// never holds more than `global + left` positions between feeds (the next query adds one).
+    #[test]
+    fn rolling_cache_shows_each_query_its_window_and_stays_bounded() {
+        for (left, global) in [(0, 0), (1, 0), (3, 2), (5, 7), (4, 1)] {
+            let window = Some(Window { left, global });
+            for feed in [1usize, 2, 3, 7] {
+                let mut cache = LayerCache::default();
+                let mut len = 0;
+                while len < 30 {
+                    let n = feed.min(30 - len);
+                    for p in len..len + n {
+                        cache.k.push(p as f32);
+                        cache.v.push(-(p as f32));
+                    }
+                    for p in len..len + n {
+                        let want: Vec<f32> = (0..=p)
+                            .filter(|&j| j < global || j + left >= p)
+                            .map(|j| j as f32)
+                            .collect();
+                        let (view, count) = cache.visible(p, window, 1);
+                        let (k, v) = match &view {
+                            KvView::Cache(k, v) => (&k[..count], &v[..count]),
+                            KvView::Gathered(k, v) => (&k[..count], &v[..count]),
+                        };
+                        assert_eq!(k, want, "left={left} global={global} feed={feed} p={p}");
+                        assert!(v.iter().zip(&want).all(|(a, b)| *a == -b));
+                    }
+                    len += n;
+                    cache.evict(len, window, 1);
+                    assert!(cache.k.len() <= global + left, "{} rows", cache.k.len());
+                }
+            }
+        }
     }
 }

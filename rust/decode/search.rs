@@ -183,6 +183,9 @@ fn argmax(lp: &[f32]) -> Option<usize> {
 
 /// Finite entries as `(index, value)`, most likely first (ties: lower index first).
 fn ranked(lp: &[f32], keep: Option<usize>) -> Vec<(usize, f32)> {
+    if let Some(k) = keep.filter(|&k| k > 0 && k <= TOP_SCAN) {
+        return top_k(lp, k);
+    }
     let mut c: Vec<(usize, f32)> = lp
         .iter()
         .copied()
@@ -200,6 +203,27 @@ fn ranked(lp: &[f32], keep: Option<usize>) -> Vec<(usize, f32)> {
     }
     c.sort_unstable_by(order);
     c
+}
+
+/// Up to this many entries, [`ranked`] keeps a sorted list while it scans (one pass, no copy of
+/// the vocabulary); beyond, it selects and sorts a copy.
+const TOP_SCAN: usize = 64;
+
+/// The `k` largest finite entries of `lp` in [`ranked`]'s order: scanned in index order, an entry
+/// equal to one already kept goes after it, so ties keep the lower index first.
+fn top_k(lp: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+    for (i, &v) in lp.iter().enumerate() {
+        // NaN passes neither test, as it fails `ranked`'s finiteness filter.
+        let above_last = best.len() < k || v > best[k - 1].1;
+        if !(v.is_finite() || v == f32::INFINITY) || !above_last {
+            continue;
+        }
+        let at = best.partition_point(|&(_, b)| b >= v);
+        best.insert(at, (i, v));
+        best.truncate(k);
+    }
+    best
 }
 
 /// Draws a token from `softmax(lp / T)` restricted by top-k then top-p, with `u ∈ [0, 1)`.
@@ -463,6 +487,11 @@ impl Search {
         let eos = self.cfg.eos;
         let mut parents = Vec::new();
         let mut next: Vec<Live> = Vec::new();
+        // Each row's 2k best continuations, rows in parallel (they are independent).
+        let tops: Vec<Vec<(usize, f32)>> = lp
+            .par_chunks(v)
+            .map(|row| ranked(row, Some(2 * k)))
+            .collect();
         // Rows are grouped by input, in input order.
         let mut start = 0;
         while start < self.live.len() {
@@ -474,8 +503,8 @@ impl Search {
                     .count();
             // The 2k best continuations of the group: enough to find k that do not end.
             let mut cand: Vec<(f64, usize, usize)> = Vec::new();
-            for r in start..end {
-                for (t, l) in ranked(&lp[r * v..][..v], Some(2 * k)) {
+            for (r, top) in tops.iter().enumerate().take(end).skip(start) {
+                for &(t, l) in top {
                     cand.push((self.live[r].log_prob + l as f64, r, t));
                 }
             }
@@ -570,5 +599,34 @@ impl Search {
     /// Only meaningful once [`Search::step`] has returned `None`.
     pub fn finish(self) -> Vec<Vec<Hypothesis>> {
         self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::test_support::rand_vec;
+
+    /// The one-pass top-k equals the sorted list's first k, ties (many equal values), −∞ and NaN
+    /// included, for k below, at and above the number of finite entries.
+    #[test]
+    fn top_k_equals_the_sorted_prefix() {
+        for (seed, n) in [(1u64, 1usize), (2, 3), (3, 17), (4, 127), (5, 8000)] {
+            let mut lp: Vec<f32> = rand_vec(seed, n, -4.0, 0.0)
+                .into_iter()
+                .map(|v| (v * 4.0).round() / 4.0)
+                .collect();
+            for i in (0..n).step_by(5) {
+                lp[i] = f32::NEG_INFINITY;
+            }
+            for i in (2..n).step_by(11) {
+                lp[i] = f32::NAN;
+            }
+            let sorted = ranked(&lp, None);
+            for k in [1, 2, 8, 64] {
+                let want = &sorted[..k.min(sorted.len())];
+                assert_eq!(top_k(&lp, k), want, "n={n} k={k}");
+            }
+        }
     }
 }

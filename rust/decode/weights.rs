@@ -54,12 +54,24 @@ pub struct Norm {
     pub bias: Option<CpuTensor>,
 }
 
+/// A causal sliding window with global tokens: position `p` attends the first `global` positions
+/// and positions `p − left ..= p` (a full forward's `sliding_window(left) | global_tokens(range(
+/// global))` under the causal mask). The decoder keeps only those keys and values: a rolling
+/// cache of at most `global + left + 1` positions per layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub left: usize,
+    pub global: usize,
+}
+
 /// One block. `cross` (encoder-decoder attention, q/k/v stacked in `(3a, d)`) and its
 /// `norm_cross` are present together, only in an encoder-decoder's decoder. `self_heads` and
 /// `cross_heads` count the heads each attention keeps (`cross_heads` is 0 without
 /// cross-attention).
 #[derive(Clone, Debug)]
 pub struct Layer {
+    /// A sliding window on the self-attention (`None`: dense causal attention).
+    pub window: Option<Window>,
     pub self_heads: usize,
     pub self_in: Linear,
     pub self_out: Linear,
