@@ -202,7 +202,7 @@ def test_shared_layers_take_one_kind():
         GPT(30, d_model=16, nhead=2, num_layers=2, share_layers=True, attention="dense; linear")
 
 
-@pytest.mark.parametrize("kind", ["linear", "lsh(bucket_size=4)", "block_sparse(block=4)"])
+@pytest.mark.parametrize("kind", ["lsh(bucket_size=4)", "block_sparse(block=4)"])
 def test_native_decoder_refuses_kinds_without_an_incremental_form(kind):
     model = GPT(30, d_model=16, nhead=2, num_layers=1, max_len=16, attention=kind)
     with pytest.raises(tfm_rs.InvalidArgumentError, match=kind.split("(")[0]):

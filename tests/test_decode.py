@@ -86,11 +86,11 @@ def test_incremental_logits_equal_full_forward_gpt():
 
 
 @pytest.mark.parametrize("attention", ["window(left=3, global=2)", "window(left=1); dense",
-                                       "window(left=5, right=4, global=0)"])
-def test_sliding_window_gpt_decodes_with_a_rolling_cache(attention):
-    """Windowed layers keep only the global and the last ``left + 1`` positions, yet every
-    step's logits equal the full forward's (with its structured mask), one token at a time and
-    after a prefill of several (which reads evicted-looking positions within the feed)."""
+                                       "window(left=5, right=4, global=0)", "linear", "linear; window(left=2)"])
+def test_window_and_linear_gpts_decode_with_bounded_state(attention):
+    """Windowed layers keep only the global and the last ``left`` positions (a rolling cache),
+    linear layers a recurrent state; yet every step's logits equal the full forward's, one token
+    at a time and after prefills (which read positions a later step no longer keeps)."""
     m = gpt(scale=1.0, max_len=24, attention=attention).eval()
     ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0]])
     with tfm_rs.no_grad():

@@ -16,13 +16,14 @@
 //! int8 weights are packed once per weight and run on the integer GEMM (`cpu::qgemm`).
 
 use super::llama;
-use super::weights::{DecoderWeights, Linear, Norm, Weight, Window};
+use super::weights::{DecoderWeights, Linear, Norm, SelfAttention, Weight, Window};
 use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::activation::ActivationKind;
 use crate::ops::layer_norm::layer_norm_forward;
+use crate::ops::linear_attention::{FeatureMap, LinearAttentionState};
 use crate::ops::rows::{exp_fast, PAR_MIN};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -379,12 +380,14 @@ struct Row {
 
 /// One layer's cached keys and values, rows of the layer's key/value width: every position, or
 /// for a windowed layer (`Window`) the global positions `0..global` followed by positions
-/// `global + dropped ..` (the ones a later query can still see).
+/// `global + dropped ..` (the ones a later query can still see). A linear-attention layer keeps
+/// its recurrent state instead (created at its first token).
 #[derive(Clone, Debug, Default)]
 struct LayerCache {
     k: Vec<f32>,
     v: Vec<f32>,
     dropped: usize,
+    state: Option<LinearAttentionState>,
 }
 
 impl LayerCache {
@@ -426,6 +429,28 @@ impl LayerCache {
             self.dropped = keep_from - global;
         }
     }
+}
+
+/// Causal linear attention of the new queries (`qkv` rows `[q | k | v]`, each `heads·dh` wide,
+/// rows in order and positions ascending within a row): each row's recurrent state absorbs its
+/// tokens one by one and gives each one's output, as the full forward's prefix sums do.
+fn linear_attention_step(
+    rows: &mut [Row],
+    queries: &[(usize, usize)],
+    l: usize,
+    qkv: &[f32],
+    heads: usize,
+    dh: usize,
+) -> Result<Vec<f32>> {
+    let a = heads * dh;
+    let mut out = Vec::with_capacity(queries.len() * a);
+    for (row, &(r, _)) in qkv.chunks_exact(3 * a).zip(queries) {
+        let state = rows[r].layers[l]
+            .state
+            .get_or_insert_with(|| LinearAttentionState::new(heads, dh, dh, FeatureMap::Elu));
+        out.extend(state.step(&row[..a], &row[a..2 * a], &row[2 * a..])?);
+    }
+    Ok(out)
 }
 
 /// Keys and values a query attends: a prefix of the cache, or a gathered copy.
@@ -619,26 +644,32 @@ impl Decoder {
                     llama::rotate(&mut row[..a + akv], dh, p, &parts.inv_freq);
                 }
             }
-            for (i, &(r, _)) in queries.iter().enumerate() {
-                let cache = &mut self.rows[r].layers[l];
-                let row = &qkv[i * (a + 2 * akv)..][..a + 2 * akv];
-                cache.k.extend_from_slice(&row[a..a + akv]);
-                cache.v.extend_from_slice(&row[a + akv..]);
-            }
-            let q: Vec<f32> = qkv
-                .chunks_exact(a + 2 * akv)
-                .flat_map(|c| &c[..a])
-                .copied()
-                .collect();
+            let att = if layer.attention == SelfAttention::Linear {
+                linear_attention_step(&mut self.rows, &queries, l, &qkv, heads, dh)?
+            } else {
+                for (i, &(r, _)) in queries.iter().enumerate() {
+                    let cache = &mut self.rows[r].layers[l];
+                    let row = &qkv[i * (a + 2 * akv)..][..a + 2 * akv];
+                    cache.k.extend_from_slice(&row[a..a + akv]);
+                    cache.v.extend_from_slice(&row[a + akv..]);
+                }
+                let q: Vec<f32> = qkv
+                    .chunks_exact(a + 2 * akv)
+                    .flat_map(|c| &c[..a])
+                    .copied()
+                    .collect();
+                let rows = &self.rows;
+                let window = layer.attention.window();
+                let views: Vec<(KvView, usize)> = queries
+                    .iter()
+                    .map(|&(r, p)| rows[r].layers[l].visible(p, window, akv))
+                    .collect();
+                attend_all(&q, a, (heads, kv_heads), |i| match &views[i] {
+                    (KvView::Cache(k, v), n) => (*k, *v, *n),
+                    (KvView::Gathered(k, v), n) => (k.as_slice(), v.as_slice(), *n),
+                })
+            };
             let rows = &self.rows;
-            let views: Vec<(KvView, usize)> = queries
-                .iter()
-                .map(|&(r, p)| rows[r].layers[l].visible(p, layer.window, akv))
-                .collect();
-            let att = attend_all(&q, a, (heads, kv_heads), |i| match &views[i] {
-                (KvView::Cache(k, v), n) => (*k, *v, *n),
-                (KvView::Gathered(k, v), n) => (k.as_slice(), v.as_slice(), *n),
-            });
 
             x = residual(
                 x,
@@ -697,7 +728,7 @@ impl Decoder {
             row.len += toks.len();
             for (cache, layer) in row.layers.iter_mut().zip(&w.layers) {
                 let akv = w.kv_heads(layer.self_heads) * dh;
-                cache.evict(row.len, layer.window, akv);
+                cache.evict(row.len, layer.attention.window(), akv);
             }
         }
         // Only each row's last position needs logits.

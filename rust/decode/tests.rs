@@ -47,7 +47,7 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
             let s = seed + 100 * l;
             let (a, ac) = (self_heads * dm.head_dim, cross_heads * dm.head_dim);
             Layer {
-                window: None,
+                attention: SelfAttention::Dense,
                 self_heads,
                 self_in: lin(s, 3 * a, d, true),
                 self_out: lin(s + 10, d, a, true),

@@ -64,14 +64,33 @@ pub struct Window {
     pub global: usize,
 }
 
+/// A layer's causal self-attention: dense (a cache of every position), a sliding window (a
+/// rolling cache), or linear attention (a recurrent state of fixed size, "Transformers are
+/// RNNs": φ(k)vᵀ and φ(k) summed, φ = elu + 1, as `ops::linear_attention`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelfAttention {
+    Dense,
+    Window(Window),
+    Linear,
+}
+
+impl SelfAttention {
+    pub fn window(self) -> Option<Window> {
+        match self {
+            SelfAttention::Window(w) => Some(w),
+            _ => None,
+        }
+    }
+}
+
 /// One block. `cross` (encoder-decoder attention, q/k/v stacked in `(3a, d)`) and its
 /// `norm_cross` are present together, only in an encoder-decoder's decoder. `self_heads` and
 /// `cross_heads` count the heads each attention keeps (`cross_heads` is 0 without
 /// cross-attention).
 #[derive(Clone, Debug)]
 pub struct Layer {
-    /// A sliding window on the self-attention (`None`: dense causal attention).
-    pub window: Option<Window>,
+    /// What the self-attention computes over the positions so far.
+    pub attention: SelfAttention,
     pub self_heads: usize,
     pub self_in: Linear,
     pub self_out: Linear,
@@ -205,6 +224,17 @@ impl DecoderWeights {
         };
         if self.layers.is_empty() {
             return Err(TfmError::value(OP, "the decoder has no layers"));
+        }
+        if self.llama.is_some()
+            && self
+                .layers
+                .iter()
+                .any(|l| l.attention == SelfAttention::Linear)
+        {
+            return Err(TfmError::value(
+                OP,
+                "linear-attention layers decode with one key/value head per query head; this decoder groups them (llama)",
+            ));
         }
         // The attention width of `heads` heads, checked so that no product overflows.
         let width = |what: String, heads: usize| -> Result<usize> {

@@ -88,8 +88,8 @@ pub struct PyDecoderWeights {
 impl PyDecoderWeights {
     /// DecoderWeights(spec): `spec` is a dict with `head_dim`, `norm_first`, `activation`
     /// ("relu", "gelu", "gelu_tanh"), `eps`, `centred` (false: RMSNorm), `embed`, `embed_scale`, `positions`, `layers`
-    /// (dicts of `window` (optional: `(left, global)` of a sliding-window self-attention, which
-    /// keeps a rolling cache), `self_heads`, `cross_heads` (head counts, which may differ per layer after
+    /// (dicts of `attention` (optional: "dense", "linear" (a recurrent state) or `("window", left,
+    /// global)` (a rolling cache)), `self_heads`, `cross_heads` (head counts, which may differ per layer after
     /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
     /// bias)` and `norm_self`, `norm_cross`, `norm_ff` as `(weight, bias)`; the cross entries
     /// None without cross-attention), `final_norm` (or None) and `head` `(weight, bias)`.
@@ -117,13 +117,28 @@ impl PyDecoderWeights {
             let cross_in = optional(item(l, "cross_in")?, linear)?;
             let cross_out = optional(item(l, "cross_out")?, linear)?;
             let cross_heads: Option<usize> = item(l, "cross_heads")?.extract()?;
-            // Absent (Llama's spec) or None: dense causal self-attention.
-            let window: Option<(usize, usize)> = match l.get_item("window")? {
-                Some(w) => w.extract()?,
-                None => None,
+            // `attention`: absent (Llama's spec) or "dense", "linear", or ("window", left, global).
+            let attention = match l.get_item("attention")? {
+                None => decode::SelfAttention::Dense,
+                Some(a) => match a.extract::<(String, usize, usize)>() {
+                    Ok((kind, left, global)) if kind == "window" => {
+                        decode::SelfAttention::Window(decode::Window { left, global })
+                    }
+                    _ => match a.extract::<String>()?.as_str() {
+                        "dense" => decode::SelfAttention::Dense,
+                        "linear" => decode::SelfAttention::Linear,
+                        other => {
+                            return Err(TfmError::value(
+                                OP,
+                                format!("unknown self-attention {other:?}; expected \"dense\", \"linear\" or (\"window\", left, global)"),
+                            )
+                            .into())
+                        }
+                    },
+                },
             };
             layers.push(decode::Layer {
-                window: window.map(|(left, global)| decode::Window { left, global }),
+                attention,
                 self_heads: item(l, "self_heads")?.extract()?,
                 cross_heads: cross_heads.unwrap_or(0),
                 self_in: linear(&item(l, "self_in")?)?,

@@ -56,22 +56,24 @@ def _attention(m: Optional[nn.MultiheadAttention], owner: str) -> Tuple[Optional
     return m.num_heads, (m.in_proj_weight, m.in_proj_bias), _linear(m.out_proj)
 
 
-def _window(m: nn.MultiheadAttention, owner: str) -> Optional[Tuple[int, int]]:
-    """``(left, global)`` of a sliding-window self-attention (the decoder is causal, so a window's
-    right side does not matter), ``None`` for dense; other kinds have no incremental form here."""
+def _self_attention(m: nn.MultiheadAttention, owner: str) -> Any:
+    """The engine's name for a decoder layer's (causal) self-attention: ``"dense"``,
+    ``"linear"`` (a recurrent state), or ``("window", left, global)`` (a rolling cache; the
+    decoder is causal, so a window's right side does not matter). Block-sparse and LSH layers
+    have no incremental form here."""
     kind = m.attention
     if kind.name == "window":
-        return kind["left"], kind["global"]
-    if kind.name != "dense":
-        raise InvalidArgumentError(f"{owner}: the native decoder runs dense and sliding-window attention; this "
-                                   f"model has {kind} layers (evaluate it with forward/loss)")
-    return None
+        return ("window", kind["left"], kind["global"])
+    if kind.name not in ("dense", "linear"):
+        raise InvalidArgumentError(f"{owner}: the native decoder runs dense, sliding-window and linear attention; "
+                                   f"this model has {kind} layers (evaluate it with forward/loss)")
+    return kind.name
 
 
 def _layer(layer: DecoderLayerSpec, owner: str) -> Dict[str, Any]:
     self_heads, self_in, self_out = _attention(layer.self_attn, owner)
     cross_heads, cross_in, cross_out = _attention(layer.cross_attn, owner)
-    return dict(window=_window(layer.self_attn, owner), self_heads=self_heads, cross_heads=cross_heads,
+    return dict(attention=_self_attention(layer.self_attn, owner), self_heads=self_heads, cross_heads=cross_heads,
                 self_in=self_in, self_out=self_out, cross_in=cross_in, cross_out=cross_out,
                 norm_self=_norm(layer.norm_self), norm_cross=_norm(layer.norm_cross), norm_ff=_norm(layer.norm_ff),
                 ff1=_linear(layer.linear1), ff2=_linear(layer.linear2))
