@@ -165,13 +165,26 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
 
 
 def linear_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, causal: bool = False,
-                     feature_map: str = "elu") -> Tensor:
+                     feature_map: str = "elu", key_padding_mask: Optional[ArrayLike] = None) -> Tensor:
     """Linear attention (Katharopoulos et al. 2020, tfm_rs extension): ``φ(Q)(φ(K)ᵀV)``
     normalised by ``φ(Q)(φ(K)ᵀ1)`` with ``φ(x) = elu(x) + 1``, for q ``(..., L, E)``,
     k ``(..., S, E)``, v ``(..., S, Ev)`` → ``(..., L, Ev)``. ``causal`` (L = S) lets query ``t``
-    see keys ``s ≤ t``, computed by prefix sums. Time O(T·E·Ev), state O(E·Ev) per head; no
-    scale and no mask. CPU only (a GPU tensor is a ``DeviceError``)."""
-    return _core.linear_attention(q, k, v, causal, feature_map)
+    see keys ``s ≤ t``, computed by prefix sums. ``key_padding_mask``: boolean, broadcastable to
+    k's ``(..., S)``, ``True`` for keys to leave out (a query left with no key gets zeros). Time
+    O(T·E·Ev), state O(E·Ev) per head; no scale. CPU only (a GPU tensor is a ``DeviceError``)."""
+    padding = None
+    if key_padding_mask is not None:
+        m = np.asarray(key_padding_mask.numpy() if isinstance(key_padding_mask, Tensor) else key_padding_mask)
+        if m.dtype != np.bool_:
+            raise _core.InvalidArgumentError(f"linear_attention: key_padding_mask must be boolean (True = leave the "
+                                             f"key out), got dtype {m.dtype}")
+        keys = tuple(k.shape[:-1]) if isinstance(k, Tensor) else np.shape(k)[:-1]
+        try:
+            padding = np.broadcast_to(m, keys).ravel().tolist()
+        except ValueError:
+            raise _core.ShapeError(f"linear_attention: key_padding_mask of shape {m.shape} does not broadcast to "
+                                   f"the keys' {keys}") from None
+    return _core.linear_attention(q, k, v, causal, feature_map, padding)
 
 
 def lsh_attention(qk: ArrayLike, v: ArrayLike, n_hashes: int = 4, bucket_size: int = 64, causal: bool = False,

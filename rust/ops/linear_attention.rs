@@ -28,7 +28,7 @@
 //! use ops::linear_attention::{linear_attention, FeatureMap};
 //! let qkv = |n| Var::leaf(Tensor::new((0..n).map(|i| (i as f32 * 0.37).sin()).collect(), &[2, 5, 4]).unwrap(), true);
 //! let (q, k, v) = (qkv(40), qkv(40), qkv(40));
-//! let out = linear_attention(&q, &k, &v, true, FeatureMap::Elu).unwrap();
+//! let out = linear_attention(&q, &k, &v, true, FeatureMap::Elu, None).unwrap();
 //! assert_eq!(out.shape(), vec![2, 5, 4]);
 //! backward(&ops::reduce::sum(&out, &[], false).unwrap(), None, false).unwrap();
 //! assert_eq!(q.grad().unwrap().shape(), &[2, 5, 4]);
@@ -138,17 +138,33 @@ fn feature(map: FeatureMap, x: &[f32]) -> Vec<f32> {
     x.iter().map(|&x| map.apply(x)).collect()
 }
 
+/// φ of the keys (Tk × E), with the rows of padding keys (`padding[j]`) zero: such a key then
+/// adds nothing to `S` or `z`, which is what leaving it out means.
+fn key_features(map: FeatureMap, k: &[f32], e: usize, padding: Option<&[bool]>) -> Vec<f32> {
+    let mut fk = feature(map, k);
+    for (row, _) in fk
+        .chunks_mut(e.max(1))
+        .zip(padding.into_iter().flatten())
+        .filter(|(_, &p)| p)
+    {
+        row.fill(0.0);
+    }
+    fk
+}
+
 simd_kernel! {
-    /// One head's forward: `out` (Tq, Ev) from q (Tq, E), k (Tk, E), v (Tk, Ev).
+    /// One head's forward: `out` (Tq, Ev) from q (Tq, E), k (Tk, E), v (Tk, Ev), leaving out
+    /// the keys `padding` marks.
     fn head_forward(
         out: &mut [f32],
         q: &[f32],
         k: &[f32],
         v: &[f32],
+        padding: Option<&[bool]>,
         cfg: &LinearAttentionConfig,
     ) {
         let (e, ev) = (cfg.e, cfg.ev);
-        let (fq, fk) = (feature(cfg.feature_map, q), feature(cfg.feature_map, k));
+        let (fq, fk) = (feature(cfg.feature_map, q), key_features(cfg.feature_map, k, e, padding));
         let (mut s, mut z) = (vec![0.0f32; e * ev], vec![0.0f32; e]);
         if !cfg.causal {
             for j in 0..cfg.tk {
@@ -177,10 +193,11 @@ simd_kernel! {
         k: &[f32],
         v: &[f32],
         out: &[f32],
+        padding: Option<&[bool]>,
         cfg: &LinearAttentionConfig,
     ) {
         let (e, ev, map) = (cfg.e, cfg.ev, cfg.feature_map);
-        let (fq, fk) = (feature(map, q), feature(map, k));
+        let (fq, fk) = (feature(map, q), key_features(map, k, e, padding));
         // Sweep over queries: S_t, z_t (prefix sums or totals) give den_t, a_t, b_t, ∂φ(q_t).
         let (mut s, mut z) = (vec![0.0f32; e * ev], vec![0.0f32; e]);
         if !cfg.causal {
@@ -228,10 +245,16 @@ simd_kernel! {
             let (fk_j, v_j) = (&fk[j * e..(j + 1) * e], &v[j * ev..(j + 1) * ev]);
             let dv_j = &mut dv[j * ev..(j + 1) * ev];
             dv_j.fill(0.0);
+            // A padding key's φ is the constant 0: no gradient reaches it.
+            let padded = padding.is_some_and(|p| p[j]);
             for (i, &f) in fk_j.iter().enumerate() {
                 let row = &r_mat[i * ev..(i + 1) * ev];
                 axpy(dv_j, f, row);
-                dk[j * e + i] = (dot(row, v_j) + r[i]) * map.derivative(k[j * e + i]);
+                dk[j * e + i] = if padded {
+                    0.0
+                } else {
+                    (dot(row, v_j) + r[i]) * map.derivative(k[j * e + i])
+                };
             }
         }
     }
@@ -244,12 +267,14 @@ fn chunks(data: &mut [f32], n: usize, len: usize) -> Vec<&mut [f32]> {
 
 /// The linear attention forward: `out` (BH, Tq, Ev) from q (BH, Tq, E), k (BH, Tk, E),
 /// v (BH, Tk, Ev), over batch×heads in parallel (each head computed the same way whatever the
-/// thread count). Panics if a slice length does not match `cfg`.
+/// thread count); `padding` (BH, Tk), `true` for keys left out (a query with no key left gets
+/// zeros). Panics if a slice length does not match `cfg`.
 pub fn linear_attention_forward(
     out: &mut [f32],
     q: &[f32],
     k: &[f32],
     v: &[f32],
+    padding: Option<&[bool]>,
     cfg: &LinearAttentionConfig,
 ) {
     let LinearAttentionConfig {
@@ -259,6 +284,10 @@ pub fn linear_attention_forward(
     assert_eq!(k.len(), bh * tk * e, "linear_attention_forward: k");
     assert_eq!(v.len(), bh * tk * ev, "linear_attention_forward: v");
     assert_eq!(out.len(), bh * tq * ev, "linear_attention_forward: out");
+    assert!(
+        padding.is_none_or(|p| p.len() == bh * tk),
+        "linear_attention_forward: padding"
+    );
     let cost = (tq + tk) * e * ev.max(1);
     for_each_row(chunks(out, bh, tq * ev), cost, |h, out| {
         head_forward(
@@ -266,13 +295,15 @@ pub fn linear_attention_forward(
             &q[h * tq * e..(h + 1) * tq * e],
             &k[h * tk * e..(h + 1) * tk * e],
             &v[h * tk * ev..(h + 1) * tk * ev],
+            padding.map(|p| &p[h * tk..(h + 1) * tk]),
             cfg,
         )
     });
 }
 
 /// The linear attention backward: `dq`, `dk`, `dv` (shaped as q, k, v) from the output
-/// gradient `g` (BH, Tq, Ev), the inputs and the saved output `out`. Memory per head: the
+/// gradient `g` (BH, Tq, Ev), the inputs, the saved output `out` and the forward's `padding`
+/// (padding keys get zero gradients). Memory per head: the
 /// feature maps of q and k, and `g / den` (O(T·E)); never a per-token state.
 #[allow(clippy::too_many_arguments)]
 pub fn linear_attention_backward(
@@ -284,12 +315,17 @@ pub fn linear_attention_backward(
     k: &[f32],
     v: &[f32],
     out: &[f32],
+    padding: Option<&[bool]>,
     cfg: &LinearAttentionConfig,
 ) {
     let LinearAttentionConfig {
         bh, tq, tk, e, ev, ..
     } = *cfg;
     assert_eq!(g.len(), bh * tq * ev, "linear_attention_backward: g");
+    assert!(
+        padding.is_none_or(|p| p.len() == bh * tk),
+        "linear_attention_backward: padding"
+    );
     assert_eq!(out.len(), bh * tq * ev, "linear_attention_backward: out");
     assert_eq!(dq.len(), q.len(), "linear_attention_backward: dq");
     assert_eq!(dk.len(), k.len(), "linear_attention_backward: dk");
@@ -311,6 +347,7 @@ pub fn linear_attention_backward(
             &k[ks..ks + tk * e],
             &v[vs..vs + tk * ev],
             &out[h * tq * ev..(h + 1) * tq * ev],
+            padding.map(|p| &p[h * tk..(h + 1) * tk]),
             cfg,
         )
     });
@@ -409,15 +446,19 @@ impl LinearAttentionState {
 ///
 /// - q (…, Tq, E), k (…, Tk, E), v (…, Tk, Ev) with equal leading dimensions → (…, Tq, Ev).
 /// - `causal`: query t sees keys s ≤ t; needs Tq = Tk.
+/// - `key_padding`: the keys to leave out, `true` per (…, Tk) position of k (PyTorch's
+///   `key_padding_mask` convention), flattened.
 ///
-/// Errors: shape (shapes that do not fit, causal with Tq ≠ Tk), device (GPU tensors: there is
-/// no GPU kernel). Saves q, k, v and the output.
+/// Errors: shape (shapes that do not fit, causal with Tq ≠ Tk, a padding mask of another
+/// length), device (GPU tensors: there is no GPU kernel). Saves q, k, v, the output and the
+/// padding mask.
 pub fn linear_attention(
     q: &Var,
     k: &Var,
     v: &Var,
     causal: bool,
     feature_map: FeatureMap,
+    key_padding: Option<Vec<bool>>,
 ) -> Result<Var> {
     let (qv, kv, vv) = (q.value(), k.value(), v.value());
     let (batch, [tq, tk, e, ev]) = check_shapes(OP, qv.shape(), kv.shape(), vv.shape())?;
@@ -443,12 +484,23 @@ pub fn linear_attention(
         causal,
         feature_map,
     };
+    if let Some(p) = &key_padding {
+        crate::ensure_shape!(
+            p.len() == cfg.bh * tk,
+            OP,
+            "key_padding_mask has {} values; k {} needs one per key ({})",
+            p.len(),
+            shape_str(kv.shape()),
+            cfg.bh * tk
+        );
+    }
     let mut out = crate::cpu::alloc::output(cfg.bh * tq * ev);
     linear_attention_forward(
         &mut out,
         qv.cpu(OP)?.data(),
         kv.cpu(OP)?.data(),
         vv.cpu(OP)?.data(),
+        key_padding.as_deref(),
         &cfg,
     );
     let out_shape: Vec<usize> = batch.iter().copied().chain([tq, ev]).collect();
@@ -458,6 +510,7 @@ pub fn linear_attention(
         k: kv,
         v: vv,
         out: out.clone(),
+        key_padding,
         cfg,
     };
     Ok(Var::from_op(
@@ -467,12 +520,13 @@ pub fn linear_attention(
     ))
 }
 
-/// What the forward saved: its inputs, its output and its sizes.
+/// What the forward saved: its inputs, its output, the padding mask and its sizes.
 struct LinearAttentionBackward {
     q: Tensor,
     k: Tensor,
     v: Tensor,
     out: Tensor,
+    key_padding: Option<Vec<bool>>,
     cfg: LinearAttentionConfig,
 }
 
@@ -495,6 +549,7 @@ impl Backward for LinearAttentionBackward {
             self.k.cpu(OP)?.data(),
             self.v.cpu(OP)?.data(),
             self.out.cpu(OP)?.data(),
+            self.key_padding.as_deref(),
             &self.cfg,
         );
         Ok(vec![

@@ -13,7 +13,7 @@ use crate::tensor::{shape_str, Tensor};
 use pyo3::prelude::*;
 
 #[pyfunction]
-#[pyo3(signature = (query, key, value, causal = false, feature_map = "elu"))]
+#[pyo3(signature = (query, key, value, causal = false, feature_map = "elu", key_padding_mask = None))]
 fn linear_attention(
     py: Python<'_>,
     query: &Bound<'_, PyAny>,
@@ -21,6 +21,7 @@ fn linear_attention(
     value: &Bound<'_, PyAny>,
     causal: bool,
     feature_map: &str,
+    key_padding_mask: Option<Vec<bool>>,
 ) -> PyResult<PyTensor> {
     const OP: &str = "linear_attention";
     let map = FeatureMap::parse(feature_map)?;
@@ -29,7 +30,9 @@ fn linear_attention(
         var_from_py(key, OP)?,
         var_from_py(value, OP)?,
     );
-    let out = run(py, || linear::linear_attention(&q, &k, &v, causal, map))?;
+    let out = run(py, || {
+        linear::linear_attention(&q, &k, &v, causal, map, key_padding_mask)
+    })?;
     Ok(PyTensor::wrap(out))
 }
 

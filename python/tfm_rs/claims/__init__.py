@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Optional
 
-from tfm_rs.claims import (bert_vs_gpt, cls_layers, contextual, decoder_mask, depth, label_smoothing, masks,
-                           multihead_cost, norms, positions, receptive_field, rnn_distance, sqrt_dk, teacher_forcing,
-                           warmup)
+from tfm_rs.claims import (attention_cost, bert_vs_gpt, cls_layers, contextual, decoder_mask, depth,
+                           label_smoothing, masks, multihead_cost, norms, positions, receptive_field, rnn_distance,
+                           sqrt_dk, teacher_forcing, warmup)
 from tfm_rs.claims.base import Claim, Outcome, Result, run_claim
 
 __all__ = ["CLAIMS", "Claim", "Outcome", "Result", "get", "run"]
@@ -21,7 +21,7 @@ CLAIMS: Dict[str, Claim] = {c.name: c for c in sorted(
     [sqrt_dk.CLAIM, multihead_cost.CLAIM, positions.SHIFT, positions.ORDER, depth.CLAIM, warmup.CLAIM,
      decoder_mask.MASK, masks.CLAIM, decoder_mask.DEPENDENCY, teacher_forcing.CLAIM,
      receptive_field.CLAIM, rnn_distance.CLAIM, bert_vs_gpt.CLAIM, contextual.CLAIM,
-     label_smoothing.CLAIM, norms.CLAIM, cls_layers.CLAIM],
+     label_smoothing.CLAIM, norms.CLAIM, cls_layers.CLAIM, attention_cost.CLAIM],
     key=lambda c: c.number)}
 
 

@@ -366,17 +366,27 @@ class MultiheadAttention(Module):
 
     def _operator_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Any, key_padding_mask: Any,
                             need_weights: bool, is_causal: bool) -> Tensor:
-        """Linear or LSH attention (no attention matrix, so no weights, masks or dropout on it)."""
+        """Linear or LSH attention: no attention matrix, so no weights, no ``attn_mask`` and no
+        dropout on it; linear attention leaves out the keys a boolean ``key_padding_mask``
+        marks."""
         kind = self.attention
+        padded = _any_padding(key_padding_mask)
         asked = (("need_weights=True", need_weights), ("an attn_mask", attn_mask is not None),
-                 ("a key_padding_mask", _any_padding(key_padding_mask)))
+                 ("a key_padding_mask", padded and kind.name == "lsh"))
         refused = [what for what, given in asked if given]
         if refused:
             raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}') takes no {refused[0]}: "
                                        f"{kind.name} attention has no attention matrix to mask or return "
                                        "(is_causal is supported; pad on the right under is_causal)")
         if kind.name == "linear":
-            return F.linear_attention(q, k, v, causal=is_causal)
+            padding = None
+            if padded:
+                m = _to_numpy(key_padding_mask)
+                if m.dtype != np.bool_:
+                    raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}'): key_padding_mask must be "
+                                               "boolean (True = padding)")
+                padding = m[:, None, :]  # (N, S) over the heads of k (N, H, S, Dh)
+            return F.linear_attention(q, k, v, causal=is_causal, key_padding_mask=padding)
         if q.shape[2] != k.shape[2]:
             raise ShapeError(f"MultiheadAttention(attention='{kind}'): LSH attention is self-attention, got "
                              f"{q.shape[2]} queries and {k.shape[2]} keys")

@@ -36,8 +36,15 @@ fn phi(x: f64) -> f64 {
     }
 }
 
-/// The explicit form in f64: `A = φ(Q)φ(K)ᵀ` (T × T, causal: s ≤ t), out = A V / A 1.
-fn reference(q: &[f64], k: &[f64], v: &[f64], c: &LinearAttentionConfig) -> Vec<f64> {
+/// The explicit form in f64: `A = φ(Q)φ(K)ᵀ` (T × T, causal: s ≤ t), out = A V / A 1, over the
+/// keys `padding` (BH, Tk) does not mark.
+fn reference(
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    c: &LinearAttentionConfig,
+    padding: Option<&[bool]>,
+) -> Vec<f64> {
     let (tq, tk, e, ev) = (c.tq, c.tk, c.e, c.ev);
     let mut out = vec![0.0; c.bh * tq * ev];
     for h in 0..c.bh {
@@ -45,7 +52,7 @@ fn reference(q: &[f64], k: &[f64], v: &[f64], c: &LinearAttentionConfig) -> Vec<
             let mut num = vec![0.0; ev];
             let mut den = 0.0;
             for s in 0..tk {
-                if c.causal && s > t {
+                if (c.causal && s > t) || padding.is_some_and(|p| p[h * tk + s]) {
                     continue;
                 }
                 let a: f64 = (0..e)
@@ -91,7 +98,7 @@ fn case(bh: usize, tq: usize, tk: usize, e: usize, ev: usize, causal: bool) -> C
 
 fn forward(c: &Case) -> Vec<f32> {
     let mut out = vec![f32::NAN; c.cfg.bh * c.cfg.tq * c.cfg.ev];
-    linear_attention_forward(&mut out, &c.q, &c.k, &c.v, &c.cfg);
+    linear_attention_forward(&mut out, &c.q, &c.k, &c.v, None, &c.cfg);
     out
 }
 
@@ -112,7 +119,7 @@ fn shapes() -> Vec<(usize, usize, usize, usize, bool)> {
 fn forward_matches_explicit_form() {
     for (tq, tk, e, ev, causal) in shapes() {
         let c = case(3, tq, tk, e, ev, causal);
-        let want = reference(&to_f64(&c.q), &to_f64(&c.k), &to_f64(&c.v), &c.cfg);
+        let want = reference(&to_f64(&c.q), &to_f64(&c.k), &to_f64(&c.v), &c.cfg, None);
         let what = format!("forward tq={tq} tk={tk} e={e} ev={ev} causal={causal}");
         assert_close(&what, &forward(&c), &want, FWD_TOL);
     }
@@ -141,7 +148,7 @@ fn gradients_match_finite_differences() {
         let want = finite_diff(&x, 1e-5, |x| {
             let (q, rest) = x.split_at(nq);
             let (k, v) = rest.split_at(nk);
-            wdot(&w64, &reference(q, k, v, &cfg))
+            wdot(&w64, &reference(q, k, v, &cfg, None))
         });
         let out = forward(&c);
         let (mut dq, mut dk, mut dv) = (
@@ -149,7 +156,9 @@ fn gradients_match_finite_differences() {
             vec![f32::NAN; nk],
             vec![f32::NAN; c.v.len()],
         );
-        linear_attention_backward(&mut dq, &mut dk, &mut dv, &w, &c.q, &c.k, &c.v, &out, &cfg);
+        linear_attention_backward(
+            &mut dq, &mut dk, &mut dv, &w, &c.q, &c.k, &c.v, &out, None, &cfg,
+        );
         let what = format!("tq={tq} tk={tk} e={e} ev={ev} causal={causal}");
         assert_close(&format!("dq {what}"), &dq, &want[..nq], GRAD_TOL);
         assert_close(&format!("dk {what}"), &dk, &want[nq..nq + nk], GRAD_TOL);
@@ -165,7 +174,7 @@ fn autograd_op_matches_kernels_and_reshapes() {
         leaf(c.k.clone(), &[2, 3, 17, 3]),
         leaf(c.v.clone(), &[2, 3, 17, 5]),
     );
-    let out = linear_attention(&q, &k, &v, true, FeatureMap::Elu).unwrap();
+    let out = linear_attention(&q, &k, &v, true, FeatureMap::Elu, None).unwrap();
     assert_eq!(out.shape(), vec![2, 3, 17, 5]);
     assert_eq!(out.value().data(), &forward(&c)[..]);
     let w = rand_vec(3, out.value().numel(), -1.0, 1.0);
@@ -186,6 +195,7 @@ fn autograd_op_matches_kernels_and_reshapes() {
         &c.k,
         &c.v,
         &forward(&c),
+        None,
         &c.cfg,
     );
     assert_eq!(q.grad().unwrap().data(), &dq[..]);
@@ -236,7 +246,7 @@ fn results_do_not_depend_on_the_thread_count() {
             let mut dk = dq.clone();
             let mut dv = vec![0.0; c.v.len()];
             linear_attention_backward(
-                &mut dq, &mut dk, &mut dv, &w, &c.q, &c.k, &c.v, &out, &c.cfg,
+                &mut dq, &mut dk, &mut dv, &w, &c.q, &c.k, &c.v, &out, None, &c.cfg,
             );
             (out, dq, dk, dv)
         })
@@ -262,6 +272,7 @@ fn bad_input_is_an_error() {
         &t(v),
         causal,
         FeatureMap::Elu,
+        None,
     ) {
         Err(e) => e.kind,
         Ok(_) => panic!("q {q:?} k {k:?} v {v:?} causal {causal}: no error"),
@@ -283,4 +294,81 @@ fn bad_input_is_an_error() {
         FeatureMap::parse("relu").unwrap_err().kind,
         ErrorKind::Value
     );
+    let x = t(&[2, 3, 4]);
+    let wrong_padding = linear_attention(&x, &x, &x, false, FeatureMap::Elu, Some(vec![false; 5]));
+    assert_eq!(wrong_padding.err().map(|e| e.kind), Some(ErrorKind::Shape));
+}
+
+/// Padding keys are left out: the forward equals the explicit form without them (a head whose
+/// keys are all padding gives zeros), and the gradients equal finite differences of that form
+/// (exactly 0 for a padding key's k and v).
+#[test]
+fn key_padding_leaves_keys_out() {
+    for (t, e, ev, causal) in [
+        (1, 2, 3, true),
+        (3, 3, 2, true),
+        (17, 4, 3, true),
+        (17, 4, 3, false),
+        (5, 1, 1, false),
+    ] {
+        let c = case(3, t, t, e, ev, causal);
+        let cfg = c.cfg;
+        // Head 0: every third key; head 1: the last two (right padding); head 2: all of them.
+        let padding: Vec<bool> = (0..3 * t)
+            .map(|i| match i / t {
+                0 => i % 3 == 1,
+                1 => i % t + 2 >= t,
+                _ => true,
+            })
+            .collect();
+        let mut out = vec![f32::NAN; cfg.bh * t * ev];
+        linear_attention_forward(&mut out, &c.q, &c.k, &c.v, Some(&padding), &cfg);
+        let what = format!("t={t} e={e} ev={ev} causal={causal}");
+        let (q64, k64, v64) = (to_f64(&c.q), to_f64(&c.k), to_f64(&c.v));
+        let want = reference(&q64, &k64, &v64, &cfg, Some(&padding));
+        assert_close(&format!("forward {what}"), &out, &want, FWD_TOL);
+        assert!(
+            out[2 * t * ev..].iter().all(|&o| o == 0.0),
+            "{what}: all-padding head"
+        );
+        let w = rand_vec(9, cfg.bh * t * ev, -1.0, 1.0);
+        let w64 = to_f64(&w);
+        let (nq, nk) = (c.q.len(), c.k.len());
+        let x: Vec<f64> = q64.iter().chain(&k64).chain(&v64).copied().collect();
+        let grads = finite_diff(&x, 1e-5, |x| {
+            let (q, rest) = x.split_at(nq);
+            let (k, v) = rest.split_at(nk);
+            wdot(&w64, &reference(q, k, v, &cfg, Some(&padding)))
+        });
+        let (mut dq, mut dk, mut dv) = (
+            vec![f32::NAN; nq],
+            vec![f32::NAN; nk],
+            vec![f32::NAN; c.v.len()],
+        );
+        linear_attention_backward(
+            &mut dq,
+            &mut dk,
+            &mut dv,
+            &w,
+            &c.q,
+            &c.k,
+            &c.v,
+            &out,
+            Some(&padding),
+            &cfg,
+        );
+        assert_close(&format!("dq {what}"), &dq, &grads[..nq], GRAD_TOL);
+        assert_close(&format!("dk {what}"), &dk, &grads[nq..nq + nk], GRAD_TOL);
+        assert_close(&format!("dv {what}"), &dv, &grads[nq + nk..], GRAD_TOL);
+        for (j, _) in padding.iter().enumerate().filter(|(_, &p)| p) {
+            assert!(
+                dk[j * e..(j + 1) * e].iter().all(|&g| g == 0.0),
+                "{what}: dk of padding key {j}"
+            );
+            assert!(
+                dv[j * ev..(j + 1) * ev].iter().all(|&g| g == 0.0),
+                "{what}: dv of padding key {j}"
+            );
+        }
+    }
 }
