@@ -257,3 +257,10 @@ def test_functional_linear_attention_padding_shapes_and_types():
         tfm_rs.functional.linear_attention(q, q, q, key_padding_mask=np.zeros((2, 1, 5)))
     out = tfm_rs.functional.linear_attention(q, q, q, key_padding_mask=np.ones((2, 1, 5), bool))
     assert not out.numpy().any()  # no key left: zeros, as a fully masked softmax row
+
+
+def test_hugging_face_layouts_refuse_non_dense_attention(tmp_path):
+    """transformers has no place for the kinds: saving in its layout is refused by name, not lossy."""
+    model = GPT(30, d_model=16, nhead=2, num_layers=1, max_len=16, attention="window(left=4)")
+    with pytest.raises(tfm_rs.TfmError, match="attention="):
+        model.save_pretrained(tmp_path / "gpt2")
