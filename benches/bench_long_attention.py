@@ -17,6 +17,13 @@ Reformer LSH attention (``F.lsh_attention``, 4 hashes, bucket 64, shared QK) aga
 dense causal fused attention, and a causal linear attention written with PyTorch's ``cumsum``
 (what a user would write; it stores a T × E × Ev prefix tensor, so it runs up to ``--torch-max``).
 ``dense/lin`` > 1 is where linear attention pays off (the crossover).
+
+A third table decodes with small GPTs (d_model 256, 4 heads, 4 layers, random weights) whose layers
+are all dense, all windowed (``window(left=256, global=16)``: a rolling cache) or all linear (a
+recurrent state), through the native decoder: the prefill of a ``--context`` token prompt (8k;
+384 with ``--smoke``) in feeds of 512 tokens, then 64 generated tokens one at a time, with each
+process's peak RSS. The dense model's KV cache grows by 8 KiB per token and layer (64 MiB at 8k);
+the window's stays near (16 + 256 + 512) rows, the linear state at 4 × 64 × 64 floats per layer.
 """
 from __future__ import annotations
 
@@ -36,9 +43,39 @@ from tfm_rs.bench import cpu_model
 
 WINDOW, GLOBALS, HEADS, HEAD_DIM = 256, 16, 8, 64
 LSH_HASHES, LSH_BUCKET = 4, 64
+DECODE_KINDS = {"dense": "dense", "window": f"window(left={WINDOW}, global={GLOBALS})", "linear": "linear"}
+DECODE_NEW, DECODE_CHUNK = 64, 512
+
+
+def decode_worker(kind: str, context: int, threads: int) -> dict:
+    """Prefill ``context`` tokens, then decode ``DECODE_NEW`` greedily, one at a time."""
+    import tfm_rs
+    from tfm_rs import _core
+    from tfm_rs.decode import decoder_weights
+    from tfm_rs.models import GPT
+
+    tfm_rs.set_num_threads(threads)
+    tfm_rs.manual_seed(0)
+    model = GPT(1000, d_model=256, nhead=4, num_layers=4, max_len=context + DECODE_NEW, dropout=0.0,
+                attention=DECODE_KINDS[kind]).eval()
+    dec = _core.Decoder(decoder_weights(model), 1)
+    prompt = np.random.default_rng(0).integers(0, 1000, context).tolist()
+    t0 = time.perf_counter()
+    # In chunks, as a long prompt is fed: a windowed layer evicts after each feed, so its cache
+    # stays near window + chunk rows while the dense one keeps every position.
+    for start in range(0, context, DECODE_CHUNK):
+        logits = dec.feed([prompt[start:start + DECODE_CHUNK]])
+    t1 = time.perf_counter()
+    for _ in range(DECODE_NEW):
+        logits = dec.feed([[int(np.argmax(logits[0]))]])
+    t2 = time.perf_counter()
+    return {"prefill_s": t1 - t0, "tok_s": DECODE_NEW / (t2 - t1),
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def worker(method: str, t: int, repeat: int, threads: int) -> dict:
+    if method.startswith("decode_"):
+        return decode_worker(method[len("decode_"):], t, threads)
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((1, HEADS, t, HEAD_DIM)).astype(np.float32) for _ in range(3)]
     if method == "torch_linear":
@@ -114,6 +151,8 @@ def main() -> None:
     ap.add_argument("--dense-max", type=int, default=16384)
     ap.add_argument("--torch-max", type=int, default=4096)
     ap.add_argument("--smoke", action="store_true", help="T 384, one run each: checks that the script runs")
+    ap.add_argument("--context", type=int, default=8192, help="prompt length of the decoding table")
+    ap.add_argument("--only-decode", action="store_true", help="only the decoding table")
     args = ap.parse_args()
     ts = [t for t in args.t if not (args.quick and t > 16384)]
     if args.smoke:
@@ -121,6 +160,9 @@ def main() -> None:
     # Not imported here: a worker inherits this process's peak RSS through fork (Linux keeps the
     # high-water mark across exec), and torch alone is ~500 MB.
     has_torch = importlib.util.find_spec("torch") is not None  # a benchmark baseline only
+    if args.only_decode:
+        decoding(args)
+        return
     print(f"{cpu_model()}, {args.threads} threads; batch 1, {HEADS} heads, head dim {HEAD_DIM}, window "
           f"{WINDOW}+{WINDOW} with {GLOBALS} global tokens; forward + backward, median seconds; peak RSS "
           f"per process; torch {'installed' if has_torch else 'not installed'}")
@@ -142,6 +184,7 @@ def main() -> None:
         cells.append(f"{win['s'] / t * 1024:9.4f}")
         print(" ".join(cells), flush=True)
     kinds(ts, args)
+    decoding(args)
 
 
 def _cell(r: Optional[dict], width: int) -> list:
@@ -167,6 +210,18 @@ def kinds(ts: list, args: argparse.Namespace) -> None:
         cells = [f"{t:>6}", *_cell(dense, 9), *_cell(lin, 9), _ratio(dense, lin), *_cell(lsh, 8), _ratio(dense, lsh),
                  *_cell(ref, 11)]
         print(" ".join(cells), flush=True)
+
+
+def decoding(args: argparse.Namespace) -> None:
+    """The third table: GPT decoding at a long context, dense against windowed and linear layers."""
+    context = 384 if args.smoke else args.context
+    print(f"\n{cpu_model()}, {args.threads} threads; GPT d_model 256, 4 heads, 4 layers; prefill {context} tokens, "
+          f"then {DECODE_NEW} decoded one at a time; peak RSS per process")
+    print(f"{'layers':>8} {'prefill s':>10} {'decode tok/s':>13} {'RSS MB':>7} {'tok/s vs dense':>15}")
+    results = {kind: run(f"decode_{kind}", context, 1, args.threads) for kind in DECODE_KINDS}
+    for kind, r in results.items():
+        print(f"{kind:>8} {r['prefill_s']:10.2f} {r['tok_s']:13.1f} {r['rss_mb']:7.0f} "
+              f"{r['tok_s'] / results['dense']['tok_s']:15.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ fn gemm_activation(kind: ActivationKind) -> Activation {
     }
 }
 
-/// One query row `q (a)` attending, head by head, to `len` keys and values stored as rows of
+/// One query row `q (a)` attending, head by head, to the keys and values in rows `spans` (two
+/// ranges, in order: a windowed layer's global rows and its window) of `keys`/`values`, rows of
 /// `kv_heads·dh` (head `h` in columns `h·dh..(h+1)·dh`) → `out (a)`. `a = nhead·dh`; query head
 /// `h` reads key/value head `h / (nhead / kv_heads)` (grouped-query attention; usually
 /// `kv_heads = nhead`). `scores` is scratch space. Inlined into [`attend_simd`], which compiles
@@ -181,7 +182,7 @@ fn attend(
     q: &[f32],
     keys: &[f32],
     values: &[f32],
-    len: usize,
+    spans: &Spans,
     (nhead, kv_heads): (usize, usize),
     out: &mut [f32],
     scores: &mut Vec<f32>,
@@ -190,14 +191,15 @@ fn attend(
     let dh = d / nhead;
     let (dkv, group) = (kv_heads * dh, nhead / kv_heads);
     let scale = 1.0 / (dh as f32).sqrt();
-    scores.resize(len, 0.0);
+    let rows = || spans[0].clone().chain(spans[1].clone());
+    scores.resize(spans[0].len() + spans[1].len(), 0.0);
     out.fill(0.0);
     for h in 0..nhead {
         let cols = h * dh..(h + 1) * dh;
         let kv_cols = (h / group) * dh..(h / group + 1) * dh;
         let qh = &q[cols.clone()];
         let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
+        for (j, s) in rows().zip(scores.iter_mut()) {
             *s = dot(qh, &keys[j * dkv..][kv_cols.clone()]) * scale;
             max = max.max(*s);
         }
@@ -207,7 +209,7 @@ fn attend(
             total += *s;
         }
         let oh = &mut out[cols.clone()];
-        for (j, &s) in scores.iter().enumerate() {
+        for (j, &s) in rows().zip(scores.iter()) {
             let p = s / total;
             for (o, &v) in oh.iter_mut().zip(&values[j * dkv..][kv_cols.clone()]) {
                 *o += p * v;
@@ -223,29 +225,36 @@ simd_kernel! {
         q: &[f32],
         keys: &[f32],
         values: &[f32],
-        len: usize,
+        spans: &Spans,
         heads: (usize, usize),
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
-        attend(q, keys, values, len, heads, out, scores)
+        attend(q, keys, values, spans, heads, out, scores)
     }
 }
 
+/// The rows a query attends: two ranges, the second empty unless a window leaves a gap after
+/// the global rows.
+type Spans = [std::ops::Range<usize>; 2];
+
 /// Runs `attend` for every query (rows of `q`, each `d = nhead·dh` wide), in parallel when the
-/// work is large enough. `kv(i)` gives query `i`'s keys, values and their count.
+/// work is large enough. `kv(i)` gives query `i`'s keys, values and the rows it attends.
 fn attend_all<'a>(
     q: &[f32],
     d: usize,
     nhead: (usize, usize),
-    kv: impl Fn(usize) -> (&'a [f32], &'a [f32], usize) + Sync,
+    kv: impl Fn(usize) -> (&'a [f32], &'a [f32], Spans) + Sync,
 ) -> Vec<f32> {
     let n = q.len() / d;
     let mut out = vec![0.0f32; n * d];
-    let work: usize = (0..n).map(|i| kv(i).2).sum::<usize>() * d;
+    let work: usize = (0..n)
+        .map(|i| kv(i).2.iter().map(|r| r.len()).sum::<usize>())
+        .sum::<usize>()
+        * d;
     let body = |(i, o): (usize, &mut [f32]), scores: &mut Vec<f32>| {
-        let (k, v, len) = kv(i);
-        attend_simd(&q[i * d..][..d], k, v, len, nhead, o, scores);
+        let (k, v, spans) = kv(i);
+        attend_simd(&q[i * d..][..d], k, v, &spans, nhead, o, scores);
     };
     if work >= PAR_MIN && n > 1 {
         out.par_chunks_mut(d)
@@ -391,28 +400,15 @@ struct LayerCache {
 }
 
 impl LayerCache {
-    /// The keys and values query position `p` sees, as one run of cache rows when they are
-    /// contiguous there (always, one token at a time), else gathered: `(k, v, count)` of rows
-    /// `akv` wide.
-    fn visible(&self, p: usize, window: Option<Window>, akv: usize) -> (KvView<'_>, usize) {
+    /// The cache rows query position `p` sees: all of `0..=p`, or for a window the global rows
+    /// and the window's (contiguous after one token at a time; with a gap during a prefill).
+    fn visible(&self, p: usize, window: Option<Window>) -> Spans {
         let Some(Window { left, global }) = window else {
-            return (KvView::Cache(&self.k, &self.v), p + 1);
+            return [0..p + 1, 0..0];
         };
         let g = global.min(p + 1);
         let lo = p.saturating_sub(left).max(g);
-        let (first, last) = (lo - self.dropped, p + 1 - self.dropped);
-        if first == g {
-            return (KvView::Cache(&self.k, &self.v), last);
-        }
-        let gather = |x: &[f32]| {
-            let mut out = x[..g * akv].to_vec();
-            out.extend_from_slice(&x[first * akv..last * akv]);
-            out
-        };
-        (
-            KvView::Gathered(gather(&self.k), gather(&self.v)),
-            g + last - first,
-        )
+        [0..g, lo - self.dropped..p + 1 - self.dropped]
     }
 
     /// Drops what no later query of a windowed layer sees: with `len` positions so far, the
@@ -451,12 +447,6 @@ fn linear_attention_step(
         out.extend(state.step(&row[..a], &row[a..2 * a], &row[2 * a..])?);
     }
     Ok(out)
-}
-
-/// Keys and values a query attends: a prefix of the cache, or a gathered copy.
-enum KvView<'a> {
-    Cache(&'a [f32], &'a [f32]),
-    Gathered(Vec<f32>, Vec<f32>),
 }
 
 /// The decoder with its cache: rows are created by [`Decoder::new`], advanced by
@@ -660,13 +650,10 @@ impl Decoder {
                     .collect();
                 let rows = &self.rows;
                 let window = layer.attention.window();
-                let views: Vec<(KvView, usize)> = queries
-                    .iter()
-                    .map(|&(r, p)| rows[r].layers[l].visible(p, window, akv))
-                    .collect();
-                attend_all(&q, a, (heads, kv_heads), |i| match &views[i] {
-                    (KvView::Cache(k, v), n) => (*k, *v, *n),
-                    (KvView::Gathered(k, v), n) => (k.as_slice(), v.as_slice(), *n),
+                attend_all(&q, a, (heads, kv_heads), |i| {
+                    let (r, p) = queries[i];
+                    let cache = &rows[r].layers[l];
+                    (&cache.k[..], &cache.v[..], cache.visible(p, window))
                 })
             };
             let rows = &self.rows;
@@ -703,7 +690,7 @@ impl Decoder {
                 let att = attend_all(&q, a, (heads, heads), |i| {
                     let src = &memory.sources[rows[queries[i].0].source];
                     let (k, v) = &src.layers[l];
-                    (k.as_slice(), v.as_slice(), src.len)
+                    (k.as_slice(), v.as_slice(), [0..src.len, 0..0])
                 });
                 x = residual(
                     x,
@@ -778,11 +765,10 @@ mod window_tests {
                             .filter(|&j| j < global || j + left >= p)
                             .map(|j| j as f32)
                             .collect();
-                        let (view, count) = cache.visible(p, window, 1);
-                        let (k, v) = match &view {
-                            KvView::Cache(k, v) => (&k[..count], &v[..count]),
-                            KvView::Gathered(k, v) => (&k[..count], &v[..count]),
-                        };
+                        let spans = cache.visible(p, window);
+                        let rows = spans[0].clone().chain(spans[1].clone());
+                        let k: Vec<f32> = rows.clone().map(|j| cache.k[j]).collect();
+                        let v: Vec<f32> = rows.map(|j| cache.v[j]).collect();
                         assert_eq!(k, want, "left={left} global={global} feed={feed} p={p}");
                         assert!(v.iter().zip(&want).all(|(a, b)| *a == -b));
                     }
