@@ -74,15 +74,20 @@ def test_incremental_logits_equal_full_forward_seq2seq(kw):
     np.testing.assert_allclose(pre, full[:, 4], rtol=1e-5, atol=1e-5 * np.abs(full[:, 4]).max())
 
 
-def test_incremental_logits_equal_full_forward_gpt():
-    m = gpt(scale=1.0).eval()
-    ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
+def gpt_steps_equal_full_forward(m, ids):
+    """Feeds ``ids (2, T)`` one token at a time and checks each step's logits against the full
+    forward's; returns the full forward's logits."""
     with tfm_rs.no_grad():
         full = m(ids).numpy()
     dec = _core.Decoder(decoder_weights(m), 2)
     for t in range(ids.shape[1]):
         step = dec.feed([[int(ids[r, t])] for r in range(2)])
         np.testing.assert_allclose(step, full[:, t], rtol=1e-5, atol=1e-5 * np.abs(full[:, t]).max())
+    return full
+
+
+def test_incremental_logits_equal_full_forward_gpt():
+    gpt_steps_equal_full_forward(gpt(scale=1.0).eval(), np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]]))
 
 
 @pytest.mark.parametrize("attention", ["window(left=3, global=2)", "window(left=1); dense",
@@ -93,12 +98,7 @@ def test_window_and_linear_gpts_decode_with_bounded_state(attention):
     at a time and after prefills (which read positions a later step no longer keeps)."""
     m = gpt(scale=1.0, max_len=24, attention=attention).eval()
     ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7], [2, 7, 1, 8, 2, 8, 1, 8, 2, 8, 4, 5, 9, 0]])
-    with tfm_rs.no_grad():
-        full = m(ids).numpy()
-    dec = _core.Decoder(decoder_weights(m), 2)
-    for t in range(ids.shape[1]):
-        step = dec.feed([[int(ids[r, t])] for r in range(2)])
-        np.testing.assert_allclose(step, full[:, t], rtol=1e-5, atol=1e-5 * np.abs(full[:, t]).max())
+    full = gpt_steps_equal_full_forward(m, ids)
     dec2 = _core.Decoder(decoder_weights(m), 2)
     dec2.feed([ids[r, :9].tolist() for r in range(2)])
     pre = dec2.feed([ids[r, 9:12].tolist() for r in range(2)])

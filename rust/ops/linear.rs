@@ -217,8 +217,9 @@ pub fn linear_with(x: &Var, w: &Var, b: Option<&Var>, precision: Precision) -> R
 mod gpu {
     use super::{check, Needs};
     use crate::error::Result;
-    use crate::gpu::ops::gemm::{gemm, GemmShape};
+    use crate::gpu::ops::gemm::GemmShape;
     use crate::ops::broadcast::{broadcast_to, sum_to};
+    use crate::ops::matmul::gpu::gemm_tensors;
     use crate::tensor::Tensor;
 
     const OP: &str = "linear";
@@ -236,14 +237,7 @@ mod gpu {
             trans_b: true,
             ..GemmShape::new(rows, inp, out)
         };
-        gemm(
-            y.gpu(OP)?.buffer(),
-            x.gpu(OP)?.buffer(),
-            w.gpu(OP)?.buffer(),
-            &s,
-            1.0,
-            beta,
-        )?;
+        gemm_tensors(OP, [&y, x, w], &s, beta)?;
         Ok(y)
     }
 
@@ -258,14 +252,7 @@ mod gpu {
         let out = w.shape()[0];
         let product = |a: &Tensor, b: &Tensor, s: GemmShape, shape: &[usize]| {
             let c = Tensor::gpu_zeros(shape)?;
-            gemm(
-                c.gpu(OP)?.buffer(),
-                a.gpu(OP)?.buffer(),
-                b.gpu(OP)?.buffer(),
-                &s,
-                1.0,
-                0.0,
-            )?;
+            gemm_tensors(OP, [&c, a, b], &s, 0.0)?;
             Ok::<_, crate::error::TfmError>(c)
         };
         // dx (rows, in) = G (rows, out) · W (out, in).

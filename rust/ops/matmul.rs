@@ -290,7 +290,7 @@ pub fn matmul_with(a: &Var, b: &Var, precision: Precision) -> Result<Var> {
 /// ([`broadcast_to`](crate::ops::broadcast::broadcast_to)), and its gradient summed back
 /// ([`sum_to`]).
 #[cfg(feature = "wgpu")]
-mod gpu {
+pub(super) mod gpu {
     use super::{sum_to, Plan};
     use crate::error::Result;
     use crate::gpu::ops::gemm::{gemm, GemmShape};
@@ -298,6 +298,24 @@ mod gpu {
     use crate::tensor::{numel, Tensor};
 
     const OP: &str = "matmul";
+
+    /// `c ← a·b + β·c` by the GPU GEMM on tensors that GPU code composed (linear's and matmul's
+    /// paths); a `Device` error naming `op` for a host tensor.
+    pub(in crate::ops) fn gemm_tensors(
+        op: &'static str,
+        [c, a, b]: [&Tensor; 3],
+        s: &GemmShape,
+        beta: f32,
+    ) -> Result<()> {
+        gemm(
+            c.gpu(op)?.buffer(),
+            a.gpu(op)?.buffer(),
+            b.gpu(op)?.buffer(),
+            s,
+            1.0,
+            beta,
+        )
+    }
 
     /// `x` as a stack `(batch…, rows, cols)` expanded to `out_batch`, and whether it has one matrix
     /// per product (`false`: no batch dimensions, one matrix shared by all).
@@ -335,14 +353,7 @@ mod gpu {
         } else {
             GemmShape::new(batch * p.m, p.k, p.n)
         };
-        gemm(
-            out.gpu(OP)?.buffer(),
-            a.gpu(OP)?.buffer(),
-            b.gpu(OP)?.buffer(),
-            &s,
-            1.0,
-            0.0,
-        )?;
+        gemm_tensors(OP, [&out, &a, &b], &s, 0.0)?;
         Ok(out)
     }
 
@@ -367,14 +378,7 @@ mod gpu {
             batched_b,
             ..GemmShape::new(m, n, k)
         };
-        gemm(
-            ga.gpu(OP)?.buffer(),
-            g.gpu(OP)?.buffer(),
-            bv.gpu(OP)?.buffer(),
-            &s,
-            1.0,
-            0.0,
-        )?;
+        gemm_tensors(OP, [&ga, g, &bv], &s, 0.0)?;
         let ga = sum_to(&ga, &[&p.a_batch[..], &[m, k]].concat())?.reshape(a.shape())?;
         // dB (out_batch, k, n) = Aᵀ · G; for a shared b, one product over all rows.
         let gb = if batched_b {
@@ -385,14 +389,7 @@ mod gpu {
                 batched_a,
                 ..GemmShape::new(k, m, n)
             };
-            gemm(
-                gb.gpu(OP)?.buffer(),
-                av.gpu(OP)?.buffer(),
-                g.gpu(OP)?.buffer(),
-                &s,
-                1.0,
-                0.0,
-            )?;
+            gemm_tensors(OP, [&gb, &av, g], &s, 0.0)?;
             sum_to(&gb, &[&p.b_batch[..], &[k, n]].concat())?
         } else {
             let gb = Tensor::gpu_zeros(&[k, n])?;
@@ -400,14 +397,7 @@ mod gpu {
                 trans_a: true,
                 ..GemmShape::new(k, batch * m, n)
             };
-            gemm(
-                gb.gpu(OP)?.buffer(),
-                av.gpu(OP)?.buffer(),
-                g.gpu(OP)?.buffer(),
-                &s,
-                1.0,
-                0.0,
-            )?;
+            gemm_tensors(OP, [&gb, &av, g], &s, 0.0)?;
             gb
         };
         Ok((ga, gb.reshape(b.shape())?))

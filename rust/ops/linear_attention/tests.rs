@@ -125,6 +125,44 @@ fn forward_matches_explicit_form() {
     }
 }
 
+/// The kernel backward (with `padding`) against finite differences of the f64 explicit form,
+/// for the loss `Σ w·out` with `w` drawn from `seed`; returns `(dk, dv)`.
+fn check_gradients(
+    c: &Case,
+    padding: Option<&[bool]>,
+    seed: u64,
+    what: &str,
+) -> (Vec<f32>, Vec<f32>) {
+    let cfg = c.cfg;
+    let w = rand_vec(seed, cfg.bh * cfg.tq * cfg.ev, -1.0, 1.0);
+    let w64 = to_f64(&w);
+    let (nq, nk) = (c.q.len(), c.k.len());
+    let x: Vec<f64> = to_f64(&c.q)
+        .into_iter()
+        .chain(to_f64(&c.k))
+        .chain(to_f64(&c.v))
+        .collect();
+    let want = finite_diff(&x, 1e-5, |x| {
+        let (q, rest) = x.split_at(nq);
+        let (k, v) = rest.split_at(nk);
+        wdot(&w64, &reference(q, k, v, &cfg, padding))
+    });
+    let mut out = vec![f32::NAN; cfg.bh * cfg.tq * cfg.ev];
+    linear_attention_forward(&mut out, &c.q, &c.k, &c.v, padding, &cfg);
+    let (mut dq, mut dk, mut dv) = (
+        vec![f32::NAN; nq],
+        vec![f32::NAN; nk],
+        vec![f32::NAN; c.v.len()],
+    );
+    linear_attention_backward(
+        &mut dq, &mut dk, &mut dv, &w, &c.q, &c.k, &c.v, &out, padding, &cfg,
+    );
+    assert_close(&format!("dq {what}"), &dq, &want[..nq], GRAD_TOL);
+    assert_close(&format!("dk {what}"), &dk, &want[nq..nq + nk], GRAD_TOL);
+    assert_close(&format!("dv {what}"), &dv, &want[nq + nk..], GRAD_TOL);
+    (dk, dv)
+}
+
 #[test]
 fn gradients_match_finite_differences() {
     for (tq, tk, e, ev, causal) in [
@@ -136,33 +174,12 @@ fn gradients_match_finite_differences() {
         (17, 17, 2, 3, false),
     ] {
         let c = case(2, tq, tk, e, ev, causal);
-        let cfg = c.cfg;
-        let w = rand_vec(7, cfg.bh * tq * ev, -1.0, 1.0);
-        let w64 = to_f64(&w);
-        let (nq, nk) = (c.q.len(), c.k.len());
-        let x: Vec<f64> = to_f64(&c.q)
-            .into_iter()
-            .chain(to_f64(&c.k))
-            .chain(to_f64(&c.v))
-            .collect();
-        let want = finite_diff(&x, 1e-5, |x| {
-            let (q, rest) = x.split_at(nq);
-            let (k, v) = rest.split_at(nk);
-            wdot(&w64, &reference(q, k, v, &cfg, None))
-        });
-        let out = forward(&c);
-        let (mut dq, mut dk, mut dv) = (
-            vec![f32::NAN; nq],
-            vec![f32::NAN; nk],
-            vec![f32::NAN; c.v.len()],
+        check_gradients(
+            &c,
+            None,
+            7,
+            &format!("tq={tq} tk={tk} e={e} ev={ev} causal={causal}"),
         );
-        linear_attention_backward(
-            &mut dq, &mut dk, &mut dv, &w, &c.q, &c.k, &c.v, &out, None, &cfg,
-        );
-        let what = format!("tq={tq} tk={tk} e={e} ev={ev} causal={causal}");
-        assert_close(&format!("dq {what}"), &dq, &want[..nq], GRAD_TOL);
-        assert_close(&format!("dk {what}"), &dk, &want[nq..nq + nk], GRAD_TOL);
-        assert_close(&format!("dv {what}"), &dv, &want[nq + nk..], GRAD_TOL);
     }
 }
 
@@ -331,35 +348,7 @@ fn key_padding_leaves_keys_out() {
             out[2 * t * ev..].iter().all(|&o| o == 0.0),
             "{what}: all-padding head"
         );
-        let w = rand_vec(9, cfg.bh * t * ev, -1.0, 1.0);
-        let w64 = to_f64(&w);
-        let (nq, nk) = (c.q.len(), c.k.len());
-        let x: Vec<f64> = q64.iter().chain(&k64).chain(&v64).copied().collect();
-        let grads = finite_diff(&x, 1e-5, |x| {
-            let (q, rest) = x.split_at(nq);
-            let (k, v) = rest.split_at(nk);
-            wdot(&w64, &reference(q, k, v, &cfg, Some(&padding)))
-        });
-        let (mut dq, mut dk, mut dv) = (
-            vec![f32::NAN; nq],
-            vec![f32::NAN; nk],
-            vec![f32::NAN; c.v.len()],
-        );
-        linear_attention_backward(
-            &mut dq,
-            &mut dk,
-            &mut dv,
-            &w,
-            &c.q,
-            &c.k,
-            &c.v,
-            &out,
-            Some(&padding),
-            &cfg,
-        );
-        assert_close(&format!("dq {what}"), &dq, &grads[..nq], GRAD_TOL);
-        assert_close(&format!("dk {what}"), &dk, &grads[nq..nq + nk], GRAD_TOL);
-        assert_close(&format!("dv {what}"), &dv, &grads[nq + nk..], GRAD_TOL);
+        let (dk, dv) = check_gradients(&c, Some(&padding), 9, &what);
         for (j, _) in padding.iter().enumerate().filter(|(_, &p)| p) {
             assert!(
                 dk[j * e..(j + 1) * e].iter().all(|&g| g == 0.0),
