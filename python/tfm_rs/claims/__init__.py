@@ -7,22 +7,29 @@ plots. ``tfm-rs claims`` is the command line; ``docs/claims.md`` the table of fi
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Dict, Optional
 
-from tfm_rs.claims import (attention_cost, bert_vs_gpt, cls_layers, contextual, decoder_mask, depth,
-                           label_smoothing, masks, multihead_cost, norms, positions, receptive_field, rnn_distance,
-                           sqrt_dk, teacher_forcing, warmup)
 from tfm_rs.claims.base import Claim, Outcome, Result, run_claim
 
 __all__ = ["CLAIMS", "Claim", "Outcome", "Result", "get", "run"]
 
-CLAIMS: Dict[str, Claim] = {c.name: c for c in sorted(
-    [sqrt_dk.CLAIM, multihead_cost.CLAIM, positions.SHIFT, positions.ORDER, depth.CLAIM, warmup.CLAIM,
-     decoder_mask.MASK, masks.CLAIM, decoder_mask.DEPENDENCY, teacher_forcing.CLAIM,
-     receptive_field.CLAIM, rnn_distance.CLAIM, bert_vs_gpt.CLAIM, contextual.CLAIM,
-     label_smoothing.CLAIM, norms.CLAIM, cls_layers.CLAIM, attention_cost.CLAIM],
-    key=lambda c: c.number)}
+
+def _discover() -> Dict[str, Claim]:
+    # Every module of this package but ``base`` holds one or more claims; finding them by
+    # type means adding a claim is adding its module, with no list to keep in step.
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name == "base":
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        found.extend(v for v in vars(module).values() if isinstance(v, Claim))
+    return {c.name: c for c in sorted(found, key=lambda c: c.number)}
+
+
+CLAIMS: Dict[str, Claim] = _discover()
 
 
 def get(name: str) -> Claim:
