@@ -53,16 +53,36 @@ SRC = pad_batch([[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]])
 # ---------------------------------------------------------------- the cache
 
 
+def with_batch_statistics(m, *inputs):
+    """Gives a batch-norm model's norms running statistics and affine parameters far from their
+    (0, 1) and (1, 0) starts, so that decoding with them folded in is a real check."""
+    rng = np.random.default_rng(5)
+    for name, p in m.named_parameters():
+        if "norm" in name:
+            p.copy_(rng.uniform(0.5, 1.5, p.shape).astype(np.float32) * (1 if name.endswith("weight") else 0.3))
+    m.train()
+    with tfm_rs.no_grad():
+        for _ in range(4):
+            m(*inputs)
+    return m.eval()
+
+
 @pytest.mark.parametrize("kw", [{}, {"norm_first": True}, {"share_embeddings": True, "activation": "gelu"},
-                                {"norm": "rms"}, {"norm": "rms", "norm_first": True}])
+                                {"norm": "rms"}, {"norm": "rms", "norm_first": True},
+                                {"norm": "batch"}, {"norm": "batch", "norm_first": True}])
 def test_incremental_logits_equal_full_forward_seq2seq(kw):
+    """The engine's step-by-step logits equal the full forward's for every norm (batch norm
+    decodes with its running statistics, folded into a per-channel affine map)."""
     tfm_rs.manual_seed(0)
     m = Seq2SeqTransformer(V, V, d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=2,
-                           dim_feedforward=48, max_len=24, **kw).eval()
+                           dim_feedforward=48, max_len=24, dropout=0.0, **kw).eval()
+    tgt = np.array([[1, 4, 9, 2, 7, 7, 3, 11]] * 3) + np.arange(3)[:, None]
+    if kw.get("norm") == "batch":
+        with_batch_statistics(m, SRC, tgt)
+        assert np.abs(m.transformer.decoder.layers[0].norm1.running_mean.numpy()).max() > 0.01
     mask = SRC == m.pad_id
     with tfm_rs.no_grad():
         memory = m.encode(SRC)
-        tgt = np.array([[1, 4, 9, 2, 7, 7, 3, 11]] * 3) + np.arange(3)[:, None]
         full = m.decode(tgt, memory, mask).numpy()
     dec = _core.Decoder(decoder_weights(m), 3, memory, mask)
     for t in range(tgt.shape[1]):
@@ -86,8 +106,13 @@ def gpt_steps_equal_full_forward(m, ids):
     return full
 
 
-def test_incremental_logits_equal_full_forward_gpt():
-    gpt_steps_equal_full_forward(gpt(scale=1.0).eval(), np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]]))
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_incremental_logits_equal_full_forward_gpt(norm):
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
+    m = gpt(scale=1.0, norm=norm, dropout=0.0)
+    if norm == "batch":
+        with_batch_statistics(m, ids)
+    gpt_steps_equal_full_forward(m.eval(), ids)
 
 
 @pytest.mark.parametrize("attention", ["window(left=3, global=2)", "window(left=1); dense",

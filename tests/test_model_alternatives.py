@@ -80,18 +80,21 @@ def test_batch_norm_statistics_ignore_padding() -> None:
             assert_close(y, x.numpy(), rtol=1e-5, atol=1e-6, what=name)
 
 
-def test_native_decoding_runs_layer_and_rms_norm_models() -> None:
+def test_native_decoding_runs_every_norm() -> None:
     """RMSNorm models decode natively (the incremental logits are checked against the full
-    forward in tests/test_decode.py); greedy GPT decoding equals the argmax of the full forward
-    step by step; batch norm is refused with a clear error."""
+    forward in tests/test_decode.py, as are batch-norm models'); greedy GPT decoding equals the
+    argmax of the full forward step by step; batch norm without running statistics is refused
+    with a clear error."""
     model = GPT(32, d_model=16, nhead=2, num_layers=2, dropout=0.0, max_len=16, norm="rms").eval()
     out = model.generate(np.array([3, 5, 7]), max_new_tokens=5).sequences[0]
     ids = [3, 5, 7]
     for _ in range(5):
         ids.append(int(model(np.array([ids])).numpy()[0, -1].argmax()))
     assert out == ids
-    with pytest.raises(tfm_rs.InvalidArgumentError, match="LayerNorm and RMSNorm"):
-        transformer_tiny(32, norm="batch").generate(SRC[:1], max_new_tokens=3)
+    untracked = transformer_tiny(32, norm="batch")
+    untracked.transformer.decoder.layers[0].norm1.track_running_stats = False
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="track_running_stats=False"):
+        untracked.generate(SRC[:1], max_new_tokens=3)
     with pytest.raises(tfm_rs.InvalidArgumentError, match="norm"):
         transformer_tiny(32, norm="power")
 

@@ -371,7 +371,7 @@ def test_decoder_weights_reject_head_counts_that_do_not_match_the_weights():
     from tfm_rs._core import DecoderWeights
     from tfm_rs.decode.weights import _layer, _linear, _norm
     s = model.decoder_spec()
-    base = dict(head_dim=4, norm_first=bool(s.norm_first), eps=1e-5, centred=True, embed=s.embed,
+    base = dict(head_dim=4, norm_first=bool(s.norm_first), eps=1e-5, norm="layer", embed=s.embed,
                 embed_scale=float(s.embed_scale), positions=s.positions, final_norm=_norm(s.final_norm),
                 head=_linear(s.head), activation=s.activation)
     layers = [_layer(layer, "model") for layer in s.layers]
@@ -387,6 +387,11 @@ def test_decoder_weights_reject_head_counts_that_do_not_match_the_weights():
         assert "panic" not in str(info.value).lower()
     with pytest.raises(tfm_rs.InvalidArgumentError, match="head_dim"):
         DecoderWeights(dict(base, head_dim=0, layers=layers))
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="norm must be layer, rms or affine"):
+        DecoderWeights(dict(base, norm="batch", layers=layers))
+    no_bias = [dict(layers[0], norm_ff=(layers[0]["norm_ff"][0], None)), layers[1]]
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="layer 0 feed-forward norm: an affine norm needs a weight"):
+        DecoderWeights(dict(base, norm="affine", layers=no_bias))
     with pytest.raises(OverflowError):
         DecoderWeights(dict(base, layers=[dict(layers[0], self_heads=-1), layers[1]]))
 

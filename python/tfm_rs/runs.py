@@ -349,10 +349,6 @@ def _finish_run(cfg: Config, data: Data, trainer: Any, averager: Any, out: Any, 
                                    num_beams=beams, length_penalty=t["length_penalty"])
 
     results: Dict[str, Any] = {"command": command, "steps": trainer.step}
-    if test is not None and model.config.get("norm") == "batch":
-        out("test BLEU skipped: the native decoder runs LayerNorm and RMSNorm models only (model.norm = 'batch'); "
-            "the validation loss below is teacher-forced")
-        test = None
     if averager.count:
         if test is not None:
             results["bleu_greedy_last"] = metrics_bleu(translate(1), test[1])["score"]

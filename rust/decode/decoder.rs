@@ -16,7 +16,7 @@
 //! int8 weights are packed once per weight and run on the integer GEMM (`cpu::qgemm`).
 
 use super::llama;
-use super::weights::{DecoderWeights, Linear, Norm, SelfAttention, Weight, Window};
+use super::weights::{DecoderWeights, Linear, Norm, NormKind, SelfAttention, Weight, Window};
 use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
 use crate::cpu::simd::simd_kernel;
@@ -149,18 +149,34 @@ impl PackedWeights {
     }
 }
 
-/// `(eps, centred)`: the norms' epsilon and LayerNorm (`true`) or RMSNorm (`false`).
+/// `norm(x + residual)` over rows of width `d`; `(eps, kind)` as in [`DecoderWeights`].
 fn norm(
     x: &[f32],
     residual: Option<&[f32]>,
     n: usize,
     d: usize,
     p: &Norm,
-    eps: (f32, bool),
+    eps: (f32, NormKind),
 ) -> Vec<f32> {
     let w = p.weight.as_ref().map(|t| t.data());
     let b = p.bias.as_ref().map(|t| t.data());
-    layer_norm_forward(x, residual, n, d, w, b, eps.0, eps.1).y
+    match (eps.1, w, b) {
+        (NormKind::Affine, Some(w), Some(b)) => {
+            let mut y = x.to_vec();
+            if let Some(r) = residual {
+                y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+            }
+            for row in y.chunks_exact_mut(d) {
+                for ((v, w), b) in row.iter_mut().zip(w).zip(b) {
+                    *v = *v * w + b;
+                }
+            }
+            y
+        }
+        (kind, w, b) => {
+            layer_norm_forward(x, residual, n, d, w, b, eps.0, kind == NormKind::Layer).y
+        }
+    }
 }
 
 fn gemm_activation(kind: ActivationKind) -> Activation {
@@ -547,7 +563,7 @@ impl Decoder {
     /// row's last new token, `(rows, V)`.
     pub fn feed(&mut self, tokens: &[Vec<u32>]) -> Result<Vec<f32>> {
         let w = Arc::clone(&self.w);
-        let (d, dh, eps) = (w.d_model(), w.head_dim, (w.eps, w.centred));
+        let (d, dh, eps) = (w.d_model(), w.head_dim, (w.eps, w.norm));
         if tokens.len() != self.rows.len() {
             return Err(TfmError::shape(
                 OP,

@@ -15,4 +15,4 @@ pub mod weights;
 pub use decoder::{Decoder, Memory};
 pub use llama::LlamaParts;
 pub use search::{Hypothesis, Search, SearchConfig};
-pub use weights::{DecoderWeights, Layer, Linear, Norm, SelfAttention, Weight, Window};
+pub use weights::{DecoderWeights, Layer, Linear, Norm, NormKind, SelfAttention, Weight, Window};

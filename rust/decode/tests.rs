@@ -70,7 +70,7 @@ fn weights(dm: &Dims, cross: bool, norm_first: bool, seed: u64) -> Arc<DecoderWe
             ActivationKind::Relu
         },
         eps: 1e-5,
-        centred: true,
+        norm: NormKind::Layer,
         embed: t(seed + 1, &[dm.vocab, d], 1.0),
         embed_scale: (d as f32).sqrt() * 0.5,
         positions: Some(t(seed + 2, &[dm.max_len, d], 0.5)),
@@ -110,14 +110,23 @@ fn ref_linear(x: &M, l: &Linear, rows: std::ops::Range<usize>) -> M {
         .collect()
 }
 
-fn ref_norm(x: &M, p: &Norm, eps: f64) -> M {
+/// LayerNorm, or with `NormKind::Affine` the per-channel `x·w + b`.
+fn ref_norm(x: &M, p: &Norm, eps: f64, kind: NormKind) -> M {
     let w = p.weight.as_ref().map(f64s);
     let b = p.bias.as_ref().map(f64s);
     x.iter()
         .map(|r| {
             let d = r.len() as f64;
-            let mean = r.iter().sum::<f64>() / d;
-            let var = r.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d;
+            let (mean, var) = match kind {
+                NormKind::Affine => (0.0, 1.0 - eps),
+                _ => {
+                    let mean = r.iter().sum::<f64>() / d;
+                    (
+                        mean,
+                        r.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / d,
+                    )
+                }
+            };
             r.iter()
                 .enumerate()
                 .map(|(j, v)| {
@@ -171,7 +180,7 @@ fn ref_logits(w: &DecoderWeights, tokens: &[u32], memory: Option<&M>) -> M {
         f64s(&w.embed),
         f64s(w.positions.as_ref().expect("a position table")),
     );
-    let eps = w.eps as f64;
+    let (eps, kind) = (w.eps as f64, w.norm);
     let act = |v: f64| match w.activation {
         ActivationKind::Relu => v.max(0.0),
         _ => w.activation.apply(v as f32) as f64,
@@ -187,9 +196,9 @@ fn ref_logits(w: &DecoderWeights, tokens: &[u32], memory: Option<&M>) -> M {
         .collect();
     let block = |x: &M, p: &Norm, f: &dyn Fn(&M) -> M| -> M {
         if w.norm_first {
-            add(x, &f(&ref_norm(x, p, eps)))
+            add(x, &f(&ref_norm(x, p, eps, kind)))
         } else {
-            ref_norm(&add(x, &f(x)), p, eps)
+            ref_norm(&add(x, &f(x)), p, eps, kind)
         }
     };
     for l in &w.layers {
@@ -226,7 +235,7 @@ fn ref_logits(w: &DecoderWeights, tokens: &[u32], memory: Option<&M>) -> M {
         });
     }
     if let Some(p) = &w.final_norm {
-        x = ref_norm(&x, p, eps);
+        x = ref_norm(&x, p, eps, kind);
     }
     ref_linear(&x, &w.head, 0..w.vocab())
 }
@@ -286,15 +295,18 @@ const PRUNED: Dims = Dims {
 
 #[test]
 fn cached_steps_match_full_recompute() {
-    for (dims, cross, norm_first) in [
-        (&DIMS, true, false),
-        (&DIMS, true, true),
-        (&DIMS, false, true),
-        (&DIMS, false, false),
-        (&PRUNED, true, false),
-        (&PRUNED, false, true),
+    for (dims, cross, norm_first, kind) in [
+        (&DIMS, true, false, NormKind::Layer),
+        (&DIMS, true, true, NormKind::Layer),
+        (&DIMS, false, true, NormKind::Layer),
+        (&DIMS, false, false, NormKind::Layer),
+        (&PRUNED, true, false, NormKind::Layer),
+        (&PRUNED, false, true, NormKind::Layer),
+        (&DIMS, true, false, NormKind::Affine),
+        (&DIMS, false, true, NormKind::Affine),
     ] {
-        let w = weights(dims, cross, norm_first, 7);
+        let mut w = weights(dims, cross, norm_first, 7);
+        Arc::make_mut(&mut w).norm = kind;
         let (mem, pad, per_source) = memory_of(&w, 99);
         let memory = cross.then(|| Arc::new(Memory::new(&w, &mem, &pad, 2, 5).unwrap()));
         let mut dec = Decoder::new(Arc::clone(&w), memory, &[0, 1]).unwrap();
@@ -313,7 +325,7 @@ fn cached_steps_match_full_recompute() {
                 let v = w.vocab();
                 assert_rows_close(
                     &format!(
-                        "heads {:?} cross={cross} norm_first={norm_first} row {r} len {}",
+                        "heads {:?} cross={cross} norm_first={norm_first} {kind:?} row {r} len {}",
                         dims.heads, fed[r]
                     ),
                     &logits[r * v..][..v],

@@ -47,7 +47,20 @@ impl Linear {
     }
 }
 
-/// LayerNorm's affine parameters, each `(d,)` when present.
+/// What every norm of a decoder computes on a row `x` (after adding the residual).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NormKind {
+    /// LayerNorm: `(x − mean) / √(var + eps) · weight + bias`.
+    Layer,
+    /// RMSNorm: `x / √(mean(x²) + eps) · weight` (its norms have no bias).
+    Rms,
+    /// `x · weight + bias` per channel: an eval-mode batch norm, whose running statistics and
+    /// eps are folded into `weight` and `bias` by the caller (the statistics do not depend on
+    /// the row, so nothing is left to compute from it).
+    Affine,
+}
+
+/// A norm's parameters, each `(d,)` when present.
 #[derive(Clone, Debug)]
 pub struct Norm {
     pub weight: Option<CpuTensor>,
@@ -111,9 +124,9 @@ pub struct DecoderWeights {
     pub head_dim: usize,
     pub norm_first: bool,
     pub activation: ActivationKind,
+    /// The norms' epsilon (unused by [`NormKind::Affine`]).
     pub eps: f32,
-    /// `true`: LayerNorm; `false`: RMSNorm (no centring; its norms have no bias).
-    pub centred: bool,
+    pub norm: NormKind,
     /// `(V_in, d)`.
     pub embed: CpuTensor,
     pub embed_scale: f32,
@@ -212,7 +225,14 @@ impl DecoderWeights {
             }
             Ok(s[0])
         };
+        let affine = self.norm == NormKind::Affine;
         let norm = |what: String, n: &Norm| -> Result<()> {
+            if affine && (n.weight.is_none() || n.bias.is_none()) {
+                return Err(TfmError::value(
+                    OP,
+                    format!("{what}: an affine norm needs a weight and a bias"),
+                ));
+            }
             for (t, part) in [(&n.weight, "weight"), (&n.bias, "bias")] {
                 if let Some(t) = t {
                     if t.shape() != [d] {

@@ -6,7 +6,7 @@
 use super::convert::{host_tensor_from_py, tensor_to_numpy};
 use super::quantization::PyQuantizedWeight;
 use super::runtime::run;
-use crate::decode::{self, DecoderWeights, Hypothesis, Memory, SearchConfig};
+use crate::decode::{self, DecoderWeights, Hypothesis, Memory, NormKind, SearchConfig};
 use crate::error::TfmError;
 use crate::ops::activation::ActivationKind;
 use crate::tensor::{CpuTensor, Tensor};
@@ -87,7 +87,7 @@ pub struct PyDecoderWeights {
 #[pymethods]
 impl PyDecoderWeights {
     /// DecoderWeights(spec): `spec` is a dict with `head_dim`, `norm_first`, `activation`
-    /// ("relu", "gelu", "gelu_tanh"), `eps`, `centred` (false: RMSNorm), `embed`, `embed_scale`, `positions`, `layers`
+    /// ("relu", "gelu", "gelu_tanh"), `eps`, `norm` ("layer", "rms", or "affine": `x·weight + bias`, an eval-mode batch norm folded), `embed`, `embed_scale`, `positions`, `layers`
     /// (dicts of `attention` (optional: "dense", "linear" (a recurrent state) or `("window", left,
     /// global)` (a rolling cache)), `self_heads`, `cross_heads` (head counts, which may differ per layer after
     /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
@@ -156,7 +156,18 @@ impl PyDecoderWeights {
             norm_first: item(spec, "norm_first")?.extract()?,
             activation,
             eps: item(spec, "eps")?.extract()?,
-            centred: item(spec, "centred")?.extract()?,
+            norm: match item(spec, "norm")?.extract::<String>()?.as_str() {
+                "layer" => NormKind::Layer,
+                "rms" => NormKind::Rms,
+                "affine" => NormKind::Affine,
+                other => {
+                    return Err(TfmError::value(
+                        OP,
+                        format!("norm must be layer, rms or affine, got {other:?}"),
+                    )
+                    .into())
+                }
+            },
             embed: host_tensor(&item(spec, "embed")?)?,
             embed_scale: item(spec, "embed_scale")?.extract()?,
             positions: optional(item(spec, "positions")?, host_tensor)?,

@@ -9,8 +9,9 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 
 from tfm_rs import nn
-from tfm_rs._core import DecoderWeights, InvalidArgumentError
+from tfm_rs._core import DecoderWeights, InvalidArgumentError, Tensor
 from tfm_rs.decode.protocol import DecodableModel, DecoderLayerSpec
+from tfm_rs.nn.batch_norm import MaskedBatchNorm1d
 
 __all__ = ["decoder_weights"]
 
@@ -20,28 +21,46 @@ def _linear(m: nn.Linear) -> Tuple[Any, Any]:
 
 
 def _norm(m: Optional[nn.Module]) -> Optional[Tuple[Any, Any]]:
-    if m is not None and not isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
-        raise InvalidArgumentError(f"the native decoder runs LayerNorm and RMSNorm models only, this one has "
-                                   f"{type(m).__name__} (norm='batch'); evaluate it with teacher forcing "
-                                   "(forward/loss)")
-    return None if m is None else (m.weight, getattr(m, "bias", None))
+    """A norm's ``(weight, bias)`` for the engine. An eval-mode batch norm is a fixed per-channel
+    affine map, so its running statistics and eps are folded in: ``x·s + (b − mean·s)`` with
+    ``s = w / √(var + eps)``."""
+    if m is None:
+        return None
+    if isinstance(m, MaskedBatchNorm1d):
+        if not m.track_running_stats:
+            raise InvalidArgumentError("the native decoder runs batch norm with its running statistics; this one "
+                                       "has track_running_stats=False (evaluate it with teacher forcing: forward/loss)")
+        mean, var = m.running_mean.numpy().astype(np.float64), m.running_var.numpy().astype(np.float64)
+        w = m.weight.numpy() if m.affine else 1.0
+        b = m.bias.numpy() if m.affine else 0.0
+        scale = w / np.sqrt(var + m.eps)
+        return (Tensor(scale.astype(np.float32)), Tensor((b - mean * scale).astype(np.float32)))
+    if not isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+        raise InvalidArgumentError(f"the native decoder runs LayerNorm, RMSNorm and batch norm models, not "
+                                   f"{type(m).__name__}")
+    return (m.weight, getattr(m, "bias", None))
 
 
-def _norm_kind(spec: Any, owner: str) -> Tuple[float, bool]:
-    """``(eps, centred)`` shared by every norm of the decoder: LayerNorm's, or RMSNorm's (whose
-    ``eps=None`` is float32's machine epsilon, as in :func:`tfm_rs.functional.rms_norm`)."""
+_KINDS = {nn.LayerNorm: "layer", nn.RMSNorm: "rms", MaskedBatchNorm1d: "affine"}
+
+
+def _norm_kind(spec: Any, owner: str) -> Tuple[float, str]:
+    """``(eps, kind)`` shared by every norm of the decoder: LayerNorm's, RMSNorm's (whose
+    ``eps=None`` is float32's machine epsilon, as in :func:`tfm_rs.functional.rms_norm`), or
+    ``"affine"`` for batch norm (its eps is folded into the weights)."""
     norms = [m for layer in spec.layers for m in (layer.norm_self, layer.norm_cross, layer.norm_ff, spec.final_norm)
              if m is not None]
     for m in norms:
         _norm(m)
-    kinds = {(type(m), m.eps) for m in norms}
-    if len(kinds) != 1:
+    kinds = {type(m) for m in norms}
+    epsilons = {m.eps for m in norms}
+    if len(kinds) != 1 or (len(epsilons) != 1 and kinds != {MaskedBatchNorm1d}):
         raise InvalidArgumentError(f"{owner}: decoding needs one kind of norm with one eps, got "
-                                   f"{sorted(map(str, kinds))}")
-    kind, eps = kinds.pop()
-    if kind is nn.RMSNorm:
-        return (float(np.finfo(np.float32).eps) if eps is None else float(eps)), False
-    return float(eps), True
+                                   f"{sorted(f'{type(m).__name__}(eps={m.eps})' for m in norms)}")
+    kind, eps = kinds.pop(), norms[0].eps
+    if kind is nn.RMSNorm and eps is None:
+        eps = np.finfo(np.float32).eps
+    return float(eps), _KINDS[kind]
 
 
 def _attention(m: Optional[nn.MultiheadAttention], owner: str) -> Tuple[Optional[int], Any, Any]:
@@ -96,10 +115,10 @@ def decoder_weights(model: DecodableModel) -> DecoderWeights:
     widths = {m.head_dim for layer in spec.layers for m in (layer.self_attn, layer.cross_attn) if m is not None}
     if len(widths) != 1:
         raise InvalidArgumentError(f"{owner}: decoding needs one head width in every attention, got {sorted(widths)}")
-    eps, centred = _norm_kind(spec, owner)
+    eps, norm = _norm_kind(spec, owner)
     return DecoderWeights(dict(
         head_dim=first.self_attn.head_dim, norm_first=bool(spec.norm_first),
-        eps=eps, centred=centred,
+        eps=eps, norm=norm,
         embed=spec.embed, embed_scale=float(spec.embed_scale), positions=spec.positions,
         final_norm=_norm(spec.final_norm), head=_linear(spec.head), activation=spec.activation,
         layers=[_layer(layer, owner) for layer in spec.layers]))

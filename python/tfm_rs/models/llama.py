@@ -263,7 +263,7 @@ class Llama(nn.Module):
         eps = self.norm.eps
         return dict(
             head_dim=c["head_dim"], norm_first=True, activation="relu",  # unused: SwiGLU
-            eps=float(np.finfo(np.float32).eps) if eps is None else float(eps), centred=False,
+            eps=float(np.finfo(np.float32).eps) if eps is None else float(eps), norm="rms",
             embed=self.embed_tokens.weight, embed_scale=1.0, positions=None, final_norm=norm(self.norm),
             head=(self.lm_head.weight, self.lm_head.bias), layers=layers,
             llama=dict(inv_freq=[float(f) for f in self._inv_freq], max_len=self.max_len, kv_heads=c["num_kv_heads"]))
