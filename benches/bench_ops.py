@@ -84,6 +84,11 @@ def np_gelu(x, g):
     return x * cdf, g * (cdf + x * np.exp(-0.5 * x * x) / sqrt(2 * np.pi))
 
 
+def np_silu(x, g):
+    s = 1 / (1 + np.exp(-x))
+    return x * s, g * s * (1 + x * (1 - s))
+
+
 def cases(rng, smoke: bool = False):
     """(name, {library: zero-argument callable running forward + backward}); ``smoke``: the
     leading dimensions divided by 256."""
@@ -147,6 +152,11 @@ def cases(rng, smoke: bool = False):
         "tfm_rs": tfm_fb(lambda a: F.gelu(a), x),
         "numpy": (lambda x=x, g=g: np_gelu(x, g)) if np_gelu(x[:1], g[:1]) is not None else None,
         "torch": torch and torch_fb(lambda a: TF.gelu(a), x),
+    }))
+    out.append((f"silu {rows(3072)}x1024", {
+        "tfm_rs": tfm_fb(lambda a: F.silu(a), x),
+        "numpy": lambda x=x, g=g: np_silu(x, g),
+        "torch": torch and torch_fb(lambda a: TF.silu(a), x),
     }))
     # Batch norm over the tokens of a (N·T, C) batch in training mode (batch statistics).
     for m, c in ((rows(3072), 256), (rows(4096), 1024)):

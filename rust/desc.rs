@@ -61,6 +61,8 @@ pub enum ActivationKind {
     Gelu,
     /// PyTorch's `approximate='tanh'`.
     GeluTanh,
+    /// `x·σ(x)` (SiLU, "swish"): Marian's opus-mt and the Llama family's gate.
+    Silu,
 }
 
 impl ActivationKind {
@@ -69,6 +71,7 @@ impl ActivationKind {
             ActivationKind::Relu => "relu",
             ActivationKind::Gelu => "gelu",
             ActivationKind::GeluTanh => "gelu_tanh",
+            ActivationKind::Silu => "silu",
         }
     }
 }

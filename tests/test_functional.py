@@ -427,6 +427,20 @@ def test_gelu_wide_and_extreme(approximate, ref):
     assert_close(t.grad.numpy()[:2], [0.0, 1.0], atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1,), (3, 17), (2, 3, 5), (127,)])
+def test_silu(shape):
+    x = randn(shape, seed=53, scale=3.0)
+    check_op(F.silu, lambda t: t / (1.0 + np.exp(-t)), [x], fd=shape != (127,))
+
+
+def test_silu_extremes_and_module():
+    x = np.array([-100.0, -30.0, 0.0, 30.0, 100.0], np.float32)
+    assert_close(F.silu(x), x / (1.0 + np.exp(-x.astype(np.float64))), atol=1e-6)
+    t = leaf(x)
+    tfm_rs.nn.SiLU()(t).sum().backward()
+    assert_close(t.grad.numpy(), [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
+
+
 @pytest.mark.parametrize("shape", [(1,), (3, 17), (127,)])
 def test_relu(shape):
     x = randn(shape, seed=52)

@@ -161,12 +161,14 @@ def test_add_layer_norm(d):
 
 # --------------------------------------------------------------------------- activations
 
-@pytest.mark.parametrize("kind", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("kind", ["relu", "gelu", "gelu_tanh", "silu"])
 def test_activations(kind):
     x = randn((7, 129), 1, scale=3.0)
 
     def fn(x):
-        return F.relu(x) if kind == "relu" else F.gelu(x, approximate="tanh" if kind == "gelu_tanh" else "none")
+        if kind in ("relu", "silu"):
+            return getattr(F, kind)(x)
+        return F.gelu(x, approximate="tanh" if kind == "gelu_tanh" else "none")
 
     compare(fn, [x], TOL_EXACT if kind == "relu" else TOL_ELEMENTWISE, what=kind)
 

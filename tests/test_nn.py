@@ -580,7 +580,7 @@ def test_mha_no_bias_and_bad_arguments():
 # ------------------------------------------------------------------------------------------------
 # Transformer layers
 
-ACTS = {"relu": ref_relu, "gelu": ref_gelu}
+ACTS = {"relu": ref_relu, "gelu": ref_gelu, "silu": lambda x: x / (1.0 + np.exp(-x))}
 
 
 def _perturb_norms(module, seed_=20):
@@ -592,7 +592,7 @@ def _perturb_norms(module, seed_=20):
 
 
 @pytest.mark.parametrize("norm_first", [False, True])
-@pytest.mark.parametrize("activation", ["relu", "gelu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
 def test_encoder_layer(norm_first, activation):
     seed(4)
     m = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, activation=activation, norm_first=norm_first)

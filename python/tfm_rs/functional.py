@@ -35,6 +35,7 @@ __all__ = [
     "dropout",
     "embedding",
     "gelu",
+    "silu",
     "hash_embedding",
     "layer_norm",
     "linear",
@@ -104,6 +105,12 @@ def gelu(input: ArrayLike, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
         raise _core.InvalidArgumentError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     return _core.gelu(input, approximate == "tanh")
+
+
+def silu(input: ArrayLike, inplace: bool = False) -> Tensor:
+    """SiLU ("swish"), ``x·σ(x)``. ``inplace`` is accepted for PyTorch's signature; the
+    result is always a new tensor."""
+    return _core.silu(input)
 
 
 def dropout(input: ArrayLike, p: float = 0.5, training: bool = True) -> Tensor:

@@ -91,6 +91,19 @@ pub fn gelu_tanh(x: f32) -> f32 {
     x * sigmoid(2.0 * K * (x + C * x * x * x))
 }
 
+/// `x·σ(x)` (SiLU).
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x * sigmoid(x)
+}
+
+/// d/dx of [`silu`]: `σ(x)·(1 + x·(1 − σ(x)))`.
+#[inline(always)]
+pub fn silu_grad(x: f32) -> f32 {
+    let s = sigmoid(x);
+    s * (1.0 + x * (1.0 - s))
+}
+
 /// The error function, to f32 precision (|error| < 2e-7).
 #[inline]
 pub fn erf(x: f32) -> f32 {

@@ -56,6 +56,7 @@ fn apply(act: Activation, y: &mut [f32]) {
         Activation::Relu => ActivationKind::Relu,
         Activation::Gelu => ActivationKind::Gelu,
         Activation::GeluTanh => ActivationKind::GeluTanh,
+        Activation::Silu => ActivationKind::Silu,
     };
     y.iter_mut().for_each(|v| *v = kind.apply(*v));
 }
@@ -184,6 +185,7 @@ fn gemm_activation(kind: ActivationKind) -> Activation {
         ActivationKind::Relu => Activation::Relu,
         ActivationKind::Gelu => Activation::Gelu,
         ActivationKind::GeluTanh => Activation::GeluTanh,
+        ActivationKind::Silu => Activation::Silu,
     }
 }
 

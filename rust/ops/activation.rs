@@ -1,4 +1,4 @@
-//! GELU (erf and tanh forms) and ReLU: scalar functions and derivatives, and the op.
+//! GELU (erf and tanh forms), ReLU and SiLU: scalar functions and derivatives, and the op.
 //!
 //! Forward: `x (any shape)` → same shape; saves the input. Backward: `dx = g ∘ act'(x)` with
 //! the exact derivatives (erf form: `Φ(x) + x·φ(x)`).
@@ -6,11 +6,14 @@
 use super::broadcast::{map1, map2};
 use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
+use crate::cpu::math;
 use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::tensor::{CpuTensor, Placed, Tensor};
 
-pub use crate::cpu::math::{erf, gelu_erf, gelu_erf_grad, gelu_tanh, gelu_tanh_grad, normal_cdf};
+pub use crate::cpu::math::{
+    erf, gelu_erf, gelu_erf_grad, gelu_tanh, gelu_tanh_grad, normal_cdf, silu_grad,
+};
 pub use crate::desc::ActivationKind;
 
 impl ActivationKind {
@@ -27,6 +30,7 @@ impl ActivationKind {
             }
             ActivationKind::Gelu => gelu_erf(x),
             ActivationKind::GeluTanh => gelu_tanh(x),
+            ActivationKind::Silu => math::silu(x),
         }
     }
 
@@ -37,6 +41,7 @@ impl ActivationKind {
             ActivationKind::Relu => (x > 0.0) as u8 as f32,
             ActivationKind::Gelu => gelu_erf_grad(x),
             ActivationKind::GeluTanh => gelu_tanh_grad(x),
+            ActivationKind::Silu => silu_grad(x),
         }
     }
 }
@@ -56,6 +61,7 @@ fn forward_host(kind: ActivationKind, x: &CpuTensor) -> Tensor {
         ActivationKind::Relu => map1(x, |v| ActivationKind::Relu.apply(v)),
         ActivationKind::Gelu => map1(x, gelu_erf),
         ActivationKind::GeluTanh => map1(x, gelu_tanh),
+        ActivationKind::Silu => map1(x, math::silu),
     }
 }
 
@@ -109,6 +115,11 @@ simd_kernel! {
                     *o = g * gelu_tanh_grad(x);
                 }
             }
+            ActivationKind::Silu => {
+                for ((o, &g), &x) in o.iter_mut().zip(g).zip(x) {
+                    *o = g * silu_grad(x);
+                }
+            }
         }
     }
 }
@@ -142,6 +153,11 @@ pub fn relu(x: &Var) -> Result<Var> {
     activation(ActivationKind::Relu, x)
 }
 
+/// SiLU: `x·σ(x)`.
+pub fn silu(x: &Var) -> Result<Var> {
+    activation(ActivationKind::Silu, x)
+}
+
 /// GELU: the exact erf form, or with `approximate_tanh` PyTorch's tanh approximation.
 pub fn gelu(x: &Var, approximate_tanh: bool) -> Result<Var> {
     activation(
@@ -159,10 +175,11 @@ mod tests {
     use super::*;
     use crate::ops::test_support::*;
 
-    const KINDS: [ActivationKind; 3] = [
+    const KINDS: [ActivationKind; 4] = [
         ActivationKind::Relu,
         ActivationKind::Gelu,
         ActivationKind::GeluTanh,
+        ActivationKind::Silu,
     ];
 
     /// f64 references straight from the definitions.
@@ -174,6 +191,7 @@ mod tests {
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 0.5 * x * (1.0 + (k * (x + 0.044715 * x.powi(3))).tanh())
             }
+            ActivationKind::Silu => x / (1.0 + (-x).exp()),
         }
     }
 
@@ -188,6 +206,10 @@ mod tests {
                 let k = (2.0 / std::f64::consts::PI).sqrt();
                 let t = (k * (x + 0.044715 * x.powi(3))).tanh();
                 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            ActivationKind::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                s * (1.0 + x * (1.0 - s))
             }
         }
     }

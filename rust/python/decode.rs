@@ -87,7 +87,7 @@ pub struct PyDecoderWeights {
 #[pymethods]
 impl PyDecoderWeights {
     /// DecoderWeights(spec): `spec` is a dict with `head_dim`, `norm_first`, `activation`
-    /// ("relu", "gelu", "gelu_tanh"), `eps`, `norm` ("layer", "rms", or "affine": `x·weight + bias`, an eval-mode batch norm folded), `embed`, `embed_scale`, `positions`, `layers`
+    /// ("relu", "gelu", "gelu_tanh", "silu"), `eps`, `norm` ("layer", "rms", or "affine": `x·weight + bias`, an eval-mode batch norm folded), `embed`, `embed_scale`, `positions`, `layers`
     /// (dicts of `attention` (optional: "dense", "linear" (a recurrent state) or `("window", left,
     /// global)` (a rolling cache)), `self_heads`, `cross_heads` (head counts, which may differ per layer after
     /// pruning), `self_in`, `self_out`, `cross_in`, `cross_out`, `ff1`, `ff2` as `(weight,
@@ -102,10 +102,11 @@ impl PyDecoderWeights {
             "relu" => ActivationKind::Relu,
             "gelu" => ActivationKind::Gelu,
             "gelu_tanh" => ActivationKind::GeluTanh,
+            "silu" => ActivationKind::Silu,
             other => {
                 return Err(TfmError::value(
                     OP,
-                    format!("activation must be relu, gelu or gelu_tanh, got {other:?}"),
+                    format!("activation must be relu, gelu, gelu_tanh or silu, got {other:?}"),
                 )
                 .into())
             }

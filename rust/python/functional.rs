@@ -264,6 +264,12 @@ fn relu(py: Python<'_>, input: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
 }
 
 #[pyfunction]
+fn silu(py: Python<'_>, input: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+    let x = var_from_py(input, "silu")?;
+    wrap(py, || activation::silu(&x))
+}
+
+#[pyfunction]
 fn gelu(py: Python<'_>, input: &Bound<'_, PyAny>, approximate_tanh: bool) -> PyResult<PyTensor> {
     let x = var_from_py(input, "gelu")?;
     wrap(py, || activation::gelu(&x, approximate_tanh))
@@ -531,6 +537,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rms_norm, m)?)?;
     m.add_function(wrap_pyfunction!(relu, m)?)?;
     m.add_function(wrap_pyfunction!(gelu, m)?)?;
+    m.add_function(wrap_pyfunction!(silu, m)?)?;
     m.add_function(wrap_pyfunction!(dropout, m)?)?;
     m.add_function(wrap_pyfunction!(embedding, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;

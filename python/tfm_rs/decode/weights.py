@@ -109,8 +109,9 @@ def decoder_weights(model: DecodableModel) -> DecoderWeights:
     spec = model.decoder_spec()
     if not spec.layers:
         raise InvalidArgumentError(f"{owner}: the decoder has no layers")
-    if spec.activation not in ("relu", "gelu", "gelu_tanh"):
-        raise InvalidArgumentError(f"{owner}: decoding supports relu, gelu and gelu_tanh, not {spec.activation!r}")
+    if spec.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
+        raise InvalidArgumentError(f"{owner}: decoding supports relu, gelu, gelu_tanh and silu, not "
+                                   f"{spec.activation!r}")
     first = spec.layers[0]
     widths = {m.head_dim for layer in spec.layers for m in (layer.self_attn, layer.cross_attn) if m is not None}
     if len(widths) != 1:

@@ -39,7 +39,7 @@ class GPT(nn.Module, StructuredPruning, Explainable):
         max_len: longest sequence (rows of the learned position table).
         tie_weights: output head shares the token embedding matrix.
         pad_id: optional padding id: pad keys are masked and pad targets ignored by :meth:`loss`.
-        activation: "gelu", "gelu_tanh" (GPT-2's) or "relu".
+        activation: "gelu", "gelu_tanh" (GPT-2's), "relu" or "silu".
         norm, embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank: as
             :class:`~tfm_rs.models.Seq2SeqTransformer`'s (a factorized or hashed embedding needs
             ``tie_weights=False``). Batch norm's statistics span every position of the batch, so

@@ -56,11 +56,6 @@ def rope_frequencies(head_dim: int, theta: float, scaling: Optional[Mapping[str,
     return inv
 
 
-def silu(x: Tensor) -> Tensor:
-    """``x · σ(x)``."""
-    return x / ((-x).exp() + 1.0)
-
-
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotates ``x (B, H, T, Dh)`` by the angles of its positions (``cos``/``sin`` ``(T, Dh)``,
     each half repeated): Hugging Face's "rotate half" layout, pairs ``(i, i + Dh/2)``."""
@@ -100,7 +95,7 @@ class LlamaMLP(nn.Module):
         self.down_proj = nn.Linear(hidden, d_model, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class LlamaBlock(nn.Module):

@@ -50,7 +50,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         norm_first: ``False`` = post-LN (the paper); ``True`` = pre-LN, with a final LayerNorm
             after the encoder and after the decoder.
         max_len: longest source or target sequence accepted (length of the position table).
-        pad_id, bos_id, eos_id: special token ids (``pad_id`` builds the padding masks).
+        pad_id, bos_id, eos_id: special token ids (``pad_id`` builds the padding masks; ``bos_id`` may
+            equal ``pad_id``, as in opus-mt, and the first decoder position is then a token).
         share_embeddings: one matrix for source embedding, target embedding and output
             projection (joint vocabulary).
         tie_output: tie the output projection to the target embedding (implied by
@@ -272,6 +273,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
 
     def _decode_hidden(self, tgt: np.ndarray, memory: Tensor, src_mask: Optional[np.ndarray]) -> Tensor:
         tgt_mask = tgt == self.pad_id
+        if self.bos_id == self.pad_id:  # opus-mt starts the decoder with pad: that one is a token
+            tgt_mask[:, 0] = False
         # Causal attention already hides right padding from every real token, so the fused causal
         # kernel alone is exact; a pad before a real token needs the explicit padding mask too.
         tgt_kpm = None if right_padded(tgt_mask) else tgt_mask

@@ -8,7 +8,7 @@ move between the two with ``load_state_dict``.
 from tfm_rs import functional
 from tfm_rs.nn import init
 from tfm_rs.nn.additive_attention import AdditiveAttention
-from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU
+from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU, SiLU
 from tfm_rs.nn.batch_norm import BatchNorm1d, MaskedBatchNorm1d
 from tfm_rs.nn.conv import Conv1d
 from tfm_rs.nn.dropout import Dropout
@@ -40,6 +40,7 @@ __all__ = [
     "Embedding",
     "FactorizedEmbedding",
     "GELU",
+    "SiLU",
     "GRU",
     "HashEmbedding",
     "Identity",

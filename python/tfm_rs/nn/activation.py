@@ -26,7 +26,7 @@ from tfm_rs.nn.linear import Linear
 from tfm_rs.nn.module import Module
 from tfm_rs.nn.parameter import Parameter, as_tensor
 
-__all__ = ["GELU", "MultiheadAttention", "ReLU", "merge_masks"]
+__all__ = ["GELU", "MultiheadAttention", "ReLU", "SiLU", "merge_masks"]
 
 
 class ReLU(Module):
@@ -38,6 +38,17 @@ class ReLU(Module):
 
     def forward(self, input: Tensor) -> Tensor:
         return F.relu(input)
+
+
+class SiLU(Module):
+    """``x·σ(x)`` elementwise ("swish"). Any shape → same shape."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = False
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.silu(input)
 
 
 class GELU(Module):

@@ -61,9 +61,11 @@ def _activation(activation: Activation) -> Callable[[Tensor], Tensor]:
         return F.gelu
     if activation == "gelu_tanh":  # GPT-2's "gelu_new"
         return _gelu_tanh
+    if activation == "silu":  # Marian's "swish"
+        return F.silu
     if isinstance(activation, str) or not callable(activation):
         raise InvalidArgumentError(
-            f"activation should be 'relu', 'gelu', 'gelu_tanh' or a callable, not {activation!r}")
+            f"activation should be 'relu', 'gelu', 'gelu_tanh', 'silu' or a callable, not {activation!r}")
     return activation
 
 

@@ -32,8 +32,9 @@ MAX_CONFIG_BYTES = 16 * 1024 * 1024
 _PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth", "tf_model.h5",
             "flax_model.msgpack")
 # Hugging Face's activation names (``hidden_act``, ``activation_function``) → tfm_rs's, and back.
-HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
-TFM_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
+                  "swish": "silu", "silu": "silu"}
+TFM_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ the embeddings) commutes with a fixed permutation of its features, so the weight
 by permuting their ``d_model`` axes: the model computes the same logits, and its hidden states
 are Marian's with the features in our order (:func:`marian_order`).
 
+opus-mt's conventions load: ``swish`` is SiLU, and ``decoder_start_token_id == pad_token_id``
+makes the model's ``bos_id`` its ``pad_id`` (the first decoder position is then a token).
 Refused (with :class:`UnsupportedConfigError`): ``scale_embedding=false``, different encoder and
-decoder head counts or feed-forward widths, an activation we lack (Marian's ``swish``), shared
-embeddings with an untied ``lm_head``, a tied ``lm_head`` with a non-zero ``final_logits_bias``,
-and ``decoder_start_token_id == pad_token_id`` (the opus-mt convention): tfm_rs masks ``pad_id``
-positions of the decoder input, so its start token must be another id. Saving refuses pre-LN
+decoder head counts or feed-forward widths, an activation we lack, shared embeddings with an
+untied ``lm_head``, and a tied ``lm_head`` with a non-zero ``final_logits_bias``. Saving refuses pre-LN
 models, other norms, reduced embeddings or layers (:func:`check_standard`), and ``layer_norm_eps``
 other than 1e-5.
 """
@@ -168,10 +168,6 @@ def marian_kwargs(config: Mapping[str, Any]) -> Dict[str, Any]:
     tgt_vocab = src_vocab if shared else config_value(c, "decoder_vocab_size", int, src_vocab, owner=OWNER)
     pad, eos = _token(c, "pad_token_id", tgt_vocab), _token(c, "eos_token_id", tgt_vocab)
     start = _token(c, "decoder_start_token_id", tgt_vocab)
-    if start == pad:
-        raise UnsupportedConfigError(
-            f"{OWNER}: config decoder_start_token_id={start} equals pad_token_id (the opus-mt convention); "
-            "tfm_rs masks pad_id positions of the decoder input, so the start token must be another id")
     return dict(src_vocab_size=src_vocab, tgt_vocab_size=tgt_vocab,
                 d_model=config_value(c, "d_model", int, owner=OWNER), nhead=c["encoder_attention_heads"],
                 num_encoder_layers=config_value(c, "encoder_layers", int, owner=OWNER),

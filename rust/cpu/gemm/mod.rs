@@ -111,6 +111,8 @@ pub enum Activation {
     Gelu,
     /// GELU with the tanh approximation.
     GeluTanh,
+    /// `x·σ(x)`.
+    Silu,
 }
 
 /// What happens to each output element after the product: `act(α·AB + β·C + bias[j])`.

@@ -1,7 +1,7 @@
 //! The naive triple loop, accumulated in f64: the oracle every fast GEMM path is tested against.
 
 use super::{Activation, Epilogue, MatRef};
-use crate::cpu::math::{gelu_erf, gelu_tanh};
+use crate::cpu::math::{gelu_erf, gelu_tanh, silu};
 
 pub fn gemm_reference(
     alpha: f32,
@@ -40,5 +40,6 @@ pub fn apply_activation(act: Activation, v: f32) -> f32 {
         Activation::Relu => v.max(0.0),
         Activation::Gelu => gelu_erf(v),
         Activation::GeluTanh => gelu_tanh(v),
+        Activation::Silu => silu(v),
     }
 }

@@ -467,6 +467,7 @@ fn gemm_epilogues() {
         Activation::Relu,
         Activation::Gelu,
         Activation::GeluTanh,
+        Activation::Silu,
     ];
     for isa in isas() {
         for act in acts {

@@ -25,6 +25,7 @@ fn params(kind: ActivationKind, n: usize) -> Result<Params> {
             ActivationKind::Relu => 0,
             ActivationKind::Gelu => 1,
             ActivationKind::GeluTanh => 2,
+            ActivationKind::Silu => 3,
         },
     })
 }
@@ -97,6 +98,7 @@ mod tests {
                 ActivationKind::Relu,
                 ActivationKind::Gelu,
                 ActivationKind::GeluTanh,
+                ActivationKind::Silu,
             ] {
                 let want = activation_forward(kind, &xt).unwrap();
                 assert_rel(

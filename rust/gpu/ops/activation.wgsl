@@ -1,10 +1,10 @@
-// GELU (erf and tanh forms) and ReLU, forward and backward, one element per invocation; the
+// GELU (erf and tanh forms), ReLU and SiLU, forward and backward, one element per invocation; the
 // same formulas as rust/ops/activation.rs (Φ via Numerical Recipes' erfc, the tanh form as
 // x·σ(2u)).
 
 struct Params {
     n: u32,
-    // 0: ReLU, 1: GELU (erf), 2: GELU (tanh), as ActivationKind.
+    // 0: ReLU, 1: GELU (erf), 2: GELU (tanh), 3: SiLU, as ActivationKind.
     kind: u32,
 }
 
@@ -42,6 +42,9 @@ fn act(x: f32) -> f32 {
         case 1u: {
             return x * normal_cdf(x);
         }
+        case 3u: {
+            return x * sigmoid(x);
+        }
         default: {
             return x * sigmoid(2.0 * K * (x + C * x * x * x));
         }
@@ -55,6 +58,10 @@ fn act_grad(x: f32) -> f32 {
         }
         case 1u: {
             return normal_cdf(x) + x * INV_SQRT_2PI * exp(-0.5 * x * x);
+        }
+        case 3u: {
+            let s = sigmoid(x);
+            return s * (1.0 + x * (1.0 - s));
         }
         default: {
             let s = sigmoid(2.0 * K * (x + C * x * x * x));
