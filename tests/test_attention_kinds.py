@@ -132,6 +132,14 @@ def test_lsh_kind_shares_queries_and_keys():
     want = m.out_proj(y.transpose(1, 2).reshape(2, 16, 12)).numpy()
     x_t = tfm_rs.tensor(x)
     np.testing.assert_array_equal(m(x_t, x_t, x_t, need_weights=False)[0].numpy(), want)
+    # Key padding (N, S) reaches every head (the op's own tests check what it does).
+    pad = np.zeros((2, 16), bool)
+    pad[1, 11:] = True
+    y = tfm_rs.functional.lsh_attention(q, v, n_hashes=2, bucket_size=4, seed=5, key_padding_mask=pad[:, None, :])
+    want_pad = m.out_proj(y.transpose(1, 2).reshape(2, 16, 12)).numpy()
+    got = m(x_t, x_t, x_t, key_padding_mask=pad, need_weights=False)[0].numpy()
+    np.testing.assert_array_equal(got, want_pad)
+    assert np.array_equal(got[0], want[0]) and not np.allclose(got[1], want[1])
 
 
 @pytest.mark.parametrize("kind", ["linear", "lsh(bucket_size=4)"])
@@ -140,9 +148,6 @@ def test_operator_kinds_refuse_what_they_cannot_do(kind):
     x = rng().standard_normal((2, 8, 12)).astype(np.float32)
     pad = np.zeros((2, 8), bool)
     pad[1, 6:] = True
-    if kind.startswith("lsh"):
-        with pytest.raises(tfm_rs.InvalidArgumentError, match="key_padding_mask"):
-            m(x, x, x, key_padding_mask=pad, need_weights=False)
     with pytest.raises(tfm_rs.InvalidArgumentError, match="need_weights"):
         m(x, x, x)
     with pytest.raises(tfm_rs.InvalidArgumentError, match="attn_mask"):

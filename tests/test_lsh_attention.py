@@ -59,6 +59,34 @@ def test_one_or_two_chunks_equal_dense_attention(causal, t, bucket, e, ev):
     assert_close(out, weighted_ref(x, v, dense_counts(t, causal)), what=f"T={t} causal={causal}")
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("t,bucket", [(3, 3), (17, 17), (34, 17)])
+def test_padding_keys_are_hidden_from_every_query(causal, t, bucket):
+    """Per-sample key padding (N, T) over heads (N, H, T, E): the one/two-chunk oracle with the
+    padding columns removed; a sample with one real key leaves its real query with nothing to
+    see (its own value), and the gradients reach no padding key through the scores."""
+    x, v, do = randn((2, 3, t, 4), 21), randn((2, 3, t, 5), 22), randn((2, 3, t, 5), 23)
+    lengths = np.array([t - t // 3, 1])
+    pad = np.arange(t)[None, :] >= lengths[:, None]
+    counts = dense_counts(t, causal) * ~pad[:, None, None, :]
+    tx, tv = leaf(x), leaf(v)
+    out = F.lsh_attention(tx, tv, n_hashes=2, bucket_size=bucket, causal=causal, seed=4,
+                          key_padding_mask=pad[:, None, :])
+    assert_close(out, weighted_ref(x, v, counts), what=f"T={t} causal={causal}")
+    out.backward(do)
+    fd = numeric_grad(lambda x, v: weighted_ref(x, v, counts), [x, v], do.astype(np.float64))
+    for got, want, name in zip((tx.grad, tv.grad), fd, ("dqk", "dv")):
+        assert_close(got, want, rtol=GRAD_RTOL, atol=GRAD_ATOL, what=name)
+
+
+def test_padding_mask_shapes_and_types():
+    x = randn((2, 3, 8, 4))
+    with pytest.raises(tfm_rs.ShapeError, match="does not broadcast"):
+        F.lsh_attention(x, x, bucket_size=4, key_padding_mask=np.zeros((2, 7), bool))
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="boolean"):
+        F.lsh_attention(x, x, bucket_size=4, key_padding_mask=np.zeros((2, 1, 8)))
+
+
 def weights_of(x, n_hashes, bucket, causal, seed):
     """The attention weights the kernel used: its output for v = I (one head)."""
     t = x.shape[-2]

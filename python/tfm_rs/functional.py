@@ -15,7 +15,7 @@ Mask conventions (one place for all ops):
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -179,31 +179,39 @@ def linear_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, causal: bool = Fa
     see keys ``s ≤ t``, computed by prefix sums. ``key_padding_mask``: boolean, broadcastable to
     k's ``(..., S)``, ``True`` for keys to leave out (a query left with no key gets zeros). Time
     O(T·E·Ev), state O(E·Ev) per head; no scale. CPU only (a GPU tensor is a ``DeviceError``)."""
-    padding = None
-    if key_padding_mask is not None:
-        m = np.asarray(key_padding_mask.numpy() if isinstance(key_padding_mask, Tensor) else key_padding_mask)
-        if m.dtype != np.bool_:
-            raise _core.InvalidArgumentError(f"linear_attention: key_padding_mask must be boolean (True = leave the "
-                                             f"key out), got dtype {m.dtype}")
-        keys = tuple(k.shape[:-1]) if isinstance(k, Tensor) else np.shape(k)[:-1]
-        try:
-            padding = np.broadcast_to(m, keys).ravel().tolist()
-        except ValueError:
-            raise _core.ShapeError(f"linear_attention: key_padding_mask of shape {m.shape} does not broadcast to "
-                                   f"the keys' {keys}") from None
-    return _core.linear_attention(q, k, v, causal, feature_map, padding)
+    return _core.linear_attention(q, k, v, causal, feature_map,
+                                  _key_padding("linear_attention", key_padding_mask, k))
+
+
+def _key_padding(op: str, mask: Optional[ArrayLike], keys: ArrayLike) -> Optional[List[bool]]:
+    """A boolean ``key_padding_mask`` broadcast to the keys' ``(..., S)`` and flattened, as the
+    Rust ops take it; ``None`` stays ``None``."""
+    if mask is None:
+        return None
+    m = np.asarray(mask.numpy() if isinstance(mask, Tensor) else mask)
+    if m.dtype != np.bool_:
+        raise _core.InvalidArgumentError(f"{op}: key_padding_mask must be boolean (True = leave the key out), "
+                                         f"got dtype {m.dtype}")
+    shape = tuple(keys.shape[:-1]) if isinstance(keys, Tensor) else np.shape(keys)[:-1]
+    try:
+        return np.broadcast_to(m, shape).ravel().tolist()
+    except ValueError:
+        raise _core.ShapeError(f"{op}: key_padding_mask of shape {m.shape} does not broadcast to the keys' "
+                               f"{shape}") from None
 
 
 def lsh_attention(qk: ArrayLike, v: ArrayLike, n_hashes: int = 4, bucket_size: int = 64, causal: bool = False,
-                  seed: int = 0) -> Tensor:
+                  seed: int = 0, key_padding_mask: Optional[ArrayLike] = None) -> Tensor:
     """Reformer LSH self-attention (Kitaev et al. 2020, tfm_rs extension) with shared queries
     and keys: qk ``(..., T, E)``, v ``(..., T, Ev)`` → ``(..., T, Ev)``. Keys are qk's rows
     normalised; ``n_hashes`` rounds of random rotations (drawn from ``seed``) sort the tokens
     into ``T / bucket_size`` buckets (1 or even; T a multiple of ``bucket_size``), and each chunk
     of ``bucket_size`` sorted tokens attends to itself and the previous chunk. A token attends to
     itself only when nothing else is visible. ``causal``: keys at positions ``≤`` the query's.
-    CPU only."""
-    return _core.lsh_attention(qk, v, n_hashes, bucket_size, causal, seed)
+    ``key_padding_mask``: boolean, broadcastable to qk's ``(..., T)``, ``True`` for keys no query
+    attends to (they are still hashed and take chunk places, as in the Reformer). CPU only."""
+    return _core.lsh_attention(qk, v, n_hashes, bucket_size, causal, seed,
+                               _key_padding("lsh_attention", key_padding_mask, qk))
 
 
 def attention_with_weights(query: ArrayLike, key: ArrayLike, value: ArrayLike, attn_mask: Optional[ArrayLike] = None,

@@ -7,7 +7,9 @@
 //! tokens are sorted by (bucket, position) and cut into chunks of `bucket_size`; each chunk's
 //! queries attend to the keys of their own chunk and of the previous one (cyclically), scores
 //! `x_i·k_j / √E`. A token does not attend to itself unless nothing else is visible to it (its
-//! key is its own query's nearest). Causal: only keys at positions j ≤ i.
+//! key is its own query's nearest). Causal: only keys at positions j ≤ i. Key padding: keys
+//! marked as padding are hidden from every query; they are still hashed and sorted, so they
+//! take chunk places (as in the Reformer), but no query attends to them.
 //!
 //! The rounds combine by log-sum-exp: round r gives an output o_r and a log-sum-exp ℓ_r over its
 //! visible keys, and `out = Σ_r exp(ℓ_r − ℓ) o_r`, `ℓ = log Σ_r exp ℓ_r` — a softmax over all
@@ -29,7 +31,7 @@
 //! let t = |n, s: &[usize]| Var::leaf(Tensor::new((0..n).map(|i| (i as f32 * 0.37).sin()).collect(), s).unwrap(), true);
 //! let (qk, v) = (t(2 * 16 * 4, &[2, 16, 4]), t(2 * 16 * 3, &[2, 16, 3]));
 //! let cfg = LshConfig { n_hashes: 2, bucket_size: 4, causal: false, seed: 0 };
-//! let out = lsh_attention(&qk, &v, &cfg).unwrap();
+//! let out = lsh_attention(&qk, &v, &cfg, None).unwrap();
 //! assert_eq!(out.shape(), vec![2, 16, 3]);
 //! backward(&ops::reduce::sum(&out, &[], false).unwrap(), None, false).unwrap();
 //! assert_eq!(qk.grad().unwrap().shape(), &[2, 16, 4]);
@@ -161,8 +163,8 @@ fn sort_orders(k: &[f32], rot: &[f32], s: &Sizes) -> Vec<u32> {
 /// One chunk of one round, gathered so that its products are GEMMs: the query positions
 /// (`c`), the key positions they see (own chunk, then the previous one: `nk` ≤ 2c), the
 /// queries `q` (c, E), keys `k` (nk, E) and values `v` (nk, Ev) copied out of the head, and the
-/// scaled scores `s` (c, nk) with −∞ where a key is hidden (the query itself, or a later
-/// position when causal).
+/// scaled scores `s` (c, nk) with −∞ where a key is hidden (the query itself, a padding key,
+/// or a later position when causal).
 #[derive(Default)]
 struct Chunk {
     qpos: Vec<usize>,
@@ -175,8 +177,18 @@ struct Chunk {
 
 impl Chunk {
     /// Gathers chunk `chunk` of round order `order` from x (T, E), the normalised keys (T, E) and
-    /// v (T, Ev), and computes its scores.
-    fn load(&mut self, chunk: usize, order: &[u32], x: &[f32], keys: &[f32], v: &[f32], s: &Sizes) {
+    /// v (T, Ev), and computes its scores; `padding` (T) marks the head's padding keys.
+    #[allow(clippy::too_many_arguments)]
+    fn load(
+        &mut self,
+        chunk: usize,
+        order: &[u32],
+        x: &[f32],
+        keys: &[f32],
+        v: &[f32],
+        padding: Option<&[bool]>,
+        s: &Sizes,
+    ) {
         let (c, e, ev) = (s.opts.bucket_size, s.e, s.ev);
         let rows = |w: usize| order[w * c..(w + 1) * c].iter().map(|&j| j as usize);
         self.qpos.clear();
@@ -202,7 +214,7 @@ impl Chunk {
         );
         for (row, &i) in self.s.chunks_mut(nk.max(1)).zip(&self.qpos) {
             for (sc, &j) in row.iter_mut().zip(&self.kpos) {
-                if j == i || (s.opts.causal && j > i) {
+                if j == i || (s.opts.causal && j > i) || padding.is_some_and(|p| p[j]) {
                     *sc = f32::NEG_INFINITY;
                 }
             }
@@ -233,14 +245,15 @@ fn matmul(c: &mut Vec<f32>, a: MatRef, b: MatRef) {
 
 simd_kernel! {
     /// One head's forward: `out` (T, Ev) and `lse` (T; −∞ where the token saw only itself)
-    /// from x (T, E), v (T, Ev) and the round orders (n_hashes, T). Each chunk is two GEMMs
-    /// (scores, then probabilities times values) around a row softmax.
+    /// from x (T, E), v (T, Ev), the round orders (n_hashes, T) and the padding keys (T). Each
+    /// chunk is two GEMMs (scores, then probabilities times values) around a row softmax.
     fn head_forward(
         out: &mut [f32],
         lse: &mut [f32],
         x: &[f32],
         v: &[f32],
         orders: &[u32],
+        padding: Option<&[bool]>,
         s: &Sizes,
     ) {
         let (t, e, ev, nh) = (s.t, s.e, s.ev, s.opts.n_hashes);
@@ -251,7 +264,7 @@ simd_kernel! {
         let (mut ch, mut o) = (Chunk::default(), Vec::new());
         for r in 0..nh {
             for chunk in 0..s.n_chunks() {
-                ch.load(chunk, &orders[r * t..(r + 1) * t], x, &keys, v, s);
+                ch.load(chunk, &orders[r * t..(r + 1) * t], x, &keys, v, padding, s);
                 let nk = ch.kpos.len();
                 for (row, &i) in ch.s.chunks_mut(nk.max(1)).zip(&ch.qpos) {
                     let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -308,6 +321,7 @@ simd_kernel! {
         out: &[f32],
         lse: &[f32],
         orders: &[u32],
+        padding: Option<&[bool]>,
         s: &Sizes,
     ) {
         let (t, e, ev) = (s.t, s.e, s.ev);
@@ -321,7 +335,7 @@ simd_kernel! {
         let (mut ch, mut gq, mut dp, mut tmp) = (Chunk::default(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..s.opts.n_hashes {
             for chunk in 0..s.n_chunks() {
-                ch.load(chunk, &orders[r * t..(r + 1) * t], x, &keys, v, s);
+                ch.load(chunk, &orders[r * t..(r + 1) * t], x, &keys, v, padding, s);
                 let (c, nk) = (ch.qpos.len(), ch.kpos.len());
                 gather(&mut gq, g, &ch.qpos, ev);
                 // P = exp(S − lse_i); a token that saw nothing (lse −∞) has no pairs.
@@ -406,14 +420,31 @@ fn check(qk: &[usize], v: &[usize], opts: &LshConfig) -> Result<(Vec<usize>, Siz
 ///
 /// - qk (…, T, E), v (…, T, Ev) with equal leading dimensions → (…, T, Ev).
 /// - T a multiple of `cfg.bucket_size`, T / bucket_size = 1 or even.
+/// - `key_padding`: the keys to hide, `true` per (…, T) position (PyTorch's
+///   `key_padding_mask` convention), flattened.
 ///
 /// Results depend on the seed only: not on the thread count (heads run in parallel, each the
-/// same way). Errors: shape (shapes, T not a multiple of bucket_size), value (zero sizes, an
-/// odd number of buckets), non-finite (a NaN or ±∞ in qk), device (GPU tensors: there is no
-/// GPU kernel).
-pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
+/// same way). Errors: shape (shapes, T not a multiple of bucket_size, a padding mask of another
+/// length), value (zero sizes, an odd number of buckets), non-finite (a NaN or ±∞ in qk),
+/// device (GPU tensors: there is no GPU kernel).
+pub fn lsh_attention(
+    qk: &Var,
+    v: &Var,
+    cfg: &LshConfig,
+    key_padding: Option<Vec<bool>>,
+) -> Result<Var> {
     let (xv, vv) = (qk.value(), v.value());
     let (batch, s) = check(xv.shape(), vv.shape(), cfg)?;
+    if let Some(p) = &key_padding {
+        crate::ensure_shape!(
+            p.len() == s.bh * s.t,
+            OP,
+            "key_padding_mask has {} values; qk {} needs one per key ({})",
+            p.len(),
+            shape_str(xv.shape()),
+            s.bh * s.t
+        );
+    }
     if Device::common(OP, [xv.device(), vv.device()])? != Device::Cpu {
         return Err(TfmError::device(
             OP,
@@ -444,7 +475,16 @@ pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
         let xh = &x[h * t * e..(h + 1) * t * e];
         let (k, _) = normalised(xh, e, t);
         order.copy_from_slice(&sort_orders(&k, &rot, &s));
-        head_forward(out, lse, xh, &vd[h * t * ev..(h + 1) * t * ev], order, &s);
+        let padding = key_padding.as_deref().map(|p| &p[h * t..(h + 1) * t]);
+        head_forward(
+            out,
+            lse,
+            xh,
+            &vd[h * t * ev..(h + 1) * t * ev],
+            order,
+            padding,
+            &s,
+        );
     });
     let out_shape: Vec<usize> = batch.iter().copied().chain([t, ev]).collect();
     let out = Tensor::new(out, &out_shape)?;
@@ -454,19 +494,21 @@ pub fn lsh_attention(qk: &Var, v: &Var, cfg: &LshConfig) -> Result<Var> {
         out: out.clone(),
         lse,
         orders,
+        key_padding,
         sizes: s,
     };
     Ok(Var::from_op(out, vec![qk.clone(), v.clone()], saved))
 }
 
 /// What the forward saved: inputs, output, log-sum-exp (BH, T), round orders
-/// (BH, n_hashes, T) and sizes.
+/// (BH, n_hashes, T), the padding keys (BH, T) and sizes.
 struct LshBackward {
     x: Tensor,
     v: Tensor,
     out: Tensor,
     lse: Vec<f32>,
     orders: Vec<u32>,
+    key_padding: Option<Vec<bool>>,
     sizes: Sizes,
 }
 
@@ -503,6 +545,7 @@ impl Backward for LshBackward {
                 &out[vs],
                 &self.lse[h * t..(h + 1) * t],
                 &self.orders[h * nh * t..(h + 1) * nh * t],
+                self.key_padding.as_deref().map(|p| &p[h * t..(h + 1) * t]),
                 s,
             );
         });

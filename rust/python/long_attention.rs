@@ -37,7 +37,8 @@ fn linear_attention(
 }
 
 #[pyfunction]
-#[pyo3(signature = (qk, v, n_hashes = 4, bucket_size = 64, causal = false, seed = 0))]
+#[pyo3(signature = (qk, v, n_hashes = 4, bucket_size = 64, causal = false, seed = 0, key_padding_mask = None))]
+#[allow(clippy::too_many_arguments)]
 fn lsh_attention(
     py: Python<'_>,
     qk: &Bound<'_, PyAny>,
@@ -46,6 +47,7 @@ fn lsh_attention(
     bucket_size: usize,
     causal: bool,
     seed: u64,
+    key_padding_mask: Option<Vec<bool>>,
 ) -> PyResult<PyTensor> {
     const OP: &str = "lsh_attention";
     let (x, v) = (var_from_py(qk, OP)?, var_from_py(v, OP)?);
@@ -55,7 +57,7 @@ fn lsh_attention(
         causal,
         seed,
     };
-    let out = run(py, || lsh::lsh_attention(&x, &v, &cfg))?;
+    let out = run(py, || lsh::lsh_attention(&x, &v, &cfg, key_padding_mask))?;
     Ok(PyTensor::wrap(out))
 }
 

@@ -378,32 +378,29 @@ class MultiheadAttention(Module):
     def _operator_attention(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Any, key_padding_mask: Any,
                             need_weights: bool, is_causal: bool) -> Tensor:
         """Linear or LSH attention: no attention matrix, so no weights, no ``attn_mask`` and no
-        dropout on it; linear attention leaves out the keys a boolean ``key_padding_mask``
-        marks."""
+        dropout on it; both leave out the keys a boolean ``key_padding_mask`` marks."""
         kind = self.attention
-        padded = _any_padding(key_padding_mask)
-        asked = (("need_weights=True", need_weights), ("an attn_mask", attn_mask is not None),
-                 ("a key_padding_mask", padded and kind.name == "lsh"))
+        asked = (("need_weights=True", need_weights), ("an attn_mask", attn_mask is not None))
         refused = [what for what, given in asked if given]
         if refused:
             raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}') takes no {refused[0]}: "
                                        f"{kind.name} attention has no attention matrix to mask or return "
                                        "(is_causal is supported; pad on the right under is_causal)")
+        padding = None
+        if _any_padding(key_padding_mask):
+            m = _to_numpy(key_padding_mask)
+            if m.dtype != np.bool_:
+                raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}'): key_padding_mask must be "
+                                           "boolean (True = padding)")
+            padding = m[:, None, :]  # (N, S) over the heads of k (N, H, S, Dh)
         if kind.name == "linear":
-            padding = None
-            if padded:
-                m = _to_numpy(key_padding_mask)
-                if m.dtype != np.bool_:
-                    raise InvalidArgumentError(f"MultiheadAttention(attention='{kind}'): key_padding_mask must be "
-                                               "boolean (True = padding)")
-                padding = m[:, None, :]  # (N, S) over the heads of k (N, H, S, Dh)
             return F.linear_attention(q, k, v, causal=is_causal, key_padding_mask=padding)
         if q.shape[2] != k.shape[2]:
             raise ShapeError(f"MultiheadAttention(attention='{kind}'): LSH attention is self-attention, got "
                              f"{q.shape[2]} queries and {k.shape[2]} keys")
         # Reformer shares queries and keys: the query projection gives both.
         return F.lsh_attention(q, v, n_hashes=kind["n_hashes"], bucket_size=kind["bucket_size"],
-                               causal=is_causal, seed=kind["seed"])
+                               causal=is_causal, seed=kind["seed"], key_padding_mask=padding)
 
     def _check_shapes(self, query: Tensor, key: Tensor, value: Tensor) -> None:
         if query.ndim != 3 or key.ndim != 3 or value.ndim != 3:

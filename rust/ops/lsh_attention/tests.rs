@@ -66,13 +66,19 @@ fn attend(
         .collect()
 }
 
+/// Whether key `j` of head `h` (of `t` keys) is padding.
+fn padded(padding: Option<&[bool]>, h: usize, t: usize, j: usize) -> bool {
+    padding.is_some_and(|p| p[h * t + j])
+}
+
 /// Dense attention with shared QK (keys normalised), no token attending itself unless it has
-/// nothing else (the first token, causal), over (BH, T, ·).
+/// nothing else (the first token, causal), padding keys hidden, over (BH, T, ·).
 fn dense(
     x: &[f64],
     v: &[f64],
     (bh, t, e, ev): (usize, usize, usize, usize),
     causal: bool,
+    padding: Option<&[bool]>,
 ) -> Vec<f64> {
     let mut out = vec![];
     for h in 0..bh {
@@ -82,7 +88,9 @@ fn dense(
         );
         let k = keys64(xh, e);
         for i in 0..t {
-            let pairs: Vec<usize> = (0..t).filter(|&j| j != i && (!causal || j <= i)).collect();
+            let pairs: Vec<usize> = (0..t)
+                .filter(|&j| j != i && (!causal || j <= i) && !padded(padding, h, t, j))
+                .collect();
             out.extend(attend(xh, &k, vh, (e, ev), i, &pairs));
         }
     }
@@ -91,8 +99,13 @@ fn dense(
 
 /// Calls `f(i, keys)` for every query position i of round `order` with the positions of the
 /// keys it sees, as the module doc defines them (its own chunk and the previous one, not
-/// itself, not later positions when causal), one query at a time.
-fn visible(order: &[u32], s: &Sizes, mut f: impl FnMut(usize, &[usize])) {
+/// itself, not padding `hidden(j)`, not later positions when causal), one query at a time.
+fn visible(
+    order: &[u32],
+    s: &Sizes,
+    hidden: impl Fn(usize) -> bool,
+    mut f: impl FnMut(usize, &[usize]),
+) {
     let c = s.opts.bucket_size;
     let mut keys = Vec::with_capacity(2 * c);
     for chunk in 0..s.n_chunks() {
@@ -104,7 +117,7 @@ fn visible(order: &[u32], s: &Sizes, mut f: impl FnMut(usize, &[usize])) {
                     order[w * c..(w + 1) * c]
                         .iter()
                         .map(|&j| j as usize)
-                        .filter(|&j| j != i && (!s.opts.causal || j <= i)),
+                        .filter(|&j| j != i && (!s.opts.causal || j <= i) && !hidden(j)),
                 );
             }
             f(i, &keys);
@@ -114,7 +127,7 @@ fn visible(order: &[u32], s: &Sizes, mut f: impl FnMut(usize, &[usize])) {
 
 /// The rounds of one call recomputed in f64, given each head's sort orders: every (round,
 /// visible key) pair in one softmax.
-fn rounds(x: &[f64], v: &[f64], s: &Sizes, orders: &[u32]) -> Vec<f64> {
+fn rounds(x: &[f64], v: &[f64], s: &Sizes, orders: &[u32], padding: Option<&[bool]>) -> Vec<f64> {
     let (t, e, ev, nh) = (s.t, s.e, s.ev, s.opts.n_hashes);
     let mut out = vec![];
     for h in 0..s.bh {
@@ -126,7 +139,8 @@ fn rounds(x: &[f64], v: &[f64], s: &Sizes, orders: &[u32]) -> Vec<f64> {
         let mut pairs = vec![vec![]; t];
         for r in 0..nh {
             let order = &orders[(h * nh + r) * t..(h * nh + r + 1) * t];
-            visible(order, s, |i, keys| pairs[i].extend_from_slice(keys));
+            let hidden = |j| padded(padding, h, t, j);
+            visible(order, s, hidden, |i, keys| pairs[i].extend_from_slice(keys));
         }
         for (i, p) in pairs.iter().enumerate() {
             out.extend(attend(xh, &k, vh, (e, ev), i, p));
@@ -140,6 +154,21 @@ struct Case {
     cfg: LshConfig,
     x: Vec<f32>,
     v: Vec<f32>,
+    padding: Option<Vec<bool>>,
+}
+
+impl Case {
+    /// The same case with the last `pad[h]` keys of head h as padding.
+    fn padded(self, pad: &[usize]) -> Case {
+        let [bh, t, _, _] = self.shape;
+        let padding = (0..bh)
+            .flat_map(|h| (0..t).map(move |j| j + pad[h] >= t))
+            .collect();
+        Case {
+            padding: Some(padding),
+            ..self
+        }
+    }
 }
 
 fn case(shape: [usize; 4], bucket_size: usize, n_hashes: usize, causal: bool) -> Case {
@@ -154,6 +183,7 @@ fn case(shape: [usize; 4], bucket_size: usize, n_hashes: usize, causal: bool) ->
         },
         x: rand_vec((t * 10 + e) as u64, bh * t * e, -1.5, 1.5),
         v: rand_vec((t * 10 + ev + 1) as u64, bh * t * ev, -1.0, 1.0),
+        padding: None,
     }
 }
 
@@ -164,7 +194,7 @@ fn run(c: &Case, w: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         leaf(c.x.clone(), &[bh, t, e]),
         leaf(c.v.clone(), &[bh, t, ev]),
     );
-    let out = lsh_attention(&x, &v, &c.cfg).unwrap();
+    let out = lsh_attention(&x, &v, &c.cfg, c.padding.clone()).unwrap();
     let o = out.value().data().to_vec();
     let mut g = grads(&out, w, &[&x, &v]);
     let dv = g.pop().unwrap();
@@ -194,7 +224,7 @@ fn one_or_two_chunks_equal_dense_attention_with_the_diagonal_masked() {
                     let what = format!(
                         "t={t} bucket={bucket} e={e} ev={ev} causal={causal} hashes={n_hashes}"
                     );
-                    check_grads(&c, |x, v| dense(x, v, (2, t, e, ev), causal), &what);
+                    check_grads(&c, |x, v| dense(x, v, (2, t, e, ev), causal, None), &what);
                 }
             }
         }
@@ -227,7 +257,35 @@ fn hashed_rounds_match_the_f64_rounds() {
             "t={t}: hashing sorted nothing"
         );
         let what = format!("t={t} bucket={bucket} e={e} ev={ev} hashes={n_hashes} causal={causal}");
-        check_grads(&c, |x, v| rounds(x, v, &s, &orders), &what);
+        check_grads(&c, |x, v| rounds(x, v, &s, &orders, None), &what);
+        // The same rounds with padding keys: the orders do not change (padding is still hashed).
+        let c = c.padded(&[t / 3, 1]);
+        let p = c.padding.clone();
+        check_grads(
+            &c,
+            |x, v| rounds(x, v, &s, &orders, p.as_deref()),
+            &format!("{what} padded"),
+        );
+    }
+}
+
+#[test]
+fn padding_keys_are_hidden_from_every_query() {
+    // One or two chunks: dense attention with the padding keys and the diagonal masked; head 1
+    // keeps one real key, so its real query sees nothing and outputs its own value.
+    for (t, bucket) in [(3, 3), (17, 17), (34, 17), (6, 3)] {
+        for causal in [false, true] {
+            for n_hashes in [1, 3] {
+                let c = case([2, t, 3, 5], bucket, n_hashes, causal).padded(&[t / 2, t - 1]);
+                let p = c.padding.clone();
+                let what = format!("t={t} bucket={bucket} causal={causal} hashes={n_hashes}");
+                check_grads(
+                    &c,
+                    |x, v| dense(x, v, (2, t, 3, 5), causal, p.as_deref()),
+                    &what,
+                );
+            }
+        }
     }
 }
 
@@ -255,7 +313,7 @@ fn bad_input_is_an_error() {
             causal: false,
             seed: 0,
         };
-        match lsh_attention(&t(x), &t(v), &cfg) {
+        match lsh_attention(&t(x), &t(v), &cfg, None) {
             Err(e) => e.kind,
             Ok(_) => panic!("qk {x:?} v {v:?} bucket {bucket_size} hashes {n_hashes}: no error"),
         }
@@ -267,4 +325,12 @@ fn bad_input_is_an_error() {
     assert_eq!(kind(&[2, 12, 4], &[2, 12, 4], 4, 1), ErrorKind::Value); // 3 buckets
     assert_eq!(kind(&[2, 8, 4], &[2, 8, 4], 0, 1), ErrorKind::Value);
     assert_eq!(kind(&[2, 8, 4], &[2, 8, 4], 4, 0), ErrorKind::Value);
+    let cfg = LshConfig {
+        n_hashes: 1,
+        bucket_size: 4,
+        causal: false,
+        seed: 0,
+    };
+    let short = lsh_attention(&t(&[2, 8, 4]), &t(&[2, 8, 4]), &cfg, Some(vec![false; 15]));
+    assert_eq!(short.err().map(|e| e.kind), Some(ErrorKind::Shape));
 }
