@@ -75,7 +75,33 @@ def test_sampling_and_max_len():
     a = model.generate([[3, 4], [5]], max_new_tokens=8, do_sample=True, top_k=10, seed=3)
     b = model.generate([[3, 4], [5]], max_new_tokens=8, do_sample=True, top_k=10, seed=3)
     assert a.sequences == b.sequences
-    assert len(model.generate(list(range(36)), max_new_tokens=10).sequences[0]) == 40
+    assert len(model.generate(list(range(36)), max_new_tokens=5).sequences[0]) == 41  # the last is never fed
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="needs 45 positions, but the model has max_len=40"):
+        model.generate(list(range(36)), max_new_tokens=10)
+
+
+def log_prob_of(model, seq, start):
+    """Σ log P(seq[t] | seq[:t]) over t ≥ start, from the full forward in float64."""
+    z = model(np.array([seq[:-1]])).numpy()[0].astype(np.float64)
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    return sum(logp[t - 1, seq[t]] for t in range(start, len(seq)))
+
+
+def test_beam_search_and_batched_prompts():
+    """Prompts of different lengths decode together as each alone; beam hypotheses are distinct,
+    ranked, and their log-probabilities are the full forward's."""
+    model = llama(4, 2)
+    prompts = [[3, 1, 4, 1, 5], [9, 2]]
+    both = model.generate(prompts, max_new_tokens=6)
+    assert both.sequences == [model.generate(p, max_new_tokens=6).sequences[0] for p in prompts]
+    out = model.generate(prompts, max_new_tokens=6, num_beams=3, num_return_sequences=3, length_penalty=0.0)
+    for i, p in enumerate(prompts):
+        hyps, lps = out.sequences[3 * i:3 * i + 3], out.log_probs[3 * i:3 * i + 3]
+        assert len({tuple(h) for h in hyps}) == 3 and all(h[:len(p)] == p for h in hyps)
+        assert out.scores[3 * i:3 * i + 3] == sorted(out.scores[3 * i:3 * i + 3], reverse=True)
+        for h, lp in zip(hyps, lps):
+            assert abs(lp - log_prob_of(model, h, len(p))) < 1e-3 * max(1.0, abs(lp))
 
 
 def test_bad_weights_and_inputs_are_refused():

@@ -31,7 +31,7 @@ import numpy as np
 from tfm_rs import _core
 from tfm_rs._core import InvalidArgumentError, ShapeError
 from tfm_rs.autograd import no_grad
-from tfm_rs.decode.protocol import CausalLanguageModel, EncoderDecoderModel
+from tfm_rs.decode.protocol import CausalLanguageModel, EncoderDecoderModel, EngineWeightsModel
 from tfm_rs.decode.weights import decoder_weights
 
 __all__ = ["GenerationOutput", "generate_seq2seq", "generate_lm", "stream"]
@@ -159,12 +159,22 @@ def _lm_search(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int,
     if model.pad_id is not None:
         cfg["suppress_tokens"] = sorted({*cfg["suppress_tokens"], model.pad_id})
     n = _count("max_new_tokens", max_new_tokens, 0)
-    return prompts, [n] * len(prompts), cfg, decoder_weights(model)
+    return prompts, [n] * len(prompts), cfg, _engine_weights(model)
+
+
+def _engine_weights(model: CausalLanguageModel) -> Any:
+    """The engine's weights: from the model's ``decoder_spec()``, or built by a model that a
+    spec cannot describe (Llama)."""
+    if not isinstance(model, EngineWeightsModel):
+        return decoder_weights(model)
+    with no_grad():  # the model may stack its projections: no graph for that
+        return model.decoder_weights()
 
 
 def generate_lm(model: CausalLanguageModel, prompt_ids: Any, max_new_tokens: int = 20,
                 **search: Any) -> GenerationOutput:
-    """Continuations of ``prompt_ids`` by a :class:`~tfm_rs.models.GPT`: up to ``max_new_tokens``
+    """Continuations of ``prompt_ids`` by a :class:`~tfm_rs.models.GPT` or
+    :class:`~tfm_rs.models.Llama`: up to ``max_new_tokens``
     new tokens each, stopping early at ``eos_token_id`` if given. ``sequences`` hold prompt +
     continuation. Prompts may differ in length (pass a list of lists)."""
     prompts, limits, cfg, weights = _lm_search(model, prompt_ids, max_new_tokens, search)

@@ -7,7 +7,11 @@
 * :class:`DecodableModel`: a model that can describe its decoder (:meth:`decoder_spec`).
 * :class:`EncoderDecoderModel`: also checks source ids and encodes them into the memory the
   decoder cross-attends to (:class:`~tfm_rs.models.Seq2SeqTransformer`).
-* :class:`CausalLanguageModel`: also checks prompts (:class:`~tfm_rs.models.GPT`).
+* :class:`CausalLanguageModel`: a decoder-only model that checks prompts
+  (:class:`~tfm_rs.models.GPT`, :class:`~tfm_rs.models.Llama`).
+* :class:`EngineWeightsModel`: a model that builds the engine's weights itself, because a
+  :class:`DecoderSpec` cannot describe it (:class:`~tfm_rs.models.Llama`: rotary positions,
+  grouped key/value heads, SwiGLU).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ from typing import Any, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from tfm_rs import nn
-from tfm_rs._core import Tensor
+from tfm_rs._core import DecoderWeights, Tensor
 
-__all__ = ["CausalLanguageModel", "DecodableModel", "DecoderLayerSpec", "DecoderSpec", "EncoderDecoderModel"]
+__all__ = ["CausalLanguageModel", "DecodableModel", "DecoderLayerSpec", "DecoderSpec", "EncoderDecoderModel",
+           "EngineWeightsModel"]
 
 
 @dataclass(frozen=True)
@@ -93,10 +98,30 @@ class EncoderDecoderModel(DecodableModel, Protocol):
 
 
 @runtime_checkable
-class CausalLanguageModel(DecodableModel, Protocol):
-    """A decoder-only language model; decoding continues prompts."""
+class CausalLanguageModel(Protocol):
+    """A decoder-only language model; decoding continues prompts. Its engine weights come from
+    :meth:`DecodableModel.decoder_spec` or, for an :class:`EngineWeightsModel`, from the model."""
+
+    max_len: int
+    pad_id: Optional[int]
+    training: bool
 
     def prompt_ids(self, prompt: Any, name: str) -> np.ndarray:
         """One prompt checked (vocabulary, ``max_len``, not empty) as int64 ``(1, T)``; ``name``
         says which prompt in error messages."""
+        ...
+
+    def train(self, mode: bool = True) -> Any:
+        ...
+
+    def eval(self) -> Any:
+        ...
+
+
+@runtime_checkable
+class EngineWeightsModel(Protocol):
+    """A model that builds the native engine's weights itself."""
+
+    def decoder_weights(self) -> DecoderWeights:
+        """The engine's weights; tensors are the model's own where the engine can share them."""
         ...

@@ -20,14 +20,14 @@ cross-entropy.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 import numpy as np
 
 import tfm_rs.functional as F
 from tfm_rs import cat, nn, tensor
-from tfm_rs._core import Decoder, DecoderWeights, InvalidArgumentError, ShapeError, Tensor
-from tfm_rs.autograd import no_grad
+from tfm_rs import decode as decoding
+from tfm_rs._core import DecoderWeights, InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import GenerationOutput
 from tfm_rs.models._common import as_ids, check_config_arch
 from tfm_rs.pretrained.llama import load_llama, save_llama
@@ -263,78 +263,23 @@ class Llama(nn.Module):
             head=(self.lm_head.weight, self.lm_head.bias), layers=layers,
             llama=dict(inv_freq=[float(f) for f in self._inv_freq], max_len=self.max_len, kv_heads=c["num_kv_heads"]))
 
-    def generate(self, prompt_ids: Any, max_new_tokens: int = 20, do_sample: bool = False,
-                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                 eos_token_id: Optional[int] = None, seed: Optional[int] = None) -> GenerationOutput:
-        """Continues each prompt (a 1-D sequence, or a list of them of any lengths) by up to
-        ``max_new_tokens`` tokens with the native engine's key/value cache of the ``H_kv`` grouped
-        heads (:meth:`decoder_weights`): greedy, or sampled (``temperature``, ``top_k``, ``top_p``,
-        ``seed``). Prompts are decoded one after the other (batch 1 each). ``sequences`` hold
-        prompt + continuation; stops at ``eos_token_id`` (default: the model's ``eos_id``)."""
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise InvalidArgumentError(f"Llama.generate: max_new_tokens must be an integer ≥ 0, got {max_new_tokens!r}")
-        if do_sample and not temperature > 0:
-            raise InvalidArgumentError(f"Llama.generate: temperature must be > 0, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise InvalidArgumentError(f"Llama.generate: top_p must be in (0, 1], got {top_p}")
-        eos = self.eos_id if eos_token_id is None else int(eos_token_id)
-        prompts = _prompt_rows(prompt_ids)
-        rng = np.random.default_rng(seed)
-        out = GenerationOutput()
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                weights = self.decoder_weights()
-                for i, prompt in enumerate(prompts):
-                    ids = as_ids(prompt, f"prompt {i}", self.vocab_size, self.max_len, "Llama.generate")
-                    n = min(max_new_tokens, self.max_len - ids.shape[1])
-                    tokens, log_prob = _continue(Decoder(weights, 1), ids, n, do_sample, temperature, top_k, top_p,
-                                                 eos, rng)
-                    out.sequences.append(ids[0].tolist() + tokens)
-                    out.log_probs.append(log_prob)
-                    out.scores.append(log_prob)
-        finally:
-            self.train(was_training)
-        return out
+    def prompt_ids(self, prompt: Any, name: str = "prompt_ids") -> np.ndarray:
+        """One prompt checked (ids in the vocabulary, at most ``max_len`` long, not empty) as an
+        int64 array ``(1, T)``."""
+        return as_ids(prompt, name, self.vocab_size, self.max_len, "Llama.generate")
 
+    def generate(self, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> GenerationOutput:
+        """Continues ``prompt_ids`` (one 1-D prompt, a 2-D array, or a list of prompts of any
+        lengths, decoded together) by up to ``max_new_tokens`` tokens with the native engine's
+        key/value cache of the ``H_kv`` grouped heads (:meth:`decoder_weights`), the search in
+        Rust: greedy by default; ``do_sample=True`` with ``temperature``/``top_k``/``top_p``/
+        ``seed``; ``num_beams > 1`` (with ``length_penalty``, ``num_return_sequences``); the other
+        settings of :mod:`tfm_rs.decode.generate`. Stops at ``eos_token_id`` (default: the
+        model's ``eos_id``). ``sequences`` hold prompt + continuation."""
+        search.setdefault("eos_token_id", self.eos_id)
+        return decoding.generate_lm(self, prompt_ids, max_new_tokens, **search)
 
-def _continue(decoder: Decoder, ids: np.ndarray, n: int, do_sample: bool, temperature: float, top_k: int,
-              top_p: float, eos: Optional[int], rng: np.random.Generator) -> Tuple[List[int], float]:
-    """Up to ``n`` tokens after ``ids (1, T)`` from a one-row ``decoder``, and their total log-probability."""
-    tokens: List[int] = []
-    total = 0.0
-    logits = decoder.feed([ids[0].tolist()])
-    for _ in range(n):
-        logp = logits[0].astype(np.float64)
-        logp = logp - logp.max()
-        logp -= np.log(np.exp(logp).sum())
-        token = _sample(logp, temperature, top_k, top_p, rng) if do_sample else int(np.argmax(logp))
-        tokens.append(token)
-        total += float(logp[token])
-        if token == eos or len(tokens) == n:
-            break
-        logits = decoder.feed([[token]])
-    return tokens, total
-
-
-def _prompt_rows(prompt_ids: Any) -> List[Any]:
-    if isinstance(prompt_ids, (list, tuple)) and prompt_ids and all(
-            isinstance(p, (list, tuple, np.ndarray)) for p in prompt_ids):
-        return list(prompt_ids)
-    arr = prompt_ids.numpy() if hasattr(prompt_ids, "numpy") else np.asarray(prompt_ids)
-    return [arr] if arr.ndim <= 1 else list(arr)
-
-
-def _sample(logp: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
-    """One token from ``softmax(logp / temperature)`` restricted to the ``top_k`` most likely and
-    to the smallest set whose probability reaches ``top_p``."""
-    z = logp / temperature
-    order = np.argsort(-z, kind="stable")
-    if top_k > 0:
-        order = order[:top_k]
-    p = np.exp(z[order] - z[order[0]])
-    p /= p.sum()
-    keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
-    p = p[:keep] / p[:keep].sum()
-    return int(order[rng.choice(len(p), p=p)])
+    def stream(self, prompt_ids: Any, max_new_tokens: int = 20, **search: Any) -> Iterator[int]:
+        """Like :meth:`generate` for one prompt, yielding each new token id as it is produced."""
+        search.setdefault("eos_token_id", self.eos_id)
+        return decoding.stream(self, prompt_ids, max_new_tokens, **search)
