@@ -95,6 +95,7 @@ def test_beam_search_and_batched_prompts():
     prompts = [[3, 1, 4, 1, 5], [9, 2]]
     both = model.generate(prompts, max_new_tokens=6)
     assert both.sequences == [model.generate(p, max_new_tokens=6).sequences[0] for p in prompts]
+    assert list(model.stream(prompts[0], max_new_tokens=6)) == both.sequences[0][5:]
     out = model.generate(prompts, max_new_tokens=6, num_beams=3, num_return_sequences=3, length_penalty=0.0)
     for i, p in enumerate(prompts):
         hyps, lps = out.sequences[3 * i:3 * i + 3], out.log_probs[3 * i:3 * i + 3]
