@@ -29,18 +29,19 @@ def test_fraction_moving_counts_strict_moves_the_claimed_way():
     assert loss_vs_bleu.fraction_moving([1.0], down=True) == 0.0
 
 
-def test_loss_vs_bleu_verdict_needs_both_curves_steady():
-    assert loss_vs_bleu.verdict_of(0.95, 0.9) == "holds"
-    assert loss_vs_bleu.verdict_of(1.0, 0.5) == "it depends"
-    assert loss_vs_bleu.verdict_of(0.8, 0.95) == "it depends"
-    assert loss_vs_bleu.verdict_of(0.8, 0.5) == "wrong"
+def test_loss_vs_bleu_verdict_needs_both_curves_steady_and_the_same_way():
+    assert loss_vs_bleu.verdict_of(0.95, 0.9, -1.0, -0.9) == "holds"
+    assert loss_vs_bleu.verdict_of(1.0, 0.5, -1.0, -0.9) == "it depends"
+    assert loss_vs_bleu.verdict_of(0.8, 0.95, -1.0, 0.0) == "it depends"  # a flat BLEU: no correlation
+    assert loss_vs_bleu.verdict_of(1.0, 1.0, -1.0, 0.2) == "wrong"  # BLEU against the loss
+    assert loss_vs_bleu.verdict_of(0.5, 0.5, 0.1, -0.5) == "wrong"  # the loss rose over the run
 
 
 def test_curves_split_the_training_loss_at_the_evaluations():
     history = [{"type": "valid", "step": 0, "loss": 8.0, "bleu": 0.0}]
     history += [{"type": "train", "step": s, "loss": 10.0 - s} for s in range(1, 5)]
-    history += [{"type": "valid", "step": 2, "loss": 7.0, "bleu": 1.0}, {"type": "valid", "step": 4, "loss": 6.0,
-                                                                          "bleu": 1.0}]
+    history += [{"type": "valid", "step": 2, "loss": 7.0, "bleu": 1.04}, {"type": "valid", "step": 4, "loss": 6.0,
+                                                                           "bleu": 0.96}]
     history.sort(key=lambda r: (r["step"], r["type"] == "valid"))
     c = loss_vs_bleu.curves(history)
     assert c["step"] == [0, 2, 4] and c["train_loss_interval"] == [8.5, 6.5]
