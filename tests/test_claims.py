@@ -19,7 +19,13 @@ def test_claim_reaches_its_verdict(name, tmp_path):
     pytest.importorskip("matplotlib", reason="the claims' plots need matplotlib")
     claim = claims.get(name)
     assert claim.expected in VERDICTS and claim.statement and claim.reason
-    result = claims.run(name, quick=True, out=tmp_path)
+    try:
+        result = claims.run(name, quick=True, out=tmp_path)
+    except FileNotFoundError as e:
+        if not str(e).startswith("Multi30k"):
+            raise
+        print(f"skipped {name}: {e}")  # the claims on real translation need the corpus
+        pytest.skip(f"{name} needs Multi30k: {e}")
     assert result.verdict == claim.expected, result.summary
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["verdict"] == result.verdict and saved["quick"] is True

@@ -120,7 +120,8 @@ FIELDS: List[Field] = [
     _f("data", "valid_size", int, 0, "validation lines held out of the training data when no validation "
        "file is given (0: 5%, at most 1000)"),
     _f("data", "tokenizer", str, None, "a tokenizer.json to use (default: train one on the training text)"),
-    _f("data", "tokenizer_kind", str, "bpe", "kind of tokenizer to train", ("bpe", "wordpiece", "byte_bpe")),
+    _f("data", "tokenizer_kind", str, "bpe", "kind of tokenizer to train",
+       ("bpe", "wordpiece", "byte_bpe", "word", "char")),
     _f("data", "vocab_size", int, 8000, "vocabulary size of a trained tokenizer (an upper bound)", positive=True),
     _f("data", "lowercase", bool, False, "lowercase text before tokenizing (trained tokenizer)"),
     _f("data", "block_size", int, None, "lm: tokens per training window (default: the model's max_len)",

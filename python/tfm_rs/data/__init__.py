@@ -1,6 +1,7 @@
 """Data for training: tokenizers, corpora (Multi30k), token-budget batching.
 
-* :mod:`tfm_rs.data.tokenizer`: ``train_tokenizer`` / ``Tokenizer`` (Hugging Face ``tokenizers``).
+* :mod:`tfm_rs.data.tokenizer`: ``train_tokenizer`` / ``Tokenizer`` (Hugging Face ``tokenizers``),
+  ``token_statistics`` (tokens per sentence, rate of ``<unk>``).
 * :mod:`tfm_rs.data.corpus`: ``read_lines``, ``ParallelCorpus``, ``load_multi30k``.
 * :mod:`tfm_rs.data.batching`: ``token_batches`` / ``TokenBatchSampler`` (resumable),
   ``pad_batch``, ``collate`` → ``Seq2SeqBatch``.
@@ -23,7 +24,15 @@ from tfm_rs.data.corpus import (
     multi30k_files,
     read_lines,
 )
-from tfm_rs.data.tokenizer import DEFAULT_SPECIAL_TOKENS, Tokenizer, build_tokenizer, run_tokenizer, train_tokenizer
+from tfm_rs.data.tokenizer import (
+    DEFAULT_SPECIAL_TOKENS,
+    TokenStatistics,
+    Tokenizer,
+    build_tokenizer,
+    run_tokenizer,
+    token_statistics,
+    train_tokenizer,
+)
 
 __all__ = [
     "CorpusError",
@@ -31,6 +40,7 @@ __all__ = [
     "ParallelCorpus",
     "Seq2SeqBatch",
     "TokenBatchSampler",
+    "TokenStatistics",
     "Tokenizer",
     "build_tokenizer",
     "collate",
@@ -43,5 +53,6 @@ __all__ = [
     "read_lines",
     "run_tokenizer",
     "token_batches",
+    "token_statistics",
     "train_tokenizer",
 ]

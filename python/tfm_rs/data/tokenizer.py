@@ -1,6 +1,6 @@
 """Subword tokenizers: a thin wrapper over Hugging Face ``tokenizers`` (Rust, parallel).
 
-Three kinds, all detokenizing back to the original text (``decode(encode(s)) == s`` for a
+Five kinds, all detokenizing back to the original text (``decode(encode(s)) == s`` for a
 sentence with single spaces and characters seen in training, up to NFC normalization and the
 optional lowercasing):
 
@@ -10,6 +10,14 @@ optional lowercasing):
   round-trips too (BERT's whitespace/punctuation pre-tokenizer would not).
 * ``"byte_bpe"``: byte-level BPE (GPT-2's ``ByteLevel``): no ``<unk>`` ever, any string round-trips
   exactly, at the cost of less readable tokens.
+* ``"word"``: one token per word (the same ``Metaspace`` words, punctuation split off): the
+  vocabulary-size extreme; a word never seen in training, or below ``min_frequency``, is ``<unk>``.
+* ``"char"``: one token per character (BPE with no merges; "▁" marks each word start): the
+  sequence-length extreme; ``vocab_size`` caps the alphabet, the rarest characters beyond it are
+  ``<unk>``.
+
+:func:`token_statistics` measures what a vocabulary costs on a text: tokens per sentence and the
+rate of ``<unk>``.
 
 Special tokens come first in the vocabulary, in the order given, so the defaults give
 ``pad=0, bos=1, eos=2, unk=3``, what the tfm_rs models assume. :meth:`Tokenizer.encode` adds no
@@ -20,15 +28,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Union
 
 from tfm_rs import _core
 from tfm_rs.data.corpus import iter_lines
 
-__all__ = ["Tokenizer", "train_tokenizer", "run_tokenizer", "DEFAULT_SPECIAL_TOKENS", "TOKENIZER_KINDS"]
+__all__ = ["Tokenizer", "TokenStatistics", "train_tokenizer", "run_tokenizer", "token_statistics",
+           "DEFAULT_SPECIAL_TOKENS", "TOKENIZER_KINDS"]
 
 DEFAULT_SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-TOKENIZER_KINDS = ("bpe", "wordpiece", "byte_bpe")
+TOKENIZER_KINDS = ("bpe", "wordpiece", "byte_bpe", "word", "char")
 PathLike = Union[str, os.PathLike]
 
 
@@ -211,8 +221,12 @@ def build_tokenizer(kind: str = "bpe", unk_token: str = "<unk>", lowercase: bool
 
     if kind not in TOKENIZER_KINDS:
         raise _core.InvalidArgumentError(f"unknown tokenizer kind {kind!r}; one of {TOKENIZER_KINDS}")
-    if kind == "bpe":
+    if kind in ("bpe", "char"):  # a character tokenizer is a BPE that learns no merges
         tok = tk.Tokenizer(models.BPE(unk_token=unk_token))
+        tok.pre_tokenizer = _metaspace_words(pre_tokenizers)
+        tok.decoder = decoders.Metaspace()
+    elif kind == "word":
+        tok = tk.Tokenizer(models.WordLevel(unk_token=unk_token))
         tok.pre_tokenizer = _metaspace_words(pre_tokenizers)
         tok.decoder = decoders.Metaspace()
     elif kind == "wordpiece":
@@ -236,7 +250,7 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
                     special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS, lowercase: bool = False,
                     min_frequency: int = 2, max_lines: Optional[int] = None,
                     texts: Optional[Iterable[str]] = None) -> Tokenizer:
-    """Train a :class:`Tokenizer` of ``kind`` ("bpe", "wordpiece", "byte_bpe") on the lines of
+    """Train a :class:`Tokenizer` of ``kind`` ("bpe", "wordpiece", "byte_bpe", "word", "char") on the lines of
     ``files`` (plain or .gz, streamed) and/or the strings in ``texts``.
 
     ``special_tokens`` get ids ``0, 1, 2, …`` in order; the first four are the pad, bos, eos and unk
@@ -270,8 +284,15 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
                   show_progress=False)
     if kind == "wordpiece":
         trainer = trainers.WordPieceTrainer(**common)
+    elif kind == "word":
+        trainer = trainers.WordLevelTrainer(**common)
     elif kind == "bpe":
         trainer = trainers.BpeTrainer(**common)
+    elif kind == "char":
+        # A vocabulary no larger than the specials leaves no room for merges: the trainer keeps
+        # the (capped) alphabet alone.
+        trainer = trainers.BpeTrainer(**{**common, "vocab_size": 0},
+                                      limit_alphabet=int(vocab_size) - len(special_tokens))
     else:
         # All 256 byte symbols up front, so no input can ever fall outside the vocabulary.
         trainer = trainers.BpeTrainer(**common, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -289,6 +310,34 @@ def train_tokenizer(files: Union[PathLike, Sequence[PathLike]], vocab_size: int,
         raise _core.InternalError(
             f"train_tokenizer: special tokens got ids {got}, expected 0..{len(special_tokens) - 1}")
     return out
+
+
+@dataclass(frozen=True)
+class TokenStatistics:
+    """What a tokenizer makes of some sentences: ``tokens`` in all (no BOS/EOS), their mean and
+    largest count per sentence, and how many of them are ``<unk>`` (``unknown_rate`` = the fraction
+    of tokens)."""
+
+    sentences: int
+    tokens: int
+    tokens_per_sentence: float
+    longest: int
+    unknown: int
+    unknown_rate: float
+
+
+def token_statistics(tokenizer: Tokenizer, texts: Sequence[str]) -> TokenStatistics:
+    """:class:`TokenStatistics` of ``tokenizer`` on ``texts`` (at least one sentence)."""
+    texts = list(texts)
+    if not texts:
+        raise _core.InvalidArgumentError("token_statistics: no sentences given")
+    lengths, unknown = [], 0
+    unk = tokenizer.unk_id
+    for ids in tokenizer.encode_batch(texts):
+        lengths.append(len(ids))
+        unknown += sum(1 for i in ids if i == unk)
+    tokens = sum(lengths)
+    return TokenStatistics(len(texts), tokens, tokens / len(texts), max(lengths), unknown, unknown / max(tokens, 1))
 
 
 def run_tokenizer(run_file: Optional[PathLike], given: Optional[PathLike],
