@@ -59,7 +59,7 @@ def _rank_for(spectrum: np.ndarray, energy: float) -> int:
 
 
 def experiment(quick: bool) -> Outcome:
-    words, steps, ranks, test_n = (300, 200, (8,), 256) if quick else (1000, 600, (32, 16, 8, 4), 1024)
+    words, steps, ranks, test_n = (200, 150, (8,), 256) if quick else (1000, 600, (32, 16, 8, 4), 1024)
     energies = (0.9, 0.5) if quick else ENERGIES
     finetune = steps // 10
     task = DictionaryTask(words)
