@@ -196,7 +196,6 @@ ffn_rank = 4
     model = build_model(cfg, data)
     c = model.config
     assert (c["norm"], c["embedding_dim"], c["share_layers"], c["ffn_rank"]) == ("batch", 8, True, 4)
-    for bad in ('[model]\nnorm = "group"\n', '[model]\nnorm = "batch"\n[train]\nbleu_every = 10\n',
-                '[model]\nhash_buckets = 10\nshare_embeddings = true\n'):
+    for bad in ('[model]\nnorm = "group"\n', '[model]\nhash_buckets = 10\nshare_embeddings = true\n'):
         with pytest.raises(cfg_lib.ConfigError):
             cfg_lib.resolve(cfg_lib.loads(bad))

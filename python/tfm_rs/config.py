@@ -391,9 +391,6 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
     if m["share_embeddings"] and (m["embedding_dim"] or m["hash_buckets"]):
         raise ConfigError("model.embedding_dim / model.hash_buckets leave no table to share: set "
                           "share_embeddings = false (flag --no-share-embeddings)")
-    if m["norm"] == "batch" and t["bleu_every"]:
-        raise ConfigError("model.norm = 'batch': BLEU during training needs the native decoder, which runs LayerNorm "
-                          "and RMSNorm models only; set train.bleu_every = 0 (flag --bleu-every 0)")
     preset = _presets()[m["preset"]]
     d_model = m["d_model"] or preset["d_model"]
     nhead = m["nhead"] or preset["nhead"]
