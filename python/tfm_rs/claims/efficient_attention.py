@@ -146,21 +146,22 @@ def _cost_in_fresh_process(attention: str, d: int, lengths: List[int], repeats: 
 
 
 def experiment(quick: bool) -> Outcome:
-    d = 64 if quick else 512
-    lengths = [512, 2048] if quick else [1024, 2048, 4096, 8192]
-    repeats = 1 if quick else 2
+    d = 32 if quick else 512
+    lengths = [1024, 2048, 4096] if quick else [1024, 2048, 4096, 8192]
+    repeats = 2
     cost = {label: _cost_in_fresh_process(kind, d, lengths, repeats) for label, kind in KINDS.items()}
     seconds = {label: c["seconds"] for label, c in cost.items()}
     peak = {label: c["peak_mb"] for label, c in cost.items()}
-    exponent = {label: float(np.log(t[-1] / t[-2]) / np.log(lengths[-1] / lengths[-2]))
-                for label, t in seconds.items()}
+    # The slope of log time against log n over every length: one noisy timing (the machine is
+    # shared) moves it less than the slope between the last two lengths.
+    exponent = {label: float(np.polyfit(np.log(lengths), np.log(t), 1)[0]) for label, t in seconds.items()}
     speedup = {label: seconds["dense"][-1] / t[-1] for label, t in seconds.items() if label != "dense"}
 
     # The task: the answer lies beyond what a 2-layer window can carry to [CLS].
     length, window, block = (256, 16, 32) if quick else (1024, 32, 64)
     task = FarRecallTask(length=length, num_values=4 if quick else 8, seed=0)
     trained = ["window", "window + global"] if quick else list(KINDS)
-    steps = 150 if quick else 250
+    steps = 150 if quick else 400
     kinds = classifier_kinds(window, block)
     runs = {label: train_far_recall(task, kinds[label], steps, eval_size=64 if quick else 256) for label in trained}
     accuracy = {label: r["accuracy"] for label, r in runs.items()}
@@ -168,10 +169,11 @@ def experiment(quick: bool) -> Outcome:
     curves = {label: [(rec["step"], rec["accuracy"]) for rec in r["records"] if rec["type"] == "valid"]
               for label, r in runs.items()}
 
-    # Affordable: each kind's time grows clearly slower than dense attention's (LSH's constant
-    # overhead, 4 hashes and a sort, pays off only past a few thousand tokens, so the speed at one
-    # length would make the answer depend on where the lengths stop).
-    affordable = all(exponent[label] < exponent["dense"] - 0.5 for label in speedup)
+    # Affordable: each kind's time grows closer to linearly than to dense attention's rate (the
+    # exponent below the midpoint of 1 and dense's). Not the speed at
+    # one length: LSH's constant overhead (4 hashes and a sort) pays off only past a few thousand
+    # tokens, so that answer would depend on where the lengths stop.
+    affordable = all(exponent[label] < (1 + exponent["dense"]) / 2 for label in speedup)
     # "Solved": well above chance; "at chance": within what 64–256 test sequences allow by luck.
     solved = {label: a >= task.chance + 0.5 * (1 - task.chance) for label, a in accuracy.items()}
     local_fails = accuracy["window"] <= task.chance + 0.15
@@ -180,7 +182,7 @@ def experiment(quick: bool) -> Outcome:
     summary = (f"one layer (d = {d}, {HEADS} heads), forward + backward at n = {lengths[-1]}: dense "
                f"{seconds['dense'][-1]:.2f} s; "
                + ", ".join(f"{label} {seconds[label][-1]:.2f} s ({speedup[label]:.1f}× faster)" for label in speedup)
-               + f"; from n = {lengths[-2]} to {lengths[-1]} time grows as n^{exponent['dense']:.2f} for dense and "
+               + f"; from n = {lengths[0]} to {lengths[-1]} time grows as n^{exponent['dense']:.2f} for dense and "
                  f"n^{min(exponent.values()):.2f}–n^{max(v for k, v in exponent.items() if k != 'dense'):.2f} for "
                  "the others; peak RSS "
                + ", ".join(f"{label} {peak[label][-1]:.0f} MB" for label in KINDS)
@@ -216,7 +218,7 @@ def experiment(quick: bool) -> Outcome:
         return fig
 
     figures = {"d": d, "heads": HEADS, "lengths": lengths, "repeats": repeats, "seconds": seconds,
-               "peak_rss_mb": peak, "exponent_last_step": exponent, "speedup_over_dense_at_longest": speedup,
+               "peak_rss_mb": peak, "growth_exponent": exponent, "speedup_over_dense_at_longest": speedup,
                "task": repr(task), "classifier_kinds": {label: kinds[label] for label in trained},
                "steps": steps, "accuracy": accuracy, "train_seconds": train_s, "chance": task.chance,
                "local_only_at_chance": local_fails, "solved": solved, "affordable": affordable}
