@@ -236,8 +236,10 @@ CLAIM = Claim(
            "their time grows about linearly in n where dense grows quadratically. But they attend to fewer pairs "
            "or approximate the softmax, and what they leave out matters when the task needs it: on a recall task "
            "whose answer lies beyond a window's reach, local-only attention stays at chance while a single global "
-           "token (Longformer's [CLS]) fixes it. Memory is not where the savings are in tfm_rs: its dense kernel is "
-           "already a fused flash kernel, linear in n.",
+           "token (Longformer's [CLS]) or BigBird's global block fixes it; linear attention (whose weights cannot "
+           "single out one key among a thousand) and LSH attention (which sees the answer only when a hash puts it "
+           "next to [CLS]) did not learn it in the same budget. Memory is not where the savings are in tfm_rs: its "
+           "dense kernel is already a fused flash kernel, linear in n.",
     experiment=experiment,
     not_measured=("GPUs", "batches larger than one in the cost measurement", "quality on natural language "
                   "(only a synthetic recall task)", "more than one seed of the training runs",
