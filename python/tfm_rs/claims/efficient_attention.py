@@ -179,22 +179,19 @@ def experiment(quick: bool) -> Outcome:
     local_fails = accuracy["window"] <= task.chance + 0.15
     verdict = "wrong" if not affordable else "holds" if all(solved.values()) else "it depends"
     unsolved = [label for label, ok in solved.items() if not ok]
-    summary = (f"one layer (d = {d}, {HEADS} heads), forward + backward at n = {lengths[-1]}: dense "
-               f"{seconds['dense'][-1]:.2f} s; "
-               + ", ".join(f"{label} {seconds[label][-1]:.2f} s ({speedup[label]:.1f}× faster)" for label in speedup)
-               + f"; from n = {lengths[0]} to {lengths[-1]} time grows as n^{exponent['dense']:.2f} for dense and "
-                 f"n^{min(exponent.values()):.2f}–n^{max(v for k, v in exponent.items() if k != 'dense'):.2f} for "
-                 "the others; peak RSS "
-               + ", ".join(f"{label} {peak[label][-1]:.0f} MB" for label in KINDS)
-               + f". Far recall ({length} tokens, answer ≥ {task.min_distance} tokens from [CLS], chance "
-                 f"{task.chance:.0%}, {steps} steps): "
-               + ", ".join(f"{label} {accuracy[label]:.0%} in {train_s[label]:.0f} s" for label in trained)
-               + (f"; a {window}-key window without global tokens stays at chance (2 layers reach "
-                  f"{2 * window} tokens)" if local_fails else "")
-               + (f"; not solved: {', '.join(unsolved)}" if unsolved else ""))
+    others = [v for k, v in exponent.items() if k != "dense"]
+    summary = (f"one layer, d = {d}, forward + backward at n = {lengths[-1]}: dense {seconds['dense'][-1]:.2f} s; "
+               + ", ".join(f"{label} {speedup[label]:.1f}×" for label in speedup)
+               + f" faster; time ∝ n^{exponent['dense']:.2f} (dense) vs n^{min(others):.2f}–{max(others):.2f} "
+                 f"({lengths[0]}–{lengths[-1]}); peak RSS {min(p[-1] for p in peak.values()):.0f}–"
+                 f"{max(p[-1] for p in peak.values()):.0f} MB for all. Far recall ({length} tokens, answer ≥ "
+                 f"{task.min_distance} from [CLS], chance {task.chance:.0%}, {steps} steps): "
+               + ", ".join(f"{label} {accuracy[label]:.0%}" for label in trained)
+               + (f"; not solved: {', '.join(unsolved)}" if unsolved else "")
+               + (f" (a {window}-key window reaches {2 * window} tokens in 2 layers)" if local_fails else ""))
 
     def draw_cost(plt: Any) -> Any:
-        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4))
+        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4.8))
         for label in KINDS:
             ax.loglog(lengths, seconds[label], "o-", label=label)
             bx.plot(lengths, peak[label], "o-", label=label)
@@ -207,7 +204,7 @@ def experiment(quick: bool) -> Outcome:
         return fig
 
     def draw_task(plt: Any) -> Any:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(7, 5))
         for label, curve in curves.items():
             ax.plot([s for s, _ in curve], [100 * a for _, a in curve], "o-", ms=3,
                     label=f"{label} ({train_s[label]:.0f} s)")
