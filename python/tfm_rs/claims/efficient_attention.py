@@ -3,12 +3,13 @@
 Two measurements. Cost: one ``nn.MultiheadAttention`` layer (projections included), forward and
 backward, on one sequence of n tokens, for each kind of :mod:`tfm_rs.nn.attention_kind` (dense; a
 sliding window with and without global tokens; BigBird's block-sparse pattern; linear; LSH), with
-the time growth exponent between the two longest lengths and the peak memory the process reaches
-(RSS, one process per kind and length). Use: the same small classifier
+the growth exponent of its time (the slope of log time against log n over every length) and the
+peak memory (RSS) after each length, each kind in a fresh process. Use: the same small classifier
 (``BertForSequenceClassification``, ``[CLS]`` pooling) trained with each kind on
 :class:`~tfm_rs.tasks.FarRecallTask`, where the answer lies farther from ``[CLS]`` than a window
-can carry it: accuracy against chance. "Affordable" is read as: cheaper than dense at the longest
-length, and as accurate where the task needs global information.
+can carry it: accuracy against chance. The verdict: "wrong" unless every kind's time grows closer
+to linearly than to dense attention's rate; "holds" if, besides, every kind trained solves the
+task; "it depends" otherwise.
 """
 
 from __future__ import annotations
