@@ -24,6 +24,18 @@ recurrent state), through the native decoder: the prefill of a ``--context`` tok
 384 with ``--smoke``) in feeds of 512 tokens, then 64 generated tokens one at a time, with each
 process's peak RSS. The dense model's KV cache grows by 8 KiB per token and layer (64 MiB at 8k);
 the window's stays near (16 + 256 + 512) rows, the linear state at 4 × 64 × 64 floats per layer.
+
+A fourth table (``--hf-t``, 4k; 1k with ``--smoke``) puts the layers a user would take from Hugging Face
+``transformers`` (a benchmark reference only) beside ours, forward + backward, batch 1, d_model
+512 (8 heads of 64), projections included: ``LongformerSelfAttention`` (``attention_window`` 512,
+i.e. 256 each side, the first 16 tokens global; its query, key and value projections, plus the
+separate projections of the global tokens) against ``nn.MultiheadAttention(512, 8,
+attention="window(left=256, right=256, global=16)")``, and ``BigBirdBlockSparseAttention`` (blocks
+of 64, 3 random blocks, its first and last blocks global; training mode, where its random blocks
+are drawn) against ``attention="block_sparse(block=64, window=1, global=2, random=3)"`` (the same
+8 key blocks per query block, our two global blocks the first two). Ours also runs the output
+projection, which theirs leave to the next module. Without ``transformers`` the table is skipped,
+saying so.
 """
 from __future__ import annotations
 
@@ -73,12 +85,58 @@ def decode_worker(kind: str, context: int, threads: int) -> dict:
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+HF_D = HEADS * HEAD_DIM
+HF_KINDS = {"window": f"window(left={WINDOW}, right={WINDOW}, global={GLOBALS})",
+            "block_sparse": f"block_sparse(block={LSH_BUCKET}, window=1, global=2, random=3)"}
+
+
+def layer_step(method: str, t: int, threads: int):
+    """One forward + backward of a whole attention layer (``hf_longformer``, ``hf_bigbird``, or ours
+    with ``layer_<kind>``) on ``(1, t, HF_D)`` inputs: the fourth table."""
+    x = np.random.default_rng(0).standard_normal((1, t, HF_D)).astype(np.float32)
+    if method.startswith("layer_"):
+        import tfm_rs
+        from tfm_rs import nn
+
+        tfm_rs.set_num_threads(threads)
+        tfm_rs.manual_seed(0)
+        layer = nn.MultiheadAttention(HF_D, HEADS, attention=HF_KINDS[method[len("layer_"):]])
+        xt = tfm_rs.tensor(x, requires_grad=True)
+        return lambda: layer(xt, xt, xt, need_weights=False)[0].sum().backward()
+    import torch
+    from transformers import BigBirdConfig, LongformerConfig
+    from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention, BigBirdModel
+    from transformers.models.longformer.modeling_longformer import LongformerSelfAttention
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    if method == "hf_longformer":
+        cfg = LongformerConfig(hidden_size=HF_D, num_attention_heads=HEADS, attention_window=[2 * WINDOW],
+                               attention_probs_dropout_prob=0.0)
+        layer = LongformerSelfAttention(cfg, layer_id=0).train()
+        # The layer's own encoding (LongformerModel converts the user's 0/1/2 mask to it):
+        # 0 local, +10000 global, -10000 padding.
+        mask = torch.zeros(1, t)
+        mask[:, :GLOBALS] = 10000.0
+        return lambda: layer(xt, attention_mask=mask, is_index_masked=mask < 0, is_index_global_attn=mask > 0,
+                             is_global_attn=True)[0].sum().backward()
+    cfg = BigBirdConfig(hidden_size=HF_D, num_attention_heads=HEADS, block_size=LSH_BUCKET, num_random_blocks=3,
+                        attention_type="block_sparse", max_position_embeddings=t, attention_probs_dropout_prob=0.0)
+    layer = BigBirdBlockSparseAttention(cfg, seed=0).train()
+    blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(torch.ones(1, t), LSH_BUCKET)
+    return lambda: layer(xt, band_mask=band, from_mask=from_mask, to_mask=to_mask, from_blocked_mask=blocked,
+                         to_blocked_mask=blocked)[0].sum().backward()
+
+
 def worker(method: str, t: int, repeat: int, threads: int) -> dict:
     if method.startswith("decode_"):
         return decode_worker(method[len("decode_"):], t, threads)
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal((1, HEADS, t, HEAD_DIM)).astype(np.float32) for _ in range(3)]
-    if method == "torch_linear":
+    if method.startswith(("hf_", "layer_")):
+        step = layer_step(method, t, threads)
+    elif method == "torch_linear":
         import torch
 
         torch.set_num_threads(threads)
@@ -153,6 +211,8 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="T 384, one run each: checks that the script runs")
     ap.add_argument("--context", type=int, default=8192, help="prompt length of the decoding table")
     ap.add_argument("--only-decode", action="store_true", help="only the decoding table")
+    ap.add_argument("--hf-t", type=int, default=4096, help="length of the Hugging Face table (a multiple of 512)")
+    ap.add_argument("--only-hf", action="store_true", help="only the Hugging Face table")
     args = ap.parse_args()
     ts = [t for t in args.t if not (args.quick and t > 16384)]
     if args.smoke:
@@ -162,6 +222,9 @@ def main() -> None:
     has_torch = importlib.util.find_spec("torch") is not None  # a benchmark baseline only
     if args.only_decode:
         decoding(args)
+        return
+    if args.only_hf:
+        hugging_face(args)
         return
     print(f"{cpu_model()}, {args.threads} threads; batch 1, {HEADS} heads, head dim {HEAD_DIM}, window "
           f"{WINDOW}+{WINDOW} with {GLOBALS} global tokens; forward + backward, median seconds; peak RSS "
@@ -185,6 +248,7 @@ def main() -> None:
         print(" ".join(cells), flush=True)
     kinds(ts, args)
     decoding(args)
+    hugging_face(args)
 
 
 def _cell(r: Optional[dict], width: int) -> list:
@@ -222,6 +286,23 @@ def decoding(args: argparse.Namespace) -> None:
     for kind, r in results.items():
         print(f"{kind:>8} {r['prefill_s']:10.2f} {r['tok_s']:13.1f} {r['rss_mb']:7.0f} "
               f"{r['tok_s'] / results['dense']['tok_s']:15.2f}", flush=True)
+
+
+def hugging_face(args: argparse.Namespace) -> None:
+    """The fourth table: Hugging Face's Longformer and BigBird attention layers against ours."""
+    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("torch") is None:
+        print("\nHugging Face table skipped: transformers (and torch) are not installed")
+        return
+    t = 1024 if args.smoke else args.hf_t
+    repeat = 1 if args.smoke else args.repeat
+    print(f"\n{cpu_model()}, {args.threads} threads; one attention layer, T {t}, batch 1, d_model {HF_D}, {HEADS} "
+          f"heads; forward + backward, median of {repeat}; peak RSS per process")
+    print(f"{'pattern':>13} {'HF layer':>27} {'HF s':>7} {'RSS MB':>7} {'tfm_rs s':>9} {'RSS MB':>7} {'HF/tfm_rs':>9}")
+    for kind, hf in (("window", "LongformerSelfAttention"), ("block_sparse", "BigBirdBlockSparseAttention")):
+        ref = run(f"hf_{'longformer' if kind == 'window' else 'bigbird'}", t, repeat, args.threads)
+        ours = run(f"layer_{kind}", t, repeat, args.threads)
+        print(f"{kind:>13} {hf:>27} {ref['s']:7.3f} {ref['rss_mb']:7.0f} {ours['s']:9.3f} {ours['rss_mb']:7.0f} "
+              f"{ref['s'] / ours['s']:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

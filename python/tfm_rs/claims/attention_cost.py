@@ -11,6 +11,7 @@ weighted sum), an LSTM ``16nd²`` in ``n`` sequential steps: equal at ``n = 2d``
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Dict, List
 
@@ -32,16 +33,17 @@ def _layer(name: str, d: int) -> nn.Module:
     return nn.MultiheadAttention(d, HEADS, attention=kind)
 
 
-def _seconds(layer: nn.Module, x: tfm_rs.Tensor, repeats: int) -> float:
+def _seconds(layer: nn.Module, x: tfm_rs.Tensor, repeats: int, backward: bool = False) -> float:
+    """Best of ``repeats`` calls of ``layer`` on ``x``: the forward pass, or with ``backward`` the
+    forward and the backward of the output's sum (claim 24 times training, this claim inference)."""
     best = float("inf")
-    with tfm_rs.no_grad():
-        for _ in range(repeats):
-            t = time.perf_counter()
-            if isinstance(layer, nn.LSTM):
-                layer(x)
-            else:
-                layer(x, x, x, need_weights=False)
-            best = min(best, time.perf_counter() - t)
+    for _ in range(repeats):
+        t = time.perf_counter()
+        with contextlib.nullcontext() if backward else tfm_rs.no_grad():
+            out = layer(x)[0] if isinstance(layer, nn.LSTM) else layer(x, x, x, need_weights=False)[0]
+            if backward:
+                out.sum().backward()
+        best = min(best, time.perf_counter() - t)
     return best
 
 
