@@ -7,8 +7,9 @@ the same run, on the same random weights (written by ``transformers``, loaded by
   the model and the mean pooling only), sentences/s;
 * generation: a ~100M-parameter Llama (d 768, 12 layers, 12 heads, 4 key/value heads, d_ff 2048,
   vocabulary 32000, tied embeddings), greedy, batch 1, a 16-token prompt and 64 new tokens,
-  new tokens/s; also what fraction of this machine's memory bandwidth (a NumPy copy, measured
-  here) the weights' reads per token represent.
+  new tokens/s, in float32 and in int8 (tfm_rs's ``quantize_dynamic`` against PyTorch's
+  ``torch.ao.quantization.quantize_dynamic`` of the same model); also what fraction of this
+  machine's memory bandwidth (a NumPy copy, measured here) the weights' reads per token represent.
 
     python benches/bench_pretrained.py [--threads 2] [--repeat 3] [--smoke]
 
@@ -29,6 +30,7 @@ import numpy as np
 import tfm_rs
 from tfm_rs.autograd import no_grad
 from tfm_rs.models import BertEncoder, Llama
+from tfm_rs.quantization import quantize_dynamic
 
 try:
     import torch
@@ -123,21 +125,31 @@ def bench_llama(smoke, repeat):
     t_prompt = torch.tensor(prompt[None])
     same = []
 
-    def run_ours():
-        same.append(ours.generate(prompt, new).sequences[0])
+    ours_int8 = quantize_dynamic(ours)
+    hf_int8 = torch.ao.quantization.quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8)
 
-    def run_torch():
-        with torch.no_grad():
-            same.append(hf.generate(t_prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0].tolist())
+    def ours_run(model):
+        return lambda: model.generate(prompt, new).sequences[0]
 
-    t_ours, t_torch = interleaved([run_ours, run_torch], repeat)
-    agree = same[0] == same[1]
+    def torch_run(model):
+        def run():
+            with torch.no_grad():
+                return model.generate(t_prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)[0].tolist()
+        return run
+
+    runs = [ours_run(ours), torch_run(hf), ours_run(ours_int8), torch_run(hf_int8)]
+    agree = runs[0]() == runs[1]()
+    t_ours, t_torch, t_ours8, t_torch8 = interleaved(runs, repeat)
     bw = bandwidth_gbs()
-    per_token = 4 * params / 1e9  # GB of float32 weights read per token
-    print(f"Llama {params / 1e6:.0f}M params, greedy batch 1, {new} new tokens: tfm_rs {new / t_ours:6.1f} tok/s, "
-          f"torch {new / t_torch:6.1f} tok/s, ratio {t_torch / t_ours:.2f}x; same tokens: {agree}")
-    print(f"  memory bandwidth (NumPy copy) {bw:.1f} GB/s → limit {bw / per_token:.1f} tok/s for {per_token:.2f} GB "
-          f"per token; tfm_rs at {new / t_ours / (bw / per_token):.0%} of it")
+    print(f"Llama {params / 1e6:.0f}M params, greedy batch 1, {new} new tokens (float32 same tokens: {agree}):")
+    # Bytes of weights read per token: 4 per parameter in float32; in int8 1 per quantized
+    # parameter (every Linear) plus 4 per embedding-table parameter.
+    table = ours.embed_tokens.weight.numel()
+    for label, t, t_peer, per_token in (("float32", t_ours, t_torch, 4 * params / 1e9),
+                                        ("int8", t_ours8, t_torch8, (params - table + 4 * table) / 1e9)):
+        print(f"  {label:7s} tfm_rs {new / t:6.1f} tok/s, torch {new / t_peer:6.1f} tok/s, ratio {t_peer / t:.2f}x; "
+              f"bandwidth limit {bw / per_token:.1f} tok/s for {per_token:.2f} GB per token "
+              f"(NumPy copy {bw:.1f} GB/s): tfm_rs at {new / t / (bw / per_token):.0%} of it")
 
 
 def main():

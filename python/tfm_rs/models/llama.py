@@ -27,12 +27,17 @@ import numpy as np
 import tfm_rs.functional as F
 from tfm_rs import cat, nn, tensor
 from tfm_rs import decode as decoding
-from tfm_rs._core import DecoderWeights, InvalidArgumentError, ShapeError, Tensor
+from tfm_rs._core import DecoderWeights, InvalidArgumentError, QuantizedWeight, ShapeError, Tensor
 from tfm_rs.decode import GenerationOutput
 from tfm_rs.models._common import as_ids, check_config_arch
 from tfm_rs.pretrained.llama import load_llama, save_llama
 
 __all__ = ["Llama", "rope_frequencies"]
+
+def _float_weight(m: Any) -> np.ndarray:
+    w = m.weight
+    return w.dequantize() if isinstance(w, QuantizedWeight) else w.numpy()
+
 
 def rope_frequencies(head_dim: int, theta: float, scaling: Optional[Mapping[str, Any]] = None) -> np.ndarray:
     """The rotary inverse frequencies ``θ^(-2i/Dh)`` ``(Dh/2,)`` in float64, rescaled as
@@ -236,12 +241,19 @@ class Llama(nn.Module):
     def decoder_weights(self) -> DecoderWeights:
         """The model for the native decoding engine (:class:`tfm_rs._core.DecoderWeights`): rotary
         positions, grouped-query attention and SwiGLU. Each layer's q/k/v and gate/up matrices are
-        stacked into one (a copy, made once per call); the rest is shared with the model."""
+        stacked into one (a copy, made once per call); the rest is shared with the model. A model
+        quantized with :func:`tfm_rs.quantization.quantize_dynamic` decodes with its int8 weights."""
         return DecoderWeights(self._native_spec())
 
     def _native_spec(self) -> Dict[str, Any]:
-        def stacked(*lins: nn.Linear) -> Tuple[Tensor, Optional[Tensor]]:
-            weight = tensor(np.concatenate([m.weight.numpy() for m in lins]))
+        def stacked(*lins: Any) -> Tuple[Any, Optional[Tensor]]:
+            # int8 layers (quantize_dynamic) keep one scale per output row, so their rows stack
+            # exactly: the engine then multiplies in int8 too.
+            if all(isinstance(m.weight, QuantizedWeight) for m in lins):
+                weight: Any = QuantizedWeight(np.concatenate([m.weight.int8() for m in lins]),
+                                              np.concatenate([m.weight.scales() for m in lins]))
+            else:
+                weight = tensor(np.concatenate([_float_weight(m) for m in lins]))
             bias = None if lins[0].bias is None else tensor(np.concatenate([m.bias.numpy() for m in lins]))
             return weight, bias
 
