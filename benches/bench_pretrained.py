@@ -123,8 +123,6 @@ def bench_llama(smoke, repeat):
     params = ours.num_parameters()
     prompt = np.random.default_rng(1).integers(0, cfg["vocab_size"], prompt_len)
     t_prompt = torch.tensor(prompt[None])
-    same = []
-
     ours_int8 = quantize_dynamic(ours)
     hf_int8 = torch.ao.quantization.quantize_dynamic(hf, {torch.nn.Linear}, dtype=torch.qint8)
 
