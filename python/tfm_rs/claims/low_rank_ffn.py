@@ -35,16 +35,16 @@ ENERGIES = (0.99, 0.9, 0.75, 0.5)
 MARGIN = 0.05
 # The FFNs carry the task when the 1-channel control falls at least this far below the full model.
 CONTROL_GAP = 0.1
-# Pairs per step: ``train`` asks for 64 sentences, and a pair is 2 tokens where a sentence was 8–9.
-PAIRS_PER_SENTENCE = 8
 
 
 class PairTable:
     """Sources ``a b`` (ids ``FIRST + a`` and ``FIRST + K + b``), targets ``g(a, b)`` (id
-    ``FIRST + g``) from a fixed random table of ``K × K`` entries in ``[0, K)``."""
+    ``FIRST + g``) from a fixed random table of ``K × K`` entries in ``[0, K)``. A pair is 2
+    tokens where a dictionary sentence is 8, so ``batch`` gives ``per_sentence`` pairs for each
+    of the 64 sentences ``train`` asks for."""
 
-    def __init__(self, symbols: int, seed: int = 1234) -> None:
-        self.symbols = symbols
+    def __init__(self, symbols: int, per_sentence: int, seed: int = 1234) -> None:
+        self.symbols, self.per_sentence = symbols, per_sentence
         self.vocab = FIRST + 2 * symbols
         self.table = np.random.default_rng(seed).integers(0, symbols, (symbols, symbols))
 
@@ -55,8 +55,8 @@ class PairTable:
         return src, np.concatenate([np.full((n, 1), BOS), tgt], 1), np.concatenate([tgt, np.full((n, 1), EOS)], 1)
 
     def batch(self, rng: np.random.Generator, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``PAIRS_PER_SENTENCE · n`` random pairs: ``(src, tgt_in, tgt_out)``."""
-        n *= PAIRS_PER_SENTENCE
+        """``per_sentence · n`` random pairs: ``(src, tgt_in, tgt_out)``."""
+        n *= self.per_sentence
         return self._examples(rng.integers(0, self.symbols, n), rng.integers(0, self.symbols, n))
 
     def everything(self) -> Tuple[np.ndarray, np.ndarray]:
@@ -95,10 +95,10 @@ def _rank_for(spectrum: np.ndarray, energy: float) -> int:
 
 
 def experiment(quick: bool) -> Outcome:
-    symbols, steps, ranks = (64, 200, (16,)) if quick else (96, 600, (24, 16, 8))
+    symbols, per_sentence, steps, ranks = (64, 8, 200, (16,)) if quick else (96, 8, 600, (24, 16, 8))
     energies = (0.9, 0.5) if quick else ENERGIES
     finetune = steps // 10
-    task = PairTable(symbols)
+    task = PairTable(symbols, per_sentence)
     src, ref = task.everything()
     seed = 0
 
@@ -163,7 +163,7 @@ def experiment(quick: bool) -> Outcome:
                        "trained": [_rank_for(s, e) for s in trained_spectra]} for e in (0.9, 0.5))
     full_rank = min(D_MODEL, D_FF)
 
-    pairs = 64 * PAIRS_PER_SENTENCE
+    pairs = 64 * per_sentence
     summary = (f"random {symbols}×{symbols} table g(a, b), {steps} steps of {pairs} pairs, one seed, accuracy over "
                f"all {symbols ** 2} pairs: full FFN ({full_ffn:,} parameters) accuracy {full_acc:.3f} "
                f"({full_ft_acc:.3f} after the fine-tune below); a 1-channel FFN "
