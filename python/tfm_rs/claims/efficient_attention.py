@@ -162,7 +162,7 @@ def experiment(quick: bool) -> Outcome:
     length, window, block = (256, 16, 32) if quick else (1024, 32, 64)
     task = FarRecallTask(length=length, num_values=4 if quick else 8, seed=0)
     trained = ["window", "window + global"] if quick else list(KINDS)
-    steps = 150 if quick else 400
+    steps = 150 if quick else 250
     kinds = classifier_kinds(window, block)
     runs = {label: train_far_recall(task, kinds[label], steps, eval_size=64 if quick else 256) for label in trained}
     accuracy = {label: r["accuracy"] for label, r in runs.items()}
