@@ -95,6 +95,10 @@ def test_native_decoding_runs_every_norm() -> None:
     untracked.transformer.decoder.layers[0].norm1.track_running_stats = False
     with pytest.raises(tfm_rs.InvalidArgumentError, match="track_running_stats=False"):
         untracked.generate(SRC[:1], max_new_tokens=3)
+    plain = transformer_tiny(32, norm="batch")
+    plain.transformer.decoder.layers[0].norm1 = nn.BatchNorm1d(plain.d_model)
+    with pytest.raises(tfm_rs.InvalidArgumentError, match="not BatchNorm1d"):
+        plain.generate(SRC[:1], max_new_tokens=3)
     with pytest.raises(tfm_rs.InvalidArgumentError, match="norm"):
         transformer_tiny(32, norm="power")
 

@@ -21,7 +21,6 @@ use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
-use crate::ops::activation::ActivationKind;
 use crate::ops::layer_norm::layer_norm_forward;
 use crate::ops::linear_attention::{FeatureMap, LinearAttentionState};
 use crate::ops::rows::{exp_fast, PAR_MIN};
@@ -51,14 +50,9 @@ fn pack(l: &Linear, rows: std::ops::Range<usize>) -> Packed {
 
 /// `act` applied after the integer GEMM (the float GEMM fuses it into its store).
 fn apply(act: Activation, y: &mut [f32]) {
-    let kind = match act {
-        Activation::Identity => return,
-        Activation::Relu => ActivationKind::Relu,
-        Activation::Gelu => ActivationKind::Gelu,
-        Activation::GeluTanh => ActivationKind::GeluTanh,
-        Activation::Silu => ActivationKind::Silu,
-    };
-    y.iter_mut().for_each(|v| *v = kind.apply(*v));
+    if let Some(kind) = act.kind() {
+        y.iter_mut().for_each(|v| *v = kind.apply(*v));
+    }
 }
 
 /// `out (n, rows.len())` = `x (n, in)` · `W[rows]ᵀ` + `b[rows]`, then `act`, with `W[rows]`
@@ -177,15 +171,6 @@ fn norm(
         (kind, w, b) => {
             layer_norm_forward(x, residual, n, d, w, b, eps.0, kind == NormKind::Layer).y
         }
-    }
-}
-
-fn gemm_activation(kind: ActivationKind) -> Activation {
-    match kind {
-        ActivationKind::Relu => Activation::Relu,
-        ActivationKind::Gelu => Activation::Gelu,
-        ActivationKind::GeluTanh => Activation::GeluTanh,
-        ActivationKind::Silu => Activation::Silu,
     }
 }
 
@@ -724,7 +709,7 @@ impl Decoder {
                     &linear(h, n, &layer.ff1, &packed.ff1, Activation::Identity)?,
                     layer.ff2.weight.shape()[1],
                 ),
-                None => linear(h, n, &layer.ff1, &packed.ff1, gemm_activation(w.activation))?,
+                None => linear(h, n, &layer.ff1, &packed.ff1, w.activation.into())?,
             };
             let ff = linear(&hidden, n, &layer.ff2, &packed.ff2, Activation::Identity)?;
             x = residual(x, ff, &layer.norm_ff);

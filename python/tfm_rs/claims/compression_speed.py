@@ -34,7 +34,7 @@ import tfm_rs
 from tfm_rs import optim
 from tfm_rs.checkpoint import save_checkpoint
 from tfm_rs.claims.base import Claim, Outcome
-from tfm_rs.claims.hashed_embeddings import BATCH, LENGTH, DictionaryTask, make_model, score, test_set, train
+from tfm_rs.claims.hashed_embeddings import BATCH, LENGTH, clone, DictionaryTask, make_model, score, test_set, train
 from tfm_rs.models import Seq2SeqTransformer
 from tfm_rs.nn.utils import prune
 from tfm_rs.quantization import quantize_dynamic, quantized_state_dict, save_quantized
@@ -46,12 +46,6 @@ TEMPERATURE, ALPHA = 2.0, 0.5
 FASTER, NOT_FASTER = 1.25, 1.1
 # Quality "holds" while the token accuracy stays within this of the teacher's.
 MARGIN = 0.05
-
-
-def _copy(model: Seq2SeqTransformer) -> Seq2SeqTransformer:
-    twin = Seq2SeqTransformer.from_config(model.config)
-    twin.load_state_dict(model.state_dict())
-    return twin
 
 
 def distill(student: Seq2SeqTransformer, teacher: Seq2SeqTransformer, task: DictionaryTask, steps: int,
@@ -133,9 +127,9 @@ def experiment(quick: bool) -> Outcome:
 
     models: Dict[str, Any] = {"teacher (float32)": teacher,
                               "int8 dynamic quantization": quantize_dynamic(teacher),
-                              "mask pruning, 50% of weights": mask_prune(_copy(teacher), 0.5),
-                              "half the heads and FFN channels": structural_prune(_copy(teacher))}
-    tuned = structural_prune(_copy(teacher))
+                              "mask pruning, 50% of weights": mask_prune(clone(teacher), 0.5),
+                              "half the heads and FFN channels": structural_prune(clone(teacher))}
+    tuned = structural_prune(clone(teacher))
     train(tuned, task, finetune, seed + 1)
     models["half the heads and FFN channels + fine-tune"] = tuned
     tfm_rs.manual_seed(seed)

@@ -60,6 +60,14 @@ def make_model(vocab: int, d_model: int = D_MODEL, layers: int = 1, dim_feedforw
                               eos_id=EOS, **reduce)
 
 
+def clone(model: Seq2SeqTransformer) -> Seq2SeqTransformer:
+    """An independent copy of ``model`` (same config, copied weights), for cutting one way while
+    keeping the original for the next."""
+    twin = Seq2SeqTransformer.from_config(model.config)
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
 def train(model: Seq2SeqTransformer, task: Any, steps: int, seed: int, lr: float = 3e-3) -> List[float]:
     """Adam on fresh batches of 64 sentences from ``task.batch(rng, n)``; returns the losses."""
     opt = optim.Adam(model.parameters(), lr=lr)

@@ -26,7 +26,7 @@ import numpy as np
 
 import tfm_rs
 from tfm_rs.claims.base import Claim, Outcome
-from tfm_rs.claims.hashed_embeddings import BOS, EOS, FIRST, make_model, score, train
+from tfm_rs.claims.hashed_embeddings import BOS, EOS, FIRST, clone, make_model, score, train
 from tfm_rs.models import Seq2SeqTransformer, factorize_ffn
 
 D_MODEL, D_FF = 64, 256
@@ -75,12 +75,6 @@ def ffn_parameters(model: Seq2SeqTransformer) -> int:
     return int(sum(int(np.prod(p.shape)) for lin in ffn_linears(model) for p in lin.parameters()))
 
 
-def _copy(model: Seq2SeqTransformer) -> Seq2SeqTransformer:
-    twin = Seq2SeqTransformer.from_config(model.config)
-    twin.load_state_dict(model.state_dict())
-    return twin
-
-
 def _spectra(model: Seq2SeqTransformer) -> List[np.ndarray]:
     """Each FFN matrix's singular values, largest first, divided by the largest."""
     out = []
@@ -120,12 +114,12 @@ def experiment(quick: bool) -> Outcome:
     _, control = trained(dim_feedforward=1)
 
     # The fine-tuned factorizations are compared with the full model trained for the same extra steps.
-    reference = _copy(full_model)
+    reference = clone(full_model)
     train(reference, task, finetune, seed + 1)
     full["fine_tuned"] = {"accuracy": accuracy(reference)}
     after: Dict[str, Dict[str, Any]] = {}
     for energy in energies:
-        model = _copy(full_model)
+        model = clone(full_model)
         kept = factorize_ffn(model, energy=energy)
         row = {"ranks": kept if isinstance(kept, list) else [kept] * len(ffn_linears(model)),
                "ffn_parameters": ffn_parameters(model), "as_is": {"accuracy": accuracy(model)}}

@@ -35,9 +35,6 @@ def _norm(m: Optional[nn.Module]) -> Optional[Tuple[Any, Any]]:
         b = m.bias.numpy() if m.affine else 0.0
         scale = w / np.sqrt(var + m.eps)
         return (Tensor(scale.astype(np.float32)), Tensor((b - mean * scale).astype(np.float32)))
-    if not isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
-        raise InvalidArgumentError(f"the native decoder runs LayerNorm, RMSNorm and batch norm models, not "
-                                   f"{type(m).__name__}")
     return (m.weight, getattr(m, "bias", None))
 
 
@@ -51,7 +48,9 @@ def _norm_kind(spec: Any, owner: str) -> Tuple[float, str]:
     norms = [m for layer in spec.layers for m in (layer.norm_self, layer.norm_cross, layer.norm_ff, spec.final_norm)
              if m is not None]
     for m in norms:
-        _norm(m)
+        if type(m) not in _KINDS:
+            raise InvalidArgumentError(f"{owner}: the native decoder runs LayerNorm, RMSNorm and MaskedBatchNorm1d "
+                                       f"(norm='batch'), not {type(m).__name__}")
     kinds = {type(m) for m in norms}
     epsilons = {m.eps for m in norms}
     if len(kinds) != 1 or (len(epsilons) != 1 and kinds != {MaskedBatchNorm1d}):

@@ -115,6 +115,33 @@ pub enum Activation {
     Silu,
 }
 
+impl From<crate::desc::ActivationKind> for Activation {
+    fn from(kind: crate::desc::ActivationKind) -> Self {
+        use crate::desc::ActivationKind as K;
+        match kind {
+            K::Relu => Activation::Relu,
+            K::Gelu => Activation::Gelu,
+            K::GeluTanh => Activation::GeluTanh,
+            K::Silu => Activation::Silu,
+        }
+    }
+}
+
+impl Activation {
+    /// The op's kind of this activation, `None` for the identity: code that applies the
+    /// activation outside the GEMM's store (the integer GEMM, say) uses the op's scalar form.
+    pub fn kind(self) -> Option<crate::desc::ActivationKind> {
+        use crate::desc::ActivationKind as K;
+        match self {
+            Activation::Identity => None,
+            Activation::Relu => Some(K::Relu),
+            Activation::Gelu => Some(K::Gelu),
+            Activation::GeluTanh => Some(K::GeluTanh),
+            Activation::Silu => Some(K::Silu),
+        }
+    }
+}
+
 /// What happens to each output element after the product: `act(α·AB + β·C + bias[j])`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
