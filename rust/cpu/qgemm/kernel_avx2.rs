@@ -48,7 +48,14 @@ unsafe fn rows<const R: usize>(t: &Tile) {
             acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(a, b1));
         }
     }
-    for (half, c0) in [0usize, 8].into_iter().enumerate() {
+    // As in `kernel_vnni`: the epilogue reads the sums from memory, so that `acc` stays in
+    // registers through the loop.
+    let mut sums = [[0i32; NR]; R];
+    for (s, acc) in sums.iter_mut().zip(&acc) {
+        _mm256_storeu_si256(s.as_mut_ptr() as *mut _, acc[0]);
+        _mm256_storeu_si256(s.as_mut_ptr().add(8) as *mut _, acc[1]);
+    }
+    for c0 in [0usize, 8] {
         if c0 >= t.cols {
             break;
         }
@@ -60,9 +67,10 @@ unsafe fn rows<const R: usize>(t: &Tile) {
         } else {
             Some(_mm256_maskload_ps(t.bias.add(c0), mask))
         };
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, sum) in sums.iter().enumerate() {
             let zero = _mm256_set1_epi32(*t.a_zeros.add(r));
-            let v = _mm256_sub_epi32(acc[half], _mm256_mullo_epi32(zero, colsum));
+            let acc = _mm256_loadu_si256(sum.as_ptr().add(c0) as *const _);
+            let v = _mm256_sub_epi32(acc, _mm256_mullo_epi32(zero, colsum));
             let at = r * t.ldc + c0;
             if t.is_f32() {
                 let scale = _mm256_mul_ps(_mm256_set1_ps(*t.a_scales.add(r)), w_scales);

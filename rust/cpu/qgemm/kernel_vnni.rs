@@ -40,7 +40,14 @@ unsafe fn rows<const R: usize>(t: &Tile) {
             acc[1] = _mm512_dpbusd_epi32(acc[1], a, b1);
         }
     }
-    for (half, c0) in [0usize, 16].into_iter().enumerate() {
+    // The epilogue reads the sums from memory: indexing `acc` by the run-time half there made
+    // LLVM keep all 24 accumulators on the stack, storing each one every step (half the speed).
+    let mut sums = [[0i32; NR]; R];
+    for (s, acc) in sums.iter_mut().zip(&acc) {
+        _mm512_storeu_si512(s.as_mut_ptr() as *mut _, acc[0]);
+        _mm512_storeu_si512(s.as_mut_ptr().add(16) as *mut _, acc[1]);
+    }
+    for c0 in [0usize, 16] {
         if c0 >= t.cols {
             break;
         }
@@ -56,9 +63,10 @@ unsafe fn rows<const R: usize>(t: &Tile) {
         } else {
             Some(_mm512_maskz_loadu_ps(mask, t.bias.add(c0)))
         };
-        for (r, acc) in acc.iter().enumerate() {
+        for (r, sum) in sums.iter().enumerate() {
             let zero = _mm512_set1_epi32(*t.a_zeros.add(r));
-            let v = _mm512_sub_epi32(acc[half], _mm512_mullo_epi32(zero, colsum));
+            let acc = _mm512_loadu_si512(sum.as_ptr().add(c0) as *const _);
+            let v = _mm512_sub_epi32(acc, _mm512_mullo_epi32(zero, colsum));
             let at = r * t.ldc + c0;
             if t.is_f32() {
                 let scale = _mm512_mul_ps(_mm512_set1_ps(*t.a_scales.add(r)), w_scales);
