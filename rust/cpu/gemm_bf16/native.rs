@@ -54,12 +54,29 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) as u32 | (bf16_bits(hi) as u32) << 16
 }
 
+/// [`pair`] on 16 lanes, rounding in hardware (`vcvtneps2bf16`: to nearest even, as
+/// `bf16_bits`, except that f32 subnormals become 0 and a NaN keeps fewer payload bits; the
+/// kernels' `vdpbf16ps` reads bf16 subnormals as 0 anyway, so the products are the same).
+#[inline(always)]
+unsafe fn pairs(lo: __m512, hi: __m512) -> __m512i {
+    // SAFETY: the caller runs with AVX-512 F and BF16.
+    unsafe {
+        let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+            _mm512_cvtneps_pbh(lo),
+        ));
+        let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
+            _mm512_cvtneps_pbh(hi),
+        ));
+        _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
+    }
+}
+
 /// Packs `src[p0..p0+kc, j0..j0+w]` as bf16 pairs into `ceil(w/width)` panels of
 /// `depth·width` dwords (`depth ≥ ceil(kc/2)` pairs): `dst[t·depth·width + q·width + j]` holds
 /// rows `p0+2q` (low half) and `p0+2q+1` (high half; 0 past `kc`) of column `j0 + t·width + j`,
 /// and zeros past column `w` and past pair `ceil(kc/2)`. Fast loops for rows contiguous
 /// (`cs == 1`) and columns contiguous (`rs == 1`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pack_pairs(
     src: &MatRef,
@@ -86,6 +103,13 @@ pub(super) fn pack_pairs(
     }
     let (data, rs, cs) = (src.data, src.rs, src.cs);
     let base = p0 * rs + j0 * cs;
+    let lanes = |n: usize| -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            (1u16 << n) - 1
+        }
+    };
     if cs == 1 {
         for q in 0..kp {
             let r0 = &data[base + 2 * q * rs..][..w];
@@ -94,17 +118,16 @@ pub(super) fn pack_pairs(
                 let jt = t * width;
                 let wt = width.min(w - jt);
                 let d = &mut d[q * width..][..wt];
-                let lo = &r0[jt..][..wt];
-                match r1 {
-                    Some(r1) => {
-                        for ((d, &x), &y) in d.iter_mut().zip(lo).zip(&r1[jt..][..wt]) {
-                            *d = pair(x, y);
-                        }
-                    }
-                    None => {
-                        for (d, &x) in d.iter_mut().zip(lo) {
-                            *d = pair(x, 0.0);
-                        }
+                for c in (0..wt).step_by(16) {
+                    let m = lanes(wt - c);
+                    // SAFETY: the masked lanes lie inside `r0`, `r1` and `d` (lengths ≥ wt).
+                    unsafe {
+                        let lo = _mm512_maskz_loadu_ps(m, r0[jt + c..].as_ptr());
+                        let hi = match r1 {
+                            Some(r1) => _mm512_maskz_loadu_ps(m, r1[jt + c..].as_ptr()),
+                            None => _mm512_setzero_ps(),
+                        };
+                        _mm512_mask_storeu_epi32(d[c..].as_mut_ptr() as *mut _, m, pairs(lo, hi));
                     }
                 }
             }
@@ -117,12 +140,25 @@ pub(super) fn pack_pairs(
             let col = base + (jt + j) * cs;
             if rs == 1 {
                 let col = &data[col..][..kc];
-                let mut pairs = col.chunks_exact(2);
-                for (q, two) in pairs.by_ref().enumerate() {
-                    d[q * width + j] = pair(two[0], two[1]);
-                }
-                if let [x] = pairs.remainder() {
-                    d[(kp - 1) * width + j] = pair(*x, 0.0);
+                // 16 pairs at a time: 32 consecutive floats, rounded by one instruction into
+                // 16 dwords whose low halves are the even depths, then spread down the column
+                // of the panel.
+                let mut out = [0u32; 16];
+                for q0 in (0..kp).step_by(16) {
+                    let at = 2 * q0;
+                    // SAFETY: the masked lanes lie inside `col` (kc floats).
+                    unsafe {
+                        let lo = _mm512_maskz_loadu_ps(lanes(kc - at), col[at..].as_ptr());
+                        let hi = _mm512_maskz_loadu_ps(
+                            lanes(kc.saturating_sub(at + 16)),
+                            col[(at + 16).min(kc)..].as_ptr(),
+                        );
+                        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                        _mm512_storeu_si512(out.as_mut_ptr() as *mut _, v);
+                    }
+                    for (q, &v) in out.iter().enumerate().take(kp - q0) {
+                        d[(q0 + q) * width + j] = v;
+                    }
                 }
             } else {
                 for q in 0..kp {
