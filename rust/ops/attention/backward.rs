@@ -15,7 +15,7 @@ use super::forward::{pack_rows, BC, BR};
 use super::kernels::{
     block_matmul, dispatch, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd, LANES, MR,
 };
-use super::mask::{StructuredMask, Tile};
+use super::mask::{Along, StructuredMask, Tile};
 use super::MaskedConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
@@ -219,11 +219,19 @@ impl Kernel for BackwardTask<'_> {
             let (nc, mc) = (round_up(bc, LANES), round_up(bc, MR));
             // Causal: query blocks that end before this key block see none of it.
             let qb_start = if cfg.is_causal { j0 / BR } else { 0 };
-            let step = kb * q_blocks;
-            next.parts(step..step + qb_start);
+            // Only the query blocks the mask lets see this key block. Those skipped are empty
+            // tiles, left as the tile rule's would be: unwritten, zeroed below if nothing
+            // else reaches them.
+            let spans = super::reachable(
+                structured,
+                head,
+                Along::Queries,
+                (j0, bc),
+                BR,
+                (qb_start, q_blocks),
+            );
             let mut k_started = false;
-            for (qb, dq_written) in dq_started.iter_mut().enumerate().skip(qb_start) {
-                next.parts(step + qb..step + qb + 1);
+            for qb in next.walk(kb * q_blocks, q_blocks, &spans) {
                 let i0 = qb * BR;
                 let br = BR.min(tq - i0);
                 let mr = round_up(br, MR);
@@ -323,10 +331,10 @@ impl Kernel for BackwardTask<'_> {
                     ep,
                     &mut dq_acc[i0 * ep..],
                     ep,
-                    *dq_written,
+                    dq_started[qb],
                 );
                 k_started = true;
-                *dq_written = true;
+                dq_started[qb] = true;
             }
             if !k_started {
                 dk_acc[j0 * ep..(j0 + bc) * ep].fill(0.0);

@@ -11,7 +11,7 @@ use super::kernels::{
     block_matmul, dispatch, exp2, exp2_sub, round_up, Kernel, Operand, Prefetch, Scratch, Simd,
     LANES, MR,
 };
-use super::mask::{StructuredMask, Tile};
+use super::mask::{Along, StructuredMask, Tile};
 use super::MaskedConfig;
 use crate::cpu::active_isa;
 use rayon::prelude::*;
@@ -216,13 +216,13 @@ impl Kernel for ForwardTask<'_> {
             } else {
                 k_blocks
             };
-            let step = i0 / BR * k_blocks;
-            next.parts(step + kb_end..step + k_blocks);
+            // Only the key blocks the mask may reach: O(T) tiles of a sparse mask, not T².
+            let spans =
+                super::reachable(structured, head, Along::Keys, (first, br), BC, (0, kb_end));
             // Whether acc holds a product yet: the first written key block writes it instead
             // of rescaling and adding to it.
             let mut started = false;
-            for kb in 0..kb_end {
-                next.parts(step + kb..step + kb + 1);
+            for kb in next.walk(i0 / BR * k_blocks, k_blocks, &spans) {
                 let j0 = kb * BC;
                 let bc = BC.min(tk - j0);
                 let class = super::tile_class(structured, head, (first, br), (j0, bc));

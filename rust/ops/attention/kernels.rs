@@ -393,13 +393,29 @@ pub(super) fn exp2_sub<S: Simd>(x: &[f32], m: &[f32]) -> [f32; 16] {
 /// instead of stalling the next task's packing (measured: a head's backward runs ~8% faster
 /// when its inputs are already cached). "Next" is the next task in the list: rayon hands each
 /// thread contiguous runs of it.
+#[derive(Clone, Copy)]
 pub(super) struct Prefetch<'a, const N: usize> {
     pub data: [&'a [f32]; N],
     /// The number of steps over which the current task spreads the prefetches.
     pub steps: usize,
 }
 
-impl<const N: usize> Prefetch<'_, N> {
+impl<'a, const N: usize> Prefetch<'a, N> {
+    /// The blocks of `spans` (sorted, disjoint, within `0..count`) of a loop whose block `b`
+    /// is step `base + b`. Each visited block prefetches the steps since the last visited one,
+    /// and the end of the walk those left up to `base + count`: every step's part once,
+    /// however many blocks a mask skips.
+    pub fn walk(self, base: usize, count: usize, spans: &'a [(usize, usize)]) -> Walk<'a, N> {
+        Walk {
+            prefetch: self,
+            spans: spans.iter(),
+            current: 0..0,
+            base,
+            done: 0,
+            count,
+        }
+    }
+
     /// Prefetches parts `steps` (of `self.steps`) of every slice.
     #[inline(always)]
     pub fn parts(&self, steps: std::ops::Range<usize>) {
@@ -422,6 +438,47 @@ impl<const N: usize> Prefetch<'_, N> {
                 let _ = p;
             }
         }
+    }
+}
+
+/// The iterator of [`Prefetch::walk`].
+pub(super) struct Walk<'a, const N: usize> {
+    prefetch: Prefetch<'a, N>,
+    spans: std::slice::Iter<'a, (usize, usize)>,
+    current: std::ops::Range<usize>,
+    base: usize,
+    /// Blocks `0..done` are prefetched.
+    done: usize,
+    count: usize,
+}
+
+impl<const N: usize> Iterator for Walk<'_, N> {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            if let Some(b) = self.current.next() {
+                self.prefetch_to(b + 1);
+                return Some(b);
+            }
+            match self.spans.next() {
+                Some(&(lo, hi)) => self.current = lo..hi,
+                None => {
+                    self.prefetch_to(self.count);
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+impl<const N: usize> Walk<'_, N> {
+    #[inline(always)]
+    fn prefetch_to(&mut self, block: usize) {
+        let base = self.base;
+        self.prefetch.parts(base + self.done..base + block);
+        self.done = block;
     }
 }
 

@@ -8,6 +8,9 @@
 //! - [`StructuredMask`]: a spec resolved against (batch, L, S), checked. The kernels ask it for
 //!   a tile's [`Tile`] class — empty tiles are skipped, full tiles run unmasked — and, for
 //!   partial tiles only, for one row of allowed flags at a time, computed from the indices.
+//! - [`StructuredMask::reach`]: for a block of queries, the key blocks whose tiles can be
+//!   non-empty (and the transpose, for the backward's key-block-major loop), so that the
+//!   kernels walk O(T) tiles of a sparse mask instead of classifying all T².
 //! - [`StructuredMask::allowed`]: the element-wise predicate, written independently of the
 //!   tile and row code, as the oracle of the tests and of [`StructuredMask::explain`]'s counts.
 //!
@@ -84,6 +87,69 @@ pub struct MaskStats {
     pub empty: u64,
 }
 
+/// The direction of a [`StructuredMask::reach`] question.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Along {
+    /// Which key blocks a range of queries may attend (the forward's inner loop).
+    Keys,
+    /// Which query blocks may attend a range of keys (the backward's inner loop).
+    Queries,
+}
+
+/// Sorted, disjoint, non-adjacent half-open ranges of block indices.
+pub(super) type Spans = Vec<(usize, usize)>;
+
+/// The axis that a [`StructuredMask::reach`] answer indexes: `extent` elements (L or S) in
+/// blocks of `width`, the last one short.
+#[derive(Clone, Copy)]
+struct Grid {
+    width: usize,
+    extent: usize,
+}
+
+impl Grid {
+    fn all(self) -> Spans {
+        self.span(0, self.extent).into_iter().collect()
+    }
+
+    /// The blocks holding elements `lo..hi` that lie on the axis.
+    fn span(self, lo: usize, hi: usize) -> Option<(usize, usize)> {
+        let hi = hi.min(self.extent);
+        (lo < hi).then(|| (lo / self.width, hi.div_ceil(self.width)))
+    }
+}
+
+/// Spans from ranges in any order, overlapping or touching.
+fn merge(mut spans: Spans) -> Spans {
+    spans.sort_unstable();
+    let mut out: Spans = Vec::with_capacity(spans.len());
+    for (lo, hi) in spans {
+        match out.last_mut() {
+            Some(last) if lo <= last.1 => last.1 = last.1.max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn intersect(a: &[(usize, usize)], b: &[(usize, usize)]) -> Spans {
+    let (mut x, mut y) = (0, 0);
+    let mut out = Vec::new();
+    while x < a.len() && y < b.len() {
+        let (lo, hi) = (a[x].0.max(b[y].0), a[x].1.min(b[y].1));
+        if lo < hi {
+            out.push((lo, hi));
+        }
+        // The range that ends first meets nothing further in the other list.
+        if a[x].1 < b[y].1 {
+            x += 1;
+        } else {
+            y += 1;
+        }
+    }
+    out
+}
+
 /// A [`MaskSpec`] resolved against the sizes of one call.
 pub struct StructuredMask {
     node: Node,
@@ -115,6 +181,11 @@ enum Node {
         random: usize,
         seed: u64,
         key_blocks: usize,
+        /// The random draws transposed, for [`Node::reach`] along the queries: the query
+        /// blocks that drew key block `kb` are `drawers[drawn[kb]..drawn[kb + 1]]`. Linear in
+        /// L; without it the random term would admit every query block.
+        drawn: Vec<usize>,
+        drawers: Vec<usize>,
     },
     Dense(HostMask),
     And(Box<Node>, Box<Node>),
@@ -230,13 +301,40 @@ impl MaskSpec {
                 seed,
             } => {
                 crate::ensure_value!(*block > 0, OP, "block_sparse: block_size must be positive");
+                let key_blocks = tk.div_ceil(*block);
+                // Without keys there is nothing to draw (and `random_block` would name block 0).
+                let query_blocks = if key_blocks == 0 {
+                    0
+                } else {
+                    tq.div_ceil(*block)
+                };
+                let draws =
+                    |qb| (0..*random).map(move |t| random_block(*seed, qb, t, *random, key_blocks));
+                // A counting sort of the (key block, query block) draws by key block.
+                let mut drawn = vec![0; key_blocks + 1];
+                for kb in (0..query_blocks).flat_map(draws) {
+                    drawn[kb + 1] += 1;
+                }
+                for kb in 0..key_blocks {
+                    drawn[kb + 1] += drawn[kb];
+                }
+                let mut fill = drawn.clone();
+                let mut drawers = vec![0; drawn[key_blocks]];
+                for qb in 0..query_blocks {
+                    for kb in draws(qb) {
+                        drawers[fill[kb]] = qb;
+                        fill[kb] += 1;
+                    }
+                }
                 Node::Blocks {
                     block: *block,
                     window: *window,
                     global: *global,
                     random: *random,
                     seed: *seed,
-                    key_blocks: tk.div_ceil(*block),
+                    key_blocks,
+                    drawn,
+                    drawers,
                 }
             }
             MaskSpec::Dense(t) => Node::Dense(HostMask::new(OP, t, batch, tq, tk)?),
@@ -261,6 +359,26 @@ impl StructuredMask {
     /// The class of the tile of queries `rows` and keys `cols` (half-open, non-empty).
     pub fn tile(&self, head: usize, rows: (usize, usize), cols: (usize, usize)) -> Tile {
         self.node.tile(head, rows, cols)
+    }
+
+    /// The blocks of `width` keys that queries `from` may attend ([`Along::Keys`]), or of
+    /// `width` queries that may attend keys `from` ([`Along::Queries`]); `from` half-open and
+    /// non-empty. Conservative: every tile of `from` against a block outside the spans is
+    /// [`Tile::Empty`] by [`StructuredMask::tile`] (and so by [`StructuredMask::allowed`]);
+    /// blocks inside may be empty too, for the tile rule to find.
+    pub(super) fn reach(
+        &self,
+        head: usize,
+        along: Along,
+        from: (usize, usize),
+        width: usize,
+    ) -> Spans {
+        debug_assert!(from.0 < from.1 && width > 0);
+        let extent = match along {
+            Along::Keys => self.tk,
+            Along::Queries => self.tq,
+        };
+        self.node.reach(head, along, from, Grid { width, extent })
     }
 
     /// `out[c]` = whether query `i` attends key `j0 + c`, for `c < out.len() ≤ ROW`.
@@ -309,12 +427,21 @@ impl StructuredMask {
     /// Allowed pairs and tile classes over `heads` batch-heads, with tiles of `tile` queries
     /// by `tile` keys (the kernels': 64).
     pub fn explain(&self, heads: usize, tile: usize) -> MaskStats {
+        let tile = tile.max(1);
         let mut stats = MaskStats::default();
         let mut ok = [false; ROW];
         for head in 0..heads {
-            for i0 in (0..self.tq).step_by(tile.max(1)) {
+            for i0 in (0..self.tq).step_by(tile) {
                 let i1 = (i0 + tile).min(self.tq);
-                for j0 in (0..self.tk).step_by(tile.max(1)) {
+                // The tiles `reach` leaves out are empty by the tile rule: counted, not visited.
+                let spans = self.reach(head, Along::Keys, (i0, i1), tile);
+                let visited: usize = spans.iter().map(|(lo, hi)| hi - lo).sum();
+                stats.empty += (self.tk.div_ceil(tile) - visited) as u64;
+                for j0 in spans
+                    .iter()
+                    .flat_map(|&(lo, hi)| lo..hi)
+                    .map(|jb| jb * tile)
+                {
                     let j1 = (j0 + tile).min(self.tk);
                     match self.tile(head, (i0, i1), (j0, j1)) {
                         Tile::Empty => stats.empty += 1,
@@ -378,6 +505,7 @@ impl Node {
                 random,
                 seed,
                 key_blocks,
+                ..
             } => blocks_allowed(
                 (*window, *global, *random, *seed, *key_blocks),
                 i / block,
@@ -441,6 +569,7 @@ impl Node {
                 random,
                 seed,
                 key_blocks,
+                ..
             } => {
                 let params = (*window, *global, *random, *seed, *key_blocks);
                 let (mut any, mut all) = (false, true);
@@ -473,6 +602,124 @@ impl Node {
                 } else {
                     t.max(b.tile(head, (i0, i1), (j0, j1)))
                 }
+            }
+        }
+    }
+
+    fn reach(&self, head: usize, along: Along, (a0, a1): (usize, usize), grid: Grid) -> Spans {
+        match self {
+            Node::Band { lo, hi } => {
+                // Queries a0..a1 attend keys a0 + lo ..= a1 − 1 + hi; keys a0..a1 are attended by
+                // queries a0 − hi ..= a1 − 1 − lo: the same with the band negated.
+                let (lo, hi) = match along {
+                    Along::Keys => (*lo, *hi),
+                    Along::Queries => (-*hi, -*lo),
+                };
+                let on_axis = |x: i64| x.clamp(0, grid.extent as i64) as usize;
+                let (from, to) = (on_axis(a0 as i64 + lo), on_axis(a1 as i64 + hi));
+                grid.span(from, to).into_iter().collect()
+            }
+            Node::Global(g) => {
+                if count_in(g, a0, a1) > 0 {
+                    return grid.all();
+                }
+                // The blocks holding global indices, jumping from each to the next block's.
+                let mut spans = Vec::new();
+                let mut at = 0;
+                while at < g.len() && g[at] < grid.extent {
+                    let b = g[at] / grid.width;
+                    spans.push((b, b + 1));
+                    at = g.partition_point(|&x| x < (b + 1) * grid.width);
+                }
+                merge(spans)
+            }
+            Node::Keys {
+                heads_per_sample,
+                samples,
+                tk,
+                prefix,
+                ..
+            } => {
+                let s = (head / heads_per_sample) % samples;
+                let p = &prefix[s * (tk + 1)..(s + 1) * (tk + 1)];
+                match along {
+                    // From the first valid key to the last: exact when the valid keys are one run
+                    // (padding at either end).
+                    Along::Keys => {
+                        let n = p[*tk];
+                        if n == 0 {
+                            return Vec::new();
+                        }
+                        let first = p.partition_point(|&x| x < 1) - 1;
+                        grid.span(first, p.partition_point(|&x| x < n))
+                            .into_iter()
+                            .collect()
+                    }
+                    // Every query sees the same keys: all of them see a valid key, or none.
+                    Along::Queries if p[a1] > p[a0] => grid.all(),
+                    Along::Queries => Vec::new(),
+                }
+            }
+            Node::Blocks {
+                block,
+                window,
+                global,
+                random,
+                seed,
+                key_blocks,
+                drawn,
+                drawers,
+            } => {
+                // The rule is symmetric in (query block, key block) but for the random draws.
+                let (b0, b1) = (a0 / block, (a1 - 1) / block);
+                if b0 < *global {
+                    return grid.all();
+                }
+                let blocks = |lo: usize, hi: usize| {
+                    grid.span(lo.saturating_mul(*block), hi.saturating_mul(*block))
+                };
+                let near = (
+                    b0.saturating_sub(*window),
+                    b1.saturating_add(*window).saturating_add(1),
+                );
+                let mut spans: Spans = [(0, *global), near]
+                    .into_iter()
+                    .filter_map(|(lo, hi)| blocks(lo, hi))
+                    .collect();
+                let one = |b: usize| blocks(b, b + 1);
+                match along {
+                    Along::Keys => spans.extend(
+                        (b0..=b1)
+                            .flat_map(|qb| {
+                                (0..*random)
+                                    .map(move |t| random_block(*seed, qb, t, *random, *key_blocks))
+                            })
+                            .filter_map(one),
+                    ),
+                    // The draws are grouped by key block: those of b0..=b1 are one slice.
+                    Along::Queries => spans.extend(
+                        drawers[drawn[b0]..drawn[b1 + 1]]
+                            .iter()
+                            .filter_map(|&b| one(b)),
+                    ),
+                }
+                merge(spans)
+            }
+            Node::Dense(_) => grid.all(),
+            Node::And(a, b) => {
+                let spans = a.reach(head, along, (a0, a1), grid);
+                if spans.is_empty() {
+                    spans
+                } else {
+                    intersect(&spans, &b.reach(head, along, (a0, a1), grid))
+                }
+            }
+            Node::Or(a, b) => {
+                let mut spans = a.reach(head, along, (a0, a1), grid);
+                if spans != grid.all() {
+                    spans.extend(b.reach(head, along, (a0, a1), grid));
+                }
+                merge(spans)
             }
         }
     }
@@ -517,6 +764,7 @@ impl Node {
                 random,
                 seed,
                 key_blocks,
+                ..
             } => {
                 let params = (*window, *global, *random, *seed, *key_blocks);
                 let qb = i / block;

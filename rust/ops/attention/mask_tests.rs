@@ -288,9 +288,19 @@ fn tiles_and_rows_agree_with_the_pairwise_definition() {
             .filter(|&(h, i, j)| m.allowed(h, i, j))
             .count() as u64;
         assert_eq!(stats.allowed, allowed, "{name}: explain's count");
+        // The tiles it skips unseen must be those the tile rule calls empty.
+        let mut classes = [0u64; 3];
+        for head in 0..4 {
+            for i0 in (0..tq).step_by(64) {
+                for j0 in (0..tk).step_by(64) {
+                    let tile = m.tile(head, (i0, (i0 + 64).min(tq)), (j0, (j0 + 64).min(tk)));
+                    classes[tile as usize] += 1;
+                }
+            }
+        }
         assert_eq!(
-            stats.full + stats.partial + stats.empty,
-            4 * 3 * 3,
+            [stats.empty, stats.partial, stats.full],
+            classes,
             "{name}: tiles"
         );
     }
@@ -310,6 +320,10 @@ fn a_window_skips_the_tiles_it_empties() {
     // 64 × 64 tiles; the band covers 9 tile diagonals, the global rows and columns one each.
     assert_eq!(s.full + s.partial + s.empty, 64 * 64);
     assert!(s.empty > 64 * 64 * 8 / 10, "{s:?}");
+    // And the kernels visit only those: the global block and the band's blocks, either way.
+    for along in [Along::Keys, Along::Queries] {
+        assert_eq!(m.reach(0, along, (2048, 2112), 64), [(0, 1), (28, 37)]);
+    }
 }
 
 #[test]
@@ -342,4 +356,82 @@ fn bad_masks_are_errors() {
     assert_eq!(kind(padding(2, 9)), ErrorKind::Shape);
     let dense = Tensor::new(vec![0.0; 9 * 10], &[9, 10]).unwrap();
     assert_eq!(kind(MaskSpec::Dense(dense)), ErrorKind::Shape);
+}
+
+/// Every block that `reach` leaves out, for the range `from` of the other axis, must be an
+/// empty tile by the tile rule (so that `explain` counts the same) and hold no allowed pair.
+fn check_reach(
+    name: &str,
+    m: &StructuredMask,
+    head: usize,
+    along: Along,
+    from: (usize, usize),
+    width: usize,
+) {
+    let extent = match along {
+        Along::Keys => m.tk,
+        Along::Queries => m.tq,
+    };
+    let spans = m.reach(head, along, from, width);
+    let what = format!("{name}: {along:?} from {from:?}, width {width}, head {head}");
+    let count = extent.div_ceil(width);
+    assert!(
+        spans.windows(2).all(|w| w[0].1 < w[1].0)
+            && spans.iter().all(|&(lo, hi)| lo < hi && hi <= count),
+        "{what}: spans {spans:?} of {count}"
+    );
+    for b in (0..count).filter(|&b| !spans.iter().any(|&(lo, hi)| (lo..hi).contains(&b))) {
+        let block = (b * width, ((b + 1) * width).min(extent));
+        let (rows, cols) = match along {
+            Along::Keys => (from, block),
+            Along::Queries => (block, from),
+        };
+        assert_eq!(m.tile(head, rows, cols), Tile::Empty, "{what}: block {b}");
+        let any = (rows.0..rows.1).any(|i| (cols.0..cols.1).any(|j| m.allowed(head, i, j)));
+        assert!(!any, "{what}: block {b} holds an allowed pair");
+    }
+}
+
+#[test]
+fn reach_leaves_out_only_empty_tiles() {
+    let sizes = [
+        (1, 1),
+        (3, 3),
+        (17, 3),
+        (3, 127),
+        (127, 17),
+        (150, 170),
+        (1000, 1000),
+    ];
+    let mut draw = 0u64;
+    let mut pick = |n: usize| {
+        draw += 1;
+        (crate::random::uniform(99, draw) * n as f32) as usize % n
+    };
+    for (tq, tk) in sizes {
+        let small = tq * tk <= 150 * 170;
+        for (name, spec) in specs(2, tq, tk) {
+            let m = spec.resolve(&[2, 2], tq, tk).unwrap();
+            let name = format!("{name}, L {tq} S {tk}");
+            for head in [0, 3] {
+                for width in [1, 5, 17, 64] {
+                    if !small && width < 17 {
+                        continue;
+                    }
+                    for (along, extent) in [(Along::Keys, tq), (Along::Queries, tk)] {
+                        // Both ends of the axis, then random ranges up to a tile long.
+                        for t in 0..if small { 12 } else { 3 } {
+                            let lo = match t {
+                                0 => 0,
+                                1 => extent - 1,
+                                _ => pick(extent),
+                            };
+                            let hi = (lo + 1 + pick(70)).min(extent);
+                            check_reach(&name, &m, head, along, (lo, hi), width);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -42,6 +42,7 @@ pub use backward::{attention_backward, attention_backward_masked};
 pub use explicit::attention_with_weights;
 pub use forward::{attention_forward, attention_forward_masked};
 pub use mask::{random_block, MaskSpec, MaskStats, StructuredMask, Tile};
+use mask::{Along, Spans};
 pub use reference::{attention_backward_reference, attention_forward_reference};
 
 use crate::autograd::{Backward, Var};
@@ -145,6 +146,28 @@ fn tile_class(
     structured.map_or(Tile::Partial, |m| {
         m.tile(head, (i0, i0 + rows), (j0, j0 + cols))
     })
+}
+
+/// The blocks of `width` along `along` within `start..end` that a tile's `from = (first,
+/// count)` may meet: those the structured mask's [`StructuredMask::reach`] admits, or all of
+/// them without one.
+fn reachable(
+    structured: Option<&StructuredMask>,
+    head: usize,
+    along: Along,
+    (first, count): (usize, usize),
+    width: usize,
+    (start, end): (usize, usize),
+) -> Spans {
+    structured
+        .map_or_else(
+            || vec![(start, end)],
+            |m| m.reach(head, along, (first, first + count), width),
+        )
+        .into_iter()
+        .map(|(lo, hi)| (lo.max(start), hi.min(end)))
+        .filter(|(lo, hi)| lo < hi)
+        .collect()
 }
 
 /// Masks a block of scores (laid out as for `MaskedConfig::mask_block`) of a tile of class
