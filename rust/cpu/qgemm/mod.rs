@@ -585,7 +585,9 @@ pub fn quantized_matmul(
     parallel: bool,
 ) -> Result<Vec<f32>> {
     let a = quantize_rows(x, m, b.k)?;
-    let mut c = vec![0.0f32; m * b.n];
+    // From the op-output pool: qgemm writes every element, and a fresh buffer the size of a
+    // layer's output is a new mapping that page-faults on every call.
+    let mut c = crate::cpu::alloc::output(m * b.n);
     qgemm(&a, b, Output::F32 { c: &mut c, bias }, parallel)?;
     Ok(c)
 }
