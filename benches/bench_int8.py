@@ -15,7 +15,7 @@ tied vocabulary 8000, random weights), sources of 32 tokens, 64 greedy steps wit
 suppressed, batch 1 and 32, tokens/s of tfm_rs float32, tfm_rs int8 and PyTorch int8 (its
 quantize_dynamic quantizes the Linear layers it can — not the attention in-projections — and
 decodes by re-running the prefix, as bench_decode.py's torch baseline; the float32 torch
-figures are in bench_decode.py). Medians of ``--repeat`` runs after a warm-up, interleaved.
+figures are in bench_decode.py). Medians of ``--repeat`` interleaved runs (bursts of ~20 ms, each after a pause).
 """
 
 from __future__ import annotations
@@ -46,15 +46,26 @@ except ImportError:  # torch is a benchmark baseline only
 
 
 def medians(fns: dict, repeat: int) -> dict:
-    """Median seconds of each function, the runs interleaved (one of each per round)."""
-    for fn in fns.values():
+    """Median seconds per call of each function, the runs interleaved (one of each per round).
+    Each timed run is a burst of calls lasting ~20 ms, after a pause in which the previous
+    library's idle threads stop spinning (PyTorch's OpenMP pool busy-waits after a call, and took
+    a core from the next sub-millisecond call) and one untimed call, which wakes this library's
+    threads."""
+    bursts = {}
+    for k, fn in fns.items():
         fn()
+        t = time.perf_counter()
+        fn()
+        bursts[k] = max(1, int(0.02 / max(time.perf_counter() - t, 1e-6)))
     times: dict = {k: [] for k in fns}
     for _ in range(repeat):
         for k, fn in fns.items():
-            t = time.perf_counter()
+            time.sleep(0.05)
             fn()
-            times[k].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            for _ in range(bursts[k]):
+                fn()
+            times[k].append((time.perf_counter() - t) / bursts[k])
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
