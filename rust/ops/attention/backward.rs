@@ -168,18 +168,18 @@ impl Kernel for BackwardTask<'_> {
         let lens = [
             unless(q_in_place, tqp * ep),     // qp (Tqp, Ep): q
             unless(k_in_place, tkp * ep),     // kp (Tkp, Ep): k
-            k_blocks * e * BC, // kt (k_blocks, E, BC): (log₂e·scale·k)ᵀ per key block
-            k_blocks * ev * BC, // vt (k_blocks, Ev, BC): vᵀ per key block
+            e * BC,  // kt (E, BC): (log₂e·scale·k)ᵀ of the current key block
+            ev * BC, // vt (Ev, BC): vᵀ of the current key block
             unless(dout_in_place, tqp * evp), // dop (Tqp, Evp): dO
-            tq,                // d (Tq): D_i = rowsum(dO ∘ O)
-            tq,                // lse2 (Tq): lse·log₂e, the base-2 log-sum-exp
+            tq,      // d (Tq): D_i = rowsum(dO ∘ O)
+            tq,      // lse2 (Tq): lse·log₂e, the base-2 log-sum-exp
             unless(q_in_place, tqp * ep), // dq_buf (Tqp, Ep)
             unless(dk_in_place, tkp * ep), // dk_buf (Tkp, Ep)
             unless(dv_in_place, tkp * evp), // dv_buf (Tkp, Evp)
-            block,             // p (BR, BC): P
-            dropout_block,     // z (BR, BC): dropout's Z
-            dropout_block,     // pz (BR, BC): P∘Z
-            block,             // ds (BR, BC): dP, then dS in place
+            block,   // p (BR, BC): P
+            dropout_block, // z (BR, BC): dropout's Z
+            dropout_block, // pz (BR, BC): P∘Z
+            block,   // ds (BR, BC): dP, then dS in place
         ];
         let mut scratch = Scratch::take(lens.iter().sum());
         let [qp, kp, kt, vt, dop, d, lse2, dq_buf, dk_buf, dv_buf, p, z, pz, ds] =
@@ -190,10 +190,7 @@ impl Kernel for BackwardTask<'_> {
             operand(dout, tq, ev, dop, dout_in_place),
         );
         // Scores in base 2, as the forward keeps them: the scale and log₂e go with kᵀ.
-        pack_transposed_blocks::<S>(kt, k, tk, e);
         let k_scale = cfg.scale * LOG2_E;
-        kt.iter_mut().for_each(|x| *x *= k_scale);
-        pack_transposed_blocks::<S>(vt, v, tk, ev);
         for (l2, &l) in lse2.iter_mut().zip(lse) {
             *l2 = l * LOG2_E;
         }
@@ -239,15 +236,15 @@ impl Kernel for BackwardTask<'_> {
                 if class == Tile::Empty {
                     continue;
                 }
-                block_matmul::<S>(
-                    (mr, nc, e),
-                    Operand::rows(qp, ep, i0),
-                    &kt[kb * e * BC..],
-                    BC,
-                    p,
-                    BC,
-                    false,
-                );
+                if !k_started {
+                    // This block's kᵀ and vᵀ, packed when a query first sees it: per block, so
+                    // they stay in cache however long the sequence (whole-head copies went
+                    // to memory and back at 64k tokens).
+                    pack_transposed_block::<S>(kt, k, tk, e, kb);
+                    kt.iter_mut().for_each(|x| *x *= k_scale);
+                    pack_transposed_block::<S>(vt, v, tk, ev, kb);
+                }
+                block_matmul::<S>((mr, nc, e), Operand::rows(qp, ep, i0), kt, BC, p, BC, false);
                 super::mask_tile(cfg, structured, class, head, (i0, br, BC), (j0, bc, 1), p);
                 // Padding keys get −∞ too, so that their (unused) gradients stay finite. The
                 // exponentials run over whole rows of BC (the columns past nc are not read) so
@@ -277,7 +274,7 @@ impl Kernel for BackwardTask<'_> {
                 block_matmul::<S>(
                     (mr, nc, ev),
                     Operand::rows(dop, evp, i0),
-                    &vt[kb * ev * BC..],
+                    vt,
                     BC,
                     ds,
                     BC,
@@ -367,20 +364,17 @@ fn unpack_rows(dst: &mut [f32], src: &[f32], c: usize, ld: usize) {
     }
 }
 
-/// `x` (T, C) row-major into all of `dst` as its transpose cut into blocks of `BC` rows of `x`:
-/// `(ceil(T/BC), C, BC)`, zero past row T. Block `b` is then the `C × BC` operand `x[b]ᵀ`.
-#[inline(always)]
-fn pack_transposed_blocks<S: Simd>(dst: &mut [f32], x: &[f32], t: usize, c: usize) {
+/// Rows `b·BC .. b·BC + BC` of `x` (T, C) row-major into `dst` (C, BC) as their transpose, zero
+/// past row T: the `C × BC` operand `x[b]ᵀ`.
+fn pack_transposed_block<S: Simd>(dst: &mut [f32], x: &[f32], t: usize, c: usize, b: usize) {
     if c == 0 {
         return;
     }
-    for (b, block) in dst.chunks_exact_mut(c * BC).enumerate() {
-        let valid = BC.min(t - b * BC);
-        if valid < BC {
-            block.fill(0.0);
-        }
-        crate::cpu::gemm::transpose(&x[b * BC * c..], c, c, valid, BC, block, S::AVX512);
+    let valid = BC.min(t - b * BC);
+    if valid < BC {
+        dst.fill(0.0);
     }
+    crate::cpu::gemm::transpose(&x[b * BC * c..], c, c, valid, BC, dst, S::AVX512);
 }
 
 /// `x` (T, C) itself when `in_place`, else `x` packed into `buf` with its rows padded to
