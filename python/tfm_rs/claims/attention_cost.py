@@ -33,7 +33,7 @@ def _layer(name: str, d: int) -> nn.Module:
     return nn.MultiheadAttention(d, HEADS, attention=kind)
 
 
-def _seconds(layer: nn.Module, x: tfm_rs.Tensor, repeats: int, backward: bool = False) -> float:
+def layer_seconds(layer: nn.Module, x: tfm_rs.Tensor, repeats: int, backward: bool = False) -> float:
     """Best of ``repeats`` calls of ``layer`` on ``x``: the forward pass, or with ``backward`` the
     forward and the backward of the output's sum (claim 24 times training, this claim inference)."""
     best = float("inf")
@@ -58,7 +58,7 @@ def experiment(quick: bool) -> Outcome:
     for n in lengths:
         x = tfm_rs.tensor(rng.standard_normal((1, n, d)).astype(np.float32))
         for name, layer in layers.items():
-            times[name].append(_seconds(layer, x, repeats))
+            times[name].append(layer_seconds(layer, x, repeats))
     exponent = {name: float(np.log(t[-1] / t[-2]) / np.log(lengths[-1] / lengths[-2])) for name, t in times.items()}
     faster = [n for n, a, r in zip(lengths, times["dense attention"], times["LSTM"]) if r < a]
     crossover = faster[0] if faster and all(n in faster for n in lengths[lengths.index(faster[0]):]) else None

@@ -26,7 +26,7 @@ import numpy as np
 
 import tfm_rs
 from tfm_rs import nn, optim
-from tfm_rs.claims.attention_cost import HEADS, _seconds
+from tfm_rs.claims.attention_cost import HEADS, layer_seconds
 from tfm_rs.claims.base import Claim, Outcome
 from tfm_rs.models import BertForSequenceClassification
 from tfm_rs.tasks import FarRecallTask
@@ -131,7 +131,7 @@ def layer_cost(attention: str, d: int, lengths: List[int], repeats: int) -> Dict
     seconds, peak = [], []
     for n in lengths:
         x = tfm_rs.tensor(rng.standard_normal((1, n, d)).astype(np.float32))
-        seconds.append(_seconds(layer, x, repeats, backward=True))
+        seconds.append(layer_seconds(layer, x, repeats, backward=True))
         peak.append(_peak_mb())
     return {"seconds": seconds, "peak_mb": peak}
 
