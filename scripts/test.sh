@@ -53,10 +53,12 @@ if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import torch" 2>/dev/null;
     "$PY" -m pip install --quiet --disable-pip-version-check "torch>=2.1"
 fi
 # The pretrained-model tests' references (tests/hf_ref.py): transformers, llama.cpp's gguf writer,
-# and scikit-learn (its digits for the ViT example); required where torch is.
-if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import transformers, gguf, sklearn" 2>/dev/null; then
-    echo "== installing transformers, gguf and scikit-learn into $PY (the pretrained-model tests' references)"
-    "$PY" -m pip install --quiet --disable-pip-version-check "transformers>=4.45" "gguf>=0.10" "scikit-learn>=1.0"
+# scikit-learn (its digits for the ViT example) and sentencepiece (opus-mt's tokenizers, which
+# transformers' MarianTokenizer reads too); required where torch is.
+if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import transformers, gguf, sklearn, sentencepiece" 2>/dev/null; then
+    echo "== installing transformers, gguf, scikit-learn and sentencepiece into $PY (the pretrained-model tests' references)"
+    "$PY" -m pip install --quiet --disable-pip-version-check "transformers>=4.45" "gguf>=0.10" "scikit-learn>=1.0" \
+        "sentencepiece>=0.1.91"
 fi
 # CTranslate2: the baseline of benches/bench_ctranslate2.py (its --smoke converts a tiny model).
 if [ "${TFM_RS_REQUIRE_TORCH:-}" = 1 ] && ! "$PY" -c "import ctranslate2" 2>/dev/null; then

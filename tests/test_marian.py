@@ -75,14 +75,14 @@ def hf_forward(hf, src, tgt):
     return out
 
 
-def hf_greedy(hf, src, n):
+def hf_greedy(hf, src, n, pad=PAD, eos=EOS):
     """transformers' greedy tokens after the start token, cut after the first EOS."""
     with torch.no_grad():
-        out = hf.generate(torch.tensor(src), attention_mask=torch.tensor((src != PAD).astype(np.int64)),
-                          max_new_tokens=n, do_sample=False, num_beams=1, suppress_tokens=[PAD])
+        out = hf.generate(torch.tensor(src), attention_mask=torch.tensor((src != pad).astype(np.int64)),
+                          max_new_tokens=n, do_sample=False, num_beams=1, suppress_tokens=[pad])
     rows = []
     for row in out[:, 1:].tolist():
-        rows.append(row[:row.index(EOS) + 1] if EOS in row else row)
+        rows.append(row[:row.index(eos) + 1] if eos in row else row)
     return rows
 
 

@@ -139,8 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "one translation per line.")
     tr.add_argument("run_dir", metavar="RUN_DIR", nargs="?")
     tr.add_argument("--from-pretrained", metavar="DIR",
-                    help="a Hugging Face MarianMTModel directory with tokenizer.json instead of RUN_DIR (every "
-                         "positional argument is then a sentence)")
+                    help="a Hugging Face MarianMTModel directory with tokenizer.json (or opus-mt's source.spm, "
+                         "target.spm and vocab.json) instead of RUN_DIR (every positional argument is then a "
+                         "sentence)")
     tr.add_argument("sentences", nargs="*", metavar="SENTENCE")
     tr.add_argument("--input", metavar="FILE", help="translate the lines of FILE (plain or .gz)")
     tr.add_argument("--batch-size", type=_positive(int, "--batch-size"), default=64,
@@ -517,13 +518,17 @@ def _translate_pretrained(args: argparse.Namespace) -> int:
     from tfm_rs import runs
     from tfm_rs.data import Tokenizer
     from tfm_rs.models import Seq2SeqTransformer
+    from tfm_rs.pretrained import MarianTokenizer
 
     model = Seq2SeqTransformer.from_pretrained(args.from_pretrained)
-    if model.tokenizer is None:
-        raise UsageError(f"{args.from_pretrained} has no tokenizer.json; translate reads and writes text")
-    name = model.tokenizer.id_to_token
-    tokenizer = Tokenizer(model.tokenizer, pad_token=name(model.pad_id), bos_token=name(model.bos_id),
-                          eos_token=name(model.eos_id))
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise UsageError(f"{args.from_pretrained} has no tokenizer.json (nor source.spm, target.spm and vocab.json); "
+                         "translate reads and writes text")
+    if not isinstance(tokenizer, MarianTokenizer):  # tokenizer.json's, which knows no special tokens by role
+        name = tokenizer.id_to_token
+        tokenizer = Tokenizer(tokenizer, pad_token=name(model.pad_id), bos_token=name(model.bos_id),
+                              eos_token=name(model.eos_id))
     if args.int8:
         from tfm_rs.quantization import quantize_dynamic
 

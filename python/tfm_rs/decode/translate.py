@@ -16,16 +16,17 @@ def translate(model: EncoderDecoderModel, sentences: Sequence[str], tokenizer: A
     """Translations of ``sentences`` by a :class:`~tfm_rs.models.Seq2SeqTransformer` (or any model
     with its ``generate``, such as :class:`~tfm_rs.models.RNNSeq2Seq`), in input order. The
     defaults are the paper's: beam size 4, length penalty α = 0.6 (``num_beams=1`` is greedy,
-    several times faster). ``tokenizer`` needs ``encode_batch(texts)`` and
-    ``decode(ids)`` (:class:`tfm_rs.data.Tokenizer` has both). Sources longer than the model's
-    ``max_len`` are truncated; empty sentences translate to ``""``. Other keyword arguments go
-    to the model's ``generate``."""
+    several times faster). ``tokenizer`` needs ``encode_batch(texts)`` and ``decode(ids)``
+    (:class:`tfm_rs.data.Tokenizer` and :class:`tfm_rs.pretrained.MarianTokenizer` have both).
+    Sources longer than the model's ``max_len`` are truncated; empty or blank sentences
+    translate to ``""``. Other keyword arguments go to the model's ``generate``."""
     sentences = list(sentences)
     batch_size = _count("batch_size", batch_size, 1)
     ids = [s[: model.max_len] for s in tokenizer.encode_batch(sentences)]
     results = [""] * len(ids)
-    # Similar lengths share a batch, so little work goes to padding.
-    todo = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
+    # Blank sentences are not decoded, though Marian's tokenizer gives them </s>; similar lengths
+    # share a batch, so little work goes to padding.
+    todo = sorted((i for i in range(len(ids)) if ids[i] and sentences[i].strip()), key=lambda i: len(ids[i]))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start: start + batch_size]
         out = model.generate(pad_batch([ids[i] for i in chunk], model.pad_id), num_beams=num_beams,

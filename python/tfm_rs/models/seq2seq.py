@@ -160,7 +160,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             self.generator.weight = self.tgt_embed.weight
         else:
             nn.init.xavier_uniform_(self.generator.weight)
-        self.tokenizer: Any = None  # a tokenizers.Tokenizer when from_pretrained found one
+        # From from_pretrained: a tokenizers.Tokenizer (tokenizer.json) or a MarianTokenizer (opus-mt's .spm files).
+        self.tokenizer: Any = None
 
     # ------------------------------------------------------------------ configuration
 
@@ -177,7 +178,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
     @classmethod
     def from_pretrained(cls, path: Any) -> "Seq2SeqTransformer":
         """A Hugging Face ``MarianMTModel`` checkpoint directory (see :mod:`tfm_rs.pretrained.marian`),
-        in eval mode, with its ``tokenizer.json`` as ``.tokenizer``."""
+        in eval mode, with its ``tokenizer.json`` as ``.tokenizer`` (or, for Helsinki-NLP's opus-mt, its
+        SentencePiece files as a :class:`~tfm_rs.pretrained.MarianTokenizer`)."""
         return load_marian(cls, path)
 
     def save_pretrained(self, path: Any) -> None:

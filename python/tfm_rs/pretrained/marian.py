@@ -23,8 +23,10 @@ the embeddings) commutes with a fixed permutation of its features, so the weight
 by permuting their ``d_model`` axes: the model computes the same logits, and its hidden states
 are Marian's with the features in our order (:func:`marian_order`).
 
-opus-mt's conventions load: ``swish`` is SiLU, and ``decoder_start_token_id == pad_token_id``
-makes the model's ``bos_id`` its ``pad_id`` (the first decoder position is then a token).
+opus-mt's conventions load: ``swish`` is SiLU, ``decoder_start_token_id == pad_token_id``
+makes the model's ``bos_id`` its ``pad_id`` (the first decoder position is then a token), and
+the SentencePiece files that stand in for ``tokenizer.json`` are the model's tokenizer
+(:mod:`tfm_rs.pretrained.marian_tokenizer`).
 Refused (with :class:`UnsupportedConfigError`): ``scale_embedding=false``, different encoder and
 decoder head counts or feed-forward widths, an activation we lack, shared embeddings with an
 untied ``lm_head``, and a tied ``lm_head`` with a non-zero ``final_logits_bias``. Saving refuses pre-LN
@@ -58,6 +60,7 @@ from tfm_rs.pretrained.hf import (
     read_config,
     write_checkpoint,
 )
+from tfm_rs.pretrained.marian_tokenizer import MarianTokenizer, load_marian_tokenizer
 
 __all__ = ["load_marian", "marian_order", "marian_rules", "save_marian"]
 
@@ -226,6 +229,8 @@ def load_marian(cls: Any, path: Any) -> Any:
                          shapes, OWNER, ignore=lambda n: n in copies or n in _POSITIONS)
     model.load_state_dict(_reorder(state, np.argsort(marian_order(width))), strict=False)
     model.tokenizer = load_tokenizer(d, max_length=kwargs["max_len"])
+    if model.tokenizer is None:  # opus-mt ships SentencePiece files instead
+        model.tokenizer = load_marian_tokenizer(d)
     return model.eval()
 
 
@@ -250,6 +255,8 @@ def save_marian(model: Any, path: Any) -> Path:
     tensors = hf_tensors(_reorder(state, marian_order(c["d_model"])), rules, SAVER)
     if tied:
         tensors["final_logits_bias"] = np.zeros((1, c["tgt_vocab_size"]), np.float32)
+    sentencepiece = isinstance(tokenizer, MarianTokenizer)  # opus-mt's files, which it writes itself
+    as_json = None if sentencepiece else tokenizer
     d = write_checkpoint(path, {
         "architectures": ["MarianMTModel"], "model_type": "marian", "vocab_size": c["src_vocab_size"],
         "decoder_vocab_size": c["tgt_vocab_size"], "d_model": c["d_model"], "encoder_layers": c["num_encoder_layers"],
@@ -260,7 +267,9 @@ def save_marian(model: Any, path: Any) -> Path:
         "tie_word_embeddings": tied, "dropout": c["dropout"], "attention_dropout": c["dropout"],
         "activation_dropout": c["dropout"], "pad_token_id": c["pad_id"], "eos_token_id": c["eos_id"],
         "decoder_start_token_id": c["bos_id"], "bos_token_id": c["bos_id"], "forced_eos_token_id": None,
-        "is_encoder_decoder": True}, tensors, tokenizer, _tokenizer_config(tokenizer, c))
+        "is_encoder_decoder": True}, tensors, as_json, _tokenizer_config(as_json, c))
+    if sentencepiece:
+        tokenizer.save(d)
     return checkpoint_dir(d)
 
 
