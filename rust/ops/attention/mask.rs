@@ -467,6 +467,17 @@ impl StructuredMask {
     }
 }
 
+/// A key-padding node's running counts of valid keys (`tk + 1` values, from 0) for the sample
+/// of batch-head `head`.
+fn sample_counts(
+    prefix: &[u32],
+    (heads_per_sample, samples, tk): (usize, usize, usize),
+    head: usize,
+) -> &[u32] {
+    let s = (head / heads_per_sample) % samples;
+    &prefix[s * (tk + 1)..(s + 1) * (tk + 1)]
+}
+
 /// How many elements of the sorted `set` lie in `lo..hi`.
 fn count_in(set: &[usize], lo: usize, hi: usize) -> usize {
     set.partition_point(|&g| g < hi) - set.partition_point(|&g| g < lo)
@@ -551,8 +562,7 @@ impl Node {
                 prefix,
                 ..
             } => {
-                let s = (head / heads_per_sample) % samples;
-                let p = &prefix[s * (tk + 1)..];
+                let p = sample_counts(prefix, (*heads_per_sample, *samples, *tk), head);
                 let n = (p[j1] - p[j0]) as usize;
                 if n == 0 {
                     Tile::Empty
@@ -640,8 +650,7 @@ impl Node {
                 prefix,
                 ..
             } => {
-                let s = (head / heads_per_sample) % samples;
-                let p = &prefix[s * (tk + 1)..(s + 1) * (tk + 1)];
+                let p = sample_counts(prefix, (*heads_per_sample, *samples, *tk), head);
                 match along {
                     // From the first valid key to the last: exact when the valid keys are one run
                     // (padding at either end).
