@@ -156,7 +156,7 @@ pub(super) unsafe fn transpose_panel(
 /// 128-bit lane holding four rows of one column; two 128-bit shuffles gather those.
 #[target_feature(enable = "avx512f")]
 #[inline]
-fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
+pub(crate) fn transpose16(rows: [__m512; 16]) -> [__m512; 16] {
     let z = _mm512_setzero_ps();
     // a[2i], a[2i+1]: rows 2i, 2i+1 interleaved (low / high pairs of each 128-bit lane).
     let mut a = [z; 16];

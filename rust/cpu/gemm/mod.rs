@@ -25,6 +25,8 @@ mod kernel_avx2;
 #[cfg(target_arch = "x86_64")]
 #[clippy::msrv = "1.89"]
 mod kernel_avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use kernel_avx512::transpose16;
 mod kernel_generic;
 mod pack;
 mod reference;

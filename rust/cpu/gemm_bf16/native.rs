@@ -14,7 +14,7 @@
 //! the same pairs and slices in the same order whatever the threading.
 
 use super::bf16_bits;
-use crate::cpu::gemm::{apply_epilogue, Epilogue, MatRef};
+use crate::cpu::gemm::{apply_epilogue, transpose16, Epilogue, MatRef};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -54,20 +54,26 @@ fn pair(lo: f32, hi: f32) -> u32 {
     bf16_bits(lo) as u32 | (bf16_bits(hi) as u32) << 16
 }
 
-/// [`pair`] on 16 lanes, rounding in hardware (`vcvtneps2bf16`: to nearest even, as
+/// The word permutation that interleaves two 16-word halves: word `2i` from word `i`, word
+/// `2i + 1` from word `16 + i`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn interleave_index() -> __m512i {
+    let idx: [u16; 32] = std::array::from_fn(|w| (w / 2 + 16 * (w % 2)) as u16);
+    // SAFETY: 64 bytes read from a 64-byte array.
+    unsafe { _mm512_loadu_si512(idx.as_ptr() as *const _) }
+}
+
+/// [`pair`] on 16 lanes, rounding in hardware (`vcvtne2ps2bf16`: to nearest even, as
 /// `bf16_bits`, except that f32 subnormals become 0 and a NaN keeps fewer payload bits; the
-/// kernels' `vdpbf16ps` reads bf16 subnormals as 0 anyway, so the products are the same).
+/// kernels' `vdpbf16ps` reads bf16 subnormals as 0 anyway, so the products are the same). One
+/// conversion gives `lo`'s 16 halves then `hi`'s; a word permutation interleaves them.
 #[inline(always)]
-unsafe fn pairs(lo: __m512, hi: __m512) -> __m512i {
-    // SAFETY: the caller runs with AVX-512 F and BF16.
+unsafe fn pairs(lo: __m512, hi: __m512, interleave: __m512i) -> __m512i {
+    // SAFETY: the caller runs with AVX-512 F, BW and BF16.
     unsafe {
-        let lo = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-            _mm512_cvtneps_pbh(lo),
-        ));
-        let hi = _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(
-            _mm512_cvtneps_pbh(hi),
-        ));
-        _mm512_or_si512(lo, _mm512_slli_epi32::<16>(hi))
+        let both: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+        _mm512_permutexvar_epi16(interleave, both)
     }
 }
 
@@ -111,6 +117,7 @@ pub(super) fn pack_pairs(
         }
     };
     if cs == 1 {
+        let interleave = interleave_index();
         for q in 0..kp {
             let r0 = &data[base + 2 * q * rs..][..w];
             let r1 = (2 * q + 1 < kc).then(|| &data[base + (2 * q + 1) * rs..][..w]);
@@ -127,7 +134,44 @@ pub(super) fn pack_pairs(
                             Some(r1) => _mm512_maskz_loadu_ps(m, r1[jt + c..].as_ptr()),
                             None => _mm512_setzero_ps(),
                         };
-                        _mm512_mask_storeu_epi32(d[c..].as_mut_ptr() as *mut _, m, pairs(lo, hi));
+                        let v = pairs(lo, hi, interleave);
+                        _mm512_mask_storeu_epi32(d[c..].as_mut_ptr() as *mut _, m, v);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if rs == 1 {
+        // Each column's depths are contiguous: 16 columns × 32 depths are rounded into 16
+        // registers of 16 pairs (one instruction per column), and a 16×16 dword transpose turns
+        // them into 16 rows of the panel.
+        for (t, d) in dst.chunks_exact_mut(panel).enumerate() {
+            let jt = t * width;
+            let wt = width.min(w - jt);
+            for jg in (0..wt).step_by(16) {
+                let nj = 16.min(wt - jg);
+                for q0 in (0..kp).step_by(16) {
+                    let at = 2 * q0;
+                    let mut cols = [_mm512_setzero_ps(); 16];
+                    for (j, v) in cols.iter_mut().enumerate().take(nj) {
+                        let col = &data[base + (jt + jg + j) * cs..][..kc];
+                        // SAFETY: the masked lanes lie inside `col` (kc floats).
+                        *v = unsafe {
+                            let lo = _mm512_maskz_loadu_ps(lanes(kc - at), col[at..].as_ptr());
+                            let hi = _mm512_maskz_loadu_ps(
+                                lanes(kc.saturating_sub(at + 16)),
+                                col[(at + 16).min(kc)..].as_ptr(),
+                            );
+                            std::mem::transmute::<__m512bh, __m512>(_mm512_cvtne2ps_pbh(hi, lo))
+                        };
+                    }
+                    for (q, row) in transpose16(cols).iter().enumerate().take(kp - q0) {
+                        let d = &mut d[(q0 + q) * width + jg..][..nj];
+                        // SAFETY: the masked lanes lie inside `d`.
+                        unsafe {
+                            _mm512_mask_storeu_ps(d.as_mut_ptr() as *mut f32, lanes(nj), *row)
+                        };
                     }
                 }
             }
@@ -138,37 +182,13 @@ pub(super) fn pack_pairs(
         let jt = t * width;
         for j in 0..width.min(w - jt) {
             let col = base + (jt + j) * cs;
-            if rs == 1 {
-                let col = &data[col..][..kc];
-                // 16 pairs at a time: 32 consecutive floats, rounded by one instruction into
-                // 16 dwords whose low halves are the even depths, then spread down the column
-                // of the panel.
-                let mut out = [0u32; 16];
-                for q0 in (0..kp).step_by(16) {
-                    let at = 2 * q0;
-                    // SAFETY: the masked lanes lie inside `col` (kc floats).
-                    unsafe {
-                        let lo = _mm512_maskz_loadu_ps(lanes(kc - at), col[at..].as_ptr());
-                        let hi = _mm512_maskz_loadu_ps(
-                            lanes(kc.saturating_sub(at + 16)),
-                            col[(at + 16).min(kc)..].as_ptr(),
-                        );
-                        let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                        _mm512_storeu_si512(out.as_mut_ptr() as *mut _, v);
-                    }
-                    for (q, &v) in out.iter().enumerate().take(kp - q0) {
-                        d[(q0 + q) * width + j] = v;
-                    }
-                }
-            } else {
-                for q in 0..kp {
-                    let hi = if 2 * q + 1 < kc {
-                        data[col + (2 * q + 1) * rs]
-                    } else {
-                        0.0
-                    };
-                    d[q * width + j] = pair(data[col + 2 * q * rs], hi);
-                }
+            for q in 0..kp {
+                let hi = if 2 * q + 1 < kc {
+                    data[col + (2 * q + 1) * rs]
+                } else {
+                    0.0
+                };
+                d[q * width + j] = pair(data[col + 2 * q * rs], hi);
             }
         }
     }
@@ -195,6 +215,13 @@ unsafe fn tile(
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     // SAFETY (whole body): the caller's contract above.
     unsafe {
+        // The output is usually not in cache (a fresh activation): ask for its lines now, so
+        // the stores after the loop do not each wait for memory.
+        for r in 0..mr {
+            let row = c.add(r * ldc);
+            _mm_prefetch::<_MM_HINT_ET0>(row as *const i8);
+            _mm_prefetch::<_MM_HINT_ET0>(row.add(nr - 1) as *const i8);
+        }
         let (mut a, mut b) = (a, b);
         for _ in 0..kp {
             _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(NR * 8) as *const i8);
@@ -209,17 +236,25 @@ unsafe fn tile(
             a = a.add(MR);
             b = b.add(NR);
         }
+        // The epilogue reads the sums from memory: borrowing `acc` there (run-time row count)
+        // made LLVM keep the accumulators in a stack array, zeroed by a `memset` call and
+        // reloaded around the loop on every tile.
+        let mut sums = [[0.0f32; NR]; MR];
+        for (s, acc) in sums.iter_mut().zip(&acc) {
+            _mm512_storeu_ps(s.as_mut_ptr(), acc[0]);
+            _mm512_storeu_ps(s.as_mut_ptr().add(16), acc[1]);
+        }
         let lanes = |n: usize| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
-        let masks = [lanes(nr), lanes(nr.saturating_sub(16))];
         let alpha = _mm512_set1_ps(alpha);
         let beta_v = _mm512_set1_ps(beta);
-        for (r, acc) in acc.iter().enumerate().take(mr) {
-            let cr = c.add(r * ldc);
-            for (h, (&acc, &mask)) in acc.iter().zip(&masks).enumerate() {
-                if mask == 0 {
-                    continue;
-                }
-                let p = cr.add(16 * h);
+        for c0 in [0usize, 16] {
+            if c0 >= nr {
+                break;
+            }
+            let mask = lanes(nr - c0);
+            for (r, sum) in sums.iter().enumerate().take(mr) {
+                let p = c.add(r * ldc + c0);
+                let acc = _mm512_loadu_ps(sum.as_ptr().add(c0));
                 let v = if beta == 0.0 {
                     _mm512_mul_ps(acc, alpha)
                 } else {
