@@ -152,6 +152,10 @@ FIELDS: List[Field] = [
     _f("model", "attention", str, None, "self-attention kind of the encoder (GPT: every block): dense, "
        "'window(left=W, right=0, global=G)', 'block_sparse(block=B, ...)', linear or 'lsh(...)'; one for all "
        "layers or one per layer separated by ';' (docs/long-sequences.md)"),
+    _f("model", "encoder", str, None, "encoder of the encoder-decoder tasks (default transformer: self-attention "
+       "layers; conv: ConvS2S gated convolution blocks, encoder_layers of them)", ("transformer", "conv")),
+    _f("model", "encoder_kernel_size", int, None, "encoder = conv: the convolutions' width (odd; default 3)",
+       positive=True),
     # optim
     _f("optim", "schedule", str, None, "learning-rate schedule (default: cosine for numbers, noam otherwise)",
        ("noam", "inverse_sqrt", "cosine", "constant")),
@@ -371,6 +375,11 @@ def _finish(cfg: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         m["preset"] = "numbers" if numbers else "small"
     if task == "lm" and m["share_embeddings"] is not None:
         raise ConfigError("model.share_embeddings is for the encoder-decoder tasks (GPT always ties its output)")
+    if task == "lm" and (m["encoder"] is not None or m["encoder_kernel_size"] is not None):
+        raise ConfigError("model.encoder and model.encoder_kernel_size are for the encoder-decoder tasks (GPT has "
+                          "no encoder)")
+    if m["encoder_kernel_size"] is not None and m["encoder"] != "conv":
+        raise ConfigError("model.encoder_kernel_size needs model.encoder = conv")
     if o["schedule"] is None:
         o["schedule"] = "cosine" if numbers else "noam"
     for key, num, other in (("lr", 2e-3, 7e-4), ("warmup", 150, 800), ("max_tokens", 2500, 3000)):
@@ -436,7 +445,7 @@ def model_kwargs(cfg: Mapping[str, Mapping[str, Any]]) -> Dict[str, Any]:
     m = cfg["model"]
     kw = dict(_presets()[m["preset"]])
     for key in ("d_model", "nhead", "dim_feedforward", "dropout", "max_len", "norm_first", "share_embeddings",
-                *REDUCTION_KEYS):
+                "encoder", "encoder_kernel_size", *REDUCTION_KEYS):
         if m[key] is not None:
             kw[key] = m[key]
     if m["layers"] is not None:

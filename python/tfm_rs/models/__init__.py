@@ -11,7 +11,8 @@
 * :class:`Llama` (also ``LlamaForCausalLM``): the Llama family (RMSNorm, rotary positions, SwiGLU,
   grouped-query attention).
 * :class:`RNNSeq2Seq`: RNNsearch, the attentional GRU encoder-decoder (a baseline).
-* :class:`ConvEncoder`: a ConvS2S-style convolutional encoder (GLU + residual blocks; a baseline).
+* :class:`ConvEncoder`: a ConvS2S-style convolutional encoder (GLU + residual blocks; a baseline);
+  :class:`ConvBlocks`, its blocks, also the encoder of ``Seq2SeqTransformer(encoder="conv")``.
 
 Every model has a JSON ``config`` and ``from_config``; :func:`load_model_state` puts a checkpoint's
 weights into a model after checking that the checkpoint was written by the same architecture.
@@ -36,7 +37,7 @@ from tfm_rs.models.presets import (
 )
 from tfm_rs.models.seq2seq import Seq2SeqTransformer
 from tfm_rs.models.rnn_seq2seq import RNNSeq2Seq
-from tfm_rs.models.conv_encoder import ConvEncoder
+from tfm_rs.models.conv_encoder import ConvBlocks, ConvEncoder
 
 ARCHITECTURES = {cls.arch: cls for cls in (Seq2SeqTransformer, GPT, BertEncoder, Llama, RNNSeq2Seq,
                                              BertForSequenceClassification, BertForTokenClassification)}
@@ -70,8 +71,8 @@ def model_from_checkpoint(checkpoint: Any) -> Any:
 
 
 __all__ = ["ARCHITECTURES", "BertEncoder", "BertForMaskedLM", "BertForSequenceClassification",
-           "BertForTokenClassification", "ConvEncoder", "GPT", "GPT2LMHeadModel", "Llama", "LlamaForCausalLM",
-           "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
+           "BertForTokenClassification", "ConvBlocks", "ConvEncoder", "GPT", "GPT2LMHeadModel", "Llama",
+           "LlamaForCausalLM", "PRESETS", "RNNSeq2Seq", "Seq2SeqTransformer",
            "factorize_ffn", "head_importance",
            "load_model_state", "model_from_checkpoint", "preset_config", "transformer_base", "transformer_big",
            "transformer_small", "transformer_tiny"]

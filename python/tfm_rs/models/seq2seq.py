@@ -30,6 +30,7 @@ from tfm_rs import nn
 from tfm_rs._core import InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.decode import DecoderLayerSpec, DecoderSpec, GenerationOutput
 from tfm_rs.models._common import as_ids, right_padded, set_attention
+from tfm_rs.models.conv_encoder import ConvBlocks
 from tfm_rs.models._explain import Explainable, decoder_rows, encoder_rows, output_row
 from tfm_rs.models._pruning import StructuredPruning, build_from_config
 from tfm_rs.nn.norms import check_norm
@@ -68,6 +69,11 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         ffn_rank: low-rank feed-forward layers (:class:`tfm_rs.nn.LowRankLinear`): one rank, or
             one per ``linear1``/``linear2`` in layer order (what
             :func:`tfm_rs.models.factorize_ffn` records).
+        encoder: ``"transformer"`` (self-attention layers, the paper) or ``"conv"``: ConvS2S's gated
+            convolution blocks (:class:`tfm_rs.models.ConvBlocks`, ``num_encoder_layers`` of them,
+            ``encoder_kernel_size`` wide) in place of the encoder's self-attention layers, with the
+            same embeddings, decoder and cross-attention: the receptive-field baseline.
+        encoder_kernel_size: the convolutions' width (odd) when ``encoder="conv"``.
 
     Submodules: ``src_embed``, ``tgt_embed`` (the same object when shared), ``pos`` (sinusoidal),
     ``dropout``, ``transformer`` (:class:`tfm_rs.nn.Transformer`), ``generator`` (``Linear`` to
@@ -82,7 +88,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
                  bos_id: int = 1, eos_id: int = 2, share_embeddings: bool = False, activation: str = "relu",
                  layer_norm_eps: float = 1e-5, tie_output: Optional[bool] = None, norm: str = "layer",
                  embedding_dim: Optional[int] = None, hash_buckets: Optional[int] = None, num_hashes: int = 2,
-                 share_layers: bool = False, ffn_rank: FfnRank = None, attention: Any = "dense") -> None:
+                 share_layers: bool = False, ffn_rank: FfnRank = None, attention: Any = "dense",
+                 encoder: str = "transformer", encoder_kernel_size: int = 3) -> None:
         super().__init__()
         if src_vocab_size <= 0 or tgt_vocab_size <= 0:
             raise InvalidArgumentError(f"Seq2SeqTransformer: vocabulary sizes must be positive, got "
@@ -101,6 +108,12 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         for name, v in (("pad_id", pad_id), ("bos_id", bos_id), ("eos_id", eos_id)):
             if not 0 <= v < tgt_vocab_size:
                 raise InvalidArgumentError(f"Seq2SeqTransformer: {name}={v} outside the target vocabulary")
+        if encoder not in ("transformer", "conv"):
+            raise InvalidArgumentError(f"Seq2SeqTransformer: encoder must be 'transformer' or 'conv', got {encoder!r}")
+        conv = encoder == "conv"
+        if conv and not (isinstance(attention, str) and attention == "dense"):
+            raise InvalidArgumentError("Seq2SeqTransformer: attention kinds are for the self-attention encoder; "
+                                       "encoder='conv' has none")
         if tie_output is None:
             tie_output = bool(share_embeddings)
         if share_embeddings and not tie_output:
@@ -118,6 +131,8 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
             activation=str(activation), layer_norm_eps=float(layer_norm_eps), tie_output=bool(tie_output),
             norm=check_norm(norm, "Seq2SeqTransformer"),
             **reduction_config(embedding_dim, hash_buckets, num_hashes, share_layers, ffn_rank))
+        if conv:  # recorded only when set, so configurations from before it still match
+            self._config.update(encoder="conv", encoder_kernel_size=int(encoder_kernel_size))
         self.d_model, self.max_len = int(d_model), int(max_len)
         self.src_vocab_size, self.tgt_vocab_size = int(src_vocab_size), int(tgt_vocab_size)
         self.pad_id, self.bos_id, self.eos_id = int(pad_id), int(bos_id), int(eos_id)
@@ -133,12 +148,14 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         dec_norm = nn.make_norm(norm, d_model, layer_norm_eps) if norm_first else None
         self.transformer = nn.Transformer(
             d_model, nhead, dropout=dropout,
-            custom_encoder=nn.TransformerEncoder(enc_layer, num_encoder_layers, enc_norm),
+            custom_encoder=(ConvBlocks(d_model, num_encoder_layers, encoder_kernel_size, dropout) if conv
+                            else nn.TransformerEncoder(enc_layer, num_encoder_layers, enc_norm)),
             custom_decoder=nn.TransformerDecoder(dec_layer, num_decoder_layers, dec_norm))
         set_attention(self.transformer.encoder.layers, attention, "Seq2SeqTransformer", self._config, share_layers)
         if share_layers:
             for stack in (self.transformer.encoder, self.transformer.decoder):
-                stack.layers = share_stack(stack.layers)
+                if stack.layers:
+                    stack.layers = share_stack(stack.layers)
         set_ffn_rank(self, ffn_rank, from_trained=False)
 
         # Embeddings ~ N(0, d_model^-1/2): after the √d_model scale they have unit variance, and a
@@ -206,7 +223,15 @@ class Seq2SeqTransformer(nn.Module, StructuredPruning, Explainable):
         tied = self.generator.weight is getattr(self.tgt_embed, "weight", None)
         head_params = sum(int(np.prod(p.shape)) for p in self.generator.parameters()
                           if not (tied and p is self.generator.weight))
-        rows = [emb, *encoder_rows("encoder.", self.transformer.encoder.layers, B, S),
+        encoder = self.transformer.encoder
+        if isinstance(encoder, ConvBlocks):
+            enc_rows = [{"name": f"encoder.convs.{i}", "params": sum(int(np.prod(p.shape)) for p in conv.parameters()),
+                         "flops_proj": 2 * B * S * int(np.prod(conv.weight.shape)), "flops_attn": 0,
+                         "act_bytes": 4 * B * S * 3 * self.d_model, "kv_bytes": 0}
+                        for i, conv in enumerate(encoder.convs)]
+        else:
+            enc_rows = encoder_rows("encoder.", encoder.layers, B, S)
+        rows = [emb, *enc_rows,
                 *decoder_rows(self.transformer.decoder.layers, B, S, T)]
         for name, norm, L in (("encoder.norm", self.transformer.encoder.norm, S),
                               ("decoder.norm", self.transformer.decoder.norm, T)):

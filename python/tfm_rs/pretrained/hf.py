@@ -242,13 +242,13 @@ def load_weights(index: TensorIndex, rules: Sequence[Rule], target_shapes: Mappi
 def check_standard(config: Mapping[str, Any], owner: str, hf_class: str) -> None:
     """Refuses to save a model built with an option ``hf_class`` has no equivalent of — another
     norm (RMSNorm, batch norm), a factorized or hashed embedding, low-rank or pruned layers, an
-    attention kind other than dense — since ``transformers`` would read such a file as a different
-    model (or fail on its shapes)."""
+    attention kind other than dense, a convolutional encoder — since ``transformers`` would read
+    such a file as a different model (or fail on its shapes)."""
     problems = []
     if config.get("norm", "layer") != "layer":
         problems.append(f"norm={config['norm']!r} (it has LayerNorm)")
     problems += [f"{key}={config[key]!r}" for key in ("embedding_dim", "hash_buckets", "ffn_rank", "pruned_heads",
-                                                       "ffn_dims", "attention") if config.get(key)]
+                                                       "ffn_dims", "attention", "encoder") if config.get(key)]
     if problems:
         raise UnsupportedConfigError(
             f"{owner}: transformers' {hf_class} has no equivalent of {', '.join(problems)}, so a checkpoint in its "
