@@ -103,3 +103,17 @@ def test_cls_vectors_of_neighbouring_layers_are_close_and_the_diagonal_moves():
     figures = claims.run("cls-across-layers", quick=True).figures
     assert min(figures["cls_adjacent"][1:]) > 0.9 > figures["cls_cosine"][0][-1]
     assert max(figures["attention_diagonal"]) > 1.5 * min(figures["attention_diagonal"])
+
+
+def test_efficient_attention_judges_work_counted_not_timed():
+    from tfm_rs.claims.efficient_attention import KINDS, attention_flops
+    n, d = 4096, 16
+    assert attention_flops("dense", n, d) == 4 * d * n * n
+    assert attention_flops("linear", n, d) == 4 * n * d * d + 4 * n * d
+    # 4 rounds: a rotation to 64 buckets and each query against 2 chunks of 64 keys.
+    assert attention_flops("lsh(n_hashes=4, bucket_size=64)", n, d) == 4 * (2 * n * d * 32 + 4 * d * n * 128)
+    # A 128+128 window visits at most 5 of the 64 tiles of each 64-query row block.
+    assert 4 * d * 64 * 64 * 3 * 64 <= attention_flops(KINDS["window"], n, d) <= 4 * d * 64 * 64 * 5 * 64
+    for label, kind in KINDS.items():
+        growth = attention_flops(kind, 2 * n, d) / attention_flops(kind, n, d)
+        assert growth == pytest.approx(4.0) if label == "dense" else growth < 2.3, label
