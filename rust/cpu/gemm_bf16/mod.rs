@@ -14,10 +14,10 @@
 //! The path follows the process-wide instruction set ([`active_isa`]): forcing `TFM_RS_ISA=avx2`
 //! or `generic` also forces the emulation, so tests can compare the two paths on one machine.
 //!
-//! Rounding is done in software on both paths (NaN stays NaN, subnormals are kept): the
-//! hardware conversion treats subnormal inputs as zero. `vdpbf16ps` itself also treats bf16
-//! subnormals (|x| < 2⁻¹²⁶) as zero and flushes subnormal results, which changes a result by at
-//! most ~1e-38 of the other factor.
+//! [`round_bf16`] rounds in software (NaN stays NaN, subnormals are kept); the native packing
+//! rounds with `vcvtne2ps2bf16`, which differs only in turning f32 subnormals into 0 — and
+//! `vdpbf16ps` treats bf16 subnormals (|x| < 2⁻¹²⁶) as zero anyway and flushes subnormal
+//! results, which changes a result by at most ~1e-38 of the other factor.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
