@@ -84,6 +84,17 @@ macro_rules! simd_kernel {
 }
 pub(crate) use simd_kernel;
 
+/// The mask of the first `min(n, 16)` lanes of a 16-lane vector (an AVX-512 `__mmask16`): the
+/// tail of a row that does not fill a register.
+#[inline(always)]
+pub fn lanes16(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        (1u16 << n) - 1
+    }
+}
+
 /// Runs `f(isa)` under every instruction set the host supports, each on a one-thread pool
 /// with [`with_isa`] set, printing a line for each one skipped.
 #[cfg(test)]

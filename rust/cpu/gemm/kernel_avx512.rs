@@ -122,7 +122,7 @@ pub(super) unsafe fn transpose_panel(
     width: usize,
     dst: &mut [f32],
 ) {
-    let mask = |n: usize| ((1u32 << n) - 1) as __mmask16;
+    let mask = crate::cpu::simd::lanes16;
     for pb in (0..kc).step_by(16) {
         let len = 16.min(kc - pb);
         for j0 in (0..wt).step_by(16) {

@@ -15,6 +15,7 @@
 
 use super::bf16_bits;
 use crate::cpu::gemm::{apply_epilogue, transpose16, Epilogue, MatRef};
+use crate::cpu::simd::lanes16 as lanes;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::Cell;
@@ -109,13 +110,6 @@ pub(super) fn pack_pairs(
     }
     let (data, rs, cs) = (src.data, src.rs, src.cs);
     let base = p0 * rs + j0 * cs;
-    let lanes = |n: usize| -> __mmask16 {
-        if n >= 16 {
-            0xffff
-        } else {
-            (1u16 << n) - 1
-        }
-    };
     if cs == 1 {
         let interleave = interleave_index();
         for q in 0..kp {
@@ -244,7 +238,6 @@ unsafe fn tile(
             _mm512_storeu_ps(s.as_mut_ptr(), acc[0]);
             _mm512_storeu_ps(s.as_mut_ptr().add(16), acc[1]);
         }
-        let lanes = |n: usize| if n >= 16 { 0xffff } else { (1u16 << n) - 1 };
         let alpha = _mm512_set1_ps(alpha);
         let beta_v = _mm512_set1_ps(beta);
         for c0 in [0usize, 16] {

@@ -3,6 +3,7 @@
 //! accumulators stay in registers for any count (decoding multiplies 1 row).
 
 use super::Tile;
+use crate::cpu::simd::lanes16;
 use std::arch::x86_64::*;
 
 const NR: usize = 32;
@@ -51,11 +52,7 @@ unsafe fn rows<const R: usize>(t: &Tile) {
         if c0 >= t.cols {
             break;
         }
-        let mask: __mmask16 = if t.cols - c0 >= 16 {
-            0xffff
-        } else {
-            (1u16 << (t.cols - c0)) - 1
-        };
+        let mask = lanes16(t.cols - c0);
         let colsum = _mm512_loadu_si512(t.colsum.add(c0) as *const _);
         let w_scales = _mm512_loadu_ps(t.w_scales.add(c0));
         let bias = if t.bias.is_null() {
@@ -90,13 +87,7 @@ unsafe fn rows<const R: usize>(t: &Tile) {
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) unsafe fn quantize_row(x: &[f32], out: &mut [u8]) -> (f32, i32) {
     let n = x.len().min(out.len());
-    let mask = |i: usize| -> __mmask16 {
-        if n - i >= 16 {
-            0xffff
-        } else {
-            (1u16 << (n - i)) - 1
-        }
-    };
+    let mask = |i: usize| lanes16(n - i);
     // Masked-off lanes load as 0, which the range always includes.
     let (mut lo, mut hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for i in (0..n).step_by(16) {
