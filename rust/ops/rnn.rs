@@ -19,7 +19,10 @@
 //! sequences: a sample's steps past its length leave its state alone and output zeros, and the
 //! reverse direction starts at each sample's last valid step. The backward runs the steps in
 //! reverse, one packed `W_hh` GEMM per step, and gets dx, dW_ih, db_ih, dW_hh, db_hh as GEMMs
-//! over all steps at the end ([`linear_backward`]).
+//! over all steps at the end ([`linear_backward`]). With several threads and a batch of at
+//! least 16, each thread takes a share of the samples through the whole time loop (both
+//! directions of the pass), so a step costs no synchronization; a row's arithmetic is the same
+//! whatever its share, so the results do not depend on the thread count (tested).
 
 use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{gemm, gemm_packed, Epilogue, MatRef, PackedB};
@@ -28,6 +31,7 @@ use crate::error::{Result, TfmError};
 use crate::ops::linear::{linear_backward, Needs};
 use crate::ops::rows::{exp_fast, for_each_row, rows_mut, tanh_fast as tanh};
 use crate::tensor::{shape_str, Device, Tensor};
+use rayon::prelude::*;
 
 const OP: &str = "rnn";
 
@@ -355,68 +359,131 @@ fn forward_kernel(
         bias: b_hh,
         ..Default::default()
     };
-    let mut hs = state[0].to_vec();
-    let mut cs = match cfg.cell {
-        Cell::Lstm => state[1].to_vec(),
-        Cell::Gru => Vec::new(),
-    };
-    let cw = if cfg.cell == Cell::Lstm { h } else { 0 };
-    let mut hg = vec![0.0f32; b * g];
-    let mut step_saved = vec![0.0f32; b * per];
     let mut y = crate::cpu::alloc::zeros((t + cfg.cell.states()) * b * h);
     let mut saved = crate::cpu::alloc::zeros(t * b * per);
     let mut h_prev = crate::cpu::alloc::zeros(t * b * h);
-    for s in 0..t {
-        gemm_packed(
-            1.0,
-            MatRef::row_major(&hs, b, h),
-            &w_hh_t,
-            0.0,
-            &mut hg,
-            g,
-            &rec_epi,
-            true,
-        );
-        let pos: Vec<Option<usize>> = lens
-            .iter()
-            .map(|&len| position(s, len, cfg.reverse))
-            .collect();
-        for (bi, p) in pos.iter().enumerate() {
-            if let Some(tt) = p {
-                h_prev[(tt * b + bi) * h..][..h].copy_from_slice(&hs[bi * h..][..h]);
+    let out = [
+        Rows(y.as_mut_ptr()),
+        Rows(saved.as_mut_ptr()),
+        Rows(h_prev.as_mut_ptr()),
+    ];
+    for_each_chunk(b, |b0, nb, parallel| {
+        let rows = b0..b0 + nb;
+        let mut hs = state[0][b0 * h..][..nb * h].to_vec();
+        let (mut cs, cw) = match cfg.cell {
+            Cell::Lstm => (state[1][b0 * h..][..nb * h].to_vec(), h),
+            Cell::Gru => (Vec::new(), 0),
+        };
+        let mut hg = vec![0.0f32; nb * g];
+        let mut step_saved = vec![0.0f32; nb * per];
+        for s in 0..t {
+            gemm_packed(
+                1.0,
+                MatRef::row_major(&hs, nb, h),
+                &w_hh_t,
+                0.0,
+                &mut hg,
+                g,
+                &rec_epi,
+                parallel,
+            );
+            let pos: Vec<Option<usize>> = lens[rows.clone()]
+                .iter()
+                .map(|&len| position(s, len, cfg.reverse))
+                .collect();
+            for (bi, p) in pos.iter().enumerate() {
+                if let Some(tt) = p {
+                    // SAFETY: row (tt, b0 + bi) of h_prev belongs to this chunk alone.
+                    unsafe { out[2].row(tt * b + b0 + bi, h) }.copy_from_slice(&hs[bi * h..][..h]);
+                }
+            }
+            let items: Vec<_> = rows_mut(&mut hs, nb, h)
+                .into_iter()
+                .zip(rows_mut(&mut cs, nb, cw))
+                .zip(rows_mut(&mut step_saved, nb, per))
+                .zip(&pos)
+                .enumerate()
+                .filter_map(|(bi, (((hr, cr), sr), p))| p.map(|tt| (bi, tt, hr, cr, sr)))
+                .collect();
+            let hg = &hg;
+            rows_in(items, g, parallel, |_, (bi, tt, hr, cr, sr)| {
+                let xr = &xg[(tt * b + b0 + bi) * g..][..g];
+                let hgr = &hg[bi * g..][..g];
+                match cfg.cell {
+                    Cell::Lstm => lstm_step(xr, hgr, hr, cr, sr),
+                    Cell::Gru => gru_step(xr, hgr, hr, sr),
+                }
+            });
+            for (bi, p) in pos.iter().enumerate() {
+                if let Some(tt) = p {
+                    let at = tt * b + b0 + bi;
+                    // SAFETY: rows (tt, b0 + bi) belong to this chunk alone.
+                    unsafe { out[0].row(at, h) }.copy_from_slice(&hs[bi * h..][..h]);
+                    unsafe { out[1].row(at, per) }.copy_from_slice(&step_saved[bi * per..][..per]);
+                }
             }
         }
-        let items: Vec<_> = rows_mut(&mut hs, b, h)
-            .into_iter()
-            .zip(rows_mut(&mut cs, b, cw))
-            .zip(rows_mut(&mut step_saved, b, per))
-            .zip(&pos)
-            .enumerate()
-            .filter_map(|(bi, (((hr, cr), sr), p))| p.map(|tt| (bi, tt, hr, cr, sr)))
-            .collect();
-        let (xg, hg) = (&xg, &hg);
-        for_each_row(items, g, |_, (bi, tt, hr, cr, sr)| {
-            let xr = &xg[(tt * b + bi) * g..][..g];
-            let hgr = &hg[bi * g..][..g];
-            match cfg.cell {
-                Cell::Lstm => lstm_step(xr, hgr, hr, cr, sr),
-                Cell::Gru => gru_step(xr, hgr, hr, sr),
-            }
-        });
-        for (bi, p) in pos.iter().enumerate() {
-            if let Some(tt) = p {
-                let at = tt * b + bi;
-                y[at * h..][..h].copy_from_slice(&hs[bi * h..][..h]);
-                saved[at * per..][..per].copy_from_slice(&step_saved[bi * per..][..per]);
-            }
+        // SAFETY: the final-state rows b0..b0+nb belong to this chunk alone.
+        unsafe { out[0].rows(t * b + b0, nb, h) }.copy_from_slice(&hs);
+        if cfg.cell == Cell::Lstm {
+            unsafe { out[0].rows((t + 1) * b + b0, nb, h) }.copy_from_slice(&cs);
         }
-    }
+    });
     crate::cpu::alloc::recycle(xg);
-    y[t * b * h..(t + 1) * b * h].copy_from_slice(&hs);
-    if cfg.cell == Cell::Lstm {
-        y[(t + 1) * b * h..].copy_from_slice(&cs);
-    }
     (y, Forward { saved, h_prev })
+}
+
+/// Rows of an output that several batch chunks write at once, each only its own samples' rows.
+#[derive(Clone, Copy)]
+struct Rows(*mut f32);
+// SAFETY: the chunks write disjoint rows, and the buffer outlives them (rayon joins).
+unsafe impl Send for Rows {}
+unsafe impl Sync for Rows {}
+
+impl Rows {
+    /// Row `at` of `len` floats. Safety: inside the buffer, and no one else uses it meanwhile.
+    unsafe fn row<'a>(self, at: usize, len: usize) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at * len), len) }
+    }
+
+    /// Rows `at..at + n` of `len` floats (same contract as [`Rows::row`]).
+    unsafe fn rows<'a>(self, at: usize, n: usize, len: usize) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at * len), n * len) }
+    }
+}
+
+/// Runs `f(b0, nb, parallel)` over the batch: the samples' recurrences are independent, so with
+/// several threads each takes a share of the batch (at least 8 samples) through the whole time
+/// loop on one thread, rather than every thread joining every step's small GEMM (two
+/// synchronizations a step). One chunk (`parallel` true) when that does not apply.
+fn for_each_chunk(b: usize, f: impl Fn(usize, usize, bool) + Sync) {
+    let chunks = rayon::current_num_threads().min(b / 8).max(1);
+    if chunks == 1 {
+        return f(0, b, true);
+    }
+    let per = b.div_ceil(chunks);
+    (0..b)
+        .step_by(per)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .for_each(|b0| f(b0, per.min(b - b0), false));
+}
+
+/// [`for_each_row`] when `parallel`, else a plain loop (a chunk already has its own thread).
+fn rows_in<T: Send>(
+    items: Vec<T>,
+    cost: usize,
+    parallel: bool,
+    f: impl Fn(usize, T) + Sync + Send,
+) {
+    if parallel {
+        for_each_row(items, cost, f);
+    } else {
+        items
+            .into_iter()
+            .enumerate()
+            .for_each(|(i, item)| f(i, item));
+    }
 }
 
 /// Forward: the stacked `[y; h_n]` / `[y; h_n; c_n]` (see the module doc) and the backward's
@@ -473,83 +540,92 @@ impl RnnBackward {
         let per = cell.saved() * h;
         let lens = lengths(&self.cfg, self.d);
         let w_hh = PackedB::new(MatRef::row_major(self.w_hh.cpu(OP)?.data(), g, h));
-        let mut dh = gy[t * b * h..(t + 1) * b * h].to_vec();
-        let (mut dc, cw) = match cell {
-            Cell::Lstm => (gy[(t + 1) * b * h..].to_vec(), h),
-            Cell::Gru => (Vec::new(), 0),
-        };
         let gw = if cell == Cell::Gru { g } else { 0 };
-        let mut dx_step = vec![0.0f32; b * g];
-        let mut dr_step = vec![0.0f32; b * gw];
-        let mut rec = vec![0.0f32; b * h];
+        let cw = if cell == Cell::Lstm { h } else { 0 };
         let mut da_x = crate::cpu::alloc::zeros(t * b * g);
         let mut da_h = (cell == Cell::Gru).then(|| crate::cpu::alloc::zeros(t * b * g));
-        for s in (0..t).rev() {
-            let pos: Vec<Option<usize>> = lens
-                .iter()
-                .map(|&len| position(s, len, self.cfg.reverse))
-                .collect();
-            dx_step.fill(0.0);
-            dr_step.fill(0.0);
-            for (bi, p) in pos.iter().enumerate() {
-                if let Some(tt) = p {
-                    let gr = &gy[(tt * b + bi) * h..][..h];
-                    for (d, &v) in dh[bi * h..][..h].iter_mut().zip(gr) {
-                        *d += v;
-                    }
-                }
-            }
-            let items: Vec<_> = rows_mut(&mut dh, b, h)
-                .into_iter()
-                .zip(rows_mut(&mut dc, b, cw))
-                .zip(rows_mut(&mut dx_step, b, g))
-                .zip(rows_mut(&mut dr_step, b, gw))
-                .zip(&pos)
-                .enumerate()
-                .filter_map(|(bi, ((((dhr, dcr), dxr), drr), p))| {
-                    p.map(|tt| (tt * b + bi, dhr, dcr, dxr, drr))
-                })
-                .collect();
-            let (saved, h_prev) = (&self.saved, &self.h_prev);
-            for_each_row(items, g, |_, (at, dhr, dcr, dxr, drr)| {
-                let sv = &saved[at * per..][..per];
-                match cell {
-                    Cell::Lstm => lstm_step_back(sv, dhr, dcr, dxr),
-                    Cell::Gru => gru_step_back(sv, &h_prev[at * h..][..h], dhr, dxr, drr),
-                }
-            });
-            let rec_in = if cell == Cell::Gru {
-                &dr_step
-            } else {
-                &dx_step
+        let mut d_state = vec![vec![0.0f32; b * h]; cell.states()];
+        let out = Rows(da_x.as_mut_ptr());
+        let out_h = da_h.as_mut().map(|v| Rows(v.as_mut_ptr()));
+        let d_out: Vec<Rows> = d_state.iter_mut().map(|v| Rows(v.as_mut_ptr())).collect();
+        let (saved, h_prev) = (&self.saved, &self.h_prev);
+        for_each_chunk(b, |b0, nb, parallel| {
+            let mut dh = gy[(t * b + b0) * h..][..nb * h].to_vec();
+            let mut dc = match cell {
+                Cell::Lstm => gy[((t + 1) * b + b0) * h..][..nb * h].to_vec(),
+                Cell::Gru => Vec::new(),
             };
-            gemm_packed(
-                1.0,
-                MatRef::row_major(rec_in, b, g),
-                &w_hh,
-                0.0,
-                &mut rec,
-                h,
-                &Epilogue::default(),
-                true,
-            );
-            for (bi, p) in pos.iter().enumerate() {
-                if let Some(tt) = p {
-                    let at = tt * b + bi;
-                    for (d, &v) in dh[bi * h..][..h].iter_mut().zip(&rec[bi * h..][..h]) {
-                        *d += v;
+            let mut dx_step = vec![0.0f32; nb * g];
+            let mut dr_step = vec![0.0f32; nb * gw];
+            let mut rec = vec![0.0f32; nb * h];
+            for s in (0..t).rev() {
+                let pos: Vec<Option<usize>> = lens[b0..b0 + nb]
+                    .iter()
+                    .map(|&len| position(s, len, self.cfg.reverse))
+                    .collect();
+                dx_step.fill(0.0);
+                dr_step.fill(0.0);
+                for (bi, p) in pos.iter().enumerate() {
+                    if let Some(tt) = p {
+                        let gr = &gy[(tt * b + b0 + bi) * h..][..h];
+                        for (d, &v) in dh[bi * h..][..h].iter_mut().zip(gr) {
+                            *d += v;
+                        }
                     }
-                    da_x[at * g..][..g].copy_from_slice(&dx_step[bi * g..][..g]);
-                    if let Some(da_h) = &mut da_h {
-                        da_h[at * g..][..g].copy_from_slice(&dr_step[bi * g..][..g]);
+                }
+                let items: Vec<_> = rows_mut(&mut dh, nb, h)
+                    .into_iter()
+                    .zip(rows_mut(&mut dc, nb, cw))
+                    .zip(rows_mut(&mut dx_step, nb, g))
+                    .zip(rows_mut(&mut dr_step, nb, gw))
+                    .zip(&pos)
+                    .enumerate()
+                    .filter_map(|(bi, ((((dhr, dcr), dxr), drr), p))| {
+                        p.map(|tt| (tt * b + b0 + bi, dhr, dcr, dxr, drr))
+                    })
+                    .collect();
+                rows_in(items, g, parallel, |_, (at, dhr, dcr, dxr, drr)| {
+                    let sv = &saved[at * per..][..per];
+                    match cell {
+                        Cell::Lstm => lstm_step_back(sv, dhr, dcr, dxr),
+                        Cell::Gru => gru_step_back(sv, &h_prev[at * h..][..h], dhr, dxr, drr),
+                    }
+                });
+                let rec_in = if cell == Cell::Gru {
+                    &dr_step
+                } else {
+                    &dx_step
+                };
+                gemm_packed(
+                    1.0,
+                    MatRef::row_major(rec_in, nb, g),
+                    &w_hh,
+                    0.0,
+                    &mut rec,
+                    h,
+                    &Epilogue::default(),
+                    parallel,
+                );
+                for (bi, p) in pos.iter().enumerate() {
+                    if let Some(tt) = p {
+                        let at = tt * b + b0 + bi;
+                        for (d, &v) in dh[bi * h..][..h].iter_mut().zip(&rec[bi * h..][..h]) {
+                            *d += v;
+                        }
+                        // SAFETY: row (tt, b0 + bi) belongs to this chunk alone.
+                        unsafe { out.row(at, g) }.copy_from_slice(&dx_step[bi * g..][..g]);
+                        if let Some(out_h) = out_h {
+                            unsafe { out_h.row(at, g) }.copy_from_slice(&dr_step[bi * g..][..g]);
+                        }
                     }
                 }
             }
-        }
-        let mut d_state = vec![dh];
-        if cell == Cell::Lstm {
-            d_state.push(dc);
-        }
+            // SAFETY: rows b0..b0+nb of the state gradients belong to this chunk alone.
+            unsafe { d_out[0].rows(b0, nb, h) }.copy_from_slice(&dh);
+            if cell == Cell::Lstm {
+                unsafe { d_out[1].rows(b0, nb, h) }.copy_from_slice(&dc);
+            }
+        });
         Ok(Through {
             da_x,
             da_h,
