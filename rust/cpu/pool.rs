@@ -111,3 +111,27 @@ pub fn set_num_threads(threads: usize) -> Result<()> {
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(new);
     Ok(())
 }
+
+/// A raw pointer the pool's tasks may share, for outputs they write in disjoint parts (each
+/// element from one task), which `&mut` cannot express across a parallel iterator.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub(crate) *mut T);
+// SAFETY: users write disjoint parts, each from one thread, and the buffer outlives the tasks
+// (rayon joins before the owner continues).
+unsafe impl<T> Send for SendPtr<T> {}
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// Through a method, so that closures capture the wrapper and not its raw field.
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+
+    /// Elements `offset..offset + len` as a slice.
+    ///
+    /// # Safety
+    /// The range lies inside the buffer, and no other task reads or writes it meanwhile.
+    pub(crate) unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [T] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}

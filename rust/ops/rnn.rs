@@ -26,6 +26,7 @@
 
 use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{gemm, gemm_packed, Epilogue, MatRef, PackedB};
+use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::linear::{linear_backward, Needs};
@@ -363,9 +364,9 @@ fn forward_kernel(
     let mut saved = crate::cpu::alloc::zeros(t * b * per);
     let mut h_prev = crate::cpu::alloc::zeros(t * b * h);
     let out = [
-        Rows(y.as_mut_ptr()),
-        Rows(saved.as_mut_ptr()),
-        Rows(h_prev.as_mut_ptr()),
+        SendPtr(y.as_mut_ptr()),
+        SendPtr(saved.as_mut_ptr()),
+        SendPtr(h_prev.as_mut_ptr()),
     ];
     for_each_chunk(b, |b0, nb, parallel| {
         let rows = b0..b0 + nb;
@@ -394,7 +395,8 @@ fn forward_kernel(
             for (bi, p) in pos.iter().enumerate() {
                 if let Some(tt) = p {
                     // SAFETY: row (tt, b0 + bi) of h_prev belongs to this chunk alone.
-                    unsafe { out[2].row(tt * b + b0 + bi, h) }.copy_from_slice(&hs[bi * h..][..h]);
+                    unsafe { out[2].slice((tt * b + b0 + bi) * h, h) }
+                        .copy_from_slice(&hs[bi * h..][..h]);
                 }
             }
             let items: Vec<_> = rows_mut(&mut hs, nb, h)
@@ -418,38 +420,20 @@ fn forward_kernel(
                 if let Some(tt) = p {
                     let at = tt * b + b0 + bi;
                     // SAFETY: rows (tt, b0 + bi) belong to this chunk alone.
-                    unsafe { out[0].row(at, h) }.copy_from_slice(&hs[bi * h..][..h]);
-                    unsafe { out[1].row(at, per) }.copy_from_slice(&step_saved[bi * per..][..per]);
+                    unsafe { out[0].slice(at * h, h) }.copy_from_slice(&hs[bi * h..][..h]);
+                    unsafe { out[1].slice(at * per, per) }
+                        .copy_from_slice(&step_saved[bi * per..][..per]);
                 }
             }
         }
         // SAFETY: the final-state rows b0..b0+nb belong to this chunk alone.
-        unsafe { out[0].rows(t * b + b0, nb, h) }.copy_from_slice(&hs);
+        unsafe { out[0].slice((t * b + b0) * h, nb * h) }.copy_from_slice(&hs);
         if cfg.cell == Cell::Lstm {
-            unsafe { out[0].rows((t + 1) * b + b0, nb, h) }.copy_from_slice(&cs);
+            unsafe { out[0].slice(((t + 1) * b + b0) * h, nb * h) }.copy_from_slice(&cs);
         }
     });
     crate::cpu::alloc::recycle(xg);
     (y, Forward { saved, h_prev })
-}
-
-/// Rows of an output that several batch chunks write at once, each only its own samples' rows.
-#[derive(Clone, Copy)]
-struct Rows(*mut f32);
-// SAFETY: the chunks write disjoint rows, and the buffer outlives them (rayon joins).
-unsafe impl Send for Rows {}
-unsafe impl Sync for Rows {}
-
-impl Rows {
-    /// Row `at` of `len` floats. Safety: inside the buffer, and no one else uses it meanwhile.
-    unsafe fn row<'a>(self, at: usize, len: usize) -> &'a mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at * len), len) }
-    }
-
-    /// Rows `at..at + n` of `len` floats (same contract as [`Rows::row`]).
-    unsafe fn rows<'a>(self, at: usize, n: usize, len: usize) -> &'a mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at * len), n * len) }
-    }
 }
 
 /// Runs `f(b0, nb, parallel)` over the batch: the samples' recurrences are independent, so with
@@ -545,9 +529,12 @@ impl RnnBackward {
         let mut da_x = crate::cpu::alloc::zeros(t * b * g);
         let mut da_h = (cell == Cell::Gru).then(|| crate::cpu::alloc::zeros(t * b * g));
         let mut d_state = vec![vec![0.0f32; b * h]; cell.states()];
-        let out = Rows(da_x.as_mut_ptr());
-        let out_h = da_h.as_mut().map(|v| Rows(v.as_mut_ptr()));
-        let d_out: Vec<Rows> = d_state.iter_mut().map(|v| Rows(v.as_mut_ptr())).collect();
+        let out = SendPtr(da_x.as_mut_ptr());
+        let out_h = da_h.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
+        let d_out: Vec<SendPtr<f32>> = d_state
+            .iter_mut()
+            .map(|v| SendPtr(v.as_mut_ptr()))
+            .collect();
         let (saved, h_prev) = (&self.saved, &self.h_prev);
         for_each_chunk(b, |b0, nb, parallel| {
             let mut dh = gy[(t * b + b0) * h..][..nb * h].to_vec();
@@ -613,17 +600,18 @@ impl RnnBackward {
                             *d += v;
                         }
                         // SAFETY: row (tt, b0 + bi) belongs to this chunk alone.
-                        unsafe { out.row(at, g) }.copy_from_slice(&dx_step[bi * g..][..g]);
+                        unsafe { out.slice(at * g, g) }.copy_from_slice(&dx_step[bi * g..][..g]);
                         if let Some(out_h) = out_h {
-                            unsafe { out_h.row(at, g) }.copy_from_slice(&dr_step[bi * g..][..g]);
+                            unsafe { out_h.slice(at * g, g) }
+                                .copy_from_slice(&dr_step[bi * g..][..g]);
                         }
                     }
                 }
             }
             // SAFETY: rows b0..b0+nb of the state gradients belong to this chunk alone.
-            unsafe { d_out[0].rows(b0, nb, h) }.copy_from_slice(&dh);
+            unsafe { d_out[0].slice(b0 * h, nb * h) }.copy_from_slice(&dh);
             if cell == Cell::Lstm {
-                unsafe { d_out[1].rows(b0, nb, h) }.copy_from_slice(&dc);
+                unsafe { d_out[1].slice(b0 * h, nb * h) }.copy_from_slice(&dc);
             }
         });
         Ok(Through {

@@ -31,6 +31,7 @@ mod kernel_vnni;
 mod tests;
 
 use crate::cpu::features::{active_isa, Isa};
+use crate::cpu::pool::SendPtr;
 use crate::error::{Result, TfmError};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -425,19 +426,6 @@ fn offset<T>(p: *mut T, at: usize) -> *mut T {
         p
     } else {
         p.wrapping_add(at)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-// SAFETY: tiles write disjoint parts of the output, each from one thread.
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-
-impl<T> SendPtr<T> {
-    /// Through a method, so that closures capture the wrapper and not its raw field.
-    fn get(self) -> *mut T {
-        self.0
     }
 }
 
