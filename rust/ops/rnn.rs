@@ -338,10 +338,21 @@ fn forward_kernel(
     let Dims { t, b, i, h, g } = d;
     let per = cfg.cell.saved() * h;
     let lens = lengths(cfg, d);
+    // The LSTM adds both biases to its gates alike, so they join the input projection's
+    // epilogue and the per-step GEMM runs without one. The GRU's n gate needs b_hn inside r∘(·).
+    let both: Option<Vec<f32>> = match (cfg.cell, b_ih, b_hh) {
+        (Cell::Lstm, Some(bi), Some(bh)) => Some(bi.iter().zip(bh).map(|(a, b)| a + b).collect()),
+        _ => None,
+    };
+    let (in_bias, rec_bias) = match (&both, cfg.cell) {
+        (Some(v), _) => (Some(v.as_slice()), None),
+        (None, Cell::Lstm) => (b_ih.or(b_hh), None),
+        (None, Cell::Gru) => (b_ih, b_hh),
+    };
     let mut xg = crate::cpu::alloc::output(t * b * g);
     if t * b > 0 {
         let epi = Epilogue {
-            bias: b_ih,
+            bias: in_bias,
             ..Default::default()
         };
         gemm(
@@ -357,11 +368,12 @@ fn forward_kernel(
     }
     let w_hh_t = PackedB::new(MatRef::row_major(w_hh, g, h).t());
     let rec_epi = Epilogue {
-        bias: b_hh,
+        bias: rec_bias,
         ..Default::default()
     };
     let mut y = crate::cpu::alloc::zeros((t + cfg.cell.states()) * b * h);
-    let mut saved = crate::cpu::alloc::zeros(t * b * per);
+    // Rows past a sample's length are neither written nor read.
+    let mut saved = crate::cpu::alloc::output(t * b * per);
     let mut h_prev = crate::cpu::alloc::zeros(t * b * h);
     let out = [
         SendPtr(y.as_mut_ptr()),
@@ -376,7 +388,6 @@ fn forward_kernel(
             Cell::Gru => (Vec::new(), 0),
         };
         let mut hg = vec![0.0f32; nb * g];
-        let mut step_saved = vec![0.0f32; nb * per];
         for s in 0..t {
             gemm_packed(
                 1.0,
@@ -402,10 +413,16 @@ fn forward_kernel(
             let items: Vec<_> = rows_mut(&mut hs, nb, h)
                 .into_iter()
                 .zip(rows_mut(&mut cs, nb, cw))
-                .zip(rows_mut(&mut step_saved, nb, per))
                 .zip(&pos)
                 .enumerate()
-                .filter_map(|(bi, (((hr, cr), sr), p))| p.map(|tt| (bi, tt, hr, cr, sr)))
+                .filter_map(|(bi, ((hr, cr), p))| {
+                    // SAFETY: row (tt, b0 + bi) of `saved` belongs to this chunk alone.
+                    p.map(|tt| {
+                        (bi, tt, hr, cr, unsafe {
+                            out[1].slice((tt * b + b0 + bi) * per, per)
+                        })
+                    })
+                })
                 .collect();
             let hg = &hg;
             rows_in(items, g, parallel, |_, (bi, tt, hr, cr, sr)| {
@@ -421,8 +438,6 @@ fn forward_kernel(
                     let at = tt * b + b0 + bi;
                     // SAFETY: rows (tt, b0 + bi) belong to this chunk alone.
                     unsafe { out[0].slice(at * h, h) }.copy_from_slice(&hs[bi * h..][..h]);
-                    unsafe { out[1].slice(at * per, per) }
-                        .copy_from_slice(&step_saved[bi * per..][..per]);
                 }
             }
         }
@@ -504,7 +519,8 @@ struct RnnBackward {
     w_ih: Tensor,
     w_hh: Tensor,
     saved: Vec<f32>,
-    h_prev: Vec<f32>,
+    /// (T·B, H), see [`Forward`].
+    h_prev: Tensor,
     has_bias: [bool; 2],
 }
 
@@ -535,7 +551,7 @@ impl RnnBackward {
             .iter_mut()
             .map(|v| SendPtr(v.as_mut_ptr()))
             .collect();
-        let (saved, h_prev) = (&self.saved, &self.h_prev);
+        let (saved, h_prev) = (&self.saved, self.h_prev.cpu(OP)?.data());
         for_each_chunk(b, |b0, nb, parallel| {
             let mut dh = gy[(t * b + b0) * h..][..nb * h].to_vec();
             let mut dc = match cell {
@@ -653,10 +669,9 @@ impl Backward for RnnBackward {
             Some(v) => Tensor::new(v, &[t * b, g])?,
             None => da_x,
         };
-        let h_prev = Tensor::new(self.h_prev.clone(), &[t * b, h])?;
         let (_, dw_hh, db_hh) = linear_backward(
             &da_h,
-            &h_prev,
+            &self.h_prev,
             &self.w_hh,
             Needs {
                 x: false,
@@ -702,7 +717,7 @@ pub fn rnn(cfg: &RnnConfig, x: &Var, state: &[Var], w: &RnnWeights) -> Result<Va
             w_ih,
             w_hh,
             saved: f.saved,
-            h_prev: f.h_prev,
+            h_prev: Tensor::new(f.h_prev, &[d.t * d.b, d.h])?,
             has_bias: [w.b_ih.is_some(), w.b_hh.is_some()],
         },
     ))
