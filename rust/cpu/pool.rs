@@ -127,6 +127,11 @@ impl<T> SendPtr<T> {
         self.0
     }
 
+    /// Element `offset` (not dereferenced here, so no bounds to promise yet).
+    pub(crate) fn at(self, offset: usize) -> *mut T {
+        self.0.wrapping_add(offset)
+    }
+
     /// Elements `offset..offset + len` as a slice.
     ///
     /// # Safety

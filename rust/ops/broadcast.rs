@@ -3,6 +3,7 @@
 //! summing a gradient back down to an operand's shape.
 
 use super::rows::{for_each_row, rows_mut, PAR_MIN};
+use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 pub(crate) use crate::shape::{broadcast_strides, row_offset};
@@ -111,12 +112,6 @@ fn rows_per_task(inner: usize) -> usize {
     (PAR_MIN / 4 / inner.max(1)).max(1)
 }
 
-/// A raw pointer that may cross threads: the strided scatter writes disjoint elements.
-#[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
-unsafe impl Send for SyncPtr {}
-unsafe impl Sync for SyncPtr {}
-
 /// Reads `out_shape` elements from `src`, element `idx` at `offset + Σ idx[d]·strides[d]`:
 /// a permuted, sliced or broadcast view made contiguous.
 pub fn gather_strided(
@@ -195,7 +190,7 @@ pub fn scatter_strided(
             .map(|(&d, &s)| (d - 1) * s)
             .sum::<usize>();
     assert!(last < src_len, "scatter_strided: view exceeds the source");
-    let dst = SyncPtr(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr());
     let body = |(row, gr): (usize, &[f32])| {
         let base = offset + row_offset(row, &shape, &strides);
         let p = dst;
@@ -203,10 +198,10 @@ pub fn scatter_strided(
         // most once (permutes and slices), so rows write disjoint elements.
         unsafe {
             if s_in == 1 {
-                std::ptr::copy_nonoverlapping(gr.as_ptr(), p.0.add(base), inner);
+                std::ptr::copy_nonoverlapping(gr.as_ptr(), p.at(base), inner);
             } else {
                 for (j, &v) in gr.iter().enumerate() {
-                    *p.0.add(base + j * s_in) = v;
+                    *p.at(base + j * s_in) = v;
                 }
             }
         }

@@ -14,6 +14,7 @@ use super::pack::pack;
 use super::reference::apply_activation;
 use super::thin::{panels_per_tile, tile_rows, THIN_ROWS};
 use super::{Epilogue, MatRef};
+use crate::cpu::pool::SendPtr;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -88,14 +89,6 @@ const L2_B_BYTES: usize = 1024 * 1024;
 
 /// The largest `MR×NR` of any kernel (edge tiles go through a stack buffer this big).
 const MAX_TILE: usize = 14 * 32;
-
-/// `C`'s base pointer, sent to the worker threads. Each work item writes a disjoint set of
-/// tiles, so the threads never touch the same element.
-#[derive(Clone, Copy)]
-pub(super) struct CPtr(pub(super) *mut f32);
-// SAFETY: see above — disjoint writes only, and `run` outlives every worker (rayon joins).
-unsafe impl Send for CPtr {}
-unsafe impl Sync for CPtr {}
 
 /// Runs the whole product.
 ///
@@ -258,7 +251,7 @@ unsafe fn run_with<K: MicroKernel>(
         unsafe { run_one_row_panel::<K>(p, c, threads, packed_b) };
         return;
     }
-    let c_ptr = CPtr(c.as_mut_ptr());
+    let c_ptr = SendPtr(c.as_mut_ptr());
     let kc_max = kc_slice::<K>(k);
     let b_len = if packed_b.is_some() {
         0
@@ -348,7 +341,7 @@ unsafe fn run_one_row_panel<K: MicroKernel>(
         .step_by(K::NC)
         .flat_map(|jb| (jb..n.min(jb + K::NC)).step_by(width))
         .collect();
-    let c_ptr = CPtr(c.as_mut_ptr());
+    let c_ptr = SendPtr(c.as_mut_ptr());
     let work = |&jc: &usize| {
         let jb = jc - jc % K::NC;
         let nc = width.min(n.min(jb + K::NC) - jc);
@@ -474,7 +467,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
     ic: usize,
     mc: usize,
     jr: std::ops::Range<usize>,
-    c: CPtr,
+    c: SendPtr<f32>,
 ) {
     let (mr, nr, kc, ldc) = (K::MR, K::NR, s.kc, p.ldc);
     let tile = |ip: usize, jp: usize| {
@@ -482,8 +475,8 @@ unsafe fn macro_kernel<K: MicroKernel>(
         let (rows, cols) = (mr.min(ic + mc - i), nr.min(s.jc + s.nc - j));
         let a = a_pack[ip * mr * kc..][..mr * kc].as_ptr();
         let b = b_pack[jp * nr * kc..][..nr * kc].as_ptr();
-        // SAFETY: (i, j) is inside the m×n matrix validated by `gemm`.
-        let ct = unsafe { c.0.add(i * ldc + j) };
+        // (i, j) is inside the m×n matrix validated by `gemm`.
+        let ct = c.at(i * ldc + j);
         // A row's bits must not depend on whether it sits in a full tile (see thin.rs).
         let thin = rows < mr && rows <= THIN_ROWS;
         if rows == mr && cols == nr {
@@ -535,8 +528,8 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 continue;
             }
             let b = b_pack[jp * nr * kc..][..group * nr * kc].as_ptr();
-            // SAFETY: rows ic..ic+mc and columns j..j+group·nr lie inside C (full panels).
-            let ct = unsafe { c.0.add(ic * ldc + j) };
+            // Rows ic..ic+mc and columns j..j+group·nr lie inside C (full panels).
+            let ct = c.at(ic * ldc + j);
             // SAFETY: a/b hold the packed operands of these rows and panels.
             unsafe { tile_rows::<K>(mc, group, kc, a_pack.as_ptr(), b, ct, ldc, p.alpha, s.beta) };
             if s.last && !p.epilogue.is_noop() {

@@ -6,7 +6,8 @@
 //! bits as in a taller product, so they take the blocked kernels' arithmetic (driver.rs,
 //! `run_one_row_panel`).
 
-use super::driver::{apply_epilogue, CPtr, Problem, PARALLEL_MIN_MACS};
+use super::driver::{apply_epilogue, Problem, PARALLEL_MIN_MACS};
+use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use rayon::prelude::*;
 
@@ -31,7 +32,7 @@ pub(super) unsafe fn run(p: &Problem, c: &mut [f32], parallel: bool) {
     // x as a contiguous vector (copied once) so every inner loop is unit-stride.
     let xs: Vec<f32> = (0..k).map(|q| p.b.at(q, 0)).collect();
     let len = mat.cols;
-    let y = CPtr(c.as_mut_ptr());
+    let y = SendPtr(c.as_mut_ptr());
     let unit = |u: usize| {
         let y = &y; // the whole Send/Sync wrapper, not just its raw-pointer field
         let j0 = u * CHUNK;
@@ -45,7 +46,7 @@ pub(super) unsafe fn run(p: &Problem, c: &mut [f32], parallel: bool) {
         }
         for (j, &v) in vals.iter().enumerate() {
             // SAFETY: output (j0+j, 0) lies in C (validated by `gemm`); units own disjoint j.
-            let out = unsafe { &mut *y.0.add((j0 + j) * p.ldc) };
+            let out = unsafe { &mut *y.at((j0 + j) * p.ldc) };
             let old = if p.beta == 0.0 { 0.0 } else { p.beta * *out };
             *out = p.alpha * v + old;
             // The bias has one value, for C's only column.

@@ -15,8 +15,9 @@
 //! Linux gives a process the AMX register state only on request (`arch_prctl`,
 //! `ARCH_REQ_XCOMP_PERM`); [`available`] asks once and reports whether it was granted.
 
-use super::native::{pack_pairs, with_buffer, CPtr};
+use super::native::{pack_pairs, with_buffer};
 use crate::cpu::gemm::{apply_epilogue, Epilogue, MatRef};
+use crate::cpu::pool::SendPtr;
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::Cell;
@@ -205,7 +206,7 @@ pub(super) fn gemm(
         let groups = (2 * threads).div_ceil(row_blocks).clamp(1, blocks_n);
         let run = blocks_n.div_ceil(groups);
         let items = row_blocks * blocks_n.div_ceil(run);
-        let c_ptr = CPtr(c.as_mut_ptr());
+        let c_ptr = SendPtr(c.as_mut_ptr());
         let a_t = a.t();
         let work = |item: usize| {
             let (ib, g) = (item % row_blocks, item / row_blocks);

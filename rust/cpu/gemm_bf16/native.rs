@@ -15,6 +15,7 @@
 
 use super::bf16_bits;
 use crate::cpu::gemm::{apply_epilogue, transpose16, Epilogue, MatRef};
+use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::lanes16 as lanes;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -260,20 +261,6 @@ unsafe fn tile(
     }
 }
 
-/// `C`'s base pointer for the workers: each work item writes its own rows × column panels.
-#[derive(Clone, Copy)]
-pub(super) struct CPtr(pub(super) *mut f32);
-// SAFETY: disjoint writes only, and `gemm` outlives every worker (rayon joins).
-unsafe impl Send for CPtr {}
-unsafe impl Sync for CPtr {}
-
-impl CPtr {
-    /// Element `offset` (a method, so closures capture the `Sync` wrapper, not the pointer).
-    pub(super) fn at(self, offset: usize) -> *mut f32 {
-        self.0.wrapping_add(offset)
-    }
-}
-
 /// The product on this path; the caller has checked that the CPU has AVX-512 BF16 and the
 /// views and `c` (`super::validate`), and that no dimension is 0.
 #[allow(clippy::too_many_arguments)]
@@ -306,7 +293,7 @@ pub(super) fn gemm(
         let groups = (2 * threads).div_ceil(row_blocks).clamp(1, panels);
         let run = panels.div_ceil(groups);
         let items = row_blocks * panels.div_ceil(run);
-        let c_ptr = CPtr(c.as_mut_ptr());
+        let c_ptr = SendPtr(c.as_mut_ptr());
         let a_t = a.t();
         let work = |item: usize| {
             let (ib, g) = (item % row_blocks, item / row_blocks);
