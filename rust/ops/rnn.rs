@@ -109,10 +109,12 @@ struct Dims {
     g: usize,
 }
 
-/// The time index sample-step `s` of a sample of length `len` reads, if it is still running.
-#[inline]
-fn position(s: usize, len: usize, reverse: bool) -> Option<usize> {
-    (s < len).then(|| if reverse { len - 1 - s } else { s })
+/// The time index each sample (of lengths `lens`) reads at sample-step `s`, or `None` for the
+/// samples whose sequence has ended.
+fn positions(lens: &[usize], s: usize, reverse: bool) -> Vec<Option<usize>> {
+    lens.iter()
+        .map(|&len| (s < len).then(|| if reverse { len - 1 - s } else { s }))
+        .collect()
 }
 
 #[inline(always)]
@@ -340,14 +342,12 @@ fn forward_kernel(
     let lens = lengths(cfg, d);
     // The LSTM adds both biases to its gates alike, so they join the input projection's
     // epilogue and the per-step GEMM runs without one. The GRU's n gate needs b_hn inside r∘(·).
-    let both: Option<Vec<f32>> = match (cfg.cell, b_ih, b_hh) {
-        (Cell::Lstm, Some(bi), Some(bh)) => Some(bi.iter().zip(bh).map(|(a, b)| a + b).collect()),
-        _ => None,
-    };
-    let (in_bias, rec_bias) = match (&both, cfg.cell) {
-        (Some(v), _) => (Some(v.as_slice()), None),
-        (None, Cell::Lstm) => (b_ih.or(b_hh), None),
-        (None, Cell::Gru) => (b_ih, b_hh),
+    let summed: Option<Vec<f32>> = b_ih
+        .zip(b_hh)
+        .map(|(bi, bh)| bi.iter().zip(bh).map(|(a, b)| a + b).collect());
+    let (in_bias, rec_bias) = match cfg.cell {
+        Cell::Lstm => (summed.as_deref().or(b_ih).or(b_hh), None),
+        Cell::Gru => (b_ih, b_hh),
     };
     let mut xg = crate::cpu::alloc::output(t * b * g);
     if t * b > 0 {
@@ -381,7 +381,6 @@ fn forward_kernel(
         SendPtr(h_prev.as_mut_ptr()),
     ];
     for_each_chunk(b, |b0, nb, parallel| {
-        let rows = b0..b0 + nb;
         let mut hs = state[0][b0 * h..][..nb * h].to_vec();
         let (mut cs, cw) = match cfg.cell {
             Cell::Lstm => (state[1][b0 * h..][..nb * h].to_vec(), h),
@@ -399,10 +398,7 @@ fn forward_kernel(
                 &rec_epi,
                 parallel,
             );
-            let pos: Vec<Option<usize>> = lens[rows.clone()]
-                .iter()
-                .map(|&len| position(s, len, cfg.reverse))
-                .collect();
+            let pos = positions(&lens[b0..b0 + nb], s, cfg.reverse);
             for (bi, p) in pos.iter().enumerate() {
                 if let Some(tt) = p {
                     // SAFETY: row (tt, b0 + bi) of h_prev belongs to this chunk alone.
@@ -562,10 +558,7 @@ impl RnnBackward {
             let mut dr_step = vec![0.0f32; nb * gw];
             let mut rec = vec![0.0f32; nb * h];
             for s in (0..t).rev() {
-                let pos: Vec<Option<usize>> = lens[b0..b0 + nb]
-                    .iter()
-                    .map(|&len| position(s, len, self.cfg.reverse))
-                    .collect();
+                let pos = positions(&lens[b0..b0 + nb], s, self.cfg.reverse);
                 dx_step.fill(0.0);
                 dr_step.fill(0.0);
                 for (bi, p) in pos.iter().enumerate() {

@@ -8,10 +8,16 @@
 
 use super::MatRef;
 
-/// The `cs == 1` case of [`pack`]: `rows` is (source, offset of the block, kc, w); `W` is
-/// `width` known at compile time, or 0 for any other width.
-fn pack_rows<const W: usize>(rows: (&MatRef, usize, usize, usize), width: usize, dst: &mut [f32]) {
-    let (src, base, kc, w) = rows;
+/// The `cs == 1` case of [`pack`], for the block at `base`; `W` is `width` known at compile
+/// time, or 0 for any other width.
+fn pack_rows<const W: usize>(
+    src: &MatRef,
+    base: usize,
+    kc: usize,
+    w: usize,
+    width: usize,
+    dst: &mut [f32],
+) {
     debug_assert!(W == 0 || W == width);
     let panel = kc * width;
     for p in 0..kc {
@@ -76,14 +82,13 @@ pub(super) fn pack(
         // The kernels' widths, as constants: a whole segment then becomes a few vector moves
         // instead of a `memcpy` call of 56 or 128 bytes, whose call overhead was most of the
         // cost (7% of an LSTM step at H = 256, packing the gate gradients for dW).
-        let rows = (src, base, kc, w);
         match width {
-            4 => pack_rows::<4>(rows, width, dst),
-            6 => pack_rows::<6>(rows, width, dst),
-            14 => pack_rows::<14>(rows, width, dst),
-            16 => pack_rows::<16>(rows, width, dst),
-            32 => pack_rows::<32>(rows, width, dst),
-            _ => pack_rows::<0>(rows, width, dst),
+            4 => pack_rows::<4>(src, base, kc, w, width, dst),
+            6 => pack_rows::<6>(src, base, kc, w, width, dst),
+            14 => pack_rows::<14>(src, base, kc, w, width, dst),
+            16 => pack_rows::<16>(src, base, kc, w, width, dst),
+            32 => pack_rows::<32>(src, base, kc, w, width, dst),
+            _ => pack_rows::<0>(src, base, kc, w, width, dst),
         }
         return;
     }
