@@ -1,7 +1,7 @@
 """RNNsearch (``tfm_rs.models.RNNSeq2Seq``) on Multi30k with the Multi30k recipe's data, joint BPE
 tokenizer, optimizer settings and time budget (``python/tfm_rs/configs/multi30k.toml``), so that
-it compares with ``tfm-rs train --config multi30k``: parameters, tokens/s, test BLEU greedy and
-beam 4 (``docs/alternatives-rnn-cnn.md``).
+it compares with ``tfm-rs train --config multi30k``: parameters, tokens/s, validation loss (of the
+last weights), test BLEU greedy and beam 4 (``docs/alternatives-rnn-cnn.md``).
 
     python benches/train_multi30k_rnn.py --minutes 20 --out runs/rnnsearch
     python benches/train_multi30k_rnn.py --smoke    # 2 steps of a tiny model: checks that it runs
@@ -59,7 +59,8 @@ def main() -> None:
     trainer.save(out / "checkpoint")
     tokens = sum(r.get("tokens", 0) for r in records)
     result = {"parameters": model.num_parameters(), "steps": len(records), "minutes": elapsed / 60,
-              "tokens_per_s": tokens / elapsed if elapsed else 0.0, "final_loss": records[-1]["loss"]}
+              "tokens_per_s": tokens / elapsed if elapsed else 0.0, "final_loss": records[-1]["loss"],
+              "valid_loss": trainer.validation_loss()["loss"]}
     pairs = runs._test_pairs(cfg, args.test_limit)
     if pairs is not None:
         sources, refs = pairs

@@ -123,22 +123,24 @@ fn sigmoid(x: f32) -> f32 {
 }
 
 simd_kernel! {
-    /// One LSTM step of one sample: gate pre-activations `xg + hg` (4h), the state h, c (h)
-    /// updated in place; `saved` (5h) gets i, f, g, o and the previous c.
-    fn lstm_step(xg: &[f32], hg: &[f32], h: &mut [f32], c: &mut [f32], saved: &mut [f32]) {
+    /// One LSTM step of one sample: gate pre-activations `xg + bias + hg` (4h; `bias` is
+    /// b_ih + b_hh), the state h, c (h) updated in place; `saved` (5h) gets i, f, g, o and the
+    /// previous c.
+    fn lstm_step(xg: &[f32], bias: &[f32], hg: &[f32], h: &mut [f32], c: &mut [f32], saved: &mut [f32]) {
         let n = h.len();
         let (gates, c_prev) = saved.split_at_mut(4 * n);
         // One loop per gate block: a select between tanh and sigmoid inside one loop kept it
         // from vectorizing.
         for (block, out) in gates.chunks_exact_mut(n).enumerate() {
-            let (x, r) = (&xg[block * n..][..n], &hg[block * n..][..n]);
+            let at = block * n;
+            let (x, b, r) = (&xg[at..][..n], &bias[at..][..n], &hg[at..][..n]);
             if block == 2 {
                 for j in 0..n {
-                    out[j] = tanh(x[j] + r[j]);
+                    out[j] = tanh(x[j] + b[j] + r[j]);
                 }
             } else {
                 for j in 0..n {
-                    out[j] = sigmoid(x[j] + r[j]);
+                    out[j] = sigmoid(x[j] + b[j] + r[j]);
                 }
             }
         }
@@ -155,19 +157,20 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// One GRU step of one sample (see the module doc); `saved` (4h) gets r, z, n and the
-    /// recurrent n-projection.
-    fn gru_step(xg: &[f32], hg: &[f32], h: &mut [f32], saved: &mut [f32]) {
+    /// One GRU step of one sample (see the module doc), the biases added here; `saved` (4h)
+    /// gets r, z, n and the recurrent n-projection `hg_n + b_hn`.
+    fn gru_step(xg: &[f32], b_ih: &[f32], hg: &[f32], b_hh: &[f32], h: &mut [f32], saved: &mut [f32]) {
         let n = h.len();
         let (rz, rest) = saved.split_at_mut(2 * n);
         let (nn, hn) = rest.split_at_mut(n);
-        for ((a, &x), &r) in rz.iter_mut().zip(xg).zip(hg) {
-            *a = sigmoid(x + r);
+        for j in 0..2 * n {
+            rz[j] = sigmoid((xg[j] + b_ih[j]) + (hg[j] + b_hh[j]));
         }
         let (r, z) = rz.split_at(n);
         for j in 0..n {
-            hn[j] = hg[2 * n + j];
-            nn[j] = tanh(xg[2 * n + j] + r[j] * hn[j]);
+            let k = 2 * n + j;
+            hn[j] = hg[k] + b_hh[k];
+            nn[j] = tanh(xg[k] + b_ih[k] + r[j] * hn[j]);
             h[j] = (1.0 - z[j]) * nn[j] + z[j] * h[j];
         }
     }
@@ -326,6 +329,21 @@ fn lengths(cfg: &RnnConfig, d: Dims) -> Vec<usize> {
     cfg.lengths.clone().unwrap_or_else(|| vec![d.t; d.b])
 }
 
+/// A buffer of `n` floats holding rows per position (and final states): the loops write every
+/// row of a sample's valid steps and no other, so it starts zeroed only when some sample is
+/// shorter than T.
+fn position_rows(cfg: &RnnConfig, d: Dims, n: usize) -> Vec<f32> {
+    let ragged = cfg
+        .lengths
+        .as_ref()
+        .is_some_and(|l| l.iter().any(|&len| len < d.t));
+    if ragged {
+        crate::cpu::alloc::zeros(n)
+    } else {
+        crate::cpu::alloc::output(n)
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn forward_kernel(
     cfg: &RnnConfig,
@@ -340,21 +358,13 @@ fn forward_kernel(
     let Dims { t, b, i, h, g } = d;
     let per = cfg.cell.saved() * h;
     let lens = lengths(cfg, d);
-    // The LSTM adds both biases to its gates alike, so they join the input projection's
-    // epilogue and the per-step GEMM runs without one. The GRU's n gate needs b_hn inside r∘(·).
-    let summed: Option<Vec<f32>> = b_ih
-        .zip(b_hh)
-        .map(|(bi, bh)| bi.iter().zip(bh).map(|(a, b)| a + b).collect());
-    let (in_bias, rec_bias) = match cfg.cell {
-        Cell::Lstm => (summed.as_deref().or(b_ih).or(b_hh), None),
-        Cell::Gru => (b_ih, b_hh),
-    };
+    // The biases are added in the step kernels, where the rows are in registers anyway, rather
+    // than as a GEMM epilogue (a pass over the whole (T·B, G·H) input projection).
+    let zeros = vec![0.0f32; g];
+    let (b_ih, b_hh) = (b_ih.unwrap_or(&zeros), b_hh.unwrap_or(&zeros));
+    let summed: Vec<f32> = b_ih.iter().zip(b_hh).map(|(a, b)| a + b).collect();
     let mut xg = crate::cpu::alloc::output(t * b * g);
     if t * b > 0 {
-        let epi = Epilogue {
-            bias: in_bias,
-            ..Default::default()
-        };
         gemm(
             1.0,
             MatRef::row_major(x, t * b, i),
@@ -362,19 +372,15 @@ fn forward_kernel(
             0.0,
             &mut xg,
             g,
-            &epi,
+            &Epilogue::default(),
             true,
         );
     }
     let w_hh_t = PackedB::new(MatRef::row_major(w_hh, g, h).t());
-    let rec_epi = Epilogue {
-        bias: rec_bias,
-        ..Default::default()
-    };
-    let mut y = crate::cpu::alloc::zeros((t + cfg.cell.states()) * b * h);
+    let mut y = position_rows(cfg, d, (t + cfg.cell.states()) * b * h);
     // Rows past a sample's length are neither written nor read.
     let mut saved = crate::cpu::alloc::output(t * b * per);
-    let mut h_prev = crate::cpu::alloc::zeros(t * b * h);
+    let mut h_prev = position_rows(cfg, d, t * b * h);
     let out = [
         SendPtr(y.as_mut_ptr()),
         SendPtr(saved.as_mut_ptr()),
@@ -395,7 +401,7 @@ fn forward_kernel(
                 0.0,
                 &mut hg,
                 g,
-                &rec_epi,
+                &Epilogue::default(),
                 parallel,
             );
             let pos = positions(&lens[b0..b0 + nb], s, cfg.reverse);
@@ -425,8 +431,8 @@ fn forward_kernel(
                 let xr = &xg[(tt * b + b0 + bi) * g..][..g];
                 let hgr = &hg[bi * g..][..g];
                 match cfg.cell {
-                    Cell::Lstm => lstm_step(xr, hgr, hr, cr, sr),
-                    Cell::Gru => gru_step(xr, hgr, hr, sr),
+                    Cell::Lstm => lstm_step(xr, &summed, hgr, hr, cr, sr),
+                    Cell::Gru => gru_step(xr, b_ih, hgr, b_hh, hr, sr),
                 }
             });
             for (bi, p) in pos.iter().enumerate() {
@@ -521,11 +527,13 @@ struct RnnBackward {
 }
 
 /// Gradients of the gate pre-activations at every position, from the input side and from the
-/// recurrent side (the same for the LSTM), and of the initial states.
+/// recurrent side (the same for the LSTM), of the initial states, and of the biases (the sums
+/// of the two over positions).
 struct Through {
     da_x: Vec<f32>,
     da_h: Option<Vec<f32>>,
     d_state: Vec<Vec<f32>>,
+    db: [Vec<f32>; 2],
 }
 
 impl RnnBackward {
@@ -538,13 +546,18 @@ impl RnnBackward {
         let w_hh = PackedB::new(MatRef::row_major(self.w_hh.cpu(OP)?.data(), g, h));
         let gw = if cell == Cell::Gru { g } else { 0 };
         let cw = if cell == Cell::Lstm { h } else { 0 };
-        let mut da_x = crate::cpu::alloc::zeros(t * b * g);
-        let mut da_h = (cell == Cell::Gru).then(|| crate::cpu::alloc::zeros(t * b * g));
+        let mut da_x = position_rows(&self.cfg, self.d, t * b * g);
+        let mut da_h = (cell == Cell::Gru).then(|| position_rows(&self.cfg, self.d, t * b * g));
         let mut d_state = vec![vec![0.0f32; b * h]; cell.states()];
+        // The bias gradients are summed per sample while the rows are in cache (rather than in
+        // two more passes over da), then over the samples in order, so that they do not depend
+        // on how the batch is split among threads.
+        let mut per_sample = [vec![0.0f32; b * g], vec![0.0f32; b * gw]];
         let out = SendPtr(da_x.as_mut_ptr());
         let out_h = da_h.as_mut().map(|v| SendPtr(v.as_mut_ptr()));
         let d_out: Vec<SendPtr<f32>> = d_state
             .iter_mut()
+            .chain(&mut per_sample)
             .map(|v| SendPtr(v.as_mut_ptr()))
             .collect();
         let (saved, h_prev) = (&self.saved, self.h_prev.cpu(OP)?.data());
@@ -554,13 +567,13 @@ impl RnnBackward {
                 Cell::Lstm => gy[((t + 1) * b + b0) * h..][..nb * h].to_vec(),
                 Cell::Gru => Vec::new(),
             };
+            // A sample's rows stay 0 until its first valid step (the last one in time order)
+            // and are overwritten whole at every step after, so they are zeroed once.
             let mut dx_step = vec![0.0f32; nb * g];
             let mut dr_step = vec![0.0f32; nb * gw];
-            let mut rec = vec![0.0f32; nb * h];
+            let mut sums = [vec![0.0f32; nb * g], vec![0.0f32; nb * gw]];
             for s in (0..t).rev() {
                 let pos = positions(&lens[b0..b0 + nb], s, self.cfg.reverse);
-                dx_step.fill(0.0);
-                dr_step.fill(0.0);
                 for (bi, p) in pos.iter().enumerate() {
                     if let Some(tt) = p {
                         let gr = &gy[(tt * b + b0 + bi) * h..][..h];
@@ -592,22 +605,25 @@ impl RnnBackward {
                 } else {
                     &dx_step
                 };
+                // dh += (gate gradients)·W_hh: a finished sample's zero rows leave its dh as is.
                 gemm_packed(
                     1.0,
                     MatRef::row_major(rec_in, nb, g),
                     &w_hh,
-                    0.0,
-                    &mut rec,
+                    1.0,
+                    &mut dh,
                     h,
                     &Epilogue::default(),
                     parallel,
                 );
+                for (sum, step) in sums.iter_mut().zip([&dx_step, &dr_step]) {
+                    for (a, &v) in sum.iter_mut().zip(step) {
+                        *a += v;
+                    }
+                }
                 for (bi, p) in pos.iter().enumerate() {
                     if let Some(tt) = p {
                         let at = tt * b + b0 + bi;
-                        for (d, &v) in dh[bi * h..][..h].iter_mut().zip(&rec[bi * h..][..h]) {
-                            *d += v;
-                        }
                         // SAFETY: row (tt, b0 + bi) belongs to this chunk alone.
                         unsafe { out.slice(at * g, g) }.copy_from_slice(&dx_step[bi * g..][..g]);
                         if let Some(out_h) = out_h {
@@ -622,11 +638,30 @@ impl RnnBackward {
             if cell == Cell::Lstm {
                 unsafe { d_out[1].slice(b0 * h, nb * h) }.copy_from_slice(&dc);
             }
+            let sum_out = &d_out[cell.states()..];
+            for ((out, sum), width) in sum_out.iter().zip(&sums).zip([g, gw]) {
+                // SAFETY: as above, rows b0..b0+nb of the per-sample sums.
+                unsafe { out.slice(b0 * width, nb * width) }.copy_from_slice(sum);
+            }
         });
+        let over_samples = |rows: &[f32], width: usize| {
+            let mut total = vec![0.0f32; width];
+            for row in rows.chunks_exact(width.max(1)) {
+                for (a, &v) in total.iter_mut().zip(row) {
+                    *a += v;
+                }
+            }
+            total
+        };
+        let db = [
+            over_samples(&per_sample[0], g),
+            over_samples(&per_sample[1], gw),
+        ];
         Ok(Through {
             da_x,
             da_h,
             d_state,
+            db,
         })
     }
 }
@@ -648,28 +683,28 @@ impl Backward for RnnBackward {
         let bias_at =
             |k: usize| self.has_bias[k] && needs(ns + 3 + usize::from(self.has_bias[0] && k == 1));
         let da_x = Tensor::new(through.da_x, &[t * b, g])?;
-        let (dx, dw_ih, db_ih) = linear_backward(
+        let (dx, dw_ih, _) = linear_backward(
             &da_x,
             &self.x,
             &self.w_ih,
             Needs {
                 x: needs(0),
                 w: needs(ns + 1),
-                b: bias_at(0),
+                b: false,
             },
         )?;
         let da_h = match through.da_h {
             Some(v) => Tensor::new(v, &[t * b, g])?,
             None => da_x,
         };
-        let (_, dw_hh, db_hh) = linear_backward(
+        let (_, dw_hh, _) = linear_backward(
             &da_h,
             &self.h_prev,
             &self.w_hh,
             Needs {
                 x: false,
                 w: needs(ns + 2),
-                b: bias_at(1),
+                b: false,
             },
         )?;
         let mut grads = vec![dx];
@@ -677,9 +712,16 @@ impl Backward for RnnBackward {
             grads.push(Some(Tensor::new(d, &[b, h])?));
         }
         grads.extend([dw_ih, dw_hh]);
-        for (has, db) in self.has_bias.into_iter().zip([db_ih, db_hh]) {
-            if has {
-                grads.push(db);
+        // The LSTM's two biases meet the gates alike, so their gradients are one sum.
+        let [db_x, db_h] = through.db;
+        let db_h = if self.cfg.cell == Cell::Lstm {
+            db_x.clone()
+        } else {
+            db_h
+        };
+        for (k, db) in [db_x, db_h].into_iter().enumerate() {
+            if self.has_bias[k] {
+                grads.push(bias_at(k).then(|| Tensor::new(db, &[g])).transpose()?);
             }
         }
         Ok(grads)

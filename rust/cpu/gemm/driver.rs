@@ -516,24 +516,29 @@ unsafe fn macro_kernel<K: MicroKernel>(
             }
         }
     };
-    if mc < mr && mc <= THIN_ROWS {
-        // One thin row panel (a decoding step): several B panels per call where they are full.
-        let group = panels_per_tile(mc);
+    // A bottom row panel of at most THIN_ROWS rows (all of a decoding step's product, or the
+    // edge of a taller one) runs as thin tiles over several B panels at a time where they are
+    // full: one panel of so few rows is too few independent FMA chains.
+    let thin_panel = |ip: usize| {
+        let i = ic + ip * mr;
+        let rows = ic + mc - i;
+        let group = panels_per_tile(rows);
+        let a = a_pack[ip * mr * kc..][..mr * kc].as_ptr();
         let mut jp = jr.start;
         while jp < jr.end {
             let j = s.jc + jp * nr;
             if group == 1 || jp + group > jr.end || j + group * nr > s.jc + s.nc {
-                tile(0, jp);
+                tile(ip, jp);
                 jp += 1;
                 continue;
             }
             let b = b_pack[jp * nr * kc..][..group * nr * kc].as_ptr();
-            // Rows ic..ic+mc and columns j..j+group·nr lie inside C (full panels).
-            let ct = c.at(ic * ldc + j);
+            // Rows i..i+rows and columns j..j+group·nr lie inside C (full panels).
+            let ct = c.at(i * ldc + j);
             // SAFETY: a/b hold the packed operands of these rows and panels.
-            unsafe { tile_rows::<K>(mc, group, kc, a_pack.as_ptr(), b, ct, ldc, p.alpha, s.beta) };
+            unsafe { tile_rows::<K>(rows, group, kc, a, b, ct, ldc, p.alpha, s.beta) };
             if s.last && !p.epilogue.is_noop() {
-                for r in 0..mc {
+                for r in 0..rows {
                     // SAFETY: as above; this item owns the tile.
                     let row =
                         unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), group * nr) };
@@ -542,14 +547,15 @@ unsafe fn macro_kernel<K: MicroKernel>(
             }
             jp += group;
         }
-        return;
-    }
-    let row_panels = 0..mc.div_ceil(mr);
+    };
+    let panels_down = mc.div_ceil(mr);
+    let thin_edge = mc % mr != 0 && mc % mr <= THIN_ROWS;
+    let row_panels = 0..panels_down - usize::from(thin_edge);
     let f32s = std::mem::size_of::<f32>();
     let c_block = mc * jr.len() * nr * f32s;
     if kc * nr * f32s <= L1_PANEL_BYTES && c_block <= L2_C_BYTES {
         // Keep the B micro-panel in L1 across the ir loop and stream A (see `L1_PANEL_BYTES`).
-        for jp in jr {
+        for jp in jr.clone() {
             row_panels.clone().for_each(|ip| tile(ip, jp));
         }
     } else {
@@ -562,6 +568,9 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 (j0..(j0 + run).min(end)).for_each(|jp| tile(ip, jp));
             }
         }
+    }
+    if thin_edge {
+        thin_panel(panels_down - 1);
     }
 }
 

@@ -9,7 +9,9 @@
 use super::MatRef;
 
 /// The `cs == 1` case of [`pack`], for the block at `base`; `W` is `width` known at compile
-/// time, or 0 for any other width.
+/// time, or 0 for any other width. The whole segments and a row's partial last one are copied in
+/// separate loops: in one loop LLVM merges the constant-size copy with the variable one back into
+/// a `memcpy` call per segment.
 fn pack_rows<const W: usize>(
     src: &MatRef,
     base: usize,
@@ -20,17 +22,18 @@ fn pack_rows<const W: usize>(
 ) {
     debug_assert!(W == 0 || W == width);
     let panel = kc * width;
+    let whole = if W > 0 { w / W } else { 0 };
     for p in 0..kc {
         let row = &src.data[base + p * src.rs..][..w];
-        for (t, seg) in row.chunks(width).enumerate() {
-            let out = &mut dst[t * panel + p * width..][..seg.len()];
-            match (
-                <&mut [f32; W]>::try_from(&mut *out),
-                <&[f32; W]>::try_from(seg),
-            ) {
-                (Ok(out), Ok(seg)) if W > 0 => *out = *seg,
-                _ => out.copy_from_slice(seg),
-            }
+        let (head, tail) = row.split_at(whole * W);
+        for (t, seg) in head.chunks_exact(W.max(1)).enumerate() {
+            let out: &mut [f32; W] = (&mut dst[t * panel + p * width..][..W])
+                .try_into()
+                .expect("W-float segment");
+            *out = seg.try_into().expect("W-float segment");
+        }
+        for (t, seg) in tail.chunks(width).enumerate() {
+            dst[(whole + t) * panel + p * width..][..seg.len()].copy_from_slice(seg);
         }
     }
 }

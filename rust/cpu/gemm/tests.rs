@@ -170,7 +170,8 @@ impl Case {
 
 #[test]
 fn gemm_sizes_and_layouts() {
-    let sizes = [0, 1, 3, 17, 31, 65];
+    // 16 and 29: one and two full 14-row tiles over a thin edge of 2 and 1 rows.
+    let sizes = [0, 1, 3, 16, 17, 29, 31, 65];
     for isa in isas() {
         for layout in LAYOUTS {
             for &m in &sizes {
@@ -299,8 +300,8 @@ fn product_rows(
 fn a_row_does_not_depend_on_the_other_rows() {
     // A decoding step's row gives the same bits alone, among a few rows (beams, a small batch:
     // the one-row-panel path, thin edge tiles), in full tiles and in row bands on several
-    // threads, so a decoded sentence does not depend on what else is in the batch. k = 700
-    // takes two k-slices.
+    // threads, so a decoded sentence does not depend on what else is in the batch (nor a
+    // recurrent step's row on its batch chunk). k = 700 takes two k-slices.
     let mut rng = Rng(5);
     for isa in isas() {
         for layout in LAYOUTS {
@@ -318,6 +319,8 @@ fn a_row_does_not_depend_on_the_other_rows() {
                     (5..9, true),
                     (10..23, false),
                     (30..44, true),
+                    (60..76, false),
+                    (3..20, true),
                     (50..79, true),
                     (0..300, true),
                     (0..300, false),
