@@ -549,7 +549,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
         }
     };
     let panels_down = mc.div_ceil(mr);
-    let thin_edge = mc % mr != 0 && mc % mr <= THIN_ROWS;
+    let thin_edge = !mc.is_multiple_of(mr) && mc % mr <= THIN_ROWS;
     let row_panels = 0..panels_down - usize::from(thin_edge);
     let f32s = std::mem::size_of::<f32>();
     let c_block = mc * jr.len() * nr * f32s;

@@ -22,7 +22,7 @@ fn pack_rows<const W: usize>(
 ) {
     debug_assert!(W == 0 || W == width);
     let panel = kc * width;
-    let whole = if W > 0 { w / W } else { 0 };
+    let whole = w.checked_div(W).unwrap_or(0);
     for p in 0..kc {
         let row = &src.data[base + p * src.rs..][..w];
         let (head, tail) = row.split_at(whole * W);
