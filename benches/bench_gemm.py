@@ -9,7 +9,9 @@ the environment at import, and tfm_rs reads TFM_RS_NUM_THREADS when its pool is 
 Every case reports the best of --repeats calls after a warm-up call, and checks tfm_rs's result
 against numpy's.
 
-Layouts: `nn` is A·B, `nt` is A·Bᵀ (the Linear layer's x·Wᵀ), `tn` is Aᵀ·B (its weight gradient).
+Layouts: `nn` is A·B, `nt` is A·Bᵀ (the Linear layer's x·Wᵀ), `ntb` is A·Bᵀ + bias (the Linear
+layer with its bias: numpy adds it after the product, torch runs `addmm`, tfm_rs its GEMM
+epilogue), `tn` is Aᵀ·B (its weight gradient).
 numpy and torch get strided views. A tfm_rs tensor is always contiguous (converting a strided
 view copies it), so each layout runs through the op that reaches that GEMM layout: `nn` is
 `matmul`, `nt` is `linear(A, W)`, `tn` is the backward of `linear` into W alone (dW = Gᵀ·X,
@@ -27,7 +29,7 @@ import time
 THREAD_VARS = ("TFM_RS_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-LAYOUTS = ("nn", "nt", "tn")
+LAYOUTS = ("nn", "nt", "ntb", "tn")
 
 
 def cases(sizes):
@@ -39,8 +41,13 @@ def cases(sizes):
 def operands(np, m, k, n, layout, rng):
     """A (m×k) and B (k×n) as numpy views; transposed layouts are strided views, not copies."""
     a = rng.standard_normal((k, m) if layout == "tn" else (m, k), dtype=np.float32)
-    b = rng.standard_normal((n, k) if layout == "nt" else (k, n), dtype=np.float32)
-    return (a.T if layout == "tn" else a), (b.T if layout == "nt" else b)
+    b = rng.standard_normal((n, k) if layout.startswith("nt") else (k, n), dtype=np.float32)
+    return (a.T if layout == "tn" else a), (b.T if layout.startswith("nt") else b)
+
+
+def bias_of(np, n):
+    """The `ntb` layout's bias (n,)."""
+    return np.linspace(-1.0, 1.0, n, dtype=np.float32)
 
 
 SETTLE_S = 0.3
@@ -63,11 +70,13 @@ def tfm_rs_product(tfm_rs, layout, a, b):
     if layout == "nn":
         x, y = tfm_rs.tensor(a), tfm_rs.tensor(b)
         return (lambda: F.matmul(x, y)), (lambda: F.matmul(x, y).numpy())
-    if layout == "nt":
-        x, w = tfm_rs.tensor(a), tfm_rs.tensor(b.T)  # b.T is the contiguous n×k weight
-        return (lambda: F.linear(x, w)), (lambda: F.linear(x, w).numpy())
-    # tn: Aᵀ·B is dW of y = X·Wᵀ with X = B (k×n), W m×n, dy = G = A's k×m storage.
     import numpy as np
+
+    if layout.startswith("nt"):
+        x, w = tfm_rs.tensor(a), tfm_rs.tensor(b.T)  # b.T is the contiguous n×k weight
+        bias = tfm_rs.tensor(bias_of(np, b.shape[1])) if layout == "ntb" else None
+        return (lambda: F.linear(x, w, bias)), (lambda: F.linear(x, w, bias).numpy())
+    # tn: Aᵀ·B is dW of y = X·Wᵀ with X = B (k×n), W m×n, dy = G = A's k×m storage.
 
     x, g = tfm_rs.tensor(b), tfm_rs.tensor(a.T)
     w = tfm_rs.tensor(np.zeros((a.shape[0], b.shape[1]), np.float32), requires_grad=True)
@@ -87,7 +96,7 @@ def worker(threads, sizes, repeats):
 
     # Each library gets (convert, multiply): operands are converted to its own type once, outside
     # the timed call, so the timing is the product alone (plus its output allocation).
-    libs = {"numpy": (lambda x: x, lambda a, b: a @ b)}
+    libs = {"numpy": (lambda x: x, lambda a, b: a @ b, lambda a, b, bias: a @ b + bias)}
     try:
         import tfm_rs
 
@@ -100,7 +109,7 @@ def worker(threads, sizes, repeats):
         import torch
 
         torch.set_num_threads(threads)
-        libs["torch"] = (torch.from_numpy, lambda a, b: a @ b)
+        libs["torch"] = (torch.from_numpy, lambda a, b: a @ b, lambda a, b, bias: torch.addmm(bias, a, b))
     except ImportError:
         pass
 
@@ -113,8 +122,11 @@ def worker(threads, sizes, repeats):
         for lib, conv_mul in libs.items():
             if lib == "tfm_rs":
                 timed, result = tfm_rs_product(tfm_rs, layout, a, b)
+            elif layout == "ntb":
+                convert, _, fn = conv_mul
+                timed = functools.partial(fn, convert(a), convert(b), convert(bias_of(np, n)))
             else:
-                convert, fn = conv_mul
+                convert, fn, _ = conv_mul
                 timed = functools.partial(fn, convert(a), convert(b))
             # OpenBLAS's worker threads busy-wait for ~0.1 s after a call (its THREAD_TIMEOUT,
             # 2^28 cycles); let them (and any other pool) go idle before the next library, which
@@ -125,6 +137,9 @@ def worker(threads, sizes, repeats):
             got = result()
             want = a.astype(np.float64) @ b.astype(np.float64)
             scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+            if layout == "ntb":
+                want += bias_of(np, n)
+                scale += np.abs(bias_of(np, n))
             row["max_rel_err"] = float(np.max(np.abs(got - want) / (scale + 1e-30)))
         results.append(row)
     isa = tfm_rs.cpu_features()["isa"] if "tfm_rs" in libs else "-"
