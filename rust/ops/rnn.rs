@@ -18,8 +18,9 @@
 //! the fused gate arithmetic per sample. `lengths` (per sample, ≤ T) work as PyTorch's packed
 //! sequences: a sample's steps past its length leave its state alone and output zeros, and the
 //! reverse direction starts at each sample's last valid step. The backward runs the steps in
-//! reverse, one packed `W_hh` GEMM per step, and gets dx, dW_ih, db_ih, dW_hh, db_hh as GEMMs
-//! over all steps at the end ([`linear_backward`]). With several threads and a batch of at
+//! reverse, one packed `W_hh` GEMM per step, summing the bias gradients as it goes, and gets
+//! dx, dW_ih and dW_hh as GEMMs over all steps at the end ([`linear_backward`]). The biases are
+//! added in the step kernels, not as GEMM epilogues. With several threads and a batch of at
 //! least 16, each thread takes a share of the samples through the whole time loop (both
 //! directions of the pass), so a step costs no synchronization; a row's arithmetic is the same
 //! whatever its share, so the results do not depend on the thread count (tested).
