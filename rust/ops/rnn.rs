@@ -31,7 +31,7 @@ use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::linear::{linear_backward, Needs};
-use crate::ops::rows::{exp_fast, for_each_row, rows_mut, tanh_fast as tanh};
+use crate::ops::rows::{axpy, exp_fast, for_each_row, rows_mut, tanh_fast as tanh};
 use crate::tensor::{shape_str, Device, Tensor};
 use rayon::prelude::*;
 
@@ -577,10 +577,11 @@ impl RnnBackward {
                 let pos = positions(&lens[b0..b0 + nb], s, self.cfg.reverse);
                 for (bi, p) in pos.iter().enumerate() {
                     if let Some(tt) = p {
-                        let gr = &gy[(tt * b + b0 + bi) * h..][..h];
-                        for (d, &v) in dh[bi * h..][..h].iter_mut().zip(gr) {
-                            *d += v;
-                        }
+                        axpy(
+                            &mut dh[bi * h..][..h],
+                            1.0,
+                            &gy[(tt * b + b0 + bi) * h..][..h],
+                        );
                     }
                 }
                 let items: Vec<_> = rows_mut(&mut dh, nb, h)
@@ -618,9 +619,7 @@ impl RnnBackward {
                     parallel,
                 );
                 for (sum, step) in sums.iter_mut().zip([&dx_step, &dr_step]) {
-                    for (a, &v) in sum.iter_mut().zip(step) {
-                        *a += v;
-                    }
+                    axpy(sum, 1.0, step);
                 }
                 for (bi, p) in pos.iter().enumerate() {
                     if let Some(tt) = p {
@@ -648,9 +647,7 @@ impl RnnBackward {
         let over_samples = |rows: &[f32], width: usize| {
             let mut total = vec![0.0f32; width];
             for row in rows.chunks_exact(width.max(1)) {
-                for (a, &v) in total.iter_mut().zip(row) {
-                    *a += v;
-                }
+                axpy(&mut total, 1.0, row);
             }
             total
         };
