@@ -77,7 +77,6 @@ def tfm_rs_product(tfm_rs, layout, a, b):
         bias = tfm_rs.tensor(bias_of(np, b.shape[1])) if layout == "ntb" else None
         return (lambda: F.linear(x, w, bias)), (lambda: F.linear(x, w, bias).numpy())
     # tn: Aᵀ·B is dW of y = X·Wᵀ with X = B (k×n), W m×n, dy = G = A's k×m storage.
-
     x, g = tfm_rs.tensor(b), tfm_rs.tensor(a.T)
     w = tfm_rs.tensor(np.zeros((a.shape[0], b.shape[1]), np.float32), requires_grad=True)
     y = F.linear(x, w)
@@ -117,6 +116,7 @@ def worker(threads, sizes, repeats):
     results = []
     for name, m, k, n, layout in cases(sizes):
         a, b = operands(np, m, k, n, layout, rng)
+        bias = bias_of(np, n)
         row = {"case": name, "gflops": {}}
         flops = 2.0 * m * n * k
         for lib, conv_mul in libs.items():
@@ -124,7 +124,7 @@ def worker(threads, sizes, repeats):
                 timed, result = tfm_rs_product(tfm_rs, layout, a, b)
             elif layout == "ntb":
                 convert, _, fn = conv_mul
-                timed = functools.partial(fn, convert(a), convert(b), convert(bias_of(np, n)))
+                timed = functools.partial(fn, convert(a), convert(b), convert(bias))
             else:
                 convert, fn, _ = conv_mul
                 timed = functools.partial(fn, convert(a), convert(b))
@@ -138,8 +138,8 @@ def worker(threads, sizes, repeats):
             want = a.astype(np.float64) @ b.astype(np.float64)
             scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
             if layout == "ntb":
-                want += bias_of(np, n)
-                scale += np.abs(bias_of(np, n))
+                want += bias
+                scale += np.abs(bias)
             row["max_rel_err"] = float(np.max(np.abs(got - want) / (scale + 1e-30)))
         results.append(row)
     isa = tfm_rs.cpu_features()["isa"] if "tfm_rs" in libs else "-"
