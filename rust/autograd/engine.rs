@@ -76,8 +76,17 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
             }
             continue;
         };
+        // A slice of a value whose gradient has already begun adds into it in place.
+        let added = match (&grad, node.inputs.as_slice()) {
+            (Some(grad), [input]) if input.requires_grad() => match grads.get_mut(&input.id()) {
+                Some(acc) => node.op.add_into(grad, acc)?,
+                None => false,
+            },
+            _ => false,
+        };
         // A value no gradient reached still releases its inputs.
         let input_grads = match &grad {
+            _ if added => vec![None],
             Some(grad) => node.op.backward(grad, &node.inputs)?,
             None => vec![None; node.inputs.len()],
         };
@@ -191,6 +200,55 @@ mod tests {
         assert_eq!(a_seen.1, vec![4.0, 5.0]);
         let b_seen = seen.iter().find(|(n, _)| *n == "b").unwrap();
         assert_eq!(b_seen.1, vec![1.0, 2.0]);
+    }
+
+    /// Gradients of overlapping, strided and inner-dimension slices of one value, which the
+    /// slices after the first add into the summed gradient in place, against a float64 sum; the
+    /// full-tensor gradient that arrives too (shared storage) must not be changed by them. Big
+    /// enough for the parallel scatter path.
+    #[test]
+    fn slices_of_one_value_add_their_gradients_in_place() {
+        use crate::ops::shape::slice;
+        let (rows, cols) = (301, 257);
+        let xs: Vec<f32> = (0..rows * cols)
+            .map(|i| (i % 17) as f32 * 0.25 - 2.0)
+            .collect();
+        let x = Var::leaf(Tensor::new(xs.clone(), &[rows, cols]).unwrap(), true);
+        let z = mul(&x, &x).unwrap();
+        let parts = [
+            slice(&z, 0, 0, 200, 1).unwrap(),
+            slice(&z, 0, 100, 301, 3).unwrap(),
+            slice(&z, 1, 5, 250, 2).unwrap(),
+            z.clone(),
+        ];
+        let weights = [1.0f32, 2.0, 4.0, 8.0];
+        let mut y: Option<Var> = None;
+        for (p, w) in parts.iter().zip(weights) {
+            let scale = Var::leaf(Tensor::full_on(&p.shape(), w, Device::Cpu).unwrap(), false);
+            let term = sum(&mul(p, &scale).unwrap(), &[], false).unwrap();
+            y = Some(match y {
+                Some(y) => add(&y, &term).unwrap(),
+                None => term,
+            });
+        }
+        backward(&y.unwrap(), None, false).unwrap();
+        let got = x.grad().unwrap().to_vec().unwrap();
+        for i in 0..rows {
+            for j in 0..cols {
+                let mut dz = 8.0f64;
+                if i < 200 {
+                    dz += 1.0;
+                }
+                if i >= 100 && (i - 100) % 3 == 0 {
+                    dz += 2.0;
+                }
+                if (5..250).contains(&j) && (j - 5) % 2 == 0 {
+                    dz += 4.0;
+                }
+                let want = 2.0 * xs[i * cols + j] as f64 * dz;
+                assert_eq!(got[i * cols + j] as f64, want, "({i}, {j})");
+            }
+        }
     }
 
     #[test]

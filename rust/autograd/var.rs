@@ -19,6 +19,14 @@ static NEXT_HOOK_ID: AtomicU64 = AtomicU64::new(1);
 pub trait Backward: Send + Sync {
     fn name(&self) -> &'static str;
     fn backward(&self, grad_output: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>>;
+
+    /// For an op of one input whose gradient is zero outside a part of it (a slice): adds that
+    /// part into `acc`, the gradient of the input summed so far, instead of making a whole
+    /// tensor of it for the engine to add. Whether it did; `false` (the default) makes the
+    /// engine call [`Backward::backward`].
+    fn add_into(&self, _grad_output: &Tensor, _acc: &mut Tensor) -> Result<bool> {
+        Ok(false)
+    }
 }
 
 pub struct Node {

@@ -35,7 +35,7 @@ pub const POOL_MAX_BYTES: usize = 2 << 30;
 pub const HUGE_MIN: usize = 16 << 20;
 
 struct Pool {
-    /// Oldest first. Each vector's length equals its capacity.
+    /// Oldest first. A vector's length is how much of its capacity has been initialized.
     free: Vec<Vec<f32>>,
     bytes: usize,
     max_bytes: usize,
@@ -48,16 +48,16 @@ impl Pool {
             .free
             .iter()
             .enumerate()
-            .filter(|(_, v)| (n..=2 * n).contains(&v.len()))
-            .min_by_key(|(_, v)| v.len())?;
+            .filter(|(_, v)| (n..=2 * n).contains(&v.capacity()))
+            .min_by_key(|(_, v)| v.capacity())?;
         let v = self.free.swap_remove(i);
-        self.bytes -= v.len() * 4;
+        self.bytes -= v.capacity() * 4;
         Some(v)
     }
 
-    /// Keeps `v` (whose length must be its capacity); returns what no longer fits, oldest first.
+    /// Keeps `v`; returns what no longer fits, oldest first.
     fn put(&mut self, v: Vec<f32>) -> Vec<Vec<f32>> {
-        let bytes = v.len() * 4;
+        let bytes = v.capacity() * 4;
         if bytes > self.max_bytes {
             return vec![v];
         }
@@ -66,7 +66,7 @@ impl Pool {
         let mut evicted = Vec::new();
         while self.bytes > self.max_bytes {
             let old = self.free.remove(0);
-            self.bytes -= old.len() * 4;
+            self.bytes -= old.capacity() * 4;
             evicted.push(old);
         }
         evicted
@@ -113,10 +113,12 @@ fn pool() -> MutexGuard<'static, Pool> {
     p
 }
 
-/// A pooled buffer cut to `n` floats (stale contents), if one fits.
+/// A pooled buffer of `n` floats (stale contents), if one fits. Only the part of it that was
+/// never initialized is written here: keeping every pooled buffer initialized to its capacity
+/// cost a memset of up to half of it per reuse.
 fn recycled(n: usize) -> Option<Vec<f32>> {
     let mut v = (n >= POOL_MIN).then(|| pool().take(n)).flatten()?;
-    v.truncate(n);
+    v.resize(n, 0.0);
     Some(v)
 }
 
@@ -139,13 +141,10 @@ pub fn zeros(n: usize) -> Vec<f32> {
 
 /// Gives a tensor's storage back for reuse (or to the allocator if it is small or the pool is
 /// full).
-pub fn recycle(mut v: Vec<f32>) {
+pub fn recycle(v: Vec<f32>) {
     if v.capacity() < POOL_MIN {
         return;
     }
-    // Make the length the capacity so any request up to it can be served by `truncate`; the
-    // extra tail is initialized here, once.
-    v.resize(v.capacity(), 0.0);
     let evicted = pool().put(v);
     // Freed outside the lock: returning a large mapping to the kernel takes a while.
     drop(evicted);

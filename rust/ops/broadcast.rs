@@ -7,7 +7,7 @@ use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 pub(crate) use crate::shape::{broadcast_strides, row_offset};
-use crate::tensor::{broadcast_shapes, numel, shape_str, CpuTensor, Placed, Tensor};
+use crate::tensor::{broadcast_shapes, numel, shape_str, CpuTensor, Device, Placed, Tensor};
 use rayon::prelude::*;
 
 /// Elements per task of the same-shape fast paths of [`map1`] and [`map2`]; elementwise maps,
@@ -171,16 +171,36 @@ pub fn scatter_strided(
     strides: &[usize],
 ) -> Vec<f32> {
     let mut out = crate::cpu::alloc::zeros(src_len);
+    put_strided::<false>(&mut out, g, offset, view_shape, strides);
+    out
+}
+
+/// `g` written (`ADD` false) or added (`ADD` true) into `out` at the view
+/// `(offset, view_shape, strides)`, which must read each element of `out` at most once.
+fn put_strided<const ADD: bool>(
+    out: &mut [f32],
+    g: &[f32],
+    offset: usize,
+    view_shape: &[usize],
+    strides: &[usize],
+) {
     let n = g.len();
     if n == 0 {
-        return out;
+        return;
     }
+    let put = |dst: &mut [f32], src: &[f32]| {
+        if ADD {
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d += s);
+        } else {
+            dst.copy_from_slice(src);
+        }
+    };
     let (shape, strides) = coalesce(view_shape, strides);
     let inner = *shape.last().expect("coalesce keeps one dimension");
     let s_in = *strides.last().expect("coalesce keeps one dimension");
     if shape.len() == 1 && s_in == 1 {
-        out[offset..offset + n].copy_from_slice(g);
-        return out;
+        put(&mut out[offset..offset + n], g);
+        return;
     }
     // Every written index is checked against the allocation, so the raw writes stay in bounds.
     let last = offset
@@ -189,19 +209,20 @@ pub fn scatter_strided(
             .zip(&strides)
             .map(|(&d, &s)| (d - 1) * s)
             .sum::<usize>();
-    assert!(last < src_len, "scatter_strided: view exceeds the source");
+    assert!(last < out.len(), "scatter_strided: view exceeds the source");
     let dst = SendPtr(out.as_mut_ptr());
     let body = |(row, gr): (usize, &[f32])| {
         let base = offset + row_offset(row, &shape, &strides);
         let p = dst;
-        // SAFETY: `base + j·s_in ≤ last < src_len`, and the view reads each source element at
+        // SAFETY: `base + j·s_in ≤ last < out.len()`, and the view reads each source element at
         // most once (permutes and slices), so rows write disjoint elements.
         unsafe {
             if s_in == 1 {
-                std::ptr::copy_nonoverlapping(gr.as_ptr(), p.at(base), inner);
+                put(p.slice(base, inner), gr);
             } else {
                 for (j, &v) in gr.iter().enumerate() {
-                    *p.at(base + j * s_in) = v;
+                    let d = p.at(base + j * s_in);
+                    *d = if ADD { *d + v } else { v };
                 }
             }
         }
@@ -214,7 +235,6 @@ pub fn scatter_strided(
     } else {
         g.chunks(inner).enumerate().for_each(body);
     }
-    out
 }
 
 /// `f(x)` elementwise.
@@ -277,6 +297,24 @@ pub fn scatter(
             Ok(out.into())
         }
     }
+}
+
+/// [`scatter`] added into `acc` (a tensor of the source's shape) in place, so that a gradient
+/// summed from several slices of one tensor is not materialized whole for each. Whether it did:
+/// GPU tensors take the [`scatter`] path.
+pub fn scatter_add(acc: &mut Tensor, g: &Tensor, offset: usize, strides: &[usize]) -> Result<bool> {
+    if acc.device() != Device::Cpu || g.device() != Device::Cpu {
+        return Ok(false);
+    }
+    let g = g.cpu("scatter")?;
+    put_strided::<true>(
+        acc.cpu_mut("scatter")?.data_mut(),
+        g.data(),
+        offset,
+        g.shape(),
+        strides,
+    );
+    Ok(true)
 }
 
 /// The adjoint of broadcasting: sums `g` (of a broadcast shape) down to `shape`, over the

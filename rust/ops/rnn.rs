@@ -521,7 +521,8 @@ struct RnnBackward {
     x: Tensor,
     w_ih: Tensor,
     w_hh: Tensor,
-    saved: Vec<f32>,
+    /// (T·B, saved·H), see [`Forward`]; a tensor so that its buffer is recycled.
+    saved: Tensor,
     /// (T·B, H), see [`Forward`].
     h_prev: Tensor,
     has_bias: [bool; 2],
@@ -561,7 +562,7 @@ impl RnnBackward {
             .chain(&mut per_sample)
             .map(|v| SendPtr(v.as_mut_ptr()))
             .collect();
-        let (saved, h_prev) = (&self.saved, self.h_prev.cpu(OP)?.data());
+        let (saved, h_prev) = (self.saved.cpu(OP)?.data(), self.h_prev.cpu(OP)?.data());
         for_each_chunk(b, |b0, nb, parallel| {
             let mut dh = gy[(t * b + b0) * h..][..nb * h].to_vec();
             let mut dc = match cell {
@@ -749,7 +750,7 @@ pub fn rnn(cfg: &RnnConfig, x: &Var, state: &[Var], w: &RnnWeights) -> Result<Va
             x: xv,
             w_ih,
             w_hh,
-            saved: f.saved,
+            saved: Tensor::new(f.saved, &[d.t * d.b, cfg.cell.saved() * d.h])?,
             h_prev: Tensor::new(f.h_prev, &[d.t * d.b, d.h])?,
             has_bias: [w.b_ih.is_some(), w.b_hh.is_some()],
         },

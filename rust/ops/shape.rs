@@ -2,7 +2,7 @@
 //! (start, stop, step along one dimension), and `cat`. Each saves only shapes and offsets; each
 //! backward is the adjoint movement (reshape back, inverse permutation, scatter, split).
 
-use super::broadcast::{gather, scatter};
+use super::broadcast::{gather, scatter, scatter_add};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
 use crate::tensor::{
@@ -189,6 +189,9 @@ impl Backward for SliceBackward {
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let gx = scatter(g, &self.input_shape, self.offset, &self.view_strides)?;
         Ok(vec![Some(gx)])
+    }
+    fn add_into(&self, g: &Tensor, acc: &mut Tensor) -> Result<bool> {
+        scatter_add(acc, g, self.offset, &self.view_strides)
     }
 }
 
