@@ -31,7 +31,7 @@ use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::linear::{linear_backward, Needs};
-use crate::ops::rows::{axpy, exp_fast, for_each_row, rows_mut, tanh_fast as tanh};
+use crate::ops::rows::{axpy, for_each_row, rows_mut, sigmoid, tanh_fast as tanh};
 use crate::tensor::{shape_str, Device, Tensor};
 use rayon::prelude::*;
 
@@ -116,11 +116,6 @@ fn positions(lens: &[usize], s: usize, reverse: bool) -> Vec<Option<usize>> {
     lens.iter()
         .map(|&len| (s < len).then(|| if reverse { len - 1 - s } else { s }))
         .collect()
-}
-
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp_fast(-x))
 }
 
 simd_kernel! {

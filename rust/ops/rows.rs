@@ -3,7 +3,7 @@
 //! running rows in parallel without making results depend on the thread count, and fast,
 //! accurate row reductions.
 
-pub(crate) use crate::cpu::math::exp_fast;
+pub(crate) use crate::cpu::math::{exp_fast, sigmoid, tanh_fast};
 use rayon::prelude::*;
 
 /// Work at least this large (in elements) is split across threads; below it, thread hand-off
@@ -177,14 +177,6 @@ pub(crate) fn axpy(y: &mut [f32], alpha: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += alpha * x;
     }
-}
-
-/// `tanh x` through one [`exp_fast`] (so it vectorizes, unlike libm's): exactly ±1 at the ends,
-/// NaN stays NaN; absolute error about 1e-7 (relative error grows near 0, where the result is
-/// small).
-#[inline(always)]
-pub(crate) fn tanh_fast(x: f32) -> f32 {
-    1.0 - 2.0 / (1.0 + exp_fast(2.0 * x))
 }
 
 /// Every `simd_kernel!` row kernel under every instruction set the host supports, against
