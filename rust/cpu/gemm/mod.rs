@@ -230,8 +230,17 @@ impl PackedB {
     }
 }
 
+impl Drop for PackedB {
+    fn drop(&mut self) {
+        crate::cpu::alloc::recycle(std::mem::take(&mut self.data));
+    }
+}
+
+/// `b` packed whole into a recycled buffer: a recurrent layer packs its `W_hh` at every call,
+/// and a fresh zeroed megabyte cost more than the packing (packing writes every element,
+/// padding lanes included).
 fn pack_whole<K: driver::MicroKernel>(b: &MatRef, threads: usize) -> Vec<f32> {
-    let mut data = vec![0.0; driver::packed_b_len::<K>(b.rows, b.cols)];
+    let mut data = crate::cpu::alloc::output(driver::packed_b_len::<K>(b.rows, b.cols));
     driver::pack_b_whole::<K>(b, &mut data, threads);
     data
 }
