@@ -564,10 +564,14 @@ impl RnnBackward {
                 Cell::Lstm => gy[((t + 1) * b + b0) * h..][..nb * h].to_vec(),
                 Cell::Gru => Vec::new(),
             };
-            // A sample's rows stay 0 until its first valid step (the last one in time order)
-            // and are overwritten whole at every step after, so they are zeroed once.
-            let mut dx_step = vec![0.0f32; nb * g];
-            let mut dr_step = vec![0.0f32; nb * gw];
+            // When every sample of the chunk runs all T steps, a step's gate gradients are rows
+            // (tt, b0..b0+nb) of da, contiguous: the kernels write them there and the GEMM
+            // reads them from there. Otherwise they go through step buffers, whose rows for a
+            // sample stay 0 until its first valid step (the last one in time order) and are
+            // overwritten whole at every step after (so they are zeroed once), and are copied.
+            let direct = lens[b0..b0 + nb].iter().all(|&l| l == t);
+            let step_rows = |width: usize| vec![0.0f32; if direct { 0 } else { nb * width }];
+            let (mut dx_step, mut dr_step) = (step_rows(g), step_rows(gw));
             let mut sums = [vec![0.0f32; nb * g], vec![0.0f32; nb * gw]];
             for s in (0..t).rev() {
                 let pos = positions(&lens[b0..b0 + nb], s, self.cfg.reverse);
@@ -580,11 +584,23 @@ impl RnnBackward {
                         );
                     }
                 }
+                let (dxs, drs): (&mut [f32], &mut [f32]) = if direct {
+                    let at = (pos[0].expect("every sample runs all steps") * b + b0) * g;
+                    // SAFETY: rows (tt, b0..b0+nb) of da belong to this chunk alone.
+                    unsafe {
+                        (
+                            out.slice(at, nb * g),
+                            out_h.map_or(&mut [][..], |o| o.slice(at, nb * gw)),
+                        )
+                    }
+                } else {
+                    (&mut dx_step, &mut dr_step)
+                };
                 let items: Vec<_> = rows_mut(&mut dh, nb, h)
                     .into_iter()
                     .zip(rows_mut(&mut dc, nb, cw))
-                    .zip(rows_mut(&mut dx_step, nb, g))
-                    .zip(rows_mut(&mut dr_step, nb, gw))
+                    .zip(rows_mut(dxs, nb, g))
+                    .zip(rows_mut(drs, nb, gw))
                     .zip(&pos)
                     .enumerate()
                     .filter_map(|(bi, ((((dhr, dcr), dxr), drr), p))| {
@@ -598,11 +614,7 @@ impl RnnBackward {
                         Cell::Gru => gru_step_back(sv, &h_prev[at * h..][..h], dhr, dxr, drr),
                     }
                 });
-                let rec_in = if cell == Cell::Gru {
-                    &dr_step
-                } else {
-                    &dx_step
-                };
+                let rec_in: &[f32] = if cell == Cell::Gru { drs } else { dxs };
                 // dh += (gate gradients)·W_hh: a finished sample's zero rows leave its dh as is.
                 gemm_packed(
                     1.0,
@@ -614,8 +626,11 @@ impl RnnBackward {
                     &Epilogue::default(),
                     parallel,
                 );
-                for (sum, step) in sums.iter_mut().zip([&dx_step, &dr_step]) {
+                for (sum, step) in sums.iter_mut().zip([&*dxs, &*drs]) {
                     axpy(sum, 1.0, step);
+                }
+                if direct {
+                    continue;
                 }
                 for (bi, p) in pos.iter().enumerate() {
                     if let Some(tt) = p {
