@@ -6,7 +6,11 @@
 //! which is the same thing for the view `Aᵀ`. Columns past the matrix edge are written as zeros
 //! so the micro-kernel can always run a full tile (the padding lanes never reach `C`).
 
+use super::driver::MicroKernel;
+use super::kernel_generic::Generic;
 use super::MatRef;
+#[cfg(target_arch = "x86_64")]
+use super::{kernel_avx2::Avx2, kernel_avx512::Avx512};
 
 /// The `cs == 1` case of [`pack`], for the block at `base`; `W` is `width` known at compile
 /// time, or 0 for any other width. The whole segments and a row's partial last one are copied in
@@ -82,17 +86,24 @@ pub(super) fn pack(
     }
     let base = p0 * src.rs + j0 * src.cs;
     if src.cs == 1 {
-        // The kernels' widths, as constants: a whole segment then becomes a few vector moves
-        // instead of a `memcpy` call of 56 or 128 bytes, whose call overhead was most of the
-        // cost (7% of an LSTM step at H = 256, packing the gate gradients for dW).
-        match width {
-            4 => pack_rows::<4>(src, base, kc, w, width, dst),
-            6 => pack_rows::<6>(src, base, kc, w, width, dst),
-            14 => pack_rows::<14>(src, base, kc, w, width, dst),
-            16 => pack_rows::<16>(src, base, kc, w, width, dst),
-            32 => pack_rows::<32>(src, base, kc, w, width, dst),
-            _ => pack_rows::<0>(src, base, kc, w, width, dst),
+        // The kernels' tile sides, as constants: a whole segment then becomes a few vector
+        // moves instead of a `memcpy` call of 56 or 128 bytes, whose call overhead was most of
+        // the cost (7% of an LSTM step at H = 256, packing the gate gradients for dW).
+        macro_rules! by_width {
+            ($($k:ty),*) => {
+                match width {
+                    $(
+                        x if x == <$k>::MR => pack_rows::<{ <$k>::MR }>(src, base, kc, w, width, dst),
+                        x if x == <$k>::NR => pack_rows::<{ <$k>::NR }>(src, base, kc, w, width, dst),
+                    )*
+                    _ => pack_rows::<0>(src, base, kc, w, width, dst),
+                }
+            };
         }
+        #[cfg(target_arch = "x86_64")]
+        by_width!(Avx512, Avx2, Generic);
+        #[cfg(not(target_arch = "x86_64"))]
+        by_width!(Generic);
         return;
     }
     for (t, dst) in dst.chunks_exact_mut(panel).enumerate() {
