@@ -358,7 +358,11 @@ fn forward_kernel(
     // than as a GEMM epilogue (a pass over the whole (T·B, G·H) input projection).
     let zeros = vec![0.0f32; g];
     let (b_ih, b_hh) = (b_ih.unwrap_or(&zeros), b_hh.unwrap_or(&zeros));
-    let summed: Vec<f32> = b_ih.iter().zip(b_hh).map(|(a, b)| a + b).collect();
+    // The LSTM's two biases meet its gates alike; the GRU's stay apart (b_hn sits inside r∘·).
+    let summed: Vec<f32> = match cfg.cell {
+        Cell::Lstm => b_ih.iter().zip(b_hh).map(|(a, b)| a + b).collect(),
+        Cell::Gru => Vec::new(),
+    };
     let mut xg = crate::cpu::alloc::output(t * b * g);
     if t * b > 0 {
         gemm(
