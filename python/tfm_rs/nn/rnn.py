@@ -129,7 +129,7 @@ class RNNBase(Module):
             x = outputs[0] if len(outputs) == 1 else _core.cat(outputs, 2)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, True)
-        states = [_core.cat(f, 0) for f in finals]
+        states = [f[0] if len(f) == 1 else _core.cat(f, 0) for f in finals]
         if unbatched:
             x, states = x.squeeze(1), [s.squeeze(1) for s in states]
         elif self.batch_first:
