@@ -125,6 +125,19 @@ def test_padded_steps_leave_the_state_unchanged(mode):
     np.testing.assert_array_equal(out.numpy(), out2.numpy())
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_an_empty_batch_has_empty_outputs_and_zero_weight_gradients(mode):
+    m = getattr(nn, mode)(4, 3, num_layers=2, bidirectional=True)
+    x = tfm_rs.tensor(np.zeros((5, 0, 4), np.float32), requires_grad=True)
+    out, state = m(x)
+    h = state[0] if mode == "LSTM" else state
+    assert tuple(out.shape) == (5, 0, 6) and tuple(h.shape) == (4, 0, 3)
+    (out.sum() + h.sum()).backward()
+    assert tuple(x.grad.shape) == (5, 0, 4)
+    for name, p in m.named_parameters():
+        assert p.grad is not None and not p.grad.numpy().any(), name
+
+
 def test_initial_state_batch_first_and_unbatched():
     m = nn.LSTM(4, 3, num_layers=2, batch_first=True)
     x = randn((2, 5, 4), seed=2)

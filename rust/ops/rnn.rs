@@ -573,7 +573,7 @@ impl RnnBackward {
             // reads them from there. Otherwise they go through step buffers, whose rows for a
             // sample stay 0 until its first valid step (the last one in time order) and are
             // overwritten whole at every step after (so they are zeroed once), and are copied.
-            let direct = lens[b0..b0 + nb].iter().all(|&l| l == t);
+            let direct = nb > 0 && lens[b0..b0 + nb].iter().all(|&l| l == t);
             let step_rows = |width: usize| vec![0.0f32; if direct { 0 } else { nb * width }];
             let (mut dx_step, mut dr_step) = (step_rows(g), step_rows(gw));
             let mut sums = [vec![0.0f32; nb * g], vec![0.0f32; nb * gw]];
