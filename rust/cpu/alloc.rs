@@ -113,26 +113,32 @@ fn pool() -> MutexGuard<'static, Pool> {
     p
 }
 
-/// A pooled buffer of `n` floats (stale contents), if one fits. Only the part of it that was
-/// never initialized is written here: keeping every pooled buffer initialized to its capacity
-/// cost a memset of up to half of it per reuse.
+/// A pooled buffer with room for `n` floats, if one fits, as it was given back: its length is
+/// how much of it holds (stale) values.
 fn recycled(n: usize) -> Option<Vec<f32>> {
-    let mut v = (n >= POOL_MIN).then(|| pool().take(n)).flatten()?;
-    v.resize(n, 0.0);
-    Some(v)
+    (n >= POOL_MIN).then(|| pool().take(n)).flatten()
 }
 
 /// A buffer of `n` floats whose contents are unspecified: the caller must write every element
-/// before the buffer is read or becomes a tensor.
+/// before the buffer is read or becomes a tensor. Of a pooled buffer, only the part never
+/// initialized is written here: keeping every pooled buffer initialized to its capacity cost a
+/// memset of up to half of it per reuse.
 pub fn output(n: usize) -> Vec<f32> {
-    recycled(n).unwrap_or_else(|| fresh(n))
+    match recycled(n) {
+        Some(mut v) => {
+            v.resize(n, 0.0);
+            v
+        }
+        None => fresh(n),
+    }
 }
 
-/// `n` zeros.
+/// `n` zeros (each written once).
 pub fn zeros(n: usize) -> Vec<f32> {
     match recycled(n) {
         Some(mut v) => {
-            v.fill(0.0);
+            v.clear();
+            v.resize(n, 0.0);
             v
         }
         None => fresh(n),

@@ -54,8 +54,8 @@ fn pow2(k: i32) -> f32 {
 
 /// `eˣ` where it only feeds `1/(1 + eˣ)` (the sigmoid, tanh): with the argument clamped to
 /// ±|LO| that ratio is still exact to f32 wherever it is a normal float, and 2ⁿ is one factor
-/// (n ≤ 126), so this is [`exp_fast`]'s bits on [LO, −LO] (its scalings by 2ⁿ are exact) in a
-/// quarter fewer instructions, without its range selects. NaN gives NaN.
+/// (n ≤ 126), so this is [`exp_fast`]'s bits on [LO, −LO] (its scalings by 2ⁿ are exact)
+/// without its second scaling and range selects. NaN gives NaN.
 #[inline(always)]
 fn exp_for_ratio(x: f32) -> f32 {
     let (er, n) = exp_reduced(x.clamp(LO, -LO));
