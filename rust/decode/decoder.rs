@@ -18,6 +18,7 @@
 use super::llama;
 use super::weights::{DecoderWeights, Linear, Norm, NormKind, SelfAttention, Weight, Window};
 use crate::cpu::gemm::{dot, gemm_packed, Activation, Epilogue, MatRef, PackedB};
+use crate::cpu::pool;
 use crate::cpu::qgemm::{quantized_matmul, PackedQB};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
@@ -259,10 +260,12 @@ fn attend_all<'a>(
         let (k, v, spans) = kv(i);
         attend_simd(&q[i * d..][..d], k, v, &spans, nhead, o, scores);
     };
-    if work >= PAR_MIN && n > 1 {
-        out.par_chunks_mut(d)
-            .enumerate()
-            .for_each_init(Vec::new, |s, item| body(item, s));
+    if work >= PAR_MIN && n > 1 && pool::threads() > 1 {
+        pool::parallel(|| {
+            out.par_chunks_mut(d)
+                .enumerate()
+                .for_each_init(Vec::new, |s, item| body(item, s))
+        });
     } else {
         let mut scores = Vec::new();
         out.chunks_mut(d)

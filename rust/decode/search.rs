@@ -10,6 +10,7 @@
 
 use super::decoder::{Decoder, Memory};
 use super::weights::DecoderWeights;
+use crate::cpu::pool;
 use crate::error::{Result, TfmError};
 use crate::ops::softmax::softmax_row_in_place;
 use crate::random::{mix, uniform};
@@ -415,9 +416,12 @@ impl Search {
         let mut lp = self.decoder.feed(&self.pending)?;
         let v = self.decoder.weights().vocab();
         let cfg = &self.cfg;
-        lp.par_chunks_mut(v)
-            .zip(&self.live)
-            .for_each(|(z, l)| log_probs(z, &l.history, cfg));
+        let live = &self.live;
+        pool::parallel(|| {
+            lp.par_chunks_mut(v)
+                .zip(live)
+                .for_each(|(z, l)| log_probs(z, &l.history, cfg))
+        });
         self.steps += 1;
         if self.cfg.num_beams > 1 {
             self.beam_step(&lp, v)?;
@@ -429,19 +433,21 @@ impl Search {
 
     fn token_step(&mut self, lp: &[f32], v: usize) -> Result<Vec<(usize, usize, u32)>> {
         let (cfg, steps) = (&self.cfg, self.steps as u64);
-        let choices: Vec<Option<usize>> = lp
-            .par_chunks(v)
-            .zip(&self.live)
-            .map(|(row, l)| {
-                if cfg.do_sample {
-                    let seq = (l.input * cfg.num_return_sequences + l.sample) as u64;
-                    let seed = mix(cfg.seed ^ mix(seq.wrapping_add(1)));
-                    sample(row, cfg, uniform(seed, steps))
-                } else {
-                    argmax(row)
-                }
-            })
-            .collect();
+        let live = &self.live;
+        let choices: Vec<Option<usize>> = pool::parallel(|| {
+            lp.par_chunks(v)
+                .zip(live)
+                .map(|(row, l)| {
+                    if cfg.do_sample {
+                        let seq = (l.input * cfg.num_return_sequences + l.sample) as u64;
+                        let seed = mix(cfg.seed ^ mix(seq.wrapping_add(1)));
+                        sample(row, cfg, uniform(seed, steps))
+                    } else {
+                        argmax(row)
+                    }
+                })
+                .collect()
+        });
         let mut emitted = Vec::new();
         let mut keep = Vec::new();
         for (r, choice) in choices.into_iter().enumerate() {
@@ -488,10 +494,11 @@ impl Search {
         let mut parents = Vec::new();
         let mut next: Vec<Live> = Vec::new();
         // Each row's 2k best continuations, rows in parallel (they are independent).
-        let tops: Vec<Vec<(usize, f32)>> = lp
-            .par_chunks(v)
-            .map(|row| ranked(row, Some(2 * k)))
-            .collect();
+        let tops: Vec<Vec<(usize, f32)>> = pool::parallel(|| {
+            lp.par_chunks(v)
+                .map(|row| ranked(row, Some(2 * k)))
+                .collect()
+        });
         // Rows are grouped by input, in input order.
         let mut start = 0;
         while start < self.live.len() {

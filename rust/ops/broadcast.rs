@@ -2,8 +2,8 @@
 //! function over two broadcast operands, expanding a tensor to a larger shape, and its adjoint,
 //! summing a gradient back down to an operand's shape.
 
-use super::rows::{for_each_row, rows_mut, PAR_MIN};
-use crate::cpu::pool::SendPtr;
+use super::rows::{for_each_row, rows_mut, split, PAR_MIN};
+use crate::cpu::pool::{self, SendPtr};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 pub(crate) use crate::shape::{broadcast_strides, row_offset};
@@ -71,8 +71,8 @@ pub fn map2(
             *v = f(ad[oa + j * sa_in], bd[ob + j * sb_in]);
         }
     };
-    if n >= PAR_MIN {
-        out.par_chunks_mut(inner).enumerate().for_each(body);
+    if split(n) {
+        pool::parallel(|| out.par_chunks_mut(inner).enumerate().for_each(body));
     } else {
         out.chunks_mut(inner).enumerate().for_each(body);
     }
@@ -134,8 +134,12 @@ pub fn gather_strided(
     }
     if shape.len() == 1 && s_in == 0 {
         // One value everywhere (the seed gradient of a `.sum()`, broadcast back).
-        out.par_chunks_mut(PAR_MIN)
-            .for_each(|o| o.fill(src[offset]));
+        let value = src[offset];
+        if split(n) {
+            pool::parallel(|| out.par_chunks_mut(PAR_MIN).for_each(|o| o.fill(value)));
+        } else {
+            out.fill(value);
+        }
         return out;
     }
     let body = |(row, o): (usize, &mut [f32])| {
@@ -150,11 +154,13 @@ pub fn gather_strided(
             }
         }
     };
-    if n >= PAR_MIN {
-        out.par_chunks_mut(inner)
-            .with_min_len(rows_per_task(inner))
-            .enumerate()
-            .for_each(body);
+    if split(n) {
+        pool::parallel(|| {
+            out.par_chunks_mut(inner)
+                .with_min_len(rows_per_task(inner))
+                .enumerate()
+                .for_each(body)
+        });
     } else {
         out.chunks_mut(inner).enumerate().for_each(body);
     }
@@ -227,11 +233,13 @@ fn put_strided<const ADD: bool>(
             }
         }
     };
-    if n >= PAR_MIN {
-        g.par_chunks(inner)
-            .with_min_len(rows_per_task(inner))
-            .enumerate()
-            .for_each(body);
+    if split(n) {
+        pool::parallel(|| {
+            g.par_chunks(inner)
+                .with_min_len(rows_per_task(inner))
+                .enumerate()
+                .for_each(body)
+        });
     } else {
         g.chunks(inner).enumerate().for_each(body);
     }
@@ -353,7 +361,12 @@ fn sum_to_host(g: &CpuTensor, shape: &[usize]) -> Tensor {
     if out.len() == 1 {
         // A full reduction (`.sum()` of a loss): fixed chunks summed in parallel, partial sums
         // combined in chunk order, so the result does not depend on the thread count.
-        let partial: Vec<f64> = g.data().par_chunks(PAR_MIN).map(f64_lane_sum).collect();
+        let data = g.data();
+        let partial: Vec<f64> = if split(data.len()) {
+            pool::parallel(|| data.par_chunks(PAR_MIN).map(f64_lane_sum).collect())
+        } else {
+            data.chunks(PAR_MIN).map(f64_lane_sum).collect()
+        };
         out[0] = partial.iter().sum::<f64>() as f32;
         return Tensor::new(out, shape).expect("sized to shape");
     }

@@ -6,8 +6,9 @@
 use super::autocast::{check_device, Precision};
 use super::broadcast::sum_to;
 use crate::autograd::{Backward, Var};
-use crate::cpu::gemm::{Epilogue, MatRef};
+use crate::cpu::gemm::{Epilogue, MatRef, PARALLEL_MIN_MACS};
 use crate::cpu::gemm_bf16::gemm_as;
+use crate::cpu::pool;
 use crate::error::{Result, TfmError};
 use crate::tensor::{
     broadcast_shapes, contiguous_strides, numel, shape_str, Device, Placed, Tensor,
@@ -77,8 +78,13 @@ fn batched_product(
             count == 1,
         );
     };
-    if count > 1 {
-        out.par_chunks_mut(m * n).enumerate().for_each(one);
+    // Products are spread over the threads only when together they are as large as one product
+    // worth splitting.
+    let split = count > 1
+        && count * m * n * a.matrix(0, out_batch).cols >= PARALLEL_MIN_MACS
+        && pool::threads() > 1;
+    if split {
+        pool::parallel(|| out.par_chunks_mut(m * n).enumerate().for_each(one));
     } else {
         out.chunks_mut(m * n).enumerate().for_each(one);
     }

@@ -27,13 +27,12 @@
 
 use crate::autograd::{Backward, Var};
 use crate::cpu::gemm::{gemm, gemm_packed, Epilogue, MatRef, PackedB};
-use crate::cpu::pool::SendPtr;
+use crate::cpu::pool::{self, SendPtr};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::linear::{linear_backward, Needs};
 use crate::ops::rows::{axpy, for_each_row, rows_mut, sigmoid, tanh_fast as tanh};
 use crate::tensor::{shape_str, Device, Tensor};
-use rayon::prelude::*;
 
 const OP: &str = "rnn";
 
@@ -458,16 +457,13 @@ fn forward_kernel(
 /// loop on one thread, rather than every thread joining every step's small GEMM (two
 /// synchronizations a step). One chunk (`parallel` true) when that does not apply.
 fn for_each_chunk(b: usize, f: impl Fn(usize, usize, bool) + Sync) {
-    let chunks = rayon::current_num_threads().min(b / 8).max(1);
+    let chunks = pool::threads().min(b / 8).max(1);
     if chunks == 1 {
         return f(0, b, true);
     }
     let per = b.div_ceil(chunks);
-    (0..b)
-        .step_by(per)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .for_each(|b0| f(b0, per.min(b - b0), false));
+    let starts = (0..b).step_by(per).collect();
+    pool::for_each(starts, |b0| f(b0, per.min(b - b0), false));
 }
 
 /// [`for_each_row`] when `parallel`, else a plain loop (a chunk already has its own thread).
@@ -748,7 +744,10 @@ pub fn rnn(cfg: &RnnConfig, x: &Var, state: &[Var], w: &RnnWeights) -> Result<Va
     let sv: Vec<Tensor> = state.iter().map(Var::value).collect();
     let wv = [w.w_ih.value(), w.w_hh.value()];
     let bv = [w.b_ih.map(Var::value), w.b_hh.map(Var::value)];
-    let (y, f, d) = forward(cfg, &xv, &sv, &wv, [bv[0].as_ref(), bv[1].as_ref()])?;
+    // Its GEMMs and batch chunks enter the thread pool once, together.
+    let (y, f, d) = pool::parallel_if(pool::threads() > 1, || {
+        forward(cfg, &xv, &sv, &wv, [bv[0].as_ref(), bv[1].as_ref()])
+    })?;
     let mut inputs = vec![x.clone()];
     inputs.extend(state.iter().cloned());
     inputs.extend([w.w_ih.clone(), w.w_hh.clone()]);

@@ -4,11 +4,17 @@
 //! accurate row reductions.
 
 pub(crate) use crate::cpu::math::{exp_fast, sigmoid, tanh_fast};
+use crate::cpu::pool;
 use rayon::prelude::*;
 
 /// Work at least this large (in elements) is split across threads; below it, thread hand-off
 /// costs more than it saves.
 pub(crate) const PAR_MIN: usize = 1 << 15;
+
+/// Whether `n` elements of work are split across threads (in `pool::parallel`).
+pub(crate) fn split(n: usize) -> bool {
+    n >= PAR_MIN && pool::threads() > 1
+}
 
 /// Splits `data` into `rows` rows of `cols` values. Unlike `chunks_mut`, this also works for
 /// `cols == 0` (every row is then empty), so ops need no special case for a zero-width axis.
@@ -21,7 +27,7 @@ pub(crate) fn rows_mut(data: &mut [f32], rows: usize, cols: usize) -> Vec<&mut [
 }
 
 /// Runs `f(i, item)` for every item, each costing about `cost` elements of work, across the
-/// current rayon pool when the total reaches [`PAR_MIN`]. Items are disjoint (rows or chunks of
+/// thread pool when the total reaches [`PAR_MIN`]. Items are disjoint (rows or chunks of
 /// the outputs, zipped with per-row side outputs), and each is handled by exactly one call in a
 /// fixed order within it, so results never depend on the thread count.
 pub(crate) fn for_each_row<T: Send>(
@@ -29,11 +35,13 @@ pub(crate) fn for_each_row<T: Send>(
     cost: usize,
     f: impl Fn(usize, T) + Sync + Send,
 ) {
-    if items.len().saturating_mul(cost) >= PAR_MIN {
-        items
-            .into_par_iter()
-            .enumerate()
-            .for_each(|(i, item)| f(i, item));
+    if split(items.len().saturating_mul(cost)) {
+        pool::parallel(|| {
+            items
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(i, item)| f(i, item))
+        });
     } else {
         items
             .into_iter()

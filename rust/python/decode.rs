@@ -5,7 +5,7 @@
 
 use super::convert::{host_tensor_from_py, tensor_to_numpy};
 use super::quantization::PyQuantizedWeight;
-use super::runtime::run;
+use super::runtime::run_pooled;
 use crate::decode::{self, DecoderWeights, Hypothesis, Memory, NormKind, SearchConfig};
 use crate::error::TfmError;
 use crate::ops::activation::ActivationKind;
@@ -240,7 +240,7 @@ fn memory(
         }
     };
     let w = Arc::clone(w);
-    Ok(Some(Arc::new(run(py, move || {
+    Ok(Some(Arc::new(run_pooled(py, move || {
         Memory::new(&w, mem.data(), &pad, b, s)
     })?)))
 }
@@ -288,7 +288,7 @@ impl PyDecoder {
     fn feed<'py>(&mut self, py: Python<'py>, tokens: Vec<Vec<u32>>) -> PyResult<Bound<'py, PyAny>> {
         let (rows, v) = (self.inner.num_rows(), self.inner.weights().vocab());
         let inner = &mut self.inner;
-        let logits = run(py, move || inner.feed(&tokens))?;
+        let logits = run_pooled(py, move || inner.feed(&tokens))?;
         tensor_to_numpy(py, Tensor::new(logits, &[rows, v])?)
     }
 
@@ -365,7 +365,7 @@ fn start(
 ) -> PyResult<decode::Search> {
     let mem = self::memory(py, &weights.inner, memory, mask)?;
     let w = Arc::clone(&weights.inner);
-    run(py, move || {
+    run_pooled(py, move || {
         decode::Search::new(w, mem, prompts, max_new, config.into())
     })
 }
@@ -410,7 +410,7 @@ impl PySearch {
             .inner
             .as_mut()
             .ok_or_else(|| TfmError::value("generate", "this search has already been finished"))?;
-        run(py, move || search.step())
+        run_pooled(py, move || search.step())
     }
 
     /// The results per input, as lists of `(tokens, log_prob, score)`; ends the search.
@@ -445,7 +445,7 @@ fn generate(
         memory,
         memory_key_padding_mask,
     )?;
-    Ok(hypotheses(run(py, move || search.run())?))
+    Ok(hypotheses(run_pooled(py, move || search.run())?))
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

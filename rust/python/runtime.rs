@@ -1,8 +1,9 @@
 //! Running Rust work from Python, and the process-wide settings.
 //!
-//! `run` is the one door every binding goes through: it releases the GIL, enters the tfm_rs
-//! thread pool with the caller's grad mode, and turns errors — and any panic, which would
-//! otherwise surface as an uncatchable-looking `PanicException` — into `TfmError`s.
+//! `run` (one op) and `run_pooled` (many) are the doors every binding goes through: they release
+//! the GIL and turn errors — and any panic, which would otherwise surface as an
+//! uncatchable-looking `PanicException` — into `TfmError`s; `run_pooled` also enters the tfm_rs
+//! thread pool with the caller's grad mode.
 
 use crate::autograd::{self, is_grad_enabled, GradMode};
 use crate::cpu::{self, pool, Isa};
@@ -21,16 +22,29 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     format!("internal error (please report it): {text}")
 }
 
-/// Runs `f` without the GIL, inside the thread pool, with this thread's grad mode.
+/// `f` with any panic turned into a `TfmError`.
+fn guarded<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|p| Err(TfmError::internal("tfm_rs", panic_message(p))))
+}
+
+/// Runs `f` without the GIL on this thread; its parallel parts enter the thread pool
+/// themselves (`pool::parallel`), so a small op costs a call rather than a round trip to a
+/// worker thread.
 pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyResult<T> {
+    py.detach(move || guarded(f)).map_err(PyErr::from)
+}
+
+/// [`run`] for a call made of many ops (a backward pass, decoding steps): it enters the thread
+/// pool once, with this thread's grad mode, rather than at every op's parallel part.
+pub fn run_pooled<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyResult<T> {
     let grad = is_grad_enabled();
     let result = py.detach(move || {
-        let inside = pool::install(move || {
+        pool::install(move || {
             let _mode = GradMode::set(grad);
-            catch_unwind(AssertUnwindSafe(f))
-                .unwrap_or_else(|p| Err(TfmError::internal("tfm_rs", panic_message(p))))
-        });
-        inside.and_then(|r| r)
+            guarded(f)
+        })
+        .and_then(|r| r)
     });
     result.map_err(PyErr::from)
 }

@@ -256,11 +256,20 @@ impl Tensor {
         const CHUNK: usize = 1 << 15;
         Device::common("add", [self.device(), g.device()])?;
         match (&mut self.storage, &g.storage) {
-            (Storage::Cpu(a), Storage::Cpu(b)) => a
-                .data_mut()
-                .par_chunks_mut(CHUNK)
-                .zip(b.data().par_chunks(CHUNK))
-                .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b)),
+            (Storage::Cpu(a), Storage::Cpu(b)) => {
+                let (a, b) = (a.data_mut(), b.data());
+                let add =
+                    |(a, b): (&mut [f32], &[f32])| a.iter_mut().zip(b).for_each(|(a, &b)| *a += b);
+                if a.len() > CHUNK && crate::cpu::pool::threads() > 1 {
+                    crate::cpu::pool::parallel(|| {
+                        a.par_chunks_mut(CHUNK)
+                            .zip(b.par_chunks(CHUNK))
+                            .for_each(add)
+                    });
+                } else {
+                    add((a, b));
+                }
+            }
             #[cfg(feature = "wgpu")]
             (Storage::Gpu(a), Storage::Gpu(b)) => {
                 *a = crate::gpu::ops::elementwise::binary(crate::desc::BinaryOp::Add, a, b)?;

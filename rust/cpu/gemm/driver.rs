@@ -14,7 +14,7 @@ use super::pack::pack;
 use super::reference::apply_activation;
 use super::thin::{panels_per_tile, tile_rows, THIN_ROWS};
 use super::{Epilogue, MatRef};
-use crate::cpu::pool::SendPtr;
+use crate::cpu::pool::{self, SendPtr};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::thread::LocalKey;
@@ -69,7 +69,7 @@ pub(super) struct Problem<'a> {
 /// Below this many multiply-adds a call stays on one thread: the two fork/joins of a parallel
 /// step cost more than the second core saves. Measured (AVX-512, 2 threads vs 1): 96³ 66 vs
 /// 106 GFLOP/s, 128³ 94 vs 115, 160³ 150 vs 131, 192³ 169 vs 134.
-pub(super) const PARALLEL_MIN_MACS: usize = 144 * 144 * 144;
+pub const PARALLEL_MIN_MACS: usize = 144 * 144 * 144;
 
 /// Macro-kernel loop order. Keeping the `B` micro-panel in L1 (classic BLIS, `jr` outside `ir`)
 /// streams the narrower `A` panels from L2, but walks `C` tile by tile *down* the rows, each tile
@@ -218,7 +218,7 @@ pub(super) unsafe fn run_bands<K: MicroKernel>(
         Some(packed) => packed,
         None => {
             let dst = b_buf.slice();
-            pack_b_whole::<K>(&p.b, dst, rayon::current_num_threads().max(1));
+            pack_b_whole::<K>(&p.b, dst, pool::threads().max(1));
             &*dst
         }
     };
@@ -242,7 +242,7 @@ unsafe fn run_with<K: MicroKernel>(
         return;
     }
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
-        rayon::current_num_threads().max(1)
+        pool::threads().max(1)
     } else {
         1
     };

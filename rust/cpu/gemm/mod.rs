@@ -35,7 +35,9 @@ mod tests;
 mod thin;
 
 use crate::cpu::features::{active_isa, Isa};
+use crate::cpu::pool;
 pub(crate) use driver::apply_epilogue;
+pub use driver::PARALLEL_MIN_MACS;
 pub(crate) use gemv::dot;
 pub(crate) use pack::transpose;
 pub use reference::gemm_reference;
@@ -208,19 +210,19 @@ pub struct PackedB {
 }
 
 impl PackedB {
-    /// Packs `b` (any strides), using the current rayon pool.
+    /// Packs `b` (any strides), using the thread pool.
     pub fn new(b: MatRef) -> PackedB {
         b.validate("B");
         let isa = active_isa();
-        let threads = rayon::current_num_threads().max(1);
-        let data = match isa {
+        let threads = pool::threads().max(1);
+        let data = pool::parallel_if(threads > 1, || match isa {
             _ if b.cols == 1 => (0..b.rows).map(|q| b.at(q, 0)).collect(),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => pack_whole::<kernel_avx512::Avx512>(&b, threads),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => pack_whole::<kernel_avx2::Avx2>(&b, threads),
             _ => pack_whole::<kernel_generic::Generic>(&b, threads),
-        };
+        });
         PackedB {
             isa,
             k: b.rows,
@@ -343,33 +345,46 @@ fn dispatch(
         ldc,
         epilogue: *epilogue,
     };
-    if parallel && split_rows(isa, &problem, c, packed) {
+    let parallel = parallel && m * n * a.cols >= driver::PARALLEL_MIN_MACS && pool::threads() > 1;
+    pool::parallel_if(parallel, || run_on(isa, &problem, packed, c, parallel));
+}
+
+/// Runs a checked problem (see [`dispatch`]) on `isa`'s kernels, on this thread's rayon pool
+/// when `parallel`.
+fn run_on(
+    isa: Isa,
+    problem: &driver::Problem,
+    packed: Option<&[f32]>,
+    c: &mut [f32],
+    parallel: bool,
+) {
+    if parallel && split_rows(isa, problem, c, packed) {
         return;
     }
-    if packed.is_none() && gemv::applies(&problem) {
-        // SAFETY: checked by `applies`; the views and `c` were validated above.
-        unsafe { gemv::run(&problem, c, parallel) };
+    if packed.is_none() && gemv::applies(problem) {
+        // SAFETY: checked by `applies`; the views and `c` were validated by `dispatch`.
+        unsafe { gemv::run(problem, c, parallel) };
         return;
     }
-    // SAFETY (every arm): `is_supported` was asserted above, so the CPU has the features the
-    // kernel was compiled for; the views and `c` were validated above, and a packed B was
+    // SAFETY (every arm): `dispatch` asserted `is_supported`, so the CPU has the features the
+    // kernel was compiled for; the views and `c` were validated by `dispatch`; a packed B was
     // packed for this instruction set and shape (`PackedB`).
     unsafe {
         match (isa, packed) {
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx512, None) => driver::run::<kernel_avx512::Avx512>(&problem, c, parallel),
+            (Isa::Avx512, None) => driver::run::<kernel_avx512::Avx512>(problem, c, parallel),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx512, Some(b)) => {
-                driver::run_packed::<kernel_avx512::Avx512>(&problem, c, parallel, b)
+                driver::run_packed::<kernel_avx512::Avx512>(problem, c, parallel, b)
             }
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2, None) => driver::run::<kernel_avx2::Avx2>(&problem, c, parallel),
+            (Isa::Avx2, None) => driver::run::<kernel_avx2::Avx2>(problem, c, parallel),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2, Some(b)) => {
-                driver::run_packed::<kernel_avx2::Avx2>(&problem, c, parallel, b)
+                driver::run_packed::<kernel_avx2::Avx2>(problem, c, parallel, b)
             }
-            (_, None) => driver::run::<kernel_generic::Generic>(&problem, c, parallel),
-            (_, Some(b)) => driver::run_packed::<kernel_generic::Generic>(&problem, c, parallel, b),
+            (_, None) => driver::run::<kernel_generic::Generic>(problem, c, parallel),
+            (_, Some(b)) => driver::run_packed::<kernel_generic::Generic>(problem, c, parallel, b),
         }
     }
 }
@@ -384,7 +399,7 @@ const BAND_MIN_ROWS: usize = 128;
 fn split_rows(isa: Isa, problem: &driver::Problem, c: &mut [f32], packed: Option<&[f32]>) -> bool {
     let (a, ldc) = (problem.a, problem.ldc);
     let (m, n, k) = (a.rows, problem.b.cols, a.cols);
-    let threads = rayon::current_num_threads();
+    let threads = pool::threads();
     if threads < 2
         || m < threads * BAND_MIN_ROWS
         || m * n * k < driver::PARALLEL_MIN_MACS

@@ -17,7 +17,7 @@
 
 use super::native::{pack_pairs, with_buffer};
 use crate::cpu::gemm::{apply_epilogue, Epilogue, MatRef};
-use crate::cpu::pool::SendPtr;
+use crate::cpu::pool::{self, SendPtr};
 use rayon::prelude::*;
 use std::arch::asm;
 use std::cell::Cell;
@@ -162,7 +162,7 @@ pub(super) fn gemm(
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
-        rayon::current_num_threads().max(1)
+        pool::threads().max(1)
     } else {
         1
     };
@@ -177,109 +177,112 @@ pub(super) fn gemm(
     let kpp_all: usize = slices.iter().map(|&(_, kc)| pairs(kc)).sum();
     let panels = n.div_ceil(32) * 2;
     let blocks_n = panels / 2;
-    with_buffer(&PACK_B, panels * 16 * kpp_all, |packed_b| {
-        for &(pc, kc) in &slices {
-            let kps = pairs(kc);
-            let slice = &mut packed_b[panels * 16 * (pc / 2)..][..panels * 16 * kps];
-            let pack_panel = |(t, d): (usize, &mut [u32])| {
-                let j0 = (16 * t).min(n);
-                let w = 16.min(n - j0);
-                if w == 0 {
-                    d.fill(0);
-                } else {
-                    // SAFETY: AMX implies AVX-512 (checked by the caller).
-                    unsafe { pack_pairs(&b, pc, kc, j0, w, 16, kps, d) };
-                }
-            };
-            if threads > 1 {
-                slice
-                    .par_chunks_mut(16 * kps)
-                    .enumerate()
-                    .for_each(pack_panel);
-            } else {
-                slice.chunks_mut(16 * kps).enumerate().for_each(pack_panel);
-            }
-        }
-        let packed_b = &*packed_b;
-        let mb = MB.min(m.div_ceil(32) * 32);
-        let row_blocks = m.div_ceil(mb);
-        let groups = (2 * threads).div_ceil(row_blocks).clamp(1, blocks_n);
-        let run = blocks_n.div_ceil(groups);
-        let items = row_blocks * blocks_n.div_ceil(run);
-        let c_ptr = SendPtr(c.as_mut_ptr());
-        let a_t = a.t();
-        let work = |item: usize| {
-            let (ib, g) = (item % row_blocks, item / row_blocks);
-            let ic = ib * mb;
-            let rows = mb.min(m - ic);
-            let padded = rows.div_ceil(32) * 32;
-            let (s0, s1) = (g * run, ((g + 1) * run).min(blocks_n));
-            with_buffer(&PACK_A, padded * pairs(kc_max), |a_buf| {
-                let mut out = [0f32; 1024];
-                // SAFETY: AMX is available (the caller); the tile configuration is this
-                // thread's and released below.
-                unsafe {
-                    asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
+    // The packing and the products enter the thread pool once, together.
+    pool::parallel_if(threads > 1, || {
+        with_buffer(&PACK_B, panels * 16 * kpp_all, |packed_b| {
+            for &(pc, kc) in &slices {
+                let kps = pairs(kc);
+                let slice = &mut packed_b[panels * 16 * (pc / 2)..][..panels * 16 * kps];
+                let pack_panel = |(t, d): (usize, &mut [u32])| {
+                    let j0 = (16 * t).min(n);
+                    let w = 16.min(n - j0);
+                    if w == 0 {
+                        d.fill(0);
+                    } else {
+                        // SAFETY: AMX implies AVX-512 (checked by the caller).
+                        unsafe { pack_pairs(&b, pc, kc, j0, w, 16, kps, d) };
+                    }
                 };
-                for &(pc, kc) in &slices {
-                    let kps = pairs(kc);
-                    let a_pack = &mut a_buf[..padded * kps];
-                    // Row i of A is column i of Aᵀ: one panel of width 1 per row.
-                    // SAFETY: as above.
+                if threads > 1 {
+                    slice
+                        .par_chunks_mut(16 * kps)
+                        .enumerate()
+                        .for_each(pack_panel);
+                } else {
+                    slice.chunks_mut(16 * kps).enumerate().for_each(pack_panel);
+                }
+            }
+            let packed_b = &*packed_b;
+            let mb = MB.min(m.div_ceil(32) * 32);
+            let row_blocks = m.div_ceil(mb);
+            let groups = (2 * threads).div_ceil(row_blocks).clamp(1, blocks_n);
+            let run = blocks_n.div_ceil(groups);
+            let items = row_blocks * blocks_n.div_ceil(run);
+            let c_ptr = SendPtr(c.as_mut_ptr());
+            let a_t = a.t();
+            let work = |item: usize| {
+                let (ib, g) = (item % row_blocks, item / row_blocks);
+                let ic = ib * mb;
+                let rows = mb.min(m - ic);
+                let padded = rows.div_ceil(32) * 32;
+                let (s0, s1) = (g * run, ((g + 1) * run).min(blocks_n));
+                with_buffer(&PACK_A, padded * pairs(kc_max), |a_buf| {
+                    let mut out = [0f32; 1024];
+                    // SAFETY: AMX is available (the caller); the tile configuration is this
+                    // thread's and released below.
                     unsafe {
-                        pack_pairs(&a_t, pc, kc, ic, rows, 1, kps, &mut a_pack[..rows * kps])
+                        asm!("ldtilecfg [{}]", in(reg) CONFIG.0.as_ptr(), options(nostack, readonly))
                     };
-                    a_pack[rows * kps..].fill(0);
-                    let a_pack = &*a_pack;
-                    let b_slice = &packed_b[panels * 16 * (pc / 2)..];
-                    let (step_beta, last) = (if pc == 0 { beta } else { 1.0 }, pc + kc == k);
-                    // Runs of column blocks whose slice of B (CHUNK_B_BYTES) stays in L2
-                    // while all of the item's rows pass over it.
-                    let chunk = (CHUNK_B_BYTES / (128 * kps)).max(1);
-                    for c0 in (s0..s1).step_by(chunk) {
-                        for r0 in (0..rows).step_by(32) {
-                            let a_rows = a_pack[r0 * kps..].as_ptr();
-                            for s in c0..(c0 + chunk).min(s1) {
-                                let b0 = b_slice[2 * s * 16 * kps..].as_ptr();
-                                let b1 = b_slice[(2 * s + 1) * 16 * kps..].as_ptr();
-                                // SAFETY: 32 rows of kps pairs from r0 (padded), two panels of kps.
-                                unsafe { block(kps, a_rows, b0, b1, &mut out) };
-                                let (i0, j0) = (ic + r0, 32 * s);
-                                let (h, w) = (32.min(ic + rows - i0), 32.min(n - j0));
-                                for (i, acc) in out.chunks_exact(32).take(h).enumerate() {
-                                    // SAFETY: row i0+i, columns j0..j0+w lie inside the validated C
-                                    // and belong to this item alone.
-                                    let row = unsafe {
-                                        std::slice::from_raw_parts_mut(
-                                            c_ptr.at((i0 + i) * ldc + j0),
-                                            w,
-                                        )
-                                    };
-                                    if step_beta == 0.0 {
-                                        for (y, &v) in row.iter_mut().zip(acc) {
-                                            *y = alpha * v;
+                    for &(pc, kc) in &slices {
+                        let kps = pairs(kc);
+                        let a_pack = &mut a_buf[..padded * kps];
+                        // Row i of A is column i of Aᵀ: one panel of width 1 per row.
+                        // SAFETY: as above.
+                        unsafe {
+                            pack_pairs(&a_t, pc, kc, ic, rows, 1, kps, &mut a_pack[..rows * kps])
+                        };
+                        a_pack[rows * kps..].fill(0);
+                        let a_pack = &*a_pack;
+                        let b_slice = &packed_b[panels * 16 * (pc / 2)..];
+                        let (step_beta, last) = (if pc == 0 { beta } else { 1.0 }, pc + kc == k);
+                        // Runs of column blocks whose slice of B (CHUNK_B_BYTES) stays in L2
+                        // while all of the item's rows pass over it.
+                        let chunk = (CHUNK_B_BYTES / (128 * kps)).max(1);
+                        for c0 in (s0..s1).step_by(chunk) {
+                            for r0 in (0..rows).step_by(32) {
+                                let a_rows = a_pack[r0 * kps..].as_ptr();
+                                for s in c0..(c0 + chunk).min(s1) {
+                                    let b0 = b_slice[2 * s * 16 * kps..].as_ptr();
+                                    let b1 = b_slice[(2 * s + 1) * 16 * kps..].as_ptr();
+                                    // SAFETY: 32 rows of kps pairs from r0 (padded), two panels of kps.
+                                    unsafe { block(kps, a_rows, b0, b1, &mut out) };
+                                    let (i0, j0) = (ic + r0, 32 * s);
+                                    let (h, w) = (32.min(ic + rows - i0), 32.min(n - j0));
+                                    for (i, acc) in out.chunks_exact(32).take(h).enumerate() {
+                                        // SAFETY: row i0+i, columns j0..j0+w lie inside the validated C
+                                        // and belong to this item alone.
+                                        let row = unsafe {
+                                            std::slice::from_raw_parts_mut(
+                                                c_ptr.at((i0 + i) * ldc + j0),
+                                                w,
+                                            )
+                                        };
+                                        if step_beta == 0.0 {
+                                            for (y, &v) in row.iter_mut().zip(acc) {
+                                                *y = alpha * v;
+                                            }
+                                        } else {
+                                            for (y, &v) in row.iter_mut().zip(acc) {
+                                                *y = alpha.mul_add(v, step_beta * *y);
+                                            }
                                         }
-                                    } else {
-                                        for (y, &v) in row.iter_mut().zip(acc) {
-                                            *y = alpha.mul_add(v, step_beta * *y);
+                                        if last {
+                                            apply_epilogue(epilogue, row, j0);
                                         }
-                                    }
-                                    if last {
-                                        apply_epilogue(epilogue, row, j0);
                                     }
                                 }
                             }
                         }
                     }
-                }
-                // SAFETY: releases this thread's tile state.
-                unsafe { asm!("tilerelease", options(nostack, nomem)) };
-            });
-        };
-        if threads > 1 {
-            (0..items).into_par_iter().for_each(work);
-        } else {
-            (0..items).for_each(work);
-        }
+                    // SAFETY: releases this thread's tile state.
+                    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+                });
+            };
+            if threads > 1 {
+                (0..items).into_par_iter().for_each(work);
+            } else {
+                (0..items).for_each(work);
+            }
+        })
     });
 }

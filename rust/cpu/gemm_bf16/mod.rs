@@ -29,6 +29,7 @@ mod tests;
 
 use crate::cpu::features::{active_isa, Isa};
 use crate::cpu::gemm::{gemm, gemm_with_isa, Epilogue, MatRef};
+use crate::cpu::pool;
 use crate::cpu::simd::simd_kernel;
 pub use crate::desc::Precision;
 use rayon::prelude::*;
@@ -249,10 +250,12 @@ pub fn round_slice(data: &[f32]) -> Vec<f32> {
     let mut out = crate::cpu::alloc::output(data.len());
     // Chunks of 64 Ki values in parallel: a q, k or v of a training batch is ~1M.
     const CHUNK: usize = 1 << 16;
-    if data.len() > CHUNK {
-        out.par_chunks_mut(CHUNK)
-            .zip(data.par_chunks(CHUNK))
-            .for_each(|(o, d)| round_chunk(o, d));
+    if data.len() > CHUNK && pool::threads() > 1 {
+        pool::parallel(|| {
+            out.par_chunks_mut(CHUNK)
+                .zip(data.par_chunks(CHUNK))
+                .for_each(|(o, d)| round_chunk(o, d))
+        });
     } else {
         round_chunk(&mut out, data);
     }

@@ -15,7 +15,7 @@
 
 use super::bf16_bits;
 use crate::cpu::gemm::{apply_epilogue, transpose16, Epilogue, MatRef};
-use crate::cpu::pool::SendPtr;
+use crate::cpu::pool::{self, SendPtr};
 use crate::cpu::simd::lanes16 as lanes;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -276,7 +276,7 @@ pub(super) fn gemm(
 ) {
     let (m, n, k) = (a.rows, b.cols, a.cols);
     let threads = if parallel && m * n * k >= PARALLEL_MIN_MACS {
-        rayon::current_num_threads().max(1)
+        pool::threads().max(1)
     } else {
         1
     };
@@ -284,71 +284,75 @@ pub(super) fn gemm(
     let kc_max = k.div_ceil(k.div_ceil(KC)).next_multiple_of(2);
     let panels = n.div_ceil(NR);
     let kp_all = k.div_ceil(2);
-    with_buffer(&PACK_B, panels * NR * kp_all, |packed_b| {
-        pack_b(&b, kc_max, panels, packed_b, threads);
-        let packed_b = &*packed_b;
-        // Row blocks, then runs of panels until there is work for every thread.
-        let mc = MC.min(m.div_ceil(MR) * MR);
-        let row_blocks = m.div_ceil(mc);
-        let groups = (2 * threads).div_ceil(row_blocks).clamp(1, panels);
-        let run = panels.div_ceil(groups);
-        let items = row_blocks * panels.div_ceil(run);
-        let c_ptr = SendPtr(c.as_mut_ptr());
-        let a_t = a.t();
-        let work = |item: usize| {
-            let (ib, g) = (item % row_blocks, item / row_blocks);
-            let ic = ib * mc;
-            let rows = mc.min(m - ic);
-            let (t0, t1) = (g * run, ((g + 1) * run).min(panels));
-            let row_panels = rows.div_ceil(MR);
-            with_buffer(&PACK_A, row_panels * MR * kc_max.div_ceil(2), |a_buf| {
-                for pc in (0..k).step_by(kc_max) {
-                    let kc = kc_max.min(k - pc);
-                    let kp = kc.div_ceil(2);
-                    let a_pack = &mut a_buf[..row_panels * MR * kp];
-                    // SAFETY: the caller checked AVX-512 (BF16 implies F/BW/VL on every CPU
-                    // that has it).
-                    unsafe { pack_pairs(&a_t, pc, kc, ic, rows, MR, kp, a_pack) };
-                    let slice = &packed_b[panels * NR * (pc / 2)..];
-                    let step_beta = if pc == 0 { beta } else { 1.0 };
-                    for t in t0..t1 {
-                        let bp = &slice[t * NR * kp..][..NR * kp];
-                        let nr = NR.min(n - t * NR);
-                        for (r, ap) in a_pack.chunks_exact(MR * kp).enumerate() {
-                            let mr = MR.min(rows - r * MR);
-                            // SAFETY: the panels hold kp pairs; the tile lies inside the
-                            // validated C and belongs to this item alone.
-                            unsafe {
-                                tile(
-                                    kp,
-                                    ap.as_ptr(),
-                                    bp.as_ptr(),
-                                    c_ptr.at((ic + r * MR) * ldc + t * NR),
-                                    ldc,
-                                    (mr, nr),
-                                    alpha,
-                                    step_beta,
-                                )
-                            };
+    // The packing and the products enter the thread pool once, together.
+    pool::parallel_if(threads > 1, || {
+        with_buffer(&PACK_B, panels * NR * kp_all, |packed_b| {
+            pack_b(&b, kc_max, panels, packed_b, threads);
+            let packed_b = &*packed_b;
+            // Row blocks, then runs of panels until there is work for every thread.
+            let mc = MC.min(m.div_ceil(MR) * MR);
+            let row_blocks = m.div_ceil(mc);
+            let groups = (2 * threads).div_ceil(row_blocks).clamp(1, panels);
+            let run = panels.div_ceil(groups);
+            let items = row_blocks * panels.div_ceil(run);
+            let c_ptr = SendPtr(c.as_mut_ptr());
+            let a_t = a.t();
+            let work = |item: usize| {
+                let (ib, g) = (item % row_blocks, item / row_blocks);
+                let ic = ib * mc;
+                let rows = mc.min(m - ic);
+                let (t0, t1) = (g * run, ((g + 1) * run).min(panels));
+                let row_panels = rows.div_ceil(MR);
+                with_buffer(&PACK_A, row_panels * MR * kc_max.div_ceil(2), |a_buf| {
+                    for pc in (0..k).step_by(kc_max) {
+                        let kc = kc_max.min(k - pc);
+                        let kp = kc.div_ceil(2);
+                        let a_pack = &mut a_buf[..row_panels * MR * kp];
+                        // SAFETY: the caller checked AVX-512 (BF16 implies F/BW/VL on every CPU
+                        // that has it).
+                        unsafe { pack_pairs(&a_t, pc, kc, ic, rows, MR, kp, a_pack) };
+                        let slice = &packed_b[panels * NR * (pc / 2)..];
+                        let step_beta = if pc == 0 { beta } else { 1.0 };
+                        for t in t0..t1 {
+                            let bp = &slice[t * NR * kp..][..NR * kp];
+                            let nr = NR.min(n - t * NR);
+                            for (r, ap) in a_pack.chunks_exact(MR * kp).enumerate() {
+                                let mr = MR.min(rows - r * MR);
+                                // SAFETY: the panels hold kp pairs; the tile lies inside the
+                                // validated C and belongs to this item alone.
+                                unsafe {
+                                    tile(
+                                        kp,
+                                        ap.as_ptr(),
+                                        bp.as_ptr(),
+                                        c_ptr.at((ic + r * MR) * ldc + t * NR),
+                                        ldc,
+                                        (mr, nr),
+                                        alpha,
+                                        step_beta,
+                                    )
+                                };
+                            }
                         }
                     }
+                });
+                if epilogue.bias.is_some() || epilogue.activation != Default::default() {
+                    let (j0, j1) = (t0 * NR, (t1 * NR).min(n));
+                    for i in ic..ic + rows {
+                        // SAFETY: row i, columns j0..j1 belong to this item and lie inside `c`.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(c_ptr.at(i * ldc + j0), j1 - j0)
+                        };
+                        apply_epilogue(epilogue, row, j0);
+                    }
                 }
-            });
-            if epilogue.bias.is_some() || epilogue.activation != Default::default() {
-                let (j0, j1) = (t0 * NR, (t1 * NR).min(n));
-                for i in ic..ic + rows {
-                    // SAFETY: row i, columns j0..j1 belong to this item and lie inside `c`.
-                    let row =
-                        unsafe { std::slice::from_raw_parts_mut(c_ptr.at(i * ldc + j0), j1 - j0) };
-                    apply_epilogue(epilogue, row, j0);
-                }
+            };
+            if threads > 1 {
+                (0..items).into_par_iter().for_each(work);
+            } else {
+                (0..items).for_each(work);
             }
-        };
-        if threads > 1 {
-            (0..items).into_par_iter().for_each(work);
-        } else {
-            (0..items).for_each(work);
-        }
+        })
     });
 }
 

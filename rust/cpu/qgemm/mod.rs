@@ -31,7 +31,7 @@ mod kernel_vnni;
 mod tests;
 
 use crate::cpu::features::{active_isa, Isa};
-use crate::cpu::pool::SendPtr;
+use crate::cpu::pool::{self, SendPtr};
 use crate::error::{Result, TfmError};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -182,11 +182,13 @@ pub fn quantize_rows(x: &[f32], rows: usize, k: usize) -> Result<QuantizedRows> 
     if rows > 0 && k > 0 {
         type Item<'a> = ((&'a mut [u8], &'a mut (f32, i32)), &'a [f32]);
         let body = |((o, p), xr): Item<'_>| *p = quantize_row(xr, o);
-        if rows * k >= 1 << 16 {
-            data.par_chunks_mut(lda)
-                .zip(params.par_iter_mut())
-                .zip(x.par_chunks(k))
-                .for_each(body);
+        if rows * k >= 1 << 16 && pool::threads() > 1 {
+            pool::parallel(|| {
+                data.par_chunks_mut(lda)
+                    .zip(params.par_iter_mut())
+                    .zip(x.par_chunks(k))
+                    .for_each(body)
+            });
         } else {
             data.chunks_mut(lda)
                 .zip(params.iter_mut())
@@ -448,7 +450,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 18;
 /// panels of `B` stream past.
 const BLOCK_TILES: usize = 8;
 
-/// `a (m×k) · bᵀ` into `out (m×n)`; `parallel` uses the current rayon pool.
+/// `a (m×k) · bᵀ` into `out (m×n)`; `parallel` uses the thread pool.
 ///
 /// Errors when the shapes disagree; panics if this CPU cannot run `b`'s path.
 pub fn qgemm(a: &QuantizedRows, b: &PackedQB, out: Output, parallel: bool) -> Result<()> {
@@ -486,11 +488,7 @@ pub fn qgemm(a: &QuantizedRows, b: &PackedQB, out: Output, parallel: bool) -> Re
     let (mr, nr) = b.isa.tile();
     let kp = padded_depth(b.k);
     let panels = n.div_ceil(nr);
-    let threads = if parallel {
-        rayon::current_num_threads().max(1)
-    } else {
-        1
-    };
+    let threads = if parallel { pool::threads().max(1) } else { 1 };
     // Row blocks of near-equal tile counts, as many as a multiple of the threads where there
     // are enough tiles: 43 tiles on 2 threads make 6 blocks of 7–8 tiles, not 5 of 8 and one
     // of 3, which left a thread idle for a fifth of the product.
@@ -557,7 +555,7 @@ pub fn qgemm(a: &QuantizedRows, b: &PackedQB, out: Output, parallel: bool) -> Re
     };
     let jobs = blocks * runs;
     if threads > 1 && jobs > 1 && m * n * b.k >= PARALLEL_MIN_MACS {
-        (0..jobs).into_par_iter().for_each(job);
+        pool::parallel(|| (0..jobs).into_par_iter().for_each(job));
     } else {
         (0..jobs).for_each(job);
     }

@@ -17,8 +17,7 @@ use super::kernels::{
 };
 use super::mask::{Along, StructuredMask, Tile};
 use super::MaskedConfig;
-use crate::cpu::active_isa;
-use rayon::prelude::*;
+use crate::cpu::{active_isa, pool};
 use std::f32::consts::LOG2_E;
 
 /// The fused attention backward.
@@ -106,7 +105,7 @@ pub fn attention_backward_masked(
         let t = &tasks[i];
         tasks[i - 1].next = [t.q, t.k, t.v, t.dout, t.out];
     }
-    tasks.into_par_iter().for_each(|task| dispatch(isa, task));
+    pool::for_each(tasks, |task| dispatch(isa, task));
 }
 
 /// One batch-head of the backward; every slice is that head's.

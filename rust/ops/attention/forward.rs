@@ -13,8 +13,7 @@ use super::kernels::{
 };
 use super::mask::{Along, StructuredMask, Tile};
 use super::MaskedConfig;
-use crate::cpu::active_isa;
-use rayon::prelude::*;
+use crate::cpu::{active_isa, pool};
 
 /// Query rows per block.
 pub(super) const BR: usize = 64;
@@ -72,10 +71,7 @@ pub fn attention_forward_masked(
     let isa = active_isa();
     // Enough tasks for work stealing to even out causal rows of unequal length.
     let q_blocks = tq.div_ceil(BR);
-    let chunks = (4 * rayon::current_num_threads())
-        .div_ceil(bh)
-        .min(q_blocks)
-        .max(1);
+    let chunks = (4 * pool::threads()).div_ceil(bh).min(q_blocks).max(1);
     let chunk_rows = (q_blocks.div_ceil(chunks) * BR).max(BR);
     let mut tasks = Vec::new();
     let (mut out_rest, mut lse_rest) = (out, lse);
@@ -110,7 +106,7 @@ pub fn attention_forward_masked(
         // The same head's k and v are cached already; prefetching them again costs nothing.
         tasks[i - 1].next = [q, k, v];
     }
-    tasks.into_par_iter().for_each(|task| dispatch(isa, task));
+    pool::for_each(tasks, |task| dispatch(isa, task));
 }
 
 /// Query rows `row0 .. row0 + lse.len()` of head `head`; `q`, `out` and `lse` are those rows,
