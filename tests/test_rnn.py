@@ -40,17 +40,21 @@ def reference_layer(mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None, rever
     return out, h, c
 
 
-def reference(m, x, lengths=None):
-    """The whole module in float64 (time-major x, zero initial state, no dropout)."""
+def reference(m, x, lengths=None, h0=None, c0=None):
+    """The whole module in float64 (time-major x, no dropout); initial states (layers ×
+    directions, B, H), zero when not given."""
     sd = {k: np.asarray(v, np.float64) for k, v in m.state_dict().items()}
     dirs = ("", "_reverse") if m.bidirectional else ("",)
     batch = x.shape[1]
+    z = np.zeros((m.num_layers * len(dirs), batch, m.hidden_size))
+    h0 = z if h0 is None else h0
+    c0 = z if c0 is None else c0
     hs, cs = [], []
     for layer in range(m.num_layers):
         outs = []
         for d, sfx in enumerate(dirs):
-            z = np.zeros((batch, m.hidden_size))
-            out, h, c = reference_layer(m.mode, x, z, z if m.mode == "LSTM" else None,
+            k = layer * len(dirs) + d
+            out, h, c = reference_layer(m.mode, x, h0[k], c0[k] if m.mode == "LSTM" else None,
                                         sd[f"weight_ih_l{layer}{sfx}"], sd[f"weight_hh_l{layer}{sfx}"],
                                         sd[f"bias_ih_l{layer}{sfx}"], sd[f"bias_hh_l{layer}{sfx}"], lengths, d == 1)
             outs.append(out)
@@ -105,6 +109,42 @@ def test_backward_matches_finite_differences(mode, steps, batch, hidden):
     want = numeric_grad(f, [x] + params, np.ones(1))
     for name, g, w in zip(["x"] + names, got, want):
         assert_close(g, w, GRAD_RTOL, GRAD_ATOL, f"{mode} d{name}")
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("start", ["zero", "random"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_initial_state_gradients_match_finite_differences(mode, start, bidirectional):
+    # A zero initial state skips the first step's recurrent product forward, and its rows in
+    # dW_hh; its own gradient still needs that product backward.
+    steps, batch, inp, hidden = 3, 3, 2, 3
+    m = getattr(nn, mode)(inp, hidden, bidirectional=bidirectional)
+    names = list(m.state_dict())
+    dirs = 2 if bidirectional else 1
+    n_states = 2 if mode == "LSTM" else 1
+    x = randn((steps, batch, inp), seed=6)
+    states = [randn((dirs, batch, hidden), seed=7 + k) * (start == "random") for k in range(n_states)]
+    up_out = randn((steps, batch, dirs * hidden), seed=9)
+    up_h = randn((dirs, batch, hidden), seed=10)
+
+    xt, st = leaf(x), [leaf(s) for s in states]
+    out, state = m(xt, tuple(st) if mode == "LSTM" else st[0])
+    h = state[0] if mode == "LSTM" else state
+    ((out * tfm_rs.tensor(up_out)).sum() + (h * tfm_rs.tensor(up_h)).sum()).backward()
+    got = [xt.grad.numpy()] + [s.grad.numpy() for s in st] + [p.grad.numpy() for p in m.parameters()]
+
+    def f(x64, *rest):
+        s64, params = rest[:n_states], rest[n_states:]
+        probe = getattr(nn, mode)(inp, hidden, bidirectional=bidirectional)
+        ref = dict(zip(names, params))
+        probe.state_dict = lambda: ref  # the float64 values, not a float32 copy
+        o, hn, _ = reference(probe, x64, None, *s64)
+        return np.concatenate([o.ravel() * up_out.ravel(), hn.ravel() * up_h.ravel()])
+
+    params = [np.asarray(v, np.float64) for v in m.state_dict().values()]
+    want = numeric_grad(f, [x] + states + params, np.ones(1))
+    for name, g, w in zip(["x", "h0", "c0"][:1 + n_states] + names, got, want):
+        assert_close(g, w, GRAD_RTOL, GRAD_ATOL, f"{mode} {start} start: d{name}")
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])

@@ -392,17 +392,22 @@ fn forward_kernel(
             Cell::Gru => (Vec::new(), 0),
         };
         let mut hg = vec![0.0f32; nb * g];
+        // From a zero state (PyTorch's default) the first step's recurrent product is zero,
+        // which `hg` already holds.
+        let zero_start = hs.iter().all(|&v| v == 0.0);
         for s in 0..t {
-            gemm_packed(
-                1.0,
-                MatRef::row_major(&hs, nb, h),
-                &w_hh_t,
-                0.0,
-                &mut hg,
-                g,
-                &Epilogue::default(),
-                parallel,
-            );
+            if s > 0 || !zero_start {
+                gemm_packed(
+                    1.0,
+                    MatRef::row_major(&hs, nb, h),
+                    &w_hh_t,
+                    0.0,
+                    &mut hg,
+                    g,
+                    &Epilogue::default(),
+                    parallel,
+                );
+            }
             let pos = positions(&lens[b0..b0 + nb], s, cfg.reverse);
             for (bi, p) in pos.iter().enumerate() {
                 if let Some(tt) = p {
@@ -534,8 +539,35 @@ struct Through {
 }
 
 impl RnnBackward {
-    /// Backward through time: from the gradient of the stacked result to the gate gradients.
-    fn through_time(&self, gy: &[f32]) -> Result<Through> {
+    /// dW_hh (G·H, H): the sum over positions of (gate gradient)ᵀ·(state the step started
+    /// from). The rows of a zero initial state (the forward direction's first step from
+    /// PyTorch's default state) add nothing and are left out of the product.
+    fn recurrent_weight_grad(&self, da: &[f32]) -> Result<Tensor> {
+        let Dims { t, b, h, g, .. } = self.d;
+        let h_prev = self.h_prev.cpu(OP)?.data();
+        let zero_start = !self.cfg.reverse
+            && h_prev
+                .get(..b * h)
+                .is_some_and(|rows| rows.iter().all(|&v| v == 0.0));
+        let skip = if zero_start { b } else { 0 };
+        let rows = t * b - skip;
+        let mut dw = crate::cpu::alloc::output(g * h);
+        gemm(
+            1.0,
+            MatRef::row_major(&da[skip * g..], rows, g).t(),
+            MatRef::row_major(&h_prev[skip * h..], rows, h),
+            0.0,
+            &mut dw,
+            h,
+            &Epilogue::default(),
+            true,
+        );
+        Tensor::new(dw, &[g, h])
+    }
+
+    /// Backward through time: from the gradient of the stacked result to the gate gradients;
+    /// the initial hidden state's gradient only when `need_dh0` (else `d_state[0]` is partial).
+    fn through_time(&self, gy: &[f32], need_dh0: bool) -> Result<Through> {
         let Dims { t, b, h, g, .. } = self.d;
         let cell = self.cfg.cell;
         let per = cell.saved() * h;
@@ -616,16 +648,19 @@ impl RnnBackward {
                 });
                 let rec_in: &[f32] = if cell == Cell::Gru { drs } else { dxs };
                 // dh += (gate gradients)·W_hh: a finished sample's zero rows leave its dh as is.
-                gemm_packed(
-                    1.0,
-                    MatRef::row_major(rec_in, nb, g),
-                    &w_hh,
-                    1.0,
-                    &mut dh,
-                    h,
-                    &Epilogue::default(),
-                    parallel,
-                );
+                // After the first step it is only the initial state's gradient.
+                if s > 0 || need_dh0 {
+                    gemm_packed(
+                        1.0,
+                        MatRef::row_major(rec_in, nb, g),
+                        &w_hh,
+                        1.0,
+                        &mut dh,
+                        h,
+                        &Epilogue::default(),
+                        parallel,
+                    );
+                }
                 for (sum, step) in sums.iter_mut().zip([&*dxs, &*drs]) {
                     axpy(sum, 1.0, step);
                 }
@@ -687,8 +722,8 @@ impl Backward for RnnBackward {
     fn backward(&self, gy: &Tensor, inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
         let Dims { t, b, h, g, .. } = self.d;
         let ns = self.cfg.cell.states();
-        let through = self.through_time(gy.cpu(OP)?.data())?;
         let needs = |k: usize| inputs[k].requires_grad();
+        let through = self.through_time(gy.cpu(OP)?.data(), needs(1))?;
         let bias_at =
             |k: usize| self.has_bias[k] && needs(ns + 3 + usize::from(self.has_bias[0] && k == 1));
         let da_x = Tensor::new(through.da_x, &[t * b, g])?;
@@ -702,23 +737,16 @@ impl Backward for RnnBackward {
                 b: false,
             },
         )?;
-        let da_h = match through.da_h {
-            Some(v) => Tensor::new(v, &[t * b, g])?,
-            None => da_x,
+        let da_h = match &through.da_h {
+            Some(v) => v,
+            None => da_x.cpu(OP)?.data(),
         };
-        let (_, dw_hh, _) = linear_backward(
-            &da_h,
-            &self.h_prev,
-            &self.w_hh,
-            Needs {
-                x: false,
-                w: needs(ns + 2),
-                b: false,
-            },
-        )?;
+        let dw_hh = needs(ns + 2)
+            .then(|| self.recurrent_weight_grad(da_h))
+            .transpose()?;
         let mut grads = vec![dx];
-        for d in through.d_state {
-            grads.push(Some(Tensor::new(d, &[b, h])?));
+        for (k, d) in through.d_state.into_iter().enumerate() {
+            grads.push(needs(1 + k).then(|| Tensor::new(d, &[b, h])).transpose()?);
         }
         grads.extend([dw_ih, dw_hh]);
         // The LSTM's two biases meet the gates alike, so their gradients are one sum.
