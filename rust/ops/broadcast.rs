@@ -176,6 +176,18 @@ pub fn scatter_strided(
     view_shape: &[usize],
     strides: &[usize],
 ) -> Vec<f32> {
+    let (runs, run_strides) = coalesce(view_shape, strides);
+    if !g.is_empty() && runs.len() == 1 && run_strides[0] == 1 {
+        // One contiguous run (a slice along the first dimension): zeros around a copy, each
+        // element written once.
+        let mut out = crate::cpu::alloc::output(src_len);
+        let (before, rest) = out.split_at_mut(offset);
+        let (run, after) = rest.split_at_mut(g.len());
+        before.fill(0.0);
+        run.copy_from_slice(g);
+        after.fill(0.0);
+        return out;
+    }
     let mut out = crate::cpu::alloc::zeros(src_len);
     put_strided::<false>(&mut out, g, offset, view_shape, strides);
     out
@@ -276,10 +288,18 @@ pub fn broadcast_to(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Ten
 }
 
 /// A contiguous tensor of `shape` read from `x` at `offset + Σ idx[d]·strides[d]` (see
-/// [`gather_strided`]), on `x`'s device.
+/// [`gather_strided`]), on `x`'s device. On the host, a view that is one contiguous run of
+/// `x` (a slice along the first dimension, say) may share `x`'s buffer ([`CpuTensor::part`]).
 pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
     match Tensor::place("gather", [x])? {
-        Placed::Cpu([x]) => Tensor::new(gather_strided(x.data(), offset, shape, strides), shape),
+        Placed::Cpu([x]) => {
+            let (runs, run_strides) = coalesce(shape, strides);
+            let n = numel(shape);
+            if n > 0 && runs.len() == 1 && run_strides[0] == 1 && offset + n <= x.numel() {
+                return Ok(x.part(offset, shape).into());
+            }
+            Tensor::new(gather_strided(x.data(), offset, shape, strides), shape)
+        }
         #[cfg(feature = "wgpu")]
         Placed::Gpu([x]) => Ok(crate::gpu::ops::strided::gather(x, offset, shape, strides)?.into()),
     }
@@ -440,6 +460,9 @@ mod tests {
                 0,
             ),
             (vec![300, 200], vec![200, 300], vec![1, 200], 0),
+            // Contiguous runs at the start and in the middle (slices along the first dimension).
+            (vec![5, 4], vec![3, 4], vec![4, 1], 0),
+            (vec![5, 4], vec![2, 4], vec![4, 1], 8),
         ];
         for (src_shape, shape, strides, offset) in cases {
             let len = numel(&src_shape);
