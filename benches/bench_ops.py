@@ -10,7 +10,8 @@ within each round so that load from other processes hits all of them alike, and 
 one's best round plus the ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
 library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
 
-The "to_tensor" and "to_numpy" cases time the NumPy conversions, which copy, against the same
+The "1000 calls" cases time 1000 small ops in a row (a call's overhead, not its arithmetic). The
+"to_tensor" and "to_numpy" cases time the NumPy conversions, which copy, against the same
 copy elsewhere: ``tfm_rs.tensor(a)`` vs ``np.copy(a)`` and ``torch.from_numpy(a).clone()``, and
 ``t.numpy()`` vs ``np.copy`` and ``tt.clone().numpy()``.
 """
@@ -179,6 +180,22 @@ def cases(rng, smoke: bool = False):
         "tfm_rs": tfm_fb(lambda p, i, ids=ids, v=v, k=k: F.hash_embedding(ids, p, i, v, k, seed=0), pool, imp),
         "numpy": None,
         "torch": torch and torch_fb(lambda p, i, b=buckets, t=tids: (p[b] * i[t].unsqueeze(-1)).sum(1), pool, imp),
+    }))
+    # Small ops, where the cost of a call dominates: 1000 calls in a row.
+    x, y = rand(64), rand(64)
+    tx, ty = tfm_rs.tensor(x), tfm_rs.tensor(y)
+    qx, qy = torch and torch.from_numpy(x), torch and torch.from_numpy(y)
+    out.append(("1000 calls: add 64 floats", {
+        "tfm_rs": lambda a=tx, b=ty: [a + b for _ in range(1000)],
+        "numpy": lambda a=x, b=y: [a + b for _ in range(1000)],
+        "torch": torch and (lambda a=qx, b=qy: [a + b for _ in range(1000)]),
+    }))
+    x = rand(8, 64)
+    small = tfm_fb(lambda a: a.tanh(), x), torch and torch_fb(lambda a: a.tanh(), x)
+    out.append(("1000 calls: tanh 8x64 fwd+bwd", {
+        "tfm_rs": lambda f=small[0]: [f() for _ in range(1000)],
+        "numpy": None,
+        "torch": torch and (lambda f=small[1]: [f() for _ in range(1000)]),
     }))
     for mb in (4, 16):
         x = rand(mb << 18)

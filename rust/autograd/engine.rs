@@ -5,6 +5,7 @@
 
 use super::grad_mode::GradMode;
 use super::var::Var;
+use crate::cpu::pool::{self, PAR_MIN};
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Device, Tensor};
 use std::collections::{HashMap, HashSet};
@@ -47,8 +48,23 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
         }
     };
 
+    let (pending, largest) = consumer_counts(root);
+    // The pass enters the thread pool once when some op in it will run in parallel, rather
+    // than at each such op; a small graph stays on this thread.
+    pool::parallel_if(largest >= PAR_MIN && pool::threads() > 1, move || {
+        run(root, seed, pending, retain_graph)
+    })
+}
+
+/// The pass itself, from `seed`, the gradient of `root`.
+fn run(
+    root: &Var,
+    seed: Tensor,
+    mut pending: HashMap<usize, usize>,
+    retain_graph: bool,
+) -> Result<()> {
+    const OP: &str = "backward";
     let _no_grad = GradMode::set(false);
-    let mut pending = consumer_counts(root);
     let mut grads: HashMap<usize, Tensor> = HashMap::new();
     grads.insert(root.id(), seed);
     // A value is processed once every value computed from it has passed its gradient on (its
@@ -134,8 +150,9 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
 
 /// For every value reachable from `root` that requires grad, the number of uses of it by other
 /// such values (an op that takes it twice counts twice).
-fn consumer_counts(root: &Var) -> HashMap<usize, usize> {
+fn consumer_counts(root: &Var) -> (HashMap<usize, usize>, usize) {
     let mut counts: HashMap<usize, usize> = HashMap::new();
+    let mut largest = 0;
     let mut visited = HashSet::new();
     visited.insert(root.id());
     // An explicit stack, so deep graphs cannot overflow the call stack.
@@ -143,6 +160,7 @@ fn consumer_counts(root: &Var) -> HashMap<usize, usize> {
     while let Some(var) = stack.pop() {
         let slot = var.0.node.lock().unwrap_or_else(|e| e.into_inner());
         let Some(node) = slot.as_ref() else { continue };
+        largest = largest.max(var.shape().iter().product());
         for input in node.inputs.iter().filter(|v| v.requires_grad()) {
             *counts.entry(input.id()).or_insert(0) += 1;
             if visited.insert(input.id()) {
@@ -150,7 +168,7 @@ fn consumer_counts(root: &Var) -> HashMap<usize, usize> {
             }
         }
     }
-    counts
+    (counts, largest)
 }
 
 /// Adds `grad` to the leaf's `.grad`; whether it did (a leaf may have stopped requiring grad).
@@ -248,6 +266,41 @@ mod tests {
                 let want = 2.0 * xs[i * cols + j] as f64 * dz;
                 assert_eq!(got[i * cols + j] as f64, want, "({i}, {j})");
             }
+        }
+    }
+
+    /// A pass over small values runs on the caller's thread; one with a value large enough for
+    /// an op to split runs in the thread pool (seen from a leaf's hook).
+    #[test]
+    fn only_a_pass_over_large_values_enters_the_thread_pool() {
+        let thread_of_pass = |n: usize| {
+            let a = Var::leaf(Tensor::full_on(&[n], 0.5, Device::Cpu).unwrap(), true);
+            let name: Arc<Mutex<Option<String>>> = Arc::default();
+            let seen = name.clone();
+            a.register_post_accumulate_grad_hook(Arc::new(move |_: &Var| {
+                *seen.lock().unwrap() = std::thread::current().name().map(String::from);
+                Ok(())
+            }))
+            .unwrap();
+            backward(
+                &sum(&mul(&a, &a).unwrap(), &[], false).unwrap(),
+                None,
+                false,
+            )
+            .unwrap();
+            assert_eq!(a.grad().unwrap().to_vec().unwrap(), vec![1.0; n]);
+            let name = name.lock().unwrap().clone();
+            name.unwrap_or_default()
+        };
+        let here = std::thread::current()
+            .name()
+            .map(String::from)
+            .unwrap_or_default();
+        assert_eq!(thread_of_pass(7), here);
+        if pool::threads() > 1 {
+            assert!(thread_of_pass(PAR_MIN).starts_with("tfm-rs-"));
+        } else {
+            eprintln!("skipping the large pass: the thread pool has one thread");
         }
     }
 

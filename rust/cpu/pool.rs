@@ -1,7 +1,7 @@
 //! The thread pool that every op runs in. rayon's global pool cannot be resized, so tfm_rs keeps
 //! its own and rebuilds it on `set_num_threads`. An op runs on its caller's thread and enters
-//! the pool with [`parallel`] for its parallel parts; a call made of many ops (a backward pass,
-//! a decoding) enters it once, with [`install`].
+//! the pool with [`parallel`] for its parallel parts; a call made of many ops (a decoding, a
+//! backward pass through large values) enters it once for all of them.
 //!
 //! A child made by `fork` (multiprocessing's default start method on Linux, DataLoader-style
 //! worker pools) inherits the pool but not its worker threads: a job sent to it would wait
@@ -93,6 +93,10 @@ fn pool() -> Result<Arc<rayon::ThreadPool>> {
     }
     Ok(Arc::clone(guard.as_ref().expect("pool was just built")))
 }
+
+/// Work at least this large (in elements) is split across threads; below it, thread hand-off
+/// costs more than it saves.
+pub const PAR_MIN: usize = 1 << 15;
 
 /// Runs `f` inside the tfm_rs pool, so rayon work it spawns uses `num_threads()` threads.
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {

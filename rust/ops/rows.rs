@@ -7,9 +7,7 @@ pub(crate) use crate::cpu::math::{exp_fast, sigmoid, tanh_fast};
 use crate::cpu::pool;
 use rayon::prelude::*;
 
-/// Work at least this large (in elements) is split across threads; below it, thread hand-off
-/// costs more than it saves.
-pub(crate) const PAR_MIN: usize = 1 << 15;
+pub(crate) use crate::cpu::pool::PAR_MIN;
 
 /// Whether `n` elements of work are split across threads (in `pool::parallel`).
 pub(crate) fn split(n: usize) -> bool {

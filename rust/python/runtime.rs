@@ -35,8 +35,8 @@ pub fn run<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyR
     py.detach(move || guarded(f)).map_err(PyErr::from)
 }
 
-/// [`run`] for a call made of many ops (a backward pass, decoding steps): it enters the thread
-/// pool once, with this thread's grad mode, rather than at every op's parallel part.
+/// [`run`] for a call made of many ops (decoding steps): it enters the thread pool once, with
+/// this thread's grad mode, rather than at every op's parallel part.
 pub fn run_pooled<T: Send>(py: Python<'_>, f: impl FnOnce() -> Result<T> + Send) -> PyResult<T> {
     let grad = is_grad_enabled();
     let result = py.detach(move || {

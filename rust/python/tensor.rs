@@ -2,7 +2,7 @@
 //! its arguments and calls one op in `crate::ops` through `run`.
 
 use super::convert::{tensor_from_py, tensor_to_numpy, var_from_py};
-use super::runtime::{run, run_pooled};
+use super::runtime::run;
 use crate::autograd::{backward, GradHook, Var};
 use crate::ops::elementwise::{self, BinaryOp, UnaryOp};
 use crate::ops::{matmul, reduce, shape};
@@ -290,7 +290,7 @@ impl PyTensor {
             _ => None,
         };
         let var = self.var.clone();
-        let result = run_pooled(py, move || backward(&var, g, retain_graph));
+        let result = run(py, move || backward(&var, g, retain_graph));
         let hook_error = HOOK_ERROR.lock().unwrap_or_else(|e| e.into_inner()).take();
         match (result, hook_error) {
             (Err(_), Some(e)) => Err(e),
