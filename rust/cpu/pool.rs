@@ -1,7 +1,7 @@
-//! The thread pool that every op runs in. rayon's global pool cannot be resized, so tfm_rs keeps
-//! its own and rebuilds it on `set_num_threads`. An op runs on its caller's thread and enters
-//! the pool with [`parallel`] for its parallel parts; a call made of many ops (a decoding, a
-//! backward pass through large values) enters it once for all of them.
+//! The thread pool that ops' parallel parts run in. rayon's global pool cannot be resized, so
+//! tfm_rs keeps its own and rebuilds it on `set_num_threads`. An op runs on its caller's thread
+//! and enters the pool with [`parallel`] for its parallel parts; a call made of many ops (a
+//! decoding, a backward pass through large values) enters it once for all of them.
 //!
 //! A child made by `fork` (multiprocessing's default start method on Linux, DataLoader-style
 //! worker pools) inherits the pool but not its worker threads: a job sent to it would wait

@@ -149,8 +149,12 @@ pub fn softmax_forward(
         }
     };
     let (rows, cols) = x.rows_cols();
-    let mut out = x.data().to_vec();
+    let xd = x.data();
+    // A pooled buffer, each row copied by the thread that computes it: a fresh one costs a
+    // page fault per 4 KiB, and a serial copy a pass over the input on one thread.
+    let mut out = crate::cpu::alloc::output(xd.len());
     for_each_row(rows_mut(&mut out, rows, cols), cols, |r, z| {
+        z.copy_from_slice(&xd[r * cols..][..cols]);
         if let Some(m) = &mask {
             let (off, step) = (m.offset(r), m.inner_stride);
             z.iter_mut()
