@@ -279,6 +279,32 @@ def test_long_ops_release_the_gil():
     assert ticks > 5
 
 
+def test_ops_from_several_threads_at_once_match_one_thread():
+    # Ops run on the calling thread (small ones entirely, large ones entering the pool for their
+    # parallel parts), so threads calling at once must not disturb each other's values, gradients
+    # or grad mode.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def job(seed):
+        x = tfm_rs.tensor(randn((300, 257), seed=seed), requires_grad=True)  # large: pool
+        w = tfm_rs.tensor(randn((257, 3), seed=seed + 100), requires_grad=True)  # small: inline
+        head = x[:200]  # a view of x's buffer
+        loss = ((head @ w).tanh() * 0.5).sum() + (x * x).sum()
+        loss.backward()
+        with tfm_rs.no_grad():
+            frozen = x * 2.0
+        return loss.item(), x.grad.numpy(), w.grad.numpy(), frozen.requires_grad
+
+    alone = [job(s) for s in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(job, range(8)))
+    for a, b in zip(alone, together):
+        assert a[0] == b[0]
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[2], b[2])
+        assert not a[3] and not b[3]
+
+
 def test_repr_looks_like_pytorch():
     t = tfm_rs.tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
     assert repr(t) == "tensor([1., 2.], requires_grad=True)"
