@@ -52,12 +52,12 @@ pub fn backward(root: &Var, grad_output: Option<Tensor>, retain_graph: bool) -> 
     // The pass enters the thread pool once when some op in it will run in parallel, rather
     // than at each such op; a small graph stays on this thread.
     pool::parallel_if(largest >= PAR_MIN && pool::threads() > 1, move || {
-        run(root, seed, pending, retain_graph)
+        pass(root, seed, pending, retain_graph)
     })
 }
 
 /// The pass itself, from `seed`, the gradient of `root`.
-fn run(
+fn pass(
     root: &Var,
     seed: Tensor,
     mut pending: HashMap<usize, usize>,
