@@ -24,7 +24,7 @@ use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::ops::layer_norm::layer_norm_forward;
 use crate::ops::linear_attention::{FeatureMap, LinearAttentionState};
-use crate::ops::rows::{exp_fast, PAR_MIN};
+use crate::ops::rows::{exp_fast, split};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -260,7 +260,7 @@ fn attend_all<'a>(
         let (k, v, spans) = kv(i);
         attend_simd(&q[i * d..][..d], k, v, &spans, nhead, o, scores);
     };
-    if work >= PAR_MIN && n > 1 && pool::threads() > 1 {
+    if split(work) && n > 1 {
         pool::parallel(|| {
             out.par_chunks_mut(d)
                 .enumerate()

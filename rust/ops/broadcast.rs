@@ -79,6 +79,13 @@ pub fn map2(
     Tensor::new(out, &out_shape)
 }
 
+/// Whether the view `(shape, strides)` reads one non-empty run of consecutive elements (a slice
+/// along the first dimension, say).
+fn contiguous_run(shape: &[usize], strides: &[usize]) -> bool {
+    let (runs, run_strides) = coalesce(shape, strides);
+    numel(shape) > 0 && runs.len() == 1 && run_strides[0] == 1
+}
+
 /// Merges adjacent dimensions that are laid out back to back in the source (stride of the
 /// outer equals size × stride of the inner) and drops size-1 dimensions, so that e.g. a slice
 /// along the outermost dimension becomes one contiguous run. Same elements, same order.
@@ -176,8 +183,7 @@ pub fn scatter_strided(
     view_shape: &[usize],
     strides: &[usize],
 ) -> Vec<f32> {
-    let (runs, run_strides) = coalesce(view_shape, strides);
-    if !g.is_empty() && runs.len() == 1 && run_strides[0] == 1 {
+    if contiguous_run(view_shape, strides) {
         // One contiguous run (a slice along the first dimension): zeros around a copy, each
         // element written once.
         let mut out = crate::cpu::alloc::output(src_len);
@@ -293,9 +299,7 @@ pub fn broadcast_to(op: &'static str, x: &Tensor, shape: &[usize]) -> Result<Ten
 pub fn gather(x: &Tensor, offset: usize, shape: &[usize], strides: &[usize]) -> Result<Tensor> {
     match Tensor::place("gather", [x])? {
         Placed::Cpu([x]) => {
-            let (runs, run_strides) = coalesce(shape, strides);
-            let n = numel(shape);
-            if n > 0 && runs.len() == 1 && run_strides[0] == 1 && offset + n <= x.numel() {
+            if contiguous_run(shape, strides) && offset + numel(shape) <= x.numel() {
                 return Ok(x.part(offset, shape).into());
             }
             Tensor::new(gather_strided(x.data(), offset, shape, strides), shape)

@@ -97,9 +97,7 @@ impl CpuTensor {
 
     /// A copy of the values, in a buffer from the op-output pool.
     fn copied(&self) -> Vec<f32> {
-        let mut v = crate::cpu::alloc::output(self.len);
-        v.copy_from_slice(self.data());
-        v
+        pooled_copy(self.data())
     }
 
     /// The same values under `shape`, which the caller checked has as many elements.
@@ -123,9 +121,7 @@ impl CpuTensor {
             self.len
         );
         if 2 * len < self.data.0.len() {
-            let mut v = crate::cpu::alloc::output(len);
-            v.copy_from_slice(&self.data()[offset..offset + len]);
-            return Self::from_parts(v, shape);
+            return Self::from_parts(pooled_copy(&self.data()[offset..offset + len]), shape);
         }
         CpuTensor {
             shape: shape.to_vec(),
@@ -134,6 +130,13 @@ impl CpuTensor {
             len,
         }
     }
+}
+
+/// `values` copied into a buffer from the op-output pool.
+fn pooled_copy(values: &[f32]) -> Vec<f32> {
+    let mut v = crate::cpu::alloc::output(values.len());
+    v.copy_from_slice(values);
+    v
 }
 
 #[cfg(test)]
