@@ -7,7 +7,7 @@
 //! biased variance, as PyTorch; RMS norm takes `mean = 0`, so `var` is the mean square and there
 //! is no bias. Saves `s`, the weight, and per row the mean and 1/std, computed in f64 (two passes
 //! over a row that is already in cache) so that rows with a large mean relative to their spread
-//! keep full f32 accuracy.
+//! keep full f32 accuracy; the per-element passes run in f32 around them ([`Normalizer`]).
 
 #[cfg(feature = "wgpu")]
 use super::elementwise::{binary_forward, BinaryOp};
@@ -26,9 +26,35 @@ pub struct RowStats {
     pub rstd: f64,
 }
 
-/// Columns per task in the weight/bias gradient reduction: wide enough for contiguous loads,
-/// narrow enough to give every thread work for typical D.
-const COL_BLOCK: usize = 64;
+/// `x̂ = (v − mean)·rstd` in f32 arithmetic (twice the lanes of f64): the mean as a sum of
+/// two f32s, so that `v − hi` is exact for values near a large mean (Sterbenz) and `lo` then
+/// corrects it. About 2 ulp of x̂, where the f64 products gave 0.5.
+#[derive(Clone, Copy)]
+struct Normalizer {
+    hi: f32,
+    lo: f32,
+    r: f32,
+}
+
+impl Normalizer {
+    #[inline(always)]
+    fn new(st: RowStats) -> Normalizer {
+        let hi = st.mean as f32;
+        Normalizer {
+            hi,
+            lo: (st.mean - hi as f64) as f32,
+            r: st.rstd as f32,
+        }
+    }
+
+    #[inline(always)]
+    fn apply(self, v: f32) -> f32 {
+        ((v - self.hi) - self.lo) * self.r
+    }
+}
+
+/// Rows per partial sum of the weight/bias gradients.
+const ROW_CHUNK: usize = 32;
 
 simd_kernel! {
     /// Normalizes one row `s (D,)` into `y (D,)` and returns its statistics; with a residual
@@ -55,15 +81,17 @@ simd_kernel! {
         let s = &s[..d];
         let n = d as f64;
         let mean = if center {
-            let [sum] = sums_f64(d, |j| [s[j] as f64]);
+            let [sum] = sums_f64([s], |[v]| [v as f64]);
             sum / n
         } else {
             0.0
         };
-        let [sq] = sums_f64(d, |j| [(s[j] as f64 - mean) * (s[j] as f64 - mean)]);
+        let [sq] = sums_f64([s], |[v]| [(v as f64 - mean) * (v as f64 - mean)]);
         let rstd = 1.0 / (sq / n + eps as f64).sqrt();
+        let stats = RowStats { mean, rstd };
+        let norm = Normalizer::new(stats);
         // Separate loops per weight/bias presence, so that each is a plain vectorizable map.
-        let xhat = |v: f32| ((v as f64 - mean) * rstd) as f32;
+        let xhat = |v: f32| norm.apply(v);
         match (weight, bias) {
             (Some(w), Some(b)) => {
                 let (w, b) = (&w[..d], &b[..d]);
@@ -77,7 +105,7 @@ simd_kernel! {
                 }
             }
         }
-        RowStats { mean, rstd }
+        stats
     }
 }
 
@@ -145,14 +173,16 @@ simd_kernel! {
                 &ones[..]
             }
         };
-        let ghat = |j: usize| g[j] as f64 * w[j] as f64;
-        let [sum_g, sum_gs] = sums_f64(d, |j| [ghat(j), ghat(j) * ((s[j] as f64 - mean) * rstd)]);
+        let [sum_g, sum_gs] = sums_f64([g, w, s], |[g, w, s]| {
+            let gh = g as f64 * w as f64;
+            [gh, gh * ((s as f64 - mean) * rstd)]
+        });
         // Without centring the mean does not depend on the input, so its gradient term drops.
-        let mean_g = if center { sum_g / d as f64 } else { 0.0 };
-        let mean_gs = sum_gs / d as f64;
+        let mean_g = if center { sum_g / d as f64 } else { 0.0 } as f32;
+        let mean_gs = (sum_gs / d as f64) as f32;
+        let norm = Normalizer::new(st);
         for j in 0..d {
-            let shat = (s[j] as f64 - mean) * rstd;
-            out[j] = (rstd * (ghat(j) - mean_g - shat * mean_gs)) as f32;
+            out[j] = norm.r * ((g[j] * w[j] - mean_g) - norm.apply(s[j]) * mean_gs);
         }
     }
 }
@@ -184,52 +214,54 @@ pub fn layer_norm_backward_input(
 }
 
 simd_kernel! {
-    /// Columns `c0 .. c0 + dw.len()` of [`layer_norm_backward_params`], summed over the rows
-    /// in order.
-    fn param_grad_block(
-        dw: &mut [f32],
-        db: &mut [f32],
-        g: &[f32],
-        s: &[f32],
-        stats: &[RowStats],
-        d: usize,
-        c0: usize,
-    ) {
-        let width = dw.len();
-        let (mut aw, mut ab) = ([0.0f64; COL_BLOCK], [0.0f64; COL_BLOCK]);
-        let (aw, ab) = (&mut aw[..width], &mut ab[..width]);
-        for (r, st) in stats.iter().enumerate() {
-            let (g, s) = (&g[r * d + c0..][..width], &s[r * d + c0..][..width]);
-            for j in 0..width {
-                aw[j] += g[j] as f64 * ((s[j] as f64 - st.mean) * st.rstd);
-                ab[j] += g[j] as f64;
+    /// One chunk of rows of [`layer_norm_backward_params`]: `part` (2·D, f64) gets
+    /// `[Σ g ∘ ŝ, Σ g]` over the rows of `g` and `s` (whole rows of D), in row order.
+    fn param_grad_rows(part: &mut [f64], g: &[f32], s: &[f32], stats: &[RowStats]) {
+        let (aw, ab) = part.split_at_mut(part.len() / 2);
+        let d = aw.len();
+        for ((g, s), st) in g.chunks_exact(d).zip(s.chunks_exact(d)).zip(stats) {
+            for (((aw, ab), &g), &s) in aw.iter_mut().zip(ab.iter_mut()).zip(g).zip(s) {
+                *aw += g as f64 * ((s as f64 - st.mean) * st.rstd);
+                *ab += g as f64;
             }
-        }
-        for j in 0..width {
-            dw[j] = aw[j] as f32;
-            db[j] = ab[j] as f32;
         }
     }
 }
 
 /// Backward kernel for the parameters: `(dweight, dbias)`, each `(D,)`, with
-/// `dweight = Σ_rows g ∘ ŝ` and `dbias = Σ_rows g`. Threads split the columns, and each column
-/// is summed over the rows in order in f64: deterministic, with no partials to combine.
+/// `dweight = Σ_rows g ∘ ŝ` and `dbias = Σ_rows g`, in f64. Rows are read whole (a walk down
+/// columns read each row a few cache lines at a time, 4 KB apart, and stalled on every one):
+/// fixed chunks of [`ROW_CHUNK`] rows each sum into their own f64 partials, which are then
+/// added up chunk by chunk in order, so the result does not depend on the thread count.
 pub fn layer_norm_backward_params(
     g: &[f32],
     s: &[f32],
     stats: &[RowStats],
     d: usize,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (mut dw, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
-    let items: Vec<_> = dw
-        .chunks_mut(COL_BLOCK)
-        .zip(db.chunks_mut(COL_BLOCK))
-        .collect();
-    for_each_row(items, stats.len() * COL_BLOCK, |block, (dw, db)| {
-        param_grad_block(dw, db, g, s, stats, d, block * COL_BLOCK)
-    });
-    (dw, db)
+    if d == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let chunks = stats.len().div_ceil(ROW_CHUNK);
+    let mut partial = vec![0.0f64; chunks * 2 * d];
+    for_each_row(
+        rows_mut(&mut partial, chunks, 2 * d),
+        ROW_CHUNK * d,
+        |c, part| {
+            let rows = c * ROW_CHUNK..stats.len().min((c + 1) * ROW_CHUNK);
+            let span = rows.start * d..rows.end * d;
+            param_grad_rows(part, &g[span.clone()], &s[span], &stats[rows]);
+        },
+    );
+    let mut total = vec![0.0f64; 2 * d];
+    for part in partial.chunks_exact(2 * d) {
+        for (t, &p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    let (dw, db) = total.split_at(d);
+    let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+    (narrow(dw), narrow(db))
 }
 
 /// The row statistics the forward saved, on the device of the values: f64 on the host (the CPU
@@ -597,6 +629,11 @@ mod tests {
                 }
             }
         }
+        // More rows than one partial sum of the parameter gradients holds (32 + 32 + 11).
+        for &d in &[3, 17] {
+            check(2 * ROW_CHUNK + 11, d, false, seed);
+            seed += 5;
+        }
     }
 
     /// RMS norm: forward vs the f64 reference (1e-5 relative), dx and dweight vs finite
@@ -656,6 +693,37 @@ mod tests {
         let y = layer_norm(&leaf(xd.clone(), &[8, 8]), None, None, EPS).unwrap();
         let want = reference(&to_f64(&xd), &[0.0; 64], &[1.0; 8], &[0.0; 8], 8);
         assert_close("forward", y.value().data(), &want, 1e-5, 1e-5);
+    }
+
+    /// Rows of mean 1000 and spread 0.1 (rstd ≈ 35), forward and gradients: the f32 passes
+    /// subtract the mean in two parts, which keeps x̂ to a few ulp. Tolerances as in [`check`],
+    /// the absolute ones scaled by rstd (the gradients' size), h by the spread.
+    #[test]
+    fn large_mean_keeps_accuracy_forward_and_backward() {
+        let (rows, d) = (3, 17);
+        let n = rows * d;
+        let xd: Vec<f32> = rand_vec(7, n, -0.05, 0.05)
+            .iter()
+            .map(|v| 1000.0 + v)
+            .collect();
+        let (wd, bd) = (rand_vec(8, d, 0.5, 1.5), rand_vec(9, d, -0.5, 0.5));
+        let (x, w, b) = (
+            leaf(xd.clone(), &[rows, d]),
+            leaf(wd.clone(), &[d]),
+            leaf(bd.clone(), &[d]),
+        );
+        let y = layer_norm(&x, Some(&w), Some(&b), EPS).unwrap();
+        let (x64, w64, b64, zeros) = (to_f64(&xd), to_f64(&wd), to_f64(&bd), vec![0.0; n]);
+        let want = reference(&x64, &zeros, &w64, &b64, d);
+        assert_close("forward", y.value().data(), &want, 1e-5, 1e-5);
+        let g = rand_vec(10, n, -1.0, 1.0);
+        let g64 = to_f64(&g);
+        let got = grads(&y, &g, &[&x, &w]);
+        let loss = |x: &[f64], w: &[f64]| dot(&g64, &reference(x, &zeros, w, &b64, d));
+        let want_dx = finite_diff(&x64, 1e-5, |p| loss(p, &w64));
+        assert_close("dx", &got[0], &want_dx, 1e-4, 35.0 * 1e-4);
+        let want_dw = finite_diff(&w64, 1e-3, |p| loss(&x64, p));
+        assert_close("dweight", &got[1], &want_dw, 1e-4, 1e-4);
     }
 
     #[test]

@@ -16,9 +16,9 @@ pub(crate) fn split(n: usize) -> bool {
 
 /// Splits `data` into `rows` rows of `cols` values. Unlike `chunks_mut`, this also works for
 /// `cols == 0` (every row is then empty), so ops need no special case for a zero-width axis.
-pub(crate) fn rows_mut(data: &mut [f32], rows: usize, cols: usize) -> Vec<&mut [f32]> {
+pub(crate) fn rows_mut<T>(data: &mut [T], rows: usize, cols: usize) -> Vec<&mut [T]> {
     if cols == 0 {
-        (0..rows).map(|_| <&mut [f32]>::default()).collect()
+        (0..rows).map(|_| <&mut [T]>::default()).collect()
     } else {
         data.chunks_mut(cols).collect()
     }
@@ -123,37 +123,55 @@ pub(crate) fn exp_sum(z: &[f32], m: f32) -> f64 {
     blocked_sum(z, |v| exp_fast(v - m))
 }
 
-/// `[Σ_i f(i)[0], …, Σ_i f(i)[K-1]]` over `i < n`, each sum in 8 independent f64 lanes (one
-/// AVX-512 register): the f64 row statistics of LayerNorm and the softmax backward, vectorized
-/// without giving up f64 accumulation. `f` should index slices of length ≥ `n`.
+/// `[Σ_i f(xs[0][i], …)[0], …, Σ_i f(…)[K-1]]` over `i < xs[0].len()` (the other slices at
+/// least as long), each sum in 8 f64 lanes (one AVX-512 register) times [`F64_CHAINS`]
+/// independent accumulators: the f64 row statistics of LayerNorm and the softmax backward,
+/// vectorized without giving up f64 accumulation. `f` gets values, not indices: indexing the
+/// rows inside it kept a bounds check per element, and the loop compiled to scalar code.
 #[inline(always)]
-pub(crate) fn sums_f64<const K: usize>(n: usize, f: impl Fn(usize) -> [f64; K]) -> [f64; K] {
+pub(crate) fn sums_f64<const M: usize, const K: usize>(
+    xs: [&[f32]; M],
+    f: impl Fn([f32; M]) -> [f64; K],
+) -> [f64; K] {
     const L: usize = 8;
-    let mut acc = [[0.0f64; L]; K];
-    // Index loops: lane `l` of every sum takes element `i + l`, the layout that vectorizes.
-    #[allow(clippy::needless_range_loop)]
-    for i in (0..n / L * L).step_by(L) {
-        for l in 0..L {
-            let v = f(i + l);
-            for k in 0..K {
-                acc[k][l] += v[k];
+    const BLOCK: usize = L * F64_CHAINS;
+    let n = xs.first().map_or(0, |x| x.len());
+    let xs = xs.map(|x| &x[..n]);
+    let mut acc = [[[0.0f64; L]; K]; F64_CHAINS];
+    let whole = n / BLOCK * BLOCK;
+    for i in (0..whole).step_by(BLOCK) {
+        let block: [&[f32; BLOCK]; M] =
+            xs.map(|x| x[i..i + BLOCK].try_into().expect("a whole block"));
+        // Lane `l` of chain `c` takes element `c·L + l` of the block: the layout that vectorizes.
+        for (c, chain) in acc.iter_mut().enumerate() {
+            for l in 0..L {
+                let v = f(block.map(|b| b[c * L + l]));
+                for k in 0..K {
+                    chain[k][l] += v[k];
+                }
             }
         }
     }
     let mut out = [0.0f64; K];
-    for (o, lanes) in out.iter_mut().zip(&acc) {
-        for &v in lanes {
-            *o += v;
+    for chain in &acc {
+        for (o, lanes) in out.iter_mut().zip(chain) {
+            for &v in lanes {
+                *o += v;
+            }
         }
     }
-    for i in n / L * L..n {
-        let v = f(i);
+    for i in whole..n {
+        let v = f(xs.map(|x| x[i]));
         for k in 0..K {
             out[k] += v[k];
         }
     }
     out
 }
+
+/// Independent accumulators of [`sums_f64`]: with one, every step waits out the previous
+/// add's latency.
+const F64_CHAINS: usize = 4;
 
 /// `Σ a_i b_i` in [`LANES`] independent accumulators (a single accumulator would make each
 /// step wait for the previous one); the same order on every instruction set.

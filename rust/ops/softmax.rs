@@ -92,8 +92,8 @@ simd_kernel! {
         let (g, y) = (&g[..n], &y[..n]);
         if log {
             // Masked entries' outputs are constants, so their `g` does not enter the sum.
-            let [gsum] = sums_f64(n, |j| {
-                [if y[j] == f32::NEG_INFINITY { 0.0 } else { g[j] as f64 }]
+            let [gsum] = sums_f64([g, y], |[g, y]| {
+                [if y == f32::NEG_INFINITY { 0.0 } else { g as f64 }]
             });
             let gsum = gsum as f32;
             for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
@@ -104,7 +104,7 @@ simd_kernel! {
                 };
             }
         } else {
-            let [dot] = sums_f64(n, |j| [g[j] as f64 * y[j] as f64]);
+            let [dot] = sums_f64([g, y], |[g, y]| [g as f64 * y as f64]);
             let dot = dot as f32;
             for ((d, &g), &y) in d.iter_mut().zip(g).zip(y) {
                 *d = y * (g - dot);
