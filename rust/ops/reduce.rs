@@ -51,16 +51,20 @@ impl Backward for SumBackward {
             "mean"
         }
     }
+    /// The mean's 1/count scales the reduced gradient before it is broadcast: a pass over
+    /// the kept shape, not over the input's.
     fn backward(&self, g: &Tensor, _inputs: &[Var]) -> Result<Vec<Option<Tensor>>> {
+        let g = if self.scale == 1.0 {
+            g.clone()
+        } else {
+            scale(g, self.scale)?
+        };
         let gx = broadcast_to(
             self.name(),
             &g.reshape(&self.kept_shape)?,
             &self.input_shape,
         )?;
-        if self.scale == 1.0 {
-            return Ok(vec![Some(gx)]);
-        }
-        Ok(vec![Some(scale(&gx, self.scale)?)])
+        Ok(vec![Some(gx)])
     }
 }
 
