@@ -8,6 +8,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
+use tfm_rs::cpu::gemm::{gemm_packed, PackedB};
 use tfm_rs::cpu::{gemm, Epilogue, MatRef};
 
 /// Deterministic values in [-1, 1) without a dev-dependency on `rand`.
@@ -94,5 +95,32 @@ fn transformer(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, square, transformer);
+/// Products of a few rows against a right-hand side packed once, one thread: a decoding step
+/// for a few beams or a small batch, and a recurrent step of a batch share (16 rows, H = 256,
+/// against the four gates' `W_hhᵀ`). Row counts that are not multiples of the kernel's `MR`
+/// exercise its partial tiles.
+fn few_rows(c: &mut Criterion) {
+    let (k, n) = (256, 1024);
+    let w = fill(n * k, 2);
+    let packed = PackedB::new(MatRef::row_major(&w, n, k).t());
+    let ep = Epilogue::default();
+    let mut g = c.benchmark_group("few_rows");
+    for m in [1, 4, 8, 16, 24] {
+        let a = fill(m * k, 1);
+        let mut out = vec![0.0f32; m * n];
+        g.throughput(Throughput::Elements(2 * (m * n * k) as u64));
+        g.bench_function(
+            BenchmarkId::new("packed/t1", format!("{m}x{k}x{n}")),
+            |bench| {
+                bench.iter(|| {
+                    let av = black_box(MatRef::row_major(&a, m, k));
+                    gemm_packed(1.0, av, &packed, 0.0, &mut out, n, &ep, false)
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, square, transformer, few_rows);
 criterion_main!(benches);

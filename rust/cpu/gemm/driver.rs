@@ -12,7 +12,7 @@
 
 use super::pack::pack;
 use super::reference::apply_activation;
-use super::thin::{panels_per_tile, tile_rows, THIN_ROWS};
+use super::thin::{panels_per_tile, tile_panels};
 use super::{Epilogue, MatRef};
 use crate::cpu::pool::{self, SendPtr};
 use rayon::prelude::*;
@@ -24,7 +24,7 @@ pub(super) trait MicroKernel {
     /// Whether the kernel runs on AVX-512, so that packing may use it too.
     const AVX512: bool = false;
     /// Whether `tile` accumulates with fused multiply-adds (one rounding per step), which
-    /// `thin::tile_rows` must match.
+    /// `thin::tile_panels` must match.
     const FUSED: bool;
     /// Rows of the `C` tile (values broadcast from packed `A`).
     const MR: usize;
@@ -39,13 +39,16 @@ pub(super) trait MicroKernel {
     /// all of `A`, so wider is cheaper as long as the block streams well from L2/L3.
     const NC: usize;
 
-    /// `c[i*ldc + j] ← α·Σ_p a[p*MR + i]·b[p*NR + j] + β·c[i*ldc + j]` for `i < MR`, `j < NR`;
-    /// with `β == 0` the old `c` is not read.
+    /// `c[i*ldc + j] ← α·Σ_p a[p*MR + i]·b[p*NR + j] + β·c[i*ldc + j]` for `i < rows`, `j < NR`
+    /// (`1 ≤ rows ≤ MR`; a row's arithmetic does not depend on `rows`); with `β == 0` the old `c`
+    /// is not read.
     ///
     /// # Safety
     /// `a` must be readable for `k*MR` floats, `b` for `k*NR`, every `c[i*ldc + j]` above must be
     /// writable (and readable when `β != 0`), and the CPU must support the kernel's features.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn tile(
+        rows: usize,
         k: usize,
         a: *const f32,
         b: *const f32,
@@ -288,7 +291,7 @@ unsafe fn run_with<K: MicroKernel>(
                 let (ic, mc, jr) = plan.item(item, m, panels);
                 let mut a_buf = Buffer::take(&PACK_A, mc.div_ceil(K::MR) * K::MR * kc);
                 let a_pack = a_buf.slice();
-                pack(&a_t, pc, kc, ic, mc, K::MR, a_pack, K::AVX512);
+                pack_a::<K>(&a_t, pc, kc, ic, mc, a_pack);
                 // SAFETY: this item owns rows ic..ic+mc × panels `jr` of the column block.
                 unsafe { macro_kernel::<K>(p, &step, a_pack, b_pack, ic, mc, jr, c_ptr) };
             };
@@ -454,6 +457,57 @@ impl Plan {
     }
 }
 
+/// How a block of `mc` rows is cut into row panels of at most `MR`: as evenly as possible
+/// (heights differing by at most one), so that 16 rows run as two tiles of 8 rather than a full
+/// tile of 14 and a thin one of 2, whose few FMA chains per B load ran at under half the speed.
+/// A multiple of `MR` gives the usual full panels.
+#[derive(Clone, Copy)]
+struct RowPanels {
+    count: usize,
+    height: usize,
+    /// The first `taller` panels hold `height + 1` rows.
+    taller: usize,
+}
+
+impl RowPanels {
+    fn new(mc: usize, mr: usize) -> RowPanels {
+        let count = mc.div_ceil(mr).max(1);
+        RowPanels {
+            count,
+            height: mc / count,
+            taller: mc % count,
+        }
+    }
+
+    /// `(first row, rows)` of panel `ip`.
+    fn get(&self, ip: usize) -> (usize, usize) {
+        (
+            ip * self.height + ip.min(self.taller),
+            self.height + usize::from(ip < self.taller),
+        )
+    }
+}
+
+/// Packs rows `ic..ic+mc`, depths `pc..pc+kc` of `A` (given as `a_t = Aᵀ`) into `MR`-wide
+/// panels laid out as [`RowPanels`] cuts them (panel `ip` at `ip·MR·kc`).
+fn pack_a<K: MicroKernel>(
+    a_t: &MatRef,
+    pc: usize,
+    kc: usize,
+    ic: usize,
+    mc: usize,
+    dst: &mut [f32],
+) {
+    let panels = RowPanels::new(mc, K::MR);
+    if panels.height == K::MR || panels.count == 1 {
+        return pack(a_t, pc, kc, ic, mc, K::MR, dst, K::AVX512);
+    }
+    for (ip, dst) in dst.chunks_exact_mut(K::MR * kc).enumerate() {
+        let (start, rows) = panels.get(ip);
+        pack(a_t, pc, kc, ic + start, rows, K::MR, dst, K::AVX512);
+    }
+}
+
 /// Runs the micro-kernel over rows `ic..ic+mc` and the `jr` panels of the current column block.
 ///
 /// # Safety
@@ -470,23 +524,20 @@ unsafe fn macro_kernel<K: MicroKernel>(
     c: SendPtr<f32>,
 ) {
     let (mr, nr, kc, ldc) = (K::MR, K::NR, s.kc, p.ldc);
+    let row_panels = RowPanels::new(mc, mr);
     let tile = |ip: usize, jp: usize| {
-        let (i, j) = (ic + ip * mr, s.jc + jp * nr);
-        let (rows, cols) = (mr.min(ic + mc - i), nr.min(s.jc + s.nc - j));
+        let (start, rows) = row_panels.get(ip);
+        let (i, j) = (ic + start, s.jc + jp * nr);
+        let cols = nr.min(s.jc + s.nc - j);
         let a = a_pack[ip * mr * kc..][..mr * kc].as_ptr();
         let b = b_pack[jp * nr * kc..][..nr * kc].as_ptr();
         // (i, j) is inside the m×n matrix validated by `gemm`.
         let ct = c.at(i * ldc + j);
-        // A row's bits must not depend on whether it sits in a full tile (see thin.rs).
-        let thin = rows < mr && rows <= THIN_ROWS;
-        if rows == mr && cols == nr {
-            // SAFETY: a full tile lies inside C; a/b hold kc*MR / kc*NR packed floats.
-            unsafe { K::tile(kc, a, b, ct, ldc, p.alpha, s.beta) };
-        } else if thin && cols == nr {
-            // SAFETY: as above, for the tile's `rows` rows.
-            unsafe { tile_rows::<K>(rows, 1, kc, a, b, ct, ldc, p.alpha, s.beta) };
+        if cols == nr {
+            // SAFETY: the tile's rows lie inside C; a/b hold kc*MR / kc*NR packed floats.
+            unsafe { K::tile(rows, kc, a, b, ct, ldc, p.alpha, s.beta) };
         } else {
-            // Edge tile: compute the full padded tile into a stack buffer, copy the valid part.
+            // Edge tile: compute the full-width tile into a stack buffer, copy the valid part.
             let mut tmp = [0.0f32; MAX_TILE];
             debug_assert!(mr * nr <= MAX_TILE);
             for r in (0..rows).filter(|_| s.beta != 0.0) {
@@ -495,13 +546,7 @@ unsafe fn macro_kernel<K: MicroKernel>(
                 tmp[r * nr..][..cols].copy_from_slice(src);
             }
             // SAFETY: tmp holds MR×NR floats at stride NR.
-            unsafe {
-                if thin {
-                    tile_rows::<K>(rows, 1, kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
-                } else {
-                    K::tile(kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta)
-                }
-            };
+            unsafe { K::tile(rows, kc, a, b, tmp.as_mut_ptr(), nr, p.alpha, s.beta) };
             for r in 0..rows {
                 // SAFETY: as above.
                 let dst = unsafe { std::slice::from_raw_parts_mut(ct.add(r * ldc), cols) };
@@ -509,64 +554,40 @@ unsafe fn macro_kernel<K: MicroKernel>(
             }
         }
     };
-    // A bottom row panel of at most THIN_ROWS rows (all of a decoding step's product, or the
-    // edge of a taller one) runs as thin tiles over several B panels at a time where they are
-    // full: one panel of so few rows is too few independent FMA chains.
-    let thin_panel = |ip: usize, panels: std::ops::Range<usize>| {
-        let i = ic + ip * mr;
-        let rows = ic + mc - i;
-        let group = panels_per_tile(rows);
-        let a = a_pack[ip * mr * kc..][..mr * kc].as_ptr();
-        let mut jp = panels.start;
-        while jp < panels.end {
+    let f32s = std::mem::size_of::<f32>();
+    let c_block = mc * jr.len() * nr * f32s;
+    let group = panels_per_tile(mc);
+    if mc < mr && group > 1 {
+        // One or two rows (a decoding step's product): thin tiles over several B panels at a
+        // time where they are full, as one panel of so few rows is too few FMA chains.
+        let mut jp = jr.start;
+        while jp < jr.end {
             let j = s.jc + jp * nr;
-            if group == 1 || jp + group > panels.end || j + group * nr > s.jc + s.nc {
-                tile(ip, jp);
+            if jp + group > jr.end || j + group * nr > s.jc + s.nc {
+                tile(0, jp);
                 jp += 1;
                 continue;
             }
-            let b = b_pack[jp * nr * kc..][..group * nr * kc].as_ptr();
-            // Rows i..i+rows and columns j..j+group·nr lie inside C (full panels).
-            let ct = c.at(i * ldc + j);
-            // SAFETY: a/b hold the packed operands of these rows and panels.
-            unsafe { tile_rows::<K>(rows, group, kc, a, b, ct, ldc, p.alpha, s.beta) };
+            let (a, b) = (a_pack.as_ptr(), b_pack[jp * nr * kc..].as_ptr());
+            // SAFETY: rows ic..ic+mc and columns j..j+group·nr lie inside C (full panels); a/b
+            // hold the packed operands of these rows and panels.
+            unsafe { tile_panels::<K>(mc, kc, a, b, c.at(ic * ldc + j), ldc, p.alpha, s.beta) };
             jp += group;
         }
-    };
-    let panels_down = mc.div_ceil(mr);
-    let thin_edge = !mc.is_multiple_of(mr) && mc % mr <= THIN_ROWS;
-    let row_panels = 0..panels_down - usize::from(thin_edge);
-    // The thin edge runs after the full row panels over each run of B panels, while that run is
-    // still in cache.
-    let edge = |panels: std::ops::Range<usize>| {
-        if thin_edge {
-            thin_panel(panels_down - 1, panels);
-        }
-    };
-    let f32s = std::mem::size_of::<f32>();
-    let c_block = mc * jr.len() * nr * f32s;
-    if kc * nr * f32s <= L1_PANEL_BYTES && c_block <= L2_C_BYTES {
-        // Keep the B micro-panel in L1 across the ir loop and stream A (see `L1_PANEL_BYTES`),
-        // a thin tile's group of panels at a time.
-        let group = panels_per_tile(mc % mr);
-        for j0 in jr.clone().step_by(group) {
-            let panels = j0..(j0 + group).min(jr.end);
-            for jp in panels.clone() {
-                row_panels.clone().for_each(|ip| tile(ip, jp));
-            }
-            edge(panels);
+    } else if kc * nr * f32s <= L1_PANEL_BYTES && c_block <= L2_C_BYTES {
+        // Keep the B micro-panel in L1 across the ir loop and stream A (see `L1_PANEL_BYTES`).
+        for jp in jr.clone() {
+            (0..row_panels.count).for_each(|ip| tile(ip, jp));
         }
     } else {
         // Keep the A micro-panel in L1 and walk C along its rows, over runs of B panels that
         // stay in L2 while every A micro-panel of the block passes them.
         let run = (L2_B_BYTES / (kc * nr * f32s)).max(1);
-        let (first, end) = (jr.start, jr.end);
-        for j0 in (first..end).step_by(run) {
-            let panels = j0..(j0 + run).min(end);
-            for ip in row_panels.clone() {
+        for j0 in jr.clone().step_by(run) {
+            let panels = j0..(j0 + run).min(jr.end);
+            for ip in 0..row_panels.count {
                 panels.clone().for_each(|jp| tile(ip, jp));
             }
-            edge(panels);
         }
     }
     // The epilogue runs once the item's tiles are all stored: reading a tile's rows back right

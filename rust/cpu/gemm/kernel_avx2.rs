@@ -20,6 +20,7 @@ impl MicroKernel for Avx2 {
     const NC: usize = 1024;
 
     unsafe fn tile(
+        rows: usize,
         k: usize,
         a: *const f32,
         b: *const f32,
@@ -28,13 +29,23 @@ impl MicroKernel for Avx2 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: forwarded from the trait contract (AVX2 and FMA are present, pointers valid).
-        unsafe { tile(k, a, b, c, ldc, alpha, beta) }
+        // SAFETY (every arm): forwarded from the trait contract (AVX2 and FMA are present,
+        // pointers valid).
+        macro_rules! by_rows {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => unsafe { tile::<$r>(k, a, b, c, ldc, alpha, beta) },)*
+                    _ => unreachable!("{rows} rows for a {MR}-row kernel"),
+                }
+            };
+        }
+        by_rows!(6 5 4 3 2 1)
     }
 }
 
+/// The first `R` rows of the tile; each row's arithmetic is the same for every `R`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile(
+unsafe fn tile<const R: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
@@ -43,11 +54,11 @@ unsafe fn tile(
     alpha: f32,
     beta: f32,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     // SAFETY (whole body): the caller guarantees k*MR floats at `a`, k*NR at `b`, and the MR×NR
     // tile at `c` with stride `ldc`.
     unsafe {
-        for r in 0..MR {
+        for r in 0..R {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
         }
         let (mut a, mut b) = (a, b);

@@ -28,6 +28,7 @@ impl MicroKernel for Avx512 {
     const NC: usize = 2048;
 
     unsafe fn tile(
+        rows: usize,
         k: usize,
         a: *const f32,
         b: *const f32,
@@ -36,13 +37,24 @@ impl MicroKernel for Avx512 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY: forwarded from the trait contract (AVX-512F is present, pointers are valid).
-        unsafe { tile(k, a, b, c, ldc, alpha, beta) }
+        // SAFETY (every arm): forwarded from the trait contract (AVX-512F is present, pointers
+        // are valid).
+        macro_rules! by_rows {
+            ($($r:literal)*) => {
+                match rows {
+                    $($r => unsafe { tile::<$r>(k, a, b, c, ldc, alpha, beta) },)*
+                    _ => unreachable!("{rows} rows for a {MR}-row kernel"),
+                }
+            };
+        }
+        by_rows!(14 13 12 11 10 9 8 7 6 5 4 3 2 1)
     }
 }
 
+/// The first `R` rows of the tile (a partial row panel, e.g. 16 rows cut as 8 + 8): each row's
+/// arithmetic is the same for every `R`.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile(
+unsafe fn tile<const R: usize>(
     k: usize,
     a: *const f32,
     b: *const f32,
@@ -51,7 +63,7 @@ unsafe fn tile(
     alpha: f32,
     beta: f32,
 ) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     // SAFETY (whole body): the caller guarantees k*MR floats at `a`, k*NR at `b`, and the MR×NR
     // tile at `c` with stride `ldc`.
     unsafe {
@@ -75,10 +87,10 @@ unsafe fn tile(
             };
         }
         // The tile's rows of C are scattered at stride ldc and needed only at the end: prefetch
-        // them during the first MR steps, one row per step, so that 28 likely misses are not
+        // them during the first R steps, one row per step, so that 28 likely misses are not
         // queued in one burst ahead of the first A/B loads (a design choice; the measured
         // difference from a burst was within noise).
-        let head = k.min(MR);
+        let head = k.min(R);
         for r in 0..head {
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc) as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(c.add(r * ldc + 16) as *const i8);

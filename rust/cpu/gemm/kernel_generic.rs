@@ -21,6 +21,7 @@ impl MicroKernel for Generic {
     const NC: usize = 1024;
 
     unsafe fn tile(
+        rows: usize,
         k: usize,
         a: *const f32,
         b: *const f32,
@@ -37,6 +38,7 @@ impl MicroKernel for Generic {
             )
         };
         let mut acc = [[0.0f32; NR]; MR];
+        let acc = &mut acc[..rows];
         for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
             for (acc, &av) in acc.iter_mut().zip(ap) {
                 for (x, &bv) in acc.iter_mut().zip(bp) {

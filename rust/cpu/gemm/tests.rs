@@ -170,7 +170,7 @@ impl Case {
 
 #[test]
 fn gemm_sizes_and_layouts() {
-    // 16 and 29: one and two full 14-row tiles over a thin edge of 2 and 1 rows.
+    // 16 and 29: rows cut into balanced panels (AVX-512: 8 + 8 and 10 + 10 + 9).
     let sizes = [0, 1, 3, 16, 17, 29, 31, 65];
     for isa in isas() {
         for layout in LAYOUTS {
@@ -299,7 +299,7 @@ fn product_rows(
 #[test]
 fn a_row_does_not_depend_on_the_other_rows() {
     // A decoding step's row gives the same bits alone, among a few rows (beams, a small batch:
-    // the one-row-panel path, thin edge tiles), in full tiles and in row bands on several
+    // the one-row-panel path, thin and partial tiles), in full tiles and in row bands on several
     // threads, so a decoded sentence does not depend on what else is in the batch (nor a
     // recurrent step's row on its batch chunk). k = 700 takes two k-slices.
     let mut rng = Rng(5);
@@ -391,7 +391,7 @@ fn packed_b_gives_the_same_bits() {
 }
 
 #[test]
-fn thin_tiles_match_the_micro_kernels_bit_for_bit() {
+fn partial_and_thin_tiles_match_the_micro_kernels_bit_for_bit() {
     fn check<K: driver::MicroKernel>(name: &str) {
         const MAX_PANELS: usize = 4;
         let mut rng = Rng(3);
@@ -401,29 +401,38 @@ fn thin_tiles_match_the_micro_kernels_bit_for_bit() {
             let b = rng.vec(MAX_PANELS * k * K::NR);
             for beta in [0.0, 0.7] {
                 let c0 = rng.vec(K::MR * ldc);
-                let mut full = c0.clone();
-                for q in 0..MAX_PANELS {
-                    // SAFETY: the buffers hold the tile's operands; the caller checked the ISA.
-                    unsafe {
-                        let (b, c) = (b[q * k * K::NR..].as_ptr(), full[q * K::NR..].as_mut_ptr());
-                        K::tile(k, a.as_ptr(), b, c, ldc, -1.25, beta)
-                    };
-                }
-                for rows in (1..=thin::THIN_ROWS).filter(|&r| r < K::MR) {
-                    for panels in [1, thin::panels_per_tile(rows)] {
-                        let mut got = c0.clone();
+                let run = |rows: usize, panels: usize| {
+                    let mut c = c0.clone();
+                    for q in 0..panels {
+                        // SAFETY: the buffers hold the tile's operands; the caller checked the ISA.
+                        unsafe {
+                            let (b, c) = (b[q * k * K::NR..].as_ptr(), c[q * K::NR..].as_mut_ptr());
+                            K::tile(rows, k, a.as_ptr(), b, c, ldc, -1.25, beta)
+                        };
+                    }
+                    c
+                };
+                let full = run(K::MR, MAX_PANELS);
+                for rows in 1..K::MR {
+                    let panels = thin::panels_per_tile(rows);
+                    let mut got = vec![run(rows, panels)];
+                    if panels > 1 {
+                        let mut c = c0.clone();
                         // SAFETY: as above, for `rows` rows and `panels` panels.
                         unsafe {
-                            let (a, b, c) = (a.as_ptr(), b.as_ptr(), got.as_mut_ptr());
-                            thin::tile_rows::<K>(rows, panels, k, a, b, c, ldc, -1.25, beta)
+                            let (a, b, p) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                            thin::tile_panels::<K>(rows, k, a, b, p, ldc, -1.25, beta)
                         };
+                        got.push(c);
+                    }
+                    for (kind, got) in ["partial", "thin"].iter().zip(&got) {
                         for (i, (x, y)) in got.iter().zip(&full).enumerate() {
                             let inside = i / ldc < rows && i % ldc < panels * K::NR;
                             let want = if inside { y } else { &c0[i] };
                             assert_eq!(
                                 x.to_bits(),
                                 want.to_bits(),
-                                "{name}: {rows} thin rows x {panels} panels, k={k}, beta={beta}: element {i}"
+                                "{name}: {kind} tile of {rows} rows x {panels} panels, k={k}, beta={beta}: element {i}"
                             );
                         }
                     }

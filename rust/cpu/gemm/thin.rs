@@ -1,22 +1,23 @@
-//! Tiles of fewer rows than a micro-kernel's `MR` (a product with one to [`THIN_ROWS`] rows, e.g.
-//! one decoding step for a few sequences, and the bottom edge of any product), computed in
-//! exactly the micro-kernel's arithmetic so that a row of `C` gets the same bits whether it was
-//! computed in a full tile or alone.
+//! Tiles of one or two rows over several `B` panels at once (a decoding step's product for one
+//! or two sequences): one panel of so few rows is too few independent FMA chains, so these cover
+//! [`panels_per_tile`] panels, computed in exactly the micro-kernel's arithmetic so that a row of
+//! `C` gets the same bits whether it was computed here or in a taller tile.
 //!
 //! What "the same arithmetic" is, per element: a single accumulator starting at 0, updated
 //! `acc ← a_p·b_p + acc` for `p` ascending, with one rounding (FMA) on the AVX2 and AVX-512
 //! kernels and two (multiply, then add) on the portable one; then `α·acc` when `β == 0`, else
 //! `α·acc + β·c` (the AVX kernels fuse the `α` multiply into that add). `tests.rs` checks each
-//! thin tile against its micro-kernel bit for bit.
+//! tile here against its micro-kernel bit for bit.
 
 use super::driver::MicroKernel;
 
-/// Thin tiles exist for up to this many rows; taller partial tiles run the full kernel.
-pub(super) const THIN_ROWS: usize = 4;
+/// How many k-steps ahead to prefetch packed B, as the full kernels do.
+const B_PREFETCH_STEPS: usize = 16;
 
-/// How many consecutive `B` panels one thin tile of `rows` rows should cover: each element is
-/// one sequential FMA chain, so a single row of one panel (2 chains) waits on the FMA latency;
-/// four panels give it 8 independent chains.
+/// How many consecutive `B` panels one tile of `rows` rows should cover: each element is one
+/// sequential FMA chain, so a single row of one panel (2 chains) waits on the FMA latency; four
+/// panels give it 8 independent chains. From three rows on, one panel (the micro-kernel's own
+/// `rows`-row tile) has enough.
 pub(super) fn panels_per_tile(rows: usize) -> usize {
     match rows {
         1 => 4,
@@ -25,18 +26,17 @@ pub(super) fn panels_per_tile(rows: usize) -> usize {
     }
 }
 
-/// The first `rows` rows of `K::tile` (same contract, same bits), `rows ≤ THIN_ROWS`, `rows < K::MR`,
-/// for `panels` (1 or [`panels_per_tile`]) consecutive `B` panels at once: `b` then holds them
-/// one after the other (`k·K::NR` floats each) and `c` has `panels·K::NR` columns.
+/// The first `rows` rows (1 or 2) of `K::tile` (same contract, same bits) for the
+/// [`panels_per_tile`] consecutive `B` panels: `b` holds them one after the other (`k·K::NR`
+/// floats each) and `c` has that many `K::NR` columns.
 ///
 /// # Safety
 /// As `K::tile`: `a` holds `k·K::MR` floats (only the first `rows` of each `MR` are read), `b`
 /// `panels·k·K::NR`, and `rows × panels·K::NR` elements of `c` at stride `ldc` are writable (and
 /// readable when `β != 0`); the CPU has the kernel's features.
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn tile_rows<K: MicroKernel>(
+pub(super) unsafe fn tile_panels<K: MicroKernel>(
     rows: usize,
-    panels: usize,
     k: usize,
     a: *const f32,
     b: *const f32,
@@ -45,8 +45,8 @@ pub(super) unsafe fn tile_rows<K: MicroKernel>(
     alpha: f32,
     beta: f32,
 ) {
-    debug_assert!((1..=THIN_ROWS).contains(&rows) && rows < K::MR);
-    debug_assert!(panels == 1 || panels == panels_per_tile(rows));
+    let panels = panels_per_tile(rows);
+    debug_assert!(panels > 1 && rows < K::MR);
     // SAFETY: the caller's contract covers these slices.
     let (a, b) = unsafe {
         (
@@ -68,13 +68,9 @@ pub(super) unsafe fn tile_rows<K: MicroKernel>(
         ($f:ident, $nr:literal) => {
             // SAFETY (every arm): `$f` needs the features of the kernel it mirrors, which the
             // caller guarantees.
-            match (rows, panels) {
-                (1, 1) => unsafe { $f::<1, 1, $nr>(&t) },
-                (1, _) => unsafe { $f::<1, 4, $nr>(&t) },
-                (2, 1) => unsafe { $f::<2, 1, $nr>(&t) },
-                (2, _) => unsafe { $f::<2, 2, $nr>(&t) },
-                (3, _) => unsafe { $f::<3, 1, $nr>(&t) },
-                _ => unsafe { $f::<4, 1, $nr>(&t) },
+            match rows {
+                1 => unsafe { $f::<1, 4, $nr>(&t) },
+                _ => unsafe { $f::<2, 2, $nr>(&t) },
             }
         };
     }
@@ -88,7 +84,7 @@ pub(super) unsafe fn tile_rows<K: MicroKernel>(
     }
 }
 
-/// One thin tile's operands (see [`tile_rows`]).
+/// One thin tile's operands (see [`tile_panels`]).
 struct Thin<'a> {
     k: usize,
     a: &'a [f32],
@@ -139,13 +135,17 @@ macro_rules! fused_rows {
             use std::arch::x86_64::*;
             const { assert!(NR == 2 * $lanes) };
             let mut acc: [[[$v; 2]; R]; P] = [[[$zero(); 2]; R]; P];
-            // SAFETY (whole body): `tile_rows` checked the operand lengths; the caller
+            // SAFETY (whole body): `tile_panels` checked the operand lengths; the caller
             // guarantees the output rows.
             unsafe {
                 let (mut a, mut b) = (t.a.as_ptr(), t.b.as_ptr());
                 let panel = t.k * NR;
                 for _ in 0..t.k {
                     for (q, acc) in acc.iter_mut().enumerate() {
+                        // As the full kernels: B streams from L2 (see kernel_avx512.rs).
+                        let ahead = b.wrapping_add(q * panel + NR * B_PREFETCH_STEPS);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add($lanes) as *const i8);
                         let b0 = $load(b.add(q * panel));
                         let b1 = $load(b.add(q * panel + $lanes));
                         for (r, acc) in acc.iter_mut().enumerate() {
