@@ -10,7 +10,7 @@ within each round so that load from other processes hits all of them alike, and 
 one's best round plus the ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
 library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
 
-The "1000 calls" cases time 1000 small ops in a row (a call's overhead, not its arithmetic). The
+The "transpose" case times a transpose made contiguous, forward only. The "1000 calls" cases time 1000 small ops in a row (a call's overhead, not its arithmetic). The
 "to_tensor" and "to_numpy" cases time the NumPy conversions, which copy, against the same
 copy elsewhere: ``tfm_rs.tensor(a)`` vs ``np.copy(a)`` and ``torch.from_numpy(a).clone()``, and
 ``t.numpy()`` vs ``np.copy`` and ``tt.clone().numpy()``.
@@ -196,6 +196,14 @@ def cases(rng, smoke: bool = False):
         "tfm_rs": lambda f=small[0]: [f() for _ in range(1000)],
         "numpy": None,
         "torch": torch and (lambda f=small[1]: [f() for _ in range(1000)]),
+    }))
+    # A transpose made contiguous (tfm_rs's tensors always are): forward only.
+    x = rand(rows(1600), 1024)
+    t, tt = tfm_rs.tensor(x), torch and torch.from_numpy(x)
+    out.append((f"transpose {rows(1600)}x1024", {
+        "tfm_rs": lambda t=t: t.t(),
+        "numpy": lambda x=x: np.ascontiguousarray(x.T),
+        "torch": torch and (lambda tt=tt: tt.t().contiguous()),
     }))
     for mb in (4, 16):
         x = rand(mb << 18)
