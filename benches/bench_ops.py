@@ -10,7 +10,8 @@ within each round so that load from other processes hits all of them alike, and 
 one's best round plus the ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
 library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
 
-The "transpose" case times a transpose made contiguous, forward only. The "1000 calls" cases time 1000 small ops in a row (a call's overhead, not its arithmetic). The
+The "transpose" case times a transpose made contiguous, forward only. The "1000 calls" cases
+time 1000 small ops in a row (a call's overhead, not its arithmetic). The
 "to_tensor" and "to_numpy" cases time the NumPy conversions, which copy, against the same
 copy elsewhere: ``tfm_rs.tensor(a)`` vs ``np.copy(a)`` and ``torch.from_numpy(a).clone()``, and
 ``t.numpy()`` vs ``np.copy`` and ``tt.clone().numpy()``.
