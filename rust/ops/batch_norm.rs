@@ -14,13 +14,13 @@
 //! Backward (batch statistics, `n` kept rows, `x̂` the normalized input, `ĝ = g ∘ weight`):
 //! `dx = rstd · (ĝ − Σ_rows ĝ / n − x̂ · Σ_rows (ĝ ∘ x̂) / n)` on kept rows (every row's output
 //! depends on the statistics, so the sums run over all rows) and `rstd · ĝ` on the others; with running statistics `dx = rstd · ĝ` everywhere. `dweight = Σ_rows g ∘ x̂`,
-//! `dbias = Σ_rows g`. Every per-channel sum runs over the rows in order in f64, one task per
-//! block of channels: deterministic, whatever the thread count.
+//! `dbias = Σ_rows g`. Every per-channel sum runs in f64 over fixed chunks of whole rows, the
+//! chunks' partials added in order: deterministic, whatever the thread count.
 //!
 //! The `(N, C)` / `(N, C, L)` layouts of PyTorch's `BatchNorm1d` are moved onto `(R, C)` by the
 //! binding.
 
-use super::rows::{for_each_row, rows_mut};
+use super::rows::{column_sums, for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
@@ -30,10 +30,6 @@ use std::sync::Arc;
 
 const OP: &str = "batch_norm";
 
-/// Channels per task in the per-channel sums: wide enough for contiguous loads, narrow enough to
-/// give every thread work for typical C.
-const COL_BLOCK: usize = 64;
-
 /// Per-channel statistics the normalization uses, in f64.
 #[derive(Clone, Debug, Default)]
 pub struct ChannelStats {
@@ -41,55 +37,57 @@ pub struct ChannelStats {
     pub rstd: Vec<f64>,
 }
 
-/// Per-channel sums over the rows (in order) for the channel blocks of width [`COL_BLOCK`]:
-/// `f(block, c0, width, out)` fills `out` for channels `c0 .. c0 + width`.
-fn per_channel<const K: usize>(
-    rows: usize,
-    c: usize,
-    f: impl Fn(usize, usize, &mut [[f64; K]]) + Sync + Send,
-) -> Vec<[f64; K]> {
-    let mut out = vec![[0.0f64; K]; c];
-    let items: Vec<_> = out.chunks_mut(COL_BLOCK).collect();
-    for_each_row(items, rows * COL_BLOCK, |block, o| {
-        f(block * COL_BLOCK, o.len(), o)
-    });
-    out
+simd_kernel! {
+    /// One chunk of rows of `x (rows, C)` added into per-channel sums `o (C,)`: of `x` (no
+    /// `mean`) or of `(x − mean)²`, over the rows selected by `keep` (all when `None`).
+    fn add_rows(o: &mut [f64], x: &[f32], mean: Option<&[f64]>, keep: Option<&[bool]>) {
+        let c = o.len();
+        for (r, xr) in x.chunks_exact(c).enumerate() {
+            if keep.is_some_and(|k| !k[r]) {
+                continue;
+            }
+            match mean {
+                None => {
+                    for (o, &v) in o.iter_mut().zip(xr) {
+                        *o += v as f64;
+                    }
+                }
+                Some(m) => {
+                    for ((o, &v), &m) in o.iter_mut().zip(xr).zip(m) {
+                        let d = v as f64 - m;
+                        *o += d * d;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Mean and biased variance per channel of the rows of `x (rows, C)` selected by `keep`, and the
 /// number of rows selected. Two passes in f64, so that a large mean relative to the spread keeps
-/// full accuracy.
+/// full accuracy; each over whole rows in fixed chunks ([`column_sums`]).
 pub fn batch_stats(
     x: &[f32],
     rows: usize,
     c: usize,
     keep: Option<&[bool]>,
 ) -> (Vec<f64>, Vec<f64>, usize) {
-    let kept = |r: usize| keep.is_none_or(|k| k[r]);
-    let n = (0..rows).filter(|&r| kept(r)).count();
+    let n = keep.map_or(rows, |k| k.iter().filter(|&&k| k).count());
     let inv = 1.0 / n.max(1) as f64;
-    let means = per_channel::<1>(rows, c, |c0, w, o| {
-        for r in (0..rows).filter(|&r| kept(r)) {
-            let xr = &x[r * c + c0..][..w];
-            for j in 0..w {
-                o[j][0] += xr[j] as f64;
-            }
-        }
-        o.iter_mut().for_each(|v| v[0] *= inv);
-    });
-    let mean: Vec<f64> = means.iter().map(|v| v[0]).collect();
-    let vars = per_channel::<1>(rows, c, |c0, w, o| {
-        let m = &mean[c0..][..w];
-        for r in (0..rows).filter(|&r| kept(r)) {
-            let xr = &x[r * c + c0..][..w];
-            for j in 0..w {
-                let d = xr[j] as f64 - m[j];
-                o[j][0] += d * d;
-            }
-        }
-        o.iter_mut().for_each(|v| v[0] *= inv);
-    });
-    (mean, vars.iter().map(|v| v[0]).collect(), n)
+    let pass = |mean: Option<&[f64]>| {
+        let mut sums = column_sums(rows, c, |rs, o| {
+            let keep = keep.map(|k| &k[rs.clone()]);
+            add_rows(o, &x[rs.start * c..rs.end * c], mean, keep);
+        });
+        sums.iter_mut().for_each(|v| *v *= inv);
+        sums
+    };
+    if c == 0 {
+        return (Vec::new(), Vec::new(), n);
+    }
+    let mean = pass(None);
+    let var = pass(Some(&mean));
+    (mean, var, n)
 }
 
 simd_kernel! {
@@ -138,6 +136,22 @@ pub fn batch_norm_forward(
     y
 }
 
+simd_kernel! {
+    /// One chunk of rows of the backward's per-channel sums: `o (2C)` gets `[Σ g ∘ x̂, Σ g]`.
+    fn grad_sums_rows(o: &mut [f64], g: &[f32], x: &[f32], mean: &[f64], rstd: &[f64]) {
+        let (gx, gs) = o.split_at_mut(o.len() / 2);
+        let c = gx.len();
+        for (gr, xr) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
+            let sums = gx.iter_mut().zip(gs.iter_mut());
+            for (((gx, gs), (&gv, &xv)), (&m, &r)) in sums.zip(gr.iter().zip(xr)).zip(mean.iter().zip(rstd)) {
+                let gv = gv as f64;
+                *gx += gv * ((xv as f64 - m) * r);
+                *gs += gv;
+            }
+        }
+    }
+}
+
 /// The gradients of [`batch_norm_forward`] for `x (rows, C)`: `dx (rows, C)` and the per-channel sums
 /// `(Σ g ∘ x̂, Σ g)` over all rows (`dweight`, `dbias`). `batch` says whether the statistics
 /// were the kept rows' own (then they depend on `x`), `n` is the number of kept rows.
@@ -154,17 +168,15 @@ pub fn batch_norm_backward(
     let kept = |r: usize| keep.is_none_or(|k| k[r]);
     let n = (0..rows).filter(|&r| kept(r)).count().max(1) as f64;
     // [Σ g x̂, Σ g] over all rows: every output depends on the statistics.
-    let sums = per_channel::<2>(rows, c, |c0, w, o| {
-        for r in 0..rows {
-            let (gr, xr) = (&g[r * c + c0..][..w], &x[r * c + c0..][..w]);
-            for j in 0..w {
-                let xhat = (xr[j] as f64 - mean[c0 + j]) * rstd[c0 + j];
-                let gj = gr[j] as f64;
-                o[j][0] += gj * xhat;
-                o[j][1] += gj;
-            }
-        }
-    });
+    let sums = if c == 0 {
+        Vec::new()
+    } else {
+        column_sums(rows, 2 * c, |rs, o| {
+            let span = rs.start * c..rs.end * c;
+            grad_sums_rows(o, &g[span.clone()], &x[span], mean, rstd);
+        })
+    };
+    let (sum_gx, sum_g) = sums.split_at(c.min(sums.len()));
     let mut dx = crate::cpu::alloc::output(rows * c);
     for_each_row(rows_mut(&mut dx, rows, c), 2 * c, |r, out| {
         let centre = batch && kept(r);
@@ -174,13 +186,13 @@ pub fn batch_norm_backward(
             let mut v = gr[j] as f64;
             if centre {
                 let xhat = (xr[j] as f64 - mean[j]) * rstd[j];
-                v -= (sums[j][1] + xhat * sums[j][0]) / n;
+                v -= (sum_g[j] + xhat * sum_gx[j]) / n;
             }
             out[j] = (v * w * rstd[j]) as f32;
         }
     });
-    let dweight = sums.iter().map(|s| s[0] as f32).collect();
-    let dbias = sums.iter().map(|s| s[1] as f32).collect();
+    let dweight = sum_gx.iter().map(|&s| s as f32).collect();
+    let dbias = sum_g.iter().map(|&s| s as f32).collect();
     (dx, dweight, dbias)
 }
 

@@ -48,6 +48,36 @@ pub(crate) fn for_each_row<T: Send>(
     }
 }
 
+/// Rows per partial sum of [`column_sums`].
+const ROW_CHUNK: usize = 32;
+
+/// Per-column sums in f64 over `rows` rows (LayerNorm's parameter gradients, BatchNorm's
+/// statistics and gradients): `add(range, partial)` adds rows `range` (a fixed chunk of
+/// [`ROW_CHUNK`], read whole) into a zeroed `partial` of `width` f64, and the chunks' partials are
+/// then added in chunk order. Rows are read whole because a walk down 64-column blocks of rows
+/// 1-4 KB apart stalled on every row; the fixed chunks keep the result independent of the thread
+/// count.
+pub(crate) fn column_sums(
+    rows: usize,
+    width: usize,
+    add: impl Fn(std::ops::Range<usize>, &mut [f64]) + Sync + Send,
+) -> Vec<f64> {
+    let chunks = rows.div_ceil(ROW_CHUNK);
+    let mut partial = vec![0.0f64; chunks * width];
+    for_each_row(
+        rows_mut(&mut partial, chunks, width),
+        ROW_CHUNK * width,
+        |i, part| add(i * ROW_CHUNK..rows.min((i + 1) * ROW_CHUNK), part),
+    );
+    let mut total = vec![0.0f64; width];
+    for part in partial.chunks_exact(width.max(1)) {
+        for (t, &p) in total.iter_mut().zip(part) {
+            *t += p;
+        }
+    }
+    total
+}
+
 /// Independent accumulators in the row reductions below: a single float accumulator makes each
 /// step wait for the previous one (and forbids SIMD sums); explicit lanes do not. 16 f32 lanes
 /// fill one AVX-512 register (two AVX2, four SSE ones), and the same lanes on every path keep
