@@ -10,8 +10,9 @@
 //! cache, or read it packed beforehand ([`PackedB`], a decoder's weights).
 //!
 //! A row of `C` gets the same bits whatever the other rows: every path sums each element in
-//! the micro-kernel's order with the same k-slices, and tiles of fewer rows (`thin.rs`) repeat
-//! its arithmetic. So a sequence decodes identically alone or in any batch.
+//! the micro-kernel's order with the same k-slices, partial row panels run the micro-kernel's own
+//! code for fewer rows, and the one- and two-row tiles over several panels (`thin.rs`) repeat its
+//! arithmetic. So a sequence decodes identically alone or in any batch.
 //!
 //! `tests.rs` checks every path the CPU supports against `gemm_reference`, and holds an
 //! ignored timing harness (`gemm_timing`).
