@@ -249,9 +249,9 @@ unsafe fn run_with<K: MicroKernel>(
     } else {
         1
     };
-    if m <= K::MR {
+    if m <= FEW_ROW_PANELS * K::MR {
         // SAFETY: forwarded.
-        unsafe { run_one_row_panel::<K>(p, c, threads, packed_b) };
+        unsafe { run_few_rows::<K>(p, c, threads, packed_b) };
         return;
     }
     let c_ptr = SendPtr(c.as_mut_ptr());
@@ -304,22 +304,27 @@ unsafe fn run_with<K: MicroKernel>(
     }
 }
 
-/// Packed `B` per work item of [`run_one_row_panel`]: a run of panels that stays in L2 from its
+/// Packed `B` per work item of [`run_few_rows`]: a run of panels that stays in L2 from its
 /// packing to its use.
 const ROW_PANEL_B_BYTES: usize = 128 * 1024;
 
-/// `C` of at most `MR` rows (a decoding step, a few beams): every packed `B` block is used by a
-/// single `A` panel, so instead of wide blocks packed by all threads together (written out to
-/// memory and read back), each work item packs a narrow run of `B`'s columns and multiplies it
-/// while it is still in cache, and the items are shared out with a single fork-join. The
-/// per-element arithmetic is the blocked path's (same k-slices, same kernels), so a row gets
-/// the same bits here as in a taller product.
+/// Products of at most this many row panels take [`run_few_rows`].
+const FEW_ROW_PANELS: usize = 4;
+
+/// `C` of at most [`FEW_ROW_PANELS`] row panels (a decoding step, a few beams, a small batch
+/// through a linear layer): every packed `B` block is used by so few `A` panels that instead of
+/// wide blocks packed by all threads together (written out to memory and read back) and row
+/// blocks shared among threads (16 rows on 2 threads were a 14-row and a 2-row item), each work
+/// item packs a narrow run of `B`'s columns and multiplies all the rows with it while it is still
+/// in cache, and the items are shared out with a single fork-join. The per-element arithmetic is
+/// the blocked path's (same k-slices, same kernels), so a row gets the same bits here as in a
+/// taller product.
 ///
 /// With `B` packed beforehand (`packed_b`), the items read their columns from it instead.
 ///
 /// # Safety
-/// As [`run_with`], with `m ≤ K::MR`.
-unsafe fn run_one_row_panel<K: MicroKernel>(
+/// As [`run_with`], with `m ≤ FEW_ROW_PANELS·K::MR`.
+unsafe fn run_few_rows<K: MicroKernel>(
     p: &Problem,
     c: &mut [f32],
     threads: usize,
@@ -327,13 +332,21 @@ unsafe fn run_one_row_panel<K: MicroKernel>(
 ) {
     let (m, n, k) = (p.a.rows, p.b.cols, p.a.cols);
     let kc_max = kc_slice::<K>(k);
-    let mut a_buf = Buffer::take(&PACK_A, K::MR * k);
+    // All of A, packed once: each k-slice's row panels, one slice after another.
+    let panel_floats = m.div_ceil(K::MR) * K::MR;
+    let mut a_buf = Buffer::take(&PACK_A, panel_floats * k);
     let a_pack = a_buf.slice();
     let a_t = p.a.t();
     for pc in (0..k).step_by(kc_max) {
         let kc = kc_max.min(k - pc);
-        let dst = &mut a_pack[K::MR * pc..][..K::MR * kc];
-        pack(&a_t, pc, kc, 0, m, K::MR, dst, K::AVX512);
+        pack_a::<K>(
+            &a_t,
+            pc,
+            kc,
+            0,
+            m,
+            &mut a_pack[panel_floats * pc..][..panel_floats * kc],
+        );
     }
     let a_pack = &*a_pack;
     let width = (ROW_PANEL_B_BYTES / (kc_max * K::NR * std::mem::size_of::<f32>()))
@@ -376,7 +389,7 @@ unsafe fn run_one_row_panel<K: MicroKernel>(
                 jc,
                 nc,
             };
-            let a = &a_pack[K::MR * pc..][..K::MR * kc];
+            let a = &a_pack[panel_floats * pc..][..panel_floats * kc];
             // SAFETY: this item owns columns jc..jc+nc of every row.
             unsafe { macro_kernel::<K>(p, &step, a, b_pack, 0, m, 0..panels, c_ptr) };
         }

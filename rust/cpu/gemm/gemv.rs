@@ -4,7 +4,7 @@
 //!
 //! Products with few rows (`m == 1`, a few beams) do not come here: their rows must get the same
 //! bits as in a taller product, so they take the blocked kernels' arithmetic (driver.rs,
-//! `run_one_row_panel`).
+//! `run_few_rows`).
 
 use super::driver::{apply_epilogue, Problem, PARALLEL_MIN_MACS};
 use crate::cpu::pool::SendPtr;

@@ -299,7 +299,7 @@ fn product_rows(
 #[test]
 fn a_row_does_not_depend_on_the_other_rows() {
     // A decoding step's row gives the same bits alone, among a few rows (beams, a small batch:
-    // the one-row-panel path, thin and partial tiles), in full tiles and in row bands on several
+    // the few-rows path, thin and partial tiles), in full tiles and in row bands on several
     // threads, so a decoded sentence does not depend on what else is in the batch (nor a
     // recurrent step's row on its batch chunk). k = 700 takes two k-slices.
     let mut rng = Rng(5);
