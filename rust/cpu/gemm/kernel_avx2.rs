@@ -55,7 +55,7 @@ unsafe fn tile<const R: usize>(
     beta: f32,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
-    // SAFETY (whole body): the caller guarantees k*MR floats at `a`, k*NR at `b`, and the MR×NR
+    // SAFETY (whole body): the caller guarantees k*MR floats at `a`, k*NR at `b`, and the R×NR
     // tile at `c` with stride `ldc`.
     unsafe {
         for r in 0..R {

@@ -47,7 +47,7 @@ impl MicroKernel for Generic {
             }
         }
         for (r, acc) in acc.iter().enumerate() {
-            // SAFETY: the caller guarantees the MR×NR tile at `c` with stride `ldc`.
+            // SAFETY: the caller guarantees the rows×NR tile at `c` with stride `ldc`.
             let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), NR) };
             for (out, &x) in row.iter_mut().zip(acc) {
                 *out = if beta == 0.0 {
