@@ -143,7 +143,8 @@ simd_kernel! {
         let c = gx.len();
         for (gr, xr) in g.chunks_exact(c).zip(x.chunks_exact(c)) {
             let sums = gx.iter_mut().zip(gs.iter_mut());
-            for (((gx, gs), (&gv, &xv)), (&m, &r)) in sums.zip(gr.iter().zip(xr)).zip(mean.iter().zip(rstd)) {
+            let stats = mean.iter().zip(rstd);
+            for (((gx, gs), (&gv, &xv)), (&m, &r)) in sums.zip(gr.iter().zip(xr)).zip(stats) {
                 let gv = gv as f64;
                 *gx += gv * ((xv as f64 - m) * r);
                 *gs += gv;

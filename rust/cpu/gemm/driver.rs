@@ -59,6 +59,18 @@ pub(super) trait MicroKernel {
     );
 }
 
+/// `$tile::<R>$args` for the run-time row count `$rows`, one arm per count listed (a kernel's
+/// `MR` down to 1): a kernel's partial tiles are const-generic instances of its full tile.
+macro_rules! tile_for_rows {
+    ($tile:ident, $rows:expr, [$($r:literal)*], $args:tt) => {
+        match $rows {
+            $($r => $tile::<$r> $args,)*
+            rows => unreachable!("a tile of {rows} rows"),
+        }
+    };
+}
+pub(super) use tile_for_rows;
+
 /// Everything about one call except `C` itself.
 pub(super) struct Problem<'a> {
     pub alpha: f32,

@@ -3,7 +3,7 @@
 //! 12 accumulators + 2 `B` registers + 1 broadcast fill 15 of the 16 ymm registers; each step
 //! does 12 FMAs for 2 loads and 6 broadcasts (the classic Haswell shape, BLIS's 6×16).
 
-use super::driver::MicroKernel;
+use super::driver::{tile_for_rows, MicroKernel};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx2;
@@ -29,17 +29,8 @@ impl MicroKernel for Avx2 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY (every arm): forwarded from the trait contract (AVX2 and FMA are present,
-        // pointers valid).
-        macro_rules! by_rows {
-            ($($r:literal)*) => {
-                match rows {
-                    $($r => unsafe { tile::<$r>(k, a, b, c, ldc, alpha, beta) },)*
-                    _ => unreachable!("{rows} rows for a {MR}-row kernel"),
-                }
-            };
-        }
-        by_rows!(6 5 4 3 2 1)
+        // SAFETY: forwarded from the trait contract (AVX2 and FMA are present, pointers valid).
+        unsafe { tile_for_rows!(tile, rows, [6 5 4 3 2 1], (k, a, b, c, ldc, alpha, beta)) }
     }
 }
 

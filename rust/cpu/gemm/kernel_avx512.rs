@@ -6,7 +6,7 @@
 //! per 28 FMAs stays within the load ports while both FMA ports are busy. (BLIS's Skylake-X /
 //! Zen 4 32×12 column-major kernel is the same shape transposed.)
 
-use super::driver::MicroKernel;
+use super::driver::{tile_for_rows, MicroKernel};
 use std::arch::x86_64::*;
 
 pub(super) struct Avx512;
@@ -14,7 +14,7 @@ pub(super) struct Avx512;
 const MR: usize = 14;
 const NR: usize = 32;
 /// How many k-steps ahead to prefetch packed B (measured: 16 ≥ 8 > none).
-const B_PREFETCH_STEPS: usize = 16;
+pub(super) const B_PREFETCH_STEPS: usize = 16;
 
 impl MicroKernel for Avx512 {
     const AVX512: bool = true;
@@ -37,17 +37,15 @@ impl MicroKernel for Avx512 {
         alpha: f32,
         beta: f32,
     ) {
-        // SAFETY (every arm): forwarded from the trait contract (AVX-512F is present, pointers
-        // are valid).
-        macro_rules! by_rows {
-            ($($r:literal)*) => {
-                match rows {
-                    $($r => unsafe { tile::<$r>(k, a, b, c, ldc, alpha, beta) },)*
-                    _ => unreachable!("{rows} rows for a {MR}-row kernel"),
-                }
-            };
+        // SAFETY: forwarded from the trait contract (AVX-512F is present, pointers are valid).
+        unsafe {
+            tile_for_rows!(
+                tile,
+                rows,
+                [14 13 12 11 10 9 8 7 6 5 4 3 2 1],
+                (k, a, b, c, ldc, alpha, beta)
+            )
         }
-        by_rows!(14 13 12 11 10 9 8 7 6 5 4 3 2 1)
     }
 }
 

@@ -6,8 +6,8 @@
 //! `MR×NR` tile of `C` per call. `driver.rs` holds the blocking and threading, shared by every
 //! instruction set; each `kernel_*.rs` only supplies a micro-kernel and its block sizes:
 //! AVX-512 14×32, AVX2+FMA 6×16, portable 4×16. Products with one output column (`n == 1`)
-//! skip packing (`gemv.rs`); products of at most four row panels pack `B` in narrow runs that stay in
-//! cache, or read it packed beforehand ([`PackedB`], a decoder's weights).
+//! skip packing (`gemv.rs`); products of at most four row panels pack `B` in narrow runs that
+//! stay in cache, or read it packed beforehand ([`PackedB`], a decoder's weights).
 //!
 //! A row of `C` gets the same bits whatever the other rows: every path sums each element in
 //! the micro-kernel's order with the same k-slices, partial row panels run the micro-kernel's own

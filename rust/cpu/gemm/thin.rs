@@ -11,9 +11,6 @@
 
 use super::driver::MicroKernel;
 
-/// How many k-steps ahead to prefetch packed B, as the full kernels do.
-const B_PREFETCH_STEPS: usize = 16;
-
 /// How many consecutive `B` panels one tile of `rows` rows should cover: each element is one
 /// sequential FMA chain, so a single row of one panel (2 chains) waits on the FMA latency; four
 /// panels give it 8 independent chains. From three rows on, one panel (the micro-kernel's own
@@ -143,7 +140,8 @@ macro_rules! fused_rows {
                 for _ in 0..t.k {
                     for (q, acc) in acc.iter_mut().enumerate() {
                         // As the full kernels: B streams from L2 (see kernel_avx512.rs).
-                        let ahead = b.wrapping_add(q * panel + NR * B_PREFETCH_STEPS);
+                        let steps = super::kernel_avx512::B_PREFETCH_STEPS;
+                        let ahead = b.wrapping_add(q * panel + NR * steps);
                         _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
                         _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add($lanes) as *const i8);
                         let b0 = $load(b.add(q * panel));
