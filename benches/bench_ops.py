@@ -91,6 +91,11 @@ def np_silu(x, g):
     return x * s, g * s * (1 + x * (1 - s))
 
 
+def np_sigmoid(x, g):
+    s = 1 / (1 + np.exp(-x))
+    return s, g * s * (1 - s)
+
+
 def cases(rng, smoke: bool = False):
     """(name, {library: zero-argument callable running forward + backward}); ``smoke``: the
     leading dimensions divided by 256."""
@@ -159,6 +164,16 @@ def cases(rng, smoke: bool = False):
         "tfm_rs": tfm_fb(lambda a: F.silu(a), x),
         "numpy": lambda x=x, g=g: np_silu(x, g),
         "torch": torch and torch_fb(lambda a: TF.silu(a), x),
+    }))
+    out.append((f"sigmoid {rows(3072)}x1024", {
+        "tfm_rs": tfm_fb(lambda a: a.sigmoid(), x),
+        "numpy": lambda x=x, g=g: np_sigmoid(x, g),
+        "torch": torch and torch_fb(lambda a: a.sigmoid(), x),
+    }))
+    out.append((f"abs {rows(3072)}x1024", {
+        "tfm_rs": tfm_fb(lambda a: a.abs(), x),
+        "numpy": lambda x=x, g=g: (np.abs(x), g * np.sign(x)),
+        "torch": torch and torch_fb(lambda a: a.abs(), x),
     }))
     # Batch norm over the tokens of a (N·T, C) batch in training mode (batch statistics).
     for m, c in ((rows(3072), 256), (rows(4096), 1024)):

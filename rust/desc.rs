@@ -38,6 +38,8 @@ pub enum UnaryOp {
     Sqrt,
     Tanh,
     Pow(f32),
+    Sigmoid,
+    Abs,
 }
 
 impl UnaryOp {
@@ -49,6 +51,8 @@ impl UnaryOp {
             UnaryOp::Sqrt => "sqrt",
             UnaryOp::Tanh => "tanh",
             UnaryOp::Pow(_) => "pow",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Abs => "abs",
         }
     }
 }

@@ -47,7 +47,9 @@ __all__ = [
     "relu",
     "rms_norm",
     "scaled_dot_product_attention",
+    "sigmoid",
     "softmax",
+    "tanh",
 ]
 
 
@@ -98,6 +100,20 @@ def add_layer_norm(input: ArrayLike, residual: ArrayLike, normalized_shape: Unio
 def relu(input: ArrayLike) -> Tensor:
     """``max(x, 0)``."""
     return _core.relu(input)
+
+
+def sigmoid(input: ArrayLike) -> Tensor:
+    """``1 / (1 + e^{-x})``."""
+    return _tensor(input).sigmoid()
+
+
+def tanh(input: ArrayLike) -> Tensor:
+    """``tanh x``."""
+    return _tensor(input).tanh()
+
+
+def _tensor(x: ArrayLike) -> Tensor:
+    return x if isinstance(x, Tensor) else _core.tensor(np.asarray(x, dtype=np.float32))
 
 
 def gelu(input: ArrayLike, approximate: str = "none") -> Tensor:

@@ -139,6 +139,8 @@ fn unary_host(op: UnaryOp, x: &CpuTensor) -> Tensor {
         UnaryOp::Sqrt => map1(x, f32::sqrt),
         UnaryOp::Tanh => map1(x, f32::tanh),
         UnaryOp::Pow(p) => map1(x, |v| v.powf(p)),
+        UnaryOp::Sigmoid => map1(x, crate::cpu::math::sigmoid),
+        UnaryOp::Abs => map1(x, f32::abs),
     }
 }
 
@@ -161,6 +163,18 @@ fn unary_backward_host(op: UnaryOp, g: &CpuTensor, x: &CpuTensor, y: &CpuTensor)
         UnaryOp::Sqrt => map2("sqrt", g, y, |g, y| g * 0.5 / y),
         UnaryOp::Tanh => map2("tanh", g, y, |g, y| g * (1.0 - y * y)),
         UnaryOp::Pow(p) => map2("pow", g, x, |g, x| g * p * x.powf(p - 1.0)),
+        UnaryOp::Sigmoid => map2("sigmoid", g, y, |g, y| g * y * (1.0 - y)),
+        // PyTorch's sgn(x): 0 at 0 (a subgradient), NaN where x is NaN.
+        UnaryOp::Abs => map2("abs", g, x, |g, x| g * sign(x)),
+    }
+}
+
+/// −1, 0 or 1 by the sign of `x`, NaN for NaN (unlike `f32::signum`, which gives ±1 at ±0).
+fn sign(x: f32) -> f32 {
+    if x == 0.0 || x.is_nan() {
+        x * 0.0
+    } else {
+        x.signum()
     }
 }
 

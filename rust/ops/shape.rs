@@ -2,7 +2,7 @@
 //! (start, stop, step along one dimension), and `cat`. Each saves only shapes and offsets; each
 //! backward is the adjoint movement (reshape back, inverse permutation, scatter, split).
 
-use super::broadcast::{gather, scatter, scatter_add};
+use super::broadcast::{broadcast_to, gather, scatter, scatter_add};
 use crate::autograd::{Backward, Var};
 use crate::error::{Result, TfmError};
 use crate::tensor::{
@@ -138,6 +138,30 @@ pub fn permute(x: &Var, dims: &[isize]) -> Result<Var> {
 }
 
 /// Swaps two dimensions.
+/// Runs a last-axis op along `dim` by swapping `dim` with the last axis around it (the mask is
+/// expanded to the input's shape first so that it swaps along).
+pub fn along_dim(
+    op: &'static str,
+    x: &Var,
+    dim: isize,
+    mask: Option<Tensor>,
+    f: impl Fn(&Var, Option<&Tensor>) -> Result<Var>,
+) -> Result<Var> {
+    let shape = x.shape();
+    let nd = shape.len().max(1);
+    let d = normalize_dim(op, dim, nd)?;
+    if shape.is_empty() || d == nd - 1 {
+        return f(x, mask.as_ref());
+    }
+    let last = nd as isize - 1;
+    let swap = |v: &Var| transpose(v, d as isize, last);
+    let mask = match mask {
+        Some(m) => Some(swap(&Var::constant(broadcast_to(op, &m, &shape)?))?.value()),
+        None => None,
+    };
+    swap(&f(&swap(x)?, mask.as_ref())?)
+}
+
 pub fn transpose(x: &Var, dim0: isize, dim1: isize) -> Result<Var> {
     let nd = x.shape().len();
     let (a, b) = (

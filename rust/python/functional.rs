@@ -9,13 +9,12 @@ use super::tensor::PyTensor;
 use crate::autograd::Var;
 use crate::desc::Precision;
 use crate::error::{Result, TfmError};
-use crate::ops::broadcast::broadcast_to;
 use crate::ops::cross_entropy::{self as cross_entropy_op, Reduction};
 use crate::ops::{activation, attention, dropout as dropout_op, embedding as embedding_op};
 use crate::ops::{
     layer_norm as ln, linear as linear_op, matmul as matmul_op, shape, softmax as softmax_op,
 };
-use crate::tensor::{normalize_dim, Tensor};
+use crate::tensor::Tensor;
 use pyo3::prelude::*;
 
 fn opt_var(obj: Option<&Bound<'_, PyAny>>, op: &'static str) -> PyResult<Option<Var>> {
@@ -72,30 +71,6 @@ fn matmul(
     wrap(py, || matmul_op::matmul_with(&a, &b, precision))
 }
 
-/// Runs a last-axis op along `dim` by swapping `dim` with the last axis around it (the mask is
-/// expanded to the input's shape first so that it swaps along).
-fn along_dim(
-    op: &'static str,
-    x: &Var,
-    dim: isize,
-    mask: Option<Tensor>,
-    f: impl Fn(&Var, Option<&Tensor>) -> Result<Var>,
-) -> Result<Var> {
-    let shape = x.shape();
-    let nd = shape.len().max(1);
-    let d = normalize_dim(op, dim, nd)?;
-    if shape.is_empty() || d == nd - 1 {
-        return f(x, mask.as_ref());
-    }
-    let last = nd as isize - 1;
-    let swap = |v: &Var| shape::transpose(v, d as isize, last);
-    let mask = match mask {
-        Some(m) => Some(swap(&Var::constant(broadcast_to(op, &m, &shape)?))?.value()),
-        None => None,
-    };
-    swap(&f(&swap(x)?, mask.as_ref())?)
-}
-
 #[pyfunction]
 #[pyo3(signature = (input, dim = -1, mask = None))]
 fn softmax(
@@ -105,7 +80,9 @@ fn softmax(
     mask: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<PyTensor> {
     let (x, m) = (var_from_py(input, "softmax")?, opt_mask(mask, "softmax")?);
-    wrap(py, || along_dim("softmax", &x, dim, m, softmax_op::softmax))
+    wrap(py, || {
+        shape::along_dim("softmax", &x, dim, m, softmax_op::softmax)
+    })
 }
 
 #[pyfunction]
@@ -121,7 +98,7 @@ fn log_softmax(
         opt_mask(mask, "log_softmax")?,
     );
     wrap(py, || {
-        along_dim("log_softmax", &x, dim, m, softmax_op::log_softmax)
+        shape::along_dim("log_softmax", &x, dim, m, softmax_op::log_softmax)
     })
 }
 

@@ -5,7 +5,7 @@ use super::convert::{tensor_from_py, tensor_to_numpy, var_from_py};
 use super::runtime::run;
 use crate::autograd::{backward, GradHook, Var};
 use crate::ops::elementwise::{self, BinaryOp, UnaryOp};
-use crate::ops::{matmul, reduce, shape};
+use crate::ops::{activation, matmul, reduce, shape, softmax};
 use crate::tensor::{normalize_dim, Device, Tensor};
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -420,6 +420,31 @@ impl PyTensor {
     }
     fn tanh(&self, py: Python<'_>) -> PyResult<PyTensor> {
         self.unary(py, UnaryOp::Tanh)
+    }
+    fn sigmoid(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        self.unary(py, UnaryOp::Sigmoid)
+    }
+    fn abs(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        self.unary(py, UnaryOp::Abs)
+    }
+    fn relu(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        let x = self.var.clone();
+        Ok(PyTensor::wrap(run(py, || activation::relu(&x))?))
+    }
+    /// Softmax along `dim` (as `Tensor.softmax`; `tfm_rs.functional.softmax` also takes a mask).
+    #[pyo3(signature = (dim = -1))]
+    fn softmax(&self, py: Python<'_>, dim: isize) -> PyResult<PyTensor> {
+        let x = self.var.clone();
+        Ok(PyTensor::wrap(run(py, || {
+            shape::along_dim("softmax", &x, dim, None, softmax::softmax)
+        })?))
+    }
+    #[pyo3(signature = (dim = -1))]
+    fn log_softmax(&self, py: Python<'_>, dim: isize) -> PyResult<PyTensor> {
+        let x = self.var.clone();
+        Ok(PyTensor::wrap(run(py, || {
+            shape::along_dim("log_softmax", &x, dim, None, softmax::log_softmax)
+        })?))
     }
 
     /// Sum over `dim` (an int, a sequence, or None for all dimensions).

@@ -8,7 +8,7 @@ move between the two with ``load_state_dict``.
 from tfm_rs import functional
 from tfm_rs.nn import init
 from tfm_rs.nn.additive_attention import AdditiveAttention
-from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU, SiLU
+from tfm_rs.nn.activation import GELU, MultiheadAttention, ReLU, SiLU, Sigmoid, Tanh
 from tfm_rs.nn.batch_norm import BatchNorm1d, MaskedBatchNorm1d
 from tfm_rs.nn.conv import Conv1d
 from tfm_rs.nn.dropout import Dropout
@@ -57,7 +57,9 @@ __all__ = [
     "ReLU",
     "RMSNorm",
     "Sequential",
+    "Sigmoid",
     "SinusoidalPositionalEncoding",
+    "Tanh",
     "Transformer",
     "TransformerDecoder",
     "TransformerDecoderLayer",

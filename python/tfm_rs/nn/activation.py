@@ -1,4 +1,4 @@
-"""``ReLU``, ``GELU`` and ``MultiheadAttention``, as ``torch.nn``.
+"""``ReLU``, ``SiLU``, ``GELU``, ``Sigmoid``, ``Tanh`` and ``MultiheadAttention``, as ``torch.nn``.
 
 Mask conventions differ between the two APIs this module bridges, exactly as in PyTorch:
 
@@ -26,7 +26,7 @@ from tfm_rs.nn.linear import Linear
 from tfm_rs.nn.module import Module
 from tfm_rs.nn.parameter import Parameter, as_tensor
 
-__all__ = ["GELU", "MultiheadAttention", "ReLU", "SiLU", "merge_masks"]
+__all__ = ["GELU", "MultiheadAttention", "ReLU", "SiLU", "Sigmoid", "Tanh", "merge_masks"]
 
 
 class ReLU(Module):
@@ -49,6 +49,20 @@ class SiLU(Module):
 
     def forward(self, input: Tensor) -> Tensor:
         return F.silu(input)
+
+
+class Sigmoid(Module):
+    """``1 / (1 + e^{-x})`` elementwise. Any shape → same shape."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.sigmoid(input)
+
+
+class Tanh(Module):
+    """``tanh x`` elementwise. Any shape → same shape."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.tanh(input)
 
 
 class GELU(Module):

@@ -70,6 +70,8 @@ fn unary_kind(op: UnaryOp) -> (u32, f32) {
         UnaryOp::Sqrt => (3, 0.0),
         UnaryOp::Tanh => (4, 0.0),
         UnaryOp::Pow(s) => (5, s),
+        UnaryOp::Sigmoid => (6, 0.0),
+        UnaryOp::Abs => (7, 0.0),
     }
 }
 
@@ -119,9 +121,9 @@ pub fn unary_backward(
     launch_unary("unary_backward", unary_kind(op), x, y, g)
 }
 
-/// `x · s` elementwise.
+/// `x · s` elementwise (the shader's default kind, past the unary ops' numbers).
 pub fn scale(x: &GpuTensor, s: f32) -> Result<GpuTensor> {
-    launch_unary("unary", (6, s), x, x, x)
+    launch_unary("unary", (8, s), x, x, x)
 }
 
 #[cfg(test)]
@@ -183,6 +185,8 @@ mod tests {
                 (UnaryOp::Pow(2.0), false),
                 (UnaryOp::Pow(3.0), false),
                 (UnaryOp::Pow(0.5), true),
+                (UnaryOp::Sigmoid, false),
+                (UnaryOp::Abs, false),
             ];
             for (op, positive) in ops {
                 let (hx, dx) = if positive { (&hp, &dp) } else { (&hs, &ds) };

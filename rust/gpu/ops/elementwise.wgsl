@@ -83,6 +83,8 @@ fn unary_f(x: f32) -> f32 {
         case 3u: { return sqrt(x); }
         case 4u: { return stable_tanh(x); }
         case 5u: { return powf(x, p.s); }
+        case 6u: { return 1.0 / (1.0 + exp(-x)); }
+        case 7u: { return abs(x); }
         default: { return x * p.s; }
     }
 }
@@ -114,6 +116,8 @@ fn unary_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         case 3u: { out[i] = gi * 0.5 / y; }
         case 4u: { out[i] = gi * (1.0 - y * y); }
         case 5u: { out[i] = gi * p.s * powf(x, p.s - 1.0); }
+        case 6u: { out[i] = gi * y * (1.0 - y); }
+        case 7u: { out[i] = gi * sign(x); }
         default: { out[i] = gi * p.s; }
     }
 }
