@@ -4,10 +4,15 @@
     python benches/bench_ops.py --repeats 20 --only cross_entropy
 
 Every case runs the op forward and backward through the public API (``tfm_rs.functional``,
-``tfm_rs.tensor(..., requires_grad=True)``, ``.backward()``; torch likewise with autograd;
-numpy with the forward and the analytic gradient written out), interleaving the libraries
-within each round so that load from other processes hits all of them alike, and reports each
-one's best round plus the ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
+``.backward(gradient)``; torch likewise with autograd; numpy with the forward and the analytic
+gradient written out). The input tensors are made once, outside the timing, and the backward
+starts from a given gradient of the output's shape, as inside a network, so that neither the
+NumPy conversion nor a ``.sum()``'s gradient (materialized by tfm_rs, an expanded view in
+torch) is part of what is timed. The libraries run interleaved within each round so that load
+from other processes hits all of them alike, each once untimed right before its timed call (the
+previous library's idle threads, OpenMP's and rayon's, spin for a while after its last call and
+would take the cores from the next); the script reports each one's best round plus the
+ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
 library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
 
 The "transpose" case times a transpose made contiguous, forward only. The "1000 calls" cases
@@ -107,17 +112,25 @@ def cases(rng, smoke: bool = False):
     def rand(*shape, scale=1.0):
         return (scale * rng.standard_normal(shape)).astype(np.float32)
 
-    def tfm_fb(fn, *arrays):
+    def upstream(shape):
+        # The same gradient for every library: drawn from the output's shape alone.
+        return np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+
+    def fb(make_leaf, make_grad, fn, arrays):
+        leaves = [make_leaf(a) for a in arrays]
+        grad = make_grad(upstream(tuple(fn(*leaves).shape)))
+
         def run():
-            leaves = [tfm_rs.tensor(a, requires_grad=True) for a in arrays]
-            fn(*leaves).sum().backward()
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(grad)
         return run
 
+    def tfm_fb(fn, *arrays):
+        return fb(lambda a: tfm_rs.tensor(a, requires_grad=True), tfm_rs.tensor, fn, arrays)
+
     def torch_fb(fn, *arrays):
-        def run():
-            leaves = [torch.from_numpy(a).requires_grad_() for a in arrays]
-            fn(*leaves).sum().backward()
-        return run
+        return fb(lambda a: torch.from_numpy(a.copy()).requires_grad_(), torch.from_numpy, fn, arrays)
 
     x, g = rand(rows(4096), 1024, scale=4.0), rand(rows(4096), 1024)
     out.append((f"softmax {rows(4096)}x1024", {
@@ -258,6 +271,7 @@ def main():
             fn()  # warm-up
         for _ in range(args.repeats):
             for lib, fn in fns.items():
+                fn()  # untimed: lets the previous library's idle threads stop spinning
                 t0 = time.perf_counter()
                 fn()
                 best[lib] = min(best[lib], time.perf_counter() - t0)
