@@ -153,6 +153,29 @@ simd_kernel! {
     }
 }
 
+simd_kernel! {
+    /// One row of the input gradient: `dx = (g − shift − (x − mean)·slope)·scale`, or `g·scale`
+    /// for a row the statistics did not depend on (`centre` None), in f64.
+    fn dx_row(dx: &mut [f32], g: &[f32], x: &[f32], scale: &[f64], centre: Option<(&[f64], &[f64], &[f64])>) {
+        let c = dx.len();
+        let (g, x, scale) = (&g[..c], &x[..c], &scale[..c]);
+        match centre {
+            Some((mean, shift, slope)) => {
+                let (mean, shift, slope) = (&mean[..c], &shift[..c], &slope[..c]);
+                for j in 0..c {
+                    let v = g[j] as f64 - shift[j] - (x[j] as f64 - mean[j]) * slope[j];
+                    dx[j] = (v * scale[j]) as f32;
+                }
+            }
+            None => {
+                for j in 0..c {
+                    dx[j] = (g[j] as f64 * scale[j]) as f32;
+                }
+            }
+        }
+    }
+}
+
 /// The gradients of [`batch_norm_forward`] for `x (rows, C)`: `dx (rows, C)` and the per-channel sums
 /// `(Σ g ∘ x̂, Σ g)` over all rows (`dweight`, `dbias`). `batch` says whether the statistics
 /// were the kept rows' own (then they depend on `x`), `n` is the number of kept rows.
@@ -178,19 +201,17 @@ pub fn batch_norm_backward(
         })
     };
     let (sum_gx, sum_g) = sums.split_at(c.min(sums.len()));
+    // dx = (g − (Σg + x̂·Σgx̂)/n)·w·rstd, with the per-channel factors taken out of the row loop.
+    let scale: Vec<f64> = (0..c)
+        .map(|j| weight.map_or(1.0, |w| w[j] as f64) * rstd[j])
+        .collect();
+    let shift: Vec<f64> = sum_g.iter().map(|s| s / n).collect();
+    let slope: Vec<f64> = (0..c).map(|j| rstd[j] * sum_gx[j] / n).collect();
     let mut dx = crate::cpu::alloc::output(rows * c);
     for_each_row(rows_mut(&mut dx, rows, c), 2 * c, |r, out| {
-        let centre = batch && kept(r);
         let (gr, xr) = (&g[r * c..][..c], &x[r * c..][..c]);
-        for j in 0..c {
-            let w = weight.map_or(1.0, |w| w[j] as f64);
-            let mut v = gr[j] as f64;
-            if centre {
-                let xhat = (xr[j] as f64 - mean[j]) * rstd[j];
-                v -= (sum_g[j] + xhat * sum_gx[j]) / n;
-            }
-            out[j] = (v * w * rstd[j]) as f32;
-        }
+        let centre = (batch && kept(r)).then_some((mean.as_slice(), &shift[..], &slope[..]));
+        dx_row(out, gr, xr, &scale, centre);
     });
     let dweight = sum_gx.iter().map(|&s| s as f32).collect();
     let dbias = sum_g.iter().map(|&s| s as f32).collect();
