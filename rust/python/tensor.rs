@@ -428,23 +428,20 @@ impl PyTensor {
         self.unary(py, UnaryOp::Abs)
     }
     fn relu(&self, py: Python<'_>) -> PyResult<PyTensor> {
-        let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, || activation::relu(&x))?))
+        self.apply(py, activation::relu)
     }
     /// Softmax along `dim` (as `Tensor.softmax`; `tfm_rs.functional.softmax` also takes a mask).
     #[pyo3(signature = (dim = -1))]
     fn softmax(&self, py: Python<'_>, dim: isize) -> PyResult<PyTensor> {
-        let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, || {
-            shape::along_dim("softmax", &x, dim, None, softmax::softmax)
-        })?))
+        self.apply(py, |x| {
+            shape::along_dim("softmax", x, dim, None, softmax::softmax)
+        })
     }
     #[pyo3(signature = (dim = -1))]
     fn log_softmax(&self, py: Python<'_>, dim: isize) -> PyResult<PyTensor> {
-        let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, || {
-            shape::along_dim("log_softmax", &x, dim, None, softmax::log_softmax)
-        })?))
+        self.apply(py, |x| {
+            shape::along_dim("log_softmax", x, dim, None, softmax::log_softmax)
+        })
     }
 
     /// Sum over `dim` (an int, a sequence, or None for all dimensions).
@@ -643,8 +640,17 @@ impl PyTensor {
 
 impl PyTensor {
     fn unary(&self, py: Python<'_>, op: UnaryOp) -> PyResult<PyTensor> {
+        self.apply(py, |x| elementwise::unary(op, x))
+    }
+
+    /// `f(self)`, run without the GIL.
+    fn apply(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Var) -> crate::error::Result<Var> + Send,
+    ) -> PyResult<PyTensor> {
         let x = self.var.clone();
-        Ok(PyTensor::wrap(run(py, || elementwise::unary(op, &x))?))
+        Ok(PyTensor::wrap(run(py, || f(&x))?))
     }
 }
 
