@@ -38,26 +38,23 @@ from tfm_rs import models
 from tfm_rs.autograd import enable_grad, no_grad, set_grad_enabled
 from tfm_rs.amp import autocast
 from tfm_rs.creation import (
-    abs,
     arange,
     empty,
     empty_like,
-    exp,
     eye,
     full,
     full_like,
     linspace,
-    log,
     ones,
     ones_like,
     rand,
     randn,
-    sqrt,
     stack,
     zeros,
     zeros_like,
 )
 from tfm_rs.functional import log_softmax, matmul, relu, sigmoid, softmax, tanh
+from tfm_rs.pointwise import abs, exp, log, sqrt
 
 
 # Submodules with heavier third-party imports (tokenizers, safetensors, sacrebleu) load on

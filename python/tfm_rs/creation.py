@@ -1,7 +1,6 @@
 """Tensor creation with ``torch``'s names and signatures: ``zeros``, ``ones``, ``full``,
 ``empty``, their ``*_like`` forms, ``arange``, ``linspace``, ``eye``, ``rand``, ``randn``, and
-``stack`` (a new tensor joined from others), plus ``torch``'s elementwise functions ``exp``,
-``log``, ``sqrt`` and ``abs``.
+``stack`` (a new tensor joined from others).
 
 Tensors are float32, so ``dtype`` may only name float32 (``None``, ``"float32"``,
 ``np.float32``), and ``arange`` gives float32 values where PyTorch's integer arguments give int64.
@@ -21,6 +20,7 @@ import numpy as np
 from tfm_rs import _core
 from tfm_rs._core import DTypeError, InvalidArgumentError, ShapeError, Tensor
 from tfm_rs.nn import init
+from tfm_rs.nn.parameter import as_tensor
 
 __all__ = [
     "arange",
@@ -37,10 +37,6 @@ __all__ = [
     "stack",
     "zeros",
     "zeros_like",
-    "exp",
-    "log",
-    "sqrt",
-    "abs",
 ]
 
 Size = Union[int, Sequence[int]]
@@ -188,7 +184,7 @@ def randn(*size: Any, generator: Optional[np.random.Generator] = None, dtype: An
 def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     """Joins tensors of one shape along a new dimension ``dim`` (``-ndim − 1 ≤ dim ≤ ndim``);
     the gradient flows back to each."""
-    tensors = [_tensor(t) for t in tensors]
+    tensors = [as_tensor(t) for t in tensors]
     if not tensors:
         raise InvalidArgumentError("stack: expects a non-empty sequence of tensors")
     shapes = {tuple(t.shape) for t in tensors}
@@ -200,26 +196,3 @@ def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     dim %= ndim
     return _core.cat([t.unsqueeze(dim) for t in tensors], dim)
 
-
-def _tensor(x: Any) -> Tensor:
-    return x if isinstance(x, Tensor) else _core.tensor(np.asarray(x, dtype=np.float32))
-
-
-def exp(input: Any) -> Tensor:
-    """``eˣ`` elementwise (``Tensor.exp``)."""
-    return _tensor(input).exp()
-
-
-def log(input: Any) -> Tensor:
-    """The natural logarithm elementwise (``Tensor.log``)."""
-    return _tensor(input).log()
-
-
-def sqrt(input: Any) -> Tensor:
-    """``√x`` elementwise (``Tensor.sqrt``)."""
-    return _tensor(input).sqrt()
-
-
-def abs(input: Any) -> Tensor:  # noqa: A001 (torch.abs)
-    """``|x|`` elementwise (``Tensor.abs``)."""
-    return _tensor(input).abs()

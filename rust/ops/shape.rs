@@ -137,7 +137,6 @@ pub fn permute(x: &Var, dims: &[isize]) -> Result<Var> {
     ))
 }
 
-/// Swaps two dimensions.
 /// Runs a last-axis op along `dim` by swapping `dim` with the last axis around it (the mask is
 /// expanded to the input's shape first so that it swaps along).
 pub fn along_dim(
@@ -162,6 +161,7 @@ pub fn along_dim(
     swap(&f(&swap(x)?, mask.as_ref())?)
 }
 
+/// Swaps two dimensions.
 pub fn transpose(x: &Var, dim0: isize, dim1: isize) -> Result<Var> {
     let nd = x.shape().len();
     let (a, b) = (
