@@ -188,6 +188,28 @@ def cases(rng, smoke: bool = False):
         "numpy": lambda x=x, g=g: (np.abs(x), g * np.sign(x)),
         "torch": torch and torch_fb(lambda a: a.abs(), x),
     }))
+    # Selections: attention scores masked with -inf under a causal mask (the Annotated
+    # Transformer's masked_fill), a clamp, and a max over the last dimension (values and indices).
+    x = rand(rows(64), 128, 128)
+    causal = np.triu(np.ones((128, 128), dtype=bool), 1)
+    tcausal = torch and torch.from_numpy(causal)
+    out.append((f"masked_fill {rows(64)}x128x128", {
+        "tfm_rs": tfm_fb(lambda a: a.masked_fill(causal, -1e9), x),
+        "numpy": lambda x=x: (np.where(causal, np.float32(-1e9), x), np.where(causal, 0, x)),
+        "torch": torch and torch_fb(lambda a: a.masked_fill(tcausal, -1e9), x),
+    }))
+    x = rand(rows(3072), 1024)
+    out.append((f"clamp {rows(3072)}x1024", {
+        "tfm_rs": tfm_fb(lambda a: a.clamp(-0.5, 0.5), x),
+        "numpy": lambda x=x, g=g: (np.clip(x, -0.5, 0.5), g * ((x > -0.5) & (x < 0.5))),
+        "torch": torch and torch_fb(lambda a: a.clamp(-0.5, 0.5), x),
+    }))
+    x = rand(rows(1536), 8000)
+    out.append((f"max(dim=-1) {rows(1536)}x8000", {
+        "tfm_rs": tfm_fb(lambda a: a.max(-1).values, x),
+        "numpy": lambda x=x: (x.max(-1), x.argmax(-1)),
+        "torch": torch and torch_fb(lambda a: a.max(-1).values, x),
+    }))
     # Batch norm over the tokens of a (N·T, C) batch in training mode (batch statistics).
     for m, c in ((rows(3072), 256), (rows(4096), 1024)):
         x, w, b = rand(m, c), rand(c), rand(c)

@@ -41,6 +41,7 @@ pub mod quantized_linear;
 pub mod reduce;
 pub mod rnn;
 pub mod rows;
+pub mod select;
 pub mod shape;
 pub mod softmax;
 #[cfg(test)]

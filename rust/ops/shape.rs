@@ -75,7 +75,7 @@ pub fn reshape(x: &Var, shape: &[isize]) -> Result<Var> {
 }
 
 /// Output dimension `i` is input dimension `perm[i]`.
-fn permute_forward(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
+pub(crate) fn permute_forward(x: &Tensor, perm: &[usize]) -> Result<Tensor> {
     let strides = contiguous_strides(x.shape());
     let out_shape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let view_strides: Vec<usize> = perm.iter().map(|&p| strides[p]).collect();

@@ -265,6 +265,35 @@ pub fn host_tensor_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult
     run(obj.py(), move || t.to_host()?.into_cpu(op))
 }
 
+/// A condition (`where`, `masked_fill`): a tensor, or any array-like of booleans or numbers,
+/// as a float tensor that is nonzero where the condition holds.
+pub fn condition_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor> {
+    if obj.cast::<PyTensor>().is_ok() {
+        return tensor_from_py(obj, op);
+    }
+    let arr = numpy(obj.py())?.call_method1("asarray", (obj,))?;
+    let (kind, name) = dtype_of(arr.cast::<PyUntypedArray>()?)?;
+    if !matches!(kind, 'b' | 'i' | 'u' | 'f') {
+        return Err(TfmError::dtype(
+            op,
+            format!("a condition must be boolean or numeric, got dtype {name}"),
+        )
+        .into());
+    }
+    tensor_from_py(&arr.call_method1("astype", ("float32",))?, op)
+}
+
+/// Indices (int64) as a NumPy array of `shape`: this library's integer tensors are NumPy arrays.
+pub fn indices_to_numpy<'py>(
+    py: Python<'py>,
+    ids: Vec<i64>,
+    shape: &[usize],
+) -> PyResult<Bound<'py, PyAny>> {
+    Ok(numpy::PyArray1::from_vec(py, ids)
+        .reshape(shape.to_vec())?
+        .into_any())
+}
+
 /// An attention or softmax mask as an additive float tensor. Boolean masks follow PyTorch's
 /// `scaled_dot_product_attention`: `True` takes part (adds 0), `False` is masked (adds −∞).
 pub fn mask_from_py(obj: &Bound<'_, PyAny>, op: &'static str) -> PyResult<Tensor> {

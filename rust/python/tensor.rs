@@ -1,13 +1,20 @@
 //! `tfm_rs.Tensor`: a float32 tensor that records operations for autograd. Each method converts
 //! its arguments and calls one op in `crate::ops` through `run`.
 
-use super::convert::{tensor_from_py, tensor_to_numpy, var_from_py};
+use super::convert::{
+    condition_from_py, indices_to_numpy, tensor_from_py, tensor_to_numpy, var_from_py,
+};
 use super::runtime::run;
 use crate::autograd::{backward, GradHook, Var};
+use crate::error::TfmError;
 use crate::ops::elementwise::{self, BinaryOp, UnaryOp};
-use crate::ops::{activation, matmul, reduce, shape, softmax};
+use crate::ops::reduce::Extreme;
+use crate::ops::select::Comparison;
+use crate::ops::{activation, matmul, reduce, select, shape, softmax};
 use crate::tensor::{normalize_dim, Device, Tensor};
 use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{
     PyEllipsis, PyInt, PyNone, PySlice, PySliceMethods, PyTuple, PyWeakrefMethods,
     PyWeakrefReference,
@@ -472,6 +479,188 @@ impl PyTensor {
         })?))
     }
 
+    /// The largest value (`dim=None`), or along `dim` the values and the index of each
+    /// (`(values, indices)`, indices an int64 NumPy array); with a tensor, `maximum`.
+    #[pyo3(signature = (dim = None, keepdim = false))]
+    fn max<'py>(
+        &self,
+        py: Python<'py>,
+        dim: Option<&Bound<'py, PyAny>>,
+        keepdim: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.extreme(py, dim, keepdim, Extreme::Max)
+    }
+    /// As [`max`](Self::max), the smallest.
+    #[pyo3(signature = (dim = None, keepdim = false))]
+    fn min<'py>(
+        &self,
+        py: Python<'py>,
+        dim: Option<&Bound<'py, PyAny>>,
+        keepdim: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.extreme(py, dim, keepdim, Extreme::Min)
+    }
+    /// The largest value over `dim` (an int, a sequence, or None for all); ties share the
+    /// gradient evenly.
+    #[pyo3(signature = (dim = None, keepdim = false))]
+    fn amax(
+        &self,
+        py: Python<'_>,
+        dim: Option<&Bound<'_, PyAny>>,
+        keepdim: bool,
+    ) -> PyResult<PyTensor> {
+        let dims = dims_arg(dim)?;
+        self.apply(py, |x| reduce::extreme(x, &dims, keepdim, Extreme::Max))
+    }
+    #[pyo3(signature = (dim = None, keepdim = false))]
+    fn amin(
+        &self,
+        py: Python<'_>,
+        dim: Option<&Bound<'_, PyAny>>,
+        keepdim: bool,
+    ) -> PyResult<PyTensor> {
+        let dims = dims_arg(dim)?;
+        self.apply(py, |x| reduce::extreme(x, &dims, keepdim, Extreme::Min))
+    }
+    /// Index of the largest value along `dim` (of the flattened tensor when None), as an int64
+    /// NumPy array.
+    #[pyo3(signature = (dim = None, keepdim = false))]
+    fn argmax<'py>(
+        &self,
+        py: Python<'py>,
+        dim: Option<isize>,
+        keepdim: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.arg_extreme(py, dim, keepdim, Extreme::Max)
+    }
+    #[pyo3(signature = (dim = None, keepdim = false))]
+    fn argmin<'py>(
+        &self,
+        py: Python<'py>,
+        dim: Option<isize>,
+        keepdim: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.arg_extreme(py, dim, keepdim, Extreme::Min)
+    }
+    /// `min(max(self, min), max)`; the gradient passes where `min < self < max`, as PyTorch's.
+    #[pyo3(signature = (min = None, max = None))]
+    fn clamp(&self, py: Python<'_>, min: Option<f32>, max: Option<f32>) -> PyResult<PyTensor> {
+        self.apply(py, |x| select::clamp(x, min, max))
+    }
+    /// Alias of [`clamp`](Self::clamp), as in PyTorch.
+    #[pyo3(signature = (min = None, max = None))]
+    fn clip(&self, py: Python<'_>, min: Option<f32>, max: Option<f32>) -> PyResult<PyTensor> {
+        self.clamp(py, min, max)
+    }
+    fn clamp_min(&self, py: Python<'_>, min: f32) -> PyResult<PyTensor> {
+        self.clamp(py, Some(min), None)
+    }
+    fn clamp_max(&self, py: Python<'_>, max: f32) -> PyResult<PyTensor> {
+        self.clamp(py, None, Some(max))
+    }
+    fn maximum(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let b = var_from_py(other, "maximum")?;
+        self.apply(py, |a| select::maximum(a, &b))
+    }
+    fn minimum(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        let b = var_from_py(other, "minimum")?;
+        self.apply(py, |a| select::minimum(a, &b))
+    }
+    /// `condition ? self : other` elementwise (`torch.where(condition, self, other)`).
+    #[pyo3(name = "where")]
+    fn where_(
+        &self,
+        py: Python<'_>,
+        condition: &Bound<'_, PyAny>,
+        other: &Bound<'_, PyAny>,
+    ) -> PyResult<PyTensor> {
+        let cond = condition_from_py(condition, "where")?;
+        let y = var_from_py(other, "where")?;
+        self.apply(py, |x| select::where_(&cond, x, &y))
+    }
+    /// `value` where `mask` holds, else `self`; the mask broadcasts to `self`'s shape.
+    fn masked_fill(
+        &self,
+        py: Python<'_>,
+        mask: &Bound<'_, PyAny>,
+        value: f32,
+    ) -> PyResult<PyTensor> {
+        let cond = condition_from_py(mask, "masked_fill")?;
+        let shape = self.var.shape();
+        let grown = crate::tensor::broadcast_shapes("masked_fill", cond.shape(), &shape)?;
+        if grown != shape {
+            return Err(TfmError::shape(
+                "masked_fill",
+                format!(
+                    "mask of shape {:?} does not broadcast to the tensor's shape {shape:?}",
+                    cond.shape()
+                ),
+            )
+            .into());
+        }
+        let fill = Var::constant(Tensor::scalar(value));
+        self.apply(py, |x| select::where_(&cond, &fill, x))
+    }
+    fn eq(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.compare(py, other, Comparison::Eq)
+    }
+    fn ne(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.compare(py, other, Comparison::Ne)
+    }
+    fn lt(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.compare(py, other, Comparison::Lt)
+    }
+    fn le(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.compare(py, other, Comparison::Le)
+    }
+    fn gt(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.compare(py, other, Comparison::Gt)
+    }
+    fn ge(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
+        self.compare(py, other, Comparison::Ge)
+    }
+    /// `==`, `<`, … elementwise, as 0/1 float tensors (there is no bool dtype); an operand that
+    /// is not a number or array gives `NotImplemented`, so `t == None` is False as in PyTorch.
+    fn __richcmp__(
+        &self,
+        py: Python<'_>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        if !other.is_instance_of::<PyTensor>() && tensor_from_py(other, "compare").is_err() {
+            return Ok(py.NotImplemented());
+        }
+        let kind = match op {
+            CompareOp::Eq => Comparison::Eq,
+            CompareOp::Ne => Comparison::Ne,
+            CompareOp::Lt => Comparison::Lt,
+            CompareOp::Le => Comparison::Le,
+            CompareOp::Gt => Comparison::Gt,
+            CompareOp::Ge => Comparison::Ge,
+        };
+        Ok(Py::new(py, self.compare(py, other, kind)?)?.into_any())
+    }
+    /// By identity, as PyTorch's (`==` is elementwise, so it cannot define the hash).
+    fn __hash__(slf: &Bound<'_, Self>) -> isize {
+        slf.as_ptr() as isize
+    }
+    /// The truth of a one-element tensor; any other size is ambiguous, as in PyTorch.
+    fn __bool__(&self, py: Python<'_>) -> PyResult<bool> {
+        let n = self.var.value().numel();
+        if n != 1 {
+            return Err(TfmError::value(
+                "bool",
+                format!("the truth value of a tensor of {n} elements is ambiguous; reduce it first (.max(), .sum(), …)"),
+            )
+            .into());
+        }
+        Ok(self.item(py)? != 0.0)
+    }
+    /// This tensor (float32 is the only dtype), as `Tensor.float()` on a float32 tensor.
+    fn float(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
     #[pyo3(signature = (*shape))]
     fn reshape(&self, py: Python<'_>, shape: &Bound<'_, PyTuple>) -> PyResult<PyTensor> {
         let shape = shape_args(shape)?;
@@ -639,6 +828,65 @@ impl PyTensor {
 }
 
 impl PyTensor {
+    fn compare(
+        &self,
+        py: Python<'_>,
+        other: &Bound<'_, PyAny>,
+        kind: Comparison,
+    ) -> PyResult<PyTensor> {
+        let b = tensor_from_py(other, "compare")?;
+        let a = self.var.value();
+        Ok(PyTensor::wrap(Var::constant(run(py, || {
+            select::compare(kind, &a, &b)
+        })?)))
+    }
+
+    fn extreme<'py>(
+        &self,
+        py: Python<'py>,
+        dim: Option<&Bound<'py, PyAny>>,
+        keepdim: bool,
+        which: Extreme,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = self.var.clone();
+        let Some(dim) = dim.filter(|d| !d.is_none()) else {
+            let y = run(py, || reduce::extreme(&x, &[], keepdim, which))?;
+            return Ok(Bound::new(py, PyTensor::wrap(y))?.into_any());
+        };
+        if dim.is_instance_of::<PyTensor>() {
+            let b = var_from_py(dim, "maximum")?;
+            return Ok(Bound::new(
+                py,
+                self.apply(py, |a| match which {
+                    Extreme::Max => select::maximum(a, &b),
+                    Extreme::Min => select::minimum(a, &b),
+                })?,
+            )?
+            .into_any());
+        }
+        let d: isize = dim.extract()?;
+        let (values, ids, shape) = run(py, || reduce::extreme_dim(&x, d, keepdim, which))?;
+        let values = Bound::new(py, PyTensor::wrap(values))?.into_any();
+        let indices = indices_to_numpy(py, ids, &shape)?;
+        let name = match which {
+            Extreme::Max => "max",
+            Extreme::Min => "min",
+        };
+        values_indices(py, name)?.call1((values, indices))
+    }
+
+    fn arg_extreme<'py>(
+        &self,
+        py: Python<'py>,
+        dim: Option<isize>,
+        keepdim: bool,
+        which: Extreme,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let x = self.var.value();
+        let (ids, shape) = run(py, || reduce::arg_extreme(&x, dim, keepdim, which))?;
+        indices_to_numpy(py, ids, &shape)
+    }
+
     fn unary(&self, py: Python<'_>, op: UnaryOp) -> PyResult<PyTensor> {
         self.apply(py, |x| elementwise::unary(op, x))
     }
@@ -652,6 +900,21 @@ impl PyTensor {
         let x = self.var.clone();
         Ok(PyTensor::wrap(run(py, || f(&x))?))
     }
+}
+
+/// PyTorch's `torch.return_types.max` / `min`: a named tuple `(values, indices)`.
+fn values_indices<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyAny>> {
+    static TYPES: PyOnceLock<[Py<PyAny>; 2]> = PyOnceLock::new();
+    let types = TYPES.get_or_try_init(py, || -> PyResult<_> {
+        let namedtuple = py.import("collections")?.getattr("namedtuple")?;
+        let make = |n: &str| -> PyResult<Py<PyAny>> {
+            let t = namedtuple.call1((n, ("values", "indices")))?;
+            t.setattr("__module__", "tfm_rs.return_types")?;
+            Ok(t.unbind())
+        };
+        Ok([make("max")?, make("min")?])
+    })?;
+    Ok(types[usize::from(name == "min")].bind(py).clone())
 }
 
 /// A tensor from data (like `torch.tensor`).
