@@ -627,9 +627,9 @@ impl PyTensor {
         other: &Bound<'_, PyAny>,
         op: CompareOp,
     ) -> PyResult<Py<PyAny>> {
-        if !other.is_instance_of::<PyTensor>() && tensor_from_py(other, "compare").is_err() {
+        let Ok(b) = tensor_from_py(other, "compare") else {
             return Ok(py.NotImplemented());
-        }
+        };
         let kind = match op {
             CompareOp::Eq => Comparison::Eq,
             CompareOp::Ne => Comparison::Ne,
@@ -638,7 +638,7 @@ impl PyTensor {
             CompareOp::Gt => Comparison::Gt,
             CompareOp::Ge => Comparison::Ge,
         };
-        Ok(Py::new(py, self.compare(py, other, kind)?)?.into_any())
+        Ok(Py::new(py, self.compare_with(py, b, kind)?)?.into_any())
     }
     /// By identity, as PyTorch's (`==` is elementwise, so it cannot define the hash).
     fn __hash__(slf: &Bound<'_, Self>) -> isize {
@@ -834,7 +834,10 @@ impl PyTensor {
         other: &Bound<'_, PyAny>,
         kind: Comparison,
     ) -> PyResult<PyTensor> {
-        let b = tensor_from_py(other, "compare")?;
+        self.compare_with(py, tensor_from_py(other, "compare")?, kind)
+    }
+
+    fn compare_with(&self, py: Python<'_>, b: Tensor, kind: Comparison) -> PyResult<PyTensor> {
         let a = self.var.value();
         Ok(PyTensor::wrap(Var::constant(run(py, || {
             select::compare(kind, &a, &b)
