@@ -15,7 +15,8 @@ would take the cores from the next); the script reports each one's best round pl
 ratio to tfm_rs (> 1: tfm_rs is faster). Threads: whatever each
 library uses by default (tfm_rs: TFM_RS_NUM_THREADS or all cores).
 
-The "transpose" case times a transpose made contiguous, forward only. The "1000 calls" cases
+The "transpose" case times a transpose made contiguous, forward only; "adam step" one
+optimizer step (NumPy: the same update written out, with the first step's bias corrections). The "1000 calls" cases
 time 1000 small ops in a row (a call's overhead, not its arithmetic). The
 "to_tensor" and "to_numpy" cases time the NumPy conversions, which copy, against the same
 copy elsewhere: ``tfm_rs.tensor(a)`` vs ``np.copy(a)`` and ``torch.from_numpy(a).clone()``, and
@@ -231,6 +232,25 @@ def cases(rng, smoke: bool = False):
         "tfm_rs": tfm_fb(lambda p, i, ids=ids, v=v, k=k: F.hash_embedding(ids, p, i, v, k, seed=0), pool, imp),
         "numpy": None,
         "torch": torch and torch_fb(lambda p, i, b=buckets, t=tids: (p[b] * i[t].unsqueeze(-1)).sum(1), pool, imp),
+    }))
+    # One optimizer step over 7.58M parameters (the small Multi30k preset's count) in one tensor.
+    n = rows(7_580_000)
+    x, g = rand(n), rand(n)
+    p = tfm_rs.nn.Parameter(tfm_rs.tensor(x))
+    p.grad = tfm_rs.tensor(g)
+    tp = torch and torch.nn.Parameter(torch.from_numpy(x.copy()))
+    if torch:
+        tp.grad = torch.from_numpy(g.copy())
+    m, v = np.zeros_like(x), np.zeros_like(x)
+
+    def np_adam(x=x, g=g, m=m, v=v):
+        m[:] = 0.9 * m + 0.1 * g
+        v[:] = 0.999 * v + 0.001 * g * g
+        x -= 1e-3 / 0.1 * m / (np.sqrt(v) / np.sqrt(0.001) + 1e-8)
+    out.append((f"adam step {n}", {
+        "tfm_rs": tfm_rs.optim.Adam([p], lr=1e-3).step,
+        "numpy": np_adam,
+        "torch": torch and torch.optim.Adam([tp], lr=1e-3).step,
     }))
     # Small ops, where the cost of a call dominates: 1000 calls in a row.
     x, y = rand(64), rand(64)

@@ -11,7 +11,8 @@
 //! As in PyTorch's implementation, AMSGrad keeps the maximum of the raw second moment (not of
 //! the bias-corrected one, as its documentation's pseudo-code shows).
 
-use super::{check_len, for_each_index, optional_chunks, CHUNK};
+use super::{check_len, optional_chunks, CHUNK};
+use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
 
@@ -52,16 +53,25 @@ pub fn adam_step(
     }
 
     let t = step as f64;
-    let step_size = (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32;
-    let bias_correction2_sqrt = (1.0 - cfg.beta2.powf(t)).sqrt() as f32;
-    let (beta2, one_minus_beta1, one_minus_beta2) = (
-        cfg.beta2 as f32,
-        (1.0 - cfg.beta1) as f32,
-        (1.0 - cfg.beta2) as f32,
-    );
-    let (wd, eps) = (cfg.weight_decay as f32, cfg.eps as f32);
-    let decay = (1.0 - cfg.lr * cfg.weight_decay) as f32;
-
+    let k = Consts {
+        step_size: (cfg.lr / (1.0 - cfg.beta1.powf(t))) as f32,
+        bias_correction2_sqrt: (1.0 - cfg.beta2.powf(t)).sqrt() as f32,
+        beta2: cfg.beta2 as f32,
+        one_minus_beta1: (1.0 - cfg.beta1) as f32,
+        one_minus_beta2: (1.0 - cfg.beta2) as f32,
+        sign: if cfg.maximize { -1.0 } else { 1.0 },
+        coupled_wd: if cfg.decoupled {
+            0.0
+        } else {
+            cfg.weight_decay as f32
+        },
+        decay: if cfg.decoupled {
+            (1.0 - cfg.lr * cfg.weight_decay) as f32
+        } else {
+            1.0
+        },
+        eps: cfg.eps as f32,
+    };
     let chunks = n.div_ceil(CHUNK);
     let items: Vec<_> = param
         .chunks_mut(CHUNK)
@@ -70,31 +80,82 @@ pub fn adam_step(
         .zip(exp_avg_sq.chunks_mut(CHUNK))
         .zip(optional_chunks(max_sq, chunks))
         .collect();
-    for_each_row(items, CHUNK, |_, ((((p, g), m), v), mut vmax)| {
-        let n = p.len();
-        for_each_index(n, &mut |j| {
-            let mut gj = if cfg.maximize { -g[j] } else { g[j] };
-            if cfg.weight_decay != 0.0 {
-                if cfg.decoupled {
-                    p[j] *= decay;
-                } else {
-                    gj += wd * p[j];
-                }
-            }
-            m[j] = lerp(m[j], gj, one_minus_beta1);
-            v[j] = v[j] * beta2 + one_minus_beta2 * (gj * gj);
-            let second = match vmax.as_deref_mut() {
-                Some(vm) => {
-                    vm[j] = vm[j].max(v[j]);
-                    vm[j]
-                }
-                None => v[j],
-            };
-            let denom = second.sqrt() / bias_correction2_sqrt + eps;
-            p[j] += (-step_size * m[j]) / denom;
-        });
+    for_each_row(items, CHUNK, |_, ((((p, g), m), v), vmax)| {
+        adam_chunk(p, g, m, v, vmax, &k)
     });
     Ok(())
+}
+
+/// The per-step constants of [`adam_step`]. A setting that does not apply takes its neutral
+/// value (`sign` 1, `coupled_wd` 0, `decay` 1), which gives exactly what skipping it would:
+/// the kernel has no per-element branches on the configuration, so it vectorizes.
+struct Consts {
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+    beta2: f32,
+    one_minus_beta1: f32,
+    one_minus_beta2: f32,
+    sign: f32,
+    coupled_wd: f32,
+    decay: f32,
+    eps: f32,
+}
+
+impl Consts {
+    /// `(θ, m, v)` after the moment updates (θ decayed for AdamW).
+    #[inline(always)]
+    fn moments(&self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = self.sign * g;
+        // A select, not `+ 0·θ`: that would turn an infinite θ's zero decay into NaN moments.
+        let g = if self.coupled_wd != 0.0 {
+            g + self.coupled_wd * p
+        } else {
+            g
+        };
+        let m = lerp(m, g, self.one_minus_beta1);
+        let v = v * self.beta2 + self.one_minus_beta2 * (g * g);
+        (p * self.decay, m, v)
+    }
+
+    /// θ after the step, from the (decayed) θ, m and the second moment used.
+    #[inline(always)]
+    fn apply(&self, p: f32, m: f32, second: f32) -> f32 {
+        let denom = second.sqrt() / self.bias_correction2_sqrt + self.eps;
+        p + (-self.step_size * m) / denom
+    }
+}
+
+simd_kernel! {
+    /// One chunk of [`adam_step`]: the slices are the chunk's, all of one length.
+    fn adam_chunk(
+        p: &mut [f32],
+        g: &[f32],
+        m: &mut [f32],
+        v: &mut [f32],
+        vmax: Option<&mut [f32]>,
+        k: &Consts,
+    ) {
+        let n = p.len();
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        match vmax {
+            None => {
+                for j in 0..n {
+                    let (pj, mj, vj) = k.moments(p[j], g[j], m[j], v[j]);
+                    (m[j], v[j]) = (mj, vj);
+                    p[j] = k.apply(pj, mj, vj);
+                }
+            }
+            Some(vm) => {
+                let vm = &mut vm[..n];
+                for j in 0..n {
+                    let (pj, mj, vj) = k.moments(p[j], g[j], m[j], v[j]);
+                    (m[j], v[j]) = (mj, vj);
+                    vm[j] = vm[j].max(vj);
+                    p[j] = k.apply(pj, mj, vm[j]);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

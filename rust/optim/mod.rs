@@ -15,7 +15,6 @@ pub use adam::{adam_step, AdamConfig};
 pub use sgd::{sgd_step, SgdConfig};
 pub use update::{adam_update, sgd_update};
 
-use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 
 /// Elements per parallel task. Updates are elementwise, so the split never changes results.
@@ -38,15 +37,5 @@ fn optional_chunks(buf: Option<&mut [f32]>, chunks: usize) -> Vec<Option<&mut [f
     match buf {
         Some(b) => b.chunks_mut(CHUNK).map(Some).collect(),
         None => (0..chunks).map(|_| None).collect(),
-    }
-}
-
-simd_kernel! {
-    /// `update(j)` for `j` in `0..n`, compiled for the current instruction set: the elementwise
-    /// update of one chunk (the closure, inlined here, vectorizes 16 or 8 lanes wide).
-    fn for_each_index(n: usize, update: &mut impl FnMut(usize)) {
-        for j in 0..n {
-            update(j);
-        }
     }
 }

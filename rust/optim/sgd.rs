@@ -12,7 +12,8 @@
 //! pseudo-code flips the sign of the final update instead, which differs once weight decay is
 //! on).
 
-use super::{check_len, for_each_index, optional_chunks, CHUNK};
+use super::{check_len, optional_chunks, CHUNK};
+use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
 
@@ -40,36 +41,75 @@ pub fn sgd_step(
         }
         _ => None,
     };
-    let (lr, momentum, wd) = (cfg.lr as f32, cfg.momentum as f32, cfg.weight_decay as f32);
-    let one_minus_dampening = (1.0 - cfg.dampening) as f32;
+    let k = Consts {
+        lr: cfg.lr as f32,
+        momentum: cfg.momentum as f32,
+        one_minus_dampening: (1.0 - cfg.dampening) as f32,
+        sign: if cfg.maximize { -1.0 } else { 1.0 },
+        wd: cfg.weight_decay as f32,
+        nesterov: cfg.nesterov,
+        first_step,
+    };
     let items: Vec<_> = param
         .chunks_mut(CHUNK)
         .zip(grad.chunks(CHUNK))
         .zip(optional_chunks(buf, n.div_ceil(CHUNK)))
         .collect();
-    for_each_row(items, CHUNK, |_, ((p, g), mut b)| {
-        let n = p.len();
-        for_each_index(n, &mut |j| {
-            let mut gj = if cfg.maximize { -g[j] } else { g[j] };
-            if cfg.weight_decay != 0.0 {
-                gj += wd * p[j];
-            }
-            if let Some(b) = b.as_deref_mut() {
-                b[j] = if first_step {
-                    gj
-                } else {
-                    b[j] * momentum + one_minus_dampening * gj
-                };
-                gj = if cfg.nesterov {
-                    gj + momentum * b[j]
-                } else {
-                    b[j]
-                };
-            }
-            p[j] += -lr * gj;
-        });
-    });
+    for_each_row(items, CHUNK, |_, ((p, g), b)| sgd_chunk(p, g, b, &k));
     Ok(())
+}
+
+/// The per-step constants of [`sgd_step`] (`sign` −1 with `maximize`).
+struct Consts {
+    lr: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    sign: f32,
+    wd: f32,
+    nesterov: bool,
+    first_step: bool,
+}
+
+impl Consts {
+    #[inline(always)]
+    fn grad(&self, g: f32, p: f32) -> f32 {
+        let g = self.sign * g;
+        // A select, not `+ 0·θ`, which would make an infinite θ's update NaN.
+        if self.wd != 0.0 {
+            g + self.wd * p
+        } else {
+            g
+        }
+    }
+}
+
+simd_kernel! {
+    /// One chunk of [`sgd_step`]; the branches on the configuration are the same for every
+    /// element, so each loop vectorizes.
+    fn sgd_chunk(p: &mut [f32], g: &[f32], b: Option<&mut [f32]>, k: &Consts) {
+        let n = p.len();
+        let g = &g[..n];
+        match b {
+            None => {
+                for j in 0..n {
+                    p[j] += -k.lr * k.grad(g[j], p[j]);
+                }
+            }
+            Some(b) => {
+                let b = &mut b[..n];
+                for j in 0..n {
+                    let gj = k.grad(g[j], p[j]);
+                    b[j] = if k.first_step {
+                        gj
+                    } else {
+                        b[j] * k.momentum + k.one_minus_dampening * gj
+                    };
+                    let step = if k.nesterov { gj + k.momentum * b[j] } else { b[j] };
+                    p[j] += -k.lr * step;
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
