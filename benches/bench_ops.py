@@ -189,6 +189,17 @@ def cases(rng, smoke: bool = False):
         "numpy": lambda x=x, g=g: (np.abs(x), g * np.sign(x)),
         "torch": torch and torch_fb(lambda a: a.abs(), x),
     }))
+    out.append((f"sin {rows(3072)}x1024", {
+        "tfm_rs": tfm_fb(lambda a: a.sin(), x),
+        "numpy": lambda x=x, g=g: (np.sin(x), g * np.cos(x)),
+        "torch": torch and torch_fb(lambda a: a.sin(), x),
+    }))
+    # var over the last dimension (the Annotated Transformer's LayerNorm takes x.std(-1)).
+    out.append((f"var(dim=-1) {rows(3072)}x1024", {
+        "tfm_rs": tfm_fb(lambda a: a.var(-1), x),
+        "numpy": lambda x=x: x.var(-1, ddof=1),
+        "torch": torch and torch_fb(lambda a: a.var(-1), x),
+    }))
     # Selections: attention scores masked with -inf under a causal mask (the Annotated
     # Transformer's masked_fill), a clamp, and a max over the last dimension (values and indices).
     x = rand(rows(64), 128, 128)

@@ -40,6 +40,8 @@ pub enum UnaryOp {
     Pow(f32),
     Sigmoid,
     Abs,
+    Sin,
+    Cos,
 }
 
 impl UnaryOp {
@@ -53,6 +55,8 @@ impl UnaryOp {
             UnaryOp::Pow(_) => "pow",
             UnaryOp::Sigmoid => "sigmoid",
             UnaryOp::Abs => "abs",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
 }

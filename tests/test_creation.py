@@ -203,6 +203,26 @@ def test_sigmoid_and_abs_match_torch_in_float64():
         assert_close(ours.grad, ref.grad.numpy(), what=name)
 
 
+@pytest.mark.parametrize("fn", ["sin", "cos"])
+def test_sin_cos_match_numpy_to_positional_encoding_angles(fn):
+    # Angles as the sinusoidal positional encoding makes them: positions up to 5000.
+    angles = np.outer(np.arange(0, 5000, 37), 1 / 10000 ** (np.arange(0, 64, 2) / 64)).astype(np.float32)
+    ref = getattr(np, fn)(angles.astype(np.float64))
+    assert_close(getattr(tfm_rs, fn)(angles), ref, rtol=0, atol=2e-7)
+    x = randn((3, 17), seed=24, scale=3)
+    deriv = {"sin": np.cos, "cos": lambda v: -np.sin(v)}[fn]
+    check_op(lambda a: getattr(a, fn)(), getattr(np, fn), [x])
+    t = leaf(x)
+    getattr(t, fn)().backward(np.ones_like(x))
+    assert_close(t.grad, deriv(x.astype(np.float64)), rtol=1e-6, atol=1e-7)
+    huge = np.array([7e4, -3e6, 1e30, np.nan, np.inf, -0.0], dtype=np.float32)  # libm's reduction
+    with np.errstate(invalid="ignore"):
+        assert_close(getattr(tfm_rs, fn)(huge), getattr(np, fn)(huge.astype(np.float64)), rtol=0, atol=2e-7)
+    if tfm_rs.gpu_available():  # the shader's own range reduction, not WGSL's builtins
+        g = tfm_rs.tensor(angles).to("gpu")
+        assert_close(getattr(g, fn)().cpu(), ref, rtol=0, atol=1e-6)
+
+
 def test_device_argument():
     assert tfm_rs.zeros(2, device="cpu").device == "cpu"
     with pytest.raises(tfm_rs.InvalidArgumentError, match="gpu"):

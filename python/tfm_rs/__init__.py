@@ -54,26 +54,9 @@ from tfm_rs.creation import (
     zeros_like,
 )
 from tfm_rs.functional import log_softmax, matmul, relu, sigmoid, softmax, tanh
-from tfm_rs.pointwise import abs, exp, log, sqrt
-from tfm_rs.selection import (
-    amax,
-    amin,
-    argmax,
-    argmin,
-    clamp,
-    clip,
-    eq,
-    ge,
-    gt,
-    le,
-    lt,
-    max,
-    maximum,
-    min,
-    minimum,
-    ne,
-    where,
-)
+from tfm_rs.pointwise import abs, cos, exp, log, sin, sqrt
+from tfm_rs.reduction import amax, amin, argmax, argmin, max, mean, min, std, sum, var
+from tfm_rs.selection import clamp, clip, eq, ge, gt, le, lt, maximum, minimum, ne, where
 
 
 # Submodules with heavier third-party imports (tokenizers, safetensors, sacrebleu) load on
@@ -116,6 +99,7 @@ __all__ = [
     "cat",
     "clamp",
     "clip",
+    "cos",
     "cpu_features",
     "empty",
     "empty_like",
@@ -143,6 +127,7 @@ __all__ = [
     "matmul",
     "max",
     "maximum",
+    "mean",
     "min",
     "minimum",
     "models",
@@ -160,11 +145,15 @@ __all__ = [
     "set_num_threads",
     "set_rng_state",
     "sigmoid",
+    "sin",
     "softmax",
     "sqrt",
     "stack",
+    "std",
+    "sum",
     "tanh",
     "tensor",
+    "var",
     "where",
     "zeros",
     "zeros_like",

@@ -1,11 +1,10 @@
-"""``torch``'s comparison, selection and max/min functions, over the Tensor methods of the same
-names: ``eq``, ``ne``, ``lt``, ``le``, ``gt``, ``ge``, ``where``, ``clamp`` (``clip``),
-``maximum``, ``minimum``, ``max``, ``min``, ``amax``, ``amin``, ``argmax``, ``argmin``.
+"""``torch``'s comparison and selection functions, over the Tensor methods of the same names:
+``eq``, ``ne``, ``lt``, ``le``, ``gt``, ``ge``, ``where``, ``clamp`` (``clip``), ``maximum``,
+``minimum``.
 
-float32 is the only dtype, so comparisons give 0/1 float tensors (usable as conditions and
-masks, and summed or averaged as they are), and indices (``argmax``, ``max(x, dim).indices``)
-are int64 NumPy arrays, the form token ids take everywhere in this library. Inputs may be
-Tensors or NumPy arrays (copied as float32)."""
+float32 is the only dtype, so comparisons give 0/1 float tensors, usable as conditions and
+masks, and summed or averaged as they are. Inputs may be Tensors or NumPy arrays (copied as
+float32)."""
 
 from __future__ import annotations
 
@@ -14,10 +13,7 @@ from typing import Any, Optional
 from tfm_rs._core import Tensor
 from tfm_rs.nn.parameter import as_tensor
 
-__all__ = [
-    "amax", "amin", "argmax", "argmin", "clamp", "clip", "eq", "ge", "gt", "le", "lt", "max",
-    "maximum", "min", "minimum", "ne", "where",
-]
+__all__ = ["clamp", "clip", "eq", "ge", "gt", "le", "lt", "maximum", "minimum", "ne", "where"]
 
 
 def eq(input: Any, other: Any) -> Tensor:
@@ -73,35 +69,3 @@ def maximum(input: Any, other: Any) -> Tensor:
 def minimum(input: Any, other: Any) -> Tensor:
     """The elementwise minimum (NaN propagates; ties share the gradient in halves)."""
     return as_tensor(input).minimum(other)
-
-
-def max(input: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
-    """The largest value; along ``dim`` the named tuple ``(values, indices)``; with a tensor
-    as the second argument, :func:`maximum`."""
-    return as_tensor(input).max(dim, keepdim)
-
-
-def min(input: Any, dim: Any = None, keepdim: bool = False) -> Any:  # noqa: A001
-    """The smallest value; along ``dim`` the named tuple ``(values, indices)``; with a tensor
-    as the second argument, :func:`minimum`."""
-    return as_tensor(input).min(dim, keepdim)
-
-
-def amax(input: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """The largest value over ``dim`` (an int, a sequence, or None for all)."""
-    return as_tensor(input).amax(dim, keepdim)
-
-
-def amin(input: Any, dim: Any = None, keepdim: bool = False) -> Tensor:
-    """The smallest value over ``dim`` (an int, a sequence, or None for all)."""
-    return as_tensor(input).amin(dim, keepdim)
-
-
-def argmax(input: Any, dim: Optional[int] = None, keepdim: bool = False) -> Any:
-    """Indices of the largest values along ``dim`` (of the flattened input when None)."""
-    return as_tensor(input).argmax(dim, keepdim)
-
-
-def argmin(input: Any, dim: Optional[int] = None, keepdim: bool = False) -> Any:
-    """Indices of the smallest values along ``dim`` (of the flattened input when None)."""
-    return as_tensor(input).argmin(dim, keepdim)

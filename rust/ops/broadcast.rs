@@ -411,6 +411,15 @@ fn f64_lane_sum(x: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
+simd_kernel! {
+    /// `acc += x` elementwise, widening to f64.
+    fn add_f64(acc: &mut [f64], x: &[f32]) {
+        for (a, &v) in acc.iter_mut().zip(x) {
+            *a += v as f64;
+        }
+    }
+}
+
 fn sum_to_host(g: &CpuTensor, shape: &[usize]) -> Tensor {
     let out_shape = g.shape().to_vec();
     let mut out = crate::cpu::alloc::zeros(numel(shape));
@@ -435,10 +444,23 @@ fn sum_to_host(g: &CpuTensor, shape: &[usize]) -> Tensor {
     // Target rows are visited in order and repeatedly; accumulate in f64 so long reductions
     // (a bias gradient over batch × time) keep f32 accuracy.
     let mut acc = vec![0.0f64; out.len()];
-    for (row, gr) in g.data().chunks(inner).enumerate() {
-        let off = row_offset(row, &out_shape, &strides);
-        for (j, &v) in gr.iter().enumerate() {
-            acc[off + j * s_in] += v as f64;
+    let rows = g.data().chunks(inner);
+    if s_in == 0 {
+        // The last dimension is summed: each row's sum in vectorized lanes (rows in parallel),
+        // then added to its target in row order, so that results do not depend on threads.
+        let sums: Vec<f64> = if split(g.numel()) {
+            pool::parallel(|| g.data().par_chunks(inner).map(f64_lane_sum).collect())
+        } else {
+            rows.map(f64_lane_sum).collect()
+        };
+        for (row, sum) in sums.into_iter().enumerate() {
+            acc[row_offset(row, &out_shape, &strides)] += sum;
+        }
+    } else {
+        // The last dimension is kept (stride 1): a contiguous row added to a contiguous target.
+        for (row, gr) in rows.enumerate() {
+            let off = row_offset(row, &out_shape, &strides);
+            add_f64(&mut acc[off..][..inner], gr);
         }
     }
     for (o, a) in out.iter_mut().zip(acc) {

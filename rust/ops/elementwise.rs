@@ -2,11 +2,13 @@
 //!
 //! Binary: `add, sub, mul, div` — `out = f(a, b)` over `broadcast(a.shape, b.shape)`; backward
 //! sums each operand's gradient back to its own shape. `mul`/`div` save both operands.
-//! Unary: `neg, exp, log, sqrt, tanh, pow(x, p)` — `exp`, `sqrt`, `tanh` save their output,
-//! `log` and `pow` their input.
+//! Unary: `neg, exp, log, sqrt, tanh, pow(x, p), sigmoid, abs, sin, cos` — `exp`, `sqrt`,
+//! `tanh`, `sigmoid` save their output, `log`, `pow`, `abs`, `sin`, `cos` their input.
 
 use super::broadcast::{map1, map2, sum_to};
 use crate::autograd::{Backward, Var};
+use crate::cpu::math::{sin_cos, SIN_COS_REDUCED};
+use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::tensor::{CpuTensor, Device, Placed, Tensor};
 
@@ -125,14 +127,14 @@ pub fn div(a: &Var, b: &Var) -> Result<Var> {
 /// `op(x)` elementwise, on `x`'s device.
 pub fn unary_forward(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     match Tensor::place(op.name(), [x])? {
-        Placed::Cpu([x]) => Ok(unary_host(op, x)),
+        Placed::Cpu([x]) => unary_host(op, x),
         #[cfg(feature = "wgpu")]
         Placed::Gpu([x]) => Ok(crate::gpu::ops::elementwise::unary(op, x)?.into()),
     }
 }
 
-fn unary_host(op: UnaryOp, x: &CpuTensor) -> Tensor {
-    match op {
+fn unary_host(op: UnaryOp, x: &CpuTensor) -> Result<Tensor> {
+    Ok(match op {
         UnaryOp::Neg => map1(x, |v| -v),
         UnaryOp::Exp => map1(x, f32::exp),
         UnaryOp::Log => map1(x, f32::ln),
@@ -141,7 +143,9 @@ fn unary_host(op: UnaryOp, x: &CpuTensor) -> Tensor {
         UnaryOp::Pow(p) => map1(x, |v| v.powf(p)),
         UnaryOp::Sigmoid => map1(x, crate::cpu::math::sigmoid),
         UnaryOp::Abs => map1(x, f32::abs),
-    }
+        UnaryOp::Sin => return trig(x, false),
+        UnaryOp::Cos => return trig(x, true),
+    })
 }
 
 /// `x` is the input and `y` the output of the forward.
@@ -166,6 +170,32 @@ fn unary_backward_host(op: UnaryOp, g: &CpuTensor, x: &CpuTensor, y: &CpuTensor)
         UnaryOp::Sigmoid => map2("sigmoid", g, y, |g, y| g * y * (1.0 - y)),
         // PyTorch's sgn(x): 0 at 0 (a subgradient), NaN where x is NaN.
         UnaryOp::Abs => map2("abs", g, x, |g, x| g * sign(x)),
+        UnaryOp::Sin => map2("sin", g, trig(x, true)?.cpu("sin")?, |g, c| g * c),
+        UnaryOp::Cos => map2("cos", g, trig(x, false)?.cpu("cos")?, |g, s| -(g * s)),
+    }
+}
+
+/// `sin x` or (`cos`) `cos x`: vectorized ([`sin_cos`]) where its reduction is exact, libm's
+/// beyond (a second pass, taken only when some |x| is that large, or NaN).
+fn trig(x: &CpuTensor, cos: bool) -> Result<Tensor> {
+    let pick = move |(s, c): (f32, f32)| if cos { c } else { s };
+    let y = map1(x, move |v| pick(sin_cos(v)));
+    if !any_beyond(x.data(), SIN_COS_REDUCED) {
+        return Ok(y);
+    }
+    map2("sin", y.cpu("sin")?, x, move |y, v| {
+        if v.abs() <= SIN_COS_REDUCED {
+            y
+        } else {
+            pick((v.sin(), v.cos()))
+        }
+    })
+}
+
+simd_kernel! {
+    /// Whether some `|x| > limit` (NaN is not), without an early exit, so that it vectorizes.
+    fn any_beyond(x: &[f32], limit: f32) -> bool {
+        x.iter().fold(false, |any, v| any | (v.abs() > limit))
     }
 }
 

@@ -7,7 +7,7 @@
 //! evenly among the positions holding the extreme, as PyTorch's.
 
 use super::broadcast::{broadcast_to, gather, sum_to};
-use super::elementwise::scale;
+use super::elementwise::{self, scale};
 use super::rows::{for_each_row, rows_mut};
 use super::shape::permute_forward;
 use crate::autograd::{Backward, Var};
@@ -114,6 +114,27 @@ pub fn sum(x: &Var, dims: &[isize], keepdim: bool) -> Result<Var> {
 
 pub fn mean(x: &Var, dims: &[isize], keepdim: bool) -> Result<Var> {
     reduce("mean", x, dims, keepdim, true)
+}
+
+/// The variance over `dims` (all when empty), `Σ (x − mean)² / max(0, N − correction)` with
+/// Bessel's `correction` (PyTorch's default 1): composed of differentiable ops, so its gradient
+/// is theirs, `2(x − mean) / (N − correction)`. With `N ≤ correction` it is NaN (or inf), as in
+/// PyTorch.
+pub fn var(x: &Var, dims: &[isize], correction: f64, keepdim: bool) -> Result<Var> {
+    let (kept, _) = reduced_shapes("var", &x.shape(), dims, keepdim)?;
+    let n = x.value().numel() / numel(&kept).max(1);
+    let centred = elementwise::sub(x, &reduce("var", x, dims, true, true)?)?;
+    let squares = sum(&elementwise::mul(&centred, &centred)?, dims, keepdim)?;
+    let denom = (n as f64 - correction).max(0.0) as f32;
+    elementwise::div(&squares, &Var::constant(Tensor::scalar(denom)))
+}
+
+/// The standard deviation, `√var` (see [`var`]).
+pub fn std(x: &Var, dims: &[isize], correction: f64, keepdim: bool) -> Result<Var> {
+    elementwise::unary(
+        elementwise::UnaryOp::Sqrt,
+        &var(x, dims, correction, keepdim)?,
+    )
 }
 
 /// Which extreme a max/min reduction takes.

@@ -49,6 +49,17 @@ fn dims_arg(dim: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<isize>> {
     }
 }
 
+/// Bessel's correction from PyTorch's two spellings, `unbiased` (legacy) or `correction`.
+fn correction_arg(unbiased: Option<bool>, correction: Option<f64>) -> PyResult<f64> {
+    match (unbiased, correction) {
+        (Some(_), Some(_)) => {
+            Err(TfmError::value("var", "give either unbiased or correction, not both").into())
+        }
+        (Some(u), None) => Ok(if u { 1.0 } else { 0.0 }),
+        (None, c) => Ok(c.unwrap_or(1.0)),
+    }
+}
+
 /// Shape arguments given either as separate ints or as one sequence: `reshape(2, 3)` or
 /// `reshape((2, 3))`, as PyTorch accepts.
 fn shape_args(args: &Bound<'_, PyTuple>) -> PyResult<Vec<isize>> {
@@ -434,6 +445,12 @@ impl PyTensor {
     fn abs(&self, py: Python<'_>) -> PyResult<PyTensor> {
         self.unary(py, UnaryOp::Abs)
     }
+    fn sin(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        self.unary(py, UnaryOp::Sin)
+    }
+    fn cos(&self, py: Python<'_>) -> PyResult<PyTensor> {
+        self.unary(py, UnaryOp::Cos)
+    }
     fn relu(&self, py: Python<'_>) -> PyResult<PyTensor> {
         self.apply(py, activation::relu)
     }
@@ -659,6 +676,34 @@ impl PyTensor {
     /// This tensor (float32 is the only dtype), as `Tensor.float()` on a float32 tensor.
     fn float(slf: Bound<'_, Self>) -> Bound<'_, Self> {
         slf
+    }
+
+    /// Variance over `dim` (an int, a sequence, or None for all), with PyTorch's `correction`
+    /// (default 1; `unbiased=False` is `correction=0`).
+    #[pyo3(signature = (dim = None, unbiased = None, keepdim = false, *, correction = None))]
+    fn var(
+        &self,
+        py: Python<'_>,
+        dim: Option<&Bound<'_, PyAny>>,
+        unbiased: Option<bool>,
+        keepdim: bool,
+        correction: Option<f64>,
+    ) -> PyResult<PyTensor> {
+        let (dims, c) = (dims_arg(dim)?, correction_arg(unbiased, correction)?);
+        self.apply(py, |x| reduce::var(x, &dims, c, keepdim))
+    }
+    /// Standard deviation, as [`var`](Self::var).
+    #[pyo3(signature = (dim = None, unbiased = None, keepdim = false, *, correction = None))]
+    fn std(
+        &self,
+        py: Python<'_>,
+        dim: Option<&Bound<'_, PyAny>>,
+        unbiased: Option<bool>,
+        keepdim: bool,
+        correction: Option<f64>,
+    ) -> PyResult<PyTensor> {
+        let (dims, c) = (dims_arg(dim)?, correction_arg(unbiased, correction)?);
+        self.apply(py, |x| reduce::std(x, &dims, c, keepdim))
     }
 
     #[pyo3(signature = (*shape))]

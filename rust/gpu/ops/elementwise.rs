@@ -61,6 +61,9 @@ pub fn binary(op: BinaryOp, a: &GpuTensor, b: &GpuTensor) -> Result<GpuTensor> {
     Ok(out)
 }
 
+/// The shader's kind for `x·s` (its `default` case).
+const SCALE: u32 = 10;
+
 /// (kind, s) of a unary op in the shader's numbering.
 fn unary_kind(op: UnaryOp) -> (u32, f32) {
     match op {
@@ -72,6 +75,8 @@ fn unary_kind(op: UnaryOp) -> (u32, f32) {
         UnaryOp::Pow(s) => (5, s),
         UnaryOp::Sigmoid => (6, 0.0),
         UnaryOp::Abs => (7, 0.0),
+        UnaryOp::Sin => (8, 0.0),
+        UnaryOp::Cos => (9, 0.0),
     }
 }
 
@@ -123,7 +128,7 @@ pub fn unary_backward(
 
 /// `x · s` elementwise (the shader's default kind, past the unary ops' numbers).
 pub fn scale(x: &GpuTensor, s: f32) -> Result<GpuTensor> {
-    launch_unary("unary", (8, s), x, x, x)
+    launch_unary("unary", (SCALE, s), x, x, x)
 }
 
 #[cfg(test)]
@@ -187,6 +192,8 @@ mod tests {
                 (UnaryOp::Pow(0.5), true),
                 (UnaryOp::Sigmoid, false),
                 (UnaryOp::Abs, false),
+                (UnaryOp::Sin, false),
+                (UnaryOp::Cos, false),
             ];
             for (op, positive) in ops {
                 let (hx, dx) = if positive { (&hp, &dp) } else { (&hs, &ds) };

@@ -58,6 +58,27 @@ fn stable_tanh(x: f32) -> f32 {
     return sign(x) * (1.0 - e) / (1.0 + e);
 }
 
+// sin and cos of x in the quadrant (k mod 4) after x = k·π/2 + r, |r| ≤ π/4: WGSL's builtins
+// promise only 2^-11 absolute error, and only on [−π, π] (positional encodings reach thousands).
+// π/2 in three parts (Cephes' split), so that k·part is exact for |k| < 2^16; then the Cephes
+// sinf/cosf polynomials on r.
+fn sin_cos(x: f32) -> vec2<f32> {
+    let k = round(x * 0.63661977236758134);
+    var r = fma(-k, 1.5703125, x);
+    r = fma(-k, 4.837512969970703125e-4, r);
+    r = fma(-k, 7.54978995489188216e-8, r);
+    let z = r * r;
+    let sr = fma(r * z, fma(z, fma(z, -1.9515295891e-4, 8.3321608736e-3), -1.6666654611e-1), r);
+    let cr = fma(z * z, fma(z, fma(z, 2.443315711809948e-5, -1.388731625493765e-3), 4.166664568298827e-2),
+                 fma(-0.5, z, 1.0));
+    switch (i32(k) & 3) {
+        case 0: { return vec2<f32>(sr, cr); }
+        case 1: { return vec2<f32>(cr, -sr); }
+        case 2: { return vec2<f32>(-sr, -cr); }
+        default: { return vec2<f32>(-cr, sr); }
+    }
+}
+
 // x^s as Rust's powf: WGSL's pow is undefined for x < 0, so integral exponents take the sign
 // from the parity.
 fn powf(x: f32, s: f32) -> f32 {
@@ -85,6 +106,8 @@ fn unary_f(x: f32) -> f32 {
         case 5u: { return powf(x, p.s); }
         case 6u: { return 1.0 / (1.0 + exp(-x)); }
         case 7u: { return abs(x); }
+        case 8u: { return sin_cos(x).x; }
+        case 9u: { return sin_cos(x).y; }
         default: { return x * p.s; }
     }
 }
@@ -118,6 +141,8 @@ fn unary_backward(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups)
         case 5u: { out[i] = gi * p.s * powf(x, p.s - 1.0); }
         case 6u: { out[i] = gi * y * (1.0 - y); }
         case 7u: { out[i] = gi * sign(x); }
+        case 8u: { out[i] = gi * sin_cos(x).y; }
+        case 9u: { out[i] = -(gi * sin_cos(x).x); }
         default: { out[i] = gi * p.s; }
     }
 }
