@@ -67,3 +67,36 @@ def test_post_ln_and_pre_ln_residual_paths():
     y_post, y_pre = post(x).numpy(), pre(x).numpy()
     np.testing.assert_allclose(y_post.std(-1), 1.0, atol=1e-2)  # LayerNorm last
     assert y_pre.std(-1).mean() > 2.0  # the input's scale carries through the residual
+
+
+def test_written_out_attention_layer_norm_and_positions_equal_the_fused_ops():
+    """The guide's from-scratch versions (torch-style tensor code: ``masked_fill``, ``softmax``,
+    ``var``, ``sin``/``cos``) give what the fused kernels give, values and gradients."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal((2, 3, 17, 8)).astype(np.float32) for _ in range(3))
+    mask = np.tril(np.ones((17, 17), dtype=np.float32))
+
+    def attention(q, k, v, mask):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        scores = scores.masked_fill(mask == 0, float("-inf"))
+        return scores.softmax(-1) @ v
+
+    written = [tfm_rs.tensor(a, requires_grad=True) for a in (q, k, v)]
+    fused = [tfm_rs.tensor(a, requires_grad=True) for a in (q, k, v)]
+    up = rng.standard_normal((2, 3, 17, 8)).astype(np.float32)
+    attention(*written, mask).backward(up)
+    out = F.scaled_dot_product_attention(*fused, is_causal=True)
+    out.backward(up)
+    np.testing.assert_allclose(attention(*written, mask).numpy(), out.numpy(), rtol=1e-5, atol=1e-6)
+    for a, b in zip(written, fused):
+        np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+    x = tfm_rs.tensor(rng.standard_normal((5, 16)).astype(np.float32) + 3)
+    by_hand = (x - x.mean(-1, keepdim=True)) / (x.var(-1, keepdim=True, unbiased=False) + 1e-5).sqrt()
+    np.testing.assert_allclose(by_hand.numpy(), F.layer_norm(x, 16).numpy(), rtol=1e-5, atol=1e-5)
+
+    d, length = 16, 50
+    pos = tfm_rs.arange(length).unsqueeze(1)
+    angle = pos * tfm_rs.exp(tfm_rs.arange(0, d, 2) * (-math.log(10000.0) / d))
+    table = tfm_rs.stack([angle.sin(), angle.cos()], dim=-1).reshape(length, d)
+    np.testing.assert_allclose(table.numpy(), sinusoidal_table(length, d), atol=2e-5)
