@@ -159,7 +159,6 @@ simd_kernel! {
         center: bool,
     ) {
         let d = out.len();
-        let RowStats { mean, rstd } = st;
         let (g, s) = (&g[..d], &s[..d]);
         // A unit weight when absent, so that one loop serves both cases.
         let ones;
@@ -170,14 +169,17 @@ simd_kernel! {
                 &ones[..]
             }
         };
+        // The products in f32 (x̂ through the two-part mean, as below), the sums in f64: the
+        // rounding of each f32 product is far below the sums' f32 result, and f64 products
+        // cost half the lanes plus a conversion per operand.
+        let norm = Normalizer::new(st);
         let [sum_g, sum_gs] = sums_f64([g, w, s], |[g, w, s]| {
-            let gh = g as f64 * w as f64;
-            [gh, gh * ((s as f64 - mean) * rstd)]
+            let gh = g * w;
+            [gh as f64, (gh * norm.apply(s)) as f64]
         });
         // Without centring the mean does not depend on the input, so its gradient term drops.
         let mean_g = if center { sum_g / d as f64 } else { 0.0 } as f32;
         let mean_gs = (sum_gs / d as f64) as f32;
-        let norm = Normalizer::new(st);
         for j in 0..d {
             out[j] = norm.r * ((g[j] * w[j] - mean_g) - norm.apply(s[j]) * mean_gs);
         }
@@ -217,8 +219,10 @@ simd_kernel! {
         let (aw, ab) = part.split_at_mut(part.len() / 2);
         let d = aw.len();
         for ((g, s), st) in g.chunks_exact(d).zip(s.chunks_exact(d)).zip(stats) {
+            // As in `input_grad_row`: the products in f32, the sums in f64.
+            let norm = Normalizer::new(*st);
             for (((aw, ab), &g), &s) in aw.iter_mut().zip(ab.iter_mut()).zip(g).zip(s) {
-                *aw += g as f64 * ((s as f64 - st.mean) * st.rstd);
+                *aw += (g * norm.apply(s)) as f64;
                 *ab += g as f64;
             }
         }
