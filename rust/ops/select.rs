@@ -15,7 +15,7 @@ use super::broadcast::{broadcast_strides, map1, map2, row_offset, sum_to};
 use super::rows::{for_each_row, rows_mut};
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
-use crate::error::{Result, TfmError};
+use crate::error::Result;
 use crate::tensor::{broadcast_shapes, numel, Tensor};
 
 /// An elementwise comparison.
@@ -27,26 +27,6 @@ pub enum Comparison {
     Le,
     Gt,
     Ge,
-}
-
-impl Comparison {
-    /// PyTorch's names: "eq", "ne", "lt", "le", "gt", "ge".
-    pub fn parse(name: &str) -> Result<Comparison> {
-        Ok(match name {
-            "eq" => Comparison::Eq,
-            "ne" => Comparison::Ne,
-            "lt" => Comparison::Lt,
-            "le" => Comparison::Le,
-            "gt" => Comparison::Gt,
-            "ge" => Comparison::Ge,
-            _ => {
-                return Err(TfmError::value(
-                    "compare",
-                    format!("unknown comparison {name:?}; expected eq, ne, lt, le, gt or ge"),
-                ))
-            }
-        })
-    }
 }
 
 fn indicator(holds: bool) -> f32 {
@@ -168,6 +148,19 @@ impl Backward for WhereBackward {
         }
         Ok(grads)
     }
+}
+
+/// `value` where `mask ≠ 0`, else `x` (`Tensor.masked_fill`): [`where_`] with the mask required
+/// to broadcast to `x`'s shape, which the result keeps.
+pub fn masked_fill(x: &Var, mask: &Tensor, value: f32) -> Result<Var> {
+    let shape = x.shape();
+    crate::ensure_shape!(
+        broadcast_shapes("masked_fill", mask.shape(), &shape)? == shape,
+        "masked_fill",
+        "mask of shape {:?} does not broadcast to the tensor's shape {shape:?}",
+        mask.shape()
+    );
+    where_(mask, &Var::constant(Tensor::scalar(value)), x)
 }
 
 /// `cond ≠ 0 ? x : y` elementwise over the broadcast shape of the three (`torch.where`).

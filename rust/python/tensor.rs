@@ -602,21 +602,8 @@ impl PyTensor {
         mask: &Bound<'_, PyAny>,
         value: f32,
     ) -> PyResult<PyTensor> {
-        let cond = condition_from_py(mask, "masked_fill")?;
-        let shape = self.var.shape();
-        let grown = crate::tensor::broadcast_shapes("masked_fill", cond.shape(), &shape)?;
-        if grown != shape {
-            return Err(TfmError::shape(
-                "masked_fill",
-                format!(
-                    "mask of shape {:?} does not broadcast to the tensor's shape {shape:?}",
-                    cond.shape()
-                ),
-            )
-            .into());
-        }
-        let fill = Var::constant(Tensor::scalar(value));
-        self.apply(py, |x| select::where_(&cond, &fill, x))
+        let mask = condition_from_py(mask, "masked_fill")?;
+        self.apply(py, |x| select::masked_fill(x, &mask, value))
     }
     fn eq(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<PyTensor> {
         self.compare(py, other, Comparison::Eq)
