@@ -191,12 +191,11 @@ fn first_extreme(row: &[f32], which: Extreme) -> (f32, usize) {
     (row[at], at)
 }
 
-/// A reduction's input as rows: the kept dimensions first (in order), then the reduced ones.
+/// How a reduction sees its input as rows `(outer, r)`: the kept dimensions first (in order),
+/// then the reduced ones.
 struct Rows {
-    /// (outer, r), contiguous.
-    data: Tensor,
-    /// Input dimension `perm[i]` is dimension `i` of the permuted input.
-    perm: Vec<usize>,
+    /// The permutation back to the input's order; `None` when the rows are the input as it is.
+    inverse: Option<Vec<usize>>,
     permuted_shape: Vec<usize>,
     /// The output's shape (reduced dimensions as 1 with `keepdim`, else removed).
     out_shape: Vec<usize>,
@@ -204,7 +203,9 @@ struct Rows {
 }
 
 impl Rows {
-    fn new(op: &'static str, x: &Tensor, dims: &[isize], keepdim: bool) -> Result<Rows> {
+    /// The layout and `x` laid out as its rows (a copy only when the reduced dimensions are not
+    /// already the trailing ones).
+    fn new(op: &'static str, x: &Tensor, dims: &[isize], keepdim: bool) -> Result<(Rows, Tensor)> {
         let shape = x.shape();
         let reduce = reduced_dims(op, shape.len(), dims)?;
         let (_, out_shape) = reduced_shapes(op, shape, dims, keepdim)?;
@@ -222,31 +223,40 @@ impl Rows {
                 format!("cannot reduce over no elements (input of shape {shape:?})"),
             ));
         }
-        let strides = contiguous_strides(shape);
         let permuted_shape: Vec<usize> = perm.iter().map(|&d| shape[d]).collect();
-        let view: Vec<usize> = perm.iter().map(|&d| strides[d]).collect();
-        let data = if perm.iter().enumerate().all(|(i, &d)| i == d) {
-            x.clone()
+        let (data, inverse) = if perm.iter().enumerate().all(|(i, &d)| i == d) {
+            (x.clone(), None)
         } else {
-            gather(x, 0, &permuted_shape, &view)?
+            let strides = contiguous_strides(shape);
+            let view: Vec<usize> = perm.iter().map(|&d| strides[d]).collect();
+            let mut inverse = vec![0; perm.len()];
+            for (i, &p) in perm.iter().enumerate() {
+                inverse[p] = i;
+            }
+            (gather(x, 0, &permuted_shape, &view)?, Some(inverse))
         };
-        Ok(Rows {
-            data,
-            perm,
+        let rows = Rows {
+            inverse,
             permuted_shape,
             out_shape,
             r,
-        })
+        };
+        Ok((rows, data))
     }
 
     fn outer(&self) -> usize {
-        self.data.numel() / self.r
+        numel(&self.permuted_shape) / self.r
     }
 
-    /// Each row's first extreme: values and indices within the row.
-    fn extremes(&self, op: &'static str, which: Extreme) -> Result<(Vec<f32>, Vec<usize>)> {
+    /// Each row's first extreme in `data` (laid out as these rows): values and indices.
+    fn extremes(
+        &self,
+        op: &'static str,
+        data: &Tensor,
+        which: Extreme,
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
         let (outer, r) = (self.outer(), self.r);
-        let data = self.data.cpu(op)?.data();
+        let data = data.cpu(op)?.data();
         let mut values = vec![0.0f32; outer];
         let mut index = vec![0usize; outer];
         let items: Vec<_> = values.iter_mut().zip(index.iter_mut()).collect();
@@ -256,20 +266,16 @@ impl Rows {
         Ok((values, index))
     }
 
-    /// The input's gradient from per-row gradients `f(row, j)` at the row's positions `j`.
+    /// The input's gradient from `f(row, r, gradient row)`, which fills a zeroed row.
     fn scatter_back(&self, f: impl Fn(usize, usize, &mut [f32]) + Sync) -> Result<Tensor> {
         let (outer, r) = (self.outer(), self.r);
         let mut g = vec![0.0f32; outer * r];
         for_each_row(rows_mut(&mut g, outer, r), r, |o, row| f(o, r, row));
         let g = Tensor::new(g, &self.permuted_shape)?;
-        if self.perm.iter().enumerate().all(|(i, &d)| i == d) {
-            return Ok(g);
+        match &self.inverse {
+            None => Ok(g),
+            Some(inverse) => permute_forward(&g, inverse),
         }
-        let mut inverse = vec![0; self.perm.len()];
-        for (i, &p) in self.perm.iter().enumerate() {
-            inverse[p] = i;
-        }
-        permute_forward(&g, &inverse)
     }
 }
 
@@ -277,8 +283,9 @@ impl Rows {
 enum Route {
     /// To each row's first extreme.
     Index(Vec<usize>),
-    /// Evenly among each row's positions equal to its extreme (NaN equals NaN here).
-    Ties(Vec<f32>),
+    /// Evenly among the positions of each row of `rows` (the input as rows) equal to its
+    /// extreme in `values` (NaN equals NaN here).
+    Ties { rows: Tensor, values: Vec<f32> },
 }
 
 struct ExtremeBackward {
@@ -295,8 +302,8 @@ impl Backward for ExtremeBackward {
         let g = g.cpu(self.name)?.data();
         let gx = match &self.route {
             Route::Index(index) => self.rows.scatter_back(|o, _, row| row[index[o]] = g[o])?,
-            Route::Ties(values) => {
-                let x = self.rows.data.cpu(self.name)?.data();
+            Route::Ties { rows, values } => {
+                let x = rows.cpu(self.name)?.data();
                 self.rows.scatter_back(|o, r, row| {
                     let v = values[o];
                     let xr = &x[o * r..][..r];
@@ -323,8 +330,8 @@ pub fn extreme_dim(
     which: Extreme,
 ) -> Result<(Var, Vec<i64>, Vec<usize>)> {
     let name = which.name(false);
-    let rows = Rows::new(name, &x.value(), &[dim], keepdim)?;
-    let (values, index) = rows.extremes(name, which)?;
+    let (rows, data) = Rows::new(name, &x.value(), &[dim], keepdim)?;
+    let (values, index) = rows.extremes(name, &data, which)?;
     let shape = rows.out_shape.clone();
     let ids = index.iter().map(|&i| i as i64).collect();
     let out = Tensor::new(values, &shape)?;
@@ -336,10 +343,10 @@ pub fn extreme_dim(
 /// `amax`/`amin` over `dims` (all when empty; `torch.max(x)` is the latter).
 pub fn extreme(x: &Var, dims: &[isize], keepdim: bool, which: Extreme) -> Result<Var> {
     let name = which.name(true);
-    let rows = Rows::new(name, &x.value(), dims, keepdim)?;
-    let (values, _) = rows.extremes(name, which)?;
+    let (rows, data) = Rows::new(name, &x.value(), dims, keepdim)?;
+    let (values, _) = rows.extremes(name, &data, which)?;
     let out = Tensor::new(values.clone(), &rows.out_shape)?;
-    let route = Route::Ties(values);
+    let route = Route::Ties { rows: data, values };
     Ok(Var::from_op(
         out,
         vec![x.clone()],
@@ -360,7 +367,7 @@ pub fn arg_extreme(
         Extreme::Min => "argmin",
     };
     let dims: Vec<isize> = dim.into_iter().collect();
-    let rows = Rows::new(name, x, &dims, keepdim)?;
-    let (_, index) = rows.extremes(name, which)?;
+    let (rows, data) = Rows::new(name, x, &dims, keepdim)?;
+    let (_, index) = rows.extremes(name, &data, which)?;
     Ok((index.iter().map(|&i| i as i64).collect(), rows.out_shape))
 }
