@@ -11,7 +11,7 @@
 //! As in PyTorch's implementation, AMSGrad keeps the maximum of the raw second moment (not of
 //! the bias-corrected one, as its documentation's pseudo-code shows).
 
-use super::{check_len, optional_chunks, CHUNK};
+use super::{check_len, decayed_grad, optional_chunks, CHUNK};
 use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
@@ -105,13 +105,7 @@ impl Consts {
     /// `(θ, m, v)` after the moment updates (θ decayed for AdamW).
     #[inline(always)]
     fn moments(&self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
-        let g = self.sign * g;
-        // A select, not `+ 0·θ`: that would turn an infinite θ's zero decay into NaN moments.
-        let g = if self.coupled_wd != 0.0 {
-            g + self.coupled_wd * p
-        } else {
-            g
-        };
+        let g = decayed_grad(g, p, self.sign, self.coupled_wd);
         let m = lerp(m, g, self.one_minus_beta1);
         let v = v * self.beta2 + self.one_minus_beta2 * (g * g);
         (p * self.decay, m, v)

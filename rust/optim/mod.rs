@@ -31,6 +31,19 @@ fn check_len(op: &'static str, name: &str, len: usize, param_len: usize) -> Resu
     Ok(())
 }
 
+/// The gradient an update uses: `sign·g` (`sign` −1 with `maximize`) plus `wd·θ` for weight
+/// decay folded into the gradient. A select, not `+ 0·θ` when there is none: that would turn
+/// an infinite θ into NaN moments or updates.
+#[inline(always)]
+fn decayed_grad(g: f32, p: f32, sign: f32, wd: f32) -> f32 {
+    let g = sign * g;
+    if wd != 0.0 {
+        g + wd * p
+    } else {
+        g
+    }
+}
+
 /// Splits an optional state buffer like the parameter, into `chunks` pieces (all `None` when
 /// the buffer is absent).
 fn optional_chunks(buf: Option<&mut [f32]>, chunks: usize) -> Vec<Option<&mut [f32]>> {

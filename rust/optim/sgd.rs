@@ -12,7 +12,7 @@
 //! pseudo-code flips the sign of the final update instead, which differs once weight decay is
 //! on).
 
-use super::{check_len, optional_chunks, CHUNK};
+use super::{check_len, decayed_grad, optional_chunks, CHUNK};
 use crate::cpu::simd::simd_kernel;
 use crate::error::Result;
 use crate::ops::rows::for_each_row;
@@ -70,19 +70,6 @@ struct Consts {
     first_step: bool,
 }
 
-impl Consts {
-    #[inline(always)]
-    fn grad(&self, g: f32, p: f32) -> f32 {
-        let g = self.sign * g;
-        // A select, not `+ 0·θ`, which would make an infinite θ's update NaN.
-        if self.wd != 0.0 {
-            g + self.wd * p
-        } else {
-            g
-        }
-    }
-}
-
 simd_kernel! {
     /// One chunk of [`sgd_step`]; the branches on the configuration are the same for every
     /// element, so each loop vectorizes.
@@ -92,13 +79,13 @@ simd_kernel! {
         match b {
             None => {
                 for j in 0..n {
-                    p[j] += -k.lr * k.grad(g[j], p[j]);
+                    p[j] += -k.lr * decayed_grad(g[j], p[j], k.sign, k.wd);
                 }
             }
             Some(b) => {
                 let b = &mut b[..n];
                 for j in 0..n {
-                    let gj = k.grad(g[j], p[j]);
+                    let gj = decayed_grad(g[j], p[j], k.sign, k.wd);
                     b[j] = if k.first_step {
                         gj
                     } else {
