@@ -172,10 +172,11 @@ simd_kernel! {
 }
 
 simd_kernel! {
-    /// Backward of [`lstm_step`] for one sample: `dh` (the gradient of h', in) is left 0 (h'
-    /// reaches h only through the gates), `dc` goes from the gradient of c' to that of c, and
-    /// `da` (4h) gets the gradient of the gate pre-activations.
-    fn lstm_step_back(saved: &[f32], dh: &mut [f32], dc: &mut [f32], da: &mut [f32]) {
+    /// Backward of [`lstm_step`] for one sample: the gradient of h' is `dh` (from the later
+    /// steps, through W_hh) plus `gy` (the output's own); `dh` is left 0 (h' reaches h only
+    /// through the gates), `dc` goes from the gradient of c' to that of c, `da` (4h) gets the
+    /// gradient of the gate pre-activations and `sum` (4h) adds it (the bias gradient).
+    fn lstm_step_back(saved: &[f32], gy: &[f32], dh: &mut [f32], dc: &mut [f32], da: &mut [f32], sum: &mut [f32]) {
         let n = dh.len();
         let (gates, c_prev) = saved.split_at(4 * n);
         let (i, rest) = gates.split_at(n);
@@ -186,29 +187,34 @@ simd_kernel! {
         let (dag, dao) = rest.split_at_mut(n);
         for j in 0..n {
             let tc = tanh(f[j] * c_prev[j] + i[j] * g[j]);
-            let dcn = dc[j] + dh[j] * o[j] * (1.0 - tc * tc);
-            dao[j] = dh[j] * tc * o[j] * (1.0 - o[j]);
+            let d = dh[j] + gy[j];
+            let dcn = dc[j] + d * o[j] * (1.0 - tc * tc);
+            dao[j] = d * tc * o[j] * (1.0 - o[j]);
             dai[j] = dcn * g[j] * i[j] * (1.0 - i[j]);
             daf[j] = dcn * c_prev[j] * f[j] * (1.0 - f[j]);
             dag[j] = dcn * i[j] * (1.0 - g[j] * g[j]);
             dc[j] = dcn * f[j];
             dh[j] = 0.0;
         }
+        for (s, &a) in sum.iter_mut().zip(&*da) {
+            *s += a;
+        }
     }
 }
 
 simd_kernel! {
-    /// Backward of [`gru_step`] for one sample: `dh` goes from the gradient of h' to its
-    /// direct part z∘dh' (the rest comes through W_hh); `dx` (3h) gets the gradient of the
-    /// input pre-activations and `dr` (3h) that of the recurrent projection (which differ in
-    /// the n block by the factor r).
-    fn gru_step_back(saved: &[f32], h_prev: &[f32], dh: &mut [f32], dx: &mut [f32], dr: &mut [f32]) {
+    /// Backward of [`gru_step`] for one sample: the gradient of h' is `dh` (from the later
+    /// steps, through W_hh) plus `gy` (the output's own); `dh` becomes its direct part z∘dh'
+    /// (the rest comes through W_hh); `dx` (3h) gets the gradient of the input pre-activations
+    /// and `dr` (3h) that of the recurrent projection (which differ in the n block by the
+    /// factor r), and `sums` adds each (the bias gradients).
+    fn gru_step_back(saved: &[f32], h_prev: &[f32], gy: &[f32], dh: &mut [f32], dx: &mut [f32], dr: &mut [f32], sums: [&mut [f32]; 2]) {
         let n = dh.len();
         let (r, rest) = saved.split_at(n);
         let (z, rest) = rest.split_at(n);
         let (nn, hn) = rest.split_at(n);
         for j in 0..n {
-            let d = dh[j];
+            let d = dh[j] + gy[j];
             let dan = d * (1.0 - z[j]) * (1.0 - nn[j] * nn[j]);
             let dar = dan * hn[j] * r[j] * (1.0 - r[j]);
             let daz = d * (h_prev[j] - nn[j]) * z[j] * (1.0 - z[j]);
@@ -219,6 +225,11 @@ simd_kernel! {
             dr[n + j] = daz;
             dr[2 * n + j] = dan * r[j];
             dh[j] = d * z[j];
+        }
+        for (sum, step) in sums.into_iter().zip([&*dx, &*dr]) {
+            for (s, &a) in sum.iter_mut().zip(step) {
+                *s += a;
+            }
         }
     }
 }
@@ -607,15 +618,6 @@ impl RnnBackward {
             let mut sums = [vec![0.0f32; nb * g], vec![0.0f32; nb * gw]];
             for s in (0..t).rev() {
                 let pos = positions(&lens[b0..b0 + nb], s, self.cfg.reverse);
-                for (bi, p) in pos.iter().enumerate() {
-                    if let Some(tt) = p {
-                        axpy(
-                            &mut dh[bi * h..][..h],
-                            1.0,
-                            &gy[(tt * b + b0 + bi) * h..][..h],
-                        );
-                    }
-                }
                 let (dxs, drs): (&mut [f32], &mut [f32]) = if direct {
                     let at = (pos[0].expect("every sample runs all steps") * b + b0) * g;
                     // SAFETY: rows (tt, b0..b0+nb) of da belong to this chunk alone.
@@ -628,24 +630,44 @@ impl RnnBackward {
                 } else {
                     (&mut dx_step, &mut dr_step)
                 };
+                let [sum_x, sum_h] = &mut sums;
                 let items: Vec<_> = rows_mut(&mut dh, nb, h)
                     .into_iter()
                     .zip(rows_mut(&mut dc, nb, cw))
                     .zip(rows_mut(dxs, nb, g))
                     .zip(rows_mut(drs, nb, gw))
+                    .zip(
+                        rows_mut(sum_x, nb, g)
+                            .into_iter()
+                            .zip(rows_mut(sum_h, nb, gw)),
+                    )
                     .zip(&pos)
                     .enumerate()
-                    .filter_map(|(bi, ((((dhr, dcr), dxr), drr), p))| {
-                        p.map(|tt| (tt * b + b0 + bi, dhr, dcr, dxr, drr))
+                    .filter_map(|(bi, (((((dhr, dcr), dxr), drr), sr), p))| {
+                        p.map(|tt| (tt * b + b0 + bi, dhr, dcr, dxr, drr, sr))
                     })
                     .collect();
-                rows_in(items, g, parallel, |_, (at, dhr, dcr, dxr, drr)| {
-                    let sv = &saved[at * per..][..per];
-                    match cell {
-                        Cell::Lstm => lstm_step_back(sv, dhr, dcr, dxr),
-                        Cell::Gru => gru_step_back(sv, &h_prev[at * h..][..h], dhr, dxr, drr),
-                    }
-                });
+                rows_in(
+                    items,
+                    g,
+                    parallel,
+                    |_, (at, dhr, dcr, dxr, drr, (sx, sh))| {
+                        let sv = &saved[at * per..][..per];
+                        let gyr = &gy[at * h..][..h];
+                        match cell {
+                            Cell::Lstm => lstm_step_back(sv, gyr, dhr, dcr, dxr, sx),
+                            Cell::Gru => gru_step_back(
+                                sv,
+                                &h_prev[at * h..][..h],
+                                gyr,
+                                dhr,
+                                dxr,
+                                drr,
+                                [sx, sh],
+                            ),
+                        }
+                    },
+                );
                 let rec_in: &[f32] = if cell == Cell::Gru { drs } else { dxs };
                 // dh += (gate gradients)·W_hh: a finished sample's zero rows leave its dh as is.
                 // After the first step it is only the initial state's gradient.
@@ -660,9 +682,6 @@ impl RnnBackward {
                         &Epilogue::default(),
                         parallel,
                     );
-                }
-                for (sum, step) in sums.iter_mut().zip([&*dxs, &*drs]) {
-                    axpy(sum, 1.0, step);
                 }
                 if direct {
                     continue;
