@@ -265,21 +265,40 @@ fn results_do_not_depend_on_the_thread_count() {
     }
 }
 
+/// The stacked result and the gradients of every input, for one fixed set of data.
+fn outputs(case: &Case) -> Vec<Vec<f32>> {
+    let vars: Vec<Var> = case
+        .data(5)
+        .into_iter()
+        .zip(case.shapes())
+        .map(|(d, s)| leaf(d, &s))
+        .collect();
+    let y = case.run(&vars);
+    let w = rand_vec(9, y.value().numel(), -1.0, 1.0);
+    let mut out = vec![y.value().data().to_vec()];
+    out.extend(grads(&y, &w, &vars.iter().collect::<Vec<_>>()));
+    out
+}
+
 fn same_bits_on_1_and_2_threads(case: Case) {
-    let data = case.data(5);
-    let run = || {
-        let vars: Vec<Var> = data
-            .iter()
-            .zip(case.shapes())
-            .map(|(d, s)| leaf(d.clone(), &s))
-            .collect();
-        let y = case.run(&vars);
-        let w = rand_vec(9, y.value().numel(), -1.0, 1.0);
-        let mut out = vec![y.value().data().to_vec()];
-        out.extend(grads(&y, &w, &vars.iter().collect::<Vec<_>>()));
-        out
-    };
+    let run = || outputs(&case);
     assert_eq!(with_threads(1, run), with_threads(2, run));
+}
+
+/// The step kernels (gate arithmetic, forward and backward) compute the same bits on every
+/// instruction-set path (the GEMMs, on the process-wide path, are shared).
+#[test]
+fn step_kernels_agree_across_isa_paths() {
+    for case in cases() {
+        let mut first: Option<Vec<Vec<f32>>> = None;
+        crate::cpu::simd::for_each_isa(|isa| {
+            let out = outputs(&case);
+            match &first {
+                None => first = Some(out),
+                Some(f) => assert!(*f == out, "{:?} on {}: bits differ", case.cell, isa.name()),
+            }
+        });
+    }
 }
 
 #[test]
