@@ -13,6 +13,7 @@
 use super::elementwise::{binary_forward, BinaryOp};
 use super::rows::{column_sums, for_each_row, rows_mut, sums_f64};
 use crate::autograd::{Backward, Var};
+use crate::cpu::pool::SendPtr;
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
 use crate::tensor::{shape_str, Device, Tensor};
@@ -148,8 +149,20 @@ pub fn layer_norm_forward(
     LayerNormForward { y, sum, stats }
 }
 
+/// One row's terms of the parameter gradients, `Σ g ∘ ŝ` into `aw` and `Σ g` into `ab`: the
+/// products in f32 (x̂ through the two-part mean), the sums in f64.
+#[inline(always)]
+fn add_param_terms(aw: &mut [f64], ab: &mut [f64], g: &[f32], s: &[f32], norm: Normalizer) {
+    for (((aw, ab), &g), &s) in aw.iter_mut().zip(ab.iter_mut()).zip(g).zip(s) {
+        *aw += (g * norm.apply(s)) as f64;
+        *ab += g as f64;
+    }
+}
+
 simd_kernel! {
-    /// One row of [`layer_norm_backward_input`]: `out`, `g`, `s` (and `weight`) of length D.
+    /// One row of [`layer_norm_backward_input`]: `out`, `g`, `s` (and `weight`) of length D;
+    /// with `params` (2·D, f64), also adds the row's parameter-gradient terms
+    /// ([`add_param_terms`]) while the row is in cache.
     fn input_grad_row(
         out: &mut [f32],
         g: &[f32],
@@ -157,6 +170,7 @@ simd_kernel! {
         st: RowStats,
         weight: Option<&[f32]>,
         center: bool,
+        params: Option<&mut [f64]>,
     ) {
         let d = out.len();
         let (g, s) = (&g[..d], &s[..d]);
@@ -183,6 +197,10 @@ simd_kernel! {
         for j in 0..d {
             out[j] = norm.r * ((g[j] * w[j] - mean_g) - norm.apply(s[j]) * mean_gs);
         }
+        if let Some(part) = params {
+            let (aw, ab) = part.split_at_mut(d);
+            add_param_terms(aw, ab, g, s, norm);
+        }
     }
 }
 
@@ -207,9 +225,43 @@ pub fn layer_norm_backward_input(
             stats[r],
             weight,
             center,
+            None,
         )
     });
     ds
+}
+
+/// [`layer_norm_backward_input`] and [`layer_norm_backward_params`] in one pass over `g` and
+/// `s` (each row's parameter terms added while it is in cache), with the same results bit for
+/// bit: `(ds, dweight, dbias)`.
+pub fn layer_norm_backward(
+    g: &[f32],
+    s: &[f32],
+    stats: &[RowStats],
+    d: usize,
+    weight: Option<&[f32]>,
+    center: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let rows = stats.len();
+    let mut ds = crate::cpu::alloc::output(rows * d);
+    if d == 0 {
+        return (ds, Vec::new(), Vec::new());
+    }
+    let out = SendPtr(ds.as_mut_ptr());
+    let total = column_sums(rows, 2 * d, |range, part| {
+        for r in range {
+            // SAFETY: row r of ds belongs to this chunk of rows alone.
+            let row = unsafe { out.slice(r * d, d) };
+            let (g, s) = (&g[r * d..][..d], &s[r * d..][..d]);
+            input_grad_row(row, g, s, stats[r], weight, center, Some(&mut *part));
+        }
+    });
+    let (dw, db) = total.split_at(d);
+    (ds, narrow(dw), narrow(db))
+}
+
+fn narrow(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
 }
 
 simd_kernel! {
@@ -219,12 +271,7 @@ simd_kernel! {
         let (aw, ab) = part.split_at_mut(part.len() / 2);
         let d = aw.len();
         for ((g, s), st) in g.chunks_exact(d).zip(s.chunks_exact(d)).zip(stats) {
-            // As in `input_grad_row`: the products in f32, the sums in f64.
-            let norm = Normalizer::new(*st);
-            for (((aw, ab), &g), &s) in aw.iter_mut().zip(ab.iter_mut()).zip(g).zip(s) {
-                *aw += (g * norm.apply(s)) as f64;
-                *ab += g as f64;
-            }
+            add_param_terms(aw, ab, g, s, Normalizer::new(*st));
         }
     }
 }
@@ -246,7 +293,6 @@ pub fn layer_norm_backward_params(
         param_grad_rows(part, &g[span.clone()], &s[span], &stats[rows]);
     });
     let (dw, db) = total.split_at(d);
-    let narrow = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     (narrow(dw), narrow(db))
 }
 
@@ -316,6 +362,23 @@ impl LayerNormBackward {
             }
         }
     }
+
+    /// Both gradients: in one pass on the host ([`layer_norm_backward`]), else as above.
+    fn input_and_param_grads(&self, g: &Tensor) -> Result<(Tensor, (Tensor, Tensor))> {
+        match &self.stats {
+            SavedStats::Host(stats) => {
+                let d = self.s.shape().last().copied().unwrap_or(1);
+                let w = Tensor::cpu_opt(self.name, self.weight.as_ref())?;
+                let (g, s) = (g.cpu(self.name)?, self.s.cpu(self.name)?);
+                let (ds, dw, db) =
+                    layer_norm_backward(g.data(), s.data(), stats, d, w, self.center);
+                let params = (Tensor::new(dw, &[d])?, Tensor::new(db, &[d])?);
+                Ok((Tensor::new(ds, s.shape())?, params))
+            }
+            #[cfg(feature = "wgpu")]
+            SavedStats::Gpu { .. } => Ok((self.input_grad(g)?, self.param_grads(g)?)),
+        }
+    }
 }
 
 impl Backward for LayerNormBackward {
@@ -327,10 +390,17 @@ impl Backward for LayerNormBackward {
         let n_x = 1 + self.has_residual as usize;
         let need_ds = inputs[..n_x].iter().any(Var::requires_grad);
         let need_params = inputs[n_x..].iter().any(Var::requires_grad);
-        let ds = need_ds.then(|| self.input_grad(g)).transpose()?;
+        let (ds, params) = match (need_ds, need_params) {
+            (true, true) => {
+                let (ds, params) = self.input_and_param_grads(g)?;
+                (Some(ds), Some(params))
+            }
+            (true, false) => (Some(self.input_grad(g)?), None),
+            (false, true) => (None, Some(self.param_grads(g)?)),
+            (false, false) => (None, None),
+        };
         let (mut dweight, mut dbias) = (None, None);
-        if need_params {
-            let (dw, db) = self.param_grads(g)?;
+        if let Some((dw, db)) = params {
             if self.weight.is_some() {
                 dweight = Some(dw);
             }
@@ -658,6 +728,25 @@ mod tests {
             rms_norm(&x, Some(&bad), EPS).err().unwrap().kind,
             ErrorKind::Shape
         );
+    }
+
+    /// The one-pass backward (both gradients) gives the bits of the two separate passes, on
+    /// row counts on both sides of a column-sum chunk and widths off the vector width.
+    #[test]
+    fn one_pass_backward_equals_the_separate_passes() {
+        for (rows, d) in [(1, 1), (3, 17), (33, 127), (70, 5)] {
+            let n = rows * d;
+            let (x, g) = (rand_vec(1, n, -2.0, 2.0), rand_vec(2, n, -1.0, 1.0));
+            let w = rand_vec(3, d, 0.5, 1.5);
+            for (weight, center) in [(Some(&w[..]), true), (None, true), (Some(&w[..]), false)] {
+                let f = layer_norm_forward(&x, None, rows, d, weight, None, EPS, center);
+                let (ds, dw, db) = layer_norm_backward(&g, &x, &f.stats, d, weight, center);
+                let want_ds = layer_norm_backward_input(&g, &x, &f.stats, d, weight, center);
+                let (want_dw, want_db) = layer_norm_backward_params(&g, &x, &f.stats, d);
+                assert_eq!(ds, want_ds, "ds, {rows}x{d}");
+                assert_eq!((dw, db), (want_dw, want_db), "params, {rows}x{d}");
+            }
+        }
     }
 
     #[test]
