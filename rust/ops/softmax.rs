@@ -5,7 +5,9 @@
 //! zeros there and log-softmax −inf, never NaN, and both pass back a zero gradient.
 
 use super::broadcast::{broadcast_strides, row_offset};
-use super::rows::{blocked_sum, exp_fast, exp_sum, for_each_row, row_max, rows_mut, sums_f64};
+use super::rows::{
+    exp_fast, exp_sum, for_each_row, lane_sum, row_max, rows_mut, sums_f64, BLOCK, LANES,
+};
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
 use crate::error::{Result, TfmError};
@@ -62,25 +64,73 @@ simd_kernel! {
     /// −inf becomes all zeros (or all −inf).
     pub(crate) fn softmax_row_in_place(z: &mut [f32], log: bool) {
         let m = row_max(z);
-        if m == f32::NEG_INFINITY {
-            z.fill(if log { f32::NEG_INFINITY } else { 0.0 });
-            return;
+        normalize_row(z, m, log);
+    }
+}
+
+simd_kernel! {
+    /// [`softmax_row_in_place`] of a copy of `x` written to `z`: the copy and the maximum in
+    /// one pass over `x` (the same bits).
+    fn softmax_row_from(x: &[f32], z: &mut [f32], log: bool) {
+        let m = copy_row_max(x, z);
+        normalize_row(z, m, log);
+    }
+}
+
+/// `z ← x` and `row_max(x)`, in one pass (the same lanes and order as [`row_max`]).
+#[inline(always)]
+fn copy_row_max(x: &[f32], z: &mut [f32]) -> f32 {
+    let pick = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let n = z.len();
+    let whole = n / LANES * LANES;
+    for (zc, xc) in z[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(x[..whole].chunks_exact(LANES))
+    {
+        for k in 0..LANES {
+            zc[k] = xc[k];
+            lanes[k] = pick(lanes[k], xc[k]);
         }
-        if log {
-            // (z − m) first: exact for the entries near the max, which carry the probability
-            // mass.
-            let ln_s = exp_sum(z, m).ln() as f32;
-            for v in z.iter_mut() {
-                *v = (*v - m) - ln_s;
-            }
-        } else {
-            for v in z.iter_mut() {
+    }
+    let mut m = f32::NEG_INFINITY;
+    for (zv, &v) in z[whole..].iter_mut().zip(&x[whole..n]) {
+        *zv = v;
+        m = pick(m, v);
+    }
+    for &v in &lanes {
+        m = pick(m, v);
+    }
+    m
+}
+
+/// The rest of a softmax row once its maximum `m` is known. The exponentials are summed a
+/// [`BLOCK`] at a time right after they are written (as [`super::rows::blocked_sum`] would sum them: f32
+/// lanes per block, the block totals in f64), while the block is in L1.
+#[inline(always)]
+fn normalize_row(z: &mut [f32], m: f32, log: bool) {
+    if m == f32::NEG_INFINITY {
+        z.fill(if log { f32::NEG_INFINITY } else { 0.0 });
+        return;
+    }
+    if log {
+        // (z − m) first: exact for the entries near the max, which carry the probability
+        // mass.
+        let ln_s = exp_sum(z, m).ln() as f32;
+        for v in z.iter_mut() {
+            *v = (*v - m) - ln_s;
+        }
+    } else {
+        let mut total = 0.0f64;
+        for block in z.chunks_mut(BLOCK) {
+            for v in block.iter_mut() {
                 *v = exp_fast(*v - m);
             }
-            let inv = (1.0 / blocked_sum(z, |v| v)) as f32;
-            for v in z.iter_mut() {
-                *v *= inv;
-            }
+            total += lane_sum(block);
+        }
+        let inv = (1.0 / total) as f32;
+        for v in z.iter_mut() {
+            *v *= inv;
         }
     }
 }
@@ -154,14 +204,17 @@ pub fn softmax_forward(
     // page fault per 4 KiB, and a serial copy a pass over the input on one thread.
     let mut out = crate::cpu::alloc::output(xd.len());
     for_each_row(rows_mut(&mut out, rows, cols), cols, |r, z| {
-        z.copy_from_slice(&xd[r * cols..][..cols]);
-        if let Some(m) = &mask {
-            let (off, step) = (m.offset(r), m.inner_stride);
-            z.iter_mut()
-                .enumerate()
-                .for_each(|(j, v)| *v += m.data[off + j * step]);
+        let x = &xd[r * cols..][..cols];
+        match &mask {
+            Some(m) => {
+                let (off, step) = (m.offset(r), m.inner_stride);
+                for (j, (v, &xv)) in z.iter_mut().zip(x).enumerate() {
+                    *v = xv + m.data[off + j * step];
+                }
+                softmax_row_in_place(z, log);
+            }
+            None => softmax_row_from(x, z, log),
         }
-        softmax_row_in_place(z, log);
     });
     Tensor::new(out, x.shape())
 }
@@ -328,6 +381,32 @@ mod tests {
                 for log in [false, true] {
                     check(rows, cols, None, log, seed);
                     seed += 2;
+                }
+            }
+        }
+    }
+
+    /// The op's row kernel (copy and maximum in one pass) gives the bits of the in-place one
+    /// (decoding's), on widths off the vector width and across a sum block, with −inf and NaN.
+    #[test]
+    fn row_from_a_copy_equals_in_place() {
+        for cols in [1, 3, 17, 127, 300, 1000] {
+            for special in [None, Some(f32::NEG_INFINITY), Some(f32::NAN)] {
+                let mut x = rand_vec(cols as u64, cols, -30.0, 30.0);
+                if let Some(v) = special {
+                    x[cols / 2] = v;
+                }
+                for log in [false, true] {
+                    let mut want = x.clone();
+                    softmax_row_in_place(&mut want, log);
+                    let mut got = vec![0.0f32; cols];
+                    softmax_row_from(&x, &mut got, log);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&got),
+                        bits(&want),
+                        "cols {cols}, {special:?}, log {log}"
+                    );
                 }
             }
         }
