@@ -102,6 +102,14 @@ simd_kernel! {
     ) {
         let c = y.len();
         let (x, mean, rstd) = (&x[..c], &mean[..c], &rstd[..c]);
+        if let (Some(w), Some(b)) = (weight, bias) {
+            // The common affine case in one loop (the same operations as the three below).
+            let (w, b) = (&w[..c], &b[..c]);
+            for j in 0..c {
+                y[j] = ((x[j] as f64 - mean[j]) * rstd[j]) as f32 * w[j] + b[j];
+            }
+            return;
+        }
         for j in 0..c {
             y[j] = ((x[j] as f64 - mean[j]) * rstd[j]) as f32;
         }
