@@ -93,19 +93,55 @@ pub(crate) const BLOCK: usize = 16 * LANES;
 /// so that a `simd_kernel!` body compiles them with its instruction set.
 #[inline(always)]
 pub(crate) fn row_max(z: &[f32]) -> f32 {
-    let pick = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = z.chunks_exact(LANES);
     for c in &mut chunks {
         for k in 0..LANES {
-            lanes[k] = pick(lanes[k], c[k]);
+            lanes[k] = max_keep_nan(lanes[k], c[k]);
         }
     }
     let mut m = f32::NEG_INFINITY;
     for &v in chunks.remainder().iter().chain(&lanes) {
-        m = pick(m, v);
+        m = max_keep_nan(m, v);
     }
     m
+}
+
+/// `z ← x` and [`row_max`]`(x)` in one pass (the same lanes, in the same order, so the same
+/// result): the softmax forward's copy of its input row.
+#[inline(always)]
+pub(crate) fn copy_row_max(x: &[f32], z: &mut [f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let n = z.len();
+    let whole = n / LANES * LANES;
+    for (zc, xc) in z[..whole]
+        .chunks_exact_mut(LANES)
+        .zip(x[..whole].chunks_exact(LANES))
+    {
+        for k in 0..LANES {
+            zc[k] = xc[k];
+            lanes[k] = max_keep_nan(lanes[k], xc[k]);
+        }
+    }
+    let mut m = f32::NEG_INFINITY;
+    for (zv, &v) in z[whole..].iter_mut().zip(&x[whole..n]) {
+        *zv = v;
+        m = max_keep_nan(m, v);
+    }
+    for &v in &lanes {
+        m = max_keep_nan(m, v);
+    }
+    m
+}
+
+/// The larger of `m` and `v`, NaN winning (so NaN rows give NaN, as in PyTorch).
+#[inline(always)]
+fn max_keep_nan(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() {
+        v
+    } else {
+        m
+    }
 }
 
 /// `Σ z` in f32 lanes, the lane totals added in f64. Meant for short runs (a [`BLOCK`]).

@@ -6,7 +6,7 @@
 
 use super::broadcast::{broadcast_strides, row_offset};
 use super::rows::{
-    exp_fast, exp_sum, for_each_row, lane_sum, row_max, rows_mut, sums_f64, BLOCK, LANES,
+    copy_row_max, exp_fast, exp_sum, for_each_row, lane_sum, row_max, rows_mut, sums_f64, BLOCK,
 };
 use crate::autograd::{Backward, Var};
 use crate::cpu::simd::simd_kernel;
@@ -75,33 +75,6 @@ simd_kernel! {
         let m = copy_row_max(x, z);
         normalize_row(z, m, log);
     }
-}
-
-/// `z ← x` and `row_max(x)`, in one pass (the same lanes and order as [`row_max`]).
-#[inline(always)]
-fn copy_row_max(x: &[f32], z: &mut [f32]) -> f32 {
-    let pick = |m: f32, v: f32| if v > m || v.is_nan() { v } else { m };
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let n = z.len();
-    let whole = n / LANES * LANES;
-    for (zc, xc) in z[..whole]
-        .chunks_exact_mut(LANES)
-        .zip(x[..whole].chunks_exact(LANES))
-    {
-        for k in 0..LANES {
-            zc[k] = xc[k];
-            lanes[k] = pick(lanes[k], xc[k]);
-        }
-    }
-    let mut m = f32::NEG_INFINITY;
-    for (zv, &v) in z[whole..].iter_mut().zip(&x[whole..n]) {
-        *zv = v;
-        m = pick(m, v);
-    }
-    for &v in &lanes {
-        m = pick(m, v);
-    }
-    m
 }
 
 /// The rest of a softmax row once its maximum `m` is known. The exponentials are summed a
